@@ -1,0 +1,95 @@
+//! Protocol version 1.
+
+use serde::{Deserialize, Serialize};
+
+/// The version byte that prefixes every v1 payload.
+pub const VERSION: u8 = 1;
+
+/// Sent by the agent on every (re)connect: what this device is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub agent_version: String,
+    pub hostname: String,
+    /// Pretty OS name, e.g. from `/etc/os-release`.
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    /// Raspberry Pi model from `/proc/device-tree/model`, when present.
+    pub model: Option<String>,
+    pub uptime_s: u64,
+    /// Telemetry interval the agent is using, in seconds.
+    pub interval_s: u32,
+}
+
+/// Usage of one mounted filesystem.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Disk {
+    pub mount: String,
+    pub fs: String,
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+}
+
+/// Byte counters of one network interface (since boot).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Net {
+    pub iface: String,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// One telemetry sample. `seq` is per device, strictly increasing, never reused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub seq: u64,
+    /// Device clock at sampling time, Unix milliseconds.
+    pub ts_ms: i64,
+    /// CPU busy share across all cores, 0.0–100.0.
+    pub cpu_pct: f32,
+    pub load1: f32,
+    pub load5: f32,
+    pub load15: f32,
+    pub mem_total_bytes: u64,
+    pub mem_used_bytes: u64,
+    pub swap_total_bytes: u64,
+    pub swap_used_bytes: u64,
+    pub disks: Vec<Disk>,
+    pub nets: Vec<Net>,
+    /// SoC temperature, degrees Celsius, from the thermal zones.
+    pub temp_c: Option<f32>,
+    /// Raspberry Pi `get_throttled` bits (under-voltage, frequency capped, throttled, …).
+    pub throttled: Option<u32>,
+    pub uptime_s: u64,
+    /// Samples the spool dropped (oldest first, when full) since the previous sample.
+    pub spool_dropped: u64,
+    /// Unacknowledged samples waiting in the spool when this one was taken.
+    pub spool_backlog: u64,
+}
+
+/// A batch of samples: one for live data, many when a backlog drains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Telemetry {
+    pub samples: Vec<Sample>,
+}
+
+/// Inclusive range of sequence numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqRange {
+    pub first: u64,
+    pub last: u64,
+}
+
+/// The controller's acknowledgement: these sequence numbers are committed to disk and may
+/// leave the agent's spool. Ranges rather than one high-water mark, because live samples
+/// overtake a draining backlog and a single number could acknowledge a sample not yet stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub ranges: Vec<SeqRange>,
+}
+
+/// Retained device status; the offline value is also the MQTT last will.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    Online,
+    Offline,
+}
