@@ -1,0 +1,1 @@
+//! Telemetry collection (being written).

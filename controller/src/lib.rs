@@ -1,0 +1,3 @@
+//! The pifleet controller.
+
+pub mod pki;
