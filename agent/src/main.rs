@@ -1,1 +1,154 @@
-fn main() {}
+//! `pifleet-agent`: argument parsing and exit codes; the work is in the library.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pifleet_agent::config::AgentConfig;
+use pifleet_agent::enroll::{self, EnrollOptions};
+use pifleet_agent::run;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "pifleet-agent", version, about = "pifleet device agent")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Enroll this device with a controller using a one-time token.
+    Enroll {
+        /// Controller URL, e.g. https://controller.example:8443
+        #[arg(long)]
+        controller: String,
+        /// The token printed by `pifleet-controller token create`.
+        #[arg(long, env = "PIFLEET_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long, default_value = "/etc/pifleet/agent.toml")]
+        config: PathBuf,
+        /// Proposed device id (default: derived from the hostname).
+        #[arg(long)]
+        device_id: Option<String>,
+        /// Telemetry interval in seconds written to the config.
+        #[arg(long)]
+        interval: Option<u32>,
+        /// Replace an existing enrollment.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the agent.
+    Run {
+        #[arg(long, default_value = "/etc/pifleet/agent.toml")]
+        config: PathBuf,
+    },
+}
+
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Everything we create (keys, database, spool) is private to this user.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        let _ = builder.try_init();
+    } else {
+        let _ = builder.json().flatten_event(true).try_init();
+    }
+    // One thread is plenty for the agent and keeps its memory small.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        match cli.cmd {
+            Cmd::Enroll {
+                controller,
+                token,
+                config,
+                device_id,
+                interval,
+                force,
+            } => {
+                let opts = EnrollOptions {
+                    controller,
+                    token,
+                    config: config.clone(),
+                    device_id,
+                    interval_s: interval,
+                    force,
+                };
+                match enroll::enroll(&opts).await {
+                    Ok(id) => {
+                        println!(
+                            "enrolled as {id}; configuration written to {}",
+                            config.display()
+                        );
+                        println!(
+                            "start the agent with: pifleet-agent run --config {}",
+                            config.display()
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Cmd::Run { config } => {
+                let cfg = match AgentConfig::load(&config) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(EX_USAGE);
+                    }
+                };
+                let shutdown = CancellationToken::new();
+                let signal = shutdown.clone();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    signal.cancel();
+                });
+                match run::run(cfg, shutdown).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        }
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

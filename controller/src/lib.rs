@@ -1,3 +1,19 @@
-//! The pifleet controller.
+//! The pifleet controller: PKI and enrollment, the mutual-TLS MQTT gateway in front of an
+//! embedded rumqttd, lossless SQLite ingest, and the HTTPS listener.
 
+pub mod admin;
+pub mod broker;
+pub mod config;
+pub mod datadir;
+pub mod demo;
+pub mod enroll;
+pub mod gateway;
+pub mod https;
+pub mod ingest;
+pub mod logging;
+pub mod metrics;
 pub mod pki;
+pub mod problem;
+pub mod serve;
+pub mod store;
+pub mod tls;

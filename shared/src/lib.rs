@@ -7,6 +7,7 @@
 pub mod codec;
 pub mod id;
 pub mod proto;
+pub mod token;
 pub mod topic;
 
 pub use codec::{DecodeError, decode, encode};

@@ -1,0 +1,239 @@
+//! The agent's `agent.toml`: written by `enroll`, read by `run`. Unknown fields are refused
+//! and every problem is reported at once. Relative paths are relative to the file's folder.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pifleet_shared::DeviceId;
+use serde::{Deserialize, Serialize};
+
+/// Configuration errors (exit code 64).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("{path}: invalid configuration:\n  - {}", .problems.join("\n  - "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This device's id; must equal the CN of its certificate.
+    pub device_id: DeviceId,
+    pub controller: ControllerConfig,
+    pub tls: TlsFiles,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub spool: SpoolSection,
+    #[serde(default)]
+    pub mqtt: MqttSection,
+}
+
+/// Where the controller is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// HTTPS URL used at enrollment (and later for renewals and artifacts).
+    pub url: String,
+    /// MQTT gateway host name (must match the controller's server certificate).
+    pub mqtt_host: String,
+    pub mqtt_port: u16,
+}
+
+/// Identity files written at enrollment (0600).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The controller's Ed25519 command-signing public key.
+    pub command_key: PathBuf,
+}
+
+/// Telemetry settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Seconds between samples.
+    pub interval_s: u32,
+}
+
+/// On-disk spool of unacknowledged samples.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolSection {
+    pub dir: PathBuf,
+    /// Cap on the spool's size; the oldest samples are dropped (and reported) beyond it.
+    pub max_bytes: u64,
+    /// Seconds between fsyncs (fewer writes spare SD cards).
+    pub sync_interval_s: u64,
+}
+
+/// MQTT connection settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttSection {
+    pub keep_alive_s: u64,
+    /// Cap of the reconnect backoff, in seconds.
+    pub backoff_max_s: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { interval_s: 10 }
+    }
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("spool"),
+            max_bytes: 16 * 1024 * 1024,
+            sync_interval_s: 30,
+        }
+    }
+}
+
+impl Default for MqttSection {
+    fn default() -> Self {
+        Self {
+            keep_alive_s: 30,
+            backoff_max_s: 60,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Reads and validates the file; relative paths become relative to its folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut cfg.tls.ca,
+            &mut cfg.tls.cert,
+            &mut cfg.tls.key,
+            &mut cfg.tls.command_key,
+            &mut cfg.spool.dir,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        let problems = cfg.problems();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !(1..=86_400).contains(&self.telemetry.interval_s) {
+            p.push("telemetry.interval_s must be 1..=86400".to_owned());
+        }
+        if self.spool.max_bytes < 64 * 1024 {
+            p.push("spool.max_bytes must be at least 65536".to_owned());
+        }
+        if !(1..=3_600).contains(&self.spool.sync_interval_s) {
+            p.push("spool.sync_interval_s must be 1..=3600".to_owned());
+        }
+        if !(5..=3_600).contains(&self.mqtt.keep_alive_s) {
+            p.push("mqtt.keep_alive_s must be 5..=3600".to_owned());
+        }
+        if !(1..=3_600).contains(&self.mqtt.backoff_max_s) {
+            p.push("mqtt.backoff_max_s must be 1..=3600".to_owned());
+        }
+        if self.controller.mqtt_host.is_empty() {
+            p.push("controller.mqtt_host must not be empty".to_owned());
+        }
+        if self.controller.mqtt_port == 0 {
+            p.push("controller.mqtt_port must not be 0".to_owned());
+        }
+        p
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(u64::from(self.telemetry.interval_s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+device_id = "pi-01"
+[controller]
+url = "https://ctl:8443"
+mqtt_host = "ctl"
+mqtt_port = 8883
+[tls]
+ca = "ca.crt"
+cert = "device.crt"
+key = "device.key"
+command_key = "command.pub"
+"#;
+
+    #[test]
+    fn loads_and_resolves_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, GOOD).unwrap();
+        let cfg = AgentConfig::load(&path).unwrap();
+        assert_eq!(cfg.tls.key, dir.path().join("device.key"));
+        assert_eq!(cfg.spool.dir, dir.path().join("spool"));
+        assert_eq!(cfg.telemetry.interval_s, 10);
+    }
+
+    #[test]
+    fn refuses_unknown_fields_bad_ids_and_reports_all_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, format!("{GOOD}\nshell = true\n")).unwrap();
+        assert!(
+            AgentConfig::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("shell")
+        );
+        std::fs::write(&path, GOOD.replace("pi-01", "Pi 01")).unwrap();
+        assert!(AgentConfig::load(&path).is_err());
+        std::fs::write(
+            &path,
+            format!("{GOOD}\n[telemetry]\ninterval_s = 0\n[mqtt]\nkeep_alive_s = 1\n"),
+        )
+        .unwrap();
+        match AgentConfig::load(&path).unwrap_err() {
+            ConfigError::Invalid { problems, .. } => assert_eq!(problems.len(), 2),
+            e => panic!("{e}"),
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! `pifleet-agent enroll`: make the device key here, send only a CSR to the controller over
+//! HTTPS pinned to the CA fingerprint in the token, and store the identity (0600 files).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Request, Uri};
+use hyper_util::rt::TokioIo;
+use pifleet_shared::DeviceId;
+use pifleet_shared::token::EnrollToken;
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+use rustls_pki_types::ServerName;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::config::{
+    AgentConfig, ControllerConfig, MqttSection, SpoolSection, TelemetryConfig, TlsFiles,
+};
+use crate::files::write_private;
+use crate::tls::{self, PinnedCa};
+
+/// Enrollment errors, each with a message that says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("{0}")]
+    Token(#[from] pifleet_shared::token::InvalidToken),
+    #[error("--controller must be an https:// URL with a host, e.g. https://controller:8443 ({0})")]
+    Url(String),
+    #[error("{0} exists: this device is already enrolled (use --force to enroll again)")]
+    AlreadyEnrolled(PathBuf),
+    #[error("cannot derive a device id from the hostname {0:?}; pass --device-id")]
+    NoDeviceId(String),
+    #[error("generating the device key: {0}")]
+    Key(#[from] rcgen::Error),
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS with the controller failed: {0}")]
+    Tls(#[source] std::io::Error),
+    #[error("TLS set-up: {0}")]
+    TlsSetup(#[from] tls::TlsError),
+    #[error("HTTP: {0}")]
+    Http(String),
+    #[error("the controller refused the enrollment ({status}): {detail}")]
+    Refused { status: u16, detail: String },
+    #[error("the controller's answer is invalid: {0}")]
+    BadResponse(String),
+    #[error("timed out talking to the controller")]
+    Timeout,
+    #[error(transparent)]
+    Files(#[from] crate::files::FilesError),
+}
+
+/// What `enroll` needs.
+#[derive(Debug, Clone)]
+pub struct EnrollOptions {
+    pub controller: String,
+    pub token: String,
+    pub config: PathBuf,
+    pub device_id: Option<String>,
+    pub interval_s: Option<u32>,
+    pub force: bool,
+}
+
+#[derive(Serialize)]
+struct Req<'a> {
+    token: &'a str,
+    csr: &'a str,
+}
+
+#[derive(Deserialize)]
+struct Resp {
+    device_id: String,
+    certificate: String,
+    ca: String,
+    command_public_key: String,
+    mqtt_port: u16,
+}
+
+#[derive(Deserialize)]
+struct ProblemBody {
+    detail: Option<String>,
+}
+
+/// Enrolls this device and writes its configuration. Returns the assigned device id.
+pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
+    let token = EnrollToken::parse(&opts.token)?;
+    let uri: Uri = opts
+        .controller
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| EnrollError::Url(e.to_string()))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(EnrollError::Url("scheme is not https".into()));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| EnrollError::Url("no host".into()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(8443);
+    if opts.config.exists() && !opts.force {
+        return Err(EnrollError::AlreadyEnrolled(opts.config.clone()));
+    }
+    let proposed = match &opts.device_id {
+        Some(id) => {
+            DeviceId::parse(id).map_err(|e| EnrollError::Url(format!("--device-id: {e}")))?
+        }
+        None => {
+            let h = hostname();
+            DeviceId::sanitize(&h).ok_or(EnrollError::NoDeviceId(h))?
+        }
+    };
+
+    // The key is made here and never leaves the device.
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, proposed.as_str());
+    params.distinguished_name = dn;
+    let csr = params.serialize_request(&key)?.pem()?;
+
+    let body = serde_json::to_vec(&Req {
+        token: &opts.token,
+        csr: &csr,
+    })
+    .map_err(|e| EnrollError::Http(e.to_string()))?;
+    let resp = tokio::time::timeout(
+        Duration::from_secs(30),
+        post(
+            &host,
+            port,
+            &token.ca_fingerprint_hex(),
+            "/api/v1/enroll",
+            body,
+        ),
+    )
+    .await
+    .map_err(|_| EnrollError::Timeout)??;
+    let resp: Resp =
+        serde_json::from_slice(&resp).map_err(|e| EnrollError::BadResponse(e.to_string()))?;
+    let device_id =
+        DeviceId::parse(&resp.device_id).map_err(|e| EnrollError::BadResponse(e.to_string()))?;
+    // The CA we store must be the one the token pinned.
+    let ca_ders = rustls_pemfile::certs(&mut resp.ca.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| EnrollError::BadResponse(e.to_string()))?;
+    if !ca_ders
+        .iter()
+        .any(|c| tls::fingerprint(c) == token.ca_fingerprint_hex())
+    {
+        return Err(EnrollError::BadResponse(
+            "returned CA does not match the token".into(),
+        ));
+    }
+
+    let dir = opts.config.parent().unwrap_or(Path::new(".")).to_path_buf();
+    crate::files::create_private_dir(&dir)?;
+    write_private(&dir.join("device.key"), key.serialize_pem().as_bytes())?;
+    write_private(&dir.join("device.crt"), resp.certificate.as_bytes())?;
+    write_private(&dir.join("ca.crt"), resp.ca.as_bytes())?;
+    write_private(&dir.join("command.pub"), resp.command_public_key.as_bytes())?;
+    let cfg = AgentConfig {
+        device_id: device_id.clone(),
+        controller: ControllerConfig {
+            url: opts.controller.clone(),
+            mqtt_host: host,
+            mqtt_port: resp.mqtt_port,
+        },
+        tls: TlsFiles {
+            ca: "ca.crt".into(),
+            cert: "device.crt".into(),
+            key: "device.key".into(),
+            command_key: "command.pub".into(),
+        },
+        telemetry: TelemetryConfig {
+            interval_s: opts
+                .interval_s
+                .unwrap_or(TelemetryConfig::default().interval_s),
+        },
+        spool: SpoolSection::default(),
+        mqtt: MqttSection::default(),
+    };
+    let text = toml::to_string_pretty(&cfg).map_err(|e| EnrollError::BadResponse(e.to_string()))?;
+    let text = format!(
+        "# pifleet agent configuration, written by `pifleet-agent enroll`.\n# Relative paths are relative to this file.\n\n{text}"
+    );
+    write_private(&opts.config, text.as_bytes())?;
+    Ok(device_id)
+}
+
+async fn post(
+    host: &str,
+    port: u16,
+    fingerprint: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, EnrollError> {
+    let addr = format!("{host}:{port}");
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|source| EnrollError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
+    let cfg = PinnedCa::new(fingerprint.to_owned()).client_config()?;
+    let name =
+        ServerName::try_from(host.to_owned()).map_err(|e| EnrollError::Url(e.to_string()))?;
+    let stream = TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .map_err(EnrollError::Tls)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| EnrollError::Http(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = Request::post(path)
+        .header(hyper::header::HOST, addr)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| EnrollError::Http(e.to_string()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| EnrollError::Http(e.to_string()))?;
+    let status = resp.status();
+    let bytes = Limited::new(resp.into_body(), 256 * 1024)
+        .collect()
+        .await
+        .map_err(|e| EnrollError::Http(e.to_string()))?
+        .to_bytes();
+    if !status.is_success() {
+        let detail = serde_json::from_slice::<ProblemBody>(&bytes)
+            .ok()
+            .and_then(|p| p.detail)
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(300).collect());
+        return Err(EnrollError::Refused {
+            status: status.as_u16(),
+            detail,
+        });
+    }
+    Ok(bytes.to_vec())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,279 @@
+//! `pifleet-agent run`: the MQTT link, telemetry loop and spool drain.
+//!
+//! Every sample is appended to the spool before it is published and leaves it only when the
+//! controller acknowledges its sequence number as committed. Live samples go out at once;
+//! after a reconnect the backlog drains oldest first in bounded batches alongside them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pifleet_shared::proto::v1;
+use pifleet_shared::topic::Kind;
+use pifleet_shared::{Topic, codec};
+use rumqttc::{
+    AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::collect::{CollectError, Collector};
+use crate::config::AgentConfig;
+use crate::spool::{Spool, SpoolConfig, SpoolError};
+use crate::tls;
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("spool: {0}")]
+    Spool(#[from] SpoolError),
+    #[error("collector: {0}")]
+    Collect(#[from] CollectError),
+    #[error("encoding: {0}")]
+    Encode(#[from] codec::EncodeError),
+}
+
+/// Samples per backlog message and bytes of samples per message (under the 64 KiB limit).
+const DRAIN_BATCH: usize = 200;
+const DRAIN_BATCH_BYTES: usize = 48 * 1024;
+/// Most backlog samples sent but not yet acknowledged.
+const DRAIN_WINDOW: u64 = 2_000;
+/// Without acknowledgement progress for this long, unacknowledged samples are sent again.
+const RESEND_AFTER: Duration = Duration::from_secs(30);
+
+enum LinkEvent {
+    Connected,
+    Disconnected(String),
+    Message(String, bytes::Bytes),
+}
+
+/// State of the backlog drain after a (re)connect.
+struct Drain {
+    /// Highest seq already sent by the drain.
+    cursor: u64,
+    /// First seq published live on this connection; the drain stops before it.
+    live_from: Option<u64>,
+}
+
+/// Runs until `shutdown`, then publishes offline, syncs the spool and returns.
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    let id = cfg.device_id.clone();
+    let tls = tls::mqtt_client(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key)?;
+    let mut spool_cfg = SpoolConfig::new(&cfg.spool.dir);
+    spool_cfg.max_bytes = cfg.spool.max_bytes;
+    spool_cfg.sync_interval = Duration::from_secs(cfg.spool.sync_interval_s);
+    let mut spool = Spool::open(spool_cfg)?;
+    let mut collector = Collector::new("/")?;
+
+    let status_topic = Topic::new(id.clone(), Kind::Status).to_string();
+    let telemetry_topic = Topic::new(id.clone(), Kind::Telemetry).to_string();
+    let hello_topic = Topic::new(id.clone(), Kind::Hello).to_string();
+    let ack_topic = Topic::new(id.clone(), Kind::Ack).to_string();
+
+    let mut opts = MqttOptions::new(
+        id.as_str(),
+        &cfg.controller.mqtt_host,
+        cfg.controller.mqtt_port,
+    );
+    opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+        Arc::new(tls),
+    )));
+    opts.set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_s));
+    opts.set_clean_session(true);
+    let max = Kind::Telemetry.max_payload() + 1024;
+    opts.set_max_packet_size(max, max);
+    opts.set_last_will(LastWill::new(
+        &status_topic,
+        codec::encode(Kind::Status, &v1::Status::Offline)?,
+        QoS::AtLeastOnce,
+        true,
+    ));
+    let (client, mut eventloop) = AsyncClient::new(opts, 256);
+
+    let (ev_tx, mut ev_rx) = mpsc::channel::<LinkEvent>(256);
+    let backoff_max = Duration::from_secs(cfg.mqtt.backoff_max_s);
+    let link_stop = CancellationToken::new();
+    let link_stop2 = link_stop.clone();
+    let link = tokio::spawn(async move {
+        let mut backoff = Backoff::new(Duration::from_millis(500), backoff_max);
+        loop {
+            let polled = tokio::select! {
+                _ = link_stop2.cancelled() => return,
+                p = eventloop.poll() => p,
+            };
+            match polled {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff.reset();
+                    let _ = ev_tx.send(LinkEvent::Connected).await;
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = ev_tx.send(LinkEvent::Message(p.topic, p.payload)).await;
+                }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                    // Let the DISCONNECT reach the wire, then stop.
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = ev_tx.send(LinkEvent::Disconnected(e.to_string())).await;
+                    let delay = backoff.next_delay();
+                    tokio::select! {
+                        _ = link_stop2.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    });
+
+    let mut connected = false;
+    let mut drain: Option<Drain> = None;
+    let mut last_floor = spool.acked_floor();
+    let mut last_progress = Instant::now();
+    let mut last_seq = 0u64;
+    let mut sample_tick = tokio::time::interval(cfg.interval());
+    sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut housekeeping = tokio::time::interval(Duration::from_millis(200));
+    tracing::info!(device = %id, host = %cfg.controller.mqtt_host, port = cfg.controller.mqtt_port, backlog = spool.backlog(), "agent started");
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            ev = ev_rx.recv() => match ev {
+                Some(LinkEvent::Connected) => {
+                    connected = true;
+                    tracing::info!(device = %id, backlog = spool.backlog(), "connected");
+                    let _ = client.try_subscribe(Topic::down_filter(&id), QoS::AtLeastOnce);
+                    let _ = client.try_publish(&status_topic, QoS::AtLeastOnce, true, codec::encode(Kind::Status, &v1::Status::Online)?);
+                    let hello = collector.hello(env!("CARGO_PKG_VERSION"), cfg.telemetry.interval_s);
+                    let _ = client.try_publish(&hello_topic, QoS::AtLeastOnce, false, codec::encode(Kind::Hello, &hello)?);
+                    drain = Some(Drain { cursor: spool.acked_floor(), live_from: None });
+                    last_progress = Instant::now();
+                }
+                Some(LinkEvent::Disconnected(reason)) => {
+                    if connected {
+                        tracing::warn!(device = %id, reason = %reason, "disconnected; will reconnect");
+                    } else {
+                        tracing::debug!(device = %id, reason = %reason, "connect failed; will retry");
+                    }
+                    connected = false;
+                    drain = None;
+                }
+                Some(LinkEvent::Message(topic, payload)) => {
+                    if topic == ack_topic {
+                        match codec::decode::<v1::Ack>(Kind::Ack, &payload) {
+                            Ok(ack) => spool.ack(&ack.ranges),
+                            Err(e) => tracing::warn!(error = %e, "undecodable ack dropped"),
+                        }
+                    } else {
+                        tracing::debug!(topic = %topic, "message for a later capability ignored");
+                    }
+                }
+                None => break,
+            },
+            _ = sample_tick.tick() => {
+                let seq = spool.next_seq()?;
+                last_seq = seq;
+                let dropped = spool.take_dropped();
+                if dropped > 0 {
+                    tracing::warn!(dropped, "spool full: oldest samples dropped");
+                }
+                let sample = collector.sample(seq, now_ms(), dropped, spool.backlog());
+                spool.append(&sample)?;
+                if connected {
+                    let msg = v1::Telemetry { samples: vec![sample] };
+                    match client.try_publish(&telemetry_topic, QoS::AtLeastOnce, false, codec::encode(Kind::Telemetry, &msg)?) {
+                        Ok(()) => {
+                            if let Some(d) = drain.as_mut() {
+                                d.live_from.get_or_insert(seq);
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, seq, "publish queue full; sample stays spooled"),
+                    }
+                }
+            }
+            _ = housekeeping.tick() => {
+                spool.maybe_sync()?;
+                let floor = spool.acked_floor();
+                if floor != last_floor {
+                    last_floor = floor;
+                    last_progress = Instant::now();
+                }
+                if !connected {
+                    continue;
+                }
+                // Something unacknowledged and no progress for a while: send it again.
+                if spool.backlog() > 0 && last_progress.elapsed() > RESEND_AFTER {
+                    tracing::info!(floor, backlog = spool.backlog(), "no acknowledgement progress; re-sending");
+                    drain = Some(Drain { cursor: floor, live_from: Some(last_seq + 1) });
+                    last_progress = Instant::now();
+                }
+                if let Some(d) = drain.as_mut()
+                    && drain_step(d, &spool, &client, &telemetry_topic)?
+                {
+                    drain = None;
+                }
+            }
+        }
+    }
+
+    tracing::info!(device = %id, "stopping");
+    if connected {
+        let _ = client.try_publish(
+            &status_topic,
+            QoS::AtLeastOnce,
+            true,
+            codec::encode(Kind::Status, &v1::Status::Offline)?,
+        );
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(3), link).await;
+    } else {
+        link_stop.cancel();
+        let _ = link.await;
+    }
+    link_stop.cancel();
+    spool.close()?;
+    Ok(())
+}
+
+/// Sends the next backlog batches that fit the window. Returns true when the drain is done.
+fn drain_step(
+    d: &mut Drain,
+    spool: &Spool,
+    client: &AsyncClient,
+    topic: &str,
+) -> Result<bool, RunError> {
+    for _ in 0..4 {
+        if d.cursor.saturating_sub(spool.acked_floor()) >= DRAIN_WINDOW {
+            return Ok(false);
+        }
+        let mut batch = spool.unacked_after(d.cursor, DRAIN_BATCH, DRAIN_BATCH_BYTES)?;
+        if let Some(live) = d.live_from {
+            batch.retain(|s| s.seq < live);
+        }
+        let Some(last) = batch.last().map(|s| s.seq) else {
+            return Ok(true);
+        };
+        let msg = v1::Telemetry { samples: batch };
+        let payload = codec::encode(Kind::Telemetry, &msg)?;
+        if client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+            .is_err()
+        {
+            return Ok(false); // queue full: try again on the next tick
+        }
+        d.cursor = last;
+    }
+    Ok(false)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

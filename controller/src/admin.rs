@@ -1,0 +1,241 @@
+//! Operator actions shared by the CLI (and later the admin API): init, enrollment tokens,
+//! revocation and the CRL.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+use pifleet_shared::DeviceId;
+use pifleet_shared::token::EnrollToken;
+use rand::RngCore;
+
+use crate::config::{self, Config};
+use crate::datadir::{DataDir, DataDirError, write_private};
+use crate::enroll::secret_hash;
+use crate::pki::{self, Ca, Revoked};
+use crate::store::{Labels, Store, StoreError, now_ms};
+
+/// Errors of operator actions.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("command key: {0}")]
+    CommandKey(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no device {0}")]
+    NoDevice(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn read_to_string(path: &Path) -> Result<String, AdminError> {
+    std::fs::read_to_string(path).map_err(|source| AdminError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Loads the CA from the data dir.
+pub fn load_ca(dd: &DataDir) -> Result<Ca, AdminError> {
+    Ok(Ca::from_pem(
+        &read_to_string(&dd.ca_cert())?,
+        &read_to_string(&dd.ca_key())?,
+    )?)
+}
+
+/// The command public key (PEM) handed to devices.
+pub fn command_public_key(dd: &DataDir) -> Result<String, AdminError> {
+    read_to_string(&dd.command_pub())
+}
+
+/// Creates a new data dir: CA, server certificate, command key, config, database, CRL.
+/// Everything is built in a sibling temp dir and renamed into place at the end, so a failure
+/// leaves nothing half-written.
+pub async fn init(root: &Path, hostnames: &[String]) -> Result<(), AdminError> {
+    let target = DataDir::new(root);
+    target.create_new()?; // refuses an existing non-empty dir
+    let parent = root.parent().unwrap_or(Path::new("."));
+    let name = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    let staging = DataDir::new(parent.join(format!(".{name}.init-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(staging.root());
+    staging.create_new()?;
+    let result = populate(&staging, hostnames).await;
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(staging.root());
+        return Err(e);
+    }
+    std::fs::rename(staging.root(), root).map_err(|source| AdminError::Io {
+        path: root.display().to_string(),
+        source,
+    })?;
+    Ok(())
+}
+
+async fn populate(dd: &DataDir, hostnames: &[String]) -> Result<(), AdminError> {
+    let label = hostnames
+        .first()
+        .map(String::as_str)
+        .unwrap_or("controller");
+    let ca = Ca::generate(label)?;
+    write_private(&dd.ca_cert(), ca.cert_pem.as_bytes())?;
+    write_private(&dd.ca_key(), ca.key_pem().as_bytes())?;
+    let (cert, key) = ca.issue_server(hostnames)?;
+    write_private(&dd.server_cert(), cert.as_bytes())?;
+    write_private(&dd.server_key(), key.as_bytes())?;
+
+    let mut seed = [0u8; 32];
+    rand::rng().fill_bytes(&mut seed);
+    let signing = SigningKey::from_bytes(&seed);
+    seed.fill(0);
+    let key_pem = signing
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| AdminError::CommandKey(e.to_string()))?;
+    let pub_pem = signing
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|e| AdminError::CommandKey(e.to_string()))?;
+    write_private(&dd.command_key(), key_pem.as_bytes())?;
+    write_private(&dd.command_pub(), pub_pem.as_bytes())?;
+
+    write_private(&dd.config(), config::DEFAULT_TOML.as_bytes())?;
+    let store = Store::open(&dd.database(), true).await?;
+    write_crl(dd, &store, &ca).await?;
+    store.close().await;
+    Ok(())
+}
+
+/// Rebuilds `crl.pem` from the revoked certificates in the database.
+pub async fn write_crl(dd: &DataDir, store: &Store, ca: &Ca) -> Result<(), AdminError> {
+    let revoked: Vec<Revoked> = store
+        .revoked_certs()
+        .await?
+        .into_iter()
+        .map(|c| Revoked {
+            serial_hex: c.serial,
+            revoked_at_unix: c.revoked_at.unwrap_or_else(now_ms) / 1000,
+        })
+        .collect();
+    let number = store.next_counter("crl_number").await?;
+    let pem = ca.crl(&revoked, number, 30)?;
+    write_private(&dd.crl(), pem.as_bytes())?;
+    Ok(())
+}
+
+/// A created enrollment token.
+#[derive(Debug)]
+pub struct CreatedToken {
+    pub id: String,
+    pub token: EnrollToken,
+    pub expires_at_ms: i64,
+}
+
+/// Creates a single-use enrollment token.
+pub async fn create_token(
+    dd: &DataDir,
+    store: &Store,
+    ttl: Duration,
+    name: Option<&str>,
+    labels: &[String],
+) -> Result<CreatedToken, AdminError> {
+    let cfg = Config::load(&dd.config())?;
+    if ttl.as_secs() < 1 || ttl.as_secs() > cfg.enrollment.max_token_ttl_s {
+        return Err(AdminError::Invalid(format!(
+            "--ttl must be between 1s and {}s (enrollment.max_token_ttl_s)",
+            cfg.enrollment.max_token_ttl_s
+        )));
+    }
+    let name = name
+        .map(DeviceId::parse)
+        .transpose()
+        .map_err(|e| AdminError::Invalid(format!("--name: {e}")))?;
+    let labels = parse_labels(labels)?;
+    let ca_fpr = pki::fingerprint_pem(&read_to_string(&dd.ca_cert())?)?;
+    let mut fpr = [0u8; 32];
+    for (i, b) in fpr.iter_mut().enumerate() {
+        *b = u8::from_str_radix(ca_fpr.get(i * 2..i * 2 + 2).unwrap_or("zz"), 16)
+            .map_err(|_| AdminError::Invalid("CA fingerprint is not hex".into()))?;
+    }
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    let hash = secret_hash(&secret);
+    let id = hash[..12].to_owned();
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    let expires_at_ms = now_ms().saturating_add(ttl_ms);
+    store
+        .insert_token(&id, &hash, name.as_ref(), &labels, expires_at_ms)
+        .await?;
+    Ok(CreatedToken {
+        id,
+        token: EnrollToken::new(secret, fpr),
+        expires_at_ms,
+    })
+}
+
+/// Parses `k=v` labels: keys `[a-z0-9_.-/]{1,63}`, values printable up to 255 characters.
+pub fn parse_labels(items: &[String]) -> Result<Labels, AdminError> {
+    let mut out = Labels::new();
+    for item in items {
+        let Some((k, v)) = item.split_once('=') else {
+            return Err(AdminError::Invalid(format!("label {item:?} is not k=v")));
+        };
+        let key_ok = (1..=63).contains(&k.len())
+            && k.bytes().all(|b| {
+                b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || matches!(b, b'_' | b'.' | b'-' | b'/')
+            });
+        if !key_ok {
+            return Err(AdminError::Invalid(format!(
+                "label key {k:?} must be 1-63 of a-z 0-9 _ . - /"
+            )));
+        }
+        if v.len() > 255 || v.chars().any(char::is_control) {
+            return Err(AdminError::Invalid(format!(
+                "label value for {k:?} must be at most 255 printable characters"
+            )));
+        }
+        out.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(out)
+}
+
+/// Revokes a device: marks it and its certificates revoked and rewrites the CRL, which a
+/// running controller reloads within `mqtt.crl_poll_ms`, dropping the device's connection.
+pub async fn revoke_device(dd: &DataDir, store: &Store, id: &str) -> Result<(), AdminError> {
+    if !store.revoke_device(id).await? {
+        return Err(AdminError::NoDevice(id.to_owned()));
+    }
+    let ca = load_ca(dd)?;
+    write_crl(dd, store, &ca).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        let l = parse_labels(&["site=lobby".into(), "app/v=2".into()]).unwrap();
+        assert_eq!(l.get("site").map(String::as_str), Some("lobby"));
+        for bad in ["nokv", "=v", "Key=v", "k=\u{7}"] {
+            assert!(parse_labels(&[bad.into()]).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Controller configuration: `config.toml` in the data dir, every field documented and
+//! defaulted, unknown fields refused, and every problem reported at once before any port is
+//! bound (exit code 64 from `main`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("{path}: invalid configuration:\n  - {}", .problems.join("\n  - "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+/// The whole controller configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub mqtt: MqttConfig,
+    pub https: HttpsConfig,
+    pub ingest: IngestConfig,
+    pub telemetry: TelemetryConfig,
+    pub enrollment: EnrollmentConfig,
+}
+
+/// The device-facing MQTT gateway (mutual TLS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Address the gateway listens on.
+    pub listen: SocketAddr,
+    /// Port devices are told to connect to at enrollment (defaults to the listen port).
+    pub public_port: Option<u16>,
+    /// Longest time a client may take to finish the TLS handshake.
+    pub handshake_timeout_ms: u64,
+    /// Longest time between the handshake and the MQTT CONNECT packet.
+    pub connect_timeout_ms: u64,
+    /// Most concurrent device connections; more are refused at accept.
+    pub max_connections: usize,
+    /// How often the CRL file is checked for changes.
+    pub crl_poll_ms: u64,
+}
+
+/// The HTTPS listener (enrollment now; the admin API later).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpsConfig {
+    pub listen: SocketAddr,
+    /// Longest time a client may take to finish the TLS handshake.
+    pub handshake_timeout_ms: u64,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+/// The SQLite writer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Most samples committed in one transaction.
+    pub batch_max_samples: usize,
+    /// Longest a sample waits for its batch to fill before the commit.
+    pub batch_max_delay_ms: u64,
+    /// Capacity of the queue between the broker and the writer, in messages.
+    pub queue_capacity: usize,
+}
+
+/// Telemetry history.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Samples older than this many days are deleted.
+    pub retention_days: u32,
+    /// How often retention runs, in seconds.
+    pub retention_interval_s: u64,
+}
+
+/// Device enrollment.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrollmentConfig {
+    /// Validity of device certificates in days.
+    pub device_cert_days: u32,
+    /// Longest lifetime of an enrollment token, in seconds.
+    pub max_token_ttl_s: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8883)),
+            public_port: None,
+            handshake_timeout_ms: 5_000,
+            connect_timeout_ms: 10_000,
+            max_connections: 60_000,
+            crl_poll_ms: 250,
+        }
+    }
+}
+
+impl Default for HttpsConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            handshake_timeout_ms: 5_000,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            batch_max_samples: 2_000,
+            batch_max_delay_ms: 20,
+            queue_capacity: 50_000,
+        }
+    }
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 30,
+            retention_interval_s: 3_600,
+        }
+    }
+}
+
+impl Default for EnrollmentConfig {
+    fn default() -> Self {
+        Self {
+            device_cert_days: 365,
+            max_token_ttl_s: 30 * 24 * 3_600,
+        }
+    }
+}
+
+impl MqttConfig {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`, reporting every problem at once.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        let problems = cfg.problems();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let mut check = |ok: bool, msg: &str| {
+            if !ok {
+                p.push(msg.to_owned());
+            }
+        };
+        check(
+            (100..=120_000).contains(&self.mqtt.handshake_timeout_ms),
+            "mqtt.handshake_timeout_ms must be 100..=120000",
+        );
+        check(
+            (100..=120_000).contains(&self.mqtt.connect_timeout_ms),
+            "mqtt.connect_timeout_ms must be 100..=120000",
+        );
+        check(
+            self.mqtt.max_connections >= 1,
+            "mqtt.max_connections must be at least 1",
+        );
+        check(
+            (50..=60_000).contains(&self.mqtt.crl_poll_ms),
+            "mqtt.crl_poll_ms must be 50..=60000",
+        );
+        check(
+            (100..=120_000).contains(&self.https.handshake_timeout_ms),
+            "https.handshake_timeout_ms must be 100..=120000",
+        );
+        check(
+            (1024..=16 * 1024 * 1024).contains(&self.https.max_body_bytes),
+            "https.max_body_bytes must be 1024..=16777216",
+        );
+        check(
+            (1..=50_000).contains(&self.ingest.batch_max_samples),
+            "ingest.batch_max_samples must be 1..=50000",
+        );
+        check(
+            self.ingest.batch_max_delay_ms <= 10_000,
+            "ingest.batch_max_delay_ms must be at most 10000",
+        );
+        check(
+            self.ingest.queue_capacity >= 16,
+            "ingest.queue_capacity must be at least 16",
+        );
+        check(
+            (1..=3650).contains(&self.telemetry.retention_days),
+            "telemetry.retention_days must be 1..=3650",
+        );
+        check(
+            self.telemetry.retention_interval_s >= 10,
+            "telemetry.retention_interval_s must be at least 10",
+        );
+        check(
+            (1..=3650).contains(&self.enrollment.device_cert_days),
+            "enrollment.device_cert_days must be 1..=3650",
+        );
+        check(
+            self.enrollment.max_token_ttl_s >= 60,
+            "enrollment.max_token_ttl_s must be at least 60",
+        );
+        p
+    }
+}
+
+/// The documented default configuration written by `init`.
+pub const DEFAULT_TOML: &str = r#"# pifleet controller configuration. Every field is optional; the values shown are the
+# defaults. Unknown fields are refused.
+
+[mqtt]
+# Address of the device-facing MQTT gateway (mutual TLS, MQTT 3.1.1).
+listen = "0.0.0.0:8883"
+# Port devices are told to use at enrollment, when a proxy or NAT changes it.
+# public_port = 8883
+# A client must finish the TLS handshake within this time.
+handshake_timeout_ms = 5000
+# ... and send its MQTT CONNECT within this time after the handshake.
+connect_timeout_ms = 10000
+# Most concurrent device connections.
+max_connections = 60000
+# How often the CRL file is checked; a revoked device is dropped within this time.
+crl_poll_ms = 250
+
+[https]
+# Address of the HTTPS listener (enrollment; admin API).
+listen = "0.0.0.0:8443"
+handshake_timeout_ms = 5000
+max_body_bytes = 65536
+
+[ingest]
+# Most samples per SQLite transaction (group commit).
+batch_max_samples = 2000
+# Longest a sample waits for its batch before the commit.
+batch_max_delay_ms = 20
+# Queue between the broker and the database writer, in messages.
+queue_capacity = 50000
+
+[telemetry]
+# Telemetry history older than this is deleted.
+retention_days = 30
+retention_interval_s = 3600
+
+[enrollment]
+# Validity of device certificates.
+device_cert_days = 365
+# Longest lifetime an enrollment token may be given.
+max_token_ttl_s = 2592000
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_parses_to_defaults() {
+        let cfg = Config::parse(DEFAULT_TOML, Path::new("t")).unwrap();
+        let def = Config::default();
+        assert_eq!(cfg.mqtt.listen, def.mqtt.listen);
+        assert_eq!(cfg.https.listen, def.https.listen);
+        assert_eq!(cfg.ingest.batch_max_samples, def.ingest.batch_max_samples);
+        assert_eq!(cfg.telemetry.retention_days, def.telemetry.retention_days);
+        assert_eq!(
+            cfg.enrollment.max_token_ttl_s,
+            def.enrollment.max_token_ttl_s
+        );
+    }
+
+    #[test]
+    fn unknown_field_refused() {
+        let err = Config::parse("[mqtt]\nlisten_port = 1\n", Path::new("t")).unwrap_err();
+        assert!(err.to_string().contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn all_problems_reported_at_once() {
+        let text = "[mqtt]\nhandshake_timeout_ms = 1\n[telemetry]\nretention_days = 0\n[ingest]\nbatch_max_samples = 0\n";
+        let err = Config::parse(text, Path::new("t")).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}");
+        };
+        assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+}

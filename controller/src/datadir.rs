@@ -1,0 +1,183 @@
+//! The controller's data directory: its layout, restrictive permissions, and atomic writes.
+//!
+//! ```text
+//! DATA/            0700
+//!   config.toml    0600  documented defaults, edited by the operator
+//!   ca.crt         0644-equivalent content, stored 0600  CA certificate (public)
+//!   ca.key         0600  CA private key
+//!   server.crt     0600  certificate of the MQTT and HTTPS listeners
+//!   server.key     0600
+//!   command.key    0600  Ed25519 command-signing key (PKCS#8 PEM)
+//!   command.pub    0600  its public half, handed to devices at enrollment
+//!   crl.pem        0600  revoked device certificates, reloaded by the running controller
+//!   pifleet.db     0600  SQLite database (WAL)
+//!   serve.json     0600  addresses the running controller bound (for scripts and tests)
+//! ```
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Errors about the data directory.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("{0} already exists and is not empty; refusing to overwrite it")]
+    Exists(PathBuf),
+    #[error("{0} does not exist; run `pifleet-controller init --data-dir {0}` first")]
+    Missing(PathBuf),
+    #[error(
+        "{path} is readable or writable by group/others (mode {mode:o}); run `chmod 600 {path}`"
+    )]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
+    move |source| DataDirError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Paths inside one data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.root.join("ca.crt")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.root.join("ca.key")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.root.join("server.crt")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.root.join("server.key")
+    }
+    pub fn command_key(&self) -> PathBuf {
+        self.root.join("command.key")
+    }
+    pub fn command_pub(&self) -> PathBuf {
+        self.root.join("command.pub")
+    }
+    pub fn crl(&self) -> PathBuf {
+        self.root.join("crl.pem")
+    }
+    pub fn database(&self) -> PathBuf {
+        self.root.join("pifleet.db")
+    }
+    pub fn serve_state(&self) -> PathBuf {
+        self.root.join("serve.json")
+    }
+
+    /// Files that hold secrets: each must be 0600 or stricter.
+    pub fn secret_files(&self) -> [PathBuf; 3] {
+        [self.ca_key(), self.server_key(), self.command_key()]
+    }
+
+    /// Creates the directory (0700) for `init`; refuses an existing non-empty one.
+    pub fn create_new(&self) -> Result<(), DataDirError> {
+        if self.root.exists() {
+            let mut entries = fs::read_dir(&self.root).map_err(io(&self.root))?;
+            if entries.next().is_some() {
+                return Err(DataDirError::Exists(self.root.clone()));
+            }
+        } else {
+            fs::create_dir_all(&self.root).map_err(io(&self.root))?;
+        }
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700)).map_err(io(&self.root))
+    }
+
+    /// Checks that the directory exists and no secret is exposed to other users.
+    pub fn check(&self) -> Result<(), DataDirError> {
+        if !self.config().exists() {
+            return Err(DataDirError::Missing(self.root.clone()));
+        }
+        for path in self.secret_files() {
+            let mode = fs::metadata(&path).map_err(io(&path))?.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(DataDirError::Permissions {
+                    path,
+                    mode: mode & 0o777,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes `data` to `path` atomically (temp file, fsync, rename) with mode 0600.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), DataDirError> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        f.write_all(data).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(io(path))?;
+    if let Some(dir) = path.parent() {
+        // Persist the rename itself; a failure here only weakens durability, so it is ignored.
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_new_refuses_non_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(tmp.path().join("d"));
+        dd.create_new().unwrap();
+        let mode = fs::metadata(dd.root()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        write_private(&dd.config(), b"x").unwrap();
+        assert!(matches!(dd.create_new(), Err(DataDirError::Exists(_))));
+    }
+
+    #[test]
+    fn check_refuses_readable_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(tmp.path());
+        write_private(&dd.config(), b"").unwrap();
+        for p in dd.secret_files() {
+            write_private(&p, b"k").unwrap();
+        }
+        dd.check().unwrap();
+        fs::set_permissions(dd.ca_key(), fs::Permissions::from_mode(0o644)).unwrap();
+        let err = dd.check().unwrap_err();
+        assert!(
+            matches!(err, DataDirError::Permissions { mode: 0o644, .. }),
+            "{err}"
+        );
+    }
+}

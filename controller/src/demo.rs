@@ -1,0 +1,257 @@
+//! `pifleet-controller demo`: a throw-away controller with N real agent processes on this
+//! machine, for a newcomer to see the whole path (enrollment, mTLS MQTT, SQLite) working.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use crate::admin;
+use crate::datadir::DataDir;
+use crate::serve::Bound;
+use crate::store::Store;
+
+/// Options of the demo.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Number of local agents to enroll and start.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=200))]
+    pub agents: u16,
+    /// Telemetry interval of the demo agents, in seconds.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub interval: u32,
+    /// Where to put the demo's files (default: a new directory under the system temp dir).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// The pifleet-agent binary (default: next to this binary).
+    #[arg(long)]
+    pub agent_bin: Option<PathBuf>,
+}
+
+/// Demo failures.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
+    let what = what.into();
+    move |source| DemoError::Io { what, source }
+}
+
+/// Runs the demo until Ctrl-C / SIGTERM.
+pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
+    let me = std::env::current_exe().map_err(io("locating this binary"))?;
+    let bin_dir = me.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let agent_bin = args
+        .agent_bin
+        .clone()
+        .unwrap_or_else(|| bin_dir.join("pifleet-agent"));
+    if !agent_bin.exists() {
+        return Err(DemoError::Failed(format!(
+            "{} not found; build it first: cargo build --release --workspace",
+            agent_bin.display()
+        )));
+    }
+    let base = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("pifleet-demo-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&base).map_err(io(format!("creating {}", base.display())))?;
+    let data = base.join("controller");
+    admin::init(&data, &["localhost".to_owned()]).await?;
+    let dd = DataDir::new(&data);
+
+    let log = std::fs::File::create(base.join("controller.log")).map_err(io("controller.log"))?;
+    let mut controller = Command::new(&me)
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--https-listen",
+            "127.0.0.1:0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(io("starting the controller"))?;
+    let bound = wait_bound(&dd, &mut controller).await?;
+    let url = format!("https://localhost:{}", bound.https.port());
+
+    let store = Store::open(&dd.database(), false).await?;
+    let mut agents: Vec<(String, Child)> = Vec::new();
+    for i in 1..=args.agents {
+        let id = format!("demo-pi-{i}");
+        let dir = base.join("agents").join(&id);
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let token = admin::create_token(
+            &dd,
+            &store,
+            Duration::from_secs(600),
+            Some(&id),
+            &["demo=true".to_owned(), format!("rack={}", (i - 1) / 10 + 1)],
+        )
+        .await?;
+        let config = dir.join("agent.toml");
+        let status = Command::new(&agent_bin)
+            .args(["enroll", "--controller", &url, "--token"])
+            .arg(token.token.to_string())
+            .arg("--config")
+            .arg(&config)
+            .args(["--device-id", &id, "--interval"])
+            .arg(args.interval.to_string())
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .map_err(io("running pifleet-agent enroll"))?;
+        if !status.success() {
+            return Err(DemoError::Failed(format!(
+                "enrolling {id} failed ({status})"
+            )));
+        }
+        let log = std::fs::File::create(dir.join("agent.log")).map_err(io("agent.log"))?;
+        let child = Command::new(&agent_bin)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io("starting pifleet-agent"))?;
+        agents.push((id, child));
+    }
+
+    println!("pifleet demo is running.");
+    println!();
+    println!(
+        "  controller   pid {}  https {}  mqtt mtls://127.0.0.1:{}",
+        bound.pid,
+        url,
+        bound.mqtt.port()
+    );
+    println!("  data dir     {}", data.display());
+    println!("  database     {}", dd.database().display());
+    println!(
+        "  logs         {}/controller.log, {}/agents/*/agent.log",
+        base.display(),
+        base.display()
+    );
+    for (id, child) in &agents {
+        println!("  agent        {id}  pid {}", child.id().unwrap_or(0));
+    }
+    println!();
+    println!(
+        "  try:  pifleet-controller device list --data-dir {}",
+        data.display()
+    );
+    println!(
+        "        sqlite3 {} 'SELECT device_id, COUNT(*), MAX(seq) FROM telemetry GROUP BY 1'",
+        dd.database().display()
+    );
+    println!();
+    println!(
+        "Press Ctrl-C to stop. The files stay in {} until you delete them.",
+        base.display()
+    );
+
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.tick().await;
+    let stop = wait_for_stop();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => {
+                if let Ok(devices) = store.list_devices().await {
+                    let online = devices.iter().filter(|d| d.online).count();
+                    let samples: i64 = devices.iter().filter_map(|d| d.last_seq).sum();
+                    println!("  {online}/{} devices online, {samples} samples received", devices.len());
+                }
+            }
+            r = controller.wait() => {
+                return Err(DemoError::Failed(format!(
+                    "the controller exited ({}); see {}/controller.log",
+                    r.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                    base.display()
+                )));
+            }
+        }
+    }
+    println!("stopping…");
+    store.close().await;
+    for (_, child) in &mut agents {
+        terminate(child).await;
+    }
+    terminate(&mut controller).await;
+    println!("stopped. Files kept in {}", base.display());
+    Ok(())
+}
+
+async fn wait_bound(dd: &DataDir, controller: &mut Child) -> Result<Bound, DemoError> {
+    for _ in 0..300 {
+        if let Ok(text) = std::fs::read(dd.serve_state())
+            && let Ok(b) = serde_json::from_slice::<Bound>(&text)
+        {
+            return Ok(b);
+        }
+        if let Ok(Some(status)) = controller.try_wait() {
+            return Err(DemoError::Failed(format!(
+                "the controller exited at start-up ({status})"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(DemoError::Failed(
+        "the controller did not start within 30 s".into(),
+    ))
+}
+
+/// SIGTERM, then SIGKILL after 10 s.
+async fn terminate(child: &mut Child) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+}
+
+async fn wait_for_stop() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

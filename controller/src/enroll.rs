@@ -1,0 +1,144 @@
+//! Enrollment: a single-use token and a CSR in, a device certificate out.
+//!
+//! The device makes its own key; only the CSR travels. Every refusal (unknown, used,
+//! expired or revoked token; a CSR with a bad signature, a weak key or a malformed subject;
+//! an id already enrolled) is a 4xx with a clear message, and changes nothing: the token
+//! stays usable and no device row is written.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use pifleet_shared::token::EnrollToken;
+use pifleet_shared::{DeviceId, token::to_hex};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::metrics::Metrics;
+use crate::pki::{self, Ca};
+use crate::problem::Problem;
+use crate::store::{EnrollError, EnrollRefusal, NewDevice, Store};
+use crate::tls::normalize_serial;
+
+/// Shared state of the enrollment endpoint.
+#[derive(Debug)]
+pub struct EnrollState {
+    pub store: Store,
+    pub ca: Ca,
+    pub ca_fingerprint: String,
+    pub command_public_key: String,
+    pub mqtt_port: u16,
+    pub cert_days: u32,
+    pub metrics: Metrics,
+}
+
+/// Enrollment request body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub token: String,
+    /// PEM-encoded PKCS#10 certificate signing request.
+    pub csr: String,
+}
+
+/// Enrollment response body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub device_id: String,
+    /// The device certificate (PEM).
+    pub certificate: String,
+    /// The CA certificate (PEM).
+    pub ca: String,
+    /// The controller's Ed25519 command-signing public key (PEM, SPKI).
+    pub command_public_key: String,
+    /// The port of the MQTT gateway on the host the agent enrolled with.
+    pub mqtt_port: u16,
+}
+
+/// SHA-256 of a token secret, hex: what the database stores.
+pub fn secret_hash(secret: &[u8; 32]) -> String {
+    to_hex(&Sha256::digest(secret))
+}
+
+/// `POST /api/v1/enroll`.
+pub async fn enroll(
+    State(st): State<Arc<EnrollState>>,
+    Json(req): Json<EnrollRequest>,
+) -> Result<Json<EnrollResponse>, Problem> {
+    let result = do_enroll(&st, &req).await;
+    let outcome = match &result {
+        Ok(_) => "enrolled",
+        Err(p) if p.status.is_client_error() => "refused",
+        Err(_) => "error",
+    };
+    st.metrics.enrollments.with_label_values(&[outcome]).inc();
+    match &result {
+        Ok(r) => tracing::info!(device = %r.device_id, "device enrolled"),
+        Err(p) => {
+            tracing::warn!(status = p.status.as_u16(), detail = %p.detail, "enrollment refused")
+        }
+    }
+    result.map(Json)
+}
+
+async fn do_enroll(st: &EnrollState, req: &EnrollRequest) -> Result<EnrollResponse, Problem> {
+    let token = EnrollToken::parse(&req.token).map_err(|e| Problem::bad_request(e.to_string()))?;
+    if token.ca_fingerprint_hex() != st.ca_fingerprint {
+        return Err(Problem::forbidden(
+            "token was issued by another controller (CA fingerprint differs)",
+        ));
+    }
+    // Validate the CSR before touching the database, so a bad one costs nothing.
+    let proposed = pki::csr_proposed_id(&req.csr).map_err(csr_problem)?;
+    let outcome = st
+        .store
+        .enroll(&secret_hash(token.secret()), |t| {
+            let id = match &t.name {
+                Some(name) => {
+                    DeviceId::parse(name).map_err(|e| Problem::bad_request(e.to_string()))?
+                }
+                None => proposed.clone(),
+            };
+            let issued = st
+                .ca
+                .sign_device_csr(&req.csr, &id, st.cert_days)
+                .map_err(csr_problem)?;
+            Ok::<_, Problem>((
+                NewDevice {
+                    id,
+                    labels: t.labels.clone(),
+                    serial: normalize_serial(&issued.serial_hex),
+                    not_after: issued.not_after_unix,
+                },
+                issued.cert_pem,
+            ))
+        })
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    let (device, cert_pem) = match outcome {
+        Ok(v) => v,
+        Err(EnrollError::Issue(p)) => return Err(p),
+        Err(EnrollError::Refused(r)) => {
+            return Err(match r {
+                EnrollRefusal::DeviceExists(_) => Problem::conflict(r.to_string()),
+                _ => Problem::forbidden(r.to_string()),
+            });
+        }
+    };
+    Ok(EnrollResponse {
+        device_id: device.id.to_string(),
+        certificate: cert_pem,
+        ca: st.ca.cert_pem.clone(),
+        command_public_key: st.command_public_key.clone(),
+        mqtt_port: st.mqtt_port,
+    })
+}
+
+/// A refused CSR is the client's fault (400); anything else is ours (500, details logged).
+fn csr_problem(e: pki::CsrError) -> Problem {
+    if e.is_refusal() {
+        Problem::bad_request(e.to_string())
+    } else {
+        Problem::internal(&e)
+    }
+}

@@ -1,0 +1,328 @@
+//! Ingest: device messages from the broker → decoded and validated → one writer task that
+//! commits them in batched transactions (group commit) → acknowledgements of the committed
+//! sequence numbers published back to each device.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pifleet_shared::proto::v1;
+use pifleet_shared::topic::Kind;
+use pifleet_shared::{DeviceId, Topic, codec};
+use rumqttd::Notification;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::Publish;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::IngestConfig;
+use crate::gateway::Gateway;
+use crate::metrics::Metrics;
+use crate::store::{IngestOp, Store};
+
+/// An acknowledgement to publish to one device.
+pub type AckMsg = (DeviceId, v1::Ack);
+
+/// Reads every `fleet/+/up/#` message from the in-process broker link and queues it for
+/// the writer. Undecodable input is counted, logged and dropped, and the sender is
+/// disconnected; it never stops the loop.
+pub async fn route(
+    mut rx: LinkRx,
+    queue: mpsc::Sender<IngestOp>,
+    gateway: Arc<Gateway>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let n = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            n = rx.next() => n,
+        };
+        let notification = match n {
+            Ok(Some(n)) => n,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "broker link closed; ingest stops");
+                return;
+            }
+        };
+        let Notification::Forward(fwd) = notification else {
+            continue;
+        };
+        match to_op(&fwd.publish) {
+            Ok(Some(op)) => {
+                if queue.send(op).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err((device, reason, detail)) => {
+                metrics.ingest_dropped.with_label_values(&[reason]).inc();
+                tracing::warn!(device = device.as_ref().map(DeviceId::as_str), reason, detail = %detail, "device message dropped");
+                if let Some(d) = device {
+                    gateway.disconnect(&d, "bad_payload");
+                }
+            }
+        }
+    }
+}
+
+type Refusal = (Option<DeviceId>, &'static str, String);
+
+fn to_op(p: &Publish) -> Result<Option<IngestOp>, Refusal> {
+    let topic_s =
+        std::str::from_utf8(&p.topic).map_err(|_| (None, "topic", "topic not UTF-8".to_owned()))?;
+    let topic = Topic::parse(topic_s).map_err(|e| (None, "topic", format!("{topic_s:?}: {e}")))?;
+    let device = topic.device;
+    let bad = |e: codec::DecodeError| (Some(device.clone()), e.reason(), e.to_string());
+    Ok(match topic.kind {
+        Kind::Telemetry => {
+            let t: v1::Telemetry = codec::decode(Kind::Telemetry, &p.payload).map_err(bad)?;
+            if t.samples.is_empty() {
+                return Ok(None);
+            }
+            Some(IngestOp::Telemetry {
+                device,
+                samples: t.samples,
+            })
+        }
+        Kind::Hello => {
+            let hello: v1::Hello = codec::decode(Kind::Hello, &p.payload).map_err(bad)?;
+            Some(IngestOp::Hello { device, hello })
+        }
+        Kind::Status => {
+            // Informational: online state comes from the gateway's connection events.
+            let _: v1::Status = codec::decode(Kind::Status, &p.payload).map_err(bad)?;
+            None
+        }
+        // Results and events are handled by later capabilities; validate the size only.
+        Kind::Result | Kind::Event => {
+            if p.payload.len() > topic.kind.max_payload() {
+                return Err((Some(device), "oversize", String::new()));
+            }
+            None
+        }
+        Kind::Cmd | Kind::Ack => None,
+    })
+}
+
+/// The single database writer: batches queued operations into transactions and, after each
+/// commit, acknowledges the committed sequence numbers to their devices.
+pub async fn write(
+    store: Store,
+    mut queue: mpsc::Receiver<IngestOp>,
+    acks: mpsc::UnboundedSender<AckMsg>,
+    cfg: IngestConfig,
+    metrics: Metrics,
+) {
+    let max_delay = Duration::from_millis(cfg.batch_max_delay_ms);
+    let mut batch: Vec<IngestOp> = Vec::new();
+    loop {
+        // Wait for the first operation; None means every sender is gone: drained, stop.
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let mut samples = op_samples(&first);
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + max_delay;
+        while samples < cfg.batch_max_samples {
+            match tokio::time::timeout_at(deadline, queue.recv()).await {
+                Ok(Some(op)) => {
+                    samples += op_samples(&op);
+                    batch.push(op);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        match store.write_batch(&batch).await {
+            Ok(()) => {
+                metrics
+                    .ingest_commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                metrics.ingest_batch_samples.observe(samples as f64);
+                metrics.ingest_samples.inc_by(samples as u64);
+                for (device, ack) in acks_for(&batch) {
+                    let _ = acks.send((device, ack));
+                }
+            }
+            Err(e) => {
+                // Nothing is acknowledged, so agents keep the samples and send them again.
+                metrics
+                    .ingest_dropped
+                    .with_label_values(&["commit_failed"])
+                    .inc_by(samples as u64);
+                tracing::error!(error = %e, samples, "ingest commit failed; samples stay on the devices");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        batch.clear();
+    }
+}
+
+fn op_samples(op: &IngestOp) -> usize {
+    match op {
+        IngestOp::Telemetry { samples, .. } => samples.len(),
+        _ => 1,
+    }
+}
+
+/// Committed sequence numbers per device, as compact inclusive ranges.
+pub fn acks_for(batch: &[IngestOp]) -> Vec<(DeviceId, v1::Ack)> {
+    let mut seqs: BTreeMap<&DeviceId, Vec<u64>> = BTreeMap::new();
+    for op in batch {
+        if let IngestOp::Telemetry { device, samples } = op {
+            seqs.entry(device)
+                .or_default()
+                .extend(samples.iter().map(|s| s.seq));
+        }
+    }
+    seqs.into_iter()
+        .map(|(device, mut s)| {
+            s.sort_unstable();
+            s.dedup();
+            let mut ranges: Vec<v1::SeqRange> = Vec::new();
+            for seq in s {
+                match ranges.last_mut() {
+                    Some(r) if r.last.checked_add(1) == Some(seq) => r.last = seq,
+                    _ => ranges.push(v1::SeqRange {
+                        first: seq,
+                        last: seq,
+                    }),
+                }
+            }
+            (device.clone(), v1::Ack { ranges })
+        })
+        .collect()
+}
+
+/// Publishes acknowledgements through the broker link. Runs on its own thread because the
+/// link's send blocks when the router is busy.
+pub fn publish_acks(mut tx: LinkTx, mut acks: mpsc::UnboundedReceiver<AckMsg>) {
+    while let Some((device, ack)) = acks.blocking_recv() {
+        let topic = Topic::new(device, Kind::Ack).to_string();
+        // Split a huge ack so each message fits its size limit.
+        for chunk in ack.ranges.chunks(200) {
+            let msg = v1::Ack {
+                ranges: chunk.to_vec(),
+            };
+            let payload = match codec::encode(Kind::Ack, &msg) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "ack encoding failed");
+                    continue;
+                }
+            };
+            if let Err(e) = tx.publish(topic.clone().into_bytes(), payload) {
+                tracing::error!(error = %e, "broker link closed; acks stop");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(seq: u64) -> v1::Sample {
+        v1::Sample {
+            seq,
+            ts_ms: 0,
+            cpu_pct: 0.0,
+            load1: 0.0,
+            load5: 0.0,
+            load15: 0.0,
+            mem_total_bytes: 0,
+            mem_used_bytes: 0,
+            swap_total_bytes: 0,
+            swap_used_bytes: 0,
+            disks: vec![],
+            nets: vec![],
+            temp_c: None,
+            throttled: None,
+            uptime_s: 0,
+            spool_dropped: 0,
+            spool_backlog: 0,
+        }
+    }
+
+    #[test]
+    fn acks_are_compact_ranges_per_device() {
+        let a = DeviceId::parse("dev-a").unwrap();
+        let b = DeviceId::parse("dev-b").unwrap();
+        let batch = vec![
+            IngestOp::Telemetry {
+                device: a.clone(),
+                samples: [5, 1, 2, 3, 9].into_iter().map(sample).collect(),
+            },
+            IngestOp::Online {
+                device: b.clone(),
+                online: true,
+            },
+            IngestOp::Telemetry {
+                device: b.clone(),
+                samples: vec![sample(7)],
+            },
+            IngestOp::Telemetry {
+                device: a.clone(),
+                samples: vec![sample(4), sample(3)],
+            },
+        ];
+        let acks = acks_for(&batch);
+        let r = |first, last| v1::SeqRange { first, last };
+        assert_eq!(
+            acks,
+            vec![
+                (
+                    a,
+                    v1::Ack {
+                        ranges: vec![r(1, 5), r(9, 9)]
+                    }
+                ),
+                (
+                    b,
+                    v1::Ack {
+                        ranges: vec![r(7, 7)]
+                    }
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_payloads_are_refused_with_reasons() {
+        let p =
+            |topic: &str, payload: Vec<u8>| Publish::new(topic.as_bytes().to_vec(), payload, false);
+        let cases: Vec<(Publish, &str)> = vec![
+            (p("fleet/dev-a/up/telemetry", vec![]), "empty"),
+            (p("fleet/dev-a/up/telemetry", vec![9, 0]), "unknown_version"),
+            (
+                p("fleet/dev-a/up/telemetry", vec![1, 0xff, 0xff]),
+                "malformed",
+            ),
+            (
+                p("fleet/dev-a/up/telemetry", vec![1; 70 * 1024]),
+                "oversize",
+            ),
+            (p("nope", vec![1]), "topic"),
+        ];
+        for (publish, want) in cases {
+            match to_op(&publish) {
+                Err((_, reason, _)) => assert_eq!(reason, want),
+                Ok(_) => panic!("expected refusal {want}"),
+            }
+        }
+        let good = codec::encode(
+            Kind::Telemetry,
+            &v1::Telemetry {
+                samples: vec![sample(1)],
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            to_op(&p("fleet/dev-a/up/telemetry", good)),
+            Ok(Some(IngestOp::Telemetry { .. }))
+        ));
+    }
+}

@@ -1,0 +1,110 @@
+//! Controller metrics, registered in one registry. Labels are bounded (reasons, kinds,
+//! outcomes): never a device id here.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Every metric the controller keeps.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub mqtt_connections: IntGauge,
+    pub mqtt_connects: IntCounter,
+    pub mqtt_disconnects: IntCounterVec,
+    pub mqtt_refused: IntCounterVec,
+    pub mqtt_acl_violations: IntCounterVec,
+    pub mqtt_messages_in: IntCounterVec,
+    pub mqtt_bytes_in: IntCounter,
+    pub ingest_dropped: IntCounterVec,
+    pub ingest_samples: IntCounter,
+    pub ingest_batch_samples: Histogram,
+    pub ingest_commit_seconds: Histogram,
+    pub enrollments: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers all metrics.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("pifleet".into()), None)?;
+        let m = Self {
+            mqtt_connections: IntGauge::new("mqtt_connections", "Open device connections")?,
+            mqtt_connects: IntCounter::new(
+                "mqtt_connects_total",
+                "Device connections accepted after CONNECT",
+            )?,
+            mqtt_disconnects: IntCounterVec::new(
+                Opts::new("mqtt_disconnects_total", "Device disconnections by reason"),
+                &["reason"],
+            )?,
+            mqtt_refused: IntCounterVec::new(
+                Opts::new(
+                    "mqtt_refused_total",
+                    "Connections refused before CONNECT completed, by reason",
+                ),
+                &["reason"],
+            )?,
+            mqtt_acl_violations: IntCounterVec::new(
+                Opts::new(
+                    "mqtt_acl_violations_total",
+                    "Protocol or topic ACL violations that closed a connection",
+                ),
+                &["reason"],
+            )?,
+            mqtt_messages_in: IntCounterVec::new(
+                Opts::new("mqtt_messages_in_total", "Messages published by devices"),
+                &["kind"],
+            )?,
+            mqtt_bytes_in: IntCounter::new(
+                "mqtt_bytes_in_total",
+                "Payload bytes published by devices",
+            )?,
+            ingest_dropped: IntCounterVec::new(
+                Opts::new(
+                    "ingest_dropped_total",
+                    "Device messages dropped by ingest, by reason",
+                ),
+                &["reason"],
+            )?,
+            ingest_samples: IntCounter::new(
+                "ingest_samples_total",
+                "Telemetry samples committed (including idempotent re-sends)",
+            )?,
+            ingest_batch_samples: Histogram::with_opts(
+                HistogramOpts::new("ingest_batch_samples", "Samples per committed batch")
+                    .buckets(vec![1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0]),
+            )?,
+            ingest_commit_seconds: Histogram::with_opts(
+                HistogramOpts::new("ingest_commit_seconds", "Duration of one batch commit")
+                    .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14)?),
+            )?,
+            enrollments: IntCounterVec::new(
+                Opts::new("enrollments_total", "Enrollment attempts by outcome"),
+                &["outcome"],
+            )?,
+            registry,
+        };
+        let r = &m.registry;
+        r.register(Box::new(m.mqtt_connections.clone()))?;
+        r.register(Box::new(m.mqtt_connects.clone()))?;
+        r.register(Box::new(m.mqtt_disconnects.clone()))?;
+        r.register(Box::new(m.mqtt_refused.clone()))?;
+        r.register(Box::new(m.mqtt_acl_violations.clone()))?;
+        r.register(Box::new(m.mqtt_messages_in.clone()))?;
+        r.register(Box::new(m.mqtt_bytes_in.clone()))?;
+        r.register(Box::new(m.ingest_dropped.clone()))?;
+        r.register(Box::new(m.ingest_samples.clone()))?;
+        r.register(Box::new(m.ingest_batch_samples.clone()))?;
+        r.register(Box::new(m.ingest_commit_seconds.clone()))?;
+        r.register(Box::new(m.enrollments.clone()))?;
+        Ok(m)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let encoder = prometheus::TextEncoder::new();
+        if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+}

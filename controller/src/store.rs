@@ -1,0 +1,580 @@
+//! All SQL lives here. SQLite in WAL mode with `synchronous = FULL` (an acknowledged sample
+//! must survive power loss); one writer connection used by the ingest task for group commits,
+//! and a small reader pool. Statements stay portable to PostgreSQL.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use pifleet_shared::DeviceId;
+use pifleet_shared::proto::v1;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+/// Database errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Labels: a small string map, stored as a JSON object.
+pub type Labels = BTreeMap<String, String>;
+
+/// Saturating u64 → i64 for SQL integers (values past i64::MAX do not occur in practice).
+pub fn sql_int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Current Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Handle to the database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+/// A stored enrollment token (never the secret itself).
+#[derive(Debug, Clone)]
+pub struct TokenRow {
+    pub id: String,
+    pub name: Option<String>,
+    pub labels: Labels,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+    pub used_by: Option<String>,
+    pub revoked_at: Option<i64>,
+}
+
+/// A device as stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceRow {
+    pub id: String,
+    pub labels: Labels,
+    pub enrolled_at: i64,
+    pub revoked_at: Option<i64>,
+    pub first_seen: Option<i64>,
+    pub last_seen: Option<i64>,
+    pub online: bool,
+    pub agent_version: Option<String>,
+    pub hostname: Option<String>,
+    pub os: Option<String>,
+    pub kernel: Option<String>,
+    pub arch: Option<String>,
+    pub model: Option<String>,
+    pub last_seq: Option<i64>,
+}
+
+/// A certificate issued to a device.
+#[derive(Debug, Clone)]
+pub struct CertRow {
+    pub serial: String,
+    pub device_id: String,
+    pub revoked_at: Option<i64>,
+}
+
+/// One change for the ingest writer; a batch of them commits in one transaction.
+#[derive(Debug, Clone)]
+pub enum IngestOp {
+    Telemetry {
+        device: DeviceId,
+        samples: Vec<v1::Sample>,
+    },
+    Hello {
+        device: DeviceId,
+        hello: v1::Hello,
+    },
+    Online {
+        device: DeviceId,
+        online: bool,
+    },
+}
+
+/// What a new enrollment writes.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    pub id: DeviceId,
+    pub labels: Labels,
+    pub serial: String,
+    pub not_after: i64,
+}
+
+/// Why an enrollment was refused by the database state.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollRefusal {
+    #[error("unknown enrollment token")]
+    UnknownToken,
+    #[error("enrollment token already used")]
+    UsedToken,
+    #[error("enrollment token expired")]
+    ExpiredToken,
+    #[error("enrollment token revoked")]
+    RevokedToken,
+    #[error("device id {0} is already enrolled")]
+    DeviceExists(String),
+}
+
+impl Store {
+    /// Opens (creating if asked) the database and runs migrations.
+    pub async fn open(path: &Path, create: bool) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path)
+            .create_if_missing(create)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(opts.clone())
+            .await?;
+        sqlx::migrate!("./migrations").run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts.read_only(true))
+            .await?;
+        Ok(Self { writer, reader })
+    }
+
+    /// Closes both pools, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    // ---- meta -------------------------------------------------------------------------
+
+    /// Increments and returns a counter kept in `meta` (e.g. the CRL number).
+    pub async fn next_counter(&self, key: &str) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let cur: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let next = cur.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES (?, ?) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(next.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    // ---- enrollment tokens ------------------------------------------------------------
+
+    /// Stores a new token by the hash of its secret.
+    pub async fn insert_token(
+        &self,
+        id: &str,
+        secret_hash: &str,
+        name: Option<&DeviceId>,
+        labels: &Labels,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO enrollment_tokens (id, secret_hash, name, labels, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(secret_hash)
+        .bind(name.map(DeviceId::as_str))
+        .bind(serde_json::to_string(labels)?)
+        .bind(now_ms())
+        .bind(expires_at)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// All tokens, newest first.
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, labels, created_at, expires_at, used_at, used_by, revoked_at \
+             FROM enrollment_tokens ORDER BY created_at DESC",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(token_row).collect()
+    }
+
+    /// Revokes an unused token; returns false if there was no such unused token.
+    pub async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE enrollment_tokens SET revoked_at = ? \
+             WHERE id = ? AND used_at IS NULL AND revoked_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Consumes a token and records the device and its certificate, all or nothing.
+    /// `issue` picks the device id from the token and signs the certificate; if it fails,
+    /// or any check fails, nothing is written and the token stays usable.
+    pub async fn enroll<T, E, F>(
+        &self,
+        secret_hash: &str,
+        issue: F,
+    ) -> Result<Result<(NewDevice, T), EnrollError<E>>, StoreError>
+    where
+        F: FnOnce(&TokenRow) -> Result<(NewDevice, T), E>,
+    {
+        let now = now_ms();
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query(
+            "SELECT id, name, labels, created_at, expires_at, used_at, used_by, revoked_at \
+             FROM enrollment_tokens WHERE secret_hash = ?",
+        )
+        .bind(secret_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(Err(EnrollError::Refused(EnrollRefusal::UnknownToken)));
+        };
+        let token = token_row(&row)?;
+        let refusal = if token.revoked_at.is_some() {
+            Some(EnrollRefusal::RevokedToken)
+        } else if token.used_at.is_some() {
+            Some(EnrollRefusal::UsedToken)
+        } else if token.expires_at <= now {
+            Some(EnrollRefusal::ExpiredToken)
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
+            return Ok(Err(EnrollError::Refused(r)));
+        }
+        let (device, extra) = match issue(&token) {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(EnrollError::Issue(e))),
+        };
+        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM devices WHERE id = ?")
+            .bind(device.id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_some() {
+            return Ok(Err(EnrollError::Refused(EnrollRefusal::DeviceExists(
+                device.id.to_string(),
+            ))));
+        }
+        sqlx::query("INSERT INTO devices (id, labels, enrolled_at) VALUES (?, ?, ?)")
+            .bind(device.id.as_str())
+            .bind(serde_json::to_string(&device.labels)?)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO certificates (serial, device_id, issued_at, not_after) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&device.serial)
+        .bind(device.id.as_str())
+        .bind(now)
+        .bind(device.not_after * 1000)
+        .execute(&mut *tx)
+        .await?;
+        let used = sqlx::query(
+            "UPDATE enrollment_tokens SET used_at = ?, used_by = ? WHERE id = ? AND used_at IS NULL",
+        )
+        .bind(now)
+        .bind(device.id.as_str())
+        .bind(&token.id)
+        .execute(&mut *tx)
+        .await?;
+        if used.rows_affected() != 1 {
+            return Ok(Err(EnrollError::Refused(EnrollRefusal::UsedToken)));
+        }
+        tx.commit().await?;
+        Ok(Ok((device, extra)))
+    }
+
+    // ---- devices and certificates ------------------------------------------------------
+
+    /// One device.
+    pub async fn device(&self, id: &str) -> Result<Option<DeviceRow>, StoreError> {
+        let row = sqlx::query(DEVICE_SELECT_BY_ID)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(device_row).transpose()
+    }
+
+    /// All devices ordered by id.
+    pub async fn list_devices(&self) -> Result<Vec<DeviceRow>, StoreError> {
+        let rows = sqlx::query(DEVICE_SELECT_ALL)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(device_row).collect()
+    }
+
+    /// Marks the device and all its certificates revoked. Returns false for an unknown device.
+    pub async fn revoke_device(&self, id: &str) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin().await?;
+        let r = sqlx::query(
+            "UPDATE devices SET revoked_at = COALESCE(revoked_at, ?), online = 0 WHERE id = ?",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE certificates SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Every revoked certificate, for the CRL.
+    pub async fn revoked_certs(&self) -> Result<Vec<CertRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT serial, device_id, revoked_at FROM certificates \
+             WHERE revoked_at IS NOT NULL ORDER BY revoked_at",
+        )
+        .fetch_all(&self.writer)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CertRow {
+                    serial: r.try_get("serial")?,
+                    device_id: r.try_get("device_id")?,
+                    revoked_at: r.try_get("revoked_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks every device offline (at start-up: no connection survives a restart).
+    pub async fn set_all_offline(&self) -> Result<(), StoreError> {
+        sqlx::query("UPDATE devices SET online = 0 WHERE online <> 0")
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    // ---- ingest ------------------------------------------------------------------------
+
+    /// Commits a batch of ingest operations in one transaction. Telemetry inserts are
+    /// idempotent on (device, seq): a re-sent sample is ignored, not duplicated.
+    pub async fn write_batch(&self, ops: &[IngestOp]) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin().await?;
+        // Rows per INSERT statement: 19 columns, SQLite allows 32766 parameters.
+        const ROWS_PER_STATEMENT: usize = 1_000;
+        let mut pending: Vec<(&DeviceId, &v1::Sample)> = Vec::new();
+        let mut last_seen: BTreeMap<&DeviceId, i64> = BTreeMap::new();
+        for op in ops {
+            match op {
+                IngestOp::Telemetry { device, samples } => {
+                    pending.extend(samples.iter().map(|s| (device, s)));
+                    let max = samples.iter().map(|s| sql_int(s.seq)).max();
+                    if let Some(max) = max {
+                        let e = last_seen.entry(device).or_insert(i64::MIN);
+                        *e = (*e).max(max);
+                    }
+                }
+                IngestOp::Hello { device, hello } => {
+                    sqlx::query(
+                        "UPDATE devices SET agent_version = ?, hostname = ?, os = ?, kernel = ?, \
+                         arch = ?, model = ?, uptime_s = ?, hello_at = ?, last_seen = ?, \
+                         first_seen = COALESCE(first_seen, ?) WHERE id = ?",
+                    )
+                    .bind(&hello.agent_version)
+                    .bind(&hello.hostname)
+                    .bind(&hello.os)
+                    .bind(&hello.kernel)
+                    .bind(&hello.arch)
+                    .bind(&hello.model)
+                    .bind(sql_int(hello.uptime_s))
+                    .bind(now)
+                    .bind(now)
+                    .bind(now)
+                    .bind(device.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                IngestOp::Online { device, online } => {
+                    sqlx::query(
+                        "UPDATE devices SET online = ?, last_seen = ?, \
+                         first_seen = COALESCE(first_seen, ?) WHERE id = ?",
+                    )
+                    .bind(i32::from(*online))
+                    .bind(now)
+                    .bind(now)
+                    .bind(device.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        for chunk in pending.chunks(ROWS_PER_STATEMENT) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO telemetry (device_id, seq, ts, received_at, cpu_pct, load1, load5, \
+                 load15, mem_total, mem_used, swap_total, swap_used, temp_c, throttled, uptime_s, \
+                 spool_dropped, spool_backlog, disks, nets) ",
+            );
+            let mut json_err = None;
+            qb.push_values(chunk, |mut b, (device, s)| {
+                let disks = serde_json::to_string(&s.disks).unwrap_or_else(|e| {
+                    json_err = Some(e);
+                    String::new()
+                });
+                let nets = serde_json::to_string(&s.nets).unwrap_or_default();
+                b.push_bind(device.as_str().to_owned())
+                    .push_bind(sql_int(s.seq))
+                    .push_bind(s.ts_ms)
+                    .push_bind(now)
+                    .push_bind(finite(s.cpu_pct))
+                    .push_bind(finite(s.load1))
+                    .push_bind(finite(s.load5))
+                    .push_bind(finite(s.load15))
+                    .push_bind(sql_int(s.mem_total_bytes))
+                    .push_bind(sql_int(s.mem_used_bytes))
+                    .push_bind(sql_int(s.swap_total_bytes))
+                    .push_bind(sql_int(s.swap_used_bytes))
+                    .push_bind(s.temp_c.map(finite))
+                    .push_bind(s.throttled.map(i64::from))
+                    .push_bind(sql_int(s.uptime_s))
+                    .push_bind(sql_int(s.spool_dropped))
+                    .push_bind(sql_int(s.spool_backlog))
+                    .push_bind(disks)
+                    .push_bind(nets);
+            });
+            if let Some(e) = json_err {
+                return Err(e.into());
+            }
+            qb.push(" ON CONFLICT (device_id, seq) DO NOTHING");
+            qb.build().execute(&mut *tx).await?;
+        }
+        for (device, max_seq) in last_seen {
+            sqlx::query(
+                "UPDATE devices SET last_seen = ?, first_seen = COALESCE(first_seen, ?), \
+                 last_seq = CASE WHEN last_seq IS NULL OR last_seq < ? THEN ? ELSE last_seq END \
+                 WHERE id = ?",
+            )
+            .bind(now)
+            .bind(now)
+            .bind(max_seq)
+            .bind(max_seq)
+            .bind(device.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes telemetry received before `cutoff_ms`, one hour of data per statement so the
+    /// writer is never held for long. Returns the number of rows deleted.
+    pub async fn apply_retention(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
+        let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(received_at) FROM telemetry")
+            .fetch_one(&self.reader)
+            .await?;
+        let Some(mut from) = oldest else {
+            return Ok(0);
+        };
+        let mut deleted = 0;
+        while from < cutoff_ms {
+            let to = (from + 3_600_000).min(cutoff_ms);
+            let r = sqlx::query("DELETE FROM telemetry WHERE received_at < ?")
+                .bind(to)
+                .execute(&self.writer)
+                .await?;
+            deleted += r.rows_affected();
+            from = to;
+        }
+        Ok(deleted)
+    }
+
+    /// Sequence numbers stored for a device, ascending (for tests and tools).
+    pub async fn telemetry_seqs(&self, device: &str) -> Result<Vec<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT seq FROM telemetry WHERE device_id = ? ORDER BY seq")
+                .bind(device)
+                .fetch_all(&self.reader)
+                .await?,
+        )
+    }
+}
+
+/// Errors of the enrollment transaction: a refusal by state, or by the issuer callback.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError<E> {
+    #[error(transparent)]
+    Refused(EnrollRefusal),
+    #[error(transparent)]
+    Issue(E),
+}
+
+fn finite(v: f32) -> f64 {
+    if v.is_finite() { f64::from(v) } else { 0.0 }
+}
+
+const DEVICE_SELECT_BY_ID: &str = "SELECT id, labels, enrolled_at, revoked_at, first_seen, \
+    last_seen, online, agent_version, hostname, os, kernel, arch, model, last_seq \
+    FROM devices WHERE id = ?";
+const DEVICE_SELECT_ALL: &str = "SELECT id, labels, enrolled_at, revoked_at, first_seen, \
+    last_seen, online, agent_version, hostname, os, kernel, arch, model, last_seq \
+    FROM devices ORDER BY id";
+
+fn device_row(r: &sqlx::sqlite::SqliteRow) -> Result<DeviceRow, StoreError> {
+    let labels: String = r.try_get("labels")?;
+    Ok(DeviceRow {
+        id: r.try_get("id")?,
+        labels: serde_json::from_str(&labels)?,
+        enrolled_at: r.try_get("enrolled_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+        first_seen: r.try_get("first_seen")?,
+        last_seen: r.try_get("last_seen")?,
+        online: r.try_get::<i64, _>("online")? != 0,
+        agent_version: r.try_get("agent_version")?,
+        hostname: r.try_get("hostname")?,
+        os: r.try_get("os")?,
+        kernel: r.try_get("kernel")?,
+        arch: r.try_get("arch")?,
+        model: r.try_get("model")?,
+        last_seq: r.try_get("last_seq")?,
+    })
+}
+
+fn token_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRow, StoreError> {
+    let labels: String = r.try_get("labels")?;
+    Ok(TokenRow {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        labels: serde_json::from_str(&labels)?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        used_at: r.try_get("used_at")?,
+        used_by: r.try_get("used_by")?,
+        revoked_at: r.try_get("revoked_at")?,
+    })
+}

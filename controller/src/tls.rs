@@ -1,0 +1,172 @@
+//! TLS configuration for the controller's listeners, built in one place with one crypto
+//! provider (ring), TLS 1.2+ only.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use x509_parser::prelude::FromDer;
+
+use crate::datadir::DataDir;
+
+/// TLS set-up errors.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: no PEM certificate found")]
+    NoCert(String),
+    #[error("{0}: no PEM private key found")]
+    NoKey(String),
+    #[error("{0}: no PEM CRL found")]
+    NoCrl(String),
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("CRL parse: {0}")]
+    CrlParse(String),
+}
+
+/// The process-wide crypto provider. Installs it as the default the first time.
+pub fn provider() -> Arc<CryptoProvider> {
+    let p = Arc::new(rustls::crypto::ring::default_provider());
+    // Fails only if a default is already installed, which is what we want anyway.
+    let _ = CryptoProvider::install_default((*p).clone());
+    p
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// All certificates in a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|source| TlsError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCert(path.display().to_string()));
+    }
+    Ok(certs)
+}
+
+/// The private key in a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|source| TlsError::Read {
+            path: path.display().to_string(),
+            source,
+        })?
+        .ok_or_else(|| TlsError::NoKey(path.display().to_string()))
+}
+
+/// The CRLs in a PEM file.
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let crls: Vec<_> = rustls_pemfile::crls(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|source| TlsError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+    if crls.is_empty() {
+        return Err(TlsError::NoCrl(path.display().to_string()));
+    }
+    Ok(crls)
+}
+
+/// Serials (lowercase hex, no leading zeros) listed in the CRLs.
+pub fn revoked_serials(
+    crls: &[CertificateRevocationListDer<'_>],
+) -> Result<HashSet<String>, TlsError> {
+    let mut out = HashSet::new();
+    for crl in crls {
+        let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl)
+            .map_err(|e| TlsError::CrlParse(e.to_string()))?;
+        for rc in parsed.iter_revoked_certificates() {
+            out.insert(normalize_serial(&rc.raw_serial_as_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// Canonical serial form: lowercase hex without separators or leading zeros.
+pub fn normalize_serial(s: &str) -> String {
+    let hex: String = s
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let trimmed = hex.trim_start_matches('0');
+    if trimmed.is_empty() {
+        "0".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+fn server_chain(dd: &DataDir) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let mut chain = load_certs(&dd.server_cert())?;
+    // Send the CA too: agents pin it by fingerprint at enrollment.
+    chain.extend(load_certs(&dd.ca_cert())?);
+    Ok(chain)
+}
+
+/// The HTTPS listener: server auth only.
+pub fn https_config(dd: &DataDir) -> Result<ServerConfig, TlsError> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(server_chain(dd)?, load_key(&dd.server_key())?)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// The MQTT gateway: a client certificate chained to our CA and absent from the CRL is
+/// required. Unknown revocation status is refused, so a broken CRL fails closed.
+pub fn mqtt_config(
+    dd: &DataDir,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) -> Result<ServerConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in load_certs(&dd.ca_cert())? {
+        roots.add(ca)?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .with_crls(crls)
+        .build()?;
+    let cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(server_chain(dd)?, load_key(&dd.server_key())?)?;
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_normalization() {
+        assert_eq!(normalize_serial("00:1A:bc"), "1abc");
+        assert_eq!(normalize_serial("0x00"), "0");
+        assert_eq!(normalize_serial("7f"), "7f");
+    }
+}
