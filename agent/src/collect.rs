@@ -848,6 +848,17 @@ short line
         put(root, "proc/stat", b"cpu  200 10 50 900 40 0 0 0 0 0\n")?;
         assert!((c.sample(8, 0, 0, 0).cpu_pct - 50.0).abs() < 1e-4);
 
+        // A new mount shows up once the cached mount table is refreshed.
+        fs::create_dir_all(root.join("media/usb"))?;
+        let mounts = b"/dev/mmcblk0p2 / ext4 rw 0 0\n/dev/sda1 /media/usb exfat rw 0 0\n";
+        put(root, "proc/self/mounts", mounts)?;
+        let seen = (0..MOUNTS_EVERY).any(|_| {
+            c.sample(9, 0, 0, 0)
+                .disks
+                .iter()
+                .any(|d| d.mount == "/media/usb")
+        });
+        assert!(seen);
         put(
             root,
             "sys/devices/platform/soc/soc:firmware/get_throttled",
@@ -934,32 +945,5 @@ short line
         let h = c.hello("0.1.0", 10);
         assert!(!h.hostname.is_empty() && !h.kernel.is_empty());
         Ok(())
-    }
-}
-#[cfg(test)]
-mod bench_tmp {
-    fn cpu_ns() -> u64 {
-        std::fs::read_to_string("/proc/thread-self/schedstat")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    }
-    #[test]
-    #[ignore]
-    fn bench_sample() {
-        let mut c = super::Collector::new("/").unwrap();
-        for _ in 0..100 {
-            let _ = c.sample(1, 0, 0, 0);
-        }
-        let n = 6000;
-        let t0 = cpu_ns();
-        for i in 0..n {
-            std::hint::black_box(c.sample(i, 0, 0, 0));
-        }
-        let t1 = cpu_ns();
-        println!(
-            "cpu per sample: {:.1} us",
-            (t1 - t0) as f64 / n as f64 / 1000.0
-        );
     }
 }

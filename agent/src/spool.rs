@@ -243,6 +243,9 @@ struct State {
     floor: u64,
     /// No seq at or above it was ever handed out.
     reserved_until: u64,
+    /// This boot's first seq: seqs below it may have been used before a power loss, so a
+    /// restart in the same boot never goes back below it.
+    min_next: u64,
     boot_id: String,
     /// Set only by a clean shutdown: the next seq to hand out.
     clean_next: Option<u64>,
@@ -258,10 +261,12 @@ pub struct Spool {
     active: Option<File>,
     next: u64,
     reserved_until: u64,
-    /// Highest seq appended (or covered by the floor found at open).
+    /// Highest seq appended; at open, the one before the first seq this run hands out.
     last_appended: u64,
     dropped: u64,
     persisted_floor: u64,
+    /// The seq numbering started from at open (see `State::min_next`).
+    min_next: u64,
     boot_id: String,
     /// A segment file was created or deleted since the directory was last fsynced.
     dir_dirty: bool,
@@ -327,7 +332,7 @@ impl Spool {
             Some(s) => match s.clean_next {
                 Some(n) => n.max(last_found + 1),
                 None if boot_id != UNKNOWN_BOOT && s.boot_id == boot_id => {
-                    last_found.max(s.floor) + 1
+                    (last_found.max(s.floor) + 1).max(s.min_next)
                 }
                 None => s.reserved_until.max(last_found + 1),
             },
@@ -336,11 +341,14 @@ impl Spool {
         let mut spool = Self {
             reserved_until: next.saturating_add(block),
             next,
-            last_appended: last_found.max(floor),
+            // Seqs below `next` are on disk, acknowledged, lost with a power loss, or were
+            // never appended (so never published): none will ever be sent again.
+            last_appended: next - 1,
             segments,
             active: None,
             dropped: 0,
             persisted_floor: 0,
+            min_next: next,
             boot_id,
             dir_dirty: true,
             last_sync: Instant::now(),
@@ -632,6 +640,7 @@ impl Spool {
         let state = State {
             floor: self.acked_floor(),
             reserved_until,
+            min_next: self.min_next,
             boot_id: self.boot_id.clone(),
             clean_next,
         };
@@ -1008,6 +1017,7 @@ mod tests {
             .open(&last)?
             .set_len(len / 2)?;
         fx.reboot("boot-2")?;
+        drop(Spool::open(fx.small())?); // then the agent crashes before taking a sample
         let mut sp = Spool::open(fx.small())?;
         let seq = sp.next_seq()?;
         assert!(seq > 20, "seq {seq} reused");
@@ -1218,6 +1228,8 @@ mod tests {
         Crash,
         Close,
         Reboot,
+        /// Reboot after losing this share (percent) of the newest segment's records.
+        PowerLoss(u64),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1228,6 +1240,7 @@ mod tests {
             1 => Just(Op::Crash),
             1 => Just(Op::Close),
             1 => Just(Op::Reboot),
+            1 => (0u64..100).prop_map(Op::PowerLoss),
         ]
     }
 
@@ -1251,8 +1264,10 @@ mod tests {
             match op {
                 Op::Append(n) => {
                     for _ in 0..n {
+                        let floor = s.acked_floor();
                         let seq = s.next_seq().map_err(fail)?;
                         prop_assert!(seq > last_seq, "seq {} reused (last {})", seq, last_seq);
+                        prop_assert!(seq > floor, "seq {} at or below the floor {}", seq, floor);
                         if contiguous {
                             prop_assert_eq!(seq, last_seq + 1);
                         }
@@ -1272,14 +1287,22 @@ mod tests {
                     model.retain(|&x| x < first || x > first + n);
                 }
                 Op::Sync => s.sync().map_err(fail)?,
-                Op::Crash | Op::Close | Op::Reboot => {
+                Op::Crash | Op::Close | Op::Reboot | Op::PowerLoss(_) => {
                     let old = sp.take().ok_or_else(|| fail("no spool"))?;
                     if matches!(op, Op::Close) {
                         old.close().map_err(fail)?;
                     } else {
                         drop(old);
                     }
-                    if matches!(op, Op::Reboot) {
+                    if let Op::PowerLoss(pct) = op
+                        && let Some(last) = fx.segments().map_err(fail)?.pop()
+                    {
+                        let len = fs::metadata(&last).map_err(fail)?.len();
+                        let keep = SEG_HEADER + (len - SEG_HEADER) * (100 - pct) / 100;
+                        let f = fs::OpenOptions::new().write(true).open(&last);
+                        f.and_then(|f| f.set_len(keep)).map_err(fail)?;
+                    }
+                    if matches!(op, Op::Reboot | Op::PowerLoss(_)) {
                         boots += 1;
                         fx.reboot(&format!("boot-{boots}")).map_err(fail)?;
                         contiguous = false;
@@ -1287,7 +1310,7 @@ mod tests {
                     let s = Spool::open(cfg.clone()).map_err(fail)?;
                     let now: BTreeSet<u64> = unacked(&s).map_err(fail)?.into_iter().collect();
                     prop_assert!(
-                        now.is_superset(&model),
+                        matches!(op, Op::PowerLoss(_)) || now.is_superset(&model),
                         "lost samples: {:?} vs {:?}",
                         now,
                         model
@@ -1302,10 +1325,10 @@ mod tests {
             let now: Vec<u64> = unacked(s).map_err(fail)?;
             prop_assert_eq!(&now, &model.iter().copied().collect::<Vec<_>>());
             prop_assert_eq!(s.backlog(), model.len() as u64);
-            let floor = model
-                .first()
-                .map_or(appended.last().copied().unwrap_or(0), |f| f - 1);
-            prop_assert_eq!(s.acked_floor(), floor);
+            match model.first() {
+                Some(first) => prop_assert_eq!(s.acked_floor(), first - 1),
+                None => prop_assert!(s.acked_floor() >= appended.last().copied().unwrap_or(0)),
+            }
         }
         Ok(())
     }

@@ -1,1 +1,9 @@
-//! harness
+//! The pifleet end-to-end harness: starts the real `pifleet-controller` and `pifleet-agent`
+//! binaries on ephemeral ports with temporary data dirs, and gives tests handles to them.
+//! Also home of the fleet simulator used by benchmarks (`src/bin/`).
+//!
+//! The binaries must be built first (`cargo build --workspace`); the harness finds them next
+//! to the test executable's target directory, or in `PIFLEET_BIN_DIR`.
+
+pub mod harness;
+pub mod mqtt;

@@ -1,0 +1,345 @@
+//! Process handles for the controller and agents, and condition waits (never fixed sleeps).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use tempfile::TempDir;
+
+/// Directory holding the built binaries.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PIFLEET_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    // target/<profile>/deps/<test-exe> → target/<profile>
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of a built binary; fails with a clear message if it has not been built.
+pub fn bin(name: &str) -> Result<PathBuf> {
+    let p = bin_dir().join(name);
+    if !p.exists() {
+        bail!(
+            "{} not found: build the binaries first with `cargo build --workspace`",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or fails after `timeout` with `what`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends a signal to a child process.
+pub fn signal(child: &std::process::Child, sig: Signal) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = kill(Pid::from_raw(pid), sig);
+    }
+}
+
+/// A running (or stopped) controller with its own temporary data dir.
+#[derive(Debug)]
+pub struct Controller {
+    pub tmp: TempDir,
+    pub data: PathBuf,
+    pub mqtt: SocketAddr,
+    pub https: SocketAddr,
+    child: Option<std::process::Child>,
+    starts: u32,
+}
+
+#[derive(serde::Deserialize)]
+struct Bound {
+    mqtt: SocketAddr,
+    https: SocketAddr,
+    pid: u32,
+}
+
+impl Controller {
+    /// `init` a new data dir and `serve` it on ephemeral loopback ports.
+    pub async fn start() -> Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let data = tmp.path().join("data");
+        let out = Command::new(bin("pifleet-controller")?)
+            .args(["init", "--hostname", "localhost", "--data-dir"])
+            .arg(&data)
+            .output()?;
+        if !out.status.success() {
+            bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let mut c = Self {
+            tmp,
+            data,
+            mqtt: "127.0.0.1:0".parse()?,
+            https: "127.0.0.1:0".parse()?,
+            child: None,
+            starts: 0,
+        };
+        c.serve().await?;
+        Ok(c)
+    }
+
+    /// Starts `serve` (again), keeping the previous ports when restarting so agents find
+    /// it where they were enrolled.
+    pub async fn serve(&mut self) -> Result<()> {
+        let _ = std::fs::remove_file(self.data.join("serve.json"));
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path_n(self.starts))?;
+        let child = Command::new(bin("pifleet-controller")?)
+            .args(["serve", "--data-dir"])
+            .arg(&self.data)
+            .arg("--mqtt-listen")
+            .arg(self.mqtt.to_string())
+            .arg("--https-listen")
+            .arg(self.https.to_string())
+            .env("RUST_LOG", "info,rumqttd=off,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        let state = self.data.join("serve.json");
+        let bound: Bound = wait_for(Duration::from_secs(30), "controller start", || {
+            let state = state.clone();
+            async move {
+                let text = std::fs::read(&state).ok()?;
+                serde_json::from_slice(&text).ok()
+            }
+        })
+        .await
+        .with_context(|| format!("controller log:\n{}", self.log()))?;
+        let _ = bound.pid;
+        self.mqtt = bound.mqtt;
+        self.https = bound.https;
+        Ok(())
+    }
+
+    fn log_path_n(&self, n: u32) -> PathBuf {
+        self.tmp.path().join(format!("controller-{n}.log"))
+    }
+
+    /// Every log line of every run of this controller.
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|n| std::fs::read_to_string(self.log_path_n(n)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("")
+    }
+
+    /// The running process, if any.
+    pub fn child(&self) -> Option<&std::process::Child> {
+        self.child.as_ref()
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        signal(&c, Signal::SIGTERM);
+        c.wait().ok()
+    }
+
+    /// Runs a controller CLI command against this data dir.
+    pub fn cli(&self, args: &[&str]) -> Result<std::process::Output> {
+        Ok(Command::new(bin("pifleet-controller")?)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .output()?)
+    }
+
+    /// Creates an enrollment token (`token create`), optionally fixing the device id.
+    pub fn token(&self, name: Option<&str>, ttl: &str) -> Result<String> {
+        let mut args = vec!["token", "create", "--ttl", ttl];
+        if let Some(n) = name {
+            args.extend(["--name", n]);
+        }
+        let out = self.cli(&args)?;
+        if !out.status.success() {
+            bail!("token create: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// `device revoke ID`.
+    pub fn revoke(&self, id: &str) -> Result<()> {
+        let out = self.cli(&["device", "revoke", id])?;
+        if !out.status.success() {
+            bail!("revoke: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// The HTTPS base URL agents enroll with.
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}", self.https.port())
+    }
+
+    /// A read-only connection pool on the controller's database.
+    pub async fn db(&self) -> Result<SqlitePool> {
+        let opts = SqliteConnectOptions::new()
+            .filename(self.data.join("pifleet.db"))
+            .read_only(true);
+        Ok(SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts)
+            .await?)
+    }
+
+    /// Telemetry sequence numbers stored for `device`, ascending.
+    pub async fn seqs(&self, device: &str) -> Result<Vec<i64>> {
+        let db = self.db().await?;
+        let v = sqlx::query_scalar("SELECT seq FROM telemetry WHERE device_id = ? ORDER BY seq")
+            .bind(device)
+            .fetch_all(&db)
+            .await?;
+        db.close().await;
+        Ok(v)
+    }
+
+    /// The CA certificate path (for clients in tests).
+    pub fn ca_path(&self) -> PathBuf {
+        self.data.join("ca.crt")
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An enrolled agent with its own config dir.
+#[derive(Debug)]
+pub struct Agent {
+    pub id: String,
+    pub dir: PathBuf,
+    _tmp: TempDir,
+    child: Option<std::process::Child>,
+    starts: u32,
+}
+
+impl Agent {
+    /// Enrolls a new agent as `id` with a fresh token; telemetry every `interval_s` seconds.
+    pub fn enroll(ctl: &Controller, id: &str, interval_s: u32) -> Result<Self> {
+        let token = ctl.token(None, "10m")?;
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join(id);
+        let out = Command::new(bin("pifleet-agent")?)
+            .args(["enroll", "--controller", &ctl.url(), "--token", &token])
+            .arg("--config")
+            .arg(dir.join("agent.toml"))
+            .args(["--device-id", id, "--interval", &interval_s.to_string()])
+            .output()?;
+        if !out.status.success() {
+            bail!("enroll {id}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(Self {
+            id: id.to_owned(),
+            dir,
+            _tmp: tmp,
+            child: None,
+            starts: 0,
+        })
+    }
+
+    /// Starts `pifleet-agent run`.
+    pub fn start(&mut self) -> Result<()> {
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.join(format!("agent-{}.log", self.starts)))?;
+        let child = Command::new(bin("pifleet-agent")?)
+            .arg("run")
+            .arg("--config")
+            .arg(self.config())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("agent.toml")
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("device.crt")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("device.key")
+    }
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// Every log line of every run of this agent.
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|n| {
+                std::fs::read_to_string(self.dir.join(format!("agent-{n}.log"))).unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("")
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        signal(&c, Signal::SIGTERM);
+        c.wait().ok()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
