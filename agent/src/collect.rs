@@ -183,7 +183,7 @@ impl Collector {
             .ok()
             .and_then(|b| parse_model(&b));
         Hello {
-            agent_version: truncate(agent_version, MAX_SHORT),
+            agent_version: truncate(agent_version, MAX_TEXT),
             hostname: truncate(&hostname, MAX_HOSTNAME),
             os: truncate(&os, MAX_TEXT),
             kernel: truncate(&kernel, MAX_TEXT),
@@ -575,7 +575,14 @@ mod tests {
   eth0: 115118266    5814    0    0    0     0          0         0   479567    4758    0    0    0     0       0          0
 wlan0:12 1 0 0 0 0 0 0 34 1 0 0 0 0 0 0
 ";
-    const MEMINFO: &str = "MemTotal:        3884096 kB\nMemFree:          123456 kB\nMemAvailable:    2884096 kB\nBuffers:           10000 kB\nCached:           500000 kB\nSwapTotal:        102396 kB\nSwapFree:          2396 kB\n";
+    const MEMINFO: &str = "MemTotal:        3884096 kB
+MemFree:          123456 kB
+MemAvailable:    2884096 kB
+Buffers:           10000 kB
+Cached:           500000 kB
+SwapTotal:        102396 kB
+SwapFree:           2396 kB
+";
 
     #[test]
     fn parses_cpu_and_computes_share() {
@@ -794,7 +801,11 @@ short line
         put(
             root,
             "proc/self/mounts",
-            b"/dev/mmcblk0p2 / ext4 rw 0 0\nproc /proc proc rw 0 0\n/dev/mmcblk0p1 /boot/firmware vfat rw 0 0\n/dev/sdz9 /does/not/exist ext4 rw 0 0\n",
+            b"/dev/mmcblk0p2 / ext4 rw 0 0
+proc /proc proc rw 0 0
+/dev/mmcblk0p1 /boot/firmware vfat rw 0 0
+/dev/sdz9 /does/not/exist ext4 rw 0 0
+",
         )?;
         put(
             root,

@@ -498,7 +498,10 @@ impl Spool {
                 match postcard::from_bytes::<Sample>(&body) {
                     Ok(sample) => out.push(sample),
                     Err(e) => {
-                        tracing::warn!(path = %seg.path.display(), seq, error = %e, "undecodable spool record skipped");
+                        tracing::warn!(
+                            path = %seg.path.display(), seq, error = %e,
+                            "undecodable spool record skipped"
+                        );
                         continue;
                     }
                 }
@@ -607,7 +610,10 @@ impl Spool {
             };
             let lost = seg.unacked();
             if lost > 0 {
-                tracing::warn!(path = %seg.path.display(), lost, "spool full: dropped the oldest samples");
+                tracing::warn!(
+                    path = %seg.path.display(), lost,
+                    "spool full: dropped the oldest samples"
+                );
             }
             self.dropped += lost;
             total -= seg.bytes;
@@ -768,7 +774,10 @@ fn scan_segment(
         offset += rec_len;
     }
     if offset < file_len {
-        tracing::warn!(path = %path.display(), valid = offset, len = file_len, "truncating torn or corrupt spool segment tail");
+        tracing::warn!(
+            path = %path.display(), valid = offset, len = file_len,
+            "truncating torn or corrupt spool segment tail"
+        );
         file.set_len(offset).map_err(io_err("truncate", path))?;
     }
     Ok((seg.present.count() > 0).then_some(seg))
@@ -1252,7 +1261,7 @@ mod tests {
         let fx = Fixture::new().map_err(fail)?;
         let cfg = SpoolConfig {
             segment_bytes: 400,
-            seq_block: 5,
+            seq_block: 16,
             ..fx.cfg()
         };
         let mut sp = Some(Spool::open(cfg.clone()).map_err(fail)?);

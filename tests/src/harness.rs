@@ -343,3 +343,111 @@ impl Drop for Agent {
         self.kill9();
     }
 }
+
+/// What the agent's spool `state` file records (mirrors `State` in `agent/src/spool.rs`:
+/// `PFST` magic, CRC32 of the body, then this struct in postcard). Read it only while the
+/// agent is stopped: `close()` (a clean SIGTERM) writes `clean_next`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct SpoolState {
+    /// Every seq at or below it is acknowledged or dropped.
+    pub floor: u64,
+    /// No seq at or above it was ever handed out.
+    pub reserved_until: u64,
+    /// The first seq of the current boot.
+    pub min_next: u64,
+    pub boot_id: String,
+    /// Set only by a clean shutdown: the next seq the agent will hand out.
+    pub clean_next: Option<u64>,
+}
+
+impl Agent {
+    /// The agent's spool directory (`spool` next to `agent.toml`, the enrollment default).
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.join("spool")
+    }
+
+    /// Sequence numbers of every sample record in the spool's segment files, acknowledged or
+    /// not, oldest first. Safe while the agent runs: records are appended with one write(2)
+    /// each, and a torn tail or a segment deleted meanwhile just ends the scan of that file.
+    /// The agent always keeps its newest segment, so the last value is the highest seq it
+    /// produced (while it runs or after it stopped).
+    pub fn spool_seqs(&self) -> Vec<u64> {
+        let Ok(entries) = std::fs::read_dir(self.spool_dir()) else {
+            return Vec::new();
+        };
+        let mut segs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("seg-") && n.ends_with(".log"))
+            })
+            .collect();
+        segs.sort();
+        let mut out = Vec::new();
+        for seg in segs {
+            let Ok(bytes) = std::fs::read(&seg) else {
+                continue;
+            };
+            // 8-byte header (magic + version), then [u32 len][u32 crc][postcard Sample].
+            let mut rest = bytes.get(8..).unwrap_or_default();
+            while rest.len() >= 8 {
+                let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                let Some(body) = rest.get(8..8 + len) else {
+                    break;
+                };
+                match postcard::from_bytes::<pifleet_shared::proto::v1::Sample>(body) {
+                    Ok(s) => out.push(s.seq),
+                    Err(_) => break,
+                }
+                rest = &rest[8 + len..];
+            }
+        }
+        out
+    }
+
+    /// The highest seq in the spool (see [`Agent::spool_seqs`]); 0 if none.
+    pub fn spool_max_seq(&self) -> u64 {
+        self.spool_seqs().last().copied().unwrap_or(0)
+    }
+
+    /// The spool's `state` file, if present and intact.
+    pub fn spool_state(&self) -> Option<SpoolState> {
+        let bytes = std::fs::read(self.spool_dir().join("state")).ok()?;
+        let body = bytes.strip_prefix(b"PFST".as_slice())?.get(4..)?;
+        postcard::from_bytes(body).ok()
+    }
+
+    /// Sets `[mqtt] backoff_max_s` in `agent.toml` (the reconnect backoff cap), so tests
+    /// that restart the controller do not wait out a long backoff.
+    pub fn set_backoff_max(&self, secs: u64) -> Result<()> {
+        let path = self.config();
+        let text = std::fs::read_to_string(&path)?;
+        let mut found = false;
+        let new: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("backoff_max_s") {
+                    found = true;
+                    format!("backoff_max_s = {secs}")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect();
+        if !found {
+            bail!("no backoff_max_s in {}:\n{text}", path.display());
+        }
+        std::fs::write(&path, new.join("\n") + "\n")?;
+        Ok(())
+    }
+
+    /// The JSON log events of every run whose `message` is `message`.
+    pub fn log_events(&self, message: &str) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == message)
+            .collect()
+    }
+}

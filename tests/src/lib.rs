@@ -6,4 +6,5 @@
 //! to the test executable's target directory, or in `PIFLEET_BIN_DIR`.
 
 pub mod harness;
+pub mod https;
 pub mod mqtt;
