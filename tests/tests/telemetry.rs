@@ -1,5 +1,8 @@
 //! Telemetry from real agents reaches SQLite with the right device ids and values.
 
+// Integration tests: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use pifleet_tests::harness::{Agent, Controller, wait_for};
