@@ -210,20 +210,29 @@ impl Gateway {
         let _ = tcp.set_nodelay(true);
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let reason = Arc::new(OnceLock::new());
-        let mut device: Option<DeviceId> = None;
+        // The id from the certificate once verified, and whether the connection got as far
+        // as registration (so there is state to clean up).
+        let mut identity: Option<DeviceId> = None;
+        let mut registered = false;
         let end = tokio::select! {
-            e = self.serve(tcp, conn, &mut device, &cancel, &reason) => e,
+            e = self.serve(tcp, conn, &mut identity, &mut registered, &cancel, &reason) => e,
             _ = cancel.cancelled() => End::Closed(reason.get().copied().unwrap_or("shutdown")),
         };
-        let Some(dev) = device else {
-            match end {
-                End::Refused(r, detail) | End::Violation(r, detail) => {
-                    self.metrics.mqtt_refused.with_label_values(&[r]).inc();
-                    tracing::warn!(%peer, reason = r, detail = %detail, "mqtt connection refused");
+        let dev = match identity {
+            Some(dev) if registered => dev,
+            identity => {
+                let device = identity.as_ref().map(DeviceId::as_str);
+                match end {
+                    End::Refused(r, detail) | End::Violation(r, detail) => {
+                        self.metrics.mqtt_refused.with_label_values(&[r]).inc();
+                        tracing::warn!(%peer, device, reason = r, detail = %detail, "mqtt connection refused");
+                    }
+                    End::Closed(r) => {
+                        tracing::debug!(%peer, device, reason = r, "mqtt connection closed")
+                    }
                 }
-                End::Closed(r) => tracing::debug!(%peer, reason = r, "mqtt connection closed"),
+                return;
             }
-            return;
         };
         let label = match &end {
             End::Refused(r, detail) => {
@@ -270,13 +279,15 @@ impl Gateway {
         }
     }
 
-    /// Handshake, CONNECT, registration and relay. Sets `device` once the connection is
-    /// registered (so the caller knows to clean up).
+    /// Handshake, CONNECT, registration and relay. Sets `identity` once the certificate is
+    /// verified (for logs) and `registered` once the connection is live (so the caller
+    /// knows to clean up).
     async fn serve(
         &self,
         tcp: TcpStream,
         conn: u64,
-        device: &mut Option<DeviceId>,
+        identity: &mut Option<DeviceId>,
+        registered: &mut bool,
         cancel: &CancellationToken,
         reason: &Arc<OnceLock<&'static str>>,
     ) -> End {
@@ -299,6 +310,7 @@ impl Gateway {
             Ok((id, serial)) => (id, tls::normalize_serial(&serial)),
             Err(e) => return End::Refused("bad_identity", e.to_string()),
         };
+        *identity = Some(id.clone());
         if self.revoked.load().contains(&serial) {
             return End::Refused("revoked", id.to_string());
         }
@@ -375,7 +387,7 @@ impl Gateway {
                 old.cancel.cancel();
             }
         }
-        *device = Some(id.clone());
+        *registered = true;
         self.metrics.mqtt_connects.inc();
         self.metrics.mqtt_connections.inc();
         tracing::info!(device = %id, serial = %serial, "device connected");

@@ -46,8 +46,18 @@ pub async fn route(
                 return;
             }
         };
-        let Notification::Forward(fwd) = notification else {
-            continue;
+        let fwd = match notification {
+            Notification::Forward(fwd) => fwd,
+            // The router paused us because our buffer filled up: ask to be rescheduled,
+            // or no message would ever reach ingest again.
+            Notification::Unschedule => {
+                if let Err(e) = rx.wake().await {
+                    tracing::error!(error = %e, "broker link closed; ingest stops");
+                    return;
+                }
+                continue;
+            }
+            _ => continue,
         };
         match to_op(&fwd.publish) {
             Ok(Some(op)) => {

@@ -138,7 +138,8 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            .statement_cache_capacity(256);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -387,8 +388,9 @@ impl Store {
     pub async fn write_batch(&self, ops: &[IngestOp]) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.writer.begin().await?;
-        // Rows per INSERT statement: 19 columns, SQLite allows 32766 parameters.
-        const ROWS_PER_STATEMENT: usize = 1_000;
+        // Rows per INSERT statement. Small and fixed, so the handful of distinct statements
+        // (one per remainder size) stay in the prepared-statement cache.
+        const ROWS_PER_STATEMENT: usize = 32;
         let mut pending: Vec<(&DeviceId, &v1::Sample)> = Vec::new();
         let mut last_seen: BTreeMap<&DeviceId, i64> = BTreeMap::new();
         for op in ops {
