@@ -137,7 +137,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
     let mut last_seq = 0u64;
     let mut sample_tick = tokio::time::interval(cfg.interval());
     sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut housekeeping = tokio::time::interval(Duration::from_millis(200));
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     tracing::info!(device = %id, host = %cfg.controller.mqtt_host, port = cfg.controller.mqtt_port, backlog = spool.backlog(), "agent started");
 
     loop {
@@ -168,6 +168,13 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
                         match codec::decode::<v1::Ack>(Kind::Ack, &payload) {
                             Ok(ack) => spool.ack(&ack.ranges),
                             Err(e) => tracing::warn!(error = %e, "undecodable ack dropped"),
+                        }
+                        // Acks open the drain window: keep the backlog moving at once
+                        // rather than on the next housekeeping tick.
+                        if let Some(d) = drain.as_mut()
+                            && drain_step(d, &spool, &client, &telemetry_topic)?
+                        {
+                            drain = None;
                         }
                     } else {
                         tracing::debug!(topic = %topic, "message for a later capability ignored");
