@@ -159,7 +159,8 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     }
     println!();
     println!(
-        "  try:  pifleet-controller device list --data-dir {}",
+        "  try:  {} device list --data-dir {}",
+        me.display(),
         data.display()
     );
     println!(
