@@ -5,8 +5,10 @@
 //! kinds with their size limits, and the versioned codec.
 
 pub mod codec;
+pub mod command;
 pub mod id;
 pub mod proto;
+pub mod signing;
 pub mod token;
 pub mod topic;
 

@@ -1,0 +1,340 @@
+//! All signing and verification in one place: commands (Ed25519, controller key) and
+//! receipts (the device's own key: ECDSA P-256 or Ed25519). Key types redact their `Debug`.
+
+use base64::Engine;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ring::rand::SystemRandom;
+use ring::signature::{self as rsig, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use sha2::{Digest, Sha256};
+
+use crate::command::{
+    Action, CommandId, Envelope, KeyId, MAX_TTL_MS, Receipt, SignedCommand, SignedReceipt,
+};
+use crate::topic::Kind;
+
+/// DER prefix of an Ed25519 SubjectPublicKeyInfo; the 32 key bytes follow.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// Key handling errors.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("not a PEM {0} block")]
+    Pem(&'static str),
+    #[error("unsupported or malformed key")]
+    Key,
+    #[error("encoding: {0}")]
+    Encode(#[from] postcard::Error),
+    #[error("signing failed")]
+    Sign,
+}
+
+fn pem_body(pem: &str, label: &'static str) -> Result<Vec<u8>, KeyError> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = pem.find(&begin).ok_or(KeyError::Pem(label))? + begin.len();
+    let stop = pem[start..].find(&end).ok_or(KeyError::Pem(label))? + start;
+    let b64: String = pem[start..stop].split_whitespace().collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| KeyError::Pem(label))
+}
+
+/// The key id of an Ed25519 public key.
+pub fn key_id(key: &VerifyingKey) -> KeyId {
+    let d = Sha256::digest(key.as_bytes());
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&d[..8]);
+    KeyId(id)
+}
+
+/// A command-verification key pinned by a device, with its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedKey {
+    pub id: KeyId,
+    pub key: VerifyingKey,
+}
+
+impl TrustedKey {
+    /// From an Ed25519 SPKI PEM ("PUBLIC KEY"), as written by the controller's `init`.
+    pub fn from_pem(pem: &str) -> Result<Self, KeyError> {
+        let der = pem_body(pem, "PUBLIC KEY")?;
+        let raw = der
+            .strip_prefix(&ED25519_SPKI_PREFIX[..])
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .ok_or(KeyError::Key)?;
+        let key = VerifyingKey::from_bytes(&raw).map_err(|_| KeyError::Key)?;
+        Ok(Self {
+            id: key_id(&key),
+            key,
+        })
+    }
+}
+
+/// The controller's command-signing key. `Debug` does not show it.
+pub struct CommandSigner {
+    key: SigningKey,
+    id: KeyId,
+}
+
+impl std::fmt::Debug for CommandSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandSigner")
+            .field("id", &self.id)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl CommandSigner {
+    pub fn new(key: SigningKey) -> Self {
+        let id = key_id(&key.verifying_key());
+        Self { key, id }
+    }
+
+    /// From a PKCS#8 PEM ("PRIVATE KEY") holding an Ed25519 key.
+    pub fn from_pkcs8_pem(pem: &str) -> Result<Self, KeyError> {
+        let der = pem_body(pem, "PRIVATE KEY")?;
+        // PKCS#8 v1 Ed25519: 16-byte header, then OCTET STRING(OCTET STRING(32-byte seed)).
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(|_| KeyError::Key)?;
+        let seed = der
+            .windows(2)
+            .position(|w| w == [0x04, 0x20])
+            .and_then(|i| der.get(i + 2..i + 34))
+            .and_then(|s| <[u8; 32]>::try_from(s).ok())
+            .ok_or(KeyError::Key)?;
+        let key = SigningKey::from_bytes(&seed);
+        // The seed found must be the one ring parsed.
+        if key.verifying_key().as_bytes() != pair.public_key().as_ref() {
+            return Err(KeyError::Key);
+        }
+        Ok(Self::new(key))
+    }
+
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    /// Signs the exact postcard bytes of `env`.
+    pub fn sign(&self, env: &Envelope) -> Result<SignedCommand, KeyError> {
+        let body = postcard::to_allocvec(env)?;
+        let signature = self.key.sign(&body).to_bytes().to_vec();
+        Ok(SignedCommand {
+            key_id: self.id,
+            body,
+            signature,
+        })
+    }
+}
+
+/// Why a device refused a command. Each failure is reported as itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("command is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("signed by an unknown key")]
+    UnknownKey,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("malformed command: {0}")]
+    Malformed(String),
+    #[error("command is for another device")]
+    WrongDevice,
+    #[error("command expired")]
+    Expired,
+    #[error("command lifetime exceeds the 7-day cap")]
+    TtlTooLong,
+    #[error("command already accepted before (replay)")]
+    Replayed,
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
+}
+
+impl Rejection {
+    /// A short stable label for metrics, logs and the database.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TooLarge(_) => "oversize",
+            Self::UnknownKey => "unknown_key",
+            Self::BadSignature => "bad_signature",
+            Self::Malformed(_) => "malformed",
+            Self::WrongDevice => "wrong_device",
+            Self::Expired => "expired",
+            Self::TtlTooLong => "ttl_too_long",
+            Self::Replayed => "replayed",
+            Self::NotAllowed(_) => "not_allowed",
+        }
+    }
+}
+
+/// What the device knows when it checks a command.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyContext<'a> {
+    /// Keys pinned at enrollment.
+    pub keys: &'a [TrustedKey],
+    /// This device's id.
+    pub device: &'a str,
+    /// max(local clock, trusted floor), Unix ms.
+    pub now_ms: i64,
+}
+
+/// Verifies a command, in this order, before anything runs: size, key, signature over the
+/// exact bytes, decoding, key id inside the body, target device, expiry (and TTL cap),
+/// replay (`seen`), and the local allowlist (`allow`). Returns the envelope only if every
+/// check passes.
+pub fn verify_command(
+    cmd: &SignedCommand,
+    ctx: VerifyContext<'_>,
+    seen: impl FnOnce(&CommandId) -> bool,
+    allow: impl FnOnce(&Action) -> Result<(), String>,
+) -> Result<Envelope, Rejection> {
+    let limit = Kind::Cmd.max_payload();
+    if cmd.body.len() > limit {
+        return Err(Rejection::TooLarge(limit));
+    }
+    let trusted = ctx
+        .keys
+        .iter()
+        .find(|k| k.id == cmd.key_id)
+        .ok_or(Rejection::UnknownKey)?;
+    let sig =
+        <[u8; 64]>::try_from(cmd.signature.as_slice()).map_err(|_| Rejection::BadSignature)?;
+    trusted
+        .key
+        .verify(&cmd.body, &Signature::from_bytes(&sig))
+        .map_err(|_| Rejection::BadSignature)?;
+    let (env, rest): (Envelope, &[u8]) =
+        postcard::take_from_bytes(&cmd.body).map_err(|e| Rejection::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(Rejection::Malformed("trailing bytes".into()));
+    }
+    if env.key_id != cmd.key_id {
+        return Err(Rejection::BadSignature);
+    }
+    if env.device != ctx.device {
+        return Err(Rejection::WrongDevice);
+    }
+    if env.expires_at_ms.saturating_sub(env.issued_at_ms) > MAX_TTL_MS
+        || env.expires_at_ms < env.issued_at_ms
+    {
+        return Err(Rejection::TtlTooLong);
+    }
+    if env.expires_at_ms <= ctx.now_ms {
+        return Err(Rejection::Expired);
+    }
+    if seen(&env.id) {
+        return Err(Rejection::Replayed);
+    }
+    env.action
+        .validate()
+        .map_err(|e| Rejection::NotAllowed(e.to_string()))?;
+    allow(&env.action).map_err(Rejection::NotAllowed)?;
+    Ok(env)
+}
+
+/// A device's own key, for signing receipts. `Debug` does not show it.
+pub enum DeviceSigner {
+    EcdsaP256(EcdsaKeyPair),
+    Ed25519(Ed25519KeyPair),
+}
+
+impl std::fmt::Debug for DeviceSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let alg = match self {
+            Self::EcdsaP256(_) => "ecdsa-p256",
+            Self::Ed25519(_) => "ed25519",
+        };
+        write!(f, "DeviceSigner({alg}, <redacted>)")
+    }
+}
+
+impl DeviceSigner {
+    /// From the device's PKCS#8 PEM key (as `pifleet-agent enroll` writes it).
+    pub fn from_pkcs8_pem(pem: &str) -> Result<Self, KeyError> {
+        let der = pem_body(pem, "PRIVATE KEY")?;
+        let rng = SystemRandom::new();
+        if let Ok(k) = EcdsaKeyPair::from_pkcs8(&rsig::ECDSA_P256_SHA256_ASN1_SIGNING, &der, &rng) {
+            return Ok(Self::EcdsaP256(k));
+        }
+        Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
+            .map(Self::Ed25519)
+            .map_err(|_| KeyError::Key)
+    }
+
+    /// Signs the exact postcard bytes of a receipt.
+    pub fn sign(&self, receipt: &Receipt) -> Result<SignedReceipt, KeyError> {
+        let body = postcard::to_allocvec(receipt)?;
+        let signature = match self {
+            Self::EcdsaP256(k) => k
+                .sign(&SystemRandom::new(), &body)
+                .map_err(|_| KeyError::Sign)?
+                .as_ref()
+                .to_vec(),
+            Self::Ed25519(k) => k.sign(&body).as_ref().to_vec(),
+        };
+        Ok(SignedReceipt { body, signature })
+    }
+}
+
+/// Algorithm of a device public key (from its certificate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKeyAlg {
+    /// Uncompressed SEC1 point, 65 bytes.
+    EcdsaP256,
+    /// 32 bytes.
+    Ed25519,
+}
+
+impl DeviceKeyAlg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EcdsaP256 => "ecdsa-p256",
+            Self::Ed25519 => "ed25519",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ecdsa-p256" => Some(Self::EcdsaP256),
+            "ed25519" => Some(Self::Ed25519),
+            _ => None,
+        }
+    }
+}
+
+/// Why a receipt was refused by the controller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptError {
+    #[error("receipt signature does not verify against the device certificate")]
+    BadSignature,
+    #[error("malformed receipt: {0}")]
+    Malformed(String),
+}
+
+/// Verifies a receipt against the device's public key and decodes it.
+pub fn verify_receipt(
+    signed: &SignedReceipt,
+    alg: DeviceKeyAlg,
+    public_key: &[u8],
+) -> Result<Receipt, ReceiptError> {
+    let algorithm: &dyn rsig::VerificationAlgorithm = match alg {
+        DeviceKeyAlg::EcdsaP256 => &rsig::ECDSA_P256_SHA256_ASN1,
+        DeviceKeyAlg::Ed25519 => &rsig::ED25519,
+    };
+    rsig::UnparsedPublicKey::new(algorithm, public_key)
+        .verify(&signed.body, &signed.signature)
+        .map_err(|_| ReceiptError::BadSignature)?;
+    let (r, rest): (Receipt, &[u8]) = postcard::take_from_bytes(&signed.body)
+        .map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(ReceiptError::Malformed("trailing bytes".into()));
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests;

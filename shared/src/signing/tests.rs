@@ -1,0 +1,287 @@
+use super::*;
+use crate::command::{Outcome, Output, ServiceOp};
+use proptest::prelude::*;
+
+const NOW: i64 = 1_800_000_000_000;
+
+fn signer(seed: u8) -> CommandSigner {
+    CommandSigner::new(SigningKey::from_bytes(&[seed; 32]))
+}
+
+fn trusted(s: &CommandSigner) -> TrustedKey {
+    TrustedKey {
+        id: s.id(),
+        key: s.verifying_key(),
+    }
+}
+
+fn env(s: &CommandSigner, action: Action) -> Envelope {
+    Envelope {
+        id: CommandId([7; 16]),
+        device: "pi-a".into(),
+        issued_at_ms: NOW - 1_000,
+        expires_at_ms: NOW + 60_000,
+        key_id: s.id(),
+        action,
+    }
+}
+
+fn ctx(keys: &[TrustedKey]) -> VerifyContext<'_> {
+    VerifyContext {
+        keys,
+        device: "pi-a",
+        now_ms: NOW,
+    }
+}
+
+fn allow_all(_: &Action) -> Result<(), String> {
+    Ok(())
+}
+
+#[test]
+fn good_command_verifies() {
+    let s = signer(1);
+    let keys = [trusted(&s)];
+    let e = env(&s, Action::Ping);
+    let signed = s.sign(&e).unwrap();
+    assert_eq!(
+        verify_command(&signed, ctx(&keys), |_| false, allow_all),
+        Ok(e)
+    );
+}
+
+#[test]
+fn each_failure_is_reported_as_itself() {
+    let s = signer(1);
+    let other = signer(2);
+    let keys = [trusted(&s)];
+    let good = s.sign(&env(&s, Action::Ping)).unwrap();
+
+    let mut forged = good.clone();
+    forged.signature = other.sign(&env(&s, Action::Ping)).unwrap().signature;
+
+    let unknown = other.sign(&env(&other, Action::Ping)).unwrap();
+
+    let mut altered = good.clone();
+    let last = altered.body.len() - 1;
+    altered.body[last] ^= 1;
+
+    let mut wrong_dev = env(&s, Action::Ping);
+    wrong_dev.device = "pi-b".into();
+    let mut expired = env(&s, Action::Ping);
+    expired.expires_at_ms = NOW - 1;
+    let mut too_long = env(&s, Action::Ping);
+    too_long.expires_at_ms = too_long.issued_at_ms + MAX_TTL_MS + 1;
+    let mut inner_key = env(&s, Action::Ping);
+    inner_key.key_id = KeyId([9; 8]);
+    let mut short_sig = good.clone();
+    short_sig.signature.truncate(10);
+    let bad_name = s
+        .sign(&env(
+            &s,
+            Action::Service {
+                unit: "a;b".into(),
+                op: ServiceOp::Start,
+            },
+        ))
+        .unwrap();
+    let mut huge = good.clone();
+    huge.body = vec![0; Kind::Cmd.max_payload() + 1];
+    // A signed body that is not an envelope.
+    let garbage = SignedCommand {
+        key_id: s.id(),
+        body: vec![1, 2, 3],
+        signature: s.key.sign(&[1, 2, 3]).to_bytes().to_vec(),
+    };
+
+    let cases: Vec<(&str, SignedCommand, Rejection)> = vec![
+        ("forged", forged, Rejection::BadSignature),
+        ("unknown key", unknown, Rejection::UnknownKey),
+        ("altered body", altered, Rejection::BadSignature),
+        ("short signature", short_sig, Rejection::BadSignature),
+        (
+            "wrong device",
+            s.sign(&wrong_dev).unwrap(),
+            Rejection::WrongDevice,
+        ),
+        ("expired", s.sign(&expired).unwrap(), Rejection::Expired),
+        ("ttl", s.sign(&too_long).unwrap(), Rejection::TtlTooLong),
+        (
+            "inner key id",
+            s.sign(&inner_key).unwrap(),
+            Rejection::BadSignature,
+        ),
+        (
+            "oversize",
+            huge,
+            Rejection::TooLarge(Kind::Cmd.max_payload()),
+        ),
+    ];
+    for (name, cmd, want) in cases {
+        assert_eq!(
+            verify_command(&cmd, ctx(&keys), |_| false, allow_all),
+            Err(want),
+            "{name}"
+        );
+    }
+    assert!(matches!(
+        verify_command(&garbage, ctx(&keys), |_| false, allow_all),
+        Err(Rejection::Malformed(_))
+    ));
+    assert!(matches!(
+        verify_command(&bad_name, ctx(&keys), |_| false, allow_all),
+        Err(Rejection::NotAllowed(_))
+    ));
+    assert_eq!(
+        verify_command(&good, ctx(&keys), |_| true, allow_all),
+        Err(Rejection::Replayed)
+    );
+    assert_eq!(
+        verify_command(
+            &good,
+            ctx(&keys),
+            |_| false,
+            |_| Err("ping disabled".into())
+        ),
+        Err(Rejection::NotAllowed("ping disabled".into()))
+    );
+}
+
+#[test]
+fn checks_run_in_order_and_stop_early() {
+    // A replayed command with a bad signature is reported as a bad signature, and the
+    // replay journal is never consulted for it.
+    let s = signer(1);
+    let keys = [trusted(&s)];
+    let mut cmd = s.sign(&env(&s, Action::Reboot)).unwrap();
+    cmd.signature[0] ^= 1;
+    let r = verify_command(
+        &cmd,
+        ctx(&keys),
+        |_| panic!("journal consulted"),
+        |_| panic!("allowlist consulted"),
+    );
+    assert_eq!(r, Err(Rejection::BadSignature));
+}
+
+#[test]
+fn pem_keys_roundtrip() {
+    use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+    use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+    let sk = SigningKey::from_bytes(&[5; 32]);
+    let priv_pem = sk.to_pkcs8_pem(LineEnding::LF).unwrap();
+    let pub_pem = sk
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+    let signer = CommandSigner::from_pkcs8_pem(&priv_pem).unwrap();
+    let trusted = TrustedKey::from_pem(&pub_pem).unwrap();
+    assert_eq!(signer.id(), trusted.id);
+    assert!(!format!("{signer:?}").contains("05050505"));
+    assert!(TrustedKey::from_pem("garbage").is_err());
+}
+
+fn receipt() -> Receipt {
+    Receipt {
+        command: CommandId([1; 16]),
+        device: "pi-a".into(),
+        outcome: Outcome::Succeeded,
+        exit_code: Some(0),
+        duration_ms: 12,
+        stdout: Output {
+            data: b"ok".to_vec(),
+            len: 2,
+            sha256: Sha256::digest(b"ok").to_vec(),
+        },
+        stderr: Output::default(),
+        at_ms: NOW,
+    }
+}
+
+#[test]
+fn receipts_verify_only_with_the_device_key() {
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&rsig::ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref())
+    );
+    let dev = DeviceSigner::from_pkcs8_pem(&pem).unwrap();
+    let DeviceSigner::EcdsaP256(kp) = &dev else {
+        panic!("expected P-256")
+    };
+    let public = kp.public_key().as_ref().to_vec();
+    let signed = dev.sign(&receipt()).unwrap();
+    assert_eq!(
+        verify_receipt(&signed, DeviceKeyAlg::EcdsaP256, &public),
+        Ok(receipt())
+    );
+    let mut tampered = signed.clone();
+    tampered.body[3] ^= 1;
+    assert_eq!(
+        verify_receipt(&tampered, DeviceKeyAlg::EcdsaP256, &public),
+        Err(ReceiptError::BadSignature)
+    );
+    let other = EcdsaKeyPair::generate_pkcs8(&rsig::ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+    let other =
+        EcdsaKeyPair::from_pkcs8(&rsig::ECDSA_P256_SHA256_ASN1_SIGNING, other.as_ref(), &rng)
+            .unwrap();
+    assert_eq!(
+        verify_receipt(
+            &signed,
+            DeviceKeyAlg::EcdsaP256,
+            other.public_key().as_ref()
+        ),
+        Err(ReceiptError::BadSignature)
+    );
+
+    let ed = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let ed_pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(ed.as_ref())
+    );
+    let dev = DeviceSigner::from_pkcs8_pem(&ed_pem).unwrap();
+    let DeviceSigner::Ed25519(kp) = &dev else {
+        panic!("expected Ed25519")
+    };
+    let public = kp.public_key().as_ref().to_vec();
+    let signed = dev.sign(&receipt()).unwrap();
+    assert_eq!(
+        verify_receipt(&signed, DeviceKeyAlg::Ed25519, &public),
+        Ok(receipt())
+    );
+}
+
+proptest! {
+    /// Any change to a signed envelope's bytes (body or signature) fails verification.
+    #[test]
+    fn modified_envelope_never_verifies(
+        pos in any::<prop::sample::Index>(),
+        flip in 1u8..=255,
+        in_sig in any::<bool>(),
+        seconds in 1u32..100_000,
+    ) {
+        let s = signer(3);
+        let keys = [trusted(&s)];
+        let good = s.sign(&env(&s, Action::SetInterval { seconds })).unwrap();
+        let mut bad = good.clone();
+        if in_sig {
+            let i = pos.index(bad.signature.len());
+            bad.signature[i] ^= flip;
+        } else {
+            let i = pos.index(bad.body.len());
+            bad.body[i] ^= flip;
+        }
+        prop_assert!(verify_command(&bad, ctx(&keys), |_| false, allow_all).is_err());
+        prop_assert!(verify_command(&good, ctx(&keys), |_| false, allow_all).is_ok());
+    }
+
+    /// Garbage never panics the verifier.
+    #[test]
+    fn garbage_never_panics(body in prop::collection::vec(any::<u8>(), 0..512), sig in prop::collection::vec(any::<u8>(), 0..80)) {
+        let s = signer(4);
+        let keys = [trusted(&s)];
+        let cmd = SignedCommand { key_id: s.id(), body, signature: sig };
+        prop_assert!(verify_command(&cmd, ctx(&keys), |_| false, allow_all).is_err());
+    }
+}
