@@ -39,6 +39,36 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub telemetry: TelemetryConfig,
     pub enrollment: EnrollmentConfig,
+    pub commands: CommandsConfig,
+}
+
+/// Remote commands.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommandsConfig {
+    /// Lifetime of a command when none is given; a command for an offline device waits
+    /// this long for it to come back.
+    pub default_ttl_s: u64,
+    /// A sent command with no final result after this long is marked failed.
+    pub answer_timeout_s: u64,
+    /// How often queued commands (e.g. from the CLI) and expiries are checked.
+    pub poll_ms: u64,
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl_s: 3_600,
+            answer_timeout_s: 300,
+            poll_ms: 200,
+        }
+    }
+}
+
+impl CommandsConfig {
+    pub fn answer_timeout(&self) -> Duration {
+        Duration::from_secs(self.answer_timeout_s)
+    }
 }
 
 /// The device-facing MQTT gateway (mutual TLS).
@@ -248,6 +278,18 @@ impl Config {
             self.enrollment.max_token_ttl_s >= 60,
             "enrollment.max_token_ttl_s must be at least 60",
         );
+        check(
+            (1..=7 * 86_400).contains(&self.commands.default_ttl_s),
+            "commands.default_ttl_s must be 1..=604800",
+        );
+        check(
+            (1..=7 * 86_400).contains(&self.commands.answer_timeout_s),
+            "commands.answer_timeout_s must be 1..=604800",
+        );
+        check(
+            (10..=60_000).contains(&self.commands.poll_ms),
+            "commands.poll_ms must be 10..=60000",
+        );
         p
     }
 }
@@ -294,6 +336,15 @@ retention_interval_s = 3600
 device_cert_days = 365
 # Longest lifetime an enrollment token may be given.
 max_token_ttl_s = 2592000
+
+[commands]
+# Lifetime of a command when none is given (at most 7 days). A command for an offline
+# device waits this long for it to come back; then it expires and never runs.
+default_ttl_s = 3600
+# A sent command with no final result after this long is marked failed.
+answer_timeout_s = 300
+# How often queued commands (e.g. created with the CLI) and expiries are checked.
+poll_ms = 200
 "#;
 
 #[cfg(test)]

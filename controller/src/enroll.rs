@@ -103,12 +103,16 @@ async fn do_enroll(st: &EnrollState, req: &EnrollRequest) -> Result<EnrollRespon
                 .ca
                 .sign_device_csr(&req.csr, &id, st.cert_days)
                 .map_err(csr_problem)?;
+            let (alg, public_key) =
+                pki::device_public_key(&issued.cert_pem).map_err(|e| Problem::internal(&e))?;
             Ok::<_, Problem>((
                 NewDevice {
                     id,
                     labels: t.labels.clone(),
                     serial: normalize_serial(&issued.serial_hex),
                     not_after: issued.not_after_unix,
+                    public_key_alg: alg.as_str(),
+                    public_key,
                 },
                 issued.cert_pem,
             ))

@@ -6,13 +6,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pifleet_shared::command::SignedReceipt;
 use pifleet_shared::proto::v1;
 use pifleet_shared::topic::Kind;
 use pifleet_shared::{DeviceId, Topic, codec};
 use rumqttd::Notification;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::Publish;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::IngestConfig;
@@ -20,8 +21,19 @@ use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::store::{IngestOp, Store};
 
-/// An acknowledgement to publish to one device.
-pub type AckMsg = (DeviceId, v1::Ack);
+/// A message for a device, published through the broker link.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// Where a routed device message goes.
+#[derive(Debug)]
+enum Routed {
+    Ingest(IngestOp),
+    Receipt(DeviceId, SignedReceipt),
+}
 
 /// Reads every `fleet/+/up/#` message from the in-process broker link and queues it for
 /// the writer. Undecodable input is counted, logged and dropped, and the sender is
@@ -29,6 +41,7 @@ pub type AckMsg = (DeviceId, v1::Ack);
 pub async fn route(
     mut rx: LinkRx,
     queue: mpsc::Sender<IngestOp>,
+    receipts: mpsc::Sender<(DeviceId, SignedReceipt)>,
     gateway: Arc<Gateway>,
     metrics: Metrics,
     shutdown: CancellationToken,
@@ -60,8 +73,13 @@ pub async fn route(
             _ => continue,
         };
         match to_op(&fwd.publish) {
-            Ok(Some(op)) => {
+            Ok(Some(Routed::Ingest(op))) => {
                 if queue.send(op).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Some(Routed::Receipt(device, receipt))) => {
+                if receipts.send((device, receipt)).await.is_err() {
                     return;
                 }
             }
@@ -79,7 +97,7 @@ pub async fn route(
 
 type Refusal = (Option<DeviceId>, &'static str, String);
 
-fn to_op(p: &Publish) -> Result<Option<IngestOp>, Refusal> {
+fn to_op(p: &Publish) -> Result<Option<Routed>, Refusal> {
     let topic_s =
         std::str::from_utf8(&p.topic).map_err(|_| (None, "topic", "topic not UTF-8".to_owned()))?;
     let topic = Topic::parse(topic_s).map_err(|e| (None, "topic", format!("{topic_s:?}: {e}")))?;
@@ -91,22 +109,26 @@ fn to_op(p: &Publish) -> Result<Option<IngestOp>, Refusal> {
             if t.samples.is_empty() {
                 return Ok(None);
             }
-            Some(IngestOp::Telemetry {
+            Some(Routed::Ingest(IngestOp::Telemetry {
                 device,
                 samples: t.samples,
-            })
+            }))
         }
         Kind::Hello => {
             let hello: v1::Hello = codec::decode(Kind::Hello, &p.payload).map_err(bad)?;
-            Some(IngestOp::Hello { device, hello })
+            Some(Routed::Ingest(IngestOp::Hello { device, hello }))
+        }
+        Kind::Result => {
+            let r: SignedReceipt = codec::decode(Kind::Result, &p.payload).map_err(bad)?;
+            Some(Routed::Receipt(device, r))
         }
         Kind::Status => {
             // Informational: online state comes from the gateway's connection events.
             let _: v1::Status = codec::decode(Kind::Status, &p.payload).map_err(bad)?;
             None
         }
-        // Results and events are handled by later capabilities; validate the size only.
-        Kind::Result | Kind::Event => {
+        // Events are handled by a later capability; validate the size only.
+        Kind::Event => {
             if p.payload.len() > topic.kind.max_payload() {
                 return Err((Some(device), "oversize", String::new()));
             }
@@ -121,7 +143,8 @@ fn to_op(p: &Publish) -> Result<Option<IngestOp>, Refusal> {
 pub async fn write(
     store: Store,
     mut queue: mpsc::Receiver<IngestOp>,
-    acks: mpsc::UnboundedSender<AckMsg>,
+    out: mpsc::UnboundedSender<Outgoing>,
+    online: Arc<Notify>,
     cfg: IngestConfig,
     metrics: Metrics,
 ) {
@@ -153,7 +176,29 @@ pub async fn write(
                 metrics.ingest_batch_samples.observe(samples as f64);
                 metrics.ingest_samples.inc_by(samples as u64);
                 for (device, ack) in acks_for(&batch) {
-                    let _ = acks.send((device, ack));
+                    let topic = Topic::new(device, Kind::Ack).to_string();
+                    // Split a huge ack so each message fits its size limit.
+                    for chunk in ack.ranges.chunks(200) {
+                        let msg = v1::Ack {
+                            ranges: chunk.to_vec(),
+                        };
+                        match codec::encode(Kind::Ack, &msg) {
+                            Ok(payload) => {
+                                let _ = out.send(Outgoing {
+                                    topic: topic.clone(),
+                                    payload,
+                                });
+                            }
+                            Err(e) => tracing::error!(error = %e, "ack encoding failed"),
+                        }
+                    }
+                }
+                // Devices that just came online may have commands waiting.
+                if batch
+                    .iter()
+                    .any(|op| matches!(op, IngestOp::Online { online: true, .. }))
+                {
+                    online.notify_one();
                 }
             }
             Err(e) => {
@@ -206,27 +251,13 @@ pub fn acks_for(batch: &[IngestOp]) -> Vec<(DeviceId, v1::Ack)> {
         .collect()
 }
 
-/// Publishes acknowledgements through the broker link. Runs on its own thread because the
-/// link's send blocks when the router is busy.
-pub fn publish_acks(mut tx: LinkTx, mut acks: mpsc::UnboundedReceiver<AckMsg>) {
-    while let Some((device, ack)) = acks.blocking_recv() {
-        let topic = Topic::new(device, Kind::Ack).to_string();
-        // Split a huge ack so each message fits its size limit.
-        for chunk in ack.ranges.chunks(200) {
-            let msg = v1::Ack {
-                ranges: chunk.to_vec(),
-            };
-            let payload = match codec::encode(Kind::Ack, &msg) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(error = %e, "ack encoding failed");
-                    continue;
-                }
-            };
-            if let Err(e) = tx.publish(topic.clone().into_bytes(), payload) {
-                tracing::error!(error = %e, "broker link closed; acks stop");
-                return;
-            }
+/// Publishes messages for devices (acks, commands) through the broker link. Runs on its
+/// own thread because the link's send blocks when the router is busy.
+pub fn publish(mut tx: LinkTx, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+    while let Some(msg) = rx.blocking_recv() {
+        if let Err(e) = tx.publish(msg.topic.into_bytes(), msg.payload) {
+            tracing::error!(error = %e, "broker link closed; publishing stops");
+            return;
         }
     }
 }
@@ -332,7 +363,7 @@ mod tests {
         .unwrap();
         assert!(matches!(
             to_op(&p("fleet/dev-a/up/telemetry", good)),
-            Ok(Some(IngestOp::Telemetry { .. }))
+            Ok(Some(Routed::Ingest(IngestOp::Telemetry { .. })))
         ));
     }
 }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 )]
 struct Cli {
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: Command,
 }
 
 #[derive(clap::Args, Clone)]
@@ -32,7 +32,7 @@ struct DataDirArg {
 }
 
 #[derive(Subcommand)]
-enum Cmd {
+enum Command {
     /// Create a new data directory: CA, server certificates, command key, config, database.
     Init {
         #[command(flatten)]
@@ -61,6 +61,11 @@ enum Cmd {
     Device {
         #[command(subcommand)]
         cmd: DeviceCmd,
+    },
+    /// Signed remote commands.
+    Cmd {
+        #[command(subcommand)]
+        cmd: CmdCmd,
     },
     /// Start a throw-away controller with local agents, to see pifleet working.
     Demo(demo::DemoArgs),
@@ -107,6 +112,54 @@ enum DeviceCmd {
     },
     /// Revoke a device: its certificate goes on the CRL and its connection is dropped.
     Revoke {
+        #[command(flatten)]
+        dir: DataDirArg,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CmdCmd {
+    /// Queue a command for devices; a running controller signs and sends it when they are
+    /// online. ACTION: ping | reboot | service <status|start|stop|restart> UNIT |
+    /// journal UNIT [LINES] | script NAME [ARGS...] | interval SECONDS
+    Send {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Target device (repeatable).
+        #[arg(long = "device", required_unless_present = "selector")]
+        devices: Vec<String>,
+        /// Target every device with this label k=v (repeatable: all must match).
+        #[arg(long = "selector", conflicts_with = "devices")]
+        selector: Vec<String>,
+        /// Lifetime: the command expires (and never runs) after this.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        /// Wait until every command reaches a final state and print them.
+        #[arg(long)]
+        wait: bool,
+        #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
+        action: Vec<String>,
+    },
+    /// List commands, newest first.
+    List {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Show one command with its result, as JSON.
+    Show {
+        #[command(flatten)]
+        dir: DataDirArg,
+        id: String,
+    },
+    /// Cancel a command that has not been sent yet.
+    Cancel {
         #[command(flatten)]
         dir: DataDirArg,
         id: String,
@@ -171,7 +224,7 @@ async fn open_store(dir: &DataDirArg) -> anyhow::Result<(DataDir, Store)> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Init { dir, hostnames } => {
+        Command::Init { dir, hostnames } => {
             admin::init(&dir.data_dir, &hostnames).await?;
             println!("Initialised {}", dir.data_dir.display());
             println!("  CA, server certificate and command key created (keys are 0600).");
@@ -181,7 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dir.data_dir.display()
             );
         }
-        Cmd::Serve {
+        Command::Serve {
             dir,
             mqtt_listen,
             https_listen,
@@ -202,7 +255,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await?;
         }
-        Cmd::Token { cmd } => match cmd {
+        Command::Token { cmd } => match cmd {
             TokenCmd::Create {
                 dir,
                 ttl,
@@ -245,7 +298,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("token {id} revoked");
             }
         },
-        Cmd::Device { cmd } => match cmd {
+        Command::Device { cmd } => match cmd {
             DeviceCmd::List { dir, json } => {
                 let (_, store) = open_store(&dir).await?;
                 let devices = store.list_devices().await?;
@@ -285,7 +338,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("device {id} revoked; a running controller drops it within a second");
             }
         },
-        Cmd::Demo(args) => demo::run(args).await?,
+        Command::Cmd { cmd } => run_cmd(cmd).await?,
+        Command::Demo(args) => demo::run(args).await?,
     }
     Ok(())
 }
@@ -307,4 +361,117 @@ async fn wait_for_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+async fn run_cmd(cmd: CmdCmd) -> anyhow::Result<()> {
+    use pifleet_controller::config::Config;
+    use pifleet_controller::dispatch::{self, Targets};
+    use pifleet_controller::lifecycle::Status;
+    match cmd {
+        CmdCmd::Send {
+            dir,
+            devices,
+            selector,
+            ttl,
+            wait,
+            action,
+        } => {
+            let (dd, store) = open_store(&dir).await?;
+            let cfg = Config::load(&dd.config())?;
+            let action = dispatch::parse_action(&action).map_err(AdminError::Invalid)?;
+            let targets = if selector.is_empty() {
+                Targets::Devices(devices)
+            } else {
+                Targets::Selector(admin::parse_labels(&selector)?)
+            };
+            let ttl = ttl.unwrap_or(Duration::from_secs(cfg.commands.default_ttl_s));
+            let created = dispatch::create_commands(
+                &store,
+                &targets,
+                action,
+                ttl,
+                cfg.commands.answer_timeout(),
+            )
+            .await
+            .map_err(|e| AdminError::Invalid(e.to_string()))?;
+            for (id, device) in &created {
+                println!("{id}\t{device}\tqueued");
+            }
+            if wait {
+                let deadline = std::time::Instant::now() + ttl + cfg.commands.answer_timeout();
+                let mut rows = Vec::new();
+                for (id, _) in &created {
+                    loop {
+                        let row = store.command(&id.to_string()).await?;
+                        if let Some(r) = row.filter(|r| r.status().is_some_and(Status::is_final)) {
+                            rows.push(r);
+                            break;
+                        }
+                        if std::time::Instant::now() > deadline {
+                            anyhow::bail!("timed out waiting for command {id}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                if rows.iter().any(|r| r.status != "succeeded") {
+                    store.close().await;
+                    std::process::exit(2);
+                }
+            }
+            store.close().await;
+        }
+        CmdCmd::List {
+            dir,
+            device,
+            status,
+            limit,
+        } => {
+            let (_, store) = open_store(&dir).await?;
+            let status = match status.as_deref() {
+                Some(s) => Some(
+                    Status::parse(s)
+                        .ok_or_else(|| AdminError::Invalid(format!("unknown status {s:?}")))?,
+                ),
+                None => None,
+            };
+            for c in store
+                .list_commands(device.as_deref(), status, limit)
+                .await?
+            {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    c.id,
+                    c.device_id,
+                    c.action_kind,
+                    c.status,
+                    c.reason.as_deref().unwrap_or("")
+                );
+            }
+            store.close().await;
+        }
+        CmdCmd::Show { dir, id } => {
+            let (_, store) = open_store(&dir).await?;
+            let c = store.command(&id).await?;
+            store.close().await;
+            match c {
+                Some(c) => println!("{}", serde_json::to_string_pretty(&c)?),
+                None => anyhow::bail!(AdminError::Invalid(format!("no command {id}"))),
+            }
+        }
+        CmdCmd::Cancel { dir, id } => {
+            let (_, store) = open_store(&dir).await?;
+            let r = store.cancel_command(&id).await?;
+            store.close().await;
+            match r {
+                Some(Status::Cancelled) => println!("command {id} cancelled"),
+                Some(s) => anyhow::bail!(AdminError::Invalid(format!(
+                    "command {id} is {} and can no longer be cancelled",
+                    s.as_str()
+                ))),
+                None => anyhow::bail!(AdminError::Invalid(format!("no command {id}"))),
+            }
+        }
+    }
+    Ok(())
 }

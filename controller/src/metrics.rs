@@ -19,6 +19,7 @@ pub struct Metrics {
     pub ingest_batch_samples: Histogram,
     pub ingest_commit_seconds: Histogram,
     pub enrollments: IntCounterVec,
+    pub commands: IntCounterVec,
 }
 
 impl Metrics {
@@ -80,6 +81,10 @@ impl Metrics {
                 Opts::new("enrollments_total", "Enrollment attempts by outcome"),
                 &["outcome"],
             )?,
+            commands: IntCounterVec::new(
+                Opts::new("commands_total", "Commands by action and outcome"),
+                &["action", "outcome"],
+            )?,
             registry,
         };
         let r = &m.registry;
@@ -95,6 +100,7 @@ impl Metrics {
         r.register(Box::new(m.ingest_batch_samples.clone()))?;
         r.register(Box::new(m.ingest_commit_seconds.clone()))?;
         r.register(Box::new(m.enrollments.clone()))?;
+        r.register(Box::new(m.commands.clone()))?;
         Ok(m)
     }
 

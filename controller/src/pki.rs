@@ -83,6 +83,8 @@ pub enum PkiError {
     CommonNameNotText(#[source] X509Error),
     #[error("the certificate common name is not a valid device id")]
     InvalidDeviceId(#[from] InvalidDeviceId),
+    #[error("the certificate's public key is not ECDSA P-256 or Ed25519")]
+    UnsupportedKey,
     #[error("the certificate must carry exactly one DNS SAN, equal to its common name {cn:?}")]
     SanMismatch { cn: String },
 }
@@ -570,4 +572,20 @@ fn add_days(t: OffsetDateTime, days: u32) -> Result<OffsetDateTime, PkiError> {
 fn sub_skew(t: OffsetDateTime) -> Result<OffsetDateTime, PkiError> {
     t.checked_sub(CLOCK_SKEW)
         .ok_or(PkiError::ValidityOutOfRange { days: 0 })
+}
+
+/// The public key of a device certificate, for verifying the device's signed receipts.
+pub fn device_public_key(
+    cert_pem: &str,
+) -> Result<(pifleet_shared::signing::DeviceKeyAlg, Vec<u8>), PkiError> {
+    use pifleet_shared::signing::DeviceKeyAlg;
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)?;
+    let key = check_key(cert.public_key()).map_err(|_| PkiError::UnsupportedKey)?;
+    let alg = if std::ptr::eq(key.alg, &rcgen::PKCS_ED25519) {
+        DeviceKeyAlg::Ed25519
+    } else {
+        DeviceKeyAlg::EcdsaP256
+    };
+    Ok((alg, key.raw))
 }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminError};
 use crate::config::Config;
 use crate::datadir::{DataDir, write_private};
+use crate::dispatch::{self, Dispatcher};
 use crate::enroll::EnrollState;
 use crate::gateway::{self, Gateway};
 use crate::metrics::Metrics;
@@ -36,6 +37,8 @@ pub enum ServeError {
     Broker(#[from] broker::BrokerError),
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
+    #[error("command key: {0}")]
+    CommandKey(String),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -119,7 +122,24 @@ pub async fn run(
         .map_err(|e| broker::BrokerError::Link(Box::new(e)))?;
 
     let (queue_tx, queue_rx) = mpsc::channel(cfg.ingest.queue_capacity);
-    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (receipt_tx, receipt_rx) = mpsc::channel(10_000);
+    let online = Arc::new(tokio::sync::Notify::new());
+    let signer = pifleet_shared::signing::CommandSigner::from_pkcs8_pem(
+        &std::fs::read_to_string(dd.command_key()).map_err(|source| ServeError::Bind {
+            addr: cfg.https.listen,
+            source,
+        })?,
+    )
+    .map_err(|e| ServeError::CommandKey(e.to_string()))?;
+    let dispatcher = Arc::new(Dispatcher::new(
+        store.clone(),
+        signer,
+        out_tx.clone(),
+        cfg.commands.clone(),
+        metrics.clone(),
+        online.clone(),
+    ));
     let gw = Arc::new(Gateway::new(
         cfg.mqtt.clone(),
         mqtt_tls,
@@ -165,10 +185,19 @@ pub async fn run(
         ingest::route(
             link_rx,
             queue_tx,
+            receipt_tx,
             gw.clone(),
             metrics.clone(),
             shutdown.clone(),
         ),
+    ));
+    tasks.spawn(named(
+        "dispatcher",
+        dispatcher.clone().run(shutdown.clone()),
+    ));
+    tokio::spawn(named(
+        "receipts",
+        dispatch::receipts(dispatcher.clone(), receipt_rx),
     ));
     tasks.spawn(named(
         "retention",
@@ -179,14 +208,15 @@ pub async fn run(
         ingest::write(
             store.clone(),
             queue_rx,
-            ack_tx,
+            out_tx,
+            online,
             cfg.ingest.clone(),
             metrics.clone(),
         ),
     ));
     let acker = std::thread::Builder::new()
-        .name("ack-publisher".into())
-        .spawn(move || ingest::publish_acks(link_tx, ack_rx))
+        .name("broker-publisher".into())
+        .spawn(move || ingest::publish(link_tx, out_rx))
         .map_err(|source| ServeError::Bind {
             addr: bound.mqtt,
             source,

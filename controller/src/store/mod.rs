@@ -14,6 +14,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
+mod commands;
+pub use commands::{CommandRow, NewCommand, ReceiptUpdate};
+
 /// Database errors.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -44,8 +47,8 @@ pub fn now_ms() -> i64 {
 /// Handle to the database.
 #[derive(Debug, Clone)]
 pub struct Store {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    pub(crate) writer: SqlitePool,
+    pub(crate) reader: SqlitePool,
 }
 
 /// A stored enrollment token (never the secret itself).
@@ -112,6 +115,9 @@ pub struct NewDevice {
     pub labels: Labels,
     pub serial: String,
     pub not_after: i64,
+    /// The certificate's public key, for verifying the device's signed receipts.
+    pub public_key_alg: &'static str,
+    pub public_key: Vec<u8>,
 }
 
 /// Why an enrollment was refused by the database state.
@@ -287,12 +293,15 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO certificates (serial, device_id, issued_at, not_after) VALUES (?, ?, ?, ?)",
+            "INSERT INTO certificates (serial, device_id, issued_at, not_after, public_key_alg, \
+             public_key) VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(&device.serial)
         .bind(device.id.as_str())
         .bind(now)
         .bind(device.not_after * 1000)
+        .bind(device.public_key_alg)
+        .bind(&device.public_key)
         .execute(&mut *tx)
         .await?;
         let used = sqlx::query(

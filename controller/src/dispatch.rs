@@ -1,0 +1,413 @@
+//! The dispatcher: creates commands (one per target device), signs them with the command
+//! key when their device is online, publishes them, verifies the devices' signed receipts
+//! against their certificates, and moves each command through its lifecycle.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pifleet_shared::command::{Action, CommandId, Envelope, SignedReceipt};
+use pifleet_shared::signing::{CommandSigner, DeviceKeyAlg, verify_receipt};
+use pifleet_shared::topic::Kind;
+use pifleet_shared::{DeviceId, Topic, codec};
+use rand::RngCore;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::CommandsConfig;
+use crate::ingest::Outgoing;
+use crate::metrics::Metrics;
+use crate::store::{Labels, NewCommand, ReceiptUpdate, Store, StoreError, now_ms};
+
+/// Dispatch errors.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("invalid action: {0}")]
+    Action(String),
+    #[error("no target: {0}")]
+    NoTarget(String),
+    #[error("--ttl must be between 1 s and 7 days")]
+    Ttl,
+}
+
+/// Which devices a command goes to.
+#[derive(Debug, Clone)]
+pub enum Targets {
+    Devices(Vec<String>),
+    /// Every enrolled, unrevoked device whose labels include all of these.
+    Selector(Labels),
+}
+
+/// Creates one queued command per target device. Used by the CLI (a separate process: the
+/// running dispatcher picks the commands up within `commands.poll_ms`) and by
+/// [`Dispatcher::submit`].
+pub async fn create_commands(
+    store: &Store,
+    targets: &Targets,
+    action: Action,
+    ttl: Duration,
+    answer_timeout: Duration,
+) -> Result<Vec<(CommandId, String)>, DispatchError> {
+    action
+        .validate()
+        .map_err(|e| DispatchError::Action(e.to_string()))?;
+    if ttl < Duration::from_secs(1)
+        || ttl.as_millis() > u128::try_from(pifleet_shared::command::MAX_TTL_MS).unwrap_or(0)
+    {
+        return Err(DispatchError::Ttl);
+    }
+    let devices = store.list_devices().await?;
+    let chosen: Vec<String> = match targets {
+        Targets::Devices(ids) => {
+            for id in ids {
+                match devices.iter().find(|d| &d.id == id) {
+                    None => return Err(DispatchError::NoTarget(format!("no device {id}"))),
+                    Some(d) if d.revoked_at.is_some() => {
+                        return Err(DispatchError::NoTarget(format!("device {id} is revoked")));
+                    }
+                    Some(_) => {}
+                }
+            }
+            ids.clone()
+        }
+        Targets::Selector(want) => devices
+            .iter()
+            .filter(|d| d.revoked_at.is_none())
+            .filter(|d| want.iter().all(|(k, v)| d.labels.get(k) == Some(v)))
+            .map(|d| d.id.clone())
+            .collect(),
+    };
+    if chosen.is_empty() {
+        return Err(DispatchError::NoTarget(
+            "the selector matches no device".into(),
+        ));
+    }
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    let timeout_ms = i64::try_from(answer_timeout.as_millis()).unwrap_or(i64::MAX);
+    let now = now_ms();
+    let cmds: Vec<NewCommand> = chosen
+        .into_iter()
+        .map(|device| {
+            let mut id = [0u8; 16];
+            rand::rng().fill_bytes(&mut id);
+            NewCommand {
+                id: CommandId(id),
+                device,
+                action: action.clone(),
+                expires_at: now.saturating_add(ttl_ms),
+                answer_timeout_ms: timeout_ms,
+            }
+        })
+        .collect();
+    store.insert_commands(&cmds).await?;
+    Ok(cmds.into_iter().map(|c| (c.id, c.device)).collect())
+}
+
+/// The running dispatcher.
+#[derive(Debug)]
+pub struct Dispatcher {
+    store: Store,
+    signer: CommandSigner,
+    out: mpsc::UnboundedSender<Outgoing>,
+    cfg: CommandsConfig,
+    metrics: Metrics,
+    wake: Arc<Notify>,
+    keys: Mutex<HashMap<String, (DeviceKeyAlg, Vec<u8>)>>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Store,
+        signer: CommandSigner,
+        out: mpsc::UnboundedSender<Outgoing>,
+        cfg: CommandsConfig,
+        metrics: Metrics,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            signer,
+            out,
+            cfg,
+            metrics,
+            wake,
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Creates commands and dispatches them at once (in-process callers: the API).
+    pub async fn submit(
+        &self,
+        targets: &Targets,
+        action: Action,
+        ttl: Duration,
+    ) -> Result<Vec<(CommandId, String)>, DispatchError> {
+        let r =
+            create_commands(&self.store, targets, action, ttl, self.cfg.answer_timeout()).await?;
+        self.wake.notify_one();
+        Ok(r)
+    }
+
+    /// Sends dispatchable commands whenever woken, and at least every `poll_ms` (which also
+    /// picks up commands created by the CLI); expires and times out commands.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.poll_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    match self.store.expire_commands().await {
+                        Ok((0, 0)) => {}
+                        Ok((expired, timed_out)) => tracing::info!(expired, timed_out, "commands expired or timed out"),
+                        Err(e) => tracing::error!(error = %e, "command expiry failed"),
+                    }
+                }
+                _ = self.wake.notified() => {}
+            }
+            if let Err(e) = self.pump().await {
+                tracing::error!(error = %e, "command dispatch failed");
+            }
+        }
+    }
+
+    async fn pump(&self) -> Result<(), DispatchError> {
+        loop {
+            let batch = self.store.dispatchable(500).await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for c in batch {
+                let action = c.parsed_action()?;
+                let mut id = [0u8; 16];
+                if let Some(parsed) = CommandId::parse(&c.id) {
+                    id = parsed.0;
+                }
+                let issued = now_ms();
+                let env = Envelope {
+                    id: CommandId(id),
+                    device: c.device_id.clone(),
+                    issued_at_ms: issued,
+                    expires_at_ms: c.expires_at,
+                    key_id: self.signer.id(),
+                    action,
+                };
+                let signed = match self.signer.sign(&env) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(command = %c.id, error = %e, "signing failed");
+                        continue;
+                    }
+                };
+                let payload = match codec::encode(Kind::Cmd, &signed) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(command = %c.id, error = %e, "command too large");
+                        continue;
+                    }
+                };
+                let Ok(device) = DeviceId::parse(&c.device_id) else {
+                    continue;
+                };
+                // Mark first: a receipt can come back before we would otherwise get to it.
+                if self.store.mark_sent(&c.id, issued).await? {
+                    let topic = Topic::new(device, Kind::Cmd).to_string();
+                    let _ = self.out.send(Outgoing { topic, payload });
+                    self.metrics
+                        .commands
+                        .with_label_values(&[c.action_kind.as_str(), "sent"])
+                        .inc();
+                    tracing::info!(command = %c.id, device = %c.device_id, action = %c.action_kind, "command sent");
+                }
+            }
+        }
+    }
+
+    /// Verifies a receipt against the device's certificate key and applies it.
+    pub async fn on_receipt(&self, device: &DeviceId, signed: &SignedReceipt) {
+        let key = match self.device_key(device).await {
+            Ok(Some(k)) => k,
+            Ok(None) => {
+                tracing::warn!(device = %device, "receipt from a device without a known key dropped");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(device = %device, error = %e, "device key lookup failed");
+                return;
+            }
+        };
+        let receipt = match verify_receipt(signed, key.0, &key.1) {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics
+                    .ingest_dropped
+                    .with_label_values(&["bad_receipt"])
+                    .inc();
+                tracing::warn!(device = %device, reason = "bad_receipt", error = %e, "receipt refused");
+                return;
+            }
+        };
+        if receipt.device != device.as_str() {
+            tracing::warn!(device = %device, claimed = %receipt.device, "receipt for another device refused");
+            return;
+        }
+        let id = receipt.command.to_string();
+        let update = ReceiptUpdate {
+            outcome: receipt.outcome.clone(),
+            exit_code: receipt.exit_code,
+            duration_ms: receipt.duration_ms,
+            stdout: receipt.stdout,
+            stderr: receipt.stderr,
+            body: signed.body.clone(),
+            signature: signed.signature.clone(),
+        };
+        match self
+            .store
+            .apply_receipt(&id, device.as_str(), &update)
+            .await
+        {
+            Ok(Some(status)) => {
+                tracing::info!(command = %id, device = %device, status = status.as_str(), "command {}", status.as_str());
+                if status.is_final() {
+                    self.metrics
+                        .commands
+                        .with_label_values(&["any", status.as_str()])
+                        .inc();
+                }
+            }
+            Ok(None) => {
+                tracing::debug!(command = %id, device = %device, outcome = receipt.outcome.as_str(), "receipt ignored")
+            }
+            Err(e) => tracing::error!(command = %id, error = %e, "storing receipt failed"),
+        }
+    }
+
+    async fn device_key(
+        &self,
+        device: &DeviceId,
+    ) -> Result<Option<(DeviceKeyAlg, Vec<u8>)>, StoreError> {
+        if let Some(k) = self
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(device.as_str())
+        {
+            return Ok(Some(k.clone()));
+        }
+        let Some((alg, key)) = self.store.device_key(device.as_str()).await? else {
+            return Ok(None);
+        };
+        let Some(alg) = DeviceKeyAlg::parse(&alg) else {
+            return Ok(None);
+        };
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(device.to_string(), (alg, key.clone()));
+        Ok(Some((alg, key)))
+    }
+}
+
+/// Receives verified-topic receipts from ingest and applies them, off the routing loop.
+pub async fn receipts(d: Arc<Dispatcher>, mut rx: mpsc::Receiver<(DeviceId, SignedReceipt)>) {
+    while let Some((device, signed)) = rx.recv().await {
+        d.on_receipt(&device, &signed).await;
+    }
+}
+
+/// Parses an action from command-line words:
+/// `ping` | `reboot` | `service <status|start|stop|restart> UNIT` | `journal UNIT [LINES]` |
+/// `script NAME [ARGS…]` | `interval SECONDS`.
+pub fn parse_action(words: &[String]) -> Result<Action, String> {
+    use pifleet_shared::command::ServiceOp;
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    let action = match w.as_slice() {
+        ["ping"] => Action::Ping,
+        ["reboot"] => Action::Reboot,
+        ["service", op, unit] => {
+            let op = match *op {
+                "status" => ServiceOp::Status,
+                "start" => ServiceOp::Start,
+                "stop" => ServiceOp::Stop,
+                "restart" => ServiceOp::Restart,
+                other => return Err(format!("unknown service operation {other:?}")),
+            };
+            Action::Service {
+                unit: (*unit).to_owned(),
+                op,
+            }
+        }
+        ["journal", unit] => Action::JournalTail {
+            unit: (*unit).to_owned(),
+            lines: 50,
+        },
+        ["journal", unit, lines] => Action::JournalTail {
+            unit: (*unit).to_owned(),
+            lines: lines
+                .parse()
+                .map_err(|_| format!("journal lines {lines:?} is not a number"))?,
+        },
+        ["script", name, args @ ..] => Action::RunScript {
+            name: (*name).to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+        },
+        ["interval", secs] => Action::SetInterval {
+            seconds: secs
+                .parse()
+                .map_err(|_| format!("interval {secs:?} is not a number of seconds"))?,
+        },
+        _ => {
+            return Err(
+                "expected: ping | reboot | service <status|start|stop|restart> UNIT | \
+                        journal UNIT [LINES] | script NAME [ARGS...] | interval SECONDS"
+                    .to_owned(),
+            );
+        }
+    };
+    action.validate().map_err(|e| e.to_string())?;
+    Ok(action)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn action_words() {
+        assert_eq!(parse_action(&words("ping")), Ok(Action::Ping));
+        assert!(matches!(
+            parse_action(&words("service restart kiosk.service")),
+            Ok(Action::Service { .. })
+        ));
+        assert!(matches!(
+            parse_action(&words("journal kiosk.service 20")),
+            Ok(Action::JournalTail { lines: 20, .. })
+        ));
+        assert!(matches!(
+            parse_action(&words("script backup --dry-run")),
+            Ok(Action::RunScript { .. })
+        ));
+        assert_eq!(
+            parse_action(&words("interval 30")),
+            Ok(Action::SetInterval { seconds: 30 })
+        );
+        for bad in [
+            "",
+            "shell rm -rf /",
+            "service kill x",
+            "service start a;b",
+            "service start --now",
+            "journal ../x",
+            "interval x",
+            "script a b;c",
+        ] {
+            assert!(parse_action(&words(bad)).is_err(), "{bad:?}");
+        }
+    }
+}

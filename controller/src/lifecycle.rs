@@ -1,0 +1,142 @@
+//! The command lifecycle as a pure function, so every transition is in one table:
+//! queued → sent → accepted → running → succeeded | failed | rejected, plus expired and
+//! cancelled set by the controller. Final states never change.
+
+use pifleet_shared::command::Outcome;
+
+/// Where a command is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Queued,
+    Sent,
+    Accepted,
+    Running,
+    Succeeded,
+    Failed,
+    Rejected,
+    Expired,
+    Cancelled,
+}
+
+impl Status {
+    pub const ALL: [Status; 9] = [
+        Status::Queued,
+        Status::Sent,
+        Status::Accepted,
+        Status::Running,
+        Status::Succeeded,
+        Status::Failed,
+        Status::Rejected,
+        Status::Expired,
+        Status::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Sent => "sent",
+            Self::Accepted => "accepted",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Rejected => "rejected",
+            Self::Expired => "expired",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Rejected | Self::Expired | Self::Cancelled
+        )
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            Self::Queued => 0,
+            Self::Sent => 1,
+            Self::Accepted => 2,
+            Self::Running => 3,
+            _ => 4,
+        }
+    }
+}
+
+/// The status a device receipt moves a command to, or `None` to ignore the receipt.
+///
+/// - Progress only moves forward (a late "accepted" after "running" is ignored).
+/// - A rejection counts only before the device accepted the command: a rejection of an
+///   accepted command is a duplicate delivery refused as a replay, and must not hide the
+///   real result.
+/// - Final states never change; a receipt for a cancelled or expired command is ignored
+///   (the agent refuses expired commands itself).
+pub fn on_receipt(current: Status, outcome: &Outcome) -> Option<Status> {
+    if current.is_final() {
+        return None;
+    }
+    let next = match outcome {
+        Outcome::Accepted => Status::Accepted,
+        Outcome::Running => Status::Running,
+        Outcome::Succeeded => Status::Succeeded,
+        Outcome::Failed(_) => Status::Failed,
+        Outcome::Rejected(_) => {
+            return (current.rank() < Status::Accepted.rank()).then_some(Status::Rejected);
+        }
+    };
+    (next.rank() > current.rank()).then_some(next)
+}
+
+/// May an operator cancel a command in this state? Only before it was sent: once on the
+/// wire, the device may already be running it, and only expiry can stop a late delivery.
+pub fn cancellable(current: Status) -> bool {
+    current == Status::Queued
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Status::*;
+
+    #[test]
+    fn receipt_transitions() {
+        let ok = Outcome::Succeeded;
+        let fail = Outcome::Failed("x".into());
+        let rej = Outcome::Rejected("replayed".into());
+        let cases: &[(Status, Outcome, Option<Status>)] = &[
+            (Queued, Outcome::Accepted, Some(Accepted)),
+            (Sent, Outcome::Accepted, Some(Accepted)),
+            (Sent, Outcome::Running, Some(Running)),
+            (Sent, ok.clone(), Some(Succeeded)),
+            (Sent, rej.clone(), Some(Rejected)),
+            (Queued, rej.clone(), Some(Rejected)),
+            (Accepted, Outcome::Running, Some(Running)),
+            (Accepted, rej.clone(), None),
+            (Running, Outcome::Accepted, None),
+            (Running, Outcome::Running, None),
+            (Running, ok.clone(), Some(Succeeded)),
+            (Running, fail.clone(), Some(Failed)),
+            (Running, rej.clone(), None),
+            (Succeeded, fail.clone(), None),
+            (Failed, ok.clone(), None),
+            (Rejected, ok.clone(), None),
+            (Expired, ok.clone(), None),
+            (Cancelled, Outcome::Accepted, None),
+        ];
+        for (cur, outcome, want) in cases {
+            assert_eq!(on_receipt(*cur, outcome), *want, "{cur:?} + {outcome:?}");
+        }
+    }
+
+    #[test]
+    fn names_roundtrip_and_cancel_rule() {
+        for s in Status::ALL {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+            assert_eq!(cancellable(s), s == Queued);
+        }
+    }
+}

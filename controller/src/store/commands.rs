@@ -1,0 +1,330 @@
+//! SQL for commands: creation, dispatch, receipts, expiry and listing.
+
+use pifleet_shared::command::{Action, CommandId};
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{Store, StoreError, now_ms, sql_int};
+use crate::lifecycle::{self, Status};
+
+/// A command to create (queued).
+#[derive(Debug, Clone)]
+pub struct NewCommand {
+    pub id: CommandId,
+    pub device: String,
+    pub action: Action,
+    pub expires_at: i64,
+    pub answer_timeout_ms: i64,
+}
+
+/// A stored command.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandRow {
+    pub id: String,
+    pub device_id: String,
+    pub action: serde_json::Value,
+    pub action_kind: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub issued_at: Option<i64>,
+    pub sent_at: Option<i64>,
+    pub accepted_at: Option<i64>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub duration_ms: Option<i64>,
+    pub stdout: Option<String>,
+    pub stdout_len: Option<i64>,
+    pub stdout_sha256: Option<String>,
+    pub stderr: Option<String>,
+    pub stderr_len: Option<i64>,
+    pub stderr_sha256: Option<String>,
+}
+
+impl CommandRow {
+    pub fn status(&self) -> Option<Status> {
+        Status::parse(&self.status)
+    }
+    /// The action, as signed and sent.
+    pub fn parsed_action(&self) -> Result<Action, StoreError> {
+        Ok(serde_json::from_value(self.action.clone())?)
+    }
+}
+
+/// What a verified receipt writes.
+#[derive(Debug, Clone)]
+pub struct ReceiptUpdate {
+    pub outcome: pifleet_shared::command::Outcome,
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    pub stdout: pifleet_shared::command::Output,
+    pub stderr: pifleet_shared::command::Output,
+    pub body: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+const COLUMNS: &str = "id, device_id, action, action_kind, status, reason, created_at, \
+    expires_at, issued_at, sent_at, accepted_at, started_at, finished_at, exit_code, \
+    duration_ms, stdout, stdout_len, stdout_sha256, stderr, stderr_len, stderr_sha256";
+
+fn row(r: &sqlx::sqlite::SqliteRow) -> Result<CommandRow, StoreError> {
+    let action: String = r.try_get("action")?;
+    let text = |b: Option<Vec<u8>>| b.map(|b| String::from_utf8_lossy(&b).into_owned());
+    Ok(CommandRow {
+        id: r.try_get("id")?,
+        device_id: r.try_get("device_id")?,
+        action: serde_json::from_str(&action)?,
+        action_kind: r.try_get("action_kind")?,
+        status: r.try_get("status")?,
+        reason: r.try_get("reason")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        issued_at: r.try_get("issued_at")?,
+        sent_at: r.try_get("sent_at")?,
+        accepted_at: r.try_get("accepted_at")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+        exit_code: r.try_get("exit_code")?,
+        duration_ms: r.try_get("duration_ms")?,
+        stdout: text(r.try_get("stdout")?),
+        stdout_len: r.try_get("stdout_len")?,
+        stdout_sha256: r.try_get("stdout_sha256")?,
+        stderr: text(r.try_get("stderr")?),
+        stderr_len: r.try_get("stderr_len")?,
+        stderr_sha256: r.try_get("stderr_sha256")?,
+    })
+}
+
+impl Store {
+    /// Creates queued commands, all or nothing.
+    pub async fn insert_commands(&self, cmds: &[NewCommand]) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin().await?;
+        for c in cmds {
+            sqlx::query(
+                "INSERT INTO commands (id, device_id, action, action_kind, status, created_at, \
+                 expires_at, answer_timeout_ms) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+            )
+            .bind(c.id.to_string())
+            .bind(&c.device)
+            .bind(serde_json::to_string(&c.action)?)
+            .bind(c.action.kind())
+            .bind(now)
+            .bind(c.expires_at)
+            .bind(c.answer_timeout_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Queued, unexpired commands whose device is online, oldest first.
+    pub async fn dispatchable(&self, limit: i64) -> Result<Vec<CommandRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM commands c JOIN devices d ON d.id = c.device_id \
+             WHERE c.status = 'queued' AND c.expires_at > ? AND d.online = 1 \
+             AND d.revoked_at IS NULL ORDER BY c.created_at LIMIT ?",
+            COLUMNS
+                .split(", ")
+                .map(|c| format!("c.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now_ms())
+            .bind(limit)
+            .fetch_all(&self.writer)
+            .await?;
+        rows.iter().map(row).collect()
+    }
+
+    /// Records that a queued command was signed and sent; false if it is no longer queued.
+    pub async fn mark_sent(&self, id: &str, issued_at: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE commands SET status = 'sent', issued_at = ?, sent_at = ? \
+             WHERE id = ? AND status = 'queued'",
+        )
+        .bind(issued_at)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// One command.
+    pub async fn command(&self, id: &str) -> Result<Option<CommandRow>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM commands WHERE id = ?");
+        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        r.as_ref().map(row).transpose()
+    }
+
+    /// Commands, newest first, optionally for one device and/or in one status.
+    pub async fn list_commands(
+        &self,
+        device: Option<&str>,
+        status: Option<Status>,
+        limit: i64,
+    ) -> Result<Vec<CommandRow>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM commands WHERE (? IS NULL OR device_id = ?) \
+             AND (? IS NULL OR status = ?) ORDER BY created_at DESC, id LIMIT ?"
+        );
+        let st = status.map(Status::as_str);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(device)
+            .bind(device)
+            .bind(st)
+            .bind(st)
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(row).collect()
+    }
+
+    /// Cancels a command that has not been sent yet. Returns its status after the attempt.
+    pub async fn cancel_command(&self, id: &str) -> Result<Option<Status>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let cur: Option<String> = sqlx::query_scalar("SELECT status FROM commands WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(cur) = cur.as_deref().and_then(Status::parse) else {
+            return Ok(None);
+        };
+        if !lifecycle::cancellable(cur) {
+            return Ok(Some(cur));
+        }
+        sqlx::query(
+            "UPDATE commands SET status = 'cancelled', reason = 'cancelled by operator', \
+             finished_at = ? WHERE id = ?",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(Status::Cancelled))
+    }
+
+    /// Applies a verified receipt of `device` through the lifecycle table. Returns the new
+    /// status, or None when the receipt was ignored (unknown command, other device's
+    /// command, or a transition the table refuses).
+    pub async fn apply_receipt(
+        &self,
+        id: &str,
+        device: &str,
+        u: &ReceiptUpdate,
+    ) -> Result<Option<Status>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin().await?;
+        let cur: Option<String> =
+            sqlx::query_scalar("SELECT status FROM commands WHERE id = ? AND device_id = ?")
+                .bind(id)
+                .bind(device)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(cur) = cur.as_deref().and_then(Status::parse) else {
+            return Ok(None);
+        };
+        let Some(next) = lifecycle::on_receipt(cur, &u.outcome) else {
+            return Ok(None);
+        };
+        let reason = match &u.outcome {
+            pifleet_shared::command::Outcome::Failed(r)
+            | pifleet_shared::command::Outcome::Rejected(r) => Some(r.clone()),
+            _ => None,
+        };
+        let (accepted, started, finished) = match next {
+            Status::Accepted => (Some(now), None, None),
+            Status::Running => (None, Some(now), None),
+            _ => (None, None, Some(now)),
+        };
+        let hex = |b: &[u8]| (!b.is_empty()).then(|| pifleet_shared::token::to_hex(b));
+        sqlx::query(
+            "UPDATE commands SET status = ?, reason = COALESCE(?, reason), \
+             accepted_at = COALESCE(accepted_at, ?), started_at = COALESCE(started_at, ?), \
+             finished_at = COALESCE(finished_at, ?), exit_code = COALESCE(?, exit_code), \
+             duration_ms = CASE WHEN ? THEN ? ELSE duration_ms END, \
+             stdout = CASE WHEN ? THEN ? ELSE stdout END, stdout_len = CASE WHEN ? THEN ? ELSE stdout_len END, \
+             stdout_sha256 = CASE WHEN ? THEN ? ELSE stdout_sha256 END, \
+             stderr = CASE WHEN ? THEN ? ELSE stderr END, stderr_len = CASE WHEN ? THEN ? ELSE stderr_len END, \
+             stderr_sha256 = CASE WHEN ? THEN ? ELSE stderr_sha256 END, \
+             receipt = ?, receipt_signature = ? WHERE id = ?",
+        )
+        .bind(next.as_str())
+        .bind(reason)
+        .bind(accepted)
+        .bind(started)
+        .bind(finished)
+        .bind(u.exit_code)
+        .bind(next.is_final())
+        .bind(sql_int(u.duration_ms))
+        .bind(next.is_final())
+        .bind(&u.stdout.data)
+        .bind(next.is_final())
+        .bind(sql_int(u.stdout.len))
+        .bind(next.is_final())
+        .bind(hex(&u.stdout.sha256))
+        .bind(next.is_final())
+        .bind(&u.stderr.data)
+        .bind(next.is_final())
+        .bind(sql_int(u.stderr.len))
+        .bind(next.is_final())
+        .bind(hex(&u.stderr.sha256))
+        .bind(&u.body)
+        .bind(&u.signature)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(next))
+    }
+
+    /// Expires commands past their expiry that never got going, and fails commands that
+    /// were sent but never finished within their answer timeout. Returns (expired, timed out).
+    pub async fn expire_commands(&self) -> Result<(u64, u64), StoreError> {
+        let now = now_ms();
+        let expired = sqlx::query(
+            "UPDATE commands SET status = 'expired', reason = 'expired before the device accepted it', \
+             finished_at = ? WHERE status IN ('queued', 'sent') AND expires_at <= ?",
+        )
+        .bind(now)
+        .bind(now)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        let timed_out = sqlx::query(
+            "UPDATE commands SET status = 'failed', reason = 'timeout: no result from the device', \
+             finished_at = ? WHERE status IN ('sent', 'accepted', 'running') \
+             AND sent_at + answer_timeout_ms <= ?",
+        )
+        .bind(now)
+        .bind(now)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok((expired, timed_out))
+    }
+
+    /// The public key of the device's newest unrevoked certificate.
+    pub async fn device_key(&self, device: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        let r = sqlx::query(
+            "SELECT public_key_alg, public_key FROM certificates WHERE device_id = ? \
+             AND revoked_at IS NULL AND public_key IS NOT NULL ORDER BY issued_at DESC LIMIT 1",
+        )
+        .bind(device)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(match r {
+            Some(r) => Some((r.try_get("public_key_alg")?, r.try_get("public_key")?)),
+            None => None,
+        })
+    }
+}
