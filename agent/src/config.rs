@@ -7,6 +7,8 @@ use std::time::Duration;
 use pifleet_shared::DeviceId;
 use serde::{Deserialize, Serialize};
 
+use crate::commands::CommandsConfig;
+
 /// Configuration errors (exit code 64).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -43,6 +45,9 @@ pub struct AgentConfig {
     pub spool: SpoolSection,
     #[serde(default)]
     pub mqtt: MqttSection,
+    /// Which signed remote commands this device accepts (default: ping only).
+    #[serde(default)]
+    pub commands: CommandsConfig,
 }
 
 /// Where the controller is.
@@ -138,6 +143,7 @@ impl AgentConfig {
             &mut cfg.tls.key,
             &mut cfg.tls.command_key,
             &mut cfg.spool.dir,
+            &mut cfg.commands.state_dir,
         ] {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -177,6 +183,7 @@ impl AgentConfig {
         if self.controller.mqtt_port == 0 {
             p.push("controller.mqtt_port must not be 0".to_owned());
         }
+        p.extend(self.commands.problems());
         p
     }
 
@@ -211,6 +218,50 @@ command_key = "command.pub"
         assert_eq!(cfg.tls.key, dir.path().join("device.key"));
         assert_eq!(cfg.spool.dir, dir.path().join("spool"));
         assert_eq!(cfg.telemetry.interval_s, 10);
+        let commands = CommandsConfig {
+            state_dir: dir.path().join("commands"),
+            ..CommandsConfig::default()
+        };
+        assert_eq!(cfg.commands, commands);
+    }
+
+    #[test]
+    fn commands_section_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let section = r#"
+[commands]
+reboot = true
+services = ["kiosk.service"]
+path = "/opt/fake/bin"
+[commands.scripts.backup]
+argv = ["/usr/local/bin/backup"]
+allowed_args = ["--dry-run"]
+"#;
+        std::fs::write(&path, format!("{GOOD}{section}")).unwrap();
+        let cfg = AgentConfig::load(&path).unwrap();
+        assert!(cfg.commands.reboot && cfg.commands.ping);
+        assert_eq!(cfg.commands.path, "/opt/fake/bin");
+        // `enroll` writes the whole configuration, [commands] included: it must read back.
+        let written = toml::to_string_pretty(&cfg).unwrap();
+        let back: AgentConfig = toml::from_str(&written).unwrap();
+        assert_eq!(back.commands, cfg.commands);
+        std::fs::write(&path, format!("{GOOD}[commands]\nsudo = true\n")).unwrap();
+        assert!(
+            AgentConfig::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("sudo")
+        );
+        std::fs::write(
+            &path,
+            format!("{GOOD}[commands]\nworkers = 0\nservices = [\"a b\"]\n"),
+        )
+        .unwrap();
+        match AgentConfig::load(&path).unwrap_err() {
+            ConfigError::Invalid { problems, .. } => assert_eq!(problems.len(), 2, "{problems:?}"),
+            e => panic!("{e}"),
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! The pifleet agent: enrollment, telemetry collection, the on-disk spool and the MQTT link.
+//! The pifleet agent: enrollment, telemetry collection, the on-disk spool, the MQTT link
+//! and signed remote commands.
 
 pub mod backoff;
 pub mod collect;
+pub mod commands;
 pub mod config;
 pub mod enroll;
 pub mod files;

@@ -3,6 +3,8 @@
 //! Every sample is appended to the spool before it is published and leaves it only when the
 //! controller acknowledges its sequence number as committed. Live samples go out at once;
 //! after a reconnect the backlog drains oldest first in bounded batches alongside them.
+//! Signed commands on `down/cmd` are forwarded to [`crate::commands`], which runs them in
+//! tasks of its own and may change the telemetry interval.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,11 +15,12 @@ use pifleet_shared::{Topic, codec};
 use rumqttc::{
     AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::collect::{CollectError, Collector};
+use crate::commands::{Commands, CommandsError, MqttSink, Settings};
 use crate::config::AgentConfig;
 use crate::spool::{Spool, SpoolConfig, SpoolError};
 use crate::tls;
@@ -33,6 +36,8 @@ pub enum RunError {
     Collect(#[from] CollectError),
     #[error("encoding: {0}")]
     Encode(#[from] codec::EncodeError),
+    #[error("commands: {0}")]
+    Commands(#[from] CommandsError),
 }
 
 /// Samples per backlog message and bytes of samples per message (under the 64 KiB limit).
@@ -71,6 +76,9 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
     let telemetry_topic = Topic::new(id.clone(), Kind::Telemetry).to_string();
     let hello_topic = Topic::new(id.clone(), Kind::Hello).to_string();
     let ack_topic = Topic::new(id.clone(), Kind::Ack).to_string();
+    let cmd_topic = Topic::new(id.clone(), Kind::Cmd).to_string();
+    let result_topic = Topic::new(id.clone(), Kind::Result).to_string();
+    let command_settings = Settings::load(&cfg)?;
 
     let mut opts = MqttOptions::new(
         id.as_str(),
@@ -91,6 +99,20 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
         true,
     ));
     let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    // Receipts follow PUBACKs back to back: do not let Nagle hold them for a delayed ACK.
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+    let (interval_tx, mut interval_rx) = watch::channel(cfg.telemetry.interval_s);
+    let commands = Commands::start(
+        command_settings,
+        Arc::new(MqttSink {
+            client: client.clone(),
+            topic: result_topic,
+        }),
+        interval_tx,
+        shutdown.clone(),
+    )?;
 
     let (ev_tx, mut ev_rx) = mpsc::channel::<LinkEvent>(256);
     let backoff_max = Duration::from_secs(cfg.mqtt.backoff_max_s);
@@ -149,10 +171,11 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
                     tracing::info!(device = %id, backlog = spool.backlog(), "connected");
                     let _ = client.try_subscribe(Topic::down_filter(&id), QoS::AtLeastOnce);
                     let _ = client.try_publish(&status_topic, QoS::AtLeastOnce, true, codec::encode(Kind::Status, &v1::Status::Online)?);
-                    let hello = collector.hello(env!("CARGO_PKG_VERSION"), cfg.telemetry.interval_s);
+                    let hello = collector.hello(env!("CARGO_PKG_VERSION"), *interval_rx.borrow());
                     let _ = client.try_publish(&hello_topic, QoS::AtLeastOnce, false, codec::encode(Kind::Hello, &hello)?);
                     drain = Some(Drain { cursor: spool.acked_floor(), live_from: None });
                     last_progress = Instant::now();
+                    commands.set_connected(true);
                 }
                 Some(LinkEvent::Disconnected(reason)) => {
                     if connected {
@@ -162,6 +185,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
                     }
                     connected = false;
                     drain = None;
+                    commands.set_connected(false);
                 }
                 Some(LinkEvent::Message(topic, payload)) => {
                     if topic == ack_topic {
@@ -176,12 +200,21 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
                         {
                             drain = None;
                         }
+                    } else if topic == cmd_topic {
+                        commands.submit(&payload);
                     } else {
                         tracing::debug!(topic = %topic, "message for a later capability ignored");
                     }
                 }
                 None => break,
             },
+            Ok(()) = interval_rx.changed() => {
+                let seconds = *interval_rx.borrow_and_update();
+                let period = Duration::from_secs(u64::from(seconds.max(1)));
+                sample_tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tracing::info!(seconds, "telemetry interval changed");
+            }
             _ = sample_tick.tick() => {
                 let seq = spool.next_seq()?;
                 last_seq = seq;
@@ -243,6 +276,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
         let _ = link.await;
     }
     link_stop.cancel();
+    commands.join().await;
     spool.close()?;
     Ok(())
 }

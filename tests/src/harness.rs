@@ -156,6 +156,20 @@ impl Controller {
         self.child.as_ref()
     }
 
+    /// Whether the controller process is still alive (not exited, not a zombie).
+    pub fn alive(&self) -> bool {
+        let Some(child) = self.child() else {
+            return false;
+        };
+        std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_owned))
+            })
+            .is_some_and(|state| state != "Z" && state != "X")
+    }
+
     /// SIGKILL: no shutdown, no flush.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -227,6 +241,19 @@ impl Controller {
             .await?;
         db.close().await;
         Ok(v)
+    }
+
+    /// The `online` flag (1 or 0) the controller's database holds for `device`; `None` if
+    /// the device or the database cannot be read.
+    pub async fn online(&self, device: &str) -> Option<i64> {
+        let db = self.db().await.ok()?;
+        let v = sqlx::query_scalar("SELECT online FROM devices WHERE id = ?")
+            .bind(device)
+            .fetch_one(&db)
+            .await
+            .ok();
+        db.close().await;
+        v
     }
 
     /// The CA certificate path (for clients in tests).
@@ -344,7 +371,7 @@ impl Drop for Agent {
     }
 }
 
-/// What the agent's spool `state` file records (mirrors `State` in `agent/src/spool.rs`:
+/// What the agent's spool `state` file records (mirrors `State` in `agent/src/spool/state.rs`:
 /// `PFST` magic, CRC32 of the body, then this struct in postcard). Read it only while the
 /// agent is stopped: `close()` (a clean SIGTERM) writes `clean_next`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -367,7 +394,7 @@ impl Agent {
     }
 
     /// Every sample record in the spool's segment files, acknowledged or not, oldest first
-    /// (the on-disk format of `agent/src/spool.rs`: an 8-byte header, then records
+    /// (the on-disk format of `agent/src/spool/segment.rs`: an 8-byte header, then records
     /// `[u32 len LE][u32 crc32 LE][postcard Sample]`). Safe while the agent runs: records are
     /// appended with one write(2) each, and a torn tail or a segment deleted meanwhile just
     /// ends the scan of that file. A running agent always keeps its newest segment, so the

@@ -7,4 +7,6 @@
 
 pub mod harness;
 pub mod https;
+pub mod logs;
+pub mod mosquitto;
 pub mod mqtt;

@@ -3,195 +3,18 @@
 //! to (rumqttc and the Debian Mosquitto clients), idle sockets blocking nobody, and bad
 //! payloads closing the sender without hurting the controller.
 
-use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
 use pifleet_shared::codec;
 use pifleet_shared::proto::v1;
 use pifleet_shared::topic::Kind;
 use pifleet_tests::harness::{Agent, Controller, wait_for};
-use pifleet_tests::mqtt::{client, client_tls};
-use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Packet, QoS};
-use serde_json::Value;
-use tokio::sync::mpsc;
-
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
-const LOG_TIMEOUT: Duration = Duration::from_secs(10);
-
-// ---------------------------------------------------------------------------------------
-// Controller log
-
-/// The controller's JSON log lines.
-fn log_entries(ctl: &Controller) -> Vec<Value> {
-    ctl.log()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-/// A log line with this message, `reason` and (when given) `device`.
-fn is_entry(e: &Value, message: &str, reason: &str, device: Option<&str>) -> bool {
-    e["message"] == message && e["reason"] == reason && device.is_none_or(|d| e["device"] == d)
-}
-
-fn count_entries(ctl: &Controller, message: &str, reason: &str, device: Option<&str>) -> usize {
-    log_entries(ctl)
-        .iter()
-        .filter(|e| is_entry(e, message, reason, device))
-        .count()
-}
-
-/// Waits until there are more than `before` matching log lines; returns the newest one.
-async fn wait_entry(
-    ctl: &Controller,
-    before: usize,
-    message: &str,
-    reason: &str,
-    device: Option<&str>,
-) -> Result<Value> {
-    let what = format!("log {message:?} reason={reason} device={device:?}");
-    wait_for(LOG_TIMEOUT, &what, || {
-        let matching: Vec<Value> = log_entries(ctl)
-            .into_iter()
-            .filter(|e| is_entry(e, message, reason, device))
-            .collect();
-        let found = (matching.len() > before)
-            .then(|| matching.last().cloned())
-            .flatten();
-        async move { found }
-    })
-    .await
-    .with_context(|| format!("controller log:\n{}", ctl.log()))
-}
-
-const VIOLATION: &str = "mqtt violation; connection closed";
-const REFUSED: &str = "mqtt connection refused";
-const DISCONNECTED: &str = "device disconnected";
-
-// ---------------------------------------------------------------------------------------
-// MQTT sessions
-
-/// An rumqttc session presenting `dev`'s certificate with client id `client_id`.
-fn session(ctl: &Controller, dev: &Agent, client_id: &str) -> Result<(AsyncClient, EventLoop)> {
-    let tls = client_tls(&ctl.ca_path(), Some((&dev.cert(), &dev.key())))?;
-    Ok(client(ctl.mqtt.port(), client_id, tls))
-}
-
-/// Polls until the CONNACK arrives; fails if the connection ends first.
-async fn connack(ev: &mut EventLoop) -> Result<()> {
-    tokio::time::timeout(CLOSE_TIMEOUT, async {
-        loop {
-            match ev.poll().await? {
-                Event::Incoming(Packet::ConnAck(_)) => return Ok(()),
-                _ => continue,
-            }
-        }
-    })
-    .await
-    .context("no CONNACK in time")?
-}
-
-/// A session of `dev` as itself, connected.
-async fn connected(ctl: &Controller, dev: &Agent) -> Result<(AsyncClient, EventLoop)> {
-    let (c, mut ev) = session(ctl, dev, &dev.id)?;
-    connack(&mut ev)
-        .await
-        .with_context(|| format!("{} connect; controller log:\n{}", dev.id, ctl.log()))?;
-    Ok((c, ev))
-}
-
-/// Polls until the connection ends (the positive signal that the gateway closed it);
-/// returns the error it ended with and every incoming packet seen before.
-async fn until_closed(ev: &mut EventLoop) -> Result<(ConnectionError, Vec<Packet>)> {
-    let mut seen = Vec::new();
-    tokio::time::timeout(CLOSE_TIMEOUT, async {
-        loop {
-            match ev.poll().await {
-                Ok(Event::Incoming(p)) => seen.push(p),
-                Ok(Event::Outgoing(_)) => {}
-                Err(e) => return e,
-            }
-        }
-    })
-    .await
-    .map(|e| (e, seen))
-    .context("the gateway did not close the connection")
-}
-
-/// Polls until an incoming packet satisfies `want`; fails if the connection ends first.
-async fn until_incoming(
-    ev: &mut EventLoop,
-    mut want: impl FnMut(&Packet) -> bool,
-) -> Result<Packet> {
-    tokio::time::timeout(CLOSE_TIMEOUT, async {
-        loop {
-            if let Event::Incoming(p) = ev.poll().await?
-                && want(&p)
-            {
-                return Ok(p);
-            }
-        }
-    })
-    .await
-    .context("expected packet did not arrive")?
-}
-
-fn sample(seq: u64) -> v1::Sample {
-    v1::Sample {
-        seq,
-        ts_ms: 1_700_000_000_000,
-        cpu_pct: 1.0,
-        load1: 0.0,
-        load5: 0.0,
-        load15: 0.0,
-        mem_total_bytes: 1 << 30,
-        mem_used_bytes: 1 << 29,
-        swap_total_bytes: 0,
-        swap_used_bytes: 0,
-        disks: vec![],
-        nets: vec![],
-        temp_c: None,
-        throttled: None,
-        uptime_s: 1,
-        spool_dropped: 0,
-        spool_backlog: 0,
-    }
-}
-
-/// A valid v1 telemetry payload with one sample.
-fn telemetry(seq: u64) -> Result<Vec<u8>> {
-    let msg = v1::Telemetry {
-        samples: vec![sample(seq)],
-    };
-    Ok(codec::encode(Kind::Telemetry, &msg)?)
-}
-
-async fn online(ctl: &Controller, device: &str) -> Option<i64> {
-    let db = ctl.db().await.ok()?;
-    let v = sqlx::query_scalar("SELECT online FROM devices WHERE id = ?")
-        .bind(device)
-        .fetch_one(&db)
-        .await
-        .ok();
-    db.close().await;
-    v
-}
-
-/// Whether the controller process is still alive (not exited, not a zombie).
-fn controller_alive(ctl: &Controller) -> bool {
-    let Some(child) = ctl.child() else {
-        return false;
-    };
-    std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_owned))
-        })
-        .is_some_and(|state| state != "Z" && state != "X")
-}
+use pifleet_tests::logs::{DISCONNECTED, REFUSED, VIOLATION};
+use pifleet_tests::logs::{count_entries, has_entry, wait_entry};
+use pifleet_tests::mosquitto::{mosquitto_args, mosquitto_bin, run_mosquitto};
+use pifleet_tests::mqtt::{CLOSE_TIMEOUT, client, client_tls, connack, connected, session};
+use pifleet_tests::mqtt::{forward_publishes, telemetry, until_closed, until_incoming};
+use rumqttc::{ConnectReturnCode, ConnectionError, Packet, QoS};
 
 // ---------------------------------------------------------------------------------------
 // 1. Refused connections
@@ -253,14 +76,8 @@ async fn refuses_missing_and_foreign_certificates() {
     );
 
     // None of the above ever became a connected device.
-    assert!(
-        !log_entries(&ctl)
-            .iter()
-            .any(|e| e["message"] == "device connected"),
-        "{}",
-        ctl.log()
-    );
-    assert_eq!(online(&ctl, "pi-a").await, Some(0));
+    assert!(!has_entry(&ctl, "device connected", None), "{}", ctl.log());
+    assert_eq!(ctl.online("pi-a").await, Some(0));
 }
 
 /// The certificate's device id is known when the client id is checked, so the refusal is
@@ -290,14 +107,8 @@ async fn refuses_client_id_other_than_certificate_id() {
         "{e}"
     );
 
-    assert!(
-        !log_entries(&ctl)
-            .iter()
-            .any(|e| e["message"] == "device connected"),
-        "{}",
-        ctl.log()
-    );
-    assert_eq!(online(&ctl, "pi-a").await, Some(0));
+    assert!(!has_entry(&ctl, "device connected", None), "{}", ctl.log());
+    assert_eq!(ctl.online("pi-a").await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,7 +117,7 @@ async fn revocation_drops_live_connection_and_refuses_reconnects() {
     let mut agent = Agent::enroll(&ctl, "pi-rev", 1).unwrap();
     agent.start().unwrap();
     wait_for(Duration::from_secs(20), "pi-rev online", || async {
-        (online(&ctl, "pi-rev").await == Some(1)).then_some(())
+        (ctl.online("pi-rev").await == Some(1)).then_some(())
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}\n{}", ctl.log(), agent.log()));
@@ -322,14 +133,12 @@ async fn revocation_drops_live_connection_and_refuses_reconnects() {
         "live connection dropped {dropped_after:?} after `device revoke` returned"
     );
     assert!(
-        log_entries(&ctl)
-            .iter()
-            .any(|e| e["message"] == "dropping revoked device" && e["device"] == "pi-rev"),
+        has_entry(&ctl, "dropping revoked device", Some("pi-rev")),
         "{}",
         ctl.log()
     );
     wait_for(Duration::from_secs(5), "pi-rev offline", || async {
-        (online(&ctl, "pi-rev").await == Some(0)).then_some(())
+        (ctl.online("pi-rev").await == Some(0)).then_some(())
     })
     .await
     .unwrap();
@@ -348,7 +157,7 @@ async fn revocation_drops_live_connection_and_refuses_reconnects() {
         e["detail"].as_str().unwrap_or_default().contains("Revoked"),
         "{e}"
     );
-    assert_eq!(online(&ctl, "pi-rev").await, Some(0));
+    assert_eq!(ctl.online("pi-rev").await, Some(0));
     eprintln!("revoked connection dropped after {dropped_after:?}");
 }
 
@@ -370,21 +179,7 @@ async fn acl_confines_a_device_to_its_own_topics() {
     until_incoming(&mut bev, |p| matches!(p, Packet::SubAck(_)))
         .await
         .unwrap();
-    let (b_tx, mut b_rx) = mpsc::unbounded_channel::<Result<rumqttc::Publish, String>>();
-    let b_task = tokio::spawn(async move {
-        loop {
-            match bev.poll().await {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let _ = b_tx.send(Ok(p));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = b_tx.send(Err(e.to_string()));
-                    return;
-                }
-            }
-        }
-    });
+    let (mut b_rx, b_task) = forward_publishes(bev);
 
     // Subscriptions outside A's own down topics.
     for (filter, reason) in [
@@ -538,86 +333,6 @@ async fn acl_confines_a_device_to_its_own_topics() {
 // ---------------------------------------------------------------------------------------
 // 3. Topic ACL with the Debian Mosquitto clients
 
-/// A Mosquitto client binary; fails with a clear message when it is not installed.
-fn mosquitto_bin(name: &str) -> Result<std::path::PathBuf> {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join(name))
-                .find(|p| p.is_file())
-        })
-        .with_context(|| {
-            format!("{name} not found on PATH: install the Debian package mosquitto-clients")
-        })
-}
-
-/// The TLS and identity arguments of a Mosquitto client acting as `dev`.
-fn mosquitto_args(ctl: &Controller, dev: &Agent) -> Vec<String> {
-    let p = |p: &Path| p.display().to_string();
-    vec![
-        "--cafile".into(),
-        p(&dev.ca()),
-        "--cert".into(),
-        p(&dev.cert()),
-        "--key".into(),
-        p(&dev.key()),
-        "-h".into(),
-        "localhost".into(),
-        "-p".into(),
-        ctl.mqtt.port().to_string(),
-        "-i".into(),
-        dev.id.clone(),
-        "-V".into(),
-        "mqttv311".into(),
-    ]
-}
-
-/// How a Mosquitto client run ended.
-#[derive(Debug)]
-struct Run {
-    /// The exit code, or `None` when it was still running at the deadline (then killed).
-    code: Option<i32>,
-    output: String,
-}
-
-async fn run_mosquitto(name: &str, args: &[String], stdin: Option<&[u8]>) -> Result<Run> {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new(mosquitto_bin(name)?)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    if let (Some(data), Some(mut w)) = (stdin, child.stdin.take()) {
-        w.write_all(data).await?;
-    }
-    // On timeout the child is dropped, which kills it.
-    Ok(
-        match tokio::time::timeout(CLOSE_TIMEOUT, child.wait_with_output()).await {
-            Ok(out) => {
-                let out = out?;
-                Run {
-                    code: out.status.code(),
-                    output: format!(
-                        "{}{}",
-                        String::from_utf8_lossy(&out.stdout),
-                        String::from_utf8_lossy(&out.stderr)
-                    ),
-                }
-            }
-            Err(_) => Run {
-                code: None,
-                output: format!("still running after {CLOSE_TIMEOUT:?}; killed"),
-            },
-        },
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_holds_for_mosquitto_clients() {
     // Fail, never skip, when the clients are missing (CI installs them).
@@ -712,9 +427,7 @@ async fn acl_holds_for_mosquitto_clients() {
         ctl.log()
     );
     assert!(
-        !log_entries(&ctl)
-            .iter()
-            .any(|e| e["message"] == "device message dropped"),
+        !has_entry(&ctl, "device message dropped", None),
         "{}",
         ctl.log()
     );
@@ -855,11 +568,7 @@ async fn bad_payloads_close_the_sender_and_spare_the_controller() {
             .await
             .unwrap();
         }
-        assert!(
-            controller_alive(&ctl),
-            "controller died on {reason}\n{}",
-            ctl.log()
-        );
+        assert!(ctl.alive(), "controller died on {reason}\n{}", ctl.log());
     }
 
     // Nothing of it was stored, and the honest agent's telemetry still flows.
@@ -873,5 +582,5 @@ async fn bad_payloads_close_the_sender_and_spare_the_controller() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}\n{}", ctl.log(), good.log()));
     assert!(good.running(), "{}", good.log());
-    assert!(controller_alive(&ctl), "{}", ctl.log());
+    assert!(ctl.alive(), "{}", ctl.log());
 }

@@ -49,6 +49,10 @@ struct Args {
     /// Where enrolled identities are kept (reused across runs).
     #[arg(long)]
     identities: Option<PathBuf>,
+    /// After connecting: this many sequential single-device `ping` command round trips,
+    /// then one command fanned out to every device (0: skip).
+    #[arg(long, default_value_t = 0)]
+    commands: usize,
 }
 
 #[derive(serde::Deserialize)]
@@ -116,6 +120,9 @@ async fn main() -> Result<()> {
         args.devices,
         t0.elapsed().as_secs_f64()
     );
+    if args.commands > 0 {
+        command_bench(&dd, args.devices, args.commands).await?;
+    }
     start_at.notify_waiters();
     let load_start = Instant::now();
     let acked_before = stats.acked.load(Ordering::Relaxed);
@@ -225,7 +232,11 @@ async fn device(
     let (client, mut el) = mqtt::client(port, cfg.device_id.as_str(), tls);
     let ack_topic = Topic::new(cfg.device_id.clone(), Kind::Ack).to_string();
     let topic = Topic::new(cfg.device_id.clone(), Kind::Telemetry).to_string();
-    client.subscribe(&ack_topic, QoS::AtLeastOnce).await?;
+    client
+        .subscribe(Topic::down_filter(&cfg.device_id), QoS::AtLeastOnce)
+        .await?;
+    let responder = Arc::new(Responder::new(&cfg)?);
+    let client2 = client.clone();
     let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
     let started = start_at.notified();
     // Drive the connection until CONNACK.
@@ -240,6 +251,11 @@ async fn device(
     let poller = tokio::spawn(async move {
         loop {
             match el.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic != ack_topic => {
+                    if let Some((topic, payload)) = responder.answer(&p.payload) {
+                        let _ = client2.try_publish(topic, QoS::AtMostOnce, false, payload);
+                    }
+                }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let Ok(ack) = codec::decode::<v1::Ack>(Kind::Ack, &p.payload) else {
                         continue;
@@ -264,6 +280,11 @@ async fn device(
         }
     });
     started.await;
+    if rate <= 0.0 {
+        stop.cancelled().await;
+        poller.abort();
+        return Ok(());
+    }
     let period = Duration::from_secs_f64(batch as f64 / rate);
     // Spread devices over the period so the load is smooth.
     let offset = rand::random::<f64>() * period.as_secs_f64();
@@ -335,4 +356,152 @@ fn sample(seq: u64) -> v1::Sample {
         spool_dropped: 0,
         spool_backlog: 0,
     }
+}
+
+/// Answers commands like an agent with everything allowed: verifies the signature, target,
+/// expiry and replay exactly as the agent does, then returns a signed `Succeeded` receipt.
+struct Responder {
+    device: String,
+    keys: Vec<pifleet_shared::signing::TrustedKey>,
+    signer: pifleet_shared::signing::DeviceSigner,
+    seen: std::sync::Mutex<std::collections::HashSet<pifleet_shared::command::CommandId>>,
+    result_topic: String,
+}
+
+impl Responder {
+    fn new(cfg: &AgentConfig) -> Result<Self> {
+        use pifleet_shared::signing::{DeviceSigner, TrustedKey};
+        Ok(Self {
+            device: cfg.device_id.to_string(),
+            keys: vec![TrustedKey::from_pem(&std::fs::read_to_string(
+                &cfg.tls.command_key,
+            )?)?],
+            signer: DeviceSigner::from_pkcs8_pem(&std::fs::read_to_string(&cfg.tls.key)?)?,
+            seen: std::sync::Mutex::new(std::collections::HashSet::new()),
+            result_topic: Topic::new(cfg.device_id.clone(), Kind::Result).to_string(),
+        })
+    }
+
+    fn answer(&self, payload: &[u8]) -> Option<(String, Vec<u8>)> {
+        use pifleet_shared::command::{Outcome, Output, Receipt, SignedCommand};
+        use pifleet_shared::signing::{VerifyContext, verify_command};
+        let cmd: SignedCommand = codec::decode(Kind::Cmd, payload).ok()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_millis() as i64;
+        let mut seen = self.seen.lock().ok()?;
+        let ctx = VerifyContext {
+            keys: &self.keys,
+            device: &self.device,
+            now_ms: now,
+        };
+        let env = verify_command(&cmd, ctx, |id| seen.contains(id), |_| Ok(())).ok()?;
+        seen.insert(env.id);
+        let receipt = Receipt {
+            command: env.id,
+            device: self.device.clone(),
+            outcome: Outcome::Succeeded,
+            exit_code: Some(0),
+            duration_ms: 0,
+            stdout: Output {
+                data: b"pong".to_vec(),
+                len: 4,
+                sha256: vec![],
+            },
+            stderr: Output::default(),
+            at_ms: now,
+        };
+        let signed = self.signer.sign(&receipt).ok()?;
+        Some((
+            self.result_topic.clone(),
+            codec::encode(Kind::Result, &signed).ok()?,
+        ))
+    }
+}
+
+/// Sequential single-device round trips, then a fan-out to every device. Round trip =
+/// `sent_at` (signed and handed to the broker) → `finished_at` (signed receipt verified and
+/// stored), both recorded by the controller.
+async fn command_bench(dd: &DataDir, devices: usize, rounds: usize) -> Result<()> {
+    use pifleet_controller::dispatch::{Targets, create_commands};
+    use pifleet_shared::command::Action;
+    let store = Store::open(&dd.database(), false).await?;
+    let ids: Vec<String> = (0..devices).map(|i| format!("sim-{i:05}")).collect();
+    let ttl = Duration::from_secs(120);
+    let wait = |cmds: Vec<String>| {
+        let store = store.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut out = Vec::new();
+            for id in cmds {
+                loop {
+                    let row = store.command(&id).await?.context("command vanished")?;
+                    if row.status().is_some_and(|s| s.is_final()) {
+                        if row.status != "succeeded" {
+                            bail!("command {id} ended {} ({:?})", row.status, row.reason);
+                        }
+                        out.push(row);
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        bail!("command {id} did not finish");
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            Ok::<_, anyhow::Error>(out)
+        }
+    };
+    let mut rtt = Vec::new();
+    for i in 0..rounds {
+        let target = Targets::Devices(vec![ids[i % ids.len()].clone()]);
+        let created = create_commands(&store, &target, Action::Ping, ttl, ttl).await?;
+        for row in wait(created.iter().map(|(id, _)| id.to_string()).collect()).await? {
+            rtt.push(row.finished_at.unwrap_or(0) - row.sent_at.unwrap_or(0));
+        }
+    }
+    rtt.sort_unstable();
+    let pct = |v: &[i64], p: f64| {
+        v.get(((v.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(-1)
+    };
+    println!(
+        "command round trip (sent -> receipt stored), {} sequential pings with {} devices connected: p50 {} ms  p99 {} ms  max {} ms",
+        rtt.len(),
+        devices,
+        pct(&rtt, 0.5),
+        pct(&rtt, 0.99),
+        pct(&rtt, 1.0)
+    );
+    let t0 = Instant::now();
+    let created = create_commands(
+        &store,
+        &Targets::Devices(ids.clone()),
+        Action::Ping,
+        ttl,
+        ttl,
+    )
+    .await?;
+    let rows = wait(created.iter().map(|(id, _)| id.to_string()).collect()).await?;
+    let first_sent = rows.iter().filter_map(|r| r.sent_at).min().unwrap_or(0);
+    let created_at = rows.iter().map(|r| r.created_at).min().unwrap_or(0);
+    let last_done = rows.iter().filter_map(|r| r.finished_at).max().unwrap_or(0);
+    let mut per: Vec<i64> = rows
+        .iter()
+        .map(|r| r.finished_at.unwrap_or(0) - r.sent_at.unwrap_or(0))
+        .collect();
+    per.sort_unstable();
+    println!(
+        "fan-out of one ping to {} devices: first sent -> last receipt {} ms (created -> last receipt {} ms, {:.1} s wall); per device p50 {} ms p99 {} ms",
+        rows.len(),
+        last_done - first_sent,
+        last_done - created_at,
+        t0.elapsed().as_secs_f64(),
+        pct(&per, 0.5),
+        pct(&per, 0.99)
+    );
+    store.close().await;
+    Ok(())
 }
