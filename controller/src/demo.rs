@@ -175,7 +175,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
 
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     tick.tick().await;
-    let stop = wait_for_stop();
+    let stop = crate::signal::shutdown();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -236,23 +236,5 @@ async fn terminate(child: &mut Child) {
     {
         let _ = child.start_kill();
         let _ = child.wait().await;
-    }
-}
-
-async fn wait_for_stop() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => {}
-                _ = i.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
 }

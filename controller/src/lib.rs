@@ -17,5 +17,6 @@ pub mod metrics;
 pub mod pki;
 pub mod problem;
 pub mod serve;
+pub mod signal;
 pub mod store;
 pub mod tls;

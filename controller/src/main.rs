@@ -242,7 +242,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             let signal = shutdown.clone();
             tokio::spawn(async move {
-                wait_for_signal().await;
+                pifleet_controller::signal::shutdown().await;
                 signal.cancel();
             });
             serve::run(
@@ -342,25 +342,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args).await?,
     }
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            // Without signal handlers, Ctrl-C still works through the default handler.
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 async fn run_cmd(cmd: CmdCmd) -> anyhow::Result<()> {
