@@ -72,7 +72,8 @@ impl Status {
 /// - Progress only moves forward (a late "accepted" after "running" is ignored).
 /// - A rejection counts only before the device accepted the command: a rejection of an
 ///   accepted command is a duplicate delivery refused as a replay, and must not hide the
-///   real result.
+///   real result. A "replayed" rejection of a sent command means the device accepted it
+///   earlier (its acceptance receipt was lost): it moves the command to accepted.
 /// - Final states never change; a receipt for a cancelled or expired command is ignored
 ///   (the agent refuses expired commands itself).
 pub fn on_receipt(current: Status, outcome: &Outcome) -> Option<Status> {
@@ -84,6 +85,9 @@ pub fn on_receipt(current: Status, outcome: &Outcome) -> Option<Status> {
         Outcome::Running => Status::Running,
         Outcome::Succeeded => Status::Succeeded,
         Outcome::Failed(_) => Status::Failed,
+        // The device refused a re-delivery because it accepted this very command before
+        // (signature verified, id in its journal): proof of acceptance, not a refusal.
+        Outcome::Rejected(r) if r.starts_with("replayed") => Status::Accepted,
         Outcome::Rejected(_) => {
             return (current.rank() < Status::Accepted.rank()).then_some(Status::Rejected);
         }
@@ -106,7 +110,7 @@ mod tests {
     fn receipt_transitions() {
         let ok = Outcome::Succeeded;
         let fail = Outcome::Failed("x".into());
-        let rej = Outcome::Rejected("replayed".into());
+        let rej = Outcome::Rejected("not_allowed: unit not listed".into());
         let cases: &[(Status, Outcome, Option<Status>)] = &[
             (Queued, Outcome::Accepted, Some(Accepted)),
             (Sent, Outcome::Accepted, Some(Accepted)),
@@ -116,6 +120,16 @@ mod tests {
             (Queued, rej.clone(), Some(Rejected)),
             (Accepted, Outcome::Running, Some(Running)),
             (Accepted, rej.clone(), None),
+            (
+                Sent,
+                Outcome::Rejected("replayed: seen before".into()),
+                Some(Accepted),
+            ),
+            (
+                Running,
+                Outcome::Rejected("replayed: seen before".into()),
+                None,
+            ),
             (Running, Outcome::Accepted, None),
             (Running, Outcome::Running, None),
             (Running, ok.clone(), Some(Succeeded)),

@@ -433,6 +433,18 @@ impl Store {
                     .await?;
                 }
                 IngestOp::Online { device, online } => {
+                    if *online {
+                        // Sent while the device was going away: the message may be lost.
+                        // Send again; the device's journal makes a re-delivery harmless.
+                        sqlx::query(
+                            "UPDATE commands SET status = 'queued' WHERE device_id = ? \
+                             AND status = 'sent' AND expires_at > ?",
+                        )
+                        .bind(device.as_str())
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
                     sqlx::query(
                         "UPDATE devices SET online = ?, last_seen = ?, \
                          first_seen = COALESCE(first_seen, ?) WHERE id = ?",
