@@ -151,7 +151,7 @@ pub enum Rejection {
     TtlTooLong,
     #[error("command already accepted before (replay)")]
     Replayed,
-    #[error("not allowed: {0}")]
+    #[error("{0}")]
     NotAllowed(String),
 }
 
