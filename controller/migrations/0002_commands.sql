@@ -15,7 +15,8 @@ CREATE TABLE commands (
     expires_at     INTEGER NOT NULL,
     answer_timeout_ms INTEGER NOT NULL,
     issued_at      INTEGER,
-    sent_at        INTEGER,
+    sent_at        INTEGER,                 -- first delivery
+    resent_at      INTEGER,                 -- latest re-delivery (not yet accepted)
     accepted_at    INTEGER,
     started_at     INTEGER,
     finished_at    INTEGER,

@@ -53,6 +53,8 @@ pub struct CommandsConfig {
     pub answer_timeout_s: u64,
     /// How often queued commands (e.g. from the CLI) and expiries are checked.
     pub poll_ms: u64,
+    /// A sent command the device has not acknowledged is sent again after this long.
+    pub resend_ms: u64,
 }
 
 impl Default for CommandsConfig {
@@ -61,6 +63,7 @@ impl Default for CommandsConfig {
             default_ttl_s: 3_600,
             answer_timeout_s: 300,
             poll_ms: 200,
+            resend_ms: 2_000,
         }
     }
 }
@@ -290,6 +293,10 @@ impl Config {
             (10..=60_000).contains(&self.commands.poll_ms),
             "commands.poll_ms must be 10..=60000",
         );
+        check(
+            (100..=600_000).contains(&self.commands.resend_ms),
+            "commands.resend_ms must be 100..=600000",
+        );
         p
     }
 }
@@ -345,6 +352,9 @@ default_ttl_s = 3600
 answer_timeout_s = 300
 # How often queued commands (e.g. created with the CLI) and expiries are checked.
 poll_ms = 200
+# A sent command the device has not acknowledged is sent again after this long (the
+# device's journal makes a re-delivery harmless).
+resend_ms = 2000
 "#;
 
 #[cfg(test)]

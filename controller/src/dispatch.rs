@@ -175,7 +175,8 @@ impl Dispatcher {
 
     async fn pump(&self) -> Result<(), DispatchError> {
         loop {
-            let batch = self.store.dispatchable(500).await?;
+            let resend_before = now_ms() - i64::try_from(self.cfg.resend_ms).unwrap_or(i64::MAX);
+            let batch = self.store.dispatchable(resend_before, 500).await?;
             if batch.is_empty() {
                 return Ok(());
             }

@@ -525,3 +525,133 @@ fn crc32(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+impl Agent {
+    /// Replaces the `[commands]` section of `agent.toml` (with every `[commands.…]` sub-table,
+    /// such as `[commands.scripts.<name>]`) by `section`, TOML text that starts with
+    /// `[commands]`. Call it while the agent is stopped.
+    pub fn set_commands_toml(&self, section: &str) -> Result<()> {
+        let path = self.config();
+        let text = std::fs::read_to_string(&path)?;
+        let mut kept = Vec::new();
+        let mut in_commands = false;
+        for line in text.lines() {
+            let t = line.trim_start();
+            if t.starts_with('[') {
+                let name = t.trim_start_matches('[').trim_start();
+                in_commands = name.starts_with("commands]")
+                    || name.starts_with("commands.")
+                    || name.starts_with("commands ]");
+            }
+            if !in_commands {
+                kept.push(line);
+            }
+        }
+        let mut new = kept.join("\n");
+        new.push_str("\n\n");
+        new.push_str(section.trim());
+        new.push('\n');
+        std::fs::write(&path, new)?;
+        Ok(())
+    }
+
+    /// Sets `[controller] mqtt_port` in `agent.toml` (to point the agent at another broker).
+    pub fn set_mqtt_port(&self, port: u16) -> Result<()> {
+        let path = self.config();
+        let text = std::fs::read_to_string(&path)?;
+        let mut found = false;
+        let new: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("mqtt_port") {
+                    found = true;
+                    format!("mqtt_port = {port}")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect();
+        if !found {
+            bail!("no mqtt_port in {}:\n{text}", path.display());
+        }
+        std::fs::write(&path, new.join("\n") + "\n")?;
+        Ok(())
+    }
+}
+
+/// Fake `systemctl`, `journalctl` and `reboot` in a directory of their own (to be used as the
+/// agent's `[commands] path`): each appends one line `<program> <args…>` to a shared calls
+/// file and prints a fixed, known output.
+#[derive(Debug, Clone)]
+pub struct FakeBin {
+    /// The directory holding the fakes.
+    pub dir: PathBuf,
+    /// Where every call is recorded, one line per call.
+    pub calls: PathBuf,
+}
+
+/// What the fake `journalctl` prints (whatever its arguments).
+pub const FAKE_JOURNAL: &str = "2025-01-01T00:00:00+0000 pi kiosk[1]: started\n\
+    2025-01-01T00:00:01+0000 pi kiosk[1]: serving on :8080\n";
+
+/// Writes the fakes into `dir` (created if needed).
+pub fn fake_bin(dir: &Path) -> Result<FakeBin> {
+    std::fs::create_dir_all(dir)?;
+    let calls = dir.join("calls.log");
+    std::fs::write(&calls, "")?;
+    let journal_lines: String = FAKE_JOURNAL
+        .lines()
+        .map(|l| format!("echo '{l}'\n"))
+        .collect();
+    let fakes = [
+        ("systemctl", "echo \"fake systemctl $*\"\n".to_owned()),
+        ("journalctl", journal_lines),
+        ("reboot", "echo \"fake reboot\"\n".to_owned()),
+    ];
+    let fb = FakeBin {
+        dir: dir.to_owned(),
+        calls,
+    };
+    for (name, out) in fakes {
+        fb.write_script(name, &out)?;
+    }
+    Ok(fb)
+}
+
+impl FakeBin {
+    /// Writes an executable `#!/bin/sh` script `name` in the fake directory that first records
+    /// `<name> <args…>` in the calls file, then runs `body`. Returns its path.
+    pub fn write_script(&self, name: &str, body: &str) -> Result<PathBuf> {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o755)
+                .open(&tmp)?;
+            write!(
+                f,
+                "#!/bin/sh\necho \"{name} $*\" >> '{}'\n{body}",
+                self.calls.display()
+            )?;
+            f.sync_all()?;
+        }
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+        // Renamed into place: never executed while still open for writing (ETXTBSY).
+        std::fs::rename(&tmp, &path)?;
+        Ok(path)
+    }
+
+    /// Every recorded call, in order.
+    pub fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.calls)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}

@@ -121,12 +121,19 @@ impl Store {
         Ok(())
     }
 
-    /// Queued, unexpired commands whose device is online, oldest first.
-    pub async fn dispatchable(&self, limit: i64) -> Result<Vec<CommandRow>, StoreError> {
+    /// Unexpired commands of online devices to send: queued ones, and sent ones the device
+    /// has not acknowledged since `resend_before` (a delivery can be lost, e.g. published
+    /// before the device subscribed; the device's journal makes a re-delivery harmless).
+    pub async fn dispatchable(
+        &self,
+        resend_before: i64,
+        limit: i64,
+    ) -> Result<Vec<CommandRow>, StoreError> {
         let sql = format!(
             "SELECT {} FROM commands c JOIN devices d ON d.id = c.device_id \
-             WHERE c.status = 'queued' AND c.expires_at > ? AND d.online = 1 \
-             AND d.revoked_at IS NULL ORDER BY c.created_at LIMIT ?",
+             WHERE (c.status = 'queued' OR (c.status = 'sent' \
+             AND COALESCE(c.resent_at, c.sent_at) <= ?)) AND c.expires_at > ? \
+             AND d.online = 1 AND d.revoked_at IS NULL ORDER BY c.created_at LIMIT ?",
             COLUMNS
                 .split(", ")
                 .map(|c| format!("c.{c}"))
@@ -134,6 +141,7 @@ impl Store {
                 .join(", ")
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(resend_before)
             .bind(now_ms())
             .bind(limit)
             .fetch_all(&self.writer)
@@ -141,14 +149,17 @@ impl Store {
         rows.iter().map(row).collect()
     }
 
-    /// Records that a queued command was signed and sent; false if it is no longer queued.
+    /// Records that a command was signed and sent (again); false if it moved on meanwhile.
     pub async fn mark_sent(&self, id: &str, issued_at: i64) -> Result<bool, StoreError> {
+        let now = now_ms();
         let r = sqlx::query(
-            "UPDATE commands SET status = 'sent', issued_at = ?, sent_at = ? \
-             WHERE id = ? AND status = 'queued'",
+            "UPDATE commands SET issued_at = ?, sent_at = COALESCE(sent_at, ?), \
+             resent_at = CASE WHEN status = 'sent' THEN ? ELSE resent_at END, status = 'sent' \
+             WHERE id = ? AND status IN ('queued', 'sent')",
         )
         .bind(issued_at)
-        .bind(now_ms())
+        .bind(now)
+        .bind(now)
         .bind(id)
         .execute(&self.writer)
         .await?;
