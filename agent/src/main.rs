@@ -9,7 +9,8 @@ use pifleet_agent::config::AgentConfig;
 use pifleet_agent::enroll::{self, EnrollOptions};
 use pifleet_agent::run;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
 
 #[derive(Parser)]
 #[command(name = "pifleet-agent", version, about = "pifleet device agent")]
@@ -53,14 +54,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Everything we create (keys, database, spool) is private to this user.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // `RUST_LOG` in the `level,target=level` form; `Targets` needs no regex engine, which
+    // keeps the agent binary small.
+    let filter: Targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    let registry = tracing_subscriber::registry().with(filter);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if std::io::stderr().is_terminal() {
-        let _ = builder.try_init();
+        let _ = registry.with(layer).try_init();
     } else {
-        let _ = builder.json().flatten_event(true).try_init();
+        let _ = registry.with(layer.json().flatten_event(true)).try_init();
     }
     // One thread is plenty for the agent and keeps its memory small.
     let rt = match tokio::runtime::Builder::new_current_thread()
