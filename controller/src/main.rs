@@ -166,6 +166,11 @@ enum CmdCmd {
     },
 }
 
+/// `cmd send --wait`: some commands ended in another state than succeeded (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} command(s) did not succeed")]
+struct NotSucceeded(usize);
+
 /// sysexits-style codes.
 const EX_USAGE: u8 = 64;
 const EX_CANTCREAT: u8 = 73;
@@ -197,6 +202,9 @@ fn main() -> ExitCode {
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<NotSucceeded>().is_some() {
+        return 2;
+    }
     if let Some(e) = e.downcast_ref::<ServeError>() {
         return match e {
             ServeError::Config(_) => EX_USAGE,
@@ -395,9 +403,10 @@ async fn run_cmd(cmd: CmdCmd) -> anyhow::Result<()> {
                     }
                 }
                 println!("{}", serde_json::to_string_pretty(&rows)?);
-                if rows.iter().any(|r| r.status != "succeeded") {
+                let failed = rows.iter().filter(|r| r.status != "succeeded").count();
+                if failed > 0 {
                     store.close().await;
-                    std::process::exit(2);
+                    anyhow::bail!(NotSucceeded(failed));
                 }
             }
             store.close().await;

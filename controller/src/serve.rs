@@ -39,6 +39,8 @@ pub enum ServeError {
     Pki(#[from] pki::PkiError),
     #[error("command key: {0}")]
     CommandKey(String),
+    #[error("cannot start a thread: {0}")]
+    Thread(#[source] std::io::Error),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -125,13 +127,11 @@ pub async fn run(
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let (receipt_tx, receipt_rx) = mpsc::channel(10_000);
     let online = Arc::new(tokio::sync::Notify::new());
-    let signer = pifleet_shared::signing::CommandSigner::from_pkcs8_pem(
-        &std::fs::read_to_string(dd.command_key()).map_err(|source| ServeError::Bind {
-            addr: cfg.https.listen,
-            source,
-        })?,
-    )
-    .map_err(|e| ServeError::CommandKey(e.to_string()))?;
+    let key_path = dd.command_key();
+    let key_pem = std::fs::read_to_string(&key_path)
+        .map_err(|e| ServeError::CommandKey(format!("{}: {e}", key_path.display())))?;
+    let signer = pifleet_shared::signing::CommandSigner::from_pkcs8_pem(&key_pem)
+        .map_err(|e| ServeError::CommandKey(format!("{}: {e}", key_path.display())))?;
     let dispatcher = Arc::new(Dispatcher::new(
         store.clone(),
         signer,
@@ -217,10 +217,7 @@ pub async fn run(
     let acker = std::thread::Builder::new()
         .name("broker-publisher".into())
         .spawn(move || ingest::publish(link_tx, out_rx))
-        .map_err(|source| ServeError::Bind {
-            addr: bound.mqtt,
-            source,
-        })?;
+        .map_err(ServeError::Thread)?;
     drop(gw);
 
     let state = serde_json::to_vec_pretty(&bound).unwrap_or_default();
