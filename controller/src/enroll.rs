@@ -63,9 +63,32 @@ pub fn secret_hash(secret: &[u8; 32]) -> String {
 /// `POST /api/v1/enroll`.
 pub async fn enroll(
     State(st): State<Arc<EnrollState>>,
+    peer: Option<axum::Extension<crate::https::PeerAddr>>,
     Json(req): Json<EnrollRequest>,
 ) -> Result<Json<EnrollResponse>, Problem> {
     let result = do_enroll(&st, &req).await;
+    let source = peer.map(|p| p.0.0.ip().to_string()).unwrap_or_default();
+    let event = match &result {
+        Ok(r) => crate::audit::Event {
+            actor: format!("device:{}", r.device_id),
+            source,
+            action: "device.enroll".into(),
+            target: r.device_id.clone(),
+            outcome: "ok".into(),
+            detail: String::new(),
+        },
+        Err(p) => crate::audit::Event {
+            actor: "anonymous".into(),
+            source,
+            action: "device.enroll".into(),
+            target: String::new(),
+            outcome: format!("refused: {}", p.status.as_u16()),
+            detail: p.detail.clone(),
+        },
+    };
+    if let Err(e) = st.store.append_audit(&event).await {
+        tracing::error!(error = %e, "audit append failed");
+    }
     let outcome = match &result {
         Ok(_) => "enrolled",
         Err(p) if p.status.is_client_error() => "refused",

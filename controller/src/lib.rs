@@ -2,6 +2,7 @@
 //! embedded rumqttd, lossless SQLite ingest, and the HTTPS listener.
 
 pub mod admin;
+pub mod audit;
 pub mod broker;
 pub mod config;
 pub mod datadir;

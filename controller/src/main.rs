@@ -67,6 +67,11 @@ enum Command {
         #[command(subcommand)]
         cmd: CmdCmd,
     },
+    /// The hash-chained audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
     /// Start a throw-away controller with local agents, to see pifleet working.
     Demo(demo::DemoArgs),
 }
@@ -164,6 +169,40 @@ enum CmdCmd {
         dir: DataDirArg,
         id: String,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check the whole chain; exits 1 and names the first broken entry if it was tampered with.
+    Verify {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Print the log, oldest first.
+    List {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The audit chain is broken.
+#[derive(Debug, thiserror::Error)]
+#[error("audit log broken: {0}")]
+struct AuditBroken(pifleet_controller::audit::Break);
+
+/// Records an operator action in the audit log.
+async fn audit(
+    store: &Store,
+    action: &str,
+    target: &str,
+    outcome: &str,
+    detail: &str,
+) -> anyhow::Result<()> {
+    let ev = pifleet_controller::audit::Event::cli(action, target, outcome, detail);
+    store.append_audit(&ev).await?;
+    Ok(())
 }
 
 /// `cmd send --wait`: some commands ended in another state than succeeded (exit code 2).
@@ -271,8 +310,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 labels,
             } => {
                 let (dd, store) = open_store(&dir).await?;
-                let t = admin::create_token(&dd, &store, ttl, name.as_deref(), &labels).await?;
+                let t = admin::create_token(&dd, &store, ttl, name.as_deref(), &labels).await;
+                let (target, outcome) = match &t {
+                    Ok(t) => (t.id.clone(), "ok".to_owned()),
+                    Err(e) => (name.clone().unwrap_or_default(), format!("refused: {e}")),
+                };
+                audit(
+                    &store,
+                    "token.create",
+                    &target,
+                    &outcome,
+                    &format!("ttl={}", humantime::format_duration(ttl)),
+                )
+                .await?;
                 store.close().await;
+                let t = t?;
                 println!("{}", t.token);
                 eprintln!(
                     "token {} is single-use and expires in {}. On the device run:\n  pifleet-agent enroll --controller https://<controller-host>:8443 --token <token>",
@@ -299,6 +351,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             TokenCmd::Revoke { dir, id } => {
                 let (_, store) = open_store(&dir).await?;
                 let ok = store.revoke_token(&id).await?;
+                audit(
+                    &store,
+                    "token.revoke",
+                    &id,
+                    if ok { "ok" } else { "refused: no unused token" },
+                    "",
+                )
+                .await?;
                 store.close().await;
                 if !ok {
                     anyhow::bail!(AdminError::Invalid(format!("no unused token {id}")));
@@ -341,12 +401,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             DeviceCmd::Revoke { dir, id } => {
                 let (dd, store) = open_store(&dir).await?;
                 let r = admin::revoke_device(&dd, &store, &id).await;
+                let outcome = match &r {
+                    Ok(()) => "ok".to_owned(),
+                    Err(e) => format!("error: {e}"),
+                };
+                audit(&store, "device.revoke", &id, &outcome, "").await?;
                 store.close().await;
                 r?;
                 println!("device {id} revoked; a running controller drops it within a second");
             }
         },
         Command::Cmd { cmd } => run_cmd(cmd).await?,
+        Command::Audit { cmd } => match cmd {
+            AuditCmd::Verify { dir } => {
+                let (_, store) = open_store(&dir).await?;
+                let (entries, head) = store.audit_entries().await?;
+                store.close().await;
+                let n = pifleet_controller::audit::verify_chain(&entries, head)
+                    .map_err(|b| anyhow::anyhow!(AuditBroken(b)))?;
+                println!("audit log intact: {n} entries verified");
+            }
+            AuditCmd::List { dir, json } => {
+                let (_, store) = open_store(&dir).await?;
+                let (entries, _) = store.audit_entries().await?;
+                store.close().await;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&entries)?);
+                } else {
+                    for e in entries {
+                        println!(
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                            e.seq, e.at, e.actor, e.source, e.action, e.target, e.outcome
+                        );
+                    }
+                }
+            }
+        },
         Command::Demo(args) => demo::run(args).await?,
     }
     Ok(())
@@ -381,8 +471,26 @@ async fn run_cmd(cmd: CmdCmd) -> anyhow::Result<()> {
                 ttl,
                 cfg.commands.answer_timeout(),
             )
-            .await
-            .map_err(|e| AdminError::Invalid(e.to_string()))?;
+            .await;
+            let what = format!("{:?}", targets);
+            match &created {
+                Ok(c) => {
+                    for (id, device) in c {
+                        audit(
+                            &store,
+                            "command.send",
+                            device,
+                            "ok",
+                            &format!("command={id}"),
+                        )
+                        .await?;
+                    }
+                }
+                Err(e) => {
+                    audit(&store, "command.send", &what, &format!("refused: {e}"), "").await?
+                }
+            }
+            let created = created.map_err(|e| AdminError::Invalid(e.to_string()))?;
             for (id, device) in &created {
                 println!("{id}\t{device}\tqueued");
             }
@@ -452,6 +560,12 @@ async fn run_cmd(cmd: CmdCmd) -> anyhow::Result<()> {
         CmdCmd::Cancel { dir, id } => {
             let (_, store) = open_store(&dir).await?;
             let r = store.cancel_command(&id).await?;
+            let outcome = match r {
+                Some(Status::Cancelled) => "ok".to_owned(),
+                Some(s) => format!("refused: {}", s.as_str()),
+                None => "refused: unknown command".to_owned(),
+            };
+            audit(&store, "command.cancel", &id, &outcome, "").await?;
             store.close().await;
             match r {
                 Some(Status::Cancelled) => println!("command {id} cancelled"),

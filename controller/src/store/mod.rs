@@ -14,6 +14,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
+mod audit;
 mod commands;
 pub use commands::{CommandRow, NewCommand, ReceiptUpdate};
 
