@@ -8,6 +8,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256};
 
@@ -15,15 +16,13 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{path}: {source}")]
-    Read {
+    Pem {
         path: String,
         #[source]
-        source: std::io::Error,
+        source: rustls_pki_types::pem::Error,
     },
     #[error("{0}: no PEM certificate found")]
     NoCert(String),
-    #[error("{0}: no PEM private key found")]
-    NoKey(String),
     #[error("TLS: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -35,22 +34,18 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(p)
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+fn pem_err(path: &Path) -> impl FnOnce(rustls_pki_types::pem::Error) -> TlsError + '_ {
+    move |source| TlsError::Pem {
         path: path.display().to_string(),
         source,
-    })
+    }
 }
 
 /// Certificates from a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(path)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|source| TlsError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(pem_err(path))?;
     if certs.is_empty() {
         return Err(TlsError::NoCert(path.display().to_string()));
     }
@@ -59,13 +54,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// The private key from a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read(path)?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|source| TlsError::Read {
-            path: path.display().to_string(),
-            source,
-        })?
-        .ok_or_else(|| TlsError::NoKey(path.display().to_string()))
+    PrivateKeyDer::from_pem_file(path).map_err(pem_err(path))
 }
 
 /// The MQTT client config: trusts only our CA, presents the device certificate.

@@ -167,11 +167,8 @@ pub async fn create_token(
         .map_err(|e| AdminError::Invalid(format!("--name: {e}")))?;
     let labels = parse_labels(labels)?;
     let ca_fpr = pki::fingerprint_pem(&read_to_string(&dd.ca_cert())?)?;
-    let mut fpr = [0u8; 32];
-    for (i, b) in fpr.iter_mut().enumerate() {
-        *b = u8::from_str_radix(ca_fpr.get(i * 2..i * 2 + 2).unwrap_or("zz"), 16)
-            .map_err(|_| AdminError::Invalid("CA fingerprint is not hex".into()))?;
-    }
+    let fpr = pifleet_shared::token::from_hex::<32>(&ca_fpr)
+        .ok_or_else(|| AdminError::Invalid("CA fingerprint is not hex".into()))?;
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
     let hash = secret_hash(&secret);

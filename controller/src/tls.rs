@@ -8,6 +8,7 @@ use std::sync::Arc;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use x509_parser::prelude::FromDer;
 
@@ -17,15 +18,13 @@ use crate::datadir::DataDir;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{path}: {source}")]
-    Read {
+    Pem {
         path: String,
         #[source]
-        source: std::io::Error,
+        source: rustls_pki_types::pem::Error,
     },
     #[error("{0}: no PEM certificate found")]
     NoCert(String),
-    #[error("{0}: no PEM private key found")]
-    NoKey(String),
     #[error("{0}: no PEM CRL found")]
     NoCrl(String),
     #[error("TLS configuration: {0}")]
@@ -44,48 +43,34 @@ pub fn provider() -> Arc<CryptoProvider> {
     p
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+fn pem_err(path: &Path) -> impl FnOnce(rustls_pki_types::pem::Error) -> TlsError + '_ {
+    move |source| TlsError::Pem {
         path: path.display().to_string(),
         source,
-    })
+    }
 }
 
-/// All certificates in a PEM file.
+/// Certificates from a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(path)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|source| TlsError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(pem_err(path))?;
     if certs.is_empty() {
         return Err(TlsError::NoCert(path.display().to_string()));
     }
     Ok(certs)
 }
 
-/// The private key in a PEM file.
+/// The private key from a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read(path)?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|source| TlsError::Read {
-            path: path.display().to_string(),
-            source,
-        })?
-        .ok_or_else(|| TlsError::NoKey(path.display().to_string()))
+    PrivateKeyDer::from_pem_file(path).map_err(pem_err(path))
 }
 
 /// The CRLs in a PEM file.
 pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
-    let pem = read(path)?;
-    let crls: Vec<_> = rustls_pemfile::crls(&mut pem.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|source| TlsError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .and_then(|crls| crls.collect::<Result<Vec<_>, _>>())
+        .map_err(pem_err(path))?;
     if crls.is_empty() {
         return Err(TlsError::NoCrl(path.display().to_string()));
     }

@@ -26,25 +26,7 @@ pub struct CommandId(pub [u8; 16]);
 impl CommandId {
     /// Parses 32 lowercase hex digits.
     pub fn parse(s: &str) -> Option<Self> {
-        let b = s.as_bytes();
-        if b.len() != 32 {
-            return None;
-        }
-        let mut out = [0u8; 16];
-        for (i, pair) in b.chunks_exact(2).enumerate() {
-            let hi = hex_nibble(pair[0])?;
-            let lo = hex_nibble(pair[1])?;
-            out[i] = (hi << 4) | lo;
-        }
-        Some(Self(out))
-    }
-}
-
-fn hex_nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+        crate::token::from_hex(s).map(Self)
     }
 }
 

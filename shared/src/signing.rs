@@ -2,7 +2,7 @@
 //! receipts (the device's own key: ECDSA P-256 or Ed25519). Key types redact their `Debug`.
 
 use base64::Engine;
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use ring::rand::SystemRandom;
 use ring::signature::{self as rsig, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use sha2::{Digest, Sha256};
@@ -74,7 +74,8 @@ impl TrustedKey {
 
 /// The controller's command-signing key. `Debug` does not show it.
 pub struct CommandSigner {
-    key: SigningKey,
+    pair: Ed25519KeyPair,
+    public: VerifyingKey,
     id: KeyId,
 }
 
@@ -88,28 +89,27 @@ impl std::fmt::Debug for CommandSigner {
 }
 
 impl CommandSigner {
-    pub fn new(key: SigningKey) -> Self {
-        let id = key_id(&key.verifying_key());
-        Self { key, id }
+    fn from_pair(pair: Ed25519KeyPair) -> Result<Self, KeyError> {
+        let raw = <[u8; 32]>::try_from(pair.public_key().as_ref()).map_err(|_| KeyError::Key)?;
+        let public = VerifyingKey::from_bytes(&raw).map_err(|_| KeyError::Key)?;
+        Ok(Self {
+            id: key_id(&public),
+            public,
+            pair,
+        })
+    }
+
+    /// From a 32-byte Ed25519 seed.
+    pub fn from_seed(seed: &[u8; 32]) -> Result<Self, KeyError> {
+        Self::from_pair(Ed25519KeyPair::from_seed_unchecked(seed).map_err(|_| KeyError::Key)?)
     }
 
     /// From a PKCS#8 PEM ("PRIVATE KEY") holding an Ed25519 key.
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, KeyError> {
         let der = pem_body(pem, "PRIVATE KEY")?;
-        // PKCS#8 v1 Ed25519: 16-byte header, then OCTET STRING(OCTET STRING(32-byte seed)).
-        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(|_| KeyError::Key)?;
-        let seed = der
-            .windows(2)
-            .position(|w| w == [0x04, 0x20])
-            .and_then(|i| der.get(i + 2..i + 34))
-            .and_then(|s| <[u8; 32]>::try_from(s).ok())
-            .ok_or(KeyError::Key)?;
-        let key = SigningKey::from_bytes(&seed);
-        // The seed found must be the one ring parsed.
-        if key.verifying_key().as_bytes() != pair.public_key().as_ref() {
-            return Err(KeyError::Key);
-        }
-        Ok(Self::new(key))
+        Self::from_pair(
+            Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(|_| KeyError::Key)?,
+        )
     }
 
     pub fn id(&self) -> KeyId {
@@ -117,18 +117,24 @@ impl CommandSigner {
     }
 
     pub fn verifying_key(&self) -> VerifyingKey {
-        self.key.verifying_key()
+        self.public
     }
 
     /// Signs the exact postcard bytes of `env`.
     pub fn sign(&self, env: &Envelope) -> Result<SignedCommand, KeyError> {
         let body = postcard::to_allocvec(env)?;
-        let signature = self.key.sign(&body).to_bytes().to_vec();
+        let signature = self.pair.sign(&body).as_ref().to_vec();
         Ok(SignedCommand {
             key_id: self.id,
             body,
             signature,
         })
+    }
+
+    /// Signs arbitrary bytes (tests build malformed-but-signed commands with it).
+    #[cfg(test)]
+    fn sign_raw(&self, bytes: &[u8]) -> Vec<u8> {
+        self.pair.sign(bytes).as_ref().to_vec()
     }
 }
 
@@ -256,12 +262,16 @@ impl std::fmt::Debug for DeviceSigner {
 impl DeviceSigner {
     /// From the device's PKCS#8 PEM key (as `pifleet-agent enroll` writes it).
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, KeyError> {
-        let der = pem_body(pem, "PRIVATE KEY")?;
+        Self::from_pkcs8_der(&pem_body(pem, "PRIVATE KEY")?)
+    }
+
+    /// From a PKCS#8 DER key: ECDSA P-256 or Ed25519.
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, KeyError> {
         let rng = SystemRandom::new();
-        if let Ok(k) = EcdsaKeyPair::from_pkcs8(&rsig::ECDSA_P256_SHA256_ASN1_SIGNING, &der, &rng) {
+        if let Ok(k) = EcdsaKeyPair::from_pkcs8(&rsig::ECDSA_P256_SHA256_ASN1_SIGNING, der, &rng) {
             return Ok(Self::EcdsaP256(k));
         }
-        Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
+        Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
             .map(Self::Ed25519)
             .map_err(|_| KeyError::Key)
     }

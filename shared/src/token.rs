@@ -38,8 +38,8 @@ impl EnrollToken {
             return Err(InvalidToken::Format);
         };
         Ok(Self {
-            secret: hex32(secret).ok_or(InvalidToken::Format)?,
-            ca_fingerprint: hex32(fpr).ok_or(InvalidToken::Format)?,
+            secret: from_hex(secret).ok_or(InvalidToken::Format)?,
+            ca_fingerprint: from_hex(fpr).ok_or(InvalidToken::Format)?,
         })
     }
 
@@ -88,16 +88,15 @@ pub fn to_hex(bytes: &[u8]) -> String {
     s
 }
 
-fn hex32(s: &str) -> Option<[u8; 32]> {
+/// Exactly `N` bytes from `2N` lowercase hex digits.
+pub fn from_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     let b = s.as_bytes();
-    if b.len() != 64 {
+    if b.len() != 2 * N {
         return None;
     }
-    let mut out = [0u8; 32];
+    let mut out = [0u8; N];
     for (i, pair) in b.chunks_exact(2).enumerate() {
-        let hi = nibble(pair[0])?;
-        let lo = nibble(pair[1])?;
-        out[i] = (hi << 4) | lo;
+        out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
     }
     Some(out)
 }

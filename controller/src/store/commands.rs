@@ -257,43 +257,40 @@ impl Store {
             Status::Running => (None, Some(now), None),
             _ => (None, None, Some(now)),
         };
-        let hex = |b: &[u8]| (!b.is_empty()).then(|| pifleet_shared::token::to_hex(b));
         sqlx::query(
             "UPDATE commands SET status = ?, reason = COALESCE(?, reason), \
              accepted_at = COALESCE(accepted_at, ?), started_at = COALESCE(started_at, ?), \
-             finished_at = COALESCE(finished_at, ?), exit_code = COALESCE(?, exit_code), \
-             duration_ms = CASE WHEN ? THEN ? ELSE duration_ms END, \
-             stdout = CASE WHEN ? THEN ? ELSE stdout END, stdout_len = CASE WHEN ? THEN ? ELSE stdout_len END, \
-             stdout_sha256 = CASE WHEN ? THEN ? ELSE stdout_sha256 END, \
-             stderr = CASE WHEN ? THEN ? ELSE stderr END, stderr_len = CASE WHEN ? THEN ? ELSE stderr_len END, \
-             stderr_sha256 = CASE WHEN ? THEN ? ELSE stderr_sha256 END, \
-             receipt = ?, receipt_signature = ? WHERE id = ?",
+             finished_at = COALESCE(finished_at, ?), receipt = ?, receipt_signature = ? \
+             WHERE id = ?",
         )
         .bind(next.as_str())
         .bind(reason)
         .bind(accepted)
         .bind(started)
         .bind(finished)
-        .bind(u.exit_code)
-        .bind(next.is_final())
-        .bind(sql_int(u.duration_ms))
-        .bind(next.is_final())
-        .bind(&u.stdout.data)
-        .bind(next.is_final())
-        .bind(sql_int(u.stdout.len))
-        .bind(next.is_final())
-        .bind(hex(&u.stdout.sha256))
-        .bind(next.is_final())
-        .bind(&u.stderr.data)
-        .bind(next.is_final())
-        .bind(sql_int(u.stderr.len))
-        .bind(next.is_final())
-        .bind(hex(&u.stderr.sha256))
         .bind(&u.body)
         .bind(&u.signature)
         .bind(id)
         .execute(&mut *tx)
         .await?;
+        if next.is_final() {
+            let hex = |b: &[u8]| (!b.is_empty()).then(|| pifleet_shared::token::to_hex(b));
+            sqlx::query(
+                "UPDATE commands SET exit_code = ?, duration_ms = ?, stdout = ?, stdout_len = ?, \
+                 stdout_sha256 = ?, stderr = ?, stderr_len = ?, stderr_sha256 = ? WHERE id = ?",
+            )
+            .bind(u.exit_code)
+            .bind(sql_int(u.duration_ms))
+            .bind(&u.stdout.data)
+            .bind(sql_int(u.stdout.len))
+            .bind(hex(&u.stdout.sha256))
+            .bind(&u.stderr.data)
+            .bind(sql_int(u.stderr.len))
+            .bind(hex(&u.stderr.sha256))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(Some(next))
     }

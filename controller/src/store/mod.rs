@@ -465,36 +465,39 @@ impl Store {
                  load15, mem_total, mem_used, swap_total, swap_used, temp_c, throttled, uptime_s, \
                  spool_dropped, spool_backlog, disks, nets) ",
             );
-            let mut json_err = None;
-            qb.push_values(chunk, |mut b, (device, s)| {
-                let disks = serde_json::to_string(&s.disks).unwrap_or_else(|e| {
-                    json_err = Some(e);
-                    String::new()
-                });
-                let nets = serde_json::to_string(&s.nets).unwrap_or_default();
-                b.push_bind(device.as_str().to_owned())
-                    .push_bind(sql_int(s.seq))
-                    .push_bind(s.ts_ms)
-                    .push_bind(now)
-                    .push_bind(finite(s.cpu_pct))
-                    .push_bind(finite(s.load1))
-                    .push_bind(finite(s.load5))
-                    .push_bind(finite(s.load15))
-                    .push_bind(sql_int(s.mem_total_bytes))
-                    .push_bind(sql_int(s.mem_used_bytes))
-                    .push_bind(sql_int(s.swap_total_bytes))
-                    .push_bind(sql_int(s.swap_used_bytes))
-                    .push_bind(s.temp_c.map(finite))
-                    .push_bind(s.throttled.map(i64::from))
-                    .push_bind(sql_int(s.uptime_s))
-                    .push_bind(sql_int(s.spool_dropped))
-                    .push_bind(sql_int(s.spool_backlog))
-                    .push_bind(disks)
-                    .push_bind(nets);
-            });
-            if let Some(e) = json_err {
-                return Err(e.into());
-            }
+            let json = chunk
+                .iter()
+                .map(|(_, s)| {
+                    Ok((
+                        serde_json::to_string(&s.disks)?,
+                        serde_json::to_string(&s.nets)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, serde_json::Error>>()?;
+            qb.push_values(
+                chunk.iter().zip(json),
+                |mut b, ((device, s), (disks, nets))| {
+                    b.push_bind(device.as_str().to_owned())
+                        .push_bind(sql_int(s.seq))
+                        .push_bind(s.ts_ms)
+                        .push_bind(now)
+                        .push_bind(finite(s.cpu_pct))
+                        .push_bind(finite(s.load1))
+                        .push_bind(finite(s.load5))
+                        .push_bind(finite(s.load15))
+                        .push_bind(sql_int(s.mem_total_bytes))
+                        .push_bind(sql_int(s.mem_used_bytes))
+                        .push_bind(sql_int(s.swap_total_bytes))
+                        .push_bind(sql_int(s.swap_used_bytes))
+                        .push_bind(s.temp_c.map(finite))
+                        .push_bind(s.throttled.map(i64::from))
+                        .push_bind(sql_int(s.uptime_s))
+                        .push_bind(sql_int(s.spool_dropped))
+                        .push_bind(sql_int(s.spool_backlog))
+                        .push_bind(disks)
+                        .push_bind(nets);
+                },
+            );
             qb.push(" ON CONFLICT (device_id, seq) DO NOTHING");
             qb.build().execute(&mut *tx).await?;
         }
@@ -562,12 +565,18 @@ fn finite(v: f32) -> f64 {
     if v.is_finite() { f64::from(v) } else { 0.0 }
 }
 
-const DEVICE_SELECT_BY_ID: &str = "SELECT id, labels, enrolled_at, revoked_at, first_seen, \
-    last_seen, online, agent_version, hostname, os, kernel, arch, model, last_seq \
-    FROM devices WHERE id = ?";
-const DEVICE_SELECT_ALL: &str = "SELECT id, labels, enrolled_at, revoked_at, first_seen, \
-    last_seen, online, agent_version, hostname, os, kernel, arch, model, last_seq \
-    FROM devices ORDER BY id";
+/// `SELECT <device columns> FROM devices <tail>`: one column list for every device query.
+macro_rules! device_select {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, labels, enrolled_at, revoked_at, first_seen, last_seen, online, ",
+            "agent_version, hostname, os, kernel, arch, model, last_seq FROM devices ",
+            $tail
+        )
+    };
+}
+const DEVICE_SELECT_BY_ID: &str = device_select!("WHERE id = ?");
+const DEVICE_SELECT_ALL: &str = device_select!("ORDER BY id");
 
 fn device_row(r: &sqlx::sqlite::SqliteRow) -> Result<DeviceRow, StoreError> {
     let labels: String = r.try_get("labels")?;

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 const NOW: i64 = 1_800_000_000_000;
 
 fn signer(seed: u8) -> CommandSigner {
-    CommandSigner::new(SigningKey::from_bytes(&[seed; 32]))
+    CommandSigner::from_seed(&[seed; 32]).unwrap()
 }
 
 fn trusted(s: &CommandSigner) -> TrustedKey {
@@ -91,7 +91,7 @@ fn each_failure_is_reported_as_itself() {
     let garbage = SignedCommand {
         key_id: s.id(),
         body: vec![1, 2, 3],
-        signature: s.key.sign(&[1, 2, 3]).to_bytes().to_vec(),
+        signature: s.sign_raw(&[1, 2, 3]),
     };
 
     let cases: Vec<(&str, SignedCommand, Rejection)> = vec![
@@ -168,7 +168,7 @@ fn checks_run_in_order_and_stop_early() {
 fn pem_keys_roundtrip() {
     use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
     use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
-    let sk = SigningKey::from_bytes(&[5; 32]);
+    let sk = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
     let priv_pem = sk.to_pkcs8_pem(LineEnding::LF).unwrap();
     let pub_pem = sk
         .verifying_key()
@@ -202,11 +202,7 @@ fn receipt() -> Receipt {
 fn receipts_verify_only_with_the_device_key() {
     let rng = SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&rsig::ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
-    let pem = format!(
-        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-        base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref())
-    );
-    let dev = DeviceSigner::from_pkcs8_pem(&pem).unwrap();
+    let dev = DeviceSigner::from_pkcs8_der(pkcs8.as_ref()).unwrap();
     let DeviceSigner::EcdsaP256(kp) = &dev else {
         panic!("expected P-256")
     };
@@ -236,11 +232,7 @@ fn receipts_verify_only_with_the_device_key() {
     );
 
     let ed = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-    let ed_pem = format!(
-        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-        base64::engine::general_purpose::STANDARD.encode(ed.as_ref())
-    );
-    let dev = DeviceSigner::from_pkcs8_pem(&ed_pem).unwrap();
+    let dev = DeviceSigner::from_pkcs8_der(ed.as_ref()).unwrap();
     let DeviceSigner::Ed25519(kp) = &dev else {
         panic!("expected Ed25519")
     };
