@@ -11,6 +11,9 @@ use pifleet_shared::DeviceId;
 use pifleet_shared::token::EnrollToken;
 use rand::RngCore;
 
+use crate::auth::Role;
+use crate::auth::jwt::JwtKeys;
+use crate::auth::password::{self, Passwords};
 use crate::config::{self, Config};
 use crate::datadir::{DataDir, DataDirError, write_private};
 use crate::enroll::secret_hash;
@@ -65,7 +68,7 @@ pub fn command_public_key(dd: &DataDir) -> Result<String, AdminError> {
 /// Creates a new data dir: CA, server certificate, command key, config, database, CRL.
 /// Everything is built in a sibling temp dir and renamed into place at the end, so a failure
 /// leaves nothing half-written.
-pub async fn init(root: &Path, hostnames: &[String]) -> Result<(), AdminError> {
+pub async fn init(root: &Path, hostnames: &[String]) -> Result<InitReport, AdminError> {
     let target = DataDir::new(root);
     target.create_new()?; // refuses an existing non-empty dir
     let parent = root.parent().unwrap_or(Path::new("."));
@@ -76,19 +79,33 @@ pub async fn init(root: &Path, hostnames: &[String]) -> Result<(), AdminError> {
     let staging = DataDir::new(parent.join(format!(".{name}.init-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(staging.root());
     staging.create_new()?;
-    let result = populate(&staging, hostnames).await;
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(staging.root());
-        return Err(e);
-    }
+    let report = match populate(&staging, hostnames).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(staging.root());
+            return Err(e);
+        }
+    };
     std::fs::rename(staging.root(), root).map_err(|source| AdminError::Io {
         path: root.display().to_string(),
         source,
     })?;
-    Ok(())
+    Ok(report)
 }
 
-async fn populate(dd: &DataDir, hostnames: &[String]) -> Result<(), AdminError> {
+/// What `init` made that the operator must see once.
+#[derive(Debug)]
+pub struct InitReport {
+    /// Name of the first admin.
+    pub admin_name: String,
+    /// Their one-time password: shown once, changed at first sign-in.
+    pub admin_password: String,
+}
+
+/// Name of the admin `init` creates.
+pub const FIRST_ADMIN: &str = "admin";
+
+async fn populate(dd: &DataDir, hostnames: &[String]) -> Result<InitReport, AdminError> {
     let label = hostnames
         .first()
         .map(String::as_str)
@@ -114,11 +131,33 @@ async fn populate(dd: &DataDir, hostnames: &[String]) -> Result<(), AdminError> 
     write_private(&dd.command_key(), key_pem.as_bytes())?;
     write_private(&dd.command_pub(), pub_pem.as_bytes())?;
 
+    JwtKeys::generate()
+        .save(&dd.jwt_keys())
+        .map_err(|e| AdminError::Invalid(format!("access-token key: {e}")))?;
+
     write_private(&dd.config(), config::DEFAULT_TOML.as_bytes())?;
+    let cfg = Config::parse(config::DEFAULT_TOML, &dd.config())?;
     let store = Store::open(&dd.database(), true).await?;
     write_crl(dd, &store, &ca).await?;
+    let passwords = Passwords::new(cfg.auth.argon2_cost())
+        .map_err(|e| AdminError::Invalid(format!("password hashing: {e}")))?;
+    let admin = create_user(&store, &passwords, FIRST_ADMIN, Role::Admin, None, true).await?;
+    store
+        .append_audit(&crate::audit::Event::cli(
+            "user.create",
+            FIRST_ADMIN,
+            "ok",
+            "role=admin; first admin created by init",
+        ))
+        .await?;
     store.close().await;
-    Ok(())
+    let admin_password = admin
+        .one_time_password
+        .ok_or_else(|| AdminError::Invalid("no one-time password was generated".into()))?;
+    Ok(InitReport {
+        admin_name: admin.name,
+        admin_password,
+    })
 }
 
 /// Rebuilds `crl.pem` from the revoked certificates in the database.
@@ -221,6 +260,67 @@ pub async fn revoke_device(dd: &DataDir, store: &Store, id: &str) -> Result<(), 
     }
     let ca = load_ca(dd)?;
     write_crl(dd, store, &ca).await
+}
+
+/// A created user; `one_time_password` is set when the password was generated (it is shown
+/// once and must be changed at first sign-in).
+#[derive(Debug)]
+pub struct CreatedUser {
+    pub id: i64,
+    pub name: String,
+    pub one_time_password: Option<String>,
+}
+
+/// User names: 1-64 of a-z 0-9 . _ - starting with a letter or digit.
+pub fn validate_user_name(name: &str) -> Result<(), AdminError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(AdminError::Invalid(format!(
+            "user name {name:?} must be 1-64 of a-z 0-9 . _ - starting with a letter or digit"
+        )))
+    }
+}
+
+/// Creates a user. With `password` None a one-time password is generated; a user created
+/// with a generated password, or with `must_change`, must change it at first sign-in.
+pub async fn create_user(
+    store: &Store,
+    passwords: &Passwords,
+    name: &str,
+    role: Role,
+    password: Option<&str>,
+    must_change: bool,
+) -> Result<CreatedUser, AdminError> {
+    validate_user_name(name)?;
+    let (password, generated) = match password {
+        Some(p) => {
+            password::check_policy(p, &[name, "pifleet"])
+                .map_err(|e| AdminError::Invalid(e.to_string()))?;
+            (p.to_owned(), false)
+        }
+        None => (password::one_time_password(), true),
+    };
+    let hash = passwords
+        .hash(&password)
+        .map_err(|e| AdminError::Invalid(format!("cannot hash the password: {e}")))?;
+    let id = store
+        .create_user(name, role, &hash, must_change || generated)
+        .await?
+        .map_err(|e| AdminError::Invalid(e.to_string()))?;
+    Ok(CreatedUser {
+        id,
+        name: name.to_owned(),
+        one_time_password: generated.then_some(password),
+    })
 }
 
 #[cfg(test)]

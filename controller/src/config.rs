@@ -40,6 +40,56 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub enrollment: EnrollmentConfig,
     pub commands: CommandsConfig,
+    pub auth: AuthConfig,
+}
+
+/// Admin sign-in: sessions, brute-force limits and password hashing cost.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Lifetime of an access token (JWT), in seconds.
+    pub access_ttl_s: i64,
+    /// Lifetime of a session (its refresh token family), in seconds.
+    pub refresh_ttl_s: i64,
+    /// Failed sign-ins (wrong password or MFA code) that lock an account ...
+    pub lockout_failures: u32,
+    /// ... within this window; the lock lasts until the oldest failure leaves the window.
+    pub lockout_window_s: i64,
+    /// Requests per minute one client IP may make to /api/v1/auth/* ...
+    pub rate_per_minute: u32,
+    /// ... with bursts up to this many.
+    pub rate_burst: u32,
+    /// Argon2id cost for new password hashes (existing hashes keep theirs until the next
+    /// sign-in re-hashes them).
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            access_ttl_s: 900,
+            refresh_ttl_s: 30 * 86_400,
+            lockout_failures: 5,
+            lockout_window_s: 900,
+            rate_per_minute: 30,
+            rate_burst: 10,
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+        }
+    }
+}
+
+impl AuthConfig {
+    pub fn argon2_cost(&self) -> crate::auth::password::Argon2Cost {
+        crate::auth::password::Argon2Cost {
+            memory_kib: self.argon2_memory_kib,
+            iterations: self.argon2_iterations,
+            parallelism: self.argon2_parallelism,
+        }
+    }
 }
 
 /// Remote commands.
@@ -101,6 +151,16 @@ pub struct HttpsConfig {
     pub handshake_timeout_ms: u64,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// A request must be answered within this time (408 otherwise).
+    pub request_timeout_s: u64,
+    /// Client networks allowed to use the admin API (CIDRs). Empty: any. Device enrollment
+    /// and /healthz are not affected.
+    pub admin_allow: Vec<ipnet::IpNet>,
+    /// Reverse proxies whose X-Forwarded-For is believed (CIDRs). Empty: the header is ignored
+    /// and the TCP peer is the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Origins allowed to call the API from a browser on another origin (CORS). Empty: none.
+    pub cors_origins: Vec<String>,
 }
 
 /// The SQLite writer.
@@ -154,6 +214,10 @@ impl Default for HttpsConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
             handshake_timeout_ms: 5_000,
             max_body_bytes: 64 * 1024,
+            request_timeout_s: 30,
+            admin_allow: Vec::new(),
+            trusted_proxies: Vec::new(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -297,6 +361,54 @@ impl Config {
             (100..=600_000).contains(&self.commands.resend_ms),
             "commands.resend_ms must be 100..=600000",
         );
+        check(
+            (1..=600).contains(&self.https.request_timeout_s),
+            "https.request_timeout_s must be 1..=600",
+        );
+        check(
+            self.https.cors_origins.iter().all(|o| {
+                (o.starts_with("https://") || o.starts_with("http://"))
+                    && !o.ends_with('/')
+                    && axum::http::HeaderValue::from_str(o).is_ok()
+            }),
+            "https.cors_origins must be origins like \"https://admin.example.com\" (scheme and host, no path)",
+        );
+        check(
+            (60..=86_400).contains(&self.auth.access_ttl_s),
+            "auth.access_ttl_s must be 60..=86400",
+        );
+        check(
+            (300..=365 * 86_400).contains(&self.auth.refresh_ttl_s),
+            "auth.refresh_ttl_s must be 300..=31536000",
+        );
+        check(
+            (1..=100).contains(&self.auth.lockout_failures),
+            "auth.lockout_failures must be 1..=100",
+        );
+        check(
+            (1..=86_400).contains(&self.auth.lockout_window_s),
+            "auth.lockout_window_s must be 1..=86400",
+        );
+        check(
+            (1..=100_000).contains(&self.auth.rate_per_minute),
+            "auth.rate_per_minute must be 1..=100000",
+        );
+        check(
+            (1..=100_000).contains(&self.auth.rate_burst),
+            "auth.rate_burst must be 1..=100000",
+        );
+        check(
+            (8..=4 * 1024 * 1024).contains(&self.auth.argon2_memory_kib),
+            "auth.argon2_memory_kib must be 8..=4194304",
+        );
+        check(
+            (1..=64).contains(&self.auth.argon2_iterations),
+            "auth.argon2_iterations must be 1..=64",
+        );
+        check(
+            (1..=64).contains(&self.auth.argon2_parallelism),
+            "auth.argon2_parallelism must be 1..=64",
+        );
         p
     }
 }
@@ -324,6 +436,15 @@ crl_poll_ms = 250
 listen = "0.0.0.0:8443"
 handshake_timeout_ms = 5000
 max_body_bytes = 65536
+# A request must be answered within this time.
+request_timeout_s = 30
+# Client networks (CIDRs) allowed to use the admin API and dashboard; empty allows any.
+# Device enrollment is not affected. Example: ["10.0.0.0/8", "192.168.1.0/24"]
+admin_allow = []
+# Reverse proxies (CIDRs) whose X-Forwarded-For header is believed; empty ignores it.
+trusted_proxies = []
+# Other origins allowed to call the API from a browser (CORS); empty allows none.
+cors_origins = []
 
 [ingest]
 # Most samples per SQLite transaction (group commit).
@@ -355,6 +476,24 @@ poll_ms = 200
 # A sent command the device has not acknowledged is sent again after this long (the
 # device's journal makes a re-delivery harmless).
 resend_ms = 2000
+
+[auth]
+# Access tokens (JWT) live this long; the dashboard refreshes them silently.
+access_ttl_s = 900
+# A sign-in session (refresh token family) lives this long.
+refresh_ttl_s = 2592000
+# This many failed sign-ins (password or MFA code) within the window lock the account
+# (HTTP 423) until the oldest failure leaves the window. Unknown user names behave the same.
+lockout_failures = 5
+lockout_window_s = 900
+# Per client IP on /api/v1/auth/*: sustained requests per minute, and burst (HTTP 429).
+rate_per_minute = 30
+rate_burst = 10
+# Argon2id cost of new password hashes; raising it re-hashes each password at its next
+# sign-in.
+argon2_memory_kib = 19456
+argon2_iterations = 2
+argon2_parallelism = 1
 "#;
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //!   server.key     0600
 //!   command.key    0600  Ed25519 command-signing key (PKCS#8 PEM)
 //!   command.pub    0600  its public half, handed to devices at enrollment
+//!   jwt.key        0600  keys that sign admin access tokens (newest first, with key ids)
 //!   crl.pem        0600  revoked device certificates, reloaded by the running controller
 //!   pifleet.db     0600  SQLite database (WAL)
 //!   serve.json     0600  addresses the running controller bound (for scripts and tests)
@@ -79,6 +80,9 @@ impl DataDir {
     pub fn command_pub(&self) -> PathBuf {
         self.root.join("command.pub")
     }
+    pub fn jwt_keys(&self) -> PathBuf {
+        self.root.join("jwt.key")
+    }
     pub fn crl(&self) -> PathBuf {
         self.root.join("crl.pem")
     }
@@ -90,8 +94,13 @@ impl DataDir {
     }
 
     /// Files that hold secrets: each must be 0600 or stricter.
-    pub fn secret_files(&self) -> [PathBuf; 3] {
-        [self.ca_key(), self.server_key(), self.command_key()]
+    pub fn secret_files(&self) -> [PathBuf; 4] {
+        [
+            self.ca_key(),
+            self.server_key(),
+            self.command_key(),
+            self.jwt_keys(),
+        ]
     }
 
     /// Creates the directory (0700) for `init`; refuses an existing non-empty one.

@@ -73,7 +73,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     };
     std::fs::create_dir_all(&base).map_err(io(format!("creating {}", base.display())))?;
     let data = base.join("controller");
-    admin::init(&data, &["localhost".to_owned()]).await?;
+    let report = admin::init(&data, &["localhost".to_owned()]).await?;
     let dd = DataDir::new(&data);
 
     let log = std::fs::File::create(base.join("controller.log")).map_err(io("controller.log"))?;
@@ -157,6 +157,11 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     for (id, child) in &agents {
         println!("  agent        {id}  pid {}", child.id().unwrap_or(0));
     }
+    println!("  admin API    {url}/api/v1  (OpenAPI: {url}/api/v1/openapi.json)");
+    println!(
+        "  sign in as   {}  one-time password {}  (to be changed at first sign-in)",
+        report.admin_name, report.admin_password
+    );
     println!();
     println!(
         "  try:  {} device list --data-dir {}",

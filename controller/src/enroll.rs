@@ -5,18 +5,16 @@
 //! an id already enrolled) is a 4xx with a clear message, and changes nothing: the token
 //! stays usable and no device row is written.
 
-use std::sync::Arc;
-
-use axum::Json;
 use axum::extract::State;
 use pifleet_shared::token::EnrollToken;
 use pifleet_shared::{DeviceId, token::to_hex};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::api::extract::Json;
 use crate::metrics::Metrics;
 use crate::pki::{self, Ca};
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemDoc};
 use crate::store::{EnrollError, EnrollRefusal, NewDevice, Store};
 use crate::tls::normalize_serial;
 
@@ -33,7 +31,7 @@ pub struct EnrollState {
 }
 
 /// Enrollment request body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     pub token: String,
@@ -42,7 +40,7 @@ pub struct EnrollRequest {
 }
 
 /// Enrollment response body.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnrollResponse {
     pub device_id: String,
     /// The device certificate (PEM).
@@ -60,14 +58,22 @@ pub fn secret_hash(secret: &[u8; 32]) -> String {
     to_hex(&Sha256::digest(secret))
 }
 
-/// `POST /api/v1/enroll`.
+/// Enroll a device: a single-use token and a CSR in, a device certificate out. Used by
+/// `pifleet-agent enroll`; authenticated by the token, not by a user.
+#[utoipa::path(post, path = "/api/v1/enroll", tag = "devices", security(()),
+    request_body = EnrollRequest,
+    responses(
+        (status = 200, body = EnrollResponse),
+        (status = "4XX", description = "Refused: the token or CSR is not acceptable (nothing changed)", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
 pub async fn enroll(
-    State(st): State<Arc<EnrollState>>,
-    peer: Option<axum::Extension<crate::https::PeerAddr>>,
+    State(app): State<crate::api::AppState>,
+    crate::api::ClientIp(ip): crate::api::ClientIp,
     Json(req): Json<EnrollRequest>,
-) -> Result<Json<EnrollResponse>, Problem> {
-    let result = do_enroll(&st, &req).await;
-    let source = peer.map(|p| p.0.0.ip().to_string()).unwrap_or_default();
+) -> Result<axum::Json<EnrollResponse>, Problem> {
+    let st = &app.enroll;
+    let result = do_enroll(st, &req).await;
+    let source = ip.to_string();
     let event = match &result {
         Ok(r) => crate::audit::Event {
             actor: format!("device:{}", r.device_id),
@@ -101,7 +107,7 @@ pub async fn enroll(
             tracing::warn!(status = p.status.as_u16(), detail = %p.detail, "enrollment refused")
         }
     }
-    result.map(Json)
+    result.map(axum::Json)
 }
 
 async fn do_enroll(st: &EnrollState, req: &EnrollRequest) -> Result<EnrollResponse, Problem> {

@@ -1,35 +1,17 @@
 //! The HTTPS listener: rustls in a task per connection with a handshake timeout, hyper
-//! HTTP/1.1, and the axum router. Enrollment lives here now; the admin API joins it later.
+//! HTTP/1.1, and the axum application built in [`crate::api`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tower_http::timeout::TimeoutLayer;
-
-use crate::config::HttpsConfig;
-use crate::enroll::{self, EnrollState};
-
-/// Builds the axum application.
-pub fn app(state: Arc<EnrollState>, cfg: &HttpsConfig) -> Router {
-    Router::new()
-        .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .route("/api/v1/enroll", axum::routing::post(enroll::enroll))
-        .with_state(state)
-        .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(30),
-        ))
-}
 
 /// Serves `app` on `listener` until `shutdown`.
 pub async fn serve(

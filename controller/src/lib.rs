@@ -2,7 +2,9 @@
 //! embedded rumqttd, lossless SQLite ingest, and the HTTPS listener.
 
 pub mod admin;
+pub mod api;
 pub mod audit;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod datadir;

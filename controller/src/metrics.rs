@@ -20,6 +20,7 @@ pub struct Metrics {
     pub ingest_commit_seconds: Histogram,
     pub enrollments: IntCounterVec,
     pub commands: IntCounterVec,
+    pub auth_events: IntCounterVec,
 }
 
 impl Metrics {
@@ -85,6 +86,13 @@ impl Metrics {
                 Opts::new("commands_total", "Commands by action and outcome"),
                 &["action", "outcome"],
             )?,
+            auth_events: IntCounterVec::new(
+                Opts::new(
+                    "auth_events_total",
+                    "Admin sign-in events: success, failure, lockout, mfa_failure, refresh_reuse",
+                ),
+                &["event"],
+            )?,
             registry,
         };
         let r = &m.registry;
@@ -101,6 +109,7 @@ impl Metrics {
         r.register(Box::new(m.ingest_commit_seconds.clone()))?;
         r.register(Box::new(m.enrollments.clone()))?;
         r.register(Box::new(m.commands.clone()))?;
+        r.register(Box::new(m.auth_events.clone()))?;
         Ok(m)
     }
 

@@ -2,7 +2,7 @@
 //! with a clear message for the client and no internals (those go to the log).
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -11,14 +11,25 @@ use serde::Serialize;
 pub struct Problem {
     pub status: StatusCode,
     pub detail: String,
+    /// A stable machine-readable reason for clients that act on it (e.g. the dashboard
+    /// sends a user to the password change page on `password_change_required`).
+    pub code: Option<&'static str>,
+    /// Seconds until a retry can succeed (423, 429).
+    pub retry_after: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    r#type: &'static str,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
+/// The problem document, as served (`application/problem+json`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProblemDoc {
+    /// Always `about:blank`: `title` is the HTTP reason phrase.
+    pub r#type: String,
+    pub title: String,
+    pub status: u16,
+    /// What went wrong and, where it helps, what to do.
+    pub detail: String,
+    /// A stable reason code, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 impl Problem {
@@ -26,13 +37,22 @@ impl Problem {
         Self {
             status,
             detail: detail.into(),
+            code: None,
+            retry_after: None,
         }
     }
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, detail)
     }
+    /// 401: the request carries no valid credentials.
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, detail)
+    }
     pub fn forbidden(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, detail)
+    }
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, detail)
     }
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, detail)
@@ -42,21 +62,43 @@ impl Problem {
         tracing::error!(error = %err, "internal error");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
     }
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs.max(1));
+        self
+    }
+}
+
+impl From<crate::store::StoreError> for Problem {
+    fn from(e: crate::store::StoreError) -> Self {
+        Problem::internal(&e)
+    }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = Body {
-            r#type: "about:blank",
-            title: self.status.canonical_reason().unwrap_or("error"),
+        let body = ProblemDoc {
+            r#type: "about:blank".to_owned(),
+            title: self.status.canonical_reason().unwrap_or("error").to_owned(),
             status: self.status.as_u16(),
-            detail: &self.detail,
+            detail: self.detail,
+            code: self.code.map(str::to_owned),
         };
         let mut resp = (self.status, Json(body)).into_response();
-        resp.headers_mut().insert(
-            axum::http::header::CONTENT_TYPE,
-            axum::http::HeaderValue::from_static("application/problem+json"),
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
         );
+        if self.status == StatusCode::UNAUTHORIZED {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         resp
     }
 }

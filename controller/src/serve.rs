@@ -11,6 +11,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminError};
+use crate::api::{self, ApiState};
+use crate::auth::jwt::JwtKeys;
 use crate::config::Config;
 use crate::datadir::{DataDir, write_private};
 use crate::dispatch::{self, Dispatcher};
@@ -39,6 +41,8 @@ pub enum ServeError {
     Pki(#[from] pki::PkiError),
     #[error("command key: {0}")]
     CommandKey(String),
+    #[error("admin sign-in: {0}")]
+    Auth(String),
     #[error("cannot start a thread: {0}")]
     Thread(#[source] std::io::Error),
     #[error("metrics: {0}")]
@@ -72,6 +76,7 @@ pub async fn run(
     ov: Overrides,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    ensure_jwt_keys(&dd)?;
     dd.check()?;
     let mut cfg = Config::load(&dd.config())?;
     if let Some(a) = ov.mqtt_listen {
@@ -159,7 +164,18 @@ pub async fn run(
         cert_days: cfg.enrollment.device_cert_days,
         metrics: metrics.clone(),
     });
-    let app = https::app(enroll_state, &cfg.https);
+    let jwt = JwtKeys::load(&dd.jwt_keys()).map_err(|e| ServeError::Auth(e.to_string()))?;
+    let api_state = ApiState::new(
+        dd.clone(),
+        store.clone(),
+        cfg.clone(),
+        jwt,
+        dispatcher.clone(),
+        enroll_state,
+        metrics.clone(),
+    )
+    .await?;
+    let app = api::app(api_state.clone());
 
     let mut tasks = JoinSet::new();
     tasks.spawn(named(
@@ -198,6 +214,10 @@ pub async fn run(
     tokio::spawn(named(
         "receipts",
         dispatch::receipts(dispatcher.clone(), receipt_rx),
+    ));
+    tasks.spawn(named(
+        "auth-limiter-gc",
+        limiter_gc(api_state, shutdown.clone()),
     ));
     tasks.spawn(named(
         "retention",
@@ -246,6 +266,29 @@ async fn named<F: std::future::Future<Output = ()>>(name: &'static str, f: F) {
     tracing::debug!(task = name, "task started");
     f.await;
     tracing::debug!(task = name, "task stopped");
+}
+
+/// A data dir made before admin sign-in existed has no JWT keys yet: make them.
+fn ensure_jwt_keys(dd: &DataDir) -> Result<(), ServeError> {
+    let path = dd.jwt_keys();
+    if dd.config().exists() && !path.exists() {
+        JwtKeys::generate()
+            .save(&path)
+            .map_err(|e| ServeError::Auth(e.to_string()))?;
+        tracing::info!(path = %path.display(), "created the access-token signing key");
+    }
+    Ok(())
+}
+
+/// Forgets per-IP rate-limit state of addresses that have been quiet.
+async fn limiter_gc(state: api::AppState, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => state.auth_limiter.retain_recent(),
+        }
+    }
 }
 
 async fn retention(store: Store, cfg: Config, shutdown: CancellationToken) {

@@ -62,6 +62,24 @@ pub fn signal(child: &std::process::Child, sig: Signal) {
     }
 }
 
+/// Merges TOML `overrides` into the config file at `path` (tables merged key by key).
+pub fn merge_config(path: &Path, overrides: &str) -> Result<()> {
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (k, v) in from {
+            match (into.get_mut(&k), v) {
+                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                (_, v) => {
+                    into.insert(k, v);
+                }
+            }
+        }
+    }
+    let mut cfg: toml::Table = std::fs::read_to_string(path)?.parse()?;
+    merge(&mut cfg, overrides.parse()?);
+    std::fs::write(path, toml::to_string(&cfg)?)?;
+    Ok(())
+}
+
 /// A running (or stopped) controller with its own temporary data dir.
 #[derive(Debug)]
 pub struct Controller {
@@ -69,6 +87,8 @@ pub struct Controller {
     pub data: PathBuf,
     pub mqtt: SocketAddr,
     pub https: SocketAddr,
+    /// The first admin's one-time password, as `init` printed it.
+    pub admin_password: String,
     child: Option<std::process::Child>,
     starts: u32,
 }
@@ -83,6 +103,12 @@ struct Bound {
 impl Controller {
     /// `init` a new data dir and `serve` it on ephemeral loopback ports.
     pub async fn start() -> Result<Self> {
+        Self::start_with("").await
+    }
+
+    /// Like [`Controller::start`], with `overrides` (TOML, e.g. `"[auth]\nrate_burst = 3"`)
+    /// merged into the generated config.toml before the first `serve`.
+    pub async fn start_with(overrides: &str) -> Result<Self> {
         let tmp = tempfile::tempdir()?;
         let data = tmp.path().join("data");
         let out = Command::new(bin("pifleet-controller")?)
@@ -92,9 +118,19 @@ impl Controller {
         if !out.status.success() {
             bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
         }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let admin_password = stdout
+            .lines()
+            .find_map(|l| l.split("one-time password: ").nth(1))
+            .map(|p| p.trim().to_owned())
+            .context("init printed no one-time admin password")?;
+        if !overrides.is_empty() {
+            merge_config(&data.join("config.toml"), overrides)?;
+        }
         let mut c = Self {
             tmp,
             data,
+            admin_password,
             mqtt: "127.0.0.1:0".parse()?,
             https: "127.0.0.1:0".parse()?,
             child: None,

@@ -5,6 +5,7 @@
 //! The binaries must be built first (`cargo build --workspace`); the harness finds them next
 //! to the test executable's target directory, or in `PIFLEET_BIN_DIR`.
 
+pub mod api;
 pub mod harness;
 pub mod https;
 pub mod logs;

@@ -16,6 +16,8 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 mod audit;
 mod commands;
+mod fleet;
+pub mod users;
 pub use commands::{CommandRow, NewCommand, ReceiptUpdate};
 
 /// Database errors.
@@ -161,6 +163,12 @@ impl Store {
     }
 
     /// Closes both pools, checkpointing the WAL.
+    /// Checks that the database answers (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;

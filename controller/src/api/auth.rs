@@ -1,0 +1,610 @@
+//! Sign-in: password, then TOTP or a recovery code when MFA is on; rotating refresh tokens
+//! with reuse detection; logout. Every outcome is audited. Unknown users get the same
+//! argon2 work, the same answer and the same lockout as real ones.
+//!
+//! API clients get the refresh token in the response body. Browsers ask for `cookie: true`
+//! and get it only as an HttpOnly, Secure, SameSite=Strict cookie scoped to
+//! `/api/v1/auth`; refreshing from the cookie also needs the `X-CSRF-Token` header to equal
+//! the `pifleet_csrf` cookie (double submit), which a cross-site page cannot read.
+
+use std::net::IpAddr;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use super::extract::{ClientIp, Json, Principal};
+use super::{ApiState, AppState, event};
+use crate::auth::jwt::TokenKind;
+use crate::auth::{Role, totp};
+use crate::problem::{Problem, ProblemDoc};
+use crate::store::now_ms;
+use crate::store::users::{Refresh, UserRow};
+
+pub const REFRESH_COOKIE: &str = "pifleet_refresh";
+pub const CSRF_COOKIE: &str = "pifleet_csrf";
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// Lifetime of the token that carries a sign-in from the password step to the MFA step.
+const MFA_TOKEN_TTL_S: i64 = 300;
+const BAD_CREDENTIALS: &str = "invalid user name or password";
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+    /// Browsers: deliver the refresh token as an HttpOnly cookie instead of in the body.
+    #[serde(default)]
+    pub cookie: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginMfaRequest {
+    /// The `mfa_token` from the password step.
+    pub mfa_token: String,
+    /// A 6-digit TOTP code ...
+    pub code: Option<String>,
+    /// ... or one of the recovery codes (each works once).
+    pub recovery_code: Option<String>,
+    #[serde(default)]
+    pub cookie: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    /// The refresh token (API clients). Browsers send no body: the cookie is used.
+    pub refresh_token: String,
+}
+
+/// The signed-in user, as returned with tokens.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionUser {
+    pub name: String,
+    pub role: Role,
+    pub must_change_password: bool,
+    pub mfa_enabled: bool,
+}
+
+/// Result of a sign-in step or a refresh.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenResponse {
+    /// True when a second step is needed: post `mfa_token` with a code to
+    /// `/api/v1/auth/login/mfa`.
+    pub mfa_required: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mfa_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<String>,
+    /// Seconds the access token is valid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<i64>,
+    /// Only for API clients (not with `cookie: true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<SessionUser>,
+}
+
+/// The lockout key of a user name: case-insensitive, bounded.
+fn name_key(name: &str) -> String {
+    name.trim().to_lowercase().chars().take(128).collect()
+}
+
+fn user_agent(headers: &HeaderMap) -> String {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect()
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut b);
+    pifleet_shared::token::to_hex(&b)
+}
+
+/// SHA-256 of a refresh token: the database never holds a usable token.
+pub fn refresh_hash(token: &str) -> String {
+    pifleet_shared::token::to_hex(&Sha256::digest(token.as_bytes()))
+}
+
+fn new_refresh_token() -> String {
+    format!("pfr1.{}", random_hex(32))
+}
+
+/// Seconds until the account `key` unlocks, if it is locked now.
+async fn locked_for(st: &ApiState, key: &str) -> Result<Option<u64>, Problem> {
+    let window_ms = st.cfg.auth.lockout_window_s.saturating_mul(1000);
+    let now = now_ms();
+    let (n, oldest) = st.store.failures_since(key, now - window_ms).await?;
+    if n < st.cfg.auth.lockout_failures {
+        return Ok(None);
+    }
+    let until = oldest.unwrap_or(now) + window_ms;
+    Ok(Some(
+        u64::try_from((until - now + 999) / 1000)
+            .unwrap_or(1)
+            .max(1),
+    ))
+}
+
+fn locked_problem(secs: u64) -> Problem {
+    Problem::new(
+        StatusCode::LOCKED,
+        "too many failed sign-ins: this account is locked for now",
+    )
+    .with_retry_after(secs)
+}
+
+/// Counts a failed password or code for `key`; audits the failure, and the lockout when
+/// this failure starts it.
+async fn record_failure(
+    st: &ApiState,
+    key: &str,
+    actor: &str,
+    ip: IpAddr,
+    action: &str,
+    why: &str,
+) -> Result<(), Problem> {
+    let window_ms = st.cfg.auth.lockout_window_s.saturating_mul(1000);
+    st.store.add_failure(key, now_ms() - window_ms).await?;
+    st.metrics_auth("failure");
+    st.audit(event(actor, ip, action, key, &format!("failed: {why}")))
+        .await?;
+    if locked_for(st, key).await?.is_some() {
+        st.metrics_auth("lockout");
+        st.audit(event(actor, ip, "auth.lockout", key, "locked"))
+            .await?;
+    }
+    Ok(())
+}
+
+fn session_user(u: &UserRow) -> SessionUser {
+    SessionUser {
+        name: u.name.clone(),
+        role: u.role,
+        must_change_password: u.must_change_password,
+        mfa_enabled: u.mfa_enabled_at.is_some(),
+    }
+}
+
+/// Issues an access token for a session and builds the response, with cookies for
+/// browsers.
+fn token_response(
+    st: &ApiState,
+    user: &UserRow,
+    session_id: &str,
+    refresh: String,
+    cookie: bool,
+) -> Result<Response, Problem> {
+    let now_s = now_ms() / 1000;
+    let (access, _) = st
+        .jwt
+        .issue(
+            TokenKind::Access,
+            user.id,
+            session_id,
+            st.cfg.auth.access_ttl_s,
+            now_s,
+        )
+        .map_err(|e| Problem::internal(&e))?;
+    let body = TokenResponse {
+        mfa_required: false,
+        mfa_token: None,
+        access_token: Some(access),
+        token_type: Some("Bearer".into()),
+        expires_in: Some(st.cfg.auth.access_ttl_s),
+        refresh_token: (!cookie).then(|| refresh.clone()),
+        user: Some(session_user(user)),
+    };
+    let mut resp = axum::Json(body).into_response();
+    if cookie {
+        set_session_cookies(resp.headers_mut(), &refresh, st.cfg.auth.refresh_ttl_s);
+    }
+    Ok(resp)
+}
+
+fn set_session_cookies(h: &mut HeaderMap, refresh: &str, max_age: i64) {
+    let csrf = random_hex(16);
+    for c in [
+        format!(
+            "{REFRESH_COOKIE}={refresh}; Path=/api/v1/auth; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict"
+        ),
+        format!("{CSRF_COOKIE}={csrf}; Path=/; Max-Age={max_age}; Secure; SameSite=Strict"),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            h.append(header::SET_COOKIE, v);
+        }
+    }
+}
+
+/// Cookies that end a browser session.
+pub fn clear_session_cookies(h: &mut HeaderMap) {
+    for c in [
+        format!(
+            "{REFRESH_COOKIE}=; Path=/api/v1/auth; Max-Age=0; HttpOnly; Secure; SameSite=Strict"
+        ),
+        format!("{CSRF_COOKIE}=; Path=/; Max-Age=0; Secure; SameSite=Strict"),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            h.append(header::SET_COOKIE, v);
+        }
+    }
+}
+
+/// A cookie's value from the request.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Constant-time equality for secrets of equal length.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+async fn start_session(
+    st: &ApiState,
+    user: &UserRow,
+    ip: IpAddr,
+    headers: &HeaderMap,
+    cookie: bool,
+) -> Result<Response, Problem> {
+    let session_id = random_hex(16);
+    let refresh = new_refresh_token();
+    let expires = now_ms() + st.cfg.auth.refresh_ttl_s.saturating_mul(1000);
+    st.store
+        .create_session(
+            &session_id,
+            user.id,
+            &ip.to_string(),
+            &user_agent(headers),
+            expires,
+            &refresh_hash(&refresh),
+        )
+        .await?;
+    st.store.clear_failures(&name_key(&user.name)).await?;
+    st.metrics_auth("success");
+    token_response(st, user, &session_id, refresh, cookie)
+}
+
+/// Verifies a password on the blocking pool (argon2 takes tens of milliseconds).
+async fn verify_password(st: &AppState, stored: Option<String>, password: String) -> bool {
+    let st = st.clone();
+    tokio::task::spawn_blocking(move || st.passwords.verify(stored.as_deref(), &password))
+        .await
+        .unwrap_or(false)
+}
+
+/// Sign in with a user name and password.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", security(()),
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in, or `mfa_required` with an `mfa_token`", body = TokenResponse),
+        (status = 401, description = "Wrong user name or password (the same answer for both)", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 423, description = "Locked after repeated failures; see Retry-After", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Too many requests from this address; see Retry-After", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
+pub async fn login(
+    State(st): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Json(req): Json<LoginRequest>,
+) -> Result<Response, Problem> {
+    let key = name_key(&req.username);
+    if let Some(secs) = locked_for(&st, &key).await? {
+        st.audit(event(
+            "anonymous",
+            ip,
+            "auth.login",
+            &key,
+            "refused: locked",
+        ))
+        .await?;
+        return Err(locked_problem(secs));
+    }
+    let user = st.store.user_by_name(&key).await?;
+    let ok = verify_password(
+        &st,
+        user.as_ref().map(|u| u.password_hash.clone()),
+        req.password.clone(),
+    )
+    .await;
+    let user = match user {
+        Some(u) if ok && u.disabled_at.is_none() => u,
+        other => {
+            let why = match other {
+                None => "unknown user",
+                Some(u) if u.disabled_at.is_some() => "user disabled",
+                Some(_) => "wrong password",
+            };
+            record_failure(&st, &key, "anonymous", ip, "auth.login", why).await?;
+            return Err(Problem::unauthorized(BAD_CREDENTIALS));
+        }
+    };
+    if st.passwords.needs_rehash(&user.password_hash) {
+        // The cost was raised since this hash was made: upgrade it now that we know the
+        // password.
+        let st2 = st.clone();
+        let pw = req.password.clone();
+        if let Ok(Ok(h)) = tokio::task::spawn_blocking(move || st2.passwords.hash(&pw)).await {
+            st.store.rehash_password(user.id, &h).await?;
+        }
+    }
+    let actor = format!("user:{}", user.name);
+    if user.mfa_enabled_at.is_some() {
+        let (mfa_token, _) = st
+            .jwt
+            .issue(
+                TokenKind::Mfa,
+                user.id,
+                "",
+                MFA_TOKEN_TTL_S,
+                now_ms() / 1000,
+            )
+            .map_err(|e| Problem::internal(&e))?;
+        st.audit(event(
+            &actor,
+            ip,
+            "auth.login",
+            &key,
+            "password ok; MFA code required",
+        ))
+        .await?;
+        let body = TokenResponse {
+            mfa_required: true,
+            mfa_token: Some(mfa_token),
+            access_token: None,
+            token_type: None,
+            expires_in: None,
+            refresh_token: None,
+            user: None,
+        };
+        return Ok(axum::Json(body).into_response());
+    }
+    let resp = start_session(&st, &user, ip, &headers, req.cookie).await?;
+    st.audit(event(&actor, ip, "auth.login", &key, "ok"))
+        .await?;
+    Ok(resp)
+}
+
+/// Second sign-in step: a TOTP code or a recovery code.
+#[utoipa::path(post, path = "/api/v1/auth/login/mfa", tag = "auth", security(()),
+    request_body = LoginMfaRequest,
+    responses(
+        (status = 200, description = "Signed in", body = TokenResponse),
+        (status = 401, description = "Invalid or expired MFA token, or wrong code", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 423, description = "Locked after repeated failures; see Retry-After", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
+pub async fn login_mfa(
+    State(st): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Json(req): Json<LoginMfaRequest>,
+) -> Result<Response, Problem> {
+    let claims = st
+        .jwt
+        .verify(&req.mfa_token, TokenKind::Mfa, now_ms() / 1000)
+        .map_err(|_| Problem::unauthorized("the sign-in has expired; start again"))?;
+    let user = st
+        .store
+        .user_by_id(claims.sub)
+        .await?
+        .filter(|u| u.disabled_at.is_none())
+        .ok_or_else(|| Problem::unauthorized("the sign-in has expired; start again"))?;
+    let key = name_key(&user.name);
+    let actor = format!("user:{}", user.name);
+    if let Some(secs) = locked_for(&st, &key).await? {
+        st.audit(event(&actor, ip, "auth.mfa", &key, "refused: locked"))
+            .await?;
+        return Err(locked_problem(secs));
+    }
+    let Some(secret) = user.mfa_secret.as_deref() else {
+        return Err(Problem::unauthorized(
+            "the sign-in has expired; start again",
+        ));
+    };
+    let how = match (req.code.as_deref(), req.recovery_code.as_deref()) {
+        (Some(code), None) => {
+            let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
+            match totp::verify(secret, code, now, user.mfa_last_step) {
+                Some(step) if st.store.use_mfa_step(user.id, step).await? => Some("totp"),
+                _ => None,
+            }
+        }
+        (None, Some(code)) => {
+            if st
+                .store
+                .use_recovery_code(user.id, &totp::hash_recovery_code(code))
+                .await?
+            {
+                Some("recovery code")
+            } else {
+                None
+            }
+        }
+        _ => {
+            return Err(Problem::bad_request(
+                "send either `code` or `recovery_code`",
+            ));
+        }
+    };
+    let Some(how) = how else {
+        st.metrics_auth("mfa_failure");
+        record_failure(&st, &key, &actor, ip, "auth.mfa", "wrong code").await?;
+        return Err(Problem::unauthorized("invalid code"));
+    };
+    let resp = start_session(&st, &user, ip, &headers, req.cookie).await?;
+    st.audit(event(
+        &actor,
+        ip,
+        "auth.login",
+        &key,
+        &format!("ok ({how})"),
+    ))
+    .await?;
+    Ok(resp)
+}
+
+/// Exchange a refresh token for a new access token and a new refresh token. A refresh
+/// token works once: presenting a used one ends its whole session.
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", security(()),
+    request_body(content = Option<RefreshRequest>, description = "API clients send the token; browsers send no body and the `pifleet_refresh` cookie plus the `X-CSRF-Token` header"),
+    responses(
+        (status = 200, description = "New tokens", body = TokenResponse),
+        (status = 401, description = "Invalid, expired, revoked or reused refresh token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Cookie refresh without a matching CSRF header", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
+pub async fn refresh(
+    State(st): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let (token, from_cookie) = if body.iter().any(|b| !b.is_ascii_whitespace()) {
+        let req: RefreshRequest = serde_json::from_slice(&body)
+            .map_err(|e| Problem::bad_request(format!("invalid JSON body: {e}")))?;
+        (req.refresh_token, false)
+    } else {
+        let Some(token) = cookie(&headers, REFRESH_COOKIE).filter(|t| !t.is_empty()) else {
+            return Err(Problem::unauthorized("no refresh token"));
+        };
+        let csrf_ok = match (
+            cookie(&headers, CSRF_COOKIE),
+            headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()),
+        ) {
+            (Some(c), Some(h)) => !c.is_empty() && same_secret(c, h),
+            _ => false,
+        };
+        if !csrf_ok {
+            return Err(Problem::forbidden(
+                "refreshing from the cookie needs the X-CSRF-Token header",
+            ));
+        }
+        (token.to_owned(), true)
+    };
+    let new_token = new_refresh_token();
+    let outcome = st
+        .store
+        .rotate_refresh(
+            &refresh_hash(&token),
+            &refresh_hash(&new_token),
+            &ip.to_string(),
+        )
+        .await?;
+    let (session_id, user_id) = match outcome {
+        Refresh::Invalid => {
+            return Err(Problem::unauthorized(
+                "the refresh token is invalid or expired; sign in again",
+            ));
+        }
+        Refresh::Reused {
+            session_id,
+            user_id,
+        } => {
+            let actor = match st.store.user_by_id(user_id).await? {
+                Some(u) => format!("user:{}", u.name),
+                None => "anonymous".to_owned(),
+            };
+            st.metrics_auth("refresh_reuse");
+            tracing::warn!(%ip, session = %session_id, "refresh token reused: session revoked");
+            st.audit(event(
+                &actor,
+                ip,
+                "auth.refresh_reuse",
+                &format!("session {session_id}"),
+                "session revoked",
+            ))
+            .await?;
+            let mut resp = Problem::unauthorized(
+                "this refresh token was already used, so the session has been ended; sign in again",
+            )
+            .into_response();
+            clear_session_cookies(resp.headers_mut());
+            return Ok(resp);
+        }
+        Refresh::Rotated {
+            session_id,
+            user_id,
+        } => (session_id, user_id),
+    };
+    let user = st
+        .store
+        .user_by_id(user_id)
+        .await?
+        .ok_or_else(|| Problem::unauthorized("the session has ended; sign in again"))?;
+    token_response(&st, &user, &session_id, new_token, from_cookie)
+}
+
+/// Sign out: ends this session (its refresh tokens stop working, and so do its access
+/// tokens, at once).
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
+    responses(
+        (status = 204, description = "Signed out"),
+        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
+pub async fn logout(State(st): State<AppState>, p: Principal) -> Result<Response, Problem> {
+    st.store
+        .revoke_session(p.user_id, &p.session_id, "logout")
+        .await?;
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    clear_session_cookies(resp.headers_mut());
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; pifleet_refresh_x=no; pifleet_refresh=yes"),
+        );
+        assert_eq!(cookie(&h, REFRESH_COOKIE), Some("yes"));
+        assert_eq!(cookie(&h, CSRF_COOKIE), None);
+    }
+
+    #[test]
+    fn secrets_compare_exactly() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("abc", "abcd"));
+    }
+
+    #[test]
+    fn refresh_tokens_are_random_and_hashed() {
+        let a = new_refresh_token();
+        assert_ne!(a, new_refresh_token());
+        assert!(a.starts_with("pfr1."));
+        assert_eq!(refresh_hash(&a).len(), 64);
+        assert_ne!(refresh_hash(&a), a);
+    }
+}

@@ -1,0 +1,699 @@
+//! Devices: the fleet list with each device's latest sample, one device in full, its latest
+//! sample, downsampled history, labels and revocation. Input is validated here (400, never
+//! a database error); the SQL is in `store/fleet.rs`; labels and revocation run the same code
+//! as the CLI (`admin`).
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use pifleet_shared::DeviceId;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::admin::{self, AdminError};
+use crate::api::AppState;
+use crate::api::extract::{Json, Path, Query};
+use crate::problem::{Problem, ProblemDoc};
+use crate::store::{Labels, now_ms};
+
+/// Most labels a device, token or selector may carry.
+pub const MAX_LABELS: usize = 64;
+/// Longest `q` search text.
+const MAX_SEARCH_LEN: usize = 255;
+/// Longest history range.
+pub const MAX_HISTORY_MS: i64 = 31 * 86_400_000;
+/// History range when none is given.
+pub const DEFAULT_HISTORY_MS: i64 = 3_600_000;
+/// Most history points.
+pub const MAX_POINTS: i64 = 2_000;
+/// Latest time accepted in a query (the last millisecond of year 9999).
+pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
+
+// ---- shapes -------------------------------------------------------------------------------
+
+/// A device's state: revoked wins over the connection state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    Online,
+    Offline,
+    Revoked,
+}
+
+/// Sort key of the device list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceSort {
+    #[default]
+    Id,
+    Hostname,
+    LastSeen,
+    /// CPU % of the latest sample.
+    Cpu,
+    /// Memory in use as a share of the total, latest sample.
+    Memory,
+    /// SoC temperature of the latest sample.
+    Temperature,
+}
+
+/// Sort direction. Devices without a value for the sort key come last either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SortOrder {
+    #[default]
+    Asc,
+    Desc,
+}
+
+/// Filters, order and page of the device list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeviceQuery {
+    /// Case-insensitive substring of the id or hostname.
+    #[param(max_length = 255)]
+    pub q: Option<String>,
+    #[param(inline)]
+    pub status: Option<DeviceStatus>,
+    /// Label selector `k=v[,k=v...]`: every pair must match.
+    pub label: Option<String>,
+    /// Sort key (default `id`).
+    #[param(inline)]
+    pub sort: Option<DeviceSort>,
+    /// Sort direction (default `asc`).
+    #[param(inline)]
+    pub order: Option<SortOrder>,
+    /// Page size, 1–500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<i64>,
+    /// Devices to skip (default 0).
+    #[param(minimum = 0)]
+    pub offset: Option<i64>,
+}
+
+/// A validated [`DeviceQuery`], as the store takes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceFilter {
+    /// Lowercased search text.
+    pub q: Option<String>,
+    pub status: Option<DeviceStatus>,
+    /// Labels that must all match.
+    pub labels: Labels,
+    pub sort: DeviceSort,
+    pub order: SortOrder,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// One device in the fleet list, with its latest sample (absent before the first one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceSummary {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub status: DeviceStatus,
+    pub hostname: Option<String>,
+    /// Raspberry Pi model, when the device has one.
+    pub model: Option<String>,
+    pub agent_version: Option<String>,
+    /// Last message from the device, Unix ms.
+    pub last_seen: Option<i64>,
+    pub enrolled_at: i64,
+    /// CPU busy share, 0–100.
+    pub cpu_pct: Option<f64>,
+    /// Bytes.
+    pub mem_used: Option<i64>,
+    /// Bytes.
+    pub mem_total: Option<i64>,
+    /// SoC temperature, °C.
+    pub temp_c: Option<f64>,
+    /// Raspberry Pi `get_throttled` bits.
+    pub throttled: Option<i64>,
+    /// Bytes used, summed over the sample's filesystems.
+    pub disk_used: Option<u64>,
+    /// Bytes, summed over the sample's filesystems.
+    pub disk_total: Option<u64>,
+    pub uptime_s: Option<i64>,
+}
+
+/// One page of devices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DevicePage {
+    /// Devices matching the filters, over all pages.
+    pub total: i64,
+    pub items: Vec<DeviceSummary>,
+}
+
+/// A certificate issued to a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Certificate {
+    /// Lowercase hex.
+    pub serial: String,
+    pub issued_at: i64,
+    pub not_after: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// Everything about one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceDetail {
+    #[serde(flatten)]
+    pub summary: DeviceSummary,
+    pub os: Option<String>,
+    pub kernel: Option<String>,
+    pub arch: Option<String>,
+    pub first_seen: Option<i64>,
+    pub revoked_at: Option<i64>,
+    /// Sequence number of the newest stored sample.
+    pub last_seq: Option<i64>,
+    /// When the device last said hello (on connect), Unix ms.
+    pub hello_at: Option<i64>,
+    /// Newest first.
+    pub certificates: Vec<Certificate>,
+}
+
+/// Usage of one mounted filesystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DiskUsage {
+    pub mount: String,
+    pub fs: String,
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+}
+
+/// Byte counters of one network interface, since boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NetCounters {
+    pub iface: String,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// One telemetry sample, in full.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TelemetrySample {
+    pub seq: i64,
+    /// Device clock, Unix ms.
+    pub ts: i64,
+    /// Controller clock at commit, Unix ms.
+    pub received_at: i64,
+    pub cpu_pct: f64,
+    pub load1: f64,
+    pub load5: f64,
+    pub load15: f64,
+    pub mem_total: i64,
+    pub mem_used: i64,
+    pub swap_total: i64,
+    pub swap_used: i64,
+    pub temp_c: Option<f64>,
+    pub throttled: Option<i64>,
+    pub uptime_s: i64,
+    /// Samples the device's spool dropped before this one.
+    pub spool_dropped: i64,
+    /// Unacknowledged samples on the device when this one was taken.
+    pub spool_backlog: i64,
+    pub disks: Vec<DiskUsage>,
+    pub nets: Vec<NetCounters>,
+}
+
+/// Range and resolution of a history query.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// Start, Unix ms, inclusive (default: `to` minus one hour).
+    #[param(minimum = 0)]
+    pub from: Option<i64>,
+    /// End, Unix ms, exclusive (default: now). At most 31 days after `from`.
+    #[param(minimum = 0)]
+    pub to: Option<i64>,
+    /// Most points to return, 1–2000 (default 360).
+    #[param(minimum = 1, maximum = 2000)]
+    pub points: Option<i64>,
+}
+
+/// A validated history range: `[from, to)` in buckets of `bucket_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryPlan {
+    pub from: i64,
+    pub to: i64,
+    pub bucket_ms: i64,
+}
+
+/// Aggregates of the samples in one bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HistoryPoint {
+    /// Bucket start, Unix ms (device clock).
+    pub t: i64,
+    /// Samples in the bucket.
+    pub samples: i64,
+    pub cpu_pct_avg: f64,
+    pub cpu_pct_max: f64,
+    pub load1_avg: f64,
+    /// Bytes.
+    pub mem_used_avg: f64,
+    /// Bytes.
+    pub mem_total_max: i64,
+    pub temp_c_avg: Option<f64>,
+    pub temp_c_max: Option<f64>,
+    /// Average over the samples of the bytes used on all filesystems.
+    pub disk_used_avg: f64,
+    /// Largest total size of all filesystems in the bucket, bytes.
+    pub disk_total_max: i64,
+    /// Largest sum of the interfaces' receive counters in the bucket (derive rates from it).
+    pub net_rx_bytes: i64,
+    /// Largest sum of the interfaces' transmit counters in the bucket.
+    pub net_tx_bytes: i64,
+}
+
+/// Downsampled history of one device. Buckets without samples are left out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct History {
+    pub from: i64,
+    pub to: i64,
+    pub bucket_ms: i64,
+    pub points: Vec<HistoryPoint>,
+}
+
+/// New labels for a device; they replace the old ones.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetLabels {
+    /// Keys: 1–63 of `a-z 0-9 _ . - /`; values: up to 255 printable characters; at most 64.
+    pub labels: BTreeMap<String, String>,
+}
+
+// ---- validation shared with the other API modules ------------------------------------------
+
+/// Maps an operator-action error: bad input is 400, an unknown device 404, the rest 500.
+pub(crate) fn admin_problem(e: AdminError) -> Problem {
+    match e {
+        AdminError::Invalid(m) => Problem::bad_request(m),
+        AdminError::NoDevice(id) => Problem::not_found(format!("no device {id}")),
+        other => Problem::internal(&other),
+    }
+}
+
+/// A device id from the request, or 400.
+pub(crate) fn device_id(s: &str) -> Result<DeviceId, Problem> {
+    DeviceId::parse(s).map_err(|e| Problem::bad_request(format!("invalid device id: {e}")))
+}
+
+/// An optional integer parameter within `min..=max`, or 400.
+pub(crate) fn bounded(
+    name: &str,
+    value: Option<i64>,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> Result<i64, Problem> {
+    let v = value.unwrap_or(default);
+    if (min..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(Problem::bad_request(format!(
+            "{name} must be between {min} and {max}"
+        )))
+    }
+}
+
+/// Labels given as a JSON object, checked by the same rules as the CLI's `k=v` labels.
+pub(crate) fn labels_from_map(map: &BTreeMap<String, String>) -> Result<Labels, Problem> {
+    if map.len() > MAX_LABELS {
+        return Err(Problem::bad_request(format!(
+            "at most {MAX_LABELS} labels are allowed"
+        )));
+    }
+    let items: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let labels = admin::parse_labels(&items).map_err(admin_problem)?;
+    // A key holding '=' would be split inside it, so the round trip shows it.
+    if labels != *map {
+        let bad = map
+            .keys()
+            .find(|k| k.contains('='))
+            .map_or("", String::as_str);
+        return Err(Problem::bad_request(format!(
+            "label key {bad:?} must be 1-63 of a-z 0-9 _ . - /"
+        )));
+    }
+    Ok(labels)
+}
+
+/// A label selector `k=v[,k=v...]`.
+pub fn parse_selector(s: &str) -> Result<Labels, Problem> {
+    let items: Vec<String> = s.split(',').map(str::to_owned).collect();
+    if items.len() > MAX_LABELS {
+        return Err(Problem::bad_request(format!(
+            "a selector has at most {MAX_LABELS} pairs"
+        )));
+    }
+    let labels = admin::parse_labels(&items).map_err(admin_problem)?;
+    if labels.len() != items.len() {
+        return Err(Problem::bad_request("a selector names a label key twice"));
+    }
+    Ok(labels)
+}
+
+impl DeviceQuery {
+    /// Checks every parameter.
+    pub fn validate(self) -> Result<DeviceFilter, Problem> {
+        let q = match self.q {
+            Some(q) if q.len() > MAX_SEARCH_LEN => {
+                return Err(Problem::bad_request(format!(
+                    "q must be at most {MAX_SEARCH_LEN} bytes"
+                )));
+            }
+            Some(q) if q.is_empty() => None,
+            Some(q) => Some(q.to_ascii_lowercase()),
+            None => None,
+        };
+        let labels = match self.label.as_deref() {
+            Some(s) => parse_selector(s)?,
+            None => Labels::new(),
+        };
+        Ok(DeviceFilter {
+            q,
+            status: self.status,
+            labels,
+            sort: self.sort.unwrap_or_default(),
+            order: self.order.unwrap_or_default(),
+            limit: bounded("limit", self.limit, 50, 1, 500)?,
+            offset: bounded("offset", self.offset, 0, 0, i64::MAX)?,
+        })
+    }
+}
+
+/// The range and bucket width of a history query at time `now`.
+pub fn plan_history(q: &HistoryQuery, now: i64) -> Result<HistoryPlan, Problem> {
+    let to = q.to.unwrap_or(now);
+    let from = q.from.unwrap_or(to.saturating_sub(DEFAULT_HISTORY_MS));
+    if !(0..=MAX_TIME_MS).contains(&from) || !(0..=MAX_TIME_MS).contains(&to) {
+        return Err(Problem::bad_request(format!(
+            "from and to must be Unix milliseconds between 0 and {MAX_TIME_MS}"
+        )));
+    }
+    if from >= to {
+        return Err(Problem::bad_request("from must be before to"));
+    }
+    let span = to - from;
+    if span > MAX_HISTORY_MS {
+        return Err(Problem::bad_request(
+            "the range from..to must be at most 31 days",
+        ));
+    }
+    let points = bounded("points", q.points, 360, 1, MAX_POINTS)?;
+    Ok(HistoryPlan {
+        from,
+        to,
+        bucket_ms: (span + points - 1) / points,
+    })
+}
+
+fn no_device(id: &str) -> Problem {
+    Problem::not_found(format!("no device {id}"))
+}
+
+// ---- handlers -----------------------------------------------------------------------------
+
+/// Lists devices with their latest sample, filtered, sorted and paged.
+#[utoipa::path(
+    get,
+    operation_id = "list_devices",
+    path = "/api/v1/devices",
+    tag = "devices",
+    params(DeviceQuery),
+    responses(
+        (status = 200, description = "One page of devices", body = DevicePage),
+        (status = "4XX", description = "Invalid query or not permitted", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list(
+    State(st): State<AppState>,
+    Query(q): Query<DeviceQuery>,
+) -> Result<axum::Json<DevicePage>, Problem> {
+    let filter = q.validate()?;
+    Ok(axum::Json(st.store.device_page(&filter).await?))
+}
+
+/// Everything about one device, its certificates included.
+#[utoipa::path(
+    get,
+    operation_id = "show_device",
+    path = "/api/v1/devices/{id}",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 200, description = "The device", body = DeviceDetail),
+        (status = "4XX", description = "Invalid id, unknown device or not permitted", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+pub async fn show(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<DeviceDetail>, Problem> {
+    let id = device_id(&id)?;
+    st.store
+        .device_detail(id.as_str())
+        .await?
+        .map(axum::Json)
+        .ok_or_else(|| no_device(id.as_str()))
+}
+
+/// The device's latest telemetry sample, in full.
+#[utoipa::path(
+    get,
+    operation_id = "device_telemetry",
+    path = "/api/v1/devices/{id}/telemetry",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 200, description = "The latest sample", body = TelemetrySample),
+        (status = "4XX", description = "Invalid id, unknown device, no sample yet or not permitted", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+pub async fn telemetry(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<TelemetrySample>, Problem> {
+    let id = device_id(&id)?;
+    if st.store.device(id.as_str()).await?.is_none() {
+        return Err(no_device(id.as_str()));
+    }
+    st.store
+        .latest_sample(id.as_str())
+        .await?
+        .map(axum::Json)
+        .ok_or_else(|| Problem::not_found(format!("device {id} has sent no telemetry yet")))
+}
+
+/// Downsampled history of one device: aggregates per time bucket, by device time.
+#[utoipa::path(
+    get,
+    operation_id = "device_history",
+    path = "/api/v1/devices/{id}/history",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id"), HistoryQuery),
+    responses(
+        (status = 200, description = "Buckets with data, oldest first", body = History),
+        (status = "4XX", description = "Invalid id or range, unknown device or not permitted", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+pub async fn history(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<axum::Json<History>, Problem> {
+    let id = device_id(&id)?;
+    let plan = plan_history(&q, now_ms())?;
+    if st.store.device(id.as_str()).await?.is_none() {
+        return Err(no_device(id.as_str()));
+    }
+    let points = st.store.device_history(id.as_str(), plan).await?;
+    Ok(axum::Json(History {
+        from: plan.from,
+        to: plan.to,
+        bucket_ms: plan.bucket_ms,
+        points,
+    }))
+}
+
+/// Replaces the device's labels.
+#[utoipa::path(
+    put,
+    operation_id = "set_device_labels",
+    path = "/api/v1/devices/{id}/labels",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    request_body = SetLabels,
+    responses(
+        (status = 200, description = "The device with its new labels", body = DeviceDetail),
+        (status = "4XX", description = "Invalid labels, unknown device or not permitted", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+pub async fn set_labels(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Json(body): Json<SetLabels>,
+) -> Result<axum::Json<DeviceDetail>, Problem> {
+    let id = device_id(&id)?;
+    let labels = labels_from_map(&body.labels)?;
+    if !st.store.set_device_labels(id.as_str(), &labels).await? {
+        return Err(no_device(id.as_str()));
+    }
+    st.store
+        .device_detail(id.as_str())
+        .await?
+        .map(axum::Json)
+        .ok_or_else(|| no_device(id.as_str()))
+}
+
+/// Revokes the device: its certificates go on the CRL and the broker drops it.
+#[utoipa::path(
+    post,
+    operation_id = "revoke_device",
+    path = "/api/v1/devices/{id}/revoke",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = "4XX", description = "Invalid id, unknown or already revoked device, or not permitted", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+pub async fn revoke(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    let id = device_id(&id)?;
+    match st.store.device(id.as_str()).await? {
+        None => return Err(no_device(id.as_str())),
+        Some(d) if d.revoked_at.is_some() => {
+            return Err(Problem::conflict(format!("device {id} is already revoked")));
+        }
+        Some(_) => {}
+    }
+    admin::revoke_device(&st.dd, &st.store, id.as_str())
+        .await
+        .map_err(admin_problem)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(label: Option<&str>, limit: Option<i64>, offset: Option<i64>) -> DeviceQuery {
+        DeviceQuery {
+            label: label.map(str::to_owned),
+            limit,
+            offset,
+            ..DeviceQuery::default()
+        }
+    }
+
+    #[test]
+    fn selectors() {
+        let l = parse_selector("site=lobby,app/v=2").unwrap();
+        assert_eq!(l.len(), 2);
+        assert_eq!(l.get("app/v").map(String::as_str), Some("2"));
+        assert_eq!(
+            parse_selector("k=").unwrap().get("k").map(String::as_str),
+            Some("")
+        );
+        for bad in ["", "k", "site=a,", "Site=a", "a=1,a=2", "k=\u{1}", ",k=v"] {
+            assert!(parse_selector(bad).is_err(), "{bad:?}");
+        }
+        let many = (0..65)
+            .map(|i| format!("k{i}=v"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(parse_selector(&many).is_err());
+    }
+
+    #[test]
+    fn label_maps_use_the_cli_rules() {
+        let ok: BTreeMap<String, String> = [("site".into(), "lobby".into())].into();
+        assert_eq!(labels_from_map(&ok).unwrap(), ok);
+        assert!(labels_from_map(&BTreeMap::new()).unwrap().is_empty());
+        for (k, v) in [("a=b", "c"), ("", "v"), ("K", "v"), ("k", "\n")] {
+            let m: BTreeMap<String, String> = [(k.to_owned(), v.to_owned())].into();
+            let e = labels_from_map(&m).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{k:?}={v:?}");
+        }
+        let big: BTreeMap<String, String> =
+            (0..65).map(|i| (format!("k{i}"), "v".into())).collect();
+        assert!(labels_from_map(&big).is_err());
+    }
+
+    #[test]
+    fn device_query_bounds() {
+        let f = query(None, None, None).validate().unwrap();
+        assert_eq!(
+            (f.limit, f.offset, f.sort, f.order),
+            (50, 0, DeviceSort::Id, SortOrder::Asc)
+        );
+        for (limit, offset) in [
+            (Some(0), None),
+            (Some(501), None),
+            (Some(-1), None),
+            (None, Some(-1)),
+        ] {
+            assert!(
+                query(None, limit, offset).validate().is_err(),
+                "{limit:?} {offset:?}"
+            );
+        }
+        assert!(query(Some("x"), None, None).validate().is_err());
+        let q = DeviceQuery {
+            q: Some("PI-".into()),
+            ..DeviceQuery::default()
+        };
+        assert_eq!(q.validate().unwrap().q.as_deref(), Some("pi-"));
+        let q = DeviceQuery {
+            q: Some("x".repeat(256)),
+            ..DeviceQuery::default()
+        };
+        assert!(q.validate().is_err());
+    }
+
+    fn hq(from: Option<i64>, to: Option<i64>, points: Option<i64>) -> HistoryQuery {
+        HistoryQuery { from, to, points }
+    }
+
+    #[test]
+    fn history_buckets() {
+        let now = 1_700_000_000_000;
+        let p = plan_history(&hq(None, None, None), now).unwrap();
+        assert_eq!((p.from, p.to, p.bucket_ms), (now - 3_600_000, now, 10_000));
+        // Rounds up, so `points` buckets always cover the range.
+        let p = plan_history(&hq(Some(0), Some(1_000), Some(3)), now).unwrap();
+        assert_eq!(p.bucket_ms, 334);
+        let p = plan_history(&hq(Some(0), Some(5), Some(2000)), now).unwrap();
+        assert_eq!(p.bucket_ms, 1);
+        let p = plan_history(&hq(Some(0), Some(MAX_HISTORY_MS), Some(1)), now).unwrap();
+        assert_eq!(p.bucket_ms, MAX_HISTORY_MS);
+        let bad = [
+            hq(Some(10), Some(10), None),
+            hq(Some(11), Some(10), None),
+            hq(Some(0), Some(MAX_HISTORY_MS + 1), None),
+            hq(Some(-1), Some(10), None),
+            hq(None, Some(i64::MIN), None),
+            hq(Some(0), Some(i64::MAX), None),
+            hq(Some(0), Some(10), Some(0)),
+            hq(Some(0), Some(10), Some(2001)),
+            hq(Some(now + 1), None, None),
+        ];
+        for q in bad {
+            assert!(plan_history(&q, now).is_err(), "{q:?}");
+        }
+    }
+}
+#[cfg(test)]
+mod openapi_dump {
+    #[test]
+    fn dump() {
+        let (_, doc) = crate::api::api_routes();
+        std::fs::write(
+            "/tmp/openapi.json",
+            serde_json::to_string_pretty(&doc).unwrap(),
+        )
+        .unwrap();
+    }
+}

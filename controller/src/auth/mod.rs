@@ -1,0 +1,9 @@
+//! Admin authentication: password hashing and policy, TOTP, JWT access tokens and opaque
+//! refresh tokens, roles and the one permission table that decides every route.
+
+pub mod jwt;
+pub mod password;
+pub mod rbac;
+pub mod totp;
+
+pub use rbac::{Permission, Role};

@@ -1,0 +1,240 @@
+//! Roles and the one permission table: every API route is listed here with the permission it
+//! needs and the name it is audited under. The request guard looks routes up in this table
+//! and refuses any route that is missing from it, so a new route cannot be reachable by
+//! accident.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A user's role. Each role includes the rights of the ones before it.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads the fleet, commands and telemetry.
+    Viewer,
+    /// Also sends and cancels commands.
+    Operator,
+    /// Everything: users, enrollment tokens, revocation, labels, settings, audit.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Whether this role may use a route that needs `perm`.
+    pub fn allows(self, perm: Permission) -> bool {
+        match perm {
+            Permission::Public | Permission::Session | Permission::Read => true,
+            Permission::Operate => self >= Role::Operator,
+            Permission::Admin => self == Role::Admin,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "unknown role {other:?}: use viewer, operator or admin"
+            )),
+        }
+    }
+}
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Permission {
+    /// No authentication (login, refresh, device enrollment, the OpenAPI document).
+    Public,
+    /// Any signed-in user, even one who must first change the password or set up MFA.
+    Session,
+    /// Viewer and up.
+    Read,
+    /// Operator and up: send and cancel commands.
+    Operate,
+    /// Admin only.
+    Admin,
+}
+
+/// One API route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub method: &'static str,
+    /// The axum path template, as `MatchedPath` reports it.
+    pub path: &'static str,
+    pub perm: Permission,
+    /// Name in the audit log for mutating routes (and in logs).
+    pub action: &'static str,
+}
+
+const fn r(
+    method: &'static str,
+    path: &'static str,
+    perm: Permission,
+    action: &'static str,
+) -> Route {
+    Route {
+        method,
+        path,
+        perm,
+        action,
+    }
+}
+
+use Permission::{Admin, Operate, Public, Read, Session};
+
+/// Every route under `/api/v1`, and the permission it needs.
+pub const ROUTES: &[Route] = &[
+    r("GET", "/api/v1/openapi.json", Public, "openapi"),
+    r("POST", "/api/v1/enroll", Public, "device.enroll"),
+    r("POST", "/api/v1/auth/login", Public, "auth.login"),
+    r("POST", "/api/v1/auth/login/mfa", Public, "auth.login_mfa"),
+    r("POST", "/api/v1/auth/refresh", Public, "auth.refresh"),
+    r("POST", "/api/v1/auth/logout", Session, "auth.logout"),
+    r("GET", "/api/v1/whoami", Session, "whoami"),
+    r("POST", "/api/v1/me/password", Session, "self.password"),
+    r("POST", "/api/v1/me/mfa", Session, "self.mfa_setup"),
+    r(
+        "POST",
+        "/api/v1/me/mfa/confirm",
+        Session,
+        "self.mfa_confirm",
+    ),
+    r("GET", "/api/v1/me/sessions", Session, "self.sessions"),
+    r(
+        "DELETE",
+        "/api/v1/me/sessions/{id}",
+        Session,
+        "self.session_revoke",
+    ),
+    r("GET", "/api/v1/devices", Read, "device.list"),
+    r("GET", "/api/v1/devices/{id}", Read, "device.show"),
+    r(
+        "GET",
+        "/api/v1/devices/{id}/telemetry",
+        Read,
+        "device.telemetry",
+    ),
+    r(
+        "GET",
+        "/api/v1/devices/{id}/history",
+        Read,
+        "device.history",
+    ),
+    r("PUT", "/api/v1/devices/{id}/labels", Admin, "device.labels"),
+    r(
+        "POST",
+        "/api/v1/devices/{id}/revoke",
+        Admin,
+        "device.revoke",
+    ),
+    r("POST", "/api/v1/commands", Operate, "command.send"),
+    r("GET", "/api/v1/commands", Read, "command.list"),
+    r("GET", "/api/v1/commands/{id}", Read, "command.show"),
+    r(
+        "POST",
+        "/api/v1/commands/{id}/cancel",
+        Operate,
+        "command.cancel",
+    ),
+    r("POST", "/api/v1/tokens", Admin, "token.create"),
+    r("GET", "/api/v1/tokens", Admin, "token.list"),
+    r("DELETE", "/api/v1/tokens/{id}", Admin, "token.revoke"),
+    r("GET", "/api/v1/users", Admin, "user.list"),
+    r("POST", "/api/v1/users", Admin, "user.create"),
+    r("PATCH", "/api/v1/users/{name}", Admin, "user.update"),
+    r("DELETE", "/api/v1/users/{name}", Admin, "user.delete"),
+    r(
+        "POST",
+        "/api/v1/users/{name}/reset-mfa",
+        Admin,
+        "user.reset_mfa",
+    ),
+    r("GET", "/api/v1/settings/security", Admin, "settings.show"),
+    r(
+        "PUT",
+        "/api/v1/settings/security",
+        Admin,
+        "settings.security",
+    ),
+    r("GET", "/api/v1/audit", Admin, "audit.list"),
+    r("GET", "/api/v1/audit/verify", Admin, "audit.verify"),
+];
+
+/// The table entry for a request, if any.
+pub fn route(method: &str, path: &str) -> Option<&'static Route> {
+    ROUTES.iter().find(|r| r.method == method && r.path == path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_include_the_rights_below_them() {
+        use Permission::*;
+        let expect = [
+            (Role::Viewer, [true, true, true, false, false]),
+            (Role::Operator, [true, true, true, true, false]),
+            (Role::Admin, [true, true, true, true, true]),
+        ];
+        for (role, allowed) in expect {
+            for (perm, want) in [Public, Session, Read, Operate, Admin]
+                .into_iter()
+                .zip(allowed)
+            {
+                assert_eq!(role.allows(perm), want, "{role} {perm:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn table_has_no_duplicates_and_roles_parse() {
+        for (i, a) in ROUTES.iter().enumerate() {
+            assert!(
+                !ROUTES[i + 1..]
+                    .iter()
+                    .any(|b| a.method == b.method && a.path == b.path),
+                "duplicate {} {}",
+                a.method,
+                a.path
+            );
+        }
+        for role in Role::ALL {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+        }
+        assert!("root".parse::<Role>().is_err());
+    }
+}

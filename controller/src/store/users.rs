@@ -1,0 +1,653 @@
+//! SQL for admin users, sessions and refresh-token families, failed sign-ins, MFA and the
+//! security settings.
+
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use super::{Store, StoreError, now_ms};
+use crate::api::Principal;
+use crate::auth::Role;
+
+/// A user as stored (the TOTP secrets stay in here; API views are built from it).
+#[derive(Clone)]
+pub struct UserRow {
+    pub id: i64,
+    pub name: String,
+    pub role: Role,
+    pub password_hash: String,
+    pub must_change_password: bool,
+    pub created_at: i64,
+    pub password_changed_at: i64,
+    pub disabled_at: Option<i64>,
+    pub mfa_enabled_at: Option<i64>,
+    pub mfa_secret: Option<Vec<u8>>,
+    pub mfa_pending_secret: Option<Vec<u8>>,
+    pub mfa_last_step: Option<i64>,
+}
+
+impl std::fmt::Debug for UserRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRow")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("disabled_at", &self.disabled_at)
+            .field("mfa_enabled_at", &self.mfa_enabled_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A sign-in session.
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    pub id: String,
+    pub created_at: i64,
+    pub last_used_at: i64,
+    pub expires_at: i64,
+    pub ip: String,
+    pub user_agent: String,
+}
+
+/// What presenting a refresh token led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refresh {
+    /// Unknown token, or its session ended or expired.
+    Invalid,
+    /// The token had already been rotated: its whole session is now revoked.
+    Reused { session_id: String, user_id: i64 },
+    /// Rotated: the new token replaces it.
+    Rotated { session_id: String, user_id: i64 },
+}
+
+/// Why a user change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserChange {
+    #[error("a user named {0} already exists")]
+    Exists(String),
+    #[error("no user {0}")]
+    NoUser(String),
+    #[error("this would leave no enabled admin")]
+    LastAdmin,
+}
+
+/// `SELECT <user columns> FROM users` followed by the rest of a query.
+macro_rules! select_user {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, name, role, password_hash, must_change_password, created_at, ",
+            "password_changed_at, disabled_at, mfa_enabled_at, mfa_secret, mfa_pending_secret, ",
+            "mfa_last_step FROM users ",
+            $rest
+        )
+    };
+}
+
+fn user_row(r: &SqliteRow) -> Result<UserRow, StoreError> {
+    let role: String = r.try_get("role")?;
+    Ok(UserRow {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        // An unknown role in the database gets the least rights.
+        role: role.parse().unwrap_or(Role::Viewer),
+        password_hash: r.try_get("password_hash")?,
+        must_change_password: r.try_get::<i64, _>("must_change_password")? != 0,
+        created_at: r.try_get("created_at")?,
+        password_changed_at: r.try_get("password_changed_at")?,
+        disabled_at: r.try_get("disabled_at")?,
+        mfa_enabled_at: r.try_get("mfa_enabled_at")?,
+        mfa_secret: r.try_get("mfa_secret")?,
+        mfa_pending_secret: r.try_get("mfa_pending_secret")?,
+        mfa_last_step: r.try_get("mfa_last_step")?,
+    })
+}
+
+impl Store {
+    // ---- users -------------------------------------------------------------------------
+
+    /// Creates a user; refuses a taken name.
+    pub async fn create_user(
+        &self,
+        name: &str,
+        role: Role,
+        password_hash: &str,
+        must_change_password: bool,
+    ) -> Result<Result<i64, UserChange>, StoreError> {
+        let now = now_ms();
+        let r = sqlx::query(
+            "INSERT INTO users (name, role, password_hash, must_change_password, created_at, \
+             password_changed_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(role.as_str())
+        .bind(password_hash)
+        .bind(i64::from(must_change_password))
+        .bind(now)
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Ok(Err(UserChange::Exists(name.to_owned())));
+        }
+        Ok(Ok(r.last_insert_rowid()))
+    }
+
+    pub async fn user_by_name(&self, name: &str) -> Result<Option<UserRow>, StoreError> {
+        let r = sqlx::query(select_user!("WHERE name = ?"))
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await?;
+        r.as_ref().map(user_row).transpose()
+    }
+
+    pub async fn user_by_id(&self, id: i64) -> Result<Option<UserRow>, StoreError> {
+        let r = sqlx::query(select_user!("WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        r.as_ref().map(user_row).transpose()
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<UserRow>, StoreError> {
+        let rows = sqlx::query(select_user!("ORDER BY name"))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(user_row).collect()
+    }
+
+    /// Changes role and/or disabled state in one transaction, refusing to leave no enabled
+    /// admin. Disabling ends all the user's sessions.
+    pub async fn update_user(
+        &self,
+        name: &str,
+        role: Option<Role>,
+        disabled: Option<bool>,
+    ) -> Result<Result<UserRow, UserChange>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin().await?;
+        let Some(user) = sqlx::query(select_user!("WHERE name = ?"))
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .as_ref()
+            .map(user_row)
+            .transpose()?
+        else {
+            return Ok(Err(UserChange::NoUser(name.to_owned())));
+        };
+        if let Some(role) = role {
+            sqlx::query("UPDATE users SET role = ? WHERE id = ?")
+                .bind(role.as_str())
+                .bind(user.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        match disabled {
+            Some(true) => {
+                sqlx::query("UPDATE users SET disabled_at = COALESCE(disabled_at, ?) WHERE id = ?")
+                    .bind(now)
+                    .bind(user.id)
+                    .execute(&mut *tx)
+                    .await?;
+                revoke_sessions_where(&mut tx, user.id, None, "user disabled", now).await?;
+            }
+            Some(false) => {
+                sqlx::query("UPDATE users SET disabled_at = NULL WHERE id = ?")
+                    .bind(user.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            None => {}
+        }
+        if user.role == Role::Admin && enabled_admins(&mut tx).await? == 0 {
+            return Ok(Err(UserChange::LastAdmin)); // dropped: rolled back
+        }
+        let updated = sqlx::query(select_user!("WHERE id = ?"))
+            .bind(user.id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let updated = user_row(&updated)?;
+        tx.commit().await?;
+        Ok(Ok(updated))
+    }
+
+    /// Deletes a user (sessions, refresh tokens and recovery codes go with it), refusing to
+    /// leave no enabled admin.
+    pub async fn delete_user(&self, name: &str) -> Result<Result<(), UserChange>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let role: Option<String> =
+            sqlx::query_scalar("DELETE FROM users WHERE name = ? RETURNING role")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(role) = role else {
+            return Ok(Err(UserChange::NoUser(name.to_owned())));
+        };
+        if role == Role::Admin.as_str() && enabled_admins(&mut tx).await? == 0 {
+            return Ok(Err(UserChange::LastAdmin));
+        }
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Sets a new password hash. `keep_session` survives; every other session of the user
+    /// ends (a password change signs out everywhere else).
+    pub async fn set_password(
+        &self,
+        user_id: i64,
+        hash: &str,
+        must_change: bool,
+        keep_session: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "UPDATE users SET password_hash = ?, must_change_password = ?, \
+             password_changed_at = ? WHERE id = ?",
+        )
+        .bind(hash)
+        .bind(i64::from(must_change))
+        .bind(now)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        revoke_sessions_where(&mut tx, user_id, keep_session, "password changed", now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Replaces the stored hash after a sign-in with outdated argon2 parameters.
+    pub async fn rehash_password(&self, user_id: i64, hash: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
+            .bind(hash)
+            .bind(user_id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    // ---- failed sign-ins ---------------------------------------------------------------
+
+    /// Failures for `name` since `since`: how many, and the oldest one's time.
+    pub async fn failures_since(
+        &self,
+        name: &str,
+        since: i64,
+    ) -> Result<(u32, Option<i64>), StoreError> {
+        let r = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(at) AS oldest FROM auth_failures WHERE name = ? AND at >= ?",
+        )
+        .bind(name)
+        .bind(since)
+        .fetch_one(&self.writer)
+        .await?;
+        let n: i64 = r.try_get("n")?;
+        Ok((u32::try_from(n).unwrap_or(u32::MAX), r.try_get("oldest")?))
+    }
+
+    /// Records a failure; drops failures older than `prune_before` (for every name).
+    pub async fn add_failure(&self, name: &str, prune_before: i64) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("DELETE FROM auth_failures WHERE at < ?")
+            .bind(prune_before)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO auth_failures (name, at) VALUES (?, ?)")
+            .bind(name)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn clear_failures(&self, name: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM auth_failures WHERE name = ?")
+            .bind(name)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    // ---- sessions and refresh tokens ---------------------------------------------------
+
+    /// Starts a session with its first refresh token.
+    pub async fn create_session(
+        &self,
+        session_id: &str,
+        user_id: i64,
+        ip: &str,
+        user_agent: &str,
+        expires_at: i64,
+        refresh_hash: &str,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at, ip, \
+             user_agent) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(session_id)
+        .bind(user_id)
+        .bind(now)
+        .bind(now)
+        .bind(expires_at)
+        .bind(ip)
+        .bind(user_agent)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES (?, ?, ?)")
+            .bind(refresh_hash)
+            .bind(session_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Rotates a refresh token: an unused token of a live session is marked used and
+    /// `new_hash` issued in its place; a token that was already used revokes its session
+    /// (the family) — someone else holds a copy.
+    pub async fn rotate_refresh(
+        &self,
+        old_hash: &str,
+        new_hash: &str,
+        ip: &str,
+    ) -> Result<Refresh, StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin().await?;
+        let Some(r) = sqlx::query(
+            "SELECT t.used_at, s.id AS sid, s.user_id, s.revoked_at, s.expires_at, u.disabled_at \
+             FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id \
+             JOIN users u ON u.id = s.user_id WHERE t.hash = ?",
+        )
+        .bind(old_hash)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(Refresh::Invalid);
+        };
+        let session_id: String = r.try_get("sid")?;
+        let user_id: i64 = r.try_get("user_id")?;
+        let used: Option<i64> = r.try_get("used_at")?;
+        let revoked: Option<i64> = r.try_get("revoked_at")?;
+        let expires: i64 = r.try_get("expires_at")?;
+        let disabled: Option<i64> = r.try_get("disabled_at")?;
+        if used.is_some() {
+            if revoked.is_none() {
+                sqlx::query(
+                    "UPDATE sessions SET revoked_at = ?, revoke_reason = 'refresh token reuse' \
+                     WHERE id = ?",
+                )
+                .bind(now)
+                .bind(&session_id)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+            }
+            return Ok(Refresh::Reused {
+                session_id,
+                user_id,
+            });
+        }
+        if revoked.is_some() || expires <= now || disabled.is_some() {
+            return Ok(Refresh::Invalid);
+        }
+        sqlx::query("UPDATE refresh_tokens SET used_at = ? WHERE hash = ?")
+            .bind(now)
+            .bind(old_hash)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES (?, ?, ?)")
+            .bind(new_hash)
+            .bind(&session_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE sessions SET last_used_at = ?, ip = ? WHERE id = ?")
+            .bind(now)
+            .bind(ip)
+            .bind(&session_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Refresh::Rotated {
+            session_id,
+            user_id,
+        })
+    }
+
+    /// The principal of a live session of an enabled user, read fresh on every request.
+    pub async fn session_principal(
+        &self,
+        session_id: &str,
+        user_id: i64,
+        now: i64,
+    ) -> Result<Option<Principal>, StoreError> {
+        let r = sqlx::query(
+            "SELECT u.name, u.role, u.must_change_password, u.mfa_enabled_at FROM sessions s \
+             JOIN users u ON u.id = s.user_id WHERE s.id = ? AND s.user_id = ? \
+             AND s.revoked_at IS NULL AND s.expires_at > ? AND u.disabled_at IS NULL",
+        )
+        .bind(session_id)
+        .bind(user_id)
+        .bind(now)
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(r) = r else { return Ok(None) };
+        let role: String = r.try_get("role")?;
+        Ok(Some(Principal {
+            user_id,
+            name: r.try_get("name")?,
+            role: role.parse().unwrap_or(Role::Viewer),
+            session_id: session_id.to_owned(),
+            mfa_enabled: r.try_get::<Option<i64>, _>("mfa_enabled_at")?.is_some(),
+            must_change_password: r.try_get::<i64, _>("must_change_password")? != 0,
+        }))
+    }
+
+    /// Ends one session of a user. False if there is no such live session.
+    pub async fn revoke_session(
+        &self,
+        user_id: i64,
+        session_id: &str,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE sessions SET revoked_at = ?, revoke_reason = ? \
+             WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(reason)
+        .bind(session_id)
+        .bind(user_id)
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// The user's live sessions, newest first.
+    pub async fn list_sessions(&self, user_id: i64) -> Result<Vec<SessionRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, created_at, last_used_at, expires_at, ip, user_agent FROM sessions \
+             WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ? \
+             ORDER BY created_at DESC",
+        )
+        .bind(user_id)
+        .bind(now_ms())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SessionRow {
+                    id: r.try_get("id")?,
+                    created_at: r.try_get("created_at")?,
+                    last_used_at: r.try_get("last_used_at")?,
+                    expires_at: r.try_get("expires_at")?,
+                    ip: r.try_get("ip")?,
+                    user_agent: r.try_get("user_agent")?,
+                })
+            })
+            .collect()
+    }
+
+    // ---- MFA ---------------------------------------------------------------------------
+
+    /// Starts TOTP enrolment with a secret that is not active until confirmed.
+    pub async fn set_mfa_pending(&self, user_id: i64, secret: &[u8]) -> Result<(), StoreError> {
+        sqlx::query("UPDATE users SET mfa_pending_secret = ? WHERE id = ?")
+            .bind(secret)
+            .bind(user_id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Activates the pending secret, records the step used, and replaces the recovery codes.
+    pub async fn confirm_mfa(
+        &self,
+        user_id: i64,
+        step: i64,
+        recovery_hashes: &[String],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let r = sqlx::query(
+            "UPDATE users SET mfa_secret = mfa_pending_secret, mfa_pending_secret = NULL, \
+             mfa_enabled_at = ?, mfa_last_step = ? \
+             WHERE id = ? AND mfa_pending_secret IS NOT NULL AND mfa_enabled_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(step)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM recovery_codes WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        for h in recovery_hashes {
+            sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES (?, ?)")
+                .bind(user_id)
+                .bind(h)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Records a TOTP step as used; false if that step (or a later one) was already used,
+    /// so one code cannot be replayed, even by two concurrent requests.
+    pub async fn use_mfa_step(&self, user_id: i64, step: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE users SET mfa_last_step = ? \
+             WHERE id = ? AND (mfa_last_step IS NULL OR mfa_last_step < ?)",
+        )
+        .bind(step)
+        .bind(user_id)
+        .bind(step)
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Spends a recovery code; false if it is unknown or already used.
+    pub async fn use_recovery_code(&self, user_id: i64, hash: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE recovery_codes SET used_at = ? \
+             WHERE user_id = ? AND code_hash = ? AND used_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(user_id)
+        .bind(hash)
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Unused recovery codes left.
+    pub async fn recovery_codes_left(&self, user_id: i64) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM recovery_codes WHERE user_id = ? AND used_at IS NULL",
+        )
+        .bind(user_id)
+        .fetch_one(&self.reader)
+        .await?)
+    }
+
+    /// Turns MFA off for a user (admin reset). False for an unknown user.
+    pub async fn reset_mfa(&self, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let r = sqlx::query(
+            "UPDATE users SET mfa_secret = NULL, mfa_pending_secret = NULL, mfa_enabled_at = NULL, \
+             mfa_last_step = NULL WHERE name = ?",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM recovery_codes WHERE user_id = (SELECT id FROM users WHERE name = ?)",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    // ---- settings ----------------------------------------------------------------------
+
+    /// Roles whose users must use MFA.
+    pub async fn mfa_required_roles(&self) -> Result<Vec<Role>, StoreError> {
+        let v: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'mfa_required_roles'")
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(match v {
+            Some(v) => serde_json::from_str(&v)?,
+            None => Vec::new(),
+        })
+    }
+
+    pub async fn set_mfa_required_roles(&self, roles: &[Role]) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('mfa_required_roles', ?) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(serde_json::to_string(roles)?)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+}
+
+async fn enabled_admins(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled_at IS NULL",
+    )
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+async fn revoke_sessions_where(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    user_id: i64,
+    keep: Option<&str>,
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE sessions SET revoked_at = ?, revoke_reason = ? \
+         WHERE user_id = ? AND revoked_at IS NULL AND id IS NOT ?",
+    )
+    .bind(now)
+    .bind(reason)
+    .bind(user_id)
+    .bind(keep)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
