@@ -95,7 +95,7 @@ pub struct TokenResponse {
 }
 
 /// The lockout key of a user name: case-insensitive, bounded.
-fn name_key(name: &str) -> String {
+pub(super) fn name_key(name: &str) -> String {
     name.trim().to_lowercase().chars().take(128).collect()
 }
 
@@ -125,7 +125,7 @@ fn new_refresh_token() -> String {
 }
 
 /// Seconds until the account `key` unlocks, if it is locked now.
-async fn locked_for(st: &ApiState, key: &str) -> Result<Option<u64>, Problem> {
+pub(super) async fn locked_for(st: &ApiState, key: &str) -> Result<Option<u64>, Problem> {
     let window_ms = st.cfg.auth.lockout_window_s.saturating_mul(1000);
     let now = now_ms();
     let (n, oldest) = st.store.failures_since(key, now - window_ms).await?;
@@ -140,7 +140,7 @@ async fn locked_for(st: &ApiState, key: &str) -> Result<Option<u64>, Problem> {
     ))
 }
 
-fn locked_problem(secs: u64) -> Problem {
+pub(super) fn locked_problem(secs: u64) -> Problem {
     Problem::new(
         StatusCode::LOCKED,
         "too many failed sign-ins: this account is locked for now",
@@ -526,6 +526,7 @@ pub async fn refresh(
         Refresh::Reused {
             session_id,
             user_id,
+            revoked_now,
         } => {
             let actor = match st.store.user_by_id(user_id).await? {
                 Some(u) => format!("user:{}", u.name),
@@ -538,7 +539,11 @@ pub async fn refresh(
                 ip,
                 "auth.refresh_reuse",
                 &format!("session {session_id}"),
-                "session revoked",
+                if revoked_now {
+                    "session revoked"
+                } else {
+                    "session already ended"
+                },
             ))
             .await?;
             let mut resp = Problem::unauthorized(

@@ -468,7 +468,7 @@ pub async fn list(
     operation_id = "show_command",
     path = "/api/v1/commands/{id}",
     tag = "commands",
-    params(("id" = String, Path, description = "Command id, 32 lowercase hex digits")),
+    params(("id" = String, Path, description = "Command id, 32 lowercase hex digits", pattern = r"^[0-9a-f]{32}$")),
     responses(
         (status = 200, description = "The command", body = CommandDetail),
         (status = "4XX", description = "Invalid id, unknown command or not permitted", body = ProblemDoc, content_type = "application/problem+json"),
@@ -500,7 +500,7 @@ pub async fn show(
     operation_id = "cancel_command",
     path = "/api/v1/commands/{id}/cancel",
     tag = "commands",
-    params(("id" = String, Path, description = "Command id, 32 lowercase hex digits")),
+    params(("id" = String, Path, description = "Command id, 32 lowercase hex digits", pattern = r"^[0-9a-f]{32}$")),
     responses(
         (status = 200, description = "Cancelled", body = Cancelled),
         (status = "4XX", description = "Invalid id, unknown command, already past the queue, or not permitted", body = ProblemDoc, content_type = "application/problem+json"),
@@ -511,6 +511,15 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Cancelled>, Problem> {
     let id = command_id(&id)?;
+    // The store answers `Cancelled` both for a command it cancels now and for one that was
+    // cancelled before; cancelling twice is a conflict like any other state past the queue.
+    if let Some(c) = st.store.command(&id).await?
+        && c.status == Status::Cancelled.as_str()
+    {
+        return Err(Problem::conflict(format!(
+            "command {id} is already cancelled"
+        )));
+    }
     match st.store.cancel_command(&id).await? {
         None => Err(Problem::not_found(format!("no command {id}"))),
         Some(Status::Cancelled) => Ok(axum::Json(Cancelled {

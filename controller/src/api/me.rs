@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::auth::{locked_for, locked_problem, name_key};
 use super::extract::{ClientIp, Json, Path, Principal};
 use super::{AppState, event};
 use crate::auth::{Role, password, totp};
@@ -70,6 +71,7 @@ pub struct PasswordChange {
         (status = 204, description = "Changed"),
         (status = 400, description = "The new password does not meet the policy", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "The current password is wrong", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 423, description = "Locked after repeated wrong passwords (here or at sign-in); see Retry-After", body = ProblemDoc, content_type = "application/problem+json"),
         (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn change_password(
@@ -83,6 +85,12 @@ pub async fn change_password(
         .user_by_id(p.user_id)
         .await?
         .ok_or_else(|| Problem::unauthorized("the session has ended; sign in again"))?;
+    // Guesses of the current password count like failed sign-ins, so a stolen access token
+    // cannot be used to try passwords without limit.
+    let key = name_key(&user.name);
+    if let Some(secs) = locked_for(&st, &key).await? {
+        return Err(locked_problem(secs));
+    }
     let stored = user.password_hash.clone();
     let current = req.current_password.clone();
     let st2 = st.clone();
@@ -90,9 +98,14 @@ pub async fn change_password(
         .await
         .unwrap_or(false);
     if !ok {
-        let key = user.name.clone();
         let window_ms = st.cfg.auth.lockout_window_s.saturating_mul(1000);
         st.store.add_failure(&key, now_ms() - window_ms).await?;
+        if locked_for(&st, &key).await?.is_some() {
+            st.metrics_auth("lockout");
+            let actor = format!("user:{}", user.name);
+            st.audit(event(&actor, ip, "auth.lockout", &key, "locked"))
+                .await?;
+        }
         return Err(Problem::forbidden("the current password is wrong"));
     }
     if req.new_password == req.current_password {

@@ -17,7 +17,6 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -236,6 +235,7 @@ pub fn app(state: AppState) -> Router {
         })
         .with_state(state.clone())
         .layer(DefaultBodyLimit::max(https.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn_with_state(state.clone(), client_ip));
     if !https.cors_origins.is_empty() {
         let origins: Vec<HeaderValue> = https
@@ -263,10 +263,7 @@ pub fn app(state: AppState) -> Router {
         );
     }
     router = router
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(https.request_timeout_s),
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), deadline))
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a request handler panicked");
             Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
@@ -311,6 +308,20 @@ fn security_headers(mut router: Router) -> Router {
     ))
 }
 
+/// Answers 408 (as a problem document) when a request takes longer than
+/// `https.request_timeout_s`.
+async fn deadline(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = Duration::from_secs(st.cfg.https.request_timeout_s);
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request took too long and was abandoned",
+        )
+        .into_response(),
+    }
+}
+
 async fn healthz() -> &'static str {
     "ok"
 }
@@ -323,6 +334,54 @@ async fn readyz(State(st): State<AppState>) -> Response {
             Problem::new(StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
         }
     }
+}
+
+/// Reads the whole request body (at most `https.max_body_bytes`) before the guard or a
+/// handler sees the request. An answer sent while part of the body is still unread (a 401
+/// from the guard, say) makes hyper close the connection without `Connection: close`, so a
+/// keep-alive client that reuses it gets a reset instead of its next answer, and a client
+/// still sending gets a broken connection instead of the answer. A body over the limit is
+/// refused here with 413 and `Connection: close`, without reading the rest.
+async fn read_body(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    use futures_util::StreamExt;
+    let limit = st.cfg.https.max_body_bytes;
+    let too_large = || {
+        let mut resp = Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {limit} bytes"),
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large();
+    }
+    let (parts, body) = req.into_parts();
+    let mut stream = body.into_data_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(data) if buf.len().saturating_add(data.len()) > limit => return too_large(),
+            Ok(data) => buf.extend_from_slice(&data),
+            Err(e) => {
+                tracing::debug!(error = %e, "request body unreadable");
+                let mut resp =
+                    Problem::bad_request("the request body could not be read").into_response();
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return resp;
+            }
+        }
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(buf)))
+        .await
 }
 
 /// Works out the client address (trusted proxies only) and puts it in the request.

@@ -25,7 +25,8 @@ const DEFAULT_TTL_S: u64 = 3_600;
 pub struct CreateToken {
     /// Lifetime in seconds (default 3600; at most `enrollment.max_token_ttl_s`).
     pub ttl_s: Option<u64>,
-    /// Device id the enrolling device gets (otherwise the id it proposes).
+    /// Device id the enrolling device gets (otherwise the id it proposes); the device must
+    /// propose this id (`enroll_command` passes it as `--device-id`).
     pub name: Option<String>,
     /// Labels the device starts with.
     pub labels: Option<BTreeMap<String, String>>,
@@ -39,7 +40,7 @@ pub struct CreatedToken {
     /// The secret token to give the device.
     pub token: String,
     pub expires_at: i64,
-    /// The command to run on the device.
+    /// The command to run on the device (with `--device-id` when the token names one).
     pub enroll_command: String,
 }
 
@@ -129,8 +130,16 @@ fn controller_authority(host: Option<&str>) -> Option<String> {
     }
 }
 
-fn enroll_command(authority: &str, token: &str) -> String {
-    format!("pifleet-agent enroll --controller https://{authority} --token {token}")
+/// The device must propose the token's name, if it has one: the controller refuses a CSR
+/// for any other id, and without `--device-id` the agent proposes its hostname.
+fn enroll_command(authority: &str, token: &str, name: Option<&str>) -> String {
+    let mut cmd = format!("pifleet-agent enroll --controller https://{authority} --token {token}");
+    if let Some(name) = name {
+        // A validated device id: a-z 0-9 and '-', safe in a shell command as is.
+        cmd.push_str(" --device-id ");
+        cmd.push_str(name);
+    }
+    cmd
 }
 
 /// Creates a single-use enrollment token.
@@ -175,7 +184,7 @@ pub async fn create(
     Ok((
         StatusCode::CREATED,
         axum::Json(CreatedToken {
-            enroll_command: enroll_command(&authority, &token),
+            enroll_command: enroll_command(&authority, &token, name.as_ref().map(|n| n.as_str())),
             id: created.id,
             token,
             expires_at: created.expires_at_ms,
@@ -221,7 +230,7 @@ pub async fn list(State(st): State<AppState>) -> Result<axum::Json<Vec<TokenInfo
     operation_id = "revoke_token",
     path = "/api/v1/tokens/{id}",
     tag = "tokens",
-    params(("id" = String, Path, description = "Token id, 12 lowercase hex digits")),
+    params(("id" = String, Path, description = "Token id, 12 lowercase hex digits", pattern = r"^[0-9a-f]{12}$")),
     responses(
         (status = 204, description = "Revoked"),
         (status = "4XX", description = "Invalid id, no unused token with this id, or not permitted", body = ProblemDoc, content_type = "application/problem+json"),
@@ -275,8 +284,12 @@ mod tests {
             assert_eq!(controller_authority(host).as_deref(), want, "{host:?}");
         }
         assert_eq!(
-            enroll_command("h:1", "tok"),
+            enroll_command("h:1", "tok", None),
             "pifleet-agent enroll --controller https://h:1 --token tok"
+        );
+        assert_eq!(
+            enroll_command("h:1", "tok", Some("pi-7")),
+            "pifleet-agent enroll --controller https://h:1 --token tok --device-id pi-7"
         );
     }
 

@@ -7,11 +7,11 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{CommandRow, Labels, Store, StoreError};
+use crate::api::audit::AuditFilter;
 use crate::api::devices::{
     Certificate, DeviceDetail, DeviceFilter, DevicePage, DeviceSort, DeviceStatus, DeviceSummary,
     DiskUsage, HistoryPlan, HistoryPoint, SortOrder, TelemetrySample,
 };
-use crate::api::audit::AuditFilter;
 use crate::audit::Entry;
 use crate::lifecycle::Status;
 
@@ -163,10 +163,7 @@ impl Store {
     pub async fn device_page(&self, f: &DeviceFilter) -> Result<DevicePage, StoreError> {
         let mut count: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT COUNT(*) FROM devices d");
         push_device_filter(&mut count, f);
-        let total: i64 = count
-            .build_query_scalar()
-            .fetch_one(&self.reader)
-            .await?;
+        let total: i64 = count.build_query_scalar().fetch_one(&self.reader).await?;
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
         qb.push(SUMMARY_COLUMNS).push(SUMMARY_FROM);
         push_device_filter(&mut qb, f);
@@ -332,10 +329,7 @@ impl Store {
     ) -> Result<(i64, Vec<CommandRow>), StoreError> {
         let mut count: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT COUNT(*) FROM commands");
         push_command_filter(&mut count, device, status);
-        let total: i64 = count
-            .build_query_scalar()
-            .fetch_one(&self.reader)
-            .await?;
+        let total: i64 = count.build_query_scalar().fetch_one(&self.reader).await?;
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
         qb.push(COMMAND_COLUMNS).push(" FROM commands");
         push_command_filter(&mut qb, device, status);
@@ -500,11 +494,23 @@ mod tests {
     /// pi-a online (cpu 10, mem 900), pi-b offline (cpu 90, mem 100), pi-c revoked, no
     /// samples, pi-d offline without samples.
     async fn fleet(s: &Store) {
-        add_device(s, "pi-a", r#"{"site":"lobby","tier":"1"}"#, Some("Kiosk-A"), true).await;
+        add_device(
+            s,
+            "pi-a",
+            r#"{"site":"lobby","tier":"1"}"#,
+            Some("Kiosk-A"),
+            true,
+        )
+        .await;
         add_device(s, "pi-b", r#"{"site":"lobby"}"#, Some("sign-b"), false).await;
         add_device(s, "pi-c", r#"{"site":"lab"}"#, None, false).await;
         add_device(s, "pi-d", "{}", Some("d"), false).await;
-        telemetry(s, "pi-a", vec![sample(1, 5_000, 5.0, 100), sample(2, 6_000, 10.0, 900)]).await;
+        telemetry(
+            s,
+            "pi-a",
+            vec![sample(1, 5_000, 5.0, 100), sample(2, 6_000, 10.0, 900)],
+        )
+        .await;
         telemetry(s, "pi-b", vec![sample(7, 5_000, 90.0, 100)]).await;
         assert!(s.revoke_device("pi-c").await.unwrap());
     }
@@ -520,21 +526,72 @@ mod tests {
         let p = s.device_page(&filter()).await.unwrap();
         let a = &p.items[0];
         assert_eq!(a.status, DeviceStatus::Online);
-        assert_eq!((a.cpu_pct, a.mem_used, a.mem_total), (Some(10.0), Some(900), Some(1_000)));
-        assert_eq!((a.disk_used, a.disk_total, a.uptime_s), (Some(42), Some(110), Some(60)));
+        assert_eq!(
+            (a.cpu_pct, a.mem_used, a.mem_total),
+            (Some(10.0), Some(900), Some(1_000))
+        );
+        assert_eq!(
+            (a.disk_used, a.disk_total, a.uptime_s),
+            (Some(42), Some(110), Some(60))
+        );
         assert_eq!(a.labels.get("site").map(String::as_str), Some("lobby"));
         assert_eq!(p.items[2].status, DeviceStatus::Revoked);
         assert_eq!((p.items[3].cpu_pct, p.items[3].disk_used), (None, None));
 
         let cases: Vec<(DeviceFilter, i64, Vec<&str>)> = vec![
-            (DeviceFilter { q: Some("kiosk".into()), ..filter() }, 1, vec!["pi-a"]),
-            (DeviceFilter { q: Some("pi-".into()), ..filter() }, 4, vec!["pi-a", "pi-b", "pi-c", "pi-d"]),
-            (DeviceFilter { q: Some("%".into()), ..filter() }, 0, vec![]),
-            (DeviceFilter { status: Some(DeviceStatus::Online), ..filter() }, 1, vec!["pi-a"]),
-            (DeviceFilter { status: Some(DeviceStatus::Offline), ..filter() }, 2, vec!["pi-b", "pi-d"]),
-            (DeviceFilter { status: Some(DeviceStatus::Revoked), ..filter() }, 1, vec!["pi-c"]),
             (
-                DeviceFilter { labels: [("site".into(), "lobby".into())].into(), ..filter() },
+                DeviceFilter {
+                    q: Some("kiosk".into()),
+                    ..filter()
+                },
+                1,
+                vec!["pi-a"],
+            ),
+            (
+                DeviceFilter {
+                    q: Some("pi-".into()),
+                    ..filter()
+                },
+                4,
+                vec!["pi-a", "pi-b", "pi-c", "pi-d"],
+            ),
+            (
+                DeviceFilter {
+                    q: Some("%".into()),
+                    ..filter()
+                },
+                0,
+                vec![],
+            ),
+            (
+                DeviceFilter {
+                    status: Some(DeviceStatus::Online),
+                    ..filter()
+                },
+                1,
+                vec!["pi-a"],
+            ),
+            (
+                DeviceFilter {
+                    status: Some(DeviceStatus::Offline),
+                    ..filter()
+                },
+                2,
+                vec!["pi-b", "pi-d"],
+            ),
+            (
+                DeviceFilter {
+                    status: Some(DeviceStatus::Revoked),
+                    ..filter()
+                },
+                1,
+                vec!["pi-c"],
+            ),
+            (
+                DeviceFilter {
+                    labels: [("site".into(), "lobby".into())].into(),
+                    ..filter()
+                },
                 2,
                 vec!["pi-a", "pi-b"],
             ),
@@ -547,32 +604,73 @@ mod tests {
                 vec!["pi-a"],
             ),
             (
-                DeviceFilter { labels: [("site".into(), "x' OR 1=1 --".into())].into(), ..filter() },
+                DeviceFilter {
+                    labels: [("site".into(), "x' OR 1=1 --".into())].into(),
+                    ..filter()
+                },
                 0,
                 vec![],
             ),
             (
-                DeviceFilter { sort: DeviceSort::Cpu, order: SortOrder::Desc, ..filter() },
+                DeviceFilter {
+                    sort: DeviceSort::Cpu,
+                    order: SortOrder::Desc,
+                    ..filter()
+                },
                 4,
                 vec!["pi-b", "pi-a", "pi-d", "pi-c"],
             ),
-            (DeviceFilter { sort: DeviceSort::Cpu, ..filter() }, 4, vec!["pi-a", "pi-b", "pi-c", "pi-d"]),
             (
-                DeviceFilter { sort: DeviceSort::Memory, order: SortOrder::Desc, ..filter() },
+                DeviceFilter {
+                    sort: DeviceSort::Cpu,
+                    ..filter()
+                },
+                4,
+                vec!["pi-a", "pi-b", "pi-c", "pi-d"],
+            ),
+            (
+                DeviceFilter {
+                    sort: DeviceSort::Memory,
+                    order: SortOrder::Desc,
+                    ..filter()
+                },
                 4,
                 vec!["pi-a", "pi-b", "pi-d", "pi-c"],
             ),
             (
-                DeviceFilter { sort: DeviceSort::Hostname, ..filter() },
+                DeviceFilter {
+                    sort: DeviceSort::Hostname,
+                    ..filter()
+                },
                 4,
                 vec!["pi-a", "pi-d", "pi-b", "pi-c"],
             ),
-            (DeviceFilter { limit: 2, offset: 1, ..filter() }, 4, vec!["pi-b", "pi-c"]),
-            (DeviceFilter { limit: 2, offset: i64::MAX, ..filter() }, 4, vec![]),
+            (
+                DeviceFilter {
+                    limit: 2,
+                    offset: 1,
+                    ..filter()
+                },
+                4,
+                vec!["pi-b", "pi-c"],
+            ),
+            (
+                DeviceFilter {
+                    limit: 2,
+                    offset: i64::MAX,
+                    ..filter()
+                },
+                4,
+                vec![],
+            ),
         ];
         for (f, want_total, want) in cases {
             let (total, got) = ids(&s, &f).await;
-            assert_eq!((total, got), (want_total, want.iter().map(|s| s.to_string()).collect()), "{f:?}");
+            assert_eq!(
+                (total, got),
+                (want_total, want.iter().map(|s| s.to_string()).collect()),
+                "{f:?}"
+            );
         }
         // Every sort key and direction runs.
         for sort in [
@@ -584,7 +682,19 @@ mod tests {
             DeviceSort::Temperature,
         ] {
             for order in [SortOrder::Asc, SortOrder::Desc] {
-                assert_eq!(ids(&s, &DeviceFilter { sort, order, ..filter() }).await.0, 4);
+                assert_eq!(
+                    ids(
+                        &s,
+                        &DeviceFilter {
+                            sort,
+                            order,
+                            ..filter()
+                        }
+                    )
+                    .await
+                    .0,
+                    4
+                );
             }
         }
     }
@@ -614,7 +724,10 @@ mod tests {
         assert_eq!((t.seq, t.ts, t.cpu_pct, t.mem_used), (2, 6_000, 10.0, 900));
         assert_eq!(t.disks.len(), 2);
         assert_eq!(t.disks[0].mount, "/");
-        assert_eq!((t.nets[0].iface.as_str(), t.nets[0].rx_bytes), ("eth0", 200));
+        assert_eq!(
+            (t.nets[0].iface.as_str(), t.nets[0].rx_bytes),
+            ("eth0", 200)
+        );
         assert_eq!(t.temp_c, Some(50.0));
         assert!(s.latest_sample("pi-d").await.unwrap().is_none());
 
@@ -624,7 +737,10 @@ mod tests {
         let d = s.device_detail("pi-a").await.unwrap().unwrap();
         assert_eq!(d.summary.labels, labels);
         // The selector sees the new labels.
-        let f = DeviceFilter { labels: labels.clone(), ..filter() };
+        let f = DeviceFilter {
+            labels: labels.clone(),
+            ..filter()
+        };
         assert_eq!(ids(&s, &f).await.1, ["pi-a"]);
     }
 
@@ -635,7 +751,12 @@ mod tests {
         // Samples at 0,1,…,9 s with cpu = seq; the one at 9 s is outside [0, 9000).
         let samples = (0..10)
             .map(|i| {
-                let mut x = sample(i + 1, 1_000_000 + 1_000 * i64::try_from(i).unwrap(), i as f32, 100 * i);
+                let mut x = sample(
+                    i + 1,
+                    1_000_000 + 1_000 * i64::try_from(i).unwrap(),
+                    i as f32,
+                    100 * i,
+                );
                 if i == 4 {
                     x.temp_c = None;
                 }
@@ -643,7 +764,11 @@ mod tests {
             })
             .collect();
         telemetry(&s, "pi-a", samples).await;
-        let plan = HistoryPlan { from: 1_000_000, to: 1_009_000, bucket_ms: 3_000 };
+        let plan = HistoryPlan {
+            from: 1_000_000,
+            to: 1_009_000,
+            bucket_ms: 3_000,
+        };
         let pts = s.device_history("pi-a", plan).await.unwrap();
         assert_eq!(pts.len(), 3);
         let t: Vec<i64> = pts.iter().map(|p| p.t).collect();
@@ -657,9 +782,17 @@ mod tests {
         // Largest per-sample sum over interfaces: seq 6 → 600 + 1 and 60 + 1.
         assert_eq!((p.net_rx_bytes, p.net_tx_bytes), (601, 61));
         // A gap leaves the bucket out; other devices and ranges are not mixed in.
-        let plan = HistoryPlan { from: 0, to: 1_000_000, bucket_ms: 1_000 };
+        let plan = HistoryPlan {
+            from: 0,
+            to: 1_000_000,
+            bucket_ms: 1_000,
+        };
         assert!(s.device_history("pi-a", plan).await.unwrap().is_empty());
-        let plan = HistoryPlan { from: 1_000_000, to: 1_009_000, bucket_ms: 1 };
+        let plan = HistoryPlan {
+            from: 1_000_000,
+            to: 1_009_000,
+            bucket_ms: 1,
+        };
         assert_eq!(s.device_history("pi-b", plan).await.unwrap().len(), 0);
         assert_eq!(s.device_history("pi-a", plan).await.unwrap().len(), 9);
     }
@@ -691,14 +824,26 @@ mod tests {
         assert_eq!(total, 3);
         let got: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(got, [id(2), id(1), id(0)]);
-        assert!(rows.iter().all(|r| r.stdout.is_none() && r.stderr.is_none()));
+        assert!(
+            rows.iter()
+                .all(|r| r.stdout.is_none() && r.stderr.is_none())
+        );
         assert_eq!(rows[0].parsed_action().unwrap(), Action::Ping);
         let (total, rows) = s.command_page(Some("pi-a"), None, 1, 1).await.unwrap();
         assert_eq!((total, rows.len(), rows[0].id.clone()), (2, 1, id(0)));
-        assert_eq!(s.cancel_command(&id(1)).await.unwrap(), Some(Status::Cancelled));
-        let (total, rows) = s.command_page(None, Some(Status::Cancelled), 50, 0).await.unwrap();
+        assert_eq!(
+            s.cancel_command(&id(1)).await.unwrap(),
+            Some(Status::Cancelled)
+        );
+        let (total, rows) = s
+            .command_page(None, Some(Status::Cancelled), 50, 0)
+            .await
+            .unwrap();
         assert_eq!((total, rows[0].id.clone()), (1, id(1)));
-        let (total, rows) = s.command_page(Some("pi-b"), Some(Status::Queued), 50, 0).await.unwrap();
+        let (total, rows) = s
+            .command_page(Some("pi-b"), Some(Status::Queued), 50, 0)
+            .await
+            .unwrap();
         assert_eq!((total, rows.len()), (0, 0));
     }
 
@@ -710,7 +855,12 @@ mod tests {
             let ev = Event {
                 actor: if i % 2 == 0 { "user:alice" } else { "cli:root" }.into(),
                 source: "local".into(),
-                action: if i < 3 { "device.revoke" } else { "token.create" }.into(),
+                action: if i < 3 {
+                    "device.revoke"
+                } else {
+                    "token.create"
+                }
+                .into(),
                 target: format!("t{i}"),
                 outcome: "ok".into(),
                 detail: String::new(),
@@ -721,20 +871,71 @@ mod tests {
         let page = |f: AuditFilter| {
             let s = s.clone();
             async move {
-                s.audit_page(&f).await.unwrap().into_iter().map(|e| e.seq).collect::<Vec<_>>()
+                s.audit_page(&f)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| e.seq)
+                    .collect::<Vec<_>>()
             }
         };
-        let all = AuditFilter { limit: 100, ..AuditFilter::default() };
+        let all = AuditFilter {
+            limit: 100,
+            ..AuditFilter::default()
+        };
         assert_eq!(page(all.clone()).await, [6, 5, 4, 3, 2, 1]);
-        assert_eq!(page(AuditFilter { limit: 2, ..all.clone() }).await, [6, 5]);
-        assert_eq!(page(AuditFilter { before: Some(5), limit: 2, ..all.clone() }).await, [4, 3]);
-        assert_eq!(page(AuditFilter { actor: Some("user:alice".into()), ..all.clone() }).await, [5, 3, 1]);
         assert_eq!(
-            page(AuditFilter { action: Some("token.create".into()), actor: Some("cli:root".into()), ..all.clone() }).await,
+            page(AuditFilter {
+                limit: 2,
+                ..all.clone()
+            })
+            .await,
+            [6, 5]
+        );
+        assert_eq!(
+            page(AuditFilter {
+                before: Some(5),
+                limit: 2,
+                ..all.clone()
+            })
+            .await,
+            [4, 3]
+        );
+        assert_eq!(
+            page(AuditFilter {
+                actor: Some("user:alice".into()),
+                ..all.clone()
+            })
+            .await,
+            [5, 3, 1]
+        );
+        assert_eq!(
+            page(AuditFilter {
+                action: Some("token.create".into()),
+                actor: Some("cli:root".into()),
+                ..all.clone()
+            })
+            .await,
             [6, 4]
         );
-        assert!(page(AuditFilter { since: Some(i64::MAX), ..all.clone() }).await.is_empty());
-        assert_eq!(page(AuditFilter { until: Some(i64::MAX), since: Some(0), ..all }).await.len(), 6);
+        assert!(
+            page(AuditFilter {
+                since: Some(i64::MAX),
+                ..all.clone()
+            })
+            .await
+            .is_empty()
+        );
+        assert_eq!(
+            page(AuditFilter {
+                until: Some(i64::MAX),
+                since: Some(0),
+                ..all
+            })
+            .await
+            .len(),
+            6
+        );
     }
 
     /// The list stays fast with 10,000 devices (each with a sample), whatever the sort.
@@ -762,7 +963,11 @@ mod tests {
         s.write_batch(&ops).await.unwrap();
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("EXPLAIN QUERY PLAN SELECT ");
         qb.push(SUMMARY_COLUMNS).push(SUMMARY_FROM);
-        let f = DeviceFilter { sort: DeviceSort::Cpu, order: SortOrder::Desc, ..filter() };
+        let f = DeviceFilter {
+            sort: DeviceSort::Cpu,
+            order: SortOrder::Desc,
+            ..filter()
+        };
         push_device_filter(&mut qb, &f);
         push_device_order(&mut qb, f.sort, f.order);
         let plan: Vec<String> = qb
@@ -774,8 +979,17 @@ mod tests {
             .map(|r| r.get::<String, _>("detail"))
             .collect();
         // The latest sample is found through the primary key, never by a scan.
-        assert!(plan.iter().any(|l| l.contains("USING PRIMARY KEY") || l.contains("USING INDEX sqlite_autoindex_telemetry")), "{plan:?}");
-        for sort in [DeviceSort::Id, DeviceSort::Cpu, DeviceSort::Memory, DeviceSort::Hostname] {
+        assert!(
+            plan.iter().any(|l| l.contains("USING PRIMARY KEY")
+                || l.contains("USING INDEX sqlite_autoindex_telemetry")),
+            "{plan:?}"
+        );
+        for sort in [
+            DeviceSort::Id,
+            DeviceSort::Cpu,
+            DeviceSort::Memory,
+            DeviceSort::Hostname,
+        ] {
             let f = DeviceFilter {
                 sort,
                 order: SortOrder::Desc,
@@ -818,24 +1032,5 @@ mod tests {
         );
         let p = plan(&s, qb).await;
         assert!(!p.iter().any(|l| l.contains("TEMP B-TREE")), "{p:?}");
-    }
-
-    #[tokio::test]
-    async fn zz_timing() {
-        let (_d, s) = store().await;
-        add_device(&s, "pi-a", "{}", None, true).await;
-        let start = Instant::now();
-        let n: u64 = 30 * 8640;
-        for chunk in (0..n).collect::<Vec<_>>().chunks(2000) {
-            let samples = chunk.iter().map(|&i| sample(i + 1, 10_000 * i64::try_from(i).unwrap(), 1.0, 5)).collect();
-            telemetry(&s, "pi-a", samples).await;
-        }
-        eprintln!("insert {:?}", start.elapsed());
-        for points in [360, 2000] {
-            let plan = HistoryPlan { from: 0, to: 30 * 86_400_000, bucket_ms: 30 * 86_400_000 / points };
-            let start = Instant::now();
-            let p = s.device_history("pi-a", plan).await.unwrap();
-            eprintln!("history {} points {:?}", p.len(), start.elapsed());
-        }
     }
 }

@@ -152,6 +152,24 @@ impl Store {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            // A failed COMMIT (disk full, I/O error) can leave SQLite inside a transaction
+            // the driver believes is over; later single statements would then land in it
+            // and never be committed. A connection that cannot start a transaction when it
+            // is handed back is therefore closed (rolling everything back) and replaced.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    let clean = sqlx::raw_sql("BEGIN; ROLLBACK;")
+                        .execute(conn)
+                        .await
+                        .is_ok();
+                    if !clean {
+                        tracing::error!(
+                            "database writer connection left a transaction open; reconnecting"
+                        );
+                    }
+                    Ok(clean)
+                })
+            })
             .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("./migrations").run(&writer).await?;
@@ -162,13 +180,13 @@ impl Store {
         Ok(Self { writer, reader })
     }
 
-    /// Closes both pools, checkpointing the WAL.
     /// Checks that the database answers (readiness).
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
     }
 
+    /// Closes both pools, checkpointing the WAL.
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
@@ -618,4 +636,33 @@ fn token_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRow, StoreError> {
         used_by: r.try_get("used_by")?,
         revoked_at: r.try_get("revoked_at")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer connection handed back inside an open transaction (what a failed COMMIT
+    /// can leave behind) is replaced, so the next write is really committed.
+    #[tokio::test]
+    async fn a_writer_left_in_a_transaction_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = Store::open(&path, true).await.unwrap();
+        {
+            let mut conn = store.writer.acquire().await.unwrap();
+            sqlx::raw_sql("BEGIN").execute(&mut *conn).await.unwrap();
+        }
+        sqlx::query("INSERT INTO meta (key, value) VALUES ('probe', 'x')")
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        // A separate connection sees the row only if it was committed.
+        let other = Store::open(&path, false).await.unwrap();
+        let v: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'probe'")
+            .fetch_optional(&other.reader)
+            .await
+            .unwrap();
+        assert_eq!(v.as_deref(), Some("x"));
+    }
 }

@@ -53,8 +53,13 @@ pub struct SessionRow {
 pub enum Refresh {
     /// Unknown token, or its session ended or expired.
     Invalid,
-    /// The token had already been rotated: its whole session is now revoked.
-    Reused { session_id: String, user_id: i64 },
+    /// The token had already been rotated: its whole session is now revoked
+    /// (`revoked_now` is false when an earlier reuse or a logout had already ended it).
+    Reused {
+        session_id: String,
+        user_id: i64,
+        revoked_now: bool,
+    },
     /// Rotated: the new token replaces it.
     Rotated { session_id: String, user_id: i64 },
 }
@@ -388,6 +393,7 @@ impl Store {
             return Ok(Refresh::Reused {
                 session_id,
                 user_id,
+                revoked_now: revoked.is_none(),
             });
         }
         if revoked.is_some() || expires <= now || disabled.is_some() {

@@ -1,0 +1,164 @@
+//! Admin API benchmark: sign-in latency (the argon2id cost) and authenticated
+//! `GET /api/v1/devices` latency with a large fleet in the database. Starts the real
+//! controller (from the same target directory) with a temporary data dir, writes the
+//! devices and one telemetry sample each straight into SQLite, then measures over HTTPS.
+//!
+//! ```text
+//! cargo build --release --workspace
+//! target/release/pifleet-api-bench --devices 10000 --logins 50 --requests 2000
+//! ```
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use pifleet_tests::api::{Api, TEST_PASSWORD};
+use pifleet_tests::harness::Controller;
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(about = "pifleet admin API benchmark")]
+struct Args {
+    /// Devices written into the database.
+    #[arg(long, default_value_t = 10_000)]
+    devices: usize,
+    /// Sequential sign-ins measured.
+    #[arg(long, default_value_t = 50)]
+    logins: usize,
+    /// Requests per device-list query shape.
+    #[arg(long, default_value_t = 2_000)]
+    requests: usize,
+    /// Concurrent clients for the device-list queries.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn report(what: &str, mut d: Vec<Duration>) {
+    d.sort();
+    let ms = |x: Duration| x.as_secs_f64() * 1000.0;
+    println!(
+        "{what:<48} n={:<5} p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms",
+        d.len(),
+        ms(percentile(&d, 0.50)),
+        ms(percentile(&d, 0.99)),
+        ms(percentile(&d, 1.0)),
+    );
+}
+
+async fn populate(ctl: &Controller, n: usize) -> Result<()> {
+    let db = ctl.db().await?;
+    let now = pifleet_controller::store::now_ms();
+    let mut tx = db.begin().await?;
+    for i in 0..n {
+        let id = format!("pi-{i:05}");
+        let labels = json!({ "site": format!("site-{}", i % 20), "rack": format!("{}", i % 7) });
+        sqlx::query(
+            "INSERT INTO devices (id, labels, enrolled_at, first_seen, last_seen, online, \
+             agent_version, hostname, os, kernel, arch, model, uptime_s, hello_at, last_seq) \
+             VALUES (?, ?, ?, ?, ?, ?, '0.1.0', ?, 'Debian 13', '6.12', 'aarch64', \
+             'Raspberry Pi 4 Model B', 1000, ?, 1)",
+        )
+        .bind(&id)
+        .bind(labels.to_string())
+        .bind(now - 86_400_000)
+        .bind(now - 86_400_000)
+        .bind(now - (i as i64 % 600) * 1000)
+        .bind(i64::from(i % 10 != 0))
+        .bind(format!("host-{i}"))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO telemetry (device_id, seq, ts, received_at, cpu_pct, load1, load5, \
+             load15, mem_total, mem_used, swap_total, swap_used, temp_c, throttled, uptime_s, \
+             spool_dropped, spool_backlog, disks, nets) VALUES (?, 1, ?, ?, ?, 0.5, 0.4, 0.3, \
+             4000000000, ?, 0, 0, ?, 0, 1000, 0, 0, ?, '[]')",
+        )
+        .bind(&id)
+        .bind(now)
+        .bind(now)
+        .bind((i % 100) as f64)
+        .bind(1_000_000_000i64 + (i as i64 % 1000) * 1_000_000)
+        .bind(40.0 + (i % 30) as f64)
+        .bind(
+            json!([{ "mount": "/", "fs": "ext4", "total": 32_000_000_000u64, "used": 8_000_000_000u64 + i as u64 }])
+                .to_string(),
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let mut ctl =
+        Controller::start_with("[auth]\nrate_per_minute = 100000\nrate_burst = 100000\n").await?;
+    let api = Api::new(&ctl)?;
+    let t = Instant::now();
+    populate(&ctl, args.devices).await?;
+    println!(
+        "{} devices with one sample each written in {:.1} s",
+        args.devices,
+        t.elapsed().as_secs_f64()
+    );
+    let token = api.admin(&ctl).await?;
+
+    let mut logins = Vec::with_capacity(args.logins);
+    for _ in 0..args.logins {
+        let t = Instant::now();
+        let r = api.login("admin", TEST_PASSWORD).await?;
+        logins.push(t.elapsed());
+        if r.status != 200 {
+            bail!("login failed: {} {}", r.status, r.text);
+        }
+    }
+    report("POST /api/v1/auth/login (argon2id 19 MiB, t=2)", logins);
+
+    let shapes = [
+        "/api/v1/devices?limit=50",
+        "/api/v1/devices?limit=50&offset=5000",
+        "/api/v1/devices?limit=50&sort=cpu&order=desc",
+        "/api/v1/devices?limit=50&sort=last_seen&order=desc&status=online",
+        "/api/v1/devices?limit=50&label=site%3Dsite-3",
+        "/api/v1/devices?limit=50&q=host-99",
+        "/api/v1/devices?limit=500",
+    ];
+    for path in shapes {
+        let per_client = args.requests.div_ceil(args.concurrency);
+        let mut tasks = Vec::new();
+        for _ in 0..args.concurrency {
+            let api = api.clone();
+            let token = token.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut d = Vec::with_capacity(per_client);
+                for _ in 0..per_client {
+                    let t = Instant::now();
+                    let r = api.get(path, Some(&token)).await?;
+                    d.push(t.elapsed());
+                    if r.status != 200 {
+                        bail!("{path}: {} {}", r.status, r.text);
+                    }
+                }
+                Ok::<_, anyhow::Error>(d)
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.context("client task")??);
+        }
+        report(&format!("GET {path} (c={})", args.concurrency), all);
+    }
+    ctl.stop();
+    Ok(())
+}
