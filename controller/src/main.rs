@@ -521,6 +521,7 @@ async fn run_cmd(cmd: CmdCmd) -> anyhow::Result<()> {
     use pifleet_controller::config::Config;
     use pifleet_controller::dispatch::{self, Targets};
     use pifleet_controller::lifecycle::Status;
+    use pifleet_controller::store::Cancel;
     match cmd {
         CmdCmd::Send {
             dir,
@@ -636,19 +637,19 @@ async fn run_cmd(cmd: CmdCmd) -> anyhow::Result<()> {
             let (_, store) = open_store(&dir).await?;
             let r = store.cancel_command(&id).await?;
             let outcome = match r {
-                Some(Status::Cancelled) => "ok".to_owned(),
-                Some(s) => format!("refused: {}", s.as_str()),
-                None => "refused: unknown command".to_owned(),
+                Cancel::Cancelled => "ok".to_owned(),
+                Cancel::Refused(s) => format!("refused: {}", s.as_str()),
+                Cancel::Unknown => "refused: unknown command".to_owned(),
             };
             audit(&store, "command.cancel", &id, &outcome, "").await?;
             store.close().await;
             match r {
-                Some(Status::Cancelled) => println!("command {id} cancelled"),
-                Some(s) => anyhow::bail!(AdminError::Invalid(format!(
+                Cancel::Cancelled => println!("command {id} cancelled"),
+                Cancel::Refused(s) => anyhow::bail!(AdminError::Invalid(format!(
                     "command {id} is {} and can no longer be cancelled",
                     s.as_str()
                 ))),
-                None => anyhow::bail!(AdminError::Invalid(format!("no command {id}"))),
+                Cancel::Unknown => anyhow::bail!(AdminError::Invalid(format!("no command {id}"))),
             }
         }
     }

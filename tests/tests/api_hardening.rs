@@ -1,8 +1,9 @@
 //! Hardening of the admin HTTPS API, end to end against the real controller: security
 //! headers on every kind of response (a real 500 included), CORS closed by default and
 //! open only to listed origins, the body limit and strict JSON, the admin IP allowlist and
-//! trusted proxies, TLS 1.2 and 1.3, the audit of every mutating request, and the public
-//! OpenAPI document.
+//! trusted proxies, TLS 1.2 and 1.3, the audit of every mutating request, the public
+//! OpenAPI document, and keep-alive connections that survive a request refused before its
+//! body was read.
 //!
 //! Not tested here: refusal of TLS 1.0/1.1. rustls cannot offer them, and `openssl` (which
 //! could) is not part of the CI image; the server is configured for TLS 1.2+ only

@@ -299,7 +299,7 @@ async fn verify_password(st: &AppState, stored: Option<String>, password: String
 }
 
 /// Sign in with a user name and password.
-#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", security(()),
+#[utoipa::path(post, path = "/api/v1/auth/login", operation_id = "login", tag = "auth", security(()),
     request_body = LoginRequest,
     responses(
         (status = 200, description = "Signed in, or `mfa_required` with an `mfa_token`", body = TokenResponse),
@@ -392,7 +392,7 @@ pub async fn login(
 }
 
 /// Second sign-in step: a TOTP code or a recovery code.
-#[utoipa::path(post, path = "/api/v1/auth/login/mfa", tag = "auth", security(()),
+#[utoipa::path(post, path = "/api/v1/auth/login/mfa", operation_id = "login_mfa", tag = "auth", security(()),
     request_body = LoginMfaRequest,
     responses(
         (status = 200, description = "Signed in", body = TokenResponse),
@@ -472,7 +472,7 @@ pub async fn login_mfa(
 
 /// Exchange a refresh token for a new access token and a new refresh token. A refresh
 /// token works once: presenting a used one ends its whole session.
-#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", security(()),
+#[utoipa::path(post, path = "/api/v1/auth/refresh", operation_id = "refresh", tag = "auth", security(()),
     request_body(content = Option<RefreshRequest>, description = "API clients send the token; browsers send no body and the `pifleet_refresh` cookie plus the `X-CSRF-Token` header"),
     responses(
         (status = 200, description = "New tokens", body = TokenResponse),
@@ -568,7 +568,7 @@ pub async fn refresh(
 
 /// Sign out: ends this session (its refresh tokens stop working, and so do its access
 /// tokens, at once).
-#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
+#[utoipa::path(post, path = "/api/v1/auth/logout", operation_id = "logout", tag = "auth",
     responses(
         (status = 204, description = "Signed out"),
         (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),

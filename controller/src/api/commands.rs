@@ -25,7 +25,7 @@ use crate::api::extract::{Json, Path, Query, noted};
 use crate::dispatch::{DispatchError, Targets};
 use crate::lifecycle::Status;
 use crate::problem::{Problem, ProblemDoc};
-use crate::store::CommandRow;
+use crate::store::{Cancel, CommandRow};
 
 /// Most devices one request may name.
 pub const MAX_DEVICES: usize = 1_000;
@@ -511,22 +511,16 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Cancelled>, Problem> {
     let id = command_id(&id)?;
-    // The store answers `Cancelled` both for a command it cancels now and for one that was
-    // cancelled before; cancelling twice is a conflict like any other state past the queue.
-    if let Some(c) = st.store.command(&id).await?
-        && c.status == Status::Cancelled.as_str()
-    {
-        return Err(Problem::conflict(format!(
-            "command {id} is already cancelled"
-        )));
-    }
     match st.store.cancel_command(&id).await? {
-        None => Err(Problem::not_found(format!("no command {id}"))),
-        Some(Status::Cancelled) => Ok(axum::Json(Cancelled {
+        Cancel::Unknown => Err(Problem::not_found(format!("no command {id}"))),
+        Cancel::Cancelled => Ok(axum::Json(Cancelled {
             id,
             status: Status::Cancelled.as_str().to_owned(),
         })),
-        Some(other) => Err(Problem::conflict(format!(
+        Cancel::Refused(Status::Cancelled) => Err(Problem::conflict(format!(
+            "command {id} is already cancelled"
+        ))),
+        Cancel::Refused(other) => Err(Problem::conflict(format!(
             "command {id} is {}: only a queued command can be cancelled; one already sent \
              to the device stops only at its expiry",
             other.as_str()

@@ -29,7 +29,7 @@ pub struct Whoami {
 }
 
 /// Who is signed in.
-#[utoipa::path(get, path = "/api/v1/whoami", tag = "self",
+#[utoipa::path(get, path = "/api/v1/whoami", operation_id = "whoami", tag = "self",
     responses(
         (status = 200, body = Whoami),
         (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
@@ -65,7 +65,7 @@ pub struct PasswordChange {
 }
 
 /// Change your password. Every other session of yours is signed out.
-#[utoipa::path(post, path = "/api/v1/me/password", tag = "self",
+#[utoipa::path(post, path = "/api/v1/me/password", operation_id = "change_password", tag = "self",
     request_body = PasswordChange,
     responses(
         (status = 204, description = "Changed"),
@@ -138,7 +138,7 @@ pub struct MfaSetup {
 }
 
 /// Start TOTP enrolment. MFA becomes active only after confirming a code.
-#[utoipa::path(post, path = "/api/v1/me/mfa", tag = "self",
+#[utoipa::path(post, path = "/api/v1/me/mfa", operation_id = "start_mfa_setup", tag = "self",
     responses(
         (status = 200, body = MfaSetup),
         (status = 409, description = "MFA is already on", body = ProblemDoc, content_type = "application/problem+json"),
@@ -179,7 +179,7 @@ pub struct RecoveryCodes {
 
 /// Confirm TOTP enrolment with a current code; MFA is on from now and ten recovery codes
 /// are returned (only this once).
-#[utoipa::path(post, path = "/api/v1/me/mfa/confirm", tag = "self",
+#[utoipa::path(post, path = "/api/v1/me/mfa/confirm", operation_id = "confirm_mfa_setup", tag = "self",
     request_body = MfaConfirm,
     responses(
         (status = 200, body = RecoveryCodes),
@@ -248,7 +248,7 @@ pub struct SessionView {
 }
 
 /// Your live sessions, newest first.
-#[utoipa::path(get, path = "/api/v1/me/sessions", tag = "self",
+#[utoipa::path(get, path = "/api/v1/me/sessions", operation_id = "list_sessions", tag = "self",
     responses(
         (status = 200, body = Vec<SessionView>),
         (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
@@ -274,7 +274,7 @@ pub async fn sessions(
 }
 
 /// End one of your sessions (sign out that browser or client).
-#[utoipa::path(delete, path = "/api/v1/me/sessions/{id}", tag = "self",
+#[utoipa::path(delete, path = "/api/v1/me/sessions/{id}", operation_id = "revoke_session", tag = "self",
     params(("id" = String, Path, description = "Session id")),
     responses(
         (status = 204, description = "Ended"),

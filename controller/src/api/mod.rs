@@ -596,6 +596,24 @@ mod tests {
     }
 
     #[test]
+    fn operation_ids_are_unique() {
+        let (_, doc) = api_routes();
+        let mut seen = BTreeSet::new();
+        for item in doc.paths.paths.values() {
+            for op in [&item.get, &item.post, &item.put, &item.patch, &item.delete]
+                .into_iter()
+                .flatten()
+            {
+                let id = op.operation_id.clone().unwrap_or_default();
+                assert!(
+                    !id.is_empty() && seen.insert(id.clone()),
+                    "operation id {id:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn public_operations_declare_no_security() {
         let (_, doc) = api_routes();
         for r in rbac::ROUTES.iter().filter(|r| r.perm == Permission::Public) {

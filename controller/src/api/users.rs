@@ -57,7 +57,7 @@ fn change_problem(e: UserChange) -> Problem {
 }
 
 /// All users.
-#[utoipa::path(get, path = "/api/v1/users", tag = "users",
+#[utoipa::path(get, path = "/api/v1/users", operation_id = "list_users", tag = "users",
     responses(
         (status = 200, body = Vec<UserView>),
         (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
@@ -87,7 +87,7 @@ pub struct CreatedUser {
 }
 
 /// Create a user.
-#[utoipa::path(post, path = "/api/v1/users", tag = "users",
+#[utoipa::path(post, path = "/api/v1/users", operation_id = "create_user", tag = "users",
     request_body = NewUser,
     responses(
         (status = 201, body = CreatedUser),
@@ -138,7 +138,7 @@ pub struct UserUpdate {
 
 /// Change a user's role or disable/enable them. Takes effect on their next request. You
 /// cannot change your own role or disable yourself, and the last enabled admin stays.
-#[utoipa::path(patch, path = "/api/v1/users/{name}", tag = "users",
+#[utoipa::path(patch, path = "/api/v1/users/{name}", operation_id = "update_user", tag = "users",
     params(("name" = String, Path, description = "User name")),
     request_body = UserUpdate,
     responses(
@@ -177,7 +177,7 @@ pub async fn update(
 }
 
 /// Delete a user (their sessions end at once). Not yourself, not the last enabled admin.
-#[utoipa::path(delete, path = "/api/v1/users/{name}", tag = "users",
+#[utoipa::path(delete, path = "/api/v1/users/{name}", operation_id = "delete_user", tag = "users",
     params(("name" = String, Path, description = "User name")),
     responses(
         (status = 204, description = "Deleted"),
@@ -198,7 +198,7 @@ pub async fn delete(
 }
 
 /// Turn a user's MFA off (lost authenticator); they can set it up again.
-#[utoipa::path(post, path = "/api/v1/users/{name}/reset-mfa", tag = "users",
+#[utoipa::path(post, path = "/api/v1/users/{name}/reset-mfa", operation_id = "reset_user_mfa", tag = "users",
     params(("name" = String, Path, description = "User name")),
     responses(
         (status = 204, description = "MFA reset"),
@@ -226,7 +226,7 @@ pub struct SecuritySettings {
 }
 
 /// The security settings.
-#[utoipa::path(get, path = "/api/v1/settings/security", tag = "users",
+#[utoipa::path(get, path = "/api/v1/settings/security", operation_id = "show_settings", tag = "users",
     responses(
         (status = 200, body = SecuritySettings),
         (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
@@ -238,7 +238,7 @@ pub async fn settings(State(st): State<AppState>) -> Result<axum::Json<SecurityS
 }
 
 /// Change the security settings.
-#[utoipa::path(put, path = "/api/v1/settings/security", tag = "users",
+#[utoipa::path(put, path = "/api/v1/settings/security", operation_id = "set_settings", tag = "users",
     request_body = SecuritySettings,
     responses(
         (status = 200, body = SecuritySettings),

@@ -53,6 +53,18 @@ impl CommandRow {
     }
 }
 
+/// What cancelling a command did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancel {
+    /// It was queued and is now cancelled.
+    Cancelled,
+    /// It is in this state, which cannot be cancelled (already sent, finished, or
+    /// cancelled before).
+    Refused(Status),
+    /// No such command.
+    Unknown,
+}
+
 /// What a verified receipt writes.
 #[derive(Debug, Clone)]
 pub struct ReceiptUpdate {
@@ -200,17 +212,17 @@ impl Store {
     }
 
     /// Cancels a command that has not been sent yet. Returns its status after the attempt.
-    pub async fn cancel_command(&self, id: &str) -> Result<Option<Status>, StoreError> {
+    pub async fn cancel_command(&self, id: &str) -> Result<Cancel, StoreError> {
         let mut tx = self.writer.begin().await?;
         let cur: Option<String> = sqlx::query_scalar("SELECT status FROM commands WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
         let Some(cur) = cur.as_deref().and_then(Status::parse) else {
-            return Ok(None);
+            return Ok(Cancel::Unknown);
         };
         if !lifecycle::cancellable(cur) {
-            return Ok(Some(cur));
+            return Ok(Cancel::Refused(cur));
         }
         sqlx::query(
             "UPDATE commands SET status = 'cancelled', reason = 'cancelled by operator', \
@@ -221,7 +233,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Some(Status::Cancelled))
+        Ok(Cancel::Cancelled)
     }
 
     /// Applies a verified receipt of `device` through the lifecycle table. Returns the new

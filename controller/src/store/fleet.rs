@@ -263,15 +263,12 @@ impl Store {
         device: &str,
         plan: HistoryPlan,
     ) -> Result<Vec<HistoryPoint>, StoreError> {
-        // Per-sample sums over the JSON arrays first, then one GROUP BY over the range
-        // (read through the (device_id, ts) index).
+        // One GROUP BY over the range (read through the (device_id, ts) index); the disk and
+        // network totals per sample were computed at ingest (migration 0006).
         let rows = sqlx::query(
             "WITH s AS ( \
                SELECT (ts - ?1) / ?2 AS b, cpu_pct, load1, mem_used, mem_total, temp_c, \
-                 (SELECT TOTAL(j.value ->> 'used_bytes') FROM json_each(disks) j) AS du, \
-                 (SELECT TOTAL(j.value ->> 'total_bytes') FROM json_each(disks) j) AS dt, \
-                 (SELECT TOTAL(j.value ->> 'rx_bytes') FROM json_each(nets) j) AS rx, \
-                 (SELECT TOTAL(j.value ->> 'tx_bytes') FROM json_each(nets) j) AS tx \
+                 disk_used AS du, disk_total AS dt, net_rx AS rx, net_tx AS tx \
                FROM telemetry WHERE device_id = ?3 AND ts >= ?1 AND ts < ?4) \
              SELECT b, COUNT(*) AS samples, AVG(cpu_pct) AS cpu_avg, MAX(cpu_pct) AS cpu_max, \
                AVG(load1) AS load1_avg, AVG(mem_used) AS mem_avg, MAX(mem_total) AS mem_total, \
@@ -833,7 +830,11 @@ mod tests {
         assert_eq!((total, rows.len(), rows[0].id.clone()), (2, 1, id(0)));
         assert_eq!(
             s.cancel_command(&id(1)).await.unwrap(),
-            Some(Status::Cancelled)
+            super::super::Cancel::Cancelled
+        );
+        assert_eq!(
+            s.cancel_command(&id(1)).await.unwrap(),
+            super::super::Cancel::Refused(Status::Cancelled)
         );
         let (total, rows) = s
             .command_page(None, Some(Status::Cancelled), 50, 0)

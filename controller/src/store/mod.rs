@@ -18,7 +18,7 @@ mod audit;
 mod commands;
 mod fleet;
 pub mod users;
-pub use commands::{CommandRow, NewCommand, ReceiptUpdate};
+pub use commands::{Cancel, CommandRow, NewCommand, ReceiptUpdate};
 
 /// Database errors.
 #[derive(Debug, thiserror::Error)]
@@ -489,7 +489,8 @@ impl Store {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO telemetry (device_id, seq, ts, received_at, cpu_pct, load1, load5, \
                  load15, mem_total, mem_used, swap_total, swap_used, temp_c, throttled, uptime_s, \
-                 spool_dropped, spool_backlog, disks, nets) ",
+                 spool_dropped, spool_backlog, disks, nets, disk_used, disk_total, net_rx, \
+                 net_tx) ",
             );
             let json = chunk
                 .iter()
@@ -521,7 +522,11 @@ impl Store {
                         .push_bind(sql_int(s.spool_dropped))
                         .push_bind(sql_int(s.spool_backlog))
                         .push_bind(disks)
-                        .push_bind(nets);
+                        .push_bind(nets)
+                        .push_bind(sql_int(s.disks.iter().map(|d| d.used_bytes).sum()))
+                        .push_bind(sql_int(s.disks.iter().map(|d| d.total_bytes).sum()))
+                        .push_bind(sql_int(s.nets.iter().map(|n| n.rx_bytes).sum()))
+                        .push_bind(sql_int(s.nets.iter().map(|n| n.tx_bytes).sum()));
                 },
             );
             qb.push(" ON CONFLICT (device_id, seq) DO NOTHING");

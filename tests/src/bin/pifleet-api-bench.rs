@@ -99,6 +99,38 @@ async fn populate(ctl: &Controller, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// 30 days of 10-second samples for one device (259,200 rows), for the history query.
+async fn populate_history(ctl: &Controller, device: &str) -> Result<usize> {
+    let db = ctl.db().await?;
+    let now = pifleet_controller::store::now_ms();
+    let n = 30 * 86_400 / 10;
+    let mut tx = db.begin().await?;
+    for i in 0..n {
+        let ts = now - (n - i) as i64 * 10_000;
+        sqlx::query(
+            "INSERT INTO telemetry (device_id, seq, ts, received_at, cpu_pct, load1, load5, \
+             load15, mem_total, mem_used, swap_total, swap_used, temp_c, throttled, uptime_s, \
+             spool_dropped, spool_backlog, disks, nets, disk_used, disk_total, net_rx, net_tx) \
+             VALUES (?, ?, ?, ?, ?, 0.5, 0.4, 0.3, 4000000000, ?, 0, 0, ?, 0, 1000, 0, 0, \
+             '[]', '[]', ?, 32000000000, ?, ?)",
+        )
+        .bind(device)
+        .bind(10 + i as i64)
+        .bind(ts)
+        .bind(ts)
+        .bind((i % 100) as f64)
+        .bind(1_000_000_000i64 + (i as i64 % 1000) * 1_000_000)
+        .bind(40.0 + (i % 30) as f64)
+        .bind(8_000_000_000i64 + i as i64)
+        .bind(i as i64 * 1000)
+        .bind(i as i64 * 500)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(n)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -110,6 +142,12 @@ async fn main() -> Result<()> {
     println!(
         "{} devices with one sample each written in {:.1} s",
         args.devices,
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let rows = populate_history(&ctl, "pi-00000").await?;
+    println!(
+        "{rows} history samples for pi-00000 written in {:.1} s",
         t.elapsed().as_secs_f64()
     );
     let token = api.admin(&ctl).await?;
@@ -158,6 +196,28 @@ async fn main() -> Result<()> {
             all.extend(t.await.context("client task")??);
         }
         report(&format!("GET {path} (c={})", args.concurrency), all);
+    }
+    let now = pifleet_controller::store::now_ms();
+    for (label, range_ms) in [
+        ("1 h", 3_600_000i64),
+        ("24 h", 86_400_000),
+        ("7 d", 7 * 86_400_000),
+        ("30 d", 30 * 86_400_000),
+    ] {
+        let path = format!(
+            "/api/v1/devices/pi-00000/history?from={}&to={now}&points=720",
+            now - range_ms
+        );
+        let mut d = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            let r = api.get(&path, Some(&token)).await?;
+            d.push(t.elapsed());
+            if r.status != 200 {
+                bail!("{path}: {} {}", r.status, r.text);
+            }
+        }
+        report(&format!("GET history {label}, 720 points"), d);
     }
     ctl.stop();
     Ok(())

@@ -1,0 +1,182 @@
+//! Brute-force protection of the admin API, end to end: five failures lock an account
+//! (known or unknown, answered alike), wrong current passwords count too, a lock lifts after
+//! its window, and /api/v1/auth/* is rate limited per address.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use pifleet_tests::api::{Api, Resp, TEST_PASSWORD};
+use pifleet_tests::authkit::{audit, problem, refresh, retry_after, start, unauthorized, whoami};
+use pifleet_tests::harness::Controller;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_failures_lock_the_account_known_or_not() {
+    let (ctl, api) = start("").await;
+    let mut first: Option<Resp> = None;
+    for i in 0..5 {
+        let r = api.login("admin", &format!("wrong-{i}")).await.unwrap();
+        unauthorized(&r, "wrong password");
+        if let Some(f) = &first {
+            assert_eq!(r.text, f.text);
+        }
+        first.get_or_insert(r);
+    }
+    let wrong = first.unwrap();
+    let r = api.login("admin", &ctl.admin_password).await.unwrap();
+    problem(&r, 423, "right password while locked");
+    assert!(
+        (1..=900).contains(&retry_after(&r)),
+        "{}",
+        r.header("retry-after")
+    );
+    // The lock is on the name, whatever its case.
+    problem(
+        &api.login("ADMIN", &ctl.admin_password).await.unwrap(),
+        423,
+        "upper case",
+    );
+
+    for i in 0..5 {
+        let r = api.login("ghost", &format!("guess-{i}")).await.unwrap();
+        assert_eq!(
+            (
+                r.status,
+                &r.text,
+                r.header("content-type"),
+                r.header("www-authenticate")
+            ),
+            (
+                wrong.status,
+                &wrong.text,
+                wrong.header("content-type"),
+                wrong.header("www-authenticate")
+            ),
+            "unknown user answers like a wrong password"
+        );
+    }
+    let r = api.login("ghost", "guess-5").await.unwrap();
+    problem(&r, 423, "unknown user locked");
+    assert!((1..=900).contains(&retry_after(&r)));
+    // Another name is not affected.
+    unauthorized(
+        &api.login("ghost2", "guess").await.unwrap(),
+        "another unknown user",
+    );
+}
+
+/// A stolen access token must not become an unlimited oracle for the password: wrong
+/// current passwords on `POST /api/v1/me/password` count like failed sign-ins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_current_passwords_count_toward_the_lockout() {
+    let (ctl, api) = start("").await;
+    let admin = api.admin(&ctl).await.unwrap();
+    let olga = api.user(&admin, "olga", "operator").await.unwrap();
+    let change = |current: &str| json!({ "current_password": current, "new_password": "another-quiet-lantern-58" });
+    for i in 0..5 {
+        let r = api
+            .post(
+                "/api/v1/me/password",
+                Some(&olga),
+                &change(&format!("guess-{i}")),
+            )
+            .await
+            .unwrap();
+        problem(&r, 403, "wrong current password");
+    }
+    let r = api
+        .post("/api/v1/me/password", Some(&olga), &change(TEST_PASSWORD))
+        .await
+        .unwrap();
+    problem(&r, 423, "password change while locked");
+    assert!((1..=900).contains(&retry_after(&r)));
+    problem(
+        &api.login("olga", TEST_PASSWORD).await.unwrap(),
+        423,
+        "sign-in while locked",
+    );
+    // The session itself goes on; the password did not change.
+    assert_eq!(whoami(&api, &olga).await.status, 200);
+    problem(
+        &api.login("olga", "another-quiet-lantern-58").await.unwrap(),
+        423,
+        "the new password was not set",
+    );
+    let lockouts = audit(&api, &admin, "auth.lockout").await;
+    assert_eq!(lockouts.len(), 1, "{lockouts:?}");
+    assert_eq!(
+        (&lockouts[0]["actor"], &lockouts[0]["target"]),
+        (&json!("user:olga"), &json!("olga"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_lifts_after_the_window() {
+    let (ctl, api) = start("lockout_window_s = 2").await;
+    for i in 0..5 {
+        unauthorized(
+            &api.login("admin", &format!("wrong-{i}")).await.unwrap(),
+            "wrong password",
+        );
+    }
+    let r = api.login("admin", &ctl.admin_password).await.unwrap();
+    problem(&r, 423, "locked");
+    assert!(
+        (1..=2).contains(&retry_after(&r)),
+        "{}",
+        r.header("retry-after")
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = api.login("admin", &ctl.admin_password).await.unwrap();
+        if r.status == 200 {
+            break;
+        }
+        problem(&r, 423, "still locked");
+        assert!(Instant::now() < deadline, "the lock did not lift");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_routes_are_rate_limited_per_address() {
+    let ctl = Controller::start_with("[auth]\nrate_per_minute = 1\nrate_burst = 4")
+        .await
+        .unwrap();
+    let api = Api::new(&ctl).unwrap();
+    let passed = [
+        api.login("nobody", "x").await.unwrap(),
+        refresh(&api, "pfr1.nothing").await,
+        api.post("/api/v1/auth/login/mfa", None, &json!({}))
+            .await
+            .unwrap(),
+        api.login("admin", &ctl.admin_password).await.unwrap(),
+    ];
+    for r in &passed {
+        assert_ne!(r.status, 429, "{}", r.text);
+    }
+    assert_eq!(passed[3].status, 200, "{}", passed[3].text);
+    let r = api.login("admin", &ctl.admin_password).await.unwrap();
+    problem(&r, 429, "fifth request");
+    assert!(retry_after(&r) >= 1);
+    problem(
+        &refresh(&api, "pfr1.nothing").await,
+        429,
+        "other auth route",
+    );
+    // Routes outside /api/v1/auth/ are not limited.
+    let access = passed[3].json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..10 {
+        let r = api.get("/healthz", None).await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(whoami(&api, &access).await.status, 200);
+        unauthorized(
+            &api.get("/api/v1/whoami", None).await.unwrap(),
+            "anonymous whoami",
+        );
+    }
+}
