@@ -268,6 +268,18 @@ impl Controller {
             .await?)
     }
 
+    /// A writable pool on the database (for tests that tamper with it or seed it while the
+    /// controller runs).
+    pub async fn db_rw(&self) -> Result<SqlitePool> {
+        let opts = SqliteConnectOptions::new()
+            .filename(self.data.join("pifleet.db"))
+            .busy_timeout(Duration::from_secs(10));
+        Ok(SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await?)
+    }
+
     /// Telemetry sequence numbers stored for `device`, ascending.
     pub async fn seqs(&self, device: &str) -> Result<Vec<i64>> {
         let db = self.db().await?;

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod authkit;
+pub mod fleetkit;
 pub mod harness;
 pub mod https;
 pub mod logs;

@@ -51,11 +51,12 @@ fn verify_after(ctl: &Controller, name: &str, tamper: &str) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampering_is_detected_at_the_right_entry() {
     let mut ctl = Controller::start().await.unwrap();
-    // Operator actions and an enrollment produce entries 1..=5.
-    ctl.token(None, "10m").unwrap(); // 1 token.create
-    let _a = Agent::enroll(&ctl, "pi-audit", 5).unwrap(); // 2 token.create, 3 device.enroll
-    ctl.revoke("pi-audit").unwrap(); // 4 device.revoke
-    let out = ctl.cli(&["token", "revoke", "nosuchtoken"]).unwrap(); // 5 token.revoke refused
+    // `init` created the first admin (entry 1); operator actions and an enrollment produce
+    // entries 2..=6.
+    ctl.token(None, "10m").unwrap(); // 2 token.create
+    let _a = Agent::enroll(&ctl, "pi-audit", 5).unwrap(); // 3 token.create, 4 device.enroll
+    ctl.revoke("pi-audit").unwrap(); // 5 device.revoke
+    let out = ctl.cli(&["token", "revoke", "nosuchtoken"]).unwrap(); // 6 token.revoke refused
     assert!(!out.status.success());
     assert_eq!(ctl.stop().map(|s| s.success()), Some(true));
 
@@ -68,6 +69,7 @@ async fn tampering_is_detected_at_the_right_entry() {
     assert_eq!(
         actions,
         [
+            "user.create",
             "token.create",
             "token.create",
             "device.enroll",
@@ -78,7 +80,7 @@ async fn tampering_is_detected_at_the_right_entry() {
     );
     assert!(
         text.lines()
-            .nth(2)
+            .nth(3)
             .unwrap()
             .contains("device:pi-audit\t127.0.0.1"),
         "{text}"
@@ -86,7 +88,7 @@ async fn tampering_is_detected_at_the_right_entry() {
 
     let (ok, text) = verify_after(&ctl, "intact", "");
     assert!(ok, "{text}");
-    assert!(text.contains("5 entries verified"), "{text}");
+    assert!(text.contains("6 entries verified"), "{text}");
 
     let cases = [
         (
@@ -114,8 +116,8 @@ async fn tampering_is_detected_at_the_right_entry() {
         ),
         (
             "truncated",
-            "DELETE FROM audit_log WHERE seq = 5",
-            "the log ends at entry 4 but entry 5 was recorded",
+            "DELETE FROM audit_log WHERE seq = 6",
+            "the log ends at entry 5 but entry 6 was recorded",
         ),
     ];
     for (name, sql, want) in cases {

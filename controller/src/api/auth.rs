@@ -290,14 +290,6 @@ async fn start_session(
     token_response(st, user, &session_id, refresh, cookie)
 }
 
-/// Verifies a password on the blocking pool (argon2 takes tens of milliseconds).
-async fn verify_password(st: &AppState, stored: Option<String>, password: String) -> bool {
-    let st = st.clone();
-    tokio::task::spawn_blocking(move || st.passwords.verify(stored.as_deref(), &password))
-        .await
-        .unwrap_or(false)
-}
-
 /// Sign in with a user name and password.
 #[utoipa::path(post, path = "/api/v1/auth/login", operation_id = "login", tag = "auth", security(()),
     request_body = LoginRequest,
@@ -327,12 +319,12 @@ pub async fn login(
         return Err(locked_problem(secs));
     }
     let user = st.store.user_by_name(&key).await?;
-    let ok = verify_password(
-        &st,
-        user.as_ref().map(|u| u.password_hash.clone()),
-        req.password.clone(),
-    )
-    .await;
+    let ok = st
+        .verify_password(
+            user.as_ref().map(|u| u.password_hash.clone()),
+            req.password.clone(),
+        )
+        .await;
     let user = match user {
         Some(u) if ok && u.disabled_at.is_none() => u,
         other => {
@@ -348,9 +340,7 @@ pub async fn login(
     if st.passwords.needs_rehash(&user.password_hash) {
         // The cost was raised since this hash was made: upgrade it now that we know the
         // password.
-        let st2 = st.clone();
-        let pw = req.password.clone();
-        if let Ok(Ok(h)) = tokio::task::spawn_blocking(move || st2.passwords.hash(&pw)).await {
+        if let Ok(h) = st.hash_password(req.password.clone()).await {
             st.store.rehash_password(user.id, &h).await?;
         }
     }

@@ -91,12 +91,12 @@ pub async fn change_password(
     if let Some(secs) = locked_for(&st, &key).await? {
         return Err(locked_problem(secs));
     }
-    let stored = user.password_hash.clone();
-    let current = req.current_password.clone();
-    let st2 = st.clone();
-    let ok = tokio::task::spawn_blocking(move || st2.passwords.verify(Some(&stored), &current))
-        .await
-        .unwrap_or(false);
+    let ok = st
+        .verify_password(
+            Some(user.password_hash.clone()),
+            req.current_password.clone(),
+        )
+        .await;
     if !ok {
         let window_ms = st.cfg.auth.lockout_window_s.saturating_mul(1000);
         st.store.add_failure(&key, now_ms() - window_ms).await?;
@@ -115,12 +115,7 @@ pub async fn change_password(
     }
     password::check_policy(&req.new_password, &[&user.name, "pifleet"])
         .map_err(|e| Problem::bad_request(e.to_string()))?;
-    let st2 = st.clone();
-    let new = req.new_password;
-    let hash = tokio::task::spawn_blocking(move || st2.passwords.hash(&new))
-        .await
-        .map_err(|e| Problem::internal(&e))?
-        .map_err(|e| Problem::internal(&e))?;
+    let hash = st.hash_password(req.new_password).await?;
     st.store
         .set_password(user.id, &hash, false, Some(&p.session_id))
         .await?;

@@ -104,6 +104,28 @@ impl ApiState {
             .unwrap_or(true) // a poisoned lock fails closed
     }
 
+    /// Verifies a password on the blocking pool (argon2 takes tens of milliseconds); `None`
+    /// costs the same and fails.
+    pub async fn verify_password(
+        self: &Arc<Self>,
+        stored: Option<String>,
+        password: String,
+    ) -> bool {
+        let st = self.clone();
+        tokio::task::spawn_blocking(move || st.passwords.verify(stored.as_deref(), &password))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Hashes a password on the blocking pool.
+    pub async fn hash_password(self: &Arc<Self>, password: String) -> Result<String, Problem> {
+        let st = self.clone();
+        tokio::task::spawn_blocking(move || st.passwords.hash(&password))
+            .await
+            .map_err(|e| Problem::internal(&e))?
+            .map_err(|e| Problem::internal(&e))
+    }
+
     /// Counts an admin sign-in event.
     pub fn metrics_auth(&self, ev: &str) {
         self.metrics.auth_events.with_label_values(&[ev]).inc();

@@ -54,7 +54,7 @@ fn report(what: &str, mut d: Vec<Duration>) {
 }
 
 async fn populate(ctl: &Controller, n: usize) -> Result<()> {
-    let db = ctl.db().await?;
+    let db = ctl.db_rw().await?;
     let now = pifleet_controller::store::now_ms();
     let mut tx = db.begin().await?;
     for i in 0..n {
@@ -89,7 +89,7 @@ async fn populate(ctl: &Controller, n: usize) -> Result<()> {
         .bind(1_000_000_000i64 + (i as i64 % 1000) * 1_000_000)
         .bind(40.0 + (i % 30) as f64)
         .bind(
-            json!([{ "mount": "/", "fs": "ext4", "total": 32_000_000_000u64, "used": 8_000_000_000u64 + i as u64 }])
+            json!([{ "mount": "/", "fs": "ext4", "total_bytes": 32_000_000_000u64, "used_bytes": 8_000_000_000u64 + i as u64 }])
                 .to_string(),
         )
         .execute(&mut *tx)
@@ -101,7 +101,7 @@ async fn populate(ctl: &Controller, n: usize) -> Result<()> {
 
 /// 30 days of 10-second samples for one device (259,200 rows), for the history query.
 async fn populate_history(ctl: &Controller, device: &str) -> Result<usize> {
-    let db = ctl.db().await?;
+    let db = ctl.db_rw().await?;
     let now = pifleet_controller::store::now_ms();
     let n = 30 * 86_400 / 10;
     let mut tx = db.begin().await?;
