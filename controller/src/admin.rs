@@ -134,6 +134,7 @@ async fn populate(dd: &DataDir, hostnames: &[String]) -> Result<InitReport, Admi
     JwtKeys::generate()
         .save(&dd.jwt_keys())
         .map_err(|e| AdminError::Invalid(format!("access-token key: {e}")))?;
+    write_private(&dd.scrape_token(), new_scrape_token().as_bytes())?;
 
     write_private(&dd.config(), config::DEFAULT_TOML.as_bytes())?;
     let cfg = Config::parse(config::DEFAULT_TOML, &dd.config())?;
@@ -175,6 +176,25 @@ pub async fn write_crl(dd: &DataDir, store: &Store, ca: &Ca) -> Result<(), Admin
     let pem = ca.crl(&revoked, number, 30)?;
     write_private(&dd.crl(), pem.as_bytes())?;
     Ok(())
+}
+
+/// A fresh Prometheus scrape token (256 random bits).
+pub fn new_scrape_token() -> String {
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    format!("pfs1.{}\n", pifleet_shared::token::to_hex(&b))
+}
+
+/// The scrape token from the data dir.
+pub fn scrape_token(dd: &DataDir) -> Result<String, AdminError> {
+    let t = read_to_string(&dd.scrape_token())?.trim().to_owned();
+    if t.len() < 32 {
+        return Err(AdminError::Invalid(format!(
+            "{} holds no usable token; delete it and restart to make a new one",
+            dd.scrape_token().display()
+        )));
+    }
+    Ok(t)
 }
 
 /// A created enrollment token.

@@ -41,6 +41,27 @@ pub struct Config {
     pub enrollment: EnrollmentConfig,
     pub commands: CommandsConfig,
     pub auth: AuthConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Client networks (CIDRs) that may scrape without the scrape token. Empty: none.
+    pub scrape_allow: Vec<ipnet::IpNet>,
+    /// A device whose newest sample is older than this is served as stale (`up` 0, no
+    /// values).
+    pub stale_after_s: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            scrape_allow: Vec::new(),
+            stale_after_s: 120,
+        }
+    }
 }
 
 /// Admin sign-in: sessions, brute-force limits and password hashing cost.
@@ -374,6 +395,10 @@ impl Config {
             "https.cors_origins must be origins like \"https://admin.example.com\" (scheme and host, no path)",
         );
         check(
+            (5..=86_400).contains(&self.metrics.stale_after_s),
+            "metrics.stale_after_s must be 5..=86400",
+        );
+        check(
             (60..=86_400).contains(&self.auth.access_ttl_s),
             "auth.access_ttl_s must be 60..=86400",
         );
@@ -494,6 +519,13 @@ rate_burst = 10
 argon2_memory_kib = 19456
 argon2_iterations = 2
 argon2_parallelism = 1
+
+[metrics]
+# Prometheus scrapes /metrics, /metrics/devices/<id> and /api/v1/prometheus/sd with the
+# token in scrape.token (Authorization: Bearer). Networks listed here may scrape without it.
+scrape_allow = []
+# A device whose newest sample is older than this is served as stale (up 0, no values).
+stale_after_s = 120
 "#;
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //!   command.key    0600  Ed25519 command-signing key (PKCS#8 PEM)
 //!   command.pub    0600  its public half, handed to devices at enrollment
 //!   jwt.key        0600  keys that sign admin access tokens (newest first, with key ids)
+//!   scrape.token   0600  bearer token for Prometheus scrapes
 //!   crl.pem        0600  revoked device certificates, reloaded by the running controller
 //!   pifleet.db     0600  SQLite database (WAL)
 //!   serve.json     0600  addresses the running controller bound (for scripts and tests)
@@ -83,6 +84,9 @@ impl DataDir {
     pub fn jwt_keys(&self) -> PathBuf {
         self.root.join("jwt.key")
     }
+    pub fn scrape_token(&self) -> PathBuf {
+        self.root.join("scrape.token")
+    }
     pub fn crl(&self) -> PathBuf {
         self.root.join("crl.pem")
     }
@@ -94,12 +98,13 @@ impl DataDir {
     }
 
     /// Files that hold secrets: each must be 0600 or stricter.
-    pub fn secret_files(&self) -> [PathBuf; 4] {
+    pub fn secret_files(&self) -> [PathBuf; 5] {
         [
             self.ca_key(),
             self.server_key(),
             self.command_key(),
             self.jwt_keys(),
+            self.scrape_token(),
         ]
     }
 

@@ -276,6 +276,13 @@ impl Dispatcher {
                         .commands
                         .with_label_values(&["any", status.as_str()])
                         .inc();
+                    if let Ok(Some(c)) = self.store.command(&id).await
+                        && let (Some(sent), Some(done)) = (c.sent_at, c.finished_at)
+                    {
+                        self.metrics
+                            .command_roundtrip_seconds
+                            .observe((done - sent).max(0) as f64 / 1000.0);
+                    }
                 }
             }
             Ok(None) => {

@@ -1,12 +1,17 @@
 //! Controller metrics, registered in one registry. Labels are bounded (reasons, kinds,
 //! outcomes): never a device id here.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 
 /// Every metric the controller keeps.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     pub registry: Registry,
+    /// The standard `process_*` metrics, without our prefix.
+    pub process: Registry,
     pub mqtt_connections: IntGauge,
     pub mqtt_connects: IntCounter,
     pub mqtt_disconnects: IntCounterVec,
@@ -21,6 +26,12 @@ pub struct Metrics {
     pub enrollments: IntCounterVec,
     pub commands: IntCounterVec,
     pub auth_events: IntCounterVec,
+    pub command_roundtrip_seconds: Histogram,
+    pub http_requests: IntCounterVec,
+    pub http_request_seconds: HistogramVec,
+    pub devices: IntGaugeVec,
+    pub database_size_bytes: IntGauge,
+    pub server_cert_expiry: IntGauge,
 }
 
 impl Metrics {
@@ -93,7 +104,45 @@ impl Metrics {
                 ),
                 &["event"],
             )?,
+            command_roundtrip_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "command_roundtrip_seconds",
+                    "Command sent to the device → its final signed receipt stored",
+                )
+                .buckets(prometheus::exponential_buckets(0.001, 2.5, 14)?),
+            )?,
+            http_requests: IntCounterVec::new(
+                Opts::new(
+                    "http_requests_total",
+                    "HTTPS requests by method, route template and status",
+                ),
+                &["method", "route", "status"],
+            )?,
+            http_request_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "http_request_duration_seconds",
+                    "HTTPS request duration by method and route template",
+                )
+                .buckets(prometheus::exponential_buckets(0.0005, 2.5, 14)?),
+                &["method", "route"],
+            )?,
+            devices: IntGaugeVec::new(
+                Opts::new(
+                    "devices",
+                    "Devices by state: enrolled, online, offline, revoked",
+                ),
+                &["state"],
+            )?,
+            database_size_bytes: IntGauge::new(
+                "database_size_bytes",
+                "Size of the SQLite database and its write-ahead log",
+            )?,
+            server_cert_expiry: IntGauge::new(
+                "server_certificate_expiry_timestamp_seconds",
+                "Expiry of the controller's server certificate (Unix seconds)",
+            )?,
             registry,
+            process: Registry::new(),
         };
         let r = &m.registry;
         r.register(Box::new(m.mqtt_connections.clone()))?;
@@ -110,6 +159,16 @@ impl Metrics {
         r.register(Box::new(m.enrollments.clone()))?;
         r.register(Box::new(m.commands.clone()))?;
         r.register(Box::new(m.auth_events.clone()))?;
+        r.register(Box::new(m.command_roundtrip_seconds.clone()))?;
+        r.register(Box::new(m.http_requests.clone()))?;
+        r.register(Box::new(m.http_request_seconds.clone()))?;
+        r.register(Box::new(m.devices.clone()))?;
+        r.register(Box::new(m.database_size_bytes.clone()))?;
+        r.register(Box::new(m.server_cert_expiry.clone()))?;
+        // process_* (CPU, memory, open files, start time), unprefixed as is conventional.
+        m.process.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(m)
     }
 
@@ -117,7 +176,9 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let encoder = prometheus::TextEncoder::new();
-        if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        if let Err(e) = encoder.encode_utf8(&families, &mut out) {
             tracing::warn!(error = %e, "metrics encoding failed");
         }
         out

@@ -76,7 +76,7 @@ pub async fn run(
     ov: Overrides,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    ensure_jwt_keys(&dd)?;
+    ensure_secrets(&dd)?;
     dd.check()?;
     let mut cfg = Config::load(&dd.config())?;
     if let Some(a) = ov.mqtt_listen {
@@ -91,6 +91,9 @@ pub async fn run(
     let store = Store::open(&dd.database(), false).await?;
     store.set_all_offline().await?;
     let metrics = Metrics::new()?;
+    if let Some(t) = server_cert_expiry(&dd) {
+        metrics.server_cert_expiry.set(t);
+    }
 
     let mqtt_listener =
         TcpListener::bind(cfg.mqtt.listen)
@@ -170,6 +173,7 @@ pub async fn run(
         store.clone(),
         cfg.clone(),
         jwt,
+        admin::scrape_token(&dd)?,
         dispatcher.clone(),
         enroll_state,
         metrics.clone(),
@@ -268,16 +272,33 @@ async fn named<F: std::future::Future<Output = ()>>(name: &'static str, f: F) {
     tracing::debug!(task = name, "task stopped");
 }
 
-/// A data dir made before admin sign-in existed has no JWT keys yet: make them.
-fn ensure_jwt_keys(dd: &DataDir) -> Result<(), ServeError> {
+/// A data dir made by an older version may lack the access-token keys or the scrape
+/// token: make them.
+fn ensure_secrets(dd: &DataDir) -> Result<(), ServeError> {
+    if !dd.config().exists() {
+        return Ok(()); // `check` explains
+    }
     let path = dd.jwt_keys();
-    if dd.config().exists() && !path.exists() {
+    if !path.exists() {
         JwtKeys::generate()
             .save(&path)
             .map_err(|e| ServeError::Auth(e.to_string()))?;
         tracing::info!(path = %path.display(), "created the access-token signing key");
     }
+    let path = dd.scrape_token();
+    if !path.exists() {
+        write_private(&path, admin::new_scrape_token().as_bytes()).map_err(AdminError::from)?;
+        tracing::info!(path = %path.display(), "created the Prometheus scrape token");
+    }
     Ok(())
+}
+
+/// Expiry (Unix seconds) of the listeners' certificate, for the expiry alert.
+fn server_cert_expiry(dd: &DataDir) -> Option<i64> {
+    let pem = std::fs::read(dd.server_cert()).ok()?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// Forgets per-IP rate-limit state of addresses that have been quiet.

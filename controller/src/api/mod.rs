@@ -40,6 +40,7 @@ pub mod commands;
 pub mod devices;
 pub mod extract;
 pub mod me;
+pub mod metrics;
 pub mod tokens;
 pub mod users;
 
@@ -60,6 +61,8 @@ pub struct ApiState {
     pub auth_limiter: DefaultKeyedRateLimiter<IpAddr>,
     /// Roles whose users must have MFA (security settings, cached from the database).
     pub mfa_required: RwLock<Vec<Role>>,
+    /// The bearer token Prometheus scrapes with (`scrape.token`).
+    pub scrape_token: String,
 }
 
 /// Shared state handle.
@@ -73,6 +76,7 @@ impl ApiState {
         store: Store,
         cfg: Config,
         jwt: JwtKeys,
+        scrape_token: String,
         dispatcher: Arc<Dispatcher>,
         enroll: Arc<EnrollState>,
         metrics: Metrics,
@@ -93,6 +97,7 @@ impl ApiState {
             metrics,
             auth_limiter: RateLimiter::keyed(quota),
             mfa_required: RwLock::new(mfa_required),
+            scrape_token,
         }))
     }
 
@@ -175,6 +180,7 @@ pub fn event(actor: &str, ip: IpAddr, action: &str, target: &str, outcome: &str)
         (name = "users", description = "User management (admin)"),
         (name = "audit", description = "The hash-chained audit log (admin)"),
         (name = "system", description = "Health and metadata"),
+        (name = "metrics", description = "Prometheus: controller metrics, per-device targets, service discovery"),
     )
 )]
 struct ApiDoc;
@@ -228,13 +234,15 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(users::settings, users::set_settings))
         .routes(routes!(audit::list))
         .routes(routes!(audit::verify))
+        .routes(routes!(metrics::sd))
+        .routes(routes!(metrics::controller))
+        .routes(routes!(metrics::device))
         .split_for_parts()
 }
 
 /// The whole HTTPS application.
 pub fn app(state: AppState) -> Router {
-    let (api, mut doc) = api_routes();
-    doc.paths.paths.retain(|_, _| true);
+    let (api, doc) = api_routes();
     let doc = Arc::new(doc);
     let https = &state.cfg.https;
     let mut router = api
@@ -246,6 +254,7 @@ pub fn app(state: AppState) -> Router {
             }),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), guard))
+        .route_layer(middleware::from_fn_with_state(state.clone(), http_metrics))
         .route("/healthz", axum::routing::get(healthz))
         .route("/readyz", axum::routing::get(readyz))
         .fallback(|| async { Problem::not_found("no such route") })
@@ -460,6 +469,9 @@ async fn guard(
         tracing::error!(method = %req.method(), path, "route missing from the permission table");
         return Problem::forbidden("this route is not permitted").into_response();
     };
+    if route.perm == Permission::Scrape && scrape_allowed(&st, ip, req.headers()) {
+        return next.run(req).await;
+    }
     if route.path != "/api/v1/enroll" {
         let allow = &st.cfg.https.admin_allow;
         if !allow.is_empty() && !allow.iter().any(|n| n.contains(&ip)) {
@@ -533,6 +545,44 @@ async fn guard(
             return p.into_response();
         }
     }
+    resp
+}
+
+/// A Prometheus scrape: the scrape token, or a client address in `metrics.scrape_allow`.
+fn scrape_allowed(st: &ApiState, ip: IpAddr, headers: &axum::http::HeaderMap) -> bool {
+    if st.cfg.metrics.scrape_allow.iter().any(|n| n.contains(&ip)) {
+        return true;
+    }
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| auth::same_secret(t.trim(), &st.scrape_token))
+}
+
+/// Counts every routed request by method, route template and status, with its duration.
+async fn http_metrics(
+    State(st): State<AppState>,
+    matched: Option<MatchedPath>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let method = req.method().as_str().to_owned();
+    let route = matched
+        .as_ref()
+        .map(MatchedPath::as_str)
+        .unwrap_or("unmatched")
+        .to_owned();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    st.metrics
+        .http_request_seconds
+        .with_label_values(&[&method, &route])
+        .observe(started.elapsed().as_secs_f64());
+    st.metrics
+        .http_requests
+        .with_label_values(&[&method, &route, resp.status().as_str()])
+        .inc();
     resp
 }
 

@@ -83,7 +83,7 @@ fn state(t: &TokenRow, now: i64) -> TokenState {
 /// `host:port` from a Host header, if it is a plain host name or address with an optional
 /// numeric port (so it can go into a shell command as is). Without a port the client used
 /// the HTTPS default, 443.
-fn controller_authority(host: Option<&str>) -> Option<String> {
+pub(crate) fn controller_authority(host: Option<&str>) -> Option<String> {
     let host = host?.trim();
     if host.len() > 255 {
         return None;

@@ -46,7 +46,9 @@ impl Role {
     /// Whether this role may use a route that needs `perm`.
     pub fn allows(self, perm: Permission) -> bool {
         match perm {
-            Permission::Public | Permission::Session | Permission::Read => true,
+            Permission::Public | Permission::Session | Permission::Read | Permission::Scrape => {
+                true
+            }
             Permission::Operate => self >= Role::Operator,
             Permission::Admin => self == Role::Admin,
         }
@@ -86,6 +88,9 @@ pub enum Permission {
     Operate,
     /// Admin only.
     Admin,
+    /// Prometheus: the scrape token, an address in `metrics.scrape_allow`, or any signed-in
+    /// user.
+    Scrape,
 }
 
 /// One API route.
@@ -113,9 +118,10 @@ const fn r(
     }
 }
 
-use Permission::{Admin, Operate, Public, Read, Session};
+use Permission::{Admin, Operate, Public, Read, Scrape, Session};
 
-/// Every route under `/api/v1`, and the permission it needs.
+/// Every guarded route (the API under `/api/v1` and the Prometheus endpoints), and the
+/// permission it needs.
 pub const ROUTES: &[Route] = &[
     r("GET", "/api/v1/openapi.json", Public, "openapi"),
     r("POST", "/api/v1/enroll", Public, "device.enroll"),
@@ -191,6 +197,9 @@ pub const ROUTES: &[Route] = &[
     ),
     r("GET", "/api/v1/audit", Admin, "audit.list"),
     r("GET", "/api/v1/audit/verify", Admin, "audit.verify"),
+    r("GET", "/api/v1/prometheus/sd", Scrape, "metrics.sd"),
+    r("GET", "/metrics", Scrape, "metrics.controller"),
+    r("GET", "/metrics/devices/{id}", Scrape, "metrics.device"),
 ];
 
 /// The table entry for a request, if any.

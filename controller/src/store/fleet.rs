@@ -158,6 +158,38 @@ fn push_command_filter(
     }
 }
 
+/// Devices by state, for the controller's metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceCounts {
+    /// Not revoked.
+    pub enrolled: i64,
+    pub online: i64,
+    /// Enrolled and not online.
+    pub offline: i64,
+    pub revoked: i64,
+}
+
+impl Store {
+    /// Devices by state, in one pass.
+    pub async fn device_counts(&self) -> Result<DeviceCounts, StoreError> {
+        let r = sqlx::query(
+            "SELECT COALESCE(SUM(revoked_at IS NULL), 0) AS enrolled, \
+             COALESCE(SUM(revoked_at IS NULL AND online = 1), 0) AS online, \
+             COALESCE(SUM(revoked_at IS NOT NULL), 0) AS revoked FROM devices",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        let enrolled: i64 = r.try_get("enrolled")?;
+        let online: i64 = r.try_get("online")?;
+        Ok(DeviceCounts {
+            enrolled,
+            online,
+            offline: enrolled - online,
+            revoked: r.try_get("revoked")?,
+        })
+    }
+}
+
 impl Store {
     /// One page of devices with their latest sample, and the number of matching devices.
     pub async fn device_page(&self, f: &DeviceFilter) -> Result<DevicePage, StoreError> {
