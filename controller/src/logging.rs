@@ -1,5 +1,6 @@
 //! Log set-up: readable text on a terminal, JSON lines otherwise; `RUST_LOG` overrides the
-//! default filter. The embedded broker's own logs are off by default (the gateway logs every
+//! default filter. Lines logged while serving an HTTPS request carry its span (request id,
+//! method, path). The embedded broker's own logs are off by default (the gateway logs every
 //! connection event with the device id).
 
 use std::io::IsTerminal;
@@ -19,7 +20,8 @@ pub fn init() {
         let _ = builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            .with_current_span(true)
+            .with_span_list(false)
             .try_init();
     }
 }

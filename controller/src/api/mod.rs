@@ -298,7 +298,8 @@ pub fn app(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a request handler panicked");
             Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
-        }));
+        }))
+        .layer(middleware::from_fn(request_span));
     security_headers(router)
 }
 
@@ -337,6 +338,60 @@ fn security_headers(mut router: Router) -> Router {
         header::CACHE_CONTROL,
         HeaderValue::from_static("no-store"),
     ))
+}
+
+/// The request id header, taken from the client (or a proxy) when it is sane, else made up.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Runs the request inside a span carrying its request id (so every log line of the request
+/// has it), returns the id in `X-Request-Id`, and logs one line per request. Only the method
+/// and path are logged: never headers, query strings or bodies, which carry credentials.
+async fn request_span(mut req: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            let mut b = [0u8; 8];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut b);
+            pifleet_shared::token::to_hex(&b)
+        });
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        req.headers_mut().insert(REQUEST_ID, v);
+    }
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        path = %req.uri().path()
+    );
+    let started = std::time::Instant::now();
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
+    let mut resp = async move {
+        let resp = next.run(req).await;
+        let status = resp.status().as_u16();
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        // Successful reads (dashboards, Prometheus scrapes) are many and uneventful: debug.
+        if read && status < 400 {
+            tracing::debug!(status, duration_ms = ms, "request done");
+        } else {
+            tracing::info!(status, duration_ms = ms, "request done");
+        }
+        resp
+    }
+    .instrument(span)
+    .await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    resp
 }
 
 /// Answers 408 (as a problem document) when a request takes longer than

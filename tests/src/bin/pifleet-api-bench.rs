@@ -131,11 +131,68 @@ async fn populate_history(ctl: &Controller, device: &str) -> Result<usize> {
     Ok(n)
 }
 
+/// Prometheus' view: the service-discovery document, then one scrape per device.
+async fn scrapes(ctl: &Controller, api: &Api, devices: usize, concurrency: usize) -> Result<()> {
+    let token = std::fs::read_to_string(ctl.data.join("scrape.token"))?
+        .trim()
+        .to_owned();
+    let mut sd = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let r = api.get("/api/v1/prometheus/sd", Some(&token)).await?;
+        sd.push(t.elapsed());
+        if r.status != 200 || r.json().as_array().map(Vec::len) != Some(devices) {
+            bail!("sd: {} ({} bytes)", r.status, r.text.len());
+        }
+    }
+    report(
+        &format!("GET /api/v1/prometheus/sd ({devices} targets)"),
+        sd,
+    );
+    let started = Instant::now();
+    let per_client = devices.div_ceil(concurrency);
+    let mut tasks = Vec::new();
+    for c in 0..concurrency {
+        let api = api.clone();
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut d = Vec::with_capacity(per_client);
+            for i in (c * per_client)..((c + 1) * per_client).min(devices) {
+                let path = format!("/metrics/devices/pi-{i:05}");
+                let t = Instant::now();
+                let r = api.get(&path, Some(&token)).await?;
+                d.push(t.elapsed());
+                if r.status != 200 || !r.text.contains("pifleet_device_up") {
+                    bail!("{path}: {} {}", r.status, r.text);
+                }
+            }
+            Ok::<_, anyhow::Error>(d)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.context("scrape task")??);
+    }
+    let total = started.elapsed();
+    report(
+        &format!("GET /metrics/devices/{{id}} x {devices} (c={concurrency})"),
+        all,
+    );
+    println!(
+        "all {devices} device scrapes in {:.2} s ({:.0} scrapes/s)",
+        total.as_secs_f64(),
+        devices as f64 / total.as_secs_f64()
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let mut ctl =
-        Controller::start_with("[auth]\nrate_per_minute = 100000\nrate_burst = 100000\n").await?;
+    let mut ctl = Controller::start_with(
+        "[auth]\nrate_per_minute = 100000\nrate_burst = 100000\n[metrics]\nstale_after_s = 86400\n",
+    )
+    .await?;
     let api = Api::new(&ctl)?;
     let t = Instant::now();
     populate(&ctl, args.devices).await?;
@@ -219,6 +276,7 @@ async fn main() -> Result<()> {
         }
         report(&format!("GET history {label}, 720 points"), d);
     }
+    scrapes(&ctl, &api, args.devices, args.concurrency).await?;
     ctl.stop();
     Ok(())
 }
