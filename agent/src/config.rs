@@ -1,6 +1,7 @@
 //! The agent's `agent.toml`: written by `enroll`, read by `run`. Unknown fields are refused
 //! and every problem is reported at once. Relative paths are relative to the file's folder.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -48,6 +49,9 @@ pub struct AgentConfig {
     /// Which signed remote commands this device accepts (default: ping only).
     #[serde(default)]
     pub commands: CommandsConfig,
+    /// The optional local Prometheus listener; off when the section is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsSection>,
 }
 
 /// Where the controller is.
@@ -98,6 +102,15 @@ pub struct MqttSection {
     pub keep_alive_s: u64,
     /// Cap of the reconnect backoff, in seconds.
     pub backoff_max_s: u64,
+}
+
+/// `[metrics]`: serve the latest sample at `http://<listen>/metrics` for a Prometheus on
+/// the LAN (see [`crate::metrics`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Socket address to listen on, e.g. "0.0.0.0:9101".
+    pub listen: SocketAddr,
 }
 
 impl Default for TelemetryConfig {
@@ -183,6 +196,9 @@ impl AgentConfig {
         if self.controller.mqtt_port == 0 {
             p.push("controller.mqtt_port must not be 0".to_owned());
         }
+        if self.metrics.as_ref().is_some_and(|m| m.listen.port() == 0) {
+            p.push("metrics.listen needs a port other than 0".to_owned());
+        }
         p.extend(self.commands.problems());
         p
     }
@@ -260,6 +276,49 @@ allowed_args = ["--dry-run"]
         .unwrap();
         match AgentConfig::load(&path).unwrap_err() {
             ConfigError::Invalid { problems, .. } => assert_eq!(problems.len(), 2, "{problems:?}"),
+            e => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn metrics_section_is_optional_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, GOOD).unwrap();
+        let cfg = AgentConfig::load(&path).unwrap();
+        assert_eq!(cfg.metrics, None);
+        // Absent stays absent when `enroll` writes the configuration.
+        assert!(!toml::to_string_pretty(&cfg).unwrap().contains("metrics"));
+
+        let section = "[metrics]\nlisten = \"0.0.0.0:9101\"\n";
+        std::fs::write(&path, format!("{GOOD}{section}")).unwrap();
+        let cfg = AgentConfig::load(&path).unwrap();
+        let listen: SocketAddr = "0.0.0.0:9101".parse().unwrap();
+        assert_eq!(cfg.metrics, Some(MetricsSection { listen }));
+        let back: AgentConfig = toml::from_str(&toml::to_string_pretty(&cfg).unwrap()).unwrap();
+        assert_eq!(back.metrics, cfg.metrics);
+        std::fs::write(&path, format!("{GOOD}[metrics]\nlisten = \"[::]:9101\"\n")).unwrap();
+        assert!(AgentConfig::load(&path).unwrap().metrics.is_some());
+
+        for (bad, needle) in [
+            ("listen = \"9101\"", "listen"),
+            ("listen = \"pi.local:9101\"", "listen"),
+            ("listen = \"0.0.0.0:9101\"\nauth = true", "auth"),
+            ("", "listen"),
+        ] {
+            std::fs::write(&path, format!("{GOOD}[metrics]\n{bad}\n")).unwrap();
+            let e = AgentConfig::load(&path).unwrap_err().to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+        std::fs::write(
+            &path,
+            format!("{GOOD}[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+        )
+        .unwrap();
+        match AgentConfig::load(&path).unwrap_err() {
+            ConfigError::Invalid { problems, .. } => {
+                assert_eq!(problems, ["metrics.listen needs a port other than 0"]);
+            }
             e => panic!("{e}"),
         }
     }

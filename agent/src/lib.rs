@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod enroll;
 pub mod files;
+pub mod metrics;
 pub mod run;
 pub mod spool;
 pub mod tls;

@@ -4,7 +4,8 @@
 //! controller acknowledges its sequence number as committed. Live samples go out at once;
 //! after a reconnect the backlog drains oldest first in bounded batches alongside them.
 //! Signed commands on `down/cmd` are forwarded to [`crate::commands`], which runs them in
-//! tasks of its own and may change the telemetry interval.
+//! tasks of its own and may change the telemetry interval. With `[metrics]` configured, each
+//! new sample is also handed to the local Prometheus listener ([`crate::metrics`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +23,7 @@ use crate::backoff::Backoff;
 use crate::collect::{CollectError, Collector};
 use crate::commands::{Commands, CommandsError, MqttSink, Settings};
 use crate::config::AgentConfig;
+use crate::metrics::{self, Exporter};
 use crate::spool::{Spool, SpoolConfig, SpoolError};
 use crate::tls;
 
@@ -152,6 +154,11 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
         }
     });
 
+    let exporter = match &cfg.metrics {
+        Some(m) => start_exporter(m.listen, &cfg, &shutdown).await,
+        None => None,
+    };
+
     let mut connected = false;
     let mut drain: Option<Drain> = None;
     let mut last_floor = spool.acked_floor();
@@ -224,6 +231,9 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
                 }
                 let sample = collector.sample(seq, now_ms(), dropped, spool.backlog());
                 spool.append(&sample)?;
+                if let Some(e) = &exporter {
+                    e.publish(&sample);
+                }
                 if connected {
                     let msg = v1::Telemetry { samples: vec![sample] };
                     match client.try_publish(&telemetry_topic, QoS::AtLeastOnce, false, codec::encode(Kind::Telemetry, &msg)?) {
@@ -276,9 +286,35 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
         let _ = link.await;
     }
     link_stop.cancel();
+    if let Some(e) = exporter {
+        e.stop().await;
+    }
     commands.join().await;
     spool.close()?;
     Ok(())
+}
+
+/// Starts the local `/metrics` listener. A port that cannot be bound must not stop the agent's
+/// main job: the error is logged and the agent runs without the listener.
+async fn start_exporter(
+    listen: std::net::SocketAddr,
+    cfg: &AgentConfig,
+    shutdown: &CancellationToken,
+) -> Option<Exporter> {
+    let info = metrics::Info {
+        device: cfg.device_id.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    match Exporter::start(listen, info, metrics::Limits::default(), shutdown.clone()).await {
+        Ok(e) => {
+            tracing::info!(listen = %e.local_addr(), "serving metrics at /metrics");
+            Some(e)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "metrics listener not started; running without it");
+            None
+        }
+    }
 }
 
 /// Sends the next backlog batches that fit the window. Returns true when the drain is done.

@@ -42,6 +42,59 @@ pub struct Config {
     pub commands: CommandsConfig,
     pub auth: AuthConfig,
     pub metrics: MetricsConfig,
+    pub tracing: TracingConfig,
+}
+
+/// Trace export over OTLP (needs a controller built with the `otel` feature).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// OTLP/HTTP (protobuf) collector endpoint, e.g. `http://127.0.0.1:4318/v1/traces`.
+    /// Empty: no export.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: "pifleet-controller".to_owned(),
+        }
+    }
+}
+
+impl TracingConfig {
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !(1..=255).contains(&self.service_name.len()) {
+            p.push("tracing.service_name must be 1..=255 bytes".to_owned());
+        }
+        if self.otlp_endpoint.is_empty() {
+            return p;
+        }
+        if !cfg!(feature = "otel") {
+            p.push(
+                "tracing.otlp_endpoint is set, but this controller was built without trace \
+                 export: rebuild it with `--features otel`, or leave otlp_endpoint empty"
+                    .to_owned(),
+            );
+        }
+        let uri = self.otlp_endpoint.parse::<axum::http::Uri>().ok();
+        let ok = uri.as_ref().is_some_and(|u| {
+            u.scheme_str() == Some("http")
+                && u.authority().is_some_and(|a| !a.as_str().contains('@'))
+        });
+        if !ok {
+            p.push(
+                "tracing.otlp_endpoint must be a plain http:// URL of an OTLP/HTTP collector, \
+                 like \"http://127.0.0.1:4318/v1/traces\" (no https, no user info)"
+                    .to_owned(),
+            );
+        }
+        p
+    }
 }
 
 /// Prometheus endpoints.
@@ -434,6 +487,7 @@ impl Config {
             (1..=64).contains(&self.auth.argon2_parallelism),
             "auth.argon2_parallelism must be 1..=64",
         );
+        p.extend(self.tracing.problems());
         p
     }
 }
@@ -526,6 +580,12 @@ argon2_parallelism = 1
 scrape_allow = []
 # A device whose newest sample is older than this is served as stale (up 0, no values).
 stale_after_s = 120
+
+[tracing]
+# Export traces over OTLP/HTTP (protobuf) to this collector endpoint, e.g.
+# "http://127.0.0.1:4318/v1/traces". Empty: off. Needs a controller built with --features otel.
+otlp_endpoint = ""
+service_name = "pifleet-controller"
 "#;
 
 #[cfg(test)]
@@ -560,5 +620,37 @@ mod tests {
             panic!("expected Invalid, got {err}");
         };
         assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[cfg(not(feature = "otel"))]
+    #[test]
+    fn otlp_endpoint_refused_without_the_feature() {
+        let text = "[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\n";
+        let err = Config::parse(text, Path::new("t")).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("--features otel"), "{problems:?}");
+    }
+
+    #[test]
+    fn otlp_endpoint_checked() {
+        for bad in [
+            "https://collector:4318/v1/traces",
+            "http://u:p@collector:4318/v1/traces",
+            "127.0.0.1:4318",
+            "not a url",
+        ] {
+            let text = format!("[tracing]\notlp_endpoint = {bad:?}\n");
+            let err = Config::parse(&text, Path::new("t")).unwrap_err();
+            assert!(err.to_string().contains("plain http://"), "{bad}: {err}");
+        }
+        let text = "[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\n";
+        assert_eq!(
+            Config::parse(text, Path::new("t")).is_ok(),
+            cfg!(feature = "otel")
+        );
+        assert!(Config::parse("[tracing]\nservice_name = \"\"\n", Path::new("t")).is_err());
     }
 }

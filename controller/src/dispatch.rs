@@ -13,11 +13,12 @@ use pifleet_shared::{DeviceId, Topic, codec};
 use rand::RngCore;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::CommandsConfig;
 use crate::ingest::Outgoing;
 use crate::metrics::Metrics;
-use crate::store::{Labels, NewCommand, ReceiptUpdate, Store, StoreError, now_ms};
+use crate::store::{CommandRow, Labels, NewCommand, ReceiptUpdate, Store, StoreError, now_ms};
 
 /// Dispatch errors.
 #[derive(Debug, thiserror::Error)]
@@ -181,49 +182,61 @@ impl Dispatcher {
                 return Ok(());
             }
             for c in batch {
-                let action = c.parsed_action()?;
-                let mut id = [0u8; 16];
-                if let Some(parsed) = CommandId::parse(&c.id) {
-                    id = parsed.0;
-                }
-                let issued = now_ms();
-                let env = Envelope {
-                    id: CommandId(id),
-                    device: c.device_id.clone(),
-                    issued_at_ms: issued,
-                    expires_at_ms: c.expires_at,
-                    key_id: self.signer.id(),
-                    action,
-                };
-                let signed = match self.signer.sign(&env) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!(command = %c.id, error = %e, "signing failed");
-                        continue;
-                    }
-                };
-                let payload = match codec::encode(Kind::Cmd, &signed) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::error!(command = %c.id, error = %e, "command too large");
-                        continue;
-                    }
-                };
-                let Ok(device) = DeviceId::parse(&c.device_id) else {
-                    continue;
-                };
-                // Mark first: a receipt can come back before we would otherwise get to it.
-                if self.store.mark_sent(&c.id, issued).await? {
-                    let topic = Topic::new(device, Kind::Cmd).to_string();
-                    let _ = self.out.send(Outgoing { topic, payload });
-                    self.metrics
-                        .commands
-                        .with_label_values(&[c.action_kind.as_str(), "sent"])
-                        .inc();
-                    tracing::info!(command = %c.id, device = %c.device_id, action = %c.action_kind, "command sent");
-                }
+                let span = tracing::info_span!(
+                    "command_dispatch",
+                    command = %c.id,
+                    device = %c.device_id,
+                    action = %c.action_kind
+                );
+                self.send(&c).instrument(span).await?;
             }
         }
+    }
+
+    /// Signs one dispatchable command and publishes it to its device.
+    async fn send(&self, c: &CommandRow) -> Result<(), DispatchError> {
+        let action = c.parsed_action()?;
+        let mut id = [0u8; 16];
+        if let Some(parsed) = CommandId::parse(&c.id) {
+            id = parsed.0;
+        }
+        let issued = now_ms();
+        let env = Envelope {
+            id: CommandId(id),
+            device: c.device_id.clone(),
+            issued_at_ms: issued,
+            expires_at_ms: c.expires_at,
+            key_id: self.signer.id(),
+            action,
+        };
+        let signed = match self.signer.sign(&env) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(command = %c.id, error = %e, "signing failed");
+                return Ok(());
+            }
+        };
+        let payload = match codec::encode(Kind::Cmd, &signed) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(command = %c.id, error = %e, "command too large");
+                return Ok(());
+            }
+        };
+        let Ok(device) = DeviceId::parse(&c.device_id) else {
+            return Ok(());
+        };
+        // Mark first: a receipt can come back before we would otherwise get to it.
+        if self.store.mark_sent(&c.id, issued).await? {
+            let topic = Topic::new(device, Kind::Cmd).to_string();
+            let _ = self.out.send(Outgoing { topic, payload });
+            self.metrics
+                .commands
+                .with_label_values(&[c.action_kind.as_str(), "sent"])
+                .inc();
+            tracing::info!(command = %c.id, device = %c.device_id, action = %c.action_kind, "command sent");
+        }
+        Ok(())
     }
 
     /// Verifies a receipt against the device's certificate key and applies it.

@@ -15,6 +15,7 @@ use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::Publish;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::IngestConfig;
 use crate::gateway::Gateway;
@@ -167,9 +168,11 @@ pub async fn write(
                 Ok(None) | Err(_) => break,
             }
         }
+        let span = tracing::info_span!("ingest_batch", samples, messages = batch.len());
         let started = Instant::now();
-        match store.write_batch(&batch).await {
-            Ok(()) => {
+        match store.write_batch(&batch).instrument(span).await {
+            Ok(dropped) => {
+                metrics.agent_spool_dropped.inc_by(dropped);
                 metrics
                     .ingest_commit_seconds
                     .observe(started.elapsed().as_secs_f64());

@@ -17,6 +17,8 @@ pub mod ingest;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod pki;
 pub mod problem;
 pub mod serve;

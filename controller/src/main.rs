@@ -289,7 +289,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Everything we create (keys, database, spool) is private to this user.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    logging::init();
+    // Held to the end of `main`: dropping it flushes exported traces.
+    let _log = logging::init(match &cli.cmd {
+        Command::Serve { dir, .. } => Some(dir.data_dir.as_path()),
+        _ => None,
+    });
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

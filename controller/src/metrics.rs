@@ -27,6 +27,7 @@ pub struct Metrics {
     pub commands: IntCounterVec,
     pub auth_events: IntCounterVec,
     pub command_roundtrip_seconds: Histogram,
+    pub agent_spool_dropped: IntCounter,
     pub http_requests: IntCounterVec,
     pub http_request_seconds: HistogramVec,
     pub devices: IntGaugeVec,
@@ -104,6 +105,10 @@ impl Metrics {
                 ),
                 &["event"],
             )?,
+            agent_spool_dropped: IntCounter::new(
+                "agent_spool_dropped_total",
+                "Samples the devices' full spools dropped (oldest first), as they reported",
+            )?,
             command_roundtrip_seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     "command_roundtrip_seconds",
@@ -160,6 +165,7 @@ impl Metrics {
         r.register(Box::new(m.commands.clone()))?;
         r.register(Box::new(m.auth_events.clone()))?;
         r.register(Box::new(m.command_roundtrip_seconds.clone()))?;
+        r.register(Box::new(m.agent_spool_dropped.clone()))?;
         r.register(Box::new(m.http_requests.clone()))?;
         r.register(Box::new(m.http_request_seconds.clone()))?;
         r.register(Box::new(m.devices.clone()))?;

@@ -102,6 +102,11 @@ async fn controller_and_device_metrics_and_discovery() {
         .as_secs_f64();
     let seen = value(t, "pifleet_device_last_seen_timestamp_seconds").unwrap();
     assert!((now - seen).abs() < 60.0, "{seen} vs {now}");
+    assert_eq!(
+        value(t, "pifleet_device_spool_dropped_total"),
+        Some(0.0),
+        "{t}"
+    );
     let expiry = value(t, "pifleet_device_certificate_expiry_timestamp_seconds").unwrap();
     assert!(expiry > now + 300.0 * 86_400.0, "{t}");
     promtool_check(t);

@@ -3,8 +3,9 @@
 //! - `GET /metrics`: the controller's own metrics (bounded labels, never a device id).
 //! - `GET /metrics/devices/{id}`: one device's latest sample as gauges with stable names
 //!   and units. A device that is offline or whose newest sample is older than
-//!   `metrics.stale_after_s` is *stale*: only `pifleet_device_up 0`, its last-seen time and
-//!   its certificate expiry are served, never old values dressed up as current.
+//!   `metrics.stale_after_s` is *stale*: only `pifleet_device_up 0`, its last-seen time, its
+//!   certificate expiry and its spool-drop counter are served, never old values dressed up
+//!   as current.
 //! - `GET /api/v1/prometheus/sd`: HTTP service discovery, one target per enrolled device.
 //!
 //! All three take the scrape token (`Authorization: Bearer <scrape.token>`), a client
@@ -112,6 +113,12 @@ pub async fn device(
             t as f64 / 1000.0,
         );
     }
+    out.counter(
+        "pifleet_device_spool_dropped_total",
+        "Samples the device's full spool dropped (oldest first), ever",
+        &[],
+        st.store.spool_dropped_total(id.as_str()).await? as f64,
+    );
     if let Some(t) = cert_not_after {
         out.gauge(
             "pifleet_device_certificate_expiry_timestamp_seconds",
@@ -241,12 +248,6 @@ pub async fn device(
             "Samples waiting on the device for the controller's acknowledgement",
             &[],
             s.spool_backlog as f64,
-        );
-        out.gauge(
-            "pifleet_device_spool_dropped",
-            "Samples the device's full spool dropped before its newest sample",
-            &[],
-            s.spool_dropped as f64,
         );
     }
     Ok(text(out.finish()))

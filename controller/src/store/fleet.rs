@@ -508,6 +508,26 @@ mod tests {
         s.write_batch(&[op]).await.unwrap();
     }
 
+    /// Spool drops are counted once per stored sample: a re-sent sample adds nothing.
+    #[tokio::test]
+    async fn spool_drops_count_once_per_stored_sample() {
+        let (_dir, s) = store().await;
+        add_device(&s, "pi-d", "{}", None, true).await;
+        let mut a = sample(1, 1_000, 1.0, 1);
+        a.spool_dropped = 3;
+        let mut b = sample(2, 2_000, 1.0, 1);
+        b.spool_dropped = 4;
+        let op = |samples: Vec<v1::Sample>| IngestOp::Telemetry {
+            device: DeviceId::parse("pi-d").unwrap(),
+            samples,
+        };
+        assert_eq!(s.write_batch(&[op(vec![a.clone()])]).await.unwrap(), 3);
+        // `a` again (a re-send) with the new `b`.
+        assert_eq!(s.write_batch(&[op(vec![a, b])]).await.unwrap(), 4);
+        assert_eq!(s.spool_dropped_total("pi-d").await.unwrap(), 7);
+        assert_eq!(s.spool_dropped_total("pi-none").await.unwrap(), 0);
+    }
+
     fn filter() -> DeviceFilter {
         DeviceFilter {
             limit: 50,

@@ -420,8 +420,9 @@ impl Store {
     // ---- ingest ------------------------------------------------------------------------
 
     /// Commits a batch of ingest operations in one transaction. Telemetry inserts are
-    /// idempotent on (device, seq): a re-sent sample is ignored, not duplicated.
-    pub async fn write_batch(&self, ops: &[IngestOp]) -> Result<(), StoreError> {
+    /// idempotent on (device, seq): a re-sent sample is ignored, not duplicated. Returns the
+    /// number of samples the devices' spools reported dropped in newly stored samples.
+    pub async fn write_batch(&self, ops: &[IngestOp]) -> Result<u64, StoreError> {
         let now = now_ms();
         let mut tx = self.writer.begin().await?;
         // Rows per INSERT statement. Small and fixed, so the handful of distinct statements
@@ -429,6 +430,7 @@ impl Store {
         const ROWS_PER_STATEMENT: usize = 32;
         let mut pending: Vec<(&DeviceId, &v1::Sample)> = Vec::new();
         let mut last_seen: BTreeMap<&DeviceId, i64> = BTreeMap::new();
+        let mut dropped: BTreeMap<String, i64> = BTreeMap::new();
         for op in ops {
             match op {
                 IngestOp::Telemetry { device, samples } => {
@@ -530,7 +532,29 @@ impl Store {
                 },
             );
             qb.push(" ON CONFLICT (device_id, seq) DO NOTHING");
-            qb.build().execute(&mut *tx).await?;
+            if chunk.iter().any(|(_, s)| s.spool_dropped > 0) {
+                // Rare: count drops only from rows really inserted (not from re-sends).
+                qb.push(" RETURNING device_id, spool_dropped");
+                for r in qb.build().fetch_all(&mut *tx).await? {
+                    let n: i64 = r.try_get("spool_dropped")?;
+                    if n > 0 {
+                        *dropped
+                            .entry(r.try_get::<String, _>("device_id")?)
+                            .or_default() += n;
+                    }
+                }
+            } else {
+                qb.build().execute(&mut *tx).await?;
+            }
+        }
+        for (device, n) in &dropped {
+            sqlx::query(
+                "UPDATE devices SET spool_dropped_total = spool_dropped_total + ? WHERE id = ?",
+            )
+            .bind(n)
+            .bind(device)
+            .execute(&mut *tx)
+            .await?;
         }
         for (device, max_seq) in last_seen {
             sqlx::query(
@@ -547,7 +571,21 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(dropped
+            .values()
+            .map(|n| u64::try_from(*n).unwrap_or(0))
+            .sum())
+    }
+
+    /// Samples a device's spool has reported dropped, ever.
+    pub async fn spool_dropped_total(&self, device: &str) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT spool_dropped_total FROM devices WHERE id = ?")
+                .bind(device)
+                .fetch_optional(&self.reader)
+                .await?
+                .unwrap_or(0),
+        )
     }
 
     /// Deletes telemetry received before `cutoff_ms`, one hour of data per statement so the
