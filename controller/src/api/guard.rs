@@ -1,0 +1,160 @@
+//! The guard: decides every routed request from the permission table (admin IP
+//! allowlist, scrape access, the per-IP limiter on /auth/*, bearer authentication, pending
+//! password change or MFA enrolment, role) and audits mutating requests.
+
+use super::*;
+
+/// Decides every API route from the permission table: admin IP allowlist, per-IP rate
+/// limit on /auth/*, bearer authentication, forced password change / MFA enrolment, role;
+/// then audits mutating requests.
+pub(super) async fn guard(
+    State(st): State<AppState>,
+    ClientIp(ip): ClientIp,
+    matched: Option<MatchedPath>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let path = matched.as_ref().map(MatchedPath::as_str).unwrap_or("");
+    let Some(route) = rbac::route(req.method().as_str(), path) else {
+        tracing::error!(method = %req.method(), path, "route missing from the permission table");
+        return Problem::forbidden("this route is not permitted").into_response();
+    };
+    if route.perm == Permission::Scrape && scrape_allowed(&st, ip, req.headers()) {
+        return next.run(req).await;
+    }
+    if route.path != "/api/v1/enroll" {
+        let allow = &st.cfg.https.admin_allow;
+        if !allow.is_empty() && !allow.iter().any(|n| n.contains(&ip)) {
+            tracing::info!(%ip, path, "admin API refused: address not in https.admin_allow");
+            return Problem::forbidden("your address may not use the admin API").into_response();
+        }
+    }
+    if route.path.starts_with("/api/v1/auth/")
+        && let Err(not_until) = st.auth_limiter.check_key(&ip)
+    {
+        {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many sign-in requests from your address; wait and try again",
+            )
+            .with_retry_after(wait.as_secs_f64().ceil() as u64)
+            .into_response();
+        }
+    }
+    if route.perm == Permission::Public {
+        return next.run(req).await;
+    }
+    let principal = match authenticate(&st, req.headers()).await {
+        Ok(p) => p,
+        Err(p) => return p.into_response(),
+    };
+    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD);
+    let target = req.uri().path().to_owned();
+    let actor = format!("user:{}", principal.name);
+    let pending = if route.perm == Permission::Session {
+        None
+    } else {
+        pending_step(&st, &principal)
+    };
+    let refusal = if pending.is_some() {
+        pending
+    } else if !principal.role.allows(route.perm) {
+        Some(Problem::forbidden(format!(
+            "your role ({}) may not do this",
+            principal.role
+        )))
+    } else {
+        None
+    };
+    if let Some(problem) = refusal {
+        if mutating {
+            let ev = event(&actor, ip, route.action, &target, "denied");
+            if let Err(p) = st.audit(ev).await {
+                return p.into_response();
+            }
+        }
+        return problem.into_response();
+    }
+    req.extensions_mut().insert(principal);
+    let resp = next.run(req).await;
+    if mutating {
+        let status = resp.status();
+        let outcome = if status.is_success() {
+            "ok".to_owned()
+        } else if status.is_client_error() {
+            format!("refused: {}", status.as_u16())
+        } else {
+            format!("error: {}", status.as_u16())
+        };
+        let mut ev = event(&actor, ip, route.action, &target, &outcome);
+        if let Some(note) = resp.extensions().get::<AuditNote>() {
+            ev.detail = note.0.clone();
+        }
+        if let Err(p) = st.audit(ev).await {
+            return p.into_response();
+        }
+    }
+    resp
+}
+
+/// A Prometheus scrape: the scrape token, or a client address in `metrics.scrape_allow`.
+pub(super) fn scrape_allowed(st: &ApiState, ip: IpAddr, headers: &axum::http::HeaderMap) -> bool {
+    if st.cfg.metrics.scrape_allow.iter().any(|n| n.contains(&ip)) {
+        return true;
+    }
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| auth::same_secret(t.trim(), &st.scrape_token))
+}
+
+/// Resolves the bearer access token to a principal; the user and session are read from the
+/// database on every request, so disabling, deleting, demoting and logging out take effect
+/// at once.
+pub(super) async fn authenticate(
+    st: &ApiState,
+    headers: &axum::http::HeaderMap,
+) -> Result<Principal, Problem> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            Problem::unauthorized(
+                "sign in: send an access token as `Authorization: Bearer <token>`",
+            )
+        })?;
+    let now = crate::store::now_ms() / 1000;
+    let claims = st
+        .jwt
+        .verify(token.trim(), TokenKind::Access, now)
+        .map_err(|_| Problem::unauthorized("the access token is invalid or expired"))?;
+    let p = st
+        .store
+        .session_principal(&claims.sid, claims.sub, crate::store::now_ms())
+        .await?
+        .ok_or_else(|| Problem::unauthorized("the session has ended; sign in again"))?;
+    Ok(p)
+}
+
+/// Why a signed-in user may use nothing but their own account yet, if so.
+pub(super) fn pending_step(st: &ApiState, p: &Principal) -> Option<Problem> {
+    if p.must_change_password {
+        Some(
+            Problem::forbidden("change your password first (POST /api/v1/me/password)")
+                .with_code("password_change_required"),
+        )
+    } else if !p.mfa_enabled && st.mfa_required_for(p.role) {
+        Some(
+            Problem::forbidden(format!(
+                "your role ({}) requires MFA: set it up first (POST /api/v1/me/mfa)",
+                p.role
+            ))
+            .with_code("mfa_setup_required"),
+        )
+    } else {
+        None
+    }
+}

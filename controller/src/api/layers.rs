@@ -1,0 +1,227 @@
+//! The hardening and bookkeeping layers around every request: security headers, request
+//! ids and the per-request log line, the deadline, the body limit, the client address
+//! (trusted proxies) and the HTTP metrics.
+
+use super::*;
+
+/// Headers on every response, errors included.
+pub const SECURITY_HEADERS: &[(&str, &str)] = &[
+    (
+        "content-security-policy",
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; \
+         form-action 'self'; frame-ancestors 'none'",
+    ),
+    (
+        "strict-transport-security",
+        "max-age=63072000; includeSubDomains",
+    ),
+    ("x-frame-options", "DENY"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    (
+        "permissions-policy",
+        "accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), \
+         microphone=(), payment=(), usb=()",
+    ),
+    ("cross-origin-opener-policy", "same-origin"),
+    ("cross-origin-resource-policy", "same-origin"),
+];
+
+pub(super) fn security_headers(mut router: Router) -> Router {
+    for (name, value) in SECURITY_HEADERS {
+        router = router.layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        ));
+    }
+    router.layer(SetResponseHeaderLayer::if_not_present(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    ))
+}
+
+/// The request id header, taken from the client (or a proxy) when it is sane, else made up.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Runs the request inside a span carrying its request id (so every log line of the request
+/// has it), returns the id in `X-Request-Id`, and logs one line per request. Only the method
+/// and path are logged: never headers, query strings or bodies, which carry credentials.
+pub(super) async fn request_span(mut req: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            let mut b = [0u8; 8];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut b);
+            pifleet_shared::token::to_hex(&b)
+        });
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        req.headers_mut().insert(REQUEST_ID, v);
+    }
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        path = %req.uri().path()
+    );
+    let started = std::time::Instant::now();
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
+    let mut resp = async move {
+        let resp = next.run(req).await;
+        let status = resp.status().as_u16();
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        // Successful reads (dashboards, Prometheus scrapes) are many and uneventful: debug.
+        if read && status < 400 {
+            tracing::debug!(status, duration_ms = ms, "request done");
+        } else {
+            tracing::info!(status, duration_ms = ms, "request done");
+        }
+        resp
+    }
+    .instrument(span)
+    .await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    resp
+}
+
+/// Answers 408 (as a problem document) when a request takes longer than
+/// `https.request_timeout_s`.
+pub(super) async fn deadline(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = Duration::from_secs(st.cfg.https.request_timeout_s);
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request took too long and was abandoned",
+        )
+        .into_response(),
+    }
+}
+
+/// Reads the whole request body (at most `https.max_body_bytes`) before the guard or a
+/// handler sees the request. An answer sent while part of the body is still unread (a 401
+/// from the guard, say) makes hyper close the connection without `Connection: close`, so a
+/// keep-alive client that reuses it gets a reset instead of its next answer, and a client
+/// still sending gets a broken connection instead of the answer. A body over the limit is
+/// refused here with 413 and `Connection: close`, without reading the rest.
+pub(super) async fn read_body(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    use futures_util::StreamExt;
+    let limit = st.cfg.https.max_body_bytes;
+    let too_large = || {
+        let mut resp = Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {limit} bytes"),
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large();
+    }
+    let (parts, body) = req.into_parts();
+    let mut stream = body.into_data_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(data) if buf.len().saturating_add(data.len()) > limit => return too_large(),
+            Ok(data) => buf.extend_from_slice(&data),
+            Err(e) => {
+                tracing::debug!(error = %e, "request body unreadable");
+                let mut resp =
+                    Problem::bad_request("the request body could not be read").into_response();
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return resp;
+            }
+        }
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(buf)))
+        .await
+}
+
+/// Works out the client address (trusted proxies only) and puts it in the request.
+pub(super) async fn client_ip(
+    State(st): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<PeerAddr>()
+        .map(|p| p.0.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let ip = resolve_client(peer, req.headers(), &st.cfg.https.trusted_proxies);
+    req.extensions_mut().insert(ClientIp(ip));
+    next.run(req).await
+}
+
+/// The client address: the peer, unless the peer is a trusted proxy, in which case the
+/// right-most X-Forwarded-For entry that is not itself a trusted proxy.
+pub fn resolve_client(
+    peer: IpAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut hops: Vec<IpAddr> = Vec::new();
+    for v in headers.get_all("x-forwarded-for") {
+        let Ok(s) = v.to_str() else { return peer };
+        for part in s.split(',') {
+            match part.trim().parse::<IpAddr>() {
+                Ok(ip) => hops.push(ip),
+                Err(_) => return peer, // a malformed chain is not believed at all
+            }
+        }
+    }
+    hops.into_iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .unwrap_or(peer)
+}
+
+/// Counts every routed request by method, route template and status, with its duration.
+pub(super) async fn http_metrics(
+    State(st): State<AppState>,
+    matched: Option<MatchedPath>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let method = req.method().as_str().to_owned();
+    let route = matched
+        .as_ref()
+        .map(MatchedPath::as_str)
+        .unwrap_or("unmatched")
+        .to_owned();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    st.metrics
+        .http_request_seconds
+        .with_label_values(&[&method, &route])
+        .observe(started.elapsed().as_secs_f64());
+    st.metrics
+        .http_requests
+        .with_label_values(&[&method, &route, resp.status().as_str()])
+        .inc();
+    resp
+}
