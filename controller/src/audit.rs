@@ -2,24 +2,31 @@
 //! previous entry's hash and the entry's own fields (length-prefixed, so no two different
 //! entries encode alike). [`verify_chain`] finds the first edited, inserted or deleted entry.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Hash of the (absent) entry before the first one.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// One audit entry as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One audit entry as stored (and as the API serves it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = AuditEntry)]
 pub struct Entry {
     pub seq: i64,
+    /// Unix ms.
     pub at: i64,
+    /// Who: `user:<name>`, `cli:<os user>`, …
     pub actor: String,
+    /// Client address, or `local` for the CLI.
     pub source: String,
     pub action: String,
     pub target: String,
+    /// `ok`, `denied`, `refused: <status>` or `error: <status>`.
     pub outcome: String,
     pub detail: String,
+    /// Hash of the previous entry (hex).
     pub prev_hash: String,
+    /// SHA-256 over `prev_hash` and this entry's fields (hex).
     pub hash: String,
 }
 

@@ -52,42 +52,7 @@ pub struct AuditFilter {
 }
 
 /// One audit entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct AuditEntry {
-    pub seq: i64,
-    /// Unix ms.
-    pub at: i64,
-    /// Who: `user:<name>`, `cli:<os user>`, …
-    pub actor: String,
-    /// Client address, or `local` for the CLI.
-    pub source: String,
-    pub action: String,
-    pub target: String,
-    /// `ok`, `denied`, `refused: <status>` or `error: <status>`.
-    pub outcome: String,
-    pub detail: String,
-    /// Hash of the previous entry (hex).
-    pub prev_hash: String,
-    /// SHA-256 over `prev_hash` and this entry's fields (hex).
-    pub hash: String,
-}
-
-impl From<Entry> for AuditEntry {
-    fn from(e: Entry) -> Self {
-        Self {
-            seq: e.seq,
-            at: e.at,
-            actor: e.actor,
-            source: e.source,
-            action: e.action,
-            target: e.target,
-            outcome: e.outcome,
-            detail: e.detail,
-            prev_hash: e.prev_hash,
-            hash: e.hash,
-        }
-    }
-}
+pub type AuditEntry = Entry;
 
 /// A page of audit entries, newest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -193,10 +158,7 @@ pub async fn list(
     let filter = q.validate()?;
     let items = st.store.audit_page(&filter).await?;
     let head = st.store.audit_head().await?;
-    Ok(axum::Json(AuditPage {
-        items: items.into_iter().map(AuditEntry::from).collect(),
-        head,
-    }))
+    Ok(axum::Json(AuditPage { items, head }))
 }
 
 /// Checks the whole hash chain; a broken chain is reported, not an error.

@@ -158,11 +158,21 @@ async fn record_failure(
     action: &str,
     why: &str,
 ) -> Result<(), Problem> {
-    let window_ms = st.cfg.auth.lockout_window_s.saturating_mul(1000);
-    st.store.add_failure(key, now_ms() - window_ms).await?;
     st.metrics_auth("failure");
     st.audit(event(actor, ip, action, key, &format!("failed: {why}")))
         .await?;
+    count_failure(st, key, actor, ip).await
+}
+
+/// Counts a failure toward the lockout of `key`; audits the lockout when it starts it.
+pub(super) async fn count_failure(
+    st: &ApiState,
+    key: &str,
+    actor: &str,
+    ip: IpAddr,
+) -> Result<(), Problem> {
+    let window_ms = st.cfg.auth.lockout_window_s.saturating_mul(1000);
+    st.store.add_failure(key, now_ms() - window_ms).await?;
     if locked_for(st, key).await?.is_some() {
         st.metrics_auth("lockout");
         st.audit(event(actor, ip, "auth.lockout", key, "locked"))

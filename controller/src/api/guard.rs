@@ -103,11 +103,16 @@ pub(super) fn scrape_allowed(st: &ApiState, ip: IpAddr, headers: &axum::http::He
     if st.cfg.metrics.scrape_allow.iter().any(|n| n.contains(&ip)) {
         return true;
     }
+    bearer(headers).is_some_and(|t| auth::same_secret(t, &st.scrape_token))
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| auth::same_secret(t.trim(), &st.scrape_token))
+        .map(str::trim)
 }
 
 /// Resolves the bearer access token to a principal; the user and session are read from the
@@ -117,19 +122,13 @@ pub(super) async fn authenticate(
     st: &ApiState,
     headers: &axum::http::HeaderMap,
 ) -> Result<Principal, Problem> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            Problem::unauthorized(
-                "sign in: send an access token as `Authorization: Bearer <token>`",
-            )
-        })?;
+    let token = bearer(headers).ok_or_else(|| {
+        Problem::unauthorized("sign in: send an access token as `Authorization: Bearer <token>`")
+    })?;
     let now = crate::store::now_ms() / 1000;
     let claims = st
         .jwt
-        .verify(token.trim(), TokenKind::Access, now)
+        .verify(token, TokenKind::Access, now)
         .map_err(|_| Problem::unauthorized("the access token is invalid or expired"))?;
     let p = st
         .store

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::auth::{locked_for, locked_problem, name_key};
+use super::auth::{count_failure, locked_for, locked_problem, name_key};
 use super::extract::{ClientIp, Json, Path, Principal};
 use super::{AppState, event};
 use crate::auth::{Role, password, totp};
@@ -98,14 +98,7 @@ pub async fn change_password(
         )
         .await;
     if !ok {
-        let window_ms = st.cfg.auth.lockout_window_s.saturating_mul(1000);
-        st.store.add_failure(&key, now_ms() - window_ms).await?;
-        if locked_for(&st, &key).await?.is_some() {
-            st.metrics_auth("lockout");
-            let actor = format!("user:{}", user.name);
-            st.audit(event(&actor, ip, "auth.lockout", &key, "locked"))
-                .await?;
-        }
+        count_failure(&st, &key, &format!("user:{}", user.name), ip).await?;
         return Err(Problem::forbidden("the current password is wrong"));
     }
     if req.new_password == req.current_password {

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use pifleet_shared::DeviceId;
 use pifleet_shared::proto::v1;
+use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::Row;
 
 mod audit;
 mod commands;
