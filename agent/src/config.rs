@@ -82,6 +82,10 @@ pub struct TlsFiles {
 pub struct TelemetryConfig {
     /// Seconds between samples.
     pub interval_s: u32,
+    /// A file holding the temperature to report in millidegrees Celsius (the sysfs thermal
+    /// format), instead of the SoC's thermal zone: for boards whose sensor is elsewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature_file: Option<PathBuf>,
 }
 
 /// On-disk spool of unacknowledged samples.
@@ -115,7 +119,10 @@ pub struct MetricsSection {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { interval_s: 10 }
+        Self {
+            interval_s: 10,
+            temperature_file: None,
+        }
     }
 }
 
@@ -157,7 +164,10 @@ impl AgentConfig {
             &mut cfg.tls.command_key,
             &mut cfg.spool.dir,
             &mut cfg.commands.state_dir,
-        ] {
+        ]
+        .into_iter()
+        .chain(cfg.telemetry.temperature_file.as_mut())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -234,11 +244,30 @@ command_key = "command.pub"
         assert_eq!(cfg.tls.key, dir.path().join("device.key"));
         assert_eq!(cfg.spool.dir, dir.path().join("spool"));
         assert_eq!(cfg.telemetry.interval_s, 10);
+        assert_eq!(cfg.telemetry.temperature_file, None);
         let commands = CommandsConfig {
             state_dir: dir.path().join("commands"),
             ..CommandsConfig::default()
         };
         assert_eq!(cfg.commands, commands);
+    }
+
+    #[test]
+    fn temperature_file_is_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let section = "[telemetry]\ninterval_s = 2\ntemperature_file = \"sensors/board\"\n";
+        std::fs::write(&path, format!("{GOOD}{section}")).unwrap();
+        let cfg = AgentConfig::load(&path).unwrap();
+        assert_eq!(
+            cfg.telemetry.temperature_file,
+            Some(dir.path().join("sensors/board"))
+        );
+        let back: AgentConfig = toml::from_str(&toml::to_string_pretty(&cfg).unwrap()).unwrap();
+        assert_eq!(
+            back.telemetry.temperature_file,
+            cfg.telemetry.temperature_file
+        );
     }
 
     #[test]

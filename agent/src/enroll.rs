@@ -184,6 +184,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
             interval_s: opts
                 .interval_s
                 .unwrap_or(TelemetryConfig::default().interval_s),
+            temperature_file: None,
         },
         spool: SpoolSection::default(),
         mqtt: MqttSection::default(),

@@ -73,6 +73,9 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
     spool_cfg.sync_interval = Duration::from_secs(cfg.spool.sync_interval_s);
     let mut spool = Spool::open(spool_cfg)?;
     let mut collector = Collector::new("/")?;
+    if let Some(path) = &cfg.telemetry.temperature_file {
+        collector.set_temperature_file(path);
+    }
 
     let status_topic = Topic::new(id.clone(), Kind::Status).to_string();
     let telemetry_topic = Topic::new(id.clone(), Kind::Telemetry).to_string();

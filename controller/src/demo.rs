@@ -96,7 +96,11 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let url = format!("https://localhost:{}", bound.https.port());
 
     let store = Store::open(&dd.database(), false).await?;
+    // Without a thermal zone (a VM, most laptops) the agents would report no temperature:
+    // give each a file to read instead and move its value like a Pi's SoC would.
+    let simulated = !has_thermal_zone();
     let mut agents: Vec<(String, Child)> = Vec::new();
+    let mut temperatures: Vec<PathBuf> = Vec::new();
     for i in 1..=args.agents {
         let id = format!("demo-pi-{i}");
         let dir = base.join("agents").join(&id);
@@ -125,6 +129,12 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             return Err(DemoError::Failed(format!(
                 "enrolling {id} failed ({status})"
             )));
+        }
+        if simulated {
+            let file = dir.join(TEMPERATURE_FILE);
+            use_temperature_file(&config)?;
+            write_temperature(&file, simulated_temperature(temperatures.len(), 0.0))?;
+            temperatures.push(file);
         }
         let log = std::fs::File::create(dir.join("agent.log")).map_err(io("agent.log"))?;
         let child = Command::new(&agent_bin)
@@ -157,6 +167,11 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     for (id, child) in &agents {
         println!("  agent        {id}  pid {}", child.id().unwrap_or(0));
     }
+    if simulated {
+        println!(
+            "  temperature  simulated: this machine has no thermal zone (agents/*/{TEMPERATURE_FILE})"
+        );
+    }
     println!("  admin API    {url}/api/v1  (OpenAPI: {url}/api/v1/openapi.json)");
     println!(
         "  sign in as   {}  one-time password {}  (to be changed at first sign-in)",
@@ -180,11 +195,21 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
 
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     tick.tick().await;
+    let started = std::time::Instant::now();
+    let mut heat = tokio::time::interval(Duration::from_secs(1));
     let stop = crate::signal::shutdown();
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => break,
+            _ = heat.tick(), if simulated => {
+                let t = started.elapsed().as_secs_f64();
+                for (i, file) in temperatures.iter().enumerate() {
+                    if let Err(e) = write_temperature(file, simulated_temperature(i, t)) {
+                        eprintln!("{e}");
+                    }
+                }
+            }
             _ = tick.tick() => {
                 if let Ok(devices) = store.list_devices().await {
                     let online = devices.iter().filter(|d| d.online).count();
@@ -228,6 +253,66 @@ async fn wait_bound(dd: &DataDir, controller: &mut Child) -> Result<Bound, DemoE
     Err(DemoError::Failed(
         "the controller did not start within 30 s".into(),
     ))
+}
+
+/// The file, next to each demo agent's configuration, that holds its simulated temperature.
+const TEMPERATURE_FILE: &str = "temperature";
+
+/// Whether this machine has a readable thermal zone for the agents to report.
+fn has_thermal_zone() -> bool {
+    std::fs::read_dir("/sys/class/thermal").is_ok_and(|dir| {
+        dir.filter_map(Result::ok).any(|e| {
+            e.file_name().to_string_lossy().starts_with("thermal_zone")
+                && std::fs::read_to_string(e.path().join("temp"))
+                    .is_ok_and(|t| t.trim().parse::<i64>().is_ok())
+        })
+    })
+}
+
+/// Points an agent configuration written by `enroll` at its simulated temperature file.
+fn use_temperature_file(config: &Path) -> Result<(), DemoError> {
+    let text =
+        std::fs::read_to_string(config).map_err(io(format!("reading {}", config.display())))?;
+    let mut doc: toml::Table = toml::from_str(&text)
+        .map_err(|e| DemoError::Failed(format!("{}: {e}", config.display())))?;
+    let telemetry = doc
+        .entry("telemetry")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let Some(telemetry) = telemetry.as_table_mut() else {
+        return Err(DemoError::Failed(format!(
+            "{}: [telemetry] is not a table",
+            config.display()
+        )));
+    };
+    telemetry.insert(
+        "temperature_file".into(),
+        toml::Value::String(TEMPERATURE_FILE.into()),
+    );
+    let text = toml::to_string_pretty(&doc)
+        .map_err(|e| DemoError::Failed(format!("{}: {e}", config.display())))?;
+    let text = format!(
+        "# pifleet agent configuration, written by `pifleet-agent enroll`; the demo added\n# telemetry.temperature_file. Relative paths are relative to this file.\n\n{text}"
+    );
+    crate::datadir::write_private(config, text.as_bytes())
+        .map_err(|e| DemoError::Failed(e.to_string()))
+}
+
+/// A plausible SoC temperature for agent `i` at `t` seconds: each agent idles at its own
+/// level and drifts slowly, like a Pi under a changing load.
+fn simulated_temperature(i: usize, t: f64) -> f64 {
+    let phase = i as f64 * 1.7;
+    let base = 44.0 + (i % 7) as f64 * 2.5;
+    base + 6.0 * (t / 90.0 + phase).sin() + 1.5 * (t / 7.0 + phase * 3.0).sin()
+}
+
+/// Writes a temperature in the sysfs format (millidegrees), atomically so that an agent
+/// never reads half a number.
+fn write_temperature(file: &Path, celsius: f64) -> Result<(), DemoError> {
+    let tmp = file.with_extension("tmp");
+    let milli = (celsius * 1000.0).round() as i64;
+    std::fs::write(&tmp, format!("{milli}\n"))
+        .and_then(|()| std::fs::rename(&tmp, file))
+        .map_err(io(format!("writing {}", file.display())))
 }
 
 /// SIGTERM, then SIGKILL after 10 s.

@@ -228,7 +228,7 @@ impl Dispatcher {
         };
         // Mark first: a receipt can come back before we would otherwise get to it.
         if self.store.mark_sent(&c.id, issued).await? {
-            let topic = Topic::new(device, Kind::Cmd).to_string();
+            let topic = Topic::new(device, Kind::Cmd);
             let _ = self.out.send(Outgoing { topic, payload });
             self.metrics
                 .commands

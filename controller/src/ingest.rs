@@ -25,7 +25,7 @@ use crate::store::{IngestOp, Store};
 /// A message for a device, published through the broker link.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
-    pub topic: String,
+    pub topic: Topic,
     pub payload: Vec<u8>,
 }
 
@@ -179,7 +179,7 @@ pub async fn write(
                 metrics.ingest_batch_samples.observe(samples as f64);
                 metrics.ingest_samples.inc_by(samples as u64);
                 for (device, ack) in acks_for(&batch) {
-                    let topic = Topic::new(device, Kind::Ack).to_string();
+                    let topic = Topic::new(device, Kind::Ack);
                     // Split a huge ack so each message fits its size limit.
                     for chunk in ack.ranges.chunks(200) {
                         let msg = v1::Ack {
@@ -256,9 +256,14 @@ pub fn acks_for(batch: &[IngestOp]) -> Vec<(DeviceId, v1::Ack)> {
 
 /// Publishes messages for devices (acks, commands) through the broker link. Runs on its
 /// own thread because the link's send blocks when the router is busy.
-pub fn publish(mut tx: LinkTx, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+pub fn publish(mut tx: LinkTx, mut rx: mpsc::UnboundedReceiver<Outgoing>, metrics: Metrics) {
     while let Some(msg) = rx.blocking_recv() {
-        if let Err(e) = tx.publish(msg.topic.into_bytes(), msg.payload) {
+        metrics
+            .mqtt_messages_out
+            .with_label_values(&[msg.topic.kind.as_str()])
+            .inc();
+        metrics.mqtt_bytes_out.inc_by(msg.payload.len() as u64);
+        if let Err(e) = tx.publish(msg.topic.to_string().into_bytes(), msg.payload) {
             tracing::error!(error = %e, "broker link closed; publishing stops");
             return;
         }

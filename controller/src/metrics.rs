@@ -19,6 +19,8 @@ pub struct Metrics {
     pub mqtt_acl_violations: IntCounterVec,
     pub mqtt_messages_in: IntCounterVec,
     pub mqtt_bytes_in: IntCounter,
+    pub mqtt_messages_out: IntCounterVec,
+    pub mqtt_bytes_out: IntCounter,
     pub ingest_dropped: IntCounterVec,
     pub ingest_samples: IntCounter,
     pub ingest_batch_samples: Histogram,
@@ -70,6 +72,17 @@ impl Metrics {
             mqtt_bytes_in: IntCounter::new(
                 "mqtt_bytes_in_total",
                 "Payload bytes published by devices",
+            )?,
+            mqtt_messages_out: IntCounterVec::new(
+                Opts::new(
+                    "mqtt_messages_out_total",
+                    "Messages the controller published to devices",
+                ),
+                &["kind"],
+            )?,
+            mqtt_bytes_out: IntCounter::new(
+                "mqtt_bytes_out_total",
+                "Payload bytes the controller published to devices",
             )?,
             ingest_dropped: IntCounterVec::new(
                 Opts::new(
@@ -157,6 +170,8 @@ impl Metrics {
         r.register(Box::new(m.mqtt_acl_violations.clone()))?;
         r.register(Box::new(m.mqtt_messages_in.clone()))?;
         r.register(Box::new(m.mqtt_bytes_in.clone()))?;
+        r.register(Box::new(m.mqtt_messages_out.clone()))?;
+        r.register(Box::new(m.mqtt_bytes_out.clone()))?;
         r.register(Box::new(m.ingest_dropped.clone()))?;
         r.register(Box::new(m.ingest_samples.clone()))?;
         r.register(Box::new(m.ingest_batch_samples.clone()))?;

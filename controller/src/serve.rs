@@ -238,9 +238,10 @@ pub async fn run(
             metrics.clone(),
         ),
     ));
+    let publisher_metrics = metrics.clone();
     let acker = std::thread::Builder::new()
         .name("broker-publisher".into())
-        .spawn(move || ingest::publish(link_tx, out_rx))
+        .spawn(move || ingest::publish(link_tx, out_rx, publisher_metrics))
         .map_err(ServeError::Thread)?;
     drop(gw);
 

@@ -55,16 +55,21 @@ pub struct Api {
 impl Api {
     /// A client for `ctl`'s HTTPS listener (as `localhost`, trusting only its CA).
     pub fn new(ctl: &Controller) -> Result<Self> {
-        let mut tls = client_tls(&ctl.ca_path(), None)?;
+        Self::at(ctl.https, &ctl.ca_path())
+    }
+
+    /// A client for the controller listening on `https` whose CA certificate is `ca`.
+    pub fn at(https: std::net::SocketAddr, ca: &std::path::Path) -> Result<Self> {
+        let mut tls = client_tls(ca, None)?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
-            .resolve("localhost", ctl.https)
+            .resolve("localhost", https)
             .timeout(Duration::from_secs(30))
             .build()?;
         Ok(Self {
             client,
-            base: format!("https://localhost:{}", ctl.https.port()),
+            base: format!("https://localhost:{}", https.port()),
         })
     }
 

@@ -129,10 +129,32 @@ async fn controller_and_device_metrics_and_discovery() {
     assert_eq!(g["labels"]["__metrics_path__"], path);
     assert!(g["labels"]["name"].as_str().is_some_and(|n| !n.is_empty()));
 
-    // The controller's own metrics: bounded labels, device counts, HTTP and process metrics.
-    let m = api.get("/metrics", Some(&token)).await.unwrap();
+    // The controller's own metrics: bounded labels, device counts, MQTT traffic both ways
+    // (the ack for the stored sample is published right after its commit), HTTP and process.
+    let m = wait_for(WAIT, "an ack counted as sent", || {
+        let api = api.clone();
+        let token = token.clone();
+        async move {
+            let r = api.get("/metrics", Some(&token)).await.ok()?;
+            (value(&r.text, "pifleet_mqtt_messages_out_total{kind=\"ack\"}")? >= 1.0).then_some(r)
+        }
+    })
+    .await
+    .unwrap();
     assert_eq!(m.status, 200, "{}", m.text);
     let t = &m.text;
+    assert!(
+        value(t, "pifleet_mqtt_messages_in_total{kind=\"telemetry\"}").unwrap() >= 1.0,
+        "{t}"
+    );
+    assert!(
+        value(t, "pifleet_mqtt_bytes_in_total").unwrap() > 0.0,
+        "{t}"
+    );
+    assert!(
+        value(t, "pifleet_mqtt_bytes_out_total").unwrap() > 0.0,
+        "{t}"
+    );
     assert_eq!(
         value(t, "pifleet_devices{state=\"online\"}"),
         Some(1.0),

@@ -23,6 +23,8 @@ const METRICS: &[&str] = &[
     "pifleet_mqtt_acl_violations_total",
     "pifleet_mqtt_messages_in_total",
     "pifleet_mqtt_bytes_in_total",
+    "pifleet_mqtt_messages_out_total",
+    "pifleet_mqtt_bytes_out_total",
     "pifleet_ingest_samples_total",
     "pifleet_ingest_dropped_total",
     "pifleet_commands_total",

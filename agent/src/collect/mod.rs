@@ -109,6 +109,12 @@ impl Collector {
         })
     }
 
+    /// Reads the temperature from `path` (millidegrees Celsius) instead of the thermal zone
+    /// picked at start. An unreadable or malformed file reports no temperature.
+    pub fn set_temperature_file(&mut self, path: impl Into<PathBuf>) {
+        self.temp = Some(path.into());
+    }
+
     /// What this device is, sent on every (re)connect.
     pub fn hello(&self, agent_version: &str, interval_s: u32) -> Hello {
         let text = |rel: &str| read_text(&self.root.join(rel));

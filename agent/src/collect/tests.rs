@@ -358,6 +358,29 @@ fn missing_files_give_empty_values() -> TestResult {
 }
 
 #[test]
+fn temperature_file_overrides_the_thermal_zone() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    put(
+        root,
+        "sys/class/thermal/thermal_zone0/type",
+        b"cpu-thermal\n",
+    )?;
+    put(root, "sys/class/thermal/thermal_zone0/temp", b"61000\n")?;
+    put(root, "board/temp", b"48250\n")?;
+    let mut c = Collector::new(root)?;
+    assert_eq!(c.sample(1, 0, 0, 0).temp_c, Some(61.0));
+    c.set_temperature_file(root.join("board/temp"));
+    assert_eq!(c.sample(2, 0, 0, 0).temp_c, Some(48.25));
+    // A file that turns unreadable or malformed reports no temperature, not an old one.
+    put(root, "board/temp", b"warm\n")?;
+    assert_eq!(c.sample(3, 0, 0, 0).temp_c, None);
+    fs::remove_file(root.join("board/temp"))?;
+    assert_eq!(c.sample(4, 0, 0, 0).temp_c, None);
+    Ok(())
+}
+
+#[test]
 fn long_strings_keep_messages_small() -> TestResult {
     use pifleet_shared::codec::encode;
     use pifleet_shared::topic::Kind;
