@@ -546,3 +546,77 @@ fn grafana_provisioning_fixes_the_datasource_uid_the_dashboards_use() {
         "{dashboards}"
     );
 }
+
+/// The Alertmanager inhibit rules that docs/OBSERVABILITY.md tells users to add pass
+/// `amtool check-config` (Debian: `apt-get install prometheus-alertmanager`), and name only
+/// alerts that exist.
+#[test]
+fn documented_inhibit_rules_pass_amtool() {
+    let doc = read(&repo().join("docs/OBSERVABILITY.md"));
+    let section = doc
+        .split("### Alertmanager")
+        .nth(1)
+        .expect("an Alertmanager section");
+    let block = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a yaml block in the Alertmanager section");
+    assert!(block.starts_with("inhibit_rules:"), "{block}");
+    let alerts: BTreeSet<String> = rule_files()
+        .iter()
+        .flat_map(|(_, text)| {
+            rule_names(text)
+                .into_iter()
+                .filter(|(kind, _)| *kind == "alert")
+                .map(|(_, n)| n.to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    // Every alert name or pattern in a matcher matches at least one real alert.
+    for matcher in block.split("alertname").skip(1) {
+        let value = matcher
+            .split('"')
+            .nth(1)
+            .unwrap_or_else(|| panic!("unquoted matcher: {matcher}"));
+        let found = value.split('|').all(|v| {
+            let v = v.trim_start_matches('(').trim_end_matches(')');
+            match v.split_once(".*") {
+                Some((pre, post)) => alerts
+                    .iter()
+                    .any(|a| a.starts_with(pre) && a.ends_with(post)),
+                None => alerts.contains(v),
+            }
+        });
+        assert!(found, "{value} matches no alert in {alerts:?}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("alertmanager.yml");
+    fs::write(
+        &config,
+        format!("route:\n  receiver: default\nreceivers:\n  - name: default\n{block}"),
+    )
+    .unwrap();
+    let out = match Command::new("amtool")
+        .arg("check-config")
+        .arg(&config)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == ErrorKind::NotFound => panic!(
+            "amtool is not installed: install it with `sudo apt-get install prometheus-alertmanager`"
+        ),
+        Err(e) => panic!("cannot run amtool: {e}"),
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "amtool check-config failed:\n{text}");
+    assert!(
+        text.contains("Found:") && text.contains("inhibit"),
+        "{text}"
+    );
+}

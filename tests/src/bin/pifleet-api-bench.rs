@@ -31,6 +31,9 @@ struct Args {
     /// Concurrent clients for the device-list queries.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Measure only the Prometheus endpoints (service discovery and every device's scrape).
+    #[arg(long)]
+    scrapes_only: bool,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -137,16 +140,18 @@ async fn scrapes(ctl: &Controller, api: &Api, devices: usize, concurrency: usize
         .trim()
         .to_owned();
     let mut sd = Vec::new();
+    let mut bytes = 0;
     for _ in 0..20 {
         let t = Instant::now();
         let r = api.get("/api/v1/prometheus/sd", Some(&token)).await?;
         sd.push(t.elapsed());
+        bytes = r.text.len();
         if r.status != 200 || r.json().as_array().map(Vec::len) != Some(devices) {
-            bail!("sd: {} ({} bytes)", r.status, r.text.len());
+            bail!("sd: {} ({bytes} bytes)", r.status);
         }
     }
     report(
-        &format!("GET /api/v1/prometheus/sd ({devices} targets)"),
+        &format!("GET /api/v1/prometheus/sd ({devices} targets, {bytes} bytes)"),
         sd,
     );
     let started = Instant::now();
@@ -201,6 +206,11 @@ async fn main() -> Result<()> {
         args.devices,
         t.elapsed().as_secs_f64()
     );
+    if args.scrapes_only {
+        scrapes(&ctl, &api, args.devices, args.concurrency).await?;
+        ctl.stop();
+        return Ok(());
+    }
     let t = Instant::now();
     let rows = populate_history(&ctl, "pi-00000").await?;
     println!(
