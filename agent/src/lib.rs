@@ -9,5 +9,6 @@ pub mod enroll;
 pub mod files;
 pub mod metrics;
 pub mod run;
+pub mod services;
 pub mod spool;
 pub mod tls;

@@ -24,6 +24,7 @@ use crate::collect::{CollectError, Collector};
 use crate::commands::{Commands, CommandsError, MqttSink, Settings};
 use crate::config::AgentConfig;
 use crate::metrics::{self, Exporter};
+use crate::services;
 use crate::spool::{Spool, SpoolConfig, SpoolError};
 use crate::tls;
 
@@ -119,6 +120,19 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
         shutdown.clone(),
     )?;
 
+    let event_topic = Topic::new(id.clone(), Kind::Event).to_string();
+    let capabilities = codec::encode(
+        Kind::Event,
+        &v1::Event::Capabilities(services::capabilities(&cfg.commands)),
+    )?;
+    let (services_tx, mut services_rx) = watch::channel(None);
+    tokio::spawn(services::watch_states(
+        cfg.commands.clone(),
+        commands.services_changed(),
+        services_tx,
+        shutdown.clone(),
+    ));
+
     let (ev_tx, mut ev_rx) = mpsc::channel::<LinkEvent>(256);
     let backoff_max = Duration::from_secs(cfg.mqtt.backoff_max_s);
     let link_stop = CancellationToken::new();
@@ -183,6 +197,10 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
                     let _ = client.try_publish(&status_topic, QoS::AtLeastOnce, true, codec::encode(Kind::Status, &v1::Status::Online)?);
                     let hello = collector.hello(env!("CARGO_PKG_VERSION"), *interval_rx.borrow());
                     let _ = client.try_publish(&hello_topic, QoS::AtLeastOnce, false, codec::encode(Kind::Hello, &hello)?);
+                    let _ = client.try_publish(&event_topic, QoS::AtLeastOnce, false, capabilities.clone());
+                    if let Some(states) = services_rx.borrow_and_update().clone() {
+                        let _ = client.try_publish(&event_topic, QoS::AtLeastOnce, false, codec::encode(Kind::Event, &v1::Event::Services(states))?);
+                    }
                     drain = Some(Drain { cursor: spool.acked_floor(), live_from: None });
                     last_progress = Instant::now();
                     commands.set_connected(true);
@@ -218,6 +236,12 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
                 }
                 None => break,
             },
+            Ok(()) = services_rx.changed() => {
+                let states = services_rx.borrow_and_update().clone();
+                if let (true, Some(states)) = (connected, states) {
+                    let _ = client.try_publish(&event_topic, QoS::AtLeastOnce, false, codec::encode(Kind::Event, &v1::Event::Services(states))?);
+                }
+            }
             Ok(()) = interval_rx.changed() => {
                 let seconds = *interval_rx.borrow_and_update();
                 let period = Duration::from_secs(u64::from(seconds.max(1)));

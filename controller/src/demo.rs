@@ -132,10 +132,12 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         }
         if simulated {
             let file = dir.join(TEMPERATURE_FILE);
-            use_temperature_file(&config)?;
             write_temperature(&file, simulated_temperature(temperatures.len(), 0.0))?;
             temperatures.push(file);
         }
+        let bin = dir.join("bin");
+        write_fake_systemd(&bin)?;
+        configure_agent(&config, simulated, &bin)?;
         let log = std::fs::File::create(dir.join("agent.log")).map_err(io("agent.log"))?;
         let child = Command::new(&agent_bin)
             .args(["run", "--config"])
@@ -269,32 +271,111 @@ fn has_thermal_zone() -> bool {
     })
 }
 
-/// Points an agent configuration written by `enroll` at its simulated temperature file.
-fn use_temperature_file(config: &Path) -> Result<(), DemoError> {
+/// The unit each demo agent may manage (through its fake systemd, see
+/// [`write_fake_systemd`]).
+pub const DEMO_UNIT: &str = "demo-kiosk.service";
+
+/// A stand-in for systemd's `systemctl` and `journalctl` in `bin`, for the demo's agents:
+/// they keep [`DEMO_UNIT`]'s state in a file next to them, so service commands and the unit
+/// states the agents report behave like the real thing without touching this machine's
+/// services. (The agent runs them like any program: by argv, through its configured path.)
+fn write_fake_systemd(bin: &Path) -> Result<(), DemoError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(bin).map_err(io(format!("creating {}", bin.display())))?;
+    let state = bin.join("units");
+    std::fs::create_dir_all(&state).map_err(io(format!("creating {}", state.display())))?;
+    let systemctl = format!(
+        r#"#!/bin/sh
+# pifleet demo: a fake systemctl keeping unit states in {state}
+dir='{state}'
+# Builtins only: the agent runs programs with its configured path (this directory) as PATH.
+get() {{ if [ -f "$dir/$1" ]; then read a b < "$dir/$1"; echo "$a $b"; else echo "active running"; fi; }}
+cmd="$1"; shift
+[ "$1" = "--" ] && shift
+case "$cmd" in
+  show)
+    for u in "$@"; do
+      case "$u" in --*) continue ;; esac
+      set -- $(get "$u")
+      printf 'Id=%s
+ActiveState=%s
+SubState=%s
+
+' "$u" "$1" "$2"
+    done ;;
+  start|restart) echo "active running" > "$dir/$1"; echo "$cmd $1: done" ;;
+  stop) echo "inactive dead" > "$dir/$1"; echo "stop $1: done" ;;
+  status) set -- "$1" $(get "$1"); printf '* %s - pifleet demo unit
+   Active: %s (%s)
+' "$1" "$2" "$3" ;;
+  reboot) echo "the demo does not reboot this machine" ;;
+  *) echo "unsupported: $cmd" >&2; exit 1 ;;
+esac
+"#,
+        state = state.display()
+    );
+    let journalctl = r#"#!/bin/sh
+# pifleet demo: a fake journalctl
+echo "demo kiosk[412]: serving on :8080"
+echo "demo kiosk[412]: 3 clients connected"
+"#;
+    for (name, text) in [
+        ("systemctl", systemctl.as_str()),
+        ("journalctl", journalctl),
+    ] {
+        let path = bin.join(name);
+        let tmp = bin.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(io(format!("writing {}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// Adjusts an agent configuration written by `enroll` for the demo: commands for
+/// [`DEMO_UNIT`] through the fake systemd in `bin`, the telemetry interval command, and the
+/// simulated temperature file when `simulated`.
+fn configure_agent(config: &Path, simulated: bool, bin: &Path) -> Result<(), DemoError> {
     let text =
         std::fs::read_to_string(config).map_err(io(format!("reading {}", config.display())))?;
     let mut doc: toml::Table = toml::from_str(&text)
         .map_err(|e| DemoError::Failed(format!("{}: {e}", config.display())))?;
-    let telemetry = doc
-        .entry("telemetry")
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    let Some(telemetry) = telemetry.as_table_mut() else {
-        return Err(DemoError::Failed(format!(
-            "{}: [telemetry] is not a table",
-            config.display()
-        )));
-    };
-    telemetry.insert(
-        "temperature_file".into(),
-        toml::Value::String(TEMPERATURE_FILE.into()),
+    if simulated {
+        section(&mut doc, "telemetry", config)?.insert(
+            "temperature_file".into(),
+            toml::Value::String(TEMPERATURE_FILE.into()),
+        );
+    }
+    let unit = toml::Value::Array(vec![toml::Value::String(DEMO_UNIT.into())]);
+    let commands = section(&mut doc, "commands", config)?;
+    commands.insert("services".into(), unit.clone());
+    commands.insert("journal_units".into(), unit);
+    commands.insert("set_interval".into(), toml::Value::Boolean(true));
+    commands.insert("min_interval_s".into(), toml::Value::Integer(1));
+    commands.insert(
+        "path".into(),
+        toml::Value::String(bin.display().to_string()),
     );
     let text = toml::to_string_pretty(&doc)
         .map_err(|e| DemoError::Failed(format!("{}: {e}", config.display())))?;
     let text = format!(
-        "# pifleet agent configuration, written by `pifleet-agent enroll`; the demo added\n# telemetry.temperature_file. Relative paths are relative to this file.\n\n{text}"
+        "# pifleet agent configuration, written by `pifleet-agent enroll`; the demo set up\n# commands for its fake unit manager (and telemetry.temperature_file on machines without a\n# thermal zone). Relative paths are relative to this file.\n\n{text}"
     );
     crate::datadir::write_private(config, text.as_bytes())
         .map_err(|e| DemoError::Failed(e.to_string()))
+}
+
+/// The table `[name]` of an agent configuration, created when missing.
+fn section<'a>(
+    doc: &'a mut toml::Table,
+    name: &str,
+    config: &Path,
+) -> Result<&'a mut toml::Table, DemoError> {
+    doc.entry(name)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .ok_or_else(|| DemoError::Failed(format!("{}: [{name}] is not a table", config.display())))
 }
 
 /// A plausible SoC temperature for agent `i` at `t` seconds: each agent idles at its own

@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use crate::config::CommandsConfig;
 use crate::ingest::Outgoing;
+use crate::live::Hub;
 use crate::metrics::Metrics;
 use crate::store::{CommandRow, Labels, NewCommand, ReceiptUpdate, Store, StoreError, now_ms};
 
@@ -116,6 +117,7 @@ pub struct Dispatcher {
     metrics: Metrics,
     wake: Arc<Notify>,
     keys: Mutex<HashMap<String, (DeviceKeyAlg, Vec<u8>)>>,
+    live: Hub,
 }
 
 impl Dispatcher {
@@ -126,6 +128,7 @@ impl Dispatcher {
         cfg: CommandsConfig,
         metrics: Metrics,
         wake: Arc<Notify>,
+        live: Hub,
     ) -> Self {
         Self {
             store,
@@ -135,7 +138,13 @@ impl Dispatcher {
             metrics,
             wake,
             keys: Mutex::new(HashMap::new()),
+            live,
         }
+    }
+
+    /// Where command status changes are reported for the dashboard.
+    pub fn live(&self) -> &Hub {
+        &self.live
     }
 
     /// Creates commands and dispatches them at once (in-process callers: the API).
@@ -147,6 +156,9 @@ impl Dispatcher {
     ) -> Result<Vec<(CommandId, String)>, DispatchError> {
         let r =
             create_commands(&self.store, targets, action, ttl, self.cfg.answer_timeout()).await?;
+        for (id, device) in &r {
+            self.live.command_changed(device, &id.to_string());
+        }
         self.wake.notify_one();
         Ok(r)
     }
@@ -230,6 +242,7 @@ impl Dispatcher {
         if self.store.mark_sent(&c.id, issued).await? {
             let topic = Topic::new(device, Kind::Cmd);
             let _ = self.out.send(Outgoing { topic, payload });
+            self.live.command_changed(&c.device_id, &c.id);
             self.metrics
                 .commands
                 .with_label_values(&[c.action_kind.as_str(), "sent"])
@@ -283,6 +296,7 @@ impl Dispatcher {
             .await
         {
             Ok(Some(status)) => {
+                self.live.command_changed(device.as_str(), &id);
                 tracing::info!(command = %id, device = %device, status = status.as_str(), "command {}", status.as_str());
                 if status.is_final() {
                     self.metrics

@@ -102,7 +102,10 @@ pub async fn enroll(
     };
     st.metrics.enrollments.with_label_values(&[outcome]).inc();
     match &result {
-        Ok(r) => tracing::info!(device = %r.device_id, "device enrolled"),
+        Ok(r) => {
+            app.live.devices_changed(vec![r.device_id.clone()]);
+            tracing::info!(device = %r.device_id, "device enrolled");
+        }
         Err(p) => {
             tracing::warn!(status = p.status.as_u16(), detail = %p.detail, "enrollment refused")
         }

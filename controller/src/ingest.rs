@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::config::IngestConfig;
 use crate::gateway::Gateway;
+use crate::live::Hub;
 use crate::metrics::Metrics;
 use crate::store::{IngestOp, Store};
 
@@ -128,13 +129,15 @@ fn to_op(p: &Publish) -> Result<Option<Routed>, Refusal> {
             let _: v1::Status = codec::decode(Kind::Status, &p.payload).map_err(bad)?;
             None
         }
-        // Events are handled by a later capability; validate the size only.
-        Kind::Event => {
-            if p.payload.len() > topic.kind.max_payload() {
-                return Err((Some(device), "oversize", String::new()));
+        Kind::Event => match codec::decode(Kind::Event, &p.payload).map_err(bad)? {
+            v1::Event::Capabilities(capabilities) => Some(Routed::Ingest(IngestOp::Capabilities {
+                device,
+                capabilities,
+            })),
+            v1::Event::Services(states) => {
+                Some(Routed::Ingest(IngestOp::Services { device, states }))
             }
-            None
-        }
+        },
         Kind::Cmd | Kind::Ack => None,
     })
 }
@@ -148,6 +151,7 @@ pub async fn write(
     online: Arc<Notify>,
     cfg: IngestConfig,
     metrics: Metrics,
+    live: Hub,
 ) {
     let max_delay = Duration::from_millis(cfg.batch_max_delay_ms);
     let mut batch: Vec<IngestOp> = Vec::new();
@@ -196,6 +200,13 @@ pub async fn write(
                         }
                     }
                 }
+                let mut changed: Vec<String> = batch
+                    .iter()
+                    .map(|op| op.device().as_str().to_owned())
+                    .collect();
+                changed.sort_unstable();
+                changed.dedup();
+                live.devices_changed(changed);
                 // Devices that just came online may have commands waiting.
                 if batch
                     .iter()

@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod https;
 pub mod ingest;
 pub mod lifecycle;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 #[cfg(feature = "otel")]

@@ -18,6 +18,7 @@ use crate::datadir::{DataDir, write_private};
 use crate::dispatch::{self, Dispatcher};
 use crate::enroll::EnrollState;
 use crate::gateway::{self, Gateway};
+use crate::live::Hub;
 use crate::metrics::Metrics;
 use crate::store::{Store, now_ms};
 use crate::{broker, https, ingest, pki, tls};
@@ -140,6 +141,7 @@ pub async fn run(
         .map_err(|e| ServeError::CommandKey(format!("{}: {e}", key_path.display())))?;
     let signer = pifleet_shared::signing::CommandSigner::from_pkcs8_pem(&key_pem)
         .map_err(|e| ServeError::CommandKey(format!("{}: {e}", key_path.display())))?;
+    let live = Hub::new();
     let dispatcher = Arc::new(Dispatcher::new(
         store.clone(),
         signer,
@@ -147,6 +149,7 @@ pub async fn run(
         cfg.commands.clone(),
         metrics.clone(),
         online.clone(),
+        live.clone(),
     ));
     let gw = Arc::new(Gateway::new(
         cfg.mqtt.clone(),
@@ -224,6 +227,10 @@ pub async fn run(
         limiter_gc(api_state, shutdown.clone()),
     ));
     tasks.spawn(named(
+        "fleet-summary",
+        live.clone().run(store.clone(), shutdown.clone()),
+    ));
+    tasks.spawn(named(
         "retention",
         retention(store.clone(), cfg.clone(), shutdown.clone()),
     ));
@@ -236,6 +243,7 @@ pub async fn run(
             online,
             cfg.ingest.clone(),
             metrics.clone(),
+            live,
         ),
     ));
     let publisher_metrics = metrics.clone();

@@ -223,7 +223,26 @@ mod tests {
         }
 
         #[test]
+        fn events_roundtrip(units in prop::collection::vec("[a-z@.-]{1,40}", 0..20), flag in any::<bool>(), min in any::<u32>()) {
+            let caps = Event::Capabilities(Capabilities {
+                ping: flag,
+                reboot: !flag,
+                services: units.clone(),
+                journal_units: units.clone(),
+                scripts: units.iter().map(|u| ScriptCapability { name: u.clone(), allowed_args: vec![u.clone()] }).collect(),
+                set_interval: flag.then_some(IntervalBounds { min_s: min, max_s: min.saturating_add(1) }),
+            });
+            let states = Event::Services(units.iter().map(|u| ServiceState { unit: u.clone(), active: "active".into(), sub: "running".into() }).collect());
+            for msg in [caps, states] {
+                let bytes = encode(Kind::Event, &msg).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let back: Event = decode(Kind::Event, &bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(back, msg);
+            }
+        }
+
+        #[test]
         fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = decode::<Event>(Kind::Event, &bytes);
             let _ = decode::<Telemetry>(Kind::Telemetry, &bytes);
             let _ = decode::<Hello>(Kind::Hello, &bytes);
             let _ = decode::<Ack>(Kind::Ack, &bytes);

@@ -694,11 +694,14 @@ impl FakeBin {
         Ok(path)
     }
 
-    /// Every recorded call, in order.
+    /// Every recorded call made for a command, in order. The agent's own reads of its
+    /// allowlisted units' states (`systemctl show …`, every few seconds and after service
+    /// commands) are left out: they are not commands.
     pub fn calls(&self) -> Vec<String> {
         std::fs::read_to_string(&self.calls)
             .unwrap_or_default()
             .lines()
+            .filter(|l| !l.starts_with("systemctl show "))
             .map(str::to_owned)
             .collect()
     }

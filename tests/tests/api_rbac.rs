@@ -20,6 +20,11 @@ const LOGOUT: &str = "/api/v1/auth/logout";
 
 /// A request path for a table entry with harmless, nonexistent path parameters.
 fn fill(path: &str) -> String {
+    // The event stream stays open for a permitted caller: an invalid device list makes it
+    // answer at once (400 after the permission check, 401/403 before it).
+    if path == "/api/v1/events" {
+        return format!("{path}?devices=NOT_AN_ID");
+    }
     let id = if path.starts_with("/api/v1/commands/") {
         "0".repeat(32)
     } else if path.starts_with("/api/v1/me/sessions/") {

@@ -113,6 +113,8 @@ struct Ctx {
     workers: Arc<Semaphore>,
     units: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     interval: watch::Sender<u32>,
+    /// Notified after every service command, so unit states are read again at once.
+    services_changed: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 }
 
@@ -155,6 +157,7 @@ impl Commands {
             journal,
             units: Mutex::new(HashMap::new()),
             interval,
+            services_changed: Arc::new(tokio::sync::Notify::new()),
             shutdown,
         });
         for (id, entry) in recovered {
@@ -184,6 +187,11 @@ impl Commands {
     /// Tells the outbox whether the MQTT link is up (receipts held back go out on connect).
     pub fn set_connected(&self, connected: bool) {
         self.ctx.outbox.set_connected(connected);
+    }
+
+    /// Notified after every service command (start, stop, restart, status) finishes.
+    pub fn services_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.ctx.services_changed.clone()
     }
 
     /// Final receipts waiting for the link.
@@ -337,6 +345,9 @@ async fn execute(ctx: &Arc<Ctx>, env: Envelope) {
             };
             running(ctx);
             let done = exec::run(&inv, &ctx.limits).await;
+            if matches!(action, Action::Service { .. }) {
+                ctx.services_changed.notify_one();
+            }
             tracing::info!(command = %id, action = action.kind(), outcome = done.outcome.as_str(), exit_code = ?done.exit_code, "command finished");
             ctx.finish(id, done.outcome.clone(), Some(&done));
         }

@@ -367,7 +367,8 @@ fn command_id(id: &str) -> Result<String, Problem> {
         .ok_or_else(|| Problem::bad_request("a command id is 32 lowercase hex digits"))
 }
 
-fn summary(c: &CommandRow) -> Result<CommandSummary, Problem> {
+/// A command row as the API lists it.
+pub(crate) fn command_summary(c: &CommandRow) -> Result<CommandSummary, Problem> {
     let action = c.parsed_action().map_err(|e| Problem::internal(&e))?;
     Ok(CommandSummary {
         id: c.id.clone(),
@@ -458,7 +459,7 @@ pub async fn list(
         .store
         .command_page(device.as_ref().map(|d| d.as_str()), status, limit, offset)
         .await?;
-    let items = rows.iter().map(summary).collect::<Result<_, _>>()?;
+    let items = rows.iter().map(command_summary).collect::<Result<_, _>>()?;
     Ok(axum::Json(CommandPage { total, items }))
 }
 
@@ -485,7 +486,7 @@ pub async fn show(
         .await?
         .ok_or_else(|| Problem::not_found(format!("no command {id}")))?;
     Ok(axum::Json(CommandDetail {
-        summary: summary(&row)?,
+        summary: command_summary(&row)?,
         issued_at: row.issued_at,
         stdout: row.stdout,
         stdout_sha256: row.stdout_sha256,
@@ -513,10 +514,15 @@ pub async fn cancel(
     let id = command_id(&id)?;
     match st.store.cancel_command(&id).await? {
         Cancel::Unknown => Err(Problem::not_found(format!("no command {id}"))),
-        Cancel::Cancelled => Ok(axum::Json(Cancelled {
-            id,
-            status: Status::Cancelled.as_str().to_owned(),
-        })),
+        Cancel::Cancelled => {
+            if let Some(row) = st.store.command(&id).await? {
+                st.live.command_changed(&row.device_id, &id);
+            }
+            Ok(axum::Json(Cancelled {
+                id,
+                status: Status::Cancelled.as_str().to_owned(),
+            }))
+        }
         Cancel::Refused(Status::Cancelled) => Err(Problem::conflict(format!(
             "command {id} is already cancelled"
         ))),

@@ -133,6 +133,76 @@ pub struct DeviceSummary {
     /// Bytes, summed over the sample's filesystems.
     pub disk_total: Option<u64>,
     pub uptime_s: Option<i64>,
+    /// What is wrong with an online device now, by the thresholds of the Prometheus alerts
+    /// (empty when all is well, and for offline devices).
+    pub alerts: Vec<DeviceAlert>,
+}
+
+/// A problem an online device's latest sample shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceAlert {
+    /// SoC above 75 °C.
+    Temperature,
+    /// The supply voltage is too low now.
+    UnderVoltage,
+    /// Frequency capped, throttled or at the soft temperature limit now.
+    Throttling,
+    /// A filesystem more than 90% full.
+    Disk,
+}
+
+/// Fleet totals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FleetSummary {
+    /// Devices not revoked.
+    pub enrolled: i64,
+    pub online: i64,
+    /// Enrolled and not connected.
+    pub offline: i64,
+    /// Online devices with at least one alert.
+    pub alerting: i64,
+    pub revoked: i64,
+}
+
+/// What the device's local allowlist lets commands do, as the agent reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceCapabilities {
+    pub ping: bool,
+    pub reboot: bool,
+    /// Units allowed for status / start / stop / restart.
+    pub services: Vec<String>,
+    /// Units whose journal may be tailed.
+    pub journal_units: Vec<String>,
+    pub scripts: Vec<ScriptCapability>,
+    /// Bounds of `set_interval`, when allowed.
+    pub set_interval: Option<IntervalBounds>,
+    /// When the agent reported this, Unix ms.
+    pub reported_at: i64,
+}
+
+/// A script a command may run, with the arguments it may be given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ScriptCapability {
+    pub name: String,
+    pub allowed_args: Vec<String>,
+}
+
+/// Inclusive bounds of the telemetry interval, seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct IntervalBounds {
+    pub min_s: u32,
+    pub max_s: u32,
+}
+
+/// The state of an allowlisted systemd unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceState {
+    pub unit: String,
+    /// systemd `ActiveState`: active, inactive, failed, activating, …
+    pub active: String,
+    /// systemd `SubState`: running, dead, exited, …
+    pub sub: String,
 }
 
 /// One page of devices.
@@ -169,6 +239,12 @@ pub struct DeviceDetail {
     pub hello_at: Option<i64>,
     /// Newest first.
     pub certificates: Vec<Certificate>,
+    /// Unknown (null) until the agent reports it.
+    pub capabilities: Option<DeviceCapabilities>,
+    /// The allowlisted units' states, as last reported.
+    pub services: Vec<ServiceState>,
+    /// When the states were reported, Unix ms.
+    pub services_at: Option<i64>,
 }
 
 /// Usage of one mounted filesystem.
@@ -538,6 +614,7 @@ pub async fn set_labels(
     if !st.store.set_device_labels(id.as_str(), &labels).await? {
         return Err(no_device(id.as_str()));
     }
+    st.live.devices_changed(vec![id.as_str().to_owned()]);
     st.store
         .device_detail(id.as_str())
         .await?
@@ -572,7 +649,25 @@ pub async fn revoke(
     admin::revoke_device(&st.dd, &st.store, id.as_str())
         .await
         .map_err(admin_problem)?;
+    st.live.devices_changed(vec![id.as_str().to_owned()]);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Fleet totals: enrolled, online, offline, alerting and revoked devices.
+#[utoipa::path(
+    get,
+    operation_id = "fleet_summary",
+    path = "/api/v1/fleet/summary",
+    tag = "devices",
+    responses(
+        (status = 200, description = "The totals", body = FleetSummary),
+        (status = "4XX", description = "Not permitted", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+pub async fn fleet_summary(
+    State(st): State<AppState>,
+) -> Result<axum::Json<FleetSummary>, Problem> {
+    Ok(axum::Json(st.store.fleet_summary().await?))
 }
 
 #[cfg(test)]

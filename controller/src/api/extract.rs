@@ -89,6 +89,8 @@ pub struct Principal {
     pub session_id: String,
     pub mfa_enabled: bool,
     pub must_change_password: bool,
+    /// When the access token this request presented expires, Unix seconds.
+    pub token_expires_at: i64,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Principal {

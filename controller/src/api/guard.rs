@@ -130,11 +130,12 @@ pub(super) async fn authenticate(
         .jwt
         .verify(token, TokenKind::Access, now)
         .map_err(|_| Problem::unauthorized("the access token is invalid or expired"))?;
-    let p = st
+    let mut p = st
         .store
         .session_principal(&claims.sid, claims.sub, crate::store::now_ms())
         .await?
         .ok_or_else(|| Problem::unauthorized("the session has ended; sign in again"))?;
+    p.token_expires_at = claims.exp;
     Ok(p)
 }
 

@@ -30,6 +30,7 @@ use crate::datadir::DataDir;
 use crate::dispatch::Dispatcher;
 use crate::enroll::{self, EnrollState};
 use crate::https::PeerAddr;
+use crate::live::Hub;
 use crate::metrics::Metrics;
 use crate::problem::{Problem, ProblemDoc};
 use crate::store::Store;
@@ -38,6 +39,7 @@ pub mod audit;
 pub mod auth;
 pub mod commands;
 pub mod devices;
+pub mod events;
 pub mod extract;
 mod guard;
 mod layers;
@@ -68,6 +70,8 @@ pub struct ApiState {
     pub mfa_required: RwLock<Vec<Role>>,
     /// The bearer token Prometheus scrapes with (`scrape.token`).
     pub scrape_token: String,
+    /// Live updates for the dashboard's event streams.
+    pub live: Hub,
 }
 
 /// Shared state handle.
@@ -91,6 +95,7 @@ impl ApiState {
         let quota = Quota::per_minute(nonzero(cfg.auth.rate_per_minute))
             .allow_burst(nonzero(cfg.auth.rate_burst));
         let mfa_required = store.mfa_required_roles().await?;
+        let live = dispatcher.live().clone();
         Ok(Arc::new(Self {
             dd,
             store,
@@ -103,6 +108,7 @@ impl ApiState {
             auth_limiter: RateLimiter::keyed(quota),
             mfa_required: RwLock::new(mfa_required),
             scrape_token,
+            live,
         }))
     }
 
@@ -223,6 +229,8 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(me::sessions))
         .routes(routes!(me::revoke_session))
         .routes(routes!(devices::list))
+        .routes(routes!(devices::fleet_summary))
+        .routes(routes!(events::events))
         .routes(routes!(devices::show))
         .routes(routes!(devices::telemetry))
         .routes(routes!(devices::history))

@@ -146,6 +146,8 @@ pub const ROUTES: &[Route] = &[
         "self.session_revoke",
     ),
     r("GET", "/api/v1/devices", Read, "device.list"),
+    r("GET", "/api/v1/fleet/summary", Read, "fleet.summary"),
+    r("GET", "/api/v1/events", Read, "events"),
     r("GET", "/api/v1/devices/{id}", Read, "device.show"),
     r(
         "GET",

@@ -3,14 +3,16 @@
 //! filtered audit log. Every user value is bound, never formatted into SQL; the only
 //! formatted fragments come from closed enums.
 
+use pifleet_shared::proto::v1;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{CommandRow, Labels, Store, StoreError};
 use crate::api::audit::AuditFilter;
 use crate::api::devices::{
-    Certificate, DeviceDetail, DeviceFilter, DevicePage, DeviceSort, DeviceStatus, DeviceSummary,
-    DiskUsage, HistoryPlan, HistoryPoint, SortOrder, TelemetrySample,
+    Certificate, DeviceAlert, DeviceCapabilities, DeviceDetail, DeviceFilter, DevicePage,
+    DeviceSort, DeviceStatus, DeviceSummary, DiskUsage, FleetSummary, HistoryPlan, HistoryPoint,
+    IntervalBounds, ScriptCapability, ServiceState, SortOrder, TelemetrySample,
 };
 use crate::audit::Entry;
 use crate::lifecycle::Status;
@@ -83,6 +85,52 @@ fn status_of(revoked_at: Option<i64>, online: bool) -> DeviceStatus {
     }
 }
 
+/// Thresholds of [`DeviceAlert`], the same as the Prometheus alerts'.
+pub const ALERT_TEMPERATURE_C: f64 = 75.0;
+pub const ALERT_DISK_RATIO: f64 = 0.9;
+/// `get_throttled` bits: under-voltage now; frequency capped, throttled, soft limit now.
+const THROTTLED_UNDER_VOLTAGE: i64 = 0x1;
+const THROTTLED_NOW: i64 = 0x2 | 0x4 | 0x8;
+
+/// What is wrong with a device according to its latest values (nothing when offline).
+pub fn device_alerts(
+    status: DeviceStatus,
+    temp_c: Option<f64>,
+    throttled: Option<i64>,
+    disks: &[DiskUsage],
+) -> Vec<DeviceAlert> {
+    let mut alerts = Vec::new();
+    if status != DeviceStatus::Online {
+        return alerts;
+    }
+    if temp_c.is_some_and(|t| t > ALERT_TEMPERATURE_C) {
+        alerts.push(DeviceAlert::Temperature);
+    }
+    let bits = throttled.unwrap_or(0);
+    if bits & THROTTLED_UNDER_VOLTAGE != 0 {
+        alerts.push(DeviceAlert::UnderVoltage);
+    }
+    if bits & THROTTLED_NOW != 0 {
+        alerts.push(DeviceAlert::Throttling);
+    }
+    if disks
+        .iter()
+        .any(|d| d.total_bytes > 0 && d.used_bytes as f64 / d.total_bytes as f64 > ALERT_DISK_RATIO)
+    {
+        alerts.push(DeviceAlert::Disk);
+    }
+    alerts
+}
+
+/// The same test as [`device_alerts`] in SQL, over `d` (devices) joined with `t` (its latest
+/// sample).
+const ALERTING_SQL: &str = "d.revoked_at IS NULL AND d.online = 1 AND (t.temp_c > 75.0 \
+    OR (COALESCE(t.throttled, 0) & 15) != 0 \
+    OR EXISTS (SELECT 1 FROM json_each(t.disks) j \
+       WHERE json_extract(j.value, '$.total_bytes') > 0 \
+       AND CAST(json_extract(j.value, '$.used_bytes') AS REAL) \
+           / json_extract(j.value, '$.total_bytes') > 0.9))";
+
 fn summary(r: &SqliteRow) -> Result<DeviceSummary, StoreError> {
     let labels: String = r.try_get("labels")?;
     let disks: Option<Vec<DiskUsage>> = r
@@ -94,13 +142,17 @@ fn summary(r: &SqliteRow) -> Result<DeviceSummary, StoreError> {
             .as_ref()
             .map(|ds| ds.iter().fold(0u64, |acc, d| acc.saturating_add(f(d))))
     };
+    let status = status_of(
+        r.try_get("revoked_at")?,
+        r.try_get::<i64, _>("online")? != 0,
+    );
+    let temp_c: Option<f64> = r.try_get("temp_c")?;
+    let throttled: Option<i64> = r.try_get("throttled")?;
+    let alerts = device_alerts(status, temp_c, throttled, disks.as_deref().unwrap_or(&[]));
     Ok(DeviceSummary {
         id: r.try_get("id")?,
         labels: serde_json::from_str(&labels)?,
-        status: status_of(
-            r.try_get("revoked_at")?,
-            r.try_get::<i64, _>("online")? != 0,
-        ),
+        status,
         hostname: r.try_get("hostname")?,
         model: r.try_get("model")?,
         agent_version: r.try_get("agent_version")?,
@@ -109,12 +161,43 @@ fn summary(r: &SqliteRow) -> Result<DeviceSummary, StoreError> {
         cpu_pct: r.try_get("cpu_pct")?,
         mem_used: r.try_get("mem_used")?,
         mem_total: r.try_get("mem_total")?,
-        temp_c: r.try_get("temp_c")?,
-        throttled: r.try_get("throttled")?,
+        temp_c,
+        throttled,
         disk_used: sum(|d| d.used_bytes),
         disk_total: sum(|d| d.total_bytes),
         uptime_s: r.try_get("uptime_s")?,
+        alerts,
     })
+}
+
+/// The stored capabilities report (the agent's wire form, as JSON) in the API's form.
+fn capabilities_of(
+    json: Option<String>,
+    at: Option<i64>,
+) -> Result<Option<DeviceCapabilities>, StoreError> {
+    let (Some(json), Some(at)) = (json, at) else {
+        return Ok(None);
+    };
+    let c: v1::Capabilities = serde_json::from_str(&json)?;
+    Ok(Some(DeviceCapabilities {
+        ping: c.ping,
+        reboot: c.reboot,
+        services: c.services,
+        journal_units: c.journal_units,
+        scripts: c
+            .scripts
+            .into_iter()
+            .map(|s| ScriptCapability {
+                name: s.name,
+                allowed_args: s.allowed_args,
+            })
+            .collect(),
+        set_interval: c.set_interval.map(|b| IntervalBounds {
+            min_s: b.min_s,
+            max_s: b.max_s,
+        }),
+        reported_at: at,
+    }))
 }
 
 fn command_row(r: &SqliteRow) -> Result<CommandRow, StoreError> {
@@ -191,6 +274,43 @@ impl Store {
 }
 
 impl Store {
+    /// Fleet totals with the number of online devices that have an alert.
+    pub async fn fleet_summary(&self) -> Result<FleetSummary, StoreError> {
+        let counts = self.device_counts().await?;
+        let sql = format!(
+            "SELECT COUNT(*) FROM devices d JOIN telemetry t \
+             ON t.device_id = d.id AND t.seq = d.last_seq WHERE {ALERTING_SQL}"
+        );
+        let alerting: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(FleetSummary {
+            enrolled: counts.enrolled,
+            online: counts.online,
+            offline: counts.offline,
+            alerting,
+            revoked: counts.revoked,
+        })
+    }
+
+    /// The summaries of these devices (unknown ids are left out), in id order.
+    pub async fn device_summaries(&self, ids: &[String]) -> Result<Vec<DeviceSummary>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
+        qb.push(SUMMARY_COLUMNS)
+            .push(SUMMARY_FROM)
+            .push(" WHERE d.id IN (");
+        let mut list = qb.separated(", ");
+        for id in ids {
+            list.push_bind(id.clone());
+        }
+        qb.push(") ORDER BY d.id");
+        let rows = qb.build().fetch_all(&self.reader).await?;
+        rows.iter().map(summary).collect()
+    }
+
     /// One page of devices with their latest sample, and the number of matching devices.
     pub async fn device_page(&self, f: &DeviceFilter) -> Result<DevicePage, StoreError> {
         let mut count: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT COUNT(*) FROM devices d");
@@ -213,7 +333,8 @@ impl Store {
     pub async fn device_detail(&self, id: &str) -> Result<Option<DeviceDetail>, StoreError> {
         let sql = format!(
             "SELECT {SUMMARY_COLUMNS}, d.os, d.kernel, d.arch, d.first_seen, d.last_seq, \
-             d.hello_at{SUMMARY_FROM} WHERE d.id = ?"
+             d.hello_at, d.capabilities, d.capabilities_at, d.services, \
+             d.services_at{SUMMARY_FROM} WHERE d.id = ?"
         );
         let Some(r) = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
@@ -250,6 +371,23 @@ impl Store {
             last_seq: r.try_get("last_seq")?,
             hello_at: r.try_get("hello_at")?,
             certificates,
+            capabilities: capabilities_of(
+                r.try_get("capabilities")?,
+                r.try_get("capabilities_at")?,
+            )?,
+            services: r
+                .try_get::<Option<String>, _>("services")?
+                .map(|s| serde_json::from_str::<Vec<v1::ServiceState>>(&s))
+                .transpose()?
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| ServiceState {
+                    unit: s.unit,
+                    active: s.active,
+                    sub: s.sub,
+                })
+                .collect(),
+            services_at: r.try_get("services_at")?,
         }))
     }
 

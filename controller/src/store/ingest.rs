@@ -52,6 +52,27 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 }
+                IngestOp::Capabilities {
+                    device,
+                    capabilities,
+                } => {
+                    sqlx::query(
+                        "UPDATE devices SET capabilities = ?, capabilities_at = ? WHERE id = ?",
+                    )
+                    .bind(serde_json::to_string(capabilities)?)
+                    .bind(now)
+                    .bind(device.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                IngestOp::Services { device, states } => {
+                    sqlx::query("UPDATE devices SET services = ?, services_at = ? WHERE id = ?")
+                        .bind(serde_json::to_string(states)?)
+                        .bind(now)
+                        .bind(device.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 IngestOp::Online { device, online } => {
                     if *online {
                         // Sent while the device was going away: the message may be lost.

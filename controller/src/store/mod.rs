@@ -110,6 +110,27 @@ pub enum IngestOp {
         device: DeviceId,
         online: bool,
     },
+    Capabilities {
+        device: DeviceId,
+        capabilities: v1::Capabilities,
+    },
+    Services {
+        device: DeviceId,
+        states: Vec<v1::ServiceState>,
+    },
+}
+
+impl IngestOp {
+    /// The device the operation is about.
+    pub fn device(&self) -> &DeviceId {
+        match self {
+            Self::Telemetry { device, .. }
+            | Self::Hello { device, .. }
+            | Self::Online { device, .. }
+            | Self::Capabilities { device, .. }
+            | Self::Services { device, .. } => device,
+        }
+    }
 }
 
 /// What a new enrollment writes.

@@ -449,6 +449,7 @@ impl Store {
             session_id: session_id.to_owned(),
             mfa_enabled: r.try_get::<Option<i64>, _>("mfa_enabled_at")?.is_some(),
             must_change_password: r.try_get::<i64, _>("must_change_password")? != 0,
+            token_expires_at: 0,
         }))
     }
 

@@ -93,3 +93,51 @@ pub enum Status {
     Online,
     Offline,
 }
+
+/// What the device's local allowlist lets commands do, so the controller (and its
+/// dashboard) offers only those. Informational: the agent still checks every command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub ping: bool,
+    pub reboot: bool,
+    /// Units allowed for status / start / stop / restart.
+    pub services: Vec<String>,
+    /// Units whose journal may be tailed.
+    pub journal_units: Vec<String>,
+    pub scripts: Vec<ScriptCapability>,
+    /// Bounds of `SetInterval`, when allowed.
+    pub set_interval: Option<IntervalBounds>,
+}
+
+/// A script a command may run, with the arguments it may be given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptCapability {
+    pub name: String,
+    pub allowed_args: Vec<String>,
+}
+
+/// Inclusive bounds of the telemetry interval, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntervalBounds {
+    pub min_s: u32,
+    pub max_s: u32,
+}
+
+/// The state of one allowlisted systemd unit, as systemd names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceState {
+    pub unit: String,
+    /// `ActiveState`: active, inactive, failed, activating, …
+    pub active: String,
+    /// `SubState`: running, dead, exited, …
+    pub sub: String,
+}
+
+/// Something the device reports outside the telemetry stream (kind `event`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// Sent after every hello.
+    Capabilities(Capabilities),
+    /// The allowlisted units' states: after every hello and whenever one changes.
+    Services(Vec<ServiceState>),
+}

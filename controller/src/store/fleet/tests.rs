@@ -661,3 +661,143 @@ async fn listing_plans_use_indexes() {
     let p = plan(&s, qb).await;
     assert!(!p.iter().any(|l| l.contains("TEMP B-TREE")), "{p:?}");
 }
+
+/// Device id, online, temperature, throttled bits, root disk bytes used (of 100), alerts.
+type AlertCase = (
+    &'static str,
+    bool,
+    Option<f32>,
+    Option<u32>,
+    u64,
+    &'static [DeviceAlert],
+);
+
+#[tokio::test]
+async fn alerts_and_fleet_summary_agree() {
+    let (_d, s) = store().await;
+    let cases: [AlertCase; 7] = [
+        ("pi-fine", true, Some(50.0), Some(0), 40, &[]),
+        (
+            "pi-hot",
+            true,
+            Some(76.0),
+            Some(0),
+            40,
+            &[DeviceAlert::Temperature],
+        ),
+        (
+            "pi-volt",
+            true,
+            Some(50.0),
+            Some(0x1 | 0x10000),
+            40,
+            &[DeviceAlert::UnderVoltage],
+        ),
+        // Only past events (high bits): nothing now.
+        ("pi-past", true, Some(50.0), Some(0x50000), 40, &[]),
+        (
+            "pi-thr",
+            true,
+            None,
+            Some(0x4),
+            40,
+            &[DeviceAlert::Throttling],
+        ),
+        ("pi-full", true, Some(50.0), None, 95, &[DeviceAlert::Disk]),
+        // Offline devices do not alert on their last values.
+        ("pi-off", false, Some(90.0), Some(0x5), 95, &[]),
+    ];
+    for (i, (id, online, temp, throttled, used, _)) in cases.iter().enumerate() {
+        add_device(&s, id, "{}", None, *online).await;
+        let mut smp = sample(1, 1_000 + i as i64, 10.0, 100);
+        smp.temp_c = *temp;
+        smp.throttled = *throttled;
+        smp.disks[0].used_bytes = *used;
+        telemetry(&s, id, vec![smp]).await;
+    }
+    let ids: Vec<String> = cases.iter().map(|c| c.0.to_owned()).collect();
+    let summaries = s.device_summaries(&ids).await.unwrap();
+    assert_eq!(summaries.len(), cases.len());
+    for (id, _, _, _, _, want) in cases {
+        let got = summaries.iter().find(|d| d.id == id).unwrap();
+        assert_eq!(got.alerts, want, "{id}");
+    }
+    let summary = s.fleet_summary().await.unwrap();
+    let alerting = cases.iter().filter(|c| !c.5.is_empty()).count() as i64;
+    assert_eq!(
+        summary,
+        FleetSummary {
+            enrolled: 7,
+            online: 6,
+            offline: 1,
+            alerting,
+            revoked: 0
+        }
+    );
+    assert!(s.device_summaries(&[]).await.unwrap().is_empty());
+    assert!(
+        s.device_summaries(&["pi-none".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn capabilities_and_services_are_kept_per_device() {
+    let (_d, s) = store().await;
+    add_device(&s, "pi-a", "{}", None, true).await;
+    let detail = s.device_detail("pi-a").await.unwrap().unwrap();
+    assert_eq!(detail.capabilities, None);
+    assert!(detail.services.is_empty() && detail.services_at.is_none());
+    let device = DeviceId::parse("pi-a").unwrap();
+    let capabilities = v1::Capabilities {
+        ping: true,
+        reboot: false,
+        services: vec!["kiosk.service".into()],
+        journal_units: vec![],
+        scripts: vec![v1::ScriptCapability {
+            name: "backup".into(),
+            allowed_args: vec!["--dry-run".into()],
+        }],
+        set_interval: Some(v1::IntervalBounds {
+            min_s: 5,
+            max_s: 60,
+        }),
+    };
+    let states = vec![v1::ServiceState {
+        unit: "kiosk.service".into(),
+        active: "failed".into(),
+        sub: "failed".into(),
+    }];
+    s.write_batch(&[
+        IngestOp::Capabilities {
+            device: device.clone(),
+            capabilities,
+        },
+        IngestOp::Services { device, states },
+    ])
+    .await
+    .unwrap();
+    let detail = s.device_detail("pi-a").await.unwrap().unwrap();
+    let caps = detail.capabilities.unwrap();
+    assert!(caps.ping && !caps.reboot && caps.reported_at > 0);
+    assert_eq!(caps.services, ["kiosk.service"]);
+    assert_eq!(caps.scripts[0].allowed_args, ["--dry-run"]);
+    assert_eq!(
+        caps.set_interval,
+        Some(IntervalBounds {
+            min_s: 5,
+            max_s: 60
+        })
+    );
+    assert_eq!(
+        detail.services,
+        [ServiceState {
+            unit: "kiosk.service".into(),
+            active: "failed".into(),
+            sub: "failed".into()
+        }]
+    );
+    assert!(detail.services_at.is_some());
+}
