@@ -17,8 +17,8 @@ interface Props {
   commands: CommandSummary[];
   showDevice: boolean;
   canCancel: boolean;
-  /** Called with the cancelled command, to update the list. */
-  onCancelled: (c: CommandSummary) => void;
+  /** Called with a command's newer state (cancelled here, or loaded with its output). */
+  onUpdate: (c: CommandSummary) => void;
   /** Commands to show expanded (e.g. one just sent). */
   expanded: ReadonlySet<string>;
   onToggle: (id: string) => void;
@@ -33,7 +33,7 @@ export function CommandList(p: Props) {
     setCancelling(c.id);
     try {
       await cancelCommand(c.id);
-      p.onCancelled({ ...c, status: 'cancelled' });
+      p.onUpdate({ ...c, status: 'cancelled' });
       toast(`Cancelled: ${describeAction(c.action)} on ${c.device}`);
     } catch (e) {
       toastError(e, 'Cannot cancel');
@@ -110,7 +110,7 @@ export function CommandList(p: Props) {
                 {open && (
                   <tr class="detail-row" id={`command-detail-${c.id}`}>
                     <td colSpan={cols}>
-                      <CommandOutput id={c.id} status={c.status} />
+                      <CommandOutput id={c.id} status={c.status} onLoaded={p.onUpdate} />
                     </td>
                   </tr>
                 )}

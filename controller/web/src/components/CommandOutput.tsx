@@ -1,7 +1,7 @@
 // One command in full: its timeline, exit code, reason and the device's output, as text.
 
 import { getCommand } from '../api/commands';
-import type { CommandStatus } from '../api/types';
+import type { CommandStatus, CommandSummary } from '../api/types';
 import { formatBytes, formatDuration } from '../lib/format';
 import { useAsync } from '../lib/hooks';
 import { ErrorBox, Loading } from './States';
@@ -21,9 +21,23 @@ function Output({ label, text, size }: { label: string; text: string | null; siz
   );
 }
 
+interface Props {
+  id: string;
+  status: CommandStatus;
+  /** Receives the command as loaded, so the list row shows the same state. */
+  onLoaded: (c: CommandSummary) => void;
+}
+
 /** Reloads when `status` changes, so a running command's output appears when it ends. */
-export function CommandOutput({ id, status }: { id: string; status: CommandStatus }) {
-  const cmd = useAsync((signal) => getCommand(id, signal), [id, status]);
+export function CommandOutput({ id, status, onLoaded }: Props) {
+  const cmd = useAsync(
+    (signal) =>
+      getCommand(id, signal).then((c) => {
+        if (c.status !== status) onLoaded(c);
+        return c;
+      }),
+    [id, status],
+  );
   if (cmd.error !== undefined) return <ErrorBox error={cmd.error} onRetry={cmd.reload} />;
   const c = cmd.data;
   if (!c) return <Loading label="Loading the result…" />;

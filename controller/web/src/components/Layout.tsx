@@ -8,6 +8,7 @@ import { live, type LiveStatus } from '../api/live';
 import type { Whoami } from '../api/types';
 import { isAdmin } from '../lib/commands';
 import { Link, useLocation } from '../lib/router';
+import { Logo } from './Logo';
 import { toastError } from '../lib/toast';
 
 interface NavItem {
@@ -70,8 +71,8 @@ export function Layout({ user, children }: { user: Whoami; children: ComponentCh
         Skip to content
       </a>
       <header class="topbar">
-        <Link href="/" class="brand" aria-label="pifleet home">
-          <span class="brand-mark" aria-hidden="true" />
+        <Link href="/" class="brand">
+          <Logo />
           pifleet
         </Link>
         <button

@@ -22,7 +22,7 @@ export function Pager({ page, total, size, onPage, noun }: Props) {
         {formatNumber(first)}–{formatNumber(last)} of {formatNumber(total)} {noun}
       </span>
       <span class="pager-buttons">
-        <button type="button" class="button" disabled={page <= 1} onClick={() => onPage(1)} aria-label="First page">
+        <button type="button" class="button pager-edge" disabled={page <= 1} onClick={() => onPage(1)} aria-label="First page">
           «
         </button>
         <button
@@ -48,7 +48,7 @@ export function Pager({ page, total, size, onPage, noun }: Props) {
         </button>
         <button
           type="button"
-          class="button"
+          class="button pager-edge"
           disabled={page >= pages}
           onClick={() => onPage(pages)}
           aria-label="Last page"

@@ -3,7 +3,7 @@
 import { useCallback, useEffect, useState } from 'preact/hooks';
 import { listCommands } from '../api/commands';
 import { live } from '../api/live';
-import type { CommandPage, CommandStatus } from '../api/types';
+import type { CommandPage, CommandStatus, CommandSummary } from '../api/types';
 import { applyCommand } from '../lib/fleet';
 import { useAsync } from '../lib/hooks';
 
@@ -23,16 +23,16 @@ export function useCommandPage(v: CommandPageView) {
   );
   const [expanded, setExpanded] = useState<ReadonlySet<string>>(new Set());
 
+  const view = { device: v.device, status: v.status, offset, limit: v.limit };
+  /** Puts a command's newer state into the page. */
+  const update = (c: CommandSummary) =>
+    list.setData((p: CommandPage | undefined) => (p ? applyCommand(p, c, view) : p));
+
   const devices = v.device ? [v.device] : [...new Set(list.data?.items.map((c) => c.device) ?? [])];
   const key = devices.join(',');
   useEffect(
     () =>
-      live.watch(devices, {
-        command: (c) =>
-          list.setData((p: CommandPage | undefined) =>
-            p ? applyCommand(p, c, { device: v.device, status: v.status, offset, limit: v.limit }) : p,
-          ),
-      }),
+      live.watch(devices, { command: update }),
     [key, v.device, v.status, offset, v.limit],
   );
 
@@ -46,5 +46,5 @@ export function useCommandPage(v: CommandPageView) {
     [],
   );
   const expand = useCallback((id: string) => setExpanded((s) => new Set(s).add(id)), []);
-  return { list, expanded, toggle, expand };
+  return { list, expanded, toggle, expand, update };
 }

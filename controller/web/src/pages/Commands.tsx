@@ -49,7 +49,7 @@ export function CommandsPage({ user }: { user: Whoami }) {
   const [deviceError, setDeviceError] = useState<string | null>(null);
   useEffect(() => setDeviceText(filters.device), [filters.device]);
 
-  const { list, expanded, toggle } = useCommandPage({
+  const { list, expanded, toggle, update: updateCommand } = useCommandPage({
     device: filters.device || undefined,
     status: filters.status || undefined,
     page: filters.page,
@@ -144,7 +144,7 @@ export function CommandsPage({ user }: { user: Whoami }) {
               commands={list.data.items}
               showDevice
               canCancel={canOperate(user.role)}
-              onCancelled={() => list.reload()}
+              onUpdate={updateCommand}
               expanded={expanded}
               onToggle={toggle}
               busy={list.loading}

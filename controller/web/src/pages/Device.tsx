@@ -26,7 +26,7 @@ const HISTORY_SIZE = 10;
 
 function DeviceCommands({ d, user }: { d: DeviceDetail; user: Whoami }) {
   const [page, setPage] = useState(1);
-  const { list, expanded, toggle, expand } = useCommandPage({ device: d.id, page, limit: HISTORY_SIZE });
+  const { list, expanded, toggle, expand, update } = useCommandPage({ device: d.id, page, limit: HISTORY_SIZE });
   const offer = commandOffer(user.role, d.status, d.capabilities);
 
   const sent = (id: string) => {
@@ -65,7 +65,7 @@ function DeviceCommands({ d, user }: { d: DeviceDetail; user: Whoami }) {
               commands={list.data.items}
               showDevice={false}
               canCancel={canOperate(user.role)}
-              onCancelled={() => list.reload()}
+              onUpdate={update}
               expanded={expanded}
               onToggle={toggle}
               busy={list.loading}

@@ -5,6 +5,7 @@ import { useEffect, useRef, useState } from 'preact/hooks';
 import { ApiError } from '../api/client';
 import { login, loginMfa, logout } from '../api/auth';
 import type { TokenResponse } from '../api/types';
+import { Logo } from '../components/Logo';
 import { PasswordForm } from '../components/PasswordForm';
 import { safeReturnPath } from '../lib/paths';
 import { navigate, useLocation } from '../lib/router';
@@ -85,7 +86,7 @@ export function LoginPage({ forceChange = false }: { forceChange?: boolean }) {
     <div class="login">
       <div class="login-card">
         <p class="brand login-brand">
-          <span class="brand-mark" aria-hidden="true" />
+          <Logo />
           pifleet
         </p>
         <h1 ref={heading} tabIndex={-1} data-testid="page-heading">
