@@ -129,7 +129,7 @@ pub struct AuthConfig {
     pub lockout_failures: u32,
     /// ... within this window; the lock lasts until the oldest failure leaves the window.
     pub lockout_window_s: i64,
-    /// Requests per minute one client IP may make to /api/v1/auth/* ...
+    /// Sign-in requests (login and its MFA step) per minute from one client IP ...
     pub rate_per_minute: u32,
     /// ... with bursts up to this many.
     pub rate_burst: u32,
@@ -565,7 +565,7 @@ refresh_ttl_s = 2592000
 # (HTTP 423) until the oldest failure leaves the window. Unknown user names behave the same.
 lockout_failures = 5
 lockout_window_s = 900
-# Per client IP on /api/v1/auth/*: sustained requests per minute, and burst (HTTP 429).
+# Per client IP on sign-in (/api/v1/auth/login, /login/mfa): sustained requests per minute, and burst (HTTP 429).
 rate_per_minute = 30
 rate_burst = 10
 # Argon2id cost of new password hashes; raising it re-hashes each password at its next

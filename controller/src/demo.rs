@@ -1,6 +1,7 @@
 //! `pifleet-controller demo`: a throw-away controller with N real agent processes on this
 //! machine, for a newcomer to see the whole path (enrollment, mTLS MQTT, SQLite) working.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -174,6 +175,10 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             "  temperature  simulated: this machine has no thermal zone (agents/*/{TEMPERATURE_FILE})"
         );
     }
+    println!(
+        "  dashboard    {url}/  (its CA is {}/ca.crt: trust it, or accept the browser's warning)",
+        data.display()
+    );
     println!("  admin API    {url}/api/v1  (OpenAPI: {url}/api/v1/openapi.json)");
     println!(
         "  sign in as   {}  one-time password {}  (to be changed at first sign-in)",
@@ -216,7 +221,12 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
                 if let Ok(devices) = store.list_devices().await {
                     let online = devices.iter().filter(|d| d.online).count();
                     let samples: i64 = devices.iter().filter_map(|d| d.last_seq).sum();
-                    println!("  {online}/{} devices online, {samples} samples received", devices.len());
+                    // Whoever reads our output may have gone (a closed pipe): keep running.
+                    let _ = writeln!(
+                        std::io::stdout(),
+                        "  {online}/{} devices online, {samples} samples received",
+                        devices.len()
+                    );
                 }
             }
             r = controller.wait() => {

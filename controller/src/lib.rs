@@ -26,3 +26,4 @@ pub mod serve;
 pub mod signal;
 pub mod store;
 pub mod tls;
+pub mod web;

@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use pifleet_tests::api::{Api, Resp, TEST_PASSWORD};
-use pifleet_tests::fleetkit::{assert_security_headers, problem_doc, tls_connect};
+use pifleet_tests::fleetkit::{
+    assert_hardening_headers, assert_security_headers, problem_doc, tls_connect,
+};
 use pifleet_tests::harness::{Controller, wait_for};
 use reqwest::Method;
 use serde_json::json;
@@ -59,11 +61,58 @@ async fn security_headers_on_every_kind_of_response_even_a_real_500() {
     assert_eq!(r.header("www-authenticate"), "Bearer");
     assert_security_headers(&r, "401");
 
-    for path in ["/api/v1/no-such-thing", "/no-such-thing"] {
+    for path in [
+        "/api/v1/no-such-thing",
+        "/metrics/no-such-thing",
+        "/assets/no-such.js",
+    ] {
         let r = api.get(path, Some(&admin)).await.unwrap();
         problem_doc(&r, 404);
         assert_security_headers(&r, &format!("404 {path}"));
     }
+    let r = api
+        .call(Method::POST, "/no-such-thing", None, None)
+        .await
+        .unwrap();
+    problem_doc(&r, 404);
+
+    // The dashboard: any other page path is its index (the browser routes), revalidated on
+    // every load, under the same strict headers; its hashed files are cached for good and
+    // sent compressed to clients that accept it.
+    let r = api.get("/devices/pi-1", None).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.header("content-type"), "text/html; charset=utf-8");
+    assert_eq!(r.header("cache-control"), "no-cache");
+    assert_hardening_headers(&r, "dashboard index");
+    let script = r
+        .text
+        .split("src=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the index loads a script")
+        .to_owned();
+    assert!(
+        script.starts_with("/assets/") && script.ends_with(".js"),
+        "{script}"
+    );
+    let r = api
+        .call_with(
+            Method::GET,
+            &script,
+            None,
+            None,
+            &[("accept-encoding", "gzip")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), "text/javascript; charset=utf-8");
+    assert_eq!(
+        r.header("cache-control"),
+        "public, max-age=31536000, immutable"
+    );
+    assert_eq!(r.header("content-encoding"), "gzip");
+    assert_hardening_headers(&r, "dashboard script");
 
     let r = api
         .call(Method::DELETE, "/healthz", None, None)

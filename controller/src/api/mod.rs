@@ -64,7 +64,7 @@ pub struct ApiState {
     pub dispatcher: Arc<Dispatcher>,
     pub enroll: Arc<EnrollState>,
     pub metrics: Metrics,
-    /// Per-IP limiter for /api/v1/auth/*.
+    /// Per-IP limiter for sign-in (login and its MFA step).
     pub auth_limiter: DefaultKeyedRateLimiter<IpAddr>,
     /// Roles whose users must have MFA (security settings, cached from the database).
     pub mfa_required: RwLock<Vec<Role>>,
@@ -270,7 +270,7 @@ pub fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), http_metrics))
         .route("/healthz", axum::routing::get(healthz))
         .route("/readyz", axum::routing::get(readyz))
-        .fallback(|| async { Problem::not_found("no such route") })
+        .fallback(crate::web::fallback)
         .method_not_allowed_fallback(|| async {
             Problem::new(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -26,9 +26,7 @@ function NotFound({ admin }: { admin?: boolean }) {
   return (
     <Page title={admin ? 'Not available' : 'Page not found'}>
       <p>
-        {admin
-          ? 'This page is for administrators only.'
-          : 'There is nothing at this address.'}{' '}
+        {admin ? 'This page is for administrators only.' : 'There is nothing at this address.'}{' '}
         <Link href="/">Go to the fleet overview</Link>.
       </p>
     </Page>

@@ -20,14 +20,12 @@ export interface NewToken {
 }
 
 export const createToken = (t: NewToken) => api.post<CreatedToken>('/api/v1/tokens', t);
-export const listTokens = (signal?: AbortSignal) =>
-  api.get<TokenInfo[]>('/api/v1/tokens', { signal });
+export const listTokens = (signal?: AbortSignal) => api.get<TokenInfo[]>('/api/v1/tokens', { signal });
 export const revokeToken = (id: string) => api.del(`/api/v1/tokens/${encodeURIComponent(id)}`);
 
 const user = (name: string) => `/api/v1/users/${encodeURIComponent(name)}`;
 
-export const listUsers = (signal?: AbortSignal) =>
-  api.get<UserView[]>('/api/v1/users', { signal });
+export const listUsers = (signal?: AbortSignal) => api.get<UserView[]>('/api/v1/users', { signal });
 export const createUser = (name: string, role: Role, password?: string) =>
   api.post<CreatedUser>('/api/v1/users', { name, role, ...(password ? { password } : {}) });
 export const updateUser = (name: string, change: { role?: Role; disabled?: boolean }) =>

@@ -47,5 +47,4 @@ export const confirmMfa = (code: string) =>
 export const listSessions = (signal?: AbortSignal) =>
   api.get<SessionView[]>('/api/v1/me/sessions', { signal });
 
-export const revokeSession = (id: string) =>
-  api.del(`/api/v1/me/sessions/${encodeURIComponent(id)}`);
+export const revokeSession = (id: string) => api.del(`/api/v1/me/sessions/${encodeURIComponent(id)}`);

@@ -1,5 +1,13 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { ApiError, apiUrl, cookieValue, createClient, NETWORK_ERROR, problemOf, type SessionEnd } from './client';
+import {
+  ApiError,
+  apiUrl,
+  cookieValue,
+  createClient,
+  NETWORK_ERROR,
+  problemOf,
+  type SessionEnd,
+} from './client';
 
 interface Call {
   url: string;
@@ -18,14 +26,20 @@ function json(body: unknown, status = 200, headers: Record<string, string> = {})
   });
 }
 
-function problem(status: number, detail: string, extra: Record<string, unknown> = {}, headers: Record<string, string> = {}) {
+function problem(
+  status: number,
+  detail: string,
+  extra: Record<string, unknown> = {},
+  headers: Record<string, string> = {},
+) {
   return new Response(JSON.stringify({ type: 'about:blank', title: 'Error', status, detail, ...extra }), {
     status,
     headers: { 'content-type': 'application/problem+json', ...headers },
   });
 }
 
-const tokens = (access: string, expires_in = 900) => json({ mfa_required: false, access_token: access, token_type: 'Bearer', expires_in });
+const tokens = (access: string, expires_in = 900) =>
+  json({ mfa_required: false, access_token: access, token_type: 'Bearer', expires_in });
 
 /** A fetch double that answers from a queue and records every call. */
 function fakeFetch(replies: Reply[]) {
@@ -256,7 +270,11 @@ describe('401 handling', () => {
     };
     const { client, ended } = setup(Array.from({ length: 10 }, () => route));
     client.accept({ mfa_required: false, access_token: 'A1', expires_in: 900 });
-    const got = await Promise.all([client.get('/api/v1/a'), client.get('/api/v1/b'), client.get('/api/v1/c')]);
+    const got = await Promise.all([
+      client.get('/api/v1/a'),
+      client.get('/api/v1/b'),
+      client.get('/api/v1/c'),
+    ]);
     expect(got).toEqual([{ url: '/api/v1/a' }, { url: '/api/v1/b' }, { url: '/api/v1/c' }]);
     expect(refreshes).toBe(1);
     expect(ended).toEqual([]);

@@ -247,12 +247,9 @@ export function createClient(opts: ClientOptions = {}) {
     raw,
     request,
     get: <T>(path: string, o?: RequestOptions) => request<T>('GET', path, o),
-    post: <T>(path: string, body?: unknown, o?: RequestOptions) =>
-      request<T>('POST', path, { ...o, body }),
-    put: <T>(path: string, body: unknown, o?: RequestOptions) =>
-      request<T>('PUT', path, { ...o, body }),
-    patch: <T>(path: string, body: unknown, o?: RequestOptions) =>
-      request<T>('PATCH', path, { ...o, body }),
+    post: <T>(path: string, body?: unknown, o?: RequestOptions) => request<T>('POST', path, { ...o, body }),
+    put: <T>(path: string, body: unknown, o?: RequestOptions) => request<T>('PUT', path, { ...o, body }),
+    patch: <T>(path: string, body: unknown, o?: RequestOptions) => request<T>('PATCH', path, { ...o, body }),
     del: <T = void>(path: string, o?: RequestOptions) => request<T>('DELETE', path, o),
     accept,
     refresh,

@@ -1,14 +1,7 @@
 // Signed remote commands.
 
 import { api } from './client';
-import type {
-  Action,
-  CommandDetail,
-  CommandPage,
-  CommandStatus,
-  Labels,
-  SentCommands,
-} from './types';
+import type { Action, CommandDetail, CommandPage, CommandStatus, Labels, SentCommands } from './types';
 
 export interface CommandQuery {
   device?: string;
@@ -30,6 +23,4 @@ export const getCommand = (id: string, signal?: AbortSignal) =>
   api.get<CommandDetail>(`/api/v1/commands/${encodeURIComponent(id)}`, { signal });
 
 export const cancelCommand = (id: string) =>
-  api.post<{ id: string; status: 'cancelled' }>(
-    `/api/v1/commands/${encodeURIComponent(id)}/cancel`,
-  );
+  api.post<{ id: string; status: 'cancelled' }>(`/api/v1/commands/${encodeURIComponent(id)}/cancel`);

@@ -31,16 +31,10 @@ export const fleetSummary = (signal?: AbortSignal) =>
 export const listDevices = (query: DeviceQuery, signal?: AbortSignal) =>
   api.get<DevicePage>('/api/v1/devices', { query: { ...query }, signal });
 
-export const getDevice = (id: string, signal?: AbortSignal) =>
-  api.get<DeviceDetail>(dev(id), { signal });
+export const getDevice = (id: string, signal?: AbortSignal) => api.get<DeviceDetail>(dev(id), { signal });
 
-export const deviceHistory = (
-  id: string,
-  from: number,
-  to: number,
-  points: number,
-  signal?: AbortSignal,
-) => api.get<History>(`${dev(id)}/history`, { query: { from, to, points }, signal });
+export const deviceHistory = (id: string, from: number, to: number, points: number, signal?: AbortSignal) =>
+  api.get<History>(`${dev(id)}/history`, { query: { from, to, points }, signal });
 
 export const setLabels = (id: string, labels: Labels) =>
   api.put<DeviceDetail>(`${dev(id)}/labels`, { labels });

@@ -58,7 +58,9 @@ describe('live stream', () => {
 
     conns[0]?.push('event: fleet\ndata: {"enrolled":2,"online":1,"offline":1,"alerting":0,"revoked":0}\n\n');
     conns[0]?.push(': keep-alive\n\nevent: device\ndata: {"id":"pi-1","status":"offline"}\n\n');
-    conns[0]?.push('event: command\ndata: {"id":"c1","status":"succeeded"}\n\nevent: device\ndata: not json\n\n');
+    conns[0]?.push(
+      'event: command\ndata: {"id":"c1","status":"succeeded"}\n\nevent: device\ndata: not json\n\n',
+    );
     await vi.advanceTimersByTimeAsync(0);
     expect(live.status()).toBe('live');
     expect(fleet).toHaveBeenCalledWith({ enrolled: 2, online: 1, offline: 1, alerting: 0, revoked: 0 });

@@ -86,7 +86,12 @@ describe('SseParser', () => {
 describe('readEvents', () => {
   it('decodes UTF-8 split inside a character and yields events in order', async () => {
     const bytes = new TextEncoder().encode(STREAM);
-    const chunks = [bytes.slice(0, 3), bytes.slice(3, 150), bytes.slice(150, bytes.length - 20), bytes.slice(bytes.length - 20)];
+    const chunks = [
+      bytes.slice(0, 3),
+      bytes.slice(3, 150),
+      bytes.slice(150, bytes.length - 20),
+      bytes.slice(bytes.length - 20),
+    ];
     // Cut inside the multi-byte é of the last event as well.
     const e = STREAM.indexOf('\u00e9');
     const cut = new TextEncoder().encode(STREAM.slice(0, e)).length + 1;

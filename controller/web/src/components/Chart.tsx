@@ -3,6 +3,7 @@
 
 import { useEffect, useRef, useState } from 'preact/hooks';
 import type uPlot from 'uplot';
+import { formatTick } from '../lib/format';
 import type { Series } from '../lib/series';
 
 export interface ChartLine {
@@ -18,6 +19,9 @@ interface Props {
   title: string;
   /** Unix seconds. */
   t: number[];
+  /** The window shown, Unix seconds (so a few points sit where they belong in it). */
+  from?: number;
+  to?: number;
   lines: ChartLine[];
   format: (v: number) => string;
   /** Fixed y range (e.g. 0–100 for percentages); otherwise from the data, from zero. */
@@ -77,13 +81,21 @@ export function Chart(p: Props) {
           cursor: { drag: { x: false, y: false } },
           legend: { live: true },
           scales: {
-            x: { time: true },
-            y: p.yRange
-              ? { range: p.yRange }
-              : { range: (_u, _min, max) => [0, max > 0 ? max * 1.1 : 1] },
+            x:
+              p.from !== undefined && p.to !== undefined
+                ? { time: true, range: [p.from, p.to] }
+                : { time: true },
+            y: p.yRange ? { range: p.yRange } : { range: (_u, _min, max) => [0, max > 0 ? max * 1.1 : 1] },
           },
           axes: [
-            axis,
+            {
+              ...axis,
+              space: 70,
+              values: (u, ticks) => {
+                const span = ((u.scales.x?.max ?? 0) - (u.scales.x?.min ?? 0)) * 1000;
+                return ticks.map((s) => formatTick(s * 1000, span));
+              },
+            },
             { ...axis, size: 70, values: (_u, ticks) => ticks.map((v) => p.format(v)) },
           ],
           series: [
@@ -111,10 +123,10 @@ export function Chart(p: Props) {
       observer?.disconnect();
       plot?.destroy();
     };
-  }, [p.t, p.lines, scheme]);
+  }, [p.t, p.lines, p.from, p.to, scheme]);
 
   return (
-    <figure class="chart" data-testid={p.testId}>
+    <figure class="chart" data-testid={p.testId} data-points={p.t.length}>
       <figcaption>{p.title}</figcaption>
       {failed ? (
         <p class="muted">{p.summary}</p>

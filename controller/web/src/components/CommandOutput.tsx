@@ -42,6 +42,12 @@ export function CommandOutput({ id, status, onLoaded }: Props) {
   const c = cmd.data;
   if (!c) return <Loading label="Loading the result…" />;
   const empty = !c.stdout && !c.stderr;
+  const emptyText =
+    c.finished_at === null
+      ? 'No output yet.'
+      : c.status === 'succeeded' || c.status === 'failed'
+        ? 'The command wrote no output.'
+        : null;
   return (
     <div class="command-output" data-testid="command-output">
       <dl class="facts">
@@ -99,7 +105,7 @@ export function CommandOutput({ id, status, onLoaded }: Props) {
       )}
       <Output label="stdout" text={c.stdout} size={c.stdout_len} />
       <Output label="stderr" text={c.stderr} size={c.stderr_len} />
-      {empty && <p class="muted">{c.finished_at === null ? 'No output yet.' : 'The command wrote no output.'}</p>}
+      {empty && emptyText && <p class="muted">{emptyText}</p>}
     </div>
   );
 }

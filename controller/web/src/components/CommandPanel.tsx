@@ -40,24 +40,20 @@ export function CommandPanel({ deviceId, deviceName, offer, onSent }: Props) {
   const [args, setArgs] = useState<string[]>([]);
   const [interval, setIntervalText] = useState('');
 
+  /** Sends `action`; rejects on failure (the caller reports it). */
   const send = async (action: Action): Promise<void> => {
-    if (!permits(offer, action)) {
-      toast(`Not permitted on this device: ${describeAction(action)}`, 'error');
-      return;
-    }
+    if (!permits(offer, action)) throw new Error(`Not permitted on this device: ${describeAction(action)}`);
     setBusy(true);
     try {
       const sent = await sendCommand({ devices: [deviceId] }, action);
       toast(`Sent: ${describeAction(action)}`);
       for (const c of sent.commands) onSent(c.id);
-    } catch (e) {
-      toastError(e, `Cannot send ${describeAction(action)}`);
-      throw e;
     } finally {
       setBusy(false);
     }
   };
-  const fire = (action: Action) => void send(action).catch(() => undefined);
+  const fire = (action: Action) =>
+    void send(action).catch((e: unknown) => toastError(e, `Cannot send ${describeAction(action)}`));
 
   // The picks fall back to the first allowed entry (also when a reload changed the offer).
   const pick = (v: string, allowed: string[]) => (allowed.includes(v) ? v : (allowed[0] ?? ''));
@@ -71,19 +67,32 @@ export function CommandPanel({ deviceId, deviceName, offer, onSent }: Props) {
   const bounds = offer.setInterval;
   const seconds = Number(interval);
   const intervalOk =
-    bounds !== null && interval !== '' && Number.isInteger(seconds) && seconds >= bounds.min_s && seconds <= bounds.max_s;
+    bounds !== null &&
+    interval !== '' &&
+    Number.isInteger(seconds) &&
+    seconds >= bounds.min_s &&
+    seconds <= bounds.max_s;
   const lineCount = Number(lines);
   const linesOk = Number.isInteger(lineCount) && lineCount >= 1 && lineCount <= MAX_JOURNAL_LINES;
 
   return (
     <section class="card" aria-labelledby="command-panel-title" data-testid="command-panel">
       <h2 id="command-panel-title">Commands</h2>
-      <p class="hint">Only what this device's allowlist permits is offered. Commands are signed and wait for an offline device until they expire.</p>
+      <p class="hint">
+        Only what this device's allowlist permits is offered. Commands are signed and wait for an offline
+        device until they expire.
+      </p>
 
       {(offer.ping || offer.reboot) && (
         <div class="command-group">
           {offer.ping && (
-            <button type="button" class="button" disabled={busy} onClick={() => fire({ kind: 'ping' })} data-testid="action-ping">
+            <button
+              type="button"
+              class="button"
+              disabled={busy}
+              onClick={() => fire({ kind: 'ping' })}
+              data-testid="action-ping"
+            >
               Ping
             </button>
           )}
@@ -102,34 +111,41 @@ export function CommandPanel({ deviceId, deviceName, offer, onSent }: Props) {
       )}
 
       {offer.services.length > 0 && (
-        <fieldset class="command-group">
-          <legend>Service</legend>
-          <div class="field">
-            <label for="cmd-service-unit">Unit</label>
-            <select id="cmd-service-unit" value={unit} onChange={(e) => setUnit(e.currentTarget.value)} data-testid="service-unit">
-              {offer.services.map((u) => (
-                <option key={u} value={u}>
-                  {u}
-                </option>
-              ))}
-            </select>
-          </div>
-          <div class="button-row">
-            {SERVICE_OPS.map((op) => (
-              <button
-                key={op}
-                type="button"
-                class={op === 'stop' ? 'button danger-outline' : 'button'}
-                disabled={busy || unit === ''}
-                onClick={() => fire({ kind: 'service', op, unit })}
-                data-testid={`action-service-${op}`}
-                data-unit={unit}
+        <div class="command-group">
+          <fieldset>
+            <legend>Service</legend>
+            <div class="field">
+              <label for="cmd-service-unit">Unit</label>
+              <select
+                id="cmd-service-unit"
+                value={unit}
+                onChange={(e) => setUnit(e.currentTarget.value)}
+                data-testid="service-unit"
               >
-                {OP_LABEL[op]}
-              </button>
-            ))}
-          </div>
-        </fieldset>
+                {offer.services.map((u) => (
+                  <option key={u} value={u}>
+                    {u}
+                  </option>
+                ))}
+              </select>
+            </div>
+            <div class="button-row">
+              {SERVICE_OPS.map((op) => (
+                <button
+                  key={op}
+                  type="button"
+                  class={op === 'stop' ? 'button danger-outline' : 'button'}
+                  disabled={busy || unit === ''}
+                  onClick={() => fire({ kind: 'service', op, unit })}
+                  data-testid={`action-service-${op}`}
+                  data-unit={unit}
+                >
+                  {OP_LABEL[op]}
+                </button>
+              ))}
+            </div>
+          </fieldset>
+        </div>
       )}
 
       {offer.journalUnits.length > 0 && (
@@ -188,7 +204,7 @@ export function CommandPanel({ deviceId, deviceName, offer, onSent }: Props) {
           <fieldset>
             <legend>Script</legend>
             <div class="field">
-              <label for="cmd-script">Script</label>
+              <label for="cmd-script">Name</label>
               <select
                 id="cmd-script"
                 value={script}
@@ -262,7 +278,12 @@ export function CommandPanel({ deviceId, deviceName, offer, onSent }: Props) {
                 {bounds.min_s}–{bounds.max_s} s
               </p>
             </div>
-            <button type="submit" class="button" disabled={busy || !intervalOk} data-testid="action-set-interval">
+            <button
+              type="submit"
+              class="button"
+              disabled={busy || !intervalOk}
+              data-testid="action-set-interval"
+            >
               Set interval
             </button>
           </fieldset>
@@ -279,8 +300,8 @@ export function CommandPanel({ deviceId, deviceName, offer, onSent }: Props) {
           testId="reboot-dialog"
         >
           <p>
-            <strong>{deviceName}</strong> (<span class="mono">{deviceId}</span>) reboots as soon as it receives the
-            command. Whatever it runs stops until it is back.
+            <strong>{deviceName}</strong> (<span class="mono">{deviceId}</span>) reboots as soon as it
+            receives the command. Whatever it runs stops until it is back.
           </p>
         </ConfirmDialog>
       )}

@@ -33,11 +33,20 @@ export function CopyText({ text, label, testId }: { text: string; label: string;
         {text}
       </pre>
       <div class="copy-actions">
-        <button type="button" class="button" onClick={copy} data-testid={testId ? `${testId}-copy` : undefined}>
+        <button
+          type="button"
+          class="button"
+          onClick={copy}
+          data-testid={testId ? `${testId}-copy` : undefined}
+        >
           Copy
         </button>
         <span class="muted" role="status">
-          {state === 'copied' ? 'Copied to the clipboard.' : state === 'select' ? 'Selected: press Ctrl+C (⌘C) to copy.' : ''}
+          {state === 'copied'
+            ? 'Copied to the clipboard.'
+            : state === 'select'
+              ? 'Selected: press Ctrl+C (⌘C) to copy.'
+              : ''}
         </span>
       </div>
     </div>

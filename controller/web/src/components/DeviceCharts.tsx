@@ -46,27 +46,42 @@ function Charts({ history, range }: { history: History; range: Range }) {
         testId="chart-cpu"
         title="CPU"
         t={s.t}
+        from={history.from / 1000}
+        to={history.to / 1000}
         lines={lines.cpu}
         format={pct}
         yRange={[0, 100]}
-        summary={summaryOf('CPU', range, [['average', s.cpuAvg, pct], ['peak', s.cpuMax, pct]])}
+        summary={summaryOf('CPU', range, [
+          ['average', s.cpuAvg, pct],
+          ['peak', s.cpuMax, pct],
+        ])}
       />
       <Chart
         testId="chart-memory"
         title="Memory"
         t={s.t}
+        from={history.from / 1000}
+        to={history.to / 1000}
         lines={lines.mem}
         format={formatBytes}
-        summary={summaryOf('Memory', range, [['used', s.memUsed, formatBytes], ['total', s.memTotal, formatBytes]])}
+        summary={summaryOf('Memory', range, [
+          ['used', s.memUsed, formatBytes],
+          ['total', s.memTotal, formatBytes],
+        ])}
       />
       {hasTemp ? (
         <Chart
           testId="chart-temperature"
           title="Temperature"
           t={s.t}
+          from={history.from / 1000}
+          to={history.to / 1000}
           lines={lines.temp}
           format={formatTemp}
-          summary={summaryOf('Temperature', range, [['average', s.tempAvg, formatTemp], ['peak', s.tempMax, formatTemp]])}
+          summary={summaryOf('Temperature', range, [
+            ['average', s.tempAvg, formatTemp],
+            ['peak', s.tempMax, formatTemp],
+          ])}
         />
       ) : (
         <figure class="chart" data-testid="chart-temperature">
@@ -78,17 +93,27 @@ function Charts({ history, range }: { history: History; range: Range }) {
         testId="chart-disk"
         title="Disk"
         t={s.t}
+        from={history.from / 1000}
+        to={history.to / 1000}
         lines={lines.disk}
         format={formatBytes}
-        summary={summaryOf('Disk', range, [['used', s.diskUsed, formatBytes], ['total', s.diskTotal, formatBytes]])}
+        summary={summaryOf('Disk', range, [
+          ['used', s.diskUsed, formatBytes],
+          ['total', s.diskTotal, formatBytes],
+        ])}
       />
       <Chart
         testId="chart-network"
         title="Network"
         t={s.t}
+        from={history.from / 1000}
+        to={history.to / 1000}
         lines={lines.net}
         format={formatRate}
-        summary={summaryOf('Network', range, [['received', s.rxRate, formatRate], ['sent', s.txRate, formatRate]])}
+        summary={summaryOf('Network', range, [
+          ['received', s.rxRate, formatRate],
+          ['sent', s.txRate, formatRate],
+        ])}
       />
     </div>
   );
@@ -120,7 +145,12 @@ export function DeviceCharts({ deviceId }: { deviceId: string }) {
               {r.label}
             </button>
           ))}
-          <button type="button" onClick={history.reload} aria-label="Reload the charts" data-testid="range-reload">
+          <button
+            type="button"
+            onClick={history.reload}
+            aria-label="Reload the charts"
+            data-testid="range-reload"
+          >
             ↻
           </button>
         </div>

@@ -3,7 +3,15 @@
 
 import type { ComponentChildren } from 'preact';
 import type { DeviceDetail } from '../api/types';
-import { formatBytes, formatDate, formatDuration, formatPercent, formatTemp, NONE, share } from '../lib/format';
+import {
+  formatBytes,
+  formatDate,
+  formatDuration,
+  formatPercent,
+  formatTemp,
+  NONE,
+  share,
+} from '../lib/format';
 import { decodeThrottled, tempTone } from '../lib/health';
 import { useNow } from '../lib/hooks';
 import { Empty } from './States';
@@ -52,7 +60,7 @@ export function LiveValues({ d }: { d: DeviceDetail }) {
           {throttling === null ? (
             <span class="stat muted">{NONE}</span>
           ) : throttling.now.length > 0 ? (
-            <span class="stat warn-text">{throttling.now.join(', ')}</span>
+            <span class="stat stat-text warn-text">{throttling.now.join(', ')}</span>
           ) : (
             <span class="stat">OK</span>
           )}
@@ -132,7 +140,10 @@ export function Inventory({ d }: { d: DeviceDetail }) {
                   <td class="mono serial">{c.serial}</td>
                   <td>{formatDate(c.issued_at)}</td>
                   <td>
-                    {formatDate(c.not_after)} <span class="sub">(<RelTime ms={c.not_after} />)</span>
+                    {formatDate(c.not_after)}{' '}
+                    <span class="sub">
+                      (<RelTime ms={c.not_after} />)
+                    </span>
                   </td>
                   <td>
                     <CertState c={c} now={now} />

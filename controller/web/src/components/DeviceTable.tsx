@@ -66,7 +66,11 @@ function Row({ d, onPickLabel }: { d: DeviceSummary; onPickLabel: (pair: string)
       <td class="num" data-testid="cell-cpu">
         <Meter pct={d.cpu_pct} text={formatPercent(d.cpu_pct)} />
       </td>
-      <td class="num" data-testid="cell-memory" title={mem === null ? undefined : `${formatBytes(d.mem_used)} of ${formatBytes(d.mem_total)}`}>
+      <td
+        class="num"
+        data-testid="cell-memory"
+        title={mem === null ? undefined : `${formatBytes(d.mem_used)} of ${formatBytes(d.mem_total)}`}
+      >
         <Meter pct={mem} text={formatPercent(mem)} />
       </td>
       <td class={`num temp ${tempTone(d.temp_c)}`} data-testid="cell-temp">
@@ -75,7 +79,11 @@ function Row({ d, onPickLabel }: { d: DeviceSummary; onPickLabel: (pair: string)
       <td data-testid="cell-throttled" class={d.throttled ? 'warn-text' : undefined}>
         {throttledText(d.throttled)}
       </td>
-      <td class="num" data-testid="cell-disk" title={disk === null ? undefined : `${formatBytes(d.disk_used)} of ${formatBytes(d.disk_total)}`}>
+      <td
+        class="num"
+        data-testid="cell-disk"
+        title={disk === null ? undefined : `${formatBytes(d.disk_used)} of ${formatBytes(d.disk_total)}`}
+      >
         <Meter pct={disk} text={formatPercent(disk)} />
       </td>
       <td data-testid="cell-last-seen">

@@ -24,7 +24,8 @@ export function Dialog({ title, onClose, children, testId }: Props) {
     if (!dlg) return;
     const opener = document.activeElement instanceof HTMLElement ? document.activeElement : null;
     dlg.showModal();
-    const first = dlg.querySelector<HTMLElement>('[data-autofocus]') ?? dlg.querySelector<HTMLElement>(FOCUSABLE);
+    const first =
+      dlg.querySelector<HTMLElement>('[data-autofocus]') ?? dlg.querySelector<HTMLElement>(FOCUSABLE);
     first?.focus();
     const onCancel = (e: Event) => {
       e.preventDefault();

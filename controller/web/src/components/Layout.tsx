@@ -102,7 +102,12 @@ export function Layout({ user, children }: { user: Whoami; children: ComponentCh
           </ul>
           <div class="nav-user">
             <LiveIndicator />
-            <Link href="/profile" data-testid="nav-profile" aria-current={path === '/profile' ? 'page' : undefined} onNavigate={close}>
+            <Link
+              href="/profile"
+              data-testid="nav-profile"
+              aria-current={path === '/profile' ? 'page' : undefined}
+              onNavigate={close}
+            >
               <span class="user-name">{user.name}</span>
               <span class="user-role">{user.role}</span>
             </Link>

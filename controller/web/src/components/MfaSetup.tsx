@@ -62,17 +62,20 @@ export function MfaSetup({ onDone }: { onDone: () => void | Promise<void> }) {
   if (!setup) {
     return (
       <div class="stack">
-        <p>
-          Protect your account with a code from an authenticator app (TOTP) in addition to your
-          password.
-        </p>
+        <p>Protect your account with a code from an authenticator app (TOTP) in addition to your password.</p>
         {error && (
           <p class="form-error" role="alert">
             {error}
           </p>
         )}
         <div>
-          <button type="button" class="button primary" onClick={begin} disabled={busy} data-testid="mfa-start">
+          <button
+            type="button"
+            class="button primary"
+            onClick={begin}
+            disabled={busy}
+            data-testid="mfa-start"
+          >
             {busy ? 'Starting…' : 'Set up two-factor sign-in'}
           </button>
         </div>

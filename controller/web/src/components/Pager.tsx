@@ -22,7 +22,13 @@ export function Pager({ page, total, size, onPage, noun }: Props) {
         {formatNumber(first)}–{formatNumber(last)} of {formatNumber(total)} {noun}
       </span>
       <span class="pager-buttons">
-        <button type="button" class="button pager-edge" disabled={page <= 1} onClick={() => onPage(1)} aria-label="First page">
+        <button
+          type="button"
+          class="button pager-edge"
+          disabled={page <= 1}
+          onClick={() => onPage(1)}
+          aria-label="First page"
+        >
           «
         </button>
         <button

@@ -36,7 +36,18 @@ function Preview({ selector }: { selector: Labels }) {
   const label = selectorParam(selector);
   const all = useAsync((signal) => listDevices({ label, limit: PREVIEW }, signal), [label]);
   const revoked = useAsync((signal) => listDevices({ label, status: 'revoked', limit: 1 }, signal), [label]);
-  if (all.error !== undefined) return <ErrorBox error={all.error} onRetry={all.reload} />;
+  const failed = all.error ?? revoked.error;
+  if (failed !== undefined) {
+    return (
+      <ErrorBox
+        error={failed}
+        onRetry={() => {
+          all.reload();
+          revoked.reload();
+        }}
+      />
+    );
+  }
   if (!all.data || !revoked.data) return <Loading label="Finding devices…" />;
   const targets = all.data.total - revoked.data.total;
   return (
@@ -164,7 +175,11 @@ export function SelectorSend({ onSent }: { onSent: () => void }) {
           {f.kind === 'service' && (
             <div class="field">
               <label for="selector-op">Operation</label>
-              <select id="selector-op" value={f.op} onChange={(e) => set({ op: e.currentTarget.value as ServiceOp })}>
+              <select
+                id="selector-op"
+                value={f.op}
+                onChange={(e) => set({ op: e.currentTarget.value as ServiceOp })}
+              >
                 {SERVICE_OPS.map((op) => (
                   <option key={op} value={op}>
                     {op}
@@ -243,8 +258,8 @@ export function SelectorSend({ onSent }: { onSent: () => void }) {
           )}
         </div>
         <p class="hint">
-          Each device runs the command only if its own allowlist permits it; others reject it, and the rejection shows in
-          the history.
+          Each device runs the command only if its own allowlist permits it; others reject it, and the
+          rejection shows in the history.
         </p>
         {error && (
           <p class="form-error" role="alert">
@@ -272,8 +287,8 @@ export function SelectorSend({ onSent }: { onSent: () => void }) {
         >
           <p>
             <span class="mono">{describeAction(confirm.action)}</span> goes to{' '}
-            <strong data-testid="selector-confirm-count">{plural(confirm.count, 'device')}</strong> with the labels{' '}
-            <span class="mono">{labelPairs(confirm.selector).join(', ')}</span>.
+            <strong data-testid="selector-confirm-count">{plural(confirm.count, 'device')}</strong> with the
+            labels <span class="mono">{labelPairs(confirm.selector).join(', ')}</span>.
           </p>
         </ConfirmDialog>
       )}

@@ -30,11 +30,7 @@ export function useCommandPage(v: CommandPageView) {
 
   const devices = v.device ? [v.device] : [...new Set(list.data?.items.map((c) => c.device) ?? [])];
   const key = devices.join(',');
-  useEffect(
-    () =>
-      live.watch(devices, { command: update }),
-    [key, v.device, v.status, offset, v.limit],
-  );
+  useEffect(() => live.watch(devices, { command: update }), [key, v.device, v.status, offset, v.limit]);
 
   const toggle = useCallback(
     (id: string) =>

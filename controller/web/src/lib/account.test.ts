@@ -1,6 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import { ApiError } from '../api/client';
-import { browserName, groupSecret, newPasswordError, otpauthSecret, passwordErrorText, signInErrorText } from './account';
+import {
+  browserName,
+  groupSecret,
+  newPasswordError,
+  otpauthSecret,
+  passwordErrorText,
+  signInErrorText,
+} from './account';
 
 describe('sign-in messages', () => {
   it('says how long a lockout or rate limit lasts', () => {
@@ -30,7 +37,9 @@ describe('sign-in messages', () => {
 describe('new passwords', () => {
   it('checks length, change and repetition', () => {
     expect(newPasswordError('old', 'short', 'short')).toMatch(/12/);
-    expect(newPasswordError('same password 1', 'same password 1', 'same password 1')).toMatch(/differ from the current/);
+    expect(newPasswordError('same password 1', 'same password 1', 'same password 1')).toMatch(
+      /differ from the current/,
+    );
     expect(newPasswordError('old', 'a long new password', 'a long new passwort')).toMatch(/differ/);
     expect(newPasswordError('old', 'a long new password', 'a long new password')).toBeNull();
   });
@@ -38,7 +47,9 @@ describe('new passwords', () => {
 
 describe('MFA setup', () => {
   it('finds the secret in an otpauth URI', () => {
-    expect(otpauthSecret('otpauth://totp/pifleet:admin?secret=JBSWY3DPEHPK3PXP&issuer=pifleet')).toBe('JBSWY3DPEHPK3PXP');
+    expect(otpauthSecret('otpauth://totp/pifleet:admin?secret=JBSWY3DPEHPK3PXP&issuer=pifleet')).toBe(
+      'JBSWY3DPEHPK3PXP',
+    );
     expect(otpauthSecret('otpauth://totp/x')).toBeNull();
     expect(groupSecret('JBSWY3DPEHPK3PXP')).toBe('JBSW Y3DP EHPK 3PXP');
     expect(groupSecret('ABCDEF')).toBe('ABCD EF');
@@ -47,13 +58,19 @@ describe('MFA setup', () => {
 
 describe('browserName', () => {
   it('names common clients', () => {
-    expect(browserName('Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36')).toBe(
-      'Chrome on Linux',
+    expect(
+      browserName(
+        'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36',
+      ),
+    ).toBe('Chrome on Linux');
+    expect(browserName('Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0) Gecko/20100101 Firefox/133.0')).toBe(
+      'Firefox on macOS',
     );
-    expect(browserName('Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0) Gecko/20100101 Firefox/133.0')).toBe('Firefox on macOS');
-    expect(browserName('Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Version/17.0 Mobile Safari/604.1')).toBe(
-      'Safari on iOS',
-    );
+    expect(
+      browserName(
+        'Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Version/17.0 Mobile Safari/604.1',
+      ),
+    ).toBe('Safari on iOS');
     expect(browserName('curl/8.5.0')).toBe('curl');
     expect(browserName('')).toBe('Unknown client');
     expect(browserName('x'.repeat(80))).toHaveLength(58);

@@ -142,7 +142,15 @@ describe('permits', () => {
 });
 
 describe('hand-typed actions', () => {
-  const base = { kind: 'ping' as const, op: 'restart' as const, unit: '', lines: '100', script: '', args: '', seconds: '' };
+  const base = {
+    kind: 'ping' as const,
+    op: 'restart' as const,
+    unit: '',
+    lines: '100',
+    script: '',
+    args: '',
+    seconds: '',
+  };
   it('builds actions from form fields', () => {
     expect(buildAction({ ...base, kind: 'service', unit: ' kiosk.service ' })).toEqual({
       kind: 'service',
@@ -159,7 +167,10 @@ describe('hand-typed actions', () => {
       name: 'backup',
       args: ['--dry-run', '--full'],
     });
-    expect(buildAction({ ...base, kind: 'set_interval', seconds: '30' })).toEqual({ kind: 'set_interval', seconds: 30 });
+    expect(buildAction({ ...base, kind: 'set_interval', seconds: '30' })).toEqual({
+      kind: 'set_interval',
+      seconds: 30,
+    });
     expect(buildAction({ ...base, kind: 'reboot' })).toEqual({ kind: 'reboot' });
   });
 
@@ -178,9 +189,15 @@ describe('hand-typed actions', () => {
 describe('describing', () => {
   it('reads actions as one line', () => {
     expect(describeAction({ kind: 'ping' })).toBe('ping');
-    expect(describeAction({ kind: 'service', op: 'restart', unit: 'kiosk.service' })).toBe('restart kiosk.service');
-    expect(describeAction({ kind: 'journal', unit: 'kiosk.service', lines: 5 })).toBe('journal kiosk.service (5 lines)');
-    expect(describeAction({ kind: 'script', name: 'backup', args: ['--dry-run'] })).toBe('script backup --dry-run');
+    expect(describeAction({ kind: 'service', op: 'restart', unit: 'kiosk.service' })).toBe(
+      'restart kiosk.service',
+    );
+    expect(describeAction({ kind: 'journal', unit: 'kiosk.service', lines: 5 })).toBe(
+      'journal kiosk.service (5 lines)',
+    );
+    expect(describeAction({ kind: 'script', name: 'backup', args: ['--dry-run'] })).toBe(
+      'script backup --dry-run',
+    );
     expect(describeAction({ kind: 'set_interval', seconds: 30 })).toBe('set interval to 30 s');
   });
 

@@ -51,8 +51,7 @@ export function commandOffer(
   if (!caps) {
     return {
       kind: 'unavailable',
-      reason:
-        'The agent has not reported what its allowlist permits yet. Commands appear here once it does.',
+      reason: 'The agent has not reported what its allowlist permits yet. Commands appear here once it does.',
     };
   }
   const valid = (n: string) => NAME.test(n);
@@ -66,8 +65,7 @@ export function commandOffer(
       .filter((s) => valid(s.name))
       .map((s) => ({ name: s.name, allowed_args: s.allowed_args.filter((a) => a !== '') }))
       .sort((a, b) => a.name.localeCompare(b.name)),
-    setInterval:
-      bounds && bounds.min_s >= 1 && bounds.max_s >= bounds.min_s ? { ...bounds } : null,
+    setInterval: bounds && bounds.min_s >= 1 && bounds.max_s >= bounds.min_s ? { ...bounds } : null,
   };
   const any =
     actions.ping ||

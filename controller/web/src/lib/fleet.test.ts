@@ -62,7 +62,14 @@ describe('fleet query in the URL', () => {
   });
 
   it('round-trips every field', () => {
-    const q = { q: 'kiosk 1', status: 'offline' as const, label: 'site=lobby,role=kiosk', sort: 'temperature' as const, order: 'desc' as const, page: 3 };
+    const q = {
+      q: 'kiosk 1',
+      status: 'offline' as const,
+      label: 'site=lobby,role=kiosk',
+      sort: 'temperature' as const,
+      order: 'desc' as const,
+      page: 3,
+    };
     const s = fleetQueryString(q);
     expect(s.startsWith('?')).toBe(true);
     expect(parseFleetQuery(s)).toEqual(q);
@@ -76,8 +83,14 @@ describe('fleet query in the URL', () => {
   it('sorts a new column (numbers busiest first) and flips the same column', () => {
     expect(nextSort(DEFAULT_FLEET_QUERY, 'hostname')).toEqual({ sort: 'hostname', order: 'asc' });
     expect(nextSort(DEFAULT_FLEET_QUERY, 'cpu')).toEqual({ sort: 'cpu', order: 'desc' });
-    expect(nextSort({ ...DEFAULT_FLEET_QUERY, sort: 'cpu', order: 'desc' }, 'cpu')).toEqual({ sort: 'cpu', order: 'asc' });
-    expect(nextSort({ ...DEFAULT_FLEET_QUERY, sort: 'cpu', order: 'asc' }, 'cpu')).toEqual({ sort: 'cpu', order: 'desc' });
+    expect(nextSort({ ...DEFAULT_FLEET_QUERY, sort: 'cpu', order: 'desc' }, 'cpu')).toEqual({
+      sort: 'cpu',
+      order: 'asc',
+    });
+    expect(nextSort({ ...DEFAULT_FLEET_QUERY, sort: 'cpu', order: 'asc' }, 'cpu')).toEqual({
+      sort: 'cpu',
+      order: 'desc',
+    });
   });
 
   it('counts pages', () => {
@@ -129,8 +142,15 @@ describe('applyCommand', () => {
 
   it('leaves other pages and non-matching commands alone', () => {
     expect(applyCommand(page, command('3', { created_at: 3_000 }), { offset: 50, limit: 50 })).toBe(page);
-    expect(applyCommand(page, command('3', { device: 'pi-9', created_at: 3_000 }), { ...view, device: 'pi-1' })).toBe(page);
-    expect(applyCommand(page, command('3', { status: 'running', created_at: 3_000 }), { ...view, status: 'failed' })).toBe(page);
+    expect(
+      applyCommand(page, command('3', { device: 'pi-9', created_at: 3_000 }), { ...view, device: 'pi-1' }),
+    ).toBe(page);
+    expect(
+      applyCommand(page, command('3', { status: 'running', created_at: 3_000 }), {
+        ...view,
+        status: 'failed',
+      }),
+    ).toBe(page);
     expect(applyCommand(page, command('0', { created_at: 10 }), view)).toBe(page);
   });
 

@@ -9,6 +9,7 @@ import {
   formatRate,
   formatRelative,
   formatTemp,
+  formatTick,
   NONE,
   parseLocalDateTime,
   plural,
@@ -114,6 +115,12 @@ describe('dates', () => {
     expect(formatDateTime(ms, { locale: 'de-DE', timeZone: 'Europe/Berlin' })).toBe('24.11.2026, 09:56:10');
     expect(formatDate(ms, { locale: 'en-GB', timeZone: 'UTC' })).toBe('24 Nov 2026');
     expect(formatDateTime(null)).toBe(NONE);
+  });
+  it('labels chart ticks as finely as the span needs', () => {
+    const o = { locale: 'en-GB', timeZone: 'UTC' };
+    expect(formatTick(ms, 3_600_000, o)).toBe('08:56');
+    expect(formatTick(ms, 7 * 86_400_000, o)).toBe('Tue 08:56');
+    expect(formatTick(ms, 30 * 86_400_000, o)).toBe('24 Nov');
   });
   it('reads datetime-local values as local time', () => {
     const v = parseLocalDateTime('2026-11-24T09:30');

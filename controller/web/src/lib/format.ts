@@ -46,9 +46,7 @@ export function formatRate(bytesPerSecond: number | null | undefined, locale?: s
 export function formatPercent(pct: number | null | undefined, locale?: string): string {
   if (pct === null || pct === undefined || !Number.isFinite(pct)) return NONE;
   const digits = Math.abs(pct) < 10 && pct !== 0 ? 1 : 0;
-  return numberFormat(locale, { style: 'percent', maximumFractionDigits: digits }).format(
-    pct / 100,
-  );
+  return numberFormat(locale, { style: 'percent', maximumFractionDigits: digits }).format(pct / 100);
 }
 
 /** `used` of `total` as 0–100, or null. */
@@ -91,11 +89,7 @@ export function formatDuration(seconds: number | null | undefined): string {
 }
 
 /** Time from `now` to `ms`, coarse: `12 s ago`, `3 min ago`, `in 5 d`. */
-export function formatRelative(
-  ms: number | null | undefined,
-  now: number,
-  locale?: string,
-): string {
+export function formatRelative(ms: number | null | undefined, now: number, locale?: string): string {
   if (ms === null || ms === undefined) return 'never';
   const diff = Math.round((ms - now) / 1000);
   const abs = Math.abs(diff);
@@ -130,9 +124,7 @@ export function formatDateTime(ms: number | null | undefined, o: DateOptions = {
 /** The date alone, in the locale's style. */
 export function formatDate(ms: number | null | undefined, o: DateOptions = {}): string {
   if (ms === null || ms === undefined) return NONE;
-  return new Intl.DateTimeFormat(o.locale, { dateStyle: 'medium', timeZone: o.timeZone }).format(
-    ms,
-  );
+  return new Intl.DateTimeFormat(o.locale, { dateStyle: 'medium', timeZone: o.timeZone }).format(ms);
 }
 
 /** A count with its noun: `1 device`, `12 devices`. */
@@ -146,4 +138,16 @@ export function parseLocalDateTime(value: string): number | null {
   if (!/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$/.test(value)) return null;
   const ms = new Date(value).getTime();
   return Number.isNaN(ms) ? null : ms;
+}
+
+/** A chart's time-axis label for `ms`, as detailed as the visible span needs: the time of
+ * day up to a day and a half, then day and hour up to ten days, then the date. */
+export function formatTick(ms: number, spanMs: number, o: DateOptions = {}): string {
+  const opts: Intl.DateTimeFormatOptions =
+    spanMs <= 36 * 3_600_000
+      ? { hour: '2-digit', minute: '2-digit' }
+      : spanMs <= 10 * 86_400_000
+        ? { weekday: 'short', hour: '2-digit', minute: '2-digit' }
+        : { month: 'short', day: 'numeric' };
+  return new Intl.DateTimeFormat(o.locale, { ...opts, timeZone: o.timeZone }).format(ms);
 }

@@ -41,8 +41,7 @@ export function useAsync<T>(load: (signal: AbortSignal) => Promise<T>, deps: unk
 
   const reload = useCallback(() => setGeneration((g) => g + 1), []);
   const setData = useCallback(
-    (update: (prev: T | undefined) => T | undefined) =>
-      setState((s) => ({ ...s, data: update(s.data) })),
+    (update: (prev: T | undefined) => T | undefined) => setState((s) => ({ ...s, data: update(s.data) })),
     [],
   );
   return { ...state, reload, setData };

@@ -3,9 +3,18 @@ import { labelPairs, parseLabels, parseSelector, rowsToLabels, selectorParam } f
 
 describe('parseSelector', () => {
   it('parses key=value pairs separated by commas', () => {
-    expect(parseSelector('site=lobby,role=kiosk')).toEqual({ ok: true, value: { site: 'lobby', role: 'kiosk' } });
-    expect(parseSelector(' site = lobby , role=kiosk ,')).toEqual({ ok: true, value: { site: 'lobby', role: 'kiosk' } });
-    expect(parseSelector('app.kubernetes.io/name=x')).toEqual({ ok: true, value: { 'app.kubernetes.io/name': 'x' } });
+    expect(parseSelector('site=lobby,role=kiosk')).toEqual({
+      ok: true,
+      value: { site: 'lobby', role: 'kiosk' },
+    });
+    expect(parseSelector(' site = lobby , role=kiosk ,')).toEqual({
+      ok: true,
+      value: { site: 'lobby', role: 'kiosk' },
+    });
+    expect(parseSelector('app.kubernetes.io/name=x')).toEqual({
+      ok: true,
+      value: { 'app.kubernetes.io/name': 'x' },
+    });
   });
 
   it('allows empty values and = inside values', () => {
@@ -14,7 +23,18 @@ describe('parseSelector', () => {
   });
 
   it('refuses what the controller refuses', () => {
-    const bad = ['', '   ', 'site', 'Site=x', '=x', `${'k'.repeat(64)}=v`, 'a b=c', 'site=a,site=b', `k=${'v'.repeat(256)}`, 'k=\u0007'];
+    const bad = [
+      '',
+      '   ',
+      'site',
+      'Site=x',
+      '=x',
+      `${'k'.repeat(64)}=v`,
+      'a b=c',
+      'site=a,site=b',
+      `k=${'v'.repeat(256)}`,
+      'k=\u0007',
+    ];
     for (const b of bad) {
       const r = parseSelector(b);
       expect(r.ok, JSON.stringify(b)).toBe(false);
@@ -64,7 +84,12 @@ describe('rowsToLabels', () => {
   it('reports bad keys and duplicates', () => {
     expect(rowsToLabels([{ key: '', value: 'x' }])).toHaveProperty('error');
     expect(rowsToLabels([{ key: 'Bad', value: 'x' }])).toHaveProperty('error');
-    expect(rowsToLabels([{ key: 'a', value: '1' }, { key: 'a', value: '2' }])).toEqual({
+    expect(
+      rowsToLabels([
+        { key: 'a', value: '1' },
+        { key: 'a', value: '2' },
+      ]),
+    ).toEqual({
       error: 'the key "a" appears twice',
     });
   });

@@ -53,4 +53,3 @@ export function Link({ href, onNavigate, ...rest }: LinkProps) {
   };
   return <a href={href} onClick={click} {...rest} />;
 }
-

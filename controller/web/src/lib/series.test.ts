@@ -27,7 +27,10 @@ describe('historySeries', () => {
       from: 0,
       to: 30_000,
       bucket_ms: 10_000,
-      points: [point(0, { net_rx_bytes: 1_000, net_tx_bytes: 100 }), point(10_000, { net_rx_bytes: 21_000, net_tx_bytes: 600, temp_c_avg: null })],
+      points: [
+        point(0, { net_rx_bytes: 1_000, net_tx_bytes: 100 }),
+        point(10_000, { net_rx_bytes: 21_000, net_tx_bytes: 600, temp_c_avg: null }),
+      ],
     };
     const s = historySeries(h);
     expect(s.t).toEqual([0, 10]);
@@ -44,7 +47,11 @@ describe('historySeries', () => {
       from: 0,
       to: 60_000,
       bucket_ms: 10_000,
-      points: [point(0, { net_rx_bytes: 10 }), point(10_000, { net_rx_bytes: 20 }), point(50_000, { net_rx_bytes: 90 })],
+      points: [
+        point(0, { net_rx_bytes: 10 }),
+        point(10_000, { net_rx_bytes: 20 }),
+        point(50_000, { net_rx_bytes: 90 }),
+      ],
     };
     const s = historySeries(h);
     expect(s.t).toEqual([0, 10, 20, 50]);

@@ -21,7 +21,12 @@ interface Filters {
 
 const EMPTY: Filters = { actor: '', action: '', since: '', until: '' };
 
-function Verification({ report, error, loading, onRetry }: {
+function Verification({
+  report,
+  error,
+  loading,
+  onRetry,
+}: {
   report: VerifyReport | undefined;
   error: unknown;
   loading: boolean;
@@ -32,8 +37,8 @@ function Verification({ report, error, loading, onRetry }: {
   if (report.intact) {
     return (
       <div class="verify verify-ok" role="status" data-testid="audit-verify" data-intact="true">
-        <strong>Chain intact.</strong> All {formatNumber(report.entries)} entries verified: none was edited, inserted or
-        deleted.
+        <strong>Chain intact.</strong> All {formatNumber(report.entries)} entries verified: none was edited,
+        inserted or deleted.
         <button type="button" class="button small" onClick={onRetry} disabled={loading}>
           Verify again
         </button>
@@ -42,8 +47,8 @@ function Verification({ report, error, loading, onRetry }: {
   }
   return (
     <div class="verify verify-bad" role="alert" data-testid="audit-verify" data-intact="false">
-      <strong>Chain broken at entry #{report.broken_at ?? '?'}.</strong> {report.problem ?? ''} The log may have been
-      tampered with: entries from there on cannot be trusted.
+      <strong>Chain broken at entry #{report.broken_at ?? '?'}.</strong> {report.problem ?? ''} The log may
+      have been tampered with: entries from there on cannot be trusted.
       <button type="button" class="button small" onClick={onRetry} disabled={loading}>
         Verify again
       </button>
@@ -82,6 +87,7 @@ export function AuditPage() {
     setCursors([]);
   };
 
+  const filtered = Object.values(filters).some((v) => v !== '');
   const items = page.data?.items ?? [];
   const last = items[items.length - 1];
   const field = (key: keyof Filters, label: string, type = 'text', placeholder?: string) => (
@@ -102,7 +108,12 @@ export function AuditPage() {
 
   return (
     <Page title="Audit log">
-      <Verification report={verify.data} error={verify.error} loading={verify.loading} onRetry={verify.reload} />
+      <Verification
+        report={verify.data}
+        error={verify.error}
+        loading={verify.loading}
+        onRetry={verify.reload}
+      />
       <section class="card" aria-labelledby="entries-title">
         <h2 id="entries-title">Entries</h2>
         <form class="toolbar" role="search" onSubmit={apply}>
@@ -113,7 +124,7 @@ export function AuditPage() {
           <button type="submit" class="button" data-testid="audit-apply">
             Apply
           </button>
-          {filters !== EMPTY && (
+          {filtered && (
             <button
               type="button"
               class="button subtle"
@@ -137,7 +148,9 @@ export function AuditPage() {
         ) : !page.data ? (
           <Loading label="Loading entries…" />
         ) : items.length === 0 ? (
-          <Empty>{filters === EMPTY && cursors.length === 0 ? 'The audit log is empty.' : 'No entries match.'}</Empty>
+          <Empty>
+            {filters === EMPTY && cursors.length === 0 ? 'The audit log is empty.' : 'No entries match.'}
+          </Empty>
         ) : (
           <div class="table-scroll">
             <table class="table audit" aria-busy={page.loading} data-testid="audit-table">
@@ -181,9 +194,7 @@ export function AuditPage() {
         )}
         {page.data && (cursors.length > 0 || items.length === PAGE) && (
           <nav class="pager" aria-label="Pages of entries">
-            <span class="pager-info">
-              {page.data.head !== null && <>Newest entry #{page.data.head}</>}
-            </span>
+            <span class="pager-info">{page.data.head !== null && <>Newest entry #{page.data.head}</>}</span>
             <span class="pager-buttons">
               <button
                 type="button"

@@ -49,7 +49,12 @@ export function CommandsPage({ user }: { user: Whoami }) {
   const [deviceError, setDeviceError] = useState<string | null>(null);
   useEffect(() => setDeviceText(filters.device), [filters.device]);
 
-  const { list, expanded, toggle, update: updateCommand } = useCommandPage({
+  const {
+    list,
+    expanded,
+    toggle,
+    update: updateCommand,
+  } = useCommandPage({
     device: filters.device || undefined,
     status: filters.status || undefined,
     page: filters.page,

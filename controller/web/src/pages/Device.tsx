@@ -26,7 +26,11 @@ const HISTORY_SIZE = 10;
 
 function DeviceCommands({ d, user }: { d: DeviceDetail; user: Whoami }) {
   const [page, setPage] = useState(1);
-  const { list, expanded, toggle, expand, update } = useCommandPage({ device: d.id, page, limit: HISTORY_SIZE });
+  const { list, expanded, toggle, expand, update } = useCommandPage({
+    device: d.id,
+    page,
+    limit: HISTORY_SIZE,
+  });
   const offer = commandOffer(user.role, d.status, d.capabilities);
 
   const sent = (id: string) => {
@@ -71,7 +75,13 @@ function DeviceCommands({ d, user }: { d: DeviceDetail; user: Whoami }) {
               busy={list.loading}
             />
             {list.data.total > HISTORY_SIZE && (
-              <Pager page={page} total={list.data.total} size={HISTORY_SIZE} noun="commands" onPage={setPage} />
+              <Pager
+                page={page}
+                total={list.data.total}
+                size={HISTORY_SIZE}
+                noun="commands"
+                onPage={setPage}
+              />
             )}
           </>
         )}
@@ -100,10 +110,15 @@ function AdminSection({ d, onChanged }: { d: DeviceDetail; onChanged: (d?: Devic
         <>
           <h3>Revoke</h3>
           <p class="hint">
-            Revoking puts the device's certificates on the revocation list: the broker drops it at once and it cannot
-            reconnect without enrolling again.
+            Revoking puts the device's certificates on the revocation list: the broker drops it at once and it
+            cannot reconnect without enrolling again.
           </p>
-          <button type="button" class="button danger" onClick={() => setRevoking(true)} data-testid="device-revoke">
+          <button
+            type="button"
+            class="button danger"
+            onClick={() => setRevoking(true)}
+            data-testid="device-revoke"
+          >
             Revoke device…
           </button>
         </>
@@ -187,10 +202,7 @@ export function DevicePage({ id, user }: { id: string; user: Whoami }) {
       <Services d={d} />
       <DeviceCommands d={d} user={user} />
       {isAdmin(user.role) && (
-        <AdminSection
-          d={d}
-          onChanged={(next) => (next ? device.setData(() => next) : device.reload())}
-        />
+        <AdminSection d={d} onChanged={(next) => (next ? device.setData(() => next) : device.reload())} />
       )}
     </Page>
   );

@@ -127,8 +127,8 @@ function Created({ t, onClose }: { t: CreatedToken; onClose: () => void }) {
     <div class="created" data-testid="token-created" role="status">
       <h3>Token created</h3>
       <p>
-        Run this on the device within <RelTime ms={t.expires_at} /> (until <DateTime ms={t.expires_at} />). The
-        token works once and is not shown again.
+        Run this on the device within <RelTime ms={t.expires_at} /> (until <DateTime ms={t.expires_at} />
+        ). The token works once and is not shown again.
       </p>
       <CopyText text={t.enroll_command} label="Enroll command" testId="enroll-command" />
       <button type="button" class="button subtle" onClick={onClose}>
@@ -184,7 +184,12 @@ function TokenTable({ tokens, onRevoke }: { tokens: TokenInfo[]; onRevoke: (t: T
               </td>
               <td class="actions">
                 {t.state === 'unused' && (
-                  <button type="button" class="button small danger-outline" onClick={() => onRevoke(t)} data-testid="token-revoke">
+                  <button
+                    type="button"
+                    class="button small danger-outline"
+                    onClick={() => onRevoke(t)}
+                    data-testid="token-revoke"
+                  >
                     Revoke
                   </button>
                 )}
@@ -242,8 +247,8 @@ export function EnrollmentPage() {
           onClose={() => setRevoking(null)}
         >
           <p>
-            Token <span class="mono">{revoking.id}</span> stops working at once; a device that has not enrolled with it
-            yet needs a new one.
+            Token <span class="mono">{revoking.id}</span> stops working at once; a device that has not
+            enrolled with it yet needs a new one.
           </p>
         </ConfirmDialog>
       )}

@@ -158,9 +158,7 @@ export function FleetPage() {
 
   const filtered = query.q !== '' || query.status !== '' || query.label !== '';
   const changed =
-    loadedWith.current !== null &&
-    summary.data !== undefined &&
-    summary.data.enrolled !== loadedWith.current;
+    loadedWith.current !== null && summary.data !== undefined && summary.data.enrolled !== loadedWith.current;
 
   const pickLabel = (pair: string) => {
     const current = query.label ? query.label.split(',') : [];

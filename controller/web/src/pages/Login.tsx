@@ -28,6 +28,9 @@ export function LoginPage({ forceChange = false }: { forceChange?: boolean }) {
   const heading = useRef<HTMLHeadingElement>(null);
 
   useEffect(() => heading.current?.focus(), [step.kind]);
+  useEffect(() => {
+    document.title = 'Sign in · pifleet';
+  }, []);
 
   const finish = async () => {
     const user = await enter();
@@ -58,7 +61,12 @@ export function LoginPage({ forceChange = false }: { forceChange?: boolean }) {
       await task();
     } catch (err) {
       setError(signInErrorText(err));
-      if (err instanceof ApiError && err.status === 401 && step.kind === 'mfa' && /expired|start again/.test(err.detail)) {
+      if (
+        err instanceof ApiError &&
+        err.status === 401 &&
+        step.kind === 'mfa' &&
+        /expired|start again/.test(err.detail)
+      ) {
         setStep({ kind: 'password' });
       }
     } finally {
@@ -80,7 +88,11 @@ export function LoginPage({ forceChange = false }: { forceChange?: boolean }) {
     });
 
   const title =
-    step.kind === 'password' ? 'Sign in' : step.kind === 'mfa' ? 'Two-factor sign-in' : 'Choose a new password';
+    step.kind === 'password'
+      ? 'Sign in'
+      : step.kind === 'mfa'
+        ? 'Two-factor sign-in'
+        : 'Choose a new password';
 
   return (
     <div class="login">

@@ -130,8 +130,8 @@ export function ProfilePage({ user }: { user: Whoami }) {
           <h2 id="mfa-title">Two-factor sign-in</h2>
           {user.mfa_enabled ? (
             <p data-testid="mfa-status">
-              <span class="badge badge-ok">on</span> Sign-in asks for a code from your authenticator app. If you lose it,
-              use a recovery code, or ask an administrator to reset it.
+              <span class="badge badge-ok">on</span> Sign-in asks for a code from your authenticator app. If
+              you lose it, use a recovery code, or ask an administrator to reset it.
             </p>
           ) : (
             <MfaSetup

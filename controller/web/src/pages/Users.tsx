@@ -79,7 +79,12 @@ function CreateUser({ onCreated }: { onCreated: (c: CreatedUser) => void }) {
         </div>
         <div class="field">
           <label for="user-role">Role</label>
-          <select id="user-role" value={role} onChange={(e) => setRole(e.currentTarget.value as Role)} data-testid="user-role">
+          <select
+            id="user-role"
+            value={role}
+            onChange={(e) => setRole(e.currentTarget.value as Role)}
+            data-testid="user-role"
+          >
             {ROLES.map((r) => (
               <option key={r} value={r}>
                 {r}
@@ -197,8 +202,15 @@ export function UsersPage({ user: me }: { user: Whoami }) {
             </p>
             {created.one_time_password && (
               <>
-                <p>Give them this one-time password; it is not shown again and must be changed at first sign-in.</p>
-                <CopyText text={created.one_time_password} label="One-time password" testId="one-time-password" />
+                <p>
+                  Give them this one-time password; it is not shown again and must be changed at first
+                  sign-in.
+                </p>
+                <CopyText
+                  text={created.one_time_password}
+                  label="One-time password"
+                  testId="one-time-password"
+                />
               </>
             )}
             <button type="button" class="button subtle" onClick={() => setCreated(null)}>
@@ -289,7 +301,9 @@ export function UsersPage({ user: me }: { user: Whoami }) {
                               class="button small"
                               disabled={busy}
                               onClick={() =>
-                                u.disabled ? void change(u, { disabled: false }) : setPending({ kind: 'disable', user: u })
+                                u.disabled
+                                  ? void change(u, { disabled: false })
+                                  : setPending({ kind: 'disable', user: u })
                               }
                               data-testid="user-toggle-disabled"
                             >
@@ -367,7 +381,10 @@ export function UsersPage({ user: me }: { user: Whoami }) {
           }}
           onClose={() => setPending(null)}
         >
-          <p>Use this when they lost their authenticator. They can sign in with the password alone and set it up again.</p>
+          <p>
+            Use this when they lost their authenticator. They can sign in with the password alone and set it
+            up again.
+          </p>
         </ConfirmDialog>
       )}
     </Page>
