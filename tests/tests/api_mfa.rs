@@ -119,6 +119,11 @@ async fn mfa_enrolment_sign_in_replay_recovery_and_reset() {
     }
     let mfa = j["mfa_token"].as_str().unwrap().to_owned();
     unauthorized(&whoami(&api, &mfa).await, "MFA token as access token");
+    // A step token that is not (or no longer) valid sends the client back to the password
+    // step, and says so in a code it can act on.
+    let r = login_mfa(&api, &format!("{mfa}x"), "code", "000000").await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    assert_eq!(r.json()["code"], "mfa_expired", "{}", r.text);
 
     // The confirmation used `step`; the next step's code (within the skew window) signs in.
     let next = code(&secret, step + 1);

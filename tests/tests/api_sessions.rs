@@ -81,10 +81,15 @@ async fn first_login_requires_a_password_change() {
     let (other, other_refresh) = api.tokens("admin", &otp).await.unwrap();
 
     // Everything but the user's own account is closed until the password is changed.
+    let (_, pending_refresh) = api.tokens("admin", &otp).await.unwrap();
     for route in ROUTES.iter().filter(|r| r.path != "/api/v1/auth/logout") {
         let path = fill(route.path);
         let method = Method::from_bytes(route.method.as_bytes()).unwrap();
-        let body = (route.method != "GET" && route.method != "DELETE").then(|| json!({}));
+        let body = if route.path == "/api/v1/auth/refresh" {
+            Some(json!({ "refresh_token": pending_refresh }))
+        } else {
+            (route.method != "GET" && route.method != "DELETE").then(|| json!({}))
+        };
         let r = api
             .call(method, &path, Some(&access), body.as_ref())
             .await
@@ -554,15 +559,23 @@ async fn cookie_mode_refresh_needs_the_csrf_header() {
     let (new_csrf, _) = set_cookie(&r, "pifleet_csrf");
     assert_ne!(new_refresh, refresh_c);
     assert!(attrs.iter().any(|x| x == "HttpOnly"));
-    let r = cookie_refresh(vec![
-        (
-            "cookie",
-            format!("pifleet_refresh={new_refresh}; pifleet_csrf={new_csrf}"),
-        ),
-        ("x-csrf-token", new_csrf.clone()),
-    ])
-    .await;
+    // A browser may also send an empty JSON object: still the cookie.
+    let jar = format!("pifleet_refresh={new_refresh}; pifleet_csrf={new_csrf}");
+    let r = api
+        .call_with(
+            Method::POST,
+            "/api/v1/auth/refresh",
+            None,
+            Some(&json!({})),
+            &[
+                ("cookie", jar.as_str()),
+                ("x-csrf-token", new_csrf.as_str()),
+            ],
+        )
+        .await
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.json().get("refresh_token").is_none(), "{}", r.text);
     // The first cookie, presented again, is reuse: 401 and the cookies are cleared.
     let r = cookie_refresh(vec![("cookie", cookies), ("x-csrf-token", csrf)]).await;
     unauthorized(&r, "reused refresh cookie");

@@ -59,8 +59,8 @@ pub struct LoginMfaRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
-    /// The refresh token (API clients). Browsers send no body: the cookie is used.
-    pub refresh_token: String,
+    /// The refresh token (API clients). Browsers send no body, or `{}`: the cookie is used.
+    pub refresh_token: Option<String>,
 }
 
 /// The signed-in user, as returned with tokens.
@@ -409,13 +409,17 @@ pub async fn login_mfa(
     let claims = st
         .jwt
         .verify(&req.mfa_token, TokenKind::Mfa, now_ms() / 1000)
-        .map_err(|_| Problem::unauthorized("the sign-in has expired; start again"))?;
+        .map_err(|_| {
+            Problem::unauthorized("the sign-in has expired; start again").with_code("mfa_expired")
+        })?;
     let user = st
         .store
         .user_by_id(claims.sub)
         .await?
         .filter(|u| u.disabled_at.is_none())
-        .ok_or_else(|| Problem::unauthorized("the sign-in has expired; start again"))?;
+        .ok_or_else(|| {
+            Problem::unauthorized("the sign-in has expired; start again").with_code("mfa_expired")
+        })?;
     let key = name_key(&user.name);
     let actor = format!("user:{}", user.name);
     if let Some(secs) = locked_for(&st, &key).await? {
@@ -486,10 +490,17 @@ pub async fn refresh(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    let (token, from_cookie) = if body.iter().any(|b| !b.is_ascii_whitespace()) {
+    // API clients send the token in the body; browsers send no body, or an empty object,
+    // and the cookie.
+    let sent = if body.iter().any(|b| !b.is_ascii_whitespace()) {
         let req: RefreshRequest = serde_json::from_slice(&body)
             .map_err(|e| Problem::bad_request(format!("invalid JSON body: {e}")))?;
-        (req.refresh_token, false)
+        req.refresh_token
+    } else {
+        None
+    };
+    let (token, from_cookie) = if let Some(token) = sent {
+        (token, false)
     } else {
         let Some(token) = cookie(&headers, REFRESH_COOKIE).filter(|t| !t.is_empty()) else {
             return Err(Problem::unauthorized("no refresh token"));

@@ -61,12 +61,8 @@ export function LoginPage({ forceChange = false }: { forceChange?: boolean }) {
       await task();
     } catch (err) {
       setError(signInErrorText(err));
-      if (
-        err instanceof ApiError &&
-        err.status === 401 &&
-        step.kind === 'mfa' &&
-        /expired|start again/.test(err.detail)
-      ) {
+      // The MFA step's token expired: back to the password step.
+      if (err instanceof ApiError && step.kind === 'mfa' && err.code === 'mfa_expired') {
         setStep({ kind: 'password' });
       }
     } finally {
