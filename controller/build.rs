@@ -53,7 +53,7 @@ fn build_dashboard(out: &Path) -> PathBuf {
     match Command::new(&npm).arg("--version").output() {
         Ok(o) if o.status.success() => {}
         _ => fail(
-            "building the dashboard needs Node.js (18 or newer) and npm. Install them \
+            "building the dashboard needs Node.js (20.19 or newer) and npm. Install them \
              (Debian/Ubuntu: `sudo apt-get install nodejs npm`) and build again, or set \
              PIFLEET_WEB_DIST to a dashboard built elsewhere (`npm ci && npm run build` \
              in controller/web, then PIFLEET_WEB_DIST=controller/web/dist).",
