@@ -34,6 +34,12 @@ esac
     )
 }
 
+/// The device detail of `pi-live`.
+async fn device(api: &Api, token: &str) -> Option<Value> {
+    let r = api.get("/api/v1/devices/pi-live", Some(token)).await.ok()?;
+    (r.status == 200).then(|| r.json())
+}
+
 /// Reads server-sent events from a streaming response: (event name, JSON data).
 struct Events {
     body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
@@ -163,17 +169,9 @@ async fn capabilities_service_states_and_live_events() {
         .await;
 
     // Capabilities and unit states reach the device detail.
-    let detail = wait_for(WAIT, "capabilities and services", || {
-        let api = api.clone();
-        let admin = admin.clone();
-        async move {
-            let d = api
-                .get("/api/v1/devices/pi-live", Some(&admin))
-                .await
-                .ok()?
-                .json();
-            (d["capabilities"].is_object() && d["services"].as_array()?.len() == 1).then_some(d)
-        }
+    let detail = wait_for(WAIT, "capabilities and services", || async {
+        let d = device(&api, &admin).await?;
+        (d["capabilities"].is_object() && d["services"].as_array()?.len() == 1).then_some(d)
     })
     .await
     .unwrap();
@@ -206,17 +204,9 @@ async fn capabilities_service_states_and_live_events() {
         })
         .await;
     assert_eq!(done["device"], "pi-live");
-    wait_for(Duration::from_secs(10), "unit stopped", || {
-        let api = api.clone();
-        let admin = admin.clone();
-        async move {
-            let d = api
-                .get("/api/v1/devices/pi-live", Some(&admin))
-                .await
-                .ok()?
-                .json();
-            (d["services"][0]["active"] == "inactive").then_some(())
-        }
+    wait_for(Duration::from_secs(10), "unit stopped", || async {
+        let d = device(&api, &admin).await?;
+        (d["services"][0]["active"] == "inactive").then_some(())
     })
     .await
     .unwrap();
