@@ -207,6 +207,19 @@ pub async fn write(
                 changed.sort_unstable();
                 changed.dedup();
                 live.devices_changed(changed);
+                let mut details: Vec<String> = batch
+                    .iter()
+                    .filter(|op| {
+                        matches!(
+                            op,
+                            IngestOp::Capabilities { .. } | IngestOp::Services { .. }
+                        )
+                    })
+                    .map(|op| op.device().as_str().to_owned())
+                    .collect();
+                details.sort_unstable();
+                details.dedup();
+                live.details_changed(details);
                 // Devices that just came online may have commands waiting.
                 if batch
                     .iter()

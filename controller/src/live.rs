@@ -25,6 +25,8 @@ pub enum Change {
     Devices(Arc<[String]>),
     /// A command of this device changed status.
     Command { device: String, id: String },
+    /// These devices reported new capabilities or unit states.
+    Details(Arc<[String]>),
 }
 
 /// The fan-out point; cheap to clone.
@@ -62,6 +64,13 @@ impl Hub {
         // No receivers is fine: nobody is watching.
         let _ = self.tx.send(Change::Devices(ids.into()));
         self.dirty.notify_one();
+    }
+
+    /// Reports devices whose capabilities or unit states changed (no-op for an empty list).
+    pub fn details_changed(&self, ids: Vec<String>) {
+        if !ids.is_empty() {
+            let _ = self.tx.send(Change::Details(ids.into()));
+        }
     }
 
     /// Reports a command whose status changed.

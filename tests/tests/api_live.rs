@@ -2,7 +2,7 @@
 //! reports its allowlist (capabilities) and its allowlisted units' states (read through a
 //! fake `systemctl show`, and again right after a service command), the device detail
 //! serves both; `GET /api/v1/events` streams the fleet totals, the watched device's new
-//! samples and its commands' status changes, refuses bad input and unauthenticated clients,
+//! samples, its new unit states and its commands' status changes, refuses bad input and unauthenticated clients,
 //! and ends when the session does.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -198,18 +198,32 @@ async fn capabilities_service_states_and_live_events() {
         .unwrap();
     assert_eq!(r.status, 202, "{}", r.text);
     let id = r.json()["commands"][0]["id"].as_str().unwrap().to_owned();
-    let done = events
-        .until("command succeeded", |n, d| {
-            n == "command" && d["id"] == id.as_str() && d["status"] == "succeeded"
-        })
-        .await;
-    assert_eq!(done["device"], "pi-live");
-    wait_for(Duration::from_secs(10), "unit stopped", || async {
-        let d = device(&api, &admin).await?;
-        (d["services"][0]["active"] == "inactive").then_some(())
+    // Its status changes and the unit's new state arrive in either order.
+    let (mut done, mut details) = (None, None);
+    tokio::time::timeout(WAIT, async {
+        while done.is_none() || details.is_none() {
+            match events.next().await.expect("stream ended") {
+                (n, d)
+                    if n == "command" && d["id"] == id.as_str() && d["status"] == "succeeded" =>
+                {
+                    done = Some(d)
+                }
+                (n, d) if n == "details" && d["services"][0]["active"] == "inactive" => {
+                    details = Some(d)
+                }
+                _ => {}
+            }
+        }
     })
     .await
-    .unwrap();
+    .expect("the command's result and the unit's new state");
+    let (done, details) = (done.unwrap(), details.unwrap());
+    assert_eq!(done["device"], "pi-live");
+    assert_eq!(details["id"], "pi-live");
+    assert_eq!(details["capabilities"]["services"], json!([UNIT]));
+    assert!(details["services_at"].as_i64().is_some());
+    let d = device(&api, &admin).await.unwrap();
+    assert_eq!(d["services"][0]["active"], "inactive");
 
     // Signing out ends the stream (the session is re-checked every few seconds).
     let r = api

@@ -1,6 +1,7 @@
 //! `GET /api/v1/events`: the dashboard's live stream (server-sent events). It pushes the
 //! fleet totals whenever they change, and for the devices the client watches (the page it
 //! shows) their summaries and their commands' status changes, at most once a second each.
+//! Watched devices' new capabilities and unit states come as `details` events.
 //! The stream ends when the access token expires or the session ends, so a signed-out or
 //! disabled user stops receiving at once; the client refreshes and reconnects.
 
@@ -17,6 +18,7 @@ use utoipa::IntoParams;
 
 use super::AppState;
 use super::commands::command_summary;
+use super::devices::{DeviceCapabilities, ServiceState};
 use super::extract::{Principal, Query};
 use crate::live::Change;
 use crate::problem::{Problem, ProblemDoc};
@@ -55,7 +57,8 @@ fn watched(q: &EventsQuery) -> Result<BTreeSet<String>, Problem> {
 }
 
 /// Live updates as server-sent events: `fleet` (totals), `device` (a watched device's
-/// summary, as in the device list) and `command` (a command of a watched device, as in the
+/// summary, as in the device list), `details` (a watched device's capabilities and unit
+/// states, as in the device detail) and `command` (a command of a watched device, as in the
 /// command list).
 #[utoipa::path(
     get,
@@ -64,7 +67,7 @@ fn watched(q: &EventsQuery) -> Result<BTreeSet<String>, Problem> {
     tag = "devices",
     params(EventsQuery),
     responses(
-        (status = 200, description = "An event stream: `fleet`, `device` and `command` events with JSON data", content_type = "text/event-stream", body = String),
+        (status = 200, description = "An event stream: `fleet`, `device`, `details` and `command` events with JSON data", content_type = "text/event-stream", body = String),
         (status = "4XX", description = "Invalid device list or not permitted", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
@@ -82,6 +85,15 @@ pub async fn events(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())
+}
+
+/// A `details` event: what changed of a device's capabilities and unit states.
+#[derive(Debug, serde::Serialize)]
+struct DeviceDetails {
+    id: String,
+    capabilities: Option<DeviceCapabilities>,
+    services: Vec<ServiceState>,
+    services_at: Option<i64>,
 }
 
 fn json_event(name: &str, data: &impl serde::Serialize) -> Option<Event> {
@@ -118,6 +130,7 @@ async fn pump(
     }
     let mut devices: BTreeSet<String> = watched.clone();
     let mut commands: BTreeSet<String> = BTreeSet::new();
+    let mut details: BTreeSet<String> = BTreeSet::new();
 
     loop {
         tokio::select! {
@@ -144,6 +157,9 @@ async fn pump(
                 Ok(Change::Devices(ids)) => {
                     devices.extend(ids.iter().filter(|id| watched.contains(*id)).cloned());
                 }
+                Ok(Change::Details(ids)) => {
+                    details.extend(ids.iter().filter(|id| watched.contains(*id)).cloned());
+                }
                 Ok(Change::Command { device, id }) => {
                     if watched.contains(&device) {
                         commands.insert(id);
@@ -154,7 +170,7 @@ async fn pump(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             _ = flush.tick() => {
-                if !send_pending(&st, &tx, &mut devices, &mut commands).await {
+                if !send_pending(&st, &tx, &mut devices, &mut commands, &mut details).await {
                     return;
                 }
             }
@@ -168,7 +184,27 @@ async fn send_pending(
     tx: &mpsc::Sender<Event>,
     devices: &mut BTreeSet<String>,
     commands: &mut BTreeSet<String>,
+    details: &mut BTreeSet<String>,
 ) -> bool {
+    for id in std::mem::take(details) {
+        match st.store.device_detail(&id).await {
+            Ok(Some(d)) => {
+                let data = DeviceDetails {
+                    id: d.summary.id,
+                    capabilities: d.capabilities,
+                    services: d.services,
+                    services_at: d.services_at,
+                };
+                if let Some(e) = json_event("details", &data)
+                    && tx.send(e).await.is_err()
+                {
+                    return false;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "live device details failed"),
+        }
+    }
     if !devices.is_empty() {
         let ids: Vec<String> = std::mem::take(devices).into_iter().collect();
         match st.store.device_summaries(&ids).await {

@@ -49,7 +49,8 @@ describe('live stream', () => {
     const fleet = vi.fn();
     const device = vi.fn();
     const command = vi.fn();
-    live.watch(['pi-2', 'pi-1'], { fleet, device, command });
+    const details = vi.fn();
+    live.watch(['pi-2', 'pi-1'], { fleet, device, command, details });
     expect(conns).toHaveLength(0);
     await vi.advanceTimersByTimeAsync(100);
     expect(conns).toHaveLength(1);
@@ -61,12 +62,16 @@ describe('live stream', () => {
     conns[0]?.push(
       'event: command\ndata: {"id":"c1","status":"succeeded"}\n\nevent: device\ndata: not json\n\n',
     );
+    conns[0]?.push(
+      'event: details\ndata: {"id":"pi-2","services":[],"services_at":5,"capabilities":null}\n\n',
+    );
     await vi.advanceTimersByTimeAsync(0);
     expect(live.status()).toBe('live');
     expect(fleet).toHaveBeenCalledWith({ enrolled: 2, online: 1, offline: 1, alerting: 0, revoked: 0 });
     expect(device).toHaveBeenCalledTimes(1);
     expect(device).toHaveBeenCalledWith({ id: 'pi-1', status: 'offline' });
     expect(command).toHaveBeenCalledWith({ id: 'c1', status: 'succeeded' });
+    expect(details).toHaveBeenCalledWith({ id: 'pi-2', services: [], services_at: 5, capabilities: null });
   });
 
   it('reconnects with the new id list when the watched set changes', async () => {

@@ -6,11 +6,13 @@
 import { backoffDelay } from '../lib/backoff';
 import { type ApiClient, ApiError, api } from './client';
 import { readEvents } from './sse';
-import type { CommandSummary, DeviceSummary, FleetSummary } from './types';
+import type { CommandSummary, DeviceDetails, DeviceSummary, FleetSummary } from './types';
 
 export interface LiveHandlers {
   fleet?: (s: FleetSummary) => void;
   device?: (d: DeviceSummary) => void;
+  /** New capabilities or unit states of a watched device. */
+  details?: (d: DeviceDetails) => void;
   command?: (c: CommandSummary) => void;
 }
 
@@ -62,6 +64,7 @@ export function createLive(client: ApiClient, opts: LiveOptions = {}) {
     for (const s of [...subs]) {
       if (event === 'fleet') s.handlers.fleet?.(value as FleetSummary);
       else if (event === 'device') s.handlers.device?.(value as DeviceSummary);
+      else if (event === 'details') s.handlers.details?.(value as DeviceDetails);
       else if (event === 'command') s.handlers.command?.(value as CommandSummary);
     }
   }

@@ -101,6 +101,14 @@ export interface ServiceState {
   sub: string;
 }
 
+/** A `details` event: a device's capabilities and unit states, as in its detail. */
+export interface DeviceDetails {
+  id: string;
+  capabilities: Capabilities | null;
+  services: ServiceState[];
+  services_at: number | null;
+}
+
 export interface DeviceDetail extends DeviceSummary {
   os: string | null;
   kernel: string | null;

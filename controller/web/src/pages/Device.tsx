@@ -156,6 +156,9 @@ export function DevicePage({ id, user }: { id: string; user: Whoami }) {
         device: (d) => {
           if (d.id === id) device.setData((p) => (p ? { ...p, ...d } : p));
         },
+        details: (d) => {
+          if (d.id === id) device.setData((p) => (p ? { ...p, ...d } : p));
+        },
       }),
     [id],
   );
