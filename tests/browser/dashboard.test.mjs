@@ -239,6 +239,13 @@ test('every other page renders (screenshots for the docs)', async () => {
     await shot(page, name);
   }
   assert.equal(await byId(page, 'audit-verify').getAttribute('data-intact'), 'true');
+  // The fleet-wide history filtered by action: the restart, not the pings.
+  await page.goto(`${demo.url}/commands`);
+  await byId(page, 'commands-filter-action').selectOption('service');
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll('[data-testid="command-row"]')];
+    return rows.length === 1 && rows[0].textContent.includes('restart');
+  });
   // Phone width: the navigation folds into a menu.
   await page.setViewportSize({ width: 390, height: 844 });
   await page.goto(`${demo.url}/`);

@@ -297,7 +297,24 @@ async fn commands_are_sent_listed_and_cancelled_through_the_api() {
     assert_eq!(j["items"][0]["id"], waiting.as_str());
     let j = get(&api, &viewer, "/api/v1/commands?device=pi-9").await;
     assert_eq!(count(&j), (0, 0));
+    let j = get(&api, &viewer, "/api/v1/commands?action=ping").await;
+    let kinds: Vec<&str> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["action"]["kind"] == "ping")
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    let got: Vec<&str> = j["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert!(!kinds.is_empty());
+    assert_eq!(got, kinds, "{j}");
     for query in [
+        "action=shell",
         "status=done",
         "device=Not%20An%20Id",
         "limit=0",

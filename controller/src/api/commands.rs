@@ -255,6 +255,8 @@ pub struct CommandQuery {
     /// Only commands in this state: queued, sent, accepted, running, succeeded, failed,
     /// rejected, expired or cancelled.
     pub status: Option<String>,
+    /// Only commands of this kind: ping, service, reboot, journal, script or set_interval.
+    pub action: Option<String>,
     /// Page size, 1–500 (default 50).
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
@@ -351,6 +353,16 @@ impl SendCommand {
         }
     }
 }
+
+/// What `Action::kind` names: the `action` filter of the command list.
+const ACTION_KINDS: [&str; 6] = [
+    "ping",
+    "service",
+    "reboot",
+    "journal",
+    "script",
+    "set_interval",
+];
 
 fn dispatch_problem(e: DispatchError) -> Problem {
     match e {
@@ -453,11 +465,27 @@ pub async fn list(
             Problem::bad_request(format!("status must be one of {}", all.join(", ")))
         })?),
     };
+    let action = match q.action.as_deref() {
+        None => None,
+        Some(a) if ACTION_KINDS.contains(&a) => Some(a),
+        Some(_) => {
+            return Err(Problem::bad_request(format!(
+                "action must be one of {}",
+                ACTION_KINDS.join(", ")
+            )));
+        }
+    };
     let limit = bounded("limit", q.limit, 50, 1, 500)?;
     let offset = bounded("offset", q.offset, 0, 0, i64::MAX)?;
     let (total, rows) = st
         .store
-        .command_page(device.as_ref().map(|d| d.as_str()), status, limit, offset)
+        .command_page(
+            device.as_ref().map(|d| d.as_str()),
+            status,
+            action,
+            limit,
+            offset,
+        )
         .await?;
     let items = rows.iter().map(command_summary).collect::<Result<_, _>>()?;
     Ok(axum::Json(CommandPage { total, items }))

@@ -231,8 +231,12 @@ fn push_command_filter(
     qb: &mut QueryBuilder<Sqlite>,
     device: Option<&str>,
     status: Option<Status>,
+    action_kind: Option<&str>,
 ) {
     qb.push(" WHERE 1 = 1");
+    if let Some(kind) = action_kind {
+        qb.push(" AND action_kind = ").push_bind(kind.to_owned());
+    }
     if let Some(device) = device {
         qb.push(" AND device_id = ").push_bind(device.to_owned());
     }
@@ -491,15 +495,16 @@ impl Store {
         &self,
         device: Option<&str>,
         status: Option<Status>,
+        action_kind: Option<&str>,
         limit: i64,
         offset: i64,
     ) -> Result<(i64, Vec<CommandRow>), StoreError> {
         let mut count: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT COUNT(*) FROM commands");
-        push_command_filter(&mut count, device, status);
+        push_command_filter(&mut count, device, status, action_kind);
         let total: i64 = count.build_query_scalar().fetch_one(&self.reader).await?;
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
         qb.push(COMMAND_COLUMNS).push(" FROM commands");
-        push_command_filter(&mut qb, device, status);
+        push_command_filter(&mut qb, device, status, action_kind);
         qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
             .push_bind(limit)
             .push(" OFFSET ")

@@ -1,11 +1,20 @@
 // Signed remote commands.
 
 import { api } from './client';
-import type { Action, CommandDetail, CommandPage, CommandStatus, Labels, SentCommands } from './types';
+import type {
+  Action,
+  ActionKind,
+  CommandDetail,
+  CommandPage,
+  CommandStatus,
+  Labels,
+  SentCommands,
+} from './types';
 
 export interface CommandQuery {
   device?: string;
   status?: CommandStatus;
+  action?: ActionKind;
   limit?: number;
   offset?: number;
 }

@@ -134,6 +134,12 @@ describe('applyCommand', () => {
     expect(next.total).toBe(3);
   });
 
+  it('leaves out a new command of another action than the filter', () => {
+    const reboot = command('3', { created_at: 3_000, action: { kind: 'reboot' } });
+    expect(applyCommand(page, reboot, { ...view, action: 'ping' })).toBe(page);
+    expect(applyCommand(page, reboot, { ...view, action: 'reboot' }).items[0]?.id).toBe('3');
+  });
+
   it('keeps the page size', () => {
     const next = applyCommand(page, command('3', { created_at: 3_000 }), { offset: 0, limit: 2 });
     expect(next.items.map((c) => c.id)).toEqual(['3', '2']);

@@ -2,6 +2,7 @@
 // events change a loaded page (pure functions, so they are unit-tested).
 
 import type {
+  ActionKind,
   CommandPage,
   CommandStatus,
   CommandSummary,
@@ -93,13 +94,18 @@ export function applyDevice(page: DevicePage, d: DeviceSummary): DevicePage {
 export interface CommandView {
   device?: string;
   status?: CommandStatus;
+  action?: ActionKind;
   /** 0-based offset of the page. */
   offset: number;
   limit: number;
 }
 
 function matches(c: CommandSummary, v: CommandView): boolean {
-  return (!v.device || c.device === v.device) && (!v.status || c.status === v.status);
+  return (
+    (!v.device || c.device === v.device) &&
+    (!v.status || c.status === v.status) &&
+    (!v.action || c.action.kind === v.action)
+  );
 }
 
 /** A loaded command page after a `command` event: a listed command is updated (or dropped
@@ -120,6 +126,20 @@ export function applyCommand(page: CommandPage, c: CommandSummary, v: CommandVie
   const newest = page.items[0];
   if (newest && c.created_at < newest.created_at) return page;
   return { total: page.total + 1, items: [c, ...page.items].slice(0, v.limit) };
+}
+
+/** The action kinds, as the command list's `action` filter names them. */
+export const ACTION_KINDS: readonly ActionKind[] = [
+  'ping',
+  'service',
+  'journal',
+  'script',
+  'set_interval',
+  'reboot',
+];
+
+export function isActionKind(s: string): s is ActionKind {
+  return (ACTION_KINDS as readonly string[]).includes(s);
 }
 
 export function isCommandStatus(s: string): s is CommandStatus {

@@ -1,7 +1,7 @@
 // Fleet-wide command history with filters, and (operators) sending to a label selector.
 
 import { useEffect, useState } from 'preact/hooks';
-import { COMMAND_STATUSES, type CommandStatus, type Whoami } from '../api/types';
+import { type ActionKind, COMMAND_STATUSES, type CommandStatus, type Whoami } from '../api/types';
 import { CommandList } from '../components/CommandList';
 import { Page } from '../components/Page';
 import { Pager } from '../components/Pager';
@@ -9,23 +9,26 @@ import { SelectorSend } from '../components/SelectorSend';
 import { Empty, ErrorBox, Loading } from '../components/States';
 import { useCommandPage } from '../components/useCommandPage';
 import { canOperate } from '../lib/commands';
-import { isCommandStatus, PAGE_SIZE } from '../lib/fleet';
+import { ACTION_KINDS, isActionKind, isCommandStatus, PAGE_SIZE } from '../lib/fleet';
 import { DEVICE_ID_RULE, isDeviceId } from '../lib/ids';
 import { navigate, useLocation } from '../lib/router';
 
 interface Filters {
   device: string;
   status: CommandStatus | '';
+  action: ActionKind | '';
   page: number;
 }
 
 function parse(search: string): Filters {
   const p = new URLSearchParams(search);
   const status = p.get('status') ?? '';
+  const action = p.get('action') ?? '';
   const page = Number(p.get('page'));
   return {
     device: p.get('device') ?? '',
     status: isCommandStatus(status) ? status : '',
+    action: isActionKind(action) ? action : '',
     page: Number.isInteger(page) && page > 0 ? page : 1,
   };
 }
@@ -34,6 +37,7 @@ function toSearch(f: Filters): string {
   const p = new URLSearchParams();
   if (f.device) p.set('device', f.device);
   if (f.status) p.set('status', f.status);
+  if (f.action) p.set('action', f.action);
   if (f.page > 1) p.set('page', String(f.page));
   const s = p.toString();
   return s ? `?${s}` : '';
@@ -57,6 +61,7 @@ export function CommandsPage({ user }: { user: Whoami }) {
   } = useCommandPage({
     device: filters.device || undefined,
     status: filters.status || undefined,
+    action: filters.action || undefined,
     page: filters.page,
     limit: PAGE_SIZE,
   });
@@ -71,7 +76,7 @@ export function CommandsPage({ user }: { user: Whoami }) {
     if (id !== filters.device) update({ device: id, page: 1 });
   };
 
-  const filtered = filters.device !== '' || filters.status !== '';
+  const filtered = filters.device !== '' || filters.status !== '' || filters.action !== '';
   return (
     <Page title="Commands">
       {canOperate(user.role) && (
@@ -127,11 +132,27 @@ export function CommandsPage({ user }: { user: Whoami }) {
               ))}
             </select>
           </div>
+          <div class="field">
+            <label for="commands-action">Action</label>
+            <select
+              id="commands-action"
+              value={filters.action}
+              onChange={(e) => update({ action: e.currentTarget.value as ActionKind | '', page: 1 })}
+              data-testid="commands-filter-action"
+            >
+              <option value="">Any</option>
+              {ACTION_KINDS.map((k) => (
+                <option key={k} value={k}>
+                  {k.replace('_', ' ')}
+                </option>
+              ))}
+            </select>
+          </div>
           {filtered && (
             <button
               type="button"
               class="button subtle toolbar-reset"
-              onClick={() => update({ device: '', status: '', page: 1 })}
+              onClick={() => update({ device: '', status: '', action: '', page: 1 })}
             >
               Clear
             </button>
