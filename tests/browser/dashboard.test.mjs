@@ -250,6 +250,7 @@ test('every other page renders (screenshots for the docs)', async () => {
   await page.setViewportSize({ width: 390, height: 844 });
   await page.goto(`${demo.url}/`);
   await byId(page, 'menu-button').waitFor();
+  await byId(page, 'device-row').first().waitFor();
   await shot(page, 'fleet-phone');
   assert.deepEqual(dialogs, []);
 });
