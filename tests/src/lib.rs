@@ -13,3 +13,4 @@ pub mod https;
 pub mod logs;
 pub mod mosquitto;
 pub mod mqtt;
+pub mod promkit;

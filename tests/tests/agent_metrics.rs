@@ -7,49 +7,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pifleet_tests::harness::{Agent, Controller, merge_config, wait_for};
+use pifleet_tests::promkit::{promtool_check, value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(30);
 const DEVICE: &str = "pi-localmetrics";
-
-/// Runs `promtool check metrics` on an exposition; fails (never skips) without promtool.
-fn promtool_check(text: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("promtool is required (apt-get install prometheus): {e}"));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n---\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The value of the first sample line for `series` (name plus labels, exactly).
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
-}
 
 /// A loopback port nothing listens on (bound, then released).
 fn free_port() -> SocketAddr {

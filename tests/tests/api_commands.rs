@@ -26,6 +26,28 @@ async fn final_command(api: &Api, token: &str, id: &str) -> Value {
     .unwrap()
 }
 
+/// Sends a ping to `device`: the created (command id, device).
+async fn send_ping(api: &Api, token: &str, device: &str) -> Vec<(String, String)> {
+    created(
+        api.post(
+            "/api/v1/commands",
+            Some(token),
+            &json!({ "devices": [device], "action": { "kind": "ping" } }),
+        )
+        .await
+        .unwrap(),
+    )
+}
+
+/// Waits until the controller sees `device` online (or offline).
+async fn until_online(ctl: &Controller, device: &str, online: bool) {
+    wait_for(WAIT, &format!("{device} online = {online}"), || async {
+        (ctl.online(device).await == Some(i64::from(online))).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
 /// Command ids and devices of a 202 answer.
 fn created(r: Resp) -> Vec<(String, String)> {
     let j = ok(r, 202, "send command");
@@ -53,15 +75,7 @@ async fn commands_are_sent_listed_and_cancelled_through_the_api() {
 
     // One device by id.
     let before = now_ms();
-    let sent = created(
-        api.post(
-            "/api/v1/commands",
-            Some(&op),
-            &json!({ "devices": ["pi-1"], "action": { "kind": "ping" } }),
-        )
-        .await
-        .unwrap(),
-    );
+    let sent = send_ping(&api, &op, "pi-1").await;
     let after = now_ms();
     assert_eq!(sent.len(), 1);
     let (ping, device) = &sent[0];
@@ -134,20 +148,8 @@ async fn commands_are_sent_listed_and_cancelled_through_the_api() {
 
     // Offline device: the command waits, and can be cancelled while it does.
     pis[2].stop();
-    wait_for(WAIT, "pi-3 offline", || async {
-        (ctl.online("pi-3").await == Some(0)).then_some(())
-    })
-    .await
-    .unwrap();
-    let sent = created(
-        api.post(
-            "/api/v1/commands",
-            Some(&op),
-            &json!({ "devices": ["pi-3"], "action": { "kind": "ping" } }),
-        )
-        .await
-        .unwrap(),
-    );
+    until_online(&ctl, "pi-3", false).await;
+    let sent = send_ping(&api, &op, "pi-3").await;
     let waiting = sent[0].0.clone();
     let c = get(&api, &op, &format!("/api/v1/commands/{waiting}")).await;
     assert_eq!(c["status"], "queued", "{c}");
@@ -223,20 +225,8 @@ async fn commands_are_sent_listed_and_cancelled_through_the_api() {
     }
     // The agent, back online, never runs the cancelled command.
     pis[2].start();
-    wait_for(WAIT, "pi-3 online", || async {
-        (ctl.online("pi-3").await == Some(1)).then_some(())
-    })
-    .await
-    .unwrap();
-    let after = created(
-        api.post(
-            "/api/v1/commands",
-            Some(&op),
-            &json!({ "devices": ["pi-3"], "action": { "kind": "ping" } }),
-        )
-        .await
-        .unwrap(),
-    );
+    until_online(&ctl, "pi-3", true).await;
+    let after = send_ping(&api, &op, "pi-3").await;
     let c = final_command(&api, &op, &after[0].0).await;
     assert_eq!(c["status"], "succeeded", "{c}");
     let c = get(&api, &op, &format!("/api/v1/commands/{waiting}")).await;

@@ -308,47 +308,36 @@ async fn body_limit_malformed_json_and_unknown_fields_are_problems() {
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.text);
 
+    // Malformed bodies: cut-off or not JSON (400), or not declared as JSON (415).
     let json_ct = "application/json";
-    let r = raw(
-        &api,
-        Method::POST,
-        "/api/v1/tokens",
-        Some(&admin),
-        json_ct,
-        "{\"ttl_s\": ",
-    )
-    .await;
-    problem_doc(&r, 400);
-    let r = raw(
-        &api,
-        Method::POST,
-        "/api/v1/tokens",
-        Some(&admin),
-        json_ct,
-        "not json",
-    )
-    .await;
-    problem_doc(&r, 400);
-    let r = raw(
-        &api,
-        Method::POST,
-        "/api/v1/tokens",
-        Some(&admin),
-        "text/plain",
-        "{}",
-    )
-    .await;
-    problem_doc(&r, 415);
-    let r = raw(
-        &api,
-        Method::POST,
-        "/api/v1/auth/login",
-        None,
-        json_ct,
-        "{\"username\":",
-    )
-    .await;
-    problem_doc(&r, 400);
+    let cases = [
+        (
+            "/api/v1/tokens",
+            Some(admin.as_str()),
+            json_ct,
+            "{\"ttl_s\": ",
+            400,
+        ),
+        (
+            "/api/v1/tokens",
+            Some(admin.as_str()),
+            json_ct,
+            "not json",
+            400,
+        ),
+        (
+            "/api/v1/tokens",
+            Some(admin.as_str()),
+            "text/plain",
+            "{}",
+            415,
+        ),
+        ("/api/v1/auth/login", None, json_ct, "{\"username\":", 400),
+    ];
+    for (path, token, content_type, body, status) in cases {
+        let r = raw(&api, Method::POST, path, token, content_type, body).await;
+        problem_doc(&r, status);
+    }
 
     // Well-formed JSON of the wrong shape.
     let r = api

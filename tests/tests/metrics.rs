@@ -5,12 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pifleet_tests::api::Api;
 use pifleet_tests::harness::{Agent, Controller, wait_for};
+use pifleet_tests::promkit::{promtool_check, value};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -19,38 +18,6 @@ fn scrape_token(ctl: &Controller) -> String {
         .unwrap()
         .trim()
         .to_owned()
-}
-
-/// Runs `promtool check metrics` on an exposition; fails (never skips) without promtool.
-fn promtool_check(text: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("promtool is required (apt-get install prometheus): {e}"));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n---\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The value of the first sample line starting with `series` (name plus labels).
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,8 +6,8 @@
 //! alert fires for the one agent that is stopped — and only for it.
 //!
 //! Two things differ from the shipped files, both only to make the test take seconds: the
-//! scrape, evaluation and discovery intervals become 1 s, and the offline alert's `for`
-//! becomes 3 s (its 5 m is checked by the promtool unit tests in `prometheus_rules`).
+//! scrape, evaluation and discovery intervals (and the spool group's own interval) become
+//! 1 s, and the offline alert's `for` becomes 3 s (its 5 m is checked by the promtool unit tests in `prometheus_rules`).
 //! Needs `prometheus` (Debian: `apt-get install prometheus`); fails, never skips, without it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -327,6 +327,9 @@ fn configure(dir: &Path, data: &Path, port: u16) -> PathBuf {
     let rule_end = rest[1..].find("- alert:").map_or(rest.len(), |i| i + 1);
     let (rule, others) = rest.split_at(rule_end);
     let rule = replace_all(rule, "for: 5m", "for: 3s");
+    // The spool-drop group is evaluated every minute of its own: every second here too, or
+    // its first evaluation could come after the test's wait.
+    let others = replace_all(others, "interval: 1m", "interval: 1s");
     std::fs::write(dir.join("alerts.yml"), format!("{head}{rule}{others}")).unwrap();
     std::fs::write(dir.join("slo.yml"), deploy_file("slo.yml")).unwrap();
     dir.join("prometheus.yml")

@@ -25,6 +25,7 @@ use super::devices::{DeviceStatus, device_id};
 use super::extract::Path;
 use crate::problem::{Problem, ProblemDoc};
 use crate::store::now_ms;
+use crate::store::{THROTTLED_NOW, THROTTLED_UNDER_VOLTAGE};
 
 /// The Prometheus text format content type.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -195,13 +196,13 @@ pub async fn device(
                 "pifleet_device_under_voltage",
                 "1 while the supply voltage is too low",
                 &[],
-                f64::from(u8::from(bits & 0x1 != 0)),
+                f64::from(u8::from(bits & THROTTLED_UNDER_VOLTAGE != 0)),
             );
             out.gauge(
                 "pifleet_device_throttling",
                 "1 while the CPU is frequency-capped, throttled or at the soft temperature limit",
                 &[],
-                f64::from(u8::from(bits & 0xe != 0)),
+                f64::from(u8::from(bits & THROTTLED_NOW != 0)),
             );
         }
         // One family at a time: the text format wants each family's samples together.

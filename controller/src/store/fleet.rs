@@ -89,8 +89,9 @@ fn status_of(revoked_at: Option<i64>, online: bool) -> DeviceStatus {
 pub const ALERT_TEMPERATURE_C: f64 = 75.0;
 pub const ALERT_DISK_RATIO: f64 = 0.9;
 /// `get_throttled` bits: under-voltage now; frequency capped, throttled, soft limit now.
-const THROTTLED_UNDER_VOLTAGE: i64 = 0x1;
-const THROTTLED_NOW: i64 = 0x2 | 0x4 | 0x8;
+/// (Also what `/metrics/devices/{id}` reports as `under_voltage` and `throttling`.)
+pub const THROTTLED_UNDER_VOLTAGE: i64 = 0x1;
+pub const THROTTLED_NOW: i64 = 0x2 | 0x4 | 0x8;
 
 /// What is wrong with a device according to its latest values (nothing when offline).
 pub fn device_alerts(
@@ -123,13 +124,18 @@ pub fn device_alerts(
 }
 
 /// The same test as [`device_alerts`] in SQL, over `d` (devices) joined with `t` (its latest
-/// sample).
-const ALERTING_SQL: &str = "d.revoked_at IS NULL AND d.online = 1 AND (t.temp_c > 75.0 \
-    OR (COALESCE(t.throttled, 0) & 15) != 0 \
-    OR EXISTS (SELECT 1 FROM json_each(t.disks) j \
-       WHERE json_extract(j.value, '$.total_bytes') > 0 \
-       AND CAST(json_extract(j.value, '$.used_bytes') AS REAL) \
-           / json_extract(j.value, '$.total_bytes') > 0.9))";
+/// sample), from the same constants.
+fn alerting_sql() -> String {
+    format!(
+        "d.revoked_at IS NULL AND d.online = 1 AND (t.temp_c > {ALERT_TEMPERATURE_C:?} \
+         OR (COALESCE(t.throttled, 0) & {bits}) != 0 \
+         OR EXISTS (SELECT 1 FROM json_each(t.disks) j \
+            WHERE json_extract(j.value, '$.total_bytes') > 0 \
+            AND CAST(json_extract(j.value, '$.used_bytes') AS REAL) \
+                / json_extract(j.value, '$.total_bytes') > {ALERT_DISK_RATIO:?}))",
+        bits = THROTTLED_UNDER_VOLTAGE | THROTTLED_NOW
+    )
+}
 
 fn summary(r: &SqliteRow) -> Result<DeviceSummary, StoreError> {
     let labels: String = r.try_get("labels")?;
@@ -283,7 +289,8 @@ impl Store {
         let counts = self.device_counts().await?;
         let sql = format!(
             "SELECT COUNT(*) FROM devices d JOIN telemetry t \
-             ON t.device_id = d.id AND t.seq = d.last_seq WHERE {ALERTING_SQL}"
+             ON t.device_id = d.id AND t.seq = d.last_seq WHERE {}",
+            alerting_sql()
         );
         let alerting: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .fetch_one(&self.reader)

@@ -20,6 +20,7 @@ mod fleet;
 mod ingest;
 pub mod users;
 pub use commands::{Cancel, CommandRow, NewCommand, ReceiptUpdate};
+pub use fleet::{THROTTLED_NOW, THROTTLED_UNDER_VOLTAGE};
 
 /// Database errors.
 #[derive(Debug, thiserror::Error)]
