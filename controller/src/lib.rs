@@ -24,6 +24,7 @@ pub mod pki;
 pub mod problem;
 pub mod serve;
 pub mod signal;
+pub mod source;
 pub mod store;
 pub mod tls;
 pub mod web;

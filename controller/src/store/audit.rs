@@ -9,7 +9,7 @@ use crate::audit::{Entry, Event, GENESIS, entry_hash};
 impl Store {
     /// Appends an event to the chain; returns its sequence number.
     pub async fn append_audit(&self, ev: &Event) -> Result<i64, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *tx)
             .await?;

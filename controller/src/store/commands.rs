@@ -113,7 +113,7 @@ impl Store {
     /// Creates queued commands, all or nothing.
     pub async fn insert_commands(&self, cmds: &[NewCommand]) -> Result<(), StoreError> {
         let now = now_ms();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         for c in cmds {
             sqlx::query(
                 "INSERT INTO commands (id, device_id, action, action_kind, status, created_at, \
@@ -213,7 +213,7 @@ impl Store {
 
     /// Cancels a command that has not been sent yet. Returns its status after the attempt.
     pub async fn cancel_command(&self, id: &str) -> Result<Cancel, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let cur: Option<String> = sqlx::query_scalar("SELECT status FROM commands WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -246,7 +246,7 @@ impl Store {
         u: &ReceiptUpdate,
     ) -> Result<Option<Status>, StoreError> {
         let now = now_ms();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let cur: Option<String> =
             sqlx::query_scalar("SELECT status FROM commands WHERE id = ? AND device_id = ?")
                 .bind(id)

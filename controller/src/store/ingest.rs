@@ -15,7 +15,7 @@ impl Store {
     /// number of samples the devices' spools reported dropped in newly stored samples.
     pub async fn write_batch(&self, ops: &[IngestOp]) -> Result<u64, StoreError> {
         let now = now_ms();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         // Rows per INSERT statement. Small and fixed, so the handful of distinct statements
         // (one per remainder size) stay in the prepared-statement cache.
         const ROWS_PER_STATEMENT: usize = 32;

@@ -203,6 +203,20 @@ impl Store {
         Ok(Self { writer, reader })
     }
 
+    /// Starts a write transaction that holds the write lock from its first statement.
+    ///
+    /// SQLite starts a plain `BEGIN` as a reader and upgrades it at its first write; when
+    /// another process (the CLI beside a running controller) wrote in between, the upgrade
+    /// fails at once with "database is locked", without waiting for the busy timeout.
+    /// `BEGIN IMMEDIATE` takes the lock up front and waits its turn instead. Every
+    /// transaction that writes starts here; this is the one SQLite-only statement of the
+    /// store.
+    pub(crate) async fn write_tx(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     /// Checks that the database answers (readiness).
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
@@ -219,7 +233,7 @@ impl Store {
 
     /// Increments and returns a counter kept in `meta` (e.g. the CRL number).
     pub async fn next_counter(&self, key: &str) -> Result<u64, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let cur: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
             .bind(key)
             .fetch_optional(&mut *tx)
@@ -299,7 +313,7 @@ impl Store {
         F: FnOnce(&TokenRow) -> Result<(NewDevice, T), E>,
     {
         let now = now_ms();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let row = sqlx::query(
             "SELECT id, name, labels, created_at, expires_at, used_at, used_by, revoked_at \
              FROM enrollment_tokens WHERE secret_hash = ?",
@@ -391,7 +405,7 @@ impl Store {
     /// Marks the device and all its certificates revoked. Returns false for an unknown device.
     pub async fn revoke_device(&self, id: &str) -> Result<bool, StoreError> {
         let now = now_ms();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let r = sqlx::query(
             "UPDATE devices SET revoked_at = COALESCE(revoked_at, ?), online = 0 WHERE id = ?",
         )

@@ -168,7 +168,7 @@ impl Store {
         disabled: Option<bool>,
     ) -> Result<Result<UserRow, UserChange>, StoreError> {
         let now = now_ms();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let Some(user) = sqlx::query(select_user!("WHERE name = ?"))
             .bind(name)
             .fetch_optional(&mut *tx)
@@ -218,7 +218,7 @@ impl Store {
     /// Deletes a user (sessions, refresh tokens and recovery codes go with it), refusing to
     /// leave no enabled admin.
     pub async fn delete_user(&self, name: &str) -> Result<Result<(), UserChange>, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let role: Option<String> =
             sqlx::query_scalar("DELETE FROM users WHERE name = ? RETURNING role")
                 .bind(name)
@@ -244,7 +244,7 @@ impl Store {
         keep_session: Option<&str>,
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "UPDATE users SET password_hash = ?, must_change_password = ?, \
              password_changed_at = ? WHERE id = ?",
@@ -291,7 +291,7 @@ impl Store {
 
     /// Records a failure; drops failures older than `prune_before` (for every name).
     pub async fn add_failure(&self, name: &str, prune_before: i64) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM auth_failures WHERE at < ?")
             .bind(prune_before)
             .execute(&mut *tx)
@@ -326,7 +326,7 @@ impl Store {
         refresh_hash: &str,
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at, ip, \
              user_agent) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -360,7 +360,7 @@ impl Store {
         ip: &str,
     ) -> Result<Refresh, StoreError> {
         let now = now_ms();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let Some(r) = sqlx::query(
             "SELECT t.used_at, s.id AS sid, s.user_id, s.revoked_at, s.expires_at, u.disabled_at \
              FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id \
@@ -517,7 +517,7 @@ impl Store {
         step: i64,
         recovery_hashes: &[String],
     ) -> Result<bool, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let r = sqlx::query(
             "UPDATE users SET mfa_secret = mfa_pending_secret, mfa_pending_secret = NULL, \
              mfa_enabled_at = ?, mfa_last_step = ? \
@@ -587,7 +587,7 @@ impl Store {
 
     /// Turns MFA off for a user (admin reset). False for an unknown user.
     pub async fn reset_mfa(&self, name: &str) -> Result<bool, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let r = sqlx::query(
             "UPDATE users SET mfa_secret = NULL, mfa_pending_secret = NULL, mfa_enabled_at = NULL, \
              mfa_last_step = NULL WHERE name = ?",
