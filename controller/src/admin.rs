@@ -17,8 +17,8 @@ use crate::auth::password::{self, Passwords};
 use crate::config::{self, Config};
 use crate::datadir::{DataDir, DataDirError, write_private};
 use crate::enroll::secret_hash;
-use crate::pki::{self, Ca, Revoked};
-use crate::store::{Labels, Store, StoreError, now_ms};
+use crate::pki::{self, Ca, crl};
+use crate::store::{Labels, RevokeOutcome, Store, StoreError, now_ms};
 
 /// Errors of operator actions.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +29,10 @@ pub enum AdminError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
+    #[error(
+        "the device is revoked in the database, but its CRL could not be published: {0}; run the revocation again"
+    )]
+    Crl(#[from] crl::CrlError),
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error("command key: {0}")]
@@ -139,7 +143,7 @@ async fn populate(dd: &DataDir, hostnames: &[String]) -> Result<InitReport, Admi
     write_private(&dd.config(), config::DEFAULT_TOML.as_bytes())?;
     let cfg = Config::parse(config::DEFAULT_TOML, &dd.config())?;
     let store = Store::open(&dd.database(), true).await?;
-    write_crl(dd, &store, &ca).await?;
+    crl::publish(dd, &store, &ca, cfg.pki.crl_next_update_days).await?;
     let passwords = Passwords::new(cfg.auth.argon2_cost())
         .map_err(|e| AdminError::Invalid(format!("password hashing: {e}")))?;
     let admin = create_user(&store, &passwords, FIRST_ADMIN, Role::Admin, None, true).await?;
@@ -159,23 +163,6 @@ async fn populate(dd: &DataDir, hostnames: &[String]) -> Result<InitReport, Admi
         admin_name: admin.name,
         admin_password,
     })
-}
-
-/// Rebuilds `crl.pem` from the revoked certificates in the database.
-pub async fn write_crl(dd: &DataDir, store: &Store, ca: &Ca) -> Result<(), AdminError> {
-    let revoked: Vec<Revoked> = store
-        .revoked_certs()
-        .await?
-        .into_iter()
-        .map(|c| Revoked {
-            serial_hex: c.serial,
-            revoked_at_unix: c.revoked_at.unwrap_or_else(now_ms) / 1000,
-        })
-        .collect();
-    let number = store.next_counter("crl_number").await?;
-    let pem = ca.crl(&revoked, number, 30)?;
-    write_private(&dd.crl(), pem.as_bytes())?;
-    Ok(())
 }
 
 /// A fresh Prometheus scrape token (256 random bits).
@@ -272,14 +259,24 @@ pub fn parse_labels(items: &[String]) -> Result<Labels, AdminError> {
     Ok(out)
 }
 
-/// Revokes a device: marks it and its certificates revoked and rewrites the CRL, which a
-/// running controller reloads within `mqtt.crl_poll_ms`, dropping the device's connection.
-pub async fn revoke_device(dd: &DataDir, store: &Store, id: &str) -> Result<(), AdminError> {
-    if !store.revoke_device(id).await? {
+/// Revokes a device: marks it and its certificates revoked, then publishes the CRL, which
+/// a running controller reloads within `mqtt.crl_poll_ms`, dropping the device's
+/// connection. Revoking an already revoked device publishes the CRL again, so a retry
+/// repairs an earlier attempt whose CRL could not be written; the running controller also
+/// enforces the database's revocations within `pki.crl_check_s` whatever the CRL says.
+pub async fn revoke_device(
+    dd: &DataDir,
+    store: &Store,
+    id: &str,
+    crl_next_update_days: u32,
+) -> Result<RevokeOutcome, AdminError> {
+    let outcome = store.revoke_device(id).await?;
+    if outcome == RevokeOutcome::Unknown {
         return Err(AdminError::NoDevice(id.to_owned()));
     }
     let ca = load_ca(dd)?;
-    write_crl(dd, store, &ca).await
+    crl::publish(dd, store, &ca, crl_next_update_days).await?;
+    Ok(outcome)
 }
 
 /// A created user; `one_time_password` is set when the password was generated (it is shown

@@ -43,6 +43,61 @@ pub struct Config {
     pub auth: AuthConfig,
     pub metrics: MetricsConfig,
     pub tracing: TracingConfig,
+    pub pki: PkiConfig,
+    pub store: StoreConfig,
+}
+
+/// The certificate revocation list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PkiConfig {
+    /// How often the running controller compares the database's revoked certificates with
+    /// the gateway's, enforcing and publishing any the CRL misses.
+    pub crl_check_s: u64,
+    /// The CRL is published anew at least this often, so it never reaches its nextUpdate.
+    pub crl_refresh_s: u64,
+    /// nextUpdate of a published CRL, in days from its publication.
+    pub crl_next_update_days: u32,
+}
+
+impl Default for PkiConfig {
+    fn default() -> Self {
+        Self {
+            crl_check_s: 5,
+            crl_refresh_s: 86_400,
+            crl_next_update_days: 7,
+        }
+    }
+}
+
+/// The database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// How long a write waits for another process (the command line) to release the write
+    /// lock before it fails.
+    pub busy_timeout_ms: u64,
+    /// Longest pause between retries of a database write that keeps failing (a locked or
+    /// full disk); meanwhile the controller reports itself not ready.
+    pub retry_max_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            busy_timeout_ms: 10_000,
+            retry_max_ms: 30_000,
+        }
+    }
+}
+
+impl StoreConfig {
+    pub fn busy_timeout(&self) -> Duration {
+        Duration::from_millis(self.busy_timeout_ms)
+    }
+    pub fn retry_max(&self) -> Duration {
+        Duration::from_millis(self.retry_max_ms)
+    }
 }
 
 /// Trace export over OTLP (needs a controller built with the `otel` feature).
@@ -212,6 +267,16 @@ pub struct MqttConfig {
     pub connect_timeout_ms: u64,
     /// Most concurrent device connections; more are refused at accept.
     pub max_connections: usize,
+    /// Most connections that have not finished authenticating (TLS handshake and CONNECT)
+    /// at once; while that many are pending, new ones wait in the listen backlog.
+    pub preauth_max: usize,
+    /// Most unauthenticated connections from one source address (IPv6: one /64); more are
+    /// closed at accept. Generous: a site of Pis behind one NAT address reconnects at once.
+    pub preauth_per_source: u32,
+    /// Messages (PUBLISH, SUBSCRIBE, UNSUBSCRIBE) per second one device may send ...
+    pub device_rate_per_s: u32,
+    /// ... with bursts up to this many; over budget, the device is read more slowly.
+    pub device_burst: u32,
     /// How often the CRL file is checked for changes.
     pub crl_poll_ms: u64,
 }
@@ -277,6 +342,10 @@ impl Default for MqttConfig {
             handshake_timeout_ms: 5_000,
             connect_timeout_ms: 10_000,
             max_connections: 60_000,
+            preauth_max: 1_024,
+            preauth_per_source: 512,
+            device_rate_per_s: 50,
+            device_burst: 200,
             crl_poll_ms: 250,
         }
     }
@@ -378,6 +447,43 @@ impl Config {
         check(
             self.mqtt.max_connections >= 1,
             "mqtt.max_connections must be at least 1",
+        );
+        check(
+            (1..=1_000_000).contains(&self.mqtt.preauth_max),
+            "mqtt.preauth_max must be 1..=1000000",
+        );
+        check(
+            (1..=1_000_000).contains(&self.mqtt.preauth_per_source),
+            "mqtt.preauth_per_source must be 1..=1000000",
+        );
+        check(
+            (1..=100_000).contains(&self.mqtt.device_rate_per_s),
+            "mqtt.device_rate_per_s must be 1..=100000",
+        );
+        check(
+            (1..=100_000).contains(&self.mqtt.device_burst),
+            "mqtt.device_burst must be 1..=100000",
+        );
+        check(
+            (1..=86_400).contains(&self.pki.crl_check_s),
+            "pki.crl_check_s must be 1..=86400",
+        );
+        check(
+            (1..=7 * 86_400).contains(&self.pki.crl_refresh_s),
+            "pki.crl_refresh_s must be 1..=604800",
+        );
+        check(
+            (1..=365).contains(&self.pki.crl_next_update_days)
+                && u64::from(self.pki.crl_next_update_days) * 86_400 > self.pki.crl_refresh_s,
+            "pki.crl_next_update_days must be 1..=365 and longer than pki.crl_refresh_s",
+        );
+        check(
+            (100..=600_000).contains(&self.store.busy_timeout_ms),
+            "store.busy_timeout_ms must be 100..=600000",
+        );
+        check(
+            (100..=3_600_000).contains(&self.store.retry_max_ms),
+            "store.retry_max_ms must be 100..=3600000",
         );
         check(
             (50..=60_000).contains(&self.mqtt.crl_poll_ms),
@@ -507,6 +613,17 @@ handshake_timeout_ms = 5000
 connect_timeout_ms = 10000
 # Most concurrent device connections.
 max_connections = 60000
+# Connections that have not finished authenticating (TLS handshake and CONNECT): at most
+# this many at once (more wait in the listen backlog) ...
+preauth_max = 1024
+# ... and at most this many from one source address (IPv6: one /64); more are closed.
+# Generous, because a whole site of Pis behind one NAT address reconnects at once.
+preauth_per_source = 512
+# Messages (PUBLISH, SUBSCRIBE, UNSUBSCRIBE) per second one device may send, and its burst.
+# A device over its budget is read more slowly (nothing is dropped) and counted in
+# pifleet_mqtt_throttled_total.
+device_rate_per_s = 50
+device_burst = 200
 # How often the CRL file is checked; a revoked device is dropped within this time.
 crl_poll_ms = 250
 
@@ -580,6 +697,22 @@ argon2_parallelism = 1
 scrape_allow = []
 # A device whose newest sample is older than this is served as stale (up 0, no values).
 stale_after_s = 120
+
+[pki]
+# How often the database's revoked certificates are compared with the gateway's; any the
+# CRL misses (its last rewrite failed, say) are enforced at once and the CRL is rewritten.
+crl_check_s = 5
+# The CRL is rewritten at least this often, so it never passes its nextUpdate (brokers
+# built on OpenSSL refuse an expired CRL).
+crl_refresh_s = 86400
+crl_next_update_days = 7
+
+[store]
+# A write waits this long for another process (the command line) holding the write lock.
+busy_timeout_ms = 10000
+# While database writes keep failing (a locked or full disk) they are retried, at most this
+# far apart, and /readyz answers 503.
+retry_max_ms = 30000
 
 [tracing]
 # Export traces over OTLP/HTTP (protobuf) to this collector endpoint, e.g.

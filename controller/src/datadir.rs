@@ -12,6 +12,7 @@
 //!   jwt.key        0600  keys that sign admin access tokens (newest first, with key ids)
 //!   scrape.token   0600  bearer token for Prometheus scrapes
 //!   crl.pem        0600  revoked device certificates, reloaded by the running controller
+//!   crl.lock       0600  held while a process (CLI or controller) publishes crl.pem
 //!   pifleet.db     0600  SQLite database (WAL)
 //!   serve.json     0600  addresses the running controller bound (for scripts and tests)
 //! ```
@@ -28,10 +29,19 @@ pub enum DataDirError {
     Exists(PathBuf),
     #[error("{0} does not exist; run `pifleet-controller init --data-dir {0}` first")]
     Missing(PathBuf),
-    #[error(
-        "{path} is readable or writable by group/others (mode {mode:o}); run `chmod 600 {path}`"
-    )]
+    #[error("{path} is open to group/others (mode {mode:o}); run `chmod go-rwx {path}`")]
     Permissions { path: PathBuf, mode: u32 },
+    #[error(
+        "{path} is owned by {owner} (uid {uid}), but this command runs as uid {me}; run it as \
+         the owner, e.g. `sudo -u {owner} pifleet-controller …`, so nothing it writes \
+         becomes unreadable to the service"
+    )]
+    Owner {
+        path: PathBuf,
+        owner: String,
+        uid: u32,
+        me: u32,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -90,6 +100,9 @@ impl DataDir {
     pub fn crl(&self) -> PathBuf {
         self.root.join("crl.pem")
     }
+    pub fn crl_lock(&self) -> PathBuf {
+        self.root.join("crl.lock")
+    }
     pub fn database(&self) -> PathBuf {
         self.root.join("pifleet.db")
     }
@@ -121,39 +134,97 @@ impl DataDir {
         fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700)).map_err(io(&self.root))
     }
 
-    /// Checks that the directory exists and no secret is exposed to other users.
+    /// Checks, before anything is opened or written, that the directory exists, that this
+    /// process runs as its owner (a command run as another user, root say, would leave
+    /// files behind that the service cannot read), and that neither the directory nor any
+    /// secret in it is open to other users or owned by someone else.
     pub fn check(&self) -> Result<(), DataDirError> {
-        if !self.config().exists() {
-            return Err(DataDirError::Missing(self.root.clone()));
-        }
+        self.check_dir()?;
+        let me = nix::unistd::geteuid().as_raw();
         for path in self.secret_files() {
-            let mode = fs::metadata(&path).map_err(io(&path))?.permissions().mode();
-            if mode & 0o077 != 0 {
-                return Err(DataDirError::Permissions {
-                    path,
-                    mode: mode & 0o777,
-                });
-            }
+            let meta = fs::metadata(&path).map_err(io(&path))?;
+            owned_by(&path, &meta, me)?;
+            private(&path, &meta)?;
         }
         Ok(())
     }
+
+    /// The part of [`DataDir::check`] about the directory itself: it exists, belongs to
+    /// this process's user and is open to nobody else.
+    pub fn check_dir(&self) -> Result<(), DataDirError> {
+        let me = nix::unistd::geteuid().as_raw();
+        let meta = match fs::metadata(&self.root) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(DataDirError::Missing(self.root.clone()));
+            }
+            Err(e) => return Err(io(&self.root)(e)),
+        };
+        owned_by(&self.root, &meta, me)?;
+        if !self.config().exists() {
+            return Err(DataDirError::Missing(self.root.clone()));
+        }
+        private(&self.root, &meta)
+    }
 }
 
-/// Writes `data` to `path` atomically (temp file, fsync, rename) with mode 0600.
+fn owned_by(path: &Path, meta: &fs::Metadata, me: u32) -> Result<(), DataDirError> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = meta.uid();
+    if uid == me {
+        return Ok(());
+    }
+    let owner = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string());
+    Err(DataDirError::Owner {
+        path: path.to_owned(),
+        owner,
+        uid,
+        me,
+    })
+}
+
+fn private(path: &Path, meta: &fs::Metadata) -> Result<(), DataDirError> {
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(DataDirError::Permissions {
+            path: path.to_owned(),
+            mode: mode & 0o777,
+        });
+    }
+    Ok(())
+}
+
+/// Writes `data` to `path` atomically with mode 0600: a temp file of its own (so concurrent
+/// writers of the same file never share one), fsync, rename, fsync of the directory.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), DataDirError> {
-    let tmp = path.with_extension("tmp");
-    {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(
+        ".{name}.{}.{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let written = (|| {
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)
             .map_err(io(&tmp))?;
         f.write_all(data).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
+        fs::rename(&tmp, path).map_err(io(path))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
-    fs::rename(&tmp, path).map_err(io(path))?;
+    written?;
     if let Some(dir) = path.parent() {
         // Persist the rename itself; a failure here only weakens durability, so it is ignored.
         if let Ok(d) = fs::File::open(dir) {
@@ -182,6 +253,7 @@ mod tests {
     fn check_refuses_readable_keys() {
         let tmp = tempfile::tempdir().unwrap();
         let dd = DataDir::new(tmp.path());
+        fs::set_permissions(dd.root(), fs::Permissions::from_mode(0o700)).unwrap();
         write_private(&dd.config(), b"").unwrap();
         for p in dd.secret_files() {
             write_private(&p, b"k").unwrap();
@@ -193,5 +265,50 @@ mod tests {
             matches!(err, DataDirError::Permissions { mode: 0o644, .. }),
             "{err}"
         );
+        fs::set_permissions(dd.ca_key(), fs::Permissions::from_mode(0o600)).unwrap();
+        dd.check().unwrap();
+        // The directory itself must be private too.
+        fs::set_permissions(dd.root(), fs::Permissions::from_mode(0o755)).unwrap();
+        let err = dd.check().unwrap_err();
+        assert!(
+            matches!(err, DataDirError::Permissions { mode: 0o755, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("chmod go-rwx"), "{err}");
+    }
+
+    #[test]
+    fn another_owner_is_named_with_sudo() {
+        let tmp = tempfile::tempdir().unwrap();
+        let meta = fs::metadata(tmp.path()).unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        owned_by(tmp.path(), &meta, me).unwrap();
+        let err = owned_by(tmp.path(), &meta, me + 1).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("sudo -u "), "{msg}");
+        assert!(msg.contains(&format!("uid {me}")), "{msg}");
+    }
+
+    #[test]
+    fn concurrent_writers_never_share_a_temp_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("crl.pem");
+        std::thread::scope(|s| {
+            for i in 0..8u8 {
+                let path = &path;
+                s.spawn(move || {
+                    for _ in 0..20 {
+                        write_private(path, &[i; 4096]).unwrap();
+                    }
+                });
+            }
+        });
+        // Whoever renamed last, the file is one writer's whole content, and no temp file
+        // is left behind.
+        let data = fs::read(&path).unwrap();
+        assert_eq!(data.len(), 4096);
+        assert!(data.iter().all(|b| *b == data[0]));
+        let left: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "{left:?}");
     }
 }

@@ -20,6 +20,7 @@ use crate::ingest::Outgoing;
 use crate::live::Hub;
 use crate::metrics::Metrics;
 use crate::store::{CommandRow, Labels, NewCommand, ReceiptUpdate, Store, StoreError, now_ms};
+use crate::supervise::{Fatal, Health, TaskResult};
 
 /// Dispatch errors.
 #[derive(Debug, thiserror::Error)]
@@ -164,24 +165,42 @@ impl Dispatcher {
     }
 
     /// Sends dispatchable commands whenever woken, and at least every `poll_ms` (which also
-    /// picks up commands created by the CLI); expires and times out commands.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+    /// picks up commands created by the CLI); expires and times out commands. A database
+    /// that fails for a while is retried at the next tick (not ready meanwhile); a broken
+    /// one ends the task.
+    pub async fn run(
+        self: Arc<Self>,
+        health: Arc<Health>,
+        shutdown: CancellationToken,
+    ) -> TaskResult {
+        const NAME: &str = "dispatcher";
         let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.poll_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {
-                    match self.store.expire_commands().await {
-                        Ok((0, 0)) => {}
-                        Ok((expired, timed_out)) => tracing::info!(expired, timed_out, "commands expired or timed out"),
-                        Err(e) => tracing::error!(error = %e, "command expiry failed"),
+            let expiry = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tick.tick() => true,
+                _ = self.wake.notified() => false,
+            };
+            let r = async {
+                if expiry {
+                    match self.store.expire_commands().await? {
+                        (0, 0) => {}
+                        (expired, timed_out) => {
+                            tracing::info!(expired, timed_out, "commands expired or timed out")
+                        }
                     }
                 }
-                _ = self.wake.notified() => {}
+                self.pump().await
             }
-            if let Err(e) = self.pump().await {
-                tracing::error!(error = %e, "command dispatch failed");
+            .await;
+            match r {
+                Ok(()) => health.recovered(NAME),
+                Err(DispatchError::Store(e)) if e.is_fatal() => {
+                    return Err(Fatal::new("the database is broken", e));
+                }
+                Err(e @ DispatchError::Store(_)) => health.degraded(NAME, &e),
+                Err(e) => tracing::error!(error = %e, "command dispatch failed"),
             }
         }
     }
@@ -345,11 +364,16 @@ impl Dispatcher {
     }
 }
 
-/// Receives verified-topic receipts from ingest and applies them, off the routing loop.
-pub async fn receipts(d: Arc<Dispatcher>, mut rx: mpsc::Receiver<(DeviceId, SignedReceipt)>) {
+/// Receives verified-topic receipts from ingest and applies them, off the routing loop;
+/// ends when ingest stops sending.
+pub async fn receipts(
+    d: Arc<Dispatcher>,
+    mut rx: mpsc::Receiver<(DeviceId, SignedReceipt)>,
+) -> TaskResult {
     while let Some((device, signed)) = rx.recv().await {
         d.on_receipt(&device, &signed).await;
     }
+    Ok(())
 }
 
 /// Parses an action from command-line words:

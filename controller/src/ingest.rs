@@ -22,6 +22,7 @@ use crate::gateway::Gateway;
 use crate::live::Hub;
 use crate::metrics::Metrics;
 use crate::store::{IngestOp, Store};
+use crate::supervise::{Fatal, Health, Retry, TaskResult};
 
 /// A message for a device, published through the broker link.
 #[derive(Debug, Clone)]
@@ -39,7 +40,8 @@ enum Routed {
 
 /// Reads every `fleet/+/up/#` message from the in-process broker link and queues it for
 /// the writer. Undecodable input is counted, logged and dropped, and the sender is
-/// disconnected; it never stops the loop.
+/// disconnected; it never stops the loop. The link closing means the embedded broker is
+/// gone, which retrying cannot fix.
 pub async fn route(
     mut rx: LinkRx,
     queue: mpsc::Sender<IngestOp>,
@@ -47,29 +49,24 @@ pub async fn route(
     gateway: Arc<Gateway>,
     metrics: Metrics,
     shutdown: CancellationToken,
-) {
+) -> TaskResult {
+    let gone = |e| Fatal::new("the embedded broker's link closed", e);
     loop {
         let n = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
             n = rx.next() => n,
         };
         let notification = match n {
             Ok(Some(n)) => n,
             Ok(None) => continue,
-            Err(e) => {
-                tracing::error!(error = %e, "broker link closed; ingest stops");
-                return;
-            }
+            Err(e) => return Err(gone(e)),
         };
         let fwd = match notification {
             Notification::Forward(fwd) => fwd,
             // The router paused us because our buffer filled up: ask to be rescheduled,
             // or no message would ever reach ingest again.
             Notification::Unschedule => {
-                if let Err(e) = rx.wake().await {
-                    tracing::error!(error = %e, "broker link closed; ingest stops");
-                    return;
-                }
+                rx.wake().await.map_err(gone)?;
                 continue;
             }
             _ => continue,
@@ -77,12 +74,12 @@ pub async fn route(
         match to_op(&fwd.publish) {
             Ok(Some(Routed::Ingest(op))) => {
                 if queue.send(op).await.is_err() {
-                    return;
+                    return Err(Fatal::msg("the ingest writer is gone"));
                 }
             }
             Ok(Some(Routed::Receipt(device, receipt))) => {
                 if receipts.send((device, receipt)).await.is_err() {
-                    return;
+                    return Err(Fatal::msg("the receipt handler is gone"));
                 }
             }
             Ok(None) => {}
@@ -142,23 +139,44 @@ fn to_op(p: &Publish) -> Result<Option<Routed>, Refusal> {
     })
 }
 
+/// Where the writer's outcomes go: metrics, the dashboard's live hub, readiness.
+#[derive(Debug, Clone)]
+pub struct WriterContext {
+    pub metrics: Metrics,
+    pub live: Hub,
+    pub health: Arc<Health>,
+    /// Longest pause between retries of a failing commit.
+    pub retry_max: Duration,
+}
+
+/// The writer's component name in readiness reports.
+const WRITER: &str = "ingest-writer";
+
 /// The single database writer: batches queued operations into transactions and, after each
-/// commit, acknowledges the committed sequence numbers to their devices.
+/// commit, acknowledges the committed sequence numbers to their devices. A commit that
+/// fails for a while (a locked or full disk) is retried with backoff, the controller
+/// reporting itself not ready meanwhile; nothing is acknowledged until it commits, and the
+/// bounded queue pushes back on the broker meanwhile. A broken database ends the task.
 pub async fn write(
     store: Store,
     mut queue: mpsc::Receiver<IngestOp>,
     out: mpsc::UnboundedSender<Outgoing>,
     online: Arc<Notify>,
     cfg: IngestConfig,
-    metrics: Metrics,
-    live: Hub,
-) {
+    ctx: WriterContext,
+) -> TaskResult {
+    let WriterContext {
+        metrics,
+        live,
+        health,
+        retry_max,
+    } = ctx;
     let max_delay = Duration::from_millis(cfg.batch_max_delay_ms);
     let mut batch: Vec<IngestOp> = Vec::new();
     loop {
         // Wait for the first operation; None means every sender is gone: drained, stop.
         let Some(first) = queue.recv().await else {
-            return;
+            return Ok(());
         };
         let mut samples = op_samples(&first);
         batch.push(first);
@@ -172,71 +190,75 @@ pub async fn write(
                 Ok(None) | Err(_) => break,
             }
         }
-        let span = tracing::info_span!("ingest_batch", samples, messages = batch.len());
         let started = Instant::now();
-        match store.write_batch(&batch).instrument(span).await {
-            Ok(dropped) => {
-                metrics.agent_spool_dropped.inc_by(dropped);
-                metrics
-                    .ingest_commit_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                metrics.ingest_batch_samples.observe(samples as f64);
-                metrics.ingest_samples.inc_by(samples as u64);
-                for (device, ack) in acks_for(&batch) {
-                    let topic = Topic::new(device, Kind::Ack);
-                    // Split a huge ack so each message fits its size limit.
-                    for chunk in ack.ranges.chunks(200) {
-                        let msg = v1::Ack {
-                            ranges: chunk.to_vec(),
-                        };
-                        match codec::encode(Kind::Ack, &msg) {
-                            Ok(payload) => {
-                                let _ = out.send(Outgoing {
-                                    topic: topic.clone(),
-                                    payload,
-                                });
-                            }
-                            Err(e) => tracing::error!(error = %e, "ack encoding failed"),
-                        }
+        let mut retry = Retry::new(retry_max);
+        let committed = loop {
+            let span = tracing::info_span!("ingest_batch", samples, messages = batch.len());
+            match store.write_batch(&batch).instrument(span).await {
+                Ok(dropped) => {
+                    health.recovered(WRITER);
+                    break dropped;
+                }
+                Err(e) if e.is_fatal() => return Err(Fatal::new("the database is broken", e)),
+                Err(e) => {
+                    // Nothing is acknowledged, so agents keep the samples meanwhile.
+                    metrics.ingest_commit_failures.inc();
+                    health.degraded(WRITER, &e);
+                    tracing::debug!(error = %e, samples, "ingest commit failed; retrying");
+                    tokio::time::sleep(retry.next_delay()).await;
+                }
+            }
+        };
+        metrics.agent_spool_dropped.inc_by(committed);
+        metrics
+            .ingest_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.ingest_batch_samples.observe(samples as f64);
+        metrics.ingest_samples.inc_by(samples as u64);
+        for (device, ack) in acks_for(&batch) {
+            let topic = Topic::new(device, Kind::Ack);
+            // Split a huge ack so each message fits its size limit.
+            for chunk in ack.ranges.chunks(200) {
+                let msg = v1::Ack {
+                    ranges: chunk.to_vec(),
+                };
+                match codec::encode(Kind::Ack, &msg) {
+                    Ok(payload) => {
+                        let _ = out.send(Outgoing {
+                            topic: topic.clone(),
+                            payload,
+                        });
                     }
-                }
-                let mut changed: Vec<String> = batch
-                    .iter()
-                    .map(|op| op.device().as_str().to_owned())
-                    .collect();
-                changed.sort_unstable();
-                changed.dedup();
-                live.devices_changed(changed);
-                let mut details: Vec<String> = batch
-                    .iter()
-                    .filter(|op| {
-                        matches!(
-                            op,
-                            IngestOp::Capabilities { .. } | IngestOp::Services { .. }
-                        )
-                    })
-                    .map(|op| op.device().as_str().to_owned())
-                    .collect();
-                details.sort_unstable();
-                details.dedup();
-                live.details_changed(details);
-                // Devices that just came online may have commands waiting.
-                if batch
-                    .iter()
-                    .any(|op| matches!(op, IngestOp::Online { online: true, .. }))
-                {
-                    online.notify_one();
+                    Err(e) => tracing::error!(error = %e, "ack encoding failed"),
                 }
             }
-            Err(e) => {
-                // Nothing is acknowledged, so agents keep the samples and send them again.
-                metrics
-                    .ingest_dropped
-                    .with_label_values(&["commit_failed"])
-                    .inc_by(samples as u64);
-                tracing::error!(error = %e, samples, "ingest commit failed; samples stay on the devices");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+        }
+        let mut changed: Vec<String> = batch
+            .iter()
+            .map(|op| op.device().as_str().to_owned())
+            .collect();
+        changed.sort_unstable();
+        changed.dedup();
+        live.devices_changed(changed);
+        let mut details: Vec<String> = batch
+            .iter()
+            .filter(|op| {
+                matches!(
+                    op,
+                    IngestOp::Capabilities { .. } | IngestOp::Services { .. }
+                )
+            })
+            .map(|op| op.device().as_str().to_owned())
+            .collect();
+        details.sort_unstable();
+        details.dedup();
+        live.details_changed(details);
+        // Devices that just came online may have commands waiting.
+        if batch
+            .iter()
+            .any(|op| matches!(op, IngestOp::Online { online: true, .. }))
+        {
+            online.notify_one();
         }
         batch.clear();
     }
@@ -279,19 +301,23 @@ pub fn acks_for(batch: &[IngestOp]) -> Vec<(DeviceId, v1::Ack)> {
 }
 
 /// Publishes messages for devices (acks, commands) through the broker link. Runs on its
-/// own thread because the link's send blocks when the router is busy.
-pub fn publish(mut tx: LinkTx, mut rx: mpsc::UnboundedReceiver<Outgoing>, metrics: Metrics) {
+/// own thread because the link's send blocks when the router is busy. Ends when every
+/// sender is gone (shutdown), or fails when the embedded broker is gone.
+pub fn publish(
+    mut tx: LinkTx,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    metrics: Metrics,
+) -> TaskResult {
     while let Some(msg) = rx.blocking_recv() {
         metrics
             .mqtt_messages_out
             .with_label_values(&[msg.topic.kind.as_str()])
             .inc();
         metrics.mqtt_bytes_out.inc_by(msg.payload.len() as u64);
-        if let Err(e) = tx.publish(msg.topic.to_string().into_bytes(), msg.payload) {
-            tracing::error!(error = %e, "broker link closed; publishing stops");
-            return;
-        }
+        tx.publish(msg.topic.to_string().into_bytes(), msg.payload)
+            .map_err(|e| Fatal::new("the embedded broker's link closed", e))?;
     }
+    Ok(())
 }
 
 #[cfg(test)]

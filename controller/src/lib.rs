@@ -26,5 +26,6 @@ pub mod serve;
 pub mod signal;
 pub mod source;
 pub mod store;
+pub mod supervise;
 pub mod tls;
 pub mod web;

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::devices::FleetSummary;
 use crate::store::Store;
+use crate::supervise::{Fatal, TaskResult};
 
 /// Changes buffered per stream before a slow one is told it lagged (and resynchronizes).
 const BUFFER: usize = 1024;
@@ -92,7 +93,7 @@ impl Hub {
     }
 
     /// Keeps the fleet totals current until `shutdown`.
-    pub async fn run(self, store: Store, shutdown: CancellationToken) {
+    pub async fn run(self, store: Store, shutdown: CancellationToken) -> TaskResult {
         loop {
             match store.fleet_summary().await {
                 Ok(s) => {
@@ -102,14 +103,15 @@ impl Hub {
                         changed
                     });
                 }
+                Err(e) if e.is_fatal() => return Err(Fatal::new("the database is broken", e)),
                 Err(e) => tracing::warn!(error = %e, "fleet summary failed"),
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(SUMMARY_EVERY) => {}
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return Ok(()),
                 _ = self.dirty.notified() => {}
                 _ = tokio::time::sleep(SUMMARY_AT_LEAST) => {}
             }

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use pifleet_controller::admin::{self, AdminError};
+use pifleet_controller::config::Config;
 use pifleet_controller::datadir::{DataDir, DataDirError};
 use pifleet_controller::serve::{self, ServeError};
-use pifleet_controller::store::Store;
+use pifleet_controller::store::{RevokeOutcome, Store};
 use pifleet_controller::{demo, logging};
 use tokio_util::sync::CancellationToken;
 
@@ -416,15 +417,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             DeviceCmd::Revoke { dir, id } => {
                 let (dd, store) = open_store(&dir).await?;
-                let r = admin::revoke_device(&dd, &store, &id).await;
+                let days = Config::load(&dd.config())?.pki.crl_next_update_days;
+                let r = admin::revoke_device(&dd, &store, &id, days).await;
                 let outcome = match &r {
-                    Ok(()) => "ok".to_owned(),
-                    Err(e) => format!("error: {e}"),
+                    Ok(RevokeOutcome::AlreadyRevoked) => "ok: already revoked; CRL published",
+                    Ok(_) => "ok",
+                    Err(e) => &format!("error: {e}"),
                 };
-                audit(&store, "device.revoke", &id, &outcome, "").await?;
+                audit(&store, "device.revoke", &id, outcome, "").await?;
                 store.close().await;
-                r?;
-                println!("device {id} revoked; a running controller drops it within a second");
+                match r? {
+                    RevokeOutcome::AlreadyRevoked => {
+                        println!("device {id} was already revoked; its CRL was published again")
+                    }
+                    _ => println!(
+                        "device {id} revoked; a running controller drops it within a second"
+                    ),
+                }
             }
         },
         Command::Cmd { cmd } => run_cmd(cmd).await?,
@@ -460,7 +469,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_cmd(cmd: CmdCmd) -> anyhow::Result<()> {
-    use pifleet_controller::config::Config;
     use pifleet_controller::dispatch::{self, Targets};
     use pifleet_controller::lifecycle::Status;
     use pifleet_controller::store::Cancel;

@@ -17,12 +17,14 @@ pub struct Metrics {
     pub mqtt_disconnects: IntCounterVec,
     pub mqtt_refused: IntCounterVec,
     pub mqtt_acl_violations: IntCounterVec,
+    pub mqtt_throttled: IntCounter,
     pub mqtt_messages_in: IntCounterVec,
     pub mqtt_bytes_in: IntCounter,
     pub mqtt_messages_out: IntCounterVec,
     pub mqtt_bytes_out: IntCounter,
     pub ingest_dropped: IntCounterVec,
     pub ingest_samples: IntCounter,
+    pub ingest_commit_failures: IntCounter,
     pub ingest_batch_samples: Histogram,
     pub ingest_commit_seconds: Histogram,
     pub enrollments: IntCounterVec,
@@ -35,6 +37,7 @@ pub struct Metrics {
     pub devices: IntGaugeVec,
     pub database_size_bytes: IntGauge,
     pub server_cert_expiry: IntGauge,
+    pub ready: IntGaugeVec,
 }
 
 impl Metrics {
@@ -65,6 +68,10 @@ impl Metrics {
                 ),
                 &["reason"],
             )?,
+            mqtt_throttled: IntCounter::new(
+                "mqtt_throttled_total",
+                "Device messages delayed because the device was over its message budget",
+            )?,
             mqtt_messages_in: IntCounterVec::new(
                 Opts::new("mqtt_messages_in_total", "Messages published by devices"),
                 &["kind"],
@@ -94,6 +101,10 @@ impl Metrics {
             ingest_samples: IntCounter::new(
                 "ingest_samples_total",
                 "Telemetry samples committed (including idempotent re-sends)",
+            )?,
+            ingest_commit_failures: IntCounter::new(
+                "ingest_commit_failures_total",
+                "Batch commits that failed and were retried (nothing was acknowledged)",
             )?,
             ingest_batch_samples: Histogram::with_opts(
                 HistogramOpts::new("ingest_batch_samples", "Samples per committed batch")
@@ -159,6 +170,13 @@ impl Metrics {
                 "server_certificate_expiry_timestamp_seconds",
                 "Expiry of the controller's server certificate (Unix seconds)",
             )?,
+            ready: IntGaugeVec::new(
+                Opts::new(
+                    "ready",
+                    "1 while a component works, 0 while it retries a failing dependency",
+                ),
+                &["component"],
+            )?,
             registry,
             process: Registry::new(),
         };
@@ -168,12 +186,14 @@ impl Metrics {
         r.register(Box::new(m.mqtt_disconnects.clone()))?;
         r.register(Box::new(m.mqtt_refused.clone()))?;
         r.register(Box::new(m.mqtt_acl_violations.clone()))?;
+        r.register(Box::new(m.mqtt_throttled.clone()))?;
         r.register(Box::new(m.mqtt_messages_in.clone()))?;
         r.register(Box::new(m.mqtt_bytes_in.clone()))?;
         r.register(Box::new(m.mqtt_messages_out.clone()))?;
         r.register(Box::new(m.mqtt_bytes_out.clone()))?;
         r.register(Box::new(m.ingest_dropped.clone()))?;
         r.register(Box::new(m.ingest_samples.clone()))?;
+        r.register(Box::new(m.ingest_commit_failures.clone()))?;
         r.register(Box::new(m.ingest_batch_samples.clone()))?;
         r.register(Box::new(m.ingest_commit_seconds.clone()))?;
         r.register(Box::new(m.enrollments.clone()))?;
@@ -186,6 +206,7 @@ impl Metrics {
         r.register(Box::new(m.devices.clone()))?;
         r.register(Box::new(m.database_size_bytes.clone()))?;
         r.register(Box::new(m.server_cert_expiry.clone()))?;
+        r.register(Box::new(m.ready.clone()))?;
         // process_* (CPU, memory, open files, start time), unprefixed as is conventional.
         m.process.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),

@@ -31,6 +31,7 @@ use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::{SubjectPublicKeyInfo, X509Name};
 
+pub mod crl;
 #[cfg(test)]
 mod tests;
 

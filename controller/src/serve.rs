@@ -1,5 +1,7 @@
-//! `pifleet-controller serve`: wires the gateway, the embedded broker, ingest, retention and
-//! the HTTPS listener together as named tasks under one shutdown signal.
+//! `pifleet-controller serve`: builds the controller — configuration, the CRL, the store,
+//! the listeners, the embedded broker and every component wired together, with every
+//! error reported before anything runs — then runs its tasks under a [`Supervisor`]
+//! until the shutdown signal or the first task that fails for good.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,23 +9,27 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminError};
 use crate::api::{self, ApiState};
 use crate::auth::jwt::JwtKeys;
+use crate::broker::Broker;
 use crate::config::Config;
 use crate::datadir::{DataDir, write_private};
 use crate::dispatch::{self, Dispatcher};
 use crate::enroll::EnrollState;
 use crate::gateway::{self, Gateway};
+use crate::ingest::{self, WriterContext};
 use crate::live::Hub;
 use crate::metrics::Metrics;
+use crate::pki::{Ca, crl};
 use crate::store::{Store, now_ms};
-use crate::{broker, https, ingest, pki, tls};
+use crate::supervise::{Fatal, Health, Supervisor, TaskFailed, TaskResult};
+use crate::{broker, https, pki, tls};
 
-/// Start-up errors (each maps to an exit code in `main`).
+/// Start-up errors (each maps to an exit code in `main`), and the task failure that
+/// stopped a running controller.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
@@ -40,6 +46,8 @@ pub enum ServeError {
     Broker(#[from] broker::BrokerError),
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
+    #[error("publishing the CRL at start-up: {0}")]
+    Crl(#[from] crl::CrlError),
     #[error("command key: {0}")]
     CommandKey(String),
     #[error("admin sign-in: {0}")]
@@ -54,6 +62,8 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Task(#[from] TaskFailed),
 }
 
 /// Listen-address overrides from the command line.
@@ -71,222 +81,313 @@ pub struct Bound {
     pub pid: u32,
 }
 
-/// Loads and checks everything, binds, runs until `shutdown`, then drains.
+/// A device's signed command receipt, on its way from ingest to the dispatcher.
+type Receipt = (
+    pifleet_shared::DeviceId,
+    pifleet_shared::command::SignedReceipt,
+);
+
+/// How long running tasks get to finish after the shutdown signal.
+const DRAIN: Duration = Duration::from_secs(15);
+
+/// Builds the controller, then runs it until `shutdown` (or a task fails for good).
 pub async fn run(
     dd: DataDir,
     ov: Overrides,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    ensure_secrets(&dd)?;
-    dd.check()?;
-    let mut cfg = Config::load(&dd.config())?;
-    if let Some(a) = ov.mqtt_listen {
-        cfg.mqtt.listen = a;
-    }
-    if let Some(a) = ov.https_listen {
-        cfg.https.listen = a;
-    }
-    let ca = admin::load_ca(&dd)?;
-    let (mqtt_tls, revoked) = gateway::load_tls(&dd)?;
-    let https_tls = tls::https_config(&dd)?;
-    let store = Store::open(&dd.database(), false).await?;
-    store.set_all_offline().await?;
-    let metrics = Metrics::new()?;
-    if let Some(t) = server_cert_expiry(&dd) {
-        metrics.server_cert_expiry.set(t);
-    }
-
-    let mqtt_listener =
-        TcpListener::bind(cfg.mqtt.listen)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: cfg.mqtt.listen,
-                source,
-            })?;
-    let https_listener = TcpListener::bind(cfg.https.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: cfg.https.listen,
-            source,
-        })?;
-    let bound = Bound {
-        mqtt: mqtt_listener
-            .local_addr()
-            .map_err(|source| ServeError::Bind {
-                addr: cfg.mqtt.listen,
-                source,
-            })?,
-        https: https_listener
-            .local_addr()
-            .map_err(|source| ServeError::Bind {
-                addr: cfg.https.listen,
-                source,
-            })?,
-        pid: std::process::id(),
-    };
-
-    let broker = broker::start(cfg.mqtt.max_connections).await?;
-    let (link_tx, link_rx) = broker.link;
-    let mut link_tx = link_tx;
-    link_tx
-        .subscribe(pifleet_shared::Topic::all_up_filter())
-        .map_err(|e| broker::BrokerError::Link(Box::new(e)))?;
-
-    let (queue_tx, queue_rx) = mpsc::channel(cfg.ingest.queue_capacity);
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let (receipt_tx, receipt_rx) = mpsc::channel(10_000);
-    let online = Arc::new(tokio::sync::Notify::new());
-    let key_path = dd.command_key();
-    let key_pem = std::fs::read_to_string(&key_path)
-        .map_err(|e| ServeError::CommandKey(format!("{}: {e}", key_path.display())))?;
-    let signer = pifleet_shared::signing::CommandSigner::from_pkcs8_pem(&key_pem)
-        .map_err(|e| ServeError::CommandKey(format!("{}: {e}", key_path.display())))?;
-    let live = Hub::new();
-    let dispatcher = Arc::new(Dispatcher::new(
-        store.clone(),
-        signer,
-        out_tx.clone(),
-        cfg.commands.clone(),
-        metrics.clone(),
-        online.clone(),
-        live.clone(),
-    ));
-    let gw = Arc::new(Gateway::new(
-        cfg.mqtt.clone(),
-        mqtt_tls,
-        revoked,
-        broker.addr,
-        broker.login.clone(),
-        queue_tx.clone(),
-        metrics.clone(),
-    ));
-
-    let enroll_state = Arc::new(EnrollState {
-        store: store.clone(),
-        ca_fingerprint: pki::fingerprint_pem(&ca.cert_pem)?,
-        ca,
-        command_public_key: admin::command_public_key(&dd)?,
-        mqtt_port: cfg.mqtt.public_port.unwrap_or(bound.mqtt.port()),
-        cert_days: cfg.enrollment.device_cert_days,
-        metrics: metrics.clone(),
-    });
-    let jwt = JwtKeys::load(&dd.jwt_keys()).map_err(|e| ServeError::Auth(e.to_string()))?;
-    let api_state = ApiState::new(
-        dd.clone(),
-        store.clone(),
-        cfg.clone(),
-        jwt,
-        admin::scrape_token(&dd)?,
-        dispatcher.clone(),
-        enroll_state,
-        metrics.clone(),
-    )
-    .await?;
-    let app = api::app(api_state.clone());
-
-    let mut tasks = JoinSet::new();
-    tasks.spawn(named(
-        "gateway",
-        gw.clone().run(mqtt_listener, shutdown.clone()),
-    ));
-    tasks.spawn(named(
-        "crl-watch",
-        gw.clone().watch_crl(dd.clone(), shutdown.clone()),
-    ));
-    tasks.spawn(named(
-        "https",
-        https::serve(
-            https_listener,
-            https_tls,
-            app,
-            Duration::from_millis(cfg.https.handshake_timeout_ms),
-            shutdown.clone(),
-        ),
-    ));
-    tasks.spawn(named(
-        "ingest-route",
-        ingest::route(
-            link_rx,
-            queue_tx,
-            receipt_tx,
-            gw.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        ),
-    ));
-    tasks.spawn(named(
-        "dispatcher",
-        dispatcher.clone().run(shutdown.clone()),
-    ));
-    tokio::spawn(named(
-        "receipts",
-        dispatch::receipts(dispatcher.clone(), receipt_rx),
-    ));
-    tasks.spawn(named(
-        "auth-limiter-gc",
-        limiter_gc(api_state, shutdown.clone()),
-    ));
-    tasks.spawn(named(
-        "fleet-summary",
-        live.clone().run(store.clone(), shutdown.clone()),
-    ));
-    tasks.spawn(named(
-        "retention",
-        retention(store.clone(), cfg.clone(), shutdown.clone()),
-    ));
-    let writer = tokio::spawn(named(
-        "ingest-writer",
-        ingest::write(
-            store.clone(),
-            queue_rx,
-            out_tx,
-            online,
-            cfg.ingest.clone(),
-            metrics.clone(),
-            live,
-        ),
-    ));
-    let publisher_metrics = metrics.clone();
-    let acker = std::thread::Builder::new()
-        .name("broker-publisher".into())
-        .spawn(move || ingest::publish(link_tx, out_rx, publisher_metrics))
-        .map_err(ServeError::Thread)?;
-    drop(gw);
-
-    let state = serde_json::to_vec_pretty(&bound).unwrap_or_default();
-    write_private(&dd.serve_state(), &state).map_err(AdminError::from)?;
-    tracing::info!(mqtt = %bound.mqtt, https = %bound.https, data_dir = %dd.root().display(), "controller ready");
-
-    shutdown.cancelled().await;
-    tracing::info!("shutting down: draining");
-    // Every task stops on the signal; the writer ends when the last queue sender is gone,
-    // after committing what was queued.
-    while tasks.join_next().await.is_some() {}
-    if tokio::time::timeout(Duration::from_secs(15), writer)
-        .await
-        .is_err()
-    {
-        tracing::warn!("ingest writer did not drain within 15 s");
-    }
-    drop(acker); // detached: it ends with the process
-    let _ = std::fs::remove_file(dd.serve_state());
-    store.close().await;
-    tracing::info!("stopped");
-    Ok(())
+    Controller::build(dd, ov).await?.run(shutdown).await
 }
 
-async fn named<F: std::future::Future<Output = ()>>(name: &'static str, f: F) {
-    tracing::debug!(task = name, "task started");
-    f.await;
-    tracing::debug!(task = name, "task stopped");
+/// Everything `serve` runs, built and wired but not started.
+struct Controller {
+    dd: DataDir,
+    cfg: Config,
+    ca: Ca,
+    store: Store,
+    metrics: Metrics,
+    health: Arc<Health>,
+    bound: Bound,
+    mqtt_listener: TcpListener,
+    https_listener: TcpListener,
+    https_tls: rustls::ServerConfig,
+    broker: Broker,
+    gateway: Arc<Gateway>,
+    dispatcher: Arc<Dispatcher>,
+    live: Hub,
+    api: api::AppState,
+    queue: (
+        mpsc::Sender<crate::store::IngestOp>,
+        mpsc::Receiver<crate::store::IngestOp>,
+    ),
+    out: (
+        mpsc::UnboundedSender<ingest::Outgoing>,
+        mpsc::UnboundedReceiver<ingest::Outgoing>,
+    ),
+    receipts: (mpsc::Sender<Receipt>, mpsc::Receiver<Receipt>),
+    online: Arc<tokio::sync::Notify>,
+}
+
+impl Controller {
+    /// Loads and checks everything and binds the listeners; nothing runs yet.
+    async fn build(dd: DataDir, ov: Overrides) -> Result<Self, ServeError> {
+        dd.check_dir()?;
+        ensure_secrets(&dd)?;
+        dd.check()?;
+        let mut cfg = Config::load(&dd.config())?;
+        if let Some(a) = ov.mqtt_listen {
+            cfg.mqtt.listen = a;
+        }
+        if let Some(a) = ov.https_listen {
+            cfg.https.listen = a;
+        }
+        let ca = admin::load_ca(&dd)?;
+        let store = Store::open_with(&dd.database(), false, cfg.store.busy_timeout()).await?;
+        // The CRL converges to the database before the gateway reads it.
+        let published = crl::publish(&dd, &store, &ca, cfg.pki.crl_next_update_days).await?;
+        tracing::info!(
+            number = published.number,
+            revoked = published.revoked,
+            "CRL published"
+        );
+        let (mqtt_tls, revoked) = gateway::load_tls(&dd)?;
+        let https_tls = tls::https_config(&dd)?;
+        store.set_all_offline().await?;
+        let metrics = Metrics::new()?;
+        if let Some(t) = server_cert_expiry(&dd) {
+            metrics.server_cert_expiry.set(t);
+        }
+        let health = Arc::new(Health::new(metrics.clone()));
+
+        let mqtt_listener = bind(cfg.mqtt.listen).await?;
+        let https_listener = bind(cfg.https.listen).await?;
+        let bound = Bound {
+            mqtt: local_addr(&mqtt_listener, cfg.mqtt.listen)?,
+            https: local_addr(&https_listener, cfg.https.listen)?,
+            pid: std::process::id(),
+        };
+
+        let mut broker = broker::start(cfg.mqtt.max_connections).await?;
+        broker
+            .link
+            .0
+            .subscribe(pifleet_shared::Topic::all_up_filter())
+            .map_err(|e| broker::BrokerError::Link(Box::new(e)))?;
+
+        let queue = mpsc::channel(cfg.ingest.queue_capacity);
+        let out = mpsc::unbounded_channel();
+        let receipts = mpsc::channel(10_000);
+        let online = Arc::new(tokio::sync::Notify::new());
+        let key_path = dd.command_key();
+        let key_pem = std::fs::read_to_string(&key_path)
+            .map_err(|e| ServeError::CommandKey(format!("{}: {e}", key_path.display())))?;
+        let signer = pifleet_shared::signing::CommandSigner::from_pkcs8_pem(&key_pem)
+            .map_err(|e| ServeError::CommandKey(format!("{}: {e}", key_path.display())))?;
+        let live = Hub::new();
+        let dispatcher = Arc::new(Dispatcher::new(
+            store.clone(),
+            signer,
+            out.0.clone(),
+            cfg.commands.clone(),
+            metrics.clone(),
+            online.clone(),
+            live.clone(),
+        ));
+        let gateway = Arc::new(Gateway::new(
+            cfg.mqtt.clone(),
+            mqtt_tls,
+            revoked,
+            broker.addr,
+            broker.login.clone(),
+            queue.0.clone(),
+            metrics.clone(),
+        ));
+        let enroll_state = Arc::new(EnrollState {
+            store: store.clone(),
+            ca_fingerprint: pki::fingerprint_pem(&ca.cert_pem)?,
+            ca: ca.clone(),
+            command_public_key: admin::command_public_key(&dd)?,
+            mqtt_port: cfg.mqtt.public_port.unwrap_or(bound.mqtt.port()),
+            cert_days: cfg.enrollment.device_cert_days,
+            metrics: metrics.clone(),
+        });
+        let jwt = JwtKeys::load(&dd.jwt_keys()).map_err(|e| ServeError::Auth(e.to_string()))?;
+        let api = ApiState::new(
+            dd.clone(),
+            store.clone(),
+            cfg.clone(),
+            jwt,
+            admin::scrape_token(&dd)?,
+            dispatcher.clone(),
+            enroll_state,
+            metrics.clone(),
+            health.clone(),
+        )
+        .await?;
+        Ok(Self {
+            dd,
+            cfg,
+            ca,
+            store,
+            metrics,
+            health,
+            bound,
+            mqtt_listener,
+            https_listener,
+            https_tls,
+            broker,
+            gateway,
+            dispatcher,
+            live,
+            api,
+            queue,
+            out,
+            receipts,
+            online,
+        })
+    }
+
+    /// Runs every task until `shutdown` or the first task that fails for good, then drains.
+    async fn run(self, shutdown: CancellationToken) -> Result<(), ServeError> {
+        let Self {
+            dd,
+            cfg,
+            ca,
+            store,
+            metrics,
+            health,
+            bound,
+            mqtt_listener,
+            https_listener,
+            https_tls,
+            broker,
+            gateway,
+            dispatcher,
+            live,
+            api,
+            queue: (queue_tx, queue_rx),
+            out: (out_tx, out_rx),
+            receipts: (receipt_tx, receipt_rx),
+            online,
+        } = self;
+        let Broker {
+            link: (link_tx, link_rx),
+            stopped: broker_stopped,
+            ..
+        } = broker;
+        let app = api::app(api.clone());
+        let mut tasks = Supervisor::new(shutdown.clone());
+        tasks.spawn("broker", async move {
+            let why = broker_stopped
+                .await
+                .unwrap_or_else(|_| "its task is gone".to_owned());
+            Err(Fatal::msg(format!("the embedded broker stopped: {why}")))
+        });
+        tasks.spawn(
+            "gateway",
+            gateway.clone().run(mqtt_listener, shutdown.clone()),
+        );
+        tasks.spawn(
+            "crl-watch",
+            gateway.clone().watch_crl(dd.clone(), shutdown.clone()),
+        );
+        let gw = gateway.clone();
+        tasks.spawn(
+            "crl",
+            crl::keep(
+                dd.clone(),
+                store.clone(),
+                ca,
+                cfg.pki.clone(),
+                move |serials| gw.revoke(serials),
+                health.clone(),
+                shutdown.clone(),
+            ),
+        );
+        let stop = shutdown.clone();
+        let handshake = Duration::from_millis(cfg.https.handshake_timeout_ms);
+        tasks.spawn("https", async move {
+            https::serve(https_listener, https_tls, app, handshake, stop).await;
+            Ok(())
+        });
+        tasks.spawn(
+            "ingest-route",
+            ingest::route(
+                link_rx,
+                queue_tx,
+                receipt_tx,
+                gateway,
+                metrics.clone(),
+                shutdown.clone(),
+            ),
+        );
+        tasks.spawn(
+            "dispatcher",
+            dispatcher.clone().run(health.clone(), shutdown.clone()),
+        );
+        tasks.spawn("receipts", dispatch::receipts(dispatcher, receipt_rx));
+        tasks.spawn("auth-limiter-gc", limiter_gc(api, shutdown.clone()));
+        tasks.spawn(
+            "fleet-summary",
+            live.clone().run(store.clone(), shutdown.clone()),
+        );
+        tasks.spawn(
+            "retention",
+            retention(store.clone(), cfg.clone(), shutdown.clone()),
+        );
+        tasks.spawn(
+            "ingest-writer",
+            ingest::write(
+                store.clone(),
+                queue_rx,
+                out_tx,
+                online,
+                cfg.ingest.clone(),
+                WriterContext {
+                    metrics: metrics.clone(),
+                    live,
+                    health,
+                    retry_max: cfg.store.retry_max(),
+                },
+            ),
+        );
+        tasks
+            .spawn_thread("broker-publisher", move || {
+                ingest::publish(link_tx, out_rx, metrics)
+            })
+            .map_err(ServeError::Thread)?;
+
+        let state = serde_json::to_vec_pretty(&bound).unwrap_or_default();
+        write_private(&dd.serve_state(), &state).map_err(AdminError::from)?;
+        tracing::info!(mqtt = %bound.mqtt, https = %bound.https, data_dir = %dd.root().display(), "controller ready");
+
+        let result = tasks.run(DRAIN).await;
+        let _ = std::fs::remove_file(dd.serve_state());
+        store.close().await;
+        match result {
+            Ok(()) => {
+                tracing::info!("stopped");
+                Ok(())
+            }
+            Err(failed) => Err(failed.into()),
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+fn local_addr(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ServeError> {
+    l.local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })
 }
 
 /// A data dir made by an older version may lack the access-token keys or the scrape
 /// token: make them.
 fn ensure_secrets(dd: &DataDir) -> Result<(), ServeError> {
-    if !dd.config().exists() {
-        return Ok(()); // `check` explains
-    }
     let path = dd.jwt_keys();
     if !path.exists() {
         JwtKeys::generate()
@@ -311,27 +412,30 @@ fn server_cert_expiry(dd: &DataDir) -> Option<i64> {
 }
 
 /// Forgets per-IP rate-limit state of addresses that have been quiet.
-async fn limiter_gc(state: api::AppState, shutdown: CancellationToken) {
+async fn limiter_gc(state: api::AppState, shutdown: CancellationToken) -> TaskResult {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => state.auth_limiter.retain_recent(),
         }
     }
 }
 
-async fn retention(store: Store, cfg: Config, shutdown: CancellationToken) {
+/// Deletes telemetry past `telemetry.retention_days`; a failure is retried at the next
+/// interval, a broken database ends the task.
+async fn retention(store: Store, cfg: Config, shutdown: CancellationToken) -> TaskResult {
     let mut tick = tokio::time::interval(Duration::from_secs(cfg.telemetry.retention_interval_s));
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
         let keep_ms = i64::from(cfg.telemetry.retention_days) * 86_400_000;
         match store.apply_retention(now_ms() - keep_ms).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "telemetry retention applied"),
+            Err(e) if e.is_fatal() => return Err(Fatal::new("the database is broken", e)),
             Err(e) => tracing::error!(error = %e, "telemetry retention failed"),
         }
     }

@@ -15,7 +15,7 @@ use crate::admin::{self, AdminError};
 use crate::api::AppState;
 use crate::api::extract::{Json, Path, Query};
 use crate::problem::{Problem, ProblemDoc};
-use crate::store::{Labels, now_ms};
+use crate::store::{Labels, RevokeOutcome, now_ms};
 
 /// Most labels a device, token or selector may carry.
 pub const MAX_LABELS: usize = 64;
@@ -639,18 +639,23 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<StatusCode, Problem> {
     let id = device_id(&id)?;
-    match st.store.device(id.as_str()).await? {
-        None => return Err(no_device(id.as_str())),
-        Some(d) if d.revoked_at.is_some() => {
-            return Err(Problem::conflict(format!("device {id} is already revoked")));
-        }
-        Some(_) => {}
-    }
-    admin::revoke_device(&st.dd, &st.store, id.as_str())
-        .await
-        .map_err(admin_problem)?;
+    // An already revoked device is revoked again: that publishes its CRL once more, which
+    // repairs an earlier attempt whose CRL could not be written.
+    let outcome = admin::revoke_device(
+        &st.dd,
+        &st.store,
+        id.as_str(),
+        st.cfg.pki.crl_next_update_days,
+    )
+    .await
+    .map_err(admin_problem)?;
     st.live.devices_changed(vec![id.as_str().to_owned()]);
-    Ok(StatusCode::NO_CONTENT)
+    match outcome {
+        RevokeOutcome::AlreadyRevoked => Err(Problem::conflict(format!(
+            "device {id} was already revoked; its CRL was published again"
+        ))),
+        _ => Ok(StatusCode::NO_CONTENT),
+    }
 }
 
 /// Fleet totals: enrolled, online, offline, alerting and revoked devices.

@@ -34,6 +34,7 @@ use crate::live::Hub;
 use crate::metrics::Metrics;
 use crate::problem::{Problem, ProblemDoc};
 use crate::store::Store;
+use crate::supervise::Health;
 
 pub mod audit;
 pub mod auth;
@@ -72,6 +73,8 @@ pub struct ApiState {
     pub scrape_token: String,
     /// Live updates for the dashboard's event streams.
     pub live: Hub,
+    /// What keeps the controller from being ready (`/readyz`).
+    pub health: Arc<Health>,
 }
 
 /// Shared state handle.
@@ -89,6 +92,7 @@ impl ApiState {
         dispatcher: Arc<Dispatcher>,
         enroll: Arc<EnrollState>,
         metrics: Metrics,
+        health: Arc<Health>,
     ) -> Result<AppState, crate::serve::ServeError> {
         let passwords = Passwords::new(cfg.auth.argon2_cost())
             .map_err(|e| crate::serve::ServeError::Auth(e.to_string()))?;
@@ -109,6 +113,7 @@ impl ApiState {
             mfa_required: RwLock::new(mfa_required),
             scrape_token,
             live,
+            health,
         }))
     }
 
@@ -320,14 +325,27 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Ready when the database answers and no component is retrying a failing dependency.
 async fn readyz(State(st): State<AppState>) -> Response {
-    match st.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready").into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "not ready: database");
-            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
-        }
+    if let Err(e) = st.store.ping().await {
+        tracing::warn!(error = %e, "not ready: database");
+        return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
+            .into_response();
     }
+    let problems = st.health.problems();
+    if problems.is_empty() {
+        return (StatusCode::OK, "ready").into_response();
+    }
+    let detail = problems
+        .iter()
+        .map(|(component, why)| format!("{component}: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not ready: {detail}"),
+    )
+    .into_response()
 }
 
 #[cfg(test)]

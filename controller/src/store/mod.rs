@@ -33,6 +33,33 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
 }
 
+impl StoreError {
+    /// True when the database itself is broken (corrupt, or not a database any more):
+    /// retrying cannot help, and the controller should stop rather than run half alive.
+    /// Anything else (locked, full or failing disk, a lost connection) may pass.
+    pub fn is_fatal(&self) -> bool {
+        let Self::Sqlx(sqlx::Error::Database(e)) = self else {
+            return false;
+        };
+        // Primary result codes (the low byte of extended ones): SQLITE_CORRUPT 11,
+        // SQLITE_NOTADB 26.
+        e.code()
+            .and_then(|c| c.parse::<i64>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 11 | 26))
+    }
+}
+
+/// What revoking a device did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeOutcome {
+    /// No such device.
+    Unknown,
+    /// Revoked now, with its certificates.
+    Revoked,
+    /// It was revoked before.
+    AlreadyRevoked,
+}
+
 /// Labels: a small string map, stored as a JSON object.
 pub type Labels = BTreeMap<String, String>;
 
@@ -162,15 +189,25 @@ pub enum EnrollRefusal {
 }
 
 impl Store {
-    /// Opens (creating if asked) the database and runs migrations.
+    /// Opens (creating if asked) the database and runs migrations; a write waits up to
+    /// 10 s for another process holding the write lock.
     pub async fn open(path: &Path, create: bool) -> Result<Self, StoreError> {
+        Self::open_with(path, create, Duration::from_secs(10)).await
+    }
+
+    /// [`Store::open`] with the time a write waits for the write lock (`store.busy_timeout_ms`).
+    pub async fn open_with(
+        path: &Path,
+        create: bool,
+        busy_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let opts = SqliteConnectOptions::from_str("sqlite:")?
             .filename(path)
             .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(busy_timeout)
             .statement_cache_capacity(256);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -227,28 +264,6 @@ impl Store {
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
-    }
-
-    // ---- meta -------------------------------------------------------------------------
-
-    /// Increments and returns a counter kept in `meta` (e.g. the CRL number).
-    pub async fn next_counter(&self, key: &str) -> Result<u64, StoreError> {
-        let mut tx = self.write_tx().await?;
-        let cur: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let next = cur.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
-        sqlx::query(
-            "INSERT INTO meta (key, value) VALUES (?, ?) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(key)
-        .bind(next.to_string())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(next)
     }
 
     // ---- enrollment tokens ------------------------------------------------------------
@@ -402,20 +417,28 @@ impl Store {
         rows.iter().map(device_row).collect()
     }
 
-    /// Marks the device and all its certificates revoked. Returns false for an unknown device.
-    pub async fn revoke_device(&self, id: &str) -> Result<bool, StoreError> {
+    /// Marks the device and all its certificates revoked (certificates of an already
+    /// revoked device too, should one have been missed).
+    pub async fn revoke_device(&self, id: &str) -> Result<RevokeOutcome, StoreError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        let r = sqlx::query(
+        let before: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT revoked_at FROM devices WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let outcome = match before {
+            None => return Ok(RevokeOutcome::Unknown),
+            Some(Some(_)) => RevokeOutcome::AlreadyRevoked,
+            Some(None) => RevokeOutcome::Revoked,
+        };
+        sqlx::query(
             "UPDATE devices SET revoked_at = COALESCE(revoked_at, ?), online = 0 WHERE id = ?",
         )
         .bind(now)
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        if r.rows_affected() == 0 {
-            return Ok(false);
-        }
         sqlx::query(
             "UPDATE certificates SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
         )
@@ -424,18 +447,33 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(outcome)
     }
 
-    /// Every revoked certificate, for the CRL.
-    pub async fn revoked_certs(&self) -> Result<Vec<CertRow>, StoreError> {
+    /// The next CRL number and every revoked certificate, taken in one write transaction
+    /// so that a CRL with a higher number never lists fewer certificates.
+    pub async fn crl_snapshot(&self) -> Result<(u64, Vec<CertRow>), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let cur: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'crl_number'")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let next = cur.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('crl_number', ?) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(next.to_string())
+        .execute(&mut *tx)
+        .await?;
         let rows = sqlx::query(
             "SELECT serial, device_id, revoked_at FROM certificates \
-             WHERE revoked_at IS NOT NULL ORDER BY revoked_at",
+             WHERE revoked_at IS NOT NULL ORDER BY revoked_at, serial",
         )
-        .fetch_all(&self.writer)
+        .fetch_all(&mut *tx)
         .await?;
-        rows.iter()
+        let certs = rows
+            .iter()
             .map(|r| {
                 Ok(CertRow {
                     serial: r.try_get("serial")?,
@@ -443,7 +481,18 @@ impl Store {
                     revoked_at: r.try_get("revoked_at")?,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        tx.commit().await?;
+        Ok((next, certs))
+    }
+
+    /// Serials of every revoked certificate.
+    pub async fn revoked_serials(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let serials: Vec<String> =
+            sqlx::query_scalar("SELECT serial FROM certificates WHERE revoked_at IS NOT NULL")
+                .fetch_all(&self.reader)
+                .await?;
+        Ok(serials.into_iter().collect())
     }
 
     /// Marks every device offline (at start-up: no connection survives a restart).

@@ -35,7 +35,10 @@ async fn fleet(s: &Store) {
     )
     .await;
     telemetry(s, "pi-b", vec![sample(7, 5_000, 90.0, 100)]).await;
-    assert!(s.revoke_device("pi-c").await.unwrap());
+    assert_eq!(
+        s.revoke_device("pi-c").await.unwrap(),
+        crate::store::RevokeOutcome::Revoked
+    );
 }
 
 #[tokio::test]

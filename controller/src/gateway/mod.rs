@@ -1,28 +1,34 @@
-//! The device-facing MQTT gateway (DESIGN §4 "Gateway").
+//! The device-facing MQTT gateway.
 //!
 //! Each accepted socket gets its own task: TLS handshake with a timeout (an idle socket
 //! blocks nobody), client certificate verified against the CA and the CRL by rustls, device
 //! id taken from the certificate, MQTT client id required to equal it, then a packet-level
 //! relay to the embedded broker in which every device packet is checked against the topic
-//! ACL. Any violation closes the connection, is logged with the device and the reason, and
-//! is counted. A revoked device's live connection is dropped when the CRL changes.
+//! ACL and a per-device message budget. Any violation closes the connection, is logged with
+//! the device and the reason, and is counted.
+//!
+//! Connections that have not finished authenticating (handshake and CONNECT) count against
+//! a budget, globally and per source address. Every connection is known to the
+//! [`registry`] from the end of its handshake, so a revocation closes it whether or not it
+//! has sent CONNECT yet.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use pifleet_shared::DeviceId;
-use pifleet_shared::topic::{AclDenied, may_publish, may_subscribe};
-use rumqttd::protocol::v4::{V4, check};
+use pifleet_shared::topic::{may_publish, may_subscribe};
+use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::{Login, Packet, Protocol};
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -30,31 +36,30 @@ use crate::broker::{BrokerLogin, max_packet_size};
 use crate::config::MqttConfig;
 use crate::datadir::DataDir;
 use crate::metrics::Metrics;
+use crate::source::{PreAuth, PreAuthBudget};
 use crate::store::IngestOp;
+use crate::supervise::TaskResult;
 use crate::tls;
 
-/// A live device connection in the registry.
-#[derive(Debug)]
-struct Live {
-    conn: u64,
-    serial: String,
-    cancel: CancellationToken,
-    reason: Arc<OnceLock<&'static str>>,
-}
+mod packet;
+mod registry;
+
+use packet::{PacketError, packet_name, read_packet, topic_str};
+use registry::{CloseReason, Registry};
 
 /// The gateway: shared state of all connection tasks.
 #[derive(Debug)]
 pub struct Gateway {
     cfg: MqttConfig,
     tls: ArcSwap<ServerConfig>,
-    revoked: ArcSwap<HashSet<String>>,
-    live: Mutex<HashMap<DeviceId, Live>>,
+    registry: Registry,
     next_conn: AtomicU64,
     broker_addr: SocketAddr,
     login: BrokerLogin,
     events: mpsc::Sender<IngestOp>,
     metrics: Metrics,
     permits: Arc<Semaphore>,
+    preauth: PreAuthBudget,
 }
 
 /// Why a connection ended or was refused; the label is used in logs and metrics.
@@ -76,23 +81,34 @@ impl Gateway {
         metrics: Metrics,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(cfg.max_connections));
+        let preauth = PreAuthBudget::new(cfg.preauth_max, cfg.preauth_per_source);
         Self {
             cfg,
             tls: ArcSwap::from_pointee(tls),
-            revoked: ArcSwap::from_pointee(revoked),
-            live: Mutex::new(HashMap::new()),
+            registry: Registry::new(revoked),
             next_conn: AtomicU64::new(1),
             broker_addr,
             login,
             events,
             metrics,
             permits,
+            preauth,
         }
     }
 
-    /// Accepts connections until `shutdown`; each one is handled in its own task.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+    /// Accepts connections until `shutdown`; each one is handled in its own task. While the
+    /// pre-authentication budget is used up, new connections wait in the listen backlog.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> TaskResult {
         loop {
+            let slot = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                s = self.preauth.slot() => s,
+            };
+            let Some(slot) = slot else { break };
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 a = listener.accept() => a,
@@ -106,81 +122,75 @@ impl Gateway {
                     continue;
                 }
             };
+            let Some(preauth) = self.preauth.admit(slot, peer.ip()) else {
+                self.refuse_at_accept(peer, "preauth_per_source");
+                continue;
+            };
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                self.metrics
-                    .mqtt_refused
-                    .with_label_values(&["max_connections"])
-                    .inc();
-                tracing::warn!(%peer, "mqtt connection refused: max_connections reached");
+                self.refuse_at_accept(peer, "max_connections");
                 continue;
             };
             let gw = self.clone();
             let cancel = shutdown.child_token();
             tokio::spawn(async move {
-                gw.connection(tcp, peer, cancel).await;
-                drop(permit);
+                gw.connection(tcp, peer, cancel, preauth, permit).await;
             });
         }
-        self.drop_all("shutdown");
+        self.registry.close_all("shutdown");
+        Ok(())
     }
 
-    /// Drops every live connection (shutdown).
-    fn drop_all(&self, reason: &'static str) {
-        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        for l in live.values() {
-            let _ = l.reason.set(reason);
-            l.cancel.cancel();
-        }
+    fn refuse_at_accept(&self, peer: SocketAddr, reason: &'static str) {
+        self.metrics.mqtt_refused.with_label_values(&[reason]).inc();
+        tracing::warn!(%peer, source = %peer.ip(), reason, "mqtt connection refused");
     }
 
     /// Closes the live connection of `device`, if any, giving `reason`.
     pub fn disconnect(&self, device: &DeviceId, reason: &'static str) -> bool {
-        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        match live.get(device) {
-            Some(l) => {
-                let _ = l.reason.set(reason);
-                l.cancel.cancel();
-                true
-            }
-            None => false,
-        }
+        self.registry.disconnect(device, reason)
     }
 
     /// Whether `device` has a live connection now.
     pub fn is_connected(&self, device: &DeviceId) -> bool {
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(device)
+        self.registry.is_connected(device)
     }
 
-    /// Installs a new TLS config and revocation set and drops live revoked connections.
+    /// Revokes `serials` (lowercase hex): new handshakes presenting one are refused, and
+    /// every connection that presented one is closed, before or after its CONNECT.
+    /// Returns how many of `serials` were not known as revoked before.
+    pub fn revoke(&self, serials: HashSet<String>) -> usize {
+        let (added, closed) = self.registry.revoke(serials);
+        for (device, serial) in closed {
+            tracing::warn!(device = %device, serial = %serial, "dropping revoked device");
+        }
+        added
+    }
+
+    /// Installs a new TLS config (its CRL) and its revocation set.
     pub fn reload(&self, tls: ServerConfig, revoked: HashSet<String>) {
         self.tls.store(Arc::new(tls));
-        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        for (device, l) in live.iter() {
-            if revoked.contains(&l.serial) {
-                tracing::warn!(device = %device, serial = %l.serial, "dropping revoked device");
-                let _ = l.reason.set("revoked");
-                l.cancel.cancel();
-            }
-        }
-        drop(live);
-        self.revoked.store(Arc::new(revoked));
+        self.revoke(revoked);
     }
 
-    /// Polls the CRL file and reloads on change, so `device revoke` takes effect at once.
-    pub async fn watch_crl(self: Arc<Self>, dd: DataDir, shutdown: CancellationToken) {
+    /// Polls the CRL file and reloads on change, so `device revoke` from the command line
+    /// takes effect at once. The file is replaced by rename, so a change of inode, size or
+    /// modification time means a new, complete CRL.
+    pub async fn watch_crl(
+        self: Arc<Self>,
+        dd: DataDir,
+        shutdown: CancellationToken,
+    ) -> TaskResult {
+        use std::os::unix::fs::MetadataExt;
         let path = dd.crl();
-        let stamp = |p: &std::path::Path| -> Option<(SystemTime, u64)> {
+        let stamp = |p: &std::path::Path| -> Option<(SystemTime, u64, u64)> {
             let m = std::fs::metadata(p).ok()?;
-            Some((m.modified().ok()?, m.len()))
+            Some((m.modified().ok()?, m.len(), m.ino()))
         };
         let mut last = stamp(&path);
         let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.crl_poll_ms));
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return Ok(()),
                 _ = tick.tick() => {}
             }
             let now = stamp(&path);
@@ -193,7 +203,7 @@ impl Gateway {
                     self.reload(cfg, revoked);
                     last = now;
                 }
-                // Keep the previous config; a half-written file is retried on the next tick.
+                // Keep the previous config; the database check keeps revocations enforced.
                 Err(e) => {
                     tracing::error!(error = %e, "CRL reload failed; keeping the previous one")
                 }
@@ -206,90 +216,88 @@ impl Gateway {
         tcp: TcpStream,
         peer: SocketAddr,
         cancel: CancellationToken,
+        preauth: PreAuth,
+        _permit: OwnedSemaphorePermit,
     ) {
         let _ = tcp.set_nodelay(true);
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let reason = Arc::new(OnceLock::new());
+        let reason: CloseReason = Arc::new(OnceLock::new());
         // The id from the certificate once verified, and whether the connection got as far
-        // as registration (so there is state to clean up).
+        // as registration.
         let mut identity: Option<DeviceId> = None;
         let mut registered = false;
         let end = tokio::select! {
-            e = self.serve(tcp, conn, &mut identity, &mut registered, &cancel, &reason) => e,
+            e = self.serve(tcp, conn, preauth, &mut identity, &mut registered, &cancel, &reason) => e,
             _ = cancel.cancelled() => End::Closed(reason.get().copied().unwrap_or("shutdown")),
         };
-        let dev = match identity {
-            Some(dev) if registered => dev,
-            identity => {
-                let device = identity.as_ref().map(DeviceId::as_str);
-                match end {
-                    End::Refused(r, detail) | End::Violation(r, detail) => {
-                        self.metrics.mqtt_refused.with_label_values(&[r]).inc();
-                        tracing::warn!(%peer, device, reason = r, detail = %detail, "mqtt connection refused");
-                    }
-                    End::Closed(r) => {
-                        tracing::debug!(%peer, device, reason = r, "mqtt connection closed")
-                    }
+        if self.registry.remove(conn)
+            && let Some(dev) = &identity
+        {
+            let _ = self
+                .events
+                .send(IngestOp::Online {
+                    device: dev.clone(),
+                    online: false,
+                })
+                .await;
+        }
+        let device = identity.as_ref().map(DeviceId::as_str);
+        if !registered {
+            match end {
+                End::Refused(r, detail) | End::Violation(r, detail) => {
+                    self.metrics.mqtt_refused.with_label_values(&[r]).inc();
+                    tracing::warn!(%peer, source = %peer.ip(), device, reason = r, detail = %detail, "mqtt connection refused");
                 }
-                return;
+                // Revoked between its handshake and its CONNECT.
+                End::Closed(r @ "revoked") => {
+                    self.metrics.mqtt_refused.with_label_values(&[r]).inc();
+                    tracing::warn!(%peer, source = %peer.ip(), device, reason = r, detail = "revoked before CONNECT", "mqtt connection refused");
+                }
+                End::Closed(r) => {
+                    tracing::debug!(%peer, device, reason = r, "mqtt connection closed")
+                }
             }
-        };
+            return;
+        }
         let label = match &end {
             End::Refused(r, detail) => {
                 self.metrics.mqtt_refused.with_label_values(&[r]).inc();
-                tracing::warn!(%peer, device = %dev, reason = r, detail = %detail, "mqtt connection refused");
-                None
+                tracing::warn!(%peer, device, reason = r, detail = %detail, "mqtt connection refused");
+                *r
             }
             End::Violation(r, detail) => {
                 self.metrics
                     .mqtt_acl_violations
                     .with_label_values(&[r])
                     .inc();
-                tracing::warn!(%peer, device = %dev, reason = r, detail = %detail, "mqtt violation; connection closed");
-                Some(*r)
+                tracing::warn!(%peer, device, reason = r, detail = %detail, "mqtt violation; connection closed");
+                *r
             }
             End::Closed(r) => {
-                tracing::info!(%peer, device = %dev, reason = r, "device disconnected");
-                Some(*r)
+                tracing::info!(%peer, device, reason = r, "device disconnected");
+                *r
             }
         };
-        let Some(label) = label else { return };
         self.metrics
             .mqtt_disconnects
             .with_label_values(&[label])
             .inc();
         self.metrics.mqtt_connections.dec();
-        let was_current = {
-            let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-            if live.get(&dev).is_some_and(|l| l.conn == conn) {
-                live.remove(&dev);
-                true
-            } else {
-                false
-            }
-        };
-        if was_current {
-            let _ = self
-                .events
-                .send(IngestOp::Online {
-                    device: dev,
-                    online: false,
-                })
-                .await;
-        }
     }
 
     /// Handshake, CONNECT, registration and relay. Sets `identity` once the certificate is
-    /// verified (for logs) and `registered` once the connection is live (so the caller
-    /// knows to clean up).
+    /// verified (for logs) and `registered` once the connection is live. `preauth` is held
+    /// until the device is registered.
+    #[allow(clippy::too_many_arguments)]
     async fn serve(
         &self,
         tcp: TcpStream,
         conn: u64,
+        preauth: PreAuth,
         identity: &mut Option<DeviceId>,
         registered: &mut bool,
         cancel: &CancellationToken,
-        reason: &Arc<OnceLock<&'static str>>,
+        reason: &CloseReason,
     ) -> End {
         let acceptor = TlsAcceptor::from(self.tls.load_full());
         let mut stream =
@@ -311,7 +319,13 @@ impl Gateway {
             Err(e) => return End::Refused("bad_identity", e.to_string()),
         };
         *identity = Some(id.clone());
-        if self.revoked.load().contains(&serial) {
+        // From here on a revocation closes this connection, CONNECT or not. The handshake
+        // may have used a TLS config from before the newest revocation: check again.
+        if self
+            .registry
+            .handshaken(conn, &id, &serial, cancel, reason)
+            .is_err()
+        {
             return End::Refused("revoked", id.to_string());
         }
 
@@ -350,6 +364,10 @@ impl Gateway {
             let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x05]).await;
             return End::Refused("will_topic", format!("{id}: {e}"));
         }
+        // Revoked while its CONNECT was on the way: refused before the broker sees it.
+        if self.registry.register(conn).is_err() {
+            return End::Closed("revoked");
+        }
 
         let mut upstream = match TcpStream::connect(self.broker_addr).await {
             Ok(s) => s,
@@ -370,23 +388,7 @@ impl Gateway {
         if upstream.write_all(&out).await.is_err() {
             return End::Refused("broker_unavailable", String::new());
         }
-
-        // Register, replacing any older connection of the same device.
-        {
-            let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(old) = live.insert(
-                id.clone(),
-                Live {
-                    conn,
-                    serial: serial.clone(),
-                    cancel: cancel.clone(),
-                    reason: reason.clone(),
-                },
-            ) {
-                let _ = old.reason.set("replaced");
-                old.cancel.cancel();
-            }
-        }
+        drop(preauth);
         *registered = true;
         self.metrics.mqtt_connects.inc();
         self.metrics.mqtt_connections.inc();
@@ -399,6 +401,7 @@ impl Gateway {
             })
             .await;
 
+        let budget = self.message_budget();
         let (mut up_r, mut up_w) = upstream.into_split();
         let (mut dev_r, mut dev_w) = tokio::io::split(stream);
         let down = async {
@@ -408,6 +411,7 @@ impl Gateway {
             }
         };
         let up = async {
+            let mut throttled = false;
             loop {
                 let (packet, raw) = match read_packet(&mut dev_r, &mut buf, max).await {
                     Ok(Some(p)) => p,
@@ -424,6 +428,9 @@ impl Gateway {
                 if let Err(v) = self.inspect(&id, &packet) {
                     return v;
                 }
+                if counts_against_budget(&packet) {
+                    throttled = self.spend(&budget, &id, throttled).await;
+                }
                 let disconnect = matches!(packet, Packet::Disconnect(..));
                 if up_w.write_all(&raw).await.is_err() {
                     return End::Closed("broker_closed");
@@ -437,6 +444,42 @@ impl Gateway {
             e = up => e,
             e = down => e,
         }
+    }
+
+    /// A device's message budget: `device_rate_per_s` sustained, `device_burst` at once.
+    fn message_budget(&self) -> DefaultDirectRateLimiter {
+        let rate = std::num::NonZeroU32::new(self.cfg.device_rate_per_s)
+            .unwrap_or(std::num::NonZeroU32::MIN);
+        let burst =
+            std::num::NonZeroU32::new(self.cfg.device_burst).unwrap_or(std::num::NonZeroU32::MIN);
+        RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+    }
+
+    /// Takes one message from the device's budget. Over budget, the gateway reads the
+    /// device more slowly (it waits here before forwarding, so TCP pushes back and the
+    /// device's own in-flight window stalls): nothing is dropped and every QoS 1 PUBLISH
+    /// is still answered by the broker once forwarded. Counted per delayed message, logged
+    /// once per episode. Returns whether the device is being throttled now.
+    async fn spend(
+        &self,
+        budget: &DefaultDirectRateLimiter,
+        id: &DeviceId,
+        throttled: bool,
+    ) -> bool {
+        if budget.check().is_ok() {
+            return false;
+        }
+        self.metrics.mqtt_throttled.inc();
+        if !throttled {
+            tracing::warn!(
+                device = %id,
+                rate_per_s = self.cfg.device_rate_per_s,
+                burst = self.cfg.device_burst,
+                "device over its message budget; reading it more slowly"
+            );
+        }
+        budget.until_ready().await;
+        true
     }
 
     /// The per-packet ACL: what a device may send after CONNECT.
@@ -489,117 +532,18 @@ impl Gateway {
     }
 }
 
+/// Packets that make work for the broker and ingest; acknowledgements and keep-alives do
+/// not, and delaying them would only stall the device's own flow control.
+fn counts_against_budget(p: &Packet) -> bool {
+    matches!(
+        p,
+        Packet::Publish(..) | Packet::Subscribe(..) | Packet::Unsubscribe(..)
+    )
+}
+
 /// Loads the MQTT TLS config and the revoked serials from the data dir.
 pub fn load_tls(dd: &DataDir) -> Result<(ServerConfig, HashSet<String>), tls::TlsError> {
     let crls = tls::load_crls(&dd.crl())?;
     let revoked = tls::revoked_serials(&crls)?;
     Ok((tls::mqtt_config(dd, crls)?, revoked))
-}
-
-fn topic_str(b: &Bytes) -> Result<&str, AclDenied> {
-    std::str::from_utf8(b).map_err(|_| AclDenied::NotFleetTopic)
-}
-
-fn packet_name(p: &Packet) -> &'static str {
-    match p {
-        Packet::Connect(..) => "CONNECT",
-        Packet::ConnAck(..) => "CONNACK",
-        Packet::Publish(..) => "PUBLISH",
-        Packet::PubAck(..) => "PUBACK",
-        Packet::PingReq(..) => "PINGREQ",
-        Packet::PingResp(..) => "PINGRESP",
-        Packet::Subscribe(..) => "SUBSCRIBE",
-        Packet::SubAck(..) => "SUBACK",
-        Packet::PubRec(..) => "PUBREC",
-        Packet::PubRel(..) => "PUBREL",
-        Packet::PubComp(..) => "PUBCOMP",
-        Packet::Unsubscribe(..) => "UNSUBSCRIBE",
-        Packet::UnsubAck(..) => "UNSUBACK",
-        Packet::Disconnect(..) => "DISCONNECT",
-    }
-}
-
-#[derive(Debug)]
-enum PacketError {
-    Io(std::io::Error),
-    Mqtt(rumqttd::protocol::Error),
-}
-
-impl std::fmt::Display for PacketError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Io(e) => write!(f, "{e}"),
-            Self::Mqtt(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-/// Reads one MQTT packet; returns it parsed and as the raw frame to forward unchanged.
-/// `Ok(None)` on a clean EOF. The size limit is enforced from the fixed header, before the
-/// body is buffered.
-async fn read_packet<R: AsyncRead + Unpin>(
-    r: &mut R,
-    buf: &mut BytesMut,
-    max: usize,
-) -> Result<Option<(Packet, Bytes)>, PacketError> {
-    loop {
-        match check(buf.iter(), max) {
-            Ok(header) => {
-                let raw = buf.split_to(header.frame_length()).freeze();
-                let mut copy = BytesMut::from(&raw[..]);
-                let packet = V4.read_mut(&mut copy, max).map_err(PacketError::Mqtt)?;
-                return Ok(Some((packet, raw)));
-            }
-            Err(rumqttd::protocol::Error::InsufficientBytes(n)) => {
-                buf.reserve(n.max(1024));
-                let read = r.read_buf(buf).await.map_err(PacketError::Io)?;
-                if read == 0 {
-                    return if buf.is_empty() {
-                        Ok(None)
-                    } else {
-                        Err(PacketError::Io(std::io::ErrorKind::UnexpectedEof.into()))
-                    };
-                }
-            }
-            Err(e) => return Err(PacketError::Mqtt(e)),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn read_packet_frames_and_limits() {
-        // PINGREQ, then a PUBLISH whose header claims more than the limit.
-        let mut data: &[u8] = &[0xC0, 0x00, 0x30, 0xff, 0xff, 0x03];
-        let mut buf = BytesMut::new();
-        let (p, raw) = read_packet(&mut data, &mut buf, 1024)
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(matches!(p, Packet::PingReq(_)));
-        assert_eq!(&raw[..], &[0xC0, 0x00]);
-        let e = read_packet(&mut data, &mut buf, 1024).await.unwrap_err();
-        assert!(matches!(
-            e,
-            PacketError::Mqtt(rumqttd::protocol::Error::PayloadSizeLimitExceeded(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn read_packet_eof() {
-        let mut data: &[u8] = &[];
-        let mut buf = BytesMut::new();
-        assert!(
-            read_packet(&mut data, &mut buf, 1024)
-                .await
-                .unwrap()
-                .is_none()
-        );
-        let mut torn: &[u8] = &[0x30, 0x05, 0x00];
-        let mut buf = BytesMut::new();
-        assert!(read_packet(&mut torn, &mut buf, 1024).await.is_err());
-    }
 }

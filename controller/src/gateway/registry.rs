@@ -1,0 +1,244 @@
+//! Who is connected, and the revocation decisions, under one lock.
+//!
+//! Every connection is known here from the end of its TLS handshake on, not only once its
+//! CONNECT registered it: a client that finished the handshake before a revocation and
+//! withholds CONNECT must not slip through afterwards. The revoked set, the check at the
+//! end of the handshake, the check again at registration and the closing of revoked
+//! connections all happen under the same lock, so a revocation and a registration cannot
+//! interleave. Revocation only ever adds serials: nothing un-revokes a certificate.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use pifleet_shared::DeviceId;
+use tokio_util::sync::CancellationToken;
+
+/// Why a connection was closed from outside its task; the first reason set wins.
+pub(super) type CloseReason = Arc<OnceLock<&'static str>>;
+
+/// A connection past its handshake.
+#[derive(Debug)]
+struct Conn {
+    device: DeviceId,
+    serial: String,
+    cancel: CancellationToken,
+    reason: CloseReason,
+}
+
+impl Conn {
+    fn close(&self, reason: &'static str) {
+        let _ = self.reason.set(reason);
+        self.cancel.cancel();
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    revoked: HashSet<String>,
+    conns: HashMap<u64, Conn>,
+    /// The registered (CONNECTed) connection of each device.
+    live: HashMap<DeviceId, u64>,
+}
+
+/// The certificate serial is revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Revoked;
+
+/// Connections and revoked serials (lowercase hex, as [`crate::tls::normalize_serial`]).
+#[derive(Debug, Default)]
+pub(super) struct Registry {
+    inner: Mutex<Inner>,
+}
+
+impl Registry {
+    pub(super) fn new(revoked: HashSet<String>) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                revoked,
+                ..Inner::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a connection whose handshake just verified `serial` for `device`, or refuses
+    /// it when the serial is revoked.
+    pub(super) fn handshaken(
+        &self,
+        conn: u64,
+        device: &DeviceId,
+        serial: &str,
+        cancel: &CancellationToken,
+        reason: &CloseReason,
+    ) -> Result<(), Revoked> {
+        let mut inner = self.lock();
+        if inner.revoked.contains(serial) {
+            return Err(Revoked);
+        }
+        inner.conns.insert(
+            conn,
+            Conn {
+                device: device.clone(),
+                serial: serial.to_owned(),
+                cancel: cancel.clone(),
+                reason: reason.clone(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Makes `conn` its device's live connection at CONNECT, closing an older one of the
+    /// same device. Refused when its serial was revoked after the handshake (or the
+    /// connection was closed meanwhile).
+    pub(super) fn register(&self, conn: u64) -> Result<(), Revoked> {
+        let mut inner = self.lock();
+        let Some(c) = inner.conns.get(&conn) else {
+            return Err(Revoked);
+        };
+        if inner.revoked.contains(&c.serial) || c.cancel.is_cancelled() {
+            return Err(Revoked);
+        }
+        let device = c.device.clone();
+        if let Some(old) = inner.live.insert(device, conn)
+            && old != conn
+            && let Some(o) = inner.conns.get(&old)
+        {
+            o.close("replaced");
+        }
+        Ok(())
+    }
+
+    /// Forgets an ended connection; true when it was its device's live connection.
+    pub(super) fn remove(&self, conn: u64) -> bool {
+        let mut inner = self.lock();
+        let Some(c) = inner.conns.remove(&conn) else {
+            return false;
+        };
+        if inner.live.get(&c.device) == Some(&conn) {
+            inner.live.remove(&c.device);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Adds revoked serials and closes every connection — registered or still before
+    /// CONNECT — that presented one of them. Returns how many serials were new, and the
+    /// (device, serial) of each connection closed.
+    pub(super) fn revoke(
+        &self,
+        serials: impl IntoIterator<Item = String>,
+    ) -> (usize, Vec<(DeviceId, String)>) {
+        let mut inner = self.lock();
+        let before = inner.revoked.len();
+        inner.revoked.extend(serials);
+        let added = inner.revoked.len() - before;
+        let Inner { revoked, conns, .. } = &*inner;
+        let closed = conns
+            .values()
+            .filter(|c| revoked.contains(&c.serial) && !c.cancel.is_cancelled())
+            .map(|c| {
+                c.close("revoked");
+                (c.device.clone(), c.serial.clone())
+            })
+            .collect();
+        (added, closed)
+    }
+
+    /// Closes the live connection of `device`, if any.
+    pub(super) fn disconnect(&self, device: &DeviceId, reason: &'static str) -> bool {
+        let inner = self.lock();
+        match inner.live.get(device).and_then(|c| inner.conns.get(c)) {
+            Some(c) => {
+                c.close(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `device` has a registered connection now.
+    pub(super) fn is_connected(&self, device: &DeviceId) -> bool {
+        self.lock().live.contains_key(device)
+    }
+
+    /// Closes every connection (shutdown).
+    pub(super) fn close_all(&self, reason: &'static str) {
+        for c in self.lock().conns.values() {
+            c.close(reason);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(r: &Registry, id: u64, device: &str, serial: &str) -> (CancellationToken, CloseReason) {
+        let cancel = CancellationToken::new();
+        let reason = CloseReason::default();
+        r.handshaken(
+            id,
+            &DeviceId::parse(device).unwrap(),
+            serial,
+            &cancel,
+            &reason,
+        )
+        .unwrap();
+        (cancel, reason)
+    }
+
+    #[test]
+    fn revocation_reaches_connections_before_connect() {
+        let r = Registry::new(HashSet::new());
+        let (pending, why) = conn(&r, 1, "pi-a", "aa");
+        let (live, _) = conn(&r, 2, "pi-b", "bb");
+        r.register(2).unwrap();
+        let (added, closed) = r.revoke(["aa".to_owned(), "bb".to_owned()]);
+        assert_eq!((added, closed.len()), (2, 2));
+        assert_eq!(r.revoke(["bb".to_owned()]), (0, vec![]));
+        assert!(pending.is_cancelled() && live.is_cancelled());
+        assert_eq!(why.get(), Some(&"revoked"));
+        // A CONNECT arriving afterwards on the handshaken socket is refused.
+        assert_eq!(r.register(1), Err(Revoked));
+        // A new handshake with a revoked serial is refused.
+        let cancel = CancellationToken::new();
+        let dev = DeviceId::parse("pi-a").unwrap();
+        assert_eq!(
+            r.handshaken(3, &dev, "aa", &cancel, &CloseReason::default()),
+            Err(Revoked)
+        );
+    }
+
+    #[test]
+    fn a_newer_connection_replaces_the_older_one() {
+        let r = Registry::new(HashSet::new());
+        let dev = DeviceId::parse("pi-a").unwrap();
+        let (old, why) = conn(&r, 1, "pi-a", "aa");
+        r.register(1).unwrap();
+        let (new, _) = conn(&r, 2, "pi-a", "aa");
+        r.register(2).unwrap();
+        assert!(old.is_cancelled() && !new.is_cancelled());
+        assert_eq!(why.get(), Some(&"replaced"));
+        // The old one ending does not take the device offline; the new one does.
+        assert!(!r.remove(1));
+        assert!(r.is_connected(&dev));
+        assert!(r.disconnect(&dev, "bad_payload"));
+        assert!(r.remove(2));
+        assert!(!r.is_connected(&dev));
+        assert!(!r.disconnect(&dev, "bad_payload"));
+    }
+
+    #[test]
+    fn a_closed_connection_cannot_register() {
+        let r = Registry::new(HashSet::new());
+        let (c, _) = conn(&r, 1, "pi-a", "aa");
+        r.close_all("shutdown");
+        assert!(c.is_cancelled());
+        assert_eq!(r.register(1), Err(Revoked));
+        assert_eq!(r.register(99), Err(Revoked));
+    }
+}
