@@ -24,7 +24,8 @@ pub struct DemoArgs {
     /// Telemetry interval of the demo agents, in seconds.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub interval: u32,
-    /// Where to put the demo's files (default: a new directory under the system temp dir).
+    /// Where to put the demo's files: a directory that does not exist yet (default: a new,
+    /// private directory under the system temp dir).
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// The pifleet-agent binary (default: next to this binary).
@@ -68,11 +69,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             agent_bin.display()
         )));
     }
-    let base = match &args.dir {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("pifleet-demo-{}", std::process::id())),
-    };
-    std::fs::create_dir_all(&base).map_err(io(format!("creating {}", base.display())))?;
+    let base = demo_dir(args.dir.as_deref())?;
     let data = base.join("controller");
     let report = admin::init(&data, &["localhost".to_owned()]).await?;
     let dd = DataDir::new(&data);
@@ -248,6 +245,32 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     Ok(())
 }
 
+/// A new directory for the demo's files, private to this user (0700): `dir`, which must not
+/// exist yet, or a fresh, unpredictable one under the system temp dir. An existing
+/// directory is refused: another user could have made it, or filled it beforehand.
+fn demo_dir(dir: Option<&Path>) -> Result<PathBuf, DemoError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match dir {
+        Some(d) => match std::fs::DirBuilder::new().mode(0o700).create(d) {
+            Ok(()) => Ok(d.to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(DemoError::Failed(
+                format!(
+                    "{} already exists; the demo needs a new directory (give --dir a path that does not exist)",
+                    d.display()
+                ),
+            )),
+            Err(e) => Err(io(format!("creating {}", d.display()))(e)),
+        },
+        None => {
+            let template = std::env::temp_dir().join("pifleet-demo-XXXXXX");
+            nix::unistd::mkdtemp(&template).map_err(|e| DemoError::Io {
+                what: format!("creating a directory like {}", template.display()),
+                source: e.into(),
+            })
+        }
+    }
+}
+
 async fn wait_bound(dd: &DataDir, controller: &mut Child) -> Result<Bound, DemoError> {
     for _ in 0..300 {
         if let Ok(text) = std::fs::read(dd.serve_state())
@@ -417,5 +440,31 @@ async fn terminate(child: &mut Child) {
     {
         let _ = child.start_kill();
         let _ = child.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_demo_gets_a_new_private_directory() {
+        let a = demo_dir(None).unwrap();
+        let b = demo_dir(None).unwrap();
+        assert_ne!(a, b);
+        for d in [&a, &b] {
+            let mode = std::fs::metadata(d).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", d.display());
+        }
+        // An existing directory is refused, a new path is made private.
+        let err = demo_dir(Some(&a)).unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+        let new = a.join("fresh");
+        assert_eq!(demo_dir(Some(&new)).unwrap(), new);
+        let mode = std::fs::metadata(&new).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        std::fs::remove_dir_all(&a).unwrap();
+        std::fs::remove_dir_all(&b).unwrap();
     }
 }

@@ -253,14 +253,21 @@ fn main() -> ExitCode {
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
+    let data_dir = |e: &DataDirError| match e {
+        DataDirError::Permissions { .. } | DataDirError::Owner { .. } => EX_NOPERM,
+        DataDirError::Missing(_) => EX_CONFIG,
+        _ => 1,
+    };
     if e.downcast_ref::<NotSucceeded>().is_some() {
         return 2;
+    }
+    if let Some(e) = e.downcast_ref::<DataDirError>() {
+        return data_dir(e);
     }
     if let Some(e) = e.downcast_ref::<ServeError>() {
         return match e {
             ServeError::Config(_) => EX_USAGE,
-            ServeError::DataDir(DataDirError::Permissions { .. }) => EX_NOPERM,
-            ServeError::DataDir(DataDirError::Missing(_)) => EX_CONFIG,
+            ServeError::DataDir(e) => data_dir(e),
             _ => 1,
         };
     }

@@ -27,7 +27,8 @@ export async function startDemo(agents = 3) {
     throw new Error(`${bin} not found: build the binaries first (cargo build --workspace)`);
   }
   const dir = mkdtempSync(join(tmpdir(), 'pifleet-browser-'));
-  const child = spawn(bin, ['demo', '--agents', String(agents), '--interval', '1', '--dir', dir], {
+  // The demo refuses an existing directory: give it a new one inside ours.
+  const child = spawn(bin, ['demo', '--agents', String(agents), '--interval', '1', '--dir', join(dir, 'demo')], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   const lines = createInterface({ input: child.stdout });

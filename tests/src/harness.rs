@@ -206,6 +206,23 @@ impl Controller {
             .is_some_and(|state| state != "Z" && state != "X")
     }
 
+    /// Waits up to `timeout` for the controller to exit by itself; its exit status, or
+    /// `None` if it is still running (or was not started).
+    pub async fn exited(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            let status = self.child.as_mut()?.try_wait().ok()?;
+            if let Some(s) = status {
+                self.child = None;
+                return Some(s);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGKILL: no shutdown, no flush.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -194,3 +194,70 @@ pub fn telemetry(seq: u64) -> Result<Vec<u8>> {
     };
     Ok(codec::encode(Kind::Telemetry, &msg)?)
 }
+
+/// A raw TLS connection to the gateway with `dev`'s certificate: the handshake is done and
+/// nothing MQTT has been sent yet, so a test controls every byte (or withholds them).
+pub async fn raw_tls(
+    ctl: &Controller,
+    dev: &Agent,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tls = client_tls(&ctl.ca_path(), Some((&dev.cert(), &dev.key())))?;
+    let tcp = tokio::net::TcpStream::connect(ctl.mqtt).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost")?;
+    let stream = tokio::time::timeout(
+        CLOSE_TIMEOUT,
+        tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp),
+    )
+    .await
+    .context("TLS handshake timed out")??;
+    Ok(stream)
+}
+
+/// An MQTT 3.1.1 CONNECT packet with a clean session, keep-alive 60 s and `client_id`.
+pub fn connect_packet(client_id: &str) -> Vec<u8> {
+    let id = client_id.as_bytes();
+    let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c];
+    body.extend_from_slice(&u16::try_from(id.len()).unwrap_or(u16::MAX).to_be_bytes());
+    body.extend_from_slice(id);
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut byte = u8::try_from(len % 128).unwrap_or(0);
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&body);
+    packet
+}
+
+/// What the gateway answered on a raw connection after the test wrote to it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RawAnswer {
+    /// The first bytes it sent (a CONNACK starts with 0x20).
+    Bytes(Vec<u8>),
+    /// It closed the connection (EOF, reset, or the write failed) without a byte.
+    Closed,
+}
+
+/// Writes `bytes`, then reads the answer: bytes, or the connection closed.
+pub async fn write_and_read<S>(stream: &mut S, bytes: &[u8]) -> Result<RawAnswer>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.write_all(bytes).await.is_err() || stream.flush().await.is_err() {
+        return Ok(RawAnswer::Closed);
+    }
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(CLOSE_TIMEOUT, stream.read(&mut buf)).await {
+        Err(_) => anyhow::bail!("the gateway neither answered nor closed the connection"),
+        Ok(Ok(0)) | Ok(Err(_)) => Ok(RawAnswer::Closed),
+        Ok(Ok(n)) => Ok(RawAnswer::Bytes(buf[..n].to_vec())),
+    }
+}
