@@ -253,12 +253,12 @@ fn demo_dir(dir: Option<&Path>) -> Result<PathBuf, DemoError> {
     match dir {
         Some(d) => match std::fs::DirBuilder::new().mode(0o700).create(d) {
             Ok(()) => Ok(d.to_owned()),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(DemoError::Failed(
-                format!(
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(DemoError::Failed(format!(
                     "{} already exists; the demo needs a new directory (give --dir a path that does not exist)",
                     d.display()
-                ),
-            )),
+                )))
+            }
             Err(e) => Err(io(format!("creating {}", d.display()))(e)),
         },
         None => {

@@ -55,7 +55,12 @@ async fn run_all(ctl: &Controller, batch: Vec<Vec<String>>) -> Vec<(Vec<String>,
         }
         done.push((args, out));
     }
-    assert!(failed.is_empty(), "{} failed:\n{}", failed.len(), failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "{} failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
     done
 }
 
@@ -162,11 +167,12 @@ async fn writing_commands_of_every_kind_succeed_beside_thirty_streaming_agents()
         String::from_utf8_lossy(&out.stderr)
     );
     let db = ctl.db().await.unwrap();
-    let cli_entries: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE actor LIKE 'cli:%' AND outcome LIKE 'ok%'")
-            .fetch_one(&db)
-            .await
-            .unwrap();
+    let cli_entries: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_log WHERE actor LIKE 'cli:%' AND outcome LIKE 'ok%'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
     db.close().await;
     assert!(cli_entries >= 100, "{cli_entries} CLI audit entries");
     for a in &mut agents {
@@ -178,7 +184,13 @@ async fn writing_commands_of_every_kind_succeed_beside_thirty_streaming_agents()
 /// Runs `serve` on `data` and expects it to refuse at start-up (never to start serving).
 async fn serve_refused(data: &Path) -> Output {
     let mut child = tokio::process::Command::new(bin("pifleet-controller").unwrap())
-        .args(["serve", "--mqtt-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--https-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--data-dir")
         .arg(data)
         .stdout(std::process::Stdio::piped())
@@ -257,5 +269,9 @@ async fn serve_refuses_a_data_dir_open_to_others() {
     assert_eq!(out.status.code(), Some(77));
     std::fs::set_permissions(&ctl.data, std::fs::Permissions::from_mode(0o700)).unwrap();
     let out = cli(&ctl.data, words("device list")).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

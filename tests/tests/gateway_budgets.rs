@@ -64,9 +64,11 @@ async fn idle_sockets_from_one_address_cannot_take_the_device_budget() {
 
     // A real device from another address connects and streams while they sit there.
     agent.start().unwrap();
-    wait_for(Duration::from_secs(20), "pi-behind's first sample", || async {
-        (!ctl.seqs("pi-behind").await.ok()?.is_empty()).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "pi-behind's first sample",
+        || async { (!ctl.seqs("pi-behind").await.ok()?.is_empty()).then_some(()) },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}\n{}", ctl.log(), agent.log()));
     let mut still_open = 0;
@@ -75,16 +77,23 @@ async fn idle_sockets_from_one_address_cannot_take_the_device_budget() {
             still_open += 1;
         }
     }
-    assert_eq!(still_open, 4, "the idle sockets were gone before the device connected");
+    assert_eq!(
+        still_open, 4,
+        "the idle sockets were gone before the device connected"
+    );
 
     // Once they go, their address may connect again.
     drop(idle);
-    wait_for(Duration::from_secs(10), "a new socket from 127.0.0.2 held", || async {
-        let s = tokio::net::TcpSocket::new_v4().ok()?;
-        s.bind("127.0.0.2:0".parse().ok()?).ok()?;
-        let mut c = s.connect(ctl.mqtt).await.ok()?;
-        (!closed_within(&mut c, Duration::from_millis(300)).await).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "a new socket from 127.0.0.2 held",
+        || async {
+            let s = tokio::net::TcpSocket::new_v4().ok()?;
+            s.bind("127.0.0.2:0".parse().ok()?).ok()?;
+            let mut c = s.connect(ctl.mqtt).await.ok()?;
+            (!closed_within(&mut c, Duration::from_millis(300)).await).then_some(())
+        },
+    )
     .await
     .unwrap();
 }
@@ -132,9 +141,11 @@ async fn a_device_over_its_message_budget_is_slowed_not_dropped() {
 
     // Every sample was stored: slowed, not dropped.
     let want: Vec<i64> = (1..=SENT as i64).collect();
-    wait_for(Duration::from_secs(20), "all noisy samples stored", || async {
-        (ctl.seqs("pi-noisy").await.ok()? == want).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "all noisy samples stored",
+        || async { (ctl.seqs("pi-noisy").await.ok()? == want).then_some(()) },
+    )
     .await
     .unwrap();
     // Counted and logged (once per episode, with the device).
@@ -148,8 +159,14 @@ async fn a_device_over_its_message_budget_is_slowed_not_dropped() {
         .filter(|e| e["message"] == "device over its message budget; reading it more slowly")
         .collect();
     assert!(!logged.is_empty(), "{}", ctl.log());
-    assert!(logged.iter().all(|e| e["device"] == "pi-noisy"), "{logged:?}");
-    assert!(logged.len() < 5, "logged per message, not per episode: {logged:?}");
+    assert!(
+        logged.iter().all(|e| e["device"] == "pi-noisy"),
+        "{logged:?}"
+    );
+    assert!(
+        logged.len() < 5,
+        "logged per message, not per episode: {logged:?}"
+    );
     // The calm device went on streaming meanwhile, and was never throttled.
     assert!(ctl.seqs("pi-calm").await.unwrap().len() > calm_before);
     drop(client);

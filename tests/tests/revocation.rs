@@ -196,7 +196,9 @@ async fn concurrent_revocations_from_cli_and_api_all_reach_the_crl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_the_crl_missed_is_enforced_and_published() {
-    let ctl = Controller::start_with("[pki]\ncrl_check_s = 1").await.unwrap();
+    let ctl = Controller::start_with("[pki]\ncrl_check_s = 1")
+        .await
+        .unwrap();
     let mut agent = Agent::enroll(&ctl, "pi-missed", 1).unwrap();
     agent.start().unwrap();
     wait_for(Duration::from_secs(20), "pi-missed online", || async {
@@ -240,7 +242,9 @@ async fn a_revocation_the_crl_missed_is_enforced_and_published() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_revocation_publishes_the_crl_again() {
     // Only revocations publish here (the periodic check is an hour away).
-    let ctl = Controller::start_with("[pki]\ncrl_check_s = 3600").await.unwrap();
+    let ctl = Controller::start_with("[pki]\ncrl_check_s = 3600")
+        .await
+        .unwrap();
     let api = Api::new(&ctl).unwrap();
     let admin = api.admin(&ctl).await.unwrap();
     let _a = Agent::enroll(&ctl, "pi-retry-a", 60).unwrap();
@@ -258,7 +262,11 @@ async fn a_retried_revocation_publishes_the_crl_again() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("run the revocation again"), "{stderr}");
     let r = api
-        .post("/api/v1/devices/pi-retry-b/revoke", Some(&admin), &json!({}))
+        .post(
+            "/api/v1/devices/pi-retry-b/revoke",
+            Some(&admin),
+            &json!({}),
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 500, "{}", r.text);
@@ -267,7 +275,11 @@ async fn a_retried_revocation_publishes_the_crl_again() {
     std::fs::remove_dir_all(&crl_path).unwrap();
     std::fs::write(&crl_path, &saved).unwrap();
     let r = api
-        .post("/api/v1/devices/pi-retry-b/revoke", Some(&admin), &json!({}))
+        .post(
+            "/api/v1/devices/pi-retry-b/revoke",
+            Some(&admin),
+            &json!({}),
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 409, "{}", r.text);

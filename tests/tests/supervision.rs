@@ -52,7 +52,14 @@ async fn a_broken_database_stops_the_controller_naming_the_task() {
         .unwrap_or_else(|| panic!("no task failure logged\n{}", ctl.log()));
     let task = first["task"].as_str().unwrap_or_default();
     assert!(
-        ["ingest-writer", "dispatcher", "fleet-summary", "crl", "retention"].contains(&task),
+        [
+            "ingest-writer",
+            "dispatcher",
+            "fleet-summary",
+            "crl",
+            "retention"
+        ]
+        .contains(&task),
         "{first}"
     );
     assert_eq!(first["error"], "the database is broken", "{first}");
@@ -114,10 +121,14 @@ async fn a_locked_database_makes_the_controller_not_ready_until_it_is_free() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", ctl.log()));
     assert!(ctl.alive());
-    let seqs = wait_for(Duration::from_secs(30), "samples after the lock", || async {
-        let s = ctl.seqs("pi-a").await.ok()?;
-        (s.len() > stored_while_locked + 2).then_some(s)
-    })
+    let seqs = wait_for(
+        Duration::from_secs(30),
+        "samples after the lock",
+        || async {
+            let s = ctl.seqs("pi-a").await.ok()?;
+            (s.len() > stored_while_locked + 2).then_some(s)
+        },
+    )
     .await
     .unwrap();
     let want: Vec<i64> = (1..=*seqs.last().unwrap()).collect();
