@@ -179,7 +179,14 @@ pub struct Health {
 }
 
 impl Health {
+    /// Components that report here, each ready until it says otherwise (so
+    /// `pifleet_ready` has a series for each from the start).
+    pub const COMPONENTS: [&'static str; 3] = ["ingest-writer", "dispatcher", "crl"];
+
     pub fn new(metrics: Metrics) -> Self {
+        for c in Self::COMPONENTS {
+            metrics.ready.with_label_values(&[c]).set(1);
+        }
         Self {
             problems: Mutex::new(BTreeMap::new()),
             metrics,

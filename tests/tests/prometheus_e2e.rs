@@ -51,7 +51,7 @@ impl Demo {
         let mut child = Command::new(bin("pifleet-controller").unwrap())
             .args(["demo", "--agents", &AGENTS.to_string(), "--interval", "1"])
             .arg("--dir")
-            .arg(dir.path())
+            .arg(dir.path().join("demo"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
