@@ -50,7 +50,7 @@ pub mod users;
 
 pub use extract::{AuditNote, ClientIp, Principal};
 use guard::guard;
-pub use layers::{REQUEST_ID, SECURITY_HEADERS, resolve_client};
+pub use layers::{ForwardedError, REQUEST_ID, SECURITY_HEADERS, resolve_client};
 use layers::{client_ip, deadline, http_metrics, read_body, request_span, security_headers};
 
 /// Everything the handlers share.
@@ -279,8 +279,10 @@ pub fn app(state: AppState) -> Router {
         })
         .with_state(state.clone())
         .layer(DefaultBodyLimit::max(https.max_body_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), read_body))
-        .layer(middleware::from_fn_with_state(state.clone(), client_ip));
+        .layer(middleware::from_fn_with_state(state.clone(), client_ip))
+        // Outside the client address: its 400 comes after the body was read, so the
+        // connection stays usable.
+        .layer(middleware::from_fn_with_state(state.clone(), read_body));
     if !https.cors_origins.is_empty() {
         let origins: Vec<HeaderValue> = https
             .cors_origins
