@@ -21,7 +21,8 @@ pub struct Entry {
     pub source: String,
     pub action: String,
     pub target: String,
-    /// `ok`, `denied`, `refused: <status>` or `error: <status>`.
+    /// `ok`, `denied`, `refused: <status>` or `error: <status>`; `refused` for the counted
+    /// refusals of enrollment (one entry per source and interval, counts in `detail`).
     pub outcome: String,
     pub detail: String,
     /// Hash of the previous entry (hex).

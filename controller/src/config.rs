@@ -129,7 +129,8 @@ pub struct AuthConfig {
     pub lockout_failures: u32,
     /// ... within this window; the lock lasts until the oldest failure leaves the window.
     pub lockout_window_s: i64,
-    /// Sign-in requests (login and its MFA step) per minute from one client IP ...
+    /// Sign-in requests (login and its MFA step) per minute from one source (an IPv4
+    /// address or an IPv6 /64) ...
     pub rate_per_minute: u32,
     /// ... with bursts up to this many.
     pub rate_burst: u32,
@@ -267,6 +268,13 @@ pub struct EnrollmentConfig {
     pub device_cert_days: u32,
     /// Longest lifetime of an enrollment token, in seconds.
     pub max_token_ttl_s: u64,
+    /// Enrollment requests per minute from one source (an IPv4 address or an IPv6 /64) ...
+    pub rate_per_minute: u32,
+    /// ... with bursts up to this many (a site behind one NAT may enroll many Pis at once).
+    pub rate_burst: u32,
+    /// Refused enrollments are counted per source and audited as one entry per source this
+    /// often (and at shutdown), in seconds.
+    pub refusal_audit_interval_s: u64,
 }
 
 impl Default for MqttConfig {
@@ -320,6 +328,9 @@ impl Default for EnrollmentConfig {
         Self {
             device_cert_days: 365,
             max_token_ttl_s: 30 * 24 * 3_600,
+            rate_per_minute: 60,
+            rate_burst: 30,
+            refusal_audit_interval_s: 60,
         }
     }
 }
@@ -418,6 +429,18 @@ impl Config {
         check(
             self.enrollment.max_token_ttl_s >= 60,
             "enrollment.max_token_ttl_s must be at least 60",
+        );
+        check(
+            (1..=100_000).contains(&self.enrollment.rate_per_minute),
+            "enrollment.rate_per_minute must be 1..=100000",
+        );
+        check(
+            (1..=100_000).contains(&self.enrollment.rate_burst),
+            "enrollment.rate_burst must be 1..=100000",
+        );
+        check(
+            (1..=3_600).contains(&self.enrollment.refusal_audit_interval_s),
+            "enrollment.refusal_audit_interval_s must be 1..=3600",
         );
         check(
             (1..=7 * 86_400).contains(&self.commands.default_ttl_s),
@@ -543,6 +566,13 @@ retention_interval_s = 3600
 device_cert_days = 365
 # Longest lifetime an enrollment token may be given.
 max_token_ttl_s = 2592000
+# Per source (an IPv4 address, or an IPv6 /64) on /api/v1/enroll: sustained requests per
+# minute, and burst (HTTP 429). Generous: a site behind one NAT may enroll many Pis at once.
+rate_per_minute = 60
+rate_burst = 30
+# Refused enrollments are logged one line each (with `source`, for fail2ban), but audited
+# as one entry per source with the counts per reason, this often (seconds) and at shutdown.
+refusal_audit_interval_s = 60
 
 [commands]
 # Lifetime of a command when none is given (at most 7 days). A command for an offline
@@ -565,7 +595,8 @@ refresh_ttl_s = 2592000
 # (HTTP 423) until the oldest failure leaves the window. Unknown user names behave the same.
 lockout_failures = 5
 lockout_window_s = 900
-# Per client IP on sign-in (/api/v1/auth/login, /login/mfa): sustained requests per minute, and burst (HTTP 429).
+# Per source (an IPv4 address, or an IPv6 /64) on sign-in (/api/v1/auth/login, /login/mfa):
+# sustained requests per minute, and burst (HTTP 429).
 rate_per_minute = 30
 rate_burst = 10
 # Argon2id cost of new password hashes; raising it re-hashes each password at its next
@@ -604,6 +635,37 @@ mod tests {
             cfg.enrollment.max_token_ttl_s,
             def.enrollment.max_token_ttl_s
         );
+        let e = (&cfg.enrollment, &def.enrollment);
+        assert_eq!(
+            (
+                e.0.rate_per_minute,
+                e.0.rate_burst,
+                e.0.refusal_audit_interval_s
+            ),
+            (
+                e.1.rate_per_minute,
+                e.1.rate_burst,
+                e.1.refusal_audit_interval_s
+            )
+        );
+        assert_eq!(
+            (cfg.auth.rate_per_minute, cfg.auth.rate_burst),
+            (def.auth.rate_per_minute, def.auth.rate_burst)
+        );
+    }
+
+    #[test]
+    fn throttling_settings_are_range_checked() {
+        let text =
+            "[enrollment]\nrate_per_minute = 0\nrate_burst = 0\nrefusal_audit_interval_s = 0\n";
+        let err = Config::parse(text, Path::new("t")).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}");
+        };
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        let ok =
+            "[enrollment]\nrate_per_minute = 1\nrate_burst = 1\nrefusal_audit_interval_s = 1\n";
+        assert!(Config::parse(ok, Path::new("t")).is_ok());
     }
 
     #[test]

@@ -223,6 +223,10 @@ pub async fn run(
         dispatch::receipts(dispatcher.clone(), receipt_rx),
     ));
     tasks.spawn(named(
+        "enroll-refusal-audit",
+        api_state.clone().audit_enroll_refusals(shutdown.clone()),
+    ));
+    tasks.spawn(named(
         "auth-limiter-gc",
         limiter_gc(api_state, shutdown.clone()),
     ));
@@ -310,13 +314,13 @@ fn server_cert_expiry(dd: &DataDir) -> Option<i64> {
     Some(cert.validity().not_after.timestamp())
 }
 
-/// Forgets per-IP rate-limit state of addresses that have been quiet.
+/// Forgets per-source rate-limit state of sources that have been quiet.
 async fn limiter_gc(state: api::AppState, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => state.auth_limiter.retain_recent(),
+            _ = tick.tick() => state.forget_quiet_limits(),
         }
     }
 }
