@@ -236,6 +236,16 @@ pub struct HttpsConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Origins allowed to call the API from a browser on another origin (CORS). Empty: none.
     pub cors_origins: Vec<String>,
+    /// A client must send each request head within this time after connecting or after
+    /// its previous answer (idle keep-alive connections are closed after it).
+    pub header_timeout_ms: u64,
+    /// Connections that have not sent their first request head yet (TLS handshake
+    /// included), in total; when all are taken new connections wait in the listen backlog.
+    pub preauth_max: usize,
+    /// ... and from one source (an IPv4 address, an IPv6 /64); more are closed at once.
+    pub preauth_per_source: u32,
+    /// Most open connections in total; more are closed at accept.
+    pub max_connections: usize,
 }
 
 /// The SQLite writer.
@@ -300,6 +310,10 @@ impl Default for HttpsConfig {
             admin_allow: Vec::new(),
             trusted_proxies: Vec::new(),
             cors_origins: Vec::new(),
+            header_timeout_ms: 10_000,
+            preauth_max: 512,
+            preauth_per_source: 128,
+            max_connections: 4_096,
         }
     }
 }
@@ -401,6 +415,24 @@ impl Config {
         check(
             (1024..=16 * 1024 * 1024).contains(&self.https.max_body_bytes),
             "https.max_body_bytes must be 1024..=16777216",
+        );
+        check(
+            (100..=600_000).contains(&self.https.header_timeout_ms),
+            "https.header_timeout_ms must be 100..=600000",
+        );
+        check(
+            (1..=1_000_000).contains(&self.https.max_connections),
+            "https.max_connections must be 1..=1000000",
+        );
+        check(
+            (1..=self.https.max_connections.max(1)).contains(&self.https.preauth_max),
+            "https.preauth_max must be 1..=https.max_connections",
+        );
+        check(
+            self.https.preauth_per_source >= 1
+                && usize::try_from(self.https.preauth_per_source)
+                    .is_ok_and(|n| n <= self.https.preauth_max),
+            "https.preauth_per_source must be 1..=https.preauth_max",
         );
         check(
             (1..=50_000).contains(&self.ingest.batch_max_samples),
@@ -536,10 +568,23 @@ crl_poll_ms = 250
 [https]
 # Address of the HTTPS listener (enrollment; admin API).
 listen = "0.0.0.0:8443"
+# A client must finish the TLS handshake within this time ...
 handshake_timeout_ms = 5000
+# ... and send each request head within this time after connecting or after its previous
+# answer (idle keep-alive connections are closed after it).
+header_timeout_ms = 10000
 max_body_bytes = 65536
 # A request must be answered within this time.
 request_timeout_s = 30
+# Connections that have not sent their first request yet (TLS handshake included), in
+# total: when all are taken, new connections wait in the kernel's listen backlog ...
+preauth_max = 512
+# ... and from one source (an IPv4 address, an IPv6 /64): more are closed at once, logged
+# ("https connection refused", with `source`) and counted. Generous: an office or a site of
+# Pis may share one NAT address.
+preauth_per_source = 128
+# Most open connections in total; more are closed at accept.
+max_connections = 4096
 # Client networks (CIDRs) allowed to use the admin API and dashboard; empty allows any.
 # Device enrollment is not affected. Example: ["10.0.0.0/8", "192.168.1.0/24"]
 admin_allow = []
@@ -635,6 +680,21 @@ mod tests {
             cfg.enrollment.max_token_ttl_s,
             def.enrollment.max_token_ttl_s
         );
+        let h = (&cfg.https, &def.https);
+        assert_eq!(
+            (
+                h.0.header_timeout_ms,
+                h.0.preauth_max,
+                h.0.preauth_per_source,
+                h.0.max_connections
+            ),
+            (
+                h.1.header_timeout_ms,
+                h.1.preauth_max,
+                h.1.preauth_per_source,
+                h.1.max_connections
+            )
+        );
         let e = (&cfg.enrollment, &def.enrollment);
         assert_eq!(
             (
@@ -666,6 +726,24 @@ mod tests {
         let ok =
             "[enrollment]\nrate_per_minute = 1\nrate_burst = 1\nrefusal_audit_interval_s = 1\n";
         assert!(Config::parse(ok, Path::new("t")).is_ok());
+        let budgets = |max: usize, preauth: usize, per_source: u32| {
+            let text = format!(
+                "[https]\nmax_connections = {max}\npreauth_max = {preauth}\n\
+                 preauth_per_source = {per_source}\n"
+            );
+            match Config::parse(&text, Path::new("t")) {
+                Ok(_) => 0,
+                Err(ConfigError::Invalid { problems, .. }) => problems.len(),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(budgets(4096, 512, 128), 0);
+        assert_eq!(budgets(1, 1, 1), 0);
+        assert_eq!(budgets(100, 200, 1), 1, "a pre-auth budget over the total");
+        assert_eq!(budgets(100, 50, 51), 1, "a share over the pre-auth budget");
+        assert_eq!(budgets(100, 50, 0), 1);
+        assert_eq!(budgets(0, 0, 0), 3);
+        assert!(Config::parse("[https]\nheader_timeout_ms = 50\n", Path::new("t")).is_err());
     }
 
     #[test]

@@ -199,7 +199,8 @@ pub async fn run(
             https_listener,
             https_tls,
             app,
-            Duration::from_millis(cfg.https.handshake_timeout_ms),
+            https::Limits::from(&cfg.https),
+            metrics.clone(),
             shutdown.clone(),
         ),
     ));
