@@ -1,6 +1,7 @@
 //! The audit log: append-only and hash-chained. Each entry's hash is SHA-256 over the
 //! previous entry's hash and the entry's own fields (length-prefixed, so no two different
-//! entries encode alike). [`verify_chain`] finds the first edited, inserted or deleted entry.
+//! entries encode alike). [`ChainVerifier`] finds the first edited, inserted or deleted
+//! entry, fed one entry at a time.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -21,7 +22,8 @@ pub struct Entry {
     pub source: String,
     pub action: String,
     pub target: String,
-    /// `ok`, `denied`, `refused: <status>` or `error: <status>`.
+    /// `ok`, `denied`, `refused: <status>` or `error: <status>`; `refused` for the counted
+    /// refusals of enrollment (one entry per source and interval, counts in `detail`).
     pub outcome: String,
     pub detail: String,
     /// Hash of the previous entry (hex).
@@ -60,17 +62,31 @@ impl Event {
 
 /// The hash of an entry with these fields after `prev_hash`.
 pub fn entry_hash(prev_hash: &str, seq: i64, at: i64, e: &Event) -> String {
+    hash_fields(
+        prev_hash,
+        seq,
+        at,
+        [
+            &e.actor, &e.source, &e.action, &e.target, &e.outcome, &e.detail,
+        ],
+    )
+}
+
+/// The hash over `prev_hash`, `seq`, `at` and the text fields (actor, source, action,
+/// target, outcome, detail), each length-prefixed.
+fn hash_fields(prev_hash: &str, seq: i64, at: i64, text: [&str; 6]) -> String {
     let mut h = Sha256::new();
+    let [actor, source, action, target, outcome, detail] = text;
     for field in [
         prev_hash.as_bytes(),
         &seq.to_be_bytes(),
         &at.to_be_bytes(),
-        e.actor.as_bytes(),
-        e.source.as_bytes(),
-        e.action.as_bytes(),
-        e.target.as_bytes(),
-        e.outcome.as_bytes(),
-        e.detail.as_bytes(),
+        actor.as_bytes(),
+        source.as_bytes(),
+        action.as_bytes(),
+        target.as_bytes(),
+        outcome.as_bytes(),
+        detail.as_bytes(),
     ] {
         h.update((field.len() as u64).to_be_bytes());
         h.update(field);
@@ -95,41 +111,95 @@ pub enum Break {
     Truncated { last: i64, head: i64 },
 }
 
-/// Checks a whole chain in sequence order. `head` is the last sequence number recorded
-/// separately (in `meta`), which catches deletion of the newest entries. Returns the
-/// number of entries verified.
-pub fn verify_chain(entries: &[Entry], head: Option<i64>) -> Result<i64, Break> {
-    let mut prev = GENESIS.to_owned();
-    let mut expected = 1;
-    for e in entries {
-        if e.seq != expected {
+/// Checks a chain one entry at a time, so a log of any length is verified in constant
+/// memory: [`ChainVerifier::push`] every entry in sequence order, then
+/// [`ChainVerifier::finish`] with the recorded head. Entries after the first break are
+/// only counted.
+#[derive(Debug, Clone)]
+pub struct ChainVerifier {
+    prev: String,
+    expected: i64,
+    seen: i64,
+    broken: Option<Break>,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChainVerifier {
+    pub fn new() -> Self {
+        Self {
+            prev: GENESIS.to_owned(),
+            expected: 1,
+            seen: 0,
+            broken: None,
+        }
+    }
+
+    /// Checks the next entry.
+    pub fn push(&mut self, e: &Entry) {
+        self.seen = self.seen.saturating_add(1);
+        if self.broken.is_some() {
+            return;
+        }
+        if let Err(b) = self.check(e) {
+            self.broken = Some(b);
+            return;
+        }
+        self.prev.clone_from(&e.hash);
+        self.expected += 1;
+    }
+
+    fn check(&self, e: &Entry) -> Result<(), Break> {
+        if e.seq != self.expected {
             return Err(Break::Missing {
-                expected,
+                expected: self.expected,
                 found: e.seq,
             });
         }
-        if e.prev_hash != prev {
+        if e.prev_hash != self.prev {
             return Err(Break::Unlinked(e.seq));
         }
-        let ev = Event {
-            actor: e.actor.clone(),
-            source: e.source.clone(),
-            action: e.action.clone(),
-            target: e.target.clone(),
-            outcome: e.outcome.clone(),
-            detail: e.detail.clone(),
-        };
-        if entry_hash(&e.prev_hash, e.seq, e.at, &ev) != e.hash {
+        let text = [
+            &e.actor, &e.source, &e.action, &e.target, &e.outcome, &e.detail,
+        ];
+        if hash_fields(&e.prev_hash, e.seq, e.at, text.map(String::as_str)) != e.hash {
             return Err(Break::Modified(e.seq));
         }
-        prev = e.hash.clone();
-        expected += 1;
+        Ok(())
     }
-    let last = expected - 1;
-    match head {
-        Some(head) if head > last => Err(Break::Truncated { last, head }),
-        _ => Ok(last),
+
+    /// Entries pushed so far, intact or not.
+    pub fn seen(&self) -> i64 {
+        self.seen
     }
+
+    /// The verdict: the number of entries verified, or the first break. `head` is the last
+    /// sequence number recorded separately (in `meta`), which catches deletion of the
+    /// newest entries.
+    pub fn finish(self, head: Option<i64>) -> Result<i64, Break> {
+        if let Some(b) = self.broken {
+            return Err(b);
+        }
+        let last = self.expected - 1;
+        match head {
+            Some(head) if head > last => Err(Break::Truncated { last, head }),
+            _ => Ok(last),
+        }
+    }
+}
+
+/// Checks a whole chain in sequence order (see [`ChainVerifier`]). Returns the number of
+/// entries verified.
+pub fn verify_chain(entries: &[Entry], head: Option<i64>) -> Result<i64, Break> {
+    let mut v = ChainVerifier::new();
+    for e in entries {
+        v.push(e);
+    }
+    v.finish(head)
 }
 
 #[cfg(test)]
@@ -203,6 +273,19 @@ mod tests {
             verify_chain(&truncated, Some(5)),
             Err(Break::Truncated { last: 3, head: 5 })
         );
+    }
+
+    #[test]
+    fn entries_after_a_break_are_counted_not_checked() {
+        let mut c = chain(6);
+        c[1].detail = "changed".into();
+        c[4].detail = "changed too".into();
+        let mut v = ChainVerifier::new();
+        for e in &c {
+            v.push(e);
+        }
+        assert_eq!(v.seen(), 6);
+        assert_eq!(v.finish(Some(6)), Err(Break::Modified(2)));
     }
 
     #[test]

@@ -184,7 +184,8 @@ pub struct AuthConfig {
     pub lockout_failures: u32,
     /// ... within this window; the lock lasts until the oldest failure leaves the window.
     pub lockout_window_s: i64,
-    /// Sign-in requests (login and its MFA step) per minute from one client IP ...
+    /// Sign-in requests (login and its MFA step) per minute from one source (an IPv4
+    /// address or an IPv6 /64) ...
     pub rate_per_minute: u32,
     /// ... with bursts up to this many.
     pub rate_burst: u32,
@@ -300,6 +301,16 @@ pub struct HttpsConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Origins allowed to call the API from a browser on another origin (CORS). Empty: none.
     pub cors_origins: Vec<String>,
+    /// A client must send each request head within this time after connecting or after
+    /// its previous answer (idle keep-alive connections are closed after it).
+    pub header_timeout_ms: u64,
+    /// Connections that have not sent their first request head yet (TLS handshake
+    /// included), in total; when all are taken new connections wait in the listen backlog.
+    pub preauth_max: usize,
+    /// ... and from one source (an IPv4 address, an IPv6 /64); more are closed at once.
+    pub preauth_per_source: u32,
+    /// Most open connections in total; more are closed at accept.
+    pub max_connections: usize,
 }
 
 /// The SQLite writer.
@@ -332,6 +343,13 @@ pub struct EnrollmentConfig {
     pub device_cert_days: u32,
     /// Longest lifetime of an enrollment token, in seconds.
     pub max_token_ttl_s: u64,
+    /// Enrollment requests per minute from one source (an IPv4 address or an IPv6 /64) ...
+    pub rate_per_minute: u32,
+    /// ... with bursts up to this many (a site behind one NAT may enroll many Pis at once).
+    pub rate_burst: u32,
+    /// Refused enrollments are counted per source and audited as one entry per source this
+    /// often (and at shutdown), in seconds.
+    pub refusal_audit_interval_s: u64,
 }
 
 impl Default for MqttConfig {
@@ -361,6 +379,10 @@ impl Default for HttpsConfig {
             admin_allow: Vec::new(),
             trusted_proxies: Vec::new(),
             cors_origins: Vec::new(),
+            header_timeout_ms: 10_000,
+            preauth_max: 512,
+            preauth_per_source: 128,
+            max_connections: 4_096,
         }
     }
 }
@@ -389,6 +411,9 @@ impl Default for EnrollmentConfig {
         Self {
             device_cert_days: 365,
             max_token_ttl_s: 30 * 24 * 3_600,
+            rate_per_minute: 60,
+            rate_burst: 30,
+            refusal_audit_interval_s: 60,
         }
     }
 }
@@ -498,6 +523,24 @@ impl Config {
             "https.max_body_bytes must be 1024..=16777216",
         );
         check(
+            (100..=600_000).contains(&self.https.header_timeout_ms),
+            "https.header_timeout_ms must be 100..=600000",
+        );
+        check(
+            (1..=1_000_000).contains(&self.https.max_connections),
+            "https.max_connections must be 1..=1000000",
+        );
+        check(
+            (1..=self.https.max_connections.max(1)).contains(&self.https.preauth_max),
+            "https.preauth_max must be 1..=https.max_connections",
+        );
+        check(
+            self.https.preauth_per_source >= 1
+                && usize::try_from(self.https.preauth_per_source)
+                    .is_ok_and(|n| n <= self.https.preauth_max),
+            "https.preauth_per_source must be 1..=https.preauth_max",
+        );
+        check(
             (1..=50_000).contains(&self.ingest.batch_max_samples),
             "ingest.batch_max_samples must be 1..=50000",
         );
@@ -524,6 +567,18 @@ impl Config {
         check(
             self.enrollment.max_token_ttl_s >= 60,
             "enrollment.max_token_ttl_s must be at least 60",
+        );
+        check(
+            (1..=100_000).contains(&self.enrollment.rate_per_minute),
+            "enrollment.rate_per_minute must be 1..=100000",
+        );
+        check(
+            (1..=100_000).contains(&self.enrollment.rate_burst),
+            "enrollment.rate_burst must be 1..=100000",
+        );
+        check(
+            (1..=3_600).contains(&self.enrollment.refusal_audit_interval_s),
+            "enrollment.refusal_audit_interval_s must be 1..=3600",
         );
         check(
             (1..=7 * 86_400).contains(&self.commands.default_ttl_s),
@@ -630,10 +685,23 @@ crl_poll_ms = 250
 [https]
 # Address of the HTTPS listener (enrollment; admin API).
 listen = "0.0.0.0:8443"
+# A client must finish the TLS handshake within this time ...
 handshake_timeout_ms = 5000
+# ... and send each request head within this time after connecting or after its previous
+# answer (idle keep-alive connections are closed after it).
+header_timeout_ms = 10000
 max_body_bytes = 65536
 # A request must be answered within this time.
 request_timeout_s = 30
+# Connections that have not sent their first request yet (TLS handshake included), in
+# total: when all are taken, new connections wait in the kernel's listen backlog ...
+preauth_max = 512
+# ... and from one source (an IPv4 address, an IPv6 /64): more are closed at once, logged
+# ("https connection refused", with `source`) and counted. Generous: an office or a site of
+# Pis may share one NAT address.
+preauth_per_source = 128
+# Most open connections in total; more are closed at accept.
+max_connections = 4096
 # Client networks (CIDRs) allowed to use the admin API and dashboard; empty allows any.
 # Device enrollment is not affected. Example: ["10.0.0.0/8", "192.168.1.0/24"]
 admin_allow = []
@@ -660,6 +728,13 @@ retention_interval_s = 3600
 device_cert_days = 365
 # Longest lifetime an enrollment token may be given.
 max_token_ttl_s = 2592000
+# Per source (an IPv4 address, or an IPv6 /64) on /api/v1/enroll: sustained requests per
+# minute, and burst (HTTP 429). Generous: a site behind one NAT may enroll many Pis at once.
+rate_per_minute = 60
+rate_burst = 30
+# Refused enrollments are logged one line each (with `source`, for fail2ban), but audited
+# as one entry per source with the counts per reason, this often (seconds) and at shutdown.
+refusal_audit_interval_s = 60
 
 [commands]
 # Lifetime of a command when none is given (at most 7 days). A command for an offline
@@ -682,7 +757,8 @@ refresh_ttl_s = 2592000
 # (HTTP 423) until the oldest failure leaves the window. Unknown user names behave the same.
 lockout_failures = 5
 lockout_window_s = 900
-# Per client IP on sign-in (/api/v1/auth/login, /login/mfa): sustained requests per minute, and burst (HTTP 429).
+# Per source (an IPv4 address, or an IPv6 /64) on sign-in (/api/v1/auth/login, /login/mfa):
+# sustained requests per minute, and burst (HTTP 429).
 rate_per_minute = 30
 rate_burst = 10
 # Argon2id cost of new password hashes; raising it re-hashes each password at its next
@@ -737,6 +813,70 @@ mod tests {
             cfg.enrollment.max_token_ttl_s,
             def.enrollment.max_token_ttl_s
         );
+        let h = (&cfg.https, &def.https);
+        assert_eq!(
+            (
+                h.0.header_timeout_ms,
+                h.0.preauth_max,
+                h.0.preauth_per_source,
+                h.0.max_connections
+            ),
+            (
+                h.1.header_timeout_ms,
+                h.1.preauth_max,
+                h.1.preauth_per_source,
+                h.1.max_connections
+            )
+        );
+        let e = (&cfg.enrollment, &def.enrollment);
+        assert_eq!(
+            (
+                e.0.rate_per_minute,
+                e.0.rate_burst,
+                e.0.refusal_audit_interval_s
+            ),
+            (
+                e.1.rate_per_minute,
+                e.1.rate_burst,
+                e.1.refusal_audit_interval_s
+            )
+        );
+        assert_eq!(
+            (cfg.auth.rate_per_minute, cfg.auth.rate_burst),
+            (def.auth.rate_per_minute, def.auth.rate_burst)
+        );
+    }
+
+    #[test]
+    fn throttling_settings_are_range_checked() {
+        let text =
+            "[enrollment]\nrate_per_minute = 0\nrate_burst = 0\nrefusal_audit_interval_s = 0\n";
+        let err = Config::parse(text, Path::new("t")).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}");
+        };
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        let ok =
+            "[enrollment]\nrate_per_minute = 1\nrate_burst = 1\nrefusal_audit_interval_s = 1\n";
+        assert!(Config::parse(ok, Path::new("t")).is_ok());
+        let budgets = |max: usize, preauth: usize, per_source: u32| {
+            let text = format!(
+                "[https]\nmax_connections = {max}\npreauth_max = {preauth}\n\
+                 preauth_per_source = {per_source}\n"
+            );
+            match Config::parse(&text, Path::new("t")) {
+                Ok(_) => 0,
+                Err(ConfigError::Invalid { problems, .. }) => problems.len(),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(budgets(4096, 512, 128), 0);
+        assert_eq!(budgets(1, 1, 1), 0);
+        assert_eq!(budgets(100, 200, 1), 1, "a pre-auth budget over the total");
+        assert_eq!(budgets(100, 50, 51), 1, "a share over the pre-auth budget");
+        assert_eq!(budgets(100, 50, 0), 1);
+        assert_eq!(budgets(0, 0, 0), 3);
+        assert!(Config::parse("[https]\nheader_timeout_ms = 50\n", Path::new("t")).is_err());
     }
 
     #[test]

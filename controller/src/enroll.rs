@@ -3,7 +3,10 @@
 //! The device makes its own key; only the CSR travels. Every refusal (unknown, used,
 //! expired or revoked token; a CSR with a bad signature, a weak key or a malformed subject;
 //! an id already enrolled) is a 4xx with a clear message, and changes nothing: the token
-//! stays usable and no device row is written.
+//! stays usable and no device row is written. A success is audited at once; refusals are
+//! logged one line each and audited as counts per source ([`refusals`]).
+
+pub mod refusals;
 
 use axum::extract::State;
 use pifleet_shared::token::EnrollToken;
@@ -64,7 +67,7 @@ pub fn secret_hash(secret: &[u8; 32]) -> String {
     request_body = EnrollRequest,
     responses(
         (status = 200, body = EnrollResponse),
-        (status = "4XX", description = "Refused: the token or CSR is not acceptable (nothing changed)", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = "4XX", description = "Refused: the token or CSR is not acceptable (nothing changed); 429 when the source sends too many requests", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn enroll(
     State(app): State<crate::api::AppState>,
@@ -72,72 +75,89 @@ pub async fn enroll(
     Json(req): Json<EnrollRequest>,
 ) -> Result<axum::Json<EnrollResponse>, Problem> {
     let st = &app.enroll;
-    let result = do_enroll(st, &req).await;
-    let source = ip.to_string();
-    let event = match &result {
-        Ok(r) => crate::audit::Event {
-            actor: format!("device:{}", r.device_id),
-            source,
-            action: "device.enroll".into(),
-            target: r.device_id.clone(),
-            outcome: "ok".into(),
-            detail: String::new(),
-        },
-        Err(p) => crate::audit::Event {
-            actor: "anonymous".into(),
-            source,
-            action: "device.enroll".into(),
-            target: String::new(),
-            outcome: format!("refused: {}", p.status.as_u16()),
-            detail: p.detail.clone(),
-        },
-    };
-    if let Err(e) = st.store.append_audit(&event).await {
-        tracing::error!(error = %e, "audit append failed");
-    }
-    let outcome = match &result {
-        Ok(_) => "enrolled",
-        Err(p) if p.status.is_client_error() => "refused",
-        Err(_) => "error",
-    };
-    st.metrics.enrollments.with_label_values(&[outcome]).inc();
-    match &result {
+    match do_enroll(st, &req).await {
         Ok(r) => {
+            // A success is rare and worth its own entry, at once.
+            let event = crate::audit::Event {
+                actor: format!("device:{}", r.device_id),
+                source: ip.to_string(),
+                action: "device.enroll".into(),
+                target: r.device_id.clone(),
+                outcome: "ok".into(),
+                detail: String::new(),
+            };
+            if let Err(e) = st.store.append_audit(&event).await {
+                tracing::error!(error = %e, "audit append failed");
+            }
+            st.metrics
+                .enrollments
+                .with_label_values(&["enrolled"])
+                .inc();
             app.live.devices_changed(vec![r.device_id.clone()]);
-            tracing::info!(device = %r.device_id, "device enrolled");
+            tracing::info!(device = %r.device_id, source = %ip, "device enrolled");
+            Ok(axum::Json(r))
         }
-        Err(p) => {
-            tracing::warn!(status = p.status.as_u16(), detail = %p.detail, "enrollment refused")
+        Err(Refused { reason, problem }) => {
+            // Refusals are cheap to send: one log line each (for fail2ban), but only a
+            // count in the audit log until the next flush.
+            app.enroll_refusals
+                .record(ip, reason, crate::store::now_ms());
+            let outcome = if problem.status.is_client_error() {
+                "refused"
+            } else {
+                "error"
+            };
+            st.metrics.enrollments.with_label_values(&[outcome]).inc();
+            tracing::warn!(
+                source = %ip,
+                status = problem.status.as_u16(),
+                reason,
+                detail = %problem.detail,
+                "enrollment refused"
+            );
+            Err(problem)
         }
     }
-    result.map(axum::Json)
 }
 
-async fn do_enroll(st: &EnrollState, req: &EnrollRequest) -> Result<EnrollResponse, Problem> {
-    let token = EnrollToken::parse(&req.token).map_err(|e| Problem::bad_request(e.to_string()))?;
+/// A refused enrollment: the answer, and a short fixed reason to count it under.
+#[derive(Debug)]
+struct Refused {
+    reason: &'static str,
+    problem: Problem,
+}
+
+fn refused(reason: &'static str, problem: Problem) -> Refused {
+    Refused { reason, problem }
+}
+
+async fn do_enroll(st: &EnrollState, req: &EnrollRequest) -> Result<EnrollResponse, Refused> {
+    let token = EnrollToken::parse(&req.token)
+        .map_err(|e| refused("malformed token", Problem::bad_request(e.to_string())))?;
     if token.ca_fingerprint_hex() != st.ca_fingerprint {
-        return Err(Problem::forbidden(
-            "token was issued by another controller (CA fingerprint differs)",
+        return Err(refused(
+            "token of another controller",
+            Problem::forbidden("token was issued by another controller (CA fingerprint differs)"),
         ));
     }
     // Validate the CSR before touching the database, so a bad one costs nothing.
-    let proposed = pki::csr_proposed_id(&req.csr).map_err(csr_problem)?;
+    let proposed = pki::csr_proposed_id(&req.csr).map_err(csr_refusal)?;
     let outcome = st
         .store
         .enroll(&secret_hash(token.secret()), |t| {
             let id = match &t.name {
-                Some(name) => {
-                    DeviceId::parse(name).map_err(|e| Problem::bad_request(e.to_string()))?
-                }
+                Some(name) => DeviceId::parse(name).map_err(|e| {
+                    refused("invalid device id", Problem::bad_request(e.to_string()))
+                })?,
                 None => proposed.clone(),
             };
             let issued = st
                 .ca
                 .sign_device_csr(&req.csr, &id, st.cert_days)
-                .map_err(csr_problem)?;
-            let (alg, public_key) =
-                pki::device_public_key(&issued.cert_pem).map_err(|e| Problem::internal(&e))?;
-            Ok::<_, Problem>((
+                .map_err(csr_refusal)?;
+            let (alg, public_key) = pki::device_public_key(&issued.cert_pem)
+                .map_err(|e| refused("internal error", Problem::internal(&e)))?;
+            Ok::<_, Refused>((
                 NewDevice {
                     id,
                     labels: t.labels.clone(),
@@ -150,15 +170,25 @@ async fn do_enroll(st: &EnrollState, req: &EnrollRequest) -> Result<EnrollRespon
             ))
         })
         .await
-        .map_err(|e| Problem::internal(&e))?;
+        .map_err(|e| refused("internal error", Problem::internal(&e)))?;
     let (device, cert_pem) = match outcome {
         Ok(v) => v,
-        Err(EnrollError::Issue(p)) => return Err(p),
+        Err(EnrollError::Issue(r)) => return Err(r),
         Err(EnrollError::Refused(r)) => {
-            return Err(match r {
-                EnrollRefusal::DeviceExists(_) => Problem::conflict(r.to_string()),
-                _ => Problem::forbidden(r.to_string()),
-            });
+            let reason = match r {
+                EnrollRefusal::UnknownToken => "unknown enrollment token",
+                EnrollRefusal::UsedToken => "enrollment token already used",
+                EnrollRefusal::ExpiredToken => "enrollment token expired",
+                EnrollRefusal::RevokedToken => "enrollment token revoked",
+                EnrollRefusal::DeviceExists(_) => "device already enrolled",
+            };
+            return Err(refused(
+                reason,
+                match r {
+                    EnrollRefusal::DeviceExists(_) => Problem::conflict(r.to_string()),
+                    _ => Problem::forbidden(r.to_string()),
+                },
+            ));
         }
     };
     Ok(EnrollResponse {
@@ -171,10 +201,10 @@ async fn do_enroll(st: &EnrollState, req: &EnrollRequest) -> Result<EnrollRespon
 }
 
 /// A refused CSR is the client's fault (400); anything else is ours (500, details logged).
-fn csr_problem(e: pki::CsrError) -> Problem {
+fn csr_refusal(e: pki::CsrError) -> Refused {
     if e.is_refusal() {
-        Problem::bad_request(e.to_string())
+        refused("CSR refused", Problem::bad_request(e.to_string()))
     } else {
-        Problem::internal(&e)
+        refused("internal error", Problem::internal(&e))
     }
 }

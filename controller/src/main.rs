@@ -14,6 +14,7 @@ use pifleet_controller::store::{RevokeOutcome, Store};
 use pifleet_controller::{demo, logging};
 use tokio_util::sync::CancellationToken;
 
+mod audit_cli;
 mod user_cli;
 
 #[derive(Parser)]
@@ -78,7 +79,7 @@ enum Command {
     /// The hash-chained audit log.
     Audit {
         #[command(subcommand)]
-        cmd: AuditCmd,
+        cmd: audit_cli::AuditCmd,
     },
     /// Start a throw-away controller with local agents, to see pifleet working.
     Demo(demo::DemoArgs),
@@ -178,27 +179,6 @@ enum CmdCmd {
         id: String,
     },
 }
-
-#[derive(Subcommand)]
-enum AuditCmd {
-    /// Check the whole chain; exits 1 and names the first broken entry if it was tampered with.
-    Verify {
-        #[command(flatten)]
-        dir: DataDirArg,
-    },
-    /// Print the log, oldest first.
-    List {
-        #[command(flatten)]
-        dir: DataDirArg,
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-/// The audit chain is broken.
-#[derive(Debug, thiserror::Error)]
-#[error("audit log broken: {0}")]
-struct AuditBroken(pifleet_controller::audit::Break);
 
 /// Records an operator action in the audit log.
 async fn audit(
@@ -445,31 +425,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Cmd { cmd } => run_cmd(cmd).await?,
         Command::User { cmd } => user_cli::run(cmd).await?,
-        Command::Audit { cmd } => match cmd {
-            AuditCmd::Verify { dir } => {
-                let (_, store) = open_store(&dir).await?;
-                let (entries, head) = store.audit_entries().await?;
-                store.close().await;
-                let n = pifleet_controller::audit::verify_chain(&entries, head)
-                    .map_err(|b| anyhow::anyhow!(AuditBroken(b)))?;
-                println!("audit log intact: {n} entries verified");
-            }
-            AuditCmd::List { dir, json } => {
-                let (_, store) = open_store(&dir).await?;
-                let (entries, _) = store.audit_entries().await?;
-                store.close().await;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&entries)?);
-                } else {
-                    for e in entries {
-                        println!(
-                            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                            e.seq, e.at, e.actor, e.source, e.action, e.target, e.outcome
-                        );
-                    }
-                }
-            }
-        },
+        Command::Audit { cmd } => audit_cli::run(cmd).await?,
         Command::Demo(args) => demo::run(args).await?,
     }
     Ok(())

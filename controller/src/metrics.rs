@@ -32,6 +32,9 @@ pub struct Metrics {
     pub auth_events: IntCounterVec,
     pub command_roundtrip_seconds: Histogram,
     pub agent_spool_dropped: IntCounter,
+    pub https_refused: IntCounterVec,
+    pub https_connections: IntGauge,
+    pub https_preauth_connections: IntGauge,
     pub http_requests: IntCounterVec,
     pub http_request_seconds: HistogramVec,
     pub devices: IntGaugeVec,
@@ -140,6 +143,23 @@ impl Metrics {
                 )
                 .buckets(prometheus::exponential_buckets(0.001, 2.5, 14)?),
             )?,
+            https_refused: IntCounterVec::new(
+                Opts::new(
+                    "https_refused_total",
+                    "HTTPS connections closed at accept, by reason: per_source (its source \
+                     had used its share of https.preauth_per_source), max_connections",
+                ),
+                &["reason"],
+            )?,
+            https_connections: IntGauge::new(
+                "https_connections",
+                "Open HTTPS connections (bounded by https.max_connections)",
+            )?,
+            https_preauth_connections: IntGauge::new(
+                "https_preauth_connections",
+                "HTTPS connections that have not sent their first request yet (bounded by \
+                 https.preauth_max)",
+            )?,
             http_requests: IntCounterVec::new(
                 Opts::new(
                     "http_requests_total",
@@ -201,6 +221,9 @@ impl Metrics {
         r.register(Box::new(m.auth_events.clone()))?;
         r.register(Box::new(m.command_roundtrip_seconds.clone()))?;
         r.register(Box::new(m.agent_spool_dropped.clone()))?;
+        r.register(Box::new(m.https_refused.clone()))?;
+        r.register(Box::new(m.https_connections.clone()))?;
+        r.register(Box::new(m.https_preauth_connections.clone()))?;
         r.register(Box::new(m.http_requests.clone()))?;
         r.register(Box::new(m.http_request_seconds.clone()))?;
         r.register(Box::new(m.devices.clone()))?;

@@ -305,9 +305,10 @@ impl Controller {
             ),
         );
         let stop = shutdown.clone();
-        let handshake = Duration::from_millis(cfg.https.handshake_timeout_ms);
+        let limits = https::Limits::from(&cfg.https);
+        let https_metrics = metrics.clone();
         tasks.spawn("https", async move {
-            https::serve(https_listener, https_tls, app, handshake, stop).await;
+            https::serve(https_listener, https_tls, app, limits, https_metrics, stop).await;
             Ok(())
         });
         tasks.spawn(
@@ -326,7 +327,11 @@ impl Controller {
             dispatcher.clone().run(health.clone(), shutdown.clone()),
         );
         tasks.spawn("receipts", dispatch::receipts(dispatcher, receipt_rx));
-        tasks.spawn("auth-limiter-gc", limiter_gc(api, shutdown.clone()));
+        tasks.spawn(
+            "enroll-refusal-audit",
+            api.clone().audit_enroll_refusals(shutdown.clone()),
+        );
+        tasks.spawn("limiter-gc", limiter_gc(api, shutdown.clone()));
         tasks.spawn(
             "fleet-summary",
             live.clone().run(store.clone(), shutdown.clone()),
@@ -411,13 +416,13 @@ fn server_cert_expiry(dd: &DataDir) -> Option<i64> {
     Some(cert.validity().not_after.timestamp())
 }
 
-/// Forgets per-IP rate-limit state of addresses that have been quiet.
+/// Forgets per-source rate-limit state of sources that have been quiet.
 async fn limiter_gc(state: api::AppState, shutdown: CancellationToken) -> TaskResult {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            _ = tick.tick() => state.auth_limiter.retain_recent(),
+            _ = tick.tick() => state.forget_quiet_limits(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Brute-force protection of the admin API, end to end: five failures lock an account
 //! (known or unknown, answered alike), wrong current passwords count too, a lock lifts after
-//! its window, and /api/v1/auth/* is rate limited per address.
+//! its window, and sign-in is rate limited per source (an IPv4 address, an IPv6 /64).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -186,4 +186,40 @@ async fn auth_routes_are_rate_limited_per_address() {
             "anonymous whoami",
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sign_in_limit_counts_an_ipv6_64_as_one_source() {
+    let ctl = Controller::start_with(
+        "[auth]\nrate_per_minute = 1\nrate_burst = 2\n\
+         [https]\ntrusted_proxies = [\"127.0.0.1/32\"]",
+    )
+    .await
+    .unwrap();
+    let api = Api::new(&ctl).unwrap();
+    let login = |source: &'static str| {
+        let api = api.clone();
+        async move {
+            api.call_with(
+                reqwest::Method::POST,
+                "/api/v1/auth/login",
+                None,
+                Some(&json!({ "username": "nobody", "password": "x" })),
+                &[("x-forwarded-for", source)],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    unauthorized(&login("2001:db8:1:2::1").await, "first of the /64");
+    unauthorized(&login("2001:db8:1:2::2").await, "second address, same /64");
+    let r = login("2001:db8:1:2:ffff::3").await;
+    problem(&r, 429, "third address, same /64");
+    assert!(retry_after(&r) >= 1);
+    // The next /64 and an IPv4 client are other sources.
+    unauthorized(&login("2001:db8:1:3::1").await, "another /64");
+    unauthorized(&login("203.0.113.9").await, "an IPv4 client");
+    // An IPv4-mapped address is the IPv4 address it carries.
+    unauthorized(&login("::ffff:203.0.113.9").await, "the same IPv4 client");
+    problem(&login("203.0.113.9").await, 429, "that IPv4 client again");
 }

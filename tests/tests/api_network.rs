@@ -95,7 +95,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         .await
         .unwrap();
     problem_doc(&r, 403);
-    // A malformed chain is not believed at all.
+    // A malformed entry where the client should be is refused, not taken for the proxy.
     let r = api
         .call_with(
             Method::POST,
@@ -106,7 +106,15 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         )
         .await
         .unwrap();
-    problem_doc(&r, 403);
+    let j = problem_doc(&r, 400);
+    assert!(
+        j["detail"]
+            .as_str()
+            .unwrap()
+            .contains("malformed X-Forwarded-For"),
+        "{}",
+        r.text
+    );
 
     // Through the proxy: allowed, and the client address is what gets recorded.
     let r = api
@@ -170,6 +178,122 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         .await
         .unwrap();
     problem_doc(&r, 403);
+}
+
+/// Chains through a trusted proxy that is itself allowlisted (admin API and scrapes): the
+/// client is the right-most address that is not a trusted proxy, whatever junk its own
+/// left part holds; junk where the client should be is a 400; and never does a chain make
+/// the client the proxy. (`GET /api/v1/openapi.json` needs only the allowlist; `/metrics`
+/// needs `metrics.scrape_allow` or the scrape token, else the admin allowlist and a 401.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_chains_through_a_trusted_proxy() {
+    let ctl = Controller::start_with(
+        "[https]\nadmin_allow = [\"127.0.0.1/32\", \"198.51.100.0/24\"]\n\
+         trusted_proxies = [\"127.0.0.1/32\"]\n\
+         [metrics]\nscrape_allow = [\"127.0.0.1/32\"]",
+    )
+    .await
+    .unwrap();
+    let api = Api::new(&ctl).unwrap();
+    // (X-Forwarded-For lines, status of the OpenAPI document, status of /metrics)
+    #[rustfmt::skip]
+    let cases: &[(&[&str], u16, u16)] = &[
+        (&[], 200, 200),                                // the proxy's own request
+        (&["127.0.0.1"], 200, 200),                     // only proxies: the left-most
+        (&["203.0.113.9"], 403, 403),
+        (&["junk, 203.0.113.9"], 403, 403),             // the client, not the proxy
+        (&["127.0.0.1, 203.0.113.9"], 403, 403),
+        (&["203.0.113.9, 127.0.0.1"], 403, 403),        // the proxy's own hop is skipped
+        (&["203.0.113.9, junk"], 400, 400),
+        (&["junk"], 400, 400),
+        (&["203.0.113.9, 127.0.0.1, junk"], 400, 400),
+        (&["junk", "203.0.113.9"], 403, 403),           // two header lines, one list
+        (&["203.0.113.9", "junk"], 400, 400),
+        (&["203.0.113.9:4711"], 403, 403),
+        (&["[2001:db8::1]:443"], 403, 403),
+        (&["junk, 198.51.100.4"], 200, 401),            // allowlisted, but no scraper
+        (&["198.51.100.4:4711, 127.0.0.1"], 200, 401),
+    ];
+    for (lines, doc, scrape) in cases {
+        let headers: Vec<(&str, &str)> = lines.iter().map(|l| ("x-forwarded-for", *l)).collect();
+        for (path, want) in [("/api/v1/openapi.json", doc), ("/metrics", scrape)] {
+            let r = api
+                .call_with(Method::GET, path, None, None, &headers)
+                .await
+                .unwrap();
+            assert_eq!(r.status, *want, "{path} via {lines:?}: {}", r.text);
+            if *want >= 400 {
+                let j = problem_doc(&r, *want);
+                if *want == 400 {
+                    assert!(
+                        j["detail"]
+                            .as_str()
+                            .unwrap()
+                            .contains("malformed X-Forwarded-For"),
+                        "{}",
+                        r.text
+                    );
+                }
+            }
+        }
+    }
+    // A header that is not visible ASCII is refused, wherever the bad bytes are.
+    for bad in [&b"198.51.100.4, \xff"[..], b"\xc3\xa9, 198.51.100.4"] {
+        let r = api
+            .client
+            .get(format!("{}/api/v1/openapi.json", api.base))
+            .header(
+                "x-forwarded-for",
+                reqwest::header::HeaderValue::from_bytes(bad).unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{bad:?}");
+    }
+    // A sign-in with a body is refused the same way, before the guard counts it.
+    let r = api
+        .call_with(
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(&json!({ "username": "admin", "password": "x".repeat(4000) })),
+            &[("x-forwarded-for", "203.0.113.9, junk")],
+        )
+        .await
+        .unwrap();
+    problem_doc(&r, 400);
+
+    // The audit source and the sign-in limiter's key are the resolved client.
+    let login = json!({ "username": "admin", "password": ctl.admin_password });
+    let r = api
+        .call_with(
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(&login),
+            &[("x-forwarded-for", "junk, 198.51.100.4")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text);
+    let admin = api.admin(&ctl).await.unwrap();
+    let entries = audit(&api, &admin, &[]).await;
+    let logins: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["action"] == "auth.login" && e["outcome"] == "ok")
+        .collect();
+    assert_eq!(logins.len(), 3, "{entries:#?}");
+    let sources: Vec<&str> = logins
+        .iter()
+        .map(|e| e["source"].as_str().unwrap())
+        .collect();
+    // Newest first: the helper's two sign-ins straight from loopback, then the proxied one.
+    assert_eq!(
+        sources,
+        ["127.0.0.1", "127.0.0.1", "198.51.100.4"],
+        "{entries:#?}"
+    );
 }
 
 /// GET /healthz over a fresh TLS connection limited to `version`; returns the negotiated

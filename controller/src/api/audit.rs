@@ -7,8 +7,9 @@ use utoipa::{IntoParams, ToSchema};
 use crate::api::AppState;
 use crate::api::devices::{MAX_TIME_MS, bounded};
 use crate::api::extract::Query;
-use crate::audit::{Break, Entry, verify_chain};
+use crate::audit::{Break, Entry};
 use crate::problem::{Problem, ProblemDoc};
+use crate::store::AuditCheck;
 
 /// Longest actor or action filter.
 const MAX_FILTER_LEN: usize = 255;
@@ -120,20 +121,19 @@ fn broken_at(b: &Break) -> i64 {
     }
 }
 
-/// The verification report for a whole log.
-pub fn report(entries: &[Entry], head: Option<i64>) -> VerifyReport {
-    let total = i64::try_from(entries.len()).unwrap_or(i64::MAX);
-    match verify_chain(entries, head) {
+/// The verification report for a checked log.
+pub fn report(check: &AuditCheck) -> VerifyReport {
+    match &check.result {
         Ok(_) => VerifyReport {
             intact: true,
-            entries: total,
+            entries: check.entries,
             broken_at: None,
             problem: None,
         },
         Err(b) => VerifyReport {
             intact: false,
-            entries: total,
-            broken_at: Some(broken_at(&b)),
+            entries: check.entries,
+            broken_at: Some(broken_at(b)),
             problem: Some(b.to_string()),
         },
     }
@@ -173,18 +173,28 @@ pub async fn list(
     )
 )]
 pub async fn verify(State(st): State<AppState>) -> Result<axum::Json<VerifyReport>, Problem> {
-    let (entries, head) = st.store.audit_entries().await?;
-    // Hashing every entry is CPU work: keep it off the async workers.
-    let r = tokio::task::spawn_blocking(move || report(&entries, head))
-        .await
-        .map_err(|e| Problem::internal(&e))?;
-    Ok(axum::Json(r))
+    // Streams the log and hashes on the blocking pool: constant memory, async workers free.
+    let check = st.store.verify_audit().await?;
+    Ok(axum::Json(report(&check)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{Event, GENESIS, entry_hash};
+    use crate::audit::{ChainVerifier, Event, GENESIS, entry_hash};
+
+    /// The report for a log held in memory, checked as the store checks one it streams.
+    fn report_of(entries: &[Entry], head: Option<i64>) -> VerifyReport {
+        let mut v = ChainVerifier::new();
+        for e in entries {
+            v.push(e);
+        }
+        let entries = v.seen();
+        report(&AuditCheck {
+            entries,
+            result: v.finish(head),
+        })
+    }
 
     fn chain(n: i64) -> Vec<Entry> {
         let mut prev = GENESIS.to_owned();
@@ -220,18 +230,18 @@ mod tests {
     #[test]
     fn reports() {
         let c = chain(3);
-        let r = report(&c, Some(3));
+        let r = report_of(&c, Some(3));
         assert!(r.intact && r.entries == 3 && r.broken_at.is_none() && r.problem.is_none());
         let mut edited = c.clone();
         edited[1].detail = "changed".into();
-        let r = report(&edited, Some(3));
+        let r = report_of(&edited, Some(3));
         assert_eq!((r.intact, r.broken_at), (false, Some(2)));
         assert!(r.problem.is_some());
-        let r = report(&c[..2], Some(3));
+        let r = report_of(&c[..2], Some(3));
         assert_eq!((r.intact, r.entries, r.broken_at), (false, 2, Some(3)));
-        let r = report(&[c[0].clone(), c[2].clone()], Some(3));
+        let r = report_of(&[c[0].clone(), c[2].clone()], Some(3));
         assert_eq!(r.broken_at, Some(2));
-        assert!(report(&[], None).intact);
+        assert!(report_of(&[], None).intact);
     }
 
     #[test]

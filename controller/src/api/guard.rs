@@ -1,11 +1,12 @@
 //! The guard: decides every routed request from the permission table (admin IP
-//! allowlist, scrape access, the per-IP limiter on sign-in, bearer authentication, pending
-//! password change or MFA enrolment, role) and audits mutating requests.
+//! allowlist, scrape access, the per-source limiters on enrollment and sign-in, bearer
+//! authentication, pending password change or MFA enrolment, role) and audits mutating
+//! requests.
 
 use super::*;
 
-/// Decides every API route from the permission table: admin IP allowlist, per-IP rate
-/// limit on sign-in, bearer authentication, forced password change / MFA enrolment, role;
+/// Decides every API route from the permission table: admin IP allowlist (not for
+/// enrollment), per-source rate limits on enrollment and sign-in, bearer authentication, forced password change / MFA enrolment, role;
 /// then audits mutating requests.
 pub(super) async fn guard(
     State(st): State<AppState>,
@@ -22,7 +23,17 @@ pub(super) async fn guard(
     if route.perm == Permission::Scrape && scrape_allowed(&st, ip, req.headers()) {
         return next.run(req).await;
     }
-    if route.path != "/api/v1/enroll" {
+    if route.path == "/api/v1/enroll" {
+        // Devices enroll from anywhere, so no allowlist; but a token is a secret to guess
+        // and every refusal costs a log line, so each source gets a (generous) rate.
+        if let Some(p) = rate_limited(&st.enroll_limiter, ip, "enrollment") {
+            st.metrics
+                .enrollments
+                .with_label_values(&["rate_limited"])
+                .inc();
+            return p.into_response();
+        }
+    } else {
         let allow = &st.cfg.https.admin_allow;
         if !allow.is_empty() && !allow.iter().any(|n| n.contains(&ip)) {
             tracing::info!(%ip, path, "admin API refused: address not in https.admin_allow");
@@ -32,17 +43,9 @@ pub(super) async fn guard(
     // Only what can guess a secret: a refresh needs a 256-bit token, and counting it would
     // lock out an office of dashboards behind one address that merely reload.
     if matches!(route.path, "/api/v1/auth/login" | "/api/v1/auth/login/mfa")
-        && let Err(not_until) = st.auth_limiter.check_key(&ip)
+        && let Some(p) = rate_limited(&st.auth_limiter, ip, "sign-in")
     {
-        {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            return Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many sign-in requests from your address; wait and try again",
-            )
-            .with_retry_after(wait.as_secs_f64().ceil() as u64)
-            .into_response();
-        }
+        return p.into_response();
     }
     if route.perm == Permission::Public {
         return next.run(req).await;
@@ -98,6 +101,23 @@ pub(super) async fn guard(
         }
     }
     resp
+}
+
+/// The 429 for a client over its source's rate (IPv6 clients share their /64's), if it is.
+fn rate_limited(
+    limiter: &DefaultKeyedRateLimiter<IpAddr>,
+    ip: IpAddr,
+    what: &str,
+) -> Option<Problem> {
+    let not_until = limiter.check_key(&source_key(ip)).err()?;
+    let wait = not_until.wait_time_from(DefaultClock::default().now());
+    Some(
+        Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many {what} requests from your address; wait and try again"),
+        )
+        .with_retry_after(wait.as_secs_f64().ceil() as u64),
+    )
 }
 
 /// A Prometheus scrape: the scrape token, or a client address in `metrics.scrape_allow`.

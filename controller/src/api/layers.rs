@@ -157,7 +157,9 @@ pub(super) async fn read_body(State(st): State<AppState>, req: Request, next: Ne
         .await
 }
 
-/// Works out the client address (trusted proxies only) and puts it in the request.
+/// Works out the client address (trusted proxies only) and puts it in the request. A
+/// trusted proxy's malformed X-Forwarded-For is answered 400: guessing would hand the
+/// request the proxy's own address, and with it the proxy's allowlist entries.
 pub(super) async fn client_ip(
     State(st): State<AppState>,
     mut req: Request,
@@ -168,36 +170,80 @@ pub(super) async fn client_ip(
         .get::<PeerAddr>()
         .map(|p| p.0.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let ip = resolve_client(peer, req.headers(), &st.cfg.https.trusted_proxies);
-    req.extensions_mut().insert(ClientIp(ip));
-    next.run(req).await
+    match resolve_client(peer, req.headers(), &st.cfg.https.trusted_proxies) {
+        Ok(ip) => {
+            req.extensions_mut().insert(ClientIp(ip));
+            next.run(req).await
+        }
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "request refused: malformed X-Forwarded-For");
+            Problem::bad_request(format!("malformed X-Forwarded-For: {e}")).into_response()
+        }
+    }
 }
 
-/// The client address: the peer, unless the peer is a trusted proxy, in which case the
-/// right-most X-Forwarded-For entry that is not itself a trusted proxy.
+/// Why a trusted proxy's X-Forwarded-For could not be believed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardedError {
+    #[error("the header is not visible ASCII")]
+    NotAscii,
+    #[error("entry {0:?} is not an IP address")]
+    NotAnAddress(String),
+}
+
+/// The client address of a request from `peer`.
+///
+/// A peer outside `trusted` is the client; its X-Forwarded-For is ignored. From a trusted
+/// proxy, the entries of every X-Forwarded-For line (in order, comma separated) are walked
+/// from the right: trusted proxies are skipped and the first other address is the client.
+/// Entries left of the client are the client's own to write and are never parsed. An entry
+/// on the way that is not an address (`1.2.3.4`, `1.2.3.4:port`, `2001:db8::1` and
+/// `[2001:db8::1]:port` are) is an error, never the peer: a trusted peer is only a proxy,
+/// not a client. If every entry is a trusted proxy, the left-most one is the client; with
+/// no header, the peer is. IPv4-mapped IPv6 addresses count as the IPv4 address they carry.
 pub fn resolve_client(
     peer: IpAddr,
     headers: &axum::http::HeaderMap,
     trusted: &[ipnet::IpNet],
-) -> IpAddr {
+) -> Result<IpAddr, ForwardedError> {
+    let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
-        return peer;
+        return Ok(peer);
     }
-    let mut hops: Vec<IpAddr> = Vec::new();
+    let mut lines = Vec::new();
     for v in headers.get_all("x-forwarded-for") {
-        let Ok(s) = v.to_str() else { return peer };
-        for part in s.split(',') {
-            match part.trim().parse::<IpAddr>() {
-                Ok(ip) => hops.push(ip),
-                Err(_) => return peer, // a malformed chain is not believed at all
-            }
-        }
+        lines.push(v.to_str().map_err(|_| ForwardedError::NotAscii)?);
     }
-    hops.into_iter()
-        .rev()
-        .find(|ip| !is_trusted(ip))
-        .unwrap_or(peer)
+    let mut leftmost = None;
+    for entry in lines.iter().rev().flat_map(|l| l.rsplit(',')) {
+        let ip = forwarded_address(entry)
+            .ok_or_else(|| ForwardedError::NotAnAddress(entry.trim().to_owned()))?;
+        if !is_trusted(&ip) {
+            return Ok(ip);
+        }
+        leftmost = Some(ip);
+    }
+    Ok(leftmost.unwrap_or(peer))
+}
+
+/// One X-Forwarded-For entry as an address: `ip`, `ipv4:port`, `[ipv6]` or `[ipv6]:port`,
+/// with optional white space around it.
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim_matches([' ', '\t']);
+    let ip = if let Ok(ip) = entry.parse::<IpAddr>() {
+        ip
+    } else if let Ok(sa) = entry.parse::<std::net::SocketAddr>() {
+        sa.ip()
+    } else {
+        entry
+            .strip_prefix('[')?
+            .strip_suffix(']')?
+            .parse::<std::net::Ipv6Addr>()
+            .ok()
+            .map(IpAddr::V6)?
+    };
+    Some(ip.to_canonical())
 }
 
 /// Counts every routed request by method, route template and status, with its duration.

@@ -28,11 +28,13 @@ use crate::auth::{Permission, Role, rbac};
 use crate::config::Config;
 use crate::datadir::DataDir;
 use crate::dispatch::Dispatcher;
+use crate::enroll::refusals::RefusalTally;
 use crate::enroll::{self, EnrollState};
 use crate::https::PeerAddr;
 use crate::live::Hub;
 use crate::metrics::Metrics;
 use crate::problem::{Problem, ProblemDoc};
+use crate::source::source_key;
 use crate::store::Store;
 use crate::supervise::Health;
 
@@ -51,7 +53,7 @@ pub mod users;
 
 pub use extract::{AuditNote, ClientIp, Principal};
 use guard::guard;
-pub use layers::{REQUEST_ID, SECURITY_HEADERS, resolve_client};
+pub use layers::{ForwardedError, REQUEST_ID, SECURITY_HEADERS, resolve_client};
 use layers::{client_ip, deadline, http_metrics, read_body, request_span, security_headers};
 
 /// Everything the handlers share.
@@ -65,8 +67,12 @@ pub struct ApiState {
     pub dispatcher: Arc<Dispatcher>,
     pub enroll: Arc<EnrollState>,
     pub metrics: Metrics,
-    /// Per-IP limiter for sign-in (login and its MFA step).
+    /// Limiter for sign-in (login and its MFA step), keyed by [`source_key`].
     pub auth_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    /// Limiter for device enrollment, keyed by [`source_key`].
+    pub enroll_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    /// Refused enrollments since the last audit flush.
+    pub enroll_refusals: RefusalTally,
     /// Roles whose users must have MFA (security settings, cached from the database).
     pub mfa_required: RwLock<Vec<Role>>,
     /// The bearer token Prometheus scrapes with (`scrape.token`).
@@ -98,6 +104,8 @@ impl ApiState {
             .map_err(|e| crate::serve::ServeError::Auth(e.to_string()))?;
         let quota = Quota::per_minute(nonzero(cfg.auth.rate_per_minute))
             .allow_burst(nonzero(cfg.auth.rate_burst));
+        let enroll_quota = Quota::per_minute(nonzero(cfg.enrollment.rate_per_minute))
+            .allow_burst(nonzero(cfg.enrollment.rate_burst));
         let mfa_required = store.mfa_required_roles().await?;
         let live = dispatcher.live().clone();
         Ok(Arc::new(Self {
@@ -110,6 +118,8 @@ impl ApiState {
             enroll,
             metrics,
             auth_limiter: RateLimiter::keyed(quota),
+            enroll_limiter: RateLimiter::keyed(enroll_quota),
+            enroll_refusals: RefusalTally::default(),
             mfa_required: RwLock::new(mfa_required),
             scrape_token,
             live,
@@ -145,6 +155,26 @@ impl ApiState {
             .await
             .map_err(|e| Problem::internal(&e))?
             .map_err(|e| Problem::internal(&e))
+    }
+
+    /// Forgets the rate-limit state of sources that have been quiet long enough to be back
+    /// at a full burst (so the limiters' maps do not grow with every address ever seen).
+    pub fn forget_quiet_limits(&self) {
+        self.auth_limiter.retain_recent();
+        self.enroll_limiter.retain_recent();
+    }
+
+    /// Audits the refused enrollments counted so far every
+    /// `enrollment.refusal_audit_interval_s`, and once more at shutdown.
+    pub async fn audit_enroll_refusals(
+        self: Arc<Self>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> crate::supervise::TaskResult {
+        let every = Duration::from_secs(self.cfg.enrollment.refusal_audit_interval_s);
+        self.enroll_refusals
+            .run(self.store.clone(), every, shutdown)
+            .await;
+        Ok(())
     }
 
     /// Counts an admin sign-in event.
@@ -284,8 +314,10 @@ pub fn app(state: AppState) -> Router {
         })
         .with_state(state.clone())
         .layer(DefaultBodyLimit::max(https.max_body_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), read_body))
-        .layer(middleware::from_fn_with_state(state.clone(), client_ip));
+        .layer(middleware::from_fn_with_state(state.clone(), client_ip))
+        // Outside the client address: its 400 comes after the body was read, so the
+        // connection stays usable.
+        .layer(middleware::from_fn_with_state(state.clone(), read_body));
     if !https.cors_origins.is_empty() {
         let origins: Vec<HeaderValue> = https
             .cors_origins

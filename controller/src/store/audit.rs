@@ -1,83 +1,238 @@
 //! SQL for the audit log. Appends go through the single writer connection, so the chain
 //! is extended by one entry at a time.
 
+use futures_util::{Stream, StreamExt};
 use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
 
 use super::{Store, StoreError, now_ms};
-use crate::audit::{Entry, Event, GENESIS, entry_hash};
+use crate::audit::{Break, ChainVerifier, Entry, Event, GENESIS, entry_hash};
 
 impl Store {
     /// Appends an event to the chain; returns its sequence number.
     pub async fn append_audit(&self, ev: &Event) -> Result<i64, StoreError> {
         let mut tx = self.write_tx().await?;
-        let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await?;
-        let (seq, prev) = match last {
-            Some(r) => (
-                r.try_get::<i64, _>("seq")? + 1,
-                r.try_get::<String, _>("hash")?,
-            ),
-            None => (1, GENESIS.to_owned()),
-        };
-        let at = now_ms();
-        let hash = entry_hash(&prev, seq, at, ev);
-        sqlx::query(
-            "INSERT INTO audit_log (seq, at, actor, source, action, target, outcome, detail, \
-             prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(seq)
-        .bind(at)
-        .bind(&ev.actor)
-        .bind(&ev.source)
-        .bind(&ev.action)
-        .bind(&ev.target)
-        .bind(&ev.outcome)
-        .bind(&ev.detail)
-        .bind(&prev)
-        .bind(&hash)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO meta (key, value) VALUES ('audit_head', ?) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(seq.to_string())
-        .execute(&mut *tx)
-        .await?;
+        let seq = append(&mut tx, ev).await?;
         tx.commit().await?;
         Ok(seq)
     }
 
-    /// Every audit entry in sequence order, and the head recorded at the last append.
-    pub async fn audit_entries(&self) -> Result<(Vec<Entry>, Option<i64>), StoreError> {
-        let rows = sqlx::query(
+    /// Appends events to the chain in one transaction (one fsync); returns the sequence
+    /// number of the last, if any.
+    pub async fn append_audits(&self, events: &[Event]) -> Result<Option<i64>, StoreError> {
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let mut tx = self.write_tx().await?;
+        let mut last = None;
+        for ev in events {
+            last = Some(append(&mut tx, ev).await?);
+        }
+        tx.commit().await?;
+        Ok(last)
+    }
+
+    /// Every audit entry in sequence order, read row by row (never the whole table at
+    /// once).
+    pub fn audit_stream(&self) -> impl Stream<Item = Result<Entry, StoreError>> + Send + '_ {
+        sqlx::query(
             "SELECT seq, at, actor, source, action, target, outcome, detail, prev_hash, hash \
              FROM audit_log ORDER BY seq",
         )
-        .fetch_all(&self.reader)
+        .fetch(&self.reader)
+        .map(|row| audit_entry(&row?))
+    }
+
+    /// Verifies the whole chain against the recorded head, streaming: rows are read in
+    /// order and hashed on the blocking pool, a few hundred at a time.
+    pub async fn verify_audit(&self) -> Result<AuditCheck, StoreError> {
+        // A batch is sent to the hasher at this many entries or bytes, whichever comes
+        // first; with the channel's two slots, at most a few batches are in memory.
+        const BATCH: usize = 256;
+        const BATCH_BYTES: usize = 256 * 1024;
+        // The head first: entries appended while the log is read lie past it, so they
+        // cannot make an intact log look cut off.
+        let head = self.audit_head().await?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Entry>>(2);
+        let hasher = tokio::task::spawn_blocking(move || {
+            let mut v = ChainVerifier::new();
+            while let Some(batch) = rx.blocking_recv() {
+                for e in &batch {
+                    v.push(e);
+                }
+            }
+            v
+        });
+        let read = async {
+            let mut rows = std::pin::pin!(self.audit_stream());
+            let mut batch = Vec::with_capacity(BATCH);
+            let mut bytes = 0;
+            while let Some(e) = rows.next().await {
+                let e = e?;
+                bytes += e.detail.len() + e.target.len() + e.actor.len() + 256;
+                batch.push(e);
+                if batch.len() == BATCH || bytes >= BATCH_BYTES {
+                    bytes = 0;
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    if tx.send(full).await.is_err() {
+                        break; // the hasher is gone; its join reports why
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                let _ = tx.send(batch).await;
+            }
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        drop(tx);
+        let v = hasher.await.map_err(StoreError::Task)?;
+        read?;
+        Ok(AuditCheck {
+            entries: v.seen(),
+            result: v.finish(head),
+        })
+    }
+}
+
+/// The result of verifying the stored audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCheck {
+    /// Entries read, intact or not.
+    pub entries: i64,
+    /// The number of entries verified, or where the chain breaks.
+    pub result: Result<i64, Break>,
+}
+
+/// An audit entry from a row with every `audit_log` column.
+pub(super) fn audit_entry(r: &SqliteRow) -> Result<Entry, StoreError> {
+    Ok(Entry {
+        seq: r.try_get("seq")?,
+        at: r.try_get("at")?,
+        actor: r.try_get("actor")?,
+        source: r.try_get("source")?,
+        action: r.try_get("action")?,
+        target: r.try_get("target")?,
+        outcome: r.try_get("outcome")?,
+        detail: r.try_get("detail")?,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+    })
+}
+
+/// Appends one event inside a write transaction; returns its sequence number.
+async fn append(conn: &mut sqlx::SqliteConnection, ev: &Event) -> Result<i64, StoreError> {
+    let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut *conn)
         .await?;
-        let entries = rows
-            .iter()
-            .map(|r| {
-                Ok(Entry {
-                    seq: r.try_get("seq")?,
-                    at: r.try_get("at")?,
-                    actor: r.try_get("actor")?,
-                    source: r.try_get("source")?,
-                    action: r.try_get("action")?,
-                    target: r.try_get("target")?,
-                    outcome: r.try_get("outcome")?,
-                    detail: r.try_get("detail")?,
-                    prev_hash: r.try_get("prev_hash")?,
-                    hash: r.try_get("hash")?,
-                })
+    let (seq, prev) = match last {
+        Some(r) => (
+            r.try_get::<i64, _>("seq")? + 1,
+            r.try_get::<String, _>("hash")?,
+        ),
+        None => (1, GENESIS.to_owned()),
+    };
+    let at = now_ms();
+    let hash = entry_hash(&prev, seq, at, ev);
+    sqlx::query(
+        "INSERT INTO audit_log (seq, at, actor, source, action, target, outcome, detail, \
+         prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(seq)
+    .bind(at)
+    .bind(&ev.actor)
+    .bind(&ev.source)
+    .bind(&ev.action)
+    .bind(&ev.target)
+    .bind(&ev.outcome)
+    .bind(&ev.detail)
+    .bind(&prev)
+    .bind(&hash)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO meta (key, value) VALUES ('audit_head', ?) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(seq.to_string())
+    .execute(&mut *conn)
+    .await?;
+    Ok(seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(i: usize) -> Event {
+        Event {
+            actor: "anonymous".into(),
+            source: format!("192.0.2.{}", i % 250),
+            action: "device.enroll".into(),
+            target: String::new(),
+            outcome: "refused".into(),
+            detail: format!("{i} refused attempts"),
+        }
+    }
+
+    /// More entries than one batch of the streaming verifier, appended one by one and in
+    /// a batch; then an edit deep in the log and a cut at its end are found.
+    #[tokio::test]
+    async fn a_streamed_log_verifies_and_breaks_where_it_was_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db"), true).await.unwrap();
+        assert_eq!(
+            s.verify_audit().await.unwrap(),
+            AuditCheck {
+                entries: 0,
+                result: Ok(0)
+            }
+        );
+        for i in 0..10 {
+            s.append_audit(&event(i)).await.unwrap();
+        }
+        let batch: Vec<Event> = (10..600).map(event).collect();
+        assert_eq!(s.append_audits(&batch).await.unwrap(), Some(600));
+        assert_eq!(s.append_audits(&[]).await.unwrap(), None);
+        assert_eq!(
+            s.verify_audit().await.unwrap(),
+            AuditCheck {
+                entries: 600,
+                result: Ok(600)
+            }
+        );
+        let listed: Vec<i64> = s
+            .audit_stream()
+            .map(|e| e.unwrap().seq)
+            .collect::<Vec<_>>()
+            .await;
+        assert_eq!(listed, (1..=600).collect::<Vec<_>>());
+
+        sqlx::query("UPDATE audit_log SET detail = 'edited' WHERE seq = 300")
+            .execute(&s.writer)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.verify_audit().await.unwrap(),
+            AuditCheck {
+                entries: 600,
+                result: Err(Break::Modified(300))
+            }
+        );
+        sqlx::query("UPDATE audit_log SET detail = '299 refused attempts' WHERE seq = 300")
+            .execute(&s.writer)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM audit_log WHERE seq > 598")
+            .execute(&s.writer)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.verify_audit().await.unwrap().result,
+            Err(Break::Truncated {
+                last: 598,
+                head: 600
             })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let head: Option<String> =
-            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'audit_head'")
-                .fetch_optional(&self.reader)
-                .await?;
-        Ok((entries, head.and_then(|h| h.parse().ok())))
+        );
     }
 }

@@ -544,22 +544,7 @@ impl Store {
         }
         qb.push(" ORDER BY seq DESC LIMIT ").push_bind(f.limit);
         let rows = qb.build().fetch_all(&self.reader).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Entry {
-                    seq: r.try_get("seq")?,
-                    at: r.try_get("at")?,
-                    actor: r.try_get("actor")?,
-                    source: r.try_get("source")?,
-                    action: r.try_get("action")?,
-                    target: r.try_get("target")?,
-                    outcome: r.try_get("outcome")?,
-                    detail: r.try_get("detail")?,
-                    prev_hash: r.try_get("prev_hash")?,
-                    hash: r.try_get("hash")?,
-                })
-            })
-            .collect()
+        rows.iter().map(super::audit::audit_entry).collect()
     }
 
     /// The sequence number of the newest audit entry, as recorded at the last append.

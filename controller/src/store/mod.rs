@@ -19,6 +19,7 @@ mod commands;
 mod fleet;
 mod ingest;
 pub mod users;
+pub use audit::AuditCheck;
 pub use commands::{Cancel, CommandRow, NewCommand, ReceiptUpdate};
 pub use fleet::{THROTTLED_NOW, THROTTLED_UNDER_VOLTAGE};
 
@@ -31,6 +32,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("background task: {0}")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 impl StoreError {
