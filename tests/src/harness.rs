@@ -160,15 +160,31 @@ impl Controller {
             .spawn()?;
         self.child = Some(child);
         let state = self.data.join("serve.json");
-        let bound: Bound = wait_for(Duration::from_secs(30), "controller start", || {
-            let state = state.clone();
-            async move {
-                let text = std::fs::read(&state).ok()?;
-                serde_json::from_slice(&text).ok()
+        let start = Instant::now();
+        let bound: Bound = loop {
+            if let Some(b) = std::fs::read(&state)
+                .ok()
+                .and_then(|text| serde_json::from_slice(&text).ok())
+            {
+                break b;
             }
-        })
-        .await
-        .with_context(|| format!("controller log:\n{}", self.log()))?;
+            // A controller that refuses its configuration exits at once: say so now.
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                bail!(
+                    "the controller exited at start-up ({status}):\n{}",
+                    self.log()
+                );
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("the controller did not start within 30 s:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         let _ = bound.pid;
         self.mqtt = bound.mqtt;
         self.https = bound.https;

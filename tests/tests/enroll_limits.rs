@@ -269,3 +269,27 @@ async fn refusals_are_flushed_at_shutdown_and_successes_audited_at_once() {
     let out = ctl.cli(&["audit", "verify"]).unwrap();
     assert!(out.status.success(), "{out:?}");
 }
+
+/// Guessed tokens cost no write lock: while another process holds the database's write
+/// lock (longer than the controller waits for it), an unknown token is still refused as
+/// unknown, not failed as a locked database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_tokens_are_refused_without_the_write_lock() {
+    let ctl = Controller::start_with("[store]\nbusy_timeout_ms = 300")
+        .await
+        .unwrap();
+    let api = Api::new(&ctl).unwrap();
+    let body = json!({ "token": unknown_token(&ctl), "csr": csr_pem("pi-guess") });
+    let db = ctl.db_rw().await.unwrap();
+    let mut conn = db.acquire().await.unwrap();
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let r = enroll(&api, &body, None).await;
+    problem(&r, 403, "unknown token while the database is locked");
+    assert!(r.text.contains("unknown enrollment token"), "{}", r.text);
+    sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.unwrap();
+    drop(conn);
+    db.close().await;
+}

@@ -331,6 +331,16 @@ impl Store {
         F: FnOnce(&TokenRow) -> Result<(NewDevice, T), E>,
     {
         let now = now_ms();
+        // An unknown token (what a stranger guessing tokens sends) is refused from a
+        // reader, without waiting for the write lock that ingest needs.
+        let known: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM enrollment_tokens WHERE secret_hash = ?")
+                .bind(secret_hash)
+                .fetch_optional(&self.reader)
+                .await?;
+        if known.is_none() {
+            return Ok(Err(EnrollError::Refused(EnrollRefusal::UnknownToken)));
+        }
         let mut tx = self.write_tx().await?;
         let row = sqlx::query(
             "SELECT id, name, labels, created_at, expires_at, used_at, used_by, revoked_at \
