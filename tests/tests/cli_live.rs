@@ -275,3 +275,31 @@ async fn serve_refuses_a_data_dir_open_to_others() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_refuses_an_existing_directory() {
+    // A directory someone else could have made (or filled) beforehand, like the fixed
+    // /tmp/pifleet-demo-<pid> of old.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(bin("pifleet-controller").unwrap())
+        .args(["demo", "--agents", "1", "--dir"])
+        .arg(tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let status = match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+        Ok(s) => s.unwrap(),
+        Err(_) => panic!("the demo started in an existing directory"),
+    };
+    let out = child.wait_with_output().await.unwrap();
+    assert!(!status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "the demo wrote into it"
+    );
+}
