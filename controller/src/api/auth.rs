@@ -5,7 +5,7 @@
 //! API clients get the refresh token in the response body. Browsers ask for `cookie: true`
 //! and get it only as an HttpOnly, Secure, SameSite=Strict cookie scoped to
 //! `/api/v1/auth`; refreshing from the cookie also needs the `X-CSRF-Token` header to equal
-//! the `pifleet_csrf` cookie (double submit), which a cross-site page cannot read.
+//! the `__Host-pifleet_csrf` cookie (double submit), which a cross-site page cannot read.
 
 use std::net::IpAddr;
 
@@ -26,8 +26,15 @@ use crate::problem::{Problem, ProblemDoc};
 use crate::store::now_ms;
 use crate::store::users::{Refresh, UserRow};
 
-pub const REFRESH_COOKIE: &str = "pifleet_refresh";
-pub const CSRF_COOKIE: &str = "pifleet_csrf";
+/// The refresh token's cookie. Scoped to `Path=/api/v1/auth` so the browser sends it only
+/// to sign-in, refresh and logout, not with every request. The `__Host-` prefix would
+/// require `Path=/`, so it gets `__Secure-`: the browser accepts it only with `Secure` from
+/// an HTTPS origin, so a plain-HTTP page or network attacker cannot plant or overwrite it.
+pub const REFRESH_COOKIE: &str = "__Secure-pifleet_refresh";
+/// The double-submit CSRF cookie (`Path=/`, readable by the dashboard). `__Host-`: only the
+/// controller's own host can set it (no `Domain`, `Secure`, `Path=/`), so a sibling
+/// subdomain cannot plant a value of its choosing.
+pub const CSRF_COOKIE: &str = "__Host-pifleet_csrf";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Lifetime of the token that carries a sign-in from the password step to the MFA step.
 const MFA_TOKEN_TTL_S: i64 = 300;
@@ -477,7 +484,7 @@ pub async fn login_mfa(
 /// Exchange a refresh token for a new access token and a new refresh token. A refresh
 /// token works once: presenting a used one ends its whole session.
 #[utoipa::path(post, path = "/api/v1/auth/refresh", operation_id = "refresh", tag = "auth", security(()),
-    request_body(content = Option<RefreshRequest>, description = "API clients send the token; browsers send no body and the `pifleet_refresh` cookie plus the `X-CSRF-Token` header"),
+    request_body(content = Option<RefreshRequest>, description = "API clients send the token; browsers send no body and the `__Secure-pifleet_refresh` cookie plus the `X-CSRF-Token` header"),
     responses(
         (status = 200, description = "New tokens", body = TokenResponse),
         (status = 401, description = "Invalid, expired, revoked or reused refresh token", body = ProblemDoc, content_type = "application/problem+json"),
@@ -602,7 +609,9 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
-            HeaderValue::from_static("a=1; pifleet_refresh_x=no; pifleet_refresh=yes"),
+            HeaderValue::from_static(
+                "a=1; __Secure-pifleet_refresh_x=no; pifleet_refresh=old; __Secure-pifleet_refresh=yes",
+            ),
         );
         assert_eq!(cookie(&h, REFRESH_COOKIE), Some("yes"));
         assert_eq!(cookie(&h, CSRF_COOKIE), None);
