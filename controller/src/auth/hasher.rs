@@ -1,15 +1,15 @@
 //! Bounds argon2 work. Every password check and hash runs on the blocking pool, at most
-//! `auth.argon2_concurrency` at a time (each run holds `auth.argon2_memory_kib` of memory),
-//! and at most `auth.argon2_queue` requests wait for a turn. A request that finds the queue
-//! full is refused at once ([`Busy`], HTTP 503) instead of queueing, so memory stays bounded
-//! however many sign-ins arrive together.
+//! `auth.argon2_concurrency` at a time, each in one of as many reused working memories
+//! (`auth.argon2_memory_kib` each), and at most `auth.argon2_queue` requests wait for a turn.
+//! A request that finds the queue full is refused at once ([`Busy`], HTTP 503) instead of
+//! queueing, so memory stays bounded however many sign-ins arrive together.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::password::{PasswordError, Passwords};
+use super::password::{Memory, PasswordError, Passwords};
 
 /// The queue is full: try again shortly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -32,6 +32,8 @@ pub enum HashError {
 /// Runs argon2 for the API with bounded concurrency and a bounded queue.
 pub struct Hasher {
     passwords: Arc<Passwords>,
+    /// Working memories of finished runs, for the next ones (at most one per run permit).
+    memories: Arc<Mutex<Vec<Memory>>>,
     /// A permit per argon2 run allowed at once.
     run: Arc<Semaphore>,
     /// A permit per request admitted (running or waiting): concurrency + queue.
@@ -60,6 +62,7 @@ impl Hasher {
         let concurrency = concurrency.max(1);
         Self {
             passwords: Arc::new(passwords),
+            memories: Arc::new(Mutex::new(Vec::with_capacity(concurrency))),
             run: Arc::new(Semaphore::new(concurrency)),
             admit: Arc::new(Semaphore::new(concurrency.saturating_add(queue))),
             concurrency,
@@ -76,6 +79,7 @@ impl Hasher {
             _slot: slot,
             run: self.run.clone(),
             passwords: self.passwords.clone(),
+            memories: self.memories.clone(),
         })
     }
 
@@ -90,6 +94,7 @@ pub struct Admission {
     _slot: OwnedSemaphorePermit,
     run: Arc<Semaphore>,
     passwords: Arc<Passwords>,
+    memories: Arc<Mutex<Vec<Memory>>>,
 }
 
 impl fmt::Debug for Admission {
@@ -99,13 +104,14 @@ impl fmt::Debug for Admission {
 }
 
 impl Admission {
-    /// Runs `f` on the blocking pool once a run permit is free. The permit moves into the
-    /// blocking task, so it is held until argon2 finishes even if the request is dropped
-    /// meanwhile (a client that disconnects cannot free its place early).
+    /// Runs `f` on the blocking pool once a run permit is free, in a reused working memory.
+    /// The permit moves into the blocking task, so it is held until argon2 finishes even if
+    /// the request is dropped meanwhile (a client that disconnects cannot free its place
+    /// early); so there are never more working memories than permits.
     async fn run<T, F>(&self, f: F) -> Result<T, HashError>
     where
         T: Send + 'static,
-        F: FnOnce(&Passwords) -> T + Send + 'static,
+        F: FnOnce(&Passwords, &mut Memory) -> T + Send + 'static,
     {
         let permit = self
             .run
@@ -114,8 +120,14 @@ impl Admission {
             .await
             .map_err(|_| HashError::Closed)?;
         let passwords = self.passwords.clone();
+        let memories = self.memories.clone();
         Ok(tokio::task::spawn_blocking(move || {
-            let out = f(&passwords);
+            let mut memory = free_list(&memories).pop().unwrap_or_default();
+            let out = f(&passwords, &mut memory);
+            // A stored hash of a higher cost grew it: let that go rather than keep it.
+            if memory.kib() <= passwords.run_kib() {
+                free_list(&memories).push(memory);
+            }
             drop(permit);
             out
         })
@@ -125,17 +137,22 @@ impl Admission {
     /// Verifies a password (see [`Passwords::verify`]: `None` costs the same and fails).
     /// False too if the check could not run.
     pub async fn verify(&self, stored: Option<String>, password: String) -> bool {
-        self.run(move |p| p.verify(stored.as_deref(), &password))
+        self.run(move |p, m| p.verify_in(stored.as_deref(), &password, m))
             .await
             .unwrap_or(false)
     }
 
     /// Hashes a new password.
     pub async fn hash(&self, password: String) -> Result<String, HashError> {
-        self.run(move |p| p.hash(&password))
+        self.run(move |p, m| p.hash_in(&password, m))
             .await?
             .map_err(HashError::from)
     }
+}
+
+/// The list of free working memories (a poisoned lock still holds a usable list).
+fn free_list(m: &Mutex<Vec<Memory>>) -> MutexGuard<'_, Vec<Memory>> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -176,6 +193,10 @@ mod tests {
         assert!(a.verify(Some(stored.clone()), "correct horse".into()).await);
         assert!(!a.verify(Some(stored), "correct horsf".into()).await);
         assert!(!a.verify(None, "correct horse".into()).await);
+        // One working memory, reused by every run.
+        let memories = h.memories.lock().unwrap();
+        assert_eq!(memories.len(), 1);
+        assert_eq!(memories[0].kib(), 256);
     }
 
     /// Runs never exceed the concurrency, also when their requests give up waiting.
@@ -190,7 +211,7 @@ mod tests {
             let (h, now, peak) = (h.clone(), now.clone(), peak.clone());
             tasks.push(tokio::spawn(async move {
                 let a = h.admit().unwrap();
-                let run = a.run(move |_| {
+                let run = a.run(move |_, _| {
                     let n = now.fetch_add(1, Ordering::SeqCst) + 1;
                     peak.fetch_max(n, Ordering::SeqCst);
                     std::thread::sleep(Duration::from_millis(20));
@@ -211,5 +232,6 @@ mod tests {
         let _all = h.run.acquire_many(2).await.unwrap();
         assert!(peak.load(Ordering::SeqCst) <= 2, "{peak:?}");
         assert_eq!(now.load(Ordering::SeqCst), 0);
+        assert!(h.memories.lock().unwrap().len() <= 2);
     }
 }
