@@ -10,7 +10,7 @@ use futures_util::future::join_all;
 use pifleet_tests::api::{Api, Resp, TEST_PASSWORD};
 use pifleet_tests::authkit::{
     audit, base32, code, enrol_mfa, now_s, problem, retry_after, send_command, start, unauthorized,
-    whoami,
+    warm_connections, whoami,
 };
 use reqwest::Method;
 use serde_json::json;
@@ -366,6 +366,7 @@ async fn parallel_wrong_codes_are_checked_only_up_to_the_limit() {
     let (secret, _, step) = enrol_mfa(&api, &petra).await;
     let mfa = mfa_token(&api, "petra").await;
     let wrong = wrong_code(&secret, step);
+    warm_connections(&api, 20).await;
     let rs = join_all((0..20).map(|_| login_mfa(&api, &mfa, "code", &wrong))).await;
     for r in &rs {
         match r.status {
