@@ -146,7 +146,15 @@ async fn populate(dd: &DataDir, hostnames: &[String]) -> Result<InitReport, Admi
     crl::publish(dd, &store, &ca, cfg.pki.crl_next_update_days).await?;
     let passwords = Passwords::new(cfg.auth.argon2_cost())
         .map_err(|e| AdminError::Invalid(format!("password hashing: {e}")))?;
-    let admin = create_user(&store, &passwords, FIRST_ADMIN, Role::Admin, None, true).await?;
+    let admin = create_user(
+        &store,
+        hash_with(&passwords),
+        FIRST_ADMIN,
+        Role::Admin,
+        None,
+        true,
+    )
+    .await?;
     store
         .append_audit(&crate::audit::Event::cli(
             "user.create",
@@ -309,14 +317,20 @@ pub fn validate_user_name(name: &str) -> Result<(), AdminError> {
 
 /// Creates a user. With `password` None a one-time password is generated; a user created
 /// with a generated password, or with `must_change`, must change it at first sign-in.
-pub async fn create_user(
+/// `hash` turns the password into its stored hash (the API bounds these argon2 runs, the
+/// command line hashes directly: see [`hash_with`]).
+pub async fn create_user<H, Fut>(
     store: &Store,
-    passwords: &Passwords,
+    hash: H,
     name: &str,
     role: Role,
     password: Option<&str>,
     must_change: bool,
-) -> Result<CreatedUser, AdminError> {
+) -> Result<CreatedUser, AdminError>
+where
+    H: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Result<String, AdminError>>,
+{
     validate_user_name(name)?;
     let (password, generated) = match password {
         Some(p) => {
@@ -326,9 +340,7 @@ pub async fn create_user(
         }
         None => (password::one_time_password(), true),
     };
-    let hash = passwords
-        .hash(&password)
-        .map_err(|e| AdminError::Invalid(format!("cannot hash the password: {e}")))?;
+    let hash = hash(password.clone()).await?;
     let id = store
         .create_user(name, role, &hash, must_change || generated)
         .await?
@@ -338,6 +350,18 @@ pub async fn create_user(
         name: name.to_owned(),
         one_time_password: generated.then_some(password),
     })
+}
+
+/// A `hash` for [`create_user`] that runs argon2 at once on this thread (command line).
+pub fn hash_with(
+    passwords: &Passwords,
+) -> impl FnOnce(String) -> std::future::Ready<Result<String, AdminError>> + '_ {
+    move |password| std::future::ready(hash_error(passwords.hash(&password)))
+}
+
+/// A hashing failure as an [`AdminError`].
+pub fn hash_error<E: std::fmt::Display>(r: Result<String, E>) -> Result<String, AdminError> {
+    r.map_err(|e| AdminError::Invalid(format!("cannot hash the password: {e}")))
 }
 
 #[cfg(test)]

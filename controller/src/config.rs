@@ -194,6 +194,12 @@ pub struct AuthConfig {
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
+    /// Argon2 runs (password checks and hashes) at the same time; each holds
+    /// `argon2_memory_kib` of memory while it runs. Unset: the number of CPUs.
+    pub argon2_concurrency: Option<u32>,
+    /// Requests that may wait for an argon2 run; with this many waiting, sign-ins and
+    /// password changes are refused at once (HTTP 503 with Retry-After) instead of queueing.
+    pub argon2_queue: u32,
 }
 
 impl Default for AuthConfig {
@@ -208,6 +214,8 @@ impl Default for AuthConfig {
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
             argon2_parallelism: 1,
+            argon2_concurrency: None,
+            argon2_queue: 32,
         }
     }
 }
@@ -218,6 +226,14 @@ impl AuthConfig {
             memory_kib: self.argon2_memory_kib,
             iterations: self.argon2_iterations,
             parallelism: self.argon2_parallelism,
+        }
+    }
+
+    /// Argon2 runs allowed at once: `argon2_concurrency`, or the number of CPUs.
+    pub fn argon2_concurrency(&self) -> usize {
+        match self.argon2_concurrency {
+            Some(n) => usize::try_from(n).unwrap_or(1),
+            None => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
         }
     }
 }
@@ -648,6 +664,16 @@ impl Config {
             (1..=64).contains(&self.auth.argon2_parallelism),
             "auth.argon2_parallelism must be 1..=64",
         );
+        check(
+            self.auth
+                .argon2_concurrency
+                .is_none_or(|n| (1..=1024).contains(&n)),
+            "auth.argon2_concurrency must be 1..=1024",
+        );
+        check(
+            self.auth.argon2_queue <= 100_000,
+            "auth.argon2_queue must be 0..=100000",
+        );
         p.extend(self.tracing.problems());
         p
     }
@@ -753,8 +779,12 @@ resend_ms = 2000
 access_ttl_s = 900
 # A sign-in session (refresh token family) lives this long.
 refresh_ttl_s = 2592000
-# This many failed sign-ins (password or MFA code) within the window lock the account
-# (HTTP 423) until the oldest failure leaves the window. Unknown user names behave the same.
+# This many failed sign-ins (password or MFA code, or a wrong current password on a
+# password change) within the window lock the account (HTTP 423) until the oldest failure
+# leaves the window. Unknown user names behave the same. Each attempt is recorded as a
+# failure before its password or code is checked (and removed if it was right), so at most
+# this many guesses are checked per window however many arrive at once, also across
+# controller processes sharing the database.
 lockout_failures = 5
 lockout_window_s = 900
 # Per source (an IPv4 address, or an IPv6 /64) on sign-in (/api/v1/auth/login, /login/mfa):
@@ -766,6 +796,14 @@ rate_burst = 10
 argon2_memory_kib = 19456
 argon2_iterations = 2
 argon2_parallelism = 1
+# Argon2 runs (password checks and hashes) at the same time, each holding argon2_memory_kib
+# of memory while it runs: memory for sign-ins stays below argon2_concurrency x that.
+# Default: the number of CPUs (more would not finish sooner).
+# argon2_concurrency = 4
+# Requests that may wait for an argon2 run. With this many waiting, sign-ins and password
+# changes are refused at once with HTTP 503 and Retry-After (without counting toward the
+# lockout) instead of queueing without bound.
+argon2_queue = 32
 
 [metrics]
 # Prometheus scrapes /metrics, /metrics/devices/<id> and /api/v1/prometheus/sd with the
@@ -813,6 +851,9 @@ mod tests {
             cfg.enrollment.max_token_ttl_s,
             def.enrollment.max_token_ttl_s
         );
+        assert_eq!(cfg.auth.argon2_queue, def.auth.argon2_queue);
+        assert_eq!(cfg.auth.argon2_concurrency, None);
+        assert!(cfg.auth.argon2_concurrency() >= 1);
         let h = (&cfg.https, &def.https);
         assert_eq!(
             (
@@ -877,6 +918,25 @@ mod tests {
         assert_eq!(budgets(100, 50, 0), 1);
         assert_eq!(budgets(0, 0, 0), 3);
         assert!(Config::parse("[https]\nheader_timeout_ms = 50\n", Path::new("t")).is_err());
+    }
+
+    #[test]
+    fn argon2_bounds_checked() {
+        let ok = Config::parse(
+            "[auth]\nargon2_concurrency = 1\nargon2_queue = 0\n",
+            Path::new("t"),
+        )
+        .unwrap();
+        assert_eq!((ok.auth.argon2_concurrency(), ok.auth.argon2_queue), (1, 0));
+        let err = Config::parse(
+            "[auth]\nargon2_concurrency = 0\nargon2_queue = 100001\n",
+            Path::new("t"),
+        )
+        .unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}");
+        };
+        assert_eq!(problems.len(), 2, "{problems:?}");
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub enrollments: IntCounterVec,
     pub commands: IntCounterVec,
     pub auth_events: IntCounterVec,
+    pub auth_busy: IntCounter,
     pub command_roundtrip_seconds: Histogram,
     pub agent_spool_dropped: IntCounter,
     pub https_refused: IntCounterVec,
@@ -132,6 +133,10 @@ impl Metrics {
                 ),
                 &["event"],
             )?,
+            auth_busy: IntCounter::new(
+                "auth_busy_total",
+                "Sign-ins and password changes refused with 503 because the argon2 queue was full",
+            )?,
             agent_spool_dropped: IntCounter::new(
                 "agent_spool_dropped_total",
                 "Samples the devices' full spools dropped (oldest first), as they reported",
@@ -219,6 +224,7 @@ impl Metrics {
         r.register(Box::new(m.enrollments.clone()))?;
         r.register(Box::new(m.commands.clone()))?;
         r.register(Box::new(m.auth_events.clone()))?;
+        r.register(Box::new(m.auth_busy.clone()))?;
         r.register(Box::new(m.command_roundtrip_seconds.clone()))?;
         r.register(Box::new(m.agent_spool_dropped.clone()))?;
         r.register(Box::new(m.https_refused.clone()))?;

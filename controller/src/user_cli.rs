@@ -110,9 +110,10 @@ pub async fn run(cmd: UserCmd) -> anyhow::Result<()> {
             } else {
                 Some(read_new_password(&name)?)
             };
+            let passwords = passwords(&dd)?;
             let r = admin::create_user(
                 &store,
-                &passwords(&dd)?,
+                admin::hash_with(&passwords),
                 &name,
                 role,
                 pw.as_deref(),

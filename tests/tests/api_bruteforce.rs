@@ -1,13 +1,18 @@
 //! Brute-force protection of the admin API, end to end: five failures lock an account
 //! (known or unknown, answered alike), wrong current passwords count too, a lock lifts after
-//! its window, and sign-in is rate limited per source (an IPv4 address, an IPv6 /64).
+//! its window, only five of many parallel guesses are checked, a full argon2 queue answers
+//! 503 without counting toward the lockout, and sign-in is rate limited per source (an IPv4
+//! address, an IPv6 /64).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
 
+use futures_util::future::join_all;
 use pifleet_tests::api::{Api, Resp, TEST_PASSWORD};
-use pifleet_tests::authkit::{audit, problem, refresh, retry_after, start, unauthorized, whoami};
+use pifleet_tests::authkit::{
+    audit, problem, refresh, retry_after, start, unauthorized, warm_connections, whoami,
+};
 use pifleet_tests::harness::Controller;
 use serde_json::json;
 
@@ -222,4 +227,126 @@ async fn the_sign_in_limit_counts_an_ipv6_64_as_one_source() {
     // An IPv4-mapped address is the IPv4 address it carries.
     unauthorized(&login("::ffff:203.0.113.9").await, "the same IPv4 client");
     problem(&login("203.0.113.9").await, 429, "that IPv4 client again");
+}
+
+/// `n` sign-ins sent at once (each on its own connection), `password(i)` for the i-th.
+async fn logins_at_once(
+    api: &Api,
+    n: usize,
+    user: impl Fn(usize) -> String,
+    password: impl Fn(usize) -> String,
+) -> Vec<Resp> {
+    join_all((0..n).map(|i| {
+        let (api, user, password) = (api.clone(), user(i), password(i));
+        async move { api.login(&user, &password).await.unwrap() }
+    }))
+    .await
+}
+
+/// How many responses have `status`.
+fn count(rs: &[Resp], status: u16) -> usize {
+    rs.iter().filter(|r| r.status == status).count()
+}
+
+/// Audit entries of `action` for `target` whose outcome is `outcome`.
+async fn audited(api: &Api, admin: &str, action: &str, target: &str, outcome: &str) -> usize {
+    audit(api, admin, action)
+        .await
+        .iter()
+        .filter(|e| e["target"] == target && e["outcome"] == outcome)
+        .count()
+}
+
+/// Every guess is recorded before it is checked, so forty wrong passwords sent at once get
+/// exactly five checks (five 401s, five audited failures); the rest are refused as locked
+/// (or, the few that find the argon2 queue full, with 503 before any of that), and the right
+/// password is locked out too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_wrong_passwords_are_checked_only_up_to_the_limit() {
+    let (ctl, api) = start("").await;
+    let admin = api.admin(&ctl).await.unwrap();
+    api.user(&admin, "olga", "operator").await.unwrap();
+    warm_connections(&api, 40).await;
+    let rs = logins_at_once(&api, 40, |_| "olga".into(), |i| format!("wrong-{i}")).await;
+    for r in &rs {
+        match r.status {
+            401 => unauthorized(r, "wrong password"),
+            423 | 503 => {
+                problem(r, r.status, "locked or busy");
+                assert!((1..=900).contains(&retry_after(r)), "{}", r.text);
+            }
+            _ => panic!("unexpected answer: {} {}", r.status, r.text),
+        }
+    }
+    assert_eq!(count(&rs, 401), 5);
+    assert_eq!(count(&rs, 423) + count(&rs, 503), 35);
+    assert_eq!(
+        audited(&api, &admin, "auth.login", "olga", "failed: wrong password").await,
+        5
+    );
+    assert_eq!(
+        audited(&api, &admin, "auth.lockout", "olga", "locked").await,
+        1
+    );
+    problem(
+        &api.login("olga", TEST_PASSWORD).await.unwrap(),
+        423,
+        "right password after the storm",
+    );
+}
+
+/// With one argon2 run at a time and one request waiting, most of ten parallel sign-ins are
+/// refused with 503 and Retry-After, counted in a metric, and none of those refusals counts
+/// toward the lockout (one failure locks here, so a counted one would show as 423).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_argon2_queue_answers_503_without_counting_a_failure() {
+    let (ctl, api) = start(
+        "lockout_failures = 1\nargon2_concurrency = 1\nargon2_queue = 1\n\
+         argon2_memory_kib = 65536\nargon2_iterations = 8",
+    )
+    .await;
+    let admin = api.admin(&ctl).await.unwrap();
+    let name = |i: usize| format!("ghost-{i}");
+    warm_connections(&api, 10).await;
+    let rs = logins_at_once(&api, 10, name, |i| format!("guess-{i}")).await;
+    let mut busy = Vec::new();
+    for (i, r) in rs.iter().enumerate() {
+        match r.status {
+            401 => unauthorized(r, "unknown user"),
+            503 => {
+                problem(r, 503, "argon2 queue full");
+                assert!(retry_after(r) >= 1, "{}", r.header("retry-after"));
+                busy.push(i);
+            }
+            _ => panic!("unexpected answer: {} {}", r.status, r.text),
+        }
+    }
+    assert!(
+        !busy.is_empty(),
+        "no 503 among {:?}",
+        rs.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert!(busy.len() < 10, "every sign-in was refused");
+    for (i, r) in rs.iter().enumerate() {
+        let failures = audited(&api, &admin, "auth.login", &name(i), "failed: unknown user").await;
+        assert_eq!(failures, usize::from(r.status == 401), "{}", name(i));
+    }
+    for (i, r) in rs.iter().enumerate() {
+        let again = api.login(&name(i), "guess-again").await.unwrap();
+        if r.status == 503 {
+            unauthorized(&again, "after a 503: not locked, the guess is checked");
+        } else {
+            problem(&again, 423, "after a 401: locked");
+        }
+    }
+    let scrape = std::fs::read_to_string(ctl.data.join("scrape.token")).unwrap();
+    let metrics = api.get("/metrics", Some(scrape.trim())).await.unwrap();
+    assert!(
+        metrics
+            .text
+            .lines()
+            .any(|l| l == format!("pifleet_auth_busy_total {}", busy.len())),
+        "{}",
+        metrics.text
+    );
 }

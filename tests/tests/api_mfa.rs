@@ -1,15 +1,16 @@
 //! TOTP multi-factor sign-in to the admin API, end to end: enrolment, the two-step login,
-//! code replay, recovery codes, an admin reset, wrong codes counting toward the lockout, and
-//! MFA required for a role.
+//! code replay, single-use step tokens, recovery codes, an admin reset, wrong codes counting
+//! toward the lockout (only five of many parallel ones checked), and MFA required for a role.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use futures_util::future::join_all;
 use pifleet_tests::api::{Api, Resp, TEST_PASSWORD};
 use pifleet_tests::authkit::{
     audit, base32, code, enrol_mfa, now_s, problem, retry_after, send_command, start, unauthorized,
-    whoami,
+    warm_connections, whoami,
 };
 use reqwest::Method;
 use serde_json::json;
@@ -150,9 +151,11 @@ async fn mfa_enrolment_sign_in_replay_recovery_and_reset() {
         "replayed code, new MFA token",
     );
 
-    // Recovery codes work once each, in any case and grouping.
+    // Recovery codes work once each, in any case and grouping (each sign-in with its own
+    // step token: a token works once).
     let r = login_mfa(&api, &mfa, "recovery_code", &recovery[0]).await;
     assert_eq!(r.status, 200, "{}", r.text);
+    let mfa = mfa_token(&api, "olga").await;
     unauthorized(
         &login_mfa(&api, &mfa, "recovery_code", &recovery[0]).await,
         "used recovery code",
@@ -160,6 +163,7 @@ async fn mfa_enrolment_sign_in_replay_recovery_and_reset() {
     let spaced = recovery[1].to_uppercase().replace('-', " ");
     let r = login_mfa(&api, &mfa, "recovery_code", &spaced).await;
     assert_eq!(r.status, 200, "{spaced}: {}", r.text);
+    let mfa = mfa_token(&api, "olga").await;
     let r = api
         .post(
             "/api/v1/auth/login/mfa",
@@ -297,4 +301,95 @@ async fn a_role_can_be_required_to_use_mfa() {
         "the same token works once MFA is on"
     );
     problem(&send_command(&api, &olga).await, 404, "operator sends");
+}
+
+/// The step token works once, enforced in the database: replayed after a successful second
+/// step it is refused whatever the code, and of two concurrent uses only one succeeds (the
+/// loser's code is not spent). A wrong code does not use it up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mfa_step_token_works_once() {
+    let (ctl, api) = start("").await;
+    let admin = api.admin(&ctl).await.unwrap();
+    let olga = api.user(&admin, "olga", "operator").await.unwrap();
+    let (secret, recovery, step) = enrol_mfa(&api, &olga).await;
+    let mfa = mfa_token(&api, "olga").await;
+    let r = login_mfa(&api, &mfa, "code", &wrong_code(&secret, step)).await;
+    unauthorized(&r, "a typo");
+    assert_eq!(r.json()["code"], serde_json::Value::Null, "{}", r.text);
+    let r = login_mfa(&api, &mfa, "code", &code(&secret, step + 1)).await;
+    assert_eq!(r.status, 200, "the same token after a typo: {}", r.text);
+    for (field, value) in [
+        ("recovery_code", &recovery[0]),
+        ("code", &wrong_code(&secret, step)),
+    ] {
+        let r = login_mfa(&api, &mfa, field, value).await;
+        unauthorized(&r, &format!("replayed step token with a {field}"));
+        assert_eq!(r.json()["code"], "mfa_expired", "{}", r.text);
+    }
+    // The replay spent nothing: the recovery code still works with a new token.
+    let r = login_mfa(
+        &api,
+        &mfa_token(&api, "olga").await,
+        "recovery_code",
+        &recovery[0],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    let mfa = mfa_token(&api, "olga").await;
+    let both =
+        join_all([&recovery[1], &recovery[2]].map(|c| login_mfa(&api, &mfa, "recovery_code", c)))
+            .await;
+    let mut statuses: Vec<u16> = both.iter().map(|r| r.status).collect();
+    statuses.sort();
+    assert_eq!(statuses, [200, 401], "one of two concurrent uses");
+    let loser = if both[0].status == 401 {
+        &recovery[1]
+    } else {
+        &recovery[2]
+    };
+    let r = login_mfa(&api, &mfa_token(&api, "olga").await, "recovery_code", loser).await;
+    assert_eq!(
+        r.status, 200,
+        "the losing request's code was not spent: {}",
+        r.text
+    );
+}
+
+/// Twenty wrong codes sent at once: five are checked (and audited), fifteen are refused as
+/// locked, and then even the right code is locked out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_wrong_codes_are_checked_only_up_to_the_limit() {
+    let (ctl, api) = start("").await;
+    let admin = api.admin(&ctl).await.unwrap();
+    let petra = api.user(&admin, "petra", "viewer").await.unwrap();
+    let (secret, _, step) = enrol_mfa(&api, &petra).await;
+    let mfa = mfa_token(&api, "petra").await;
+    let wrong = wrong_code(&secret, step);
+    warm_connections(&api, 20).await;
+    let rs = join_all((0..20).map(|_| login_mfa(&api, &mfa, "code", &wrong))).await;
+    for r in &rs {
+        match r.status {
+            401 => unauthorized(r, "wrong code"),
+            423 => {
+                problem(r, 423, "locked");
+                assert!((1..=900).contains(&retry_after(r)), "{}", r.text);
+            }
+            _ => panic!("unexpected answer: {} {}", r.status, r.text),
+        }
+    }
+    let n = |status| rs.iter().filter(|r| r.status == status).count();
+    assert_eq!((n(401), n(423)), (5, 15));
+    let failures = audit(&api, &admin, "auth.mfa")
+        .await
+        .iter()
+        .filter(|e| e["target"] == "petra" && e["outcome"] == "failed: wrong code")
+        .count();
+    assert_eq!(failures, 5);
+    assert_eq!(audit(&api, &admin, "auth.lockout").await.len(), 1);
+    problem(
+        &login_mfa(&api, &mfa, "code", &code(&secret, step + 1)).await,
+        423,
+        "the right code after the storm",
+    );
 }

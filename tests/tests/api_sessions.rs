@@ -469,6 +469,11 @@ async fn refresh_rotates_and_reuse_ends_the_session() {
 
 // ---- cookie mode -------------------------------------------------------------------------
 
+/// The refresh cookie: `__Secure-` because its path is `/api/v1/auth` (`__Host-` needs `/`).
+const REFRESH: &str = "__Secure-pifleet_refresh";
+/// The CSRF cookie: `__Host-` (Secure, `Path=/`, no Domain).
+const CSRF: &str = "__Host-pifleet_csrf";
+
 /// The value and attributes of the `name` cookie among `Set-Cookie` headers.
 fn set_cookie(r: &Resp, name: &str) -> (String, Vec<String>) {
     let prefix = format!("{name}=");
@@ -498,25 +503,26 @@ async fn cookie_mode_refresh_needs_the_csrf_header() {
     let j = r.json();
     assert!(j.get("refresh_token").is_none(), "{}", r.text);
     assert!(j["access_token"].is_string());
-    let (refresh_c, attrs) = set_cookie(&r, "pifleet_refresh");
+    let (refresh_c, attrs) = set_cookie(&r, REFRESH);
     assert!(refresh_c.starts_with("pfr1."), "{refresh_c}");
     for a in ["Path=/api/v1/auth", "HttpOnly", "Secure", "SameSite=Strict"] {
         assert!(
             attrs.iter().any(|x| x == a),
-            "pifleet_refresh lacks {a}: {attrs:?}"
+            "{REFRESH} lacks {a}: {attrs:?}"
         );
     }
-    let (csrf, attrs) = set_cookie(&r, "pifleet_csrf");
+    let (csrf, attrs) = set_cookie(&r, CSRF);
     assert!(!csrf.is_empty());
     assert!(!attrs.iter().any(|x| x == "HttpOnly"), "{attrs:?}");
-    for a in ["Secure", "SameSite=Strict"] {
-        assert!(
-            attrs.iter().any(|x| x == a),
-            "pifleet_csrf lacks {a}: {attrs:?}"
-        );
+    // What browsers require of a `__Host-` cookie, or they drop it.
+    for a in ["Path=/", "Secure", "SameSite=Strict"] {
+        assert!(attrs.iter().any(|x| x == a), "{CSRF} lacks {a}: {attrs:?}");
+    }
+    for c in r.set_cookies() {
+        assert!(!c.to_lowercase().contains("domain="), "{c}");
     }
 
-    let cookies = format!("pifleet_refresh={refresh_c}; pifleet_csrf={csrf}");
+    let cookies = format!("{REFRESH}={refresh_c}; {CSRF}={csrf}");
     let cookie_refresh = |headers: Vec<(&'static str, String)>| {
         let api = api.clone();
         async move {
@@ -535,11 +541,31 @@ async fn cookie_mode_refresh_needs_the_csrf_header() {
     .await;
     problem(&r, 403, "wrong CSRF header");
     let r = cookie_refresh(vec![
-        ("cookie", format!("pifleet_refresh={refresh_c}")),
+        ("cookie", format!("{REFRESH}={refresh_c}")),
         ("x-csrf-token", csrf.clone()),
     ])
     .await;
     problem(&r, 403, "CSRF header without the CSRF cookie");
+    // Cookies without their prefix (which a browser would accept from a sibling subdomain or
+    // over plain HTTP) are not these cookies.
+    let r = cookie_refresh(vec![
+        (
+            "cookie",
+            format!("{REFRESH}={refresh_c}; pifleet_csrf={csrf}"),
+        ),
+        ("x-csrf-token", csrf.clone()),
+    ])
+    .await;
+    problem(&r, 403, "unprefixed CSRF cookie");
+    let r = cookie_refresh(vec![
+        (
+            "cookie",
+            format!("pifleet_refresh={refresh_c}; {CSRF}={csrf}"),
+        ),
+        ("x-csrf-token", csrf.clone()),
+    ])
+    .await;
+    unauthorized(&r, "unprefixed refresh cookie");
 
     // The refused attempts did not use the token up.
     let r = cookie_refresh(vec![
@@ -555,12 +581,12 @@ async fn cookie_mode_refresh_needs_the_csrf_header() {
             .status,
         200
     );
-    let (new_refresh, attrs) = set_cookie(&r, "pifleet_refresh");
-    let (new_csrf, _) = set_cookie(&r, "pifleet_csrf");
+    let (new_refresh, attrs) = set_cookie(&r, REFRESH);
+    let (new_csrf, _) = set_cookie(&r, CSRF);
     assert_ne!(new_refresh, refresh_c);
     assert!(attrs.iter().any(|x| x == "HttpOnly"));
     // A browser may also send an empty JSON object: still the cookie.
-    let jar = format!("pifleet_refresh={new_refresh}; pifleet_csrf={new_csrf}");
+    let jar = format!("{REFRESH}={new_refresh}; {CSRF}={new_csrf}");
     let r = api
         .call_with(
             Method::POST,
@@ -579,7 +605,10 @@ async fn cookie_mode_refresh_needs_the_csrf_header() {
     // The first cookie, presented again, is reuse: 401 and the cookies are cleared.
     let r = cookie_refresh(vec![("cookie", cookies), ("x-csrf-token", csrf)]).await;
     unauthorized(&r, "reused refresh cookie");
-    let (cleared, attrs) = set_cookie(&r, "pifleet_refresh");
-    assert_eq!(cleared, "");
-    assert!(attrs.iter().any(|x| x == "Max-Age=0"), "{attrs:?}");
+    for name in [REFRESH, CSRF] {
+        let (cleared, attrs) = set_cookie(&r, name);
+        assert_eq!(cleared, "", "{name}");
+        assert!(attrs.iter().any(|x| x == "Max-Age=0"), "{name}: {attrs:?}");
+        assert!(attrs.iter().any(|x| x == "Secure"), "{name}: {attrs:?}");
+    }
 }

@@ -2,10 +2,15 @@
 //! with reuse detection; logout. Every outcome is audited. Unknown users get the same
 //! argon2 work, the same answer and the same lockout as real ones.
 //!
+//! Every guess is recorded before it is checked (see [`crate::store::attempts`]): at most
+//! `auth.lockout_failures` guesses per name are checked within the window, however many
+//! arrive at once. Password checks first take a place in the bounded argon2 queue (503 when
+//! it is full), before the attempt is recorded, so a refusal for load costs no lockout slot.
+//!
 //! API clients get the refresh token in the response body. Browsers ask for `cookie: true`
 //! and get it only as an HttpOnly, Secure, SameSite=Strict cookie scoped to
 //! `/api/v1/auth`; refreshing from the cookie also needs the `X-CSRF-Token` header to equal
-//! the `pifleet_csrf` cookie (double submit), which a cross-site page cannot read.
+//! the `__Host-pifleet_csrf` cookie (double submit), which a cross-site page cannot read.
 
 use std::net::IpAddr;
 
@@ -20,14 +25,23 @@ use utoipa::ToSchema;
 
 use super::extract::{ClientIp, Json, Principal};
 use super::{ApiState, AppState, event};
+use crate::audit::Event;
 use crate::auth::jwt::TokenKind;
 use crate::auth::{Role, totp};
 use crate::problem::{Problem, ProblemDoc};
+use crate::store::attempts::{Attempt, Lockout, MfaAcceptance, MfaCode, Reservation};
 use crate::store::now_ms;
 use crate::store::users::{Refresh, UserRow};
 
-pub const REFRESH_COOKIE: &str = "pifleet_refresh";
-pub const CSRF_COOKIE: &str = "pifleet_csrf";
+/// The refresh token's cookie. Scoped to `Path=/api/v1/auth` so the browser sends it only
+/// to sign-in, refresh and logout, not with every request. The `__Host-` prefix would
+/// require `Path=/`, so it gets `__Secure-`: the browser accepts it only with `Secure` from
+/// an HTTPS origin, so a plain-HTTP page or network attacker cannot plant or overwrite it.
+pub const REFRESH_COOKIE: &str = "__Secure-pifleet_refresh";
+/// The double-submit CSRF cookie (`Path=/`, readable by the dashboard). `__Host-`: only the
+/// controller's own host can set it (no `Domain`, `Secure`, `Path=/`), so a sibling
+/// subdomain cannot plant a value of its choosing.
+pub const CSRF_COOKIE: &str = "__Host-pifleet_csrf";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Lifetime of the token that carries a sign-in from the password step to the MFA step.
 const MFA_TOKEN_TTL_S: i64 = 300;
@@ -124,20 +138,12 @@ fn new_refresh_token() -> String {
     format!("pfr1.{}", random_hex(32))
 }
 
-/// Seconds until the account `key` unlocks, if it is locked now.
-pub(super) async fn locked_for(st: &ApiState, key: &str) -> Result<Option<u64>, Problem> {
-    let window_ms = st.cfg.auth.lockout_window_s.saturating_mul(1000);
-    let now = now_ms();
-    let (n, oldest) = st.store.failures_since(key, now - window_ms).await?;
-    if n < st.cfg.auth.lockout_failures {
-        return Ok(None);
+/// The configured lockout rule.
+fn lockout(st: &ApiState) -> Lockout {
+    Lockout {
+        limit: st.cfg.auth.lockout_failures,
+        window_ms: st.cfg.auth.lockout_window_s.saturating_mul(1000),
     }
-    let until = oldest.unwrap_or(now) + window_ms;
-    Ok(Some(
-        u64::try_from((until - now + 999) / 1000)
-            .unwrap_or(1)
-            .max(1),
-    ))
 }
 
 pub(super) fn locked_problem(secs: u64) -> Problem {
@@ -148,34 +154,56 @@ pub(super) fn locked_problem(secs: u64) -> Problem {
     .with_retry_after(secs)
 }
 
-/// Counts a failed password or code for `key`; audits the failure, and the lockout when
-/// this failure starts it.
-async fn record_failure(
+/// Records an attempt for `key` before its guess is checked; a 423 when the account is
+/// locked (audited as `refused` when given).
+pub(super) async fn reserve_attempt(
     st: &ApiState,
     key: &str,
+    refused: Option<Event>,
+) -> Result<Attempt, Problem> {
+    match st.store.reserve_attempt(key, lockout(st)).await? {
+        Reservation::Reserved(a) => Ok(a),
+        Reservation::Locked { until_ms } => {
+            if let Some(ev) = refused {
+                st.audit(ev).await?;
+            }
+            let secs = u64::try_from((until_ms - now_ms() + 999) / 1000).unwrap_or(1);
+            Err(locked_problem(secs))
+        }
+    }
+}
+
+/// A wrong password or code: audits it, then settles its attempt as a failure.
+async fn record_failure(
+    st: &ApiState,
+    attempt: &Attempt,
     actor: &str,
     ip: IpAddr,
     action: &str,
     why: &str,
 ) -> Result<(), Problem> {
     st.metrics_auth("failure");
-    st.audit(event(actor, ip, action, key, &format!("failed: {why}")))
-        .await?;
-    count_failure(st, key, actor, ip).await
+    st.audit(event(
+        actor,
+        ip,
+        action,
+        &attempt.name,
+        &format!("failed: {why}"),
+    ))
+    .await?;
+    count_failure(st, attempt, actor, ip).await
 }
 
-/// Counts a failure toward the lockout of `key`; audits the lockout when it starts it.
+/// Settles `attempt` as a failure; audits the lockout when this failure completes it.
 pub(super) async fn count_failure(
     st: &ApiState,
-    key: &str,
+    attempt: &Attempt,
     actor: &str,
     ip: IpAddr,
 ) -> Result<(), Problem> {
-    let window_ms = st.cfg.auth.lockout_window_s.saturating_mul(1000);
-    st.store.add_failure(key, now_ms() - window_ms).await?;
-    if locked_for(st, key).await?.is_some() {
+    if st.store.attempt_failed(attempt, lockout(st)).await? {
         st.metrics_auth("lockout");
-        st.audit(event(actor, ip, "auth.lockout", key, "locked"))
+        st.audit(event(actor, ip, "auth.lockout", &attempt.name, "locked"))
             .await?;
     }
     Ok(())
@@ -295,7 +323,6 @@ async fn start_session(
             &refresh_hash(&refresh),
         )
         .await?;
-    st.store.clear_failures(&name_key(&user.name)).await?;
     st.metrics_auth("success");
     token_response(st, user, &session_id, refresh, cookie)
 }
@@ -308,6 +335,7 @@ async fn start_session(
         (status = 401, description = "Wrong user name or password (the same answer for both)", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 423, description = "Locked after repeated failures; see Retry-After", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 429, description = "Too many requests from this address; see Retry-After", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Too many password checks at once (the argon2 queue is full); see Retry-After. Does not count toward the lockout", body = ProblemDoc, content_type = "application/problem+json"),
         (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn login(
@@ -317,20 +345,12 @@ pub async fn login(
     Json(req): Json<LoginRequest>,
 ) -> Result<Response, Problem> {
     let key = name_key(&req.username);
-    if let Some(secs) = locked_for(&st, &key).await? {
-        st.audit(event(
-            "anonymous",
-            ip,
-            "auth.login",
-            &key,
-            "refused: locked",
-        ))
-        .await?;
-        return Err(locked_problem(secs));
-    }
+    let argon2 = st.admit_argon2()?;
+    let refused = event("anonymous", ip, "auth.login", &key, "refused: locked");
+    let attempt = reserve_attempt(&st, &key, Some(refused)).await?;
     let user = st.store.user_by_name(&key).await?;
-    let ok = st
-        .verify_password(
+    let ok = argon2
+        .verify(
             user.as_ref().map(|u| u.password_hash.clone()),
             req.password.clone(),
         )
@@ -343,19 +363,23 @@ pub async fn login(
                 Some(u) if u.disabled_at.is_some() => "user disabled",
                 Some(_) => "wrong password",
             };
-            record_failure(&st, &key, "anonymous", ip, "auth.login", why).await?;
+            record_failure(&st, &attempt, "anonymous", ip, "auth.login", why).await?;
             return Err(Problem::unauthorized(BAD_CREDENTIALS));
         }
     };
-    if st.passwords.needs_rehash(&user.password_hash) {
+    if st.hasher.needs_rehash(&user.password_hash) {
         // The cost was raised since this hash was made: upgrade it now that we know the
         // password.
-        if let Ok(h) = st.hash_password(req.password.clone()).await {
+        if let Ok(h) = argon2.hash(req.password.clone()).await {
             st.store.rehash_password(user.id, &h).await?;
         }
     }
+    drop(argon2);
     let actor = format!("user:{}", user.name);
     if user.mfa_enabled_at.is_some() {
+        // The password was right, but the sign-in is not complete: earlier failures stay
+        // until the second step succeeds.
+        st.store.release_attempt(&attempt).await?;
         let (mfa_token, _) = st
             .jwt
             .issue(
@@ -385,6 +409,7 @@ pub async fn login(
         };
         return Ok(axum::Json(body).into_response());
     }
+    st.store.attempt_succeeded(&attempt).await?;
     let resp = start_session(&st, &user, ip, &headers, req.cookie).await?;
     st.audit(event(&actor, ip, "auth.login", &key, "ok"))
         .await?;
@@ -406,61 +431,70 @@ pub async fn login_mfa(
     headers: HeaderMap,
     Json(req): Json<LoginMfaRequest>,
 ) -> Result<Response, Problem> {
+    let expired =
+        || Problem::unauthorized("the sign-in has expired; start again").with_code("mfa_expired");
     let claims = st
         .jwt
         .verify(&req.mfa_token, TokenKind::Mfa, now_ms() / 1000)
-        .map_err(|_| {
-            Problem::unauthorized("the sign-in has expired; start again").with_code("mfa_expired")
-        })?;
+        .map_err(|_| expired())?;
+    // A step token works once: a used one is refused before its code is looked at, so a
+    // copy of it is no oracle for codes.
+    if st.store.mfa_token_used(&claims.jti).await? {
+        return Err(expired());
+    }
     let user = st
         .store
         .user_by_id(claims.sub)
         .await?
         .filter(|u| u.disabled_at.is_none())
-        .ok_or_else(|| {
-            Problem::unauthorized("the sign-in has expired; start again").with_code("mfa_expired")
-        })?;
+        .ok_or_else(expired)?;
+    let Some(secret) = user.mfa_secret.as_deref() else {
+        return Err(expired());
+    };
+    if req.code.is_some() == req.recovery_code.is_some() {
+        return Err(Problem::bad_request(
+            "send either `code` or `recovery_code`",
+        ));
+    }
     let key = name_key(&user.name);
     let actor = format!("user:{}", user.name);
-    if let Some(secs) = locked_for(&st, &key).await? {
-        st.audit(event(&actor, ip, "auth.mfa", &key, "refused: locked"))
-            .await?;
-        return Err(locked_problem(secs));
-    }
-    let Some(secret) = user.mfa_secret.as_deref() else {
-        return Err(Problem::unauthorized(
-            "the sign-in has expired; start again",
-        ));
-    };
-    let how = match (req.code.as_deref(), req.recovery_code.as_deref()) {
-        (Some(code), None) => {
+    let refused = event(&actor, ip, "auth.mfa", &key, "refused: locked");
+    let attempt = reserve_attempt(&st, &key, Some(refused)).await?;
+    let code = match (req.code.as_deref(), req.recovery_code.as_deref()) {
+        (Some(code), _) => {
             let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
-            match totp::verify(secret, code, now, user.mfa_last_step) {
-                Some(step) if st.store.use_mfa_step(user.id, step).await? => Some("totp"),
-                _ => None,
-            }
+            totp::verify(secret, code, now, user.mfa_last_step).map(MfaCode::Totp)
         }
-        (None, Some(code)) => {
-            if st
-                .store
-                .use_recovery_code(user.id, &totp::hash_recovery_code(code))
-                .await?
-            {
-                Some("recovery code")
-            } else {
-                None
-            }
-        }
-        _ => {
-            return Err(Problem::bad_request(
-                "send either `code` or `recovery_code`",
-            ));
-        }
+        (None, Some(code)) => Some(MfaCode::Recovery(totp::hash_recovery_code(code))),
+        (None, None) => None, // refused above
     };
-    let Some(how) = how else {
-        st.metrics_auth("mfa_failure");
-        record_failure(&st, &key, &actor, ip, "auth.mfa", "wrong code").await?;
-        return Err(Problem::unauthorized("invalid code"));
+    let acceptance = match &code {
+        Some(c) => {
+            let token_expires_ms = claims.exp.saturating_mul(1000);
+            st.store
+                .accept_mfa(user.id, &claims.jti, token_expires_ms, c, &attempt)
+                .await?
+        }
+        None => MfaAcceptance::CodeRefused,
+    };
+    match acceptance {
+        MfaAcceptance::Accepted => {}
+        MfaAcceptance::TokenUsed => {
+            // A concurrent request completed the sign-in with this token first.
+            st.store.release_attempt(&attempt).await?;
+            return Err(expired());
+        }
+        MfaAcceptance::CodeRefused => {
+            // The step token stays usable: a mistyped code costs a lockout slot, not the
+            // password step.
+            st.metrics_auth("mfa_failure");
+            record_failure(&st, &attempt, &actor, ip, "auth.mfa", "wrong code").await?;
+            return Err(Problem::unauthorized("invalid code"));
+        }
+    }
+    let how = match code {
+        Some(MfaCode::Recovery(_)) => "recovery code",
+        _ => "totp",
     };
     let resp = start_session(&st, &user, ip, &headers, req.cookie).await?;
     st.audit(event(
@@ -477,7 +511,7 @@ pub async fn login_mfa(
 /// Exchange a refresh token for a new access token and a new refresh token. A refresh
 /// token works once: presenting a used one ends its whole session.
 #[utoipa::path(post, path = "/api/v1/auth/refresh", operation_id = "refresh", tag = "auth", security(()),
-    request_body(content = Option<RefreshRequest>, description = "API clients send the token; browsers send no body and the `pifleet_refresh` cookie plus the `X-CSRF-Token` header"),
+    request_body(content = Option<RefreshRequest>, description = "API clients send the token; browsers send no body and the `__Secure-pifleet_refresh` cookie plus the `X-CSRF-Token` header"),
     responses(
         (status = 200, description = "New tokens", body = TokenResponse),
         (status = 401, description = "Invalid, expired, revoked or reused refresh token", body = ProblemDoc, content_type = "application/problem+json"),
@@ -602,7 +636,9 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
-            HeaderValue::from_static("a=1; pifleet_refresh_x=no; pifleet_refresh=yes"),
+            HeaderValue::from_static(
+                "a=1; __Secure-pifleet_refresh_x=no; pifleet_refresh=old; __Secure-pifleet_refresh=yes",
+            ),
         );
         assert_eq!(cookie(&h, REFRESH_COOKIE), Some("yes"));
         assert_eq!(cookie(&h, CSRF_COOKIE), None);

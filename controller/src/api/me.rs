@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::auth::{count_failure, locked_for, locked_problem, name_key};
+use super::auth::{count_failure, name_key, reserve_attempt};
 use super::extract::{ClientIp, Json, Path, Principal};
 use super::{AppState, event};
 use crate::auth::{Role, password, totp};
@@ -72,6 +72,7 @@ pub struct PasswordChange {
         (status = 400, description = "The new password does not meet the policy", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "The current password is wrong", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 423, description = "Locked after repeated wrong passwords (here or at sign-in); see Retry-After", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Too many password checks at once (the argon2 queue is full); see Retry-After", body = ProblemDoc, content_type = "application/problem+json"),
         (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn change_password(
@@ -87,20 +88,19 @@ pub async fn change_password(
         .ok_or_else(|| Problem::unauthorized("the session has ended; sign in again"))?;
     // Guesses of the current password count like failed sign-ins, so a stolen access token
     // cannot be used to try passwords without limit.
-    let key = name_key(&user.name);
-    if let Some(secs) = locked_for(&st, &key).await? {
-        return Err(locked_problem(secs));
-    }
-    let ok = st
-        .verify_password(
+    let argon2 = st.admit_argon2()?;
+    let attempt = reserve_attempt(&st, &name_key(&user.name), None).await?;
+    let ok = argon2
+        .verify(
             Some(user.password_hash.clone()),
             req.current_password.clone(),
         )
         .await;
     if !ok {
-        count_failure(&st, &key, &format!("user:{}", user.name), ip).await?;
+        count_failure(&st, &attempt, &format!("user:{}", user.name), ip).await?;
         return Err(Problem::forbidden("the current password is wrong"));
     }
+    st.store.release_attempt(&attempt).await?;
     if req.new_password == req.current_password {
         return Err(Problem::bad_request(
             "the new password must differ from the current one",
@@ -108,7 +108,10 @@ pub async fn change_password(
     }
     password::check_policy(&req.new_password, &[&user.name, "pifleet"])
         .map_err(|e| Problem::bad_request(e.to_string()))?;
-    let hash = st.hash_password(req.new_password).await?;
+    let hash = argon2
+        .hash(req.new_password)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
     st.store
         .set_password(user.id, &hash, false, Some(&p.session_id))
         .await?;

@@ -22,6 +22,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::audit::Event;
+use crate::auth::hasher::{Admission, Hasher};
 use crate::auth::jwt::{JwtKeys, TokenKind};
 use crate::auth::password::Passwords;
 use crate::auth::{Permission, Role, rbac};
@@ -62,7 +63,8 @@ pub struct ApiState {
     pub dd: DataDir,
     pub store: Store,
     pub cfg: Config,
-    pub passwords: Passwords,
+    /// Password checks and hashes, bounded (`auth.argon2_concurrency`, `auth.argon2_queue`).
+    pub hasher: Hasher,
     pub jwt: JwtKeys,
     pub dispatcher: Arc<Dispatcher>,
     pub enroll: Arc<EnrollState>,
@@ -86,6 +88,10 @@ pub struct ApiState {
 /// Shared state handle.
 pub type AppState = Arc<ApiState>;
 
+/// Retry-After of a 503 for a full argon2 queue: a run takes tens of milliseconds, so the
+/// queue drains within a second.
+const ARGON2_BUSY_RETRY_S: u64 = 1;
+
 impl ApiState {
     /// Builds the state; loads the security settings from the database.
     #[allow(clippy::too_many_arguments)]
@@ -102,6 +108,11 @@ impl ApiState {
     ) -> Result<AppState, crate::serve::ServeError> {
         let passwords = Passwords::new(cfg.auth.argon2_cost())
             .map_err(|e| crate::serve::ServeError::Auth(e.to_string()))?;
+        let hasher = Hasher::new(
+            passwords,
+            cfg.auth.argon2_concurrency(),
+            usize::try_from(cfg.auth.argon2_queue).unwrap_or(usize::MAX),
+        );
         let quota = Quota::per_minute(nonzero(cfg.auth.rate_per_minute))
             .allow_burst(nonzero(cfg.auth.rate_burst));
         let enroll_quota = Quota::per_minute(nonzero(cfg.enrollment.rate_per_minute))
@@ -112,7 +123,7 @@ impl ApiState {
             dd,
             store,
             cfg,
-            passwords,
+            hasher,
             jwt,
             dispatcher,
             enroll,
@@ -135,26 +146,17 @@ impl ApiState {
             .unwrap_or(true) // a poisoned lock fails closed
     }
 
-    /// Verifies a password on the blocking pool (argon2 takes tens of milliseconds); `None`
-    /// costs the same and fails.
-    pub async fn verify_password(
-        self: &Arc<Self>,
-        stored: Option<String>,
-        password: String,
-    ) -> bool {
-        let st = self.clone();
-        tokio::task::spawn_blocking(move || st.passwords.verify(stored.as_deref(), &password))
-            .await
-            .unwrap_or(false)
-    }
-
-    /// Hashes a password on the blocking pool.
-    pub async fn hash_password(self: &Arc<Self>, password: String) -> Result<String, Problem> {
-        let st = self.clone();
-        tokio::task::spawn_blocking(move || st.passwords.hash(&password))
-            .await
-            .map_err(|e| Problem::internal(&e))?
-            .map_err(|e| Problem::internal(&e))
+    /// A place in the argon2 queue for a request that checks or hashes a password; a 503
+    /// problem (counted) when the queue is full. Take it before recording anything else.
+    pub fn admit_argon2(&self) -> Result<Admission, Problem> {
+        self.hasher.admit().map_err(|_| {
+            self.metrics.auth_busy.inc();
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many sign-ins and password changes at once; try again in a moment",
+            )
+            .with_retry_after(ARGON2_BUSY_RETRY_S)
+        })
     }
 
     /// Forgets the rate-limit state of sources that have been quiet long enough to be back

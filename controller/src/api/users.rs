@@ -93,6 +93,7 @@ pub struct CreatedUser {
         (status = 201, body = CreatedUser),
         (status = 400, description = "Invalid name or weak password", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "The name is taken", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Too many password hashes at once (the argon2 queue is full); see Retry-After", body = ProblemDoc, content_type = "application/problem+json"),
         (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn create(
@@ -103,9 +104,10 @@ pub async fn create(
     if st.store.user_by_name(&req.name).await?.is_some() {
         return Err(change_problem(UserChange::Exists(req.name)));
     }
+    let argon2 = st.admit_argon2()?;
     let created = admin::create_user(
         &st.store,
-        &st.passwords,
+        move |password| async move { admin::hash_error(argon2.hash(password).await) },
         &req.name,
         req.role,
         req.password.as_deref(),

@@ -4,8 +4,8 @@
 use std::fmt;
 
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use rand::Rng;
 
 /// Argon2id cost.
@@ -41,10 +41,38 @@ pub enum PasswordError {
     Hash(argon2::password_hash::Error),
 }
 
+/// The working memory of one argon2 run (`memory_kib` blocks of 1 KiB). The `*_in` methods
+/// of [`Passwords`] run in one the caller keeps and reuses, so repeated runs do not leave
+/// a fresh multi-MiB allocation to the allocator each time (which glibc keeps per thread
+/// arena, taking the process far past runs × cost).
+#[derive(Default)]
+pub struct Memory(Vec<Block>);
+
+impl fmt::Debug for Memory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Memory({} KiB)", self.0.len())
+    }
+}
+
+impl Memory {
+    /// KiB held.
+    pub fn kib(&self) -> usize {
+        self.0.len()
+    }
+
+    /// At least `blocks` blocks, grown if needed.
+    fn blocks(&mut self, blocks: usize) -> &mut [Block] {
+        if self.0.len() < blocks {
+            self.0.resize(blocks, Block::default());
+        }
+        &mut self.0[..blocks]
+    }
+}
+
 /// Hashes and verifies passwords with argon2id. Holds a dummy hash made with the same cost
 /// so that verifying for an unknown user costs the same as for a real one.
 pub struct Passwords {
-    argon2: Argon2<'static>,
+    params: Params,
     cost: Argon2Cost,
     dummy: String,
 }
@@ -62,9 +90,8 @@ impl Passwords {
     pub fn new(cost: Argon2Cost) -> Result<Self, PasswordError> {
         let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
             .map_err(PasswordError::Cost)?;
-        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let mut this = Self {
-            argon2,
+            params,
             cost,
             dummy: String::new(),
         };
@@ -75,29 +102,47 @@ impl Passwords {
     /// PHC string (`$argon2id$v=19$m=..,t=..,p=..$salt$hash`): parameters are recorded per
     /// hash so they can be raised later. Random salt from `OsRng`.
     pub fn hash(&self, password: &str) -> Result<String, PasswordError> {
+        self.hash_in(password, &mut Memory::default())
+    }
+
+    /// [`Passwords::hash`] in `memory`.
+    pub fn hash_in(&self, password: &str, memory: &mut Memory) -> Result<String, PasswordError> {
         let salt = SaltString::generate(&mut OsRng);
-        self.argon2
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(PasswordError::Hash)
+        let phc = run(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            self.params.clone(),
+            salt.as_salt(),
+            password.as_bytes(),
+            memory,
+        )
+        .map_err(PasswordError::Hash)?;
+        Ok(phc.to_string())
     }
 
     /// `None` (unknown user, or a user with no password) verifies against the dummy hash and
     /// returns false: the same work either way. A malformed stored hash does the same.
     /// Verification uses the parameters stored in the PHC string.
     pub fn verify(&self, stored: Option<&str>, password: &str) -> bool {
+        self.verify_in(stored, password, &mut Memory::default())
+    }
+
+    /// [`Passwords::verify`] in `memory` (grown if the stored hash needs more).
+    pub fn verify_in(&self, stored: Option<&str>, password: &str, memory: &mut Memory) -> bool {
         match stored.and_then(|s| PasswordHash::new(s).ok()) {
-            Some(hash) => self
-                .argon2
-                .verify_password(password.as_bytes(), &hash)
-                .is_ok(),
+            Some(hash) => matches(&hash, password.as_bytes(), memory),
             None => {
                 if let Ok(dummy) = PasswordHash::new(&self.dummy) {
-                    let _ = self.argon2.verify_password(password.as_bytes(), &dummy);
+                    let _ = matches(&dummy, password.as_bytes(), memory);
                 }
                 false
             }
         }
+    }
+
+    /// Blocks of memory one run at the configured cost takes.
+    pub fn run_kib(&self) -> usize {
+        self.params.block_count()
     }
 
     /// True when the stored hash used different (e.g. weaker) parameters than the current
@@ -116,6 +161,56 @@ impl Passwords {
             });
         !current
     }
+}
+
+/// Argon2 of `password` with these settings, computed in `memory`, as a PHC hash (what the
+/// argon2 crate's `PasswordHasher` does, without allocating the memory itself).
+fn run<'a>(
+    algorithm: Algorithm,
+    version: Version,
+    params: Params,
+    salt: Salt<'a>,
+    password: &[u8],
+    memory: &mut Memory,
+) -> argon2::password_hash::Result<PasswordHash<'a>> {
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.decode_b64(&mut salt_buf)?;
+    let output_len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+    let blocks = memory.blocks(params.block_count());
+    let argon2 = Argon2::new(algorithm, version, params.clone());
+    let output = Output::init_with(output_len, |out| {
+        Ok(argon2.hash_password_into_with_memory(password, salt_bytes, out, &mut *blocks)?)
+    })?;
+    Ok(PasswordHash {
+        algorithm: algorithm.ident(),
+        version: Some(version.into()),
+        params: ParamsString::try_from(&params)?,
+        salt: Some(salt),
+        hash: Some(output),
+    })
+}
+
+/// Whether `password` matches the PHC `hash`, computed with the hash's own algorithm, version
+/// and parameters (what `PasswordVerifier::verify_password` does). `Output` compares in
+/// constant time.
+fn matches(hash: &PasswordHash<'_>, password: &[u8], memory: &mut Memory) -> bool {
+    let (Some(salt), Some(expected)) = (hash.salt, &hash.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(hash.algorithm) else {
+        return false;
+    };
+    let version = match hash.version.map(Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let Ok(params) = Params::try_from(hash) else {
+        return false;
+    };
+    run(algorithm, version, params, salt, password, memory)
+        .ok()
+        .and_then(|computed| computed.hash)
+        .is_some_and(|computed| computed == *expected)
 }
 
 /// Fewest characters in a new password.
@@ -219,6 +314,53 @@ mod tests {
         assert!(!pw.verify(Some("$argon2id$v=19$m=256,t=1,p=1$AAAA"), "x"));
         // Salts differ.
         assert_ne!(h, pw.hash("correct horse").unwrap());
+    }
+
+    /// Hashes made in reused memory are the argon2 crate's own, both ways.
+    #[test]
+    fn agrees_with_the_argon2_crate() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let pw = Passwords::new(FAST).unwrap();
+        let mut memory = Memory::default();
+        let ours = pw.hash_in("correct horse", &mut memory).unwrap();
+        assert_eq!(memory.kib(), 256);
+        let crate_argon2 = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(256, 1, 1, None).unwrap(),
+        );
+        assert!(
+            crate_argon2
+                .verify_password(b"correct horse", &PasswordHash::new(&ours).unwrap())
+                .is_ok()
+        );
+        let salt = SaltString::generate(&mut OsRng);
+        let theirs = crate_argon2
+            .hash_password(b"correct horse", &salt)
+            .unwrap()
+            .to_string();
+        // A bigger stored cost grows the memory; the same memory then serves smaller runs.
+        let big = Argon2::new(
+            Algorithm::Argon2i,
+            Version::V0x10,
+            Params::new(512, 2, 2, Some(16)).unwrap(),
+        )
+        .hash_password(b"correct horse", &salt)
+        .unwrap()
+        .to_string();
+        for stored in [&ours, &theirs, &big] {
+            assert!(
+                pw.verify_in(Some(stored), "correct horse", &mut memory),
+                "{stored}"
+            );
+            assert!(
+                !pw.verify_in(Some(stored), "correct horsf", &mut memory),
+                "{stored}"
+            );
+        }
+        assert_eq!(memory.kib(), 512);
+        assert!(pw.verify_in(Some(&ours), "correct horse", &mut memory));
+        assert_eq!(pw.run_kib(), 256);
     }
 
     #[test]

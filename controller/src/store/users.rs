@@ -1,5 +1,5 @@
-//! SQL for admin users, sessions and refresh-token families, failed sign-ins, MFA and the
-//! security settings.
+//! SQL for admin users, sessions and refresh-token families, MFA enrolment and the security
+//! settings (the lockout and the MFA step's acceptance are in `attempts`).
 
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
@@ -270,49 +270,6 @@ impl Store {
         Ok(())
     }
 
-    // ---- failed sign-ins ---------------------------------------------------------------
-
-    /// Failures for `name` since `since`: how many, and the oldest one's time.
-    pub async fn failures_since(
-        &self,
-        name: &str,
-        since: i64,
-    ) -> Result<(u32, Option<i64>), StoreError> {
-        let r = sqlx::query(
-            "SELECT COUNT(*) AS n, MIN(at) AS oldest FROM auth_failures WHERE name = ? AND at >= ?",
-        )
-        .bind(name)
-        .bind(since)
-        .fetch_one(&self.writer)
-        .await?;
-        let n: i64 = r.try_get("n")?;
-        Ok((u32::try_from(n).unwrap_or(u32::MAX), r.try_get("oldest")?))
-    }
-
-    /// Records a failure; drops failures older than `prune_before` (for every name).
-    pub async fn add_failure(&self, name: &str, prune_before: i64) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM auth_failures WHERE at < ?")
-            .bind(prune_before)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO auth_failures (name, at) VALUES (?, ?)")
-            .bind(name)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn clear_failures(&self, name: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM auth_failures WHERE name = ?")
-            .bind(name)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
-    }
-
     // ---- sessions and refresh tokens ---------------------------------------------------
 
     /// Starts a session with its first refresh token.
@@ -544,35 +501,6 @@ impl Store {
         }
         tx.commit().await?;
         Ok(true)
-    }
-
-    /// Records a TOTP step as used; false if that step (or a later one) was already used,
-    /// so one code cannot be replayed, even by two concurrent requests.
-    pub async fn use_mfa_step(&self, user_id: i64, step: i64) -> Result<bool, StoreError> {
-        let r = sqlx::query(
-            "UPDATE users SET mfa_last_step = ? \
-             WHERE id = ? AND (mfa_last_step IS NULL OR mfa_last_step < ?)",
-        )
-        .bind(step)
-        .bind(user_id)
-        .bind(step)
-        .execute(&self.writer)
-        .await?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    /// Spends a recovery code; false if it is unknown or already used.
-    pub async fn use_recovery_code(&self, user_id: i64, hash: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query(
-            "UPDATE recovery_codes SET used_at = ? \
-             WHERE user_id = ? AND code_hash = ? AND used_at IS NULL",
-        )
-        .bind(now_ms())
-        .bind(user_id)
-        .bind(hash)
-        .execute(&self.writer)
-        .await?;
-        Ok(r.rows_affected() == 1)
     }
 
     /// Unused recovery codes left.

@@ -1,11 +1,14 @@
 //! Admin API benchmark: sign-in latency (the argon2id cost) and authenticated
 //! `GET /api/v1/devices` latency with a large fleet in the database. Starts the real
-//! controller (from the same target directory) with a temporary data dir, writes the
-//! devices and one telemetry sample each straight into SQLite, then measures over HTTPS.
+//! controller (from the same target directory, or `PIFLEET_BIN_DIR`) with a temporary data
+//! dir, writes the devices and one telemetry sample each straight into SQLite, then measures
+//! over HTTPS. `--login-storm N` instead measures the controller's peak memory while N
+//! sign-ins arrive at once.
 //!
 //! ```text
 //! cargo build --release --workspace
 //! target/release/pifleet-api-bench --devices 10000 --logins 50 --requests 2000
+//! target/release/pifleet-api-bench --login-storm 60
 //! ```
 
 use std::time::{Duration, Instant};
@@ -34,6 +37,15 @@ struct Args {
     /// Measure only the Prometheus endpoints (service discovery and every device's scrape).
     #[arg(long)]
     scrapes_only: bool,
+    /// Measure only the controller's peak memory (VmRSS, VmHWM) and the latency while this
+    /// many sign-ins of as many users arrive at once (half with the right password, half
+    /// with a wrong one), at the default argon2 cost.
+    #[arg(long, value_name = "N")]
+    login_storm: Option<usize>,
+    /// More `[auth]` settings for the storm's controller (TOML lines, e.g.
+    /// "argon2_queue = 64"; only what that controller version knows).
+    #[arg(long, default_value = "")]
+    auth: String,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -191,9 +203,128 @@ async fn scrapes(ctl: &Controller, api: &Api, devices: usize, concurrency: usize
     Ok(())
 }
 
+/// `VmRSS` and `VmHWM` of process `pid`, in KiB.
+fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// N users, then N sign-ins at once while the controller's memory is sampled every 5 ms.
+async fn login_storm(n: usize, auth: &str) -> Result<()> {
+    let mut ctl = Controller::start_with(&format!(
+        "[auth]\nrate_per_minute = 100000\nrate_burst = 100000\n{auth}\n"
+    ))
+    .await?;
+    let api = Api::new(&ctl)?;
+    let pid = ctl.child().context("controller not running")?.id();
+    let admin = api.admin(&ctl).await?;
+    let initial = "initial-paper-cactus-91";
+    for i in 0..n {
+        let r = api
+            .post(
+                "/api/v1/users",
+                Some(&admin),
+                &json!({ "name": format!("storm-{i}"), "role": "viewer", "password": initial }),
+            )
+            .await?;
+        if r.status != 201 {
+            bail!("creating storm-{i}: {} {}", r.status, r.text);
+        }
+    }
+    // Start the peak (VmHWM) afresh: writing 5 to clear_refs resets it (Linux 4.0+).
+    let reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
+    let (before, hwm_before) = memory_kib(pid).context("cannot read the controller's memory")?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some((rss, _)) = memory_kib(pid) {
+                    peak = peak.max(rss);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            peak
+        })
+    };
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let api = api.clone();
+            let password = if i % 2 == 0 {
+                initial.to_owned()
+            } else {
+                format!("wrong-{i}")
+            };
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let r = api.login(&format!("storm-{i}"), &password).await;
+                (t.elapsed(), r.map(|r| r.status))
+            })
+        })
+        .collect();
+    let mut served = Vec::new();
+    let mut busy = Vec::new();
+    let mut statuses = std::collections::BTreeMap::new();
+    for t in tasks {
+        let (took, status) = t.await.context("sign-in task")?;
+        let status = status?;
+        *statuses.entry(status).or_insert(0usize) += 1;
+        if status == 503 {
+            busy.push(took);
+        } else {
+            served.push(took);
+        }
+    }
+    let total = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.await.context("sampler")?;
+    let (after, hwm) = memory_kib(pid).context("cannot read the controller's memory")?;
+    println!(
+        "{n} sign-ins at once (argon2id defaults, {} right / {} wrong passwords) in {:.2} s; \
+         answers {statuses:?}",
+        n.div_ceil(2),
+        n / 2,
+        total.as_secs_f64()
+    );
+    report("sign-ins answered 200/401", served);
+    if !busy.is_empty() {
+        report("sign-ins answered 503 (argon2 queue full)", busy);
+    }
+    println!(
+        "controller RSS before {:.1} MiB, peak sampled {:.1} MiB, after {:.1} MiB; \
+         VmHWM {:.1} MiB ({})",
+        mib(before),
+        mib(peak),
+        mib(after),
+        mib(hwm),
+        if reset {
+            "reset just before the storm".to_owned()
+        } else {
+            format!("since start; {:.1} MiB before the storm", mib(hwm_before))
+        }
+    );
+    ctl.stop();
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(n) = args.login_storm {
+        return login_storm(n, &args.auth).await;
+    }
     let mut ctl = Controller::start_with(
         "[auth]\nrate_per_minute = 100000\nrate_burst = 100000\n[metrics]\nstale_after_s = 86400\n",
     )

@@ -3,6 +3,7 @@ import {
   ApiError,
   apiUrl,
   cookieValue,
+  CSRF_COOKIE,
   createClient,
   NETWORK_ERROR,
   problemOf,
@@ -91,11 +92,13 @@ describe('helpers', () => {
   });
 
   it('reads cookies by exact name', () => {
-    const jar = 'a=1; pifleet_csrf_x=no; pifleet_csrf=abc123; b=';
-    expect(cookieValue(jar, 'pifleet_csrf')).toBe('abc123');
+    const jar = 'a=1; __Host-pifleet_csrf_x=no; pifleet_csrf=unprefixed; __Host-pifleet_csrf=abc123; b=';
+    expect(CSRF_COOKIE).toBe('__Host-pifleet_csrf');
+    expect(cookieValue(jar, CSRF_COOKIE)).toBe('abc123');
+    expect(cookieValue('pifleet_csrf=unprefixed', CSRF_COOKIE)).toBeNull();
     expect(cookieValue(jar, 'b')).toBeNull();
     expect(cookieValue(jar, 'missing')).toBeNull();
-    expect(cookieValue('', 'pifleet_csrf')).toBeNull();
+    expect(cookieValue('', CSRF_COOKIE)).toBeNull();
   });
 
   it('reads problem documents and Retry-After', async () => {

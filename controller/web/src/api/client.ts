@@ -1,7 +1,8 @@
 // The HTTP client of the admin API. The access token lives only in this module's memory
-// (never in any browser storage); the refresh token is an HttpOnly cookie the browser sends
-// to /api/v1/auth/refresh, guarded by the double-submit `pifleet_csrf` cookie. Requests that
-// get a 401 refresh once and retry once; a refresh that fails ends the session.
+// (never in any browser storage); the refresh token is an HttpOnly cookie
+// (`__Secure-pifleet_refresh`) the browser sends to /api/v1/auth/refresh, guarded by the
+// double-submit `__Host-pifleet_csrf` cookie. Requests that get a 401 refresh once and retry
+// once; a refresh that fails ends the session.
 
 import type { TokenResponse } from './types';
 
@@ -45,7 +46,7 @@ export interface RequestOptions {
 
 export interface ClientOptions {
   fetch?: typeof fetch;
-  /** The `pifleet_csrf` cookie's value. */
+  /** The `__Host-pifleet_csrf` cookie's value. */
   csrfToken?: () => string | null;
   now?: () => number;
   /** Runs refreshes one at a time across tabs: two tabs presenting the same refresh token
@@ -53,7 +54,9 @@ export interface ClientOptions {
   exclusive?: <T>(task: () => Promise<T>) => Promise<T>;
 }
 
-export const CSRF_COOKIE = 'pifleet_csrf';
+/** The CSRF cookie: `__Host-` (Secure, `Path=/`, no Domain), so only the controller's own
+ * host can set it. */
+export const CSRF_COOKIE = '__Host-pifleet_csrf';
 const REFRESH_LOCK = 'pifleet-refresh';
 /** Retry a scheduled refresh that failed for lack of network after this long. */
 const REFRESH_RETRY_MS = 10_000;
