@@ -132,18 +132,41 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
         csr: &csr,
     })
     .map_err(|e| EnrollError::Http(e.to_string()))?;
-    let resp = tokio::time::timeout(
-        Duration::from_secs(30),
-        post(
-            &host,
-            port,
-            &token.ca_fingerprint_hex(),
-            "/api/v1/enroll",
-            body,
-        ),
-    )
-    .await
-    .map_err(|_| EnrollError::Timeout)??;
+    // A busy controller (429: many devices of one site enrolling at once; 503) says when to
+    // try again; the token is not spent by such an answer, so the request is sent again.
+    let started = tokio::time::Instant::now();
+    let resp = loop {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(30),
+            post(
+                &host,
+                port,
+                &token.ca_fingerprint_hex(),
+                "/api/v1/enroll",
+                body.clone(),
+            ),
+        )
+        .await
+        .map_err(|_| EnrollError::Timeout)??;
+        match answer {
+            Answer::Done(bytes) => break bytes,
+            Answer::Later {
+                wait,
+                status,
+                detail,
+            } => {
+                if started.elapsed() + wait > MAX_WAITING {
+                    return Err(EnrollError::Refused { status, detail });
+                }
+                tracing::info!(
+                    status,
+                    wait_s = wait.as_secs(),
+                    "the controller is busy; enrolling again after its Retry-After"
+                );
+                tokio::time::sleep(wait).await;
+            }
+        }
+    };
     let resp: Resp =
         serde_json::from_slice(&resp).map_err(|e| EnrollError::BadResponse(e.to_string()))?;
     let device_id =
@@ -199,13 +222,27 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
     Ok(device_id)
 }
 
+/// How long `enroll` keeps retrying while the controller answers 429 or 503.
+const MAX_WAITING: Duration = Duration::from_secs(15 * 60);
+
+/// What the controller answered.
+enum Answer {
+    Done(Vec<u8>),
+    /// Busy (429 or 503): try again after `wait` (its Retry-After, 1 to 60 s, plus jitter).
+    Later {
+        wait: Duration,
+        status: u16,
+        detail: String,
+    },
+}
+
 async fn post(
     host: &str,
     port: u16,
     fingerprint: &str,
     path: &str,
     body: Vec<u8>,
-) -> Result<Vec<u8>, EnrollError> {
+) -> Result<Answer, EnrollError> {
     let addr = format!("{host}:{port}");
     let tcp = TcpStream::connect((host, port))
         .await
@@ -236,6 +273,11 @@ async fn post(
         .await
         .map_err(|e| EnrollError::Http(e.to_string()))?;
     let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(hyper::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     let bytes = Limited::new(resp.into_body(), 256 * 1024)
         .collect()
         .await
@@ -246,12 +288,27 @@ async fn post(
             .ok()
             .and_then(|p| p.detail)
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(300).collect());
+        if matches!(status.as_u16(), 429 | 503) {
+            return Ok(Answer::Later {
+                wait: retry_wait(retry_after),
+                status: status.as_u16(),
+                detail,
+            });
+        }
         return Err(EnrollError::Refused {
             status: status.as_u16(),
             detail,
         });
     }
-    Ok(bytes.to_vec())
+    Ok(Answer::Done(bytes.to_vec()))
+}
+
+/// The controller's Retry-After (1 to 60 s; 5 s when absent) plus up to half of it again
+/// at random, so the devices of a site that were turned away together do not all come back
+/// in the same second.
+fn retry_wait(retry_after: Option<u64>) -> Duration {
+    let base = retry_after.unwrap_or(5).clamp(1, 60) * 1000;
+    Duration::from_millis(base + rand::random::<u64>() % (base / 2 + 1))
 }
 
 fn hostname() -> String {
@@ -259,4 +316,22 @@ fn hostname() -> String {
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_controller_is_asked_again_after_its_retry_after_and_some_jitter() {
+        for _ in 0..100 {
+            let w = retry_wait(Some(2)).as_millis();
+            assert!((2_000..=3_000).contains(&w), "{w}");
+            let w = retry_wait(None).as_millis();
+            assert!((5_000..=7_500).contains(&w), "{w}");
+            // Out-of-range answers are clamped.
+            assert!(retry_wait(Some(0)).as_millis() >= 1_000);
+            assert!(retry_wait(Some(86_400)).as_millis() <= 90_000);
+        }
+    }
 }

@@ -427,8 +427,8 @@ impl Default for EnrollmentConfig {
         Self {
             device_cert_days: 365,
             max_token_ttl_s: 30 * 24 * 3_600,
-            rate_per_minute: 60,
-            rate_burst: 30,
+            rate_per_minute: 300,
+            rate_burst: 100,
             refusal_audit_interval_s: 60,
         }
     }
@@ -755,9 +755,10 @@ device_cert_days = 365
 # Longest lifetime an enrollment token may be given.
 max_token_ttl_s = 2592000
 # Per source (an IPv4 address, or an IPv6 /64) on /api/v1/enroll: sustained requests per
-# minute, and burst (HTTP 429). Generous: a site behind one NAT may enroll many Pis at once.
-rate_per_minute = 60
-rate_burst = 30
+# minute, and burst (HTTP 429). Generous: a site behind one NAT may enroll many Pis at once,
+# and `pifleet-agent enroll` waits out a 429's Retry-After and tries again.
+rate_per_minute = 300
+rate_burst = 100
 # Refused enrollments are logged one line each (with `source`, for fail2ban), but audited
 # as one entry per source with the counts per reason, this often (seconds) and at shutdown.
 refusal_audit_interval_s = 60

@@ -293,3 +293,53 @@ async fn unknown_tokens_are_refused_without_the_write_lock() {
     drop(conn);
     db.close().await;
 }
+
+/// A site enrolling more devices at once than its burst allows: the `pifleet-agent enroll`
+/// runs turned away with 429 wait out the Retry-After and get through, each with its
+/// single-use token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_turned_away_by_the_rate_limit_enroll_after_waiting() {
+    let ctl = Controller::start_with(&format!(
+        "{PROXIED}[enrollment]\nrate_per_minute = 60\nrate_burst = 1"
+    ))
+    .await
+    .unwrap();
+    let api = Api::new(&ctl).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            let token = ctl.token(None, "10m").unwrap();
+            std::process::Command::new(pifleet_tests::harness::bin("pifleet-agent").unwrap())
+                .args(["enroll", "--controller", &ctl.url(), "--token", &token])
+                .arg("--config")
+                .arg(dir.path().join(format!("pi-site-{i}")).join("agent.toml"))
+                .args(["--device-id", &format!("pi-site-{i}")])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let db = ctl.db().await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE id LIKE 'pi-site-%'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    assert_eq!(n, 3);
+    // They really were turned away first.
+    let metrics = api.get("/metrics", None).await.unwrap().text;
+    let limited = value(
+        &metrics,
+        "pifleet_enrollments_total{outcome=\"rate_limited\"}",
+    );
+    assert!(limited.is_some_and(|n| n >= 1.0), "{metrics}");
+}
