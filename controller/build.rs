@@ -37,6 +37,8 @@ fn build_dashboard(out: &Path) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| fail("CARGO_MANIFEST_DIR is not set: run this through cargo"))
         .join("web");
+    // The dashboard's inputs. Each must exist: cargo treats a missing path as changed and
+    // would rebuild the controller on every build. (The dashboard has no `public/` folder.)
     for f in [
         "package.json",
         "package-lock.json",
@@ -44,9 +46,12 @@ fn build_dashboard(out: &Path) -> PathBuf {
         "vite.config.ts",
         "tsconfig.json",
         "src",
-        "public",
     ] {
-        println!("cargo:rerun-if-changed={}", web.join(f).display());
+        let path = web.join(f);
+        if !path.exists() {
+            fail(&format!("{} is missing", path.display()));
+        }
+        println!("cargo:rerun-if-changed={}", path.display());
     }
     let npm = std::env::var("NPM").unwrap_or_else(|_| "npm".to_owned());
     println!("cargo:rerun-if-env-changed=NPM");

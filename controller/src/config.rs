@@ -376,7 +376,7 @@ impl Default for MqttConfig {
             handshake_timeout_ms: 5_000,
             connect_timeout_ms: 10_000,
             max_connections: 60_000,
-            preauth_max: 1_024,
+            preauth_max: 2_048,
             preauth_per_source: 512,
             device_rate_per_s: 50,
             device_burst: 200,
@@ -696,7 +696,7 @@ connect_timeout_ms = 10000
 max_connections = 60000
 # Connections that have not finished authenticating (TLS handshake and CONNECT): at most
 # this many at once (more wait in the listen backlog) ...
-preauth_max = 1024
+preauth_max = 2048
 # ... and at most this many from one source address (IPv6: one /64); more are closed.
 # Generous, because a whole site of Pis behind one NAT address reconnects at once.
 preauth_per_source = 512
