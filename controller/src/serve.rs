@@ -249,33 +249,15 @@ impl Controller {
 
     /// Runs every task until `shutdown` or the first task that fails for good, then drains.
     async fn run(self, shutdown: CancellationToken) -> Result<(), ServeError> {
-        let Self {
-            dd,
-            cfg,
-            ca,
-            store,
-            metrics,
-            health,
-            bound,
-            mqtt_listener,
-            https_listener,
-            https_tls,
-            broker,
-            gateway,
-            dispatcher,
-            live,
-            api,
-            queue: (queue_tx, queue_rx),
-            out: (out_tx, out_rx),
-            receipts: (receipt_tx, receipt_rx),
-            online,
-        } = self;
+        let (queue_tx, queue_rx) = self.queue;
+        let (out_tx, out_rx) = self.out;
+        let (receipt_tx, receipt_rx) = self.receipts;
         let Broker {
             link: (link_tx, link_rx),
             stopped: broker_stopped,
             ..
-        } = broker;
-        let app = api::app(api.clone());
+        } = self.broker;
+        let app = api::app(self.api.clone());
         let mut tasks = Supervisor::new(shutdown.clone());
         tasks.spawn("broker", async move {
             let why = broker_stopped
@@ -285,30 +267,42 @@ impl Controller {
         });
         tasks.spawn(
             "gateway",
-            gateway.clone().run(mqtt_listener, shutdown.clone()),
+            self.gateway
+                .clone()
+                .run(self.mqtt_listener, shutdown.clone()),
         );
         tasks.spawn(
             "crl-watch",
-            gateway.clone().watch_crl(dd.clone(), shutdown.clone()),
+            self.gateway
+                .clone()
+                .watch_crl(self.dd.clone(), shutdown.clone()),
         );
-        let gw = gateway.clone();
+        let gw = self.gateway.clone();
         tasks.spawn(
             "crl",
             crl::keep(
-                dd.clone(),
-                store.clone(),
-                ca,
-                cfg.pki.clone(),
+                self.dd.clone(),
+                self.store.clone(),
+                self.ca,
+                self.cfg.pki.clone(),
                 move |serials| gw.revoke(serials),
-                health.clone(),
+                self.health.clone(),
                 shutdown.clone(),
             ),
         );
         let stop = shutdown.clone();
-        let limits = https::Limits::from(&cfg.https);
-        let https_metrics = metrics.clone();
+        let limits = https::Limits::from(&self.cfg.https);
+        let https_metrics = self.metrics.clone();
         tasks.spawn("https", async move {
-            https::serve(https_listener, https_tls, app, limits, https_metrics, stop).await;
+            https::serve(
+                self.https_listener,
+                self.https_tls,
+                app,
+                limits,
+                https_metrics,
+                stop,
+            )
+            .await;
             Ok(())
         });
         tasks.spawn(
@@ -317,58 +311,60 @@ impl Controller {
                 link_rx,
                 queue_tx,
                 receipt_tx,
-                gateway,
-                metrics.clone(),
+                self.gateway,
+                self.metrics.clone(),
                 shutdown.clone(),
             ),
         );
         tasks.spawn(
             "dispatcher",
-            dispatcher.clone().run(health.clone(), shutdown.clone()),
+            self.dispatcher
+                .clone()
+                .run(self.health.clone(), shutdown.clone()),
         );
-        tasks.spawn("receipts", dispatch::receipts(dispatcher, receipt_rx));
+        tasks.spawn("receipts", dispatch::receipts(self.dispatcher, receipt_rx));
         tasks.spawn(
             "enroll-refusal-audit",
-            api.clone().audit_enroll_refusals(shutdown.clone()),
+            self.api.clone().audit_enroll_refusals(shutdown.clone()),
         );
-        tasks.spawn("limiter-gc", limiter_gc(api, shutdown.clone()));
+        tasks.spawn("limiter-gc", limiter_gc(self.api, shutdown.clone()));
         tasks.spawn(
             "fleet-summary",
-            live.clone().run(store.clone(), shutdown.clone()),
+            self.live.clone().run(self.store.clone(), shutdown.clone()),
         );
         tasks.spawn(
             "retention",
-            retention(store.clone(), cfg.clone(), shutdown.clone()),
+            retention(self.store.clone(), self.cfg.clone(), shutdown.clone()),
         );
         tasks.spawn(
             "ingest-writer",
             ingest::write(
-                store.clone(),
+                self.store.clone(),
                 queue_rx,
                 out_tx,
-                online,
-                cfg.ingest.clone(),
+                self.online,
+                self.cfg.ingest.clone(),
                 WriterContext {
-                    metrics: metrics.clone(),
-                    live,
-                    health,
-                    retry_max: cfg.store.retry_max(),
+                    metrics: self.metrics.clone(),
+                    live: self.live,
+                    health: self.health,
+                    retry_max: self.cfg.store.retry_max(),
                 },
             ),
         );
         tasks
             .spawn_thread("broker-publisher", move || {
-                ingest::publish(link_tx, out_rx, metrics)
+                ingest::publish(link_tx, out_rx, self.metrics)
             })
             .map_err(ServeError::Thread)?;
 
-        let state = serde_json::to_vec_pretty(&bound).unwrap_or_default();
-        write_private(&dd.serve_state(), &state).map_err(AdminError::from)?;
-        tracing::info!(mqtt = %bound.mqtt, https = %bound.https, data_dir = %dd.root().display(), "controller ready");
+        let state = serde_json::to_vec_pretty(&self.bound).unwrap_or_default();
+        write_private(&self.dd.serve_state(), &state).map_err(AdminError::from)?;
+        tracing::info!(mqtt = %self.bound.mqtt, https = %self.bound.https, data_dir = %self.dd.root().display(), "controller ready");
 
         let result = tasks.run(DRAIN).await;
-        let _ = std::fs::remove_file(dd.serve_state());
-        store.close().await;
+        let _ = std::fs::remove_file(self.dd.serve_state());
+        self.store.close().await;
         match result {
             Ok(()) => {
                 tracing::info!("stopped");

@@ -313,6 +313,15 @@ impl Controller {
             .await?)
     }
 
+    /// Takes the database's write lock from another connection, as another process (a
+    /// long `sqlite3` session, a careless backup) would, and holds it until released.
+    pub async fn hold_write_lock(&self) -> Result<WriteLock> {
+        let pool = self.db_rw().await?;
+        let mut conn = pool.acquire().await?;
+        sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        Ok(WriteLock { pool, conn })
+    }
+
     /// Telemetry sequence numbers stored for `device`, ascending.
     pub async fn seqs(&self, device: &str) -> Result<Vec<i64>> {
         let db = self.db().await?;
@@ -340,6 +349,23 @@ impl Controller {
     /// The CA certificate path (for clients in tests).
     pub fn ca_path(&self) -> PathBuf {
         self.data.join("ca.crt")
+    }
+}
+
+/// The database's write lock, held by [`Controller::hold_write_lock`].
+#[derive(Debug)]
+pub struct WriteLock {
+    pool: SqlitePool,
+    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+}
+
+impl WriteLock {
+    /// Gives the lock back (its transaction is rolled back).
+    pub async fn release(mut self) -> Result<()> {
+        sqlx::raw_sql("ROLLBACK").execute(&mut *self.conn).await?;
+        drop(self.conn);
+        self.pool.close().await;
+        Ok(())
     }
 }
 

@@ -280,18 +280,11 @@ async fn unknown_tokens_are_refused_without_the_write_lock() {
         .unwrap();
     let api = Api::new(&ctl).unwrap();
     let body = json!({ "token": unknown_token(&ctl), "csr": csr_pem("pi-guess") });
-    let db = ctl.db_rw().await.unwrap();
-    let mut conn = db.acquire().await.unwrap();
-    sqlx::raw_sql("BEGIN IMMEDIATE")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    let lock = ctl.hold_write_lock().await.unwrap();
     let r = enroll(&api, &body, None).await;
     problem(&r, 403, "unknown token while the database is locked");
     assert!(r.text.contains("unknown enrollment token"), "{}", r.text);
-    sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.unwrap();
-    drop(conn);
-    db.close().await;
+    lock.release().await.unwrap();
 }
 
 /// A site enrolling more devices at once than its burst allows: the `pifleet-agent enroll`

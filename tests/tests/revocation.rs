@@ -55,6 +55,17 @@ fn crl(ctl: &Controller) -> (u64, i64, HashSet<String>) {
     (number, next, serials)
 }
 
+/// `POST /api/v1/devices/{id}/revoke` as `admin`.
+async fn api_revoke(api: &Api, admin: &str, id: &str) -> pifleet_tests::api::Resp {
+    api.post(
+        &format!("/api/v1/devices/{id}/revoke"),
+        Some(admin),
+        &json!({}),
+    )
+    .await
+    .unwrap()
+}
+
 /// Waits until a fresh session with `dev`'s certificate is refused.
 async fn until_refused(ctl: &Controller, dev: &Agent) {
     wait_for(Duration::from_secs(10), "connections refused", || async {
@@ -165,14 +176,7 @@ async fn concurrent_revocations_from_cli_and_api_all_reach_the_crl() {
             let api = api.clone();
             let admin = admin.clone();
             jobs.spawn(async move {
-                let r = api
-                    .post(
-                        &format!("/api/v1/devices/{id}/revoke"),
-                        Some(&admin),
-                        &json!({}),
-                    )
-                    .await
-                    .unwrap();
+                let r = api_revoke(&api, &admin, &id).await;
                 (id, r.status == 204, r.text)
             });
         }
@@ -261,27 +265,13 @@ async fn a_retried_revocation_publishes_the_crl_again() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("run the revocation again"), "{stderr}");
-    let r = api
-        .post(
-            "/api/v1/devices/pi-retry-b/revoke",
-            Some(&admin),
-            &json!({}),
-        )
-        .await
-        .unwrap();
+    let r = api_revoke(&api, &admin, "pi-retry-b").await;
     assert_eq!(r.status, 500, "{}", r.text);
 
     // The way clears; retrying each revocation publishes the CRL with both.
     std::fs::remove_dir_all(&crl_path).unwrap();
     std::fs::write(&crl_path, &saved).unwrap();
-    let r = api
-        .post(
-            "/api/v1/devices/pi-retry-b/revoke",
-            Some(&admin),
-            &json!({}),
-        )
-        .await
-        .unwrap();
+    let r = api_revoke(&api, &admin, "pi-retry-b").await;
     assert_eq!(r.status, 409, "{}", r.text);
     let (_, _, listed) = crl(&ctl);
     for s in serials(&ctl, "pi-retry-b").await {

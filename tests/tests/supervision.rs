@@ -86,12 +86,7 @@ async fn a_locked_database_makes_the_controller_not_ready_until_it_is_free() {
     assert_eq!(readyz(&api).await.0, 200);
 
     // Another process takes the database's write lock and keeps it.
-    let db = ctl.db_rw().await.unwrap();
-    let mut conn = db.acquire().await.unwrap();
-    sqlx::raw_sql("BEGIN IMMEDIATE")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    let lock = ctl.hold_write_lock().await.unwrap();
     // The dispatcher may notice first; the ingest writer's commits fail as soon as the
     // agent's next sample arrives.
     let (status, body) = wait_for(Duration::from_secs(20), "not ready", || async {
@@ -112,9 +107,7 @@ async fn a_locked_database_makes_the_controller_not_ready_until_it_is_free() {
     let stored_while_locked = ctl.seqs("pi-a").await.unwrap().len();
 
     // The lock goes: ready again, still running, and every sample arrives, none twice.
-    sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.unwrap();
-    drop(conn);
-    db.close().await;
+    lock.release().await.unwrap();
     wait_for(Duration::from_secs(20), "ready again", || async {
         (readyz(&api).await.0 == 200).then_some(())
     })
