@@ -17,8 +17,9 @@ use crate::auth::password::{self, Passwords};
 use crate::config::{self, Config};
 use crate::datadir::{DataDir, DataDirError, write_private};
 use crate::enroll::secret_hash;
+use crate::model::labels::{self, LabelError};
 use crate::pki::{self, Ca, crl};
-use crate::store::{Labels, RevokeOutcome, Store, StoreError, now_ms};
+use crate::store::{RevokeOutcome, Store, StoreError, now_ms};
 
 /// Errors of operator actions.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,8 @@ pub enum AdminError {
     Invalid(String),
     #[error("no device {0}")]
     NoDevice(String),
+    #[error(transparent)]
+    Labels(#[from] LabelError),
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -219,7 +222,7 @@ pub async fn create_token(
         .map(DeviceId::parse)
         .transpose()
         .map_err(|e| AdminError::Invalid(format!("--name: {e}")))?;
-    let labels = parse_labels(labels)?;
+    let labels = labels::parse_pairs(labels)?;
     let ca_fpr = pki::fingerprint_pem(&read_to_string(&dd.ca_cert())?)?;
     let fpr = pifleet_shared::token::from_hex::<32>(&ca_fpr)
         .ok_or_else(|| AdminError::Invalid("CA fingerprint is not hex".into()))?;
@@ -237,34 +240,6 @@ pub async fn create_token(
         token: EnrollToken::new(secret, fpr),
         expires_at_ms,
     })
-}
-
-/// Parses `k=v` labels: keys `[a-z0-9_.-/]{1,63}`, values printable up to 255 characters.
-pub fn parse_labels(items: &[String]) -> Result<Labels, AdminError> {
-    let mut out = Labels::new();
-    for item in items {
-        let Some((k, v)) = item.split_once('=') else {
-            return Err(AdminError::Invalid(format!("label {item:?} is not k=v")));
-        };
-        let key_ok = (1..=63).contains(&k.len())
-            && k.bytes().all(|b| {
-                b.is_ascii_lowercase()
-                    || b.is_ascii_digit()
-                    || matches!(b, b'_' | b'.' | b'-' | b'/')
-            });
-        if !key_ok {
-            return Err(AdminError::Invalid(format!(
-                "label key {k:?} must be 1-63 of a-z 0-9 _ . - /"
-            )));
-        }
-        if v.len() > 255 || v.chars().any(char::is_control) {
-            return Err(AdminError::Invalid(format!(
-                "label value for {k:?} must be at most 255 printable characters"
-            )));
-        }
-        out.insert(k.to_owned(), v.to_owned());
-    }
-    Ok(out)
 }
 
 /// Revokes a device: marks it and its certificates revoked, then publishes the CRL, which
@@ -362,18 +337,4 @@ pub fn hash_with(
 /// A hashing failure as an [`AdminError`].
 pub fn hash_error<E: std::fmt::Display>(r: Result<String, E>) -> Result<String, AdminError> {
     r.map_err(|e| AdminError::Invalid(format!("cannot hash the password: {e}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels() {
-        let l = parse_labels(&["site=lobby".into(), "app/v=2".into()]).unwrap();
-        assert_eq!(l.get("site").map(String::as_str), Some("lobby"));
-        for bad in ["nokv", "=v", "Key=v", "k=\u{7}"] {
-            assert!(parse_labels(&[bad.into()]).is_err(), "{bad}");
-        }
-    }
 }

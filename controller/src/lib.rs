@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod live;
 pub mod logging;
 pub mod metrics;
+pub mod model;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod pki;

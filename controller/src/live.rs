@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::devices::FleetSummary;
+use crate::model::devices::FleetSummary;
 use crate::store::Store;
 use crate::supervise::{Fatal, TaskResult};
 

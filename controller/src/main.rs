@@ -450,7 +450,10 @@ async fn run_cmd(cmd: CmdCmd) -> anyhow::Result<()> {
             let targets = if selector.is_empty() {
                 Targets::Devices(devices)
             } else {
-                Targets::Selector(admin::parse_labels(&selector)?)
+                Targets::Selector(
+                    pifleet_controller::model::labels::parse_pairs(&selector)
+                        .map_err(|e| AdminError::Invalid(e.to_string()))?,
+                )
             };
             let ttl = ttl.unwrap_or(Duration::from_secs(cfg.commands.default_ttl_s));
             let created = dispatch::create_commands(

@@ -78,6 +78,53 @@ impl From<crate::store::StoreError> for Problem {
     }
 }
 
+/// Operator actions: the caller's mistakes are 400 (404 for an unknown device); anything
+/// else is ours.
+impl From<crate::admin::AdminError> for Problem {
+    fn from(e: crate::admin::AdminError) -> Self {
+        use crate::admin::AdminError;
+        match e {
+            AdminError::Invalid(m) => Problem::bad_request(m),
+            AdminError::Labels(e) => e.into(),
+            AdminError::NoDevice(id) => Problem::not_found(format!("no device {id}")),
+            other => Problem::internal(&other),
+        }
+    }
+}
+
+/// User changes refused by the database state.
+impl From<crate::store::users::UserChange> for Problem {
+    fn from(e: crate::store::users::UserChange) -> Self {
+        use crate::store::users::UserChange;
+        match e {
+            UserChange::Exists(_) | UserChange::LastAdmin => Problem::conflict(e.to_string()),
+            UserChange::NoUser(_) => Problem::not_found(e.to_string()),
+        }
+    }
+}
+
+/// Commands: invalid actions and lifetimes are 400, unknown targets 404.
+impl From<crate::dispatch::DispatchError> for Problem {
+    fn from(e: crate::dispatch::DispatchError) -> Self {
+        use crate::dispatch::DispatchError;
+        match e {
+            DispatchError::Action(m) => Problem::bad_request(m),
+            DispatchError::Ttl => {
+                Problem::bad_request("ttl_s must be between 1 and 604800 seconds")
+            }
+            DispatchError::NoTarget(m) => Problem::not_found(m),
+            DispatchError::Store(e) => Problem::internal(&e),
+        }
+    }
+}
+
+/// Labels that break the rules are the caller's mistake.
+impl From<crate::model::labels::LabelError> for Problem {
+    fn from(e: crate::model::labels::LabelError) -> Self {
+        Problem::bad_request(e.to_string())
+    }
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let body = ProblemDoc {

@@ -8,6 +8,7 @@ use crate::api::AppState;
 use crate::api::devices::{MAX_TIME_MS, bounded};
 use crate::api::extract::Query;
 use crate::audit::{Break, Entry};
+use crate::model::audit::AuditFilter;
 use crate::problem::{Problem, ProblemDoc};
 use crate::store::AuditCheck;
 
@@ -36,20 +37,6 @@ pub struct AuditQuery {
     /// Page size, 1–1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
-}
-
-/// A validated [`AuditQuery`], as the store takes it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AuditFilter {
-    pub actor: Option<String>,
-    pub action: Option<String>,
-    /// Entries at or after this time (Unix ms).
-    pub since: Option<i64>,
-    /// Entries at or before this time (Unix ms).
-    pub until: Option<i64>,
-    /// Entries with a smaller sequence number.
-    pub before: Option<i64>,
-    pub limit: i64,
 }
 
 /// One audit entry.

@@ -20,10 +20,11 @@ use utoipa::openapi::schema::{
 use utoipa::{IntoParams, PartialSchema, ToSchema};
 
 use crate::api::AppState;
-use crate::api::devices::{bounded, device_id, labels_from_map};
+use crate::api::devices::{bounded, device_id};
 use crate::api::extract::{Json, Path, Query, noted};
-use crate::dispatch::{DispatchError, Targets};
+use crate::dispatch::Targets;
 use crate::lifecycle::Status;
+use crate::model::labels;
 use crate::problem::{Problem, ProblemDoc};
 use crate::store::{Cancel, CommandRow};
 
@@ -345,7 +346,7 @@ impl SendCommand {
                         "selector must name at least one label",
                     ));
                 }
-                Ok(Targets::Selector(labels_from_map(sel)?))
+                Ok(Targets::Selector(labels::from_map(sel)?))
             }
             _ => Err(Problem::bad_request(
                 "give exactly one of devices and selector",
@@ -363,15 +364,6 @@ const ACTION_KINDS: [&str; 6] = [
     "script",
     "set_interval",
 ];
-
-fn dispatch_problem(e: DispatchError) -> Problem {
-    match e {
-        DispatchError::Action(m) => Problem::bad_request(m),
-        DispatchError::Ttl => Problem::bad_request("ttl_s must be between 1 and 604800 seconds"),
-        DispatchError::NoTarget(m) => Problem::not_found(m),
-        DispatchError::Store(e) => Problem::internal(&e),
-    }
-}
 
 fn command_id(id: &str) -> Result<String, Problem> {
     CommandId::parse(id)
@@ -421,11 +413,7 @@ pub async fn send(
     let ttl = Duration::from_secs(req.ttl_s.unwrap_or(st.cfg.commands.default_ttl_s));
     let action = Action::from(req.action);
     let kind = action.kind();
-    let created = st
-        .dispatcher
-        .submit(&targets, action, ttl)
-        .await
-        .map_err(dispatch_problem)?;
+    let created = st.dispatcher.submit(&targets, action, ttl).await?;
     let commands: Vec<CreatedCommand> = created
         .into_iter()
         .map(|(id, device)| CreatedCommand {

@@ -18,9 +18,9 @@ use utoipa::IntoParams;
 
 use super::AppState;
 use super::commands::command_summary;
-use super::devices::{DeviceCapabilities, ServiceState};
 use super::extract::{Principal, Query};
 use crate::live::Change;
+use crate::model::devices::{DeviceCapabilities, ServiceState};
 use crate::problem::{Problem, ProblemDoc};
 
 /// Devices one stream may watch.
@@ -137,7 +137,7 @@ async fn pump(
             _ = &mut end => return,
             _ = tx.closed() => return,
             _ = session_check.tick() => {
-                match st.store.session_principal(&principal.session_id, principal.user_id, crate::store::now_ms()).await {
+                match st.store.session_user(&principal.session_id, principal.user_id, crate::store::now_ms()).await {
                     Ok(Some(_)) => {}
                     _ => return,
                 }

@@ -7,7 +7,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use crate::auth::Role;
+use crate::model::session::SessionUser;
 use crate::problem::Problem;
 
 /// JSON body; a malformed body is a 400/415/422 problem that says what is wrong.
@@ -80,17 +80,20 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     }
 }
 
-/// The signed-in user of a request, set by the guard for every non-public route.
+/// The signed-in user of a request, set by the guard for every non-public route: the
+/// session's user as the store read it, and when the presented access token expires.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    pub user_id: i64,
-    pub name: String,
-    pub role: Role,
-    pub session_id: String,
-    pub mfa_enabled: bool,
-    pub must_change_password: bool,
+    pub user: SessionUser,
     /// When the access token this request presented expires, Unix seconds.
     pub token_expires_at: i64,
+}
+
+impl std::ops::Deref for Principal {
+    type Target = SessionUser;
+    fn deref(&self) -> &SessionUser {
+        &self.user
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Principal {

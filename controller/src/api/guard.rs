@@ -152,13 +152,15 @@ pub(super) async fn authenticate(
         .jwt
         .verify(token, TokenKind::Access, now)
         .map_err(|_| Problem::unauthorized("the access token is invalid or expired"))?;
-    let mut p = st
+    let user = st
         .store
-        .session_principal(&claims.sid, claims.sub, crate::store::now_ms())
+        .session_user(&claims.sid, claims.sub, crate::store::now_ms())
         .await?
         .ok_or_else(|| Problem::unauthorized("the session has ended; sign in again"))?;
-    p.token_expires_at = claims.exp;
-    Ok(p)
+    Ok(Principal {
+        user,
+        token_expires_at: claims.exp,
+    })
 }
 
 /// Why a signed-in user may use nothing but their own account yet, if so.

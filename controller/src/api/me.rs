@@ -45,13 +45,14 @@ pub async fn whoami(State(st): State<AppState>, p: Principal) -> axum::Json<Whoa
     .filter(|(perm, _)| p.role.allows(*perm))
     .map(|(_, n)| n.to_owned())
     .collect();
+    let u = p.user;
     axum::Json(Whoami {
-        mfa_required: st.mfa_required_for(p.role),
-        name: p.name,
-        role: p.role,
-        session_id: p.session_id,
-        mfa_enabled: p.mfa_enabled,
-        must_change_password: p.must_change_password,
+        mfa_required: st.mfa_required_for(u.role),
+        name: u.name,
+        role: u.role,
+        session_id: u.session_id,
+        mfa_enabled: u.mfa_enabled,
+        must_change_password: u.must_change_password,
         permissions,
     })
 }

@@ -21,8 +21,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::devices::{DeviceStatus, device_id};
+use super::devices::device_id;
 use super::extract::Path;
+use crate::model::devices::DeviceStatus;
 use crate::problem::{Problem, ProblemDoc};
 use crate::store::now_ms;
 use crate::store::{THROTTLED_NOW, THROTTLED_UNDER_VOLTAGE};

@@ -11,8 +11,9 @@ use utoipa::ToSchema;
 
 use crate::admin;
 use crate::api::AppState;
-use crate::api::devices::{admin_problem, device_id, labels_from_map};
+use crate::api::devices::device_id;
 use crate::api::extract::{Json, Path};
+use crate::model::labels;
 use crate::problem::{Problem, ProblemDoc};
 use crate::store::{TokenRow, now_ms};
 
@@ -167,7 +168,7 @@ pub async fn create(
         )));
     }
     let name = req.name.as_deref().map(device_id).transpose()?;
-    let labels = labels_from_map(&req.labels.unwrap_or_default())?;
+    let labels = labels::from_map(&req.labels.unwrap_or_default())?;
     let items: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let created = admin::create_token(
         &st.dd,
@@ -176,8 +177,7 @@ pub async fn create(
         name.as_ref().map(|n| n.as_str()),
         &items,
     )
-    .await
-    .map_err(admin_problem)?;
+    .await?;
     let authority = controller_authority(headers.get(header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or_else(|| format!("<controller-host>:{}", st.cfg.https.listen.port()));
     let token = created.token.to_string();

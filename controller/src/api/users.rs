@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::extract::{Json, Path, Principal, noted};
-use crate::admin::{self, AdminError};
+use crate::admin;
 use crate::auth::Role;
 use crate::problem::{Problem, ProblemDoc};
 use crate::store::users::{UserChange, UserRow};
@@ -37,22 +37,6 @@ impl From<&UserRow> for UserView {
             mfa_enabled: u.mfa_enabled_at.is_some(),
             must_change_password: u.must_change_password,
         }
-    }
-}
-
-fn admin_problem(e: AdminError) -> Problem {
-    match e {
-        AdminError::Invalid(m) => Problem::bad_request(m),
-        AdminError::Store(e) => Problem::internal(&e),
-        other => Problem::internal(&other),
-    }
-}
-
-fn change_problem(e: UserChange) -> Problem {
-    match e {
-        UserChange::Exists(_) => Problem::conflict(e.to_string()),
-        UserChange::NoUser(_) => Problem::not_found(e.to_string()),
-        UserChange::LastAdmin => Problem::conflict(e.to_string()),
     }
 }
 
@@ -100,9 +84,9 @@ pub async fn create(
     State(st): State<AppState>,
     Json(req): Json<NewUser>,
 ) -> Result<Response, Problem> {
-    admin::validate_user_name(&req.name).map_err(admin_problem)?;
+    admin::validate_user_name(&req.name)?;
     if st.store.user_by_name(&req.name).await?.is_some() {
-        return Err(change_problem(UserChange::Exists(req.name)));
+        return Err(UserChange::Exists(req.name).into());
     }
     let argon2 = st.admit_argon2()?;
     let created = admin::create_user(
@@ -113,8 +97,7 @@ pub async fn create(
         req.password.as_deref(),
         true,
     )
-    .await
-    .map_err(admin_problem)?;
+    .await?;
     let user = st
         .store
         .user_by_id(created.id)
@@ -163,8 +146,7 @@ pub async fn update(
     let user = st
         .store
         .update_user(&name, req.role, req.disabled)
-        .await?
-        .map_err(change_problem)?;
+        .await??;
     let note = format!(
         "{}{}",
         req.role.map(|r| format!("role={r} ")).unwrap_or_default(),
@@ -195,7 +177,7 @@ pub async fn delete(
     if name == p.name {
         return Err(Problem::conflict("you cannot delete yourself"));
     }
-    st.store.delete_user(&name).await?.map_err(change_problem)?;
+    st.store.delete_user(&name).await??;
     Ok(StatusCode::NO_CONTENT)
 }
 

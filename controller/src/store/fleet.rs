@@ -8,14 +8,14 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{CommandRow, Labels, Store, StoreError};
-use crate::api::audit::AuditFilter;
-use crate::api::devices::{
+use crate::audit::Entry;
+use crate::lifecycle::Status;
+use crate::model::audit::AuditFilter;
+use crate::model::devices::{
     Certificate, DeviceAlert, DeviceCapabilities, DeviceDetail, DeviceFilter, DevicePage,
     DeviceSort, DeviceStatus, DeviceSummary, DiskUsage, FleetSummary, HistoryPlan, HistoryPoint,
     IntervalBounds, ScriptCapability, ServiceState, SortOrder, TelemetrySample,
 };
-use crate::audit::Entry;
-use crate::lifecycle::Status;
 
 /// Device and latest-sample columns of a [`DeviceSummary`].
 const SUMMARY_COLUMNS: &str = "d.id, d.labels, d.revoked_at, d.online, d.hostname, d.model, \

@@ -2,7 +2,6 @@
 //! must survive power loss); one writer connection used by the ingest task for group commits,
 //! and a small reader pool. Statements stay portable to PostgreSQL.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -64,8 +63,7 @@ pub enum RevokeOutcome {
     AlreadyRevoked,
 }
 
-/// Labels: a small string map, stored as a JSON object.
-pub type Labels = BTreeMap<String, String>;
+pub use crate::model::labels::Labels;
 
 /// Saturating u64 → i64 for SQL integers (values past i64::MAX do not occur in practice).
 pub fn sql_int(v: u64) -> i64 {

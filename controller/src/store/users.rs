@@ -5,8 +5,8 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use super::{Store, StoreError, now_ms};
-use crate::api::Principal;
 use crate::auth::Role;
+use crate::model::session::SessionUser;
 
 /// A user as stored (the TOTP secrets stay in here; API views are built from it).
 #[derive(Clone)]
@@ -380,13 +380,13 @@ impl Store {
         })
     }
 
-    /// The principal of a live session of an enabled user, read fresh on every request.
-    pub async fn session_principal(
+    /// The user of a live session of an enabled user, read fresh on every request.
+    pub async fn session_user(
         &self,
         session_id: &str,
         user_id: i64,
         now: i64,
-    ) -> Result<Option<Principal>, StoreError> {
+    ) -> Result<Option<SessionUser>, StoreError> {
         let r = sqlx::query(
             "SELECT u.name, u.role, u.must_change_password, u.mfa_enabled_at FROM sessions s \
              JOIN users u ON u.id = s.user_id WHERE s.id = ? AND s.user_id = ? \
@@ -399,14 +399,13 @@ impl Store {
         .await?;
         let Some(r) = r else { return Ok(None) };
         let role: String = r.try_get("role")?;
-        Ok(Some(Principal {
+        Ok(Some(SessionUser {
             user_id,
             name: r.try_get("name")?,
             role: role.parse().unwrap_or(Role::Viewer),
             session_id: session_id.to_owned(),
             mfa_enabled: r.try_get::<Option<i64>, _>("mfa_enabled_at")?.is_some(),
             must_change_password: r.try_get::<i64, _>("must_change_password")? != 0,
-            token_expires_at: 0,
         }))
     }
 

@@ -11,39 +11,6 @@ fn query(label: Option<&str>, limit: Option<i64>, offset: Option<i64>) -> Device
 }
 
 #[test]
-fn selectors() {
-    let l = parse_selector("site=lobby,app/v=2").unwrap();
-    assert_eq!(l.len(), 2);
-    assert_eq!(l.get("app/v").map(String::as_str), Some("2"));
-    assert_eq!(
-        parse_selector("k=").unwrap().get("k").map(String::as_str),
-        Some("")
-    );
-    for bad in ["", "k", "site=a,", "Site=a", "a=1,a=2", "k=\u{1}", ",k=v"] {
-        assert!(parse_selector(bad).is_err(), "{bad:?}");
-    }
-    let many = (0..65)
-        .map(|i| format!("k{i}=v"))
-        .collect::<Vec<_>>()
-        .join(",");
-    assert!(parse_selector(&many).is_err());
-}
-
-#[test]
-fn label_maps_use_the_cli_rules() {
-    let ok: BTreeMap<String, String> = [("site".into(), "lobby".into())].into();
-    assert_eq!(labels_from_map(&ok).unwrap(), ok);
-    assert!(labels_from_map(&BTreeMap::new()).unwrap().is_empty());
-    for (k, v) in [("a=b", "c"), ("", "v"), ("K", "v"), ("k", "\n")] {
-        let m: BTreeMap<String, String> = [(k.to_owned(), v.to_owned())].into();
-        let e = labels_from_map(&m).unwrap_err();
-        assert_eq!(e.status, StatusCode::BAD_REQUEST, "{k:?}={v:?}");
-    }
-    let big: BTreeMap<String, String> = (0..65).map(|i| (format!("k{i}"), "v".into())).collect();
-    assert!(labels_from_map(&big).is_err());
-}
-
-#[test]
 fn device_query_bounds() {
     let f = query(None, None, None).validate().unwrap();
     assert_eq!(
