@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::api::extract::Json;
 use crate::metrics::Metrics;
 use crate::pki::{self, Ca};
-use crate::problem::{Problem, ProblemDoc};
+use crate::api::problem::{Problem, ProblemDoc};
 use crate::store::{EnrollError, EnrollRefusal, NewDevice, Store};
 use crate::tls::normalize_serial;
 

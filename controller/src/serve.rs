@@ -26,7 +26,8 @@ use crate::metrics::Metrics;
 use crate::pki::{Ca, crl};
 use crate::store::{Store, now_ms};
 use crate::supervise::{Fatal, Health, Supervisor, TaskFailed, TaskResult};
-use crate::{broker, https, pki, tls};
+use crate::api::https;
+use crate::{broker, pki, tls};
 
 /// Start-up errors (each maps to an exit code in `main`), and the task failure that
 /// stopped a running controller.

@@ -5,11 +5,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::AppState;
-use crate::api::devices::{MAX_TIME_MS, bounded};
+use crate::api::params::{MAX_TIME_MS, bounded};
 use crate::api::extract::Query;
 use crate::audit::{Break, Entry};
 use crate::model::audit::AuditFilter;
-use crate::problem::{Problem, ProblemDoc};
+use crate::api::problem::{Problem, Refused};
 use crate::store::AuditCheck;
 
 /// Longest actor or action filter.
@@ -135,7 +135,7 @@ pub fn report(check: &AuditCheck) -> VerifyReport {
     params(AuditQuery),
     responses(
         (status = 200, description = "A page of entries", body = AuditPage),
-        (status = "4XX", description = "Invalid query or not permitted", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     )
 )]
 pub async fn list(
@@ -156,7 +156,7 @@ pub async fn list(
     tag = "audit",
     responses(
         (status = 200, description = "The verification result", body = VerifyReport),
-        (status = "4XX", description = "Not permitted", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     )
 )]
 pub async fn verify(State(st): State<AppState>) -> Result<axum::Json<VerifyReport>, Problem> {

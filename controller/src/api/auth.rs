@@ -28,7 +28,7 @@ use super::{ApiState, AppState, event};
 use crate::audit::Event;
 use crate::auth::jwt::TokenKind;
 use crate::auth::{Role, totp};
-use crate::problem::{Problem, ProblemDoc};
+use crate::api::problem::{Problem, ProblemDoc, Refused};
 use crate::store::attempts::{Attempt, Lockout, MfaAcceptance, MfaCode, Reservation};
 use crate::store::now_ms;
 use crate::store::users::{Refresh, UserRow};
@@ -336,7 +336,7 @@ async fn start_session(
         (status = 423, description = "Locked after repeated failures; see Retry-After", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 429, description = "Too many requests from this address; see Retry-After", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 503, description = "Too many password checks at once (the argon2 queue is full); see Retry-After. Does not count toward the lockout", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     ))]
 pub async fn login(
     State(st): State<AppState>,
@@ -423,7 +423,7 @@ pub async fn login(
         (status = 200, description = "Signed in", body = TokenResponse),
         (status = 401, description = "Invalid or expired MFA token, or wrong code", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 423, description = "Locked after repeated failures; see Retry-After", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     ))]
 pub async fn login_mfa(
     State(st): State<AppState>,
@@ -516,7 +516,7 @@ pub async fn login_mfa(
         (status = 200, description = "New tokens", body = TokenResponse),
         (status = 401, description = "Invalid, expired, revoked or reused refresh token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "Cookie refresh without a matching CSRF header", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     ))]
 pub async fn refresh(
     State(st): State<AppState>,
@@ -616,7 +616,7 @@ pub async fn refresh(
 #[utoipa::path(post, path = "/api/v1/auth/logout", operation_id = "logout", tag = "auth",
     responses(
         (status = 204, description = "Signed out"),
-        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     ))]
 pub async fn logout(State(st): State<AppState>, p: Principal) -> Result<Response, Problem> {
     st.store

@@ -20,12 +20,12 @@ use utoipa::openapi::schema::{
 use utoipa::{IntoParams, PartialSchema, ToSchema};
 
 use crate::api::AppState;
-use crate::api::devices::{bounded, device_id};
+use crate::api::params::{bounded, device_id};
 use crate::api::extract::{Json, Path, Query, noted};
 use crate::dispatch::Targets;
 use crate::lifecycle::Status;
 use crate::model::labels;
-use crate::problem::{Problem, ProblemDoc};
+use crate::api::problem::{Problem, ProblemDoc, Refused};
 use crate::store::{Cancel, CommandRow};
 
 /// Most devices one request may name.
@@ -438,7 +438,7 @@ pub async fn send(
     params(CommandQuery),
     responses(
         (status = 200, description = "One page of commands", body = CommandPage),
-        (status = "4XX", description = "Invalid query or not permitted", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     )
 )]
 pub async fn list(

@@ -7,19 +7,19 @@ use std::collections::BTreeMap;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use pifleet_shared::DeviceId;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::admin;
 use crate::api::AppState;
 use crate::api::extract::{Json, Path, Query};
+use crate::api::params::{DevicePath, MAX_TIME_MS, bounded};
 use crate::model::devices::{
     DeviceDetail, DeviceFilter, DevicePage, DeviceSort, DeviceStatus, FleetSummary, History,
     HistoryPlan, SortOrder, TelemetrySample,
 };
 use crate::model::labels::{self, Labels};
-use crate::problem::{Problem, ProblemDoc};
+use crate::api::problem::{Problem, ProblemDoc, Refused};
 use crate::store::{RevokeOutcome, now_ms};
 
 /// Longest `q` search text.
@@ -30,8 +30,6 @@ pub const MAX_HISTORY_MS: i64 = 31 * 86_400_000;
 pub const DEFAULT_HISTORY_MS: i64 = 3_600_000;
 /// Most history points.
 pub const MAX_POINTS: i64 = 2_000;
-/// Latest time accepted in a query (the last millisecond of year 9999).
-pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
 
 // ---- request shapes -----------------------------------------------------------------------
 
@@ -84,29 +82,6 @@ pub struct SetLabels {
 }
 
 // ---- validation shared with the other API modules ------------------------------------------
-
-/// A device id from the request, or 400.
-pub(crate) fn device_id(s: &str) -> Result<DeviceId, Problem> {
-    DeviceId::parse(s).map_err(|e| Problem::bad_request(format!("invalid device id: {e}")))
-}
-
-/// An optional integer parameter within `min..=max`, or 400.
-pub(crate) fn bounded(
-    name: &str,
-    value: Option<i64>,
-    default: i64,
-    min: i64,
-    max: i64,
-) -> Result<i64, Problem> {
-    let v = value.unwrap_or(default);
-    if (min..=max).contains(&v) {
-        Ok(v)
-    } else {
-        Err(Problem::bad_request(format!(
-            "{name} must be between {min} and {max}"
-        )))
-    }
-}
 
 impl DeviceQuery {
     /// Checks every parameter.
@@ -178,7 +153,7 @@ fn no_device(id: &str) -> Problem {
     params(DeviceQuery),
     responses(
         (status = 200, description = "One page of devices", body = DevicePage),
-        (status = "4XX", description = "Invalid query or not permitted", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     )
 )]
 pub async fn list(
@@ -195,7 +170,7 @@ pub async fn list(
     operation_id = "show_device",
     path = "/api/v1/devices/{id}",
     tag = "devices",
-    params(("id" = String, Path, description = "Device id", min_length = 3, max_length = 63, pattern = r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")),
+    params(DevicePath),
     responses(
         (status = 200, description = "The device", body = DeviceDetail),
         (status = "4XX", description = "Invalid id, unknown device or not permitted", body = ProblemDoc, content_type = "application/problem+json"),
@@ -203,9 +178,8 @@ pub async fn list(
 )]
 pub async fn show(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    Path(DevicePath { id }): Path<DevicePath>,
 ) -> Result<axum::Json<DeviceDetail>, Problem> {
-    let id = device_id(&id)?;
     st.store
         .device_detail(id.as_str())
         .await?
@@ -219,7 +193,7 @@ pub async fn show(
     operation_id = "device_telemetry",
     path = "/api/v1/devices/{id}/telemetry",
     tag = "devices",
-    params(("id" = String, Path, description = "Device id", min_length = 3, max_length = 63, pattern = r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")),
+    params(DevicePath),
     responses(
         (status = 200, description = "The latest sample", body = TelemetrySample),
         (status = "4XX", description = "Invalid id, unknown device, no sample yet or not permitted", body = ProblemDoc, content_type = "application/problem+json"),
@@ -227,9 +201,8 @@ pub async fn show(
 )]
 pub async fn telemetry(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    Path(DevicePath { id }): Path<DevicePath>,
 ) -> Result<axum::Json<TelemetrySample>, Problem> {
-    let id = device_id(&id)?;
     if st.store.device(id.as_str()).await?.is_none() {
         return Err(no_device(id.as_str()));
     }
@@ -246,7 +219,7 @@ pub async fn telemetry(
     operation_id = "device_history",
     path = "/api/v1/devices/{id}/history",
     tag = "devices",
-    params(("id" = String, Path, description = "Device id", min_length = 3, max_length = 63, pattern = r"^[a-z0-9][a-z0-9-]*[a-z0-9]$"), HistoryQuery),
+    params(DevicePath, HistoryQuery),
     responses(
         (status = 200, description = "Buckets with data, oldest first", body = History),
         (status = "4XX", description = "Invalid id or range, unknown device or not permitted", body = ProblemDoc, content_type = "application/problem+json"),
@@ -254,10 +227,9 @@ pub async fn telemetry(
 )]
 pub async fn history(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    Path(DevicePath { id }): Path<DevicePath>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<axum::Json<History>, Problem> {
-    let id = device_id(&id)?;
     let plan = plan_history(&q, now_ms())?;
     if st.store.device(id.as_str()).await?.is_none() {
         return Err(no_device(id.as_str()));
@@ -277,7 +249,7 @@ pub async fn history(
     operation_id = "set_device_labels",
     path = "/api/v1/devices/{id}/labels",
     tag = "devices",
-    params(("id" = String, Path, description = "Device id", min_length = 3, max_length = 63, pattern = r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")),
+    params(DevicePath),
     request_body = SetLabels,
     responses(
         (status = 200, description = "The device with its new labels", body = DeviceDetail),
@@ -286,10 +258,9 @@ pub async fn history(
 )]
 pub async fn set_labels(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    Path(DevicePath { id }): Path<DevicePath>,
     Json(body): Json<SetLabels>,
 ) -> Result<axum::Json<DeviceDetail>, Problem> {
-    let id = device_id(&id)?;
     let labels = labels::from_map(&body.labels)?;
     if !st.store.set_device_labels(id.as_str(), &labels).await? {
         return Err(no_device(id.as_str()));
@@ -308,7 +279,7 @@ pub async fn set_labels(
     operation_id = "revoke_device",
     path = "/api/v1/devices/{id}/revoke",
     tag = "devices",
-    params(("id" = String, Path, description = "Device id", min_length = 3, max_length = 63, pattern = r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")),
+    params(DevicePath),
     responses(
         (status = 204, description = "Revoked"),
         (status = "4XX", description = "Invalid id, unknown or already revoked device, or not permitted", body = ProblemDoc, content_type = "application/problem+json"),
@@ -316,9 +287,8 @@ pub async fn set_labels(
 )]
 pub async fn revoke(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    Path(DevicePath { id }): Path<DevicePath>,
 ) -> Result<StatusCode, Problem> {
-    let id = device_id(&id)?;
     // An already revoked device is revoked again: that publishes its CRL once more, which
     // repairs an earlier attempt whose CRL could not be written.
     let outcome = admin::revoke_device(
@@ -345,7 +315,7 @@ pub async fn revoke(
     tag = "devices",
     responses(
         (status = 200, description = "The totals", body = FleetSummary),
-        (status = "4XX", description = "Not permitted", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     )
 )]
 pub async fn fleet_summary(

@@ -21,7 +21,7 @@ use super::commands::command_summary;
 use super::extract::{Principal, Query};
 use crate::live::Change;
 use crate::model::devices::{DeviceCapabilities, ServiceState};
-use crate::problem::{Problem, ProblemDoc};
+use crate::api::problem::{Problem, ProblemDoc};
 
 /// Devices one stream may watch.
 pub const MAX_WATCHED: usize = 500;
@@ -52,7 +52,7 @@ fn watched(q: &EventsQuery) -> Result<BTreeSet<String>, Problem> {
         )));
     }
     ids.into_iter()
-        .map(|id| super::devices::device_id(id).map(|d| d.as_str().to_owned()))
+        .map(|id| super::params::device_id(id).map(|d| d.as_str().to_owned()))
         .collect()
 }
 

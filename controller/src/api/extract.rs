@@ -8,7 +8,7 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::model::session::SessionUser;
-use crate::problem::Problem;
+use crate::api::problem::Problem;
 
 /// JSON body; a malformed body is a 400/415/422 problem that says what is wrong.
 #[derive(Debug, Clone, Copy, Default)]

@@ -11,7 +11,7 @@ use super::auth::{count_failure, name_key, reserve_attempt};
 use super::extract::{ClientIp, Json, Path, Principal};
 use super::{AppState, event};
 use crate::auth::{Role, password, totp};
-use crate::problem::{Problem, ProblemDoc};
+use crate::api::problem::{Problem, ProblemDoc, Refused};
 use crate::store::now_ms;
 
 /// The signed-in user and what they may do.
@@ -32,7 +32,7 @@ pub struct Whoami {
 #[utoipa::path(get, path = "/api/v1/whoami", operation_id = "whoami", tag = "self",
     responses(
         (status = 200, body = Whoami),
-        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     ))]
 pub async fn whoami(State(st): State<AppState>, p: Principal) -> axum::Json<Whoami> {
     use crate::auth::Permission;
@@ -74,7 +74,7 @@ pub struct PasswordChange {
         (status = 403, description = "The current password is wrong", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 423, description = "Locked after repeated wrong passwords (here or at sign-in); see Retry-After", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 503, description = "Too many password checks at once (the argon2 queue is full); see Retry-After", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     ))]
 pub async fn change_password(
     State(st): State<AppState>,
@@ -134,7 +134,7 @@ pub struct MfaSetup {
     responses(
         (status = 200, body = MfaSetup),
         (status = 409, description = "MFA is already on", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     ))]
 pub async fn mfa_setup(
     State(st): State<AppState>,
@@ -177,7 +177,7 @@ pub struct RecoveryCodes {
         (status = 200, body = RecoveryCodes),
         (status = 400, description = "Wrong code", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "No enrolment in progress, or MFA already on", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     ))]
 pub async fn mfa_confirm(
     State(st): State<AppState>,
@@ -243,7 +243,7 @@ pub struct SessionView {
 #[utoipa::path(get, path = "/api/v1/me/sessions", operation_id = "list_sessions", tag = "self",
     responses(
         (status = 200, body = Vec<SessionView>),
-        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     ))]
 pub async fn sessions(
     State(st): State<AppState>,
@@ -271,7 +271,7 @@ pub async fn sessions(
     responses(
         (status = 204, description = "Ended"),
         (status = 404, description = "No such live session of yours", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     ))]
 pub async fn revoke_session(
     State(st): State<AppState>,

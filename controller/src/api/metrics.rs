@@ -21,10 +21,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::devices::device_id;
+use super::params::DevicePath;
 use super::extract::Path;
 use crate::model::devices::DeviceStatus;
-use crate::problem::{Problem, ProblemDoc};
+use crate::api::problem::{Problem, Refused};
 use crate::store::now_ms;
 use crate::store::{THROTTLED_NOW, THROTTLED_UNDER_VOLTAGE};
 
@@ -42,7 +42,7 @@ fn text(body: String) -> Response {
 #[utoipa::path(get, path = "/metrics", operation_id = "controller_metrics", tag = "metrics",
     responses(
         (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
-        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     ))]
 pub async fn controller(State(st): State<AppState>) -> Result<Response, Problem> {
     let counts = st.store.device_counts().await?;
@@ -71,16 +71,15 @@ fn database_size(st: &super::ApiState) -> i64 {
 
 /// One device's latest sample as Prometheus gauges.
 #[utoipa::path(get, path = "/metrics/devices/{id}", operation_id = "device_metrics", tag = "metrics",
-    params(("id" = String, Path, description = "Device id", pattern = "^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")),
+    params(DevicePath),
     responses(
         (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
-        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     ))]
 pub async fn device(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    Path(DevicePath { id }): Path<DevicePath>,
 ) -> Result<Response, Problem> {
-    let id = device_id(&id)?;
     let detail = st
         .store
         .device_detail(id.as_str())
@@ -268,7 +267,7 @@ pub struct TargetGroup {
 #[utoipa::path(get, path = "/api/v1/prometheus/sd", operation_id = "prometheus_sd", tag = "metrics",
     responses(
         (status = 200, body = Vec<TargetGroup>),
-        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     ))]
 pub async fn sd(
     State(st): State<AppState>,

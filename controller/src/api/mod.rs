@@ -31,10 +31,10 @@ use crate::datadir::DataDir;
 use crate::dispatch::Dispatcher;
 use crate::enroll::refusals::RefusalTally;
 use crate::enroll::{self, EnrollState};
-use crate::https::PeerAddr;
+use https::PeerAddr;
 use crate::live::Hub;
 use crate::metrics::Metrics;
-use crate::problem::{Problem, ProblemDoc};
+use crate::api::problem::{Problem, ProblemDoc};
 use crate::source::source_key;
 use crate::store::Store;
 use crate::supervise::Health;
@@ -46,11 +46,15 @@ pub mod devices;
 pub mod events;
 pub mod extract;
 mod guard;
+pub mod https;
 mod layers;
 pub mod me;
 pub mod metrics;
+pub mod params;
+pub mod problem;
 pub mod tokens;
 pub mod users;
+pub mod web;
 
 pub use extract::{AuditNote, ClientIp, Principal};
 use guard::guard;
@@ -307,7 +311,7 @@ pub fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), http_metrics))
         .route("/healthz", axum::routing::get(healthz))
         .route("/readyz", axum::routing::get(readyz))
-        .fallback(crate::web::fallback)
+        .fallback(web::fallback)
         .method_not_allowed_fallback(|| async {
             Problem::new(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -162,3 +162,19 @@ fn forwarded_for_that_is_not_ascii_is_refused() {
     let stranger: IpAddr = "198.51.100.1".parse().unwrap();
     assert_eq!(resolve_client(stranger, &h, &trusted), Ok(stranger));
 }
+
+/// Every operation but the health checks documents its refusals as problem documents.
+#[test]
+fn every_operation_documents_its_refusals() {
+    let (_, doc) = api_routes();
+    let json = serde_json::to_value(&doc).unwrap();
+    for (path, item) in json["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let refused = &op["responses"]["4XX"];
+            assert!(
+                refused["content"]["application/problem+json"]["schema"].is_object(),
+                "{method} {path}: {refused}"
+            );
+        }
+    }
+}

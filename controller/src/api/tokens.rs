@@ -11,10 +11,10 @@ use utoipa::ToSchema;
 
 use crate::admin;
 use crate::api::AppState;
-use crate::api::devices::device_id;
+use crate::api::params::device_id;
 use crate::api::extract::{Json, Path};
 use crate::model::labels;
-use crate::problem::{Problem, ProblemDoc};
+use crate::api::problem::{Problem, ProblemDoc, Refused};
 use crate::store::{TokenRow, now_ms};
 
 /// Token lifetime when none is given.
@@ -200,7 +200,7 @@ pub async fn create(
     tag = "tokens",
     responses(
         (status = 200, description = "All tokens", body = [TokenInfo]),
-        (status = "4XX", description = "Not permitted", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     )
 )]
 pub async fn list(State(st): State<AppState>) -> Result<axum::Json<Vec<TokenInfo>>, Problem> {

@@ -11,7 +11,7 @@ use super::AppState;
 use super::extract::{Json, Path, Principal, noted};
 use crate::admin;
 use crate::auth::Role;
-use crate::problem::{Problem, ProblemDoc};
+use crate::api::problem::{Problem, ProblemDoc, Refused};
 use crate::store::users::{UserChange, UserRow};
 
 /// A user as the API shows it (never a hash or secret).
@@ -44,7 +44,7 @@ impl From<&UserRow> for UserView {
 #[utoipa::path(get, path = "/api/v1/users", operation_id = "list_users", tag = "users",
     responses(
         (status = 200, body = Vec<UserView>),
-        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     ))]
 pub async fn list(State(st): State<AppState>) -> Result<axum::Json<Vec<UserView>>, Problem> {
     let users = st.store.list_users().await?;
@@ -78,7 +78,7 @@ pub struct CreatedUser {
         (status = 400, description = "Invalid name or weak password", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "The name is taken", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 503, description = "Too many password hashes at once (the argon2 queue is full); see Retry-After", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     ))]
 pub async fn create(
     State(st): State<AppState>,
@@ -130,7 +130,7 @@ pub struct UserUpdate {
         (status = 200, body = UserView),
         (status = 404, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "Would leave no enabled admin, or targets yourself", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     ))]
 pub async fn update(
     State(st): State<AppState>,
@@ -167,7 +167,7 @@ pub async fn update(
         (status = 204, description = "Deleted"),
         (status = 404, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, body = ProblemDoc, content_type = "application/problem+json"),
-        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     ))]
 pub async fn delete(
     State(st): State<AppState>,
@@ -187,7 +187,7 @@ pub async fn delete(
     responses(
         (status = 204, description = "MFA reset"),
         (status = 404, body = ProblemDoc, content_type = "application/problem+json"),
-        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     ))]
 pub async fn reset_mfa(
     State(st): State<AppState>,
@@ -213,7 +213,7 @@ pub struct SecuritySettings {
 #[utoipa::path(get, path = "/api/v1/settings/security", operation_id = "show_settings", tag = "users",
     responses(
         (status = 200, body = SecuritySettings),
-        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     ))]
 pub async fn settings(State(st): State<AppState>) -> Result<axum::Json<SecuritySettings>, Problem> {
     Ok(axum::Json(SecuritySettings {
@@ -226,7 +226,7 @@ pub async fn settings(State(st): State<AppState>) -> Result<axum::Json<SecurityS
     request_body = SecuritySettings,
     responses(
         (status = 200, body = SecuritySettings),
-        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+        Refused,
     ))]
 pub async fn set_settings(
     State(st): State<AppState>,

@@ -32,6 +32,15 @@ pub struct ProblemDoc {
     pub code: Option<String>,
 }
 
+/// The answer every operation may give to a refused request, for the OpenAPI document.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum Refused {
+    /// Refused: invalid input, not signed in, not permitted, not found or in conflict; the
+    /// problem document says which and why.
+    #[response(status = "4XX", content_type = "application/problem+json")]
+    Refused(ProblemDoc),
+}
+
 impl Problem {
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
         Self {

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::api::AppState;
 use crate::api::extract::ClientIp;
-use crate::problem::Problem;
+use crate::api::problem::Problem;
 
 /// One embedded file.
 #[derive(Debug)]
