@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::api::extract::Json;
+use crate::api::problem::{Problem, ProblemDoc};
 use crate::metrics::Metrics;
 use crate::pki::{self, Ca};
-use crate::api::problem::{Problem, ProblemDoc};
 use crate::store::{EnrollError, EnrollRefusal, NewDevice, Store};
 use crate::tls::normalize_serial;
 

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminError};
+use crate::api::https;
 use crate::api::{self, ApiState};
 use crate::auth::jwt::JwtKeys;
 use crate::broker::Broker;
@@ -26,7 +27,6 @@ use crate::metrics::Metrics;
 use crate::pki::{Ca, crl};
 use crate::store::{Store, now_ms};
 use crate::supervise::{Fatal, Health, Supervisor, TaskFailed, TaskResult};
-use crate::api::https;
 use crate::{broker, pki, tls};
 
 /// Start-up errors (each maps to an exit code in `main`), and the task failure that

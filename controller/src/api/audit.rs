@@ -5,11 +5,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::AppState;
-use crate::api::params::{MAX_TIME_MS, bounded};
 use crate::api::extract::Query;
+use crate::api::params::{MAX_TIME_MS, bounded};
+use crate::api::problem::{Problem, Refused};
 use crate::audit::{Break, Entry};
 use crate::model::audit::AuditFilter;
-use crate::api::problem::{Problem, Refused};
 use crate::store::AuditCheck;
 
 /// Longest actor or action filter.

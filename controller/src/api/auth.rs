@@ -18,18 +18,18 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::extract::{ClientIp, Json, Principal};
 use super::{ApiState, AppState, event};
+use crate::api::problem::{Problem, ProblemDoc, Refused};
 use crate::audit::Event;
 use crate::auth::jwt::TokenKind;
+use crate::auth::lockout::{self, name_key};
+use crate::auth::tokens::{new_refresh_token, random_hex, refresh_hash};
 use crate::auth::{Role, totp};
-use crate::api::problem::{Problem, ProblemDoc, Refused};
-use crate::store::attempts::{Attempt, Lockout, MfaAcceptance, MfaCode, Reservation};
+use crate::store::attempts::{Attempt, MfaAcceptance, MfaCode};
 use crate::store::now_ms;
 use crate::store::users::{Refresh, UserRow};
 
@@ -108,11 +108,6 @@ pub struct TokenResponse {
     pub user: Option<SessionUser>,
 }
 
-/// The lockout key of a user name: case-insensitive, bounded.
-pub(super) fn name_key(name: &str) -> String {
-    name.trim().to_lowercase().chars().take(128).collect()
-}
-
 fn user_agent(headers: &HeaderMap) -> String {
     headers
         .get(header::USER_AGENT)
@@ -123,52 +118,20 @@ fn user_agent(headers: &HeaderMap) -> String {
         .collect()
 }
 
-fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut b);
-    pifleet_shared::token::to_hex(&b)
-}
-
-/// SHA-256 of a refresh token: the database never holds a usable token.
-pub fn refresh_hash(token: &str) -> String {
-    pifleet_shared::token::to_hex(&Sha256::digest(token.as_bytes()))
-}
-
-fn new_refresh_token() -> String {
-    format!("pfr1.{}", random_hex(32))
-}
-
-/// The configured lockout rule.
-fn lockout(st: &ApiState) -> Lockout {
-    Lockout {
-        limit: st.cfg.auth.lockout_failures,
-        window_ms: st.cfg.auth.lockout_window_s.saturating_mul(1000),
-    }
-}
-
-pub(super) fn locked_problem(secs: u64) -> Problem {
-    Problem::new(
-        StatusCode::LOCKED,
-        "too many failed sign-ins: this account is locked for now",
-    )
-    .with_retry_after(secs)
-}
-
 /// Records an attempt for `key` before its guess is checked; a 423 when the account is
 /// locked (audited as `refused` when given).
-pub(super) async fn reserve_attempt(
+async fn reserve_attempt(
     st: &ApiState,
     key: &str,
     refused: Option<Event>,
 ) -> Result<Attempt, Problem> {
-    match st.store.reserve_attempt(key, lockout(st)).await? {
-        Reservation::Reserved(a) => Ok(a),
-        Reservation::Locked { until_ms } => {
+    match lockout::reserve(&st.store, &st.cfg.auth, key).await? {
+        Ok(a) => Ok(a),
+        Err(locked) => {
             if let Some(ev) = refused {
                 st.audit(ev).await?;
             }
-            let secs = u64::try_from((until_ms - now_ms() + 999) / 1000).unwrap_or(1);
-            Err(locked_problem(secs))
+            Err(locked.into())
         }
     }
 }
@@ -191,22 +154,7 @@ async fn record_failure(
         &format!("failed: {why}"),
     ))
     .await?;
-    count_failure(st, attempt, actor, ip).await
-}
-
-/// Settles `attempt` as a failure; audits the lockout when this failure completes it.
-pub(super) async fn count_failure(
-    st: &ApiState,
-    attempt: &Attempt,
-    actor: &str,
-    ip: IpAddr,
-) -> Result<(), Problem> {
-    if st.store.attempt_failed(attempt, lockout(st)).await? {
-        st.metrics_auth("lockout");
-        st.audit(event(actor, ip, "auth.lockout", &attempt.name, "locked"))
-            .await?;
-    }
-    Ok(())
+    Ok(lockout::failed(&st.store, &st.cfg.auth, &st.metrics, attempt, actor, ip).await?)
 }
 
 fn session_user(u: &UserRow) -> SessionUser {
@@ -649,14 +597,5 @@ mod tests {
         assert!(same_secret("abc", "abc"));
         assert!(!same_secret("abc", "abd"));
         assert!(!same_secret("abc", "abcd"));
-    }
-
-    #[test]
-    fn refresh_tokens_are_random_and_hashed() {
-        let a = new_refresh_token();
-        assert_ne!(a, new_refresh_token());
-        assert!(a.starts_with("pfr1."));
-        assert_eq!(refresh_hash(&a).len(), 64);
-        assert_ne!(refresh_hash(&a), a);
     }
 }

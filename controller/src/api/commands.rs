@@ -8,217 +8,22 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use pifleet_shared::command::{
-    Action, CommandId, MAX_JOURNAL_LINES, MAX_NAME_LEN, MAX_SCRIPT_ARGS, ServiceOp,
-};
+use pifleet_shared::command::{Action, CommandId};
 use serde::{Deserialize, Serialize};
-use utoipa::openapi::RefOr;
-use utoipa::openapi::schema::{
-    AdditionalProperties, ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, Schema,
-    SchemaFormat, Type,
-};
-use utoipa::{IntoParams, PartialSchema, ToSchema};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::api::AppState;
-use crate::api::params::{bounded, device_id};
 use crate::api::extract::{Json, Path, Query, noted};
+use crate::api::params::{bounded, device_id};
+use crate::api::problem::{Problem, ProblemDoc, Refused};
 use crate::dispatch::Targets;
 use crate::lifecycle::Status;
+use crate::model::commands::{ActionSpec, CommandSummary};
 use crate::model::labels;
-use crate::api::problem::{Problem, ProblemDoc, Refused};
-use crate::store::{Cancel, CommandRow};
+use crate::store::Cancel;
 
 /// Most devices one request may name.
 pub const MAX_DEVICES: usize = 1_000;
-/// Journal lines when none are asked for.
-const DEFAULT_JOURNAL_LINES: u32 = 100;
-
-/// What to do with a systemd unit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ServiceOpSpec {
-    Status,
-    Start,
-    Stop,
-    Restart,
-}
-
-/// What a device is asked to do. Units and scripts must also be on the device's own
-/// allowlist, which the device checks. The OpenAPI schema is written by hand below, so
-/// that each variant refuses unknown fields as the deserializer does.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ActionSpec {
-    // Ping and Reboot are empty struct variants, not unit variants, so that unknown fields
-    // are refused for them too.
-    /// Answers at once; proves the path works.
-    Ping {},
-    /// Reboots after the result is sent.
-    Reboot {},
-    /// status / start / stop / restart of a systemd unit.
-    Service { op: ServiceOpSpec, unit: String },
-    /// The last `lines` journal lines of a unit (1–1000, default 100).
-    Journal {
-        unit: String,
-        #[serde(default = "default_journal_lines")]
-        lines: u32,
-    },
-    /// A script by name, with arguments from its declared set.
-    Script {
-        name: String,
-        #[serde(default)]
-        args: Vec<String>,
-    },
-    /// Changes the telemetry interval (bounded by the agent's configuration).
-    SetInterval { seconds: u32 },
-}
-
-fn default_journal_lines() -> u32 {
-    DEFAULT_JOURNAL_LINES
-}
-
-impl PartialSchema for ActionSpec {
-    fn schema() -> RefOr<Schema> {
-        let variant = |kind: &str, description: &str| {
-            ObjectBuilder::new()
-                .schema_type(Type::Object)
-                .description(Some(description))
-                .property(
-                    "kind",
-                    ObjectBuilder::new()
-                        .schema_type(Type::String)
-                        .enum_values(Some([kind])),
-                )
-                .required("kind")
-                .additional_properties(Some(AdditionalProperties::FreeForm(false)))
-        };
-        let name = || {
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .min_length(Some(1))
-                .max_length(Some(MAX_NAME_LEN))
-                .description(Some("1-128 of A-Z a-z 0-9 @ . _ : + -"))
-        };
-        let int = |min: u32, max: u32| {
-            ObjectBuilder::new()
-                .schema_type(Type::Integer)
-                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
-                .minimum(Some(min))
-                .maximum(Some(max))
-        };
-        OneOfBuilder::new()
-            .description(Some(
-                "What a device is asked to do, by `kind`. Units and scripts must also be on \
-                 the device's own allowlist.",
-            ))
-            .item(variant("ping", "Answers at once; proves the path works."))
-            .item(variant("reboot", "Reboots after the result is sent."))
-            .item(
-                variant(
-                    "service",
-                    "status / start / stop / restart of a systemd unit.",
-                )
-                .property("op", ServiceOpSpec::schema())
-                .required("op")
-                .property("unit", name())
-                .required("unit"),
-            )
-            .item(
-                variant("journal", "The last `lines` journal lines of a unit.")
-                    .property("unit", name())
-                    .required("unit")
-                    .property(
-                        "lines",
-                        int(1, MAX_JOURNAL_LINES).default(Some(DEFAULT_JOURNAL_LINES.into())),
-                    ),
-            )
-            .item(
-                variant(
-                    "script",
-                    "A script by name, with arguments from its declared set.",
-                )
-                .property("name", name())
-                .required("name")
-                .property(
-                    "args",
-                    ArrayBuilder::new()
-                        .items(
-                            ObjectBuilder::new()
-                                .schema_type(Type::String)
-                                .min_length(Some(1))
-                                .max_length(Some(MAX_NAME_LEN)),
-                        )
-                        .max_items(Some(MAX_SCRIPT_ARGS)),
-                ),
-            )
-            .item(
-                variant(
-                    "set_interval",
-                    "Changes the telemetry interval (bounded by the agent's configuration).",
-                )
-                .property("seconds", int(1, u32::MAX))
-                .required("seconds"),
-            )
-            .into()
-    }
-}
-
-impl ToSchema for ActionSpec {}
-
-impl From<ServiceOpSpec> for ServiceOp {
-    fn from(op: ServiceOpSpec) -> Self {
-        match op {
-            ServiceOpSpec::Status => ServiceOp::Status,
-            ServiceOpSpec::Start => ServiceOp::Start,
-            ServiceOpSpec::Stop => ServiceOp::Stop,
-            ServiceOpSpec::Restart => ServiceOp::Restart,
-        }
-    }
-}
-
-impl From<ServiceOp> for ServiceOpSpec {
-    fn from(op: ServiceOp) -> Self {
-        match op {
-            ServiceOp::Status => ServiceOpSpec::Status,
-            ServiceOp::Start => ServiceOpSpec::Start,
-            ServiceOp::Stop => ServiceOpSpec::Stop,
-            ServiceOp::Restart => ServiceOpSpec::Restart,
-        }
-    }
-}
-
-impl From<ActionSpec> for Action {
-    fn from(a: ActionSpec) -> Self {
-        match a {
-            ActionSpec::Ping {} => Action::Ping,
-            ActionSpec::Reboot {} => Action::Reboot,
-            ActionSpec::Service { op, unit } => Action::Service {
-                unit,
-                op: op.into(),
-            },
-            ActionSpec::Journal { unit, lines } => Action::JournalTail { unit, lines },
-            ActionSpec::Script { name, args } => Action::RunScript { name, args },
-            ActionSpec::SetInterval { seconds } => Action::SetInterval { seconds },
-        }
-    }
-}
-
-impl From<Action> for ActionSpec {
-    fn from(a: Action) -> Self {
-        match a {
-            Action::Ping => ActionSpec::Ping {},
-            Action::Reboot => ActionSpec::Reboot {},
-            Action::Service { unit, op } => ActionSpec::Service {
-                op: op.into(),
-                unit,
-            },
-            Action::JournalTail { unit, lines } => ActionSpec::Journal { unit, lines },
-            Action::RunScript { name, args } => ActionSpec::Script { name, args },
-            Action::SetInterval { seconds } => ActionSpec::SetInterval { seconds },
-        }
-    }
-}
-
 /// A command for some devices: give exactly one of `devices` and `selector`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -264,30 +69,6 @@ pub struct CommandQuery {
     /// Commands to skip (default 0).
     #[param(minimum = 0)]
     pub offset: Option<i64>,
-}
-
-/// A command without its output (the output lengths are here).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct CommandSummary {
-    pub id: String,
-    pub device: String,
-    pub action: ActionSpec,
-    /// queued, sent, accepted, running, succeeded, failed, rejected, expired or cancelled.
-    pub status: String,
-    /// Why it failed, was rejected, expired or was cancelled.
-    pub reason: Option<String>,
-    pub created_at: i64,
-    pub expires_at: i64,
-    /// First delivery to the device.
-    pub sent_at: Option<i64>,
-    pub accepted_at: Option<i64>,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-    pub exit_code: Option<i64>,
-    pub duration_ms: Option<i64>,
-    /// Bytes of standard output the command produced (the stored text may be capped).
-    pub stdout_len: Option<i64>,
-    pub stderr_len: Option<i64>,
 }
 
 /// One page of commands, newest first.
@@ -369,28 +150,6 @@ fn command_id(id: &str) -> Result<String, Problem> {
     CommandId::parse(id)
         .map(|c| c.to_string())
         .ok_or_else(|| Problem::bad_request("a command id is 32 lowercase hex digits"))
-}
-
-/// A command row as the API lists it.
-pub(crate) fn command_summary(c: &CommandRow) -> Result<CommandSummary, Problem> {
-    let action = c.parsed_action().map_err(|e| Problem::internal(&e))?;
-    Ok(CommandSummary {
-        id: c.id.clone(),
-        device: c.device_id.clone(),
-        action: action.into(),
-        status: c.status.clone(),
-        reason: c.reason.clone(),
-        created_at: c.created_at,
-        expires_at: c.expires_at,
-        sent_at: c.sent_at,
-        accepted_at: c.accepted_at,
-        started_at: c.started_at,
-        finished_at: c.finished_at,
-        exit_code: c.exit_code,
-        duration_ms: c.duration_ms,
-        stdout_len: c.stdout_len,
-        stderr_len: c.stderr_len,
-    })
 }
 
 /// Sends a command to devices; it waits (until its TTL) for devices that are offline.
@@ -475,7 +234,10 @@ pub async fn list(
             offset,
         )
         .await?;
-    let items = rows.iter().map(command_summary).collect::<Result<_, _>>()?;
+    let items = rows
+        .iter()
+        .map(CommandSummary::try_from)
+        .collect::<Result<_, _>>()?;
     Ok(axum::Json(CommandPage { total, items }))
 }
 
@@ -502,7 +264,7 @@ pub async fn show(
         .await?
         .ok_or_else(|| Problem::not_found(format!("no command {id}")))?;
     Ok(axum::Json(CommandDetail {
-        summary: command_summary(&row)?,
+        summary: CommandSummary::try_from(&row)?,
         issued_at: row.issued_at,
         stdout: row.stdout,
         stdout_sha256: row.stdout_sha256,
@@ -553,74 +315,6 @@ pub async fn cancel(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec(json: &str) -> Result<ActionSpec, serde_json::Error> {
-        serde_json::from_str(json)
-    }
-
-    #[test]
-    fn actions_convert_both_ways() {
-        let cases = [
-            (r#"{"kind":"ping"}"#, Action::Ping),
-            (r#"{"kind":"reboot"}"#, Action::Reboot),
-            (
-                r#"{"kind":"service","op":"restart","unit":"nginx.service"}"#,
-                Action::Service {
-                    unit: "nginx.service".into(),
-                    op: ServiceOp::Restart,
-                },
-            ),
-            (
-                r#"{"kind":"journal","unit":"kiosk","lines":20}"#,
-                Action::JournalTail {
-                    unit: "kiosk".into(),
-                    lines: 20,
-                },
-            ),
-            (
-                r#"{"kind":"journal","unit":"kiosk"}"#,
-                Action::JournalTail {
-                    unit: "kiosk".into(),
-                    lines: 100,
-                },
-            ),
-            (
-                r#"{"kind":"script","name":"backup","args":["full"]}"#,
-                Action::RunScript {
-                    name: "backup".into(),
-                    args: vec!["full".into()],
-                },
-            ),
-            (
-                r#"{"kind":"script","name":"backup"}"#,
-                Action::RunScript {
-                    name: "backup".into(),
-                    args: vec![],
-                },
-            ),
-            (
-                r#"{"kind":"set_interval","seconds":30}"#,
-                Action::SetInterval { seconds: 30 },
-            ),
-        ];
-        for (json, want) in cases {
-            let s = spec(json).unwrap();
-            assert_eq!(Action::from(s.clone()), want, "{json}");
-            assert_eq!(ActionSpec::from(want), s, "{json}");
-        }
-        for bad in [
-            r#"{"kind":"shell","cmd":"rm -rf /"}"#,
-            r#"{"kind":"ping","extra":1}"#,
-            r#"{"kind":"service","op":"Restart","unit":"x"}"#,
-            r#"{"kind":"service","unit":"x"}"#,
-            r#"{"kind":"service","op":"start","unit":"x","extra":1}"#,
-            r#"{"kind":"reboot","now":true}"#,
-            r#"{"kind":"set_interval","seconds":-1}"#,
-            r#"{"op":"start"}"#,
-        ] {
-            assert!(spec(bad).is_err(), "{bad}");
-        }
-    }
 
     fn send(json: &str) -> SendCommand {
         serde_json::from_str(json).unwrap()

@@ -14,12 +14,12 @@ use crate::admin;
 use crate::api::AppState;
 use crate::api::extract::{Json, Path, Query};
 use crate::api::params::{DevicePath, MAX_TIME_MS, bounded};
+use crate::api::problem::{Problem, ProblemDoc, Refused};
 use crate::model::devices::{
     DeviceDetail, DeviceFilter, DevicePage, DeviceSort, DeviceStatus, FleetSummary, History,
     HistoryPlan, SortOrder, TelemetrySample,
 };
 use crate::model::labels::{self, Labels};
-use crate::api::problem::{Problem, ProblemDoc, Refused};
 use crate::store::{RevokeOutcome, now_ms};
 
 /// Longest `q` search text.

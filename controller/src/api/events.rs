@@ -17,11 +17,11 @@ use tokio::sync::{broadcast, mpsc};
 use utoipa::IntoParams;
 
 use super::AppState;
-use super::commands::command_summary;
 use super::extract::{Principal, Query};
-use crate::live::Change;
-use crate::model::devices::{DeviceCapabilities, ServiceState};
 use crate::api::problem::{Problem, ProblemDoc};
+use crate::live::Change;
+use crate::model::commands::CommandSummary;
+use crate::model::devices::{DeviceCapabilities, ServiceState};
 
 /// Devices one stream may watch.
 pub const MAX_WATCHED: usize = 500;
@@ -229,7 +229,7 @@ async fn send_pending(
                 continue;
             }
         };
-        if let Some(e) = command_summary(&row)
+        if let Some(e) = CommandSummary::try_from(&row)
             .ok()
             .and_then(|c| json_event("command", &c))
             && tx.send(e).await.is_err()

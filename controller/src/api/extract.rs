@@ -7,8 +7,8 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use crate::model::session::SessionUser;
 use crate::api::problem::Problem;
+use crate::model::session::SessionUser;
 
 /// JSON body; a malformed body is a 400/415/422 problem that says what is wrong.
 #[derive(Debug, Clone, Copy, Default)]

@@ -7,11 +7,11 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::auth::{count_failure, name_key, reserve_attempt};
 use super::extract::{ClientIp, Json, Path, Principal};
 use super::{AppState, event};
-use crate::auth::{Role, password, totp};
 use crate::api::problem::{Problem, ProblemDoc, Refused};
+use crate::auth::lockout::{self, name_key};
+use crate::auth::{Role, password, totp};
 use crate::store::now_ms;
 
 /// The signed-in user and what they may do.
@@ -90,7 +90,7 @@ pub async fn change_password(
     // Guesses of the current password count like failed sign-ins, so a stolen access token
     // cannot be used to try passwords without limit.
     let argon2 = st.admit_argon2()?;
-    let attempt = reserve_attempt(&st, &name_key(&user.name), None).await?;
+    let attempt = lockout::reserve(&st.store, &st.cfg.auth, &name_key(&user.name)).await??;
     let ok = argon2
         .verify(
             Some(user.password_hash.clone()),
@@ -98,7 +98,8 @@ pub async fn change_password(
         )
         .await;
     if !ok {
-        count_failure(&st, &attempt, &format!("user:{}", user.name), ip).await?;
+        let actor = format!("user:{}", user.name);
+        lockout::failed(&st.store, &st.cfg.auth, &st.metrics, &attempt, &actor, ip).await?;
         return Err(Problem::forbidden("the current password is wrong"));
     }
     st.store.release_attempt(&attempt).await?;

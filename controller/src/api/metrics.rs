@@ -21,10 +21,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::params::DevicePath;
 use super::extract::Path;
-use crate::model::devices::DeviceStatus;
+use super::params::DevicePath;
 use crate::api::problem::{Problem, Refused};
+use crate::model::devices::DeviceStatus;
 use crate::store::now_ms;
 use crate::store::{THROTTLED_NOW, THROTTLED_UNDER_VOLTAGE};
 

@@ -21,6 +21,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::api::problem::{Problem, ProblemDoc};
 use crate::audit::Event;
 use crate::auth::hasher::{Admission, Hasher};
 use crate::auth::jwt::{JwtKeys, TokenKind};
@@ -31,13 +32,12 @@ use crate::datadir::DataDir;
 use crate::dispatch::Dispatcher;
 use crate::enroll::refusals::RefusalTally;
 use crate::enroll::{self, EnrollState};
-use https::PeerAddr;
 use crate::live::Hub;
 use crate::metrics::Metrics;
-use crate::api::problem::{Problem, ProblemDoc};
 use crate::source::source_key;
 use crate::store::Store;
 use crate::supervise::Health;
+use https::PeerAddr;
 
 pub mod audit;
 pub mod auth;

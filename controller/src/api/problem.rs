@@ -127,6 +127,13 @@ impl From<crate::dispatch::DispatchError> for Problem {
     }
 }
 
+/// A locked account: 423 with Retry-After.
+impl From<crate::auth::lockout::Locked> for Problem {
+    fn from(e: crate::auth::lockout::Locked) -> Self {
+        Problem::new(StatusCode::LOCKED, e.to_string()).with_retry_after(e.retry_after_s)
+    }
+}
+
 /// Labels that break the rules are the caller's mistake.
 impl From<crate::model::labels::LabelError> for Problem {
     fn from(e: crate::model::labels::LabelError) -> Self {

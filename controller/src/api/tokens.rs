@@ -11,10 +11,10 @@ use utoipa::ToSchema;
 
 use crate::admin;
 use crate::api::AppState;
-use crate::api::params::device_id;
 use crate::api::extract::{Json, Path};
-use crate::model::labels;
+use crate::api::params::device_id;
 use crate::api::problem::{Problem, ProblemDoc, Refused};
+use crate::model::labels;
 use crate::store::{TokenRow, now_ms};
 
 /// Token lifetime when none is given.

@@ -10,8 +10,8 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::extract::{Json, Path, Principal, noted};
 use crate::admin;
-use crate::auth::Role;
 use crate::api::problem::{Problem, ProblemDoc, Refused};
+use crate::auth::Role;
 use crate::store::users::{UserChange, UserRow};
 
 /// A user as the API shows it (never a hash or secret).

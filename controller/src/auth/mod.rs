@@ -3,8 +3,10 @@
 
 pub mod hasher;
 pub mod jwt;
+pub mod lockout;
 pub mod password;
 pub mod rbac;
+pub mod tokens;
 pub mod totp;
 
 pub use rbac::{Permission, Role};

@@ -2,6 +2,7 @@
 //! (which serializes them): nothing here knows SQL or HTTP.
 
 pub mod audit;
+pub mod commands;
 pub mod devices;
 pub mod labels;
 pub mod session;
