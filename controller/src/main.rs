@@ -432,8 +432,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_cmd(cmd: CmdCmd) -> anyhow::Result<()> {
-    use pifleet_controller::dispatch::{self, Targets};
-    use pifleet_controller::lifecycle::Status;
+    use pifleet_controller::commands::dispatch::{self, Targets};
+    use pifleet_controller::commands::lifecycle::Status;
     use pifleet_controller::store::Cancel;
     match cmd {
         CmdCmd::Send {

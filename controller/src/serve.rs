@@ -15,19 +15,20 @@ use crate::admin::{self, AdminError};
 use crate::api::https;
 use crate::api::{self, ApiState};
 use crate::auth::jwt::JwtKeys;
-use crate::broker::Broker;
+use crate::commands::dispatch::{self, Dispatcher};
 use crate::config::Config;
 use crate::datadir::{DataDir, write_private};
-use crate::dispatch::{self, Dispatcher};
 use crate::enroll::EnrollState;
-use crate::gateway::{self, Gateway};
-use crate::ingest::{self, WriterContext};
 use crate::live::Hub;
 use crate::metrics::Metrics;
+use crate::mqtt::broker;
+use crate::mqtt::broker::Broker;
+use crate::mqtt::gateway::{self, Gateway};
+use crate::mqtt::ingest::{self, WriterContext};
 use crate::pki::{Ca, crl};
 use crate::store::{Store, now_ms};
 use crate::supervise::{Fatal, Health, Supervisor, TaskFailed, TaskResult};
-use crate::{broker, pki, tls};
+use crate::{pki, tls};
 
 /// Start-up errors (each maps to an exit code in `main`), and the task failure that
 /// stopped a running controller.

@@ -113,9 +113,9 @@ impl From<crate::store::users::UserChange> for Problem {
 }
 
 /// Commands: invalid actions and lifetimes are 400, unknown targets 404.
-impl From<crate::dispatch::DispatchError> for Problem {
-    fn from(e: crate::dispatch::DispatchError) -> Self {
-        use crate::dispatch::DispatchError;
+impl From<crate::commands::dispatch::DispatchError> for Problem {
+    fn from(e: crate::commands::dispatch::DispatchError) -> Self {
+        use crate::commands::dispatch::DispatchError;
         match e {
             DispatchError::Action(m) => Problem::bad_request(m),
             DispatchError::Ttl => {

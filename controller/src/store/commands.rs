@@ -5,7 +5,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::{Store, StoreError, now_ms, sql_int};
-use crate::lifecycle::{self, Status};
+use crate::commands::lifecycle::{self, Status};
 
 /// A command to create (queued).
 #[derive(Debug, Clone)]

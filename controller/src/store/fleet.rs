@@ -9,7 +9,7 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{CommandRow, Labels, Store, StoreError};
 use crate::audit::Entry;
-use crate::lifecycle::Status;
+use crate::commands::lifecycle::Status;
 use crate::model::audit::AuditFilter;
 use crate::model::devices::{
     Certificate, DeviceAlert, DeviceCapabilities, DeviceDetail, DeviceFilter, DevicePage,

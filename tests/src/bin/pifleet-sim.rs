@@ -424,7 +424,7 @@ impl Responder {
 /// `sent_at` (signed and handed to the broker) → `finished_at` (signed receipt verified and
 /// stored), both recorded by the controller.
 async fn command_bench(dd: &DataDir, devices: usize, rounds: usize) -> Result<()> {
-    use pifleet_controller::dispatch::{Targets, create_commands};
+    use pifleet_controller::commands::dispatch::{Targets, create_commands};
     use pifleet_shared::command::Action;
     let store = Store::open(&dd.database(), false).await?;
     let ids: Vec<String> = (0..devices).map(|i| format!("sim-{i:05}")).collect();

@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::CommandsConfig;
-use crate::ingest::Outgoing;
 use crate::live::Hub;
 use crate::metrics::Metrics;
+use crate::mqtt::ingest::Outgoing;
 use crate::store::{CommandRow, Labels, NewCommand, ReceiptUpdate, Store, StoreError, now_ms};
 use crate::supervise::{Fatal, Health, TaskResult};
 

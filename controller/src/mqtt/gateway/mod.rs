@@ -32,10 +32,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{BrokerLogin, max_packet_size};
 use crate::config::MqttConfig;
 use crate::datadir::DataDir;
 use crate::metrics::Metrics;
+use crate::mqtt::broker::{BrokerLogin, max_packet_size};
 use crate::source::{PreAuth, PreAuthBudget};
 use crate::store::IngestOp;
 use crate::supervise::TaskResult;

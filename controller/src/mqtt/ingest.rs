@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::IngestConfig;
-use crate::gateway::Gateway;
 use crate::live::Hub;
 use crate::metrics::Metrics;
+use crate::mqtt::gateway::Gateway;
 use crate::store::{IngestOp, Store};
 use crate::supervise::{Fatal, Health, Retry, TaskResult};
 
