@@ -47,6 +47,7 @@ pub type AuditEntry = Entry;
 pub struct AuditPage {
     pub items: Vec<AuditEntry>,
     /// Sequence number of the newest entry in the log (absent when the log is empty).
+    #[schema(required)]
     pub head: Option<i64>,
 }
 
@@ -58,8 +59,10 @@ pub struct VerifyReport {
     /// Entries in the log.
     pub entries: i64,
     /// Sequence number where the chain breaks.
+    #[schema(required)]
     pub broken_at: Option<i64>,
     /// What is wrong there.
+    #[schema(required)]
     pub problem: Option<String>,
 }
 

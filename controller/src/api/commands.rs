@@ -85,12 +85,17 @@ pub struct CommandDetail {
     #[serde(flatten)]
     pub summary: CommandSummary,
     /// When it was last signed and sent.
+    #[schema(required)]
     pub issued_at: Option<i64>,
     /// Captured standard output (capped by the agent), as text.
+    #[schema(required)]
     pub stdout: Option<String>,
     /// SHA-256 (hex) of everything the command wrote to standard output.
+    #[schema(required)]
     pub stdout_sha256: Option<String>,
+    #[schema(required)]
     pub stderr: Option<String>,
+    #[schema(required)]
     pub stderr_sha256: Option<String>,
 }
 

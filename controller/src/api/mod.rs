@@ -2,6 +2,11 @@
 //! decides every route from [`crate::auth::rbac::ROUTES`], audit of every mutating request,
 //! and the hardening layers (security headers, CORS allowlist, body limit, timeout, admin IP
 //! allowlist, trusted proxies). The OpenAPI document is generated from the handlers.
+//!
+//! The dashboard's TypeScript types are generated from that document, so it says exactly what
+//! the JSON holds: an `Option` field of a response is `#[schema(required)]` when it is always
+//! sent (`null` when empty), and `#[schema(nullable = false)]` when `skip_serializing_if`
+//! leaves it out instead.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, RwLock};

@@ -29,6 +29,7 @@ pub struct ProblemDoc {
     pub detail: String,
     /// A stable reason code, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub code: Option<String>,
 }
 

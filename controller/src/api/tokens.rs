@@ -59,13 +59,16 @@ pub enum TokenState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TokenInfo {
     pub id: String,
+    #[schema(required)]
     pub name: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub created_at: i64,
     pub expires_at: i64,
     pub state: TokenState,
     /// The device that enrolled with it.
+    #[schema(required)]
     pub used_by: Option<String>,
+    #[schema(required)]
     pub used_at: Option<i64>,
 }
 

@@ -67,6 +67,7 @@ pub struct CreatedUser {
     pub user: UserView,
     /// The generated one-time password, shown only here.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub one_time_password: Option<String>,
 }
 

@@ -12,6 +12,7 @@ use utoipa::openapi::schema::{
 };
 use utoipa::{PartialSchema, ToSchema};
 
+use crate::commands::lifecycle::Status;
 use crate::store::{CommandRow, StoreError};
 
 /// Journal lines when none are asked for.
@@ -132,7 +133,8 @@ impl PartialSchema for ActionSpec {
                                 .min_length(Some(1))
                                 .max_length(Some(MAX_NAME_LEN)),
                         )
-                        .max_items(Some(MAX_SCRIPT_ARGS)),
+                        .max_items(Some(MAX_SCRIPT_ARGS))
+                        .default(Some(serde_json::Value::Array(Vec::new()))),
                 ),
             )
             .item(
@@ -209,22 +211,41 @@ pub struct CommandSummary {
     pub id: String,
     pub device: String,
     pub action: ActionSpec,
-    /// queued, sent, accepted, running, succeeded, failed, rejected, expired or cancelled.
+    /// queued, sent, accepted, running, succeeded, failed, rejected, expired or cancelled
+    /// (the schema lists them: `status_schema`).
+    #[schema(schema_with = status_schema)]
     pub status: String,
     /// Why it failed, was rejected, expired or was cancelled.
+    #[schema(required)]
     pub reason: Option<String>,
     pub created_at: i64,
     pub expires_at: i64,
     /// First delivery to the device.
+    #[schema(required)]
     pub sent_at: Option<i64>,
+    #[schema(required)]
     pub accepted_at: Option<i64>,
+    #[schema(required)]
     pub started_at: Option<i64>,
+    #[schema(required)]
     pub finished_at: Option<i64>,
+    #[schema(required)]
     pub exit_code: Option<i64>,
+    #[schema(required)]
     pub duration_ms: Option<i64>,
     /// Bytes of standard output the command produced (the stored text may be capped).
+    #[schema(required)]
     pub stdout_len: Option<i64>,
+    #[schema(required)]
     pub stderr_len: Option<i64>,
+}
+
+/// The values of [`CommandSummary::status`]: the names of the lifecycle's states.
+fn status_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(Status::ALL.map(Status::as_str)))
+        .description(Some("Where the command is in its lifecycle."))
 }
 
 impl TryFrom<&CommandRow> for CommandSummary {

@@ -63,27 +63,39 @@ pub struct DeviceSummary {
     pub id: String,
     pub labels: BTreeMap<String, String>,
     pub status: DeviceStatus,
+    #[schema(required)]
     pub hostname: Option<String>,
     /// Raspberry Pi model, when the device has one.
+    #[schema(required)]
     pub model: Option<String>,
+    #[schema(required)]
     pub agent_version: Option<String>,
     /// Last message from the device, Unix ms.
+    #[schema(required)]
     pub last_seen: Option<i64>,
     pub enrolled_at: i64,
     /// CPU busy share, 0–100.
+    #[schema(required)]
     pub cpu_pct: Option<f64>,
     /// Bytes.
+    #[schema(required)]
     pub mem_used: Option<i64>,
     /// Bytes.
+    #[schema(required)]
     pub mem_total: Option<i64>,
     /// SoC temperature, °C.
+    #[schema(required)]
     pub temp_c: Option<f64>,
     /// Raspberry Pi `get_throttled` bits.
+    #[schema(required)]
     pub throttled: Option<i64>,
     /// Bytes used, summed over the sample's filesystems.
+    #[schema(required)]
     pub disk_used: Option<u64>,
     /// Bytes, summed over the sample's filesystems.
+    #[schema(required)]
     pub disk_total: Option<u64>,
+    #[schema(required)]
     pub uptime_s: Option<i64>,
     /// What is wrong with an online device now, by the thresholds of the Prometheus alerts
     /// (empty when all is well, and for offline devices).
@@ -128,6 +140,7 @@ pub struct DeviceCapabilities {
     pub journal_units: Vec<String>,
     pub scripts: Vec<ScriptCapability>,
     /// Bounds of `set_interval`, when allowed.
+    #[schema(required)]
     pub set_interval: Option<IntervalBounds>,
     /// When the agent reported this, Unix ms.
     pub reported_at: i64,
@@ -172,6 +185,7 @@ pub struct Certificate {
     pub serial: String,
     pub issued_at: i64,
     pub not_after: i64,
+    #[schema(required)]
     pub revoked_at: Option<i64>,
 }
 
@@ -180,22 +194,31 @@ pub struct Certificate {
 pub struct DeviceDetail {
     #[serde(flatten)]
     pub summary: DeviceSummary,
+    #[schema(required)]
     pub os: Option<String>,
+    #[schema(required)]
     pub kernel: Option<String>,
+    #[schema(required)]
     pub arch: Option<String>,
+    #[schema(required)]
     pub first_seen: Option<i64>,
+    #[schema(required)]
     pub revoked_at: Option<i64>,
     /// Sequence number of the newest stored sample.
+    #[schema(required)]
     pub last_seq: Option<i64>,
     /// When the device last said hello (on connect), Unix ms.
+    #[schema(required)]
     pub hello_at: Option<i64>,
     /// Newest first.
     pub certificates: Vec<Certificate>,
     /// Unknown (null) until the agent reports it.
+    #[schema(required)]
     pub capabilities: Option<DeviceCapabilities>,
     /// The allowlisted units' states, as last reported.
     pub services: Vec<ServiceState>,
     /// When the states were reported, Unix ms.
+    #[schema(required)]
     pub services_at: Option<i64>,
 }
 
@@ -232,7 +255,9 @@ pub struct TelemetrySample {
     pub mem_used: i64,
     pub swap_total: i64,
     pub swap_used: i64,
+    #[schema(required)]
     pub temp_c: Option<f64>,
+    #[schema(required)]
     pub throttled: Option<i64>,
     pub uptime_s: i64,
     /// Samples the device's spool dropped before this one.
@@ -265,7 +290,9 @@ pub struct HistoryPoint {
     pub mem_used_avg: f64,
     /// Bytes.
     pub mem_total_max: i64,
+    #[schema(required)]
     pub temp_c_avg: Option<f64>,
+    #[schema(required)]
     pub temp_c_max: Option<f64>,
     /// Average over the samples of the bytes used on all filesystems.
     pub disk_used_avg: f64,

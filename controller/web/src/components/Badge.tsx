@@ -13,8 +13,8 @@ export function CommandStatusBadge({ status }: { status: CommandStatus }) {
   return <span class={`badge badge-${statusTone(status)}`}>{status}</span>;
 }
 
-export function AlertBadges({ alerts }: { alerts: readonly string[] | undefined }) {
-  if (!alerts || alerts.length === 0) return null;
+export function AlertBadges({ alerts }: { alerts: readonly string[] }) {
+  if (alerts.length === 0) return null;
   return (
     <span class="alerts">
       {alerts.map((a) => (

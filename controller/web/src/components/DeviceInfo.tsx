@@ -159,7 +159,7 @@ export function Inventory({ d }: { d: DeviceDetail }) {
 }
 
 export function Services({ d }: { d: DeviceDetail }) {
-  const services = d.services ?? [];
+  const services = d.services;
   return (
     <section class="card" aria-labelledby="services-title" data-testid="services">
       <div class="card-head">
@@ -172,7 +172,7 @@ export function Services({ d }: { d: DeviceDetail }) {
       </div>
       {services.length === 0 ? (
         <Empty>
-          {d.capabilities === null || d.capabilities === undefined
+          {d.capabilities === null
             ? 'The agent has not reported its services yet.'
             : 'No services are on this device’s allowlist.'}
         </Empty>
