@@ -17,7 +17,7 @@ use crate::auth::password::{self, Passwords};
 use crate::config::{self, Config};
 use crate::datadir::{DataDir, DataDirError, write_private};
 use crate::enroll::secret_hash;
-use crate::model::labels::{self, LabelError};
+use crate::model::labels::{LabelError, Labels};
 use crate::pki::{self, Ca, crl};
 use crate::store::{RevokeOutcome, Store, StoreError, now_ms};
 
@@ -207,22 +207,20 @@ pub struct CreatedToken {
 pub async fn create_token(
     dd: &DataDir,
     store: &Store,
+    max_ttl_s: u64,
     ttl: Duration,
     name: Option<&str>,
-    labels: &[String],
+    labels: &Labels,
 ) -> Result<CreatedToken, AdminError> {
-    let cfg = Config::load(&dd.config())?;
-    if ttl.as_secs() < 1 || ttl.as_secs() > cfg.enrollment.max_token_ttl_s {
+    if ttl.as_secs() < 1 || ttl.as_secs() > max_ttl_s {
         return Err(AdminError::Invalid(format!(
-            "--ttl must be between 1s and {}s (enrollment.max_token_ttl_s)",
-            cfg.enrollment.max_token_ttl_s
+            "--ttl must be between 1s and {max_ttl_s}s (enrollment.max_token_ttl_s)"
         )));
     }
     let name = name
         .map(DeviceId::parse)
         .transpose()
         .map_err(|e| AdminError::Invalid(format!("--name: {e}")))?;
-    let labels = labels::parse_pairs(labels)?;
     let ca_fpr = pki::fingerprint_pem(&read_to_string(&dd.ca_cert())?)?;
     let fpr = pifleet_shared::token::from_hex::<32>(&ca_fpr)
         .ok_or_else(|| AdminError::Invalid("CA fingerprint is not hex".into()))?;
@@ -233,7 +231,7 @@ pub async fn create_token(
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
     let expires_at_ms = now_ms().saturating_add(ttl_ms);
     store
-        .insert_token(&id, &hash, name.as_ref(), &labels, expires_at_ms)
+        .insert_token(&id, &hash, name.as_ref(), labels, expires_at_ms)
         .await?;
     Ok(CreatedToken {
         id,

@@ -103,12 +103,18 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         let id = format!("demo-pi-{i}");
         let dir = base.join("agents").join(&id);
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let labels = [
+            ("demo".to_owned(), "true".to_owned()),
+            ("rack".to_owned(), ((i - 1) / 10 + 1).to_string()),
+        ]
+        .into();
         let token = admin::create_token(
             &dd,
             &store,
+            600,
             Duration::from_secs(600),
             Some(&id),
-            &["demo=true".to_owned(), format!("rack={}", (i - 1) / 10 + 1)],
+            &labels,
         )
         .await?;
         let config = dir.join("agent.toml");

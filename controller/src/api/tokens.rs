@@ -172,13 +172,13 @@ pub async fn create(
     }
     let name = req.name.as_deref().map(device_id).transpose()?;
     let labels = labels::from_map(&req.labels.unwrap_or_default())?;
-    let items: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let created = admin::create_token(
         &st.dd,
         &st.store,
+        max,
         Duration::from_secs(ttl_s),
         name.as_ref().map(|n| n.as_str()),
-        &items,
+        &labels,
     )
     .await?;
     let authority = controller_authority(headers.get(header::HOST).and_then(|h| h.to_str().ok()))

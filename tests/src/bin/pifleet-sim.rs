@@ -185,7 +185,15 @@ async fn enroll_all(
             out.push(config);
             continue;
         }
-        let token = admin::create_token(dd, &store, Duration::from_secs(600), None, &[]).await?;
+        let token = admin::create_token(
+            dd,
+            &store,
+            600,
+            Duration::from_secs(600),
+            None,
+            &Default::default(),
+        )
+        .await?;
         pending.push(EnrollOptions {
             controller: format!("https://localhost:{https_port}"),
             token: token.token.to_string(),

@@ -1,5 +1,5 @@
-//! `pifleet-controller audit …`: verify and print the hash-chained audit log (part of the
-//! binary). Both stream the log, so its length does not matter.
+//! `pifleet-controller audit …`: verify and print the hash-chained audit log. Both stream
+//! the log, so its length does not matter.
 
 use std::io::Write;
 
@@ -7,7 +7,7 @@ use clap::Subcommand;
 use futures_util::StreamExt;
 use pifleet_controller::audit::Entry;
 
-use super::{DataDirArg, open_store};
+use super::{DataDirArg, open};
 
 #[derive(Subcommand)]
 pub enum AuditCmd {
@@ -33,16 +33,16 @@ struct AuditBroken(pifleet_controller::audit::Break);
 pub async fn run(cmd: AuditCmd) -> anyhow::Result<()> {
     match cmd {
         AuditCmd::Verify { dir } => {
-            let (_, store) = open_store(&dir).await?;
-            let check = store.verify_audit().await;
-            store.close().await;
+            let o = open(&dir).await?;
+            let check = o.store.verify_audit().await;
+            o.store.close().await;
             let n = check?.result.map_err(|b| anyhow::anyhow!(AuditBroken(b)))?;
             println!("audit log intact: {n} entries verified");
         }
         AuditCmd::List { dir, json } => {
-            let (_, store) = open_store(&dir).await?;
-            let printed = list(&store, json).await;
-            store.close().await;
+            let o = open(&dir).await?;
+            let printed = list(&o.store, json).await;
+            o.store.close().await;
             printed?;
         }
     }

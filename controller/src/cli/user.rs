@@ -1,12 +1,11 @@
-//! `pifleet-controller user …`: admin users of the API and dashboard (part of the binary).
+//! `pifleet-controller user …`: admin users of the API and dashboard.
 
 use clap::Subcommand;
 use pifleet_controller::admin::{self, AdminError};
 use pifleet_controller::auth::Role;
-use pifleet_controller::datadir::DataDir;
-use pifleet_controller::store::Store;
+use pifleet_controller::store::users::UserChange;
 
-use super::{DataDirArg, audit, open_store};
+use super::{DataDirArg, conclude, open, record};
 
 #[derive(Subcommand)]
 pub enum UserCmd {
@@ -90,11 +89,6 @@ fn read_new_password(name: &str) -> anyhow::Result<String> {
 
 pub async fn run(cmd: UserCmd) -> anyhow::Result<()> {
     use pifleet_controller::auth::password::{self, Passwords};
-    use pifleet_controller::config::Config;
-    let passwords = |dd: &DataDir| -> anyhow::Result<Passwords> {
-        let cfg = Config::load(&dd.config())?;
-        Ok(Passwords::new(cfg.auth.argon2_cost())?)
-    };
     match cmd {
         UserCmd::Add {
             dir,
@@ -103,16 +97,16 @@ pub async fn run(cmd: UserCmd) -> anyhow::Result<()> {
             generate,
             permanent,
         } => {
-            let (dd, store) = open_store(&dir).await?;
+            let o = open(&dir).await?;
             admin::validate_user_name(&name)?;
             let pw = if generate {
                 None
             } else {
                 Some(read_new_password(&name)?)
             };
-            let passwords = passwords(&dd)?;
+            let passwords = Passwords::new(o.cfg.auth.argon2_cost())?;
             let r = admin::create_user(
-                &store,
+                &o.store,
                 admin::hash_with(&passwords),
                 &name,
                 role,
@@ -120,20 +114,8 @@ pub async fn run(cmd: UserCmd) -> anyhow::Result<()> {
                 !permanent,
             )
             .await;
-            let outcome = match &r {
-                Ok(_) => "ok".to_owned(),
-                Err(e) => format!("refused: {e}"),
-            };
-            audit(
-                &store,
-                "user.create",
-                &name,
-                &outcome,
-                &format!("role={role}"),
-            )
-            .await?;
-            store.close().await;
-            let created = r?;
+            let detail = format!("role={role}");
+            let created = conclude(o.store, "user.create", &name, &detail, r).await?;
             println!("user {name} created with role {role}");
             if let Some(p) = created.one_time_password {
                 println!(
@@ -142,9 +124,10 @@ pub async fn run(cmd: UserCmd) -> anyhow::Result<()> {
             }
         }
         UserCmd::List { dir } => {
-            let (_, store) = open_store(&dir).await?;
-            let users = store.list_users().await?;
-            store.close().await;
+            let o = open(&dir).await?;
+            let users = o.store.list_users().await;
+            o.store.close().await;
+            let users = users?;
             println!(
                 "{:<24} {:<9} {:<9} {:<5} PASSWORD",
                 "NAME", "ROLE", "STATE", "MFA"
@@ -173,90 +156,56 @@ pub async fn run(cmd: UserCmd) -> anyhow::Result<()> {
             }
         }
         UserCmd::SetRole { dir, name, role } => {
-            let (_, store) = open_store(&dir).await?;
-            let r = store.update_user(&name, Some(role), None).await?;
-            finish_user_change(
-                &store,
-                "user.update",
-                &name,
-                &format!("role={role}"),
-                r.map(|_| ()),
-            )
-            .await?;
+            let o = open(&dir).await?;
+            let r = o.store.update_user(&name, Some(role), None).await?;
+            let detail = format!("role={role}");
+            conclude(o.store, "user.update", &name, &detail, r).await?;
             println!("user {name} is now {role}");
         }
         UserCmd::Disable { dir, name } => {
-            let (_, store) = open_store(&dir).await?;
-            let r = store.update_user(&name, None, Some(true)).await?;
-            finish_user_change(&store, "user.update", &name, "disabled=true", r.map(|_| ()))
-                .await?;
+            let o = open(&dir).await?;
+            let r = o.store.update_user(&name, None, Some(true)).await?;
+            conclude(o.store, "user.update", &name, "disabled=true", r).await?;
             println!("user {name} disabled and signed out");
         }
         UserCmd::Enable { dir, name } => {
-            let (_, store) = open_store(&dir).await?;
-            let r = store.update_user(&name, None, Some(false)).await?;
-            finish_user_change(
-                &store,
-                "user.update",
-                &name,
-                "disabled=false",
-                r.map(|_| ()),
-            )
-            .await?;
+            let o = open(&dir).await?;
+            let r = o.store.update_user(&name, None, Some(false)).await?;
+            conclude(o.store, "user.update", &name, "disabled=false", r).await?;
             println!("user {name} enabled");
         }
         UserCmd::Delete { dir, name } => {
-            let (_, store) = open_store(&dir).await?;
-            let r = store.delete_user(&name).await?;
-            finish_user_change(&store, "user.delete", &name, "", r).await?;
+            let o = open(&dir).await?;
+            let r = o.store.delete_user(&name).await?;
+            conclude(o.store, "user.delete", &name, "", r).await?;
             println!("user {name} deleted");
         }
         UserCmd::ResetMfa { dir, name } => {
-            let (_, store) = open_store(&dir).await?;
-            let r = if store.reset_mfa(&name).await? {
+            let o = open(&dir).await?;
+            let r = if o.store.reset_mfa(&name).await? {
                 Ok(())
             } else {
-                Err(pifleet_controller::store::users::UserChange::NoUser(
-                    name.clone(),
-                ))
+                Err(UserChange::NoUser(name.clone()))
             };
-            finish_user_change(&store, "user.reset_mfa", &name, "", r).await?;
+            conclude(o.store, "user.reset_mfa", &name, "", r).await?;
             println!("MFA of {name} turned off; they can set it up again");
         }
         UserCmd::ResetPassword { dir, name } => {
-            let (dd, store) = open_store(&dir).await?;
-            let Some(user) = store.user_by_name(&name).await? else {
-                store.close().await;
+            let o = open(&dir).await?;
+            let Some(user) = o.store.user_by_name(&name).await? else {
+                o.store.close().await;
                 anyhow::bail!(AdminError::Invalid(format!("no user {name}")));
             };
             let pw = password::one_time_password();
-            let hash = passwords(&dd)?.hash(&pw)?;
-            store.set_password(user.id, &hash, true, None).await?;
-            store.clear_failures(&user.name).await?;
-            audit(&store, "user.reset_password", &name, "ok", "").await?;
-            store.close().await;
+            let hash = Passwords::new(o.cfg.auth.argon2_cost())?.hash(&pw)?;
+            o.store.set_password(user.id, &hash, true, None).await?;
+            o.store.clear_failures(&user.name).await?;
+            record(&o.store, "user.reset_password", &name, "ok", "").await?;
+            o.store.close().await;
             println!(
                 "one-time password for {name}: {pw}  (shown only now; must be changed at first sign-in)"
             );
         }
     }
-    Ok(())
-}
-
-/// Audits a user change made from the CLI and turns a refusal into a usage error.
-async fn finish_user_change(
-    store: &Store,
-    action: &str,
-    name: &str,
-    detail: &str,
-    r: Result<(), pifleet_controller::store::users::UserChange>,
-) -> anyhow::Result<()> {
-    let outcome = match &r {
-        Ok(()) => "ok".to_owned(),
-        Err(e) => format!("refused: {e}"),
-    };
-    audit(store, action, name, &outcome, detail).await?;
-    store.close().await;
-    r.map_err(|e| AdminError::Invalid(e.to_string()))?;
     Ok(())
 }

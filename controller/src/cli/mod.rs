@@ -1,0 +1,198 @@
+//! The command line: what each subcommand takes and does. `main.rs` only parses it and
+//! turns errors into exit codes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use pifleet_controller::admin;
+use pifleet_controller::audit::Event;
+use pifleet_controller::config::Config;
+use pifleet_controller::datadir::DataDir;
+use pifleet_controller::serve;
+use pifleet_controller::store::Store;
+use pifleet_controller::{demo, signal};
+use tokio_util::sync::CancellationToken;
+
+pub mod audit;
+pub mod cmd;
+pub mod device;
+pub mod token;
+pub mod user;
+
+#[derive(Parser)]
+#[command(
+    name = "pifleet-controller",
+    version,
+    about = "pifleet fleet controller"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct DataDirArg {
+    /// Data directory (keys, config, database).
+    #[arg(long, env = "PIFLEET_DATA_DIR", default_value = "/var/lib/pifleet")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create a new data directory: CA, server certificates, command key, config, database.
+    Init {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Extra DNS name or IP for the server certificate (repeatable).
+        #[arg(long = "hostname")]
+        hostnames: Vec<String>,
+    },
+    /// Run the controller.
+    Serve {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Override mqtt.listen (e.g. 127.0.0.1:0 for an ephemeral port).
+        #[arg(long)]
+        mqtt_listen: Option<SocketAddr>,
+        /// Override https.listen.
+        #[arg(long)]
+        https_listen: Option<SocketAddr>,
+    },
+    /// Enrollment tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: token::TokenCmd,
+    },
+    /// Enrolled devices.
+    Device {
+        #[command(subcommand)]
+        cmd: device::DeviceCmd,
+    },
+    /// Signed remote commands.
+    Cmd {
+        #[command(subcommand)]
+        cmd: cmd::CmdCmd,
+    },
+    /// Admin users of the API and dashboard.
+    User {
+        #[command(subcommand)]
+        cmd: user::UserCmd,
+    },
+    /// The hash-chained audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: audit::AuditCmd,
+    },
+    /// Start a throw-away controller with local agents, to see pifleet working.
+    Demo(demo::DemoArgs),
+}
+
+impl Command {
+    /// The data dir whose config decides where `serve` logs, if this is `serve`.
+    pub fn serve_dir(&self) -> Option<&std::path::Path> {
+        match self {
+            Command::Serve { dir, .. } => Some(dir.data_dir.as_path()),
+            _ => None,
+        }
+    }
+}
+
+/// Runs the command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Command::Init { dir, hostnames } => init(&dir, &hostnames).await?,
+        Command::Serve {
+            dir,
+            mqtt_listen,
+            https_listen,
+        } => {
+            let shutdown = CancellationToken::new();
+            let on_signal = shutdown.clone();
+            tokio::spawn(async move {
+                signal::shutdown().await;
+                on_signal.cancel();
+            });
+            let ov = serve::Overrides {
+                mqtt_listen,
+                https_listen,
+            };
+            serve::run(DataDir::new(&dir.data_dir), ov, shutdown).await?;
+        }
+        Command::Token { cmd } => token::run(cmd).await?,
+        Command::Device { cmd } => device::run(cmd).await?,
+        Command::Cmd { cmd } => cmd::run(cmd).await?,
+        Command::User { cmd } => user::run(cmd).await?,
+        Command::Audit { cmd } => audit::run(cmd).await?,
+        Command::Demo(args) => demo::run(args).await?,
+    }
+    Ok(())
+}
+
+async fn init(dir: &DataDirArg, hostnames: &[String]) -> anyhow::Result<()> {
+    let report = admin::init(&dir.data_dir, hostnames).await?;
+    let path = dir.data_dir.display();
+    println!("Initialised {path}");
+    println!("  CA, server certificate and command key created (keys are 0600).");
+    println!(
+        "  First admin: {}  one-time password: {}",
+        report.admin_name, report.admin_password
+    );
+    println!("  (shown only now; it must be changed at the first sign-in)");
+    println!("  Edit {path}/config.toml, then run:");
+    println!("    pifleet-controller serve --data-dir {path}");
+    Ok(())
+}
+
+/// An open data dir: checked (owner, modes), its configuration and its database.
+pub struct Opened {
+    pub dd: DataDir,
+    pub cfg: Config,
+    pub store: Store,
+}
+
+/// Checks and opens the data dir `dir` names; a write waits for the running controller's
+/// write lock up to `store.busy_timeout_ms`.
+pub async fn open(dir: &DataDirArg) -> anyhow::Result<Opened> {
+    let dd = DataDir::new(&dir.data_dir);
+    dd.check()?;
+    let cfg = Config::load(&dd.config())?;
+    let store = Store::open_with(&dd.database(), false, cfg.store.busy_timeout()).await?;
+    Ok(Opened { dd, cfg, store })
+}
+
+/// Appends an operator action to the audit log, attributed to the invoking OS user.
+pub async fn record(
+    store: &Store,
+    action: &str,
+    target: &str,
+    outcome: &str,
+    detail: &str,
+) -> anyhow::Result<()> {
+    store
+        .append_audit(&Event::cli(action, target, outcome, detail))
+        .await?;
+    Ok(())
+}
+
+/// How every writing command ends: its outcome goes to the audit log (`ok`, or
+/// `refused: <why>`), the store is closed, and the action's result is handed back.
+pub async fn conclude<T, E>(
+    store: Store,
+    action: &str,
+    target: &str,
+    detail: &str,
+    result: Result<T, E>,
+) -> anyhow::Result<T>
+where
+    E: std::fmt::Display + Into<anyhow::Error>,
+{
+    let outcome = match &result {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => format!("refused: {e}"),
+    };
+    let recorded = record(&store, action, target, &outcome, detail).await;
+    store.close().await;
+    recorded?;
+    result.map_err(Into::into)
+}

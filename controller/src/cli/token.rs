@@ -1,0 +1,98 @@
+//! `pifleet-controller token …`: single-use enrollment tokens.
+
+use std::time::Duration;
+
+use clap::Subcommand;
+use pifleet_controller::admin::{self, AdminError};
+use pifleet_controller::model::labels;
+use pifleet_controller::store::now_ms;
+
+use super::{DataDirArg, conclude, open};
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Create a single-use enrollment token and print it.
+    Create {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Lifetime, e.g. 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Device id to assign (otherwise the id the device proposes).
+        #[arg(long)]
+        name: Option<String>,
+        /// Label k=v given to the device (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Revoke an unused token by id.
+    Revoke {
+        #[command(flatten)]
+        dir: DataDirArg,
+        id: String,
+    },
+}
+
+pub async fn run(cmd: TokenCmd) -> anyhow::Result<()> {
+    match cmd {
+        TokenCmd::Create {
+            dir,
+            ttl,
+            name,
+            labels,
+        } => {
+            let o = open(&dir).await?;
+            let created = match labels::parse_pairs(&labels) {
+                Ok(labels) => {
+                    let max = o.cfg.enrollment.max_token_ttl_s;
+                    admin::create_token(&o.dd, &o.store, max, ttl, name.as_deref(), &labels).await
+                }
+                Err(e) => Err(AdminError::from(e)),
+            };
+            let target = match &created {
+                Ok(t) => t.id.clone(),
+                Err(_) => name.unwrap_or_default(),
+            };
+            let ttl_text = humantime::format_duration(ttl);
+            let detail = format!("ttl={ttl_text}");
+            let t = conclude(o.store, "token.create", &target, &detail, created).await?;
+            println!("{}", t.token);
+            eprintln!(
+                "token {} is single-use and expires in {ttl_text}. On the device run:\n  pifleet-agent enroll --controller https://<controller-host>:8443 --token <token>",
+                t.id
+            );
+        }
+        TokenCmd::List { dir } => {
+            let o = open(&dir).await?;
+            let tokens = o.store.list_tokens().await;
+            o.store.close().await;
+            for t in tokens? {
+                let state = if t.revoked_at.is_some() {
+                    "revoked".to_owned()
+                } else if let Some(by) = &t.used_by {
+                    format!("used by {by}")
+                } else if t.expires_at <= now_ms() {
+                    "expired".to_owned()
+                } else {
+                    "unused".to_owned()
+                };
+                println!("{}\t{}\t{}", t.id, t.name.as_deref().unwrap_or("-"), state);
+            }
+        }
+        TokenCmd::Revoke { dir, id } => {
+            let o = open(&dir).await?;
+            let revoked = match o.store.revoke_token(&id).await? {
+                true => Ok(()),
+                false => Err(AdminError::Invalid(format!("no unused token {id}"))),
+            };
+            conclude(o.store, "token.revoke", &id, "", revoked).await?;
+            println!("token {id} revoked");
+        }
+    }
+    Ok(())
+}
