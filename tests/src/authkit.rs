@@ -1,17 +1,19 @@
 //! Shared pieces of the admin-API sign-in tests (`tests/api_sessions.rs`, `api_users.rs`,
 //! `api_bruteforce.rs`, `api_mfa.rs`, `api_audit.rs`): a controller without the auth rate
-//! limit, problem-document and 401 checks, token refresh, audit reads, TOTP enrolment and a
-//! writable handle on the live database. Like the tests, these helpers assert and panic.
+//! limit, 401 checks, token refresh, TOTP enrolment and a writable handle on the live
+//! database (problem documents and audit reads are in `apikit`). Like the tests, these
+//! helpers assert and panic.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
 
 use pifleet_controller::auth::totp::code_at;
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 use crate::api::{Api, Resp};
+use crate::apikit::problem;
 use crate::harness::Controller;
 
 /// A controller whose per-IP limiter on /api/v1/auth/* never gets in the way, with `auth`
@@ -36,25 +38,6 @@ pub async fn warm_connections(api: &Api, n: usize) {
     }
 }
 
-/// Asserts an error response is a problem document with `status`; returns the document.
-pub fn problem(r: &Resp, status: u16, what: &str) -> Value {
-    assert_eq!(r.status, status, "{what}: {} {}", r.status, r.text);
-    assert_eq!(
-        r.header("content-type"),
-        "application/problem+json",
-        "{what}"
-    );
-    let doc = r.json();
-    assert_eq!(doc["status"], status, "{what}: {}", r.text);
-    assert_eq!(doc["type"], "about:blank", "{what}");
-    assert!(
-        doc["title"].is_string() && doc["detail"].is_string(),
-        "{what}: {}",
-        r.text
-    );
-    doc
-}
-
 /// A 401 problem that asks for a bearer token.
 pub fn unauthorized(r: &Resp, what: &str) {
     problem(r, 401, what);
@@ -75,19 +58,6 @@ pub async fn refresh(api: &Api, token: &str) -> Resp {
     )
     .await
     .unwrap()
-}
-
-/// The audit entries of `action` (newest first), read as admin.
-pub async fn audit(api: &Api, admin: &str, action: &str) -> Vec<Value> {
-    let r = api
-        .get(
-            &format!("/api/v1/audit?action={action}&limit=1000"),
-            Some(admin),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.json()["items"].as_array().unwrap().clone()
 }
 
 /// The `Retry-After` header in seconds (panics if absent or not a number).

@@ -5,7 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use pifleet_tests::api::{Api, Resp};
-use pifleet_tests::fleetkit::{WAIT, fleet, get, now_ms, ok, problem};
+use pifleet_tests::apikit::problem;
+use pifleet_tests::fleetkit::{WAIT, fleet, get, now_ms, ok};
 use pifleet_tests::harness::{Controller, wait_for};
 use serde_json::{Value, json};
 
