@@ -1,20 +1,16 @@
 //! Shared pieces of the admin-API sign-in tests (`tests/api_sessions.rs`, `api_users.rs`,
 //! `api_bruteforce.rs`, `api_mfa.rs`, `api_audit.rs`): a controller without the auth rate
-//! limit, 401 checks, token refresh, TOTP enrolment and a writable handle on the live
-//! database (problem documents and audit reads are in `apikit`). Like the tests, these
-//! helpers assert and panic.
+//! limit, 401 checks, token refresh and TOTP enrolment (problem documents and audit reads
+//! are in `apikit`). Like the tests, these helpers assert and panic.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::Duration;
-
 use pifleet_controller::auth::totp::code_at;
 use serde_json::json;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 use crate::api::{Api, Resp};
 use crate::apikit::problem;
-use crate::harness::Controller;
+use crate::harness::{Controller, now_ms};
 
 /// A controller whose per-IP limiter on /api/v1/auth/* never gets in the way, with `auth`
 /// (more `[auth]` settings) added.
@@ -80,22 +76,7 @@ pub async fn send_command(api: &Api, token: &str) -> Resp {
 
 /// Seconds since the Unix epoch.
 pub fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// A writable connection to the live database (the controller keeps running).
-pub async fn db_rw(ctl: &Controller) -> SqlitePool {
-    let opts = SqliteConnectOptions::new()
-        .filename(ctl.data.join("pifleet.db"))
-        .busy_timeout(Duration::from_secs(10));
-    SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(opts)
-        .await
-        .unwrap()
+    now_ms() / 1000
 }
 
 // ---- TOTP --------------------------------------------------------------------------------

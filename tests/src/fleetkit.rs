@@ -31,17 +31,6 @@ use crate::mqtt::provider;
 /// How long agents get to connect, report and answer.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
-
 /// A real agent enrolled with a token the test chose (the harness's `Agent::enroll` always
 /// makes its own token, without labels).
 #[derive(Debug)]

@@ -6,7 +6,7 @@
 
 use pifleet_tests::api::{Api, TEST_PASSWORD};
 use pifleet_tests::apikit::audit;
-use pifleet_tests::authkit::{db_rw, enrol_mfa, refresh, start, unauthorized};
+use pifleet_tests::authkit::{enrol_mfa, refresh, start, unauthorized};
 use pifleet_tests::harness::Controller;
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -116,7 +116,7 @@ async fn auth_events_are_audited_and_tampering_is_found() {
     assert_intact(&ctl, &api, &admin, "before tampering").await;
 
     // From here on nothing is appended, so the entries keep their numbers.
-    let db = db_rw(&ctl).await;
+    let db = ctl.db_rw().await.unwrap();
     let (edit, del, ins) = (head - 10, head - 6, head - 3);
 
     let target: String = sqlx::query_scalar("SELECT target FROM audit_log WHERE seq = ?")

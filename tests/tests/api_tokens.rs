@@ -6,8 +6,8 @@
 
 use pifleet_tests::api::Api;
 use pifleet_tests::apikit::problem;
-use pifleet_tests::fleetkit::{agent_enroll, api_token, get, now_ms};
-use pifleet_tests::harness::Controller;
+use pifleet_tests::fleetkit::{agent_enroll, api_token, get};
+use pifleet_tests::harness::{Controller, now_ms};
 use reqwest::Method;
 use serde_json::{Value, json};
 

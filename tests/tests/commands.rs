@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -19,7 +18,9 @@ use pifleet_shared::command::{
 };
 use pifleet_shared::signing::{CommandSigner, DeviceKeyAlg, verify_receipt};
 use pifleet_shared::topic::Kind;
-use pifleet_tests::harness::{Agent, Controller, FAKE_JOURNAL, FakeBin, bin, fake_bin, wait_for};
+use pifleet_tests::harness::{
+    Agent, Controller, FAKE_JOURNAL, FakeBin, bin, fake_bin, free_addr, now_ms, wait_for,
+};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use sqlx::Row;
 use tempfile::TempDir;
@@ -540,14 +541,6 @@ async fn agent_killed_mid_command_reports_it_interrupted_and_never_reruns_it() {
 // 5. A compromised broker.
 // ---------------------------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Debian's mosquitto with a TLS listener (the controller's certificates, client certificates
 /// required) for the agent and a plain anonymous one for the attacker.
 struct Mosquitto {
@@ -566,7 +559,7 @@ impl Mosquitto {
             "/usr/sbin/mosquitto not found: install the Debian package mosquitto"
         );
         let tmp = tempfile::tempdir().unwrap();
-        let (tls_port, plain_port) = (free_port(), free_port());
+        let (tls_port, plain_port) = (free_addr().unwrap().port(), free_addr().unwrap().port());
         let log = tmp.path().join("mosquitto.log");
         let d = |n: &str| ctl.data.join(n).display().to_string();
         let is_root = {
@@ -742,16 +735,6 @@ impl Attacker {
         .await
         .expect("no final receipt in time")
     }
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
 }
 
 fn envelope(device: &str, key: &CommandSigner, action: Action) -> Envelope {

@@ -9,8 +9,9 @@ mod controller;
 mod fakebin;
 mod process;
 
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, bail};
 use nix::sys::signal::{Signal, kill};
@@ -69,6 +70,20 @@ pub fn signal(child: &std::process::Child, sig: Signal) {
     if let Ok(pid) = i32::try_from(child.id()) {
         let _ = kill(Pid::from_raw(pid), sig);
     }
+}
+
+/// Milliseconds since the Unix epoch (the clock of the controller's timestamps).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A loopback address with a port nothing listens on (bound, then released), for a
+/// listener whose port must be known before it starts.
+pub fn free_addr() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// Merges TOML `overrides` into the config file at `path` (tables merged key by key).
