@@ -1,18 +1,16 @@
 //! Shared pieces of the admin-API sign-in tests (`tests/api_sessions.rs`, `api_users.rs`,
 //! `api_bruteforce.rs`, `api_mfa.rs`, `api_audit.rs`): a controller without the auth rate
-//! limit, problem-document and 401 checks, token refresh, audit reads, TOTP enrolment and a
-//! writable handle on the live database. Like the tests, these helpers assert and panic.
+//! limit, 401 checks, token refresh and TOTP enrolment (problem documents and audit reads
+//! are in `apikit`). Like the tests, these helpers assert and panic.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::Duration;
-
 use pifleet_controller::auth::totp::code_at;
-use serde_json::{Value, json};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use serde_json::json;
 
 use crate::api::{Api, Resp};
-use crate::harness::Controller;
+use crate::apikit::problem;
+use crate::harness::{Controller, now_ms};
 
 /// A controller whose per-IP limiter on /api/v1/auth/* never gets in the way, with `auth`
 /// (more `[auth]` settings) added.
@@ -34,25 +32,6 @@ pub async fn warm_connections(api: &Api, n: usize) {
     for r in rs {
         assert_eq!(r.unwrap().status, 200);
     }
-}
-
-/// Asserts an error response is a problem document with `status`; returns the document.
-pub fn problem(r: &Resp, status: u16, what: &str) -> Value {
-    assert_eq!(r.status, status, "{what}: {} {}", r.status, r.text);
-    assert_eq!(
-        r.header("content-type"),
-        "application/problem+json",
-        "{what}"
-    );
-    let doc = r.json();
-    assert_eq!(doc["status"], status, "{what}: {}", r.text);
-    assert_eq!(doc["type"], "about:blank", "{what}");
-    assert!(
-        doc["title"].is_string() && doc["detail"].is_string(),
-        "{what}: {}",
-        r.text
-    );
-    doc
 }
 
 /// A 401 problem that asks for a bearer token.
@@ -77,19 +56,6 @@ pub async fn refresh(api: &Api, token: &str) -> Resp {
     .unwrap()
 }
 
-/// The audit entries of `action` (newest first), read as admin.
-pub async fn audit(api: &Api, admin: &str, action: &str) -> Vec<Value> {
-    let r = api
-        .get(
-            &format!("/api/v1/audit?action={action}&limit=1000"),
-            Some(admin),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.json()["items"].as_array().unwrap().clone()
-}
-
 /// The `Retry-After` header in seconds (panics if absent or not a number).
 pub fn retry_after(r: &Resp) -> u64 {
     r.header("retry-after")
@@ -110,22 +76,7 @@ pub async fn send_command(api: &Api, token: &str) -> Resp {
 
 /// Seconds since the Unix epoch.
 pub fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// A writable connection to the live database (the controller keeps running).
-pub async fn db_rw(ctl: &Controller) -> SqlitePool {
-    let opts = SqliteConnectOptions::new()
-        .filename(ctl.data.join("pifleet.db"))
-        .busy_timeout(Duration::from_secs(10));
-    SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(opts)
-        .await
-        .unwrap()
+    now_ms() / 1000
 }
 
 // ---- TOTP --------------------------------------------------------------------------------

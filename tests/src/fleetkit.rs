@@ -1,9 +1,9 @@
 //! Shared pieces of the fleet API tests (`tests/api_devices.rs`, `api_commands.rs`,
 //! `api_tokens.rs`) and of the HTTPS hardening tests (`api_headers.rs`, `api_network.rs`,
 //! `api_mutation_audit.rs`, `api_openapi.rs`): real agents enrolled with tokens the test
-//! chooses, a three-device fleet, problem-document and security-header checks, audit reads
-//! and TLS connections limited to one protocol version. Like the tests, these helpers assert
-//! and panic.
+//! chooses, a three-device fleet, security-header checks and TLS connections limited to one
+//! protocol version (problem documents and audit reads are in `apikit`). Like the tests,
+//! these helpers assert and panic.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use pifleet_controller::api::SECURITY_HEADERS;
-use reqwest::Method;
 use rustls::RootCertStore;
 use rustls_pki_types::ServerName;
 use rustls_pki_types::pem::PemObject;
@@ -31,17 +30,6 @@ use crate::mqtt::provider;
 
 /// How long agents get to connect, report and answer.
 pub const WAIT: Duration = Duration::from_secs(30);
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
 
 /// A real agent enrolled with a token the test chose (the harness's `Agent::enroll` always
 /// makes its own token, without labels).
@@ -138,17 +126,6 @@ impl Drop for Pi {
     }
 }
 
-/// Checks a problem document's status and media type.
-pub fn problem(r: &Resp, status: u16, what: &str) {
-    assert_eq!(r.status, status, "{what}: {}", r.text);
-    assert_eq!(
-        r.header("content-type"),
-        "application/problem+json",
-        "{what}"
-    );
-    assert_eq!(r.json()["status"], status, "{what}");
-}
-
 /// Checks the status; the body as JSON.
 pub fn ok(r: Resp, status: u16, what: &str) -> Value {
     assert_eq!(r.status, status, "{what}: {}", r.text);
@@ -220,28 +197,6 @@ pub async fn fleet(ctl: &Controller, api: &Api, admin: &str) -> Vec<Pi> {
 
 // ---- HTTPS hardening ---------------------------------------------------------------------
 
-/// Checks the whole problem document (status, media type, `type`, `title` and a non-empty
-/// `detail`); returns the document.
-pub fn problem_doc(r: &Resp, status: u16) -> Value {
-    assert_eq!(r.status, status, "body: {}", r.text);
-    assert_eq!(
-        r.header("content-type"),
-        "application/problem+json",
-        "status {status}: {}",
-        r.text
-    );
-    let j = r.json();
-    assert_eq!(j["status"], status, "{}", r.text);
-    assert_eq!(j["type"], "about:blank", "{}", r.text);
-    assert!(j["title"].is_string(), "{}", r.text);
-    assert!(
-        j["detail"].as_str().is_some_and(|d| !d.is_empty()),
-        "{}",
-        r.text
-    );
-    j
-}
-
 /// Every hardening header, with a value that is actually strict, and `no-store`.
 pub fn assert_security_headers(r: &Resp, what: &str) {
     assert_hardening_headers(r, what);
@@ -283,22 +238,6 @@ pub fn assert_hardening_headers(r: &Resp, what: &str) {
     for feature in ["camera=()", "microphone=()", "geolocation=()"] {
         assert!(pp.contains(feature), "{what}: permissions-policy {pp:?}");
     }
-}
-
-/// Every audit entry, newest first (as the admin sees them).
-pub async fn audit(api: &Api, token: &str, headers: &[(&str, &str)]) -> Vec<Value> {
-    let r = api
-        .call_with(
-            Method::GET,
-            "/api/v1/audit?limit=1000",
-            Some(token),
-            None,
-            headers,
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.json()["items"].as_array().unwrap().clone()
 }
 
 /// A TLS connection to the HTTPS listener, limited to `version`, speaking HTTP/1.1.

@@ -6,6 +6,7 @@
 //! to the test executable's target directory, or in `PIFLEET_BIN_DIR`.
 
 pub mod api;
+pub mod apikit;
 pub mod authkit;
 pub mod fleetkit;
 pub mod harness;

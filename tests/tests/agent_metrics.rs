@@ -11,21 +11,13 @@ use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
-use pifleet_tests::harness::{Agent, Controller, merge_config, wait_for};
+use pifleet_tests::harness::{Agent, Controller, free_addr, merge_config, wait_for};
 use pifleet_tests::promkit::{promtool_check, value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(30);
 const DEVICE: &str = "pi-localmetrics";
-
-/// A loopback port nothing listens on (bound, then released).
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// An HTTP answer, split up.
 #[derive(Debug)]
@@ -134,7 +126,7 @@ async fn local_metrics_listener() {
     assert!(!config.contains("[metrics]"), "{config}");
 
     // Off by default: the agent does its job and listens on nothing.
-    let addr = free_port();
+    let addr = free_addr().unwrap();
     agent.start().unwrap();
     let seq = wait_for_telemetry(&ctl, 0).await;
     let pid = agent_pid(&agent).expect("the agent's process");

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use pifleet_tests::api::{Api, Resp, TEST_PASSWORD};
-use pifleet_tests::authkit::{
-    audit, problem, refresh, retry_after, start, unauthorized, warm_connections, whoami,
-};
+use pifleet_tests::apikit::{audit, problem};
+use pifleet_tests::authkit::{refresh, retry_after, start, unauthorized, warm_connections, whoami};
 use pifleet_tests::harness::Controller;
 use serde_json::json;
 
@@ -108,7 +107,7 @@ async fn wrong_current_passwords_count_toward_the_lockout() {
         423,
         "the new password was not set",
     );
-    let lockouts = audit(&api, &admin, "auth.lockout").await;
+    let lockouts = audit(&api, &admin, Some("auth.lockout"), &[]).await;
     assert_eq!(lockouts.len(), 1, "{lockouts:?}");
     assert_eq!(
         (&lockouts[0]["actor"], &lockouts[0]["target"]),
@@ -250,7 +249,7 @@ fn count(rs: &[Resp], status: u16) -> usize {
 
 /// Audit entries of `action` for `target` whose outcome is `outcome`.
 async fn audited(api: &Api, admin: &str, action: &str, target: &str, outcome: &str) -> usize {
-    audit(api, admin, action)
+    audit(api, admin, Some(action), &[])
         .await
         .iter()
         .filter(|e| e["target"] == target && e["outcome"] == outcome)

@@ -5,8 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use pifleet_tests::api::Api;
-use pifleet_tests::fleetkit::{WAIT, fleet, get, now_ms, ok, problem};
-use pifleet_tests::harness::{Controller, wait_for};
+use pifleet_tests::apikit::problem;
+use pifleet_tests::fleetkit::{WAIT, fleet, get, ok};
+use pifleet_tests::harness::{Controller, now_ms, wait_for};
 use pifleet_tests::logs::{
     DISCONNECTED, REFUSED, count_entries, is_entry, log_entries, wait_entry,
 };

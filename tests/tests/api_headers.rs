@@ -8,9 +8,8 @@
 use std::time::Duration;
 
 use pifleet_tests::api::{Api, Resp, TEST_PASSWORD};
-use pifleet_tests::fleetkit::{
-    assert_hardening_headers, assert_security_headers, problem_doc, tls_connect,
-};
+use pifleet_tests::apikit::problem;
+use pifleet_tests::fleetkit::{assert_hardening_headers, assert_security_headers, tls_connect};
 use pifleet_tests::harness::{Controller, wait_for};
 use reqwest::Method;
 use serde_json::json;
@@ -57,7 +56,7 @@ async fn security_headers_on_every_kind_of_response_even_a_real_500() {
     assert_security_headers(&r, "authenticated GET /api/v1/devices");
 
     let r = api.get("/api/v1/devices", None).await.unwrap();
-    problem_doc(&r, 401);
+    problem(&r, 401, "GET /api/v1/devices without a token");
     assert_eq!(r.header("www-authenticate"), "Bearer");
     assert_security_headers(&r, "401");
 
@@ -67,14 +66,14 @@ async fn security_headers_on_every_kind_of_response_even_a_real_500() {
         "/assets/no-such.js",
     ] {
         let r = api.get(path, Some(&admin)).await.unwrap();
-        problem_doc(&r, 404);
+        problem(&r, 404, path);
         assert_security_headers(&r, &format!("404 {path}"));
     }
     let r = api
         .call(Method::POST, "/no-such-thing", None, None)
         .await
         .unwrap();
-    problem_doc(&r, 404);
+    problem(&r, 404, "POST /no-such-thing");
 
     // The dashboard: any other page path is its index (the browser routes), revalidated on
     // every load, under the same strict headers; its hashed files are cached for good and
@@ -118,7 +117,7 @@ async fn security_headers_on_every_kind_of_response_even_a_real_500() {
         .call(Method::DELETE, "/healthz", None, None)
         .await
         .unwrap();
-    problem_doc(&r, 405);
+    problem(&r, 405, "DELETE /healthz");
     assert_security_headers(&r, "405");
 
     // A real internal failure: the table the handler reads is gone.
@@ -139,7 +138,7 @@ async fn security_headers_on_every_kind_of_response_even_a_real_500() {
         .unwrap();
     db.close().await;
     let r = api.get("/api/v1/tokens", Some(&admin)).await.unwrap();
-    let j = problem_doc(&r, 500);
+    let j = problem(&r, 500, "GET /api/v1/tokens without its table");
     assert_eq!(j["detail"], "internal error", "{}", r.text);
     assert_eq!(j["title"], "Internal Server Error");
     for leak in ["enrollment_tokens", "SELECT", "sqlite", "no such table"] {
@@ -291,7 +290,7 @@ async fn body_limit_malformed_json_and_unknown_fields_are_problems() {
         .post("/api/v1/tokens", Some(&admin), &big)
         .await
         .unwrap();
-    problem_doc(&r, 413);
+    problem(&r, 413, "token request over the body limit");
     assert_security_headers(&r, "413");
     // Also before authentication, on the public sign-in route.
     let big_login = json!({ "username": "admin", "password": "p".repeat(5000) });
@@ -299,7 +298,7 @@ async fn body_limit_malformed_json_and_unknown_fields_are_problems() {
         .post("/api/v1/auth/login", None, &big_login)
         .await
         .unwrap();
-    problem_doc(&r, 413);
+    problem(&r, 413, "sign-in over the body limit");
     // Just under the limit is read (and refused for what it says, not for its size).
     let fits = json!({ "ttl_s": 60, "labels": { "note": "x".repeat(200) } });
     let r = api
@@ -336,7 +335,7 @@ async fn body_limit_malformed_json_and_unknown_fields_are_problems() {
     ];
     for (path, token, content_type, body, status) in cases {
         let r = raw(&api, Method::POST, path, token, content_type, body).await;
-        problem_doc(&r, status);
+        problem(&r, status, &format!("{path} {content_type} {body:?}"));
     }
 
     // Well-formed JSON of the wrong shape.
@@ -344,12 +343,12 @@ async fn body_limit_malformed_json_and_unknown_fields_are_problems() {
         .post("/api/v1/tokens", Some(&admin), &json!({ "ttl_s": "soon" }))
         .await
         .unwrap();
-    problem_doc(&r, 422);
+    problem(&r, 422, "ttl_s a string");
     let r = api
         .post("/api/v1/tokens", Some(&admin), &json!([1, 2]))
         .await
         .unwrap();
-    problem_doc(&r, 422);
+    problem(&r, 422, "an array for a token request");
 
     // Unknown fields are refused, never ignored.
     let cases = [
@@ -382,7 +381,7 @@ async fn body_limit_malformed_json_and_unknown_fields_are_problems() {
     ];
     for (path, body, field) in cases {
         let r = api.post(path, Some(&admin), &body).await.unwrap();
-        let j = problem_doc(&r, 422);
+        let j = problem(&r, 422, &format!("{path} with {field}"));
         let detail = j["detail"].as_str().unwrap();
         assert!(
             detail.contains("unknown field") && detail.contains(field),
@@ -398,7 +397,7 @@ async fn body_limit_malformed_json_and_unknown_fields_are_problems() {
         )
         .await
         .unwrap();
-    problem_doc(&r, 422);
+    problem(&r, 422, "labels with an unknown field");
     // Nothing was created by the refused requests.
     let r = api.get("/api/v1/users", Some(&admin)).await.unwrap();
     assert!(!r.text.contains("eve"), "{}", r.text);

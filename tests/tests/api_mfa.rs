@@ -8,8 +8,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use futures_util::future::join_all;
 use pifleet_tests::api::{Api, Resp, TEST_PASSWORD};
+use pifleet_tests::apikit::{audit, problem};
 use pifleet_tests::authkit::{
-    audit, base32, code, enrol_mfa, now_s, problem, retry_after, send_command, start, unauthorized,
+    base32, code, enrol_mfa, now_s, retry_after, send_command, start, unauthorized,
     warm_connections, whoami,
 };
 use reqwest::Method;
@@ -225,7 +226,7 @@ async fn wrong_mfa_codes_count_toward_the_lockout() {
         423,
         "MFA step while locked",
     );
-    let lockouts = audit(&api, &admin, "auth.lockout").await;
+    let lockouts = audit(&api, &admin, Some("auth.lockout"), &[]).await;
     assert_eq!(lockouts.len(), 1, "{lockouts:?}");
     assert_eq!(lockouts[0]["target"], "petra");
     assert_eq!(lockouts[0]["actor"], "user:petra");
@@ -380,13 +381,16 @@ async fn parallel_wrong_codes_are_checked_only_up_to_the_limit() {
     }
     let n = |status| rs.iter().filter(|r| r.status == status).count();
     assert_eq!((n(401), n(423)), (5, 15));
-    let failures = audit(&api, &admin, "auth.mfa")
+    let failures = audit(&api, &admin, Some("auth.mfa"), &[])
         .await
         .iter()
         .filter(|e| e["target"] == "petra" && e["outcome"] == "failed: wrong code")
         .count();
     assert_eq!(failures, 5);
-    assert_eq!(audit(&api, &admin, "auth.lockout").await.len(), 1);
+    assert_eq!(
+        audit(&api, &admin, Some("auth.lockout"), &[]).await.len(),
+        1
+    );
     problem(
         &login_mfa(&api, &mfa, "code", &code(&secret, step + 1)).await,
         423,

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use pifleet_tests::api::Api;
-use pifleet_tests::fleetkit::{audit, problem_doc};
+use pifleet_tests::apikit::{audit, problem};
 use pifleet_tests::harness::{Agent, Controller};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -54,25 +54,25 @@ async fn every_mutating_request_is_audited() {
         )
         .await
         .unwrap();
-    problem_doc(&r, 404);
+    problem(&r, 404, "deleting an unknown token");
     // Refused by role: audited as denied, nothing done.
     let r = api
         .post("/api/v1/tokens", Some(&viewer), &json!({ "ttl_s": 600 }))
         .await
         .unwrap();
-    problem_doc(&r, 403);
+    problem(&r, 403, "a viewer creating a token");
     let r = api
         .post("/api/v1/devices/pi-1/revoke", Some(&viewer), &json!({}))
         .await
         .unwrap();
-    problem_doc(&r, 403);
+    problem(&r, 403, "a viewer revoking a device");
     // Reads are not audited.
     for path in ["/api/v1/devices", "/api/v1/devices/pi-1", "/api/v1/tokens"] {
         let r = api.get(path, Some(&admin)).await.unwrap();
         assert_eq!(r.status, 200, "{path}: {}", r.text);
     }
 
-    let entries = audit(&api, &admin, &[]).await;
+    let entries = audit(&api, &admin, None, &[]).await;
     let find = |actor: &str, action: &str, target: &str| -> Value {
         let hits: Vec<&Value> = entries
             .iter()

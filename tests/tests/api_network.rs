@@ -11,7 +11,8 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use pifleet_tests::api::{Api, TEST_PASSWORD};
-use pifleet_tests::fleetkit::{assert_security_headers, audit, problem_doc, tls_connect};
+use pifleet_tests::apikit::{audit, problem};
+use pifleet_tests::fleetkit::{assert_security_headers, tls_connect};
 use pifleet_tests::harness::{Agent, Controller};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -24,7 +25,7 @@ async fn admin_allowlist_blocks_the_admin_api_but_not_health_or_enrollment() {
     let api = Api::new(&ctl).unwrap();
 
     let r = api.login("admin", &ctl.admin_password).await.unwrap();
-    let j = problem_doc(&r, 403);
+    let j = problem(&r, 403, "sign-in from outside the allowlist");
     assert!(
         j["detail"].as_str().unwrap().contains("address"),
         "{}",
@@ -33,7 +34,7 @@ async fn admin_allowlist_blocks_the_admin_api_but_not_health_or_enrollment() {
     assert_security_headers(&r, "allowlist 403");
     for path in ["/api/v1/devices", "/api/v1/whoami", "/api/v1/openapi.json"] {
         let r = api.get(path, None).await.unwrap();
-        problem_doc(&r, 403);
+        problem(&r, 403, path);
     }
     let r = api
         .post(
@@ -43,7 +44,7 @@ async fn admin_allowlist_blocks_the_admin_api_but_not_health_or_enrollment() {
         )
         .await
         .unwrap();
-    problem_doc(&r, 403);
+    problem(&r, 403, "refresh from outside the allowlist");
 
     let r = api.get("/healthz", None).await.unwrap();
     assert_eq!((r.status, r.text.as_str()), (200, "ok"));
@@ -82,7 +83,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
 
     // Straight from loopback (the proxy itself): not an allowed client.
     let r = api.login("admin", &ctl.admin_password).await.unwrap();
-    problem_doc(&r, 403);
+    problem(&r, 403, "sign-in from the proxy itself");
     // A spoofed left-most entry does not help: the right-most untrusted hop is the client.
     let r = api
         .call_with(
@@ -94,7 +95,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         )
         .await
         .unwrap();
-    problem_doc(&r, 403);
+    problem(&r, 403, "sign-in behind a spoofed left-most entry");
     // A malformed entry where the client should be is refused, not taken for the proxy.
     let r = api
         .call_with(
@@ -106,7 +107,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         )
         .await
         .unwrap();
-    let j = problem_doc(&r, 400);
+    let j = problem(&r, 400, "a malformed client entry");
     assert!(
         j["detail"]
             .as_str()
@@ -143,9 +144,9 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     let admin = r.json()["access_token"].as_str().unwrap().to_owned();
     // With a valid token but without the header, the address still decides.
     let r = api.get("/api/v1/audit", Some(&admin)).await.unwrap();
-    problem_doc(&r, 403);
+    problem(&r, 403, "a valid token without X-Forwarded-For");
 
-    let entries = audit(&api, &admin, &via).await;
+    let entries = audit(&api, &admin, None, &via).await;
     let logins: Vec<&Value> = entries
         .iter()
         .filter(|e| e["action"] == "auth.login" && e["outcome"] == "ok")
@@ -177,7 +178,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         .call_with(Method::POST, "/api/v1/auth/login", None, Some(&login), &via)
         .await
         .unwrap();
-    problem_doc(&r, 403);
+    problem(&r, 403, "X-Forwarded-For from an untrusted peer");
 }
 
 /// Chains through a trusted proxy that is itself allowlisted (admin API and scrapes): the
@@ -223,7 +224,7 @@ async fn forwarded_for_chains_through_a_trusted_proxy() {
                 .unwrap();
             assert_eq!(r.status, *want, "{path} via {lines:?}: {}", r.text);
             if *want >= 400 {
-                let j = problem_doc(&r, *want);
+                let j = problem(&r, *want, &format!("{path} via {lines:?}"));
                 if *want == 400 {
                     assert!(
                         j["detail"]
@@ -262,7 +263,7 @@ async fn forwarded_for_chains_through_a_trusted_proxy() {
         )
         .await
         .unwrap();
-    problem_doc(&r, 400);
+    problem(&r, 400, "sign-in with a malformed X-Forwarded-For");
 
     // The audit source and the sign-in limiter's key are the resolved client.
     let login = json!({ "username": "admin", "password": ctl.admin_password });
@@ -278,7 +279,7 @@ async fn forwarded_for_chains_through_a_trusted_proxy() {
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text);
     let admin = api.admin(&ctl).await.unwrap();
-    let entries = audit(&api, &admin, &[]).await;
+    let entries = audit(&api, &admin, None, &[]).await;
     let logins: Vec<&Value> = entries
         .iter()
         .filter(|e| e["action"] == "auth.login" && e["outcome"] == "ok")

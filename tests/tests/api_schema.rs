@@ -103,6 +103,8 @@ async fn the_api_conforms_to_its_openapi_document() {
     for id in EXCLUDED {
         cmd.args(["--exclude-operation-id", id]);
     }
+    // schemathesis keeps its run state (`.schemathesis/`, the crash cache) in its working
+    // directory: the controller's temporary one, removed with it.
     cmd.current_dir(ctl.tmp.path()).env("NO_COLOR", "1");
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await

@@ -10,7 +10,8 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use pifleet_controller::auth::Permission;
 use pifleet_controller::auth::rbac::ROUTES;
 use pifleet_tests::api::{Resp, TEST_PASSWORD};
-use pifleet_tests::authkit::{audit, db_rw, now_s, problem, refresh, start, unauthorized, whoami};
+use pifleet_tests::apikit::{audit, problem};
+use pifleet_tests::authkit::{now_s, refresh, start, unauthorized, whoami};
 use pifleet_tests::harness::Controller;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -398,7 +399,7 @@ async fn refresh_rotates_and_reuse_ends_the_session() {
     );
     // Newest first: r2 was a reuse too, of a family r1 had already ended; r3 was never used,
     // so it is merely invalid now.
-    let events = audit(&api, &admin, "auth.refresh_reuse").await;
+    let events = audit(&api, &admin, Some("auth.refresh_reuse"), &[]).await;
     let seen: Vec<(&Value, &Value, &Value)> = events
         .iter()
         .map(|e| (&e["actor"], &e["target"], &e["outcome"]))
@@ -456,7 +457,7 @@ async fn refresh_rotates_and_reuse_ends_the_session() {
     // A session past its lifetime is over for access and refresh tokens alike.
     let (a, r) = api.tokens("olga", TEST_PASSWORD).await.unwrap();
     let sid = decode(&a).1["sid"].as_str().unwrap().to_owned();
-    let db = db_rw(&ctl).await;
+    let db = ctl.db_rw().await.unwrap();
     sqlx::query("UPDATE sessions SET expires_at = 0 WHERE id = ?")
         .bind(&sid)
         .execute(&db)

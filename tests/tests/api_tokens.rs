@@ -5,8 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use pifleet_tests::api::Api;
-use pifleet_tests::fleetkit::{agent_enroll, api_token, get, now_ms, problem};
-use pifleet_tests::harness::Controller;
+use pifleet_tests::apikit::problem;
+use pifleet_tests::fleetkit::{agent_enroll, api_token, get};
+use pifleet_tests::harness::{Controller, now_ms};
 use reqwest::Method;
 use serde_json::{Value, json};
 

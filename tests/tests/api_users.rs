@@ -5,7 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use pifleet_tests::api::{Api, Resp, TEST_PASSWORD};
-use pifleet_tests::authkit::{problem, refresh, send_command, start, unauthorized, whoami};
+use pifleet_tests::apikit::problem;
+use pifleet_tests::authkit::{refresh, send_command, start, unauthorized, whoami};
 use reqwest::Method;
 use serde_json::{Value, json};
 

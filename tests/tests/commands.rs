@@ -8,22 +8,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use pifleet_shared::codec;
-use pifleet_shared::command::{
-    Action, CommandId, Envelope, Outcome, Receipt, ServiceOp, SignedCommand, SignedReceipt,
-};
-use pifleet_shared::signing::{CommandSigner, DeviceKeyAlg, verify_receipt};
+use pifleet_shared::command::{Action, CommandId, Outcome, ServiceOp};
+use pifleet_shared::signing::CommandSigner;
 use pifleet_shared::topic::Kind;
 use pifleet_tests::harness::{Agent, Controller, FAKE_JOURNAL, FakeBin, bin, fake_bin, wait_for};
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use pifleet_tests::mosquitto::{Attacker, Broker, envelope, other_signer, service, wire};
+use rumqttc::QoS;
 use sqlx::Row;
 use tempfile::TempDir;
-use tokio::sync::mpsc;
 
 /// How long a command may take to reach a final state.
 const FINAL: Duration = Duration::from_secs(20);
@@ -540,272 +536,29 @@ async fn agent_killed_mid_command_reports_it_interrupted_and_never_reruns_it() {
 // 5. A compromised broker.
 // ---------------------------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Debian's mosquitto with a TLS listener (the controller's certificates, client certificates
-/// required) for the agent and a plain anonymous one for the attacker.
-struct Mosquitto {
-    child: std::process::Child,
-    tls_port: u16,
-    plain_port: u16,
-    log: PathBuf,
-    _tmp: TempDir,
-}
-
-impl Mosquitto {
-    fn start(ctl: &Controller) -> Self {
-        let exe = Path::new("/usr/sbin/mosquitto");
-        assert!(
-            exe.is_file(),
-            "/usr/sbin/mosquitto not found: install the Debian package mosquitto"
-        );
-        let tmp = tempfile::tempdir().unwrap();
-        let (tls_port, plain_port) = (free_port(), free_port());
-        let log = tmp.path().join("mosquitto.log");
-        let d = |n: &str| ctl.data.join(n).display().to_string();
-        let is_root = {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-        };
-        let conf = format!(
-            "{user}per_listener_settings true\n\
-             log_dest file {log}\nlog_type all\n\
-             listener {tls_port} 127.0.0.1\n\
-             cafile {ca}\ncertfile {cert}\nkeyfile {key}\n\
-             require_certificate true\nuse_identity_as_username true\nallow_anonymous true\n\
-             listener {plain_port} 127.0.0.1\nallow_anonymous true\n",
-            user = if is_root { "user root\n" } else { "" },
-            log = log.display(),
-            ca = d("ca.crt"),
-            cert = d("server.crt"),
-            key = d("server.key"),
-        );
-        let conf_path = tmp.path().join("mosquitto.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new(exe)
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            tls_port,
-            plain_port,
-            log,
-            _tmp: tmp,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What the attacker sees on `fleet/<id>/up/#`.
-#[derive(Debug)]
-enum Seen {
-    Hello,
-    Receipt(SignedReceipt),
-    Other,
-}
-
-struct Attacker {
-    client: AsyncClient,
-    rx: mpsc::UnboundedReceiver<Seen>,
-    cmd_topic: String,
-    /// The device's public key (from the controller's database): every receipt read must
-    /// verify against it.
-    device_key: (DeviceKeyAlg, Vec<u8>),
-}
-
-impl Attacker {
-    async fn connect(port: u16, ctl: &Controller, device: &str) -> Self {
-        let db = ctl.db().await.unwrap();
-        let row = sqlx::query(
-            "SELECT public_key_alg, public_key FROM certificates WHERE device_id = ? \
-             AND revoked_at IS NULL ORDER BY issued_at DESC LIMIT 1",
-        )
-        .bind(device)
-        .fetch_one(&db)
-        .await
-        .unwrap();
-        let device_key = (
-            DeviceKeyAlg::parse(row.get::<&str, _>("public_key_alg")).unwrap(),
-            row.get::<Vec<u8>, _>("public_key"),
-        );
-        db.close().await;
-        let mut opts = MqttOptions::new("attacker", "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(30));
-        opts.set_max_packet_size(256 * 1024, 256 * 1024);
-        let (client, mut ev) = AsyncClient::new(opts, 64);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (subbed_tx, mut subbed_rx) = mpsc::unbounded_channel();
-        let hello = format!("fleet/{device}/up/hello");
-        let result = format!("fleet/{device}/up/result");
-        tokio::spawn(async move {
-            loop {
-                match ev.poll().await {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
-                        let _ = subbed_tx.send(());
-                    }
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                        let seen = if p.topic == hello {
-                            Seen::Hello
-                        } else if p.topic == result {
-                            Seen::Receipt(codec::decode(Kind::Result, &p.payload).unwrap())
-                        } else {
-                            Seen::Other
-                        };
-                        if tx.send(seen).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        // mosquitto may still be starting: subscribe until acknowledged.
-        let filter = format!("fleet/{device}/up/#");
-        wait_for(FINAL, "attacker subscribed", || {
-            let _ = client.try_subscribe(&filter, QoS::AtLeastOnce);
-            let got = subbed_rx.try_recv().is_ok();
-            async move {
-                if !got {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                got.then_some(())
-            }
-        })
-        .await
-        .unwrap();
-        Self {
-            client,
-            rx,
-            cmd_topic: format!("fleet/{device}/down/cmd"),
-            device_key,
-        }
-    }
-
-    /// Waits for the agent's hello (sent right after its subscription, so from then on
-    /// commands reach it).
-    async fn wait_hello(&mut self) {
-        tokio::time::timeout(FINAL, async {
-            while let Some(s) = self.rx.recv().await {
-                if matches!(s, Seen::Hello) {
-                    return;
-                }
-            }
-        })
-        .await
-        .expect("no hello from the agent through mosquitto");
-    }
-
-    async fn publish(&self, payload: Vec<u8>) {
-        self.client
-            .publish(&self.cmd_topic, QoS::AtLeastOnce, false, payload)
-            .await
-            .unwrap();
-    }
-
-    /// The next receipt with a final outcome (each one checked against the device key).
-    async fn next_final(&mut self) -> Receipt {
-        let (alg, key) = self.device_key.clone();
-        tokio::time::timeout(FINAL, async {
-            while let Some(s) = self.rx.recv().await {
-                if let Seen::Receipt(signed) = s {
-                    let r =
-                        verify_receipt(&signed, alg, &key).expect("receipt signed by the device");
-                    if r.outcome.is_final() {
-                        return r;
-                    }
-                }
-            }
-            panic!("attacker connection ended");
-        })
-        .await
-        .expect("no final receipt in time")
-    }
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
-
-fn envelope(device: &str, key: &CommandSigner, action: Action) -> Envelope {
-    let mut id = [0u8; 16];
-    rand::RngCore::fill_bytes(&mut rand::rng(), &mut id);
-    let now = now_ms();
-    Envelope {
-        id: CommandId(id),
-        device: device.to_owned(),
-        issued_at_ms: now,
-        expires_at_ms: now + 600_000,
-        key_id: key.id(),
-        action,
-    }
-}
-
-fn service(unit: &str, op: ServiceOp) -> Action {
-    Action::Service {
-        unit: unit.to_owned(),
-        op,
-    }
-}
-
-fn wire(cmd: &SignedCommand) -> Vec<u8> {
-    codec::encode(Kind::Cmd, cmd).unwrap()
-}
-
-/// Another Ed25519 command key, unknown to the device.
-fn other_signer() -> CommandSigner {
-    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-    CommandSigner::from_pkcs8_pem(&kp.serialize_pem()).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compromised_broker_cannot_make_the_agent_run_anything() {
     let mut f = fleet("pi-mitm", "", "", false).await;
-    let broker = Mosquitto::start(&f.ctl);
+    let broker = Broker::start(&f.ctl).unwrap();
     f.agent.set_mqtt_port(broker.tls_port).unwrap();
     let dev = f.agent.id.clone();
     let real = CommandSigner::from_pkcs8_pem(
         &std::fs::read_to_string(f.ctl.data.join("command.key")).unwrap(),
     )
     .unwrap();
-    let rogue = other_signer();
+    let rogue = other_signer().unwrap();
 
-    let mut atk = Attacker::connect(broker.plain_port, &f.ctl, &dev).await;
+    let mut atk = Attacker::connect(broker.plain_port, &f.ctl, &dev)
+        .await
+        .unwrap();
     f.agent.start().unwrap();
-    atk.wait_hello().await;
+    atk.wait_hello().await.unwrap();
 
     // The one valid command: signed with the real key, allowlisted. It runs.
     let valid_env = envelope(&dev, &real, service(UNIT, ServiceOp::Restart));
     let valid = real.sign(&valid_env).unwrap();
-    atk.publish(wire(&valid)).await;
-    let r = atk.next_final().await;
+    atk.publish(wire(&valid).unwrap()).await.unwrap();
+    let r = atk.next_final().await.unwrap();
     assert_eq!(r.command, valid_env.id);
     assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
     assert_eq!(f.fake.calls(), vec![format!("systemctl restart -- {UNIT}")]);
@@ -819,7 +572,7 @@ async fn compromised_broker_cannot_make_the_agent_run_anything() {
     forged.signature = rogue.sign(&env).unwrap().signature;
     attacks.push((
         "forged signature",
-        wire(&forged),
+        wire(&forged).unwrap(),
         "bad_signature",
         Some(zero),
     ));
@@ -828,7 +581,7 @@ async fn compromised_broker_cannot_make_the_agent_run_anything() {
     let env = envelope(&dev, &rogue, service(UNIT, ServiceOp::Stop));
     attacks.push((
         "unknown key",
-        wire(&rogue.sign(&env).unwrap()),
+        wire(&rogue.sign(&env).unwrap()).unwrap(),
         "unknown_key",
         Some(zero),
     ));
@@ -842,7 +595,12 @@ async fn compromised_broker_cannot_make_the_agent_run_anything() {
         .position(|w| w == b"kiosk.servic")
         .unwrap();
     altered.body[pos + 12] = b'e';
-    attacks.push(("altered body", wire(&altered), "bad_signature", Some(zero)));
+    attacks.push((
+        "altered body",
+        wire(&altered).unwrap(),
+        "bad_signature",
+        Some(zero),
+    ));
 
     // Expired.
     let mut env = envelope(&dev, &real, service(UNIT, ServiceOp::Stop));
@@ -851,7 +609,7 @@ async fn compromised_broker_cannot_make_the_agent_run_anything() {
     let id = env.id;
     attacks.push((
         "expired",
-        wire(&real.sign(&env).unwrap()),
+        wire(&real.sign(&env).unwrap()).unwrap(),
         "expired",
         Some(id),
     ));
@@ -861,7 +619,7 @@ async fn compromised_broker_cannot_make_the_agent_run_anything() {
     let id = env.id;
     attacks.push((
         "another device",
-        wire(&real.sign(&env).unwrap()),
+        wire(&real.sign(&env).unwrap()).unwrap(),
         "wrong_device",
         Some(id),
     ));
@@ -872,13 +630,18 @@ async fn compromised_broker_cannot_make_the_agent_run_anything() {
     let id = env.id;
     attacks.push((
         "ttl too long",
-        wire(&real.sign(&env).unwrap()),
+        wire(&real.sign(&env).unwrap()).unwrap(),
         "ttl_too_long",
         Some(id),
     ));
 
     // Replay of the accepted command.
-    attacks.push(("replay", wire(&valid), "replayed", Some(valid_env.id)));
+    attacks.push((
+        "replay",
+        wire(&valid).unwrap(),
+        "replayed",
+        Some(valid_env.id),
+    ));
 
     // Validly signed but not allowlisted, or hostile names.
     let hostile = [
@@ -895,7 +658,7 @@ async fn compromised_broker_cannot_make_the_agent_run_anything() {
         let id = env.id;
         attacks.push((
             unit,
-            wire(&real.sign(&env).unwrap()),
+            wire(&real.sign(&env).unwrap()).unwrap(),
             "not_allowed",
             Some(id),
         ));
@@ -911,7 +674,7 @@ async fn compromised_broker_cannot_make_the_agent_run_anything() {
     let id = env.id;
     attacks.push((
         "journal ;",
-        wire(&real.sign(&env).unwrap()),
+        wire(&real.sign(&env).unwrap()).unwrap(),
         "not_allowed",
         Some(id),
     ));
@@ -926,7 +689,7 @@ async fn compromised_broker_cannot_make_the_agent_run_anything() {
     let id = env.id;
     attacks.push((
         "undeclared script arg",
-        wire(&real.sign(&env).unwrap()),
+        wire(&real.sign(&env).unwrap()).unwrap(),
         "not_allowed",
         Some(id),
     ));
@@ -934,7 +697,7 @@ async fn compromised_broker_cannot_make_the_agent_run_anything() {
     let id = env.id;
     attacks.push((
         "reboot disabled",
-        wire(&real.sign(&env).unwrap()),
+        wire(&real.sign(&env).unwrap()).unwrap(),
         "not_allowed",
         Some(id),
     ));
@@ -955,8 +718,8 @@ async fn compromised_broker_cannot_make_the_agent_run_anything() {
     attacks.push(("oversize", payload, "oversize", Some(zero)));
 
     for (what, payload, reason, want_id) in &attacks {
-        atk.publish(payload.clone()).await;
-        let r = atk.next_final().await;
+        atk.publish(payload.clone()).await.unwrap();
+        let r = atk.next_final().await.unwrap();
         let Outcome::Rejected(text) = &r.outcome else {
             panic!("{what}: not rejected: {r:?}\nagent log:\n{}", f.agent.log());
         };
@@ -977,9 +740,9 @@ async fn compromised_broker_cannot_make_the_agent_run_anything() {
         f.agent.log()
     );
     f.agent.start().unwrap();
-    atk.wait_hello().await;
-    atk.publish(wire(&valid)).await;
-    let r = atk.next_final().await;
+    atk.wait_hello().await.unwrap();
+    atk.publish(wire(&valid).unwrap()).await.unwrap();
+    let r = atk.next_final().await.unwrap();
     assert_eq!(r.command, valid_env.id);
     assert!(
         matches!(&r.outcome, Outcome::Rejected(t) if t.starts_with("replayed")),
@@ -988,9 +751,9 @@ async fn compromised_broker_cannot_make_the_agent_run_anything() {
     // And after a kill -9.
     f.agent.kill9();
     f.agent.start().unwrap();
-    atk.wait_hello().await;
-    atk.publish(wire(&valid)).await;
-    let r = atk.next_final().await;
+    atk.wait_hello().await.unwrap();
+    atk.publish(wire(&valid).unwrap()).await.unwrap();
+    let r = atk.next_final().await.unwrap();
     assert!(
         matches!(&r.outcome, Outcome::Rejected(t) if t.starts_with("replayed")),
         "{r:?}"

@@ -13,25 +13,18 @@
 // Test helpers fail the test by panicking, like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use pifleet_shared::proto::v1;
 use pifleet_shared::topic::Kind;
 use pifleet_shared::{Topic, codec};
-use pifleet_tests::harness::{Agent, Controller, wait_for};
+use pifleet_tests::harness::{Agent, Controller, now_ms, wait_for};
 use pifleet_tests::mqtt;
 use rumqttc::{Event, Packet, QoS};
 use sqlx::SqlitePool;
 
 /// Generous bound for conditions that normally hold within a few seconds.
 const LONG: Duration = Duration::from_secs(40);
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
 
 /// Logs of the controller and the agents, for failure messages.
 fn logs(ctl: &Controller, agents: &[&Agent]) -> String {

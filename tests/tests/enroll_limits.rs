@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pifleet_tests::api::{Api, Resp};
-use pifleet_tests::authkit::{problem, retry_after};
+use pifleet_tests::apikit::problem;
+use pifleet_tests::authkit::retry_after;
 use pifleet_tests::harness::{Agent, Controller, wait_for};
 use pifleet_tests::promkit::value;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};

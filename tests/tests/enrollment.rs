@@ -5,10 +5,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use pifleet_tests::harness::{Controller, bin, wait_for};
+use pifleet_tests::harness::{Controller, bin, now_ms, wait_for};
 use pifleet_tests::https::{Response, pem, post_json};
 use rcgen::{CertificateParams, CertificateSigningRequest, DistinguishedName, DnType, KeyPair};
 use serde_json::json;
@@ -88,12 +88,6 @@ fn token_state(ctl: &Controller, name: &str) -> String {
     }
 }
 
-fn now_ms() -> Result<i64> {
-    Ok(i64::try_from(
-        SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis(),
-    )?)
-}
-
 // ---------------------------------------------------------------------------------------
 // 6. Token refusals through the real agent
 
@@ -148,7 +142,7 @@ async fn bad_tokens_are_refused_and_change_nothing() {
         v
     };
     wait_for(Duration::from_secs(10), "token expiry", || async {
-        (now_ms().ok()? > expires_at).then_some(())
+        (now_ms() > expires_at).then_some(())
     })
     .await
     .unwrap();

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use pifleet_tests::api::Api;
-use pifleet_tests::harness::{Agent, Controller, wait_for};
+use pifleet_tests::harness::{Agent, Controller, now_ms, wait_for};
 use pifleet_tests::logs::{DISCONNECTED, REFUSED, count_entries, log_entries, wait_entry};
 use pifleet_tests::mqtt::{RawAnswer, connack, connect_packet, raw_tls, session, write_and_read};
 use serde_json::json;
@@ -217,7 +217,7 @@ async fn a_revocation_the_crl_missed_is_enforced_and_published() {
     // What a `device revoke` leaves behind when it committed but could not write the CRL
     // (a full disk, a crash in between): revoked in the database only.
     let db = ctl.db_rw().await.unwrap();
-    let now = pifleet_tests::fleetkit::now_ms();
+    let now = now_ms();
     sqlx::query("UPDATE devices SET revoked_at = ? WHERE id = 'pi-missed'")
         .bind(now)
         .execute(&db)
@@ -304,7 +304,7 @@ async fn the_crl_is_renewed_before_its_next_update() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", ctl.log()));
-    let now = pifleet_tests::fleetkit::now_ms() / 1000;
+    let now = now_ms() / 1000;
     assert!(later > first);
     assert!(
         (now + 86_400 - 120..=now + 86_400 + 5).contains(&next_update),
