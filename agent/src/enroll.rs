@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
+use pifleet_io::{FileError, create_private_dir, write_private};
 use pifleet_shared::DeviceId;
 use pifleet_shared::token::EnrollToken;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
@@ -20,7 +21,6 @@ use tokio_rustls::TlsConnector;
 use crate::config::{
     AgentConfig, ControllerConfig, MqttSection, SpoolSection, TelemetryConfig, TlsFiles,
 };
-use crate::files::write_private;
 use crate::tls::{self, PinnedCa};
 
 /// Enrollment errors, each with a message that says what to do.
@@ -55,7 +55,7 @@ pub enum EnrollError {
     #[error("timed out talking to the controller")]
     Timeout,
     #[error(transparent)]
-    Files(#[from] crate::files::FilesError),
+    Files(#[from] FileError),
 }
 
 /// What `enroll` needs.
@@ -185,7 +185,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
     }
 
     let dir = opts.config.parent().unwrap_or(Path::new(".")).to_path_buf();
-    crate::files::create_private_dir(&dir)?;
+    create_private_dir(&dir)?;
     write_private(&dir.join("device.key"), key.serialize_pem().as_bytes())?;
     write_private(&dir.join("device.crt"), resp.certificate.as_bytes())?;
     write_private(&dir.join("ca.crt"), resp.ca.as_bytes())?;
