@@ -117,8 +117,6 @@ fn sync_parent(path: &Path) {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-
     use super::*;
 
     fn mode(p: &Path) -> u32 {

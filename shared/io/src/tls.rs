@@ -72,8 +72,6 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-
     use super::*;
 
     /// Placeholder DER in each kind of PEM block: the loaders decode PEM, they parse no X.509.
