@@ -9,18 +9,19 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
+use pifleet_io::{FileError, create_private_dir, write_private};
 use pifleet_shared::DeviceId;
+use pifleet_shared::enroll::v1::{EnrollRequest, EnrollResponse};
 use pifleet_shared::token::EnrollToken;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use rustls_pki_types::ServerName;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{
     AgentConfig, ControllerConfig, MqttSection, SpoolSection, TelemetryConfig, TlsFiles,
 };
-use crate::files::write_private;
 use crate::tls::{self, PinnedCa};
 
 /// Enrollment errors, each with a message that says what to do.
@@ -55,7 +56,7 @@ pub enum EnrollError {
     #[error("timed out talking to the controller")]
     Timeout,
     #[error(transparent)]
-    Files(#[from] crate::files::FilesError),
+    Files(#[from] FileError),
 }
 
 /// What `enroll` needs.
@@ -67,21 +68,6 @@ pub struct EnrollOptions {
     pub device_id: Option<String>,
     pub interval_s: Option<u32>,
     pub force: bool,
-}
-
-#[derive(Serialize)]
-struct Req<'a> {
-    token: &'a str,
-    csr: &'a str,
-}
-
-#[derive(Deserialize)]
-struct Resp {
-    device_id: String,
-    certificate: String,
-    ca: String,
-    command_public_key: String,
-    mqtt_port: u16,
 }
 
 #[derive(Deserialize)]
@@ -127,9 +113,9 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
     params.distinguished_name = dn;
     let csr = params.serialize_request(&key)?.pem()?;
 
-    let body = serde_json::to_vec(&Req {
-        token: &opts.token,
-        csr: &csr,
+    let body = serde_json::to_vec(&EnrollRequest {
+        token: opts.token.clone(),
+        csr,
     })
     .map_err(|e| EnrollError::Http(e.to_string()))?;
     // A busy controller (429: many devices of one site enrolling at once; 503) says when to
@@ -167,7 +153,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
             }
         }
     };
-    let resp: Resp =
+    let resp: EnrollResponse =
         serde_json::from_slice(&resp).map_err(|e| EnrollError::BadResponse(e.to_string()))?;
     let device_id =
         DeviceId::parse(&resp.device_id).map_err(|e| EnrollError::BadResponse(e.to_string()))?;
@@ -185,7 +171,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
     }
 
     let dir = opts.config.parent().unwrap_or(Path::new(".")).to_path_buf();
-    crate::files::create_private_dir(&dir)?;
+    create_private_dir(&dir)?;
     write_private(&dir.join("device.key"), key.serialize_pem().as_bytes())?;
     write_private(&dir.join("device.crt"), resp.certificate.as_bytes())?;
     write_private(&dir.join("ca.crt"), resp.ca.as_bytes())?;

@@ -6,7 +6,6 @@ pub mod collect;
 pub mod commands;
 pub mod config;
 pub mod enroll;
-pub mod files;
 pub mod metrics;
 pub mod run;
 pub mod services;

@@ -1,60 +1,25 @@
-//! rustls set-up for the agent, with the ring provider only: the mutual-TLS client config
-//! for MQTT, and the enrollment-time verifier that pins the controller's CA by fingerprint.
+//! rustls set-up for the agent, with the one ring provider of [`pifleet_io::provider`]: the
+//! mutual-TLS client config for MQTT, and the enrollment-time verifier that pins the
+//! controller's CA by fingerprint.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use pifleet_io::{load_certs, load_key, provider};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256};
 
 /// TLS set-up errors.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{path}: {source}")]
-    Pem {
-        path: String,
-        #[source]
-        source: rustls_pki_types::pem::Error,
-    },
-    #[error("{0}: no PEM certificate found")]
-    NoCert(String),
+    #[error(transparent)]
+    Pem(#[from] pifleet_io::PemError),
     #[error("TLS: {0}")]
     Rustls(#[from] rustls::Error),
-}
-
-/// The one crypto provider of the agent.
-pub fn provider() -> Arc<CryptoProvider> {
-    let p = rustls::crypto::ring::default_provider();
-    let _ = CryptoProvider::install_default(p.clone());
-    Arc::new(p)
-}
-
-fn pem_err(path: &Path) -> impl FnOnce(rustls_pki_types::pem::Error) -> TlsError + '_ {
-    move |source| TlsError::Pem {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-/// Certificates from a PEM file.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(pem_err(path))?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCert(path.display().to_string()));
-    }
-    Ok(certs)
-}
-
-/// The private key from a PEM file.
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(pem_err(path))
 }
 
 /// The MQTT client config: trusts only our CA, presents the device certificate.

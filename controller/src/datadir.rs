@@ -17,10 +17,11 @@
 //!   serve.json     0600  addresses the running controller bound (for scripts and tests)
 //! ```
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+use pifleet_io::FileError;
 
 /// Errors about the data directory.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,14 @@ pub enum DataDirError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<FileError> for DataDirError {
+    fn from(e: FileError) -> Self {
+        match e {
+            FileError::Io { path, source } => DataDirError::Io { path, source },
+        }
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
@@ -128,10 +137,8 @@ impl DataDir {
             if entries.next().is_some() {
                 return Err(DataDirError::Exists(self.root.clone()));
             }
-        } else {
-            fs::create_dir_all(&self.root).map_err(io(&self.root))?;
         }
-        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700)).map_err(io(&self.root))
+        Ok(pifleet_io::create_private_dir(&self.root)?)
     }
 
     /// Checks, before anything is opened or written, that the directory exists, that this
@@ -198,40 +205,9 @@ fn private(path: &Path, meta: &fs::Metadata) -> Result<(), DataDirError> {
     Ok(())
 }
 
-/// Writes `data` to `path` atomically with mode 0600: a temp file of its own (so concurrent
-/// writers of the same file never share one), fsync, rename, fsync of the directory.
+/// [`pifleet_io::write_private`] (atomic, 0600, durable) with the data directory's error.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), DataDirError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(
-        ".{name}.{}.{:016x}.tmp",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
-        f.write_all(data).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        fs::rename(&tmp, path).map_err(io(path))
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written?;
-    if let Some(dir) = path.parent() {
-        // Persist the rename itself; a failure here only weakens durability, so it is ignored.
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    Ok(pifleet_io::write_private(path, data)?)
 }
 
 #[cfg(test)]
@@ -287,28 +263,5 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("sudo -u "), "{msg}");
         assert!(msg.contains(&format!("uid {me}")), "{msg}");
-    }
-
-    #[test]
-    fn concurrent_writers_never_share_a_temp_file() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("crl.pem");
-        std::thread::scope(|s| {
-            for i in 0..8u8 {
-                let path = &path;
-                s.spawn(move || {
-                    for _ in 0..20 {
-                        write_private(path, &[i; 4096]).unwrap();
-                    }
-                });
-            }
-        });
-        // Whoever renamed last, the file is one writer's whole content, and no temp file
-        // is left behind.
-        let data = fs::read(&path).unwrap();
-        assert_eq!(data.len(), 4096);
-        assert!(data.iter().all(|b| *b == data[0]));
-        let left: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
-        assert_eq!(left.len(), 1, "{left:?}");
     }
 }

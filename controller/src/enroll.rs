@@ -7,11 +7,12 @@
 //! logged one line each and audited as counts per source ([`refusals`]).
 
 pub mod refusals;
+mod schema;
 
 use axum::extract::State;
+use pifleet_shared::enroll::v1::{EnrollRequest, EnrollResponse};
 use pifleet_shared::token::EnrollToken;
 use pifleet_shared::{DeviceId, token::to_hex};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::api::extract::Json;
@@ -33,29 +34,6 @@ pub struct EnrollState {
     pub metrics: Metrics,
 }
 
-/// Enrollment request body.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct EnrollRequest {
-    pub token: String,
-    /// PEM-encoded PKCS#10 certificate signing request.
-    pub csr: String,
-}
-
-/// Enrollment response body.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct EnrollResponse {
-    pub device_id: String,
-    /// The device certificate (PEM).
-    pub certificate: String,
-    /// The CA certificate (PEM).
-    pub ca: String,
-    /// The controller's Ed25519 command-signing public key (PEM, SPKI).
-    pub command_public_key: String,
-    /// The port of the MQTT gateway on the host the agent enrolled with.
-    pub mqtt_port: u16,
-}
-
 /// SHA-256 of a token secret, hex: what the database stores.
 pub fn secret_hash(secret: &[u8; 32]) -> String {
     to_hex(&Sha256::digest(secret))
@@ -64,9 +42,9 @@ pub fn secret_hash(secret: &[u8; 32]) -> String {
 /// Enroll a device: a single-use token and a CSR in, a device certificate out. Used by
 /// `pifleet-agent enroll`; authenticated by the token, not by a user.
 #[utoipa::path(post, path = "/api/v1/enroll", tag = "devices", security(()),
-    request_body = EnrollRequest,
+    request_body = schema::EnrollRequestSchema,
     responses(
-        (status = 200, body = EnrollResponse),
+        (status = 200, body = schema::EnrollResponseSchema),
         (status = "4XX", description = "Refused: the token or CSR is not acceptable (nothing changed); 429 when the source sends too many requests", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn enroll(

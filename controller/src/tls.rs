@@ -1,15 +1,13 @@
-//! TLS configuration for the controller's listeners, built in one place with one crypto
-//! provider (ring), TLS 1.2+ only.
+//! TLS configuration for the controller's listeners, built in one place with the one crypto
+//! provider (ring) of [`pifleet_io::provider`], TLS 1.2+ only.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::Arc;
 
+pub use pifleet_io::{PemError, load_certs, load_crls, load_key, provider};
 use rustls::ServerConfig;
-use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use x509_parser::prelude::FromDer;
 
 use crate::datadir::DataDir;
@@ -17,64 +15,14 @@ use crate::datadir::DataDir;
 /// TLS set-up errors.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{path}: {source}")]
-    Pem {
-        path: String,
-        #[source]
-        source: rustls_pki_types::pem::Error,
-    },
-    #[error("{0}: no PEM certificate found")]
-    NoCert(String),
-    #[error("{0}: no PEM CRL found")]
-    NoCrl(String),
+    #[error(transparent)]
+    Pem(#[from] PemError),
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("client verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
     #[error("CRL parse: {0}")]
     CrlParse(String),
-}
-
-/// The process-wide crypto provider. Installs it as the default the first time.
-pub fn provider() -> Arc<CryptoProvider> {
-    let p = Arc::new(rustls::crypto::ring::default_provider());
-    // Fails only if a default is already installed, which is what we want anyway.
-    let _ = CryptoProvider::install_default((*p).clone());
-    p
-}
-
-fn pem_err(path: &Path) -> impl FnOnce(rustls_pki_types::pem::Error) -> TlsError + '_ {
-    move |source| TlsError::Pem {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-/// Certificates from a PEM file.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(pem_err(path))?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCert(path.display().to_string()));
-    }
-    Ok(certs)
-}
-
-/// The private key from a PEM file.
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(pem_err(path))
-}
-
-/// The CRLs in a PEM file.
-pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
-    let crls = CertificateRevocationListDer::pem_file_iter(path)
-        .and_then(|crls| crls.collect::<Result<Vec<_>, _>>())
-        .map_err(pem_err(path))?;
-    if crls.is_empty() {
-        return Err(TlsError::NoCrl(path.display().to_string()));
-    }
-    Ok(crls)
 }
 
 /// Serials (lowercase hex, no leading zeros) listed in the CRLs.

@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod command;
+pub mod enroll;
 pub mod id;
 pub mod proto;
 pub mod signing;

@@ -25,9 +25,8 @@ use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use pifleet_io::{FileError, create_private_dir, write_private};
 use pifleet_shared::command::{CommandId, Envelope};
-
-use crate::files::{self, FilesError};
 
 const FILE_NAME: &str = "journal";
 
@@ -41,7 +40,7 @@ pub enum JournalError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Files(#[from] FilesError),
+    Files(#[from] FileError),
 }
 
 /// What the journal knows about one accepted command.
@@ -129,7 +128,7 @@ impl Journal {
     /// Opens (or creates) the journal in `dir` (made 0700), dropping entries expired by the
     /// floor and any torn or damaged line.
     pub fn open(dir: &Path) -> Result<Self, JournalError> {
-        files::create_private_dir(dir)?;
+        create_private_dir(dir)?;
         let path = dir.join(FILE_NAME);
         let mut text = Vec::new();
         match File::open(&path) {
@@ -323,7 +322,7 @@ fn rewrite(
             out.push_str(&Record::Reboot(*id).line());
         }
     }
-    files::write_private(path, out.as_bytes())?;
+    write_private(path, out.as_bytes())?;
     if let Some(dir) = path.parent() {
         File::open(dir)
             .and_then(|d| d.sync_all())

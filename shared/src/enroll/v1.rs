@@ -1,0 +1,55 @@
+//! Enrollment, version 1 (`POST /api/v1/enroll`).
+
+use serde::{Deserialize, Serialize};
+
+/// What the agent sends: its single-use token and a CSR for the key it made itself.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// The enrollment token (`pft1.<secret>.<CA fingerprint>`), as `pifleet-controller token
+    /// create` printed it.
+    pub token: String,
+    /// PEM-encoded PKCS#10 certificate signing request.
+    pub csr: String,
+}
+
+/// The token is a secret: `Debug` shows its length only.
+impl std::fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field("token", &format_args!("<{} bytes>", self.token.len()))
+            .field("csr", &self.csr)
+            .finish()
+    }
+}
+
+/// What the controller answers: the device's identity and where to connect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    /// The device id assigned (the token's name, or the id proposed in the CSR).
+    pub device_id: String,
+    /// The device certificate (PEM).
+    pub certificate: String,
+    /// The CA certificate (PEM).
+    pub ca: String,
+    /// The controller's Ed25519 command-signing public key (PEM, SPKI).
+    pub command_public_key: String,
+    /// The port of the MQTT gateway on the host the agent enrolled with.
+    pub mqtt_port: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_refuses_unknown_fields_and_hides_the_token() {
+        let req: EnrollRequest =
+            serde_json::from_str(r#"{"token":"pft1.secret","csr":"PEM"}"#).unwrap();
+        assert_eq!(req.token, "pft1.secret");
+        let shown = format!("{req:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("<11 bytes>"), "{shown}");
+        assert!(serde_json::from_str::<EnrollRequest>(r#"{"token":"t","csr":"c","x":1}"#).is_err());
+    }
+}
