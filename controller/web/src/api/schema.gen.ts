@@ -925,6 +925,7 @@ export interface components {
         EnrollRequest: {
             /** @description PEM-encoded PKCS#10 certificate signing request. */
             csr: string;
+            /** @description The enrollment token (`pft1.<secret>.<CA fingerprint>`). */
             token: string;
         };
         /** @description Enrollment response body. */
@@ -935,6 +936,7 @@ export interface components {
             certificate: string;
             /** @description The controller's Ed25519 command-signing public key (PEM, SPKI). */
             command_public_key: string;
+            /** @description The device id assigned (the token's name, or the id proposed in the CSR). */
             device_id: string;
             /**
              * Format: int32
