@@ -11,6 +11,20 @@ use rustls::{CertificateError, RootCertStore};
 use rustls_pki_types::{CertificateRevocationListDer, UnixTime};
 use x509_parser::revocation_list::CertificateRevocationList;
 
+use pifleet_shared::DeviceId;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, PublicKeyData, SignatureAlgorithm,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, ServerName};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
+use x509_parser::prelude::FromDer;
+
+use super::ca::{parse_serial, serial_hex};
 use super::*;
 
 const RSA_2048_CSR: &str = include_str!("../../tests/fixtures/pki/rsa2048.csr.pem");

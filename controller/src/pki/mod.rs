@@ -1,0 +1,63 @@
+//! The controller's certificate authority: the CA and what it signs ([`ca`]), checks of the
+//! CSRs devices send ([`csr`]), the identity read back from a verified client certificate
+//! ([`identity`]), the listeners' TLS configuration ([`tls`]), enrollment ([`enroll`]) and
+//! revocation with the CRL ([`crl`]).
+
+use pifleet_shared::InvalidDeviceId;
+use x509_parser::error::X509Error;
+
+mod ca;
+pub mod crl;
+mod csr;
+mod identity;
+#[cfg(test)]
+mod tests;
+
+pub use ca::{Ca, IssuedCert, Revoked};
+pub use csr::{CsrError, MAX_CSR_BYTES, csr_proposed_id};
+pub use identity::{device_identity, device_public_key, fingerprint_pem};
+
+/// Errors from CA, server-certificate, CRL and certificate-inspection operations.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("certificate generation or signing failed")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("PEM decoding failed")]
+    Pem(#[from] rustls_pki_types::pem::Error),
+    #[error("could not parse the X.509 certificate")]
+    X509(#[from] x509_parser::nom::Err<X509Error>),
+    #[error("could not read the certificate's extensions")]
+    Extensions(#[source] X509Error),
+    #[error("the CA certificate is not a CA (basicConstraints cA is not set)")]
+    NotCa,
+    #[error("the CA private key does not match the CA certificate")]
+    KeyMismatch,
+    #[error("{name:?} is not a valid DNS name or IP address for the server certificate")]
+    InvalidHostname {
+        name: String,
+        #[source]
+        source: rustls_pki_types::InvalidDnsNameError,
+    },
+    #[error("{serial:?} is not a certificate serial (1 to 20 bytes of hex)")]
+    InvalidSerial {
+        serial: String,
+        #[source]
+        source: Option<hex::FromHexError>,
+    },
+    #[error("timestamp out of range")]
+    Time(#[from] time::error::ComponentRange),
+    #[error("a validity of {days} days from now is out of range")]
+    ValidityOutOfRange { days: u32 },
+    #[error("the certificate subject has no common name")]
+    NoCommonName,
+    #[error("the certificate subject has more than one common name")]
+    MultipleCommonNames,
+    #[error("the certificate common name is not a text string")]
+    CommonNameNotText(#[source] X509Error),
+    #[error("the certificate common name is not a valid device id")]
+    InvalidDeviceId(#[from] InvalidDeviceId),
+    #[error("the certificate's public key is not ECDSA P-256 or Ed25519")]
+    UnsupportedKey,
+    #[error("the certificate must carry exactly one DNS SAN, equal to its common name {cn:?}")]
+    SanMismatch { cn: String },
+}
