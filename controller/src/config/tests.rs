@@ -1,0 +1,147 @@
+use super::*;
+
+#[test]
+fn default_toml_parses_to_defaults() {
+    let cfg = Config::parse(DEFAULT_TOML, Path::new("t")).unwrap();
+    let def = Config::default();
+    assert_eq!(cfg.mqtt.listen, def.mqtt.listen);
+    assert_eq!(cfg.https.listen, def.https.listen);
+    assert_eq!(cfg.ingest.batch_max_samples, def.ingest.batch_max_samples);
+    assert_eq!(cfg.telemetry.retention_days, def.telemetry.retention_days);
+    assert_eq!(
+        cfg.enrollment.max_token_ttl_s,
+        def.enrollment.max_token_ttl_s
+    );
+    assert_eq!(cfg.auth.argon2_queue, def.auth.argon2_queue);
+    assert_eq!(cfg.auth.argon2_concurrency, None);
+    assert!(cfg.auth.argon2_concurrency() >= 1);
+    let h = (&cfg.https, &def.https);
+    assert_eq!(
+        (
+            h.0.header_timeout_ms,
+            h.0.preauth_max,
+            h.0.preauth_per_source,
+            h.0.max_connections
+        ),
+        (
+            h.1.header_timeout_ms,
+            h.1.preauth_max,
+            h.1.preauth_per_source,
+            h.1.max_connections
+        )
+    );
+    let e = (&cfg.enrollment, &def.enrollment);
+    assert_eq!(
+        (
+            e.0.rate_per_minute,
+            e.0.rate_burst,
+            e.0.refusal_audit_interval_s
+        ),
+        (
+            e.1.rate_per_minute,
+            e.1.rate_burst,
+            e.1.refusal_audit_interval_s
+        )
+    );
+    assert_eq!(
+        (cfg.auth.rate_per_minute, cfg.auth.rate_burst),
+        (def.auth.rate_per_minute, def.auth.rate_burst)
+    );
+}
+
+#[test]
+fn throttling_settings_are_range_checked() {
+    let text = "[enrollment]\nrate_per_minute = 0\nrate_burst = 0\nrefusal_audit_interval_s = 0\n";
+    let err = Config::parse(text, Path::new("t")).unwrap_err();
+    let ConfigError::Invalid { problems, .. } = err else {
+        panic!("expected Invalid, got {err}");
+    };
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    let ok = "[enrollment]\nrate_per_minute = 1\nrate_burst = 1\nrefusal_audit_interval_s = 1\n";
+    assert!(Config::parse(ok, Path::new("t")).is_ok());
+    let budgets = |max: usize, preauth: usize, per_source: u32| {
+        let text = format!(
+            "[https]\nmax_connections = {max}\npreauth_max = {preauth}\n\
+             preauth_per_source = {per_source}\n"
+        );
+        match Config::parse(&text, Path::new("t")) {
+            Ok(_) => 0,
+            Err(ConfigError::Invalid { problems, .. }) => problems.len(),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(budgets(4096, 512, 128), 0);
+    assert_eq!(budgets(1, 1, 1), 0);
+    assert_eq!(budgets(100, 200, 1), 1, "a pre-auth budget over the total");
+    assert_eq!(budgets(100, 50, 51), 1, "a share over the pre-auth budget");
+    assert_eq!(budgets(100, 50, 0), 1);
+    assert_eq!(budgets(0, 0, 0), 3);
+    assert!(Config::parse("[https]\nheader_timeout_ms = 50\n", Path::new("t")).is_err());
+}
+
+#[test]
+fn argon2_bounds_checked() {
+    let ok = Config::parse(
+        "[auth]\nargon2_concurrency = 1\nargon2_queue = 0\n",
+        Path::new("t"),
+    )
+    .unwrap();
+    assert_eq!((ok.auth.argon2_concurrency(), ok.auth.argon2_queue), (1, 0));
+    let err = Config::parse(
+        "[auth]\nargon2_concurrency = 0\nargon2_queue = 100001\n",
+        Path::new("t"),
+    )
+    .unwrap_err();
+    let ConfigError::Invalid { problems, .. } = err else {
+        panic!("expected Invalid, got {err}");
+    };
+    assert_eq!(problems.len(), 2, "{problems:?}");
+}
+
+#[test]
+fn unknown_field_refused() {
+    let err = Config::parse("[mqtt]\nlisten_port = 1\n", Path::new("t")).unwrap_err();
+    assert!(err.to_string().contains("listen_port"), "{err}");
+}
+
+#[test]
+fn all_problems_reported_at_once() {
+    let text = "[mqtt]\nhandshake_timeout_ms = 1\n[telemetry]\nretention_days = 0\n[ingest]\nbatch_max_samples = 0\n";
+    let err = Config::parse(text, Path::new("t")).unwrap_err();
+    let ConfigError::Invalid { problems, .. } = err else {
+        panic!("expected Invalid, got {err}");
+    };
+    assert_eq!(problems.len(), 3, "{problems:?}");
+}
+
+#[cfg(not(feature = "otel"))]
+#[test]
+fn otlp_endpoint_refused_without_the_feature() {
+    let text = "[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\n";
+    let err = Config::parse(text, Path::new("t")).unwrap_err();
+    let ConfigError::Invalid { problems, .. } = err else {
+        panic!("expected Invalid, got {err}");
+    };
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("--features otel"), "{problems:?}");
+}
+
+#[test]
+fn otlp_endpoint_checked() {
+    for bad in [
+        "https://collector:4318/v1/traces",
+        "http://u:p@collector:4318/v1/traces",
+        "127.0.0.1:4318",
+        "not a url",
+    ] {
+        let text = format!("[tracing]\notlp_endpoint = {bad:?}\n");
+        let err = Config::parse(&text, Path::new("t")).unwrap_err();
+        assert!(err.to_string().contains("plain http://"), "{bad}: {err}");
+    }
+    let text = "[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\n";
+    assert_eq!(
+        Config::parse(text, Path::new("t")).is_ok(),
+        cfg!(feature = "otel")
+    );
+    assert!(Config::parse("[tracing]\nservice_name = \"\"\n", Path::new("t")).is_err());
+}
