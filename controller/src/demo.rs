@@ -10,9 +10,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
-use crate::admin;
 use crate::datadir::DataDir;
+use crate::enroll::tokens::{self, TokenError};
 use crate::serve::Bound;
+use crate::setup::{self, SetupError};
 use crate::store::Store;
 
 /// Options of the demo.
@@ -37,7 +38,9 @@ pub struct DemoArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error(transparent)]
-    Admin(#[from] admin::AdminError),
+    Setup(#[from] SetupError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("{what}: {source}")]
@@ -71,7 +74,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     }
     let base = demo_dir(args.dir.as_deref())?;
     let data = base.join("controller");
-    let report = admin::init(&data, &["localhost".to_owned()]).await?;
+    let report = setup::init(&data, &["localhost".to_owned()]).await?;
     let dd = DataDir::new(&data);
 
     let log = std::fs::File::create(base.join("controller.log")).map_err(io("controller.log"))?;
@@ -108,7 +111,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             ("rack".to_owned(), ((i - 1) / 10 + 1).to_string()),
         ]
         .into();
-        let token = admin::create_token(
+        let token = tokens::create_token(
             &dd,
             &store,
             600,

@@ -1,7 +1,6 @@
 //! The pifleet controller: PKI and enrollment, the mutual-TLS MQTT gateway in front of an
 //! embedded rumqttd, lossless SQLite ingest, and the HTTPS listener.
 
-pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod auth;
@@ -19,8 +18,8 @@ pub mod mqtt;
 pub mod otel;
 pub mod pki;
 pub mod serve;
+pub mod setup;
 pub mod signal;
 pub mod source;
 pub mod store;
 pub mod supervise;
-pub mod tls;

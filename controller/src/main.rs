@@ -4,10 +4,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use pifleet_controller::admin::AdminError;
+use pifleet_controller::auth::users::UserError;
 use pifleet_controller::datadir::DataDirError;
+use pifleet_controller::enroll::tokens::TokenError;
 use pifleet_controller::logging;
 use pifleet_controller::serve::ServeError;
+use pifleet_controller::setup::SetupError;
 use pifleet_controller::store::users::UserChange;
 
 mod cli;
@@ -68,10 +70,25 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             _ => 1,
         };
     }
-    if let Some(e) = e.downcast_ref::<AdminError>() {
+    if e.downcast_ref::<cli::Usage>().is_some() {
+        return EX_USAGE;
+    }
+    if let Some(e) = e.downcast_ref::<SetupError>() {
         return match e {
-            AdminError::DataDir(DataDirError::Exists(_)) => EX_CANTCREAT,
-            AdminError::Invalid(_) | AdminError::Config(_) | AdminError::Labels(_) => EX_USAGE,
+            SetupError::DataDir(DataDirError::Exists(_)) => EX_CANTCREAT,
+            SetupError::Config(_) => EX_USAGE,
+            _ => 1,
+        };
+    }
+    if let Some(e) = e.downcast_ref::<TokenError>() {
+        return match e {
+            TokenError::Invalid(_) => EX_USAGE,
+            _ => 1,
+        };
+    }
+    if let Some(e) = e.downcast_ref::<UserError>() {
+        return match e {
+            UserError::Invalid(_) | UserError::Change(_) => EX_USAGE,
             _ => 1,
         };
     }

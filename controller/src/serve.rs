@@ -11,7 +11,6 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, AdminError};
 use crate::api::https;
 use crate::api::{self, ApiState};
 use crate::auth::jwt::JwtKeys;
@@ -25,17 +24,18 @@ use crate::mqtt::broker;
 use crate::mqtt::broker::Broker;
 use crate::mqtt::gateway::{self, Gateway};
 use crate::mqtt::ingest::{self, WriterContext};
+use crate::pki::{self, tls};
 use crate::pki::{Ca, crl};
+use crate::setup::{self, SetupError};
 use crate::store::{Store, now_ms};
 use crate::supervise::{Fatal, Health, Supervisor, TaskFailed, TaskResult};
-use crate::{pki, tls};
 
 /// Start-up errors (each maps to an exit code in `main`), and the task failure that
 /// stopped a running controller.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
-    Admin(#[from] AdminError),
+    Setup(#[from] SetupError),
     #[error(transparent)]
     DataDir(#[from] crate::datadir::DataDirError),
     #[error(transparent)]
@@ -134,7 +134,7 @@ impl Controller {
     /// Loads and checks everything and binds the listeners; nothing runs yet.
     async fn build(dd: DataDir, ov: Overrides) -> Result<Self, ServeError> {
         dd.check_dir()?;
-        ensure_secrets(&dd)?;
+        setup::ensure_secrets(&dd)?;
         dd.check()?;
         let mut cfg = Config::load(&dd.config())?;
         if let Some(a) = ov.mqtt_listen {
@@ -143,7 +143,7 @@ impl Controller {
         if let Some(a) = ov.https_listen {
             cfg.https.listen = a;
         }
-        let ca = admin::load_ca(&dd)?;
+        let ca = Ca::load(&dd)?;
         let store = Store::open_with(&dd.database(), false, cfg.store.busy_timeout()).await?;
         // The CRL converges to the database before the gateway reads it.
         let published = crl::publish(&dd, &store, &ca, cfg.pki.crl_next_update_days).await?;
@@ -208,7 +208,7 @@ impl Controller {
             store: store.clone(),
             ca_fingerprint: pki::fingerprint_pem(&ca.cert_pem)?,
             ca: ca.clone(),
-            command_public_key: admin::command_public_key(&dd)?,
+            command_public_key: setup::command_public_key(&dd)?,
             mqtt_port: cfg.mqtt.public_port.unwrap_or(bound.mqtt.port()),
             cert_days: cfg.enrollment.device_cert_days,
             metrics: metrics.clone(),
@@ -219,7 +219,7 @@ impl Controller {
             store.clone(),
             cfg.clone(),
             jwt,
-            admin::scrape_token(&dd)?,
+            setup::scrape_token(&dd)?,
             dispatcher.clone(),
             enroll_state,
             metrics.clone(),
@@ -361,7 +361,7 @@ impl Controller {
             .map_err(ServeError::Thread)?;
 
         let state = serde_json::to_vec_pretty(&self.bound).unwrap_or_default();
-        write_private(&self.dd.serve_state(), &state).map_err(AdminError::from)?;
+        write_private(&self.dd.serve_state(), &state)?;
         tracing::info!(mqtt = %self.bound.mqtt, https = %self.bound.https, data_dir = %self.dd.root().display(), "controller ready");
 
         let result = tasks.run(DRAIN).await;
@@ -386,24 +386,6 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 fn local_addr(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ServeError> {
     l.local_addr()
         .map_err(|source| ServeError::Bind { addr, source })
-}
-
-/// A data dir made by an older version may lack the access-token keys or the scrape
-/// token: make them.
-fn ensure_secrets(dd: &DataDir) -> Result<(), ServeError> {
-    let path = dd.jwt_keys();
-    if !path.exists() {
-        JwtKeys::generate()
-            .save(&path)
-            .map_err(|e| ServeError::Auth(e.to_string()))?;
-        tracing::info!(path = %path.display(), "created the access-token signing key");
-    }
-    let path = dd.scrape_token();
-    if !path.exists() {
-        write_private(&path, admin::new_scrape_token().as_bytes()).map_err(AdminError::from)?;
-        tracing::info!(path = %path.display(), "created the Prometheus scrape token");
-    }
-    Ok(())
 }
 
 /// Expiry (Unix seconds) of the listeners' certificate, for the expiry alert.

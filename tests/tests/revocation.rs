@@ -43,8 +43,8 @@ async fn serials(ctl: &Controller, device: &str) -> Vec<String> {
 /// The CRL file as the controller wrote it: its number, nextUpdate and revoked serials.
 fn crl(ctl: &Controller) -> (u64, i64, HashSet<String>) {
     let path = ctl.data.join("crl.pem");
-    let crls = pifleet_controller::tls::load_crls(&path).unwrap();
-    let serials = pifleet_controller::tls::revoked_serials(&crls).unwrap();
+    let crls = pifleet_controller::pki::tls::load_crls(&path).unwrap();
+    let serials = pifleet_controller::pki::tls::revoked_serials(&crls).unwrap();
     let (_, parsed) =
         x509_parser::revocation_list::CertificateRevocationList::from_der(&crls[0]).unwrap();
     let number = parsed

@@ -1,7 +1,7 @@
 //! Devices: the fleet list with each device's latest sample, one device in full, its latest
 //! sample, downsampled history, labels and revocation. Input is validated here (400, never
 //! a database error); the SQL is in `store/fleet.rs`; labels and revocation run the same code
-//! as the CLI (`admin`).
+//! as the CLI ([`crate::pki::revoke_device`]).
 
 use std::collections::BTreeMap;
 
@@ -10,7 +10,6 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::admin;
 use crate::api::AppState;
 use crate::api::extract::{Json, Path, Query};
 use crate::api::params::{DevicePath, MAX_TIME_MS, bounded};
@@ -291,7 +290,7 @@ pub async fn revoke(
 ) -> Result<StatusCode, Problem> {
     // An already revoked device is revoked again: that publishes its CRL once more, which
     // repairs an earlier attempt whose CRL could not be written.
-    let outcome = admin::revoke_device(
+    let outcome = crate::pki::revoke_device(
         &st.dd,
         &st.store,
         id.as_str(),

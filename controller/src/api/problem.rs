@@ -88,15 +88,33 @@ impl From<crate::store::StoreError> for Problem {
     }
 }
 
-/// Operator actions: the caller's mistakes are 400 (404 for an unknown device); anything
-/// else is ours.
-impl From<crate::admin::AdminError> for Problem {
-    fn from(e: crate::admin::AdminError) -> Self {
-        use crate::admin::AdminError;
+/// A revocation of an unknown device is 404; anything else is ours.
+impl From<crate::pki::RevokeError> for Problem {
+    fn from(e: crate::pki::RevokeError) -> Self {
         match e {
-            AdminError::Invalid(m) => Problem::bad_request(m),
-            AdminError::Labels(e) => e.into(),
-            AdminError::NoDevice(id) => Problem::not_found(format!("no device {id}")),
+            crate::pki::RevokeError::NoDevice(_) => Problem::not_found(e.to_string()),
+            other => Problem::internal(&other),
+        }
+    }
+}
+
+/// A bad token lifetime or device name is 400; anything else is ours.
+impl From<crate::enroll::tokens::TokenError> for Problem {
+    fn from(e: crate::enroll::tokens::TokenError) -> Self {
+        match e {
+            crate::enroll::tokens::TokenError::Invalid(m) => Problem::bad_request(m),
+            other => Problem::internal(&other),
+        }
+    }
+}
+
+/// A bad name or weak password is 400, a taken name 409; a hashing failure is ours.
+impl From<crate::auth::users::UserError> for Problem {
+    fn from(e: crate::auth::users::UserError) -> Self {
+        use crate::auth::users::UserError;
+        match e {
+            UserError::Invalid(m) => Problem::bad_request(m),
+            UserError::Change(c) => c.into(),
             other => Problem::internal(&other),
         }
     }
@@ -135,6 +153,23 @@ impl From<crate::auth::lockout::Locked> for Problem {
     }
 }
 
+/// Refused enrollments: a malformed request or CSR is 400, a token that cannot be used 403,
+/// an id already enrolled 409; our own failures 500.
+impl From<crate::enroll::Refusal> for Problem {
+    fn from(e: crate::enroll::Refusal) -> Self {
+        use crate::enroll::Refusal;
+        use crate::store::EnrollRefusal;
+        if !e.is_callers() {
+            return Problem::internal(&e);
+        }
+        match e {
+            Refusal::Token(EnrollRefusal::DeviceExists(_)) => Problem::conflict(e.to_string()),
+            Refusal::OtherController | Refusal::Token(_) => Problem::forbidden(e.to_string()),
+            _ => Problem::bad_request(e.to_string()),
+        }
+    }
+}
+
 /// Labels that break the rules are the caller's mistake.
 impl From<crate::model::labels::LabelError> for Problem {
     fn from(e: crate::model::labels::LabelError) -> Self {
@@ -164,5 +199,62 @@ impl IntoResponse for Problem {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::users::UserError;
+    use crate::enroll::Refusal;
+    use crate::enroll::tokens::TokenError;
+    use crate::store::EnrollRefusal;
+    use crate::store::users::UserChange;
+
+    fn status(p: impl Into<Problem>) -> u16 {
+        p.into().status.as_u16()
+    }
+
+    #[test]
+    fn caller_mistakes_are_4xx_and_internal_failures_500() {
+        assert_eq!(status(UserError::Invalid("weak".into())), 400);
+        assert_eq!(
+            status(UserError::Change(UserChange::Exists("a".into()))),
+            409
+        );
+        // A hashing failure is ours, never the caller's.
+        assert_eq!(status(UserError::Hash("out of memory".into())), 500);
+        assert_eq!(status(TokenError::Invalid("ttl".into())), 400);
+        assert_eq!(
+            status(TokenError::Ca {
+                path: "ca.pem".into(),
+                source: std::io::Error::other("gone"),
+            }),
+            500
+        );
+        assert_eq!(
+            status(crate::pki::RevokeError::NoDevice("pi-1".into())),
+            404
+        );
+    }
+
+    #[test]
+    fn enrollment_refusals_keep_their_statuses() {
+        assert_eq!(status(Refusal::OtherController), 403);
+        assert_eq!(status(Refusal::Token(EnrollRefusal::UsedToken)), 403);
+        assert_eq!(
+            status(Refusal::Token(EnrollRefusal::DeviceExists("pi-1".into()))),
+            409
+        );
+        assert_eq!(
+            status(Refusal::InvalidDeviceId(
+                pifleet_shared::DeviceId::parse("NOT OK").unwrap_err()
+            )),
+            400
+        );
+        let internal = Refusal::Internal("disk full".into());
+        assert!(!internal.is_callers());
+        assert_eq!(internal.reason(), "internal error");
+        assert_eq!(status(internal), 500);
     }
 }

@@ -1,5 +1,5 @@
 //! Enrollment tokens: create (the secret appears only in that response), list and revoke.
-//! Creation runs the same code as the CLI (`admin::create_token`).
+//! Creation runs the same code as the CLI ([`crate::enroll::tokens::create_token`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -9,11 +9,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::admin;
 use crate::api::AppState;
 use crate::api::extract::{Json, Path};
 use crate::api::params::device_id;
 use crate::api::problem::{Problem, ProblemDoc, Refused};
+use crate::enroll::tokens;
 use crate::model::labels;
 use crate::store::{TokenRow, now_ms};
 
@@ -172,7 +172,7 @@ pub async fn create(
     }
     let name = req.name.as_deref().map(device_id).transpose()?;
     let labels = labels::from_map(&req.labels.unwrap_or_default())?;
-    let created = admin::create_token(
+    let created = tokens::create_token(
         &st.dd,
         &st.store,
         max,

@@ -9,9 +9,9 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::extract::{Json, Path, Principal, noted};
-use crate::admin;
 use crate::api::problem::{Problem, ProblemDoc, Refused};
 use crate::auth::Role;
+use crate::auth::users;
 use crate::store::users::{UserChange, UserRow};
 
 /// A user as the API shows it (never a hash or secret).
@@ -85,14 +85,14 @@ pub async fn create(
     State(st): State<AppState>,
     Json(req): Json<NewUser>,
 ) -> Result<Response, Problem> {
-    admin::validate_user_name(&req.name)?;
+    users::validate_user_name(&req.name)?;
     if st.store.user_by_name(&req.name).await?.is_some() {
         return Err(UserChange::Exists(req.name).into());
     }
     let argon2 = st.admit_argon2()?;
-    let created = admin::create_user(
+    let created = users::create_user(
         &st.store,
-        move |password| async move { admin::hash_error(argon2.hash(password).await) },
+        move |password| async move { users::hash_error(argon2.hash(password).await) },
         &req.name,
         req.role,
         req.password.as_deref(),

@@ -8,5 +8,6 @@ pub mod password;
 pub mod rbac;
 pub mod tokens;
 pub mod totp;
+pub mod users;
 
 pub use rbac::{Permission, Role};

@@ -4,13 +4,12 @@
 use std::time::Duration;
 
 use clap::Subcommand;
-use pifleet_controller::admin::AdminError;
 use pifleet_controller::commands::dispatch::{self, Targets};
 use pifleet_controller::commands::lifecycle::Status;
 use pifleet_controller::model::labels;
 use pifleet_controller::store::{Cancel, Store};
 
-use super::{DataDirArg, conclude, open, record};
+use super::{DataDirArg, Usage, conclude, open, record};
 
 #[derive(Subcommand)]
 pub enum CmdCmd {
@@ -76,17 +75,17 @@ pub async fn run(cmd: CmdCmd) -> anyhow::Result<()> {
             action,
         } => {
             let o = open(&dir).await?;
-            let action = dispatch::parse_action(&action).map_err(AdminError::Invalid)?;
+            let action = dispatch::parse_action(&action).map_err(Usage)?;
             let targets = if selector.is_empty() {
                 Targets::Devices(devices)
             } else {
-                Targets::Selector(labels::parse_pairs(&selector).map_err(AdminError::from)?)
+                Targets::Selector(labels::parse_pairs(&selector).map_err(|e| Usage(e.to_string()))?)
             };
             let ttl = ttl.unwrap_or(Duration::from_secs(o.cfg.commands.default_ttl_s));
             let answer = o.cfg.commands.answer_timeout();
             let created = dispatch::create_commands(&o.store, &targets, action, ttl, answer)
                 .await
-                .map_err(|e| AdminError::Invalid(e.to_string()));
+                .map_err(|e| Usage(e.to_string()));
             // One audit entry per command created, or one for the refusal.
             let created = match created {
                 Ok(created) => {
@@ -125,10 +124,9 @@ pub async fn run(cmd: CmdCmd) -> anyhow::Result<()> {
             limit,
         } => {
             let status = match status.as_deref() {
-                Some(s) => Some(
-                    Status::parse(s)
-                        .ok_or_else(|| AdminError::Invalid(format!("unknown status {s:?}")))?,
-                ),
+                Some(s) => {
+                    Some(Status::parse(s).ok_or_else(|| Usage(format!("unknown status {s:?}")))?)
+                }
                 None => None,
             };
             let o = open(&dir).await?;
@@ -154,18 +152,18 @@ pub async fn run(cmd: CmdCmd) -> anyhow::Result<()> {
             o.store.close().await;
             match c? {
                 Some(c) => println!("{}", serde_json::to_string_pretty(&c)?),
-                None => anyhow::bail!(AdminError::Invalid(format!("no command {id}"))),
+                None => anyhow::bail!(Usage(format!("no command {id}"))),
             }
         }
         CmdCmd::Cancel { dir, id } => {
             let o = open(&dir).await?;
             let cancelled = match o.store.cancel_command(&id).await? {
                 Cancel::Cancelled => Ok(()),
-                Cancel::Refused(s) => Err(AdminError::Invalid(format!(
+                Cancel::Refused(s) => Err(Usage(format!(
                     "command {id} is {} and can no longer be cancelled",
                     s.as_str()
                 ))),
-                Cancel::Unknown => Err(AdminError::Invalid(format!("no command {id}"))),
+                Cancel::Unknown => Err(Usage(format!("no command {id}"))),
             };
             conclude(o.store, "command.cancel", &id, "", cancelled).await?;
             println!("command {id} cancelled");

@@ -1,7 +1,6 @@
 //! `pifleet-controller device …`: enrolled devices and their revocation.
 
 use clap::Subcommand;
-use pifleet_controller::admin;
 use pifleet_controller::store::RevokeOutcome;
 
 use super::{DataDirArg, conclude, open};
@@ -55,7 +54,7 @@ pub async fn run(cmd: DeviceCmd) -> anyhow::Result<()> {
         DeviceCmd::Revoke { dir, id } => {
             let o = open(&dir).await?;
             let days = o.cfg.pki.crl_next_update_days;
-            let r = admin::revoke_device(&o.dd, &o.store, &id, days).await;
+            let r = pifleet_controller::pki::revoke_device(&o.dd, &o.store, &id, days).await;
             let detail = match &r {
                 Ok(RevokeOutcome::AlreadyRevoked) => "already revoked; CRL published again",
                 _ => "",

@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use pifleet_controller::admin;
 use pifleet_controller::audit::Event;
 use pifleet_controller::config::Config;
 use pifleet_controller::datadir::DataDir;
 use pifleet_controller::serve;
+use pifleet_controller::setup;
 use pifleet_controller::store::Store;
 use pifleet_controller::{demo, signal};
 use tokio_util::sync::CancellationToken;
@@ -19,6 +19,11 @@ pub mod cmd;
 pub mod device;
 pub mod token;
 pub mod user;
+
+/// A mistake in how a command was called (exit code 64): an unknown id, a bad argument.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
 
 #[derive(Parser)]
 #[command(
@@ -130,7 +135,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn init(dir: &DataDirArg, hostnames: &[String]) -> anyhow::Result<()> {
-    let report = admin::init(&dir.data_dir, hostnames).await?;
+    let report = setup::init(&dir.data_dir, hostnames).await?;
     let path = dir.data_dir.display();
     println!("Initialised {path}");
     println!("  CA, server certificate and command key created (keys are 0600).");

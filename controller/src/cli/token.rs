@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use clap::Subcommand;
-use pifleet_controller::admin::{self, AdminError};
+use pifleet_controller::enroll::tokens;
 use pifleet_controller::model::labels;
 use pifleet_controller::store::now_ms;
 
-use super::{DataDirArg, conclude, open};
+use super::{DataDirArg, Usage, conclude, open};
 
 #[derive(Subcommand)]
 pub enum TokenCmd {
@@ -50,9 +50,11 @@ pub async fn run(cmd: TokenCmd) -> anyhow::Result<()> {
             let created = match labels::parse_pairs(&labels) {
                 Ok(labels) => {
                     let max = o.cfg.enrollment.max_token_ttl_s;
-                    admin::create_token(&o.dd, &o.store, max, ttl, name.as_deref(), &labels).await
+                    tokens::create_token(&o.dd, &o.store, max, ttl, name.as_deref(), &labels)
+                        .await
+                        .map_err(anyhow::Error::from)
                 }
-                Err(e) => Err(AdminError::from(e)),
+                Err(e) => Err(Usage(e.to_string()).into()),
             };
             let target = match &created {
                 Ok(t) => t.id.clone(),
@@ -88,7 +90,7 @@ pub async fn run(cmd: TokenCmd) -> anyhow::Result<()> {
             let o = open(&dir).await?;
             let revoked = match o.store.revoke_token(&id).await? {
                 true => Ok(()),
-                false => Err(AdminError::Invalid(format!("no unused token {id}"))),
+                false => Err(Usage(format!("no unused token {id}"))),
             };
             conclude(o.store, "token.revoke", &id, "", revoked).await?;
             println!("token {id} revoked");

@@ -1,11 +1,11 @@
 //! `pifleet-controller user …`: admin users of the API and dashboard.
 
 use clap::Subcommand;
-use pifleet_controller::admin::{self, AdminError};
 use pifleet_controller::auth::Role;
+use pifleet_controller::auth::users;
 use pifleet_controller::store::users::UserChange;
 
-use super::{DataDirArg, conclude, open, record};
+use super::{DataDirArg, Usage, conclude, open, record};
 
 #[derive(Subcommand)]
 pub enum UserCmd {
@@ -77,7 +77,7 @@ fn read_new_password(name: &str) -> anyhow::Result<String> {
         let a = rpassword::prompt_password(format!("New password for {name}: "))?;
         let b = rpassword::prompt_password("Again: ")?;
         if a != b {
-            anyhow::bail!(AdminError::Invalid("the passwords differ".into()));
+            anyhow::bail!(Usage("the passwords differ".into()));
         }
         Ok(a)
     } else {
@@ -98,16 +98,16 @@ pub async fn run(cmd: UserCmd) -> anyhow::Result<()> {
             permanent,
         } => {
             let o = open(&dir).await?;
-            admin::validate_user_name(&name)?;
+            users::validate_user_name(&name)?;
             let pw = if generate {
                 None
             } else {
                 Some(read_new_password(&name)?)
             };
             let passwords = Passwords::new(o.cfg.auth.argon2_cost())?;
-            let r = admin::create_user(
+            let r = users::create_user(
                 &o.store,
-                admin::hash_with(&passwords),
+                users::hash_with(&passwords),
                 &name,
                 role,
                 pw.as_deref(),
@@ -194,7 +194,7 @@ pub async fn run(cmd: UserCmd) -> anyhow::Result<()> {
             let o = open(&dir).await?;
             let Some(user) = o.store.user_by_name(&name).await? else {
                 o.store.close().await;
-                anyhow::bail!(AdminError::Invalid(format!("no user {name}")));
+                anyhow::bail!(Usage(format!("no user {name}")));
             };
             let pw = password::one_time_password();
             let hash = Passwords::new(o.cfg.auth.argon2_cost())?.hash(&pw)?;

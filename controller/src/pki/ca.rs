@@ -61,6 +61,17 @@ pub struct Revoked {
 }
 
 impl Ca {
+    /// Loads the CA certificate and key from the data dir.
+    pub fn load(dd: &crate::datadir::DataDir) -> Result<Ca, PkiError> {
+        let read = |path: std::path::PathBuf| {
+            std::fs::read_to_string(&path).map_err(|source| PkiError::Read {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        Ca::from_pem(&read(dd.ca_cert())?, &read(dd.ca_key())?)
+    }
+
     /// New ECDSA P-256 CA, CN "pifleet CA <name>", 10-year validity, basicConstraints CA
     /// pathlen 0, keyUsage keyCertSign + cRLSign.
     pub fn generate(name: &str) -> Result<Ca, PkiError> {

@@ -34,10 +34,15 @@ pub fn device_identity(cert_der: &[u8]) -> Result<(DeviceId, String), PkiError> 
     Ok((id, serial_hex(cert.raw_serial())))
 }
 
+/// SHA-256 of the DER of the first certificate in `cert_pem`.
+pub fn fingerprint_bytes(cert_pem: &str) -> Result<[u8; 32], PkiError> {
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())?;
+    Ok(Sha256::digest(&der).into())
+}
+
 /// Lowercase hex SHA-256 of the DER of the first certificate in `cert_pem`.
 pub fn fingerprint_pem(cert_pem: &str) -> Result<String, PkiError> {
-    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())?;
-    Ok(hex::encode(Sha256::digest(&der)))
+    Ok(hex::encode(fingerprint_bytes(cert_pem)?))
 }
 
 /// The public key of a device certificate, for verifying the device's signed receipts.

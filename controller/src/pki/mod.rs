@@ -10,16 +10,25 @@ mod ca;
 pub mod crl;
 mod csr;
 mod identity;
+mod revoke;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 pub use ca::{Ca, IssuedCert, Revoked};
 pub use csr::{CsrError, MAX_CSR_BYTES, csr_proposed_id};
-pub use identity::{device_identity, device_public_key, fingerprint_pem};
+pub use identity::{device_identity, device_public_key, fingerprint_bytes, fingerprint_pem};
+pub use revoke::{RevokeError, revoke_device};
 
 /// Errors from CA, server-certificate, CRL and certificate-inspection operations.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("certificate generation or signing failed")]
     Rcgen(#[from] rcgen::Error),
     #[error("PEM decoding failed")]

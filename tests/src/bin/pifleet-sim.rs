@@ -18,8 +18,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use pifleet_agent::config::AgentConfig;
 use pifleet_agent::enroll::{EnrollOptions, enroll};
-use pifleet_controller::admin;
 use pifleet_controller::datadir::DataDir;
+use pifleet_controller::enroll::tokens;
 use pifleet_controller::store::Store;
 use pifleet_shared::proto::v1;
 use pifleet_shared::topic::Kind;
@@ -185,7 +185,7 @@ async fn enroll_all(
             out.push(config);
             continue;
         }
-        let token = admin::create_token(
+        let token = tokens::create_token(
             dd,
             &store,
             600,

@@ -36,10 +36,10 @@ use crate::config::MqttConfig;
 use crate::datadir::DataDir;
 use crate::metrics::Metrics;
 use crate::mqtt::broker::{BrokerLogin, max_packet_size};
+use crate::pki::tls;
 use crate::source::{PreAuth, PreAuthBudget};
 use crate::store::IngestOp;
 use crate::supervise::TaskResult;
-use crate::tls;
 
 mod packet;
 mod registry;

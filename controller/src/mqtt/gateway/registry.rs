@@ -44,7 +44,7 @@ struct Inner {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Revoked;
 
-/// Connections and revoked serials (lowercase hex, as [`crate::tls::normalize_serial`]).
+/// Connections and revoked serials (lowercase hex, as [`crate::pki::tls::normalize_serial`]).
 #[derive(Debug, Default)]
 pub(super) struct Registry {
     inner: Mutex<Inner>,

@@ -1,0 +1,135 @@
+//! Enrollment: a single-use token and a CSR in, a device certificate out.
+//!
+//! The device makes its own key; only the CSR travels. Every refusal (unknown, used,
+//! expired or revoked token; a CSR with a bad signature, a weak key or a malformed subject;
+//! an id already enrolled) is a [`Refusal`] the caller can act on, and changes nothing: the
+//! token stays usable and no device row is written. Tokens are made by [`tokens`]; refusals
+//! are counted per source by [`refusals`]. The HTTP endpoint is `api::enroll`.
+
+pub mod refusals;
+pub mod tokens;
+
+use pifleet_shared::enroll::v1::{EnrollRequest, EnrollResponse};
+use pifleet_shared::token::{EnrollToken, InvalidToken};
+use pifleet_shared::{DeviceId, InvalidDeviceId, token::to_hex};
+use sha2::{Digest, Sha256};
+
+use crate::metrics::Metrics;
+use crate::pki::tls::normalize_serial;
+use crate::pki::{self, Ca, CsrError};
+use crate::store::{EnrollError, EnrollRefusal, NewDevice, Store};
+
+/// Shared state of enrollment.
+#[derive(Debug)]
+pub struct EnrollState {
+    pub store: Store,
+    pub ca: Ca,
+    pub ca_fingerprint: String,
+    pub command_public_key: String,
+    pub mqtt_port: u16,
+    pub cert_days: u32,
+    pub metrics: Metrics,
+}
+
+/// SHA-256 of a token secret, hex: what the database stores.
+pub fn secret_hash(secret: &[u8; 32]) -> String {
+    to_hex(&Sha256::digest(secret))
+}
+
+/// Why an enrollment was refused. Every variant but [`Refusal::Internal`] is the caller's
+/// doing; none of them changed anything.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    MalformedToken(#[from] InvalidToken),
+    #[error("token was issued by another controller (CA fingerprint differs)")]
+    OtherController,
+    #[error(transparent)]
+    InvalidDeviceId(#[from] InvalidDeviceId),
+    /// The CSR failed a check, or (when [`CsrError::is_refusal`] is false) signing failed.
+    #[error(transparent)]
+    Csr(#[from] CsrError),
+    /// The token is unknown, used, expired or revoked, or the id is taken.
+    #[error(transparent)]
+    Token(#[from] EnrollRefusal),
+    /// Our own failure (database, certificate inspection): logged, not the caller's fault.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Refusal {
+    /// True when the request is at fault, false for our own failure.
+    pub fn is_callers(&self) -> bool {
+        match self {
+            Self::Csr(e) => e.is_refusal(),
+            Self::Internal(_) => false,
+            _ => true,
+        }
+    }
+
+    /// A short fixed reason, to count refusals under and to log.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MalformedToken(_) => "malformed token",
+            Self::OtherController => "token of another controller",
+            Self::InvalidDeviceId(_) => "invalid device id",
+            Self::Csr(e) if e.is_refusal() => "CSR refused",
+            Self::Csr(_) | Self::Internal(_) => "internal error",
+            Self::Token(EnrollRefusal::UnknownToken) => "unknown enrollment token",
+            Self::Token(EnrollRefusal::UsedToken) => "enrollment token already used",
+            Self::Token(EnrollRefusal::ExpiredToken) => "enrollment token expired",
+            Self::Token(EnrollRefusal::RevokedToken) => "enrollment token revoked",
+            Self::Token(EnrollRefusal::DeviceExists(_)) => "device already enrolled",
+        }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Refusal {
+    Refusal::Internal(e.to_string())
+}
+
+/// Enrolls a device: checks the token and the CSR, signs the device certificate and
+/// records the device, consuming the token, in one transaction.
+pub async fn enroll(st: &EnrollState, req: &EnrollRequest) -> Result<EnrollResponse, Refusal> {
+    let token = EnrollToken::parse(&req.token)?;
+    if token.ca_fingerprint_hex() != st.ca_fingerprint {
+        return Err(Refusal::OtherController);
+    }
+    // Validate the CSR before touching the database, so a bad one costs nothing.
+    let proposed = pki::csr_proposed_id(&req.csr)?;
+    let outcome = st
+        .store
+        .enroll(&secret_hash(token.secret()), |t| {
+            let id = match &t.name {
+                Some(name) => DeviceId::parse(name)?,
+                None => proposed.clone(),
+            };
+            let issued = st.ca.sign_device_csr(&req.csr, &id, st.cert_days)?;
+            let (alg, public_key) = pki::device_public_key(&issued.cert_pem).map_err(internal)?;
+            Ok::<_, Refusal>((
+                NewDevice {
+                    id,
+                    labels: t.labels.clone(),
+                    serial: normalize_serial(&issued.serial_hex),
+                    not_after: issued.not_after_unix,
+                    public_key_alg: alg.as_str(),
+                    public_key,
+                },
+                issued.cert_pem,
+            ))
+        })
+        .await
+        .map_err(internal)?;
+    let (device, cert_pem) = match outcome {
+        Ok(v) => v,
+        Err(EnrollError::Issue(r)) => return Err(r),
+        Err(EnrollError::Refused(r)) => return Err(r.into()),
+    };
+    Ok(EnrollResponse {
+        device_id: device.id.to_string(),
+        certificate: cert_pem,
+        ca: st.ca.cert_pem.clone(),
+        command_public_key: st.command_public_key.clone(),
+        mqtt_port: st.mqtt_port,
+    })
+}

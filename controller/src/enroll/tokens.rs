@@ -1,0 +1,83 @@
+//! Single-use enrollment tokens: made the same way by the command line and the admin API.
+//! The database keeps only the secret's hash; the token text carries the secret and the
+//! CA fingerprint, so an agent can check it talks to the controller that made it.
+
+use std::time::Duration;
+
+use pifleet_shared::DeviceId;
+use pifleet_shared::token::EnrollToken;
+use rand::RngCore;
+
+use crate::datadir::DataDir;
+use crate::model::labels::Labels;
+use crate::pki::{self, PkiError};
+use crate::store::{Store, StoreError, now_ms};
+
+use super::secret_hash;
+
+/// Why a token was not created.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// A lifetime out of bounds or a bad device name: the caller's mistake.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot read the CA certificate {path}: {source}")]
+    Ca {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A created enrollment token.
+#[derive(Debug)]
+pub struct CreatedToken {
+    pub id: String,
+    pub token: EnrollToken,
+    pub expires_at_ms: i64,
+}
+
+/// Creates a single-use enrollment token valid for `ttl` (at most `max_ttl_s`), for the
+/// device `name` if given, which gets `labels` when it enrolls.
+pub async fn create_token(
+    dd: &DataDir,
+    store: &Store,
+    max_ttl_s: u64,
+    ttl: Duration,
+    name: Option<&str>,
+    labels: &Labels,
+) -> Result<CreatedToken, TokenError> {
+    if ttl.as_secs() < 1 || ttl.as_secs() > max_ttl_s {
+        return Err(TokenError::Invalid(format!(
+            "--ttl must be between 1s and {max_ttl_s}s (enrollment.max_token_ttl_s)"
+        )));
+    }
+    let name = name
+        .map(DeviceId::parse)
+        .transpose()
+        .map_err(|e| TokenError::Invalid(format!("--name: {e}")))?;
+    let path = dd.ca_cert();
+    let ca_pem = std::fs::read_to_string(&path).map_err(|source| TokenError::Ca {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let fpr = pki::fingerprint_bytes(&ca_pem)?;
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    let hash = secret_hash(&secret);
+    let id = hash[..12].to_owned();
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    let expires_at_ms = now_ms().saturating_add(ttl_ms);
+    store
+        .insert_token(&id, &hash, name.as_ref(), labels, expires_at_ms)
+        .await?;
+    Ok(CreatedToken {
+        id,
+        token: EnrollToken::new(secret, fpr),
+        expires_at_ms,
+    })
+}

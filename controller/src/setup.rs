@@ -1,0 +1,201 @@
+//! A data dir's keys and secrets: `init` makes a complete data dir (CA, server certificate,
+//! command key, access-token key, scrape token, config, database, CRL, first admin), and
+//! `serve` loads them here, making the secrets a data dir from an older version lacks.
+
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+use rand::RngCore;
+
+use crate::auth::Role;
+use crate::auth::jwt::JwtKeys;
+use crate::auth::password::Passwords;
+use crate::auth::users::{self, UserError};
+use crate::config::{self, Config};
+use crate::datadir::{DataDir, DataDirError, write_private};
+use crate::pki::{self, Ca, crl};
+use crate::store::{Store, StoreError};
+
+/// Why a data dir could not be made or its secrets not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error("publishing the CRL: {0}")]
+    Crl(#[from] crl::CrlError),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("command key: {0}")]
+    CommandKey(String),
+    #[error("access-token key: {0}")]
+    AccessTokenKey(String),
+    #[error("{} holds no usable token; delete it and restart to make a new one", .0.display())]
+    ScrapeToken(PathBuf),
+    #[error("first admin: {0}")]
+    User(#[from] UserError),
+    #[error("{0}")]
+    Internal(&'static str),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Reads a whole file, naming it in the error.
+pub fn read_to_string(path: &Path) -> Result<String, SetupError> {
+    std::fs::read_to_string(path).map_err(|source| SetupError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The command public key (PEM) handed to devices.
+pub fn command_public_key(dd: &DataDir) -> Result<String, SetupError> {
+    read_to_string(&dd.command_pub())
+}
+
+/// Creates a new data dir: CA, server certificate, command key, config, database, CRL.
+/// Everything is built in a sibling temp dir and renamed into place at the end, so a failure
+/// leaves nothing half-written.
+pub async fn init(root: &Path, hostnames: &[String]) -> Result<InitReport, SetupError> {
+    let target = DataDir::new(root);
+    target.create_new()?; // refuses an existing non-empty dir
+    let parent = root.parent().unwrap_or(Path::new("."));
+    let name = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    let staging = DataDir::new(parent.join(format!(".{name}.init-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(staging.root());
+    staging.create_new()?;
+    let report = match populate(&staging, hostnames).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(staging.root());
+            return Err(e);
+        }
+    };
+    std::fs::rename(staging.root(), root).map_err(|source| SetupError::Io {
+        path: root.display().to_string(),
+        source,
+    })?;
+    Ok(report)
+}
+
+/// What `init` made that the operator must see once.
+#[derive(Debug)]
+pub struct InitReport {
+    /// Name of the first admin.
+    pub admin_name: String,
+    /// Their one-time password: shown once, changed at first sign-in.
+    pub admin_password: String,
+}
+
+/// Name of the admin `init` creates.
+pub const FIRST_ADMIN: &str = "admin";
+
+async fn populate(dd: &DataDir, hostnames: &[String]) -> Result<InitReport, SetupError> {
+    let label = hostnames
+        .first()
+        .map(String::as_str)
+        .unwrap_or("controller");
+    let ca = Ca::generate(label)?;
+    write_private(&dd.ca_cert(), ca.cert_pem.as_bytes())?;
+    write_private(&dd.ca_key(), ca.key_pem().as_bytes())?;
+    let (cert, key) = ca.issue_server(hostnames)?;
+    write_private(&dd.server_cert(), cert.as_bytes())?;
+    write_private(&dd.server_key(), key.as_bytes())?;
+
+    let mut seed = [0u8; 32];
+    rand::rng().fill_bytes(&mut seed);
+    let signing = SigningKey::from_bytes(&seed);
+    seed.fill(0);
+    let key_pem = signing
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| SetupError::CommandKey(e.to_string()))?;
+    let pub_pem = signing
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|e| SetupError::CommandKey(e.to_string()))?;
+    write_private(&dd.command_key(), key_pem.as_bytes())?;
+    write_private(&dd.command_pub(), pub_pem.as_bytes())?;
+
+    JwtKeys::generate()
+        .save(&dd.jwt_keys())
+        .map_err(|e| SetupError::AccessTokenKey(e.to_string()))?;
+    write_private(&dd.scrape_token(), new_scrape_token().as_bytes())?;
+
+    write_private(&dd.config(), config::DEFAULT_TOML.as_bytes())?;
+    let cfg = Config::parse(config::DEFAULT_TOML, &dd.config())?;
+    let store = Store::open(&dd.database(), true).await?;
+    crl::publish(dd, &store, &ca, cfg.pki.crl_next_update_days).await?;
+    let passwords =
+        Passwords::new(cfg.auth.argon2_cost()).map_err(|e| UserError::Hash(e.to_string()))?;
+    let admin = users::create_user(
+        &store,
+        users::hash_with(&passwords),
+        FIRST_ADMIN,
+        Role::Admin,
+        None,
+        true,
+    )
+    .await?;
+    store
+        .append_audit(&crate::audit::Event::cli(
+            "user.create",
+            FIRST_ADMIN,
+            "ok",
+            "role=admin; first admin created by init",
+        ))
+        .await?;
+    store.close().await;
+    let admin_password = admin
+        .one_time_password
+        .ok_or(SetupError::Internal("no one-time password was generated"))?;
+    Ok(InitReport {
+        admin_name: admin.name,
+        admin_password,
+    })
+}
+
+/// A data dir made by an older version may lack the access-token keys or the scrape
+/// token: make them.
+pub fn ensure_secrets(dd: &DataDir) -> Result<(), SetupError> {
+    let path = dd.jwt_keys();
+    if !path.exists() {
+        JwtKeys::generate()
+            .save(&path)
+            .map_err(|e| SetupError::AccessTokenKey(e.to_string()))?;
+        tracing::info!(path = %path.display(), "created the access-token signing key");
+    }
+    let path = dd.scrape_token();
+    if !path.exists() {
+        write_private(&path, new_scrape_token().as_bytes())?;
+        tracing::info!(path = %path.display(), "created the Prometheus scrape token");
+    }
+    Ok(())
+}
+
+/// A fresh Prometheus scrape token (256 random bits).
+pub fn new_scrape_token() -> String {
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    format!("pfs1.{}\n", pifleet_shared::token::to_hex(&b))
+}
+
+/// The scrape token from the data dir.
+pub fn scrape_token(dd: &DataDir) -> Result<String, SetupError> {
+    let t = read_to_string(&dd.scrape_token())?.trim().to_owned();
+    if t.len() < 32 {
+        return Err(SetupError::ScrapeToken(dd.scrape_token()));
+    }
+    Ok(t)
+}
