@@ -84,7 +84,12 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
     let ack_topic = Topic::new(id.clone(), Kind::Ack).to_string();
     let cmd_topic = Topic::new(id.clone(), Kind::Cmd).to_string();
     let result_topic = Topic::new(id.clone(), Kind::Result).to_string();
-    let command_settings = Settings::load(&cfg)?;
+    let command_settings = Settings::load(
+        cfg.commands.clone(),
+        cfg.device_id.as_str(),
+        &cfg.tls.command_key,
+        &cfg.tls.key,
+    )?;
 
     let mut opts = MqttOptions::new(
         id.as_str(),

@@ -52,8 +52,10 @@ pub enum ServeError {
     Crl(#[from] crl::CrlError),
     #[error("command key: {0}")]
     CommandKey(String),
-    #[error("admin sign-in: {0}")]
-    Auth(String),
+    #[error("access-token key: {0}")]
+    AccessTokenKey(String),
+    #[error(transparent)]
+    Api(#[from] api::StateError),
     #[error("cannot start a thread: {0}")]
     Thread(#[source] std::io::Error),
     #[error("metrics: {0}")]
@@ -213,7 +215,8 @@ impl Controller {
             cert_days: cfg.enrollment.device_cert_days,
             metrics: metrics.clone(),
         });
-        let jwt = JwtKeys::load(&dd.jwt_keys()).map_err(|e| ServeError::Auth(e.to_string()))?;
+        let jwt =
+            JwtKeys::load(&dd.jwt_keys()).map_err(|e| ServeError::AccessTokenKey(e.to_string()))?;
         let api = ApiState::new(
             dd.clone(),
             store.clone(),

@@ -1,4 +1,4 @@
-//! Durability end to end (DESIGN §3, §5): nothing a device produces is lost or stored twice
+//! Durability end to end: nothing a device produces is lost or stored twice
 //! across controller crashes, agent crashes, outages and clean agent restarts, and re-sent
 //! samples are idempotent but still acknowledged.
 //!

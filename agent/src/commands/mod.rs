@@ -16,7 +16,7 @@ pub mod outbox;
 mod tests;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,8 +35,6 @@ use exec::{Finished, Invocation, Limits};
 use journal::{Journal, JournalError};
 use outbox::Outbox;
 pub use outbox::{Delivery, MqttSink, Sink};
-
-use crate::config::AgentConfig;
 
 /// Commands waiting for the handler; more are dropped (the controller sends them again).
 const INBOX: usize = 64;
@@ -78,25 +76,31 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Reads `tls.command_key` and `tls.key` named by the agent configuration.
-    pub fn load(cfg: &AgentConfig) -> Result<Self, CommandsError> {
-        let read = |path: &PathBuf| {
+    /// Reads the controller's command key (`tls.command_key`) and the device key (`tls.key`)
+    /// the agent configuration names.
+    pub fn load(
+        cfg: CommandsConfig,
+        device: &str,
+        command_key: &Path,
+        device_key: &Path,
+    ) -> Result<Self, CommandsError> {
+        let read = |path: &Path| {
             std::fs::read_to_string(path).map_err(|source| CommandsError::Read {
-                path: path.clone(),
+                path: path.to_owned(),
                 source,
             })
         };
-        let key_err = |path: &PathBuf| {
-            let path = path.clone();
+        let key_err = |path: &Path| {
+            let path = path.to_owned();
             move |source| CommandsError::Key { path, source }
         };
-        let command_key = TrustedKey::from_pem(&read(&cfg.tls.command_key)?)
-            .map_err(key_err(&cfg.tls.command_key))?;
+        let command_key =
+            TrustedKey::from_pem(&read(command_key)?).map_err(key_err(command_key))?;
         let signer =
-            DeviceSigner::from_pkcs8_pem(&read(&cfg.tls.key)?).map_err(key_err(&cfg.tls.key))?;
+            DeviceSigner::from_pkcs8_pem(&read(device_key)?).map_err(key_err(device_key))?;
         Ok(Self {
-            cfg: cfg.commands.clone(),
-            device: cfg.device_id.as_str().to_owned(),
+            cfg,
+            device: device.to_owned(),
             keys: vec![command_key],
             signer,
         })

@@ -1,4 +1,5 @@
-//! The bounded on-disk spool of unacknowledged samples (DESIGN §5).
+//! The bounded on-disk spool of unacknowledged samples: what the agent measured but the
+//! controller has not yet acknowledged survives outages and restarts, within a size bound.
 //!
 //! Samples go to append-only segment files `seg-<first seq>.log`: an 8-byte header (magic +
 //! format version) then records `[u32 len LE][u32 crc32 LE of body][body = postcard(Sample)]`.

@@ -102,6 +102,15 @@ pub type AppState = Arc<ApiState>;
 /// queue drains within a second.
 const ARGON2_BUSY_RETRY_S: u64 = 1;
 
+/// Why the API's state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("admin sign-in: {0}")]
+    Passwords(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 impl ApiState {
     /// Builds the state; loads the security settings from the database.
     #[allow(clippy::too_many_arguments)]
@@ -115,9 +124,9 @@ impl ApiState {
         enroll: Arc<EnrollState>,
         metrics: Metrics,
         health: Arc<Health>,
-    ) -> Result<AppState, crate::serve::ServeError> {
+    ) -> Result<AppState, StateError> {
         let passwords = Passwords::new(cfg.auth.argon2_cost())
-            .map_err(|e| crate::serve::ServeError::Auth(e.to_string()))?;
+            .map_err(|e| StateError::Passwords(e.to_string()))?;
         let hasher = Hasher::new(
             passwords,
             cfg.auth.argon2_concurrency(),

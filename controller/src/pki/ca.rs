@@ -20,8 +20,6 @@ pub(super) const CA_VALIDITY_DAYS: u32 = 3650;
 pub(super) const SERVER_VALIDITY_DAYS: u32 = 730;
 /// Back-dating of notBefore so devices with a slightly slow clock accept a fresh certificate.
 pub(super) const CLOCK_SKEW: Duration = Duration::minutes(5);
-/// Longest attacker-supplied common name we echo back in an error message.
-pub(super) const MAX_ECHOED_CN: usize = 64;
 
 /// CA certificate and private key, both PEM. `Debug` redacts the key.
 #[derive(Clone)]

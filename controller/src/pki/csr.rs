@@ -17,7 +17,6 @@ use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::{SubjectPublicKeyInfo, X509Name};
 
-use super::ca::MAX_ECHOED_CN;
 use super::*;
 
 /// Largest CSR (PEM text) we read; a P-256 or Ed25519 CSR is well under 1 KiB.

@@ -1,7 +1,8 @@
 //! The controller's certificate authority: the CA and what it signs ([`ca`]), checks of the
 //! CSRs devices send ([`csr`]), the identity read back from a verified client certificate
-//! ([`identity`]), the listeners' TLS configuration ([`tls`]), enrollment ([`enroll`]) and
-//! revocation with the CRL ([`crl`]).
+//! ([`identity`]), the listeners' TLS configuration ([`tls`]), revocation ([`revoke_device`])
+//! and the CRL derived from the database ([`crl`]). Enrollment, which uses all of this, is
+//! `crate::enroll`.
 
 use pifleet_shared::InvalidDeviceId;
 use x509_parser::error::X509Error;
@@ -19,6 +20,9 @@ pub use ca::{Ca, IssuedCert, Revoked};
 pub use csr::{CsrError, MAX_CSR_BYTES, csr_proposed_id};
 pub use identity::{device_identity, device_public_key, fingerprint_bytes, fingerprint_pem};
 pub use revoke::{RevokeError, revoke_device};
+
+/// Longest attacker-supplied text (a common name, a serial) we echo back in an error message.
+const MAX_ECHOED_CN: usize = 64;
 
 /// Errors from CA, server-certificate, CRL and certificate-inspection operations.
 #[derive(Debug, thiserror::Error)]
