@@ -5,4 +5,5 @@ pub mod audit;
 pub mod commands;
 pub mod devices;
 pub mod labels;
+pub mod role;
 pub mod session;

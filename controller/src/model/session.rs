@@ -1,6 +1,6 @@
 //! A live sign-in session as the store reads it on every request.
 
-use crate::auth::Role;
+use crate::model::role::Role;
 
 /// The user of a live session of an enabled user, read fresh on every request, so logout,
 /// disabling, deletion and demotion apply at once.

@@ -5,7 +5,7 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use super::{Store, StoreError, now_ms};
-use crate::auth::Role;
+use crate::model::role::Role;
 use crate::model::session::SessionUser;
 
 /// A user as stored (the TOTP secrets stay in here; API views are built from it).
