@@ -132,7 +132,7 @@ fn files(dir: &Path, acc: &mut Vec<PathBuf>) {
     }
 }
 
-/// Writes `assets.rs` (included by `src/web.rs`): one entry per file with its URL path,
+/// Writes `assets.rs` (included by `src/api/web.rs`): one entry per file with its URL path,
 /// content type, bytes and, when it is smaller, a gzip copy.
 fn embed(dist: &Path, out: &Path) {
     let mut all = Vec::new();

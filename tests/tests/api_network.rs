@@ -4,7 +4,7 @@
 //!
 //! Not tested here: refusal of TLS 1.0/1.1. rustls cannot offer them, and `openssl` (which
 //! could) is not part of the CI image; the server is configured for TLS 1.2+ only
-//! (`controller/src/tls.rs`).
+//! (`controller/src/pki/tls.rs`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
