@@ -5,32 +5,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use pifleet_io::toml_file;
 use pifleet_shared::DeviceId;
 use serde::{Deserialize, Serialize};
 
 use crate::commands::CommandsConfig;
 
 /// Configuration errors (exit code 64).
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: Box<toml::de::Error>,
-    },
-    #[error("{path}: invalid configuration:\n  - {}", .problems.join("\n  - "))]
-    Invalid {
-        path: PathBuf,
-        problems: Vec<String>,
-    },
-}
+pub use pifleet_io::toml_file::ConfigError;
 
 /// The whole agent configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,14 +130,7 @@ impl Default for MqttSection {
 impl AgentConfig {
     /// Reads and validates the file; relative paths become relative to its folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut cfg: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })?;
+        let mut cfg: Self = toml_file::parse(&toml_file::read(path)?, path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
             &mut cfg.tls.ca,
@@ -172,15 +147,8 @@ impl AgentConfig {
                 *p = base.join(&*p);
             }
         }
-        let problems = cfg.problems();
-        if problems.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                problems,
-            })
-        }
+        toml_file::check(path, cfg.problems())?;
+        Ok(cfg)
     }
 
     fn problems(&self) -> Vec<String> {

@@ -2,34 +2,16 @@
 //! defaulted, unknown fields refused, and every problem reported at once before any port is
 //! bound (exit code 64 from `main`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 
 mod sections;
 pub use sections::*;
 
+use pifleet_io::toml_file;
 /// Why the configuration was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: Box<toml::de::Error>,
-    },
-    #[error("{path}: invalid configuration:\n  - {}", .problems.join("\n  - "))]
-    Invalid {
-        path: PathBuf,
-        problems: Vec<String>,
-    },
-}
+pub use pifleet_io::toml_file::ConfigError;
 
 /// The whole controller configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -51,28 +33,14 @@ pub struct Config {
 impl Config {
     /// Reads and validates `path`, reporting every problem at once.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::parse(&toml_file::read(path)?, path)
     }
 
     /// Parses and validates configuration text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })?;
-        let problems = cfg.problems();
-        if problems.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                problems,
-            })
-        }
+        let cfg: Config = toml_file::parse(text, path)?;
+        toml_file::check(path, cfg.problems())?;
+        Ok(cfg)
     }
 
     fn problems(&self) -> Vec<String> {
