@@ -9,6 +9,7 @@ pub mod command;
 pub mod enroll;
 pub mod id;
 pub mod proto;
+pub mod release;
 pub mod signing;
 pub mod token;
 pub mod topic;

@@ -30,7 +30,7 @@ pub enum KeyError {
     Sign,
 }
 
-fn pem_body(pem: &str, label: &'static str) -> Result<Vec<u8>, KeyError> {
+pub(crate) fn pem_body(pem: &str, label: &'static str) -> Result<Vec<u8>, KeyError> {
     let begin = format!("-----BEGIN {label}-----");
     let end = format!("-----END {label}-----");
     let start = pem.find(&begin).ok_or(KeyError::Pem(label))? + begin.len();
