@@ -202,39 +202,45 @@ pub fn verify_chain(entries: &[Entry], head: Option<i64>) -> Result<i64, Break> 
     v.finish(head)
 }
 
+/// A valid chain of `n` entries by `actor` from `source`, stamped `at_base + seq` (tests).
+#[cfg(test)]
+pub(crate) fn test_chain(n: i64, actor: &str, source: &str, at_base: i64) -> Vec<Entry> {
+    let mut prev = GENESIS.to_owned();
+    (1..=n)
+        .map(|seq| {
+            let ev = Event {
+                actor: actor.into(),
+                source: source.into(),
+                action: "device.revoke".into(),
+                target: format!("pi-{seq}"),
+                outcome: "ok".into(),
+                detail: String::new(),
+            };
+            let hash = entry_hash(&prev, seq, at_base + seq, &ev);
+            let e = Entry {
+                seq,
+                at: at_base + seq,
+                actor: ev.actor,
+                source: ev.source,
+                action: ev.action,
+                target: ev.target,
+                outcome: ev.outcome,
+                detail: ev.detail,
+                prev_hash: prev.clone(),
+                hash: hash.clone(),
+            };
+            prev = hash;
+            e
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn chain(n: i64) -> Vec<Entry> {
-        let mut prev = GENESIS.to_owned();
-        (1..=n)
-            .map(|seq| {
-                let ev = Event {
-                    actor: "cli:root".into(),
-                    source: "local".into(),
-                    action: "device.revoke".into(),
-                    target: format!("pi-{seq}"),
-                    outcome: "ok".into(),
-                    detail: String::new(),
-                };
-                let hash = entry_hash(&prev, seq, 1000 + seq, &ev);
-                let e = Entry {
-                    seq,
-                    at: 1000 + seq,
-                    actor: ev.actor,
-                    source: ev.source,
-                    action: ev.action,
-                    target: ev.target,
-                    outcome: ev.outcome,
-                    detail: ev.detail,
-                    prev_hash: prev.clone(),
-                    hash: hash.clone(),
-                };
-                prev = hash;
-                e
-            })
-            .collect()
+        test_chain(n, "cli:root", "local", 1000)
     }
 
     #[test]

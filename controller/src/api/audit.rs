@@ -171,7 +171,7 @@ pub async fn verify(State(st): State<AppState>) -> Result<axum::Json<VerifyRepor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{ChainVerifier, Event, GENESIS, entry_hash};
+    use crate::audit::ChainVerifier;
 
     /// The report for a log held in memory, checked as the store checks one it streams.
     fn report_of(entries: &[Entry], head: Option<i64>) -> VerifyReport {
@@ -187,34 +187,7 @@ mod tests {
     }
 
     fn chain(n: i64) -> Vec<Entry> {
-        let mut prev = GENESIS.to_owned();
-        (1..=n)
-            .map(|seq| {
-                let ev = Event {
-                    actor: "user:admin".into(),
-                    source: "127.0.0.1".into(),
-                    action: "device.revoke".into(),
-                    target: format!("pi-{seq}"),
-                    outcome: "ok".into(),
-                    detail: String::new(),
-                };
-                let hash = entry_hash(&prev, seq, seq, &ev);
-                let e = Entry {
-                    seq,
-                    at: seq,
-                    actor: ev.actor,
-                    source: ev.source,
-                    action: ev.action,
-                    target: ev.target,
-                    outcome: ev.outcome,
-                    detail: ev.detail,
-                    prev_hash: prev.clone(),
-                    hash: hash.clone(),
-                };
-                prev = hash;
-                e
-            })
-            .collect()
+        crate::audit::test_chain(n, "user:admin", "127.0.0.1", 0)
     }
 
     #[test]
