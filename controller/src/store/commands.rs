@@ -1,11 +1,16 @@
-//! SQL for commands: creation, dispatch, receipts, expiry and listing.
+//! SQL for the `commands` table: creation, dispatch, receipts, cancellation, expiry and the
+//! paged listing.
 
 use pifleet_shared::command::{Action, CommandId};
 use serde::Serialize;
-use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{Store, StoreError, now_ms, sql_int};
 use crate::commands::lifecycle::{self, Status};
+
+#[cfg(test)]
+mod tests;
 
 /// A command to create (queued).
 #[derive(Debug, Clone)]
@@ -81,7 +86,7 @@ const COLUMNS: &str = "id, device_id, action, action_kind, status, reason, creat
     expires_at, issued_at, sent_at, accepted_at, started_at, finished_at, exit_code, \
     duration_ms, stdout, stdout_len, stdout_sha256, stderr, stderr_len, stderr_sha256";
 
-fn row(r: &sqlx::sqlite::SqliteRow) -> Result<CommandRow, StoreError> {
+fn row(r: &SqliteRow) -> Result<CommandRow, StoreError> {
     let action: String = r.try_get("action")?;
     let text = |b: Option<Vec<u8>>| b.map(|b| String::from_utf8_lossy(&b).into_owned());
     Ok(CommandRow {
@@ -107,6 +112,56 @@ fn row(r: &sqlx::sqlite::SqliteRow) -> Result<CommandRow, StoreError> {
         stderr_len: r.try_get("stderr_len")?,
         stderr_sha256: r.try_get("stderr_sha256")?,
     })
+}
+
+/// Command columns without the output bodies.
+const COMMAND_COLUMNS: &str = "id, device_id, action, action_kind, status, reason, created_at, \
+    expires_at, issued_at, sent_at, accepted_at, started_at, finished_at, exit_code, \
+    duration_ms, stdout_len, stdout_sha256, stderr_len, stderr_sha256";
+
+fn command_row(r: &SqliteRow) -> Result<CommandRow, StoreError> {
+    let action: String = r.try_get("action")?;
+    Ok(CommandRow {
+        id: r.try_get("id")?,
+        device_id: r.try_get("device_id")?,
+        action: serde_json::from_str(&action)?,
+        action_kind: r.try_get("action_kind")?,
+        status: r.try_get("status")?,
+        reason: r.try_get("reason")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        issued_at: r.try_get("issued_at")?,
+        sent_at: r.try_get("sent_at")?,
+        accepted_at: r.try_get("accepted_at")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+        exit_code: r.try_get("exit_code")?,
+        duration_ms: r.try_get("duration_ms")?,
+        stdout: None,
+        stdout_len: r.try_get("stdout_len")?,
+        stdout_sha256: r.try_get("stdout_sha256")?,
+        stderr: None,
+        stderr_len: r.try_get("stderr_len")?,
+        stderr_sha256: r.try_get("stderr_sha256")?,
+    })
+}
+
+fn push_command_filter(
+    qb: &mut QueryBuilder<Sqlite>,
+    device: Option<&str>,
+    status: Option<Status>,
+    action_kind: Option<&str>,
+) {
+    qb.push(" WHERE 1 = 1");
+    if let Some(kind) = action_kind {
+        qb.push(" AND action_kind = ").push_bind(kind.to_owned());
+    }
+    if let Some(device) = device {
+        qb.push(" AND device_id = ").push_bind(device.to_owned());
+    }
+    if let Some(status) = status {
+        qb.push(" AND status = ").push_bind(status.as_str());
+    }
 }
 
 impl Store {
@@ -209,6 +264,31 @@ impl Store {
             .fetch_all(&self.reader)
             .await?;
         rows.iter().map(row).collect()
+    }
+
+    /// Commands newest first, without their output bodies (the lengths are there), and the
+    /// number of matching commands.
+    pub async fn command_page(
+        &self,
+        device: Option<&str>,
+        status: Option<Status>,
+        action_kind: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(i64, Vec<CommandRow>), StoreError> {
+        let mut count: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT COUNT(*) FROM commands");
+        push_command_filter(&mut count, device, status, action_kind);
+        let total: i64 = count.build_query_scalar().fetch_one(&self.reader).await?;
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
+        qb.push(COMMAND_COLUMNS).push(" FROM commands");
+        push_command_filter(&mut qb, device, status, action_kind);
+        qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+            .push_bind(limit)
+            .push(" OFFSET ")
+            .push_bind(offset);
+        let rows = qb.build().fetch_all(&self.reader).await?;
+        let items = rows.iter().map(command_row).collect::<Result<_, _>>()?;
+        Ok((total, items))
     }
 
     /// Cancels a command that has not been sent yet. Returns its status after the attempt.
@@ -331,20 +411,5 @@ impl Store {
         .await?
         .rows_affected();
         Ok((expired, timed_out))
-    }
-
-    /// The public key of the device's newest unrevoked certificate.
-    pub async fn device_key(&self, device: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
-        let r = sqlx::query(
-            "SELECT public_key_alg, public_key FROM certificates WHERE device_id = ? \
-             AND revoked_at IS NULL AND public_key IS NOT NULL ORDER BY issued_at DESC LIMIT 1",
-        )
-        .bind(device)
-        .fetch_optional(&self.reader)
-        .await?;
-        Ok(match r {
-            Some(r) => Some((r.try_get("public_key_alg")?, r.try_get("public_key")?)),
-            None => None,
-        })
     }
 }

@@ -1,6 +1,12 @@
-//! Command and audit pages, and the query plans of the listings.
+//! The paged command list and its query plan.
 
-use super::*;
+use pifleet_shared::command::{Action, CommandId};
+use sqlx::{QueryBuilder, Sqlite};
+
+use super::{COMMAND_COLUMNS, push_command_filter};
+use crate::commands::lifecycle::Status;
+use crate::store::NewCommand;
+use crate::store::testkit::{add_device, plan, store};
 
 #[tokio::test]
 async fn command_pages() {
@@ -65,110 +71,9 @@ async fn command_pages() {
     assert_eq!((total, rows.len()), (0, 0));
 }
 
+/// Command pages read through an index, newest first, without sorting.
 #[tokio::test]
-async fn audit_pages() {
-    let (_d, s) = store().await;
-    assert_eq!(s.audit_head().await.unwrap(), None);
-    for i in 0..6 {
-        let ev = Event {
-            actor: if i % 2 == 0 { "user:alice" } else { "cli:root" }.into(),
-            source: "local".into(),
-            action: if i < 3 {
-                "device.revoke"
-            } else {
-                "token.create"
-            }
-            .into(),
-            target: format!("t{i}"),
-            outcome: "ok".into(),
-            detail: String::new(),
-        };
-        s.append_audit(&ev).await.unwrap();
-    }
-    assert_eq!(s.audit_head().await.unwrap(), Some(6));
-    let page = |f: AuditFilter| {
-        let s = s.clone();
-        async move {
-            s.audit_page(&f)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|e| e.seq)
-                .collect::<Vec<_>>()
-        }
-    };
-    let all = AuditFilter {
-        limit: 100,
-        ..AuditFilter::default()
-    };
-    assert_eq!(page(all.clone()).await, [6, 5, 4, 3, 2, 1]);
-    assert_eq!(
-        page(AuditFilter {
-            limit: 2,
-            ..all.clone()
-        })
-        .await,
-        [6, 5]
-    );
-    assert_eq!(
-        page(AuditFilter {
-            before: Some(5),
-            limit: 2,
-            ..all.clone()
-        })
-        .await,
-        [4, 3]
-    );
-    assert_eq!(
-        page(AuditFilter {
-            actor: Some("user:alice".into()),
-            ..all.clone()
-        })
-        .await,
-        [5, 3, 1]
-    );
-    assert_eq!(
-        page(AuditFilter {
-            action: Some("token.create".into()),
-            actor: Some("cli:root".into()),
-            ..all.clone()
-        })
-        .await,
-        [6, 4]
-    );
-    assert!(
-        page(AuditFilter {
-            since: Some(i64::MAX),
-            ..all.clone()
-        })
-        .await
-        .is_empty()
-    );
-    assert_eq!(
-        page(AuditFilter {
-            until: Some(i64::MAX),
-            since: Some(0),
-            ..all
-        })
-        .await
-        .len(),
-        6
-    );
-}
-
-async fn plan(s: &Store, mut qb: QueryBuilder<Sqlite>) -> Vec<String> {
-    qb.build()
-        .fetch_all(&s.reader)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<String, _>("detail"))
-        .collect()
-}
-
-/// Command and audit pages read through indexes, newest first, without sorting.
-#[tokio::test]
-async fn listing_plans_use_indexes() {
+async fn the_command_page_plan_uses_an_index() {
     let (_d, s) = store().await;
     let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("EXPLAIN QUERY PLAN SELECT ");
     qb.push(COMMAND_COLUMNS).push(" FROM commands");
@@ -176,11 +81,5 @@ async fn listing_plans_use_indexes() {
     qb.push(" ORDER BY created_at DESC, id DESC LIMIT 50 OFFSET 0");
     let p = plan(&s, qb).await;
     assert!(p.iter().any(|l| l.contains("commands_created")), "{p:?}");
-    assert!(!p.iter().any(|l| l.contains("TEMP B-TREE")), "{p:?}");
-    let qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "EXPLAIN QUERY PLAN SELECT seq FROM audit_log WHERE 1 = 1 AND seq < 10 \
-         ORDER BY seq DESC LIMIT 10",
-    );
-    let p = plan(&s, qb).await;
     assert!(!p.iter().any(|l| l.contains("TEMP B-TREE")), "{p:?}");
 }
