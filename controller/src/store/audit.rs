@@ -3,12 +3,25 @@
 //! extended by one entry at a time.
 
 use futures_util::{Stream, StreamExt};
-use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{Store, StoreError, now_ms};
 use crate::audit::{Break, ChainVerifier, Entry, Event, GENESIS, entry_hash};
 use crate::model::audit::AuditFilter;
+
+/// `SELECT <entry columns> FROM audit_log <tail>`: one column list for every entry query.
+macro_rules! entry_select {
+    ($tail:literal) => {
+        concat!(
+            "SELECT seq, at, actor, source, action, target, outcome, detail, prev_hash, hash ",
+            "FROM audit_log ",
+            $tail
+        )
+    };
+}
+const ENTRY_SELECT_ALL: &str = entry_select!("ORDER BY seq");
+/// The start of a filtered query: conditions follow as `AND ...`.
+const ENTRY_SELECT_FILTERED: &str = entry_select!("WHERE 1 = 1");
 
 impl Store {
     /// Appends an event to the chain; returns its sequence number.
@@ -37,20 +50,14 @@ impl Store {
     /// Every audit entry in sequence order, read row by row (never the whole table at
     /// once).
     pub fn audit_stream(&self) -> impl Stream<Item = Result<Entry, StoreError>> + Send + '_ {
-        sqlx::query(
-            "SELECT seq, at, actor, source, action, target, outcome, detail, prev_hash, hash \
-             FROM audit_log ORDER BY seq",
-        )
-        .fetch(&self.reader)
-        .map(|row| audit_entry(&row?))
+        sqlx::query_as(ENTRY_SELECT_ALL)
+            .fetch(&self.reader)
+            .map(|entry| entry.map_err(StoreError::from))
     }
 
     /// Audit entries matching the filter, newest first.
     pub async fn audit_page(&self, f: &AuditFilter) -> Result<Vec<Entry>, StoreError> {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT seq, at, actor, source, action, target, outcome, detail, prev_hash, hash \
-             FROM audit_log WHERE 1 = 1",
-        );
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(ENTRY_SELECT_FILTERED);
         if let Some(actor) = &f.actor {
             qb.push(" AND actor = ").push_bind(actor.clone());
         }
@@ -67,8 +74,7 @@ impl Store {
             qb.push(" AND seq < ").push_bind(before);
         }
         qb.push(" ORDER BY seq DESC LIMIT ").push_bind(f.limit);
-        let rows = qb.build().fetch_all(&self.reader).await?;
-        rows.iter().map(audit_entry).collect()
+        Ok(qb.build_query_as().fetch_all(&self.reader).await?)
     }
 
     /// The sequence number of the newest audit entry, as recorded at the last append.
@@ -139,22 +145,6 @@ pub struct AuditCheck {
     pub entries: i64,
     /// The number of entries verified, or where the chain breaks.
     pub result: Result<i64, Break>,
-}
-
-/// An audit entry from a row with every `audit_log` column.
-fn audit_entry(r: &SqliteRow) -> Result<Entry, StoreError> {
-    Ok(Entry {
-        seq: r.try_get("seq")?,
-        at: r.try_get("at")?,
-        actor: r.try_get("actor")?,
-        source: r.try_get("source")?,
-        action: r.try_get("action")?,
-        target: r.try_get("target")?,
-        outcome: r.try_get("outcome")?,
-        detail: r.try_get("detail")?,
-        prev_hash: r.try_get("prev_hash")?,
-        hash: r.try_get("hash")?,
-    })
 }
 
 /// Appends one event inside a write transaction; returns its sequence number.

@@ -4,13 +4,11 @@
 
 use std::collections::HashSet;
 
-use sqlx::Row;
-
 use super::{Store, StoreError};
 use crate::model::devices::Certificate;
 
 /// A certificate issued to a device.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CertRow {
     pub serial: String,
     pub device_id: String,
@@ -34,22 +32,12 @@ impl Store {
         .bind(next.to_string())
         .execute(&mut *tx)
         .await?;
-        let rows = sqlx::query(
+        let certs = sqlx::query_as(
             "SELECT serial, device_id, revoked_at FROM certificates \
              WHERE revoked_at IS NOT NULL ORDER BY revoked_at, serial",
         )
         .fetch_all(&mut *tx)
         .await?;
-        let certs = rows
-            .iter()
-            .map(|r| {
-                Ok(CertRow {
-                    serial: r.try_get("serial")?,
-                    device_id: r.try_get("device_id")?,
-                    revoked_at: r.try_get("revoked_at")?,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
         tx.commit().await?;
         Ok((next, certs))
     }
@@ -65,17 +53,13 @@ impl Store {
 
     /// The public key of the device's newest unrevoked certificate.
     pub async fn device_key(&self, device: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
-        let r = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT public_key_alg, public_key FROM certificates WHERE device_id = ? \
              AND revoked_at IS NULL AND public_key IS NOT NULL ORDER BY issued_at DESC LIMIT 1",
         )
         .bind(device)
         .fetch_optional(&self.reader)
-        .await?;
-        Ok(match r {
-            Some(r) => Some((r.try_get("public_key_alg")?, r.try_get("public_key")?)),
-            None => None,
-        })
+        .await?)
     }
 
     /// The device's certificates, newest first (for its detail view).
@@ -83,23 +67,21 @@ impl Store {
         &self,
         device: &str,
     ) -> Result<Vec<Certificate>, StoreError> {
-        let certs = sqlx::query(
+        let certs: Vec<(String, i64, i64, Option<i64>)> = sqlx::query_as(
             "SELECT serial, issued_at, not_after, revoked_at FROM certificates \
              WHERE device_id = ? ORDER BY issued_at DESC, serial",
         )
         .bind(device)
         .fetch_all(&self.reader)
         .await?;
-        certs
-            .iter()
-            .map(|c| {
-                Ok(Certificate {
-                    serial: c.try_get("serial")?,
-                    issued_at: c.try_get("issued_at")?,
-                    not_after: c.try_get("not_after")?,
-                    revoked_at: c.try_get("revoked_at")?,
-                })
+        Ok(certs
+            .into_iter()
+            .map(|(serial, issued_at, not_after, revoked_at)| Certificate {
+                serial,
+                issued_at,
+                not_after,
+                revoked_at,
             })
-            .collect()
+            .collect())
     }
 }

@@ -3,8 +3,9 @@
 
 use pifleet_shared::command::{Action, CommandId};
 use serde::Serialize;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::error::BoxDynError;
+use sqlx::sqlite::{SqliteTypeInfo, SqliteValueRef};
+use sqlx::{QueryBuilder, Sqlite, ValueRef};
 
 use super::{Store, StoreError, now_ms, sql_int};
 use crate::commands::lifecycle::{self, Status};
@@ -23,10 +24,11 @@ pub struct NewCommand {
 }
 
 /// A stored command.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct CommandRow {
     pub id: String,
     pub device_id: String,
+    #[sqlx(json)]
     pub action: serde_json::Value,
     pub action_kind: String,
     pub status: String,
@@ -40,9 +42,12 @@ pub struct CommandRow {
     pub finished_at: Option<i64>,
     pub exit_code: Option<i64>,
     pub duration_ms: Option<i64>,
+    /// Captured standard output as text; `None` in listings, which do not read the bodies.
+    #[sqlx(default, try_from = "OutputText")]
     pub stdout: Option<String>,
     pub stdout_len: Option<i64>,
     pub stdout_sha256: Option<String>,
+    #[sqlx(default, try_from = "OutputText")]
     pub stderr: Option<String>,
     pub stderr_len: Option<i64>,
     pub stderr_sha256: Option<String>,
@@ -82,68 +87,44 @@ pub struct ReceiptUpdate {
     pub signature: Vec<u8>,
 }
 
+/// Every column of a [`CommandRow`].
 const COLUMNS: &str = "id, device_id, action, action_kind, status, reason, created_at, \
     expires_at, issued_at, sent_at, accepted_at, started_at, finished_at, exit_code, \
     duration_ms, stdout, stdout_len, stdout_sha256, stderr, stderr_len, stderr_sha256";
 
-fn row(r: &SqliteRow) -> Result<CommandRow, StoreError> {
-    let action: String = r.try_get("action")?;
-    let text = |b: Option<Vec<u8>>| b.map(|b| String::from_utf8_lossy(&b).into_owned());
-    Ok(CommandRow {
-        id: r.try_get("id")?,
-        device_id: r.try_get("device_id")?,
-        action: serde_json::from_str(&action)?,
-        action_kind: r.try_get("action_kind")?,
-        status: r.try_get("status")?,
-        reason: r.try_get("reason")?,
-        created_at: r.try_get("created_at")?,
-        expires_at: r.try_get("expires_at")?,
-        issued_at: r.try_get("issued_at")?,
-        sent_at: r.try_get("sent_at")?,
-        accepted_at: r.try_get("accepted_at")?,
-        started_at: r.try_get("started_at")?,
-        finished_at: r.try_get("finished_at")?,
-        exit_code: r.try_get("exit_code")?,
-        duration_ms: r.try_get("duration_ms")?,
-        stdout: text(r.try_get("stdout")?),
-        stdout_len: r.try_get("stdout_len")?,
-        stdout_sha256: r.try_get("stdout_sha256")?,
-        stderr: text(r.try_get("stderr")?),
-        stderr_len: r.try_get("stderr_len")?,
-        stderr_sha256: r.try_get("stderr_sha256")?,
-    })
+/// The columns of a [`CommandRow`] without the output bodies (their lengths are there).
+const LISTING_COLUMNS: &str = "id, device_id, action, action_kind, status, reason, \
+    created_at, expires_at, issued_at, sent_at, accepted_at, started_at, finished_at, \
+    exit_code, duration_ms, stdout_len, stdout_sha256, stderr_len, stderr_sha256";
+
+/// Captured output as stored (bytes, which the agent may have cut inside a character), read
+/// as text with invalid UTF-8 replaced.
+struct OutputText(Option<String>);
+
+impl sqlx::Type<Sqlite> for OutputText {
+    fn type_info() -> SqliteTypeInfo {
+        <Vec<u8> as sqlx::Type<Sqlite>>::type_info()
+    }
+
+    fn compatible(ty: &SqliteTypeInfo) -> bool {
+        <Vec<u8> as sqlx::Type<Sqlite>>::compatible(ty)
+    }
 }
 
-/// Command columns without the output bodies.
-const COMMAND_COLUMNS: &str = "id, device_id, action, action_kind, status, reason, created_at, \
-    expires_at, issued_at, sent_at, accepted_at, started_at, finished_at, exit_code, \
-    duration_ms, stdout_len, stdout_sha256, stderr_len, stderr_sha256";
+impl<'r> sqlx::Decode<'r, Sqlite> for OutputText {
+    fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
+        if value.is_null() {
+            return Ok(Self(None));
+        }
+        let bytes = <&[u8] as sqlx::Decode<Sqlite>>::decode(value)?;
+        Ok(Self(Some(String::from_utf8_lossy(bytes).into_owned())))
+    }
+}
 
-fn command_row(r: &SqliteRow) -> Result<CommandRow, StoreError> {
-    let action: String = r.try_get("action")?;
-    Ok(CommandRow {
-        id: r.try_get("id")?,
-        device_id: r.try_get("device_id")?,
-        action: serde_json::from_str(&action)?,
-        action_kind: r.try_get("action_kind")?,
-        status: r.try_get("status")?,
-        reason: r.try_get("reason")?,
-        created_at: r.try_get("created_at")?,
-        expires_at: r.try_get("expires_at")?,
-        issued_at: r.try_get("issued_at")?,
-        sent_at: r.try_get("sent_at")?,
-        accepted_at: r.try_get("accepted_at")?,
-        started_at: r.try_get("started_at")?,
-        finished_at: r.try_get("finished_at")?,
-        exit_code: r.try_get("exit_code")?,
-        duration_ms: r.try_get("duration_ms")?,
-        stdout: None,
-        stdout_len: r.try_get("stdout_len")?,
-        stdout_sha256: r.try_get("stdout_sha256")?,
-        stderr: None,
-        stderr_len: r.try_get("stderr_len")?,
-        stderr_sha256: r.try_get("stderr_sha256")?,
-    })
+impl From<OutputText> for Option<String> {
+    fn from(text: OutputText) -> Self {
+        text.0
+    }
 }
 
 fn push_command_filter(
@@ -207,13 +188,12 @@ impl Store {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(resend_before)
             .bind(now_ms())
             .bind(limit)
             .fetch_all(&self.writer)
-            .await?;
-        rows.iter().map(row).collect()
+            .await?)
     }
 
     /// Records that a command was signed and sent (again); false if it moved on meanwhile.
@@ -236,11 +216,10 @@ impl Store {
     /// One command.
     pub async fn command(&self, id: &str) -> Result<Option<CommandRow>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM commands WHERE id = ?");
-        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(id)
             .fetch_optional(&self.reader)
-            .await?;
-        r.as_ref().map(row).transpose()
+            .await?)
     }
 
     /// Commands, newest first, optionally for one device and/or in one status.
@@ -255,15 +234,14 @@ impl Store {
              AND (? IS NULL OR status = ?) ORDER BY created_at DESC, id LIMIT ?"
         );
         let st = status.map(Status::as_str);
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(device)
             .bind(device)
             .bind(st)
             .bind(st)
             .bind(limit)
             .fetch_all(&self.reader)
-            .await?;
-        rows.iter().map(row).collect()
+            .await?)
     }
 
     /// Commands newest first, without their output bodies (the lengths are there), and the
@@ -280,14 +258,13 @@ impl Store {
         push_command_filter(&mut count, device, status, action_kind);
         let total: i64 = count.build_query_scalar().fetch_one(&self.reader).await?;
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
-        qb.push(COMMAND_COLUMNS).push(" FROM commands");
+        qb.push(LISTING_COLUMNS).push(" FROM commands");
         push_command_filter(&mut qb, device, status, action_kind);
         qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
             .push_bind(limit)
             .push(" OFFSET ")
             .push_bind(offset);
-        let rows = qb.build().fetch_all(&self.reader).await?;
-        let items = rows.iter().map(command_row).collect::<Result<_, _>>()?;
+        let items = qb.build_query_as().fetch_all(&self.reader).await?;
         Ok((total, items))
     }
 

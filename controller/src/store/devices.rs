@@ -2,12 +2,10 @@
 //! certificate), device rows, revocation, labels and counts. The fleet views (each device
 //! with its latest sample) are in `summaries`, the alert rules in `alerts`.
 
-use pifleet_shared::DeviceId;
-use sqlx::Row;
-
-use super::tokens::{TOKEN_BY_SECRET, TokenRow, token_row};
+use super::tokens::{TOKEN_BY_SECRET, TokenRow};
 use super::{Labels, Store, StoreError, now_ms};
 use crate::model::devices::FleetSummary;
+use pifleet_shared::DeviceId;
 
 mod alerts;
 mod summaries;
@@ -17,9 +15,10 @@ mod tests;
 pub use alerts::{THROTTLED_NOW, THROTTLED_UNDER_VOLTAGE};
 
 /// A device as stored.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct DeviceRow {
     pub id: String,
+    #[sqlx(json)]
     pub labels: Labels,
     pub enrolled_at: i64,
     pub revoked_at: Option<i64>,
@@ -106,26 +105,6 @@ macro_rules! device_select {
 const DEVICE_SELECT_BY_ID: &str = device_select!("WHERE id = ?");
 const DEVICE_SELECT_ALL: &str = device_select!("ORDER BY id");
 
-fn device_row(r: &sqlx::sqlite::SqliteRow) -> Result<DeviceRow, StoreError> {
-    let labels: String = r.try_get("labels")?;
-    Ok(DeviceRow {
-        id: r.try_get("id")?,
-        labels: serde_json::from_str(&labels)?,
-        enrolled_at: r.try_get("enrolled_at")?,
-        revoked_at: r.try_get("revoked_at")?,
-        first_seen: r.try_get("first_seen")?,
-        last_seen: r.try_get("last_seen")?,
-        online: r.try_get::<i64, _>("online")? != 0,
-        agent_version: r.try_get("agent_version")?,
-        hostname: r.try_get("hostname")?,
-        os: r.try_get("os")?,
-        kernel: r.try_get("kernel")?,
-        arch: r.try_get("arch")?,
-        model: r.try_get("model")?,
-        last_seq: r.try_get("last_seq")?,
-    })
-}
-
 impl Store {
     /// Consumes a token and records the device and its certificate, all or nothing.
     /// `issue` picks the device id from the token and signs the certificate; if it fails,
@@ -150,14 +129,13 @@ impl Store {
             return Ok(Err(EnrollError::Refused(EnrollRefusal::UnknownToken)));
         }
         let mut tx = self.write_tx().await?;
-        let row = sqlx::query(TOKEN_BY_SECRET)
+        let token: Option<TokenRow> = sqlx::query_as(TOKEN_BY_SECRET)
             .bind(secret_hash)
             .fetch_optional(&mut *tx)
             .await?;
-        let Some(row) = row else {
+        let Some(token) = token else {
             return Ok(Err(EnrollError::Refused(EnrollRefusal::UnknownToken)));
         };
-        let token = token_row(&row)?;
         let refusal = if token.revoked_at.is_some() {
             Some(EnrollRefusal::RevokedToken)
         } else if token.used_at.is_some() {
@@ -218,19 +196,17 @@ impl Store {
 
     /// One device.
     pub async fn device(&self, id: &str) -> Result<Option<DeviceRow>, StoreError> {
-        let row = sqlx::query(DEVICE_SELECT_BY_ID)
+        Ok(sqlx::query_as(DEVICE_SELECT_BY_ID)
             .bind(id)
             .fetch_optional(&self.reader)
-            .await?;
-        row.as_ref().map(device_row).transpose()
+            .await?)
     }
 
     /// All devices ordered by id.
     pub async fn list_devices(&self) -> Result<Vec<DeviceRow>, StoreError> {
-        let rows = sqlx::query(DEVICE_SELECT_ALL)
+        Ok(sqlx::query_as(DEVICE_SELECT_ALL)
             .fetch_all(&self.reader)
-            .await?;
-        rows.iter().map(device_row).collect()
+            .await?)
     }
 
     /// Marks the device and all its certificates revoked (certificates of an already
@@ -297,20 +273,18 @@ impl Store {
 
     /// Devices by state, in one pass.
     pub async fn device_counts(&self) -> Result<DeviceCounts, StoreError> {
-        let r = sqlx::query(
+        let (enrolled, online, revoked): (i64, i64, i64) = sqlx::query_as(
             "SELECT COALESCE(SUM(revoked_at IS NULL), 0) AS enrolled, \
              COALESCE(SUM(revoked_at IS NULL AND online = 1), 0) AS online, \
              COALESCE(SUM(revoked_at IS NOT NULL), 0) AS revoked FROM devices",
         )
         .fetch_one(&self.reader)
         .await?;
-        let enrolled: i64 = r.try_get("enrolled")?;
-        let online: i64 = r.try_get("online")?;
         Ok(DeviceCounts {
             enrolled,
             online,
             offline: enrolled - online,
-            revoked: r.try_get("revoked")?,
+            revoked,
         })
     }
 

@@ -2,14 +2,12 @@
 //! of refresh tokens (a reused token ends the session), and the session check of every
 //! request.
 
-use sqlx::Row;
-
 use super::{Store, StoreError, now_ms};
 use crate::auth::Role;
 use crate::model::session::SessionUser;
 
 /// A sign-in session.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SessionRow {
     pub id: String,
     pub created_at: i64,
@@ -33,6 +31,26 @@ pub enum Refresh {
     },
     /// Rotated: the new token replaces it.
     Rotated { session_id: String, user_id: i64 },
+}
+
+/// A refresh token as presented, with its session and user.
+#[derive(sqlx::FromRow)]
+struct PresentedToken {
+    used_at: Option<i64>,
+    sid: String,
+    user_id: i64,
+    revoked_at: Option<i64>,
+    expires_at: i64,
+    disabled_at: Option<i64>,
+}
+
+/// The user of a live session.
+#[derive(sqlx::FromRow)]
+struct LiveUser {
+    name: String,
+    role: Role,
+    must_change_password: bool,
+    mfa_enabled_at: Option<i64>,
 }
 
 impl Store {
@@ -82,23 +100,25 @@ impl Store {
     ) -> Result<Refresh, StoreError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        let Some(r) = sqlx::query(
+        let token: Option<PresentedToken> = sqlx::query_as(
             "SELECT t.used_at, s.id AS sid, s.user_id, s.revoked_at, s.expires_at, u.disabled_at \
              FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id \
              JOIN users u ON u.id = s.user_id WHERE t.hash = ?",
         )
         .bind(old_hash)
         .fetch_optional(&mut *tx)
-        .await?
+        .await?;
+        let Some(PresentedToken {
+            used_at: used,
+            sid: session_id,
+            user_id,
+            revoked_at: revoked,
+            expires_at: expires,
+            disabled_at: disabled,
+        }) = token
         else {
             return Ok(Refresh::Invalid);
         };
-        let session_id: String = r.try_get("sid")?;
-        let user_id: i64 = r.try_get("user_id")?;
-        let used: Option<i64> = r.try_get("used_at")?;
-        let revoked: Option<i64> = r.try_get("revoked_at")?;
-        let expires: i64 = r.try_get("expires_at")?;
-        let disabled: Option<i64> = r.try_get("disabled_at")?;
         if used.is_some() {
             if revoked.is_none() {
                 sqlx::query(
@@ -151,7 +171,7 @@ impl Store {
         user_id: i64,
         now: i64,
     ) -> Result<Option<SessionUser>, StoreError> {
-        let r = sqlx::query(
+        let user: Option<LiveUser> = sqlx::query_as(
             "SELECT u.name, u.role, u.must_change_password, u.mfa_enabled_at FROM sessions s \
              JOIN users u ON u.id = s.user_id WHERE s.id = ? AND s.user_id = ? \
              AND s.revoked_at IS NULL AND s.expires_at > ? AND u.disabled_at IS NULL",
@@ -161,15 +181,13 @@ impl Store {
         .bind(now)
         .fetch_optional(&self.reader)
         .await?;
-        let Some(r) = r else { return Ok(None) };
-        let role: String = r.try_get("role")?;
-        Ok(Some(SessionUser {
+        Ok(user.map(|u| SessionUser {
             user_id,
-            name: r.try_get("name")?,
-            role: role.parse().unwrap_or(Role::Viewer),
+            name: u.name,
+            role: u.role,
             session_id: session_id.to_owned(),
-            mfa_enabled: r.try_get::<Option<i64>, _>("mfa_enabled_at")?.is_some(),
-            must_change_password: r.try_get::<i64, _>("must_change_password")? != 0,
+            mfa_enabled: u.mfa_enabled_at.is_some(),
+            must_change_password: u.must_change_password,
         }))
     }
 
@@ -195,7 +213,7 @@ impl Store {
 
     /// The user's live sessions, newest first.
     pub async fn list_sessions(&self, user_id: i64) -> Result<Vec<SessionRow>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT id, created_at, last_used_at, expires_at, ip, user_agent FROM sessions \
              WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ? \
              ORDER BY created_at DESC",
@@ -203,19 +221,7 @@ impl Store {
         .bind(user_id)
         .bind(now_ms())
         .fetch_all(&self.reader)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(SessionRow {
-                    id: r.try_get("id")?,
-                    created_at: r.try_get("created_at")?,
-                    last_used_at: r.try_get("last_used_at")?,
-                    expires_at: r.try_get("expires_at")?,
-                    ip: r.try_get("ip")?,
-                    user_agent: r.try_get("user_agent")?,
-                })
-            })
-            .collect()
+        .await?)
     }
 }
 

@@ -1,16 +1,15 @@
 //! SQL for the `enrollment_tokens` table: creating, listing and revoking enrollment tokens.
 //! Only the hash of a token's secret is stored; [`Store::enroll`] consumes a token.
 
-use pifleet_shared::DeviceId;
-use sqlx::Row;
-
 use super::{Labels, Store, StoreError, now_ms};
+use pifleet_shared::DeviceId;
 
 /// A stored enrollment token (never the secret itself).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TokenRow {
     pub id: String,
     pub name: Option<String>,
+    #[sqlx(json)]
     pub labels: Labels,
     pub created_at: i64,
     pub expires_at: i64,
@@ -33,20 +32,6 @@ macro_rules! token_select {
 /// The token with this secret hash.
 pub(super) const TOKEN_BY_SECRET: &str = token_select!("WHERE secret_hash = ?");
 const TOKENS_NEWEST_FIRST: &str = token_select!("ORDER BY created_at DESC");
-
-pub(super) fn token_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRow, StoreError> {
-    let labels: String = r.try_get("labels")?;
-    Ok(TokenRow {
-        id: r.try_get("id")?,
-        name: r.try_get("name")?,
-        labels: serde_json::from_str(&labels)?,
-        created_at: r.try_get("created_at")?,
-        expires_at: r.try_get("expires_at")?,
-        used_at: r.try_get("used_at")?,
-        used_by: r.try_get("used_by")?,
-        revoked_at: r.try_get("revoked_at")?,
-    })
-}
 
 impl Store {
     /// Stores a new token by the hash of its secret.
@@ -75,10 +60,9 @@ impl Store {
 
     /// All tokens, newest first.
     pub async fn list_tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
-        let rows = sqlx::query(TOKENS_NEWEST_FIRST)
+        Ok(sqlx::query_as(TOKENS_NEWEST_FIRST)
             .fetch_all(&self.reader)
-            .await?;
-        rows.iter().map(token_row).collect()
+            .await?)
     }
 
     /// Revokes an unused token; returns false if there was no such unused token.

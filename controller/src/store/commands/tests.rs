@@ -1,9 +1,9 @@
-//! The paged command list and its query plan.
+//! The paged command list, its query plan, and how stored output reads.
 
 use pifleet_shared::command::{Action, CommandId};
 use sqlx::{QueryBuilder, Sqlite};
 
-use super::{COMMAND_COLUMNS, push_command_filter};
+use super::{LISTING_COLUMNS, push_command_filter};
 use crate::commands::lifecycle::Status;
 use crate::store::NewCommand;
 use crate::store::testkit::{add_device, plan, store};
@@ -76,10 +76,39 @@ async fn command_pages() {
 async fn the_command_page_plan_uses_an_index() {
     let (_d, s) = store().await;
     let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("EXPLAIN QUERY PLAN SELECT ");
-    qb.push(COMMAND_COLUMNS).push(" FROM commands");
+    qb.push(LISTING_COLUMNS).push(" FROM commands");
     push_command_filter(&mut qb, None, None, None);
     qb.push(" ORDER BY created_at DESC, id DESC LIMIT 50 OFFSET 0");
     let p = plan(&s, qb).await;
     assert!(p.iter().any(|l| l.contains("commands_created")), "{p:?}");
     assert!(!p.iter().any(|l| l.contains("TEMP B-TREE")), "{p:?}");
+}
+
+/// Output is stored as bytes (the agent may cut it inside a character) and read as text
+/// with invalid UTF-8 replaced; a missing output stays `None`.
+#[tokio::test]
+async fn output_reads_as_lossy_text() {
+    let (_d, s) = store().await;
+    add_device(&s, "pi-a", "{}", None, true).await;
+    let id = CommandId([7; 16]);
+    let cmd = NewCommand {
+        id,
+        device: "pi-a".into(),
+        action: Action::Ping,
+        expires_at: i64::MAX,
+        answer_timeout_ms: 1_000,
+    };
+    s.insert_commands(&[cmd]).await.unwrap();
+    let row = s.command(&id.to_string()).await.unwrap().unwrap();
+    assert_eq!((row.stdout, row.stderr), (None, None));
+    sqlx::query("UPDATE commands SET stdout = ?, stderr = ? WHERE id = ?")
+        .bind(b"ok \xe2\x82".as_slice())
+        .bind(b"".as_slice())
+        .bind(id.to_string())
+        .execute(&s.writer)
+        .await
+        .unwrap();
+    let row = s.command(&id.to_string()).await.unwrap().unwrap();
+    assert_eq!(row.stdout.as_deref(), Some("ok \u{fffd}"));
+    assert_eq!(row.stderr.as_deref(), Some(""));
 }

@@ -4,15 +4,15 @@
 //! closed enums.
 
 use pifleet_shared::proto::v1;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::types::Json;
+use sqlx::{QueryBuilder, Sqlite};
 
 use super::alerts::device_alerts;
 use crate::model::devices::{
     DeviceCapabilities, DeviceDetail, DeviceFilter, DevicePage, DeviceSort, DeviceStatus,
     DeviceSummary, DiskUsage, IntervalBounds, ScriptCapability, ServiceState, SortOrder,
 };
-use crate::store::{Store, StoreError};
+use crate::store::{Labels, Store, StoreError};
 
 /// Device and latest-sample columns of a [`DeviceSummary`].
 pub(super) const SUMMARY_COLUMNS: &str = "d.id, d.labels, d.revoked_at, d.online, d.hostname, \
@@ -77,55 +77,92 @@ fn status_of(revoked_at: Option<i64>, online: bool) -> DeviceStatus {
     }
 }
 
-fn summary(r: &SqliteRow) -> Result<DeviceSummary, StoreError> {
-    let labels: String = r.try_get("labels")?;
-    let disks: Option<Vec<DiskUsage>> = r
-        .try_get::<Option<String>, _>("disks")?
-        .map(|s| serde_json::from_str(&s))
-        .transpose()?;
-    let sum = |f: fn(&DiskUsage) -> u64| {
-        disks
-            .as_ref()
-            .map(|ds| ds.iter().fold(0u64, |acc, d| acc.saturating_add(f(d))))
-    };
-    let status = status_of(
-        r.try_get("revoked_at")?,
-        r.try_get::<i64, _>("online")? != 0,
-    );
-    let temp_c: Option<f64> = r.try_get("temp_c")?;
-    let throttled: Option<i64> = r.try_get("throttled")?;
-    let alerts = device_alerts(status, temp_c, throttled, disks.as_deref().unwrap_or(&[]));
-    Ok(DeviceSummary {
-        id: r.try_get("id")?,
-        labels: serde_json::from_str(&labels)?,
-        status,
-        hostname: r.try_get("hostname")?,
-        model: r.try_get("model")?,
-        agent_version: r.try_get("agent_version")?,
-        last_seen: r.try_get("last_seen")?,
-        enrolled_at: r.try_get("enrolled_at")?,
-        cpu_pct: r.try_get("cpu_pct")?,
-        mem_used: r.try_get("mem_used")?,
-        mem_total: r.try_get("mem_total")?,
-        temp_c,
-        throttled,
-        disk_used: sum(|d| d.used_bytes),
-        disk_total: sum(|d| d.total_bytes),
-        uptime_s: r.try_get("uptime_s")?,
-        alerts,
-    })
+/// The columns of [`SUMMARY_COLUMNS`] as read.
+#[derive(sqlx::FromRow)]
+struct SummaryRow {
+    id: String,
+    #[sqlx(json)]
+    labels: Labels,
+    revoked_at: Option<i64>,
+    online: bool,
+    hostname: Option<String>,
+    model: Option<String>,
+    agent_version: Option<String>,
+    last_seen: Option<i64>,
+    enrolled_at: i64,
+    cpu_pct: Option<f64>,
+    mem_used: Option<i64>,
+    mem_total: Option<i64>,
+    temp_c: Option<f64>,
+    throttled: Option<i64>,
+    disks: Option<Json<Vec<DiskUsage>>>,
+    uptime_s: Option<i64>,
 }
 
-/// The stored capabilities report (the agent's wire form, as JSON) in the API's form.
+impl From<SummaryRow> for DeviceSummary {
+    fn from(r: SummaryRow) -> Self {
+        let disks = r.disks.map(|Json(d)| d);
+        let sum = |f: fn(&DiskUsage) -> u64| {
+            disks
+                .as_ref()
+                .map(|ds| ds.iter().fold(0u64, |acc, d| acc.saturating_add(f(d))))
+        };
+        let status = status_of(r.revoked_at, r.online);
+        let alerts = device_alerts(
+            status,
+            r.temp_c,
+            r.throttled,
+            disks.as_deref().unwrap_or(&[]),
+        );
+        DeviceSummary {
+            id: r.id,
+            labels: r.labels,
+            status,
+            hostname: r.hostname,
+            model: r.model,
+            agent_version: r.agent_version,
+            last_seen: r.last_seen,
+            enrolled_at: r.enrolled_at,
+            cpu_pct: r.cpu_pct,
+            mem_used: r.mem_used,
+            mem_total: r.mem_total,
+            temp_c: r.temp_c,
+            throttled: r.throttled,
+            disk_used: sum(|d| d.used_bytes),
+            disk_total: sum(|d| d.total_bytes),
+            uptime_s: r.uptime_s,
+            alerts,
+        }
+    }
+}
+
+/// A [`SummaryRow`] with the rest of the device's columns, as [`Store::device_detail`]
+/// reads it.
+#[derive(sqlx::FromRow)]
+struct DetailRow {
+    #[sqlx(flatten)]
+    summary: SummaryRow,
+    os: Option<String>,
+    kernel: Option<String>,
+    arch: Option<String>,
+    first_seen: Option<i64>,
+    last_seq: Option<i64>,
+    hello_at: Option<i64>,
+    capabilities: Option<Json<v1::Capabilities>>,
+    capabilities_at: Option<i64>,
+    services: Option<Json<Vec<v1::ServiceState>>>,
+    services_at: Option<i64>,
+}
+
+/// The stored capabilities report (the agent's wire form) in the API's form.
 fn capabilities_of(
-    json: Option<String>,
+    reported: Option<Json<v1::Capabilities>>,
     at: Option<i64>,
-) -> Result<Option<DeviceCapabilities>, StoreError> {
-    let (Some(json), Some(at)) = (json, at) else {
-        return Ok(None);
+) -> Option<DeviceCapabilities> {
+    let (Some(Json(c)), Some(at)) = (reported, at) else {
+        return None;
     };
-    let c: v1::Capabilities = serde_json::from_str(&json)?;
-    Ok(Some(DeviceCapabilities {
+    Some(DeviceCapabilities {
         ping: c.ping,
         reboot: c.reboot,
         services: c.services,
@@ -143,7 +180,7 @@ fn capabilities_of(
             max_s: b.max_s,
         }),
         reported_at: at,
-    }))
+    })
 }
 
 impl Store {
@@ -161,8 +198,8 @@ impl Store {
             list.push_bind(id.clone());
         }
         qb.push(") ORDER BY d.id");
-        let rows = qb.build().fetch_all(&self.reader).await?;
-        rows.iter().map(summary).collect()
+        let rows: Vec<SummaryRow> = qb.build_query_as().fetch_all(&self.reader).await?;
+        Ok(rows.into_iter().map(DeviceSummary::from).collect())
     }
 
     /// One page of devices with their latest sample, and the number of matching devices.
@@ -178,8 +215,8 @@ impl Store {
             .push_bind(f.limit)
             .push(" OFFSET ")
             .push_bind(f.offset);
-        let rows = qb.build().fetch_all(&self.reader).await?;
-        let items = rows.iter().map(summary).collect::<Result<_, _>>()?;
+        let rows: Vec<SummaryRow> = qb.build_query_as().fetch_all(&self.reader).await?;
+        let items = rows.into_iter().map(DeviceSummary::from).collect();
         Ok(DevicePage { total, items })
     }
 
@@ -190,32 +227,29 @@ impl Store {
              d.hello_at, d.capabilities, d.capabilities_at, d.services, \
              d.services_at{SUMMARY_FROM} WHERE d.id = ?"
         );
-        let Some(r) = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row: Option<DetailRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(id)
             .fetch_optional(&self.reader)
-            .await?
-        else {
+            .await?;
+        let Some(r) = row else {
             return Ok(None);
         };
         let certificates = self.device_certificates(id).await?;
+        let revoked_at = r.summary.revoked_at;
         Ok(Some(DeviceDetail {
-            summary: summary(&r)?,
-            os: r.try_get("os")?,
-            kernel: r.try_get("kernel")?,
-            arch: r.try_get("arch")?,
-            first_seen: r.try_get("first_seen")?,
-            revoked_at: r.try_get("revoked_at")?,
-            last_seq: r.try_get("last_seq")?,
-            hello_at: r.try_get("hello_at")?,
+            summary: r.summary.into(),
+            os: r.os,
+            kernel: r.kernel,
+            arch: r.arch,
+            first_seen: r.first_seen,
+            revoked_at,
+            last_seq: r.last_seq,
+            hello_at: r.hello_at,
             certificates,
-            capabilities: capabilities_of(
-                r.try_get("capabilities")?,
-                r.try_get("capabilities_at")?,
-            )?,
+            capabilities: capabilities_of(r.capabilities, r.capabilities_at),
             services: r
-                .try_get::<Option<String>, _>("services")?
-                .map(|s| serde_json::from_str::<Vec<v1::ServiceState>>(&s))
-                .transpose()?
+                .services
+                .map(|Json(s)| s)
                 .unwrap_or_default()
                 .into_iter()
                 .map(|s| ServiceState {
@@ -224,7 +258,7 @@ impl Store {
                     sub: s.sub,
                 })
                 .collect(),
-            services_at: r.try_get("services_at")?,
+            services_at: r.services_at,
         }))
     }
 }
