@@ -8,7 +8,8 @@ use sqlx::sqlite::{SqliteTypeInfo, SqliteValueRef};
 use sqlx::{QueryBuilder, Sqlite, ValueRef};
 
 use super::{Store, StoreError, now_ms, sql_int};
-use crate::commands::lifecycle::{self, Status};
+use crate::commands::lifecycle;
+use crate::model::commands::Status;
 
 #[cfg(test)]
 mod tests;
@@ -31,7 +32,7 @@ pub struct CommandRow {
     #[sqlx(json)]
     pub action: serde_json::Value,
     pub action_kind: String,
-    pub status: String,
+    pub status: Status,
     pub reason: Option<String>,
     pub created_at: i64,
     pub expires_at: i64,
@@ -54,9 +55,6 @@ pub struct CommandRow {
 }
 
 impl CommandRow {
-    pub fn status(&self) -> Option<Status> {
-        Status::parse(&self.status)
-    }
     /// The action, as signed and sent.
     pub fn parsed_action(&self) -> Result<Action, StoreError> {
         Ok(serde_json::from_value(self.action.clone())?)
@@ -96,6 +94,29 @@ const COLUMNS: &str = "id, device_id, action, action_kind, status, reason, creat
 const LISTING_COLUMNS: &str = "id, device_id, action, action_kind, status, reason, \
     created_at, expires_at, issued_at, sent_at, accepted_at, started_at, finished_at, \
     exit_code, duration_ms, stdout_len, stdout_sha256, stderr_len, stderr_sha256";
+
+/// A stored command status this version does not know.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown command status {0:?}")]
+struct UnknownStatus(String);
+
+/// Statuses are stored by name; an unknown name is a decode error.
+impl sqlx::Type<Sqlite> for Status {
+    fn type_info() -> SqliteTypeInfo {
+        <str as sqlx::Type<Sqlite>>::type_info()
+    }
+
+    fn compatible(ty: &SqliteTypeInfo) -> bool {
+        <str as sqlx::Type<Sqlite>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Sqlite> for Status {
+    fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
+        let name = <&str as sqlx::Decode<Sqlite>>::decode(value)?;
+        Ok(Status::parse(name).ok_or_else(|| UnknownStatus(name.to_owned()))?)
+    }
+}
 
 /// Captured output as stored (bytes, which the agent may have cut inside a character), read
 /// as text with invalid UTF-8 replaced.
@@ -271,11 +292,11 @@ impl Store {
     /// Cancels a command that has not been sent yet. Returns its status after the attempt.
     pub async fn cancel_command(&self, id: &str) -> Result<Cancel, StoreError> {
         let mut tx = self.write_tx().await?;
-        let cur: Option<String> = sqlx::query_scalar("SELECT status FROM commands WHERE id = ?")
+        let cur: Option<Status> = sqlx::query_scalar("SELECT status FROM commands WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
-        let Some(cur) = cur.as_deref().and_then(Status::parse) else {
+        let Some(cur) = cur else {
             return Ok(Cancel::Unknown);
         };
         if !lifecycle::cancellable(cur) {
@@ -304,13 +325,13 @@ impl Store {
     ) -> Result<Option<Status>, StoreError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        let cur: Option<String> =
+        let cur: Option<Status> =
             sqlx::query_scalar("SELECT status FROM commands WHERE id = ? AND device_id = ?")
                 .bind(id)
                 .bind(device)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let Some(cur) = cur.as_deref().and_then(Status::parse) else {
+        let Some(cur) = cur else {
             return Ok(None);
         };
         let Some(next) = lifecycle::on_receipt(cur, &u.outcome) else {

@@ -4,7 +4,7 @@ use pifleet_shared::command::{Action, CommandId};
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::{LISTING_COLUMNS, push_command_filter};
-use crate::commands::lifecycle::Status;
+use crate::model::commands::Status;
 use crate::store::NewCommand;
 use crate::store::testkit::{add_device, plan, store};
 
@@ -111,4 +111,34 @@ async fn output_reads_as_lossy_text() {
     let row = s.command(&id.to_string()).await.unwrap().unwrap();
     assert_eq!(row.stdout.as_deref(), Some("ok \u{fffd}"));
     assert_eq!(row.stderr.as_deref(), Some(""));
+}
+
+/// A status this version does not know is a decode error that names it, wherever a status
+/// is read.
+#[tokio::test]
+async fn an_unknown_stored_status_is_a_decode_error() {
+    let (_d, s) = store().await;
+    add_device(&s, "pi-a", "{}", None, true).await;
+    let id = CommandId([9; 16]);
+    let cmd = NewCommand {
+        id,
+        device: "pi-a".into(),
+        action: Action::Ping,
+        expires_at: i64::MAX,
+        answer_timeout_ms: 1_000,
+    };
+    s.insert_commands(&[cmd]).await.unwrap();
+    sqlx::query("UPDATE commands SET status = 'paused' WHERE id = ?")
+        .bind(id.to_string())
+        .execute(&s.writer)
+        .await
+        .unwrap();
+    let e = s.command(&id.to_string()).await.unwrap_err();
+    assert!(
+        e.to_string().contains(r#"unknown command status "paused""#),
+        "{e}"
+    );
+    assert!(s.command_page(None, None, None, 50, 0).await.is_err());
+    assert!(s.list_commands(None, None, 50).await.is_err());
+    assert!(s.cancel_command(&id.to_string()).await.is_err());
 }
