@@ -3,8 +3,10 @@
 //! with its latest sample) are in `summaries`, the alert rules in `alerts`.
 
 use super::tokens::{TOKEN_BY_SECRET, TokenRow};
-use super::{Labels, Store, StoreError, now_ms};
+use super::{Labels, Store, StoreError, dialect, now_ms};
 use crate::model::devices::FleetSummary;
+use std::sync::LazyLock;
+
 use pifleet_shared::DeviceId;
 
 mod alerts;
@@ -273,13 +275,17 @@ impl Store {
 
     /// Devices by state, in one pass.
     pub async fn device_counts(&self) -> Result<DeviceCounts, StoreError> {
-        let (enrolled, online, revoked): (i64, i64, i64) = sqlx::query_as(
-            "SELECT COALESCE(SUM(revoked_at IS NULL), 0) AS enrolled, \
-             COALESCE(SUM(revoked_at IS NULL AND online = 1), 0) AS online, \
-             COALESCE(SUM(revoked_at IS NOT NULL), 0) AS revoked FROM devices",
-        )
-        .fetch_one(&self.reader)
-        .await?;
+        static COUNTS: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT {} AS enrolled, {} AS online, {} AS revoked FROM devices",
+                dialect::count_if("revoked_at IS NULL"),
+                dialect::count_if("revoked_at IS NULL AND online = 1"),
+                dialect::count_if("revoked_at IS NOT NULL"),
+            )
+        });
+        let (enrolled, online, revoked): (i64, i64, i64) = sqlx::query_as(COUNTS.as_str())
+            .fetch_one(&self.reader)
+            .await?;
         Ok(DeviceCounts {
             enrolled,
             online,

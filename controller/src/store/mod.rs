@@ -5,21 +5,19 @@
 //!
 //! SQLite in WAL mode with `synchronous = FULL` (an acknowledged sample must survive power
 //! loss); one writer connection used by the ingest task for group commits, and a small reader
-//! pool. Statements stay portable to PostgreSQL.
+//! pool. Statements stay portable to PostgreSQL; what is SQLite's own is in `dialect`.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::SqlitePool;
 
 pub mod attempts;
 mod audit;
 mod certificates;
 mod commands;
 mod devices;
+mod dialect;
 mod ingest;
 pub mod sessions;
 mod telemetry;
@@ -60,11 +58,7 @@ impl StoreError {
         let Self::Sqlx(sqlx::Error::Database(e)) = self else {
             return false;
         };
-        // Primary result codes (the low byte of extended ones): SQLITE_CORRUPT 11,
-        // SQLITE_NOTADB 26.
-        e.code()
-            .and_then(|c| c.parse::<i64>().ok())
-            .is_some_and(|c| matches!(c & 0xff, 11 | 26))
+        dialect::is_broken(e.as_ref())
     }
 }
 
@@ -101,57 +95,17 @@ impl Store {
         create: bool,
         busy_timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let opts = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(path)
-            .create_if_missing(create)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(busy_timeout)
-            .statement_cache_capacity(256);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            // A failed COMMIT (disk full, I/O error) can leave SQLite inside a transaction
-            // the driver believes is over; later single statements would then land in it
-            // and never be committed. A connection that cannot start a transaction when it
-            // is handed back is therefore closed (rolling everything back) and replaced.
-            .after_release(|conn, _| {
-                Box::pin(async move {
-                    let clean = sqlx::raw_sql("BEGIN; ROLLBACK;")
-                        .execute(conn)
-                        .await
-                        .is_ok();
-                    if !clean {
-                        tracing::error!(
-                            "database writer connection left a transaction open; reconnecting"
-                        );
-                    }
-                    Ok(clean)
-                })
-            })
-            .connect_with(opts.clone())
-            .await?;
-        sqlx::migrate!("./migrations").run(&writer).await?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts.read_only(true))
-            .await?;
+        let (writer, reader) = dialect::connect(path, create, busy_timeout).await?;
         Ok(Self { writer, reader })
     }
 
-    /// Starts a write transaction that holds the write lock from its first statement.
-    ///
-    /// SQLite starts a plain `BEGIN` as a reader and upgrades it at its first write; when
-    /// another process (the CLI beside a running controller) wrote in between, the upgrade
-    /// fails at once with "database is locked", without waiting for the busy timeout.
-    /// `BEGIN IMMEDIATE` takes the lock up front and waits its turn instead. Every
-    /// transaction that writes starts here; this is the one SQLite-only statement of the
-    /// store.
+    /// Starts a write transaction that holds the write lock from its first statement
+    /// ([`dialect::BEGIN_WRITE`]), waiting its turn behind other writers, other processes
+    /// included. Every transaction that writes starts here.
     pub(crate) async fn write_tx(
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self.writer.begin_with(dialect::BEGIN_WRITE).await?)
     }
 
     /// Checks that the database answers (readiness).

@@ -2,7 +2,9 @@
 //! of refresh tokens (a reused token ends the session), and the session check of every
 //! request.
 
-use super::{Store, StoreError, now_ms};
+use std::sync::LazyLock;
+
+use super::{Store, StoreError, dialect, now_ms};
 use crate::auth::Role;
 use crate::model::session::SessionUser;
 
@@ -233,15 +235,19 @@ pub(super) async fn revoke_sessions_where(
     reason: &str,
     now: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE sessions SET revoked_at = ?, revoke_reason = ? \
-         WHERE user_id = ? AND revoked_at IS NULL AND id IS NOT ?",
-    )
-    .bind(now)
-    .bind(reason)
-    .bind(user_id)
-    .bind(keep)
-    .execute(&mut **tx)
-    .await?;
+    static REVOKE: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "UPDATE sessions SET revoked_at = ?, revoke_reason = ? \
+             WHERE user_id = ? AND revoked_at IS NULL AND id {} ?",
+            dialect::IS_DISTINCT_FROM
+        )
+    });
+    sqlx::query(REVOKE.as_str())
+        .bind(now)
+        .bind(reason)
+        .bind(user_id)
+        .bind(keep)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }

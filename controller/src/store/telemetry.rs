@@ -1,9 +1,11 @@
 //! SQL for reading the `telemetry` table: a device's latest sample, its history downsampled
 //! into buckets, and retention. Samples are written by the ingest batch (`ingest.rs`).
 
+use std::sync::LazyLock;
+
 use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, dialect};
 use crate::model::devices::{HistoryPlan, HistoryPoint, TelemetrySample};
 
 #[cfg(test)]
@@ -54,24 +56,30 @@ impl Store {
     ) -> Result<Vec<HistoryPoint>, StoreError> {
         // One GROUP BY over the range (read through the (device_id, ts) index); the disk and
         // network totals per sample were computed at ingest (migration 0006).
-        let rows = sqlx::query(
-            "WITH s AS ( \
-               SELECT (ts - ?1) / ?2 AS b, cpu_pct, load1, mem_used, mem_total, temp_c, \
-                 disk_used AS du, disk_total AS dt, net_rx AS rx, net_tx AS tx \
-               FROM telemetry WHERE device_id = ?3 AND ts >= ?1 AND ts < ?4) \
-             SELECT b, COUNT(*) AS samples, AVG(cpu_pct) AS cpu_avg, MAX(cpu_pct) AS cpu_max, \
-               AVG(load1) AS load1_avg, AVG(mem_used) AS mem_avg, MAX(mem_total) AS mem_total, \
-               AVG(temp_c) AS temp_avg, MAX(temp_c) AS temp_max, AVG(du) AS du_avg, \
-               CAST(MAX(dt) AS INTEGER) AS dt_max, CAST(MAX(rx) AS INTEGER) AS rx_max, \
-               CAST(MAX(tx) AS INTEGER) AS tx_max \
-             FROM s GROUP BY b ORDER BY b",
-        )
-        .bind(plan.from)
-        .bind(plan.bucket_ms)
-        .bind(device)
-        .bind(plan.to)
-        .fetch_all(&self.reader)
-        .await?;
+        static HISTORY: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "WITH s AS ( \
+                   SELECT (ts - ?1) / ?2 AS b, cpu_pct, load1, mem_used, mem_total, temp_c, \
+                     disk_used AS du, disk_total AS dt, net_rx AS rx, net_tx AS tx \
+                   FROM telemetry WHERE device_id = ?3 AND ts >= ?1 AND ts < ?4) \
+                 SELECT b, COUNT(*) AS samples, AVG(cpu_pct) AS cpu_avg, \
+                   MAX(cpu_pct) AS cpu_max, AVG(load1) AS load1_avg, AVG(mem_used) AS mem_avg, \
+                   MAX(mem_total) AS mem_total, AVG(temp_c) AS temp_avg, \
+                   MAX(temp_c) AS temp_max, AVG(du) AS du_avg, {} AS dt_max, {} AS rx_max, \
+                   {} AS tx_max \
+                 FROM s GROUP BY b ORDER BY b",
+                dialect::as_int64("MAX(dt)"),
+                dialect::as_int64("MAX(rx)"),
+                dialect::as_int64("MAX(tx)"),
+            )
+        });
+        let rows = sqlx::query(HISTORY.as_str())
+            .bind(plan.from)
+            .bind(plan.bucket_ms)
+            .bind(device)
+            .bind(plan.to)
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter()
             .map(|r| {
                 let b: i64 = r.try_get("b")?;

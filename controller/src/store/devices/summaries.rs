@@ -12,6 +12,7 @@ use crate::model::devices::{
     DeviceCapabilities, DeviceDetail, DeviceFilter, DevicePage, DeviceSort, DeviceStatus,
     DeviceSummary, DiskUsage, IntervalBounds, ScriptCapability, ServiceState, SortOrder,
 };
+use crate::store::dialect;
 use crate::store::{Labels, Store, StoreError};
 
 /// Device and latest-sample columns of a [`DeviceSummary`].
@@ -26,11 +27,11 @@ pub(super) const SUMMARY_FROM: &str =
 pub(super) fn push_device_filter(qb: &mut QueryBuilder<Sqlite>, f: &DeviceFilter) {
     qb.push(" WHERE 1 = 1");
     if let Some(q) = &f.q {
-        qb.push(" AND (instr(lower(d.id), ")
-            .push_bind(q.clone())
-            .push(") > 0 OR instr(lower(COALESCE(d.hostname, '')), ")
-            .push_bind(q.clone())
-            .push(") > 0)");
+        qb.push(" AND (");
+        dialect::push_contains_ci(qb, "d.id", q.clone());
+        qb.push(" OR ");
+        dialect::push_contains_ci(qb, "COALESCE(d.hostname, '')", q.clone());
+        qb.push(")");
     }
     qb.push(match f.status {
         None => "",
@@ -40,10 +41,9 @@ pub(super) fn push_device_filter(qb: &mut QueryBuilder<Sqlite>, f: &DeviceFilter
     });
     for (k, v) in &f.labels {
         // Keys are validated label keys (no quotes), and bound anyway.
-        qb.push(" AND json_extract(d.labels, ")
-            .push_bind(format!("$.\"{k}\""))
-            .push(") = ")
-            .push_bind(v.clone());
+        qb.push(" AND ");
+        dialect::push_json_text(qb, "d.labels", k);
+        qb.push(" = ").push_bind(v.clone());
     }
 }
 
@@ -54,11 +54,14 @@ pub(super) fn push_device_order(qb: &mut QueryBuilder<Sqlite>, sort: DeviceSort,
     };
     let key = match sort {
         DeviceSort::Id => None,
-        DeviceSort::Hostname => Some("d.hostname"),
-        DeviceSort::LastSeen => Some("d.last_seen"),
-        DeviceSort::Cpu => Some("t.cpu_pct"),
-        DeviceSort::Memory => Some("CAST(t.mem_used AS REAL) / NULLIF(t.mem_total, 0)"),
-        DeviceSort::Temperature => Some("t.temp_c"),
+        DeviceSort::Hostname => Some("d.hostname".to_owned()),
+        DeviceSort::LastSeen => Some("d.last_seen".to_owned()),
+        DeviceSort::Cpu => Some("t.cpu_pct".to_owned()),
+        DeviceSort::Memory => Some(format!(
+            "{} / NULLIF(t.mem_total, 0)",
+            dialect::as_float("t.mem_used")
+        )),
+        DeviceSort::Temperature => Some("t.temp_c".to_owned()),
     };
     qb.push(" ORDER BY ");
     if let Some(key) = key {
