@@ -31,7 +31,8 @@ use crate::auth::tokens::{new_refresh_token, random_hex, refresh_hash};
 use crate::auth::{Role, totp};
 use crate::store::attempts::{Attempt, MfaAcceptance, MfaCode};
 use crate::store::now_ms;
-use crate::store::users::{Refresh, UserRow};
+use crate::store::sessions::Refresh;
+use crate::store::users::UserRow;
 
 /// The refresh token's cookie. Scoped to `Path=/api/v1/auth` so the browser sends it only
 /// to sign-in, refresh and logout, not with every request. The `__Host-` prefix would

@@ -1,7 +1,7 @@
 //! Devices: the fleet list with each device's latest sample, one device in full, its latest
 //! sample, downsampled history, labels and revocation. Input is validated here (400, never
-//! a database error); the SQL is in `store/fleet.rs`; labels and revocation run the same code
-//! as the CLI ([`crate::pki::revoke_device`]).
+//! a database error); the SQL is in `store/devices/` and `store/telemetry.rs`; labels and
+//! revocation run the same code as the CLI ([`crate::pki::revoke_device`]).
 
 use std::collections::BTreeMap;
 

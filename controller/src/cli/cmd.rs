@@ -141,7 +141,7 @@ pub async fn run(cmd: CmdCmd) -> anyhow::Result<()> {
                     c.id,
                     c.device_id,
                     c.action_kind,
-                    c.status,
+                    c.status.as_str(),
                     c.reason.as_deref().unwrap_or("")
                 );
             }
@@ -184,7 +184,7 @@ async fn wait_final(
     for (id, _) in created {
         loop {
             let row = store.command(&id.to_string()).await?;
-            if let Some(r) = row.filter(|r| r.status().is_some_and(Status::is_final)) {
+            if let Some(r) = row.filter(|r| r.status.is_final()) {
                 rows.push(r);
                 break;
             }
@@ -195,7 +195,10 @@ async fn wait_final(
         }
     }
     println!("{}", serde_json::to_string_pretty(&rows)?);
-    let failed = rows.iter().filter(|r| r.status != "succeeded").count();
+    let failed = rows
+        .iter()
+        .filter(|r| r.status != Status::Succeeded)
+        .count();
     if failed > 0 {
         anyhow::bail!(NotSucceeded(failed));
     }

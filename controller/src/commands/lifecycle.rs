@@ -1,69 +1,20 @@
 //! The command lifecycle as a pure function, so every transition is in one table:
 //! queued → sent → accepted → running → succeeded | failed | rejected, plus expired and
-//! cancelled set by the controller. Final states never change.
+//! cancelled set by the controller. Final states never change. The states themselves
+//! ([`Status`]) are a model type, so that the store can read them.
 
 use pifleet_shared::command::Outcome;
 
-/// Where a command is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Queued,
-    Sent,
-    Accepted,
-    Running,
-    Succeeded,
-    Failed,
-    Rejected,
-    Expired,
-    Cancelled,
-}
+pub use crate::model::commands::Status;
 
-impl Status {
-    pub const ALL: [Status; 9] = [
-        Status::Queued,
-        Status::Sent,
-        Status::Accepted,
-        Status::Running,
-        Status::Succeeded,
-        Status::Failed,
-        Status::Rejected,
-        Status::Expired,
-        Status::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Sent => "sent",
-            Self::Accepted => "accepted",
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Rejected => "rejected",
-            Self::Expired => "expired",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            Self::Succeeded | Self::Failed | Self::Rejected | Self::Expired | Self::Cancelled
-        )
-    }
-
-    fn rank(self) -> u8 {
-        match self {
-            Self::Queued => 0,
-            Self::Sent => 1,
-            Self::Accepted => 2,
-            Self::Running => 3,
-            _ => 4,
-        }
+/// How far along a command is; final states all rank last.
+fn rank(s: Status) -> u8 {
+    match s {
+        Status::Queued => 0,
+        Status::Sent => 1,
+        Status::Accepted => 2,
+        Status::Running => 3,
+        _ => 4,
     }
 }
 
@@ -89,10 +40,10 @@ pub fn on_receipt(current: Status, outcome: &Outcome) -> Option<Status> {
         // (signature verified, id in its journal): proof of acceptance, not a refusal.
         Outcome::Rejected(r) if r.starts_with("replayed") => Status::Accepted,
         Outcome::Rejected(_) => {
-            return (current.rank() < Status::Accepted.rank()).then_some(Status::Rejected);
+            return (rank(current) < rank(Status::Accepted)).then_some(Status::Rejected);
         }
     };
-    (next.rank() > current.rank()).then_some(next)
+    (rank(next) > rank(current)).then_some(next)
 }
 
 /// May an operator cancel a command in this state? Only before it was sent: once on the

@@ -1,5 +1,5 @@
 //! How a command looks to the admin API and the dashboard: its action in the API's JSON
-//! shape (documented in the OpenAPI document) and its summary without output.
+//! shape (documented in the OpenAPI document), its status, and its summary without output.
 
 use pifleet_shared::command::{
     Action, MAX_JOURNAL_LINES, MAX_NAME_LEN, MAX_SCRIPT_ARGS, ServiceOp,
@@ -12,8 +12,62 @@ use utoipa::openapi::schema::{
 };
 use utoipa::{PartialSchema, ToSchema};
 
-use crate::commands::lifecycle::Status;
 use crate::store::{CommandRow, StoreError};
+
+/// Where a command is in its lifecycle (the transitions are in `commands::lifecycle`).
+/// Serialized as the lowercase name, [`Status::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Queued,
+    Sent,
+    Accepted,
+    Running,
+    Succeeded,
+    Failed,
+    Rejected,
+    Expired,
+    Cancelled,
+}
+
+impl Status {
+    pub const ALL: [Status; 9] = [
+        Status::Queued,
+        Status::Sent,
+        Status::Accepted,
+        Status::Running,
+        Status::Succeeded,
+        Status::Failed,
+        Status::Rejected,
+        Status::Expired,
+        Status::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Sent => "sent",
+            Self::Accepted => "accepted",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Rejected => "rejected",
+            Self::Expired => "expired",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Rejected | Self::Expired | Self::Cancelled
+        )
+    }
+}
 
 /// Journal lines when none are asked for.
 const DEFAULT_JOURNAL_LINES: u32 = 100;
@@ -214,7 +268,7 @@ pub struct CommandSummary {
     /// queued, sent, accepted, running, succeeded, failed, rejected, expired or cancelled
     /// (the schema lists them: `status_schema`).
     #[schema(schema_with = status_schema)]
-    pub status: String,
+    pub status: Status,
     /// Why it failed, was rejected, expired or was cancelled.
     #[schema(required)]
     pub reason: Option<String>,
@@ -256,7 +310,7 @@ impl TryFrom<&CommandRow> for CommandSummary {
             id: c.id.clone(),
             device: c.device_id.clone(),
             action: c.parsed_action()?.into(),
-            status: c.status.clone(),
+            status: c.status,
             reason: c.reason.clone(),
             created_at: c.created_at,
             expires_at: c.expires_at,
@@ -275,6 +329,17 @@ impl TryFrom<&CommandRow> for CommandSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A status is serialized as its name, and read back from it.
+    #[test]
+    fn statuses_serialize_as_their_names() {
+        for s in Status::ALL {
+            let json = serde_json::to_value(s).unwrap();
+            assert_eq!(json, serde_json::Value::from(s.as_str()));
+            assert_eq!(serde_json::from_value::<Status>(json).unwrap(), s);
+        }
+        assert!(serde_json::from_str::<Status>(r#""Queued""#).is_err());
+    }
 
     fn spec(json: &str) -> Result<ActionSpec, serde_json::Error> {
         serde_json::from_str(json)

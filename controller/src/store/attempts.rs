@@ -360,7 +360,7 @@ mod tests {
     async fn an_mfa_token_and_a_code_work_once() {
         let (_dir, store) = open().await;
         let id = store
-            .create_user("olga", crate::auth::Role::Viewer, "x", false)
+            .create_user("olga", crate::model::role::Role::Viewer, "x", false)
             .await
             .unwrap()
             .unwrap();

@@ -1,12 +1,27 @@
-//! SQL for the audit log. Appends go through the single writer connection, so the chain
-//! is extended by one entry at a time.
+//! SQL for the `audit_log` table: appending to the hash chain, streaming and verifying it,
+//! and the filtered pages. Appends go through the single writer connection, so the chain is
+//! extended by one entry at a time.
 
 use futures_util::{Stream, StreamExt};
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{Store, StoreError, now_ms};
 use crate::audit::{Break, ChainVerifier, Entry, Event, GENESIS, entry_hash};
+use crate::model::audit::AuditFilter;
+
+/// `SELECT <entry columns> FROM audit_log <tail>`: one column list for every entry query.
+macro_rules! entry_select {
+    ($tail:literal) => {
+        concat!(
+            "SELECT seq, at, actor, source, action, target, outcome, detail, prev_hash, hash ",
+            "FROM audit_log ",
+            $tail
+        )
+    };
+}
+const ENTRY_SELECT_ALL: &str = entry_select!("ORDER BY seq");
+/// The start of a filtered query: conditions follow as `AND ...`.
+const ENTRY_SELECT_FILTERED: &str = entry_select!("WHERE 1 = 1");
 
 impl Store {
     /// Appends an event to the chain; returns its sequence number.
@@ -35,12 +50,40 @@ impl Store {
     /// Every audit entry in sequence order, read row by row (never the whole table at
     /// once).
     pub fn audit_stream(&self) -> impl Stream<Item = Result<Entry, StoreError>> + Send + '_ {
-        sqlx::query(
-            "SELECT seq, at, actor, source, action, target, outcome, detail, prev_hash, hash \
-             FROM audit_log ORDER BY seq",
-        )
-        .fetch(&self.reader)
-        .map(|row| audit_entry(&row?))
+        sqlx::query_as(ENTRY_SELECT_ALL)
+            .fetch(&self.reader)
+            .map(|entry| entry.map_err(StoreError::from))
+    }
+
+    /// Audit entries matching the filter, newest first.
+    pub async fn audit_page(&self, f: &AuditFilter) -> Result<Vec<Entry>, StoreError> {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(ENTRY_SELECT_FILTERED);
+        if let Some(actor) = &f.actor {
+            qb.push(" AND actor = ").push_bind(actor.clone());
+        }
+        if let Some(action) = &f.action {
+            qb.push(" AND action = ").push_bind(action.clone());
+        }
+        if let Some(since) = f.since {
+            qb.push(" AND at >= ").push_bind(since);
+        }
+        if let Some(until) = f.until {
+            qb.push(" AND at <= ").push_bind(until);
+        }
+        if let Some(before) = f.before {
+            qb.push(" AND seq < ").push_bind(before);
+        }
+        qb.push(" ORDER BY seq DESC LIMIT ").push_bind(f.limit);
+        Ok(qb.build_query_as().fetch_all(&self.reader).await?)
+    }
+
+    /// The sequence number of the newest audit entry, as recorded at the last append.
+    pub async fn audit_head(&self) -> Result<Option<i64>, StoreError> {
+        let head: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'audit_head'")
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(head.and_then(|h| h.parse().ok()))
     }
 
     /// Verifies the whole chain against the recorded head, streaming: rows are read in
@@ -104,22 +147,6 @@ pub struct AuditCheck {
     pub result: Result<i64, Break>,
 }
 
-/// An audit entry from a row with every `audit_log` column.
-pub(super) fn audit_entry(r: &SqliteRow) -> Result<Entry, StoreError> {
-    Ok(Entry {
-        seq: r.try_get("seq")?,
-        at: r.try_get("at")?,
-        actor: r.try_get("actor")?,
-        source: r.try_get("source")?,
-        action: r.try_get("action")?,
-        target: r.try_get("target")?,
-        outcome: r.try_get("outcome")?,
-        detail: r.try_get("detail")?,
-        prev_hash: r.try_get("prev_hash")?,
-        hash: r.try_get("hash")?,
-    })
-}
-
 /// Appends one event inside a write transaction; returns its sequence number.
 async fn append(conn: &mut sqlx::SqliteConnection, ev: &Event) -> Result<i64, StoreError> {
     let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
@@ -163,6 +190,7 @@ async fn append(conn: &mut sqlx::SqliteConnection, ev: &Event) -> Result<i64, St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testkit::{plan, store};
 
     fn event(i: usize) -> Event {
         Event {
@@ -234,5 +262,108 @@ mod tests {
                 head: 600
             })
         );
+    }
+
+    #[tokio::test]
+    async fn audit_pages() {
+        let (_d, s) = store().await;
+        assert_eq!(s.audit_head().await.unwrap(), None);
+        for i in 0..6 {
+            let ev = Event {
+                actor: if i % 2 == 0 { "user:alice" } else { "cli:root" }.into(),
+                source: "local".into(),
+                action: if i < 3 {
+                    "device.revoke"
+                } else {
+                    "token.create"
+                }
+                .into(),
+                target: format!("t{i}"),
+                outcome: "ok".into(),
+                detail: String::new(),
+            };
+            s.append_audit(&ev).await.unwrap();
+        }
+        assert_eq!(s.audit_head().await.unwrap(), Some(6));
+        let page = |f: AuditFilter| {
+            let s = s.clone();
+            async move {
+                s.audit_page(&f)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| e.seq)
+                    .collect::<Vec<_>>()
+            }
+        };
+        let all = AuditFilter {
+            limit: 100,
+            ..AuditFilter::default()
+        };
+        assert_eq!(page(all.clone()).await, [6, 5, 4, 3, 2, 1]);
+        assert_eq!(
+            page(AuditFilter {
+                limit: 2,
+                ..all.clone()
+            })
+            .await,
+            [6, 5]
+        );
+        assert_eq!(
+            page(AuditFilter {
+                before: Some(5),
+                limit: 2,
+                ..all.clone()
+            })
+            .await,
+            [4, 3]
+        );
+        assert_eq!(
+            page(AuditFilter {
+                actor: Some("user:alice".into()),
+                ..all.clone()
+            })
+            .await,
+            [5, 3, 1]
+        );
+        assert_eq!(
+            page(AuditFilter {
+                action: Some("token.create".into()),
+                actor: Some("cli:root".into()),
+                ..all.clone()
+            })
+            .await,
+            [6, 4]
+        );
+        assert!(
+            page(AuditFilter {
+                since: Some(i64::MAX),
+                ..all.clone()
+            })
+            .await
+            .is_empty()
+        );
+        assert_eq!(
+            page(AuditFilter {
+                until: Some(i64::MAX),
+                since: Some(0),
+                ..all
+            })
+            .await
+            .len(),
+            6
+        );
+    }
+
+    /// Audit pages read through the primary key, newest first, without sorting.
+    #[tokio::test]
+    async fn the_audit_page_plan_uses_the_key() {
+        let (_d, s) = store().await;
+        let qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "EXPLAIN QUERY PLAN SELECT seq FROM audit_log WHERE 1 = 1 AND seq < 10 \
+             ORDER BY seq DESC LIMIT 10",
+        );
+        let p = plan(&s, qb).await;
+        assert!(!p.iter().any(|l| l.contains("TEMP B-TREE")), "{p:?}");
     }
 }

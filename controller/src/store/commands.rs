@@ -1,11 +1,18 @@
-//! SQL for commands: creation, dispatch, receipts, expiry and listing.
+//! SQL for the `commands` table: creation, dispatch, receipts, cancellation, expiry and the
+//! paged listing.
 
 use pifleet_shared::command::{Action, CommandId};
 use serde::Serialize;
-use sqlx::Row;
+use sqlx::error::BoxDynError;
+use sqlx::sqlite::{SqliteTypeInfo, SqliteValueRef};
+use sqlx::{QueryBuilder, Sqlite, ValueRef};
 
 use super::{Store, StoreError, now_ms, sql_int};
-use crate::commands::lifecycle::{self, Status};
+use crate::commands::lifecycle;
+use crate::model::commands::Status;
+
+#[cfg(test)]
+mod tests;
 
 /// A command to create (queued).
 #[derive(Debug, Clone)]
@@ -18,13 +25,14 @@ pub struct NewCommand {
 }
 
 /// A stored command.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct CommandRow {
     pub id: String,
     pub device_id: String,
+    #[sqlx(json)]
     pub action: serde_json::Value,
     pub action_kind: String,
-    pub status: String,
+    pub status: Status,
     pub reason: Option<String>,
     pub created_at: i64,
     pub expires_at: i64,
@@ -35,18 +43,18 @@ pub struct CommandRow {
     pub finished_at: Option<i64>,
     pub exit_code: Option<i64>,
     pub duration_ms: Option<i64>,
+    /// Captured standard output as text; `None` in listings, which do not read the bodies.
+    #[sqlx(default, try_from = "OutputText")]
     pub stdout: Option<String>,
     pub stdout_len: Option<i64>,
     pub stdout_sha256: Option<String>,
+    #[sqlx(default, try_from = "OutputText")]
     pub stderr: Option<String>,
     pub stderr_len: Option<i64>,
     pub stderr_sha256: Option<String>,
 }
 
 impl CommandRow {
-    pub fn status(&self) -> Option<Status> {
-        Status::parse(&self.status)
-    }
     /// The action, as signed and sent.
     pub fn parsed_action(&self) -> Result<Action, StoreError> {
         Ok(serde_json::from_value(self.action.clone())?)
@@ -77,36 +85,85 @@ pub struct ReceiptUpdate {
     pub signature: Vec<u8>,
 }
 
+/// Every column of a [`CommandRow`].
 const COLUMNS: &str = "id, device_id, action, action_kind, status, reason, created_at, \
     expires_at, issued_at, sent_at, accepted_at, started_at, finished_at, exit_code, \
     duration_ms, stdout, stdout_len, stdout_sha256, stderr, stderr_len, stderr_sha256";
 
-fn row(r: &sqlx::sqlite::SqliteRow) -> Result<CommandRow, StoreError> {
-    let action: String = r.try_get("action")?;
-    let text = |b: Option<Vec<u8>>| b.map(|b| String::from_utf8_lossy(&b).into_owned());
-    Ok(CommandRow {
-        id: r.try_get("id")?,
-        device_id: r.try_get("device_id")?,
-        action: serde_json::from_str(&action)?,
-        action_kind: r.try_get("action_kind")?,
-        status: r.try_get("status")?,
-        reason: r.try_get("reason")?,
-        created_at: r.try_get("created_at")?,
-        expires_at: r.try_get("expires_at")?,
-        issued_at: r.try_get("issued_at")?,
-        sent_at: r.try_get("sent_at")?,
-        accepted_at: r.try_get("accepted_at")?,
-        started_at: r.try_get("started_at")?,
-        finished_at: r.try_get("finished_at")?,
-        exit_code: r.try_get("exit_code")?,
-        duration_ms: r.try_get("duration_ms")?,
-        stdout: text(r.try_get("stdout")?),
-        stdout_len: r.try_get("stdout_len")?,
-        stdout_sha256: r.try_get("stdout_sha256")?,
-        stderr: text(r.try_get("stderr")?),
-        stderr_len: r.try_get("stderr_len")?,
-        stderr_sha256: r.try_get("stderr_sha256")?,
-    })
+/// The columns of a [`CommandRow`] without the output bodies (their lengths are there).
+const LISTING_COLUMNS: &str = "id, device_id, action, action_kind, status, reason, \
+    created_at, expires_at, issued_at, sent_at, accepted_at, started_at, finished_at, \
+    exit_code, duration_ms, stdout_len, stdout_sha256, stderr_len, stderr_sha256";
+
+/// A stored command status this version does not know.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown command status {0:?}")]
+struct UnknownStatus(String);
+
+/// Statuses are stored by name; an unknown name is a decode error.
+impl sqlx::Type<Sqlite> for Status {
+    fn type_info() -> SqliteTypeInfo {
+        <str as sqlx::Type<Sqlite>>::type_info()
+    }
+
+    fn compatible(ty: &SqliteTypeInfo) -> bool {
+        <str as sqlx::Type<Sqlite>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Sqlite> for Status {
+    fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
+        let name = <&str as sqlx::Decode<Sqlite>>::decode(value)?;
+        Ok(Status::parse(name).ok_or_else(|| UnknownStatus(name.to_owned()))?)
+    }
+}
+
+/// Captured output as stored (bytes, which the agent may have cut inside a character), read
+/// as text with invalid UTF-8 replaced.
+struct OutputText(Option<String>);
+
+impl sqlx::Type<Sqlite> for OutputText {
+    fn type_info() -> SqliteTypeInfo {
+        <Vec<u8> as sqlx::Type<Sqlite>>::type_info()
+    }
+
+    fn compatible(ty: &SqliteTypeInfo) -> bool {
+        <Vec<u8> as sqlx::Type<Sqlite>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Sqlite> for OutputText {
+    fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
+        if value.is_null() {
+            return Ok(Self(None));
+        }
+        let bytes = <&[u8] as sqlx::Decode<Sqlite>>::decode(value)?;
+        Ok(Self(Some(String::from_utf8_lossy(bytes).into_owned())))
+    }
+}
+
+impl From<OutputText> for Option<String> {
+    fn from(text: OutputText) -> Self {
+        text.0
+    }
+}
+
+fn push_command_filter(
+    qb: &mut QueryBuilder<Sqlite>,
+    device: Option<&str>,
+    status: Option<Status>,
+    action_kind: Option<&str>,
+) {
+    qb.push(" WHERE 1 = 1");
+    if let Some(kind) = action_kind {
+        qb.push(" AND action_kind = ").push_bind(kind.to_owned());
+    }
+    if let Some(device) = device {
+        qb.push(" AND device_id = ").push_bind(device.to_owned());
+    }
+    if let Some(status) = status {
+        qb.push(" AND status = ").push_bind(status.as_str());
+    }
 }
 
 impl Store {
@@ -152,13 +209,12 @@ impl Store {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(resend_before)
             .bind(now_ms())
             .bind(limit)
             .fetch_all(&self.writer)
-            .await?;
-        rows.iter().map(row).collect()
+            .await?)
     }
 
     /// Records that a command was signed and sent (again); false if it moved on meanwhile.
@@ -181,11 +237,10 @@ impl Store {
     /// One command.
     pub async fn command(&self, id: &str) -> Result<Option<CommandRow>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM commands WHERE id = ?");
-        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(id)
             .fetch_optional(&self.reader)
-            .await?;
-        r.as_ref().map(row).transpose()
+            .await?)
     }
 
     /// Commands, newest first, optionally for one device and/or in one status.
@@ -200,25 +255,48 @@ impl Store {
              AND (? IS NULL OR status = ?) ORDER BY created_at DESC, id LIMIT ?"
         );
         let st = status.map(Status::as_str);
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(device)
             .bind(device)
             .bind(st)
             .bind(st)
             .bind(limit)
             .fetch_all(&self.reader)
-            .await?;
-        rows.iter().map(row).collect()
+            .await?)
+    }
+
+    /// Commands newest first, without their output bodies (the lengths are there), and the
+    /// number of matching commands.
+    pub async fn command_page(
+        &self,
+        device: Option<&str>,
+        status: Option<Status>,
+        action_kind: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(i64, Vec<CommandRow>), StoreError> {
+        let mut count: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT COUNT(*) FROM commands");
+        push_command_filter(&mut count, device, status, action_kind);
+        let total: i64 = count.build_query_scalar().fetch_one(&self.reader).await?;
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
+        qb.push(LISTING_COLUMNS).push(" FROM commands");
+        push_command_filter(&mut qb, device, status, action_kind);
+        qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+            .push_bind(limit)
+            .push(" OFFSET ")
+            .push_bind(offset);
+        let items = qb.build_query_as().fetch_all(&self.reader).await?;
+        Ok((total, items))
     }
 
     /// Cancels a command that has not been sent yet. Returns its status after the attempt.
     pub async fn cancel_command(&self, id: &str) -> Result<Cancel, StoreError> {
         let mut tx = self.write_tx().await?;
-        let cur: Option<String> = sqlx::query_scalar("SELECT status FROM commands WHERE id = ?")
+        let cur: Option<Status> = sqlx::query_scalar("SELECT status FROM commands WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
-        let Some(cur) = cur.as_deref().and_then(Status::parse) else {
+        let Some(cur) = cur else {
             return Ok(Cancel::Unknown);
         };
         if !lifecycle::cancellable(cur) {
@@ -247,13 +325,13 @@ impl Store {
     ) -> Result<Option<Status>, StoreError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        let cur: Option<String> =
+        let cur: Option<Status> =
             sqlx::query_scalar("SELECT status FROM commands WHERE id = ? AND device_id = ?")
                 .bind(id)
                 .bind(device)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let Some(cur) = cur.as_deref().and_then(Status::parse) else {
+        let Some(cur) = cur else {
             return Ok(None);
         };
         let Some(next) = lifecycle::on_receipt(cur, &u.outcome) else {
@@ -331,20 +409,5 @@ impl Store {
         .await?
         .rows_affected();
         Ok((expired, timed_out))
-    }
-
-    /// The public key of the device's newest unrevoked certificate.
-    pub async fn device_key(&self, device: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
-        let r = sqlx::query(
-            "SELECT public_key_alg, public_key FROM certificates WHERE device_id = ? \
-             AND revoked_at IS NULL AND public_key IS NOT NULL ORDER BY issued_at DESC LIMIT 1",
-        )
-        .bind(device)
-        .fetch_optional(&self.reader)
-        .await?;
-        Ok(match r {
-            Some(r) => Some((r.try_get("public_key_alg")?, r.try_get("public_key")?)),
-            None => None,
-        })
     }
 }

@@ -1,5 +1,6 @@
-//! SQL of the ingest path: group commits of telemetry, hellos and online changes, spool-drop
-//! counting, retention.
+//! SQL of the ingest path: one transaction per batch of telemetry, hellos, capability and
+//! service reports and online changes (it spans `telemetry`, `devices` and `commands`), with
+//! spool-drop counting.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +8,45 @@ use pifleet_shared::DeviceId;
 use pifleet_shared::proto::v1;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{IngestOp, Store, StoreError, now_ms, sql_int};
+use super::{Store, StoreError, now_ms, sql_int};
+
+/// One change for the ingest writer; a batch of them commits in one transaction.
+#[derive(Debug, Clone)]
+pub enum IngestOp {
+    Telemetry {
+        device: DeviceId,
+        samples: Vec<v1::Sample>,
+    },
+    Hello {
+        device: DeviceId,
+        hello: v1::Hello,
+    },
+    Online {
+        device: DeviceId,
+        online: bool,
+    },
+    Capabilities {
+        device: DeviceId,
+        capabilities: v1::Capabilities,
+    },
+    Services {
+        device: DeviceId,
+        states: Vec<v1::ServiceState>,
+    },
+}
+
+impl IngestOp {
+    /// The device the operation is about.
+    pub fn device(&self) -> &DeviceId {
+        match self {
+            Self::Telemetry { device, .. }
+            | Self::Hello { device, .. }
+            | Self::Online { device, .. }
+            | Self::Capabilities { device, .. }
+            | Self::Services { device, .. } => device,
+        }
+    }
+}
 
 impl Store {
     /// Commits a batch of ingest operations in one transaction. Telemetry inserts are
@@ -188,51 +227,34 @@ impl Store {
             .map(|n| u64::try_from(*n).unwrap_or(0))
             .sum())
     }
-
-    /// Samples a device's spool has reported dropped, ever.
-    pub async fn spool_dropped_total(&self, device: &str) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT spool_dropped_total FROM devices WHERE id = ?")
-                .bind(device)
-                .fetch_optional(&self.reader)
-                .await?
-                .unwrap_or(0),
-        )
-    }
-
-    /// Deletes telemetry received before `cutoff_ms`, one hour of data per statement so the
-    /// writer is never held for long. Returns the number of rows deleted.
-    pub async fn apply_retention(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
-        let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(received_at) FROM telemetry")
-            .fetch_one(&self.reader)
-            .await?;
-        let Some(mut from) = oldest else {
-            return Ok(0);
-        };
-        let mut deleted = 0;
-        while from < cutoff_ms {
-            let to = (from + 3_600_000).min(cutoff_ms);
-            let r = sqlx::query("DELETE FROM telemetry WHERE received_at < ?")
-                .bind(to)
-                .execute(&self.writer)
-                .await?;
-            deleted += r.rows_affected();
-            from = to;
-        }
-        Ok(deleted)
-    }
-
-    /// Sequence numbers stored for a device, ascending (for tests and tools).
-    pub async fn telemetry_seqs(&self, device: &str) -> Result<Vec<i64>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT seq FROM telemetry WHERE device_id = ? ORDER BY seq")
-                .bind(device)
-                .fetch_all(&self.reader)
-                .await?,
-        )
-    }
 }
 
 fn finite(v: f32) -> f64 {
     if v.is_finite() { f64::from(v) } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testkit::{add_device, sample, store};
+
+    /// Spool drops are counted once per stored sample: a re-sent sample adds nothing.
+    #[tokio::test]
+    async fn spool_drops_count_once_per_stored_sample() {
+        let (_dir, s) = store().await;
+        add_device(&s, "pi-d", "{}", None, true).await;
+        let mut a = sample(1, 1_000, 1.0, 1);
+        a.spool_dropped = 3;
+        let mut b = sample(2, 2_000, 1.0, 1);
+        b.spool_dropped = 4;
+        let op = |samples: Vec<v1::Sample>| IngestOp::Telemetry {
+            device: DeviceId::parse("pi-d").unwrap(),
+            samples,
+        };
+        assert_eq!(s.write_batch(&[op(vec![a.clone()])]).await.unwrap(), 3);
+        // `a` again (a re-send) with the new `b`.
+        assert_eq!(s.write_batch(&[op(vec![a, b])]).await.unwrap(), 4);
+        assert_eq!(s.spool_dropped_total("pi-d").await.unwrap(), 7);
+        assert_eq!(s.spool_dropped_total("pi-none").await.unwrap(), 0);
+    }
 }

@@ -433,6 +433,7 @@ impl Responder {
 /// stored), both recorded by the controller.
 async fn command_bench(dd: &DataDir, devices: usize, rounds: usize) -> Result<()> {
     use pifleet_controller::commands::dispatch::{Targets, create_commands};
+    use pifleet_controller::commands::lifecycle::Status;
     use pifleet_shared::command::Action;
     let store = Store::open(&dd.database(), false).await?;
     let ids: Vec<String> = (0..devices).map(|i| format!("sim-{i:05}")).collect();
@@ -445,9 +446,13 @@ async fn command_bench(dd: &DataDir, devices: usize, rounds: usize) -> Result<()
             for id in cmds {
                 loop {
                     let row = store.command(&id).await?.context("command vanished")?;
-                    if row.status().is_some_and(|s| s.is_final()) {
-                        if row.status != "succeeded" {
-                            bail!("command {id} ended {} ({:?})", row.status, row.reason);
+                    if row.status.is_final() {
+                        if row.status != Status::Succeeded {
+                            bail!(
+                                "command {id} ended {} ({:?})",
+                                row.status.as_str(),
+                                row.reason
+                            );
                         }
                         out.push(row);
                         break;

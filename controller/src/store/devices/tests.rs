@@ -1,6 +1,18 @@
-//! The device list, detail, history, alerts and reported capabilities.
+//! The device list, detail, labels, alerts and reported capabilities.
 
-use super::*;
+use std::time::Instant;
+
+use pifleet_shared::DeviceId;
+use pifleet_shared::proto::v1;
+use sqlx::{QueryBuilder, Sqlite};
+
+use super::summaries::{SUMMARY_COLUMNS, SUMMARY_FROM, push_device_filter, push_device_order};
+use crate::model::devices::{
+    DeviceAlert, DeviceFilter, DeviceSort, DeviceStatus, FleetSummary, IntervalBounds,
+    ServiceState, SortOrder,
+};
+use crate::store::testkit::{add_device, plan, sample, store, telemetry};
+use crate::store::{IngestOp, Labels, Store};
 
 fn filter() -> DeviceFilter {
     DeviceFilter {
@@ -226,7 +238,7 @@ async fn device_list_filters_sorts_and_pages() {
 }
 
 #[tokio::test]
-async fn device_detail_sample_and_labels() {
+async fn device_detail_and_labels() {
     let (_d, s) = store().await;
     fleet(&s).await;
     sqlx::query(
@@ -246,17 +258,6 @@ async fn device_detail_sample_and_labels() {
     assert!(c.revoked_at.is_some());
     assert_eq!(c.summary.status, DeviceStatus::Revoked);
 
-    let t = s.latest_sample("pi-a").await.unwrap().unwrap();
-    assert_eq!((t.seq, t.ts, t.cpu_pct, t.mem_used), (2, 6_000, 10.0, 900));
-    assert_eq!(t.disks.len(), 2);
-    assert_eq!(t.disks[0].mount, "/");
-    assert_eq!(
-        (t.nets[0].iface.as_str(), t.nets[0].rx_bytes),
-        ("eth0", 200)
-    );
-    assert_eq!(t.temp_c, Some(50.0));
-    assert!(s.latest_sample("pi-d").await.unwrap().is_none());
-
     let labels: Labels = [("site".into(), "hq".into())].into();
     assert!(s.set_device_labels("pi-a", &labels).await.unwrap());
     assert!(!s.set_device_labels("nope", &labels).await.unwrap());
@@ -268,59 +269,6 @@ async fn device_detail_sample_and_labels() {
         ..filter()
     };
     assert_eq!(ids(&s, &f).await.1, ["pi-a"]);
-}
-
-#[tokio::test]
-async fn history_buckets() {
-    let (_d, s) = store().await;
-    add_device(&s, "pi-a", "{}", None, true).await;
-    // Samples at 0,1,…,9 s with cpu = seq; the one at 9 s is outside [0, 9000).
-    let samples = (0..10)
-        .map(|i| {
-            let mut x = sample(
-                i + 1,
-                1_000_000 + 1_000 * i64::try_from(i).unwrap(),
-                i as f32,
-                100 * i,
-            );
-            if i == 4 {
-                x.temp_c = None;
-            }
-            x
-        })
-        .collect();
-    telemetry(&s, "pi-a", samples).await;
-    let plan = HistoryPlan {
-        from: 1_000_000,
-        to: 1_009_000,
-        bucket_ms: 3_000,
-    };
-    let pts = s.device_history("pi-a", plan).await.unwrap();
-    assert_eq!(pts.len(), 3);
-    let t: Vec<i64> = pts.iter().map(|p| p.t).collect();
-    assert_eq!(t, [1_000_000, 1_003_000, 1_006_000]);
-    let p = &pts[1]; // samples 3, 4, 5 (seq 4, 5, 6)
-    assert_eq!(p.samples, 3);
-    assert_eq!((p.cpu_pct_avg, p.cpu_pct_max, p.load1_avg), (4.0, 5.0, 0.5));
-    assert_eq!((p.mem_used_avg, p.mem_total_max), (400.0, 1_000));
-    assert_eq!((p.temp_c_avg, p.temp_c_max), (Some(50.0), Some(50.0)));
-    assert_eq!((p.disk_used_avg, p.disk_total_max), (42.0, 110));
-    // Largest per-sample sum over interfaces: seq 6 → 600 + 1 and 60 + 1.
-    assert_eq!((p.net_rx_bytes, p.net_tx_bytes), (601, 61));
-    // A gap leaves the bucket out; other devices and ranges are not mixed in.
-    let plan = HistoryPlan {
-        from: 0,
-        to: 1_000_000,
-        bucket_ms: 1_000,
-    };
-    assert!(s.device_history("pi-a", plan).await.unwrap().is_empty());
-    let plan = HistoryPlan {
-        from: 1_000_000,
-        to: 1_009_000,
-        bucket_ms: 1,
-    };
-    assert_eq!(s.device_history("pi-b", plan).await.unwrap().len(), 0);
-    assert_eq!(s.device_history("pi-a", plan).await.unwrap().len(), 9);
 }
 
 /// The list stays fast with 10,000 devices (each with a sample), whatever the sort.
@@ -355,14 +303,7 @@ async fn device_list_scales() {
     };
     push_device_filter(&mut qb, &f);
     push_device_order(&mut qb, f.sort, f.order);
-    let plan: Vec<String> = qb
-        .build()
-        .fetch_all(&s.reader)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<String, _>("detail"))
-        .collect();
+    let plan = plan(&s, qb).await;
     // The latest sample is found through the primary key, never by a scan.
     assert!(
         plan.iter().any(|l| l.contains("USING PRIMARY KEY")

@@ -1,24 +1,20 @@
-//! Unit tests of the parent module: shared fixtures here, the tests by concern below.
-use std::time::Instant;
+//! Fixtures of the store's unit tests: a fresh database, devices and samples, query plans.
 
 use pifleet_shared::DeviceId;
-use pifleet_shared::command::{Action, CommandId};
 use pifleet_shared::proto::v1;
+use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::*;
-use crate::audit::Event;
-use crate::store::{IngestOp, NewCommand};
+use super::{IngestOp, Store};
 
-mod devices;
-mod listings;
-
-async fn store() -> (tempfile::TempDir, Store) {
+/// A store on a fresh database in a temporary directory (kept while the guard lives).
+pub async fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(&dir.path().join("db"), true).await.unwrap();
     (dir, s)
 }
 
-async fn add_device(s: &Store, id: &str, labels: &str, hostname: Option<&str>, online: bool) {
+/// A device row written directly, enrolled at 1 s.
+pub async fn add_device(s: &Store, id: &str, labels: &str, hostname: Option<&str>, online: bool) {
     sqlx::query(
         "INSERT INTO devices (id, labels, enrolled_at, hostname, online) VALUES (?, ?, ?, ?, ?)",
     )
@@ -32,7 +28,8 @@ async fn add_device(s: &Store, id: &str, labels: &str, hostname: Option<&str>, o
     .unwrap();
 }
 
-fn sample(seq: u64, ts_ms: i64, cpu: f32, mem_used: u64) -> v1::Sample {
+/// A sample with two disks (42 of 110 bytes used) and two interfaces.
+pub fn sample(seq: u64, ts_ms: i64, cpu: f32, mem_used: u64) -> v1::Sample {
     v1::Sample {
         seq,
         ts_ms,
@@ -78,7 +75,8 @@ fn sample(seq: u64, ts_ms: i64, cpu: f32, mem_used: u64) -> v1::Sample {
     }
 }
 
-async fn telemetry(s: &Store, device: &str, samples: Vec<v1::Sample>) {
+/// Stores samples through the ingest batch.
+pub async fn telemetry(s: &Store, device: &str, samples: Vec<v1::Sample>) {
     let op = IngestOp::Telemetry {
         device: DeviceId::parse(device).unwrap(),
         samples,
@@ -86,22 +84,13 @@ async fn telemetry(s: &Store, device: &str, samples: Vec<v1::Sample>) {
     s.write_batch(&[op]).await.unwrap();
 }
 
-/// Spool drops are counted once per stored sample: a re-sent sample adds nothing.
-#[tokio::test]
-async fn spool_drops_count_once_per_stored_sample() {
-    let (_dir, s) = store().await;
-    add_device(&s, "pi-d", "{}", None, true).await;
-    let mut a = sample(1, 1_000, 1.0, 1);
-    a.spool_dropped = 3;
-    let mut b = sample(2, 2_000, 1.0, 1);
-    b.spool_dropped = 4;
-    let op = |samples: Vec<v1::Sample>| IngestOp::Telemetry {
-        device: DeviceId::parse("pi-d").unwrap(),
-        samples,
-    };
-    assert_eq!(s.write_batch(&[op(vec![a.clone()])]).await.unwrap(), 3);
-    // `a` again (a re-send) with the new `b`.
-    assert_eq!(s.write_batch(&[op(vec![a, b])]).await.unwrap(), 4);
-    assert_eq!(s.spool_dropped_total("pi-d").await.unwrap(), 7);
-    assert_eq!(s.spool_dropped_total("pi-none").await.unwrap(), 0);
+/// The query plan of a statement, one line per step.
+pub async fn plan(s: &Store, mut qb: QueryBuilder<Sqlite>) -> Vec<String> {
+    qb.build()
+        .fetch_all(&s.reader)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<String, _>("detail"))
+        .collect()
 }

@@ -1,0 +1,144 @@
+//! The paged command list, its query plan, and how stored output reads.
+
+use pifleet_shared::command::{Action, CommandId};
+use sqlx::{QueryBuilder, Sqlite};
+
+use super::{LISTING_COLUMNS, push_command_filter};
+use crate::model::commands::Status;
+use crate::store::NewCommand;
+use crate::store::testkit::{add_device, plan, store};
+
+#[tokio::test]
+async fn command_pages() {
+    let (_d, s) = store().await;
+    add_device(&s, "pi-a", "{}", None, true).await;
+    add_device(&s, "pi-b", "{}", None, true).await;
+    for (i, dev) in ["pi-a", "pi-b", "pi-a"].iter().enumerate() {
+        let cmd = NewCommand {
+            id: CommandId([u8::try_from(i).unwrap(); 16]),
+            device: (*dev).into(),
+            action: if i == 2 { Action::Reboot } else { Action::Ping },
+            expires_at: i64::MAX,
+            answer_timeout_ms: 1_000,
+        };
+        s.insert_commands(&[cmd]).await.unwrap();
+        // Distinct creation times, oldest first.
+        sqlx::query("UPDATE commands SET created_at = ? WHERE id = ?")
+            .bind(i64::try_from(i).unwrap())
+            .bind(CommandId([u8::try_from(i).unwrap(); 16]).to_string())
+            .execute(&s.writer)
+            .await
+            .unwrap();
+    }
+    let id = |i: u8| CommandId([i; 16]).to_string();
+    let (total, rows) = s.command_page(None, None, None, 50, 0).await.unwrap();
+    assert_eq!(total, 3);
+    let got: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(got, [id(2), id(1), id(0)]);
+    assert!(
+        rows.iter()
+            .all(|r| r.stdout.is_none() && r.stderr.is_none())
+    );
+    assert_eq!(rows[0].parsed_action().unwrap(), Action::Reboot);
+    let (total, rows) = s
+        .command_page(None, None, Some("ping"), 50, 0)
+        .await
+        .unwrap();
+    let got: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!((total, got), (2, vec![id(1).as_str(), id(0).as_str()]));
+    let (total, rows) = s
+        .command_page(Some("pi-a"), None, None, 1, 1)
+        .await
+        .unwrap();
+    assert_eq!((total, rows.len(), rows[0].id.clone()), (2, 1, id(0)));
+    assert_eq!(
+        s.cancel_command(&id(1)).await.unwrap(),
+        crate::store::Cancel::Cancelled
+    );
+    assert_eq!(
+        s.cancel_command(&id(1)).await.unwrap(),
+        crate::store::Cancel::Refused(Status::Cancelled)
+    );
+    let (total, rows) = s
+        .command_page(None, Some(Status::Cancelled), None, 50, 0)
+        .await
+        .unwrap();
+    assert_eq!((total, rows[0].id.clone()), (1, id(1)));
+    let (total, rows) = s
+        .command_page(Some("pi-b"), Some(Status::Queued), None, 50, 0)
+        .await
+        .unwrap();
+    assert_eq!((total, rows.len()), (0, 0));
+}
+
+/// Command pages read through an index, newest first, without sorting.
+#[tokio::test]
+async fn the_command_page_plan_uses_an_index() {
+    let (_d, s) = store().await;
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("EXPLAIN QUERY PLAN SELECT ");
+    qb.push(LISTING_COLUMNS).push(" FROM commands");
+    push_command_filter(&mut qb, None, None, None);
+    qb.push(" ORDER BY created_at DESC, id DESC LIMIT 50 OFFSET 0");
+    let p = plan(&s, qb).await;
+    assert!(p.iter().any(|l| l.contains("commands_created")), "{p:?}");
+    assert!(!p.iter().any(|l| l.contains("TEMP B-TREE")), "{p:?}");
+}
+
+/// Output is stored as bytes (the agent may cut it inside a character) and read as text
+/// with invalid UTF-8 replaced; a missing output stays `None`.
+#[tokio::test]
+async fn output_reads_as_lossy_text() {
+    let (_d, s) = store().await;
+    add_device(&s, "pi-a", "{}", None, true).await;
+    let id = CommandId([7; 16]);
+    let cmd = NewCommand {
+        id,
+        device: "pi-a".into(),
+        action: Action::Ping,
+        expires_at: i64::MAX,
+        answer_timeout_ms: 1_000,
+    };
+    s.insert_commands(&[cmd]).await.unwrap();
+    let row = s.command(&id.to_string()).await.unwrap().unwrap();
+    assert_eq!((row.stdout, row.stderr), (None, None));
+    sqlx::query("UPDATE commands SET stdout = ?, stderr = ? WHERE id = ?")
+        .bind(b"ok \xe2\x82".as_slice())
+        .bind(b"".as_slice())
+        .bind(id.to_string())
+        .execute(&s.writer)
+        .await
+        .unwrap();
+    let row = s.command(&id.to_string()).await.unwrap().unwrap();
+    assert_eq!(row.stdout.as_deref(), Some("ok \u{fffd}"));
+    assert_eq!(row.stderr.as_deref(), Some(""));
+}
+
+/// A status this version does not know is a decode error that names it, wherever a status
+/// is read.
+#[tokio::test]
+async fn an_unknown_stored_status_is_a_decode_error() {
+    let (_d, s) = store().await;
+    add_device(&s, "pi-a", "{}", None, true).await;
+    let id = CommandId([9; 16]);
+    let cmd = NewCommand {
+        id,
+        device: "pi-a".into(),
+        action: Action::Ping,
+        expires_at: i64::MAX,
+        answer_timeout_ms: 1_000,
+    };
+    s.insert_commands(&[cmd]).await.unwrap();
+    sqlx::query("UPDATE commands SET status = 'paused' WHERE id = ?")
+        .bind(id.to_string())
+        .execute(&s.writer)
+        .await
+        .unwrap();
+    let e = s.command(&id.to_string()).await.unwrap_err();
+    assert!(
+        e.to_string().contains(r#"unknown command status "paused""#),
+        "{e}"
+    );
+    assert!(s.command_page(None, None, None, 50, 0).await.is_err());
+    assert!(s.list_commands(None, None, 50).await.is_err());
+    assert!(s.cancel_command(&id.to_string()).await.is_err());
+}

@@ -1,0 +1,316 @@
+//! SQL for the `devices` table: enrollment (which also consumes the token and records the
+//! certificate), device rows, revocation, labels and counts. The fleet views (each device
+//! with its latest sample) are in `summaries`, the alert rules in `alerts`.
+
+use super::tokens::{TOKEN_BY_SECRET, TokenRow};
+use super::{Labels, Store, StoreError, dialect, now_ms};
+use crate::model::devices::FleetSummary;
+use std::sync::LazyLock;
+
+use pifleet_shared::DeviceId;
+
+mod alerts;
+mod summaries;
+#[cfg(test)]
+mod tests;
+
+pub use alerts::{THROTTLED_NOW, THROTTLED_UNDER_VOLTAGE};
+
+/// A device as stored.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct DeviceRow {
+    pub id: String,
+    #[sqlx(json)]
+    pub labels: Labels,
+    pub enrolled_at: i64,
+    pub revoked_at: Option<i64>,
+    pub first_seen: Option<i64>,
+    pub last_seen: Option<i64>,
+    pub online: bool,
+    pub agent_version: Option<String>,
+    pub hostname: Option<String>,
+    pub os: Option<String>,
+    pub kernel: Option<String>,
+    pub arch: Option<String>,
+    pub model: Option<String>,
+    pub last_seq: Option<i64>,
+}
+
+/// What a new enrollment writes.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    pub id: DeviceId,
+    pub labels: Labels,
+    pub serial: String,
+    pub not_after: i64,
+    /// The certificate's public key, for verifying the device's signed receipts.
+    pub public_key_alg: &'static str,
+    pub public_key: Vec<u8>,
+}
+
+/// Why an enrollment was refused by the database state.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollRefusal {
+    #[error("unknown enrollment token")]
+    UnknownToken,
+    #[error("enrollment token already used")]
+    UsedToken,
+    #[error("enrollment token expired")]
+    ExpiredToken,
+    #[error("enrollment token revoked")]
+    RevokedToken,
+    #[error("device id {0} is already enrolled")]
+    DeviceExists(String),
+}
+
+/// Errors of the enrollment transaction: a refusal by state, or by the issuer callback.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError<E> {
+    #[error(transparent)]
+    Refused(EnrollRefusal),
+    #[error(transparent)]
+    Issue(E),
+}
+
+/// What revoking a device did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeOutcome {
+    /// No such device.
+    Unknown,
+    /// Revoked now, with its certificates.
+    Revoked,
+    /// It was revoked before.
+    AlreadyRevoked,
+}
+
+/// Devices by state, for the controller's metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceCounts {
+    /// Not revoked.
+    pub enrolled: i64,
+    pub online: i64,
+    /// Enrolled and not online.
+    pub offline: i64,
+    pub revoked: i64,
+}
+
+/// `SELECT <device columns> FROM devices <tail>`: one column list for every device query.
+macro_rules! device_select {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, labels, enrolled_at, revoked_at, first_seen, last_seen, online, ",
+            "agent_version, hostname, os, kernel, arch, model, last_seq FROM devices ",
+            $tail
+        )
+    };
+}
+const DEVICE_SELECT_BY_ID: &str = device_select!("WHERE id = ?");
+const DEVICE_SELECT_ALL: &str = device_select!("ORDER BY id");
+
+impl Store {
+    /// Consumes a token and records the device and its certificate, all or nothing.
+    /// `issue` picks the device id from the token and signs the certificate; if it fails,
+    /// or any check fails, nothing is written and the token stays usable.
+    pub async fn enroll<T, E, F>(
+        &self,
+        secret_hash: &str,
+        issue: F,
+    ) -> Result<Result<(NewDevice, T), EnrollError<E>>, StoreError>
+    where
+        F: FnOnce(&TokenRow) -> Result<(NewDevice, T), E>,
+    {
+        let now = now_ms();
+        // An unknown token (what a stranger guessing tokens sends) is refused from a
+        // reader, without waiting for the write lock that ingest needs.
+        let known: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM enrollment_tokens WHERE secret_hash = ?")
+                .bind(secret_hash)
+                .fetch_optional(&self.reader)
+                .await?;
+        if known.is_none() {
+            return Ok(Err(EnrollError::Refused(EnrollRefusal::UnknownToken)));
+        }
+        let mut tx = self.write_tx().await?;
+        let token: Option<TokenRow> = sqlx::query_as(TOKEN_BY_SECRET)
+            .bind(secret_hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(token) = token else {
+            return Ok(Err(EnrollError::Refused(EnrollRefusal::UnknownToken)));
+        };
+        let refusal = if token.revoked_at.is_some() {
+            Some(EnrollRefusal::RevokedToken)
+        } else if token.used_at.is_some() {
+            Some(EnrollRefusal::UsedToken)
+        } else if token.expires_at <= now {
+            Some(EnrollRefusal::ExpiredToken)
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
+            return Ok(Err(EnrollError::Refused(r)));
+        }
+        let (device, extra) = match issue(&token) {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(EnrollError::Issue(e))),
+        };
+        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM devices WHERE id = ?")
+            .bind(device.id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_some() {
+            return Ok(Err(EnrollError::Refused(EnrollRefusal::DeviceExists(
+                device.id.to_string(),
+            ))));
+        }
+        sqlx::query("INSERT INTO devices (id, labels, enrolled_at) VALUES (?, ?, ?)")
+            .bind(device.id.as_str())
+            .bind(serde_json::to_string(&device.labels)?)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO certificates (serial, device_id, issued_at, not_after, public_key_alg, \
+             public_key) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&device.serial)
+        .bind(device.id.as_str())
+        .bind(now)
+        .bind(device.not_after * 1000)
+        .bind(device.public_key_alg)
+        .bind(&device.public_key)
+        .execute(&mut *tx)
+        .await?;
+        let used = sqlx::query(
+            "UPDATE enrollment_tokens SET used_at = ?, used_by = ? WHERE id = ? AND used_at IS NULL",
+        )
+        .bind(now)
+        .bind(device.id.as_str())
+        .bind(&token.id)
+        .execute(&mut *tx)
+        .await?;
+        if used.rows_affected() != 1 {
+            return Ok(Err(EnrollError::Refused(EnrollRefusal::UsedToken)));
+        }
+        tx.commit().await?;
+        Ok(Ok((device, extra)))
+    }
+
+    /// One device.
+    pub async fn device(&self, id: &str) -> Result<Option<DeviceRow>, StoreError> {
+        Ok(sqlx::query_as(DEVICE_SELECT_BY_ID)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?)
+    }
+
+    /// All devices ordered by id.
+    pub async fn list_devices(&self) -> Result<Vec<DeviceRow>, StoreError> {
+        Ok(sqlx::query_as(DEVICE_SELECT_ALL)
+            .fetch_all(&self.reader)
+            .await?)
+    }
+
+    /// Marks the device and all its certificates revoked (certificates of an already
+    /// revoked device too, should one have been missed).
+    pub async fn revoke_device(&self, id: &str) -> Result<RevokeOutcome, StoreError> {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        let before: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT revoked_at FROM devices WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let outcome = match before {
+            None => return Ok(RevokeOutcome::Unknown),
+            Some(Some(_)) => RevokeOutcome::AlreadyRevoked,
+            Some(None) => RevokeOutcome::Revoked,
+        };
+        sqlx::query(
+            "UPDATE devices SET revoked_at = COALESCE(revoked_at, ?), online = 0 WHERE id = ?",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE certificates SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Marks every device offline (at start-up: no connection survives a restart).
+    pub async fn set_all_offline(&self) -> Result<(), StoreError> {
+        sqlx::query("UPDATE devices SET online = 0 WHERE online <> 0")
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces a device's labels. Returns false for an unknown device.
+    pub async fn set_device_labels(&self, id: &str, labels: &Labels) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE devices SET labels = ? WHERE id = ?")
+            .bind(serde_json::to_string(labels)?)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Samples a device's spool has reported dropped, ever.
+    pub async fn spool_dropped_total(&self, device: &str) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT spool_dropped_total FROM devices WHERE id = ?")
+                .bind(device)
+                .fetch_optional(&self.reader)
+                .await?
+                .unwrap_or(0),
+        )
+    }
+
+    /// Devices by state, in one pass.
+    pub async fn device_counts(&self) -> Result<DeviceCounts, StoreError> {
+        static COUNTS: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT {} AS enrolled, {} AS online, {} AS revoked FROM devices",
+                dialect::count_if("revoked_at IS NULL"),
+                dialect::count_if("revoked_at IS NULL AND online = 1"),
+                dialect::count_if("revoked_at IS NOT NULL"),
+            )
+        });
+        let (enrolled, online, revoked): (i64, i64, i64) = sqlx::query_as(COUNTS.as_str())
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(DeviceCounts {
+            enrolled,
+            online,
+            offline: enrolled - online,
+            revoked,
+        })
+    }
+
+    /// Fleet totals with the number of online devices that have an alert.
+    pub async fn fleet_summary(&self) -> Result<FleetSummary, StoreError> {
+        let counts = self.device_counts().await?;
+        let sql = format!(
+            "SELECT COUNT(*) FROM devices d JOIN telemetry t \
+             ON t.device_id = d.id AND t.seq = d.last_seq WHERE {}",
+            alerts::alerting_sql()
+        );
+        let alerting: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(FleetSummary {
+            enrolled: counts.enrolled,
+            online: counts.online,
+            offline: counts.offline,
+            alerting,
+            revoked: counts.revoked,
+        })
+    }
+}

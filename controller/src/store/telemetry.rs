@@ -1,0 +1,136 @@
+//! SQL for reading the `telemetry` table: a device's latest sample, its history downsampled
+//! into buckets, and retention. Samples are written by the ingest batch (`ingest.rs`).
+
+use std::sync::LazyLock;
+
+use sqlx::Row;
+
+use super::{Store, StoreError, dialect};
+use crate::model::devices::{HistoryPlan, HistoryPoint, TelemetrySample};
+
+#[cfg(test)]
+mod tests;
+
+impl Store {
+    /// The device's newest stored sample.
+    pub async fn latest_sample(&self, device: &str) -> Result<Option<TelemetrySample>, StoreError> {
+        let r = sqlx::query(
+            "SELECT seq, ts, received_at, cpu_pct, load1, load5, load15, mem_total, mem_used, \
+             swap_total, swap_used, temp_c, throttled, uptime_s, spool_dropped, spool_backlog, \
+             disks, nets FROM telemetry WHERE device_id = ? ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(device)
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(r) = r else { return Ok(None) };
+        let disks: String = r.try_get("disks")?;
+        let nets: String = r.try_get("nets")?;
+        Ok(Some(TelemetrySample {
+            seq: r.try_get("seq")?,
+            ts: r.try_get("ts")?,
+            received_at: r.try_get("received_at")?,
+            cpu_pct: r.try_get("cpu_pct")?,
+            load1: r.try_get("load1")?,
+            load5: r.try_get("load5")?,
+            load15: r.try_get("load15")?,
+            mem_total: r.try_get("mem_total")?,
+            mem_used: r.try_get("mem_used")?,
+            swap_total: r.try_get("swap_total")?,
+            swap_used: r.try_get("swap_used")?,
+            temp_c: r.try_get("temp_c")?,
+            throttled: r.try_get("throttled")?,
+            uptime_s: r.try_get("uptime_s")?,
+            spool_dropped: r.try_get("spool_dropped")?,
+            spool_backlog: r.try_get("spool_backlog")?,
+            disks: serde_json::from_str(&disks)?,
+            nets: serde_json::from_str(&nets)?,
+        }))
+    }
+
+    /// Aggregates of the device's samples per bucket of `plan.bucket_ms` (by device time),
+    /// oldest first; buckets without samples are left out.
+    pub async fn device_history(
+        &self,
+        device: &str,
+        plan: HistoryPlan,
+    ) -> Result<Vec<HistoryPoint>, StoreError> {
+        // One GROUP BY over the range (read through the (device_id, ts) index); the disk and
+        // network totals per sample were computed at ingest (migration 0006).
+        static HISTORY: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "WITH s AS ( \
+                   SELECT (ts - ?1) / ?2 AS b, cpu_pct, load1, mem_used, mem_total, temp_c, \
+                     disk_used AS du, disk_total AS dt, net_rx AS rx, net_tx AS tx \
+                   FROM telemetry WHERE device_id = ?3 AND ts >= ?1 AND ts < ?4) \
+                 SELECT b, COUNT(*) AS samples, AVG(cpu_pct) AS cpu_avg, \
+                   MAX(cpu_pct) AS cpu_max, AVG(load1) AS load1_avg, AVG(mem_used) AS mem_avg, \
+                   MAX(mem_total) AS mem_total, AVG(temp_c) AS temp_avg, \
+                   MAX(temp_c) AS temp_max, AVG(du) AS du_avg, {} AS dt_max, {} AS rx_max, \
+                   {} AS tx_max \
+                 FROM s GROUP BY b ORDER BY b",
+                dialect::as_int64("MAX(dt)"),
+                dialect::as_int64("MAX(rx)"),
+                dialect::as_int64("MAX(tx)"),
+            )
+        });
+        let rows = sqlx::query(HISTORY.as_str())
+            .bind(plan.from)
+            .bind(plan.bucket_ms)
+            .bind(device)
+            .bind(plan.to)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let b: i64 = r.try_get("b")?;
+                Ok(HistoryPoint {
+                    t: plan.from.saturating_add(b.saturating_mul(plan.bucket_ms)),
+                    samples: r.try_get("samples")?,
+                    cpu_pct_avg: r.try_get("cpu_avg")?,
+                    cpu_pct_max: r.try_get("cpu_max")?,
+                    load1_avg: r.try_get("load1_avg")?,
+                    mem_used_avg: r.try_get("mem_avg")?,
+                    mem_total_max: r.try_get("mem_total")?,
+                    temp_c_avg: r.try_get("temp_avg")?,
+                    temp_c_max: r.try_get("temp_max")?,
+                    disk_used_avg: r.try_get("du_avg")?,
+                    disk_total_max: r.try_get("dt_max")?,
+                    net_rx_bytes: r.try_get("rx_max")?,
+                    net_tx_bytes: r.try_get("tx_max")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes telemetry received before `cutoff_ms`, one hour of data per statement so the
+    /// writer is never held for long. Returns the number of rows deleted.
+    pub async fn apply_retention(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
+        let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(received_at) FROM telemetry")
+            .fetch_one(&self.reader)
+            .await?;
+        let Some(mut from) = oldest else {
+            return Ok(0);
+        };
+        let mut deleted = 0;
+        while from < cutoff_ms {
+            let to = (from + 3_600_000).min(cutoff_ms);
+            let r = sqlx::query("DELETE FROM telemetry WHERE received_at < ?")
+                .bind(to)
+                .execute(&self.writer)
+                .await?;
+            deleted += r.rows_affected();
+            from = to;
+        }
+        Ok(deleted)
+    }
+
+    /// Sequence numbers stored for a device, ascending (for tests and tools).
+    pub async fn telemetry_seqs(&self, device: &str) -> Result<Vec<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT seq FROM telemetry WHERE device_id = ? ORDER BY seq")
+                .bind(device)
+                .fetch_all(&self.reader)
+                .await?,
+        )
+    }
+}
