@@ -17,7 +17,7 @@ use crate::api::extract::{Json, Path, Query, noted};
 use crate::api::params::{bounded, device_id};
 use crate::api::problem::{Problem, ProblemDoc, Refused};
 use crate::commands::dispatch::Targets;
-use crate::commands::lifecycle::Status;
+use crate::model::commands::Status;
 use crate::model::commands::{ActionSpec, CommandSummary};
 use crate::model::labels;
 use crate::store::Cancel;

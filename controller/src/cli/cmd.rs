@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use pifleet_controller::commands::dispatch::{self, Targets};
-use pifleet_controller::commands::lifecycle::Status;
 use pifleet_controller::model::labels;
+use pifleet_controller::model::lifecycle::Status;
 use pifleet_controller::store::{Cancel, Store};
 
 use super::{DataDirArg, Usage, conclude, open, record};

@@ -2,4 +2,3 @@
 //! moves through as its device's receipts arrive.
 
 pub mod dispatch;
-pub mod lifecycle;

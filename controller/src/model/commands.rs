@@ -12,9 +12,7 @@ use utoipa::openapi::schema::{
 };
 use utoipa::{PartialSchema, ToSchema};
 
-use crate::store::{CommandRow, StoreError};
-
-/// Where a command is in its lifecycle (the transitions are in `commands::lifecycle`).
+/// Where a command is in its lifecycle (the transitions are in `model::lifecycle`).
 /// Serialized as the lowercase name, [`Status::as_str`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -300,30 +298,6 @@ fn status_schema() -> ObjectBuilder {
         .schema_type(Type::String)
         .enum_values(Some(Status::ALL.map(Status::as_str)))
         .description(Some("Where the command is in its lifecycle."))
-}
-
-impl TryFrom<&CommandRow> for CommandSummary {
-    type Error = StoreError;
-
-    fn try_from(c: &CommandRow) -> Result<Self, StoreError> {
-        Ok(CommandSummary {
-            id: c.id.clone(),
-            device: c.device_id.clone(),
-            action: c.parsed_action()?.into(),
-            status: c.status,
-            reason: c.reason.clone(),
-            created_at: c.created_at,
-            expires_at: c.expires_at,
-            sent_at: c.sent_at,
-            accepted_at: c.accepted_at,
-            started_at: c.started_at,
-            finished_at: c.finished_at,
-            exit_code: c.exit_code,
-            duration_ms: c.duration_ms,
-            stdout_len: c.stdout_len,
-            stderr_len: c.stderr_len,
-        })
-    }
 }
 
 #[cfg(test)]

@@ -5,5 +5,6 @@ pub mod audit;
 pub mod commands;
 pub mod devices;
 pub mod labels;
+pub mod lifecycle;
 pub mod role;
 pub mod session;

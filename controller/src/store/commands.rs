@@ -8,8 +8,9 @@ use sqlx::sqlite::{SqliteTypeInfo, SqliteValueRef};
 use sqlx::{QueryBuilder, Sqlite, ValueRef};
 
 use super::{Store, StoreError, now_ms, sql_int};
-use crate::commands::lifecycle;
+use crate::model::commands::CommandSummary;
 use crate::model::commands::Status;
+use crate::model::lifecycle;
 
 #[cfg(test)]
 mod tests;
@@ -409,5 +410,30 @@ impl Store {
         .await?
         .rows_affected();
         Ok((expired, timed_out))
+    }
+}
+
+/// A stored command as the API and the live stream show it (without its output).
+impl TryFrom<&CommandRow> for CommandSummary {
+    type Error = StoreError;
+
+    fn try_from(c: &CommandRow) -> Result<Self, StoreError> {
+        Ok(CommandSummary {
+            id: c.id.clone(),
+            device: c.device_id.clone(),
+            action: c.parsed_action()?.into(),
+            status: c.status,
+            reason: c.reason.clone(),
+            created_at: c.created_at,
+            expires_at: c.expires_at,
+            sent_at: c.sent_at,
+            accepted_at: c.accepted_at,
+            started_at: c.started_at,
+            finished_at: c.finished_at,
+            exit_code: c.exit_code,
+            duration_ms: c.duration_ms,
+            stdout_len: c.stdout_len,
+            stderr_len: c.stderr_len,
+        })
     }
 }

@@ -433,7 +433,7 @@ impl Responder {
 /// stored), both recorded by the controller.
 async fn command_bench(dd: &DataDir, devices: usize, rounds: usize) -> Result<()> {
     use pifleet_controller::commands::dispatch::{Targets, create_commands};
-    use pifleet_controller::commands::lifecycle::Status;
+    use pifleet_controller::model::lifecycle::Status;
     use pifleet_shared::command::Action;
     let store = Store::open(&dd.database(), false).await?;
     let ids: Vec<String> = (0..devices).map(|i| format!("sim-{i:05}")).collect();
