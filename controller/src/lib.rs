@@ -2,6 +2,7 @@
 //! embedded rumqttd, lossless SQLite ingest, and the HTTPS listener.
 
 pub mod api;
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod commands;

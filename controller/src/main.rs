@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use pifleet_controller::approvals::ApprovalError;
 use pifleet_controller::auth::users::UserError;
 use pifleet_controller::datadir::DataDirError;
 use pifleet_controller::enroll::tokens::TokenError;
@@ -68,6 +69,12 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             ServeError::Config(_) => EX_USAGE,
             ServeError::DataDir(e) => data_dir(e),
             _ => 1,
+        };
+    }
+    if let Some(e) = e.downcast_ref::<ApprovalError>() {
+        return match e {
+            ApprovalError::Store(_) | ApprovalError::Corrupt(..) => 1,
+            _ => EX_USAGE,
         };
     }
     if e.downcast_ref::<cli::Usage>().is_some() {

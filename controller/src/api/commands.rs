@@ -13,10 +13,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::AppState;
-use crate::api::extract::{Json, Path, Query, noted};
+use crate::api::extract::{Json, Path, Principal, Query, noted};
 use crate::api::params::{bounded, device_id};
 use crate::api::problem::{Problem, ProblemDoc, Refused};
-use crate::commands::dispatch::Targets;
+use crate::approvals::{self, CommandRequest, Policy};
+use crate::commands::dispatch::{Targets, resolve_targets};
+use crate::model::approvals::ApprovalView;
 use crate::model::commands::Status;
 use crate::model::commands::{ActionSpec, CommandSummary};
 use crate::model::labels;
@@ -46,10 +48,14 @@ pub struct CreatedCommand {
     pub device: String,
 }
 
-/// The commands created, one per target device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// The commands created, one per target device; or, when the request needs a second
+/// admin's approval, no commands and the approval request that waits for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SentCommands {
     pub commands: Vec<CreatedCommand>,
+    /// Set when nothing was sent yet: the request waits for approval.
+    #[schema(required)]
+    pub approval: Option<ApprovalView>,
 }
 
 /// Filters and page of the command list.
@@ -165,16 +171,51 @@ fn command_id(id: &str) -> Result<String, Problem> {
     tag = "commands",
     request_body = SendCommand,
     responses(
-        (status = 202, description = "Commands created, one per device", body = SentCommands),
+        (status = 202, description = "Commands created, one per device; or, for more devices than approvals.device_threshold or the whole fleet, an approval request and no commands", body = SentCommands),
         (status = "4XX", description = "Invalid request, unknown or revoked device, no device matches, or not permitted", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
 pub async fn send(
     State(st): State<AppState>,
+    p: Principal,
     Json(req): Json<SendCommand>,
 ) -> Result<Response, Problem> {
     let targets = req.targets()?;
-    let ttl = Duration::from_secs(req.ttl_s.unwrap_or(st.cfg.commands.default_ttl_s));
+    let ttl_s = req.ttl_s.unwrap_or(st.cfg.commands.default_ttl_s);
+    let ttl = Duration::from_secs(ttl_s);
+    let policy = Policy::from(&st.cfg.approvals);
+    let resolved = resolve_targets(&st.store, &targets).await?;
+    if policy.needs_approval(&resolved) {
+        // Checked before it waits, so a request that could never be sent is refused now.
+        Action::from(req.action.clone())
+            .validate()
+            .map_err(|e| Problem::bad_request(format!("invalid action: {e}")))?;
+        if !(1..=7 * 86_400).contains(&ttl_s) {
+            return Err(Problem::bad_request(
+                "ttl_s must be between 1 and 604800 seconds",
+            ));
+        }
+        let request = CommandRequest {
+            targets,
+            action: req.action,
+            ttl_s,
+        };
+        let row = approvals::request_command(
+            &st.store,
+            &policy,
+            &format!("user:{}", p.name),
+            Some(p.user_id),
+            &request,
+            &resolved,
+        )
+        .await?;
+        let note = format!("awaiting approval {}: {}", row.id, row.summary);
+        let body = SentCommands {
+            commands: Vec::new(),
+            approval: Some(row.view(crate::store::now_ms())),
+        };
+        return Ok(noted(note, (StatusCode::ACCEPTED, axum::Json(body))));
+    }
     let action = Action::from(req.action);
     let kind = action.kind();
     let created = st.dispatcher.submit(&targets, action, ttl).await?;
@@ -189,7 +230,13 @@ pub async fn send(
     let note = format!("action: {kind}; command ids: {}", ids.join(", "));
     Ok(noted(
         note,
-        (StatusCode::ACCEPTED, axum::Json(SentCommands { commands })),
+        (
+            StatusCode::ACCEPTED,
+            axum::Json(SentCommands {
+                commands,
+                approval: None,
+            }),
+        ),
     ))
 }
 

@@ -44,6 +44,7 @@ use crate::store::Store;
 use crate::supervise::Health;
 use https::PeerAddr;
 
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod commands;
@@ -243,6 +244,7 @@ pub fn event(actor: &str, ip: IpAddr, action: &str, target: &str, outcome: &str)
         (name = "self", description = "The signed-in user's own account"),
         (name = "devices", description = "Enrolled devices and their telemetry"),
         (name = "commands", description = "Signed remote commands"),
+        (name = "approvals", description = "Two-person approval of fleet-wide actions"),
         (name = "tokens", description = "Enrollment tokens"),
         (name = "users", description = "User management (admin)"),
         (name = "audit", description = "The hash-chained audit log (admin)"),
@@ -295,6 +297,10 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(commands::send, commands::list))
         .routes(routes!(commands::show))
         .routes(routes!(commands::cancel))
+        .routes(routes!(approvals::list))
+        .routes(routes!(approvals::show))
+        .routes(routes!(approvals::approve))
+        .routes(routes!(approvals::reject))
         .routes(routes!(tokens::create, tokens::list))
         .routes(routes!(tokens::revoke))
         .routes(routes!(users::list, users::create))

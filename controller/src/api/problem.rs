@@ -170,6 +170,23 @@ impl From<crate::enroll::Refusal> for Problem {
     }
 }
 
+/// Approval: nobody to approve 409 (the message names the setting), your own request
+/// 403, unknown 404, already decided or expired 409; an unreadable stored request is ours.
+impl From<crate::approvals::ApprovalError> for Problem {
+    fn from(e: crate::approvals::ApprovalError) -> Self {
+        use crate::approvals::ApprovalError;
+        match e {
+            ApprovalError::TooFewAdmins { .. } | ApprovalError::NotPending { .. } => {
+                Problem::conflict(e.to_string())
+            }
+            ApprovalError::OwnRequest => Problem::forbidden(e.to_string()),
+            ApprovalError::NotFound(_) => Problem::not_found(e.to_string()),
+            ApprovalError::Dispatch(d) => d.into(),
+            ApprovalError::Corrupt(..) | ApprovalError::Store(_) => Problem::internal(&e),
+        }
+    }
+}
+
 /// Labels that break the rules are the caller's mistake.
 impl From<crate::model::labels::LabelError> for Problem {
     fn from(e: crate::model::labels::LabelError) -> Self {

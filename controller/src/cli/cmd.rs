@@ -9,6 +9,8 @@ use pifleet_controller::model::labels;
 use pifleet_controller::model::lifecycle::Status;
 use pifleet_controller::store::{Cancel, Store};
 
+use pifleet_controller::approvals::{self, CommandRequest, Policy};
+
 use super::{DataDirArg, Usage, conclude, open, record};
 
 #[derive(Subcommand)]
@@ -83,6 +85,47 @@ pub async fn run(cmd: CmdCmd) -> anyhow::Result<()> {
             };
             let ttl = ttl.unwrap_or(Duration::from_secs(o.cfg.commands.default_ttl_s));
             let answer = o.cfg.commands.answer_timeout();
+            // A fleet-wide command waits for a second admin, from here as from the API.
+            let policy = Policy::from(&o.cfg.approvals);
+            let resolved = dispatch::resolve_targets(&o.store, &targets).await;
+            if let Ok(resolved) = &resolved
+                && policy.needs_approval(resolved)
+            {
+                action
+                    .validate()
+                    .map_err(|e| Usage(format!("invalid action: {e}")))?;
+                if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(7 * 86_400) {
+                    return Err(Usage("--ttl must be between 1 s and 7 days".into()).into());
+                }
+                let request = CommandRequest {
+                    targets: targets.clone(),
+                    action: action.into(),
+                    ttl_s: ttl.as_secs(),
+                };
+                let actor = pifleet_controller::audit::Event::cli("", "", "", "").actor;
+                let r =
+                    approvals::request_command(&o.store, &policy, &actor, None, &request, resolved)
+                        .await;
+                let (target, detail) = match &r {
+                    Ok(row) => (
+                        row.id.clone(),
+                        format!("awaiting approval: {}", row.summary),
+                    ),
+                    Err(_) => (format!("{targets:?}"), String::new()),
+                };
+                let row = conclude(o.store, "command.request", &target, &detail, r).await?;
+                println!(
+                    "approval {} pending until {}: {}\nA second admin approves it in the dashboard or with POST /api/v1/approvals/{}/approve.",
+                    row.id,
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH
+                            + Duration::from_millis(u64::try_from(row.expires_at).unwrap_or(0))
+                    ),
+                    row.summary,
+                    row.id
+                );
+                return Ok(());
+            }
             let created = dispatch::create_commands(&o.store, &targets, action, ttl, answer)
                 .await
                 .map_err(|e| Usage(e.to_string()));

@@ -14,6 +14,7 @@ use pifleet_controller::store::Store;
 use pifleet_controller::{demo, signal};
 use tokio_util::sync::CancellationToken;
 
+pub mod approval;
 pub mod audit;
 pub mod cmd;
 pub mod device;
@@ -79,6 +80,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: cmd::CmdCmd,
     },
+    /// Requests that wait for a second admin's approval.
+    Approval {
+        #[command(subcommand)]
+        cmd: approval::ApprovalCmd,
+    },
     /// Admin users of the API and dashboard.
     User {
         #[command(subcommand)]
@@ -127,6 +133,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token { cmd } => token::run(cmd).await?,
         Command::Device { cmd } => device::run(cmd).await?,
         Command::Cmd { cmd } => cmd::run(cmd).await?,
+        Command::Approval { cmd } => approval::run(cmd).await?,
         Command::User { cmd } => user::run(cmd).await?,
         Command::Audit { cmd } => audit::run(cmd).await?,
         Command::Demo(args) => demo::run(args).await?,

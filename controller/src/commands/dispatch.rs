@@ -36,11 +36,59 @@ pub enum DispatchError {
 }
 
 /// Which devices a command goes to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Targets {
     Devices(Vec<String>),
     /// Every enrolled, unrevoked device whose labels include all of these.
     Selector(Labels),
+}
+
+/// The devices a request targets, resolved against the fleet now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub devices: Vec<String>,
+    /// A selector that matches every unrevoked device of a fleet of more than one.
+    pub whole_fleet: bool,
+}
+
+/// Resolves targets: listed devices must exist and not be revoked; a selector takes every
+/// unrevoked device whose labels include all of its labels, and must match one at least.
+pub async fn resolve_targets(store: &Store, targets: &Targets) -> Result<Resolved, DispatchError> {
+    let devices = store.list_devices().await?;
+    let live = devices.iter().filter(|d| d.revoked_at.is_none()).count();
+    let (chosen, by_selector): (Vec<String>, bool) = match targets {
+        Targets::Devices(ids) => {
+            for id in ids {
+                match devices.iter().find(|d| &d.id == id) {
+                    None => return Err(DispatchError::NoTarget(format!("no device {id}"))),
+                    Some(d) if d.revoked_at.is_some() => {
+                        return Err(DispatchError::NoTarget(format!("device {id} is revoked")));
+                    }
+                    Some(_) => {}
+                }
+            }
+            (ids.clone(), false)
+        }
+        Targets::Selector(want) => (
+            devices
+                .iter()
+                .filter(|d| d.revoked_at.is_none())
+                .filter(|d| want.iter().all(|(k, v)| d.labels.get(k) == Some(v)))
+                .map(|d| d.id.clone())
+                .collect(),
+            true,
+        ),
+    };
+    if chosen.is_empty() {
+        return Err(DispatchError::NoTarget(
+            "the selector matches no device".into(),
+        ));
+    }
+    Ok(Resolved {
+        whole_fleet: by_selector && live > 1 && chosen.len() == live,
+        devices: chosen,
+    })
 }
 
 /// Creates one queued command per target device. Used by the CLI (a separate process: the
@@ -61,32 +109,7 @@ pub async fn create_commands(
     {
         return Err(DispatchError::Ttl);
     }
-    let devices = store.list_devices().await?;
-    let chosen: Vec<String> = match targets {
-        Targets::Devices(ids) => {
-            for id in ids {
-                match devices.iter().find(|d| &d.id == id) {
-                    None => return Err(DispatchError::NoTarget(format!("no device {id}"))),
-                    Some(d) if d.revoked_at.is_some() => {
-                        return Err(DispatchError::NoTarget(format!("device {id} is revoked")));
-                    }
-                    Some(_) => {}
-                }
-            }
-            ids.clone()
-        }
-        Targets::Selector(want) => devices
-            .iter()
-            .filter(|d| d.revoked_at.is_none())
-            .filter(|d| want.iter().all(|(k, v)| d.labels.get(k) == Some(v)))
-            .map(|d| d.id.clone())
-            .collect(),
-    };
-    if chosen.is_empty() {
-        return Err(DispatchError::NoTarget(
-            "the selector matches no device".into(),
-        ));
-    }
+    let chosen = resolve_targets(store, targets).await?.devices;
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
     let timeout_ms = i64::try_from(answer_timeout.as_millis()).unwrap_or(i64::MAX);
     let now = now_ms();

@@ -23,6 +23,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub enrollment: EnrollmentConfig,
     pub commands: CommandsConfig,
+    pub approvals: ApprovalsConfig,
     pub auth: AuthConfig,
     pub metrics: MetricsConfig,
     pub tracing: TracingConfig,
@@ -184,6 +185,10 @@ impl Config {
         check(
             (100..=600_000).contains(&self.commands.resend_ms),
             "commands.resend_ms must be 100..=600000",
+        );
+        check(
+            (1..=30 * 86_400).contains(&self.approvals.expiry_s),
+            "approvals.expiry_s must be 1..=2592000",
         );
         check(
             (1..=600).contains(&self.https.request_timeout_s),

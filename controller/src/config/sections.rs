@@ -228,6 +228,35 @@ impl CommandsConfig {
     }
 }
 
+/// Two-person approval of fleet-wide actions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalsConfig {
+    /// A command to more devices than this waits for a second admin's approval.
+    pub device_threshold: u32,
+    /// A selector that matches every device of the fleet (of two or more) needs approval
+    /// whatever its size.
+    pub whole_fleet: bool,
+    /// A request not decided within this many seconds expires.
+    pub expiry_s: u64,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        Self {
+            device_threshold: 10,
+            whole_fleet: true,
+            expiry_s: 86_400,
+        }
+    }
+}
+
+impl ApprovalsConfig {
+    pub fn expiry(&self) -> Duration {
+        Duration::from_secs(self.expiry_s)
+    }
+}
+
 /// The device-facing MQTT gateway (mutual TLS).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

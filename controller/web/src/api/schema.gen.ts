@@ -3,6 +3,77 @@
 // `npm run api-types`. scripts/check fails when this file is out of date.
 
 export interface paths {
+    "/api/v1/approvals": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Lists approval requests, newest first. */
+        get: operations["list_approvals"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/approvals/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One approval request. */
+        get: operations["show_approval"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/approvals/{id}/approve": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Approves a request and carries it out at once: the device set is resolved now and bound
+         *     to the approval, and the commands are created for exactly those devices.
+         */
+        post: operations["approve"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/approvals/{id}/reject": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Rejects a request: nothing is sent. */
+        post: operations["reject"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/audit": {
         parameters: {
             query?: never;
@@ -633,6 +704,46 @@ export interface components {
             /** Format: int64 */
             seconds: number;
         };
+        /**
+         * @description What kind of action waits for approval.
+         * @enum {string}
+         */
+        ApprovalKind: "command";
+        /**
+         * @description Where a request stands. `expired` is never stored: a pending request past its expiry
+         *     shows as expired and can no longer be decided.
+         * @enum {string}
+         */
+        ApprovalStatus: "pending" | "approved" | "done" | "failed" | "rejected" | "expired";
+        /** @description A request as the API and the dashboard show it. */
+        ApprovalView: {
+            /** Format: int64 */
+            created_at: number;
+            /** Format: int64 */
+            decided_at: number | null;
+            decided_by: string | null;
+            /**
+             * Format: int64
+             * @description Devices it targeted when requested.
+             */
+            device_count: number;
+            /** Format: int64 */
+            expires_at: number;
+            /** @description 32 lowercase hex. */
+            id: string;
+            kind: components["schemas"]["ApprovalKind"];
+            /** @description What carrying it out did, or why it failed. */
+            outcome: string | null;
+            /** @description The exact request. */
+            request: Record<string, never>;
+            /** @description Who asked (`user:NAME` or `cli:USER`). */
+            requested_by: string;
+            status: components["schemas"]["ApprovalStatus"];
+            /** @description What it does, to how many devices. */
+            summary: string;
+            /** @description The device set bound when it was approved. */
+            targets: string[] | null;
+        };
         /** @description One audit entry as stored (and as the API serves it). */
         AuditEntry: {
             action: string;
@@ -1140,8 +1251,12 @@ export interface components {
              */
             ttl_s?: number | null;
         };
-        /** @description The commands created, one per target device. */
+        /**
+         * @description The commands created, one per target device; or, when the request needs a second
+         *     admin's approval, no commands and the approval request that waits for it.
+         */
         SentCommands: {
+            approval: null | components["schemas"]["ApprovalView"];
             commands: components["schemas"]["CreatedCommand"][];
         };
         /** @description The state of an allowlisted systemd unit. */
@@ -1334,6 +1449,139 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    list_approvals: {
+        parameters: {
+            query?: {
+                /** @description Only requests still waiting for a decision. */
+                pending?: boolean;
+                /** @description At most this many, newest first (1–500, default 100). */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Approval requests */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApprovalView"][];
+                };
+            };
+            /**
+             * @description Refused: invalid input, not signed in, not permitted, not found or in conflict; the
+             *     problem document says which and why.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    show_approval: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 32 lowercase hex. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The request */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApprovalView"];
+                };
+            };
+            /** @description Invalid id, no such request, or not permitted */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    approve: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 32 lowercase hex. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Approved and carried out */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApprovalView"];
+                };
+            };
+            /** @description Your own request (403), no such request (404), no longer pending or expired (409), or not permitted */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    reject: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 32 lowercase hex. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Rejected */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApprovalView"];
+                };
+            };
+            /** @description Your own request (403), no such request (404), no longer pending or expired (409), or not permitted */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
     list_audit: {
         parameters: {
             query?: {
@@ -1681,7 +1929,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Commands created, one per device */
+            /** @description Commands created, one per device; or, for more devices than approvals.device_threshold or the whole fleet, an approval request and no commands */
             202: {
                 headers: {
                     [name: string]: unknown;

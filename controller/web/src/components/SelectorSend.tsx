@@ -279,7 +279,11 @@ export function SelectorSend({ onSent }: { onSent: () => void }) {
           danger={confirm.action.kind === 'reboot'}
           onConfirm={async () => {
             const r = await sendCommand({ selector: confirm.selector }, confirm.action);
-            toast(`Sent ${describeAction(confirm.action)} to ${plural(r.commands.length, 'device')}.`);
+            if (r.approval) {
+              toast(`Waiting for a second admin: ${r.approval.summary}`);
+            } else {
+              toast(`Sent ${describeAction(confirm.action)} to ${plural(r.commands.length, 'device')}.`);
+            }
             onSent();
           }}
           onClose={() => setConfirm(null)}
