@@ -33,6 +33,17 @@ pub struct ApprovalPath {
     pub id: String,
 }
 
+/// Two-person approval needs a second person: an API token cannot decide.
+fn person(p: &Principal) -> Result<(), Problem> {
+    if p.api_token {
+        Err(Problem::forbidden(
+            "an API token cannot approve or reject: a second admin signs in to decide",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 fn approval_id(id: &str) -> Result<&str, Problem> {
     if id.len() == 32
         && id
@@ -94,7 +105,8 @@ pub async fn approve(
     Path(ApprovalPath { id }): Path<ApprovalPath>,
 ) -> Result<axum::response::Response, Problem> {
     let id = approval_id(&id)?;
-    let actor = format!("user:{}", p.name);
+    person(&p)?;
+    let actor = p.actor();
     let row = approvals::approve(&st.store, &st.dispatcher, id, &actor, Some(p.user_id)).await?;
     let note = format!(
         "{}; {}",
@@ -115,7 +127,8 @@ pub async fn reject(
     Path(ApprovalPath { id }): Path<ApprovalPath>,
 ) -> Result<axum::response::Response, Problem> {
     let id = approval_id(&id)?;
-    let actor = format!("user:{}", p.name);
+    person(&p)?;
+    let actor = p.actor();
     let row = approvals::reject(&st.store, id, &actor, Some(p.user_id)).await?;
     Ok(noted(row.summary.clone(), axum::Json(row.view(now_ms()))))
 }

@@ -203,7 +203,7 @@ pub async fn send(
         let row = approvals::request_command(
             &st.store,
             &policy,
-            &format!("user:{}", p.name),
+            &p.actor(),
             Some(p.user_id),
             &request,
             &resolved,

@@ -81,12 +81,27 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
 }
 
 /// The signed-in user of a request, set by the guard for every non-public route: the
-/// session's user as the store read it, and when the presented access token expires.
+/// session's user as the store read it, and when the presented access token expires. For
+/// an API token (automation), `api_token` is set and `user` stands for the token: its name
+/// and role, a negative id that no user has, no session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub user: SessionUser,
     /// When the access token this request presented expires, Unix seconds.
     pub token_expires_at: i64,
+    /// Set when the request came with an API token rather than a user's access token.
+    pub api_token: bool,
+}
+
+impl Principal {
+    /// Who this is in the audit log: `user:NAME` or `token:NAME`.
+    pub fn actor(&self) -> String {
+        if self.api_token {
+            format!("token:{}", self.user.name)
+        } else {
+            format!("user:{}", self.user.name)
+        }
+    }
 }
 
 impl std::ops::Deref for Principal {

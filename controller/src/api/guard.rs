@@ -50,13 +50,19 @@ pub(super) async fn guard(
     if route.perm == Permission::Public {
         return next.run(req).await;
     }
-    let principal = match authenticate(&st, req.headers()).await {
+    let principal = match authenticate(&st, req.headers(), ip).await {
         Ok(p) => p,
         Err(p) => return p.into_response(),
     };
     let mutating = !matches!(*req.method(), Method::GET | Method::HEAD);
     let target = req.uri().path().to_owned();
-    let actor = format!("user:{}", principal.name);
+    let actor = principal.actor();
+    if principal.api_token && route.perm == Permission::Session {
+        return Problem::forbidden(
+            "an API token has no account of its own: this route is for users",
+        )
+        .into_response();
+    }
     let pending = if route.perm == Permission::Session {
         None
     } else {
@@ -143,10 +149,37 @@ fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
 pub(super) async fn authenticate(
     st: &ApiState,
     headers: &axum::http::HeaderMap,
+    ip: IpAddr,
 ) -> Result<Principal, Problem> {
     let token = bearer(headers).ok_or_else(|| {
         Problem::unauthorized("sign in: send an access token as `Authorization: Bearer <token>`")
     })?;
+    if token.starts_with(crate::auth::api_tokens::PREFIX) {
+        return match crate::auth::api_tokens::resolve(&st.store, token).await? {
+            Some(t) => Ok(Principal {
+                user: crate::model::session::SessionUser {
+                    user_id: -t.rowid,
+                    name: t.name,
+                    role: t.role,
+                    session_id: String::new(),
+                    mfa_enabled: true,
+                    must_change_password: false,
+                },
+                token_expires_at: t.expires_at / 1000,
+                api_token: true,
+            }),
+            None => {
+                // A wrong token is a guess at a secret: it counts like a sign-in.
+                if let Some(p) = rate_limited(&st.auth_limiter, ip, "sign-in") {
+                    return Err(p);
+                }
+                tracing::warn!(source = %ip, "API token refused: unknown, expired or revoked");
+                Err(Problem::unauthorized(
+                    "the API token is unknown, expired or revoked",
+                ))
+            }
+        };
+    }
     let now = crate::store::now_ms() / 1000;
     let claims = st
         .jwt
@@ -160,6 +193,7 @@ pub(super) async fn authenticate(
     Ok(Principal {
         user,
         token_expires_at: claims.exp,
+        api_token: false,
     })
 }
 

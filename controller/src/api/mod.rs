@@ -44,6 +44,7 @@ use crate::store::Store;
 use crate::supervise::Health;
 use https::PeerAddr;
 
+pub mod api_tokens;
 pub mod approvals;
 pub mod audit;
 pub mod auth;
@@ -306,6 +307,8 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(users::list, users::create))
         .routes(routes!(users::update, users::delete))
         .routes(routes!(users::reset_mfa))
+        .routes(routes!(api_tokens::create, api_tokens::list))
+        .routes(routes!(api_tokens::revoke))
         .routes(routes!(users::settings, users::set_settings))
         .routes(routes!(audit::list))
         .routes(routes!(audit::verify))

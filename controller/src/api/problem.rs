@@ -187,6 +187,17 @@ impl From<crate::approvals::ApprovalError> for Problem {
     }
 }
 
+/// A bad or taken API token name or lifetime is 400.
+impl From<crate::auth::api_tokens::ApiTokenError> for Problem {
+    fn from(e: crate::auth::api_tokens::ApiTokenError) -> Self {
+        use crate::auth::api_tokens::ApiTokenError;
+        match e {
+            ApiTokenError::Invalid(m) => Problem::bad_request(m),
+            ApiTokenError::Store(e) => e.into(),
+        }
+    }
+}
+
 /// Labels that break the rules are the caller's mistake.
 impl From<crate::model::labels::LabelError> for Problem {
     fn from(e: crate::model::labels::LabelError) -> Self {

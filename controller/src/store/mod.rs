@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use sqlx::sqlite::SqlitePool;
 
+pub mod api_tokens;
 pub mod approvals;
 pub mod attempts;
 mod audit;

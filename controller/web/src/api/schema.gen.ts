@@ -3,6 +3,41 @@
 // `npm run api-types`. scripts/check fails when this file is out of date.
 
 export interface paths {
+    "/api/v1/api-tokens": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Lists API tokens, newest first. */
+        get: operations["list_api_tokens"];
+        put?: never;
+        /** Creates an API token for automation. */
+        post: operations["create_api_token"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/api-tokens/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** Revokes an API token: it stops working on its next request. */
+        delete: operations["revoke_api_token"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/approvals": {
         parameters: {
             query?: never;
@@ -704,6 +739,24 @@ export interface components {
             /** Format: int64 */
             seconds: number;
         };
+        /** @description An API token as listed (never its secret). */
+        ApiTokenView: {
+            /** Format: int64 */
+            created_at: number;
+            created_by: string;
+            /** Format: int64 */
+            expires_at: number;
+            id: string;
+            /**
+             * Format: int64
+             * @description Last use, to the minute.
+             */
+            last_used_at: number | null;
+            name: string;
+            /** Format: int64 */
+            revoked_at: number | null;
+            role: components["schemas"]["Role"];
+        };
         /**
          * @description What kind of action waits for approval.
          * @enum {string}
@@ -874,6 +927,16 @@ export interface components {
              * @description Lifetime in seconds (default 3600; at most `enrollment.max_token_ttl_s`).
              */
             ttl_s?: number | null;
+        };
+        /** @description A created API token: `token` is shown only now. */
+        CreatedApiToken: {
+            /** Format: int64 */
+            expires_at: number;
+            id: string;
+            name: string;
+            role: components["schemas"]["Role"];
+            /** @description Send as `Authorization: Bearer <token>`. Keep it in the pipeline's secret store. */
+            token: string;
         };
         /** @description A created command. */
         CreatedCommand: {
@@ -1181,6 +1244,18 @@ export interface components {
             /** Format: int64 */
             tx_bytes: number;
         };
+        /** @description A new API token. */
+        NewApiToken: {
+            /** @description 1-64 of a-z 0-9 . _ - starting with a letter or digit; unique. */
+            name: string;
+            /** @description What it may do, like a user of this role. */
+            role: components["schemas"]["Role"];
+            /**
+             * Format: int64
+             * @description Seconds until it expires (1 to one year; default 90 days).
+             */
+            ttl_s?: number | null;
+        };
         NewUser: {
             /** @description 1-64 of a-z 0-9 . _ - starting with a letter or digit. */
             name: string;
@@ -1449,6 +1524,101 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    list_api_tokens: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description API tokens */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiTokenView"][];
+                };
+            };
+            /**
+             * @description Refused: invalid input, not signed in, not permitted, not found or in conflict; the
+             *     problem document says which and why.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    create_api_token: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NewApiToken"];
+            };
+        };
+        responses: {
+            /** @description Created; the token is shown only now */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CreatedApiToken"];
+                };
+            };
+            /** @description Invalid or taken name, lifetime out of bounds, or not permitted */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    revoke_api_token: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 12 lowercase hex. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Revoked */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description No such unrevoked token, or not permitted */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
     list_approvals: {
         parameters: {
             query?: {
