@@ -17,6 +17,7 @@ pub mod mqtt;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod pki;
+pub mod releases;
 pub mod serve;
 pub mod setup;
 pub mod signal;
