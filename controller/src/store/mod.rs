@@ -18,10 +18,12 @@ mod audit;
 mod commands;
 mod fleet;
 mod ingest;
+mod releases;
 pub mod users;
 pub use audit::AuditCheck;
 pub use commands::{Cancel, CommandRow, NewCommand, ReceiptUpdate};
 pub use fleet::{THROTTLED_NOW, THROTTLED_UNDER_VOLTAGE};
+pub use releases::{NewReleaseRow, ReleaseRow, ReleaseSource, ReleaseTx};
 
 /// Database errors.
 #[derive(Debug, thiserror::Error)]
