@@ -9,12 +9,17 @@
 //!   server.key     0600
 //!   command.key    0600  Ed25519 command-signing key (PKCS#8 PEM)
 //!   command.pub    0600  its public half, handed to devices at enrollment
+//!   release.key    0600  Ed25519 release-signing key (PKCS#8 PEM); may be kept offline
+//!   release.pub    0600  its public half, pinned by devices
 //!   jwt.key        0600  keys that sign admin access tokens (newest first, with key ids)
 //!   scrape.token   0600  bearer token for Prometheus scrapes
 //!   crl.pem        0600  revoked device certificates, reloaded by the running controller
 //!   crl.lock       0600  held while a process (CLI or controller) publishes crl.pem
 //!   pifleet.db     0600  SQLite database (WAL)
 //!   serve.json     0600  addresses the running controller bound (for scripts and tests)
+//!   releases/      0700  release archives and signed manifests, named by their SHA-256:
+//!     <sha256>.tar.gz     the canonical archive
+//!     <sha256>.manifest   the signed manifest (postcard), named by its own digest
 //! ```
 
 use std::fs;
@@ -100,6 +105,27 @@ impl DataDir {
     pub fn command_pub(&self) -> PathBuf {
         self.root.join("command.pub")
     }
+    pub fn release_key(&self) -> PathBuf {
+        self.root.join("release.key")
+    }
+    pub fn release_pub(&self) -> PathBuf {
+        self.root.join("release.pub")
+    }
+    pub fn releases_dir(&self) -> PathBuf {
+        self.root.join("releases")
+    }
+    /// A stored release archive, by its SHA-256.
+    pub fn release_archive(&self, sha256: &[u8; 32]) -> PathBuf {
+        self.releases_dir()
+            .join(format!("{}.tar.gz", pifleet_shared::token::to_hex(sha256)))
+    }
+    /// A stored signed manifest, by the SHA-256 of its bytes.
+    pub fn release_manifest(&self, sha256: &[u8; 32]) -> PathBuf {
+        self.releases_dir().join(format!(
+            "{}.manifest",
+            pifleet_shared::token::to_hex(sha256)
+        ))
+    }
     pub fn jwt_keys(&self) -> PathBuf {
         self.root.join("jwt.key")
     }
@@ -130,6 +156,11 @@ impl DataDir {
         ]
     }
 
+    /// Secrets that may be absent (the release key may live offline); checked when present.
+    pub fn optional_secret_files(&self) -> [PathBuf; 1] {
+        [self.release_key()]
+    }
+
     /// Creates the directory (0700) for `init`; refuses an existing non-empty one.
     pub fn create_new(&self) -> Result<(), DataDirError> {
         if self.root.exists() {
@@ -152,6 +183,16 @@ impl DataDir {
             let meta = fs::metadata(&path).map_err(io(&path))?;
             owned_by(&path, &meta, me)?;
             private(&path, &meta)?;
+        }
+        for path in self.optional_secret_files() {
+            match fs::metadata(&path) {
+                Ok(meta) => {
+                    owned_by(&path, &meta, me)?;
+                    private(&path, &meta)?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path)(e)),
+            }
         }
         Ok(())
     }
@@ -242,6 +283,17 @@ mod tests {
             "{err}"
         );
         fs::set_permissions(dd.ca_key(), fs::Permissions::from_mode(0o600)).unwrap();
+        dd.check().unwrap();
+        // The release key may be absent (kept offline), but when present it is private.
+        write_private(&dd.release_key(), b"k").unwrap();
+        dd.check().unwrap();
+        fs::set_permissions(dd.release_key(), fs::Permissions::from_mode(0o640)).unwrap();
+        let err = dd.check().unwrap_err();
+        assert!(
+            matches!(err, DataDirError::Permissions { mode: 0o640, .. }),
+            "{err}"
+        );
+        fs::remove_file(dd.release_key()).unwrap();
         dd.check().unwrap();
         // The directory itself must be private too.
         fs::set_permissions(dd.root(), fs::Permissions::from_mode(0o755)).unwrap();

@@ -18,6 +18,7 @@ pub mod mqtt;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod pki;
+pub mod releases;
 pub mod rollouts;
 pub mod serve;
 pub mod setup;

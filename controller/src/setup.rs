@@ -1,12 +1,15 @@
 //! A data dir's keys and secrets: `init` makes a complete data dir (CA, server certificate,
-//! command key, access-token key, scrape token, config, database, CRL, first admin), and
-//! `serve` loads them here, making the secrets a data dir from an older version lacks.
+//! command key, release key, access-token key, scrape token, config, database, CRL, first
+//! admin), and `serve` loads them here, making the secrets a data dir from an older version
+//! lacks.
 
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
+use pifleet_shared::release::ReleaseSigner;
+use pifleet_shared::signing::TrustedKey;
 use rand::RngCore;
 
 use crate::auth::Role;
@@ -33,6 +36,13 @@ pub enum SetupError {
     Config(#[from] config::ConfigError),
     #[error("command key: {0}")]
     CommandKey(String),
+    #[error("release key: {0}")]
+    ReleaseKey(String),
+    #[error(
+        "{} is not in the data dir (kept offline?); sign with the key file given explicitly",
+        .0.display()
+    )]
+    ReleaseKeyAbsent(PathBuf),
     #[error("access-token key: {0}")]
     AccessTokenKey(String),
     #[error("{} holds no usable token; delete it and restart to make a new one", .0.display())]
@@ -114,19 +124,8 @@ async fn populate(dd: &DataDir, hostnames: &[String]) -> Result<InitReport, Setu
     write_private(&dd.server_cert(), cert.as_bytes())?;
     write_private(&dd.server_key(), key.as_bytes())?;
 
-    let mut seed = [0u8; 32];
-    rand::rng().fill_bytes(&mut seed);
-    let signing = SigningKey::from_bytes(&seed);
-    seed.fill(0);
-    let key_pem = signing
-        .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|e| SetupError::CommandKey(e.to_string()))?;
-    let pub_pem = signing
-        .verifying_key()
-        .to_public_key_pem(LineEnding::LF)
-        .map_err(|e| SetupError::CommandKey(e.to_string()))?;
-    write_private(&dd.command_key(), key_pem.as_bytes())?;
-    write_private(&dd.command_pub(), pub_pem.as_bytes())?;
+    write_key_pair(&dd.command_key(), &dd.command_pub(), SetupError::CommandKey)?;
+    write_key_pair(&dd.release_key(), &dd.release_pub(), SetupError::ReleaseKey)?;
 
     JwtKeys::generate()
         .save(&dd.jwt_keys())
@@ -166,9 +165,84 @@ async fn populate(dd: &DataDir, hostnames: &[String]) -> Result<InitReport, Setu
     })
 }
 
-/// A data dir made by an older version may lack the access-token keys or the scrape
-/// token: make them.
+/// Writes a fresh Ed25519 key pair: the private key as PKCS#8 PEM, the public key as SPKI
+/// PEM, both 0600. `err` names which key failed.
+fn write_key_pair(
+    key_path: &Path,
+    pub_path: &Path,
+    err: fn(String) -> SetupError,
+) -> Result<(), SetupError> {
+    let mut seed = [0u8; 32];
+    rand::rng().fill_bytes(&mut seed);
+    let signing = SigningKey::from_bytes(&seed);
+    seed.fill(0);
+    let key_pem = signing
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| err(e.to_string()))?;
+    let pub_pem = signing
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|e| err(e.to_string()))?;
+    write_private(key_path, key_pem.as_bytes())?;
+    write_private(pub_path, pub_pem.as_bytes())?;
+    Ok(())
+}
+
+/// Makes the release key pair for a data dir from before releases existed. A data dir
+/// with `release.pub` but no `release.key` keeps its key offline: nothing is made then
+/// (a new key would sign releases the devices do not trust). A lost `release.pub` is
+/// derived again from `release.key`.
+fn ensure_release_key(dd: &DataDir) -> Result<(), SetupError> {
+    let (key, public) = (dd.release_key(), dd.release_pub());
+    match (key.exists(), public.exists()) {
+        (false, false) => {
+            write_key_pair(&key, &public, SetupError::ReleaseKey)?;
+            tracing::info!(path = %key.display(), "created the release signing key");
+        }
+        (true, false) => {
+            let pem = read_to_string(&key)?;
+            let signing = SigningKey::from_pkcs8_pem(&pem)
+                .map_err(|e| SetupError::ReleaseKey(format!("{}: {e}", key.display())))?;
+            let pub_pem = signing
+                .verifying_key()
+                .to_public_key_pem(LineEnding::LF)
+                .map_err(|e| SetupError::ReleaseKey(e.to_string()))?;
+            write_private(&public, pub_pem.as_bytes())?;
+            tracing::info!(path = %public.display(), "wrote the release public key again");
+        }
+        (false, true) | (true, true) => {}
+    }
+    Ok(())
+}
+
+/// The release-signing key in a PKCS#8 PEM file: the data dir's `release.key`, or a key
+/// kept elsewhere and named by the operator.
+pub fn load_release_signer(path: &Path) -> Result<ReleaseSigner, SetupError> {
+    let pem = read_to_string(path)?;
+    ReleaseSigner::from_pkcs8_pem(&pem)
+        .map_err(|e| SetupError::ReleaseKey(format!("{}: {e}", path.display())))
+}
+
+/// The data dir's release-signing key; a clear error when it is kept offline.
+pub fn release_signer(dd: &DataDir) -> Result<ReleaseSigner, SetupError> {
+    let path = dd.release_key();
+    if !path.exists() {
+        return Err(SetupError::ReleaseKeyAbsent(path));
+    }
+    load_release_signer(&path)
+}
+
+/// The release public key devices pin (`release.pub`).
+pub fn release_public_key(dd: &DataDir) -> Result<TrustedKey, SetupError> {
+    let path = dd.release_pub();
+    TrustedKey::from_pem(&read_to_string(&path)?)
+        .map_err(|e| SetupError::ReleaseKey(format!("{}: {e}", path.display())))
+}
+
+/// A data dir made by an older version may lack the access-token keys, the scrape token
+/// or the release key: make them.
 pub fn ensure_secrets(dd: &DataDir) -> Result<(), SetupError> {
+    ensure_release_key(dd)?;
     let path = dd.jwt_keys();
     if !path.exists() {
         JwtKeys::generate()
@@ -198,4 +272,84 @@ pub fn scrape_token(dd: &DataDir) -> Result<String, SetupError> {
         return Err(SetupError::ScrapeToken(dd.scrape_token()));
     }
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    /// The signer and the public key file belong together.
+    fn assert_pair(dd: &DataDir) {
+        let signer = release_signer(dd).unwrap();
+        let public = release_public_key(dd).unwrap();
+        assert_eq!(signer.id(), public.id);
+        assert_eq!(signer.public(), &public);
+    }
+
+    #[tokio::test]
+    async fn init_makes_a_release_key_apart_from_the_command_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("data");
+        init(&root, &["localhost".to_owned()]).await.unwrap();
+        let dd = DataDir::new(&root);
+        assert_eq!(mode(&dd.release_key()), 0o600);
+        assert_eq!(mode(&dd.release_pub()), 0o600);
+        assert!(
+            read_to_string(&dd.release_key())
+                .unwrap()
+                .contains("BEGIN PRIVATE KEY")
+        );
+        assert!(
+            read_to_string(&dd.release_pub())
+                .unwrap()
+                .contains("BEGIN PUBLIC KEY")
+        );
+        assert_pair(&dd);
+        let command = TrustedKey::from_pem(&command_public_key(&dd).unwrap()).unwrap();
+        assert_ne!(command.id, release_public_key(&dd).unwrap().id);
+        dd.check().unwrap();
+    }
+
+    #[test]
+    fn ensure_secrets_gives_an_old_data_dir_a_release_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(tmp.path());
+        ensure_secrets(&dd).unwrap();
+        assert_eq!(mode(&dd.release_key()), 0o600);
+        assert_pair(&dd);
+        // Run again: the key stays the same.
+        let before = read_to_string(&dd.release_key()).unwrap();
+        ensure_secrets(&dd).unwrap();
+        assert_eq!(read_to_string(&dd.release_key()).unwrap(), before);
+        // A lost public half is derived again from the key.
+        std::fs::remove_file(dd.release_pub()).unwrap();
+        ensure_secrets(&dd).unwrap();
+        assert_pair(&dd);
+    }
+
+    #[test]
+    fn a_release_key_kept_offline_is_not_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(tmp.path());
+        ensure_secrets(&dd).unwrap();
+        let offline = tmp.path().join("offline.key");
+        std::fs::rename(dd.release_key(), &offline).unwrap();
+        ensure_secrets(&dd).unwrap();
+        assert!(!dd.release_key().exists(), "no new key made");
+        let err = release_signer(&dd).unwrap_err();
+        assert!(matches!(err, SetupError::ReleaseKeyAbsent(_)), "{err}");
+        assert!(err.to_string().contains("offline"), "{err}");
+        // Signing with the key file given explicitly.
+        let signer = load_release_signer(&offline).unwrap();
+        assert_eq!(signer.id(), release_public_key(&dd).unwrap().id);
+        // Not a key: a clear error naming the file.
+        let err = load_release_signer(&dd.release_pub()).unwrap_err();
+        assert!(err.to_string().contains("release.pub"), "{err}");
+    }
 }

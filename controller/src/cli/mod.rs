@@ -145,7 +145,7 @@ async fn init(dir: &DataDirArg, hostnames: &[String]) -> anyhow::Result<()> {
     let report = setup::init(&dir.data_dir, hostnames).await?;
     let path = dir.data_dir.display();
     println!("Initialised {path}");
-    println!("  CA, server certificate and command key created (keys are 0600).");
+    println!("  CA, server certificate, command key and release key created (keys are 0600).");
     println!(
         "  First admin: {}  one-time password: {}",
         report.admin_name, report.admin_password

@@ -1,6 +1,7 @@
 //! All SQL lives here, one file per table with that table's queries and row types
 //! (`devices`, `certificates`, `tokens`, `telemetry`, `commands`, `audit`, `users`,
-//! `sessions`, `attempts`; `ingest` writes a batch across tables). This file holds the
+//! `sessions`, `attempts`, `approvals`, `api_tokens`, `releases`; `ingest` writes a batch
+//! across tables). This file holds the
 //! [`Store`] handle and what every table shares.
 //!
 //! SQLite in WAL mode with `synchronous = FULL` (an acknowledged sample must survive power
@@ -21,6 +22,7 @@ mod commands;
 mod devices;
 mod dialect;
 mod ingest;
+mod releases;
 pub mod sessions;
 mod telemetry;
 #[cfg(test)]
@@ -37,6 +39,7 @@ pub use devices::{
     THROTTLED_UNDER_VOLTAGE,
 };
 pub use ingest::IngestOp;
+pub use releases::{NewReleaseRow, ReleaseRow, ReleaseSource, ReleaseTx};
 pub use tokens::TokenRow;
 
 /// Database errors.
