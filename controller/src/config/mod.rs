@@ -24,6 +24,7 @@ pub struct Config {
     pub enrollment: EnrollmentConfig,
     pub commands: CommandsConfig,
     pub approvals: ApprovalsConfig,
+    pub releases: ReleasesConfig,
     pub auth: AuthConfig,
     pub metrics: MetricsConfig,
     pub tracing: TracingConfig,
@@ -185,6 +186,22 @@ impl Config {
         check(
             (100..=600_000).contains(&self.commands.resend_ms),
             "commands.resend_ms must be 100..=600000",
+        );
+        check(
+            (1..=64 * 1024).contains(&self.releases.max_upload_mib),
+            "releases.max_upload_mib must be 1..=65536",
+        );
+        check(
+            (1..=256 * 1024).contains(&self.releases.max_unpacked_mib),
+            "releases.max_unpacked_mib must be 1..=262144",
+        );
+        check(
+            (1..=pifleet_shared::release::MAX_ENTRIES).contains(&self.releases.max_entries),
+            "releases.max_entries must be 1..=100000",
+        );
+        check(
+            (1..=86_400).contains(&self.releases.git_timeout_s),
+            "releases.git_timeout_s must be 1..=86400",
         );
         check(
             (1..=30 * 86_400).contains(&self.approvals.expiry_s),

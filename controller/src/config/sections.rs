@@ -228,6 +228,34 @@ impl CommandsConfig {
     }
 }
 
+/// Application releases: what an upload or a git commit may be.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReleasesConfig {
+    /// Largest upload (the compressed archive), in MiB.
+    pub max_upload_mib: u64,
+    /// Most a release may unpack to, in MiB; counted while decompressing.
+    pub max_unpacked_mib: u64,
+    /// Most entries (files, folders, links) in a release.
+    pub max_entries: usize,
+    /// A git fetch and archive must finish within this many seconds.
+    pub git_timeout_s: u64,
+    /// Accept `file://` git URLs: repositories on the controller host, readable by its user.
+    pub git_allow_file_urls: bool,
+}
+
+impl Default for ReleasesConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_mib: 512,
+            max_unpacked_mib: 1024,
+            max_entries: pifleet_shared::release::MAX_ENTRIES,
+            git_timeout_s: 600,
+            git_allow_file_urls: false,
+        }
+    }
+}
+
 /// Two-person approval of fleet-wide actions.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -305,3 +305,21 @@ pub async fn sweep(
     tx.commit().await?;
     Ok(swept)
 }
+
+impl From<&crate::config::ReleasesConfig> for IntakeOptions {
+    fn from(c: &crate::config::ReleasesConfig) -> Self {
+        const MIB: u64 = 1024 * 1024;
+        Self {
+            limits: Limits {
+                max_upload_bytes: c.max_upload_mib.saturating_mul(MIB),
+                max_unpacked_bytes: c.max_unpacked_mib.saturating_mul(MIB),
+                max_entries: c.max_entries,
+            },
+            git: GitOptions {
+                timeout: std::time::Duration::from_secs(c.git_timeout_s),
+                allow_file_urls: c.git_allow_file_urls,
+                ..GitOptions::default()
+            },
+        }
+    }
+}
