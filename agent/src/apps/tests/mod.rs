@@ -1,12 +1,18 @@
 //! The deployment engine against real files in temporary directories: archives built here
 //! with `tar` + `flate2`, manifests signed with a release key and verified as a device
-//! would ([`Release`]).
+//! would ([`Release`]), and a fake systemd (the OS boundary) whose unit starts, fails to
+//! start or crash-loops depending on which release `current` points at ([`FakeSystemd`]).
 
+mod fake_systemd;
+mod health;
 mod unpack;
+
+pub use fake_systemd::{Behavior, FakeSystemd};
 
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -16,8 +22,11 @@ use pifleet_shared::release::{
 use sha2::{Digest, Sha256};
 
 use super::layout::Layout;
+use super::*;
+use crate::commands::exec::Limits;
 
 pub const APP: &str = "web";
+pub const UNIT: &str = "web.service";
 
 /// One entry of a test release.
 #[derive(Debug, Clone)]
