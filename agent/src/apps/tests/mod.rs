@@ -1,13 +1,18 @@
 //! The deployment engine against real files in temporary directories: archives built here
 //! with `tar` + `flate2`, manifests signed with a release key and verified as a device
-//! would ([`Release`]), and a fake systemd (the OS boundary) whose unit starts, fails to
-//! start or crash-loops depending on which release `current` points at ([`FakeSystemd`]).
+//! would ([`Release`]), a fake systemd (the OS boundary) whose unit starts, fails to start
+//! or crash-loops depending on which release `current` points at ([`FakeSystemd`]), and a
+//! device with one app ([`Rig`]).
 
+mod apply;
 mod fake_systemd;
 mod health;
+mod recover;
+mod rig;
 mod unpack;
 
 pub use fake_systemd::{Behavior, FakeSystemd};
+pub use rig::Rig;
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -21,7 +26,8 @@ use pifleet_shared::release::{
 };
 use sha2::{Digest, Sha256};
 
-use super::layout::Layout;
+use super::journal::AppState;
+use super::layout::{Layout, LayoutError};
 use super::*;
 use crate::commands::exec::Limits;
 
