@@ -43,10 +43,10 @@ pub(super) struct Undo {
 
 impl<S: Systemd> Deployer<S> {
     /// Installs (`archive` given) or rolls back to a kept release (`None`).
-    pub(super) async fn apply<R: Read + Send + 'static>(
+    pub(super) async fn apply(
         &self,
         manifest: Manifest,
-        archive: Option<R>,
+        archive: Option<Box<dyn Read + Send>>,
         opts: Options,
     ) -> Result<Outcome, ApplyError> {
         let app = manifest.app.clone();

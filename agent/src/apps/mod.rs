@@ -216,13 +216,14 @@ impl<S: Systemd> Deployer<S> {
     where
         R: std::io::Read + Send + 'static,
     {
-        self.apply(manifest, Some(archive), opts).await
+        // One copy of the apply path whatever the reader: it is large, readers are many.
+        self.apply(manifest, Some(Box::new(archive)), opts).await
     }
 
     /// Goes back to a release this device keeps, whatever its number; its files are checked
     /// against its (verified) manifest first.
     pub async fn rollback(&self, manifest: Manifest, opts: Options) -> Result<Outcome, ApplyError> {
-        self.apply(manifest, None::<std::io::Empty>, opts).await
+        self.apply(manifest, None, opts).await
     }
 
     /// The app's configuration and its apply lock.
