@@ -267,7 +267,8 @@ impl Prober {
 
 /// Sends one HTTP/1.1 GET to the loopback port and returns the response's status code.
 async fn http_status(port: u16, path: &str) -> Result<u16, ProbeError> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = tokio::net::TcpStream::connect(loopback).await?;
     let path = path.replace(' ', "%20");
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: pifleet-agent\r\n\

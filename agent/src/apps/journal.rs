@@ -50,9 +50,11 @@ pub struct AppState {
     pub phase: Phase,
 }
 
-/// The step an apply reached. Written before the step is taken.
+/// The step an apply reached. Written before the step is taken, as
+/// `"phase": {"switched": {…}}` (serde's default form: an internally tagged enum would cost
+/// the agent a buffering deserializer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "phase", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Phase {
     /// Nothing under way: `current` is final (the named release directory, or none).
     Committed { current: Option<String> },
@@ -187,7 +189,7 @@ mod tests {
         assert_eq!(store.load("web").unwrap(), state);
         assert_eq!(state.failed, ["6-aaaaaaaa"]);
         let text = std::fs::read_to_string(tmp.path().join("apps/web.json")).unwrap();
-        assert!(text.contains("\"phase\": \"switched\""), "{text}");
+        assert!(text.contains("\"switched\": {"), "{text}");
     }
 
     #[test]
