@@ -1,6 +1,7 @@
 //! The agent's `agent.toml`: written by `enroll`, read by `run`. Unknown fields are refused
 //! and every problem is reported at once. Relative paths are relative to the file's folder.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,6 +10,7 @@ use pifleet_io::toml_file;
 use pifleet_shared::DeviceId;
 use serde::{Deserialize, Serialize};
 
+use crate::apps::AppConfig;
 use crate::commands::CommandsConfig;
 
 /// Configuration errors (exit code 64).
@@ -34,6 +36,9 @@ pub struct AgentConfig {
     /// The optional local Prometheus listener; off when the section is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsSection>,
+    /// The apps this device may deploy, by name (`[apps.NAME]`); none by default.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub apps: BTreeMap<String, AppConfig>,
 }
 
 /// Where the controller is.
@@ -142,6 +147,7 @@ impl AgentConfig {
         ]
         .into_iter()
         .chain(cfg.telemetry.temperature_file.as_mut())
+        .chain(cfg.apps.values_mut().filter_map(|a| a.dir.as_mut()))
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -178,6 +184,7 @@ impl AgentConfig {
             p.push("metrics.listen needs a port other than 0".to_owned());
         }
         p.extend(self.commands.problems());
+        p.extend(crate::apps::config::problems(&self.apps));
         p
     }
 
@@ -315,6 +322,75 @@ allowed_args = ["--dry-run"]
         match AgentConfig::load(&path).unwrap_err() {
             ConfigError::Invalid { problems, .. } => {
                 assert_eq!(problems, ["metrics.listen needs a port other than 0"]);
+            }
+            e => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn apps_sections_are_read_resolved_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, GOOD).unwrap();
+        let cfg = AgentConfig::load(&path).unwrap();
+        assert!(cfg.apps.is_empty());
+        // None configured: nothing written back either.
+        assert!(!toml::to_string_pretty(&cfg).unwrap().contains("apps"));
+
+        let section = r#"
+[apps.web]
+unit = "web.service"
+user = "web"
+pre_start = ["bin/migrate", "--up"]
+probe = ["/usr/local/bin/check", "--port=8080"]
+[apps.kiosk]
+unit = "kiosk.service"
+user = "kiosk"
+dir = "kiosk-app"
+reserve_bytes = 1048576
+"#;
+        std::fs::write(&path, format!("{GOOD}{section}")).unwrap();
+        let cfg = AgentConfig::load(&path).unwrap();
+        let web = &cfg.apps["web"];
+        assert_eq!(web.dir("web"), Path::new("/var/lib/pifleet/apps/web"));
+        assert_eq!(web.hook("pre_start").unwrap(), ["bin/migrate", "--up"]);
+        assert_eq!(
+            web.reserve_bytes,
+            crate::apps::config::DEFAULT_RESERVE_BYTES
+        );
+        let kiosk = &cfg.apps["kiosk"];
+        assert_eq!(kiosk.dir("kiosk"), dir.path().join("kiosk-app"));
+        assert_eq!(kiosk.reserve_bytes, 1024 * 1024);
+        let back: AgentConfig = toml::from_str(&toml::to_string_pretty(&cfg).unwrap()).unwrap();
+        assert_eq!(back.apps, cfg.apps);
+
+        std::fs::write(
+            &path,
+            format!("{GOOD}[apps.web]\nunit = \"web.service\"\nuser = \"web\"\nshell = true\n"),
+        )
+        .unwrap();
+        assert!(
+            AgentConfig::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("shell")
+        );
+        let bad = r#"
+[telemetry]
+interval_s = 0
+[apps.Web]
+unit = "web service"
+user = "web"
+post_switch = []
+"#;
+        std::fs::write(&path, format!("{GOOD}{bad}")).unwrap();
+        match AgentConfig::load(&path).unwrap_err() {
+            ConfigError::Invalid { problems, .. } => {
+                assert_eq!(problems.len(), 4, "{problems:?}");
+                assert!(
+                    problems[1].starts_with("apps: name \"Web\""),
+                    "{problems:?}"
+                );
             }
             e => panic!("{e}"),
         }

@@ -198,6 +198,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
         spool: SpoolSection::default(),
         mqtt: MqttSection::default(),
         commands: Default::default(),
+        apps: Default::default(),
         metrics: None,
     };
     let text = toml::to_string_pretty(&cfg).map_err(|e| EnrollError::BadResponse(e.to_string()))?;

@@ -1,6 +1,7 @@
-//! The pifleet agent: enrollment, telemetry collection, the on-disk spool, the MQTT link
-//! and signed remote commands.
+//! The pifleet agent: enrollment, telemetry collection, the on-disk spool, the MQTT link,
+//! signed remote commands, and application deployments.
 
+pub mod apps;
 pub mod backoff;
 pub mod collect;
 pub mod commands;

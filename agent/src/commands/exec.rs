@@ -1,7 +1,8 @@
-//! Running a program for a command: an argv array (never a shell), programs found only in the
-//! configured `path`, a cleared environment (`PATH` and `LANG=C` only), stdin closed, its own
-//! process group killed at the timeout, and stdout/stderr read concurrently, capped, while
-//! their full length and SHA-256 are still counted.
+//! Running a program for a command, or for an app's hook or probe: an argv array (never a
+//! shell), programs found only in the configured `path`, a cleared environment (`PATH` and
+//! `LANG=C` only), stdin closed, its own process group killed at the timeout, and
+//! stdout/stderr read concurrently, capped, while their full length and SHA-256 are still
+//! counted.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
@@ -126,8 +127,23 @@ pub fn output_of(bytes: &[u8]) -> Output {
     }
 }
 
+/// Where and as whom a program runs. The default is `/`, as the agent's own user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Context {
+    /// Working directory (default `/`).
+    pub dir: Option<PathBuf>,
+    /// User and group ids to switch to before `exec` (only root may switch). Supplementary
+    /// groups are dropped when the agent runs as root.
+    pub ids: Option<(u32, u32)>,
+}
+
 /// Runs `inv` to completion or timeout. Never fails: every problem becomes `Failed(reason)`.
 pub async fn run(inv: &Invocation, limits: &Limits) -> Finished {
+    run_in(inv, limits, &Context::default()).await
+}
+
+/// [`run`] in the working directory and as the user `ctx` names.
+pub async fn run_in(inv: &Invocation, limits: &Limits, ctx: &Context) -> Finished {
     let started = Instant::now();
     let failed = |reason: String| Finished {
         outcome: Outcome::Failed(reason),
@@ -147,13 +163,17 @@ pub async fn run(inv: &Invocation, limits: &Limits) -> Finished {
         .env_clear()
         .env("PATH", &limits.path)
         .env("LANG", "C")
-        .current_dir("/")
+        .current_dir(ctx.dir.as_deref().unwrap_or(Path::new("/")))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group, so a timeout kills whatever it started too.
         .process_group(0)
         .kill_on_drop(true);
+    if let Some((uid, gid)) = ctx.ids {
+        // std drops the supplementary groups too when it switches away from root.
+        cmd.uid(uid).gid(gid);
+    }
     let mut child = match spawn(&mut cmd).await {
         Ok(c) => c,
         Err(e) => return failed(format!("cannot start {}: {e}", program.display())),
