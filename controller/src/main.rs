@@ -9,6 +9,7 @@ use pifleet_controller::auth::users::UserError;
 use pifleet_controller::datadir::DataDirError;
 use pifleet_controller::enroll::tokens::TokenError;
 use pifleet_controller::logging;
+use pifleet_controller::releases::ReleaseError;
 use pifleet_controller::serve::ServeError;
 use pifleet_controller::setup::SetupError;
 use pifleet_controller::store::users::UserChange;
@@ -75,6 +76,17 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         return match e {
             ApprovalError::Store(_) | ApprovalError::Corrupt(..) => 1,
             _ => EX_USAGE,
+        };
+    }
+    if let Some(e) = e.downcast_ref::<ReleaseError>() {
+        return match e {
+            ReleaseError::Invalid(_)
+            | ReleaseError::Intake(_)
+            | ReleaseError::Git(_)
+            | ReleaseError::AlreadyExists { .. }
+            | ReleaseError::NotFound(_)
+            | ReleaseError::InUse { .. } => EX_USAGE,
+            _ => 1,
         };
     }
     if e.downcast_ref::<cli::Usage>().is_some() {

@@ -157,6 +157,11 @@ impl Controller {
         let (mqtt_tls, revoked) = gateway::load_tls(&dd)?;
         let https_tls = tls::https_config(&dd)?;
         store.set_all_offline().await?;
+        // What a crash left in releases/ (temp files, files no release refers to) goes.
+        match crate::releases::sweep(&dd, &store, Duration::from_secs(3_600)).await {
+            Ok(swept) => tracing::debug!(?swept, "releases swept"),
+            Err(e) => tracing::warn!(error = %e, "could not tidy the releases folder"),
+        }
         let metrics = Metrics::new()?;
         if let Some(t) = server_cert_expiry(&dd) {
             metrics.server_cert_expiry.set(t);

@@ -117,6 +117,35 @@ impl Api {
         })
     }
 
+    /// A POST whose body is `bytes` as `application/octet-stream` (release uploads).
+    pub async fn post_bytes(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        bytes: Vec<u8>,
+    ) -> Result<Resp> {
+        let mut rb = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/octet-stream")
+            .body(bytes);
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        let r = rb
+            .send()
+            .await
+            .with_context(|| format!("request to {path}"))?;
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await?;
+        Ok(Resp {
+            status,
+            headers,
+            text,
+        })
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> Result<Resp> {
         self.call(Method::GET, path, token, None).await
     }

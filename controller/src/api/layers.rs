@@ -98,7 +98,11 @@ pub(super) async fn request_span(mut req: Request, next: Next) -> Response {
 /// Answers 408 (as a problem document) when a request takes longer than
 /// `https.request_timeout_s`.
 pub(super) async fn deadline(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let limit = Duration::from_secs(st.cfg.https.request_timeout_s);
+    let limit = Duration::from_secs(if is_upload(&req) {
+        st.cfg.releases.upload_timeout_s
+    } else {
+        st.cfg.https.request_timeout_s
+    });
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => resp,
         Err(_) => Problem::new(
@@ -109,6 +113,11 @@ pub(super) async fn deadline(State(st): State<AppState>, req: Request, next: Nex
     }
 }
 
+/// A release upload: the one request whose body is not read up front.
+fn is_upload(req: &Request) -> bool {
+    req.method() == axum::http::Method::POST && req.uri().path() == super::releases::UPLOAD_PATH
+}
+
 /// Reads the whole request body (at most `https.max_body_bytes`) before the guard or a
 /// handler sees the request. An answer sent while part of the body is still unread (a 401
 /// from the guard, say) makes hyper close the connection without `Connection: close`, so a
@@ -117,6 +126,16 @@ pub(super) async fn deadline(State(st): State<AppState>, req: Request, next: Nex
 /// refused here with 413 and `Connection: close`, without reading the rest.
 pub(super) async fn read_body(State(st): State<AppState>, req: Request, next: Next) -> Response {
     use futures_util::StreamExt;
+    if is_upload(&req) {
+        // A release upload is streamed to disk by its handler, after the guard. An answer
+        // other than success may leave part of the body unread: close the connection.
+        let mut resp = next.run(req).await;
+        if !resp.status().is_success() {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return resp;
+    }
     let limit = st.cfg.https.max_body_bytes;
     let too_large = || {
         let mut resp = Problem::new(

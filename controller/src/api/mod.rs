@@ -60,6 +60,7 @@ pub mod me;
 pub mod metrics;
 pub mod params;
 pub mod problem;
+pub mod releases;
 pub mod tokens;
 pub mod users;
 pub mod web;
@@ -246,6 +247,7 @@ pub fn event(actor: &str, ip: IpAddr, action: &str, target: &str, outcome: &str)
         (name = "devices", description = "Enrolled devices and their telemetry"),
         (name = "commands", description = "Signed remote commands"),
         (name = "approvals", description = "Two-person approval of fleet-wide actions"),
+        (name = "releases", description = "Application releases"),
         (name = "tokens", description = "Enrollment tokens"),
         (name = "users", description = "User management (admin)"),
         (name = "audit", description = "The hash-chained audit log (admin)"),
@@ -298,6 +300,9 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(commands::send, commands::list))
         .routes(routes!(commands::show))
         .routes(routes!(commands::cancel))
+        .routes(routes!(releases::upload, releases::list))
+        .routes(routes!(releases::from_git))
+        .routes(routes!(releases::show, releases::delete))
         .routes(routes!(approvals::list))
         .routes(routes!(approvals::show))
         .routes(routes!(approvals::approve))

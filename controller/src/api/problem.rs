@@ -198,6 +198,36 @@ impl From<crate::auth::api_tokens::ApiTokenError> for Problem {
     }
 }
 
+/// Releases: what the caller sent is 400 (413 for an upload over the limit), the same
+/// archive again or a release in use 409, unknown 404; storage and signing are ours.
+impl From<crate::releases::ReleaseError> for Problem {
+    fn from(e: crate::releases::ReleaseError) -> Self {
+        use crate::releases::{GitError, IntakeError, ReleaseError};
+        match &e {
+            ReleaseError::Intake(IntakeError::UploadTooLarge { .. }) => {
+                Problem::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+            }
+            ReleaseError::Intake(IntakeError::Io { .. })
+            | ReleaseError::Git(GitError::Intake(IntakeError::Io { .. })) => Problem::internal(&e),
+            ReleaseError::Invalid(_)
+            | ReleaseError::Intake(_)
+            | ReleaseError::Git(
+                GitError::BadRevision(_)
+                | GitError::BadUrl { .. }
+                | GitError::UnknownRevision { .. }
+                | GitError::FetchFailed { .. }
+                | GitError::Mismatch { .. }
+                | GitError::Intake(_),
+            ) => Problem::bad_request(e.to_string()),
+            ReleaseError::AlreadyExists { .. } | ReleaseError::InUse { .. } => {
+                Problem::conflict(e.to_string())
+            }
+            ReleaseError::NotFound(_) => Problem::not_found(e.to_string()),
+            _ => Problem::internal(&e),
+        }
+    }
+}
+
 /// Labels that break the rules are the caller's mistake.
 impl From<crate::model::labels::LabelError> for Problem {
     fn from(e: crate::model::labels::LabelError) -> Self {

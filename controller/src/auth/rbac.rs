@@ -120,6 +120,11 @@ pub const ROUTES: &[Route] = &[
         Operate,
         "command.cancel",
     ),
+    r("POST", "/api/v1/releases", Operate, "release.create"),
+    r("GET", "/api/v1/releases", Read, "release.list"),
+    r("POST", "/api/v1/releases/git", Operate, "release.create"),
+    r("GET", "/api/v1/releases/{id}", Read, "release.show"),
+    r("DELETE", "/api/v1/releases/{id}", Admin, "release.delete"),
     r("GET", "/api/v1/approvals", Read, "approval.list"),
     r("GET", "/api/v1/approvals/{id}", Read, "approval.show"),
     r(

@@ -18,6 +18,7 @@ pub mod approval;
 pub mod audit;
 pub mod cmd;
 pub mod device;
+pub mod release;
 pub mod token;
 pub mod user;
 
@@ -80,6 +81,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: cmd::CmdCmd,
     },
+    /// Application releases.
+    Release {
+        #[command(subcommand)]
+        cmd: release::ReleaseCmd,
+    },
     /// Requests that wait for a second admin's approval.
     Approval {
         #[command(subcommand)]
@@ -134,6 +140,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Device { cmd } => device::run(cmd).await?,
         Command::Cmd { cmd } => cmd::run(cmd).await?,
         Command::Approval { cmd } => approval::run(cmd).await?,
+        Command::Release { cmd } => release::run(cmd).await?,
         Command::User { cmd } => user::run(cmd).await?,
         Command::Audit { cmd } => audit::run(cmd).await?,
         Command::Demo(args) => demo::run(args).await?,

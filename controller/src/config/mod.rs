@@ -204,6 +204,10 @@ impl Config {
             "releases.git_timeout_s must be 1..=86400",
         );
         check(
+            (1..=86_400).contains(&self.releases.upload_timeout_s),
+            "releases.upload_timeout_s must be 1..=86400",
+        );
+        check(
             (1..=30 * 86_400).contains(&self.approvals.expiry_s),
             "approvals.expiry_s must be 1..=2592000",
         );

@@ -242,6 +242,8 @@ pub struct ReleasesConfig {
     pub git_timeout_s: u64,
     /// Accept `file://` git URLs: repositories on the controller host, readable by its user.
     pub git_allow_file_urls: bool,
+    /// An upload (and making its release) must finish within this many seconds.
+    pub upload_timeout_s: u64,
 }
 
 impl Default for ReleasesConfig {
@@ -252,6 +254,7 @@ impl Default for ReleasesConfig {
             max_entries: pifleet_shared::release::MAX_ENTRIES,
             git_timeout_s: 600,
             git_allow_file_urls: false,
+            upload_timeout_s: 3_600,
         }
     }
 }

@@ -535,6 +535,65 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/releases": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Lists releases, newest first. */
+        get: operations["list_releases"];
+        put?: never;
+        /**
+         * Uploads an archive (.zip, .tar.gz or .tar) as the request body and makes a release of
+         *     it. The body is streamed to disk; `releases.max_upload_mib` bounds it.
+         */
+        post: operations["upload_release"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/releases/git": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Makes a release from a git commit: the controller fetches it with the system git (never
+         *     in place, hooks off) and packs it; devices need no git credentials.
+         */
+        post: operations["git_release"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/releases/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One release. */
+        get: operations["show_release"];
+        put?: never;
+        post?: never;
+        /** Deletes a release (refused while a rollout uses it). */
+        delete: operations["delete_release"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/settings/security": {
         parameters: {
             query?: never;
@@ -1140,6 +1199,45 @@ export interface components {
             /** Format: int64 */
             revoked: number;
         };
+        /** @description A release from a git commit. */
+        GitRelease: {
+            /** @description The app, as allowlisted on devices. */
+            app: string;
+            /** @description Architectures, comma separated (uname -m); none: any. */
+            arches?: string | null;
+            /** @description Allowlisted hooks to run, comma separated: pre_start, post_switch. */
+            hooks?: string | null;
+            /** @description A probe: the app's allowlisted probe command must exit 0. */
+            probe_command?: boolean | null;
+            /** @description A probe `PORT/PATH`: GET http://127.0.0.1:PORT/PATH must answer 2xx. */
+            probe_http?: string | null;
+            /**
+             * Format: int32
+             * @description Seconds between probes (default 5).
+             */
+            probe_interval_s?: number | null;
+            /**
+             * Format: int32
+             * @description Probe passes in a row (default 3).
+             */
+            probe_passes?: number | null;
+            /** @description The full commit SHA. */
+            rev: string;
+            /**
+             * Format: int32
+             * @description Seconds it must then stay active without restarts (default 60).
+             */
+            soak_s?: number | null;
+            /**
+             * Format: int32
+             * @description Seconds the unit has to become active (default 60).
+             */
+            start_timeout_s?: number | null;
+            /** @description Repository URL (https:// or ssh://). */
+            url: string;
+            /** @description Human version text. */
+            version: string;
+        };
         /** @description Downsampled history of one device. Buckets without samples are left out. */
         History: {
             /** Format: int64 */
@@ -1291,6 +1389,44 @@ export interface components {
         RefreshRequest: {
             /** @description The refresh token (API clients). Browsers send no body, or `{}`: the cookie is used. */
             refresh_token?: string | null;
+        };
+        /** @description A release as the API shows it. */
+        ReleaseView: {
+            app: string;
+            arches: string[];
+            /** @description SHA-256 (hex) and size of the canonical archive devices download. */
+            archive_sha256: string;
+            /** Format: int64 */
+            archive_size: number;
+            /** Format: int64 */
+            created_at: number;
+            created_by: string;
+            /** Format: int64 */
+            entries: number;
+            hooks: string[];
+            /** Format: int64 */
+            id: number;
+            /** @description The release key that signed the manifest (key id, hex). */
+            key_id: string;
+            manifest_sha256: string;
+            /**
+             * Format: int64
+             * @description Release number: grows with every release of the app.
+             */
+            release: number;
+            /** Format: int32 */
+            soak_s: number;
+            /** @description `upload` or `git`. */
+            source: string;
+            /** @description The uploaded file's name, or the git URL (credentials removed). */
+            source_name: string | null;
+            /** @description The git commit. */
+            source_rev: string | null;
+            /** Format: int32 */
+            start_timeout_s: number;
+            /** Format: int64 */
+            unpacked_size: number;
+            version: string;
         };
         /**
          * @description A user's role. Each role includes the rights of the ones before it.
@@ -2751,6 +2887,189 @@ export interface operations {
              * @description Refused: invalid input, not signed in, not permitted, not found or in conflict; the
              *     problem document says which and why.
              */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    list_releases: {
+        parameters: {
+            query?: {
+                /** @description Only this app's releases. */
+                app?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Releases */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReleaseView"][];
+                };
+            };
+            /**
+             * @description Refused: invalid input, not signed in, not permitted, not found or in conflict; the
+             *     problem document says which and why.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    upload_release: {
+        parameters: {
+            query: {
+                /** @description The app, as allowlisted on devices. */
+                app: string;
+                /** @description Human version text. */
+                version: string;
+                /** @description Architectures, comma separated (uname -m); none: any. */
+                arches?: string;
+                /** @description Allowlisted hooks to run, comma separated: pre_start, post_switch. */
+                hooks?: string;
+                /** @description Seconds the unit has to become active (default 60). */
+                start_timeout_s?: number;
+                /** @description Seconds it must then stay active without restarts (default 60). */
+                soak_s?: number;
+                /** @description A probe `PORT/PATH`: GET http://127.0.0.1:PORT/PATH must answer 2xx. */
+                probe_http?: string;
+                /** @description A probe: the app's allowlisted probe command must exit 0. */
+                probe_command?: boolean;
+                /** @description Probe passes in a row (default 3). */
+                probe_passes?: number;
+                /** @description Seconds between probes (default 5). */
+                probe_interval_s?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** @description The archive */
+        requestBody: {
+            content: {
+                "application/octet-stream": number[];
+            };
+        };
+        responses: {
+            /** @description The release */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReleaseView"];
+                };
+            };
+            /** @description Invalid parameters, an archive with a refused entry or too large (413), the same archive already released (409), or not permitted */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    git_release: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["GitRelease"];
+            };
+        };
+        responses: {
+            /** @description The release */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReleaseView"];
+                };
+            };
+            /** @description Invalid parameters, URL or revision, a refused entry, the same archive already released (409), or not permitted */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    show_release: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The release */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReleaseView"];
+                };
+            };
+            /** @description No such release, or not permitted */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    delete_release: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description No such release (404), used by a rollout (409), or not permitted */
             "4XX": {
                 headers: {
                     [name: string]: unknown;

@@ -1,0 +1,246 @@
+//! Application releases through the real controller: an operator's API token uploads an
+//! archive from another process over HTTPS; the CLI makes one from a git commit; both are
+//! numbered per app, signed with the release key and listed; an archive with an entry that
+//! would escape the release, or an upload over the limit, is refused with a clear problem
+//! and nothing is stored; the same archive twice is a conflict; a viewer cannot upload;
+//! deleting is for admins.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::Command;
+
+use pifleet_shared::release::{SignedManifest, verify_manifest};
+use pifleet_shared::signing::TrustedKey;
+use pifleet_tests::api::Api;
+use pifleet_tests::apikit::{audit, problem};
+use pifleet_tests::fleetkit::{get, ok};
+use pifleet_tests::harness::{Controller, bin};
+use serde_json::json;
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A .tar.gz of `dir`'s contents, made with the system tar.
+fn targz(dir: &Path) -> Vec<u8> {
+    let out = Command::new("tar")
+        .args(["-czf", "-", "-C"])
+        .arg(dir)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_are_made_from_uploads_and_git_and_refused_when_unsafe() {
+    let ctl =
+        Controller::start_with("[releases]\ngit_allow_file_urls = true\nmax_upload_mib = 1\n")
+            .await
+            .unwrap();
+    let api = Api::new(&ctl).unwrap();
+    let admin = api.admin(&ctl).await.unwrap();
+    let token = |name: &str, role: &str| {
+        let api = &api;
+        let admin = admin.clone();
+        let body = json!({ "name": name, "role": role });
+        async move {
+            ok(
+                api.post("/api/v1/api-tokens", Some(&admin), &body)
+                    .await
+                    .unwrap(),
+                201,
+                "token",
+            )["token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let ci = token("ci", "operator").await;
+    let viewer = token("watch", "viewer").await;
+
+    // An app tree: a script, a nested folder, a link.
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(src.path().join("bin")).unwrap();
+    std::fs::write(src.path().join("bin/run.sh"), "#!/bin/sh\necho hello\n").unwrap();
+    std::os::unix::fs::symlink("bin/run.sh", src.path().join("start")).unwrap();
+    let archive = targz(src.path());
+
+    let path = "/api/v1/releases?app=web&version=1.0.0&arches=aarch64,armv7l&soak_s=5";
+    let r1 = ok(
+        api.post_bytes(path, Some(&ci), archive.clone())
+            .await
+            .unwrap(),
+        201,
+        "upload",
+    );
+    assert_eq!(r1["app"], "web");
+    assert_eq!(r1["release"], 1);
+    assert_eq!(r1["source"], "upload");
+    assert_eq!(r1["created_by"], "token:ci");
+    assert_eq!(r1["arches"], json!(["aarch64", "armv7l"]));
+    assert_eq!(r1["soak_s"], 5);
+
+    // The stored manifest verifies against the release key devices pin, and lists the tree.
+    let digest = r1["manifest_sha256"].as_str().unwrap();
+    let bytes = std::fs::read(ctl.data.join(format!("releases/{digest}.manifest"))).unwrap();
+    let signed: SignedManifest = postcard::from_bytes(&bytes).unwrap();
+    let pinned =
+        TrustedKey::from_pem(&std::fs::read_to_string(ctl.data.join("release.pub")).unwrap())
+            .unwrap();
+    let manifest = verify_manifest(&signed, &[pinned]).unwrap();
+    let paths: Vec<&str> = manifest.entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["bin", "bin/run.sh", "start"], "{paths:?}");
+
+    // The same archive again is a conflict naming the release; nothing new is made.
+    let doc = problem(
+        &api.post_bytes(path, Some(&ci), archive.clone())
+            .await
+            .unwrap(),
+        409,
+        "same archive",
+    );
+    assert!(
+        doc["detail"].as_str().unwrap().contains("release 1"),
+        "{doc}"
+    );
+
+    // A viewer cannot upload.
+    problem(
+        &api.post_bytes(path, Some(&viewer), archive.clone())
+            .await
+            .unwrap(),
+        403,
+        "viewer uploads",
+    );
+
+    // An entry that would climb out of the release is refused, naming it; nothing stored.
+    let evil = tempfile::tempdir().unwrap();
+    std::fs::write(evil.path().join("ok.txt"), "fine").unwrap();
+    let evil_tar = Command::new("tar")
+        .args(["-czf", "-", "-C"])
+        .arg(evil.path())
+        .args(["--transform", "s,ok.txt,../escape.txt,", "ok.txt"])
+        .output()
+        .unwrap();
+    assert!(evil_tar.status.success(), "{evil_tar:?}");
+    let doc = problem(
+        &api.post_bytes(path, Some(&ci), evil_tar.stdout)
+            .await
+            .unwrap(),
+        400,
+        "path traversal",
+    );
+    assert!(
+        doc["detail"].as_str().unwrap().contains("escape.txt"),
+        "{doc}"
+    );
+    // Not an archive at all.
+    problem(
+        &api.post_bytes(path, Some(&ci), b"hello".to_vec())
+            .await
+            .unwrap(),
+        400,
+        "not an archive",
+    );
+    // Over the 1 MiB upload limit: 413, and the connection is closed.
+    let big = vec![0u8; 1024 * 1024 + 1];
+    let r = api.post_bytes(path, Some(&ci), big).await.unwrap();
+    assert_eq!(r.status, 413, "{}", r.text);
+    let listed = get(&api, &ci, "/api/v1/releases").await;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let left: Vec<String> = std::fs::read_dir(ctl.data.join("releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "temp files left behind: {left:?}");
+
+    // From git, with the CLI: release 2 of the same app.
+    let repo = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        run(Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(repo.path()))
+    };
+    git(&["init", "-q"]);
+    std::fs::write(repo.path().join("app.py"), "print('v2')\n").unwrap();
+    git(&["add", "app.py"]);
+    git(&["commit", "-q", "-m", "v2"]);
+    let sha = git(&["rev-parse", "HEAD"]).trim().to_owned();
+    let url = format!("file://{}", repo.path().display());
+    let out = run(Command::new(bin("pifleet-controller").unwrap())
+        .args([
+            "release",
+            "create",
+            "web",
+            "--version",
+            "2.0.0",
+            "--git",
+            &url,
+            "--rev",
+            &sha,
+        ])
+        .arg("--data-dir")
+        .arg(&ctl.data));
+    let fields: Vec<&str> = out.trim().split('\t').collect();
+    assert_eq!(&fields[1..3], ["web", "2"], "{out}");
+    let r2 = get(&api, &ci, &format!("/api/v1/releases/{}", fields[0])).await;
+    assert_eq!(r2["source"], "git");
+    assert_eq!(r2["source_rev"], sha.as_str());
+
+    // A short revision is the caller's mistake (exit 64), and nothing is made.
+    let out = Command::new(bin("pifleet-controller").unwrap())
+        .args([
+            "release",
+            "create",
+            "web",
+            "--version",
+            "3",
+            "--git",
+            &url,
+            "--rev",
+            &sha[..8],
+        ])
+        .arg("--data-dir")
+        .arg(&ctl.data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert_eq!(
+        get(&api, &ci, "/api/v1/releases?app=web")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Deleting is for admins.
+    let id = r1["id"].as_i64().unwrap();
+    let del = format!("/api/v1/releases/{id}");
+    let r = api
+        .call(reqwest::Method::DELETE, &del, Some(&ci), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403, "{}", r.text);
+    let r = api
+        .call(reqwest::Method::DELETE, &del, Some(&admin), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204, "{}", r.text);
+    problem(&api.get(&del, Some(&ci)).await.unwrap(), 404, "deleted");
+    let created = audit(&api, &admin, Some("release.create"), &[]).await;
+    assert!(
+        created
+            .iter()
+            .any(|e| e["actor"] == "token:ci" && e["outcome"] == "ok"),
+        "{created:?}"
+    );
+}
