@@ -12,6 +12,7 @@ import { startDemo, browser, sql } from './demo.mjs';
 
 const PASSWORD = 'correct-horse-battery-staple-42';
 const VIEWER_PASSWORD = 'viewer-quiet-lantern-77';
+const SECOND_ADMIN_PASSWORD = 'second-admin-amber-kettle-58';
 const XSS = '<img src=x onerror=alert(1)>';
 const WAIT = 30_000;
 const shots = join(import.meta.dirname, 'screenshots');
@@ -198,6 +199,67 @@ test('a viewer sees no command controls, and the API refuses the command anyway'
   }, `${VIEWER_PASSWORD}-x`);
   assert.equal(status, 403);
   await viewerContext.close();
+});
+
+test('a whole-fleet command waits until a second admin approves it on the Approvals page', async () => {
+  // A second admin, created on the Users page.
+  await page.goto(`${demo.url}/users`);
+  await byId(page, 'user-name').fill('alma');
+  await byId(page, 'user-role').selectOption('admin');
+  await byId(page, 'user-password').fill(SECOND_ADMIN_PASSWORD);
+  await byId(page, 'user-create').click();
+  await page.locator('[data-testid="user-row"][data-user="alma"]').waitFor();
+
+  // The first admin pings every demo device: the whole fleet, so it is held, not sent.
+  const held = await page.evaluate(async (password) => {
+    const login = await fetch('/api/v1/auth/login', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ username: 'admin', password }),
+    });
+    const { access_token } = await login.json();
+    const r = await fetch('/api/v1/commands', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${access_token}` },
+      body: JSON.stringify({ selector: { demo: 'true' }, action: { kind: 'ping' } }),
+    });
+    return { status: r.status, body: await r.json() };
+  }, PASSWORD);
+  assert.equal(held.status, 202);
+  assert.deepEqual(held.body.commands, []);
+  assert.equal(held.body.approval.status, 'pending');
+  const id = held.body.approval.id;
+
+  // The one who asked cannot approve it: the controller refuses, and it stays pending.
+  await page.goto(`${demo.url}/approvals`);
+  const mine = page.locator(`[data-testid="approval-row"][data-approval-id="${id}"]`);
+  await mine.waitFor();
+  await mine.getByTestId('approval-approve').click();
+  await byId(page, 'confirm-submit').click();
+  await page.getByRole('alert').filter({ hasText: 'own request' }).waitFor();
+  await page.keyboard.press('Escape');
+  assert.equal(await mine.getAttribute('data-status'), 'pending');
+
+  // The second admin approves it; the pings go to every demo device.
+  const ctx = await chrome.newContext({ ignoreHTTPSErrors: true });
+  const a = await newPage(ctx);
+  await signIn(a, 'alma', SECOND_ADMIN_PASSWORD);
+  const first = a.getByTestId('first-password-current');
+  await Promise.race([first.waitFor(), a.getByTestId('device-table').waitFor()]);
+  if (await first.isVisible()) {
+    await first.fill(SECOND_ADMIN_PASSWORD);
+    await a.getByTestId('first-password-new').fill(`${SECOND_ADMIN_PASSWORD}-x`);
+    await a.getByTestId('first-password-repeat').fill(`${SECOND_ADMIN_PASSWORD}-x`);
+    await a.getByTestId('first-password-submit').click();
+  }
+  await a.getByTestId('device-table').waitFor();
+  await a.getByTestId('nav-approvals').click();
+  const row = a.locator(`[data-testid="approval-row"][data-approval-id="${id}"]`);
+  await row.getByTestId('approval-approve').click();
+  await a.getByTestId('confirm-submit').click();
+  await a.locator(`[data-testid="approval-row"][data-approval-id="${id}"][data-status="done"]`).waitFor();
+  await shot(a, 'approvals');
+  await ctx.close();
 });
 
 test('set up MFA, sign out, sign in again with a TOTP code', async () => {

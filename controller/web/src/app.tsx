@@ -13,6 +13,7 @@ import { matchRoute, safeReturnPath } from './lib/paths';
 import { Link, navigate, useLocation } from './lib/router';
 import { enter, loginUrl, session, start } from './lib/session';
 import { useStore } from './lib/store';
+import { ApprovalsPage } from './pages/Approvals';
 import { AuditPage } from './pages/Audit';
 import { CommandsPage } from './pages/Commands';
 import { DevicePage } from './pages/Device';
@@ -55,6 +56,7 @@ function Routes({ user }: { user: Whoami }) {
   if (matchRoute('/', path)) return <FleetPage />;
   if (device?.id) return <DevicePage id={device.id} user={user} />;
   if (matchRoute('/commands', path)) return <CommandsPage user={user} />;
+  if (matchRoute('/approvals', path)) return <ApprovalsPage user={user} />;
   if (matchRoute('/profile', path)) return <ProfilePage user={user} />;
   if (matchRoute('/enrollment', path)) return admin ? <EnrollmentPage /> : <NotFound admin />;
   if (matchRoute('/users', path)) return admin ? <UsersPage user={user} /> : <NotFound admin />;

@@ -76,3 +76,6 @@ export type MfaSetup = Schemas['MfaSetup'];
 export type AuditEntry = Schemas['AuditEntry'];
 export type AuditPage = Schemas['AuditPage'];
 export type VerifyReport = Schemas['VerifyReport'];
+
+export type ApprovalView = Schemas['ApprovalView'];
+export type ApprovalStatus = Schemas['ApprovalStatus'];

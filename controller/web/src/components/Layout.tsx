@@ -21,6 +21,7 @@ function navItems(user: Pick<Whoami, 'role'>): NavItem[] {
   const items: NavItem[] = [
     { href: '/', label: 'Fleet', testId: 'nav-fleet' },
     { href: '/commands', label: 'Commands', testId: 'nav-commands' },
+    { href: '/approvals', label: 'Approvals', testId: 'nav-approvals' },
   ];
   if (isAdmin(user.role)) {
     items.push(
