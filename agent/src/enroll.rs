@@ -237,7 +237,9 @@ async fn post(
             addr: addr.clone(),
             source,
         })?;
-    let cfg = PinnedCa::new(fingerprint.to_owned()).client_config()?;
+    let cfg = PinnedCa::new(fingerprint.to_owned())
+        .client_config()
+        .map_err(tls::TlsError::from)?;
     let name =
         ServerName::try_from(host.to_owned()).map_err(|e| EnrollError::Url(e.to_string()))?;
     let stream = TlsConnector::from(Arc::new(cfg))

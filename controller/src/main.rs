@@ -89,6 +89,13 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             _ => 1,
         };
     }
+    if let Some(r) = e.downcast_ref::<cli::remote::Refused>() {
+        return match r.status {
+            401 | 403 => EX_NOPERM,
+            400..=499 => EX_USAGE,
+            _ => 1,
+        };
+    }
     if e.downcast_ref::<cli::Usage>().is_some() {
         return EX_USAGE;
     }

@@ -222,6 +222,53 @@ async fn releases_are_made_from_uploads_and_git_and_refused_when_unsafe() {
         2
     );
 
+    // From a build pipeline: the CLI against the controller's API, with an operator token
+    // from the environment and the controller pinned by its CA's fingerprint.
+    let ca_der = {
+        let pem = std::fs::read_to_string(ctl.data.join("ca.crt")).unwrap();
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap()
+    };
+    let fpr = pifleet_io::pinned::fingerprint(&ca_der);
+    let url = format!("https://localhost:{}", ctl.https.port());
+    std::fs::write(src.path().join("v3.txt"), "three").unwrap();
+    let v3 = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(v3.path(), targz(src.path())).unwrap();
+    let remote = |token: &str, fingerprint: &str| {
+        Command::new(bin("pifleet-controller").unwrap())
+            .args(["release", "create", "web", "--version", "3.0.0"])
+            .arg(v3.path())
+            .args(["--url", &url, "--ca-fingerprint", fingerprint])
+            .env("PIFLEET_API_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let out = remote(&ci, &fpr);
+    assert!(out.status.success(), "{out:?}");
+    let fields: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .split('\t')
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(fields[1..3], ["web", "3"], "{fields:?}");
+    // A viewer's token is refused (exit 77), a wrong fingerprint never reaches the API.
+    let out = remote(&viewer, &fpr);
+    assert_eq!(out.status.code(), Some(77), "{out:?}");
+    let out = remote(&ci, &"0".repeat(64));
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("fingerprint"),
+        "{out:?}"
+    );
+    assert_eq!(
+        get(&api, &ci, "/api/v1/releases?app=web")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
     // Deleting is for admins.
     let id = r1["id"].as_i64().unwrap();
     let del = format!("/api/v1/releases/{id}");

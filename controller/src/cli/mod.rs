@@ -19,6 +19,7 @@ pub mod audit;
 pub mod cmd;
 pub mod device;
 pub mod release;
+pub mod remote;
 pub mod token;
 pub mod user;
 
@@ -84,7 +85,7 @@ pub enum Command {
     /// Application releases.
     Release {
         #[command(subcommand)]
-        cmd: release::ReleaseCmd,
+        cmd: Box<release::ReleaseCmd>,
     },
     /// Requests that wait for a second admin's approval.
     Approval {
@@ -140,7 +141,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Device { cmd } => device::run(cmd).await?,
         Command::Cmd { cmd } => cmd::run(cmd).await?,
         Command::Approval { cmd } => approval::run(cmd).await?,
-        Command::Release { cmd } => release::run(cmd).await?,
+        Command::Release { cmd } => release::run(*cmd).await?,
         Command::User { cmd } => user::run(cmd).await?,
         Command::Audit { cmd } => audit::run(cmd).await?,
         Command::Demo(args) => demo::run(args).await?,

@@ -10,10 +10,11 @@ use pifleet_controller::setup;
 use pifleet_controller::store::ReleaseRow;
 use pifleet_shared::release::{HealthSpec, Probe};
 
+use super::remote::{Remote, RemoteArgs};
 use super::{DataDirArg, Usage, conclude, open};
 
 #[derive(Subcommand)]
-#[allow(clippy::large_enum_variant)] // parsed once per run
+#[allow(clippy::large_enum_variant)] // parsed once per run; boxing clap's fields buys nothing
 pub enum ReleaseCmd {
     /// Make a release of APP from an archive (.zip, .tar.gz or .tar) or a git commit.
     Create {
@@ -57,9 +58,11 @@ pub enum ReleaseCmd {
         /// Seconds between probes.
         #[arg(long, default_value_t = 5)]
         probe_interval: u32,
-        /// Sign with this release key (PKCS#8 PEM) instead of the data dir's.
-        #[arg(long)]
+        /// Sign with this release key (PKCS#8 PEM) instead of the data dir's (local only).
+        #[arg(long, conflicts_with = "url")]
         key: Option<PathBuf>,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// List releases, newest first.
     List {
@@ -68,6 +71,8 @@ pub enum ReleaseCmd {
         /// Only this app's.
         #[arg(long)]
         app: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Show one release.
     Show {
@@ -107,6 +112,19 @@ fn print(r: &ReleaseRow) {
     );
 }
 
+/// A release as the API shows it, in the same columns as [`print`].
+fn print_remote(v: &serde_json::Value) {
+    println!(
+        "{}\t{}\t{}\t{}\t{}\t{} bytes",
+        v["id"],
+        v["app"].as_str().unwrap_or_default(),
+        v["release"],
+        v["version"].as_str().unwrap_or_default(),
+        v["archive_sha256"].as_str().unwrap_or_default(),
+        v["archive_size"]
+    );
+}
+
 pub async fn run(cmd: ReleaseCmd) -> anyhow::Result<()> {
     match cmd {
         ReleaseCmd::Create {
@@ -125,7 +143,86 @@ pub async fn run(cmd: ReleaseCmd) -> anyhow::Result<()> {
             probe_passes,
             probe_interval,
             key,
+            remote,
         } => {
+            if let Some(r) = Remote::from_args(&remote)? {
+                let mut q: Vec<(&str, String)> = vec![
+                    ("app", app),
+                    ("version", version),
+                    ("start_timeout_s", start_timeout.to_string()),
+                    ("soak_s", soak.to_string()),
+                    ("probe_passes", probe_passes.to_string()),
+                    ("probe_interval_s", probe_interval.to_string()),
+                ];
+                if !arches.is_empty() {
+                    q.push(("arches", arches.join(",")));
+                }
+                if !hooks.is_empty() {
+                    q.push(("hooks", hooks.join(",")));
+                }
+                if let Some(p) = probe_http {
+                    q.push(("probe_http", p));
+                }
+                if probe_command {
+                    q.push(("probe_command", "true".into()));
+                }
+                let made = match (file, git, rev) {
+                    (Some(path), None, _) => {
+                        // Streamed from the file, never read whole into memory.
+                        let f = tokio::fs::File::open(&path)
+                            .await
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                        r.send(
+                            reqwest::Method::POST,
+                            "/api/v1/releases",
+                            &q,
+                            Some(reqwest::Body::from(f)),
+                            "application/octet-stream",
+                        )
+                        .await?
+                    }
+                    (None, Some(url), Some(rev)) => {
+                        let mut body: serde_json::Map<String, serde_json::Value> = q
+                            .into_iter()
+                            .map(|(k, v)| (k.to_owned(), serde_json::Value::String(v)))
+                            .collect();
+                        for k in [
+                            "start_timeout_s",
+                            "soak_s",
+                            "probe_passes",
+                            "probe_interval_s",
+                        ] {
+                            if let Some(n) = body
+                                .get(k)
+                                .and_then(|v| v.as_str())
+                                .and_then(|v| v.parse::<u64>().ok())
+                            {
+                                body.insert(k.into(), n.into());
+                            }
+                        }
+                        if body.contains_key("probe_command") {
+                            body.insert("probe_command".into(), true.into());
+                        }
+                        body.insert("url".into(), url.into());
+                        body.insert("rev".into(), rev.into());
+                        r.send(
+                            reqwest::Method::POST,
+                            "/api/v1/releases/git",
+                            &[],
+                            Some(reqwest::Body::from(serde_json::to_vec(&body)?)),
+                            "application/json",
+                        )
+                        .await?
+                    }
+                    _ => {
+                        return Err(
+                            Usage("give an archive, or --git URL with --rev SHA".into()).into()
+                        );
+                    }
+                };
+                print_remote(&made);
+                return Ok(());
+            }
             let health = HealthSpec {
                 start_timeout_s: start_timeout,
                 soak_s: soak,
@@ -177,7 +274,17 @@ pub async fn run(cmd: ReleaseCmd) -> anyhow::Result<()> {
             let row = conclude(o.store, "release.create", &target, &detail, r).await?;
             print(&row);
         }
-        ReleaseCmd::List { dir, app } => {
+        ReleaseCmd::List { dir, app, remote } => {
+            if let Some(r) = Remote::from_args(&remote)? {
+                let q: Vec<(&str, String)> = app.map(|a| ("app", a)).into_iter().collect();
+                let list = r
+                    .send(reqwest::Method::GET, "/api/v1/releases", &q, None, "")
+                    .await?;
+                for v in list.as_array().into_iter().flatten() {
+                    print_remote(v);
+                }
+                return Ok(());
+            }
             let o = open(&dir).await?;
             let rows = releases::list(&o.store, app.as_deref()).await;
             o.store.close().await;

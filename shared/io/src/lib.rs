@@ -7,6 +7,7 @@
 //! and its PKI types, serde, toml and thiserror — all of which the agent links anyway.
 
 pub mod files;
+pub mod pinned;
 pub mod tls;
 pub mod toml_file;
 
