@@ -12,3 +12,4 @@ pub mod run;
 pub mod services;
 pub mod spool;
 pub mod tls;
+pub mod watchdog;
