@@ -7,8 +7,9 @@
 //! the SHA-256 the command names, verify against a trusted release key, and name the
 //! command's app, release and archive (digest and size); the release must be built for
 //! this machine (`uname -m`) and pass the deployer's own checks (hooks and probe declared,
-//! no lower release, not failed here before, kept for a rollback). A manifest that cannot
-//! be fetched fails the command instead: that is no refusal.
+//! no lower release, not failed here before, kept for a rollback). A manifest the
+//! controller does not have for this device (4xx) is a refusal too; one that cannot be
+//! fetched (network, 5xx) fails the command instead.
 //!
 //! Once accepted ([`Deploys::run`]), a deploy downloads the archive to `downloads/` in the
 //! app's directory, resuming what an earlier attempt left, checks its size and SHA-256, and
@@ -154,11 +155,19 @@ impl Deploys {
                 "this device trusts no release key yet (tls.release_keys)".into(),
             ));
         }
-        let bytes = self
-            .controller
-            .manifest(manifest_sha256)
-            .await
-            .map_err(|e| Failed(format!("cannot fetch the manifest: {e}")))?;
+        let bytes = match self.controller.manifest(manifest_sha256).await {
+            Ok(b) => b,
+            // The controller has no such release for this device (a digest it never made,
+            // a release deleted meanwhile): asking again cannot help.
+            Err(
+                e @ fetch::FetchError::Status {
+                    status: 400..=499, ..
+                },
+            ) => {
+                return Err(Refused(format!("no manifest to install: {e}")));
+            }
+            Err(e) => return Err(Failed(format!("cannot fetch the manifest: {e}"))),
+        };
         let got: [u8; 32] = Sha256::digest(&bytes).into();
         if &got != manifest_sha256 {
             return Err(Refused(

@@ -62,7 +62,10 @@ pub async fn announce_once(
 ) -> TaskResult {
     loop {
         match announce(&dispatcher, &keys).await {
-            Ok(0) => break,
+            Ok(0) => {
+                tracing::info!(keys = ?key_ids(&keys), "every device trusts the release keys already");
+                break;
+            }
             Ok(n) => {
                 tracing::info!(devices = n, keys = ?key_ids(&keys), "release keys announced");
                 break;

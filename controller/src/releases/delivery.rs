@@ -30,7 +30,7 @@ pub enum DeliveryError {
          downloads are opened by the command, not by the certificate alone"
     )]
     NotOrdered,
-    #[error("no release has this manifest (it was deleted)")]
+    #[error("no release has this manifest (none was made, or it was deleted)")]
     Gone,
     #[error(transparent)]
     Store(#[from] StoreError),
