@@ -61,6 +61,18 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// The controller's Ed25519 command-signing public key.
     pub command_key: PathBuf,
+    /// PEM files of the release keys (Ed25519 public keys) that release manifests must be
+    /// signed with; every "PUBLIC KEY" block of every file is trusted. The first file is
+    /// the controller's to manage: `enroll` writes it, and a signed `TrustReleaseKeys`
+    /// command replaces its content (atomically, durably); it may be missing until then.
+    /// Further files are the administrator's (a key kept offline, say) and must exist.
+    /// Default `["release-keys.pem"]`, so devices enrolled before releases need no edit.
+    #[serde(default = "default_release_keys")]
+    pub release_keys: Vec<PathBuf>,
+}
+
+fn default_release_keys() -> Vec<PathBuf> {
+    vec![PathBuf::from("release-keys.pem")]
 }
 
 /// Telemetry settings.
@@ -146,6 +158,7 @@ impl AgentConfig {
             &mut cfg.commands.state_dir,
         ]
         .into_iter()
+        .chain(cfg.tls.release_keys.iter_mut())
         .chain(cfg.telemetry.temperature_file.as_mut())
         .chain(cfg.apps.values_mut().filter_map(|a| a.dir.as_mut()))
         {
@@ -217,6 +230,8 @@ command_key = "command.pub"
         std::fs::write(&path, GOOD).unwrap();
         let cfg = AgentConfig::load(&path).unwrap();
         assert_eq!(cfg.tls.key, dir.path().join("device.key"));
+        // Configurations written before releases name no release keys: the default file.
+        assert_eq!(cfg.tls.release_keys, [dir.path().join("release-keys.pem")]);
         assert_eq!(cfg.spool.dir, dir.path().join("spool"));
         assert_eq!(cfg.telemetry.interval_s, 10);
         assert_eq!(cfg.telemetry.temperature_file, None);

@@ -7,21 +7,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::{Request, Uri};
-use hyper_util::rt::TokioIo;
+use hyper::Request;
 use pifleet_io::{FileError, create_private_dir, write_private};
 use pifleet_shared::DeviceId;
 use pifleet_shared::enroll::v1::{EnrollRequest, EnrollResponse};
+use pifleet_shared::signing::TrustedKey;
 use pifleet_shared::token::EnrollToken;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
-use rustls_pki_types::ServerName;
 use serde::Deserialize;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 use crate::config::{
     AgentConfig, ControllerConfig, MqttSection, SpoolSection, TelemetryConfig, TlsFiles,
 };
+use crate::https::{self, Endpoint, HttpsError};
 use crate::tls::{self, PinnedCa};
 
 /// Enrollment errors, each with a message that says what to do.
@@ -78,20 +76,8 @@ struct ProblemBody {
 /// Enrolls this device and writes its configuration. Returns the assigned device id.
 pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
     let token = EnrollToken::parse(&opts.token)?;
-    let uri: Uri = opts
-        .controller
-        .parse()
-        .map_err(|e: hyper::http::uri::InvalidUri| EnrollError::Url(e.to_string()))?;
-    if uri.scheme_str() != Some("https") {
-        return Err(EnrollError::Url("scheme is not https".into()));
-    }
-    let host = uri
-        .host()
-        .ok_or_else(|| EnrollError::Url("no host".into()))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = uri.port_u16().unwrap_or(8443);
+    let endpoint =
+        Endpoint::parse(&opts.controller).map_err(|e| EnrollError::Url(e.to_string()))?;
     if opts.config.exists() && !opts.force {
         return Err(EnrollError::AlreadyEnrolled(opts.config.clone()));
     }
@@ -125,8 +111,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
         let answer = tokio::time::timeout(
             Duration::from_secs(30),
             post(
-                &host,
-                port,
+                &endpoint,
                 &token.ca_fingerprint_hex(),
                 "/api/v1/enroll",
                 body.clone(),
@@ -176,11 +161,15 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
     write_private(&dir.join("device.crt"), resp.certificate.as_bytes())?;
     write_private(&dir.join("ca.crt"), resp.ca.as_bytes())?;
     write_private(&dir.join("command.pub"), resp.command_public_key.as_bytes())?;
+    // Pinned as sent; a controller from before releases sends none, and announces them
+    // later with a signed command that writes this file.
+    let release_keys = check_release_keys(&resp.release_public_keys)?;
+    write_private(&dir.join(RELEASE_KEYS_FILE), release_keys.as_bytes())?;
     let cfg = AgentConfig {
         device_id: device_id.clone(),
         controller: ControllerConfig {
             url: opts.controller.clone(),
-            mqtt_host: host,
+            mqtt_host: endpoint.host,
             mqtt_port: resp.mqtt_port,
         },
         tls: TlsFiles {
@@ -188,6 +177,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
             cert: "device.crt".into(),
             key: "device.key".into(),
             command_key: "command.pub".into(),
+            release_keys: vec![RELEASE_KEYS_FILE.into()],
         },
         telemetry: TelemetryConfig {
             interval_s: opts
@@ -209,6 +199,20 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
     Ok(device_id)
 }
 
+/// The file of pinned release keys that `enroll` writes, next to `agent.toml`.
+const RELEASE_KEYS_FILE: &str = "release-keys.pem";
+
+/// The release keys of the answer as one PEM file, each checked; empty when none came.
+fn check_release_keys(pems: &[String]) -> Result<String, EnrollError> {
+    let mut out = String::new();
+    for pem in pems {
+        let key = TrustedKey::from_pem(pem)
+            .map_err(|e| EnrollError::BadResponse(format!("release key: {e}")))?;
+        out.push_str(&key.to_pem());
+    }
+    Ok(out)
+}
+
 /// How long `enroll` keeps retrying while the controller answers 429 or 503.
 const MAX_WAITING: Duration = Duration::from_secs(15 * 60);
 
@@ -224,43 +228,26 @@ enum Answer {
 }
 
 async fn post(
-    host: &str,
-    port: u16,
+    to: &Endpoint,
     fingerprint: &str,
     path: &str,
     body: Vec<u8>,
 ) -> Result<Answer, EnrollError> {
-    let addr = format!("{host}:{port}");
-    let tcp = TcpStream::connect((host, port))
-        .await
-        .map_err(|source| EnrollError::Connect {
-            addr: addr.clone(),
-            source,
-        })?;
     let cfg = PinnedCa::new(fingerprint.to_owned())
         .client_config()
         .map_err(tls::TlsError::from)?;
-    let name =
-        ServerName::try_from(host.to_owned()).map_err(|e| EnrollError::Url(e.to_string()))?;
-    let stream = TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .map_err(EnrollError::Tls)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| EnrollError::Http(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
     let req = Request::post(path)
-        .header(hyper::header::HOST, addr)
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| EnrollError::Http(e.to_string()))?;
-    let resp = sender
-        .send_request(req)
+    let resp = https::send(to, Arc::new(cfg), req)
         .await
-        .map_err(|e| EnrollError::Http(e.to_string()))?;
+        .map_err(|e| match e {
+            HttpsError::Url(u) => EnrollError::Url(u),
+            HttpsError::Connect { addr, source } => EnrollError::Connect { addr, source },
+            HttpsError::Tls(e) => EnrollError::Tls(e),
+            HttpsError::Http(e) => EnrollError::Http(e),
+        })?;
     let status = resp.status();
     let retry_after = resp
         .headers()

@@ -4,7 +4,8 @@
 //! controller acknowledges its sequence number as committed. Live samples go out at once;
 //! after a reconnect the backlog drains oldest first in bounded batches alongside them.
 //! Signed commands on `down/cmd` are forwarded to [`crate::commands`], which runs them in
-//! tasks of its own and may change the telemetry interval. With `[metrics]` configured, each
+//! tasks of its own and may change the telemetry interval; deploys run there too, after
+//! the app deployer recovered whatever a crash interrupted, before the link comes up. With `[metrics]` configured, each
 //! new sample is also handed to the local Prometheus listener ([`crate::metrics`]).
 
 use std::sync::Arc;
@@ -19,11 +20,16 @@ use rumqttc::{
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::apps::{self, Deployer, Systemctl};
 use crate::backoff::Backoff;
 use crate::collect::{CollectError, Collector};
+use crate::commands::exec::Limits;
 use crate::commands::{Commands, CommandsError, MqttSink, Settings};
 use crate::config::AgentConfig;
+use crate::deploy::{self, Deploys};
+use crate::https::{Endpoint, HttpsError};
 use crate::metrics::{self, Exporter};
+use crate::release_keys::{KeysError, ReleaseKeys};
 use crate::services;
 use crate::spool::{Spool, SpoolConfig, SpoolError};
 use crate::tls;
@@ -41,6 +47,10 @@ pub enum RunError {
     Encode(#[from] codec::EncodeError),
     #[error("commands: {0}")]
     Commands(#[from] CommandsError),
+    #[error("release keys: {0}")]
+    ReleaseKeys(#[from] KeysError),
+    #[error("controller.url: {0}")]
+    Url(#[from] HttpsError),
 }
 
 /// Samples per backlog message and bytes of samples per message (under the 64 KiB limit).
@@ -84,12 +94,23 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
     let ack_topic = Topic::new(id.clone(), Kind::Ack).to_string();
     let cmd_topic = Topic::new(id.clone(), Kind::Cmd).to_string();
     let result_topic = Topic::new(id.clone(), Kind::Result).to_string();
-    let command_settings = Settings::load(
+    let mut command_settings = Settings::load(
         cfg.commands.clone(),
         cfg.device_id.as_str(),
         &cfg.tls.command_key,
         &cfg.tls.key,
     )?;
+    let release_keys = ReleaseKeys::load(&cfg.tls.release_keys)?;
+    let controller = deploy::Controller {
+        endpoint: Endpoint::parse(&cfg.controller.url)?,
+        tls: Arc::new(tls::https_client(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key)?),
+    };
+    // Before any command can apply anything: finish or undo what a crash interrupted.
+    let deployer = Deployer::new(
+        apps::Settings::from_config(&cfg),
+        Systemctl::new(Limits::from_config(&cfg.commands)),
+    );
+    deployer.recover().await;
 
     let mut opts = MqttOptions::new(
         id.as_str(),
@@ -115,6 +136,16 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
     net.set_tcp_nodelay(true);
     eventloop.set_network_options(net);
     let (interval_tx, mut interval_rx) = watch::channel(cfg.telemetry.interval_s);
+    let event_topic = Topic::new(id.clone(), Kind::Event).to_string();
+    command_settings.deploys = Some(Arc::new(Deploys::new(
+        deployer,
+        release_keys,
+        controller,
+        Arc::new(MqttSink {
+            client: client.clone(),
+            topic: event_topic.clone(),
+        }),
+    )));
     let commands = Commands::start(
         command_settings,
         Arc::new(MqttSink {
@@ -125,7 +156,6 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
         shutdown.clone(),
     )?;
 
-    let event_topic = Topic::new(id.clone(), Kind::Event).to_string();
     let capabilities = codec::encode(
         Kind::Event,
         &v1::Event::Capabilities(services::capabilities(&cfg.commands)),

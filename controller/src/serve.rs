@@ -15,6 +15,7 @@ use crate::api::https;
 use crate::api::{self, ApiState};
 use crate::auth::jwt::JwtKeys;
 use crate::commands::dispatch::{self, Dispatcher};
+use crate::commands::release_keys;
 use crate::config::Config;
 use crate::datadir::{DataDir, write_private};
 use crate::enroll::EnrollState;
@@ -118,6 +119,8 @@ struct Controller {
     broker: Broker,
     gateway: Arc<Gateway>,
     dispatcher: Arc<Dispatcher>,
+    /// The release keys devices are told to trust.
+    release_keys: Vec<pifleet_shared::signing::TrustedKey>,
     live: Hub,
     api: api::AppState,
     queue: (
@@ -155,7 +158,8 @@ impl Controller {
             "CRL published"
         );
         let (mqtt_tls, revoked) = gateway::load_tls(&dd)?;
-        let https_tls = tls::https_config(&dd)?;
+        let crls = tls::load_crls(&dd.crl()).map_err(tls::TlsError::from)?;
+        let https_tls = tls::https_config(&dd, crls)?;
         store.set_all_offline().await?;
         // What a crash left in releases/ (temp files, files no release refers to) goes.
         match crate::releases::sweep(&dd, &store, Duration::from_secs(3_600)).await {
@@ -211,11 +215,13 @@ impl Controller {
             queue.0.clone(),
             metrics.clone(),
         ));
+        let release_keys = vec![setup::release_public_key(&dd)?];
         let enroll_state = Arc::new(EnrollState {
             store: store.clone(),
             ca_fingerprint: pki::fingerprint_pem(&ca.cert_pem)?,
             ca: ca.clone(),
             command_public_key: setup::command_public_key(&dd)?,
+            release_public_keys: release_keys.iter().map(|k| k.to_pem()).collect(),
             mqtt_port: cfg.mqtt.public_port.unwrap_or(bound.mqtt.port()),
             cert_days: cfg.enrollment.device_cert_days,
             metrics: metrics.clone(),
@@ -248,6 +254,7 @@ impl Controller {
             broker,
             gateway,
             dispatcher,
+            release_keys,
             live,
             api,
             queue,
@@ -331,6 +338,14 @@ impl Controller {
             self.dispatcher
                 .clone()
                 .run(self.health.clone(), shutdown.clone()),
+        );
+        tasks.spawn(
+            "release-keys",
+            release_keys::announce_once(
+                self.dispatcher.clone(),
+                self.release_keys,
+                shutdown.clone(),
+            ),
         );
         tasks.spawn("receipts", dispatch::receipts(self.dispatcher, receipt_rx));
         tasks.spawn(

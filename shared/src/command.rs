@@ -18,6 +18,8 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_SCRIPT_ARGS: usize = 16;
 /// Most journal lines a tail may ask for.
 pub const MAX_JOURNAL_LINES: u32 = 1_000;
+/// Most release keys one announcement may name.
+pub const MAX_RELEASE_KEYS: usize = 8;
 
 /// A random 128-bit command id.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -93,6 +95,32 @@ pub enum Action {
     RunScript { name: String, args: Vec<String> },
     /// Change the telemetry interval (bounded by the agent's configuration).
     SetInterval { seconds: u32 },
+    // Variants are only ever appended: postcard encodes the variant's index.
+    /// Install release `release` of an allowlisted app. The device downloads the signed
+    /// manifest and the archive from the controller it enrolled with (HTTPS, its device
+    /// certificate), and installs only if the manifest's SHA-256 is `manifest_sha256`, it
+    /// verifies against a pinned release key, and it names this app, this release and this
+    /// archive (digest and size).
+    Deploy {
+        app: String,
+        release: u64,
+        manifest_sha256: [u8; 32],
+        archive_sha256: [u8; 32],
+        archive_size: u64,
+        /// Install even if this release failed on the device before.
+        retry_failed: bool,
+    },
+    /// Go back to release `release` of an app, which the device must still keep; its
+    /// manifest (SHA-256 `manifest_sha256`) is downloaded and verified like a deploy's.
+    Rollback {
+        app: String,
+        release: u64,
+        manifest_sha256: [u8; 32],
+    },
+    /// The release keys (Ed25519 public keys, 1 to [`MAX_RELEASE_KEYS`]) the device is to
+    /// trust from now on, replacing those the controller announced or enrollment wrote.
+    /// Signed by the command key, so devices enrolled before releases existed learn them.
+    TrustReleaseKeys { keys: Vec<[u8; 32]> },
 }
 
 impl Action {
@@ -105,6 +133,9 @@ impl Action {
             Self::JournalTail { .. } => "journal",
             Self::RunScript { .. } => "script",
             Self::SetInterval { .. } => "set_interval",
+            Self::Deploy { .. } => "deploy",
+            Self::Rollback { .. } => "rollback",
+            Self::TrustReleaseKeys { .. } => "trust_release_keys",
         }
     }
 
@@ -116,10 +147,32 @@ impl Action {
         }
     }
 
+    /// The app a deploy or rollback touches.
+    pub fn app(&self) -> Option<&str> {
+        match self {
+            Self::Deploy { app, .. } | Self::Rollback { app, .. } => Some(app),
+            _ => None,
+        }
+    }
+
     /// Checks names and bounds that do not depend on the device's allowlist.
     pub fn validate(&self) -> Result<(), InvalidName> {
         match self {
             Self::Ping | Self::Reboot => Ok(()),
+            Self::Deploy {
+                app,
+                release,
+                archive_size,
+                ..
+            } => {
+                validate_release(app, *release)?;
+                if *archive_size == 0 {
+                    return Err(InvalidName::Bound("archive size"));
+                }
+                Ok(())
+            }
+            Self::Rollback { app, release, .. } => validate_release(app, *release),
+            Self::TrustReleaseKeys { keys } => validate_release_keys(keys),
             Self::Service { unit, .. } => validate_name(unit),
             Self::JournalTail { unit, lines } => {
                 validate_name(unit)?;
@@ -158,6 +211,44 @@ pub enum InvalidName {
     Character(char),
     #[error("{0} out of bounds")]
     Bound(&'static str),
+    #[error(
+        "app name {0:?} must be 1-{max} of a-z 0-9 _ - starting with a letter or digit",
+        max = crate::release::MAX_APP_NAME_LEN
+    )]
+    App(String),
+    #[error("release keys: {0}")]
+    ReleaseKeys(&'static str),
+}
+
+/// An app name ([`crate::release::valid_app_name`]) and a release number (1 or more).
+fn validate_release(app: &str, release: u64) -> Result<(), InvalidName> {
+    if !crate::release::valid_app_name(app) {
+        let shown = app
+            .chars()
+            .take(crate::release::MAX_APP_NAME_LEN + 1)
+            .collect();
+        return Err(InvalidName::App(shown));
+    }
+    if release == 0 {
+        return Err(InvalidName::Bound("release number"));
+    }
+    Ok(())
+}
+
+/// 1 to [`MAX_RELEASE_KEYS`] distinct keys, each a valid Ed25519 public key.
+fn validate_release_keys(keys: &[[u8; 32]]) -> Result<(), InvalidName> {
+    if keys.is_empty() || keys.len() > MAX_RELEASE_KEYS {
+        return Err(InvalidName::ReleaseKeys("1 to 8 keys"));
+    }
+    for (i, k) in keys.iter().enumerate() {
+        if ed25519_dalek::VerifyingKey::from_bytes(k).is_err() {
+            return Err(InvalidName::ReleaseKeys("not an Ed25519 public key"));
+        }
+        if keys[..i].contains(k) {
+            return Err(InvalidName::ReleaseKeys("a key is listed twice"));
+        }
+    }
+    Ok(())
 }
 
 /// Unit and script names: 1–128 of `[A-Za-z0-9@._:+-]`, not starting with `-`, no `..`.
@@ -371,6 +462,86 @@ mod tests {
             .is_err()
         );
         assert!(Action::Ping.validate().is_ok());
+    }
+
+    fn deploy(app: &str, release: u64, archive_size: u64) -> Action {
+        Action::Deploy {
+            app: app.into(),
+            release,
+            manifest_sha256: [1; 32],
+            archive_sha256: [2; 32],
+            archive_size,
+            retry_failed: false,
+        }
+    }
+
+    #[test]
+    fn release_actions_are_checked() {
+        assert_eq!(deploy("web", 3, 10).validate(), Ok(()));
+        assert_eq!(deploy("web", 3, 10).kind(), "deploy");
+        assert_eq!(deploy("web", 3, 10).app(), Some("web"));
+        let bad = [
+            (deploy("Web", 1, 10), InvalidName::App("Web".into())),
+            (deploy("", 1, 10), InvalidName::App(String::new())),
+            (deploy("../x", 1, 10), InvalidName::App("../x".into())),
+            (deploy("web", 0, 10), InvalidName::Bound("release number")),
+            (deploy("web", 1, 0), InvalidName::Bound("archive size")),
+        ];
+        for (action, want) in bad {
+            assert_eq!(action.validate(), Err(want), "{action:?}");
+        }
+        let rollback = |app: &str, release| Action::Rollback {
+            app: app.into(),
+            release,
+            manifest_sha256: [0; 32],
+        };
+        assert_eq!(rollback("web", 2).validate(), Ok(()));
+        assert_eq!(rollback("web", 2).kind(), "rollback");
+        assert!(rollback("web", 0).validate().is_err());
+        assert!(rollback("a b", 1).validate().is_err());
+        assert_eq!(Action::Ping.app(), None);
+    }
+
+    #[test]
+    fn release_key_announcements_are_checked() {
+        let key = |seed: u8| {
+            ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+                .verifying_key()
+                .to_bytes()
+        };
+        let trust = |keys: Vec<[u8; 32]>| Action::TrustReleaseKeys { keys };
+        assert_eq!(trust(vec![key(1)]).validate(), Ok(()));
+        assert_eq!(trust(vec![key(1)]).kind(), "trust_release_keys");
+        assert_eq!(trust((1..=8).map(key).collect()).validate(), Ok(()));
+        let too_many = trust((1..=9).map(key).collect());
+        for (action, why) in [
+            (trust(vec![]), "1 to 8 keys"),
+            (too_many, "1 to 8 keys"),
+            (trust(vec![key(1), key(2), key(1)]), "a key is listed twice"),
+        ] {
+            assert_eq!(action.validate(), Err(InvalidName::ReleaseKeys(why)));
+        }
+        let not_a_point = (0u8..64)
+            .map(|b| [b; 32])
+            .find(|k| ed25519_dalek::VerifyingKey::from_bytes(k).is_err())
+            .unwrap();
+        assert_eq!(
+            trust(vec![not_a_point]).validate(),
+            Err(InvalidName::ReleaseKeys("not an Ed25519 public key"))
+        );
+    }
+
+    /// New variants go at the end: the encodings of the older ones do not move.
+    #[test]
+    fn older_actions_keep_their_encoding() {
+        let enc = |a: &Action| postcard::to_allocvec(a).unwrap();
+        assert_eq!(enc(&Action::Ping), [0]);
+        assert_eq!(enc(&Action::Reboot), [2]);
+        assert_eq!(enc(&Action::SetInterval { seconds: 5 }), [5, 5]);
+        assert_eq!(enc(&deploy("a", 1, 1))[0], 6);
+        assert_eq!(enc(&Action::TrustReleaseKeys { keys: vec![] })[..2], [8, 0]);
+        let d = deploy("web", 7, 99);
+        assert_eq!(postcard::from_bytes::<Action>(&enc(&d)).unwrap(), d);
     }
 
     #[test]

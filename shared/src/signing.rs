@@ -64,11 +64,40 @@ impl TrustedKey {
             .strip_prefix(&ED25519_SPKI_PREFIX[..])
             .and_then(|k| <[u8; 32]>::try_from(k).ok())
             .ok_or(KeyError::Key)?;
-        let key = VerifyingKey::from_bytes(&raw).map_err(|_| KeyError::Key)?;
+        Self::from_raw(&raw)
+    }
+
+    /// From the 32 bytes of an Ed25519 public key.
+    pub fn from_raw(raw: &[u8; 32]) -> Result<Self, KeyError> {
+        let key = VerifyingKey::from_bytes(raw).map_err(|_| KeyError::Key)?;
         Ok(Self {
             id: key_id(&key),
             key,
         })
+    }
+
+    /// Every "PUBLIC KEY" block of a PEM text, in order (a file of pinned release keys
+    /// holds one block per key). Text outside the blocks is ignored.
+    pub fn all_from_pem(pem: &str) -> Result<Vec<Self>, KeyError> {
+        const BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
+        const END: &str = "-----END PUBLIC KEY-----";
+        let mut keys = Vec::new();
+        let mut rest = pem;
+        while let Some(start) = rest.find(BEGIN) {
+            let stop =
+                rest[start..].find(END).ok_or(KeyError::Pem("PUBLIC KEY"))? + start + END.len();
+            keys.push(Self::from_pem(&rest[start..stop])?);
+            rest = &rest[stop..];
+        }
+        Ok(keys)
+    }
+
+    /// The key as an SPKI PEM block ("PUBLIC KEY"), as [`TrustedKey::from_pem`] reads it.
+    pub fn to_pem(&self) -> String {
+        let mut der = ED25519_SPKI_PREFIX.to_vec();
+        der.extend_from_slice(self.key.as_bytes());
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n")
     }
 }
 

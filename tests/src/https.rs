@@ -1,5 +1,6 @@
-//! A minimal HTTPS client for tests: one JSON POST to the controller over rustls, trusting
-//! only the controller's CA, so tests can send requests the real agent never would.
+//! A minimal HTTPS client for tests: one JSON POST or GET to the controller over rustls,
+//! trusting only the controller's CA and presenting a device certificate when asked, so
+//! tests can send requests the real agent never would.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -22,7 +23,18 @@ use crate::mqtt::client_tls;
 pub struct Response {
     pub status: u16,
     pub content_type: String,
+    pub headers: hyper::HeaderMap,
     pub body: Bytes,
+}
+
+impl Response {
+    /// A header's value as text (empty if absent or not text).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
 }
 
 impl Response {
@@ -56,7 +68,39 @@ async fn post(
     path: &str,
     body: &serde_json::Value,
 ) -> Result<Response> {
-    let tls = client_tls(ca, None)?;
+    let req = Request::post(path)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
+    send(ca, addr, None, req).await
+}
+
+/// GETs `path` on the controller's HTTPS listener at `addr` (as `localhost`), trusting only
+/// `ca`, with `headers`, presenting `client` (certificate and key files) when given. Times
+/// out after 30 s.
+pub async fn get(
+    ca: &Path,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    client: Option<(&Path, &Path)>,
+) -> Result<Response> {
+    let mut req = Request::get(path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new()))?;
+    tokio::time::timeout(Duration::from_secs(30), send(ca, addr, client, req))
+        .await
+        .context("HTTPS request timed out")?
+}
+
+async fn send(
+    ca: &Path,
+    addr: SocketAddr,
+    client: Option<(&Path, &Path)>,
+    mut req: Request<Full<Bytes>>,
+) -> Result<Response> {
+    let tls = client_tls(ca, client)?;
     let tcp = TcpStream::connect(addr).await?;
     let stream = TlsConnector::from(Arc::new(tls))
         .connect(ServerName::try_from("localhost")?, tcp)
@@ -66,14 +110,14 @@ async fn post(
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let req = Request::post(path)
-        .header(hyper::header::HOST, format!("localhost:{}", addr.port()))
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
+    req.headers_mut().insert(
+        hyper::header::HOST,
+        hyper::header::HeaderValue::from_str(&format!("localhost:{}", addr.port()))?,
+    );
     let resp = sender.send_request(req).await?;
     let status = resp.status().as_u16();
-    let content_type = resp
-        .headers()
+    let headers = resp.headers().clone();
+    let content_type = headers
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
@@ -82,6 +126,7 @@ async fn post(
     Ok(Response {
         status,
         content_type,
+        headers,
         body,
     })
 }

@@ -41,7 +41,93 @@ pub(super) struct Undo {
     pub reason: String,
 }
 
+/// Whether an admissible request has anything to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ready {
+    Go,
+    AlreadyCurrent,
+}
+
+/// Refuses a release asking for a hook or a command probe the app's section does not
+/// declare.
+pub(super) fn declared(manifest: &Manifest, cfg: &AppConfig) -> Result<(), ApplyError> {
+    if let Some(hook) = manifest.hooks.iter().find(|h| cfg.hook(h).is_none()) {
+        return Err(ApplyError::HookNotDeclared {
+            app: manifest.app.clone(),
+            hook: hook.clone(),
+        });
+    }
+    if manifest.health.probe == Some(Probe::Command) && cfg.probe.is_none() {
+        return Err(ApplyError::ProbeNotDeclared(manifest.app.clone()));
+    }
+    Ok(())
+}
+
+/// What an install (`install`) or a rollback refuses before it changes anything, given the
+/// app's state, the release `current` points at and whether the release is `kept` in
+/// `releases/`: an interrupted apply pending, a lower release than the committed one (an
+/// install), a release that failed here before (unless retried), a release no longer kept
+/// (a rollback). Pure.
+pub(super) fn admissible(
+    manifest: &Manifest,
+    state: &AppState,
+    current: Option<&str>,
+    kept: bool,
+    install: bool,
+    opts: Options,
+) -> Result<Ready, ApplyError> {
+    if !matches!(state.phase, Phase::Committed { .. }) {
+        return Err(ApplyError::Pending {
+            app: manifest.app.clone(),
+            phase: state.phase.describe(),
+        });
+    }
+    let dir = manifest.dir_name();
+    if current == Some(dir.as_str()) {
+        return Ok(Ready::AlreadyCurrent);
+    }
+    if install && manifest.release < state.committed {
+        return Err(ApplyError::Lower {
+            release: manifest.release,
+            committed: state.committed,
+        });
+    }
+    if state.has_failed(&dir) && !opts.retry_failed {
+        return Err(ApplyError::PreviouslyFailed(dir));
+    }
+    if !install && !kept {
+        return Err(ApplyError::NotKept(dir));
+    }
+    Ok(Ready::Go)
+}
+
 impl<S: Systemd> Deployer<S> {
+    /// What [`Deployer::install`] (`install`) or [`Deployer::rollback`] would refuse before
+    /// changing anything, checked without changing anything; `Ok(true)` when the release is
+    /// live already. Lets a command be refused before the device accepts it.
+    pub fn precheck(
+        &self,
+        manifest: &Manifest,
+        install: bool,
+        opts: Options,
+    ) -> Result<bool, ApplyError> {
+        let (cfg, _) = self.app(&manifest.app)?;
+        declared(manifest, cfg)?;
+        hooks::run_as(&cfg.user).map_err(ApplyError::User)?;
+        let state = self.store.load(&manifest.app)?;
+        let layout = Layout::new(&cfg.dir(&manifest.app));
+        let kept = layout.has_release(&manifest.dir_name());
+        let ready = admissible(
+            manifest,
+            &state,
+            layout.current()?.as_deref(),
+            kept,
+            install,
+            opts,
+        )?;
+        Ok(ready == Ready::AlreadyCurrent)
+    }
+
     /// Installs (`archive` given) or rolls back to a kept release (`None`).
     pub(super) async fn apply(
         &self,
@@ -52,48 +138,30 @@ impl<S: Systemd> Deployer<S> {
         let app = manifest.app.clone();
         let (cfg, lock) = self.app(&app)?;
         let _one_at_a_time = lock.lock().await;
-        if let Some(hook) = manifest.hooks.iter().find(|h| cfg.hook(h).is_none()) {
-            return Err(ApplyError::HookNotDeclared {
-                app,
-                hook: hook.clone(),
-            });
-        }
-        if manifest.health.probe == Some(Probe::Command) && cfg.probe.is_none() {
-            return Err(ApplyError::ProbeNotDeclared(app));
-        }
+        declared(&manifest, cfg)?;
         let ids = hooks::run_as(&cfg.user).map_err(ApplyError::User)?;
         let mut state = self.store.load(&app)?;
-        if !matches!(state.phase, Phase::Committed { .. }) {
-            return Err(ApplyError::Pending {
-                app,
-                phase: state.phase.describe(),
-            });
-        }
         let layout = Layout::new(&cfg.dir(&app));
-        layout.ensure(ids)?;
         let dir = manifest.dir_name();
         let previous = layout.current()?;
-        if previous.as_deref() == Some(dir.as_str()) {
+        let ready = admissible(
+            &manifest,
+            &state,
+            previous.as_deref(),
+            layout.has_release(&dir),
+            archive.is_some(),
+            opts,
+        )?;
+        if ready == Ready::AlreadyCurrent {
             return Ok(Outcome::AlreadyCurrent {
                 release: manifest.release,
                 dir,
             });
         }
-        if archive.is_some() && manifest.release < state.committed {
-            return Err(ApplyError::Lower {
-                release: manifest.release,
-                committed: state.committed,
-            });
-        }
-        if state.has_failed(&dir) && !opts.retry_failed {
-            return Err(ApplyError::PreviouslyFailed(dir));
-        }
+        layout.ensure(ids)?;
         let manifest = Arc::new(manifest);
         match archive {
             None => {
-                if !layout.has_release(&dir) {
-                    return Err(ApplyError::NotKept(dir));
-                }
                 let (m, path) = (manifest.clone(), layout.release(&dir));
                 tokio::task::spawn_blocking(move || verify_release(&m, &path))
                     .await?

@@ -5,6 +5,7 @@
 //! <dir>/releases/.staging-<…>/           a release being unpacked (removed on failure)
 //! <dir>/shared/                          kept across releases (data, sockets, config)
 //! <dir>/current -> releases/<…>          the live release: a relative symbolic link
+//! <dir>/downloads/<release>-<digest8>.tar.gz  an archive being downloaded (resumable)
 //! ```
 //!
 //! The switch makes `current.new -> releases/<dir>` and renames it over `current`, then
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 pub const KEEP: usize = 3;
 const RELEASES: &str = "releases";
 const SHARED: &str = "shared";
+const DOWNLOADS: &str = "downloads";
 const CURRENT: &str = "current";
 const CURRENT_NEW: &str = "current.new";
 const STAGING_PREFIX: &str = ".staging-";
@@ -100,6 +102,19 @@ impl Layout {
 
     pub fn current_link(&self) -> PathBuf {
         self.root.join(CURRENT)
+    }
+
+    /// Where the archive of release `dir` is downloaded to, and kept while the download is
+    /// incomplete so that a later attempt resumes it.
+    pub fn download(&self, dir: &str) -> PathBuf {
+        self.root.join(DOWNLOADS).join(format!("{dir}.tar.gz"))
+    }
+
+    /// Creates `downloads/` (and the app directory) if missing.
+    pub fn ensure_downloads(&self) -> Result<PathBuf, LayoutError> {
+        let dir = self.root.join(DOWNLOADS);
+        create_dirs(&dir)?;
+        Ok(dir)
     }
 
     /// Creates the app directory, `releases/` and `shared/` if missing. New directories get

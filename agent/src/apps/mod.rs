@@ -226,6 +226,17 @@ impl<S: Systemd> Deployer<S> {
         self.apply(manifest, None, opts).await
     }
 
+    /// The directory layout of a deployable app.
+    pub fn layout(&self, app: &str) -> Result<layout::Layout, ApplyError> {
+        let (cfg, _) = self.app(app)?;
+        Ok(layout::Layout::new(&cfg.dir(app)))
+    }
+
+    /// The names of the deployable apps (`[apps.NAME]`).
+    pub fn apps(&self) -> impl Iterator<Item = &str> {
+        self.settings.apps.keys().map(String::as_str)
+    }
+
     /// The app's configuration and its apply lock.
     fn app(&self, name: &str) -> Result<(&AppConfig, &tokio::sync::Mutex<()>), ApplyError> {
         match (self.settings.apps.get(name), self.locks.get(name)) {
@@ -251,11 +262,4 @@ impl<S: Systemd> Deployer<S> {
             ..self.settings.limits.clone()
         }
     }
-}
-
-/// Recovers every configured app with the real systemd, as the agent does at start.
-pub async fn recover(cfg: &AgentConfig) -> Vec<Recovered> {
-    let settings = Settings::from_config(cfg);
-    let systemd = Systemctl::new(settings.limits.clone());
-    Deployer::new(settings, systemd).recover().await
 }

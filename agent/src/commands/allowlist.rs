@@ -22,7 +22,7 @@
 //! allowed_args = ["--dry-run"]                 # extra arguments a command may add
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use pifleet_shared::Kind;
@@ -113,11 +113,29 @@ pub enum Refusal {
     UndeclaredArg { script: String, arg: String },
     #[error("interval {seconds}s is outside {min}..={max}s")]
     IntervalOutOfBounds { seconds: u32, min: u32, max: u32 },
+    #[error("app {0:?} is not deployable here: agent.toml has no [apps.{0}]")]
+    AppNotListed(String),
 }
 
-/// Does the local allowlist permit `action`? Pure: the decision depends only on its inputs.
-pub fn allowed(action: &Action, cfg: &CommandsConfig) -> Result<(), Refusal> {
+/// Does the local allowlist permit `action`? `apps` are the names of the `[apps.NAME]`
+/// sections: deploys and rollbacks of other apps are refused. A release key announcement
+/// is always allowed: it is signed by the pinned command key, and by itself it installs
+/// nothing (only deploys of listed apps use the keys). Pure: the decision depends only on
+/// its inputs.
+pub fn allowed(
+    action: &Action,
+    cfg: &CommandsConfig,
+    apps: &BTreeSet<String>,
+) -> Result<(), Refusal> {
     match action {
+        Action::Deploy { app, .. } | Action::Rollback { app, .. } => {
+            if apps.contains(app) {
+                Ok(())
+            } else {
+                Err(Refusal::AppNotListed(app.clone()))
+            }
+        }
+        Action::TrustReleaseKeys { .. } => Ok(()),
         Action::Ping if cfg.ping => Ok(()),
         Action::Ping => Err(Refusal::Disabled("ping")),
         Action::Reboot if cfg.reboot => Ok(()),
@@ -439,7 +457,51 @@ mod tests {
             ),
         ];
         for (name, action, cfg, want) in table {
-            assert_eq!(allowed(&action, cfg), want, "{name}");
+            assert_eq!(allowed(&action, cfg, &BTreeSet::new()), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn deploys_need_the_app_listed() {
+        let apps = BTreeSet::from(["web".to_owned()]);
+        let deploy = |app: &str| Action::Deploy {
+            app: app.into(),
+            release: 1,
+            manifest_sha256: [0; 32],
+            archive_sha256: [0; 32],
+            archive_size: 1,
+            retry_failed: false,
+        };
+        let rollback = |app: &str| Action::Rollback {
+            app: app.into(),
+            release: 1,
+            manifest_sha256: [0; 32],
+        };
+        let safe = CommandsConfig::default();
+        let table = [
+            (deploy("web"), &apps, Ok(())),
+            (rollback("web"), &apps, Ok(())),
+            (deploy("db"), &apps, Err(Refusal::AppNotListed("db".into()))),
+            (
+                rollback("db"),
+                &apps,
+                Err(Refusal::AppNotListed("db".into())),
+            ),
+            (
+                deploy("web"),
+                &BTreeSet::new(),
+                Err(Refusal::AppNotListed("web".into())),
+            ),
+            (
+                Action::TrustReleaseKeys {
+                    keys: vec![[1; 32]],
+                },
+                &BTreeSet::new(),
+                Ok(()),
+            ),
+        ];
+        for (action, apps, want) in table {
+            assert_eq!(allowed(&action, &safe, apps), want, "{action:?}");
         }
     }
 

@@ -64,8 +64,8 @@ pub struct Invocation {
     pub args: Vec<String>,
 }
 
-/// The invocation for an action that runs a program (`None` for ping, reboot and interval,
-/// which the handler carries out itself). The action must have passed the allowlist.
+/// The invocation for an action that runs a program (`None` for ping, reboot, interval
+/// and the release actions, which the handler carries out itself). The action must have passed the allowlist.
 pub fn invocation(action: &Action, cfg: &CommandsConfig) -> Option<Invocation> {
     match action {
         Action::Service { unit, op } => Some(Invocation {
@@ -92,7 +92,12 @@ pub fn invocation(action: &Action, cfg: &CommandsConfig) -> Option<Invocation> {
                 args: fixed.iter().chain(args).cloned().collect(),
             })
         }
-        Action::Ping | Action::Reboot | Action::SetInterval { .. } => None,
+        Action::Ping
+        | Action::Reboot
+        | Action::SetInterval { .. }
+        | Action::Deploy { .. }
+        | Action::Rollback { .. }
+        | Action::TrustReleaseKeys { .. } => None,
     }
 }
 

@@ -11,11 +11,12 @@ pub mod allowlist;
 pub mod exec;
 pub mod journal;
 pub mod outbox;
+mod releases;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,6 +35,8 @@ pub use allowlist::{CommandsConfig, Refusal, ScriptConfig, allowed};
 use exec::{Finished, Invocation, Limits};
 use journal::{Journal, JournalError};
 use outbox::Outbox;
+
+use crate::deploy::{Deploys, Prepared};
 pub use outbox::{Delivery, MqttSink, Sink};
 
 /// Commands waiting for the handler; more are dropped (the controller sends them again).
@@ -73,6 +76,8 @@ pub struct Settings {
     pub keys: Vec<TrustedKey>,
     /// The device key, for receipts.
     pub signer: DeviceSigner,
+    /// Deploys, rollbacks and release key announcements; without it they are refused.
+    pub deploys: Option<Arc<Deploys>>,
 }
 
 impl Settings {
@@ -103,6 +108,7 @@ impl Settings {
             device: device.to_owned(),
             keys: vec![command_key],
             signer,
+            deploys: None,
         })
     }
 }
@@ -120,6 +126,9 @@ struct Ctx {
     /// Notified after every service command, so unit states are read again at once.
     services_changed: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
+    /// The deployable apps (`[apps.NAME]`), for the allowlist.
+    apps: BTreeSet<String>,
+    deploys: Option<Arc<Deploys>>,
 }
 
 /// The running command handler.
@@ -163,6 +172,12 @@ impl Commands {
             interval,
             services_changed: Arc::new(tokio::sync::Notify::new()),
             shutdown,
+            apps: settings
+                .deploys
+                .as_ref()
+                .map(|d| d.apps().map(str::to_owned).collect())
+                .unwrap_or_default(),
+            deploys: settings.deploys,
         });
         for (id, entry) in recovered {
             // A reboot that was under way when the agent stopped did happen; anything else
@@ -238,7 +253,7 @@ async fn handle(ctx: &Arc<Ctx>, payload: &[u8]) {
             return;
         }
     };
-    let mut journal = ctx.journal.clone().lock_owned().await;
+    let journal = ctx.journal.clone().lock_owned().await;
     let verdict = verify_command(
         &cmd,
         VerifyContext {
@@ -247,7 +262,7 @@ async fn handle(ctx: &Arc<Ctx>, payload: &[u8]) {
             now_ms: journal.now_ms(clock_ms()),
         },
         |id| journal.contains(id),
-        |action| allowed(action, &ctx.cfg).map_err(|r| r.to_string()),
+        |action| allowed(action, &ctx.cfg, &ctx.apps).map_err(|r| r.to_string()),
     );
     let env = match verdict {
         Ok(env) => env,
@@ -256,6 +271,23 @@ async fn handle(ctx: &Arc<Ctx>, payload: &[u8]) {
             ctx.reject(claimed_id(&cmd, &rejection), &rejection);
             return;
         }
+    };
+    // A deploy or rollback is checked in full before it is accepted, without holding the
+    // journal (the check downloads its manifest).
+    let (mut journal, prepared) = if env.action.app().is_some() {
+        drop(journal);
+        let Some(prepared) = releases::prepare(ctx, &env).await else {
+            return;
+        };
+        let journal = ctx.journal.clone().lock_owned().await;
+        if journal.contains(&env.id) {
+            drop(journal);
+            ctx.reject(env.id, &Rejection::Replayed);
+            return;
+        }
+        (journal, Some(prepared))
+    } else {
+        (journal, None)
     };
     let record = env.clone();
     let recorded = tokio::task::spawn_blocking(move || journal.accept(&record)).await;
@@ -285,7 +317,7 @@ async fn handle(ctx: &Arc<Ctx>, payload: &[u8]) {
                 // Children are killed on drop; the journal reports it after the restart.
                 tracing::warn!(command = %id, "agent stopping: command interrupted");
             }
-            _ = execute(&task_ctx, env) => {}
+            _ = execute(&task_ctx, env, prepared) => {}
         }
     });
 }
@@ -306,7 +338,7 @@ fn claimed_id(cmd: &SignedCommand, rejection: &Rejection) -> CommandId {
 }
 
 /// Carries out an accepted command and sends its running and final receipts.
-async fn execute(ctx: &Arc<Ctx>, env: Envelope) {
+async fn execute(ctx: &Arc<Ctx>, env: Envelope, prepared: Option<Prepared>) {
     let id = env.id;
     let running = |ctx: &Ctx| {
         ctx.outbox
@@ -332,6 +364,10 @@ async fn execute(ctx: &Arc<Ctx>, env: Envelope) {
                 Some(&answer(b"rebooting in a few seconds")),
             );
             reboot(ctx, id, sent).await;
+        }
+        Action::Deploy { .. } | Action::Rollback { .. } | Action::TrustReleaseKeys { .. } => {
+            running(ctx);
+            releases::run(ctx, env, prepared).await;
         }
         action => {
             let Some(inv) = exec::invocation(action, &ctx.cfg) else {

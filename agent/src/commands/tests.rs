@@ -74,6 +74,7 @@ impl Rig {
             device: DEVICE.into(),
             keys: vec![TrustedKey::from_pem(&public_pem(&self.signer)).unwrap()],
             signer: DeviceSigner::from_pkcs8_pem(&kp.serialize_pem()).unwrap(),
+            deploys: None,
         };
         let (tx, rx) = watch::channel(10);
         self.interval = rx;

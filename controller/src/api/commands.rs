@@ -67,7 +67,9 @@ pub struct CommandQuery {
     /// Only commands in this state: queued, sent, accepted, running, succeeded, failed,
     /// rejected, expired or cancelled.
     pub status: Option<String>,
-    /// Only commands of this kind: ping, service, reboot, journal, script or set_interval.
+    /// Only commands of this kind: ping, service, reboot, journal, script, set_interval,
+    /// deploy, rollback or trust_release_keys (the last three are created by the
+    /// controller, never sent through this API).
     pub action: Option<String>,
     /// Page size, 1–500 (default 50).
     #[param(minimum = 1, maximum = 500)]
@@ -148,13 +150,16 @@ impl SendCommand {
 }
 
 /// What `Action::kind` names: the `action` filter of the command list.
-const ACTION_KINDS: [&str; 6] = [
+const ACTION_KINDS: [&str; 9] = [
     "ping",
     "service",
     "reboot",
     "journal",
     "script",
     "set_interval",
+    "deploy",
+    "rollback",
+    "trust_release_keys",
 ];
 
 fn command_id(id: &str) -> Result<String, Problem> {

@@ -122,6 +122,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     }
 }
 
+/// The device of a device route, set by the guard from the connection's verified client
+/// certificate once the database confirmed it is not revoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevicePrincipal(pub pifleet_shared::DeviceId);
+
+impl<S: Send + Sync> FromRequestParts<S> for DevicePrincipal {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<DevicePrincipal>()
+            .cloned()
+            .ok_or_else(|| Problem::unauthorized("present the device certificate"))
+    }
+}
+
 /// Extra text for the audit entry of a mutating request (e.g. the ids of created
 /// commands); handlers put it in the response's extensions.
 #[derive(Debug, Clone)]

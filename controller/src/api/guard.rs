@@ -23,6 +23,20 @@ pub(super) async fn guard(
     if route.perm == Permission::Scrape && scrape_allowed(&st, ip, req.headers()) {
         return next.run(req).await;
     }
+    if route.perm == Permission::Device {
+        // Devices connect from anywhere: no admin allowlist, no bearer token, no role.
+        let cert = req
+            .extensions()
+            .get::<https::ClientCert>()
+            .and_then(|c| c.0.clone());
+        return match device(&st, cert, ip).await {
+            Ok(dev) => {
+                req.extensions_mut().insert(dev);
+                next.run(req).await
+            }
+            Err(p) => p.into_response(),
+        };
+    }
     if route.path == "/api/v1/enroll" {
         // Devices enroll from anywhere, so no allowlist; but a token is a secret to guess
         // and every refusal costs a log line, so each source gets a (generous) rate.
@@ -107,6 +121,32 @@ pub(super) async fn guard(
         }
     }
     resp
+}
+
+/// The device of a device route: the connection's verified client certificate, of an
+/// enrolled device, the certificate not revoked in the database (which may be newer than
+/// the CRL the listener loaded at start).
+async fn device(
+    st: &ApiState,
+    cert: Option<https::DeviceCert>,
+    ip: IpAddr,
+) -> Result<DevicePrincipal, Problem> {
+    let cert = cert.ok_or_else(|| {
+        Problem::unauthorized(
+            "this route is for devices: present the device certificate (mutual TLS)",
+        )
+    })?;
+    if !st
+        .store
+        .device_cert_valid(cert.device.as_str(), &cert.serial)
+        .await?
+    {
+        tracing::warn!(source = %ip, device = %cert.device, serial = %cert.serial, "device route refused: certificate or device revoked");
+        return Err(Problem::forbidden(
+            "this device certificate is revoked or not known",
+        ));
+    }
+    Ok(DevicePrincipal(cert.device))
 }
 
 /// The 429 for a client over its source's rate (IPv6 clients share their /64's), if it is.

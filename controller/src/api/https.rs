@@ -151,7 +151,11 @@ impl Connection {
                     return;
                 }
             };
-        let app = TowerToHyperService::new(app.layer(axum::Extension(PeerAddr(peer))));
+        let client = client_cert(&stream, peer);
+        let app = TowerToHyperService::new(
+            app.layer(axum::Extension(PeerAddr(peer)))
+                .layer(axum::Extension(client)),
+        );
         // Until hyper has read the first request head the connection stays within the
         // pre-authentication budget; from then on it is an ordinary request.
         let preauth = Mutex::new(Some(preauth));
@@ -202,3 +206,41 @@ impl<T> Drop for Gauged<T> {
 /// The client's address, available to handlers as an extension.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
+
+/// The device a connection's client certificate names, available to handlers as an
+/// extension: `None` when the client sent no certificate. rustls verified it against the
+/// CA and the CRL during the handshake; the guard checks the database for revocations
+/// since (see `Permission::Device`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert(pub Option<DeviceCert>);
+
+/// A verified device certificate's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCert {
+    pub device: pifleet_shared::DeviceId,
+    /// Lowercase hex without leading zeros, as the database stores serials.
+    pub serial: String,
+}
+
+/// The identity of the certificate the client presented, if any. A verified certificate
+/// that does not name a device (no single CN equal to its DNS SAN) counts as none.
+fn client_cert(
+    stream: &tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+) -> ClientCert {
+    let leaf = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first());
+    ClientCert(leaf.and_then(|der| match crate::pki::device_identity(der) {
+        Ok((device, serial)) => Some(DeviceCert {
+            device,
+            serial: crate::pki::tls::normalize_serial(&serial),
+        }),
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "https client certificate names no device");
+            None
+        }
+    }))
+}

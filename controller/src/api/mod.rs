@@ -49,6 +49,7 @@ pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod commands;
+pub mod device_releases;
 pub mod devices;
 pub mod enroll;
 pub mod events;
@@ -65,7 +66,7 @@ pub mod tokens;
 pub mod users;
 pub mod web;
 
-pub use extract::{AuditNote, ClientIp, Principal};
+pub use extract::{AuditNote, ClientIp, DevicePrincipal, Principal};
 use guard::guard;
 pub use layers::{ForwardedError, REQUEST_ID, SECURITY_HEADERS, resolve_client};
 use layers::{client_ip, deadline, http_metrics, read_body, request_span, security_headers};
@@ -253,6 +254,7 @@ pub fn event(actor: &str, ip: IpAddr, action: &str, target: &str, outcome: &str)
         (name = "audit", description = "The hash-chained audit log (admin)"),
         (name = "system", description = "Health and metadata"),
         (name = "metrics", description = "Prometheus: controller metrics, per-device targets, service discovery"),
+        (name = "device", description = "For devices, with their certificate (mutual TLS): release downloads"),
     )
 )]
 struct ApiDoc;
@@ -271,6 +273,18 @@ impl utoipa::Modify for BearerAuth {
                     .bearer_format("JWT")
                     .build(),
             ),
+        );
+        components.add_security_scheme(
+            "device_certificate",
+            SecurityScheme::MutualTls {
+                description: Some(
+                    "The device's own certificate, issued by the controller's CA at \
+                     enrollment, presented in the TLS handshake with the controller itself \
+                     (not through a TLS-terminating proxy)."
+                        .to_owned(),
+                ),
+                extensions: None,
+            },
         );
     }
 }
@@ -320,6 +334,8 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(metrics::sd))
         .routes(routes!(metrics::controller))
         .routes(routes!(metrics::device))
+        .routes(routes!(device_releases::manifest))
+        .routes(routes!(device_releases::archive))
         .split_for_parts()
 }
 

@@ -14,6 +14,8 @@ impl Role {
             }
             Permission::Operate => self >= Role::Operator,
             Permission::Admin => self == Role::Admin,
+            // Device routes take no user: only a device certificate opens them.
+            Permission::Device => false,
         }
     }
 }
@@ -34,6 +36,11 @@ pub enum Permission {
     /// Prometheus: the scrape token, an address in `metrics.scrape_allow`, or any signed-in
     /// user.
     Scrape,
+    /// A device: the connection's client certificate (mutual TLS on the HTTPS listener),
+    /// verified against the CA and the CRL, of an enrolled device whose certificate the
+    /// database does not list as revoked. The only identity these routes accept: bearer
+    /// tokens are never looked at, and no role opens them.
+    Device,
 }
 
 /// One API route.
@@ -61,7 +68,7 @@ const fn r(
     }
 }
 
-use Permission::{Admin, Operate, Public, Read, Scrape, Session};
+use Permission::{Admin, Device, Operate, Public, Read, Scrape, Session};
 
 /// Every guarded route (the API under `/api/v1` and the Prometheus endpoints), and the
 /// permission it needs.
@@ -172,6 +179,18 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/api/v1/prometheus/sd", Scrape, "metrics.sd"),
     r("GET", "/metrics", Scrape, "metrics.controller"),
     r("GET", "/metrics/devices/{id}", Scrape, "metrics.device"),
+    r(
+        "GET",
+        "/api/v1/device/releases/{id}/manifest",
+        Device,
+        "device.release_manifest",
+    ),
+    r(
+        "GET",
+        "/api/v1/device/releases/{id}/archive",
+        Device,
+        "device.release_archive",
+    ),
 ];
 
 /// The table entry for a request, if any.
@@ -198,6 +217,7 @@ mod tests {
             {
                 assert_eq!(role.allows(perm), want, "{role} {perm:?}");
             }
+            assert!(!role.allows(Device), "{role}");
         }
     }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use pifleet_controller::commands::dispatch::{self, Targets};
+use pifleet_controller::model::commands::ActionSpec;
 use pifleet_controller::model::labels;
 use pifleet_controller::model::lifecycle::Status;
 use pifleet_controller::store::{Cancel, Store};
@@ -99,7 +100,7 @@ pub async fn run(cmd: CmdCmd) -> anyhow::Result<()> {
                 }
                 let request = CommandRequest {
                     targets: targets.clone(),
-                    action: action.into(),
+                    action: ActionSpec::try_from(action).map_err(|e| Usage(e.to_string()))?,
                     ttl_s: ttl.as_secs(),
                 };
                 let actor = pifleet_controller::audit::Event::cli("", "", "", "").actor;

@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::config::CommandsConfig;
 use crate::live::Hub;
 use crate::metrics::Metrics;
+use crate::model::commands::Status;
 use crate::mqtt::ingest::Outgoing;
 use crate::store::{CommandRow, Labels, NewCommand, ReceiptUpdate, Store, StoreError, now_ms};
 use crate::supervise::{Fatal, Health, TaskResult};
@@ -169,6 +170,11 @@ impl Dispatcher {
     /// Where command status changes are reported for the dashboard.
     pub fn live(&self) -> &Hub {
         &self.live
+    }
+
+    /// The store commands are kept in.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Creates commands and dispatches them at once (in-process callers: the API).
@@ -345,12 +351,17 @@ impl Dispatcher {
                         .commands
                         .with_label_values(&["any", status.as_str()])
                         .inc();
-                    if let Ok(Some(c)) = self.store.command(&id).await
-                        && let (Some(sent), Some(done)) = (c.sent_at, c.finished_at)
-                    {
-                        self.metrics
-                            .command_roundtrip_seconds
-                            .observe((done - sent).max(0) as f64 / 1000.0);
+                    if let Ok(Some(c)) = self.store.command(&id).await {
+                        if let (Some(sent), Some(done)) = (c.sent_at, c.finished_at) {
+                            self.metrics
+                                .command_roundtrip_seconds
+                                .observe((done - sent).max(0) as f64 / 1000.0);
+                        }
+                        if status == Status::Succeeded
+                            && let Err(e) = super::release_keys::confirmed(&self.store, &c).await
+                        {
+                            tracing::error!(command = %id, error = %e, "cannot record confirmed release keys");
+                        }
                     }
                 }
             }

@@ -1,4 +1,7 @@
-//! Signed remote commands: creating and dispatching them, and the lifecycle a command
-//! moves through as its device's receipts arrive.
+//! Signed commands: creating and dispatching them (dispatch.rs), and the lifecycle a command
+//! moves through as its device's receipts arrive; deploy commands made from a release
+//! (deploy.rs) and the announcement of the release keys (release_keys.rs).
 
+pub mod deploy;
 pub mod dispatch;
+pub mod release_keys;

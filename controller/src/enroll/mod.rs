@@ -26,6 +26,8 @@ pub struct EnrollState {
     pub ca: Ca,
     pub ca_fingerprint: String,
     pub command_public_key: String,
+    /// The release keys devices are to trust (PEM, SPKI), sent with every enrollment.
+    pub release_public_keys: Vec<String>,
     pub mqtt_port: u16,
     pub cert_days: u32,
     pub metrics: Metrics,
@@ -131,5 +133,6 @@ pub async fn enroll(st: &EnrollState, req: &EnrollRequest) -> Result<EnrollRespo
         ca: st.ca.cert_pem.clone(),
         command_public_key: st.command_public_key.clone(),
         mqtt_port: st.mqtt_port,
+        release_public_keys: st.release_public_keys.clone(),
     })
 }

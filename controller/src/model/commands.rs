@@ -12,6 +12,8 @@ use utoipa::openapi::schema::{
 };
 use utoipa::{PartialSchema, ToSchema};
 
+use crate::model::action_view::ActionView;
+
 /// Where a command is in its lifecycle (the transitions are in `model::lifecycle`).
 /// Serialized as the lowercase name, [`Status::as_str`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,8 +82,9 @@ pub enum ServiceOpSpec {
     Restart,
 }
 
-/// What a device is asked to do. Units and scripts must also be on the device's own
-/// allowlist, which the device checks. The OpenAPI schema is written by hand below, so
+/// What an operator asks a device to do (command listings show any action as
+/// [`ActionView`]). Units and scripts must also be on the device's own allowlist, which
+/// the device checks. The OpenAPI schema is written by hand below, so
 /// that each variant refuses unknown fields as the deserializer does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -241,28 +244,12 @@ impl From<ActionSpec> for Action {
     }
 }
 
-impl From<Action> for ActionSpec {
-    fn from(a: Action) -> Self {
-        match a {
-            Action::Ping => ActionSpec::Ping {},
-            Action::Reboot => ActionSpec::Reboot {},
-            Action::Service { unit, op } => ActionSpec::Service {
-                op: op.into(),
-                unit,
-            },
-            Action::JournalTail { unit, lines } => ActionSpec::Journal { unit, lines },
-            Action::RunScript { name, args } => ActionSpec::Script { name, args },
-            Action::SetInterval { seconds } => ActionSpec::SetInterval { seconds },
-        }
-    }
-}
-
 /// A command without its output (the output lengths are here).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CommandSummary {
     pub id: String,
     pub device: String,
-    pub action: ActionSpec,
+    pub action: ActionView,
     /// queued, sent, accepted, running, succeeded, failed, rejected, expired or cancelled
     /// (the schema lists them: `status_schema`).
     #[schema(schema_with = status_schema)]
@@ -367,7 +354,7 @@ mod tests {
         for (json, want) in cases {
             let s = spec(json).unwrap();
             assert_eq!(Action::from(s.clone()), want, "{json}");
-            assert_eq!(ActionSpec::from(want), s, "{json}");
+            assert_eq!(ActionView::from(want), ActionView::Command(s), "{json}");
         }
         for bad in [
             r#"{"kind":"shell","cmd":"rm -rf /"}"#,

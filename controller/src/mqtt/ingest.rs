@@ -134,6 +134,12 @@ fn to_op(p: &Publish) -> Result<Option<Routed>, Refusal> {
             v1::Event::Services(states) => {
                 Some(Routed::Ingest(IngestOp::Services { device, states }))
             }
+            // Progress only: the command's receipts carry its outcome. Logged for the
+            // operator until rollouts keep it.
+            v1::Event::Deploy(p) => {
+                tracing::info!(device = %device, command = %p.command, app = %p.app, release = p.release, phase = p.phase.as_str(), bytes = p.bytes, total = p.total, "deploy progress");
+                None
+            }
         },
         Kind::Cmd | Kind::Ack => None,
     })

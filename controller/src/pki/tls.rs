@@ -62,32 +62,53 @@ fn server_chain(dd: &DataDir) -> Result<Vec<CertificateDer<'static>>, TlsError> 
     Ok(chain)
 }
 
-/// The HTTPS listener: server auth only.
-pub fn https_config(dd: &DataDir) -> Result<ServerConfig, TlsError> {
+/// Verifies client certificates against the CA and the CRLs. Unknown revocation status
+/// is refused, so a broken CRL fails closed.
+fn client_verifier(
+    dd: &DataDir,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    optional: bool,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in load_certs(&dd.ca_cert())? {
+        roots.add(ca)?;
+    }
+    let builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).with_crls(crls);
+    let builder = if optional {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    Ok(builder.build()?)
+}
+
+/// The HTTPS listener: a client certificate is asked for but not required. Browsers and
+/// API clients send none; devices present theirs for the device routes, and one that does
+/// not chain to the CA or is on the CRL fails the handshake. Handlers see the identity of a
+/// verified certificate only (`api::https::ClientCert`); revocations after start-up are
+/// checked against the database on every device request.
+pub fn https_config(
+    dd: &DataDir,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) -> Result<ServerConfig, TlsError> {
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
+        .with_client_cert_verifier(client_verifier(dd, crls, true)?)
         .with_single_cert(server_chain(dd)?, load_key(&dd.server_key())?)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
 }
 
 /// The MQTT gateway: a client certificate chained to our CA and absent from the CRL is
-/// required. Unknown revocation status is refused, so a broken CRL fails closed.
+/// required.
 pub fn mqtt_config(
     dd: &DataDir,
     crls: Vec<CertificateRevocationListDer<'static>>,
 ) -> Result<ServerConfig, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in load_certs(&dd.ca_cert())? {
-        roots.add(ca)?;
-    }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .with_crls(crls)
-        .build()?;
     let cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(client_verifier(dd, crls, false)?)
         .with_single_cert(server_chain(dd)?, load_key(&dd.server_key())?)?;
     Ok(cfg)
 }

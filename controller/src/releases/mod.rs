@@ -18,6 +18,7 @@ use pifleet_shared::token::to_hex;
 use crate::datadir::DataDir;
 use crate::store::{NewReleaseRow, ReleaseRow, ReleaseSource, Store, StoreError, now_ms};
 
+pub mod delivery;
 pub mod git;
 pub mod intake;
 pub mod storage;

@@ -51,6 +51,21 @@ impl Store {
         Ok(serials.into_iter().collect())
     }
 
+    /// Whether `serial` (normalized lowercase hex) is an unrevoked certificate of `device`,
+    /// and the device is enrolled and not revoked.
+    pub async fn device_cert_valid(&self, device: &str, serial: &str) -> Result<bool, StoreError> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM certificates c JOIN devices d ON d.id = c.device_id \
+             WHERE c.serial = ? AND c.device_id = ? AND c.revoked_at IS NULL \
+             AND d.revoked_at IS NULL",
+        )
+        .bind(serial)
+        .bind(device)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(found.is_some())
+    }
+
     /// The public key of the device's newest unrevoked certificate.
     pub async fn device_key(&self, device: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
         Ok(sqlx::query_as(

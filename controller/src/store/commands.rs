@@ -218,6 +218,23 @@ impl Store {
             .await?)
     }
 
+    /// The actions of `device`'s deploy and rollback commands that are on their way or
+    /// running there (sent, accepted or running): what the device may download.
+    pub async fn release_actions_in_flight(&self, device: &str) -> Result<Vec<Action>, StoreError> {
+        let actions: Vec<String> = sqlx::query_scalar(
+            "SELECT action FROM commands WHERE device_id = ? \
+             AND action_kind IN ('deploy', 'rollback') \
+             AND status IN ('sent', 'accepted', 'running')",
+        )
+        .bind(device)
+        .fetch_all(&self.reader)
+        .await?;
+        actions
+            .iter()
+            .map(|a| Ok(serde_json::from_str(a)?))
+            .collect()
+    }
+
     /// Records that a command was signed and sent (again); false if it moved on meanwhile.
     pub async fn mark_sent(&self, id: &str, issued_at: i64) -> Result<bool, StoreError> {
         let now = now_ms();

@@ -1,8 +1,8 @@
 //! All SQL lives here, one file per table with that table's queries and row types
 //! (`devices`, `certificates`, `tokens`, `telemetry`, `commands`, `audit`, `users`,
-//! `sessions`, `attempts`, `approvals`, `api_tokens`, `releases`; `ingest` writes a batch
-//! across tables). This file holds the
-//! [`Store`] handle and what every table shares.
+//! `sessions`, `attempts`, `approvals`, `api_tokens`, `releases`, `release_keys`; `ingest`
+//! writes a batch across tables). This file holds the [`Store`] handle and what every
+//! table shares.
 //!
 //! SQLite in WAL mode with `synchronous = FULL` (an acknowledged sample must survive power
 //! loss); one writer connection used by the ingest task for group commits, and a small reader
@@ -22,6 +22,7 @@ mod commands;
 mod devices;
 mod dialect;
 mod ingest;
+mod release_keys;
 mod releases;
 pub mod sessions;
 mod telemetry;

@@ -318,4 +318,19 @@ impl Store {
             .await?;
         r.as_ref().map(row).transpose()
     }
+
+    /// The release whose signed manifest has this SHA-256 (64 lowercase hex), as devices
+    /// name it when they download.
+    pub async fn release_by_manifest(
+        &self,
+        manifest_sha256: &str,
+    ) -> Result<Option<ReleaseRow>, StoreError> {
+        let r = sqlx::query(release_select!(
+            "WHERE manifest_sha256 = ? ORDER BY id LIMIT 1"
+        ))
+        .bind(manifest_sha256)
+        .fetch_optional(&self.reader)
+        .await?;
+        r.as_ref().map(row).transpose()
+    }
 }

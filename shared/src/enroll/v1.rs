@@ -36,6 +36,12 @@ pub struct EnrollResponse {
     pub command_public_key: String,
     /// The port of the MQTT gateway on the host the agent enrolled with.
     pub mqtt_port: u16,
+    /// The release keys the device is to trust (Ed25519, PEM, SPKI), one per entry.
+    /// Added after v1 first shipped: absent in an older controller's answer, so read with a
+    /// default, and ignored by older agents, which learn the keys later from a signed
+    /// `TrustReleaseKeys` command.
+    #[serde(default)]
+    pub release_public_keys: Vec<String>,
 }
 
 #[cfg(test)]
@@ -51,5 +57,18 @@ mod tests {
         assert!(!shown.contains("secret"), "{shown}");
         assert!(shown.contains("<11 bytes>"), "{shown}");
         assert!(serde_json::from_str::<EnrollRequest>(r#"{"token":"t","csr":"c","x":1}"#).is_err());
+    }
+
+    #[test]
+    fn an_answer_without_release_keys_still_reads() {
+        let old = r#"{"device_id":"pi-1","certificate":"C","ca":"A","command_public_key":"K","mqtt_port":8883}"#;
+        let resp: EnrollResponse = serde_json::from_str(old).unwrap();
+        assert!(resp.release_public_keys.is_empty());
+        let new = serde_json::to_value(EnrollResponse {
+            release_public_keys: vec!["R".into()],
+            ..resp
+        })
+        .unwrap();
+        assert_eq!(new["release_public_keys"], serde_json::json!(["R"]));
     }
 }

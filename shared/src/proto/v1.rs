@@ -140,4 +140,37 @@ pub enum Event {
     Capabilities(Capabilities),
     /// The allowlisted units' states: after every hello and whenever one changes.
     Services(Vec<ServiceState>),
+    // Variants are only ever appended: postcard encodes the variant's index.
+    /// How far a deploy or rollback command has got (its receipts carry the outcome).
+    Deploy(DeployProgress),
+}
+
+/// Progress of a deploy or rollback command on the device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployProgress {
+    pub command: crate::command::CommandId,
+    pub app: String,
+    pub release: u64,
+    pub phase: DeployPhase,
+    /// Archive bytes on the device so far, out of `total` (both 0 for a rollback).
+    pub bytes: u64,
+    pub total: u64,
+}
+
+/// The step a deploy is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeployPhase {
+    /// Fetching the archive (resumed where an earlier attempt stopped).
+    Downloading,
+    /// Unpacking, switching and applying the health gate.
+    Installing,
+}
+
+impl DeployPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Downloading => "downloading",
+            Self::Installing => "installing",
+        }
+    }
 }

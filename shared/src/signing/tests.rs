@@ -177,6 +177,7 @@ fn pem_keys_roundtrip() {
     let signer = CommandSigner::from_pkcs8_pem(&priv_pem).unwrap();
     let trusted = TrustedKey::from_pem(&pub_pem).unwrap();
     assert_eq!(signer.id(), trusted.id);
+    assert_eq!(trusted.to_pem(), pub_pem);
     assert!(!format!("{signer:?}").contains("05050505"));
     assert!(TrustedKey::from_pem("garbage").is_err());
 }
@@ -276,4 +277,21 @@ proptest! {
         let cmd = SignedCommand { key_id: s.id(), body, signature: sig };
         prop_assert!(verify_command(&cmd, ctx(&keys), |_| false, allow_all).is_err());
     }
+}
+
+#[test]
+fn release_key_files_hold_several_pem_blocks() {
+    let a = trusted(&signer(1));
+    let b = trusted(&signer(2));
+    let file = format!("# pinned release keys\n{}{}", a.to_pem(), b.to_pem());
+    assert_eq!(TrustedKey::all_from_pem(&file).unwrap(), [a.clone(), b]);
+    assert_eq!(TrustedKey::all_from_pem("").unwrap(), []);
+    assert_eq!(
+        TrustedKey::from_raw(a.key.as_bytes()).unwrap(),
+        TrustedKey::from_pem(&a.to_pem()).unwrap()
+    );
+    let cut = a.to_pem().replace("-----END PUBLIC KEY-----", "");
+    assert!(TrustedKey::all_from_pem(&cut).is_err());
+    let damaged = a.to_pem().replacen("MCow", "MCox", 1);
+    assert!(TrustedKey::all_from_pem(&damaged).is_err());
 }

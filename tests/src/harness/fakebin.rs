@@ -72,6 +72,19 @@ impl FakeBin {
         Ok(path)
     }
 
+    /// Replaces the fake `systemctl` with one whose units start and stay up: `show`
+    /// reports any unit active and running with no restarts (what an app's health gate
+    /// waits for); other calls print `fake systemctl <args…>` as before.
+    pub fn units_start(&self) -> Result<PathBuf> {
+        self.write_script(
+            "systemctl",
+            "case \"$1\" in\n\
+             show) printf 'ActiveState=active\\nSubState=running\\nNRestarts=0\\nResult=success\\n' ;;\n\
+             *) echo \"fake systemctl $*\" ;;\n\
+             esac\n",
+        )
+    }
+
     /// Every recorded call made for a command, in order. The agent's own reads of its
     /// allowlisted units' states (`systemctl show …`, every few seconds and after service
     /// commands) are left out: they are not commands.

@@ -37,6 +37,9 @@ pub(crate) struct EnrollResponseSchema {
     command_public_key: String,
     /// The port of the MQTT gateway on the host the agent enrolled with.
     mqtt_port: u16,
+    /// The release keys the device is to trust (Ed25519, PEM, SPKI), one per entry. Older
+    /// agents ignore it and learn the keys from a signed announcement.
+    release_public_keys: Vec<String>,
 }
 
 impl From<EnrollResponse> for EnrollResponseSchema {
@@ -47,6 +50,7 @@ impl From<EnrollResponse> for EnrollResponseSchema {
             ca,
             command_public_key,
             mqtt_port,
+            release_public_keys,
         }: EnrollResponse,
     ) -> Self {
         Self {
@@ -55,6 +59,7 @@ impl From<EnrollResponse> for EnrollResponseSchema {
             ca,
             command_public_key,
             mqtt_port,
+            release_public_keys,
         }
     }
 }
@@ -81,6 +86,7 @@ mod tests {
             ca: "CA PEM".into(),
             command_public_key: "SPKI PEM".into(),
             mqtt_port: 8883,
+            release_public_keys: vec!["release SPKI PEM".into()],
         }
     }
 

@@ -269,6 +269,43 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/device/releases/{id}/archive": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The archive of a release this device is told to install, whole or the byte range asked
+         *     for (`Range: bytes=FIRST-[LAST]` or `bytes=-SUFFIX`, one range).
+         */
+        get: operations["device_release_archive"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/device/releases/{id}/manifest": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The signed manifest of a release this device is told to install or roll back to. */
+        get: operations["device_release_manifest"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/devices": {
         parameters: {
             query?: never;
@@ -798,6 +835,68 @@ export interface components {
             /** Format: int64 */
             seconds: number;
         };
+        /** @description What a device was asked to do, by `kind`: one of the kinds an operator sends (ActionSpec), or deploy, rollback and trust_release_keys, which only the controller creates. */
+        ActionView: {
+            /** @enum {string} */
+            kind: "ping";
+        } | {
+            /** @enum {string} */
+            kind: "reboot";
+        } | {
+            /** @enum {string} */
+            kind: "service";
+            /**
+             * @description What to do with a systemd unit.
+             * @enum {string}
+             */
+            op: "status" | "start" | "stop" | "restart";
+            /** @description 1-128 of A-Z a-z 0-9 @ . _ : + - */
+            unit: string;
+        } | {
+            /** @enum {string} */
+            kind: "journal";
+            /**
+             * Format: int64
+             * @default 100
+             */
+            lines: number;
+            /** @description 1-128 of A-Z a-z 0-9 @ . _ : + - */
+            unit: string;
+        } | {
+            /** @default [] */
+            args: string[];
+            /** @enum {string} */
+            kind: "script";
+            /** @description 1-128 of A-Z a-z 0-9 @ . _ : + - */
+            name: string;
+        } | {
+            /** @enum {string} */
+            kind: "set_interval";
+            /** Format: int64 */
+            seconds: number;
+        } | {
+            app: string;
+            archive_sha256: string;
+            /** Format: int64 */
+            archive_size: number;
+            /** @enum {string} */
+            kind: "deploy";
+            manifest_sha256: string;
+            /** Format: int64 */
+            release: number;
+            retry_failed: boolean;
+        } | {
+            app: string;
+            /** @enum {string} */
+            kind: "rollback";
+            manifest_sha256: string;
+            /** Format: int64 */
+            release: number;
+        } | {
+            keys: string[];
+            /** @enum {string} */
+            kind: "trust_release_keys";
+        };
         /** @description An API token as listed (never its secret). */
         ApiTokenView: {
             /** Format: int64 */
@@ -935,7 +1034,7 @@ export interface components {
         CommandSummary: {
             /** Format: int64 */
             accepted_at: number | null;
-            action: components["schemas"]["ActionSpec"];
+            action: components["schemas"]["ActionView"];
             /** Format: int64 */
             created_at: number;
             device: string;
@@ -1176,6 +1275,11 @@ export interface components {
              * @description The port of the MQTT gateway on the host the agent enrolled with.
              */
             mqtt_port: number;
+            /**
+             * @description The release keys the device is to trust (Ed25519, PEM, SPKI), one per entry. Older
+             *     agents ignore it and learn the keys from a signed announcement.
+             */
+            release_public_keys: string[];
         };
         /** @description Fleet totals. */
         FleetSummary: {
@@ -2186,7 +2290,11 @@ export interface operations {
                  *     rejected, expired or cancelled.
                  */
                 status?: string;
-                /** @description Only commands of this kind: ping, service, reboot, journal, script or set_interval. */
+                /**
+                 * @description Only commands of this kind: ping, service, reboot, journal, script, set_interval,
+                 *     deploy, rollback or trust_release_keys (the last three are created by the
+                 *     controller, never sent through this API).
+                 */
                 action?: string;
                 /** @description Page size, 1–500 (default 50). */
                 limit?: number;
@@ -2309,6 +2417,94 @@ export interface operations {
                 };
             };
             /** @description Invalid id, unknown command, already past the queue, or not permitted */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    device_release_archive: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description One byte range, `bytes=FIRST-[LAST]` or `bytes=-SUFFIX`; anything else is answered 416 */
+                Range?: string | null;
+            };
+            path: {
+                /**
+                 * @description SHA-256 of the release's signed manifest (64 lowercase hex), as the deploy or
+                 *     rollback command names it.
+                 */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The whole archive (gzip-compressed tar) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/gzip": string;
+                };
+            };
+            /** @description The range asked for, with Content-Range */
+            206: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/gzip": string;
+                };
+            };
+            /**
+             * @description Refused: invalid input, not signed in, not permitted, not found or in conflict; the
+             *     problem document says which and why.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    device_release_manifest: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /**
+                 * @description SHA-256 of the release's signed manifest (64 lowercase hex), as the deploy or
+                 *     rollback command names it.
+                 */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The signed manifest (postcard: key id, manifest bytes, Ed25519 signature) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/octet-stream": string;
+                };
+            };
+            /**
+             * @description Refused: invalid input, not signed in, not permitted, not found or in conflict; the
+             *     problem document says which and why.
+             */
             "4XX": {
                 headers: {
                     [name: string]: unknown;

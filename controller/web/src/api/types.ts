@@ -35,7 +35,11 @@ export type DeviceDetails = Pick<DeviceDetail, 'id' | 'capabilities' | 'services
 export type HistoryPoint = Schemas['HistoryPoint'];
 export type History = Schemas['History'];
 
+/** An action an operator sends (`POST /commands`). */
 export type Action = Schemas['ActionSpec'];
+/** An action as command listings show it: also deploy, rollback and trust_release_keys,
+ * which only the controller creates. */
+export type AnyAction = Schemas['ActionView'];
 export type ActionKind = Action['kind'];
 export type ServiceOp = Extract<Action, { kind: 'service' }>['op'];
 

@@ -199,6 +199,24 @@ describe('describing', () => {
       'script backup --dry-run',
     );
     expect(describeAction({ kind: 'set_interval', seconds: 30 })).toBe('set interval to 30 s');
+    const digest = 'ab'.repeat(32);
+    expect(
+      describeAction({
+        kind: 'deploy',
+        app: 'web',
+        release: 3,
+        manifest_sha256: digest,
+        archive_sha256: digest,
+        archive_size: 10,
+        retry_failed: false,
+      }),
+    ).toBe('deploy web release 3');
+    expect(describeAction({ kind: 'rollback', app: 'web', release: 2, manifest_sha256: digest })).toBe(
+      'roll web back to release 2',
+    );
+    expect(describeAction({ kind: 'trust_release_keys', keys: [digest, digest] })).toBe(
+      'trust 2 release keys',
+    );
   });
 
   it('gives statuses a tone', () => {

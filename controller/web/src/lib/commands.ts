@@ -4,6 +4,7 @@
 import type {
   Action,
   ActionKind,
+  AnyAction,
   Capabilities,
   CommandStatus,
   DeviceStatus,
@@ -140,7 +141,7 @@ export function actionError(action: Action): string | null {
 }
 
 /** One line for an action: `restart kiosk.service`, `journal kiosk.service (100 lines)`. */
-export function describeAction(a: Action): string {
+export function describeAction(a: AnyAction): string {
   switch (a.kind) {
     case 'ping':
       return 'ping';
@@ -154,6 +155,12 @@ export function describeAction(a: Action): string {
       return ['script', a.name, ...a.args].join(' ');
     case 'set_interval':
       return `set interval to ${a.seconds} s`;
+    case 'deploy':
+      return `deploy ${a.app} release ${a.release}${a.retry_failed ? ' (retry)' : ''}`;
+    case 'rollback':
+      return `roll ${a.app} back to release ${a.release}`;
+    case 'trust_release_keys':
+      return `trust ${a.keys.length === 1 ? '1 release key' : `${a.keys.length} release keys`}`;
   }
 }
 
