@@ -50,6 +50,8 @@ async fn call(api: &Api, route: &Route, token: Option<&str>) -> Resp {
 fn expected(route: &Route, role: Option<Role>) -> Option<u16> {
     match (route.perm, role) {
         (Permission::Public, _) => None,
+        // Only a device certificate opens a device route: to every user it is a 401.
+        (Permission::Device, _) => Some(401),
         (_, None) => Some(401),
         (perm, Some(role)) if role.allows(perm) => None,
         _ => Some(403),
@@ -66,6 +68,7 @@ fn mismatch(route: &Route, who: &str, role: Option<Role>, r: &Resp) -> Option<St
             [401, 403].contains(&r.status) && doc["detail"] != "no refresh token"
         }
         None => [401, 403].contains(&r.status),
+        Some(401) if route.perm == Permission::Device => r.status != 401,
         Some(401) => r.status != 401 || r.header("www-authenticate") != "Bearer",
         Some(403) => {
             r.status != 403
@@ -123,6 +126,7 @@ async fn every_route_answers_each_role_as_the_table_says() {
         Permission::Read,
         Permission::Operate,
         Permission::Admin,
+        Permission::Device,
     ] {
         assert!(ROUTES.iter().any(|r| r.perm == perm), "{perm:?}");
     }
