@@ -100,6 +100,10 @@ async fn first_login_requires_a_password_change() {
             Permission::Public | Permission::Session => {
                 assert!(![401, 403].contains(&r.status), "{what}: {}", r.text);
             }
+            // Only a device certificate opens a device route, whoever signed in.
+            Permission::Device => {
+                problem(&r, 401, &what);
+            }
             _ => {
                 let doc = problem(&r, 403, &what);
                 assert_eq!(doc["code"], "password_change_required", "{what}");
