@@ -25,6 +25,9 @@ pub struct OtelError(#[from] opentelemetry_otlp::ExporterBuildError);
 /// A tracer provider exporting to `cfg.otlp_endpoint`. Shut it down on exit: that flushes
 /// the spans still queued.
 pub fn provider(cfg: &TracingConfig) -> Result<SdkTracerProvider, OtelError> {
+    // The exporter's HTTP client builds its TLS from the process-wide rustls provider: make
+    // it the one provider every TLS config here uses (an error means one is already set).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
