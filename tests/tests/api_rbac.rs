@@ -1,7 +1,8 @@
 //! The permission table, enforced end to end: every route in
 //! `pifleet_controller::auth::rbac::ROUTES`, asked by anonymous, a bad token, a viewer, an
-//! operator and an admin, answers as the table says; and the table lists exactly the routes
-//! the served OpenAPI document describes.
+//! operator and an admin, answers as the table says (device routes refuse them all: they
+//! take a device certificate, see `deploy.rs`); and the table lists exactly the routes the
+//! served OpenAPI document describes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -50,6 +51,8 @@ async fn call(api: &Api, route: &Route, token: Option<&str>) -> Resp {
 fn expected(route: &Route, role: Option<Role>) -> Option<u16> {
     match (route.perm, role) {
         (Permission::Public, _) => None,
+        // Only a device certificate opens device routes: users and tokens have none.
+        (Permission::Device, _) => Some(401),
         (_, None) => Some(401),
         (perm, Some(role)) if role.allows(perm) => None,
         _ => Some(403),
@@ -123,6 +126,7 @@ async fn every_route_answers_each_role_as_the_table_says() {
         Permission::Read,
         Permission::Operate,
         Permission::Admin,
+        Permission::Device,
     ] {
         assert!(ROUTES.iter().any(|r| r.perm == perm), "{perm:?}");
     }
