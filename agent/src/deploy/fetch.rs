@@ -133,11 +133,8 @@ impl Controller {
         if have > size {
             have = 0;
         }
-        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(CHUNKS);
-        let mut received = Ok(());
-        let from = if have == size {
-            drop(tx);
-            have
+        let (from, body) = if have == size {
+            (have, None)
         } else {
             let path = format!(
                 "/api/v1/device/releases/{}/archive",
@@ -149,15 +146,23 @@ impl Controller {
                 StatusCode::PARTIAL_CONTENT => return Err(FetchError::BadRange(have)),
                 _ => 0,
             };
-            progress(from);
-            received = receive(resp.into_body(), tx, from, size, progress).await;
-            from
+            (from, Some(resp.into_body()))
         };
         // The file's side, on one blocking thread: what is kept is hashed again, the new
         // bytes appended, and all of it made durable.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(CHUNKS);
         let dest_owned = dest.to_owned();
-        let written = tokio::task::spawn_blocking(move || write(&dest_owned, from, rx)).await?;
-        let (len, digest) = written.map_err(file_err(dest))?;
+        let writer = tokio::task::spawn_blocking(move || write(&dest_owned, from, rx));
+        progress(from);
+        let received = match body {
+            Some(body) => receive(body, tx, from, size, progress).await,
+            // Complete already: the writer only hashes what is there.
+            None => {
+                drop(tx);
+                Ok(())
+            }
+        };
+        let (len, digest) = writer.await?.map_err(file_err(dest))?;
         received?;
         if len != size {
             return Err(FetchError::Size {
@@ -226,7 +231,7 @@ async fn receive(
 
 /// Keeps the first `keep` bytes of `dest` (hashing them), appends every chunk received,
 /// syncs, and returns the file's length and SHA-256. Blocking.
-fn write(
+pub(super) fn write(
     dest: &Path,
     keep: u64,
     mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
