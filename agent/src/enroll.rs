@@ -14,7 +14,6 @@ use pifleet_shared::enroll::v1::{EnrollRequest, EnrollResponse};
 use pifleet_shared::signing::TrustedKey;
 use pifleet_shared::token::EnrollToken;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
-use serde::Deserialize;
 
 use crate::config::{
     AgentConfig, ControllerConfig, MqttSection, SpoolSection, TelemetryConfig, TlsFiles,
@@ -66,11 +65,6 @@ pub struct EnrollOptions {
     pub device_id: Option<String>,
     pub interval_s: Option<u32>,
     pub force: bool,
-}
-
-#[derive(Deserialize)]
-struct ProblemBody {
-    detail: Option<String>,
 }
 
 /// Enrolls this device and writes its configuration. Returns the assigned device id.
@@ -260,10 +254,7 @@ async fn post(
         .map_err(|e| EnrollError::Http(e.to_string()))?
         .to_bytes();
     if !status.is_success() {
-        let detail = serde_json::from_slice::<ProblemBody>(&bytes)
-            .ok()
-            .and_then(|p| p.detail)
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(300).collect());
+        let detail = https::problem_detail(&bytes);
         if matches!(status.as_u16(), 429 | 503) {
             return Ok(Answer::Later {
                 wait: retry_wait(retry_after),

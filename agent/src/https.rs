@@ -105,6 +105,19 @@ pub async fn send(
         .map_err(|e| HttpsError::Http(e.to_string()))
 }
 
+/// The `detail` of a problem document (RFC 9457) the controller answered with, or the
+/// start of whatever else the body holds.
+pub fn problem_detail(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Problem {
+        detail: Option<String>,
+    }
+    serde_json::from_slice::<Problem>(body)
+        .ok()
+        .and_then(|p| p.detail)
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(300).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +134,11 @@ mod tests {
             Endpoint::parse("https://[::1]:1").unwrap().authority(),
             "[::1]:1"
         );
+    }
+
+    #[test]
+    fn problem_details() {
+        assert_eq!(problem_detail(br#"{"status":403,"detail":"no"}"#), "no");
+        assert_eq!(problem_detail(b"plain text"), "plain text");
     }
 }

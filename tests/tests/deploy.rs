@@ -93,10 +93,11 @@ impl Rig {
         .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", self.agent.log()));
     }
 
-    /// A release of `app` whose archive holds `index.html` with `text`.
-    async fn release(&self, app: &str, text: &str, arches: Vec<String>) -> ReleaseRow {
+    /// A release of `app` whose archive holds `index.html` with `text` and `data.bin` with
+    /// `data` incompressible bytes.
+    async fn release(&self, app: &str, text: &str, data: usize, arches: Vec<String>) -> ReleaseRow {
         let path = self.tmp.path().join(format!("{app}-{}.tar.gz", text.len()));
-        write_archive(&path, text);
+        write_archive(&path, text, data);
         let signer = setup::release_signer(&self.dd).unwrap();
         let new = NewRelease {
             app: app.into(),
@@ -200,8 +201,9 @@ impl Rig {
     }
 }
 
-/// A gzip-compressed tar holding `index.html` (`text`) and `bin/`.
-fn write_archive(path: &Path, text: &str) {
+/// A gzip-compressed tar holding `index.html` (`text`), `data.bin` (`data` pseudo-random
+/// bytes, which gzip cannot shrink) and `bin/`.
+fn write_archive(path: &Path, text: &str, data: usize) {
     let file = std::fs::File::create(path).unwrap();
     let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
@@ -214,6 +216,20 @@ fn write_archive(path: &Path, text: &str) {
     h.set_mode(0o644);
     h.set_size(text.len() as u64);
     tar.append_data(&mut h, "index.html", text.as_bytes())
+        .unwrap();
+    let mut x = 0x2545_f491_u32;
+    let noise: Vec<u8> = (0..data)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(noise.len() as u64);
+    tar.append_data(&mut h, "data.bin", noise.as_slice())
         .unwrap();
     tar.into_inner().unwrap().finish().unwrap();
 }
@@ -228,7 +244,12 @@ async fn a_signed_deploy_installs_the_release_and_bad_ones_change_nothing() {
 
     // Release 1 goes live.
     let one = rig
-        .release("demo", "hello, one", vec![std::env::consts::ARCH.into()])
+        .release(
+            "demo",
+            "hello, one",
+            1000,
+            vec![std::env::consts::ARCH.into()],
+        )
         .await;
     let opts = DeployOptions::for_release(&one, Duration::from_secs(60));
     let id = deploy_to_device(&rig.store, &one, DEVICE, opts)
@@ -256,7 +277,9 @@ async fn a_signed_deploy_installs_the_release_and_bad_ones_change_nothing() {
     // Refused before acceptance, each with nothing changed: a manifest digest the
     // controller never made, an archive the manifest does not name, another machine, an
     // app this device does not allowlist.
-    let two = rig.release("demo", "hello, number two", vec![]).await;
+    let two = rig
+        .release("demo", "hello, number two", 3 << 20, vec![])
+        .await;
     let mut tampered = deploy_action(&two, false).unwrap();
     if let Action::Deploy {
         manifest_sha256, ..
@@ -269,9 +292,11 @@ async fn a_signed_deploy_installs_the_release_and_bad_ones_change_nothing() {
         archive_sha256[5] ^= 0x80;
     }
     let elsewhere = rig
-        .release("demo", "hello, far away", vec!["s390x".into()])
+        .release("demo", "hello, far away", 10, vec!["s390x".into()])
         .await;
-    let stranger = rig.release("other", "not for this device", vec![]).await;
+    let stranger = rig
+        .release("other", "not for this device", 10, vec![])
+        .await;
     let cases = [
         (tampered, "no manifest to install"),
         (other_archive, "archive is not the one the command names"),
@@ -294,7 +319,15 @@ async fn a_signed_deploy_installs_the_release_and_bad_ones_change_nothing() {
         assert_eq!(rig.live_text(), "hello, one");
     }
 
-    // Release 2 replaces it; release 1 is kept for a rollback.
+    // Release 2 (3 MiB) replaces it, resuming a download an earlier attempt left half done;
+    // release 1 is kept for a rollback.
+    let stored = std::fs::read(rig.dd.release_archive(&hex32(&two.archive_sha256))).unwrap();
+    let half = stored.len() / 2;
+    let partial = rig
+        .app_dir
+        .join("downloads")
+        .join(format!("{}.tar.gz", dir_name(&two)));
+    std::fs::write(&partial, &stored[..half]).unwrap();
     let opts = DeployOptions::for_release(&two, Duration::from_secs(60));
     let id = deploy_to_device(&rig.store, &two, DEVICE, opts)
         .await
@@ -304,6 +337,16 @@ async fn a_signed_deploy_installs_the_release_and_bad_ones_change_nothing() {
     assert_eq!(rig.current(), Some(dir_name(&two)));
     assert_eq!(rig.live_text(), "hello, number two");
     assert_eq!(rig.released(), [dir_name(&one), dir_name(&two)]);
+    assert!(!partial.exists());
+    let resumed = format!("\"start\":{half}");
+    assert!(
+        rig.ctl
+            .log()
+            .lines()
+            .any(|l| l.contains("release archive sent") && l.contains(&resumed)),
+        "no archive sent from byte {half}:\n{}",
+        rig.ctl.log()
+    );
 
     // A rollback goes back to the kept release without a download.
     let back = Action::Rollback {

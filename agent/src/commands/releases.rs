@@ -3,6 +3,8 @@
 //! runs like any accepted command and its outcome is the final receipt. The work itself is
 //! [`crate::deploy`]'s.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,6 +14,10 @@ use pifleet_shared::signing::Rejection;
 use super::outbox::Delivery;
 use super::{Ctx, answer, exec};
 use crate::deploy::{Done, NotAccepted, Prepared};
+
+/// A release command's work behind a pointer: the handler's and the command task's own
+/// state machines stay small (a few KB less in the agent than inlining them).
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Checks a verified deploy or rollback before acceptance. A refusal is reported as a
 /// rejection, a check that could not be made as a failure; either way `None`.
@@ -23,7 +29,8 @@ pub(super) async fn prepare(ctx: &Arc<Ctx>, env: &Envelope) -> Option<Prepared> 
         );
         return None;
     };
-    match deploys.prepare(&env.action).await {
+    let preparing: Boxed<'_, _> = Box::pin(deploys.prepare(&env.action));
+    match preparing.await {
         Ok(p) => Some(p),
         Err(NotAccepted::Refused(why)) => {
             ctx.reject(env.id, &Rejection::NotAllowed(why));
@@ -56,7 +63,10 @@ pub(super) async fn run(ctx: &Arc<Ctx>, env: Envelope, prepared: Option<Prepared
                 journal: String::new(),
             },
         },
-        (_, Some(p)) => deploys.run(id, p).await,
+        (_, Some(p)) => {
+            let running: Boxed<'_, _> = Box::pin(deploys.run(id, p));
+            running.await
+        }
         // Unreachable: an accepted deploy or rollback was prepared.
         (_, None) => Done::Failed {
             reason: "the command was not prepared".into(),

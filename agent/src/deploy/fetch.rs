@@ -1,8 +1,9 @@
 //! Downloads from the controller the agent enrolled with, over HTTPS with the device
 //! certificate ([`crate::https`]): a release's signed manifest (bounded, in memory) and its
 //! archive, to a file that an interrupted download leaves behind so that the next attempt
-//! continues it with `Range`. The archive is hashed as it arrives (and what an earlier
-//! attempt left is hashed first), so a complete file is checked against the digest and
+//! (the next deploy command of the release, after an agent restart too) continues it with
+//! `Range`. One blocking thread writes the file: it hashes what an earlier attempt left,
+//! appends what arrives and syncs it, so a complete file is checked against the digest and
 //! size the command names before anything unpacks it.
 
 use std::io::Read;
@@ -18,17 +19,13 @@ use pifleet_shared::release::{Digest, MAX_MANIFEST_BYTES};
 use pifleet_shared::token::to_hex;
 use rustls::ClientConfig;
 use sha2::{Digest as _, Sha256};
-use tokio::io::AsyncWriteExt;
 
-use crate::backoff::Backoff;
 use crate::https::{self, Endpoint, HttpsError};
 
 /// The whole manifest request may take this long.
 const MANIFEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connecting and the response head may take this long; then each chunk of the body.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// Attempts at the archive in one go; each resumes where the previous one stopped.
-const ATTEMPTS: u32 = 5;
 
 /// Why a download failed.
 #[derive(Debug, thiserror::Error)]
@@ -120,9 +117,9 @@ impl Controller {
     }
 
     /// Downloads the archive named by `manifest_sha256`'s release into `dest`, continuing
-    /// what an earlier attempt left there, until it is `size` bytes with digest `sha256`.
-    /// `progress` hears the bytes on disk as they grow. A complete file with the wrong
-    /// digest is removed; an incomplete one is kept for the next attempt.
+    /// what an earlier attempt left there, and checks that it is `size` bytes with digest
+    /// `sha256`. `progress` hears the bytes on disk as they grow. A complete file with the
+    /// wrong digest is removed; an incomplete one is kept for the next attempt.
     pub async fn archive(
         &self,
         manifest_sha256: &Digest,
@@ -131,122 +128,142 @@ impl Controller {
         sha256: &Digest,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<(), FetchError> {
-        let path = format!(
-            "/api/v1/device/releases/{}/archive",
-            to_hex(manifest_sha256)
-        );
-        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-        let mut attempt = 1;
-        let (have, hasher) = loop {
-            let (have, hasher) = resume(dest, size).await?;
-            progress(have);
-            if have == size {
-                break (have, hasher);
-            }
-            match self
-                .download(&path, dest, have, size, hasher, progress)
-                .await
-            {
-                Ok(done) => break done,
-                Err(e @ (FetchError::Status { .. } | FetchError::Oversize(_))) => return Err(e),
-                Err(e) if attempt >= ATTEMPTS => return Err(e),
-                Err(e) => {
-                    let wait = backoff.next_delay();
-                    tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "archive download interrupted; resuming");
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
+        // A stat: what an earlier attempt left (a file longer than the archive is wrong).
+        let mut have = std::fs::metadata(dest).map_or(0, |m| m.len());
+        if have > size {
+            have = 0;
+        }
+        let (from, body) = if have == size {
+            (have, None)
+        } else {
+            let path = format!(
+                "/api/v1/device/releases/{}/archive",
+                to_hex(manifest_sha256)
+            );
+            let resp = refused(self.get(&path, have).await?).await?;
+            let from = match resp.status() {
+                StatusCode::PARTIAL_CONTENT if range_start(&resp) == Some(have) => have,
+                StatusCode::PARTIAL_CONTENT => return Err(FetchError::BadRange(have)),
+                _ => 0,
+            };
+            (from, Some(resp.into_body()))
+        };
+        // The file's side, on one blocking thread: what is kept is hashed again, the new
+        // bytes appended, and all of it made durable.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(CHUNKS);
+        let dest_owned = dest.to_owned();
+        let writer = tokio::task::spawn_blocking(move || write(&dest_owned, from, rx));
+        progress(from);
+        let received = match body {
+            Some(body) => receive(body, tx, from, size, progress).await,
+            // Complete already: the writer only hashes what is there.
+            None => {
+                drop(tx);
+                Ok(())
             }
         };
-        if have != size {
+        let (len, digest) = writer.await?.map_err(file_err(dest))?;
+        received?;
+        if len != size {
             return Err(FetchError::Size {
                 expected: size,
-                found: have,
+                found: len,
             });
         }
-        let got: Digest = hasher.finalize().into();
-        if &got != sha256 {
-            let _ = tokio::fs::remove_file(dest).await;
+        if &digest != sha256 {
+            let _ = std::fs::remove_file(dest);
             return Err(FetchError::Digest);
         }
         Ok(())
     }
+}
 
-    /// One attempt: appends what the controller sends from byte `have` on.
-    async fn download(
-        &self,
-        path: &str,
-        dest: &Path,
-        mut have: u64,
-        size: u64,
-        mut hasher: Sha256,
-        progress: &mut (dyn FnMut(u64) + Send),
-    ) -> Result<(u64, Sha256), FetchError> {
-        let resp = refused(self.get(path, have).await?).await?;
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dest)
-            .await
-            .map_err(file_err(dest))?;
-        match resp.status() {
-            StatusCode::PARTIAL_CONTENT => {
-                let starts = resp
-                    .headers()
-                    .get(header::CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("bytes "))
-                    .and_then(|v| v.split_once('-'))
-                    .and_then(|(first, _)| first.parse::<u64>().ok());
-                if starts != Some(have) {
-                    return Err(FetchError::BadRange(have));
-                }
-            }
-            _ if have > 0 => {
-                // The whole archive after all: start the file again.
-                file.set_len(0).await.map_err(file_err(dest))?;
-                (have, hasher) = (0, Sha256::new());
-            }
-            _ => {}
-        }
-        let mut body = resp.into_body();
-        let mut reported = have;
-        let result = loop {
-            let frame = match tokio::time::timeout(STALL_TIMEOUT, body.frame()).await {
-                Err(_) => break Err(FetchError::Stalled(STALL_TIMEOUT)),
-                Ok(None) => break Ok(()),
-                Ok(Some(Err(e))) => break Err(FetchError::Body(e.to_string())),
-                Ok(Some(Ok(f))) => f,
-            };
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            let len = data.len() as u64;
-            if have.saturating_add(len) > size {
-                break Err(FetchError::Oversize(size));
-            }
-            if let Err(e) = file.write_all(&data).await {
-                break Err(file_err(dest)(e));
-            }
-            hasher.update(&data);
-            have += len;
-            if have - reported > size / 20 {
-                reported = have;
-                progress(have);
-            }
+/// Chunks of the archive on their way to the writing thread.
+const CHUNKS: usize = 16;
+
+/// The first byte of a 206 answer's `Content-Range`.
+fn range_start(resp: &Response<Incoming>) -> Option<u64> {
+    resp.headers()
+        .get(header::CONTENT_RANGE)?
+        .to_str()
+        .ok()?
+        .strip_prefix("bytes ")?
+        .split_once('-')?
+        .0
+        .parse()
+        .ok()
+}
+
+/// Passes the body's chunks to the writing thread until it ends, stalls, or would pass
+/// `size` bytes (counting from `have`).
+async fn receive(
+    mut body: Incoming,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    mut have: u64,
+    size: u64,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<(), FetchError> {
+    let mut reported = have;
+    loop {
+        let frame = match tokio::time::timeout(STALL_TIMEOUT, body.frame()).await {
+            Err(_) => return Err(FetchError::Stalled(STALL_TIMEOUT)),
+            Ok(None) => return Ok(()),
+            Ok(Some(Err(e))) => return Err(FetchError::Body(e.to_string())),
+            Ok(Some(Ok(f))) => f,
         };
-        // What arrived stays, durably, whatever ended the attempt: the next one resumes.
-        file.sync_all().await.map_err(file_err(dest))?;
-        match result {
-            Err(FetchError::Oversize(n)) => {
-                drop(file);
-                let _ = tokio::fs::remove_file(dest).await;
-                Err(FetchError::Oversize(n))
-            }
-            Err(e) => Err(e),
-            Ok(()) => Ok((have, hasher)),
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        have = have.saturating_add(data.len() as u64);
+        if have > size {
+            return Err(FetchError::Oversize(size));
+        }
+        if tx.send(data.to_vec()).await.is_err() {
+            // The writer stopped: its error is what the caller reports.
+            return Ok(());
+        }
+        if have - reported > size / 20 {
+            reported = have;
+            progress(have);
         }
     }
+}
+
+/// Keeps the first `keep` bytes of `dest` (hashing them), appends every chunk received,
+/// syncs, and returns the file's length and SHA-256. Blocking.
+pub(super) fn write(
+    dest: &Path,
+    keep: u64,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> std::io::Result<(u64, Digest)> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dest)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut len = 0u64;
+    while len < keep {
+        let want = usize::try_from(keep - len).map_or(buf.len(), |w| w.min(buf.len()));
+        let n = file.read(&mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    file.set_len(len)?;
+    file.seek(SeekFrom::Start(len))?;
+    while let Some(chunk) = rx.blocking_recv() {
+        file.write_all(&chunk)?;
+        hasher.update(&chunk);
+        len += chunk.len() as u64;
+    }
+    file.sync_all()?;
+    Ok((len, hasher.finalize().into()))
 }
 
 /// A non-success answer as an error with the problem's detail.
@@ -255,53 +272,13 @@ async fn refused(resp: Response<Incoming>) -> Result<Response<Incoming>, FetchEr
     if status.is_success() {
         return Ok(resp);
     }
-    #[derive(serde::Deserialize)]
-    struct Problem {
-        detail: Option<String>,
-    }
     let body = Limited::new(resp.into_body(), 16 * 1024)
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let detail = serde_json::from_slice::<Problem>(&body)
-        .ok()
-        .and_then(|p| p.detail)
-        .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(300).collect());
     Err(FetchError::Status {
         status: status.as_u16(),
-        detail,
+        detail: https::problem_detail(&body),
     })
-}
-
-/// What an earlier attempt left in `dest`: its length and the hash of its bytes. A file
-/// longer than the archive can only be wrong: it is started again.
-async fn resume(dest: &Path, size: u64) -> Result<(u64, Sha256), FetchError> {
-    let dest = dest.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut hasher = Sha256::new();
-        let mut file = match std::fs::File::open(&dest) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, hasher)),
-            Err(e) => return Err(file_err(&dest)(e)),
-        };
-        let len = file.metadata().map_err(file_err(&dest))?.len();
-        if len > size {
-            drop(file);
-            std::fs::remove_file(&dest).map_err(file_err(&dest))?;
-            return Ok((0, hasher));
-        }
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut have = 0u64;
-        loop {
-            let n = file.read(&mut buf).map_err(file_err(&dest))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            have += n as u64;
-        }
-        Ok((have, hasher))
-    })
-    .await?
 }

@@ -18,7 +18,6 @@
 
 pub mod fetch;
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use pifleet_shared::codec;
@@ -67,18 +66,19 @@ pub struct Prepared {
 /// An app with a release command in progress; released when dropped.
 #[derive(Debug)]
 struct Claim {
-    busy: Arc<Mutex<HashSet<String>>>,
+    busy: Arc<Mutex<Vec<String>>>,
     app: String,
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        lock(&self.busy).remove(&self.app);
+        lock(&self.busy).retain(|a| a != &self.app);
     }
 }
 
-fn lock(busy: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
-    // Plain inserts and removals: a poisoned set is still whole.
+/// The apps with a release command in progress (a handful at most).
+fn lock(busy: &Mutex<Vec<String>>) -> std::sync::MutexGuard<'_, Vec<String>> {
+    // Plain pushes and removals: a poisoned list is still whole.
     busy.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -90,7 +90,7 @@ pub struct Deploys {
     /// Progress events (`fleet/<id>/up/event`); dropped when the link cannot take them.
     events: Arc<dyn Sink>,
     machine: String,
-    busy: Arc<Mutex<HashSet<String>>>,
+    busy: Arc<Mutex<Vec<String>>>,
 }
 
 impl std::fmt::Debug for Deploys {
@@ -128,25 +128,19 @@ impl Deploys {
     /// Checks a verified, allowlisted deploy or rollback before it is accepted.
     pub async fn prepare(&self, action: &Action) -> Result<Prepared, NotAccepted> {
         use NotAccepted::{Failed, Refused};
-        let (app, release, manifest_sha256, install) = match action {
+        let (app, manifest_sha256, install) = match action {
             Action::Deploy {
                 app,
-                release,
                 manifest_sha256,
                 retry_failed,
                 ..
-            } => (app, *release, manifest_sha256, Some(*retry_failed)),
+            } => (app, manifest_sha256, Some(*retry_failed)),
             Action::Rollback {
                 app,
-                release,
                 manifest_sha256,
-            } => (app, *release, manifest_sha256, None),
-            other => {
-                return Err(Refused(format!(
-                    "{} is not a release command",
-                    other.kind()
-                )));
-            }
+                ..
+            } => (app, manifest_sha256, None),
+            _ => return Err(Refused("not a release command".into())),
         };
         let claim = self.claim(app)?;
         let keys = self.keys.current();
@@ -190,7 +184,6 @@ impl Deploys {
                 ApplyError::State(_) | ApplyError::Layout(_) => Failed(e.to_string()),
                 e => Refused(e.to_string()),
             })?;
-        tracing::info!(app, release, "release command checked");
         Ok(Prepared {
             manifest,
             manifest_sha256: *manifest_sha256,
@@ -201,11 +194,13 @@ impl Deploys {
     }
 
     fn claim(&self, app: &str) -> Result<Claim, NotAccepted> {
-        if !lock(&self.busy).insert(app.to_owned()) {
+        let mut busy = lock(&self.busy);
+        if busy.iter().any(|a| a == app) {
             return Err(NotAccepted::Refused(format!(
                 "a deploy or rollback of {app} is in progress"
             )));
         }
+        busy.push(app.to_owned());
         Ok(Claim {
             busy: self.busy.clone(),
             app: app.to_owned(),

@@ -133,3 +133,44 @@ fn outcomes_become_results() {
     );
     assert!(!machine().is_empty());
 }
+
+/// The writing thread keeps what it is told to keep, appends what arrives (more chunks
+/// than the channel holds, so the download and the writer must run together), and hashes
+/// the whole file.
+#[tokio::test]
+async fn the_writer_resumes_and_hashes_the_whole_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("a.tar.gz");
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+    let chunks: Vec<Vec<u8>> = content[1000..].chunks(997).map(<[u8]>::to_vec).collect();
+    assert!(chunks.len() > 16 * 4);
+    // An earlier attempt left 1000 good bytes and some that the new answer replaces.
+    let mut left = content[..1000].to_vec();
+    left.extend_from_slice(b"stale");
+    std::fs::write(&dest, &left).unwrap();
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let d = dest.clone();
+    let writer = tokio::task::spawn_blocking(move || fetch::write(&d, 1000, rx));
+    for c in chunks {
+        tx.send(c).await.unwrap();
+    }
+    drop(tx);
+    let (len, digest) = writer.await.unwrap().unwrap();
+    assert_eq!(len, content.len() as u64);
+    let want: [u8; 32] = Sha256::digest(&content).into();
+    assert_eq!(digest, want);
+    assert_eq!(std::fs::read(&dest).unwrap(), content);
+
+    // Started again from nothing (the controller answered the whole archive).
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    tx.send(b"new".to_vec()).await.unwrap();
+    drop(tx);
+    let d = dest.clone();
+    let (len, _) = tokio::task::spawn_blocking(move || fetch::write(&d, 0, rx))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(len, 3);
+    assert_eq!(std::fs::read(&dest).unwrap(), b"new");
+}

@@ -3,7 +3,6 @@
 //! a signature made for anything else (a command, with a key used for both by mistake)
 //! never verifies as a manifest.
 
-use ed25519_dalek::{Signature, Verifier};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
 use super::{InvalidManifest, MAX_MANIFEST_BYTES, Manifest, SignedManifest};
@@ -116,12 +115,9 @@ pub fn verify_manifest(
         .iter()
         .find(|k| k.id == signed.key_id)
         .ok_or(ManifestError::UnknownKey)?;
-    let sig = <[u8; 64]>::try_from(signed.signature.as_slice())
-        .map_err(|_| ManifestError::BadSignature)?;
-    trusted
-        .key
-        .verify(&signed_bytes(&signed.body), &Signature::from_bytes(&sig))
-        .map_err(|_| ManifestError::BadSignature)?;
+    if !trusted.verifies(&signed_bytes(&signed.body), &signed.signature) {
+        return Err(ManifestError::BadSignature);
+    }
     let (manifest, rest): (Manifest, &[u8]) = postcard::take_from_bytes(&signed.body)
         .map_err(|e| ManifestError::Malformed(e.to_string()))?;
     if !rest.is_empty() {

@@ -280,6 +280,29 @@ proptest! {
 }
 
 #[test]
+fn base64_matches_the_rfc_vectors() {
+    let table = [
+        ("", ""),
+        ("f", "Zg=="),
+        ("fo", "Zm8="),
+        ("foo", "Zm9v"),
+        ("foob", "Zm9vYg=="),
+        ("fooba", "Zm9vYmE="),
+        ("foobar", "Zm9vYmFy"),
+    ];
+    for (plain, encoded) in table {
+        assert_eq!(base64_encode(plain.as_bytes()), encoded, "{plain}");
+    }
+    let all: Vec<u8> = (0..=255).collect();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(base64_encode(&all))
+            .unwrap(),
+        all
+    );
+}
+
+#[test]
 fn release_key_files_hold_several_pem_blocks() {
     let a = trusted(&signer(1));
     let b = trusted(&signer(2));
