@@ -46,11 +46,8 @@ pub struct Event {
 impl Event {
     /// An event from the local command line, attributed to the invoking OS user.
     pub fn cli(action: &str, target: &str, outcome: &str, detail: &str) -> Self {
-        let user = std::env::var("SUDO_USER")
-            .or_else(|_| std::env::var("USER"))
-            .unwrap_or_else(|_| format!("uid:{}", nix::unistd::getuid()));
         Self {
-            actor: format!("cli:{user}"),
+            actor: cli_actor(),
             source: "local".to_owned(),
             action: action.to_owned(),
             target: target.to_owned(),
@@ -58,6 +55,14 @@ impl Event {
             detail: detail.to_owned(),
         }
     }
+}
+
+/// The audit actor of the command line: `cli:` and the (sudo-ing) user running it.
+pub fn cli_actor() -> String {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| format!("uid:{}", nix::unistd::getuid()));
+    format!("cli:{user}")
 }
 
 /// The hash of an entry with these fields after `prev_hash`.

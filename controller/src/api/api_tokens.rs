@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::api::AppState;
 use crate::api::extract::{Json, Path, Principal, noted};
+use crate::api::params::hex_id;
 use crate::api::problem::{Problem, ProblemDoc, Refused};
 use crate::auth::api_tokens;
 use crate::model::role::Role;
@@ -119,15 +120,7 @@ pub async fn revoke(
     State(st): State<AppState>,
     Path(ApiTokenPath { id }): Path<ApiTokenPath>,
 ) -> Result<StatusCode, Problem> {
-    if id.len() != 12
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    {
-        return Err(Problem::bad_request(
-            "an API token id is 12 lowercase hex digits",
-        ));
-    }
+    hex_id("an API token id", &id, 12)?;
     if st.store.revoke_api_token(&id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

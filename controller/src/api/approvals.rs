@@ -8,7 +8,7 @@ use utoipa::IntoParams;
 
 use crate::api::AppState;
 use crate::api::extract::{Path, Principal, Query, noted};
-use crate::api::params::bounded;
+use crate::api::params::{bounded, hex_id};
 use crate::api::problem::{Problem, ProblemDoc, Refused};
 use crate::approvals;
 use crate::model::approvals::ApprovalView;
@@ -45,17 +45,7 @@ fn person(p: &Principal) -> Result<(), Problem> {
 }
 
 fn approval_id(id: &str) -> Result<&str, Problem> {
-    if id.len() == 32
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        Ok(id)
-    } else {
-        Err(Problem::bad_request(
-            "an approval id is 32 lowercase hex digits",
-        ))
-    }
+    hex_id("an approval id", id, 32)
 }
 
 /// Lists approval requests, newest first.

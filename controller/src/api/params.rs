@@ -41,3 +41,18 @@ pub fn bounded(
         )))
     }
 }
+
+/// An id of `digits` lowercase hex digits (`what` names it in the 400), or 400.
+pub fn hex_id<'a>(what: &str, id: &'a str, digits: usize) -> Result<&'a str, Problem> {
+    if id.len() == digits
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(id)
+    } else {
+        Err(Problem::bad_request(format!(
+            "{what} is {digits} lowercase hex digits"
+        )))
+    }
+}

@@ -103,7 +103,7 @@ pub async fn run(cmd: CmdCmd) -> anyhow::Result<()> {
                     action: ActionSpec::try_from(action).map_err(|e| Usage(e.to_string()))?,
                     ttl_s: ttl.as_secs(),
                 };
-                let actor = pifleet_controller::audit::Event::cli("", "", "", "").actor;
+                let actor = pifleet_controller::audit::cli_actor();
                 let r =
                     approvals::request_command(&o.store, &policy, &actor, None, &request, resolved)
                         .await;

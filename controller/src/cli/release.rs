@@ -261,7 +261,7 @@ pub async fn run(cmd: ReleaseCmd) -> anyhow::Result<()> {
                 arches,
                 health,
                 hooks,
-                created_by: pifleet_controller::audit::Event::cli("", "", "", "").actor,
+                created_by: pifleet_controller::audit::cli_actor(),
             };
             let r = releases::create_release(&o.dd, &o.store, &signer, &opts, new, input).await;
             let (target, detail) = match &r {

@@ -150,11 +150,9 @@ impl Store {
 
     /// How many enabled admins there are (a second approver needs at least two).
     pub async fn enabled_admin_count(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled_at IS NULL",
-        )
-        .fetch_one(&self.reader)
-        .await?)
+        Ok(sqlx::query_scalar(super::users::ENABLED_ADMINS)
+            .fetch_one(&self.reader)
+            .await?)
     }
 }
 

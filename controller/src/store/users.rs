@@ -339,12 +339,14 @@ impl Store {
     }
 }
 
+/// How many enabled admins there are.
+pub(super) const ENABLED_ADMINS: &str =
+    "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled_at IS NULL";
+
 async fn enabled_admins(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled_at IS NULL",
-    )
-    .fetch_one(&mut **tx)
-    .await?)
+    Ok(sqlx::query_scalar(ENABLED_ADMINS)
+        .fetch_one(&mut **tx)
+        .await?)
 }
 
 #[cfg(test)]
