@@ -333,6 +333,10 @@ async fn a_command_cut_short_by_restart_is_reported_failed_and_never_rerun() {
     c.submit(&cmd);
     rig.until(|r| r.outcomes(3).contains(&Outcome::Running))
         .await;
+    // "running" is sent when the process starts, which may be before the script's first
+    // line has run: cut it short only once it has.
+    rig.until(|_| std::fs::read_to_string(&log).is_ok_and(|t| t == "run\n"))
+        .await;
     stop.cancel();
     c.join().await;
     assert_eq!(finals(&rig.outcomes(3)), 0);
