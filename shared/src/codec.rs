@@ -233,7 +233,10 @@ mod tests {
                 set_interval: flag.then_some(IntervalBounds { min_s: min, max_s: min.saturating_add(1) }),
             });
             let states = Event::Services(units.iter().map(|u| ServiceState { unit: u.clone(), active: "active".into(), sub: "running".into() }).collect());
-            for msg in [caps, states] {
+            let apps = Event::Apps(units.iter().map(|u| AppState { app: u.clone(), unit: format!("{u}.service"), current: flag.then_some(u64::from(min)), current_dir: None, kept: vec![u64::from(min)] }).collect());
+            let watch = Event::Watchdog(UnitEvent { unit: units.first().cloned().unwrap_or_default(), kind: UnitEventKind::CrashLoop { restarts: min } });
+            let guard = Event::GuardRollback(GuardRollback { app: "web".into(), release: u64::from(min), reason: units.join(" "), journal: String::new(), restored: flag.then_some(1) });
+            for msg in [caps, states, apps, watch, guard] {
                 let bytes = encode(Kind::Event, &msg).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let back: Event = decode(Kind::Event, &bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(back, msg);

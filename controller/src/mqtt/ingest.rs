@@ -140,6 +140,18 @@ fn to_op(p: &Publish) -> Result<Option<Routed>, Refusal> {
                 tracing::info!(device = %device, command = %p.command, app = %p.app, release = p.release, phase = p.phase.as_str(), bytes = p.bytes, total = p.total, "deploy progress");
                 None
             }
+            v1::Event::Apps(apps) => {
+                tracing::info!(device = %device, apps = apps.len(), "apps reported");
+                None
+            }
+            v1::Event::Watchdog(e) => {
+                tracing::warn!(device = %device, unit = %e.unit, kind = e.kind.as_str(), "watchdog event");
+                None
+            }
+            v1::Event::GuardRollback(g) => {
+                tracing::warn!(device = %device, app = %g.app, release = g.release, reason = %g.reason, "release rolled back in its guard window");
+                None
+            }
         },
         Kind::Cmd | Kind::Ack => None,
     })

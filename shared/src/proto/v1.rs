@@ -143,6 +143,80 @@ pub enum Event {
     // Variants are only ever appended: postcard encodes the variant's index.
     /// How far a deploy or rollback command has got (its receipts carry the outcome).
     Deploy(DeployProgress),
+    /// The allowlisted apps and the release each runs: after every hello and whenever a
+    /// release changes.
+    Apps(Vec<AppState>),
+    /// The service watchdog noticed something about an allowlisted unit.
+    Watchdog(UnitEvent),
+    /// A release that had passed its health gate crash-looped within its guard window and
+    /// was rolled back (the deploy's receipt had already said it was live).
+    GuardRollback(GuardRollback),
+}
+
+/// One app `[apps.NAME]` allowlists on the device, and what it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppState {
+    pub app: String,
+    /// The systemd unit that runs it.
+    pub unit: String,
+    /// The live release's number and directory (`<release>-<digest8>`), if any.
+    pub current: Option<u64>,
+    pub current_dir: Option<String>,
+    /// The release numbers kept on the device (a rollback can return to these).
+    pub kept: Vec<u64>,
+}
+
+/// What the watchdog noticed about a unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitEvent {
+    pub unit: String,
+    pub kind: UnitEventKind,
+}
+
+/// The watchdog's observations, one per episode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UnitEventKind {
+    /// systemd restarted the unit `restarts` times within the watch window.
+    CrashLoop { restarts: u32 },
+    /// The unit went up and down `transitions` times within the window without systemd
+    /// restarting it.
+    Flapping { transitions: u32 },
+    /// systemd gave up on the unit (start-limit-hit); the watchdog starts it in
+    /// `retry_in_s` seconds.
+    GaveUp { retry_in_s: u64 },
+    /// The watchdog starts the unit (its `attempt`th start since systemd gave up).
+    Starting { attempt: u32 },
+    /// The watchdog's daily budget of starts is spent; the next is in `retry_in_s`.
+    BudgetSpent { retry_in_s: u64 },
+    /// The unit stayed up after the watchdog's starts.
+    Recovered,
+}
+
+impl UnitEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CrashLoop { .. } => "crash_loop",
+            Self::Flapping { .. } => "flapping",
+            Self::GaveUp { .. } => "gave_up",
+            Self::Starting { .. } => "starting",
+            Self::BudgetSpent { .. } => "budget_spent",
+            Self::Recovered => "recovered",
+        }
+    }
+}
+
+/// A committed release rolled back by its guard window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardRollback {
+    pub app: String,
+    /// The release that crash-looped.
+    pub release: u64,
+    pub reason: String,
+    /// The unit's last journal lines.
+    pub journal: String,
+    /// The release live again, or `None` when the previous one failed too
+    /// (`failed_unrecoverable`).
+    pub restored: Option<u64>,
 }
 
 /// Progress of a deploy or rollback command on the device.
