@@ -228,7 +228,8 @@ pub fn resume(
 
 /// Draft, awaiting approval, running or paused → aborted. Devices not yet sent anything
 /// (pending) or whose command is not yet acknowledged (queued) become `untouched`; with
-/// `revert`, healthy devices are sent back to their previous release, and so is any device
+/// `revert`, healthy devices are sent back to their previous release (those that have one:
+/// [`DeviceView::revertible`]), and so is any device
 /// still in flight that turns healthy later ([`crate::rollouts::decide`] on an aborted
 /// rollout). Without `revert`, devices keep what they have.
 pub fn abort(
@@ -246,7 +247,11 @@ pub fn abort(
     };
     let untouched = pick(&|s| matches!(s, DeviceState::Pending | DeviceState::Queued));
     let revert_now = if revert {
-        pick(&|s| s == DeviceState::Healthy)
+        devices
+            .iter()
+            .filter(|d| d.state == DeviceState::Healthy && d.revertible)
+            .map(|d| d.id.clone())
+            .collect()
     } else {
         Vec::new()
     };

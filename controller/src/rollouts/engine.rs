@@ -20,7 +20,8 @@
 //!    device finished. The next batch with devices starts at once; after the last, the
 //!    rollout completes.
 //! 5. A running rollout sends the deploy to pending devices of the current batch, in the
-//!    order given, while fewer than the cap are queued or downloading.
+//!    order given, while fewer than the cap are queued or downloading, and only inside its
+//!    maintenance window when it has one.
 
 use std::collections::HashMap;
 
@@ -139,7 +140,7 @@ pub fn decide(
             decision.revert = devices
                 .iter()
                 .zip(&states)
-                .filter(|&(_, &state)| state == DeviceState::Healthy)
+                .filter(|&(device, &state)| state == DeviceState::Healthy && device.revertible)
                 .map(|(device, _)| device.id.clone())
                 .collect();
         }
@@ -292,6 +293,13 @@ fn run(
         });
     }
 
+    if let Some(window) = &spec.settings().maintenance_window
+        && !window.contains(now_ms)
+    {
+        let opens = window.next_open_ms(now_ms);
+        decision.next_check_at_ms = earliest(decision.next_check_at_ms, Some(opens));
+        return;
+    }
     let cap = usize::try_from(spec.settings().max_concurrent_downloads).unwrap_or(usize::MAX);
     let slots = match cap {
         0 => usize::MAX,

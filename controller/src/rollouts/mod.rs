@@ -20,6 +20,7 @@ pub mod spec;
 pub mod state;
 mod tally;
 mod view;
+pub mod window;
 
 #[cfg(test)]
 mod tests;
@@ -33,3 +34,4 @@ pub use spec::{InvalidSpec, RolloutSettings, RolloutSpec, SpecError, assign_batc
 pub use state::{DeviceReport, DeviceState, PauseCause, RolloutStatus};
 pub use tally::Tally;
 pub use view::{DeviceView, RolloutView, Waiver};
+pub use window::{Window, WindowError};

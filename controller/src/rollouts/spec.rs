@@ -6,6 +6,8 @@ use std::fmt;
 
 use pifleet_shared::DeviceId;
 
+use super::window::Window;
+
 /// Devices in the canary batch by default: one device proves the release installs and
 /// passes its health gate before any other device is touched.
 pub const DEFAULT_CANARY: u32 = 1;
@@ -63,6 +65,8 @@ pub struct RolloutSettings {
     pub install_deadline_secs: u32,
     /// Most devices queued or downloading at once (0 = no cap).
     pub max_concurrent_downloads: u32,
+    /// Deploys are sent only inside this window; devices already sent one finish.
+    pub maintenance_window: Option<Window>,
 }
 
 impl Default for RolloutSettings {
@@ -77,6 +81,7 @@ impl Default for RolloutSettings {
             delivery_deadline_secs: DEFAULT_DELIVERY_DEADLINE_SECS,
             install_deadline_secs: DEFAULT_INSTALL_DEADLINE_SECS,
             max_concurrent_downloads: DEFAULT_MAX_CONCURRENT_DOWNLOADS,
+            maintenance_window: None,
         }
     }
 }

@@ -124,6 +124,9 @@ pub enum DeviceState {
     RolledBack,
     /// The device could not apply the release nor return to the previous one.
     FailedUnrecoverable,
+    /// The device refused the release or could not install it (a check, the download, the
+    /// disk) before switching to it: it runs what it ran before.
+    Failed,
     /// Set by the controller: the device started downloading but gave no result before the
     /// install deadline. Counted as a failure: the release reached the device and did not
     /// prove itself healthy in time, and a release that hangs its install must stop the
@@ -144,7 +147,7 @@ pub enum DeviceState {
 }
 
 impl DeviceState {
-    pub const ALL: [DeviceState; 13] = [
+    pub const ALL: [DeviceState; 14] = [
         Self::Pending,
         Self::Queued,
         Self::Downloading,
@@ -152,6 +155,7 @@ impl DeviceState {
         Self::Healthy,
         Self::RolledBack,
         Self::FailedUnrecoverable,
+        Self::Failed,
         Self::TimedOut,
         Self::Unreachable,
         Self::Incompatible,
@@ -169,6 +173,7 @@ impl DeviceState {
             Self::Healthy => "healthy",
             Self::RolledBack => "rolled_back",
             Self::FailedUnrecoverable => "failed_unrecoverable",
+            Self::Failed => "failed",
             Self::TimedOut => "timed_out",
             Self::Unreachable => "unreachable",
             Self::Incompatible => "incompatible",
@@ -196,7 +201,7 @@ impl DeviceState {
     pub fn counts_as_failure(self) -> bool {
         matches!(
             self,
-            Self::RolledBack | Self::FailedUnrecoverable | Self::TimedOut
+            Self::RolledBack | Self::FailedUnrecoverable | Self::Failed | Self::TimedOut
         )
     }
 
@@ -223,17 +228,26 @@ impl DeviceState {
     ///   before the deadline or the abort), so it is tracked again. A `timed_out` device
     ///   takes only a final result: its install deadline has already passed, so going back
     ///   to `installing` would only time it out again.
-    /// - Only a reverting device reports a revert.
+    /// - Only a reverting device reports a revert; a revert that failed before changing
+    ///   anything leaves the device healthy on the release (the caller stops retrying it).
     pub fn after_report(self, report: DeviceReport) -> Option<DeviceState> {
         use DeviceReport as R;
         let next = match (self, report) {
             (Self::Pending | Self::Incompatible, _) => return None,
             (Self::Reverting, R::Reverted) => Self::Reverted,
             (Self::Reverting, R::FailedUnrecoverable) => Self::FailedUnrecoverable,
+            (Self::Reverting, R::Failed) => Self::Healthy,
             (Self::Reverting, _) | (_, R::Reverted) => return None,
             (Self::Healthy, R::RolledBack) => Self::RolledBack,
             (Self::TimedOut, R::Downloading | R::Installing) => return None,
-            (Self::Healthy | Self::RolledBack | Self::FailedUnrecoverable | Self::Reverted, _) => {
+            (
+                Self::Healthy
+                | Self::RolledBack
+                | Self::FailedUnrecoverable
+                | Self::Failed
+                | Self::Reverted,
+                _,
+            ) => {
                 return None;
             }
             (_, R::Downloading) => Self::Downloading,
@@ -241,6 +255,7 @@ impl DeviceState {
             (_, R::Healthy) => Self::Healthy,
             (_, R::RolledBack) => Self::RolledBack,
             (_, R::FailedUnrecoverable) => Self::FailedUnrecoverable,
+            (_, R::Failed) => Self::Failed,
         };
         // Within one delivery, progress only moves forward.
         let in_flight = matches!(self, Self::Queued | Self::Downloading | Self::Installing);
@@ -269,15 +284,18 @@ pub enum DeviceReport {
     FailedUnrecoverable,
     /// The device is back on its previous release after a revert command.
     Reverted,
+    /// The device refused or could not carry out the command before changing anything.
+    Failed,
 }
 
 impl DeviceReport {
-    pub const ALL: [DeviceReport; 6] = [
+    pub const ALL: [DeviceReport; 7] = [
         Self::Downloading,
         Self::Installing,
         Self::Healthy,
         Self::RolledBack,
         Self::FailedUnrecoverable,
         Self::Reverted,
+        Self::Failed,
     ];
 }

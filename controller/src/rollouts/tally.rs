@@ -9,10 +9,11 @@ pub struct Tally {
 }
 
 /// The order states appear in a summary: outcomes first, then what is still moving.
-const SUMMARY_ORDER: [DeviceState; 13] = [
+const SUMMARY_ORDER: [DeviceState; 14] = [
     DeviceState::Healthy,
     DeviceState::RolledBack,
     DeviceState::FailedUnrecoverable,
+    DeviceState::Failed,
     DeviceState::TimedOut,
     DeviceState::Unreachable,
     DeviceState::Pending,
@@ -50,7 +51,7 @@ impl Tally {
         self.count(DeviceState::Healthy)
     }
 
-    /// Rolled back, failed unrecoverable or timed out.
+    /// Rolled back, failed unrecoverable, failed or timed out.
     pub fn failures(&self) -> usize {
         self.sum(DeviceState::counts_as_failure)
     }

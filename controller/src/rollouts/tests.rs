@@ -117,14 +117,14 @@ fn names_roundtrip() {
         assert_eq!(PauseCause::parse(c.as_str()), Some(c));
     }
     assert_eq!(RolloutStatus::parse("Running"), None);
-    assert_eq!(DeviceState::parse("failed"), None);
+    assert_eq!(DeviceState::parse("rolled-back"), None);
 }
 
 #[test]
 fn device_state_classes() {
     use DeviceState::*;
     // (state, final, failure, result, holds a download slot)
-    let table: [(DeviceState, bool, bool, bool, bool); 13] = [
+    let table: [(DeviceState, bool, bool, bool, bool); 14] = [
         (Pending, false, false, false, false),
         (Queued, false, false, false, true),
         (Downloading, false, false, false, true),
@@ -132,6 +132,7 @@ fn device_state_classes() {
         (Healthy, true, false, true, false),
         (RolledBack, true, true, true, false),
         (FailedUnrecoverable, true, true, true, false),
+        (Failed, true, true, true, false),
         (TimedOut, true, true, true, false),
         (Unreachable, true, false, false, false),
         (Incompatible, true, false, false, false),
@@ -156,31 +157,34 @@ fn device_reports_move_states() {
     use DeviceReport as R;
     use DeviceState::*;
     // Every state against every report, in the order of `DeviceReport::ALL`.
-    let (dl, ins, ok, rb, fu, rv, no) = (
+    let (dl, ins, ok, rb, fu, rv, fa, no) = (
         Some(Downloading),
         Some(Installing),
         Some(Healthy),
         Some(RolledBack),
         Some(FailedUnrecoverable),
         Some(Reverted),
+        Some(Failed),
         None,
     );
     #[rustfmt::skip]
-    let table: [(DeviceState, [Option<DeviceState>; 6]); 13] = [
-        // columns: downloading, installing, healthy, rolled_back, failed_unrecoverable, reverted
-        (Pending,             [no, no,  no, no, no, no]),
-        (Queued,              [dl, ins, ok, rb, fu, no]),
-        (Downloading,         [no, ins, ok, rb, fu, no]),
-        (Installing,          [no, no,  ok, rb, fu, no]),
-        (Healthy,             [no, no,  no, rb, no, no]),
-        (RolledBack,          [no, no,  no, no, no, no]),
-        (FailedUnrecoverable, [no, no,  no, no, no, no]),
-        (TimedOut,            [no, no,  ok, rb, fu, no]),
-        (Unreachable,         [dl, ins, ok, rb, fu, no]),
-        (Incompatible,        [no, no,  no, no, no, no]),
-        (Reverting,           [no, no,  no, no, fu, rv]),
-        (Reverted,            [no, no,  no, no, no, no]),
-        (Untouched,           [dl, ins, ok, rb, fu, no]),
+    let table: [(DeviceState, [Option<DeviceState>; 7]); 14] = [
+        // columns: downloading, installing, healthy, rolled_back, failed_unrecoverable,
+        // reverted, failed
+        (Pending,             [no, no,  no, no, no, no, no]),
+        (Queued,              [dl, ins, ok, rb, fu, no, fa]),
+        (Downloading,         [no, ins, ok, rb, fu, no, fa]),
+        (Installing,          [no, no,  ok, rb, fu, no, fa]),
+        (Healthy,             [no, no,  no, rb, no, no, no]),
+        (RolledBack,          [no, no,  no, no, no, no, no]),
+        (FailedUnrecoverable, [no, no,  no, no, no, no, no]),
+        (Failed,              [no, no,  no, no, no, no, no]),
+        (TimedOut,            [no, no,  ok, rb, fu, no, fa]),
+        (Unreachable,         [dl, ins, ok, rb, fu, no, fa]),
+        (Incompatible,        [no, no,  no, no, no, no, no]),
+        (Reverting,           [no, no,  no, no, fu, rv, ok]),
+        (Reverted,            [no, no,  no, no, no, no, no]),
+        (Untouched,           [dl, ins, ok, rb, fu, no, fa]),
     ];
     for (state, row) in table {
         for (report, want) in R::ALL.into_iter().zip(row) {

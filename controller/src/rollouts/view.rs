@@ -57,6 +57,9 @@ pub struct DeviceView {
     pub started_at_ms: Option<i64>,
     /// When it reached its current final state; the bake time runs from the latest one.
     pub finished_at_ms: Option<i64>,
+    /// An abort with revert can send it back: it ran an earlier release the controller
+    /// still has, and no revert of it failed.
+    pub revertible: bool,
 }
 
 impl DeviceView {
@@ -69,6 +72,7 @@ impl DeviceView {
             queued_at_ms: None,
             started_at_ms: None,
             finished_at_ms: None,
+            revertible: true,
         }
     }
 

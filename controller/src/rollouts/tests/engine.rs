@@ -563,3 +563,53 @@ fn a_late_report_from_an_unreachable_device_is_waited_for() {
     fleet.report(1, R::Healthy);
     assert_eq!(fleet.decide().deploy, ids(&[2]));
 }
+
+#[test]
+fn abort_with_revert_skips_devices_without_an_earlier_release_and_failed_reverts() {
+    let mut fleet = mid_rollout();
+    fleet.devices[1].revertible = false;
+    let t = abort(&fleet.rollout, &fleet.devices, true).unwrap();
+    assert_eq!(t.revert, ids(&[0]), "device 1 has nothing to go back to");
+    t.apply(&mut fleet.rollout, &mut fleet.devices, fleet.now);
+    // The revert of device 0 fails before changing anything: it stays healthy, and once
+    // the caller marks it not revertible the engine stops sending the revert.
+    fleet.report(0, R::Failed);
+    assert_eq!(fleet.state(0), Healthy);
+    assert_eq!(fleet.decide().revert, ids(&[0]));
+    fleet.devices[0].revertible = false;
+    fleet.devices[0].state = Healthy;
+    assert!(fleet.decide().revert.is_empty());
+}
+
+#[test]
+fn failed_installs_count_against_the_batch() {
+    let mut fleet = Fleet::started(canary_then_half(|_| {}), 10, 0);
+    fleet.decide();
+    fleet.finish(0, R::Failed);
+    let d = fleet.decide();
+    assert_eq!(fleet.rollout.status, Paused);
+    assert_eq!(
+        d.reason.as_deref(),
+        Some("batch 1 (canary) failed: 1 of 1 devices failed; threshold 100 %")
+    );
+}
+
+#[test]
+fn deploys_wait_for_the_maintenance_window() {
+    // Monday 2026-12-07 00:00 UTC; the window opens at 02:00.
+    let monday = 1_796_601_600_000;
+    let spec = one_batch(|s| {
+        s.maintenance_window = Some(Window::parse("mon 02:00-03:00").unwrap());
+    });
+    let mut fleet = Fleet::started(spec, 3, 0);
+    fleet.now = monday;
+    let d = fleet.decide();
+    assert!(d.deploy.is_empty(), "closed: {d:?}");
+    assert_eq!(d.next_check_at_ms, Some(monday + 2 * 3_600_000));
+    fleet.now = monday + 2 * 3_600_000;
+    assert_eq!(fleet.decide().deploy, ids(&[0, 1, 2]));
+    // Devices already sent the release finish after the window closes.
+    fleet.now = monday + 4 * 3_600_000;
+    fleet.finish(0, R::Healthy);
+    assert_eq!(fleet.state(0), Healthy);
+}

@@ -74,6 +74,7 @@ fn settings() -> impl Strategy<Value = RolloutSettings> {
                     delivery_deadline_secs: delivery,
                     install_deadline_secs: install,
                     max_concurrent_downloads: cap,
+                    maintenance_window: None,
                 }
             },
         )
