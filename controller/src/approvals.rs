@@ -101,14 +101,6 @@ pub async fn request_command(
     req: &CommandRequest,
     resolved: &Resolved,
 ) -> Result<ApprovalRow, ApprovalError> {
-    if store.enabled_admin_count().await? < 2 {
-        return Err(ApprovalError::TooFewAdmins {
-            why: policy.why(resolved),
-        });
-    }
-    let mut raw = [0u8; 16];
-    rand::rng().fill_bytes(&mut raw);
-    let id = pifleet_shared::token::to_hex(&raw);
     let action = Action::from(req.action.clone());
     let summary = format!(
         "{} command to {} devices ({})",
@@ -117,15 +109,61 @@ pub async fn request_command(
         policy.why(resolved)
     );
     let request = serde_json::to_string(req).map_err(StoreError::from)?;
+    let new = Request {
+        kind: ApprovalKind::Command,
+        request: &request,
+        summary: &summary,
+        device_count: resolved.devices.len(),
+    };
+    request_approval(store, policy, resolved, &new, requested_by, requester_id).await
+}
+
+/// What waits for approval, as stored.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub kind: ApprovalKind,
+    /// The exact request (JSON).
+    pub request: &'a str,
+    pub summary: &'a str,
+    pub device_count: usize,
+}
+
+/// Refuses when fewer than two admins could decide.
+pub async fn check_admins(
+    store: &Store,
+    policy: &Policy,
+    resolved: &Resolved,
+) -> Result<(), ApprovalError> {
+    if store.enabled_admin_count().await? < 2 {
+        return Err(ApprovalError::TooFewAdmins {
+            why: policy.why(resolved),
+        });
+    }
+    Ok(())
+}
+
+/// Stores a request that waits for a second admin.
+pub async fn request_approval(
+    store: &Store,
+    policy: &Policy,
+    resolved: &Resolved,
+    req: &Request<'_>,
+    requested_by: &str,
+    requester_id: Option<i64>,
+) -> Result<ApprovalRow, ApprovalError> {
+    check_admins(store, policy, resolved).await?;
+    let mut raw = [0u8; 16];
+    rand::rng().fill_bytes(&mut raw);
+    let id = pifleet_shared::token::to_hex(&raw);
     let expires_at =
         now_ms().saturating_add(i64::try_from(policy.expiry.as_millis()).unwrap_or(i64::MAX));
     store
         .insert_approval(&NewApproval {
             id: &id,
-            kind: ApprovalKind::Command,
-            request: &request,
-            summary: &summary,
-            device_count: i64::try_from(resolved.devices.len()).unwrap_or(i64::MAX),
+            kind: req.kind,
+            request: req.request,
+            summary: req.summary,
+            device_count: i64::try_from(req.device_count).unwrap_or(i64::MAX),
             requested_by,
             requester_id,
             expires_at,
@@ -137,17 +175,20 @@ pub async fn request_command(
         .ok_or_else(|| ApprovalError::NotFound(id.clone()))
 }
 
-/// Loads a request that is still pending and may be decided by `decider_id`.
-async fn pending(
+/// Loads a request that is still pending and may be decided by `decided_by` (an audit
+/// actor: `user:NAME`, or `cli:USER` on the command line) with user id `decider_id`: the
+/// requester can decide neither as the same user nor as the same actor.
+pub async fn pending(
     store: &Store,
     id: &str,
+    decided_by: &str,
     decider_id: Option<i64>,
 ) -> Result<ApprovalRow, ApprovalError> {
     let row = store
         .approval(id)
         .await?
         .ok_or_else(|| ApprovalError::NotFound(id.to_owned()))?;
-    if decider_id.is_some() && row.requester_id == decider_id {
+    if row.requested_by == decided_by || (decider_id.is_some() && row.requester_id == decider_id) {
         return Err(ApprovalError::OwnRequest);
     }
     let status = row.status.at(row.expires_at, now_ms());
@@ -161,7 +202,7 @@ async fn pending(
 }
 
 /// After a conditional update lost: what the request is now.
-async fn lost(store: &Store, id: &str) -> ApprovalError {
+pub async fn lost(store: &Store, id: &str) -> ApprovalError {
     match store.approval(id).await {
         Ok(Some(row)) => ApprovalError::NotPending {
             id: id.to_owned(),
@@ -179,7 +220,7 @@ pub async fn reject(
     decided_by: &str,
     decider_id: Option<i64>,
 ) -> Result<ApprovalRow, ApprovalError> {
-    pending(store, id, decider_id).await?;
+    pending(store, id, decided_by, decider_id).await?;
     if !store
         .decide_approval(id, ApprovalStatus::Rejected, decided_by, None)
         .await?
@@ -201,7 +242,7 @@ pub async fn approve(
     decided_by: &str,
     decider_id: Option<i64>,
 ) -> Result<ApprovalRow, ApprovalError> {
-    let row = pending(store, id, decider_id).await?;
+    let row = pending(store, id, decided_by, decider_id).await?;
     let req: CommandRequest = serde_json::from_str(&row.request)
         .map_err(|e| ApprovalError::Corrupt(id.to_owned(), e.to_string()))?;
     let resolved = resolve_targets(store, &req.targets).await?;

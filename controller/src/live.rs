@@ -28,6 +28,8 @@ pub enum Change {
     Command { device: String, id: String },
     /// These devices reported new capabilities or unit states.
     Details(Arc<[String]>),
+    /// A rollout changed (an operator acted on it, or it was created).
+    Rollout(i64),
 }
 
 /// The fan-out point; cheap to clone.
@@ -80,6 +82,11 @@ impl Hub {
             device: device.to_owned(),
             id: id.to_owned(),
         });
+    }
+
+    /// Reports a rollout an operator changed (the runner decides it again at once).
+    pub fn rollout_changed(&self, id: i64) {
+        let _ = self.tx.send(Change::Rollout(id));
     }
 
     /// Every change from now on.

@@ -347,6 +347,17 @@ impl Controller {
                 shutdown.clone(),
             ),
         );
+        tasks.spawn(
+            "rollouts",
+            crate::rollouts::runner::run(
+                self.store.clone(),
+                self.dispatcher.clone(),
+                self.live.clone(),
+                self.health.clone(),
+                self.cfg.rollouts.clone(),
+                shutdown.clone(),
+            ),
+        );
         tasks.spawn("receipts", dispatch::receipts(self.dispatcher, receipt_rx));
         tasks.spawn(
             "enroll-refusal-audit",

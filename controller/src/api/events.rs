@@ -165,6 +165,7 @@ async fn pump(
                         commands.insert(id);
                     }
                 }
+                Ok(Change::Rollout(_)) => {}
                 // Too slow to keep up: resend everything watched.
                 Err(broadcast::error::RecvError::Lagged(_)) => devices.extend(watched.iter().cloned()),
                 Err(broadcast::error::RecvError::Closed) => return,

@@ -10,7 +10,9 @@ use pifleet_shared::command::{Action, CommandId, MAX_TTL_MS};
 use pifleet_shared::release::Digest;
 
 use super::dispatch::{DispatchError, Targets, create_commands};
-use crate::store::{ReleaseRow, Store};
+use rand::RngCore;
+
+use crate::store::{NewCommand, ReleaseRow, Store, now_ms};
 
 /// How a deploy command is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +61,44 @@ pub fn deploy_action(release: &ReleaseRow, retry_failed: bool) -> Result<Action,
         .validate()
         .map_err(|e| DispatchError::Action(e.to_string()))?;
     Ok(action)
+}
+
+/// The rollback action back to `release` (a release the device keeps).
+pub fn rollback_action(release: &ReleaseRow) -> Result<Action, DispatchError> {
+    let manifest_sha256 = crate::releases::storage::parse_digest(&release.manifest_sha256)
+        .ok_or_else(|| {
+            DispatchError::Action(format!(
+                "release {}: its stored digests are malformed",
+                release.id
+            ))
+        })?;
+    Ok(Action::Rollback {
+        app: release.app.clone(),
+        release: release.release,
+        manifest_sha256,
+    })
+}
+
+/// A queued command for one device, made in the caller's transaction (a rollout's).
+pub fn new_command(
+    device: &str,
+    action: Action,
+    ttl: Duration,
+    answer_timeout: Duration,
+) -> NewCommand {
+    let mut id = [0u8; 16];
+    rand::rng().fill_bytes(&mut id);
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let ttl = ttl.min(Duration::from_millis(
+        u64::try_from(MAX_TTL_MS).unwrap_or(u64::MAX),
+    ));
+    NewCommand {
+        id: CommandId(id),
+        device: device.to_owned(),
+        action,
+        expires_at: now_ms().saturating_add(ms(ttl)),
+        answer_timeout_ms: ms(answer_timeout),
+    }
 }
 
 /// Queues a deploy of `release` for one device (enrolled, not revoked); the dispatcher

@@ -177,6 +177,12 @@ impl Dispatcher {
         &self.store
     }
 
+    /// Sends what is queued now rather than at the next poll (commands another part of
+    /// the controller created, such as a rollout's).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// Creates commands and dispatches them at once (in-process callers: the API).
     pub async fn submit(
         &self,

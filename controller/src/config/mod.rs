@@ -25,6 +25,7 @@ pub struct Config {
     pub commands: CommandsConfig,
     pub approvals: ApprovalsConfig,
     pub releases: ReleasesConfig,
+    pub rollouts: RolloutsConfig,
     pub auth: AuthConfig,
     pub metrics: MetricsConfig,
     pub tracing: TracingConfig,
@@ -206,6 +207,14 @@ impl Config {
         check(
             (1..=86_400).contains(&self.releases.upload_timeout_s),
             "releases.upload_timeout_s must be 1..=86400",
+        );
+        check(
+            (1..=3_600_000).contains(&self.rollouts.poll_ms),
+            "rollouts.poll_ms must be 1..=3600000",
+        );
+        check(
+            self.rollouts.settle_ms <= 60_000,
+            "rollouts.settle_ms must be 0..=60000",
         );
         check(
             (1..=30 * 86_400).contains(&self.approvals.expiry_s),

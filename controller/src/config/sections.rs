@@ -282,6 +282,38 @@ impl Default for ApprovalsConfig {
     }
 }
 
+/// The rollout runner.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutsConfig {
+    /// Running rollouts are looked at this often even when nothing reports (deadlines and
+    /// bake times also wake the runner on time; this catches work done by other processes,
+    /// such as the command line).
+    pub poll_ms: u64,
+    /// After a device reports, wait this long for more reports before deciding, so a burst
+    /// of progress is decided once.
+    pub settle_ms: u64,
+}
+
+impl Default for RolloutsConfig {
+    fn default() -> Self {
+        Self {
+            poll_ms: 5_000,
+            settle_ms: 200,
+        }
+    }
+}
+
+impl RolloutsConfig {
+    pub fn poll(&self) -> Duration {
+        Duration::from_millis(self.poll_ms)
+    }
+
+    pub fn settle(&self) -> Duration {
+        Duration::from_millis(self.settle_ms)
+    }
+}
+
 impl ApprovalsConfig {
     pub fn expiry(&self) -> Duration {
         Duration::from_secs(self.expiry_s)

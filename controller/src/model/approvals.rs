@@ -9,12 +9,15 @@ use utoipa::ToSchema;
 pub enum ApprovalKind {
     /// A command to more devices than `approvals.device_threshold`, or to the whole fleet.
     Command,
+    /// A rollout to more devices than `approvals.device_threshold`, or to the whole fleet.
+    Rollout,
 }
 
 impl ApprovalKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Command => "command",
+            Self::Rollout => "rollout",
         }
     }
 }
@@ -24,6 +27,7 @@ impl TryFrom<String> for ApprovalKind {
     fn try_from(s: String) -> Result<Self, String> {
         match s.as_str() {
             "command" => Ok(Self::Command),
+            "rollout" => Ok(Self::Rollout),
             _ => Err(format!("unknown approval kind {s:?}")),
         }
     }

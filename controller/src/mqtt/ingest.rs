@@ -134,23 +134,18 @@ fn to_op(p: &Publish) -> Result<Option<Routed>, Refusal> {
             v1::Event::Services(states) => {
                 Some(Routed::Ingest(IngestOp::Services { device, states }))
             }
-            // Progress only: the command's receipts carry its outcome. Logged for the
-            // operator until rollouts keep it.
-            v1::Event::Deploy(p) => {
-                tracing::info!(device = %device, command = %p.command, app = %p.app, release = p.release, phase = p.phase.as_str(), bytes = p.bytes, total = p.total, "deploy progress");
-                None
-            }
-            v1::Event::Apps(apps) => {
-                tracing::info!(device = %device, apps = apps.len(), "apps reported");
-                None
-            }
+            // Progress only: the command's receipts carry its outcome.
+            v1::Event::Deploy(progress) => Some(Routed::Ingest(IngestOp::DeployProgress {
+                device,
+                progress,
+            })),
+            v1::Event::Apps(apps) => Some(Routed::Ingest(IngestOp::Apps { device, apps })),
             v1::Event::Watchdog(e) => {
                 tracing::warn!(device = %device, unit = %e.unit, kind = e.kind.as_str(), "watchdog event");
                 None
             }
-            v1::Event::GuardRollback(g) => {
-                tracing::warn!(device = %device, app = %g.app, release = g.release, reason = %g.reason, "release rolled back in its guard window");
-                None
+            v1::Event::GuardRollback(rollback) => {
+                Some(Routed::Ingest(IngestOp::GuardRollback { device, rollback }))
             }
         },
         Kind::Cmd | Kind::Ack => None,
@@ -261,9 +256,10 @@ pub async fn write(
         let mut details: Vec<String> = batch
             .iter()
             .filter(|op| {
-                matches!(
+                // Rollouts watch these too (progress, guard rollbacks, apps).
+                !matches!(
                     op,
-                    IngestOp::Capabilities { .. } | IngestOp::Services { .. }
+                    IngestOp::Telemetry { .. } | IngestOp::Hello { .. } | IngestOp::Online { .. }
                 )
             })
             .map(|op| op.device().as_str().to_owned())

@@ -43,8 +43,9 @@ pub const DEFAULT_MAX_CONCURRENT_DOWNLOADS: u32 = 50;
 pub const MAX_DURATION_SECS: u32 = 30 * 24 * 3600;
 
 /// What an operator asks for; see [`RolloutSpec::new`] for the rules. Every duration is in
-/// whole seconds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// whole seconds. Stored as JSON with the rollout.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RolloutSettings {
     /// Devices in the first batch (0 = no canary).
     pub canary: u32,

@@ -52,6 +52,19 @@ impl fmt::Display for Window {
     }
 }
 
+impl serde::Serialize for Window {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Window {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 impl Window {
     /// Parses a window; see the module documentation for the syntax.
     pub fn parse(text: &str) -> Result<Self, WindowError> {

@@ -149,6 +149,50 @@ impl From<OutputText> for Option<String> {
     }
 }
 
+/// Inserts queued commands inside the caller's transaction (a rollout creates its deploy
+/// commands together with its devices' new states).
+pub(super) async fn insert_command_rows(
+    tx: &mut sqlx::Transaction<'static, Sqlite>,
+    cmds: &[NewCommand],
+    now: i64,
+) -> Result<(), StoreError> {
+    for c in cmds {
+        sqlx::query(
+            "INSERT INTO commands (id, device_id, action, action_kind, status, created_at, \
+             expires_at, answer_timeout_ms) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+        )
+        .bind(c.id.to_string())
+        .bind(&c.device)
+        .bind(serde_json::to_string(&c.action)?)
+        .bind(c.action.kind())
+        .bind(now)
+        .bind(c.expires_at)
+        .bind(c.answer_timeout_ms)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Cancels a command inside the caller's transaction if it has not been sent yet.
+pub(super) async fn cancel_if_queued(
+    tx: &mut sqlx::Transaction<'static, Sqlite>,
+    id: &str,
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE commands SET status = 'cancelled', reason = ?, finished_at = ? \
+         WHERE id = ? AND status = 'queued'",
+    )
+    .bind(reason)
+    .bind(now)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 fn push_command_filter(
     qb: &mut QueryBuilder<Sqlite>,
     device: Option<&str>,
@@ -170,23 +214,8 @@ fn push_command_filter(
 impl Store {
     /// Creates queued commands, all or nothing.
     pub async fn insert_commands(&self, cmds: &[NewCommand]) -> Result<(), StoreError> {
-        let now = now_ms();
         let mut tx = self.write_tx().await?;
-        for c in cmds {
-            sqlx::query(
-                "INSERT INTO commands (id, device_id, action, action_kind, status, created_at, \
-                 expires_at, answer_timeout_ms) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
-            )
-            .bind(c.id.to_string())
-            .bind(&c.device)
-            .bind(serde_json::to_string(&c.action)?)
-            .bind(c.action.kind())
-            .bind(now)
-            .bind(c.expires_at)
-            .bind(c.answer_timeout_ms)
-            .execute(&mut *tx)
-            .await?;
-        }
+        insert_command_rows(&mut tx, cmds, now_ms()).await?;
         tx.commit().await?;
         Ok(())
     }

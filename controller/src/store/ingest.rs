@@ -33,6 +33,18 @@ pub enum IngestOp {
         device: DeviceId,
         states: Vec<v1::ServiceState>,
     },
+    Apps {
+        device: DeviceId,
+        apps: Vec<v1::AppState>,
+    },
+    DeployProgress {
+        device: DeviceId,
+        progress: v1::DeployProgress,
+    },
+    GuardRollback {
+        device: DeviceId,
+        rollback: v1::GuardRollback,
+    },
 }
 
 impl IngestOp {
@@ -43,7 +55,10 @@ impl IngestOp {
             | Self::Hello { device, .. }
             | Self::Online { device, .. }
             | Self::Capabilities { device, .. }
-            | Self::Services { device, .. } => device,
+            | Self::Services { device, .. }
+            | Self::Apps { device, .. }
+            | Self::DeployProgress { device, .. }
+            | Self::GuardRollback { device, .. } => device,
         }
     }
 }
@@ -110,6 +125,21 @@ impl Store {
                         .bind(now)
                         .bind(device.as_str())
                         .execute(&mut *tx)
+                        .await?;
+                }
+                IngestOp::Apps { device, apps } => {
+                    sqlx::query("UPDATE devices SET apps = ?, apps_at = ? WHERE id = ?")
+                        .bind(serde_json::to_string(apps)?)
+                        .bind(now)
+                        .bind(device.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                IngestOp::DeployProgress { device, progress } => {
+                    super::rollouts::record_progress(&mut tx, device.as_str(), progress).await?;
+                }
+                IngestOp::GuardRollback { device, rollback } => {
+                    super::rollouts::record_guard_rollback(&mut tx, device.as_str(), rollback, now)
                         .await?;
                 }
                 IngestOp::Online { device, online } => {

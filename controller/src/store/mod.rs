@@ -24,6 +24,7 @@ mod dialect;
 mod ingest;
 mod release_keys;
 mod releases;
+pub mod rollouts;
 pub mod sessions;
 mod telemetry;
 #[cfg(test)]

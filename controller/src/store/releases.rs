@@ -221,15 +221,20 @@ impl ReleaseTx {
         r.as_ref().map(row).transpose()
     }
 
-    /// Whether a rollout that is not finished uses the release, which must then stay.
-    ///
-    /// There are no rollouts yet, so this is always false. When the rollout table lands,
-    /// this becomes a query on it (e.g. `SELECT 1 FROM rollouts WHERE release_id = ? AND
-    /// state NOT IN (<finished states>)`), inside this same transaction so a rollout
-    /// cannot start on a release being deleted.
+    /// Whether a rollout that is not finished uses the release, which must then stay: one
+    /// that is not completed or aborted, or still has a device in flight. Read inside this
+    /// write transaction, so a rollout cannot start on a release being deleted.
     pub async fn rollout_uses(&mut self, release_id: i64) -> Result<bool, StoreError> {
-        let _ = release_id;
-        Ok(false)
+        let used: Option<i64> = sqlx::query_scalar(concat!(
+            "SELECT 1 FROM rollouts r WHERE r.release_id = ? AND (r.status NOT IN ",
+            "('completed', 'aborted') OR EXISTS (SELECT 1 FROM rollout_devices d ",
+            "WHERE d.rollout_id = r.id AND d.state IN ",
+            "('queued', 'downloading', 'installing', 'reverting'))) LIMIT 1"
+        ))
+        .bind(release_id)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(used.is_some())
     }
 
     /// How many releases (of any app) share this archive.
