@@ -10,6 +10,7 @@ use pifleet_controller::datadir::DataDirError;
 use pifleet_controller::enroll::tokens::TokenError;
 use pifleet_controller::logging;
 use pifleet_controller::releases::ReleaseError;
+use pifleet_controller::rollouts::RolloutError;
 use pifleet_controller::serve::ServeError;
 use pifleet_controller::setup::SetupError;
 use pifleet_controller::store::users::UserChange;
@@ -87,6 +88,14 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             | ReleaseError::NotFound(_)
             | ReleaseError::InUse { .. } => EX_USAGE,
             _ => 1,
+        };
+    }
+    if let Some(e) = e.downcast_ref::<RolloutError>() {
+        return match e {
+            RolloutError::Store(_) | RolloutError::Corrupt(..) => 1,
+            RolloutError::Approval(ApprovalError::Store(_) | ApprovalError::Corrupt(..)) => 1,
+            RolloutError::Approval(ApprovalError::OwnRequest) => EX_NOPERM,
+            _ => EX_USAGE,
         };
     }
     if let Some(r) = e.downcast_ref::<cli::remote::Refused>() {

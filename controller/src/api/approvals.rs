@@ -11,7 +11,8 @@ use crate::api::extract::{Path, Principal, Query, noted};
 use crate::api::params::{bounded, hex_id};
 use crate::api::problem::{Problem, ProblemDoc, Refused};
 use crate::approvals;
-use crate::model::approvals::ApprovalView;
+use crate::model::approvals::{ApprovalKind, ApprovalView};
+use crate::rollouts::{self, service::Actor};
 use crate::store::now_ms;
 
 /// The approval list's filters.
@@ -34,7 +35,7 @@ pub struct ApprovalPath {
 }
 
 /// Two-person approval needs a second person: an API token cannot decide.
-fn person(p: &Principal) -> Result<(), Problem> {
+pub(crate) fn person(p: &Principal) -> Result<(), Problem> {
     if p.api_token {
         Err(Problem::forbidden(
             "an API token cannot approve or reject: a second admin signs in to decide",
@@ -97,6 +98,26 @@ pub async fn approve(
     let id = approval_id(&id)?;
     person(&p)?;
     let actor = p.actor();
+    let kind = st.store.approval(id).await?.map(|r| r.kind);
+    if kind == Some(ApprovalKind::Rollout) {
+        let who = Actor {
+            name: &actor,
+            user_id: Some(p.user_id),
+        };
+        let rollout = rollouts::service::approve(&st.store, id, who).await?;
+        st.live.rollout_changed(rollout.id);
+        let row = st
+            .store
+            .approval(id)
+            .await?
+            .ok_or_else(|| Problem::not_found(format!("no approval request {id}")))?;
+        let note = format!(
+            "{}; {}",
+            row.summary,
+            row.outcome.as_deref().unwrap_or_default()
+        );
+        return Ok(noted(note, axum::Json(row.view(now_ms()))));
+    }
     let row = approvals::approve(&st.store, &st.dispatcher, id, &actor, Some(p.user_id)).await?;
     let note = format!(
         "{}; {}",
@@ -119,6 +140,20 @@ pub async fn reject(
     let id = approval_id(&id)?;
     person(&p)?;
     let actor = p.actor();
+    let kind = st.store.approval(id).await?.map(|r| r.kind);
+    if kind == Some(ApprovalKind::Rollout) {
+        let who = Actor {
+            name: &actor,
+            user_id: Some(p.user_id),
+        };
+        rollouts::service::reject(&st.store, id, who).await?;
+        let row = st
+            .store
+            .approval(id)
+            .await?
+            .ok_or_else(|| Problem::not_found(format!("no approval request {id}")))?;
+        return Ok(noted(row.summary.clone(), axum::Json(row.view(now_ms()))));
+    }
     let row = approvals::reject(&st.store, id, &actor, Some(p.user_id)).await?;
     Ok(noted(row.summary.clone(), axum::Json(row.view(now_ms()))))
 }

@@ -116,36 +116,44 @@ pub struct Cancelled {
 }
 
 impl SendCommand {
-    /// The targets: exactly one of a list of valid, distinct device ids and a selector.
     fn targets(&self) -> Result<Targets, Problem> {
-        match (&self.devices, &self.selector) {
-            (Some(ids), None) => {
-                if ids.is_empty() || ids.len() > MAX_DEVICES {
-                    return Err(Problem::bad_request(format!(
-                        "devices must list 1 to {MAX_DEVICES} device ids"
-                    )));
-                }
-                let mut out: Vec<String> = Vec::with_capacity(ids.len());
-                for id in ids {
-                    let id = device_id(id)?;
-                    if !out.iter().any(|o| o == id.as_str()) {
-                        out.push(id.as_str().to_owned());
-                    }
-                }
-                Ok(Targets::Devices(out))
+        targets(self.devices.as_deref(), self.selector.as_ref())
+    }
+}
+
+/// The targets of a request: exactly one of a list of valid, distinct device ids (1 to
+/// [`MAX_DEVICES`]) and a selector naming at least one label.
+pub fn targets(
+    devices: Option<&[String]>,
+    selector: Option<&BTreeMap<String, String>>,
+) -> Result<Targets, Problem> {
+    match (devices, selector) {
+        (Some(ids), None) => {
+            if ids.is_empty() || ids.len() > MAX_DEVICES {
+                return Err(Problem::bad_request(format!(
+                    "devices must list 1 to {MAX_DEVICES} device ids"
+                )));
             }
-            (None, Some(sel)) => {
-                if sel.is_empty() {
-                    return Err(Problem::bad_request(
-                        "selector must name at least one label",
-                    ));
+            let mut out: Vec<String> = Vec::with_capacity(ids.len());
+            for id in ids {
+                let id = device_id(id)?;
+                if !out.iter().any(|o| o == id.as_str()) {
+                    out.push(id.as_str().to_owned());
                 }
-                Ok(Targets::Selector(labels::from_map(sel)?))
             }
-            _ => Err(Problem::bad_request(
-                "give exactly one of devices and selector",
-            )),
+            Ok(Targets::Devices(out))
         }
+        (None, Some(sel)) => {
+            if sel.is_empty() {
+                return Err(Problem::bad_request(
+                    "selector must name at least one label",
+                ));
+            }
+            Ok(Targets::Selector(labels::from_map(sel)?))
+        }
+        _ => Err(Problem::bad_request(
+            "give exactly one of devices and selector",
+        )),
     }
 }
 

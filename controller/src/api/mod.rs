@@ -62,6 +62,7 @@ pub mod metrics;
 pub mod params;
 pub mod problem;
 pub mod releases;
+pub mod rollouts;
 pub mod tokens;
 pub mod users;
 pub mod web;
@@ -249,6 +250,7 @@ pub fn event(actor: &str, ip: IpAddr, action: &str, target: &str, outcome: &str)
         (name = "commands", description = "Signed remote commands"),
         (name = "approvals", description = "Two-person approval of fleet-wide actions"),
         (name = "releases", description = "Application releases"),
+        (name = "rollouts", description = "Taking a release to the fleet in batches"),
         (name = "tokens", description = "Enrollment tokens"),
         (name = "users", description = "User management (admin)"),
         (name = "audit", description = "The hash-chained audit log (admin)"),
@@ -317,6 +319,12 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(releases::upload, releases::list))
         .routes(routes!(releases::from_git))
         .routes(routes!(releases::show, releases::delete))
+        .routes(routes!(rollouts::create, rollouts::list))
+        .routes(routes!(rollouts::show))
+        .routes(routes!(rollouts::pause))
+        .routes(routes!(rollouts::resume))
+        .routes(routes!(rollouts::abort))
+        .routes(routes!(rollouts::approve))
         .routes(routes!(approvals::list))
         .routes(routes!(approvals::show))
         .routes(routes!(approvals::approve))

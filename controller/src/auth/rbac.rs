@@ -132,6 +132,33 @@ pub const ROUTES: &[Route] = &[
     r("POST", "/api/v1/releases/git", Operate, "release.create"),
     r("GET", "/api/v1/releases/{id}", Read, "release.show"),
     r("DELETE", "/api/v1/releases/{id}", Admin, "release.delete"),
+    r("POST", "/api/v1/rollouts", Operate, "rollout.create"),
+    r("GET", "/api/v1/rollouts", Read, "rollout.list"),
+    r("GET", "/api/v1/rollouts/{id}", Read, "rollout.show"),
+    r(
+        "POST",
+        "/api/v1/rollouts/{id}/pause",
+        Operate,
+        "rollout.pause",
+    ),
+    r(
+        "POST",
+        "/api/v1/rollouts/{id}/resume",
+        Operate,
+        "rollout.resume",
+    ),
+    r(
+        "POST",
+        "/api/v1/rollouts/{id}/abort",
+        Operate,
+        "rollout.abort",
+    ),
+    r(
+        "POST",
+        "/api/v1/rollouts/{id}/approve",
+        Admin,
+        "rollout.approve",
+    ),
     r("GET", "/api/v1/approvals", Read, "approval.list"),
     r("GET", "/api/v1/approvals/{id}", Read, "approval.show"),
     r(

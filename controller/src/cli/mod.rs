@@ -20,6 +20,7 @@ pub mod cmd;
 pub mod device;
 pub mod release;
 pub mod remote;
+pub mod rollout;
 pub mod token;
 pub mod user;
 
@@ -87,6 +88,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: Box<release::ReleaseCmd>,
     },
+    /// Rollouts of releases to the fleet, in batches.
+    Rollout {
+        #[command(subcommand)]
+        cmd: Box<rollout::RolloutCmd>,
+    },
     /// Requests that wait for a second admin's approval.
     Approval {
         #[command(subcommand)]
@@ -142,6 +148,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cmd { cmd } => cmd::run(cmd).await?,
         Command::Approval { cmd } => approval::run(cmd).await?,
         Command::Release { cmd } => release::run(*cmd).await?,
+        Command::Rollout { cmd } => rollout::run(*cmd).await?,
         Command::User { cmd } => user::run(cmd).await?,
         Command::Audit { cmd } => audit::run(cmd).await?,
         Command::Demo(args) => demo::run(args).await?,

@@ -9,4 +9,5 @@ pub mod devices;
 pub mod labels;
 pub mod lifecycle;
 pub mod role;
+pub mod rollouts;
 pub mod session;

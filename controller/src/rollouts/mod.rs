@@ -30,6 +30,7 @@ pub mod state;
 mod stored;
 mod tally;
 mod view;
+pub mod views;
 pub mod window;
 
 #[cfg(test)]
