@@ -11,6 +11,7 @@ use super::*;
 mod actions;
 mod engine;
 mod props;
+mod service;
 mod spec;
 
 pub(super) fn id(n: usize) -> DeviceId {

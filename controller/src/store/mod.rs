@@ -28,7 +28,7 @@ pub mod rollouts;
 pub mod sessions;
 mod telemetry;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 mod tokens;
 pub mod users;
 
