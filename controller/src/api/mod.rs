@@ -325,6 +325,7 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(rollouts::resume))
         .routes(routes!(rollouts::abort))
         .routes(routes!(rollouts::approve))
+        .routes(routes!(rollouts::device_apps))
         .routes(routes!(approvals::list))
         .routes(routes!(approvals::show))
         .routes(routes!(approvals::approve))

@@ -12,12 +12,13 @@ use utoipa::{IntoParams, ToSchema};
 use crate::api::AppState;
 use crate::api::commands::targets;
 use crate::api::extract::{Json, Path, Principal, Query, noted};
+use crate::api::params::DevicePath;
 use crate::api::params::bounded;
 use crate::api::problem::{Problem, ProblemDoc, Refused};
 use crate::approvals::Policy;
 use crate::model::approvals::ApprovalView;
 use crate::model::rollouts::{
-    PlannedDeviceView, RolloutDetail, RolloutSettingsBody, RolloutSummary,
+    DeviceApps, PlannedDeviceView, RolloutDetail, RolloutSettingsBody, RolloutSummary,
 };
 use crate::rollouts::service::{self, Action, Actor, RolloutRequest};
 use crate::rollouts::state::RolloutStatus;
@@ -313,4 +314,21 @@ pub async fn approve(
         row.reason.as_deref().unwrap_or_default()
     );
     Ok(noted(note, axum::Json(views::detail(&st.store, id).await?)))
+}
+
+/// A device's apps, as its agent last reported them (the release each runs and keeps), and
+/// the rollouts it was part of, newest first, with its state, failure reason and journal
+/// tail in each.
+#[utoipa::path(get, operation_id = "device_apps", path = "/api/v1/devices/{id}/apps", tag = "rollouts",
+    params(DevicePath),
+    responses((status = 200, description = "The device's apps and rollouts", body = DeviceApps),
+        (status = "4XX", description = "Invalid id, unknown device, or not permitted", body = ProblemDoc, content_type = "application/problem+json")))]
+pub async fn device_apps(
+    State(st): State<AppState>,
+    Path(DevicePath { id }): Path<DevicePath>,
+) -> Result<axum::Json<DeviceApps>, Problem> {
+    views::device_apps(&st.store, id.as_str())
+        .await?
+        .map(axum::Json)
+        .ok_or_else(|| Problem::not_found(format!("no device {}", id.as_str())))
 }

@@ -132,6 +132,7 @@ pub const ROUTES: &[Route] = &[
     r("POST", "/api/v1/releases/git", Operate, "release.create"),
     r("GET", "/api/v1/releases/{id}", Read, "release.show"),
     r("DELETE", "/api/v1/releases/{id}", Admin, "release.delete"),
+    r("GET", "/api/v1/devices/{id}/apps", Read, "device.apps"),
     r("POST", "/api/v1/rollouts", Operate, "rollout.create"),
     r("GET", "/api/v1/rollouts", Read, "rollout.list"),
     r("GET", "/api/v1/rollouts/{id}", Read, "rollout.show"),

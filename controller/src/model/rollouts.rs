@@ -140,3 +140,46 @@ pub struct PlannedDeviceView {
     pub current_release: Option<u64>,
     pub revertible: bool,
 }
+
+/// An app the device allowlists, as its agent last reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceAppView {
+    pub app: String,
+    pub unit: String,
+    /// The live release, if any.
+    #[schema(required)]
+    pub current: Option<u64>,
+    #[schema(required)]
+    pub current_dir: Option<String>,
+    /// Releases kept on the device (a rollback can return to these).
+    pub kept: Vec<u64>,
+}
+
+/// The device's part in one rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceRolloutView {
+    pub rollout_id: i64,
+    pub app: String,
+    pub release: i64,
+    /// The rollout's status.
+    pub status: String,
+    /// The device's state in it.
+    pub state: String,
+    #[schema(required)]
+    pub reason: Option<String>,
+    #[schema(required)]
+    pub journal: Option<String>,
+    #[schema(required)]
+    pub finished_at: Option<i64>,
+}
+
+/// A device's apps and its rollouts, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceApps {
+    /// Unknown (null) until the agent reports them (agents older than deployments never do).
+    #[schema(required)]
+    pub apps: Option<Vec<DeviceAppView>>,
+    #[schema(required)]
+    pub apps_at: Option<i64>,
+    pub rollouts: Vec<DeviceRolloutView>,
+}

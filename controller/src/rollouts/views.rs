@@ -9,8 +9,8 @@ use super::stored::spec_of;
 use super::window::Window;
 use crate::commands::dispatch::Targets;
 use crate::model::rollouts::{
-    BatchView, PlannedDeviceView, RolloutDetail, RolloutDeviceView, RolloutEventView,
-    RolloutSettingsBody, RolloutSummary,
+    BatchView, DeviceAppView, DeviceApps, DeviceRolloutView, PlannedDeviceView, RolloutDetail,
+    RolloutDeviceView, RolloutEventView, RolloutSettingsBody, RolloutSummary,
 };
 use crate::store::Store;
 use crate::store::rollouts::RolloutRow;
@@ -180,4 +180,46 @@ pub async fn detail(store: &Store, id: i64) -> Result<RolloutDetail, RolloutErro
             })
             .collect(),
     })
+}
+
+/// A device's reported apps and its rollouts (newest 50); `None` for an unknown device.
+pub async fn device_apps(store: &Store, device: &str) -> Result<Option<DeviceApps>, RolloutError> {
+    let Some((apps, apps_at)) = store.device_apps(device).await? else {
+        return Ok(None);
+    };
+    let apps = apps
+        .and_then(|json| {
+            serde_json::from_str::<Vec<pifleet_shared::proto::v1::AppState>>(&json).ok()
+        })
+        .map(|list| {
+            list.into_iter()
+                .map(|a| DeviceAppView {
+                    app: a.app,
+                    unit: a.unit,
+                    current: a.current,
+                    current_dir: a.current_dir,
+                    kept: a.kept,
+                })
+                .collect()
+        });
+    let rollouts = store
+        .device_rollout_list(device, 50)
+        .await?
+        .into_iter()
+        .map(|r| DeviceRolloutView {
+            rollout_id: r.rollout_id,
+            app: r.app,
+            release: r.release,
+            status: r.status,
+            state: r.state,
+            reason: r.reason,
+            journal: r.journal,
+            finished_at: r.finished_at,
+        })
+        .collect();
+    Ok(Some(DeviceApps {
+        apps,
+        apps_at,
+        rollouts,
+    }))
 }

@@ -141,6 +141,19 @@ pub struct DeviceFacts {
     pub apps: Option<String>,
 }
 
+/// A device's part in a rollout, for its page.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeviceRolloutRow {
+    pub rollout_id: i64,
+    pub app: String,
+    pub release: i64,
+    pub status: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub journal: Option<String>,
+    pub finished_at: Option<i64>,
+}
+
 /// A line of a rollout's history.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RolloutEventRow {
@@ -338,21 +351,6 @@ impl Store {
         )
     }
 
-    /// The rollouts a device is in, newest first (for its page).
-    pub async fn device_rollouts(
-        &self,
-        device: &str,
-        limit: i64,
-    ) -> Result<Vec<RolloutDeviceRow>, StoreError> {
-        Ok(sqlx::query_as(device_select!(
-            "WHERE device_id = ? ORDER BY rollout_id DESC LIMIT ?"
-        ))
-        .bind(device)
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?)
-    }
-
     /// A rollout's history, oldest first.
     pub async fn rollout_events(&self, id: i64) -> Result<Vec<RolloutEventRow>, StoreError> {
         Ok(sqlx::query_as(
@@ -496,13 +494,34 @@ impl Store {
         )
     }
 
-    /// The apps a device reported, as stored (JSON), if any.
-    pub async fn device_apps(&self, device: &str) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT apps FROM devices WHERE id = ?")
-            .bind(device)
-            .fetch_optional(&self.reader)
-            .await?
-            .flatten())
+    /// The apps a device reported (JSON) and when; `None` for an unknown device.
+    pub async fn device_apps(
+        &self,
+        device: &str,
+    ) -> Result<Option<(Option<String>, Option<i64>)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT apps, apps_at FROM devices WHERE id = ?")
+                .bind(device)
+                .fetch_optional(&self.reader)
+                .await?,
+        )
+    }
+
+    /// The rollouts a device is in, newest first, with the rollout's app, release and status.
+    pub async fn device_rollout_list(
+        &self,
+        device: &str,
+        limit: i64,
+    ) -> Result<Vec<DeviceRolloutRow>, StoreError> {
+        Ok(sqlx::query_as(concat!(
+            "SELECT d.rollout_id, r.app, r.release, r.status, d.state, d.reason, d.journal, ",
+            "d.finished_at FROM rollout_devices d JOIN rollouts r ON r.id = d.rollout_id ",
+            "WHERE d.device_id = ? ORDER BY d.rollout_id DESC LIMIT ?"
+        ))
+        .bind(device)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?)
     }
 }
 

@@ -340,6 +340,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/devices/{id}/apps": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A device's apps, as its agent last reported them (the release each runs and keeps), and
+         *     the rollouts it was part of, newest first, with its state, failure reason and journal
+         *     tail in each.
+         */
+        get: operations["device_apps"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/devices/{id}/history": {
         parameters: {
             query?: never;
@@ -631,6 +652,125 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/rollouts": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Lists rollouts, newest first. */
+        get: operations["list_rollouts"];
+        put?: never;
+        /**
+         * Creates a rollout (or previews it with `preview: true`). It starts at once, or waits
+         *     for a second admin when it targets more devices than `approvals.device_threshold` or
+         *     the whole fleet.
+         */
+        post: operations["create_rollout"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/rollouts/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * One rollout: its batches, every device's state (with the failure reason and journal
+         *     tail) and its history.
+         */
+        get: operations["show_rollout"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/rollouts/{id}/abort": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Aborts a rollout for good: devices not sent anything stay as they are; with
+         *     `revert`, devices that took the release go back to the release they ran before.
+         */
+        post: operations["abort_rollout"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/rollouts/{id}/approve": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Approves a rollout that waits for a second admin (its approval request): the devices
+         *     are resolved again now, bound to the approval, and the rollout starts.
+         */
+        post: operations["approve_rollout"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/rollouts/{id}/pause": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Pauses a running rollout: nothing more is sent; devices already sent the release finish. */
+        post: operations["pause_rollout"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/rollouts/{id}/resume": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Resumes a paused rollout. After a pause by its health rules, resuming accepts the
+         *     failures so far: the current batch no longer needs its threshold.
+         */
+        post: operations["resume_rollout"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/settings/security": {
         parameters: {
             query?: never;
@@ -795,6 +935,11 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** @description How to abort. */
+        AbortRollout: {
+            /** @description Send devices that took the release back to the release they ran before. */
+            revert?: boolean;
+        };
         /** @description What a device is asked to do, by `kind`. Units and scripts must also be on the device's own allowlist. */
         ActionSpec: {
             /** @enum {string} */
@@ -919,7 +1064,7 @@ export interface components {
          * @description What kind of action waits for approval.
          * @enum {string}
          */
-        ApprovalKind: "command";
+        ApprovalKind: "command" | "rollout";
         /**
          * @description Where a request stands. `expired` is never stored: a pending request past its expiry
          *     shows as expired and can no longer be decided.
@@ -989,6 +1134,18 @@ export interface components {
              */
             head: number | null;
             items: components["schemas"]["AuditEntry"][];
+        };
+        /** @description One batch's progress. */
+        BatchView: {
+            /** @description Devices by state. */
+            counts: {
+                [key: string]: number;
+            };
+            /** Format: int64 */
+            devices: number;
+            /** Format: int64 */
+            index: number;
+            label: string;
         };
         /** @description The result of a cancellation. */
         Cancelled: {
@@ -1102,6 +1259,18 @@ export interface components {
             /** @description 32 lowercase hex. */
             id: string;
         };
+        /** @description A created or previewed rollout: the plan, and the rollout unless it was a preview. */
+        CreatedRollout: {
+            app: string;
+            approval: null | components["schemas"]["ApprovalView"];
+            /** @description Every targeted device, in rollout order; incompatible ones say why. */
+            plan: components["schemas"]["PlannedDeviceView"][];
+            /** Format: int64 */
+            release: number;
+            /** Format: int64 */
+            release_id: number;
+            rollout: null | components["schemas"]["RolloutDetail"];
+        };
         /** @description A created token. The secret is shown here once and stored only as a hash. */
         CreatedToken: {
             /** @description The command to run on the device (with `--device-id` when the token names one). */
@@ -1123,6 +1292,27 @@ export interface components {
          * @enum {string}
          */
         DeviceAlert: "temperature" | "under_voltage" | "throttling" | "disk";
+        /** @description An app the device allowlists, as its agent last reported it. */
+        DeviceAppView: {
+            app: string;
+            /**
+             * Format: int64
+             * @description The live release, if any.
+             */
+            current: number | null;
+            current_dir: string | null;
+            /** @description Releases kept on the device (a rollback can return to these). */
+            kept: number[];
+            unit: string;
+        };
+        /** @description A device's apps and its rollouts, newest first. */
+        DeviceApps: {
+            /** @description Unknown (null) until the agent reports them (agents older than deployments never do). */
+            apps: components["schemas"]["DeviceAppView"][] | null;
+            /** Format: int64 */
+            apps_at: number | null;
+            rollouts: components["schemas"]["DeviceRolloutView"][];
+        };
         /** @description What the device's local allowlist lets commands do, as the agent reported it. */
         DeviceCapabilities: {
             /** @description Units whose journal may be tailed. */
@@ -1177,6 +1367,22 @@ export interface components {
              * @description Devices matching the filters, over all pages.
              */
             total: number;
+        };
+        /** @description The device's part in one rollout. */
+        DeviceRolloutView: {
+            app: string;
+            /** Format: int64 */
+            finished_at: number | null;
+            journal: string | null;
+            reason: string | null;
+            /** Format: int64 */
+            release: number;
+            /** Format: int64 */
+            rollout_id: number;
+            /** @description The device's state in it. */
+            state: string;
+            /** @description The rollout's status. */
+            status: string;
         };
         /**
          * @description A device's state: revoked wins over the connection state.
@@ -1458,6 +1664,28 @@ export interface components {
              */
             ttl_s?: number | null;
         };
+        /**
+         * @description A rollout to create: the release (by id, or the newest of an app), the devices (by id
+         *     or by label selector: exactly one), and the settings (defaults for what is left out).
+         */
+        NewRollout: {
+            /** @description …or the newest release of this app. */
+            app?: string | null;
+            /** @description Device ids (1–1000). */
+            devices?: string[] | null;
+            /** @description Only show which devices would take part (nothing is stored). */
+            preview?: boolean;
+            /**
+             * Format: int64
+             * @description The release to roll out.
+             */
+            release_id?: number | null;
+            /** @description Every unrevoked device whose labels include all of these. */
+            selector?: {
+                [key: string]: string;
+            } | null;
+            settings?: components["schemas"]["RolloutSettingsBody"];
+        };
         NewUser: {
             /** @description 1-64 of a-z 0-9 . _ - starting with a letter or digit. */
             name: string;
@@ -1472,6 +1700,15 @@ export interface components {
             current_password: string;
             /** @description At least 12 characters and not easily guessed (zxcvbn score 3 or more). */
             new_password: string;
+        };
+        /** @description A device of a rollout plan (a preview, or a rollout just created). */
+        PlannedDeviceView: {
+            /** Format: int64 */
+            current_release: number | null;
+            device: string;
+            /** @description Why it cannot take the release; absent when it can. */
+            incompatible: string | null;
+            revertible: boolean;
         };
         /** @description The problem document, as served (`application/problem+json`). */
         ProblemDoc: {
@@ -1537,6 +1774,145 @@ export interface components {
          * @enum {string}
          */
         Role: "viewer" | "operator" | "admin";
+        /** @description A rollout in full. */
+        RolloutDetail: {
+            batches: components["schemas"]["BatchView"][];
+            devices: components["schemas"]["RolloutDeviceView"][];
+            /** @description The targets as asked: device ids, or a label selector. */
+            devices_asked: string[] | null;
+            events: components["schemas"]["RolloutEventView"][];
+            rollout: components["schemas"]["RolloutSummary"];
+            selector: {
+                [key: string]: string;
+            } | null;
+            settings: components["schemas"]["RolloutSettingsBody"];
+        };
+        /** @description One device of a rollout. */
+        RolloutDeviceView: {
+            /** Format: int64 */
+            batch: number;
+            /** Format: int64 */
+            bytes: number | null;
+            /** @description The latest deploy or revert command. */
+            command_id: string | null;
+            device: string;
+            /** Format: int64 */
+            finished_at: number | null;
+            /** @description The unit's last journal lines, after a failure. */
+            journal: string | null;
+            /** @description Latest progress: downloading or installing, with archive bytes so far. */
+            phase: string | null;
+            /**
+             * Format: int64
+             * @description The release the device ran before.
+             */
+            previous_release: number | null;
+            /** Format: int64 */
+            queued_at: number | null;
+            /** @description Why it ended as it did (a failure, a deadline, incompatibility). */
+            reason: string | null;
+            /** Format: int64 */
+            started_at: number | null;
+            state: string;
+            /** Format: int64 */
+            total: number | null;
+        };
+        /** @description A line of a rollout's history. */
+        RolloutEventView: {
+            actor: string;
+            /** Format: int64 */
+            at: number;
+            text: string;
+        };
+        /**
+         * @description A rollout's settings. In a request every field is optional (the default applies);
+         *     in a response every field is set.
+         */
+        RolloutSettingsBody: {
+            /**
+             * Format: int32
+             * @description Pause when failures reach this share of results (default 20)…
+             */
+            abort_failure_pct?: number | null;
+            /**
+             * Format: int32
+             * @description …once this many devices have a result (default 10).
+             */
+            abort_min_results?: number | null;
+            /**
+             * Format: int32
+             * @description Seconds a batch waits after its last device finished (default 0).
+             */
+            bake_s?: number | null;
+            /**
+             * @description Cumulative share of the devices reached after each later batch, in percent:
+             *     increasing, the last 100 (default [10, 50, 100]).
+             */
+            batches?: number[] | null;
+            /**
+             * Format: int32
+             * @description Devices in the first batch (0 = no canary; default 1).
+             */
+            canary?: number | null;
+            /**
+             * Format: int32
+             * @description Seconds a device has to start downloading (default 86400); then `unreachable`.
+             */
+            delivery_deadline_s?: number | null;
+            /**
+             * Format: int32
+             * @description Seconds from the download's start to a result (default 1800); then `timed_out`.
+             */
+            install_deadline_s?: number | null;
+            /** @description Deploys go out only inside this window, e.g. `mon-fri 02:00-05:00 UTC+01:00`. */
+            maintenance_window?: string | null;
+            /**
+             * Format: int32
+             * @description Most devices queued or downloading at once (0 = no cap; default 50).
+             */
+            max_concurrent_downloads?: number | null;
+            /**
+             * Format: int32
+             * @description A batch passes when at least this share of its results is healthy (default 100).
+             */
+            success_threshold_pct?: number | null;
+        };
+        /** @description A rollout in a list. */
+        RolloutSummary: {
+            app: string;
+            /** @description The approval request it waits for or waited for. */
+            approval_id: string | null;
+            /**
+             * Format: int64
+             * @description The current batch, counting from 0 (the canary).
+             */
+            batch: number;
+            /** @description "batch 2 (10 %)". */
+            batch_label: string;
+            /** @description Devices by state. */
+            counts: {
+                [key: string]: number;
+            };
+            /** Format: int64 */
+            created_at: number;
+            created_by: string;
+            /** Format: int64 */
+            devices: number;
+            /** Format: int64 */
+            id: number;
+            /** @description operator, batch_failed, no_results or abort_rule, while paused. */
+            pause_cause: string | null;
+            /** @description The latest change, in words. */
+            reason: string | null;
+            /** Format: int64 */
+            release: number;
+            /** Format: int64 */
+            release_id: number;
+            /** @description draft, awaiting_approval, running, paused, completed or aborted. */
+            status: string;
+            /** Format: int64 */
+            updated_at: number;
+        };
         /** @description A script a command may run, with the arguments it may be given. */
         ScriptCapability: {
             allowed_args: string[];
@@ -2593,6 +2969,38 @@ export interface operations {
             };
         };
     };
+    device_apps: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Device id: 3–63 of a-z 0-9 and `-`, not starting or ending with `-`. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The device's apps and rollouts */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeviceApps"];
+                };
+            };
+            /** @description Invalid id, unknown device, or not permitted */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
     device_history: {
         parameters: {
             query?: {
@@ -3266,6 +3674,249 @@ export interface operations {
                 content?: never;
             };
             /** @description No such release (404), used by a rollout (409), or not permitted */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    list_rollouts: {
+        parameters: {
+            query?: {
+                /**
+                 * @description Only rollouts in this state: draft, awaiting_approval, running, paused, completed
+                 *     or aborted.
+                 */
+                status?: string;
+                /** @description Only rollouts of this release. */
+                release_id?: number;
+                /** @description At most this many, newest first (1–500, default 100). */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Rollouts */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RolloutSummary"][];
+                };
+            };
+            /**
+             * @description Refused: invalid input, not signed in, not permitted, not found or in conflict; the
+             *     problem document says which and why.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    create_rollout: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NewRollout"];
+            };
+        };
+        responses: {
+            /** @description The preview: nothing stored */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CreatedRollout"];
+                };
+            };
+            /** @description Created: running, or waiting for approval */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CreatedRollout"];
+                };
+            };
+            /** @description Invalid request (400), unknown release (404), no device can take it or nobody could approve it (409), or not permitted */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    show_rollout: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The rollout */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RolloutDetail"];
+                };
+            };
+            /** @description No such rollout, or not permitted */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    abort_rollout: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AbortRollout"];
+            };
+        };
+        responses: {
+            /** @description Aborted */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RolloutDetail"];
+                };
+            };
+            /** @description No such rollout (404), already finished (409), or not permitted */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    approve_rollout: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Approved and started */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RolloutDetail"];
+                };
+            };
+            /** @description Your own request or an API token (403), no such rollout (404), not waiting for approval (409), or not permitted */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    pause_rollout: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Paused */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RolloutDetail"];
+                };
+            };
+            /** @description No such rollout (404), not running (409), or not permitted */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    resume_rollout: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Running again */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RolloutDetail"];
+                };
+            };
+            /** @description No such rollout (404), not paused (409), or not permitted */
             "4XX": {
                 headers: {
                     [name: string]: unknown;
