@@ -135,10 +135,13 @@ fn to_op(p: &Publish) -> Result<Option<Routed>, Refusal> {
                 Some(Routed::Ingest(IngestOp::Services { device, states }))
             }
             // Progress only: the command's receipts carry its outcome.
-            v1::Event::Deploy(progress) => Some(Routed::Ingest(IngestOp::DeployProgress {
-                device,
-                progress,
-            })),
+            v1::Event::Deploy(p) => {
+                tracing::info!(device = %device, command = %p.command, app = %p.app, release = p.release, phase = p.phase.as_str(), bytes = p.bytes, total = p.total, "deploy progress");
+                Some(Routed::Ingest(IngestOp::DeployProgress {
+                    device,
+                    progress: p,
+                }))
+            }
             v1::Event::Apps(apps) => Some(Routed::Ingest(IngestOp::Apps { device, apps })),
             v1::Event::Watchdog(e) => {
                 tracing::warn!(device = %device, unit = %e.unit, kind = e.kind.as_str(), "watchdog event");
