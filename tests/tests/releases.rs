@@ -269,11 +269,91 @@ async fn releases_are_made_from_uploads_and_git_and_refused_when_unsafe() {
         3
     );
 
+    // The pipeline then starts a rollout of the newest release, over HTTPS too. The device
+    // is seeded with what its agent would report: it allowlists `web`.
+    let db = ctl.db_rw().await.unwrap();
+    sqlx::query(
+        "INSERT INTO devices (id, labels, enrolled_at, arch, apps) VALUES ('pi-ci', \
+         '{\"channel\":\"beta\"}', 1, 'aarch64', \
+         '[{\"app\":\"web\",\"unit\":\"web.service\",\"current\":null,\"current_dir\":null,\"kept\":[]}]')",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    let rollout = |token: &str, args: &[&str]| {
+        Command::new(bin("pifleet-controller").unwrap())
+            .arg("rollout")
+            .args(args)
+            .args(["--url", &url, "--ca-fingerprint", &fpr])
+            .env("PIFLEET_API_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let start = [
+        "create",
+        "--app",
+        "web",
+        "--label",
+        "channel=beta",
+        "--json",
+    ];
+    let out = rollout(&viewer, &start);
+    assert_eq!(
+        out.status.code(),
+        Some(77),
+        "a viewer cannot start one: {out:?}"
+    );
+    let out = rollout(&ci, &start);
+    assert!(out.status.success(), "{out:?}");
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["release"], 3, "{made}");
+    assert_eq!(made["rollout"]["rollout"]["status"], "running", "{made}");
+    assert_eq!(
+        made["rollout"]["rollout"]["created_by"], "token:ci",
+        "{made}"
+    );
+    assert_eq!(made["plan"][0]["device"], "pi-ci", "{made}");
+    let rollout_id = made["rollout"]["rollout"]["id"].as_i64().unwrap();
+    // The release it uses cannot be deleted while it runs.
+    let in_use = format!("/api/v1/releases/{}", made["release_id"]);
+    let r = api
+        .call(reqwest::Method::DELETE, &in_use, Some(&admin), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 409, "{}", r.text);
+    // Revoked, the token stops working at its next request.
+    let tokens = get(&api, &admin, "/api/v1/api-tokens").await;
+    let ci_id = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ci")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = rollout(&ci, &["show", &rollout_id.to_string()]);
+    assert!(out.status.success(), "{out:?}");
+    let r = api
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/api-tokens/{ci_id}"),
+            Some(&admin),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204, "{}", r.text);
+    let out = rollout(&ci, &["show", &rollout_id.to_string()]);
+    assert_eq!(out.status.code(), Some(77), "revoked: {out:?}");
+
     // Deleting is for admins.
     let id = r1["id"].as_i64().unwrap();
     let del = format!("/api/v1/releases/{id}");
+    let operator = token("ci2", "operator").await;
     let r = api
-        .call(reqwest::Method::DELETE, &del, Some(&ci), None)
+        .call(reqwest::Method::DELETE, &del, Some(&operator), None)
         .await
         .unwrap();
     assert_eq!(r.status, 403, "{}", r.text);
@@ -282,7 +362,7 @@ async fn releases_are_made_from_uploads_and_git_and_refused_when_unsafe() {
         .await
         .unwrap();
     assert_eq!(r.status, 204, "{}", r.text);
-    problem(&api.get(&del, Some(&ci)).await.unwrap(), 404, "deleted");
+    problem(&api.get(&del, Some(&admin)).await.unwrap(), 404, "deleted");
     let created = audit(&api, &admin, Some("release.create"), &[]).await;
     assert!(
         created
