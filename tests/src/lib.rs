@@ -15,3 +15,4 @@ pub mod logs;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod promkit;
+pub mod simkit;

@@ -17,14 +17,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use pifleet_agent::config::AgentConfig;
-use pifleet_agent::enroll::{EnrollOptions, enroll};
 use pifleet_controller::datadir::DataDir;
-use pifleet_controller::enroll::tokens;
 use pifleet_controller::store::Store;
 use pifleet_shared::proto::v1;
 use pifleet_shared::topic::Kind;
 use pifleet_shared::{Topic, codec};
 use pifleet_tests::mqtt;
+use pifleet_tests::simkit::{Responder, enroll_all};
 use rumqttc::{Event, Packet, QoS};
 use tokio::sync::Mutex;
 
@@ -168,63 +167,6 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-async fn enroll_all(
-    dd: &DataDir,
-    dir: &std::path::Path,
-    n: usize,
-    https_port: u16,
-) -> Result<Vec<AgentConfig>> {
-    std::fs::create_dir_all(dir)?;
-    let store = Store::open(&dd.database(), false).await?;
-    let mut out = Vec::with_capacity(n);
-    let mut pending = Vec::new();
-    for i in 0..n {
-        let id = format!("sim-{i:05}");
-        let config = dir.join(&id).join("agent.toml");
-        if config.exists() {
-            out.push(config);
-            continue;
-        }
-        let token = tokens::create_token(
-            dd,
-            &store,
-            600,
-            Duration::from_secs(600),
-            None,
-            &Default::default(),
-        )
-        .await?;
-        pending.push(EnrollOptions {
-            controller: format!("https://localhost:{https_port}"),
-            token: token.token.to_string(),
-            config: config.clone(),
-            device_id: Some(id),
-            interval_s: Some(10),
-            force: false,
-        });
-        out.push(config);
-    }
-    store.close().await;
-    for chunk in pending.chunks(32) {
-        let futs = chunk.iter().map(enroll);
-        for r in futures_join(futs).await {
-            r?;
-        }
-    }
-    out.iter()
-        .map(|p| AgentConfig::load(p).map_err(anyhow::Error::from))
-        .collect()
-}
-
-async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let handles: Vec<_> = futs.map(Box::pin).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await);
-    }
-    out
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn device(
     cfg: AgentConfig,
@@ -363,68 +305,6 @@ fn sample(seq: u64) -> v1::Sample {
         uptime_s: 86_400,
         spool_dropped: 0,
         spool_backlog: 0,
-    }
-}
-
-/// Answers commands like an agent with everything allowed: verifies the signature, target,
-/// expiry and replay exactly as the agent does, then returns a signed `Succeeded` receipt.
-struct Responder {
-    device: String,
-    keys: Vec<pifleet_shared::signing::TrustedKey>,
-    signer: pifleet_shared::signing::DeviceSigner,
-    seen: std::sync::Mutex<std::collections::HashSet<pifleet_shared::command::CommandId>>,
-    result_topic: String,
-}
-
-impl Responder {
-    fn new(cfg: &AgentConfig) -> Result<Self> {
-        use pifleet_shared::signing::{DeviceSigner, TrustedKey};
-        Ok(Self {
-            device: cfg.device_id.to_string(),
-            keys: vec![TrustedKey::from_pem(&std::fs::read_to_string(
-                &cfg.tls.command_key,
-            )?)?],
-            signer: DeviceSigner::from_pkcs8_pem(&std::fs::read_to_string(&cfg.tls.key)?)?,
-            seen: std::sync::Mutex::new(std::collections::HashSet::new()),
-            result_topic: Topic::new(cfg.device_id.clone(), Kind::Result).to_string(),
-        })
-    }
-
-    fn answer(&self, payload: &[u8]) -> Option<(String, Vec<u8>)> {
-        use pifleet_shared::command::{Outcome, Output, Receipt, SignedCommand};
-        use pifleet_shared::signing::{VerifyContext, verify_command};
-        let cmd: SignedCommand = codec::decode(Kind::Cmd, payload).ok()?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()?
-            .as_millis() as i64;
-        let mut seen = self.seen.lock().ok()?;
-        let ctx = VerifyContext {
-            keys: &self.keys,
-            device: &self.device,
-            now_ms: now,
-        };
-        let env = verify_command(&cmd, ctx, |id| seen.contains(id), |_| Ok(())).ok()?;
-        seen.insert(env.id);
-        let receipt = Receipt {
-            command: env.id,
-            device: self.device.clone(),
-            outcome: Outcome::Succeeded,
-            exit_code: Some(0),
-            duration_ms: 0,
-            stdout: Output {
-                data: b"pong".to_vec(),
-                len: 4,
-                sha256: vec![],
-            },
-            stderr: Output::default(),
-            at_ms: now,
-        };
-        let signed = self.signer.sign(&receipt).ok()?;
-        Some((
-            self.result_topic.clone(),
-            codec::encode(Kind::Result, &signed).ok()?,
-        ))
     }
 }
 
