@@ -10,3 +10,4 @@ pub mod labels;
 pub mod lifecycle;
 pub mod role;
 pub mod session;
+pub mod unit_events;

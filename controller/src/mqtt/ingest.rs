@@ -73,6 +73,12 @@ pub async fn route(
         };
         match to_op(&fwd.publish) {
             Ok(Some(Routed::Ingest(op))) => {
+                if let IngestOp::UnitEvent { event, .. } = &op {
+                    metrics
+                        .watchdog_events
+                        .with_label_values(&[event.kind.as_str()])
+                        .inc();
+                }
                 if queue.send(op).await.is_err() {
                     return Err(Fatal::msg("the ingest writer is gone"));
                 }
@@ -144,9 +150,12 @@ fn to_op(p: &Publish) -> Result<Option<Routed>, Refusal> {
                 tracing::info!(device = %device, apps = apps.len(), "apps reported");
                 None
             }
-            v1::Event::Watchdog(e) => {
-                tracing::warn!(device = %device, unit = %e.unit, kind = e.kind.as_str(), "watchdog event");
-                None
+            v1::Event::Watchdog(event) => {
+                if let Err(e) = pifleet_shared::command::validate_name(&event.unit) {
+                    return Err((Some(device), "invalid", format!("watchdog unit: {e}")));
+                }
+                tracing::warn!(device = %device, unit = %event.unit, kind = event.kind.as_str(), "watchdog event");
+                Some(Routed::Ingest(IngestOp::UnitEvent { device, event }))
             }
             v1::Event::GuardRollback(g) => {
                 tracing::warn!(device = %device, app = %g.app, release = g.release, reason = %g.reason, "release rolled back in its guard window");
@@ -263,7 +272,9 @@ pub async fn write(
             .filter(|op| {
                 matches!(
                     op,
-                    IngestOp::Capabilities { .. } | IngestOp::Services { .. }
+                    IngestOp::Capabilities { .. }
+                        | IngestOp::Services { .. }
+                        | IngestOp::UnitEvent { .. }
                 )
             })
             .map(|op| op.device().as_str().to_owned())

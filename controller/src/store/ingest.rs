@@ -1,6 +1,6 @@
 //! SQL of the ingest path: one transaction per batch of telemetry, hellos, capability and
-//! service reports and online changes (it spans `telemetry`, `devices` and `commands`), with
-//! spool-drop counting.
+//! service reports, watchdog events and online changes (it spans `telemetry`, `devices`,
+//! `unit_events` and `commands`), with spool-drop counting.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +33,11 @@ pub enum IngestOp {
         device: DeviceId,
         states: Vec<v1::ServiceState>,
     },
+    /// What the device's service watchdog noticed about a unit.
+    UnitEvent {
+        device: DeviceId,
+        event: v1::UnitEvent,
+    },
 }
 
 impl IngestOp {
@@ -43,7 +48,8 @@ impl IngestOp {
             | Self::Hello { device, .. }
             | Self::Online { device, .. }
             | Self::Capabilities { device, .. }
-            | Self::Services { device, .. } => device,
+            | Self::Services { device, .. }
+            | Self::UnitEvent { device, .. } => device,
         }
     }
 }
@@ -111,6 +117,9 @@ impl Store {
                         .bind(device.as_str())
                         .execute(&mut *tx)
                         .await?;
+                }
+                IngestOp::UnitEvent { device, event } => {
+                    super::unit_events::insert(&mut tx, device.as_str(), event, now).await?;
                 }
                 IngestOp::Online { device, online } => {
                     if *online {
