@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::apps::AppConfig;
 use crate::commands::CommandsConfig;
+use crate::watchdog::WatchdogSection;
 
 /// Configuration errors (exit code 64).
 pub use pifleet_io::toml_file::ConfigError;
@@ -39,6 +40,10 @@ pub struct AgentConfig {
     /// The apps this device may deploy, by name (`[apps.NAME]`); none by default.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub apps: BTreeMap<String, AppConfig>,
+    /// The service watchdog and the guard window after a deploy (on by default). Not
+    /// written by `enroll`: its defaults apply until an administrator adds the section.
+    #[serde(default, skip_serializing)]
+    pub watchdog: WatchdogSection,
 }
 
 /// Where the controller is.
@@ -198,6 +203,7 @@ impl AgentConfig {
         }
         p.extend(self.commands.problems());
         p.extend(crate::apps::config::problems(&self.apps));
+        p.extend(self.watchdog.problems());
         p
     }
 

@@ -184,6 +184,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
         commands: Default::default(),
         apps: Default::default(),
         metrics: None,
+        watchdog: Default::default(),
     };
     let text = toml::to_string_pretty(&cfg).map_err(|e| EnrollError::BadResponse(e.to_string()))?;
     let text = format!(

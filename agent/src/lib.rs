@@ -3,6 +3,7 @@
 
 pub mod apps;
 pub mod backoff;
+pub mod cli;
 pub mod collect;
 pub mod commands;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod deploy;
 pub mod enroll;
 pub mod https;
 pub mod metrics;
+pub mod notify;
 pub mod release_keys;
 pub mod run;
 pub mod services;

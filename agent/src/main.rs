@@ -1,10 +1,9 @@
 //! `pifleet-agent`: argument parsing and exit codes; the work is in the library.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use pifleet_agent::cli::{self, Cli};
 use pifleet_agent::config::AgentConfig;
 use pifleet_agent::enroll::{self, EnrollOptions};
 use pifleet_agent::run;
@@ -12,46 +11,29 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
-#[derive(Parser)]
-#[command(name = "pifleet-agent", version, about = "pifleet device agent")]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Enroll this device with a controller using a one-time token.
-    Enroll {
-        /// Controller URL, e.g. https://controller.example:8443
-        #[arg(long)]
-        controller: String,
-        /// The token printed by `pifleet-controller token create`.
-        #[arg(long, env = "PIFLEET_TOKEN", hide_env_values = true)]
-        token: String,
-        #[arg(long, default_value = "/etc/pifleet/agent.toml")]
-        config: PathBuf,
-        /// Proposed device id (default: derived from the hostname).
-        #[arg(long)]
-        device_id: Option<String>,
-        /// Telemetry interval in seconds written to the config.
-        #[arg(long)]
-        interval: Option<u32>,
-        /// Replace an existing enrollment.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Run the agent.
-    Run {
-        #[arg(long, default_value = "/etc/pifleet/agent.toml")]
-        config: PathBuf,
-    },
-}
-
 const EX_USAGE: u8 = 64;
+/// A command line that does not parse.
+const EX_ARGS: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match cli::parse(
+        std::env::args_os().skip(1).collect(),
+        std::env::var("PIFLEET_TOKEN").ok(),
+    ) {
+        Ok(Cli::Help) => {
+            print!("{}", cli::HELP);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Cli::Version) => {
+            println!("pifleet-agent {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}\n\n{}", cli::HELP);
+            return ExitCode::from(EX_ARGS);
+        }
+    };
     // Everything we create (keys, database, spool) is private to this user.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     // `RUST_LOG` in the `level,target=level` form; `Targets` needs no regex engine, which
@@ -79,8 +61,9 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async {
-        match cli.cmd {
-            Cmd::Enroll {
+        match cli {
+            Cli::Help | Cli::Version => ExitCode::SUCCESS,
+            Cli::Enroll {
                 controller,
                 token,
                 config,
@@ -114,7 +97,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Cmd::Run { config } => {
+            Cli::Run { config } => {
                 let cfg = match AgentConfig::load(&config) {
                     Ok(c) => c,
                     Err(e) => {

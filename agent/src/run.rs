@@ -29,10 +29,12 @@ use crate::config::AgentConfig;
 use crate::deploy::{self, Deploys};
 use crate::https::{Endpoint, HttpsError};
 use crate::metrics::{self, Exporter};
+use crate::notify::Notifier;
 use crate::release_keys::{KeysError, ReleaseKeys};
 use crate::services;
 use crate::spool::{Spool, SpoolConfig, SpoolError};
 use crate::tls;
+use crate::watchdog;
 
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
@@ -137,15 +139,18 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
     eventloop.set_network_options(net);
     let (interval_tx, mut interval_rx) = watch::channel(cfg.telemetry.interval_s);
     let event_topic = Topic::new(id.clone(), Kind::Event).to_string();
-    command_settings.deploys = Some(Arc::new(Deploys::new(
+    let events: Arc<MqttSink> = Arc::new(MqttSink {
+        client: client.clone(),
+        topic: event_topic.clone(),
+    });
+    let deploys = Arc::new(Deploys::new(
         deployer,
         release_keys,
         controller,
-        Arc::new(MqttSink {
-            client: client.clone(),
-            topic: event_topic.clone(),
-        }),
-    )));
+        events.clone(),
+    ));
+    let mut apps_changed = deploys.changes();
+    command_settings.deploys = Some(deploys.clone());
     let commands = Commands::start(
         command_settings,
         Arc::new(MqttSink {
@@ -167,6 +172,19 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
         services_tx,
         shutdown.clone(),
     ));
+
+    let watchdog = watchdog::Settings::from_config(&cfg).map(|settings| {
+        let systemd = Systemctl::new(Limits::from_config(&cfg.commands));
+        let task = watchdog::run(
+            settings,
+            systemd,
+            Some(deploys.clone()),
+            events,
+            shutdown.clone(),
+        );
+        // Boxed: the task's state machine stays out of this one's.
+        tokio::spawn(Box::pin(task))
+    });
 
     let (ev_tx, mut ev_rx) = mpsc::channel::<LinkEvent>(256);
     let backoff_max = Duration::from_secs(cfg.mqtt.backoff_max_s);
@@ -220,6 +238,14 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
     sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     tracing::info!(device = %id, host = %cfg.controller.mqtt_host, port = cfg.controller.mqtt_port, backlog = spool.backlog(), "agent started");
+    // systemd (Type=notify) learns the agent is up, and gets a ping from this loop at half
+    // its WatchdogSec: a loop that hangs is restarted.
+    let notifier = Notifier::from_env();
+    let ping_every = notifier.as_ref().and_then(Notifier::ping_every);
+    if let Some(n) = &notifier {
+        n.send("READY=1");
+    }
+    let mut last_ping = Instant::now();
 
     loop {
         tokio::select! {
@@ -236,6 +262,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
                     if let Some(states) = services_rx.borrow_and_update().clone() {
                         let _ = client.try_publish(&event_topic, QoS::AtLeastOnce, false, codec::encode(Kind::Event, &v1::Event::Services(states))?);
                     }
+                    apps_changed.mark_unchanged();
+                    report_apps(&deploys, &client, &event_topic);
                     drain = Some(Drain { cursor: spool.acked_floor(), live_from: None });
                     last_progress = Instant::now();
                     commands.set_connected(true);
@@ -277,6 +305,11 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
                     let _ = client.try_publish(&event_topic, QoS::AtLeastOnce, false, codec::encode(Kind::Event, &v1::Event::Services(states))?);
                 }
             }
+            Ok(()) = apps_changed.changed() => {
+                if connected {
+                    report_apps(&deploys, &client, &event_topic);
+                }
+            }
             Ok(()) = interval_rx.changed() => {
                 let seconds = *interval_rx.borrow_and_update();
                 let period = Duration::from_secs(u64::from(seconds.max(1)));
@@ -291,7 +324,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
                 if dropped > 0 {
                     tracing::warn!(dropped, "spool full: oldest samples dropped");
                 }
-                let sample = collector.sample(seq, now_ms(), dropped, spool.backlog());
+                let sample = collector.sample(seq, crate::commands::clock_ms(), dropped, spool.backlog());
                 spool.append(&sample)?;
                 if let Some(e) = &exporter {
                     e.publish(&sample);
@@ -309,6 +342,12 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
                 }
             }
             _ = housekeeping.tick() => {
+                if let (Some(n), Some(every)) = (&notifier, ping_every)
+                    && last_ping.elapsed() >= every
+                {
+                    n.send("WATCHDOG=1");
+                    last_ping = Instant::now();
+                }
                 spool.maybe_sync()?;
                 let floor = spool.acked_floor();
                 if floor != last_floor {
@@ -352,8 +391,21 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
         e.stop().await;
     }
     commands.join().await;
+    if let Some(task) = watchdog {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
     spool.close()?;
     Ok(())
+}
+
+/// Publishes the apps and their releases (`Event::Apps`); dropped if the link cannot take it.
+fn report_apps(deploys: &Deploys, client: &AsyncClient, topic: &str) {
+    match codec::encode(Kind::Event, &v1::Event::Apps(deploys.app_states())) {
+        Ok(payload) => {
+            let _ = client.try_publish(topic, QoS::AtLeastOnce, false, payload);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot encode the apps report"),
+    }
 }
 
 /// Starts the local `/metrics` listener. A port that cannot be bound must not stop the agent's
@@ -408,11 +460,4 @@ fn drain_step(
         d.cursor = last;
     }
     Ok(false)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }

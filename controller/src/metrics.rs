@@ -33,6 +33,7 @@ pub struct Metrics {
     pub auth_busy: IntCounter,
     pub command_roundtrip_seconds: Histogram,
     pub agent_spool_dropped: IntCounter,
+    pub watchdog_events: IntCounterVec,
     pub https_refused: IntCounterVec,
     pub https_connections: IntGauge,
     pub https_preauth_connections: IntGauge,
@@ -137,6 +138,14 @@ impl Metrics {
                 "auth_busy_total",
                 "Sign-ins and password changes refused with 503 because the argon2 queue was full",
             )?,
+            watchdog_events: IntCounterVec::new(
+                Opts::new(
+                    "watchdog_events_total",
+                    "Events the devices' service watchdogs reported, by kind (crash_loop, \
+                     flapping, gave_up, starting, budget_spent, recovered)",
+                ),
+                &["kind"],
+            )?,
             agent_spool_dropped: IntCounter::new(
                 "agent_spool_dropped_total",
                 "Samples the devices' full spools dropped (oldest first), as they reported",
@@ -227,6 +236,18 @@ impl Metrics {
         r.register(Box::new(m.auth_busy.clone()))?;
         r.register(Box::new(m.command_roundtrip_seconds.clone()))?;
         r.register(Box::new(m.agent_spool_dropped.clone()))?;
+        r.register(Box::new(m.watchdog_events.clone()))?;
+        // Served at 0 from the start, so rates and alerts see every kind.
+        for kind in [
+            "crash_loop",
+            "flapping",
+            "gave_up",
+            "starting",
+            "budget_spent",
+            "recovered",
+        ] {
+            m.watchdog_events.with_label_values(&[kind]);
+        }
         r.register(Box::new(m.https_refused.clone()))?;
         r.register(Box::new(m.https_connections.clone()))?;
         r.register(Box::new(m.https_preauth_connections.clone()))?;

@@ -54,6 +54,8 @@ const METRICS: &[&str] = &[
     "pifleet_device_spool_backlog_samples",
     "pifleet_device_spool_dropped_total",
     "pifleet_device_certificate_expiry_timestamp_seconds",
+    "pifleet_device_units_crash_looping",
+    "pifleet_watchdog_events_total",
 ];
 
 /// Histograms: queried through their `_bucket`, `_sum` and `_count` series.

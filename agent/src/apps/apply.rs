@@ -9,7 +9,7 @@ use pifleet_shared::release::{Manifest, Probe};
 
 use super::health::{self, Gate, Prober};
 use super::hooks;
-use super::journal::{AppState, Check, Phase};
+use super::journal::{AppState, Check, Guard, Phase};
 use super::layout::{KEEP, Layout};
 use super::unpack::unpack;
 use super::verify::verify_release;
@@ -29,6 +29,8 @@ struct Candidate<'a> {
     dir: String,
     previous: Option<String>,
     ids: Option<(u32, u32)>,
+    /// An install (guarded once committed) rather than a rollback.
+    install: bool,
 }
 
 /// A release to undo: it failed (`reason`) after `current` was switched to it.
@@ -159,6 +161,7 @@ impl<S: Systemd> Deployer<S> {
             });
         }
         layout.ensure(ids)?;
+        let install = archive.is_some();
         let manifest = Arc::new(manifest);
         match archive {
             None => {
@@ -210,6 +213,7 @@ impl<S: Systemd> Deployer<S> {
             dir,
             previous,
             ids,
+            install,
         };
         self.pre_start(&candidate, &mut state).await?;
         self.go_live(&candidate, state).await
@@ -251,6 +255,8 @@ impl<S: Systemd> Deployer<S> {
             previous: c.previous.clone(),
             check,
         };
+        // Whatever was under guard is live no more.
+        state.guard = None;
         self.store.save(c.app, &state)?;
         self.step(Step::Switching)?;
         if let Some(reason) = self.switch_and_gate(c).await? {
@@ -267,6 +273,13 @@ impl<S: Systemd> Deployer<S> {
         state.phase = Phase::Committed {
             current: Some(c.dir.clone()),
         };
+        state.guard = c.install.then(|| Guard {
+            release: m.release,
+            dir: c.dir.clone(),
+            previous: c.previous.clone(),
+            check,
+            committed_at_ms: crate::commands::clock_ms(),
+        });
         self.store.save(c.app, &state)?;
         let protect: Vec<&str> = [Some(c.dir.as_str()), c.previous.as_deref()]
             .into_iter()
@@ -356,6 +369,7 @@ impl<S: Systemd> Deployer<S> {
             check: undo.check,
             reason: undo.reason.clone(),
         };
+        state.guard = None;
         self.store.save(app, &state)?;
         self.step(Step::RollingBack)?;
         let start_timeout = secs(undo.check.start_timeout_s);

@@ -12,6 +12,8 @@
 //! probe = ["bin/check"]         # optional, for releases whose health probe is a command
 //! hook_timeout_s = 300          # per hook or probe run; killed beyond it
 //! reserve_bytes = 67108864      # free space left over after unpacking (64 MiB)
+//! guard_window_s = 1800         # watch a committed deploy this long (0: no guard window);
+//!                               # [watchdog] guard_restarts within guard_span_s roll it back
 //! ```
 //!
 //! Hooks and probes are argv arrays, never a shell. Their program is an absolute path, or a
@@ -59,6 +61,17 @@ pub struct AppConfig {
     /// and unpacked sizes.
     #[serde(default = "default_reserve_bytes")]
     pub reserve_bytes: u64,
+    /// Seconds a committed deploy stays under guard: if its unit crash-loops meanwhile
+    /// (`[watchdog] guard_restarts` within `guard_span_s`) it is rolled back. 0: no guard.
+    #[serde(default = "default_guard_window_s")]
+    pub guard_window_s: u64,
+}
+
+/// The guard window unless the app's section says otherwise (30 minutes).
+pub const DEFAULT_GUARD_WINDOW_S: u64 = 1800;
+
+fn default_guard_window_s() -> u64 {
+    DEFAULT_GUARD_WINDOW_S
 }
 
 fn default_hook_timeout_s() -> u64 {
@@ -130,6 +143,9 @@ pub fn problems(apps: &BTreeMap<String, AppConfig>) -> Vec<String> {
         if !(1..=86_400).contains(&app.hook_timeout_s) {
             p.push(format!("apps.{name}.hook_timeout_s must be 1..=86400"));
         }
+        if app.guard_window_s > 604_800 {
+            p.push(format!("apps.{name}.guard_window_s must be 0..=604800"));
+        }
     }
     p
 }
@@ -183,6 +199,7 @@ mod tests {
             probe: Some(vec!["/usr/local/bin/check".into()]),
             hook_timeout_s: 300,
             reserve_bytes: DEFAULT_RESERVE_BYTES,
+            guard_window_s: DEFAULT_GUARD_WINDOW_S,
         }
     }
 
@@ -192,6 +209,7 @@ mod tests {
         assert_eq!(a.dir("web"), PathBuf::from("/var/lib/pifleet/apps/web"));
         assert_eq!(a.hook_timeout_s, 300);
         assert_eq!(a.reserve_bytes, DEFAULT_RESERVE_BYTES);
+        assert_eq!(a.guard_window_s, 1800);
         assert_eq!(a.hook("pre_start"), None);
         let b = app();
         assert_eq!(b.hook("pre_start").unwrap()[0], "bin/migrate");
@@ -268,6 +286,14 @@ mod tests {
                     ..app()
                 },
                 "apps.web.hook_timeout_s must be 1..=86400",
+            ),
+            (
+                "web",
+                AppConfig {
+                    guard_window_s: 604_801,
+                    ..app()
+                },
+                "apps.web.guard_window_s must be 0..=604800",
             ),
         ];
         for (name, cfg, want) in table {

@@ -85,6 +85,12 @@ pub trait Systemd: Send + Sync {
         unit: &str,
         timeout: Duration,
     ) -> impl Future<Output = Result<(), SystemdError>> + Send;
+    /// Asks systemd to start `unit` without waiting for the job (at most `timeout` to ask).
+    fn start(
+        &self,
+        unit: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), SystemdError>> + Send;
     /// Stops `unit` (at most `timeout`).
     fn stop(
         &self,
@@ -150,17 +156,37 @@ impl Systemctl {
     }
 }
 
-impl Systemd for Systemctl {
-    async fn restart(&self, unit: &str, timeout: Duration) -> Result<(), SystemdError> {
-        self.run("systemctl", &["restart", "--", unit], Some(timeout))
+impl Systemctl {
+    /// `systemctl <verb> -- <unit>`, waiting at most `timeout`.
+    async fn unit_job(
+        &self,
+        verb: &str,
+        unit: &str,
+        timeout: Duration,
+    ) -> Result<(), SystemdError> {
+        self.run("systemctl", &[verb, "--", unit], Some(timeout))
             .await
             .map(drop)
     }
+}
+
+impl Systemd for Systemctl {
+    async fn restart(&self, unit: &str, timeout: Duration) -> Result<(), SystemdError> {
+        self.unit_job("restart", unit, timeout).await
+    }
+
+    async fn start(&self, unit: &str, timeout: Duration) -> Result<(), SystemdError> {
+        self.run(
+            "systemctl",
+            &["start", "--no-block", "--", unit],
+            Some(timeout),
+        )
+        .await
+        .map(drop)
+    }
 
     async fn stop(&self, unit: &str, timeout: Duration) -> Result<(), SystemdError> {
-        self.run("systemctl", &["stop", "--", unit], Some(timeout))
-            .await
-            .map(drop)
+        self.unit_job("stop", unit, timeout).await
     }
 
     async fn show(&self, unit: &str) -> Result<UnitStatus, SystemdError> {

@@ -48,6 +48,24 @@ pub struct AppState {
     pub failed: Vec<String>,
     /// Where the last apply stands.
     pub phase: Phase,
+    /// The last install that committed, while its guard window may be open: the watchdog
+    /// rolls it back if it crash-loops within the window. Kept here so that a restarted
+    /// agent resumes the window; cleared by the next apply and by a rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<Guard>,
+}
+
+/// A committed install under guard: what a guard rollback needs to undo it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Guard {
+    pub release: u64,
+    pub dir: String,
+    /// The release to go back to (`None`: the first install, whose rollback stops the unit).
+    pub previous: Option<String>,
+    pub check: Check,
+    /// When it committed (Unix ms, the device's clock).
+    pub committed_at_ms: i64,
 }
 
 /// The step an apply reached. Written before the step is taken, as
@@ -173,6 +191,16 @@ mod tests {
         let mut state = AppState {
             committed: 7,
             failed: vec![],
+            guard: Some(Guard {
+                release: 7,
+                dir: "7-01234567".into(),
+                previous: None,
+                check: Check {
+                    start_timeout_s: 5,
+                    soak_s: 10,
+                },
+                committed_at_ms: 1_700_000_000_000,
+            }),
             phase: Phase::Switched {
                 release: 8,
                 dir: "8-abcdef01".into(),
@@ -190,6 +218,10 @@ mod tests {
         assert_eq!(state.failed, ["6-aaaaaaaa"]);
         let text = std::fs::read_to_string(tmp.path().join("apps/web.json")).unwrap();
         assert!(text.contains("\"switched\": {"), "{text}");
+        // State written before guard windows existed still reads.
+        let old = r#"{"committed": 3, "failed": [], "phase": {"committed": {"current": null}}}"#;
+        std::fs::write(tmp.path().join("apps/web.json"), old).unwrap();
+        assert_eq!(store.load("web").unwrap().guard, None);
     }
 
     #[test]

@@ -212,11 +212,7 @@ impl Layout {
     /// Keeps the `keep` newest releases and every one in `protect`; removes the others.
     /// Returns the releases removed.
     pub fn prune(&self, keep: usize, protect: &[&str]) -> Result<Vec<String>, LayoutError> {
-        let mut releases: Vec<(u64, String)> = self
-            .list_releases_dir()?
-            .into_iter()
-            .filter_map(|n| release_of(&n).map(|r| (r, n)))
-            .collect();
+        let mut releases = numbered(self.list_releases_dir()?);
         releases.sort_unstable_by(|a, b| b.cmp(a));
         let mut removed = Vec::new();
         for (_, name) in releases.into_iter().skip(keep) {
@@ -226,6 +222,12 @@ impl Layout {
             }
         }
         Ok(removed)
+    }
+
+    /// The releases in `releases/` (number and directory name), in no order; none when the
+    /// directory cannot be read.
+    pub fn kept(&self) -> Vec<(u64, String)> {
+        numbered(self.list_releases_dir().unwrap_or_default())
     }
 
     /// Fails unless the app's file system has `need` bytes available to the agent.
@@ -259,6 +261,14 @@ impl Layout {
         }
         Ok(names)
     }
+}
+
+/// The release directories among `names`, with their numbers.
+fn numbered(names: Vec<String>) -> Vec<(u64, String)> {
+    names
+        .into_iter()
+        .filter_map(|n| release_of(&n).map(|r| (r, n)))
+        .collect()
 }
 
 /// Creates `dir` and its missing parents with mode 0755; returns whether `dir` was created.

@@ -37,7 +37,9 @@ pub mod unpack;
 pub mod verify;
 
 mod apply;
+mod guard;
 mod recover;
+mod report;
 
 #[cfg(test)]
 mod tests;

@@ -489,7 +489,7 @@ impl Ctx {
 }
 
 /// The device clock, Unix ms.
-fn clock_ms() -> i64 {
+pub fn clock_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -17,6 +17,7 @@
 //! Progress goes out as `event` messages; the outcome is the command's receipt.
 
 pub mod fetch;
+mod guard;
 
 use std::sync::{Arc, Mutex};
 
@@ -91,6 +92,9 @@ pub struct Deploys {
     events: Arc<dyn Sink>,
     machine: String,
     busy: Arc<Mutex<Vec<String>>>,
+    /// Bumped whenever an app's releases may have changed (a release command ran, a guard
+    /// rollback): the agent reports its apps again.
+    changed: tokio::sync::watch::Sender<()>,
 }
 
 impl std::fmt::Debug for Deploys {
@@ -117,7 +121,18 @@ impl Deploys {
             events,
             machine: machine(),
             busy: Arc::default(),
+            changed: tokio::sync::watch::Sender::new(()),
         }
+    }
+
+    /// Changes when an app's releases may have changed.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+
+    /// The allowlisted apps and their releases, as on disk now.
+    pub fn app_states(&self) -> Vec<pifleet_shared::proto::v1::AppState> {
+        self.deployer.app_states()
     }
 
     /// The deployable apps.
@@ -193,6 +208,11 @@ impl Deploys {
         })
     }
 
+    /// Whether a release command (or a guard rollback) holds `app` now.
+    pub fn busy(&self, app: &str) -> bool {
+        lock(&self.busy).iter().any(|a| a == app)
+    }
+
     fn claim(&self, app: &str) -> Result<Claim, NotAccepted> {
         let mut busy = lock(&self.busy);
         if busy.iter().any(|a| a == app) {
@@ -209,6 +229,12 @@ impl Deploys {
 
     /// Carries out an accepted, prepared release command.
     pub async fn run(&self, id: CommandId, p: Prepared) -> Done {
+        let done = self.run_prepared(id, p).await;
+        self.changed.send_replace(());
+        done
+    }
+
+    async fn run_prepared(&self, id: CommandId, p: Prepared) -> Done {
         let m = &p.manifest;
         if p.already_current {
             return Done::Succeeded(format!(
@@ -314,11 +340,16 @@ impl Deploys {
             bytes,
             total,
         });
-        match codec::encode(Kind::Event, &ev) {
+        self.send(&ev);
+    }
+
+    /// Sends an event on `up/event`; dropped when the link cannot take it.
+    fn send(&self, ev: &Event) {
+        match codec::encode(Kind::Event, ev) {
             Ok(payload) => {
                 let _ = self.events.try_send(payload);
             }
-            Err(e) => tracing::warn!(error = %e, "cannot encode a progress event"),
+            Err(e) => tracing::warn!(error = %e, "cannot encode an event"),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Devices: the fleet list with each device's latest sample, one device in full, its latest
-//! sample, downsampled history, labels and revocation. Input is validated here (400, never
+//! sample, downsampled history, watchdog events, labels and revocation. Input is validated here (400, never
 //! a database error); the SQL is in `store/devices/` and `store/telemetry.rs`; labels and
 //! revocation run the same code as the CLI ([`crate::pki::revoke_device`]).
 
@@ -19,6 +19,7 @@ use crate::model::devices::{
     HistoryPlan, SortOrder, TelemetrySample,
 };
 use crate::model::labels::{self, Labels};
+use crate::model::unit_events::UnitEvents;
 use crate::store::{RevokeOutcome, now_ms};
 
 /// Longest `q` search text.
@@ -210,6 +211,36 @@ pub async fn telemetry(
         .await?
         .map(axum::Json)
         .ok_or_else(|| Problem::not_found(format!("device {id} has sent no telemetry yet")))
+}
+
+/// Watchdog events shown per device (newest first).
+const UNIT_EVENTS_SHOWN: i64 = 100;
+
+/// The device's newest watchdog events (crash loops, flapping, systemd giving up on a unit,
+/// the watchdog's starts, recoveries) and the units crash-looping now.
+#[utoipa::path(
+    get,
+    operation_id = "device_unit_events",
+    path = "/api/v1/devices/{id}/unit-events",
+    tag = "devices",
+    params(DevicePath),
+    responses(
+        (status = 200, description = "Newest first, at most 100", body = UnitEvents),
+        (status = "4XX", description = "Invalid id, unknown device or not permitted", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+pub async fn unit_events(
+    State(st): State<AppState>,
+    Path(DevicePath { id }): Path<DevicePath>,
+) -> Result<axum::Json<UnitEvents>, Problem> {
+    if st.store.device(id.as_str()).await?.is_none() {
+        return Err(no_device(id.as_str()));
+    }
+    let events = st
+        .store
+        .unit_events(id.as_str(), UNIT_EVENTS_SHOWN, now_ms())
+        .await?;
+    Ok(axum::Json(events))
 }
 
 /// Downsampled history of one device: aggregates per time bucket, by device time.

@@ -4,8 +4,8 @@
 //! - `GET /metrics/devices/{id}`: one device's latest sample as gauges with stable names
 //!   and units. A device that is offline or whose newest sample is older than
 //!   `metrics.stale_after_s` is *stale*: only `pifleet_device_up 0`, its last-seen time, its
-//!   certificate expiry and its spool-drop counter are served, never old values dressed up
-//!   as current.
+//!   certificate expiry, its spool-drop counter and its count of crash-looping units (from
+//!   the watchdog's events) are served, never old values dressed up as current.
 //! - `GET /api/v1/prometheus/sd`: HTTP service discovery, one target per enrolled device.
 //!
 //! All three take the scrape token (`Authorization: Bearer <scrape.token>`), a client
@@ -119,6 +119,14 @@ pub async fn device(
         "Samples the device's full spool dropped (oldest first), ever",
         &[],
         st.store.spool_dropped_total(id.as_str()).await? as f64,
+    );
+    // From the watchdog events the device sent, so served fresh or stale alike.
+    out.gauge(
+        "pifleet_device_units_crash_looping",
+        "Allowlisted units the device's watchdog reported crash-looping (or given up on by \
+         systemd) in the last 15 minutes, without a recovery since",
+        &[],
+        st.store.units_crash_looping(id.as_str(), now).await?.len() as f64,
     );
     if let Some(t) = cert_not_after {
         out.gauge(

@@ -311,6 +311,7 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(devices::show))
         .routes(routes!(devices::telemetry))
         .routes(routes!(devices::history))
+        .routes(routes!(devices::unit_events))
         .routes(routes!(devices::set_labels))
         .routes(routes!(devices::revoke))
         .routes(routes!(commands::send, commands::list))

@@ -111,6 +111,12 @@ pub const ROUTES: &[Route] = &[
         Read,
         "device.history",
     ),
+    r(
+        "GET",
+        "/api/v1/devices/{id}/unit-events",
+        Read,
+        "device.unit_events",
+    ),
     r("PUT", "/api/v1/devices/{id}/labels", Admin, "device.labels"),
     r(
         "POST",

@@ -11,3 +11,4 @@ pub mod lifecycle;
 pub mod role;
 pub mod rollouts;
 pub mod session;
+pub mod unit_events;

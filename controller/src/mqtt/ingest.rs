@@ -73,6 +73,12 @@ pub async fn route(
         };
         match to_op(&fwd.publish) {
             Ok(Some(Routed::Ingest(op))) => {
+                if let IngestOp::UnitEvent { event, .. } = &op {
+                    metrics
+                        .watchdog_events
+                        .with_label_values(&[event.kind.as_str()])
+                        .inc();
+                }
                 if queue.send(op).await.is_err() {
                     return Err(Fatal::msg("the ingest writer is gone"));
                 }
@@ -142,17 +148,55 @@ fn to_op(p: &Publish) -> Result<Option<Routed>, Refusal> {
                     progress: p,
                 }))
             }
-            v1::Event::Apps(apps) => Some(Routed::Ingest(IngestOp::Apps { device, apps })),
-            v1::Event::Watchdog(e) => {
-                tracing::warn!(device = %device, unit = %e.unit, kind = e.kind.as_str(), "watchdog event");
-                None
+            v1::Event::Apps(apps) => {
+                if let Err(e) = check_apps(&apps) {
+                    return Err((Some(device), "invalid", format!("apps: {e}")));
+                }
+                Some(Routed::Ingest(IngestOp::Apps { device, apps }))
+            }
+            v1::Event::Watchdog(event) => {
+                if let Err(e) = pifleet_shared::command::validate_name(&event.unit) {
+                    return Err((Some(device), "invalid", format!("watchdog unit: {e}")));
+                }
+                tracing::warn!(device = %device, unit = %event.unit, kind = event.kind.as_str(), "watchdog event");
+                Some(Routed::Ingest(IngestOp::UnitEvent { device, event }))
             }
             v1::Event::GuardRollback(rollback) => {
+                if !pifleet_shared::release::valid_app_name(&rollback.app) {
+                    return Err((Some(device), "invalid", "guard rollback: app name".into()));
+                }
                 Some(Routed::Ingest(IngestOp::GuardRollback { device, rollback }))
             }
         },
         Kind::Cmd | Kind::Ack => None,
     })
+}
+
+/// Most apps one device may report (`[apps.NAME]` sections), and releases kept per app.
+const MAX_APPS: usize = 64;
+const MAX_KEPT: usize = 16;
+
+/// An apps report must name real apps and units, and few of them.
+fn check_apps(apps: &[v1::AppState]) -> Result<(), String> {
+    if apps.len() > MAX_APPS {
+        return Err(format!("more than {MAX_APPS} apps"));
+    }
+    for a in apps {
+        if !pifleet_shared::release::valid_app_name(&a.app) {
+            return Err(format!(
+                "app name {:?}",
+                a.app.chars().take(80).collect::<String>()
+            ));
+        }
+        pifleet_shared::command::validate_name(&a.unit).map_err(|e| format!("unit: {e}"))?;
+        if a.kept.len() > MAX_KEPT || a.current_dir.as_ref().is_some_and(|d| d.len() > 128) {
+            return Err(format!(
+                "app {}: too many kept releases or a long directory",
+                a.app
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Where the writer's outcomes go: metrics, the dashboard's live hub, readiness.

@@ -1,6 +1,6 @@
 //! SQL of the ingest path: one transaction per batch of telemetry, hellos, capability and
-//! service reports and online changes (it spans `telemetry`, `devices` and `commands`), with
-//! spool-drop counting.
+//! service reports, watchdog events and online changes (it spans `telemetry`, `devices`,
+//! `unit_events` and `commands`), with spool-drop counting.
 
 use std::collections::BTreeMap;
 
@@ -45,6 +45,11 @@ pub enum IngestOp {
         device: DeviceId,
         rollback: v1::GuardRollback,
     },
+    /// What the device's service watchdog noticed about a unit.
+    UnitEvent {
+        device: DeviceId,
+        event: v1::UnitEvent,
+    },
 }
 
 impl IngestOp {
@@ -58,7 +63,8 @@ impl IngestOp {
             | Self::Services { device, .. }
             | Self::Apps { device, .. }
             | Self::DeployProgress { device, .. }
-            | Self::GuardRollback { device, .. } => device,
+            | Self::GuardRollback { device, .. }
+            | Self::UnitEvent { device, .. } => device,
         }
     }
 }
@@ -141,6 +147,9 @@ impl Store {
                 IngestOp::GuardRollback { device, rollback } => {
                     super::rollouts::record_guard_rollback(&mut tx, device.as_str(), rollback, now)
                         .await?;
+                }
+                IngestOp::UnitEvent { device, event } => {
+                    super::unit_events::insert(&mut tx, device.as_str(), event, now).await?;
                 }
                 IngestOp::Online { device, online } => {
                     if *online {

@@ -1,6 +1,7 @@
 //! All SQL lives here, one file per table with that table's queries and row types
 //! (`devices`, `certificates`, `tokens`, `telemetry`, `commands`, `audit`, `users`,
-//! `sessions`, `attempts`, `approvals`, `api_tokens`, `releases`, `release_keys`; `ingest`
+//! `sessions`, `attempts`, `approvals`, `api_tokens`, `releases`, `release_keys`,
+//! `unit_events`; `ingest`
 //! writes a batch across tables). This file holds the [`Store`] handle and what every
 //! table shares.
 //!
@@ -30,6 +31,7 @@ mod telemetry;
 #[cfg(test)]
 pub(crate) mod testkit;
 mod tokens;
+mod unit_events;
 pub mod users;
 
 pub use crate::model::labels::Labels;

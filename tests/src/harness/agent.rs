@@ -45,13 +45,21 @@ impl Agent {
 
     /// Starts `pifleet-agent run`.
     pub fn start(&mut self) -> Result<()> {
-        self.runs.spawn(
-            Command::new(bin("pifleet-agent")?)
-                .arg("run")
-                .arg("--config")
-                .arg(self.config())
-                .env("RUST_LOG", "info"),
-        )
+        self.start_with_env(&[])
+    }
+
+    /// Starts `pifleet-agent run` with `env` added to its environment (e.g. the
+    /// `NOTIFY_SOCKET` systemd would set).
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) -> Result<()> {
+        let mut cmd = Command::new(bin("pifleet-agent")?);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(self.config())
+            .env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.runs.spawn(&mut cmd)
     }
 
     pub fn config(&self) -> PathBuf {

@@ -71,6 +71,10 @@ impl Systemd for FakeSystemd {
         Ok(())
     }
 
+    async fn start(&self, unit: &str, timeout: Duration) -> Result<(), SystemdError> {
+        self.restart(unit, timeout).await
+    }
+
     async fn stop(&self, unit: &str, _timeout: Duration) -> Result<(), SystemdError> {
         let mut s = self.state.lock().unwrap();
         s.calls.push(format!("stop {unit}"));

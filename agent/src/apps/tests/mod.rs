@@ -6,6 +6,7 @@
 
 mod apply;
 mod fake_systemd;
+mod guard;
 mod health;
 mod recover;
 mod rig;

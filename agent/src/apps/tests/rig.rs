@@ -42,6 +42,7 @@ impl Rig {
             probe: None,
             hook_timeout_s: 5,
             reserve_bytes: 0,
+            guard_window_s: 60,
         };
         edit(&mut cfg);
         let systemd = FakeSystemd::new(&dir);

@@ -10,6 +10,7 @@ import type {
   History,
   Labels,
   SortOrder,
+  UnitEvents,
 } from './types';
 
 export interface DeviceQuery {
@@ -35,6 +36,9 @@ export const getDevice = (id: string, signal?: AbortSignal) => api.get<DeviceDet
 
 export const deviceHistory = (id: string, from: number, to: number, points: number, signal?: AbortSignal) =>
   api.get<History>(`${dev(id)}/history`, { query: { from, to, points }, signal });
+
+export const unitEvents = (id: string, signal?: AbortSignal) =>
+  api.get<UnitEvents>(`${dev(id)}/unit-events`, { signal });
 
 export const setLabels = (id: string, labels: Labels) =>
   api.put<DeviceDetail>(`${dev(id)}/labels`, { labels });

@@ -429,6 +429,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/devices/{id}/unit-events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The device's newest watchdog events (crash loops, flapping, systemd giving up on a unit,
+         *     the watchdog's starts, recoveries) and the units crash-looping now.
+         */
+        get: operations["device_unit_events"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/enroll": {
         parameters: {
             query?: never;
@@ -2085,6 +2105,28 @@ export interface components {
          * @enum {string}
          */
         TokenState: "unused" | "used" | "expired" | "revoked";
+        /** @description One watchdog event of a device, as stored. */
+        UnitEvent: {
+            /**
+             * Format: int64
+             * @description When the controller received it, Unix ms.
+             */
+            at: number;
+            /** @description What happened, in words ("3 restarts within the watch window"). */
+            detail: string;
+            /** @description `crash_loop`, `flapping`, `gave_up`, `starting`, `budget_spent` or `recovered`. */
+            kind: string;
+            unit: string;
+        };
+        /** @description A device's recent watchdog events, newest first. */
+        UnitEvents: {
+            /**
+             * @description Units whose newest event is a crash loop (or systemd giving up on them) reported
+             *     within the last [`CRASH_LOOP_RECENT_MS`] and not followed by a recovery.
+             */
+            crash_looping: string[];
+            events: components["schemas"]["UnitEvent"][];
+        };
         UserUpdate: {
             /** @description Disabling signs the user out everywhere at once. */
             disabled?: boolean | null;
@@ -3128,6 +3170,38 @@ export interface operations {
                 };
             };
             /** @description Invalid id, unknown device, no sample yet or not permitted */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    device_unit_events: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Device id: 3–63 of a-z 0-9 and `-`, not starting or ending with `-`. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Newest first, at most 100 */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UnitEvents"];
+                };
+            };
+            /** @description Invalid id, unknown device or not permitted */
             "4XX": {
                 headers: {
                     [name: string]: unknown;

@@ -34,6 +34,8 @@ export type DeviceDetail = Schemas['DeviceDetail'];
 export type DeviceDetails = Pick<DeviceDetail, 'id' | 'capabilities' | 'services' | 'services_at'>;
 export type HistoryPoint = Schemas['HistoryPoint'];
 export type History = Schemas['History'];
+export type UnitEvent = Schemas['UnitEvent'];
+export type UnitEvents = Schemas['UnitEvents'];
 
 /** An action an operator sends (`POST /commands`). */
 export type Action = Schemas['ActionSpec'];

@@ -1,5 +1,6 @@
-// One device: live values, inventory, history charts, services, the command panel (what
-// role and allowlist both permit), its command history, and for admins labels and revoke.
+// One device: live values, inventory, history charts, services, watchdog events, the command
+// panel (what role and allowlist both permit), its command history, and for admins labels and
+// revoke.
 
 import { useEffect, useState } from 'preact/hooks';
 import { getDevice, revokeDevice, setLabels } from '../api/devices';
@@ -17,6 +18,7 @@ import { Page } from '../components/Page';
 import { Pager } from '../components/Pager';
 import { Empty, ErrorBox, Loading } from '../components/States';
 import { useCommandPage } from '../components/useCommandPage';
+import { Watchdog } from '../components/Watchdog';
 import { canOperate, commandOffer, isAdmin } from '../lib/commands';
 import { useAsync } from '../lib/hooks';
 import { Link } from '../lib/router';
@@ -149,6 +151,8 @@ function AdminSection({ d, onChanged }: { d: DeviceDetail; onChanged: (d?: Devic
 
 export function DevicePage({ id, user }: { id: string; user: Whoami }) {
   const device = useAsync((signal) => getDevice(id, signal), [id]);
+  // Bumped when the device's details change (a service or watchdog report arrived).
+  const [detailsGeneration, setDetailsGeneration] = useState(0);
 
   useEffect(
     () =>
@@ -157,7 +161,9 @@ export function DevicePage({ id, user }: { id: string; user: Whoami }) {
           if (d.id === id) device.setData((p) => (p ? { ...p, ...d } : p));
         },
         details: (d) => {
-          if (d.id === id) device.setData((p) => (p ? { ...p, ...d } : p));
+          if (d.id !== id) return;
+          device.setData((p) => (p ? { ...p, ...d } : p));
+          setDetailsGeneration((g) => g + 1);
         },
       }),
     [id],
@@ -203,6 +209,7 @@ export function DevicePage({ id, user }: { id: string; user: Whoami }) {
       </div>
       <DeviceCharts deviceId={d.id} />
       <Services d={d} />
+      <Watchdog deviceId={d.id} generation={detailsGeneration} />
       <DeviceCommands d={d} user={user} />
       {isAdmin(user.role) && (
         <AdminSection d={d} onChanged={(next) => (next ? device.setData(() => next) : device.reload())} />
