@@ -1,7 +1,7 @@
-//! The agent's command line, parsed by hand: two subcommands and a handful of options do
-//! not need an argument-parsing library, and the one we used (clap) was ~110 KB of the
-//! agent's 3 MiB budget. `--opt value` and `--opt=value` are both accepted; a usage error
-//! is reported with the usage text (exit code 2, as such tools do).
+//! The agent's command line, parsed with lexopt: two subcommands and a handful of options,
+//! where clap cost ~110 KB of the agent's 3 MiB budget. `--opt value` and `--opt=value`
+//! are both accepted; a usage error is reported with the usage text (exit code 2, as such
+//! tools do).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -60,50 +60,46 @@ pub struct Usage(pub String);
 
 /// Parses the arguments after the program name; `token_env` is `PIFLEET_TOKEN`.
 pub fn parse(args: Vec<OsString>, token_env: Option<String>) -> Result<Cli, Usage> {
-    let mut args = args.into_iter().map(|a| {
-        a.into_string()
-            .map_err(|a| Usage(format!("argument {a:?} is not UTF-8")))
-    });
-    let command = match args.next().transpose()? {
-        None => return Err(Usage("a command is required: enroll or run".into())),
-        Some(c) => c,
+    use lexopt::prelude::*;
+    let bad = |e: lexopt::Error| Usage(e.to_string());
+    let text = |v: OsString| {
+        v.into_string()
+            .map_err(|v| Usage(format!("argument {v:?} is not UTF-8")))
     };
-    let enroll = match command.as_str() {
-        "-h" | "--help" | "help" => return Ok(Cli::Help),
-        "-V" | "--version" => return Ok(Cli::Version),
-        "enroll" => true,
-        "run" => false,
-        other => return Err(Usage(format!("unknown command {other:?}"))),
+    let mut p = lexopt::Parser::from_args(args);
+    let enroll = match p.next().map_err(bad)? {
+        None => return Err(Usage("a command is required: enroll or run".into())),
+        Some(Short('h') | Long("help")) => return Ok(Cli::Help),
+        Some(Short('V') | Long("version")) => return Ok(Cli::Version),
+        Some(Value(c)) => match text(c)?.as_str() {
+            "help" => return Ok(Cli::Help),
+            "enroll" => true,
+            "run" => false,
+            other => return Err(Usage(format!("unknown command {other:?}"))),
+        },
+        Some(other) => return Err(Usage(other.unexpected().to_string())),
     };
     let (mut controller, mut token, mut config) = (None, None, None);
     let (mut device_id, mut interval, mut force) = (None, None, false);
-    while let Some(arg) = args.next().transpose()? {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
-            _ => (arg, None),
+    while let Some(arg) = p.next().map_err(bad)? {
+        let name = match &arg {
+            Long(l) => format!("--{l}"),
+            _ => String::new(),
         };
-        if name == "-h" || name == "--help" {
-            return Ok(Cli::Help);
-        }
-        if name == "--force" && enroll && inline.is_none() {
-            force = true;
-            continue;
-        }
-        let slot = match name.as_str() {
-            "--config" => &mut config,
-            "--controller" if enroll => &mut controller,
-            "--token" if enroll => &mut token,
-            "--device-id" if enroll => &mut device_id,
-            "--interval" if enroll => &mut interval,
-            _ => return Err(Usage(format!("unexpected argument {name:?}"))),
+        let slot = match arg {
+            Short('h') | Long("help") => return Ok(Cli::Help),
+            Long("force") if enroll => {
+                force = true;
+                continue;
+            }
+            Long("config") => &mut config,
+            Long("controller") if enroll => &mut controller,
+            Long("token") if enroll => &mut token,
+            Long("device-id") if enroll => &mut device_id,
+            Long("interval") if enroll => &mut interval,
+            other => return Err(Usage(other.unexpected().to_string())),
         };
-        let value = match inline {
-            Some(v) => v,
-            None => args
-                .next()
-                .transpose()?
-                .ok_or_else(|| Usage(format!("{name} needs a value")))?,
-        };
+        let value = text(p.value().map_err(bad)?)?;
         if slot.replace(value).is_some() {
             return Err(Usage(format!("{name} given twice")));
         }
@@ -186,9 +182,9 @@ mod tests {
         for (line, needle) in [
             ("", "a command is required"),
             ("start", "unknown command"),
-            ("run --force", "unexpected argument \"--force\""),
-            ("run --token t", "unexpected argument"),
-            ("run --config", "--config needs a value"),
+            ("run --force", "invalid option '--force'"),
+            ("run --token t", "invalid option '--token'"),
+            ("run --config", "missing argument for option '--config'"),
             ("run --config a --config b", "given twice"),
             ("enroll --token t", "--controller is required"),
             (
@@ -198,7 +194,7 @@ mod tests {
             ("enroll --controller u --token t --interval x", "--interval"),
             (
                 "enroll --controller u --token t --force=yes",
-                "unexpected argument",
+                "unexpected argument for option '--force'",
             ),
         ] {
             let e = parse(args(line), None).unwrap_err();

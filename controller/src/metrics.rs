@@ -34,6 +34,7 @@ pub struct Metrics {
     pub command_roundtrip_seconds: Histogram,
     pub agent_spool_dropped: IntCounter,
     pub watchdog_events: IntCounterVec,
+    pub rollouts: IntGaugeVec,
     pub https_refused: IntCounterVec,
     pub https_connections: IntGauge,
     pub https_preauth_connections: IntGauge,
@@ -146,6 +147,14 @@ impl Metrics {
                 ),
                 &["kind"],
             )?,
+            rollouts: IntGaugeVec::new(
+                Opts::new(
+                    "rollouts",
+                    "Rollouts by status, and for paused ones why (operator, batch_failed, \
+                     no_results, abort_rule)",
+                ),
+                &["status", "pause_cause"],
+            )?,
             agent_spool_dropped: IntCounter::new(
                 "agent_spool_dropped_total",
                 "Samples the devices' full spools dropped (oldest first), as they reported",
@@ -248,6 +257,7 @@ impl Metrics {
         ] {
             m.watchdog_events.with_label_values(&[kind]);
         }
+        r.register(Box::new(m.rollouts.clone()))?;
         r.register(Box::new(m.https_refused.clone()))?;
         r.register(Box::new(m.https_connections.clone()))?;
         r.register(Box::new(m.https_preauth_connections.clone()))?;

@@ -354,6 +354,7 @@ impl Controller {
                 self.dispatcher.clone(),
                 self.live.clone(),
                 self.health.clone(),
+                self.metrics.clone(),
                 self.cfg.rollouts.clone(),
                 shutdown.clone(),
             ),

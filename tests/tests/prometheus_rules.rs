@@ -56,6 +56,7 @@ const METRICS: &[&str] = &[
     "pifleet_device_certificate_expiry_timestamp_seconds",
     "pifleet_device_units_crash_looping",
     "pifleet_watchdog_events_total",
+    "pifleet_rollouts",
 ];
 
 /// Histograms: queried through their `_bucket`, `_sum` and `_count` series.

@@ -16,6 +16,7 @@ use pifleet_controller::releases::{self, Input, IntakeOptions, NewRelease};
 use pifleet_controller::setup;
 use pifleet_controller::store::{ReleaseRow, Store};
 use pifleet_shared::release::HealthSpec;
+use pifleet_tests::api::Api;
 use pifleet_tests::harness::{Agent, Controller, FakeBin, fake_bin, wait_for};
 use tempfile::TempDir;
 
@@ -312,6 +313,21 @@ async fn a_failing_canary_stops_the_rollout_and_an_abort_reverts_what_was_update
     .await
     .unwrap();
     assert_eq!(sent, 1, "only the canary was sent release 2");
+    // Prometheus sees a rollout paused by its health rules (what PifleetRolloutPaused
+    // alerts on).
+    let api = Api::new(&rig.ctl).unwrap();
+    let token = std::fs::read_to_string(rig.ctl.data.join("scrape.token")).unwrap();
+    let paused = r#"pifleet_rollouts{pause_cause="batch_failed",status="paused"} 1"#;
+    wait_for(LONG, "the paused rollout's gauge", || {
+        let api = api.clone();
+        let token = token.trim().to_owned();
+        async move {
+            let r = api.get("/metrics", Some(&token)).await.ok()?;
+            r.text.lines().any(|l| l == paused).then_some(())
+        }
+    })
+    .await
+    .unwrap();
     rig.cli(&["rollout", "abort", &id.to_string()]);
     assert_eq!(status(&rig.show(id).await), "aborted");
 

@@ -13,6 +13,8 @@ use super::service::{RolloutError, step};
 use crate::commands::dispatch::Dispatcher;
 use crate::config::RolloutsConfig;
 use crate::live::{Change, Hub};
+use crate::metrics::Metrics;
+use crate::rollouts::state::{PauseCause, RolloutStatus};
 use crate::store::{Store, now_ms};
 use crate::supervise::{Fatal, Health, TaskResult};
 
@@ -25,12 +27,17 @@ pub async fn run(
     dispatcher: Arc<Dispatcher>,
     live: Hub,
     health: Arc<Health>,
+    metrics: Metrics,
     cfg: RolloutsConfig,
     shutdown: CancellationToken,
 ) -> TaskResult {
     let mut changes = live.subscribe();
     loop {
-        let next = match pass(&store, &dispatcher).await {
+        let passed = pass(&store, &dispatcher).await;
+        if let Err(e) = count(&store, &metrics).await {
+            tracing::warn!(error = %e, "counting rollouts failed");
+        }
+        let next = match passed {
             Ok(next) => {
                 health.recovered(RUNNER);
                 next
@@ -69,6 +76,31 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Sets the `pifleet_rollouts` gauge: every status (and pause cause) is served, at 0 when
+/// no rollout has it, so alerts see it go back to 0.
+async fn count(store: &Store, metrics: &Metrics) -> Result<(), RolloutError> {
+    let counts = store.rollout_status_counts().await?;
+    for status in RolloutStatus::ALL {
+        let causes: Vec<&str> = if status == RolloutStatus::Paused {
+            PauseCause::ALL.iter().map(|c| c.as_str()).collect()
+        } else {
+            vec![""]
+        };
+        for cause in causes {
+            let n = counts
+                .iter()
+                .filter(|(s, c, _)| s == status.as_str() && c == cause)
+                .map(|(_, _, n)| *n)
+                .sum();
+            metrics
+                .rollouts
+                .with_label_values(&[status.as_str(), cause])
+                .set(n);
+        }
+    }
+    Ok(())
 }
 
 /// Waits for a change a rollout may care about; false when the hub is gone.

@@ -270,6 +270,16 @@ impl Store {
         )
     }
 
+    /// Rollouts counted by status and pause cause (empty for none).
+    pub async fn rollout_status_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT status, COALESCE(pause_cause, ''), COUNT(*) FROM rollouts \
+             GROUP BY status, COALESCE(pause_cause, '')",
+        )
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
     /// Records the approval request a rollout waits for.
     pub async fn set_rollout_approval(&self, id: i64, approval: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE rollouts SET approval_id = ?, version = version + 1 WHERE id = ?")
