@@ -141,6 +141,18 @@ impl Rig {
     /// A release of `web` with `index.html` = `text`, and a file `fail` when `fails`.
     async fn release(&self, text: &str, fails: bool) -> ReleaseRow {
         let path = self.tmp.path().join(format!("web-{}.tar.gz", text.len()));
+        self.make(
+            text,
+            Input::Upload {
+                path: self.tar(&path, text, fails),
+                file_name: None,
+            },
+        )
+        .await
+    }
+
+    /// `web-N.tar.gz` holding `index.html` = `text` (and `fail`).
+    fn tar(&self, path: &Path, text: &str, fails: bool) -> PathBuf {
         {
             let file = std::fs::File::create(&path).unwrap();
             let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
@@ -157,6 +169,54 @@ impl Rig {
             }
             tar.into_inner().unwrap().finish().unwrap();
         }
+        path.to_owned()
+    }
+
+    /// A release of `web` uploaded as a zip holding `index.html` = `text`.
+    async fn zip_release(&self, text: &str) -> ReleaseRow {
+        use std::io::Write;
+        let path = self.tmp.path().join(format!("web-{}.zip", text.len()));
+        let mut w = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .unix_permissions(0o644);
+        w.start_file("index.html", opts).unwrap();
+        w.write_all(text.as_bytes()).unwrap();
+        w.finish().unwrap();
+        self.make(
+            text,
+            Input::Upload {
+                path,
+                file_name: Some("web.zip".into()),
+            },
+        )
+        .await
+    }
+
+    /// A release of `web` made from a commit of a git repository holding `index.html`.
+    async fn git_release(&self, text: &str) -> ReleaseRow {
+        let repo = self.tmp.path().join(format!("repo-{}", text.len()));
+        std::fs::create_dir_all(&repo).unwrap();
+        std::fs::write(repo.join("index.html"), text).unwrap();
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+                .args(args)
+                .current_dir(&repo)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "git {args:?}: {out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        git(&["init", "-q"]);
+        git(&["add", "index.html"]);
+        git(&["commit", "-q", "-m", text]);
+        let rev = git(&["rev-parse", "HEAD"]).trim().to_owned();
+        let url = format!("file://{}", repo.display());
+        self.make(text, Input::Git { url, rev }).await
+    }
+
+    async fn make(&self, text: &str, input: Input) -> ReleaseRow {
         let new = NewRelease {
             app: "web".into(),
             version: text.into(),
@@ -172,19 +232,11 @@ impl Rig {
             created_by: "test".into(),
         };
         let signer = setup::release_signer(&self.dd).unwrap();
-        releases::create_release(
-            &self.dd,
-            &self.store,
-            &signer,
-            &IntakeOptions::default(),
-            new,
-            Input::Upload {
-                path,
-                file_name: None,
-            },
-        )
-        .await
-        .unwrap()
+        let mut opts = IntakeOptions::default();
+        opts.git.allow_file_urls = true;
+        releases::create_release(&self.dd, &self.store, &signer, &opts, new, input)
+            .await
+            .unwrap()
     }
 
     /// Runs the controller's command line; its stdout, or a panic with stderr.
@@ -369,9 +421,11 @@ async fn a_failing_canary_stops_the_rollout_and_an_abort_reverts_what_was_update
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offline_devices_are_updated_when_they_return_and_lost_ones_end_unreachable() {
+async fn zip_and_git_releases_reach_offline_devices_when_they_return_and_lost_ones_end_unreachable()
+{
     let mut rig = Rig::new(3).await;
-    let one = rig.release("one", false).await;
+    // Release 1 is uploaded as a zip, release 2 made from a git commit.
+    let one = rig.zip_release("one").await;
 
     // pi-02 is offline when the rollout starts; the controller is killed and restarted
     // while the rollout waits for it; it comes back and gets the release.
@@ -392,7 +446,7 @@ async fn offline_devices_are_updated_when_they_return_and_lost_ones_end_unreacha
 
     // pi-01 never comes back: after its delivery deadline it is unreachable and the
     // rollout completes without it.
-    let two = rig.release("two", false).await;
+    let two = rig.git_release("two").await;
     rig.devices[1].agent.stop();
     let id = rig.rollout(
         &two,
@@ -416,4 +470,9 @@ async fn offline_devices_are_updated_when_they_return_and_lost_ones_end_unreacha
         "{v:#}"
     );
     assert_eq!(rig.devices[1].current(), Some(dir_name(&one)));
+    for i in [0, 2] {
+        assert_eq!(rig.devices[i].current(), Some(dir_name(&two)));
+        let live = std::fs::read_to_string(rig.devices[i].app_dir.join("current/index.html"));
+        assert_eq!(live.unwrap(), "two", "the git commit's content is live");
+    }
 }

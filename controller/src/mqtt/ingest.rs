@@ -165,6 +165,7 @@ fn to_op(p: &Publish) -> Result<Option<Routed>, Refusal> {
                 if !pifleet_shared::release::valid_app_name(&rollback.app) {
                     return Err((Some(device), "invalid", "guard rollback: app name".into()));
                 }
+                tracing::warn!(device = %device, app = %rollback.app, release = rollback.release, reason = %rollback.reason, "release rolled back in its guard window");
                 Some(Routed::Ingest(IngestOp::GuardRollback { device, rollback }))
             }
         },

@@ -402,3 +402,59 @@ async fn a_large_rollout_waits_for_a_second_admin() {
         "the canary goes out"
     );
 }
+
+#[tokio::test]
+async fn a_guard_window_rollback_counts_as_a_failure_of_the_rollout() {
+    use crate::store::IngestOp;
+    use pifleet_shared::DeviceId;
+    use pifleet_shared::proto::v1::GuardRollback;
+    let (_d, s, two) = fleet(3).await;
+    let id = create(&s, two, |r| {
+        r.canary = 1;
+        r.batch_percents = vec![100];
+        r.abort_min_results = 1;
+        r.abort_failure_pct = 30;
+    })
+    .await;
+    let now = now_ms();
+    settle(&s, id, now).await;
+    answer(&s, "pi-000", "succeeded", None, "").await;
+    settle(&s, id, now).await;
+    assert_eq!(state_of(&s, id, "pi-001").await, "queued");
+    // The canary committed release 2, then crash-looped within its guard window.
+    let rollback = IngestOp::GuardRollback {
+        device: DeviceId::parse("pi-000").unwrap(),
+        rollback: GuardRollback {
+            app: "web".into(),
+            release: 2,
+            reason: "web.service restarted 3 times within 300 s".into(),
+            journal: "web[9]: segfault".into(),
+            restored: Some(1),
+        },
+    };
+    s.write_batch(&[rollback]).await.unwrap();
+    let d = &s.rollout_devices(id, false).await.unwrap()[0];
+    assert_eq!(d.state, "rolled_back");
+    assert!(
+        d.reason.as_deref().unwrap().contains("guard window"),
+        "{d:?}"
+    );
+    assert_eq!(d.journal.as_deref(), Some("web[9]: segfault"));
+    settle(&s, id, now).await;
+    let row = s.rollout(id).await.unwrap().unwrap();
+    assert_eq!(row.status, "paused");
+    assert_eq!(row.pause_cause.as_deref(), Some("abort_rule"));
+    // A rollback of a release the rollout does not deploy changes nothing.
+    let other = IngestOp::GuardRollback {
+        device: DeviceId::parse("pi-001").unwrap(),
+        rollback: GuardRollback {
+            app: "web".into(),
+            release: 1,
+            reason: "x".into(),
+            journal: String::new(),
+            restored: None,
+        },
+    };
+    s.write_batch(&[other]).await.unwrap();
+    assert_eq!(state_of(&s, id, "pi-001").await, "queued");
+}
