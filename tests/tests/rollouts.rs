@@ -154,7 +154,7 @@ impl Rig {
     /// `web-N.tar.gz` holding `index.html` = `text` (and `fail`).
     fn tar(&self, path: &Path, text: &str, fails: bool) -> PathBuf {
         {
-            let file = std::fs::File::create(&path).unwrap();
+            let file = std::fs::File::create(path).unwrap();
             let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
             let mut tar = tar::Builder::new(gz);
             let mut files = vec![("index.html", text)];
