@@ -1,6 +1,7 @@
 //! `pifleet-controller approval …`: the requests that wait for a second admin. The command
-//! line can list them; an admin signed in to the API or the dashboard decides, so that the
-//! second person is someone other than whoever holds the controller's shell.
+//! line lists them. Commands are decided by an admin signed in to the API or the dashboard;
+//! a rollout can also be approved with `rollout approve`, as the OS user (`cli:USER`), who
+//! must not be the one who asked.
 
 use clap::Subcommand;
 use pifleet_controller::store::now_ms;
