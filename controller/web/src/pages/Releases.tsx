@@ -87,6 +87,23 @@ export function ReleasesPage({ user }: { user: Whoami }) {
         A release is an app’s files at one version, signed by the controller’s release key. Devices take it in
         a rollout.
       </p>
+      <section class="card" aria-labelledby="releases-title">
+        <h2 id="releases-title">All releases</h2>
+        {items.error !== undefined && !items.loading ? (
+          <ErrorBox error={items.error} onRetry={items.reload} />
+        ) : !items.data ? (
+          <Loading label="Loading releases…" />
+        ) : items.data.length === 0 ? (
+          <Empty>
+            No releases yet.{' '}
+            {operate
+              ? 'Upload one below, or make one with pifleet-controller release create.'
+              : 'An operator makes them.'}
+          </Empty>
+        ) : (
+          <ReleaseTable items={items.data} operate={operate} />
+        )}
+      </section>
       {operate && (
         <section class="card" aria-labelledby="upload-title">
           <h2 id="upload-title">Upload a release</h2>
@@ -98,23 +115,6 @@ export function ReleasesPage({ user }: { user: Whoami }) {
           />
         </section>
       )}
-      <section class="card" aria-labelledby="releases-title">
-        <h2 id="releases-title">All releases</h2>
-        {items.error !== undefined && !items.loading ? (
-          <ErrorBox error={items.error} onRetry={items.reload} />
-        ) : !items.data ? (
-          <Loading label="Loading releases…" />
-        ) : items.data.length === 0 ? (
-          <Empty>
-            No releases yet.{' '}
-            {operate
-              ? 'Upload one above, or use pifleet-controller release create.'
-              : 'An operator makes them.'}
-          </Empty>
-        ) : (
-          <ReleaseTable items={items.data} operate={operate} />
-        )}
-      </section>
     </Page>
   );
 }

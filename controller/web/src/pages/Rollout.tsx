@@ -40,7 +40,12 @@ function Summary({ d }: { d: RolloutDetail }) {
     <section class="card" aria-labelledby="rollout-summary-title" data-testid="rollout-summary">
       <h2 id="rollout-summary-title">Status</h2>
       {pause && (
-        <p class="notice" role="status" data-testid="rollout-pause-cause" data-cause={r.pause_cause}>
+        <p
+          class={r.pause_cause === 'operator' ? 'notice' : 'notice notice-warn'}
+          role="status"
+          data-testid="rollout-pause-cause"
+          data-cause={r.pause_cause}
+        >
           {pause}
         </p>
       )}
@@ -206,7 +211,11 @@ function Devices({ d }: { d: RolloutDetail }) {
             </thead>
             <tbody>
               {rows.map((x) => (
-                <DeviceRow key={x.device} x={x} batchLabel={labels.get(x.batch) ?? NONE} />
+                <DeviceRow
+                  key={x.device}
+                  x={x}
+                  batchLabel={x.state === 'incompatible' ? NONE : (labels.get(x.batch) ?? NONE)}
+                />
               ))}
             </tbody>
           </table>
