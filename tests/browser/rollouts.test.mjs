@@ -199,6 +199,28 @@ test('a rollout to a device that never answers stays queued; pause, resume and a
   );
   assert.match(await canary.textContent(), /1 device/);
   await page.locator('[data-testid="rollout-device-row"][data-device-id="shelf-pi"][data-state="queued"]').waitFor();
+  // Download progress, as an agent's progress events would record it.
+  const approved = Number(new URL(page.url()).pathname.split('/').pop());
+  sql(
+    demo.db,
+    `UPDATE rollout_devices SET state = 'downloading', phase = 'downloading', bytes = 1536, total = 3072,
+     started_at = ${Date.now()} WHERE rollout_id = ${approved} AND device_id = 'shelf-pi'`,
+  );
+  const progress = page
+    .locator('[data-testid="rollout-device-row"][data-device-id="shelf-pi"][data-state="downloading"]')
+    .getByTestId('download-progress');
+  await progress.waitFor();
+  assert.match(await progress.textContent(), /1\.5 KiB of 3 KiB/);
+  assert.equal(await progress.locator('progress').getAttribute('value'), '50');
+  await page.waitForFunction(() =>
+    document.querySelector('[data-testid="batch-row"][data-batch="0"]')?.textContent?.includes('1 downloading'),
+  );
+  await shot(page, 'rollout-downloading');
+  // The same page at phone width.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await byId(page, 'rollout-device-table').waitFor();
+  await shot(page, 'rollout-phone');
+  await page.setViewportSize({ width: 1280, height: 900 });
   const incompatible = page.locator('[data-testid="rollout-device-row"][data-device-id="demo-pi-1"]');
   assert.equal(await incompatible.getAttribute('data-state'), 'incompatible');
   assert.match(await incompatible.textContent(), /has not reported its apps/);
@@ -258,6 +280,18 @@ test('a device that refuses the release fails the canary, and the rollout pauses
   assert.match(await device.getByTestId('rollout-device-reason').textContent(), /refused by the device/);
   await waitStatus(page, 'paused');
   assert.equal(await byId(page, 'rollout-pause-cause').getAttribute('data-cause'), 'batch_failed');
+  // A refusal comes with no journal; one that failed its health gate brings the unit's last
+  // lines, which the page folds under the reason (written here as the runner would).
+  const rolloutId = Number(new URL(page.url()).pathname.split('/').pop());
+  sql(
+    demo.db,
+    `UPDATE rollout_devices SET journal = 'web[812]: bind 0.0.0.0:8080: address in use'
+     WHERE rollout_id = ${rolloutId} AND device_id = 'demo-pi-1'`,
+  );
+  const journal = device.getByTestId('journal-tail');
+  await journal.waitFor();
+  await journal.locator('summary').click();
+  await journal.getByText('address in use').waitFor();
   await shot(page, 'rollout-failed');
   // Resuming after a health pause asks first; abort instead, without revert.
   await byId(page, 'rollout-resume').click();
@@ -266,6 +300,12 @@ test('a device that refuses the release fails the canary, and the rollout pauses
   await byId(page, 'rollout-abort').click();
   await byId(page, 'confirm-submit').click();
   await waitStatus(page, 'aborted');
+  // The device's page tells the same story.
+  await page.goto(`${demo.url}/devices/demo-pi-1`);
+  const mine = page.locator(`[data-testid="device-rollout-row"][data-rollout-id="${rolloutId}"][data-state="failed"]`);
+  await mine.waitFor();
+  assert.match(await mine.getByTestId('device-rollout-reason').textContent(), /refused by the device/);
+  await mine.getByTestId('journal-tail').waitFor();
 });
 
 test('a viewer sees no actions; a second admin approves; a release in use cannot be deleted', async () => {
@@ -315,6 +355,28 @@ test('a viewer sees no actions; a second admin approves; a release in use cannot
   await waitStatus(page, 'running');
   assert.equal(await status(page).textContent(), 'running');
   await page.locator('[data-testid="rollout-device-row"][data-device-id="shelf-pi"][data-state="queued"]').waitFor();
+  // Download progress, as an agent's progress events would record it.
+  const approved = Number(new URL(page.url()).pathname.split('/').pop());
+  sql(
+    demo.db,
+    `UPDATE rollout_devices SET state = 'downloading', phase = 'downloading', bytes = 1536, total = 3072,
+     started_at = ${Date.now()} WHERE rollout_id = ${approved} AND device_id = 'shelf-pi'`,
+  );
+  const progress = page
+    .locator('[data-testid="rollout-device-row"][data-device-id="shelf-pi"][data-state="downloading"]')
+    .getByTestId('download-progress');
+  await progress.waitFor();
+  assert.match(await progress.textContent(), /1\.5 KiB of 3 KiB/);
+  assert.equal(await progress.locator('progress').getAttribute('value'), '50');
+  await page.waitForFunction(() =>
+    document.querySelector('[data-testid="batch-row"][data-batch="0"]')?.textContent?.includes('1 downloading'),
+  );
+  await shot(page, 'rollout-downloading');
+  // The same page at phone width.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await byId(page, 'rollout-device-table').waitFor();
+  await shot(page, 'rollout-phone');
+  await page.setViewportSize({ width: 1280, height: 900 });
 
   // The running rollout uses the release: deleting it is refused, with the reason.
   await page.goto(`${demo.url}/releases/${releaseId}`);

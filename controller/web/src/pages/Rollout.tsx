@@ -124,8 +124,7 @@ function Batches({ d }: { d: RolloutDetail }) {
       )}
       {incompatible > 0 && (
         <p class="hint">
-          {plural(incompatible, 'device')} could not take the release (incompatible) and are outside every
-          batch.
+          Incompatible, outside every batch and never counted as failures: {plural(incompatible, 'device')}.
         </p>
       )}
     </section>
@@ -402,10 +401,7 @@ export function RolloutPage({ id, user }: { id: number; user: Whoami }) {
           confirmLabel={revert ? 'Abort and revert' : 'Abort'}
           danger
           onConfirm={async () => {
-            done(
-              await abortRollout(id, revert),
-              `Rollout #${id} aborted${revert ? ', reverting devices' : ''}.`,
-            );
+            done(await abortRollout(id, revert), `Rollout #${id} aborted${revert ? ' with revert' : ''}.`);
           }}
           onClose={() => setDialog(null)}
           testId="rollout-abort-dialog"
