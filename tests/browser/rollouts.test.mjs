@@ -1,9 +1,9 @@
 // Releases and rollouts in the dashboard, in Debian's Chromium against a live
 // `pifleet-controller demo` with two real agents. Their agent.toml allowlists no app, so a
-// rollout to them is refused by the plan (never reported apps) or, once the test writes
-// their reported apps into the database, by the agent itself; a device inserted into the
-// database with no agent behind it stays queued. One demo and one browser for the file;
-// the tests run in order and build on each other.
+// rollout to them is refused by the plan (they report no apps) or, once the test writes an
+// allowlisted app into the database as their report, by the agent itself; a device
+// inserted into the database with no agent behind it stays queued. One demo and one
+// browser for the file; the tests run in order and build on each other.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -153,7 +153,7 @@ test('the preview names the devices that cannot take the release, and why', asyn
   await plan.waitFor();
   assert.equal(await plan.getAttribute('data-count'), '0');
   assert.equal(await page.locator('[data-testid="plan-row"][data-compatible="false"]').count(), 2);
-  assert.match(await byId(page, 'plan-reason').first().textContent(), /has not reported its apps/);
+  assert.match(await byId(page, 'plan-reason').first().textContent(), /does not allowlist the app \(\[apps\.web\]\)/);
   await shot(page, 'rollout-preview');
   // Creating it anyway: the controller refuses, and its reason shows.
   await byId(page, 'rollout-create').click();
@@ -223,7 +223,7 @@ test('a rollout to a device that never answers stays queued; pause, resume and a
   await page.setViewportSize({ width: 1280, height: 900 });
   const incompatible = page.locator('[data-testid="rollout-device-row"][data-device-id="demo-pi-1"]');
   assert.equal(await incompatible.getAttribute('data-state'), 'incompatible');
-  assert.match(await incompatible.textContent(), /has not reported its apps/);
+  assert.match(await incompatible.textContent(), /does not allowlist the app/);
   assert.ok((await byId(page, 'rollout-event').count()) >= 1);
   await shot(page, 'rollout-running');
 
@@ -328,7 +328,7 @@ test('a viewer sees no actions; a second admin approves; a release in use cannot
 
   // The whole fleet (every device has demo=true): it waits for a second admin. Only
   // shelf-pi can take it, and it never answers, so the rollout keeps running.
-  sql(demo.db, `UPDATE devices SET apps = NULL, apps_at = NULL WHERE id = 'demo-pi-1'`);
+  sql(demo.db, `UPDATE devices SET apps = '[]' WHERE id = 'demo-pi-1'`);
   const alma = await otherUser('alma', 'admin', SECOND_ADMIN_PASSWORD);
   await page.goto(`${demo.url}/rollouts/new?release=${releaseId}`);
   await byId(page, 'rollout-form').waitFor();
