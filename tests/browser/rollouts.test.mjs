@@ -199,28 +199,6 @@ test('a rollout to a device that never answers stays queued; pause, resume and a
   );
   assert.match(await canary.textContent(), /1 device/);
   await page.locator('[data-testid="rollout-device-row"][data-device-id="shelf-pi"][data-state="queued"]').waitFor();
-  // Download progress, as an agent's progress events would record it.
-  const approved = Number(new URL(page.url()).pathname.split('/').pop());
-  sql(
-    demo.db,
-    `UPDATE rollout_devices SET state = 'downloading', phase = 'downloading', bytes = 1536, total = 3072,
-     started_at = ${Date.now()} WHERE rollout_id = ${approved} AND device_id = 'shelf-pi'`,
-  );
-  const progress = page
-    .locator('[data-testid="rollout-device-row"][data-device-id="shelf-pi"][data-state="downloading"]')
-    .getByTestId('download-progress');
-  await progress.waitFor();
-  assert.match(await progress.textContent(), /1\.5 KiB of 3 KiB/);
-  assert.equal(await progress.locator('progress').getAttribute('value'), '50');
-  await page.waitForFunction(() =>
-    document.querySelector('[data-testid="batch-row"][data-batch="0"]')?.textContent?.includes('1 downloading'),
-  );
-  await shot(page, 'rollout-downloading');
-  // The same page at phone width.
-  await page.setViewportSize({ width: 390, height: 844 });
-  await byId(page, 'rollout-device-table').waitFor();
-  await shot(page, 'rollout-phone');
-  await page.setViewportSize({ width: 1280, height: 900 });
   const incompatible = page.locator('[data-testid="rollout-device-row"][data-device-id="demo-pi-1"]');
   assert.equal(await incompatible.getAttribute('data-state'), 'incompatible');
   assert.match(await incompatible.textContent(), /does not allowlist the app/);
@@ -238,6 +216,8 @@ test('a rollout to a device that never answers stays queued; pause, resume and a
   await byId(page, 'rollout-abort-revert').check();
   await byId(page, 'confirm-submit').click();
   await waitStatus(page, 'aborted');
+  // It was never sent anything, so there is nothing to revert: it stays as it was.
+  await page.locator('[data-testid="rollout-device-row"][data-device-id="shelf-pi"][data-state="untouched"]').waitFor();
   assert.equal(await byId(page, 'rollout-abort').count(), 0, 'an aborted rollout offers abort');
   assert.equal(await byId(page, 'rollout-resume').count(), 0);
   await page.waitForFunction(() =>
@@ -260,6 +240,7 @@ test('a rollout to a device that never answers stays queued; pause, resume and a
   await mine.waitFor();
   assert.match(await mine.textContent(), /web#1/);
   assert.match(await mine.textContent(), /aborted/);
+  assert.equal(await mine.getAttribute('data-state'), 'untouched');
   await shot(page, 'device-apps');
 });
 
