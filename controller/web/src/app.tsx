@@ -21,6 +21,9 @@ import { EnrollmentPage } from './pages/Enrollment';
 import { FleetPage } from './pages/Fleet';
 import { LoginPage } from './pages/Login';
 import { ProfilePage } from './pages/Profile';
+import { ReleasePage, ReleasesPage } from './pages/Releases';
+import { RolloutPage } from './pages/Rollout';
+import { NewRolloutPage, RolloutsPage } from './pages/Rollouts';
 import { UsersPage } from './pages/Users';
 
 function NotFound({ admin }: { admin?: boolean }) {
@@ -47,16 +50,29 @@ function MfaGate({ user }: { user: Whoami }) {
   );
 }
 
+/** A positive integer id from a path, or null. */
+function numericId(params: Record<string, string> | null): number | null {
+  const id = Number(params?.id);
+  return params?.id && /^\d+$/.test(params.id) && id > 0 ? id : null;
+}
+
 function Routes({ user }: { user: Whoami }) {
   const { path } = useLocation();
   const admin = isAdmin(user.role);
   const device = matchRoute('/devices/:id', path);
+  const release = numericId(matchRoute('/releases/:id', path));
+  const rollout = numericId(matchRoute('/rollouts/:id', path));
   // Signed in on /login: the redirect to the page to return to is on its way.
   if (path === '/login') return <Loading />;
   if (matchRoute('/', path)) return <FleetPage />;
   if (device?.id) return <DevicePage id={device.id} user={user} />;
   if (matchRoute('/commands', path)) return <CommandsPage user={user} />;
   if (matchRoute('/approvals', path)) return <ApprovalsPage user={user} />;
+  if (matchRoute('/releases', path)) return <ReleasesPage user={user} />;
+  if (release) return <ReleasePage key={release} id={release} user={user} />;
+  if (matchRoute('/rollouts', path)) return <RolloutsPage user={user} />;
+  if (matchRoute('/rollouts/new', path)) return <NewRolloutPage user={user} />;
+  if (rollout) return <RolloutPage key={rollout} id={rollout} user={user} />;
   if (matchRoute('/profile', path)) return <ProfilePage user={user} />;
   if (matchRoute('/enrollment', path)) return admin ? <EnrollmentPage /> : <NotFound admin />;
   if (matchRoute('/users', path)) return admin ? <UsersPage user={user} /> : <NotFound admin />;

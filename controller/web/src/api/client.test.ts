@@ -330,3 +330,23 @@ describe('sign-out', () => {
     expect(ended).toEqual(['signed_out']);
   });
 });
+
+describe('uploads', () => {
+  it('sends a file as the body with its own type, and again after a refresh', async () => {
+    const { client, calls } = setup([problem(401, 'expired'), tokens('A2'), json({ id: 7 }, 201)]);
+    client.accept({ mfa_required: false, access_token: 'A1', expires_in: 900 });
+    const file = new Blob(['archive bytes']);
+    await expect(
+      client.post('/api/v1/releases', undefined, {
+        query: { app: 'web', version: '1.0' },
+        upload: { data: file, type: 'application/octet-stream' },
+      }),
+    ).resolves.toEqual({ id: 7 });
+    const [first, , retry] = calls;
+    expect(first?.url).toBe('/api/v1/releases?app=web&version=1.0');
+    expect(first?.headers['content-type']).toBe('application/octet-stream');
+    expect(first?.body).toBe(file);
+    expect(retry?.body).toBe(file);
+    expect(retry?.headers.authorization).toBe('Bearer A2');
+  });
+});

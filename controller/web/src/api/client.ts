@@ -37,6 +37,8 @@ export type Query = Record<string, string | number | boolean | null | undefined>
 export interface RequestOptions {
   query?: Query;
   body?: unknown;
+  /** A body sent as it is (a file to upload) instead of JSON. */
+  upload?: { data: Blob; type: string };
   signal?: AbortSignal;
   /** Send the access token and refresh on 401 (default true). */
   auth?: boolean;
@@ -171,9 +173,12 @@ export function createClient(opts: ClientOptions = {}) {
   async function send(method: string, path: string, o: RequestOptions): Promise<Response> {
     const headers: Record<string, string> = { accept: o.accept ?? 'application/json' };
     if (o.body !== undefined) headers['content-type'] = 'application/json';
+    if (o.upload) headers['content-type'] = o.upload.type;
     if (o.auth !== false && access) headers.authorization = `Bearer ${access}`;
     const init: RequestInit = { method, headers, credentials: 'same-origin' };
     if (o.body !== undefined) init.body = JSON.stringify(o.body);
+    // A Blob (a File) is read from disk as it is sent, and can be sent again after a refresh.
+    if (o.upload) init.body = o.upload.data;
     if (o.signal) init.signal = o.signal;
     try {
       return await doFetch(apiUrl(path, o.query), init);

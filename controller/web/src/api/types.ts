@@ -85,3 +85,20 @@ export type VerifyReport = Schemas['VerifyReport'];
 
 export type ApprovalView = Schemas['ApprovalView'];
 export type ApprovalStatus = Schemas['ApprovalStatus'];
+
+export type ReleaseView = Schemas['ReleaseView'];
+/** The query parameters of a release upload (`POST /releases`, the archive as the body). */
+export type ReleaseParams = NonNullable<operations['upload_release']['parameters']['query']>;
+
+export type NewRollout = Schemas['NewRollout'];
+export type RolloutSettings = Schemas['RolloutSettingsBody'];
+export type CreatedRollout = Schemas['CreatedRollout'];
+export type PlannedDevice = Schemas['PlannedDeviceView'];
+export type RolloutSummary = Schemas['RolloutSummary'];
+export type RolloutDetail = Schemas['RolloutDetail'];
+export type RolloutDevice = Schemas['RolloutDeviceView'];
+export type RolloutEvent = Schemas['RolloutEventView'];
+export type BatchView = Schemas['BatchView'];
+export type DeviceApps = Schemas['DeviceApps'];
+export type DeviceApp = Schemas['DeviceAppView'];
+export type DeviceRollout = Schemas['DeviceRolloutView'];

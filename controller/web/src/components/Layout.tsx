@@ -21,6 +21,8 @@ function navItems(user: Pick<Whoami, 'role'>): NavItem[] {
   const items: NavItem[] = [
     { href: '/', label: 'Fleet', testId: 'nav-fleet' },
     { href: '/commands', label: 'Commands', testId: 'nav-commands' },
+    { href: '/releases', label: 'Releases', testId: 'nav-releases' },
+    { href: '/rollouts', label: 'Rollouts', testId: 'nav-rollouts' },
     { href: '/approvals', label: 'Approvals', testId: 'nav-approvals' },
   ];
   if (isAdmin(user.role)) {

@@ -74,3 +74,20 @@ export function useNow(): number {
   }, []);
   return useStore(clock);
 }
+
+/** Reloads `a` every `ms` after its previous load finished, while `active` (and the page is
+ * visible: a hidden tab waits until it is shown again). */
+export function usePolling(a: Pick<Async<unknown>, 'loading' | 'reload'>, ms: number, active: boolean): void {
+  const { loading, reload } = a;
+  const [visible, setVisible] = useState(() => typeof document === 'undefined' || !document.hidden);
+  useEffect(() => {
+    const onChange = () => setVisible(!document.hidden);
+    document.addEventListener('visibilitychange', onChange);
+    return () => document.removeEventListener('visibilitychange', onChange);
+  }, []);
+  useEffect(() => {
+    if (!active || loading || !visible) return;
+    const t = setTimeout(reload, ms);
+    return () => clearTimeout(t);
+  }, [active, loading, visible, ms, reload]);
+}

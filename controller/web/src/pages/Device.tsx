@@ -10,6 +10,7 @@ import { AlertBadges, DeviceStatusBadge } from '../components/Badge';
 import { CommandList } from '../components/CommandList';
 import { CommandPanel } from '../components/CommandPanel';
 import { ConfirmDialog } from '../components/ConfirmDialog';
+import { DeviceApps } from '../components/DeviceApps';
 import { DeviceCharts } from '../components/DeviceCharts';
 import { Inventory, LiveValues, Services } from '../components/DeviceInfo';
 import { LabelChips } from '../components/LabelChips';
@@ -210,6 +211,7 @@ export function DevicePage({ id, user }: { id: string; user: Whoami }) {
       <DeviceCharts deviceId={d.id} />
       <Services d={d} />
       <Watchdog deviceId={d.id} generation={detailsGeneration} />
+      <DeviceApps deviceId={d.id} />
       <DeviceCommands d={d} user={user} />
       {isAdmin(user.role) && (
         <AdminSection d={d} onChanged={(next) => (next ? device.setData(() => next) : device.reload())} />
