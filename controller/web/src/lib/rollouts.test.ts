@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import type { ApprovalView } from '../api/types';
 import {
   buildRollout,
   countsText,
@@ -12,6 +13,7 @@ import {
   progressSegments,
   type RolloutFields,
   rolloutActions,
+  rolloutOf,
   settingsFacts,
 } from './rollouts';
 
@@ -259,5 +261,15 @@ describe('settingsFacts', () => {
       'Maintenance window': 'any time',
     });
     expect(facts['Abort rule']).toMatch(/once 10 results/);
+  });
+});
+
+describe('rolloutOf', () => {
+  it('names the rollout of a rollout approval only', () => {
+    const req = (r: unknown) => r as ApprovalView['request'];
+    expect(rolloutOf({ kind: 'rollout', request: req({ rollout: 7, release_id: 2 }) })).toBe(7);
+    expect(rolloutOf({ kind: 'command', request: req({ rollout: 7 }) })).toBeNull();
+    expect(rolloutOf({ kind: 'rollout', request: req({ rollout: '7' }) })).toBeNull();
+    expect(rolloutOf({ kind: 'rollout', request: req(null) })).toBeNull();
   });
 });

@@ -2,7 +2,7 @@
 // actions a role may take, and the creation form turned into a request (pure functions, so
 // they are unit-tested). The controller checks everything again.
 
-import type { NewRollout, Role, RolloutSettings } from '../api/types';
+import type { ApprovalView, NewRollout, Role, RolloutSettings } from '../api/types';
 import { canOperate, isAdmin } from './commands';
 import { formatBytes, formatDuration, formatPercent, plural, share } from './format';
 import { DEVICE_ID_RULE, isDeviceId } from './ids';
@@ -401,4 +401,10 @@ function withinDuration(text: string, min: number): Parsed<number> {
     return { ok: false, error: `from ${min} s to 30 days` };
   }
   return d;
+}
+
+/** The rollout a rollout approval request is for (its request names it), else null. */
+export function rolloutOf(a: Pick<ApprovalView, 'kind' | 'request'>): number | null {
+  const r = a.request as { rollout?: unknown } | null;
+  return a.kind === 'rollout' && r !== null && typeof r.rollout === 'number' ? r.rollout : null;
 }

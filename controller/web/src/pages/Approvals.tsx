@@ -1,5 +1,5 @@
-// Approvals: commands to more devices than the threshold, or to the whole fleet, wait here
-// until a second admin approves them. Everyone sees them; admins decide (never on their own
+// Approvals: commands and rollouts to more devices than the threshold, or to the whole
+// fleet, wait here until a second admin approves them (a rollout's links to its page). Everyone sees them; admins decide (never on their own
 // request: the controller refuses that).
 
 import { useState } from 'preact/hooks';
@@ -11,6 +11,8 @@ import { Empty, ErrorBox, Loading } from '../components/States';
 import { RelTime } from '../components/Time';
 import { isAdmin } from '../lib/commands';
 import { useAsync } from '../lib/hooks';
+import { Link } from '../lib/router';
+import { rolloutOf } from '../lib/rollouts';
 import { toast } from '../lib/toast';
 
 const STATUS_TONE: Record<ApprovalStatus, string> = {
@@ -52,7 +54,15 @@ function ApprovalTable({
         <tbody>
           {items.map((a) => (
             <tr key={a.id} data-testid="approval-row" data-approval-id={a.id} data-status={a.status}>
-              <td>{a.summary}</td>
+              <td>
+                {rolloutOf(a) === null ? (
+                  a.summary
+                ) : (
+                  <Link href={`/rollouts/${rolloutOf(a)}`} data-testid="approval-rollout">
+                    {a.summary}
+                  </Link>
+                )}
+              </td>
               <td class="mono">{a.requested_by}</td>
               <td>
                 <span class={`badge badge-${STATUS_TONE[a.status]}`}>{a.status}</span>
