@@ -14,5 +14,6 @@ pub mod https;
 pub mod logs;
 pub mod mosquitto;
 pub mod mqtt;
+pub mod procstat;
 pub mod promkit;
 pub mod simkit;

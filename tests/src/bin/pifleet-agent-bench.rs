@@ -14,9 +14,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Parser;
 use pifleet_tests::harness::{Controller, bin};
+use pifleet_tests::procstat::{TICKS_PER_SEC, Usage, usage};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -29,50 +30,6 @@ struct Args {
     /// Measurement window after a 10 s warm-up.
     #[arg(long, default_value_t = 60)]
     seconds: u64,
-}
-
-struct Usage {
-    cpu_ticks: u64,
-    /// Nanoseconds on CPU summed over the live threads (schedstat): finer than ticks.
-    cpu_ns: u64,
-    rss_kib: u64,
-}
-
-fn schedstat_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .filter_map(|t| t.ok())
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
-fn usage(pid: u32) -> Result<Usage> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').context("stat format")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = f.get(11).context("utime")?.parse()?;
-    let stime: u64 = f.get(12).context("stime")?.parse()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .context("VmRSS")?
-        .parse()?;
-    Ok(Usage {
-        cpu_ticks: utime + stime,
-        cpu_ns: schedstat_ns(pid),
-        rss_kib: rss,
-    })
-}
-
-fn ticks_per_sec() -> f64 {
-    // CLK_TCK is 100 on every Linux we target.
-    100.0
 }
 
 fn scrape(port: u16) -> Result<usize> {
@@ -164,7 +121,7 @@ async fn main() -> Result<()> {
         if u1.cpu_ns > u0.cpu_ns {
             (u1.cpu_ns - u0.cpu_ns) as f64 / 1e6
         } else {
-            (u1.cpu_ticks - u0.cpu_ticks) as f64 / ticks_per_sec() * 1000.0
+            (u1.cpu_ticks - u0.cpu_ticks) as f64 / TICKS_PER_SEC * 1000.0
         }
     };
     let agent_cpu_ms = cpu_ms(&a0, &a1);

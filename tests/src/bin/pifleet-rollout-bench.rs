@@ -38,6 +38,7 @@ use pifleet_shared::topic::Kind;
 use pifleet_shared::{Topic, codec};
 use pifleet_tests::harness::Controller;
 use pifleet_tests::mqtt;
+use pifleet_tests::procstat::{TICKS_PER_SEC, usage};
 use pifleet_tests::simkit::{Responder, enroll_all};
 use rumqttc::{Event, Packet, QoS};
 use sha2::{Digest, Sha256};
@@ -64,30 +65,6 @@ struct Stats {
     max_in_flight: AtomicU64,
     done: AtomicU64,
     failed: AtomicU64,
-}
-
-struct Usage {
-    cpu_ticks: u64,
-    hwm_kib: u64,
-}
-
-fn usage(pid: u32) -> Result<Usage> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').context("stat format")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = f.get(11).context("utime")?.parse()?;
-    let stime: u64 = f.get(12).context("stime")?.parse()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hwm = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .context("VmHWM")?
-        .parse()?;
-    Ok(Usage {
-        cpu_ticks: utime + stime,
-        hwm_kib: hwm,
-    })
 }
 
 /// A pseudo-random, incompressible archive of about `mib` MiB holding one file.
@@ -239,7 +216,7 @@ async fn main() -> Result<()> {
     };
     let elapsed = t0.elapsed();
     let after = usage(pid)?;
-    let cpu_s = (after.cpu_ticks - before.cpu_ticks) as f64 / 100.0;
+    let cpu_s = (after.cpu_ticks - before.cpu_ticks) as f64 / TICKS_PER_SEC;
     let bytes = stats.bytes.load(Ordering::Relaxed);
     println!(
         "rollout {id}: {} ({}) in {:.1} s",
