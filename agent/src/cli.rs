@@ -27,7 +27,10 @@ pifleet-agent enroll --controller <URL> --token <TOKEN> [OPTIONS]
   --token <TOKEN>      The token printed by `pifleet-controller token create`
                        [env: PIFLEET_TOKEN]
   --config <PATH>      [default: /etc/pifleet/agent.toml]
-  --device-id <ID>     Proposed device id (default: derived from the hostname)
+  --device-id <ID>     Device id (default: the hostname, or when the controller has it
+                       already, the hostname plus a suffix from the board serial)
+  --serial-file <PATH> Where the board serial is [default: /proc/device-tree/serial-number,
+                       then /etc/machine-id]
   --interval <SECS>    Telemetry interval in seconds written to the config
   --force              Replace an existing enrollment
 
@@ -47,6 +50,7 @@ pub enum Cli {
         device_id: Option<String>,
         interval: Option<u32>,
         force: bool,
+        serial_file: Option<PathBuf>,
     },
     Run {
         config: PathBuf,
@@ -81,6 +85,7 @@ pub fn parse(args: Vec<OsString>, token_env: Option<String>) -> Result<Cli, Usag
     };
     let (mut controller, mut token, mut config) = (None, None, None);
     let (mut device_id, mut interval, mut force) = (None, None, false);
+    let mut serial_file = None;
     while let Some(arg) = p.next().map_err(bad)? {
         let name = match &arg {
             Long(l) => format!("--{l}"),
@@ -97,6 +102,7 @@ pub fn parse(args: Vec<OsString>, token_env: Option<String>) -> Result<Cli, Usag
             Long("token") if enroll => &mut token,
             Long("device-id") if enroll => &mut device_id,
             Long("interval") if enroll => &mut interval,
+            Long("serial-file") if enroll => &mut serial_file,
             other => return Err(Usage(other.unexpected().to_string())),
         };
         let value = text(p.value().map_err(bad)?)?;
@@ -121,6 +127,7 @@ pub fn parse(args: Vec<OsString>, token_env: Option<String>) -> Result<Cli, Usag
         device_id,
         interval,
         force,
+        serial_file: serial_file.map(PathBuf::from),
     })
 }
 
@@ -150,7 +157,7 @@ mod tests {
             parse(
                 args(
                     "enroll --controller https://c:8443 --token=t1 --config a.toml \
-                     --device-id pi-1 --interval 5 --force"
+                     --device-id pi-1 --interval 5 --force --serial-file s.txt"
                 ),
                 None
             ),
@@ -161,6 +168,7 @@ mod tests {
                 device_id: Some("pi-1".into()),
                 interval: Some(5),
                 force: true,
+                serial_file: Some("s.txt".into()),
             })
         );
         // The token may come from the environment; the command line wins.

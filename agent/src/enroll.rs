@@ -14,6 +14,7 @@ use pifleet_shared::enroll::v1::{EnrollRequest, EnrollResponse};
 use pifleet_shared::signing::TrustedKey;
 use pifleet_shared::token::EnrollToken;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+use sha2::Digest as _;
 
 use crate::config::{
     AgentConfig, ControllerConfig, MqttSection, SpoolSection, TelemetryConfig, TlsFiles,
@@ -30,7 +31,10 @@ pub enum EnrollError {
     Url(String),
     #[error("{0} exists: this device is already enrolled (use --force to enroll again)")]
     AlreadyEnrolled(PathBuf),
-    #[error("cannot derive a device id from the hostname {0:?}; pass --device-id")]
+    #[error(
+        "cannot derive a device id from the hostname {0:?} (and no board serial was found); \
+         pass --device-id"
+    )]
     NoDeviceId(String),
     #[error("generating the device key: {0}")]
     Key(#[from] rcgen::Error),
@@ -65,6 +69,9 @@ pub struct EnrollOptions {
     pub device_id: Option<String>,
     pub interval_s: Option<u32>,
     pub force: bool,
+    /// Where the board's serial number is, instead of `/proc/device-tree/serial-number`
+    /// (or `/etc/machine-id`).
+    pub serial_file: Option<PathBuf>,
 }
 
 /// Enrolls this device and writes its configuration. Returns the assigned device id.
@@ -75,14 +82,13 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
     if opts.config.exists() && !opts.force {
         return Err(EnrollError::AlreadyEnrolled(opts.config.clone()));
     }
-    let proposed = match &opts.device_id {
-        Some(id) => {
-            DeviceId::parse(id).map_err(|e| EnrollError::Url(format!("--device-id: {e}")))?
-        }
-        None => {
-            let h = hostname();
-            DeviceId::sanitize(&h).ok_or(EnrollError::NoDeviceId(h))?
-        }
+    let (proposed, fallback) = match &opts.device_id {
+        Some(id) => (
+            DeviceId::parse(id).map_err(|e| EnrollError::Url(format!("--device-id: {e}")))?,
+            None,
+        ),
+        None => derived_ids(&hostname(), board_serial(opts.serial_file.as_deref()))
+            .ok_or_else(|| EnrollError::NoDeviceId(hostname()))?,
     };
 
     // The key is made here and never leaves the device.
@@ -96,6 +102,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
     let body = serde_json::to_vec(&EnrollRequest {
         token: opts.token.clone(),
         csr,
+        fallback_id: fallback.map(|f| f.to_string()),
     })
     .map_err(|e| EnrollError::Http(e.to_string()))?;
     // A busy controller (429: many devices of one site enrolling at once; 503) says when to
@@ -279,6 +286,37 @@ fn retry_wait(retry_after: Option<u64>) -> Duration {
     Duration::from_millis(base + rand::random::<u64>() % (base / 2 + 1))
 }
 
+/// The id to propose and the one to fall back to when the controller has it already: the
+/// hostname when it is an id, with the hostname plus a stable suffix from the board's
+/// serial number as the fallback; only the suffixed one when the hostname is not an id.
+fn derived_ids(hostname: &str, serial: Option<String>) -> Option<(DeviceId, Option<DeviceId>)> {
+    let suffixed = serial.and_then(|s| {
+        let digest = sha2::Sha256::digest(s.as_bytes());
+        let hex = pifleet_shared::token::to_hex(&digest[..4]);
+        DeviceId::with_suffix(hostname, &hex)
+    });
+    match DeviceId::sanitize(hostname) {
+        Some(id) => Some((id, suffixed)),
+        None => suffixed.map(|id| (id, None)),
+    }
+}
+
+/// The board's serial number: a Raspberry Pi's from the device tree, else the machine id.
+fn board_serial(file: Option<&Path>) -> Option<String> {
+    let candidates: Vec<&Path> = match file {
+        Some(f) => vec![f],
+        None => vec![
+            Path::new("/proc/device-tree/serial-number"),
+            Path::new("/etc/machine-id"),
+        ],
+    };
+    candidates.into_iter().find_map(|p| {
+        let text = std::fs::read_to_string(p).ok()?;
+        let serial = text.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+        (!serial.is_empty()).then(|| serial.to_owned())
+    })
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
@@ -289,6 +327,41 @@ fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_come_from_the_hostname_and_the_board_serial() {
+        let serial = || Some("10000000abcdef01".to_owned());
+        let (p, f) = derived_ids("raspberrypi", serial()).unwrap();
+        assert_eq!(p.as_str(), "raspberrypi");
+        let f = f.unwrap();
+        assert!(
+            f.as_str().starts_with("raspberrypi-") && f.as_str().len() == 20,
+            "{f}"
+        );
+        // Stable: the same serial gives the same id; another serial another.
+        assert_eq!(
+            derived_ids("raspberrypi", serial()).unwrap().1,
+            Some(f.clone())
+        );
+        let other = derived_ids("raspberrypi", Some("10000000abcdef02".into()));
+        assert_ne!(other.unwrap().1, Some(f));
+        // A hostname that is no id alone ("vm") takes the suffixed one.
+        let (p, f) = derived_ids("vm", serial()).unwrap();
+        assert!(p.as_str().starts_with("vm-"), "{p}");
+        assert_eq!(f, None);
+        assert_eq!(derived_ids("vm", None), None);
+        assert_eq!(derived_ids("pi4", None).unwrap().0.as_str(), "pi4");
+    }
+
+    #[test]
+    fn the_board_serial_is_read_trimmed_of_nuls() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("serial-number");
+        std::fs::write(&f, "10000000abcdef01\0").unwrap();
+        assert_eq!(board_serial(Some(&f)).as_deref(), Some("10000000abcdef01"));
+        std::fs::write(&f, "\n").unwrap();
+        assert_eq!(board_serial(Some(&f)), None);
+    }
 
     #[test]
     fn a_busy_controller_is_asked_again_after_its_retry_after_and_some_jitter() {

@@ -70,8 +70,10 @@ fn main() -> ExitCode {
                 device_id,
                 interval,
                 force,
+                serial_file,
             } => {
                 let opts = EnrollOptions {
+                    serial_file,
                     controller,
                     token,
                     config: config.clone(),

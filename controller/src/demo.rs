@@ -118,6 +118,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             Duration::from_secs(600),
             Some(&id),
             &labels,
+            None,
         )
         .await?;
         let config = dir.join("agent.toml");

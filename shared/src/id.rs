@@ -56,26 +56,41 @@ impl DeviceId {
     /// Turns any text (a hostname, say) into a valid id when it can: lowercases, maps other
     /// characters to `-`, trims hyphens and truncates. Returns `None` if nothing usable is left.
     pub fn sanitize(s: &str) -> Option<Self> {
-        let mapped: String = s
-            .chars()
-            .map(|c| {
-                let c = c.to_ascii_lowercase();
-                if c.is_ascii_lowercase() || c.is_ascii_digit() {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        let mut out = String::with_capacity(mapped.len());
-        for c in mapped.chars() {
-            if c == '-' && out.ends_with('-') {
-                continue;
-            }
-            out.push(c);
+        let cleaned: String = clean(s).chars().take(MAX_LEN).collect();
+        Self::parse(cleaned.trim_end_matches('-')).ok()
+    }
+}
+
+/// `s` lowercased, other characters mapped to `-`, runs of `-` collapsed, trimmed.
+fn clean(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars().map(|c| c.to_ascii_lowercase()) {
+        let c = if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            c
+        } else {
+            '-'
+        };
+        if c == '-' && (out.is_empty() || out.ends_with('-')) {
+            continue;
         }
-        let trimmed: String = out.trim_matches('-').chars().take(MAX_LEN).collect();
-        Self::parse(trimmed.trim_end_matches('-')).ok()
+        out.push(c);
+    }
+    out.trim_end_matches('-').to_owned()
+}
+
+impl DeviceId {
+    /// `base` (sanitized, shortened to make room) followed by `-` and `suffix`, e.g.
+    /// `raspberrypi-3fa1c09e`: the id a device takes when its hostname alone is taken or is
+    /// not an id. `suffix` must be an id's characters; `base` may be anything (an empty or
+    /// unusable one gives `pi-<suffix>`).
+    pub fn with_suffix(base: &str, suffix: &str) -> Option<Self> {
+        let room = MAX_LEN.checked_sub(suffix.len() + 1)?;
+        let base: String = clean(base).chars().take(room).collect();
+        let base = match base.trim_end_matches('-') {
+            "" => "pi",
+            b => b,
+        };
+        Self::parse(&format!("{base}-{suffix}")).ok()
     }
 }
 
@@ -114,6 +129,21 @@ impl<'de> Deserialize<'de> for DeviceId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn suffixed_ids_fit_and_fall_back_to_pi() {
+        let id = |b: &str| DeviceId::with_suffix(b, "3fa1c09e").map(|d| d.0);
+        assert_eq!(id("raspberrypi").as_deref(), Some("raspberrypi-3fa1c09e"));
+        assert_eq!(id("vm").as_deref(), Some("vm-3fa1c09e"), "too short alone");
+        assert_eq!(id("--").as_deref(), Some("pi-3fa1c09e"));
+        assert_eq!(id("").as_deref(), Some("pi-3fa1c09e"));
+        assert_eq!(id("Kiosk_Lobby").as_deref(), Some("kiosk-lobby-3fa1c09e"));
+        let long = "a".repeat(80);
+        let got = id(&long).unwrap();
+        assert_eq!(got.len(), MAX_LEN);
+        assert!(got.ends_with("-3fa1c09e"));
+        assert_eq!(DeviceId::with_suffix("pi", "NOT-VALID!"), None);
+    }
     use proptest::prelude::*;
 
     #[test]

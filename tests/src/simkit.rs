@@ -41,6 +41,7 @@ pub async fn enroll_all(
             Duration::from_secs(600),
             None,
             &Default::default(),
+            None,
         )
         .await?;
         pending.push(EnrollOptions {
@@ -50,6 +51,7 @@ pub async fn enroll_all(
             device_id: Some(id),
             interval_s: Some(10),
             force: false,
+            serial_file: None,
         });
         out.push(config);
     }

@@ -31,6 +31,9 @@ pub struct CreateToken {
     pub name: Option<String>,
     /// Labels the device starts with.
     pub labels: Option<BTreeMap<String, String>>,
+    /// Make a provisioning token that enrolls up to this many devices (1–100000), to bake
+    /// into an SD-card image; it cannot have a `name`.
+    pub max_uses: Option<u32>,
 }
 
 /// A created token. The secret is shown here once and stored only as a hash.
@@ -65,17 +68,22 @@ pub struct TokenInfo {
     pub created_at: i64,
     pub expires_at: i64,
     pub state: TokenState,
-    /// The device that enrolled with it.
+    /// The device that enrolled with it (a provisioning token: the latest).
     #[schema(required)]
     pub used_by: Option<String>,
     #[schema(required)]
     pub used_at: Option<i64>,
+    /// A provisioning token enrolls up to this many devices; null: single use.
+    #[schema(required)]
+    pub max_uses: Option<i64>,
+    /// Devices a provisioning token enrolled so far.
+    pub uses: i64,
 }
 
 fn state(t: &TokenRow, now: i64) -> TokenState {
     if t.revoked_at.is_some() {
         TokenState::Revoked
-    } else if t.used_at.is_some() {
+    } else if t.used_at.is_some() || t.max_uses.is_some_and(|max| t.uses >= max) {
         TokenState::Used
     } else if t.expires_at <= now {
         TokenState::Expired
@@ -146,7 +154,7 @@ fn enroll_command(authority: &str, token: &str, name: Option<&str>) -> String {
     cmd
 }
 
-/// Creates a single-use enrollment token.
+/// Creates an enrollment token: single-use, or with `max_uses` a provisioning token.
 #[utoipa::path(
     post,
     operation_id = "create_token",
@@ -179,6 +187,7 @@ pub async fn create(
         Duration::from_secs(ttl_s),
         name.as_ref().map(|n| n.as_str()),
         &labels,
+        req.max_uses,
     )
     .await?;
     let authority = controller_authority(headers.get(header::HOST).and_then(|h| h.to_str().ok()))
@@ -222,6 +231,8 @@ pub async fn list(State(st): State<AppState>) -> Result<axum::Json<Vec<TokenInfo
             expires_at: t.expires_at,
             used_by: t.used_by,
             used_at: t.used_at,
+            max_uses: t.max_uses,
+            uses: t.uses,
         })
         .collect();
     Ok(axum::Json(tokens))
@@ -307,8 +318,17 @@ mod tests {
             used_at: None,
             used_by: None,
             revoked_at: None,
+            max_uses: None,
+            uses: 0,
         };
         assert_eq!(state(&t, 50), TokenState::Unused);
+        let provisioning = |uses| TokenRow {
+            max_uses: Some(20),
+            uses,
+            ..t.clone()
+        };
+        assert_eq!(state(&provisioning(19), 50), TokenState::Unused);
+        assert_eq!(state(&provisioning(20), 50), TokenState::Used, "all used");
         assert_eq!(state(&t, 100), TokenState::Expired);
         let used = TokenRow {
             used_at: Some(10),

@@ -1,4 +1,5 @@
-//! `pifleet-controller token …`: single-use enrollment tokens.
+//! `pifleet-controller token …`: enrollment tokens, single-use or provisioning (one token
+//! for many devices, to bake into an SD-card image).
 
 use std::time::Duration;
 
@@ -11,7 +12,8 @@ use super::{DataDirArg, Usage, conclude, open};
 
 #[derive(Subcommand)]
 pub enum TokenCmd {
-    /// Create a single-use enrollment token and print it.
+    /// Create an enrollment token and print it: single-use, or with --max-uses a
+    /// provisioning token for many devices.
     Create {
         #[command(flatten)]
         dir: DataDirArg,
@@ -24,13 +26,16 @@ pub enum TokenCmd {
         /// Label k=v given to the device (repeatable).
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// A provisioning token: enrolls up to this many devices (each proposes its own id).
+        #[arg(long, conflicts_with = "name")]
+        max_uses: Option<u32>,
     },
     /// List tokens (never their secrets).
     List {
         #[command(flatten)]
         dir: DataDirArg,
     },
-    /// Revoke an unused token by id.
+    /// Revoke a token by id (unused, or a provisioning token: its devices stay enrolled).
     Revoke {
         #[command(flatten)]
         dir: DataDirArg,
@@ -45,14 +50,23 @@ pub async fn run(cmd: TokenCmd) -> anyhow::Result<()> {
             ttl,
             name,
             labels,
+            max_uses,
         } => {
             let o = open(&dir).await?;
             let created = match labels::parse_pairs(&labels) {
                 Ok(labels) => {
                     let max = o.cfg.enrollment.max_token_ttl_s;
-                    tokens::create_token(&o.dd, &o.store, max, ttl, name.as_deref(), &labels)
-                        .await
-                        .map_err(anyhow::Error::from)
+                    tokens::create_token(
+                        &o.dd,
+                        &o.store,
+                        max,
+                        ttl,
+                        name.as_deref(),
+                        &labels,
+                        max_uses,
+                    )
+                    .await
+                    .map_err(anyhow::Error::from)
                 }
                 Err(e) => Err(Usage(e.to_string()).into()),
             };
@@ -61,11 +75,18 @@ pub async fn run(cmd: TokenCmd) -> anyhow::Result<()> {
                 Err(_) => name.unwrap_or_default(),
             };
             let ttl_text = humantime::format_duration(ttl);
-            let detail = format!("ttl={ttl_text}");
+            let detail = match max_uses {
+                Some(n) => format!("ttl={ttl_text}; max_uses={n}"),
+                None => format!("ttl={ttl_text}"),
+            };
             let t = conclude(o.store, "token.create", &target, &detail, created).await?;
             println!("{}", t.token);
+            let kind = match max_uses {
+                Some(n) => format!("a provisioning token for up to {n} devices"),
+                None => "single-use".to_owned(),
+            };
             eprintln!(
-                "token {} is single-use and expires in {ttl_text}. On the device run:\n  pifleet-agent enroll --controller https://<controller-host>:8443 --token <token>",
+                "token {} is {kind} and expires in {ttl_text}. On the device run:\n  pifleet-agent enroll --controller https://<controller-host>:8443 --token <token>",
                 t.id
             );
         }
@@ -76,6 +97,13 @@ pub async fn run(cmd: TokenCmd) -> anyhow::Result<()> {
             for t in tokens? {
                 let state = if t.revoked_at.is_some() {
                     "revoked".to_owned()
+                } else if let Some(max) = t.max_uses {
+                    let left = if t.expires_at <= now_ms() {
+                        "expired"
+                    } else {
+                        "active"
+                    };
+                    format!("provisioning, {} of {max} used, {left}", t.uses)
                 } else if let Some(by) = &t.used_by {
                     format!("used by {by}")
                 } else if t.expires_at <= now_ms() {

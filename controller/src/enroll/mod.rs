@@ -1,4 +1,5 @@
-//! Enrollment: a single-use token and a CSR in, a device certificate out.
+//! Enrollment: a token (single-use, or a provisioning token that enrolls up to a count of
+//! devices) and a CSR in, a device certificate out.
 //!
 //! The device makes its own key; only the CSR travels. Every refusal (unknown, used,
 //! expired or revoked token; a CSR with a bad signature, a weak key or a malformed subject;
@@ -82,6 +83,7 @@ impl Refusal {
             Self::Token(EnrollRefusal::ExpiredToken) => "enrollment token expired",
             Self::Token(EnrollRefusal::RevokedToken) => "enrollment token revoked",
             Self::Token(EnrollRefusal::DeviceExists(_)) => "device already enrolled",
+            Self::Token(EnrollRefusal::TokenExhausted(_)) => "provisioning token exhausted",
         }
     }
 }
@@ -90,49 +92,73 @@ fn internal(e: impl std::fmt::Display) -> Refusal {
     Refusal::Internal(e.to_string())
 }
 
+/// A device enrolled: the answer for it, and the token it used (for the audit log).
+#[derive(Debug)]
+pub struct Enrolled {
+    pub response: EnrollResponse,
+    pub token_id: String,
+}
+
 /// Enrolls a device: checks the token and the CSR, signs the device certificate and
-/// records the device, consuming the token, in one transaction.
-pub async fn enroll(st: &EnrollState, req: &EnrollRequest) -> Result<EnrollResponse, Refusal> {
+/// records the device, consuming the token (or one use of it), in one transaction.
+pub async fn enroll(st: &EnrollState, req: &EnrollRequest) -> Result<Enrolled, Refusal> {
     let token = EnrollToken::parse(&req.token)?;
     if token.ca_fingerprint_hex() != st.ca_fingerprint {
         return Err(Refusal::OtherController);
     }
     // Validate the CSR before touching the database, so a bad one costs nothing.
     let proposed = pki::csr_proposed_id(&req.csr)?;
+    let fallback = req
+        .fallback_id
+        .as_deref()
+        .map(DeviceId::parse)
+        .transpose()?;
     let outcome = st
         .store
-        .enroll(&secret_hash(token.secret()), |t| {
-            let id = match &t.name {
-                Some(name) => DeviceId::parse(name)?,
-                None => proposed.clone(),
-            };
-            let issued = st.ca.sign_device_csr(&req.csr, &id, st.cert_days)?;
-            let (alg, public_key) = pki::device_public_key(&issued.cert_pem).map_err(internal)?;
-            Ok::<_, Refusal>((
-                NewDevice {
-                    id,
-                    labels: t.labels.clone(),
-                    serial: normalize_serial(&issued.serial_hex),
-                    not_after: issued.not_after_unix,
-                    public_key_alg: alg.as_str(),
-                    public_key,
-                },
-                issued.cert_pem,
-            ))
-        })
+        .enroll(
+            &secret_hash(token.secret()),
+            |t| {
+                // A token made for one device names it; otherwise the device's proposal,
+                // then its fallback when the proposal is taken (Pis flashed from one image
+                // share a hostname).
+                Ok::<_, Refusal>(match &t.name {
+                    Some(name) => vec![DeviceId::parse(name)?],
+                    None => std::iter::once(proposed.clone())
+                        .chain(fallback.clone().filter(|f| f != &proposed))
+                        .collect(),
+                })
+            },
+            |t, id| {
+                let issued = st.ca.sign_device_csr(&req.csr, &id, st.cert_days)?;
+                let (alg, public_key) =
+                    pki::device_public_key(&issued.cert_pem).map_err(internal)?;
+                Ok::<_, Refusal>((
+                    NewDevice {
+                        id,
+                        labels: t.labels.clone(),
+                        serial: normalize_serial(&issued.serial_hex),
+                        not_after: issued.not_after_unix,
+                        public_key_alg: alg.as_str(),
+                        public_key,
+                    },
+                    (issued.cert_pem, t.id.clone()),
+                ))
+            },
+        )
         .await
         .map_err(internal)?;
-    let (device, cert_pem) = match outcome {
+    let (device, (cert_pem, token_id)) = match outcome {
         Ok(v) => v,
         Err(EnrollError::Issue(r)) => return Err(r),
         Err(EnrollError::Refused(r)) => return Err(r.into()),
     };
-    Ok(EnrollResponse {
+    let response = EnrollResponse {
         device_id: device.id.to_string(),
         certificate: cert_pem,
         ca: st.ca.cert_pem.clone(),
         command_public_key: st.command_public_key.clone(),
         mqtt_port: st.mqtt_port,
         release_public_keys: st.release_public_keys.clone(),
-    })
+    };
+    Ok(Enrolled { response, token_id })
 }

@@ -1,4 +1,5 @@
-//! Single-use enrollment tokens: made the same way by the command line and the admin API.
+//! Enrollment tokens, single-use or provisioning (multi-use, to bake into an SD-card image):
+//! made the same way by the command line and the admin API.
 //! The database keeps only the secret's hash; the token text carries the secret and the
 //! CA fingerprint, so an agent can check it talks to the controller that made it.
 
@@ -41,8 +42,13 @@ pub struct CreatedToken {
     pub expires_at_ms: i64,
 }
 
-/// Creates a single-use enrollment token valid for `ttl` (at most `max_ttl_s`), for the
-/// device `name` if given, which gets `labels` when it enrolls.
+/// Most devices one provisioning token may enroll.
+pub const MAX_PROVISIONING_USES: u32 = 100_000;
+
+/// Creates an enrollment token valid for `ttl` (at most `max_ttl_s`): single-use, for the
+/// device `name` if given; or, with `max_uses`, a provisioning token that enrolls up to that
+/// many devices (no name: each device proposes its own id). Every device it enrolls gets
+/// `labels`.
 pub async fn create_token(
     dd: &DataDir,
     store: &Store,
@@ -50,7 +56,20 @@ pub async fn create_token(
     ttl: Duration,
     name: Option<&str>,
     labels: &Labels,
+    max_uses: Option<u32>,
 ) -> Result<CreatedToken, TokenError> {
+    if let Some(n) = max_uses {
+        if name.is_some() {
+            return Err(TokenError::Invalid(
+                "a provisioning token (--max-uses) enrolls many devices: it cannot name one".into(),
+            ));
+        }
+        if !(1..=MAX_PROVISIONING_USES).contains(&n) {
+            return Err(TokenError::Invalid(format!(
+                "--max-uses must be between 1 and {MAX_PROVISIONING_USES}"
+            )));
+        }
+    }
     if ttl.as_secs() < 1 || ttl.as_secs() > max_ttl_s {
         return Err(TokenError::Invalid(format!(
             "--ttl must be between 1s and {max_ttl_s}s (enrollment.max_token_ttl_s)"
@@ -73,7 +92,7 @@ pub async fn create_token(
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
     let expires_at_ms = now_ms().saturating_add(ttl_ms);
     store
-        .insert_token(&id, &hash, name.as_ref(), labels, expires_at_ms)
+        .insert_token(&id, &hash, name.as_ref(), labels, expires_at_ms, max_uses)
         .await?;
     Ok(CreatedToken {
         id,

@@ -61,6 +61,8 @@ pub enum EnrollRefusal {
     RevokedToken,
     #[error("device id {0} is already enrolled")]
     DeviceExists(String),
+    #[error("provisioning token has enrolled its {0} devices")]
+    TokenExhausted(i64),
 }
 
 /// Errors of the enrollment transaction: a refusal by state, or by the issuer callback.
@@ -108,16 +110,20 @@ const DEVICE_SELECT_BY_ID: &str = device_select!("WHERE id = ?");
 const DEVICE_SELECT_ALL: &str = device_select!("ORDER BY id");
 
 impl Store {
-    /// Consumes a token and records the device and its certificate, all or nothing.
-    /// `issue` picks the device id from the token and signs the certificate; if it fails,
-    /// or any check fails, nothing is written and the token stays usable.
-    pub async fn enroll<T, E, F>(
+    /// Consumes a token (a single-use one is spent; a provisioning token counts one use) and
+    /// records the device and its certificate, all or nothing. `candidates` lists the ids
+    /// the device may take, best first, from the token; the first one not enrolled yet is
+    /// given to `issue`, which signs the certificate. If every candidate is taken, `issue`
+    /// fails or any check fails, nothing is written and the token stays usable.
+    pub async fn enroll<T, E, C, F>(
         &self,
         secret_hash: &str,
+        candidates: C,
         issue: F,
     ) -> Result<Result<(NewDevice, T), EnrollError<E>>, StoreError>
     where
-        F: FnOnce(&TokenRow) -> Result<(NewDevice, T), E>,
+        C: FnOnce(&TokenRow) -> Result<Vec<DeviceId>, E>,
+        F: FnOnce(&TokenRow, DeviceId) -> Result<(NewDevice, T), E>,
     {
         let now = now_ms();
         // An unknown token (what a stranger guessing tokens sends) is refused from a
@@ -145,30 +151,51 @@ impl Store {
         } else if token.expires_at <= now {
             Some(EnrollRefusal::ExpiredToken)
         } else {
-            None
+            token
+                .max_uses
+                .filter(|&max| token.uses >= max)
+                .map(EnrollRefusal::TokenExhausted)
         };
         if let Some(r) = refusal {
             return Ok(Err(EnrollError::Refused(r)));
         }
-        let (device, extra) = match issue(&token) {
+        let candidates = match candidates(&token) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(EnrollError::Issue(e))),
+        };
+        let mut chosen = None;
+        for id in &candidates {
+            let exists: Option<String> = sqlx::query_scalar("SELECT id FROM devices WHERE id = ?")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_none() {
+                chosen = Some(id.clone());
+                break;
+            }
+        }
+        let Some(chosen) = chosen else {
+            let first = candidates
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            return Ok(Err(EnrollError::Refused(EnrollRefusal::DeviceExists(
+                first,
+            ))));
+        };
+        let (device, extra) = match issue(&token, chosen) {
             Ok(d) => d,
             Err(e) => return Ok(Err(EnrollError::Issue(e))),
         };
-        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM devices WHERE id = ?")
-            .bind(device.id.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_some() {
-            return Ok(Err(EnrollError::Refused(EnrollRefusal::DeviceExists(
-                device.id.to_string(),
-            ))));
-        }
-        sqlx::query("INSERT INTO devices (id, labels, enrolled_at) VALUES (?, ?, ?)")
-            .bind(device.id.as_str())
-            .bind(serde_json::to_string(&device.labels)?)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO devices (id, labels, enrolled_at, enrolled_by) VALUES (?, ?, ?, ?)",
+        )
+        .bind(device.id.as_str())
+        .bind(serde_json::to_string(&device.labels)?)
+        .bind(now)
+        .bind(&token.id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO certificates (serial, device_id, issued_at, not_after, public_key_alg, \
              public_key) VALUES (?, ?, ?, ?, ?, ?)",
@@ -181,14 +208,32 @@ impl Store {
         .bind(&device.public_key)
         .execute(&mut *tx)
         .await?;
-        let used = sqlx::query(
-            "UPDATE enrollment_tokens SET used_at = ?, used_by = ? WHERE id = ? AND used_at IS NULL",
-        )
-        .bind(now)
-        .bind(device.id.as_str())
-        .bind(&token.id)
-        .execute(&mut *tx)
-        .await?;
+        // A single-use token is spent; a provisioning token counts the use, conditionally
+        // on the count read, so two enrollments at once cannot both take the last one.
+        let used = match token.max_uses {
+            None => {
+                sqlx::query(
+                    "UPDATE enrollment_tokens SET used_at = ?, used_by = ? WHERE id = ? \
+                 AND used_at IS NULL",
+                )
+                .bind(now)
+                .bind(device.id.as_str())
+                .bind(&token.id)
+                .execute(&mut *tx)
+                .await?
+            }
+            Some(_) => {
+                sqlx::query(
+                    "UPDATE enrollment_tokens SET uses = uses + 1, used_by = ? WHERE id = ? \
+                 AND uses = ?",
+                )
+                .bind(device.id.as_str())
+                .bind(&token.id)
+                .bind(token.uses)
+                .execute(&mut *tx)
+                .await?
+            }
+        };
         if used.rows_affected() != 1 {
             return Ok(Err(EnrollError::Refused(EnrollRefusal::UsedToken)));
         }

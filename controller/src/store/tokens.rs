@@ -16,6 +16,10 @@ pub struct TokenRow {
     pub used_at: Option<i64>,
     pub used_by: Option<String>,
     pub revoked_at: Option<i64>,
+    /// A provisioning token enrolls up to this many devices; `None`: single use.
+    pub max_uses: Option<i64>,
+    /// Devices enrolled with it so far.
+    pub uses: i64,
 }
 
 /// `SELECT <token columns> FROM enrollment_tokens <tail>`: one column list for every token
@@ -23,7 +27,8 @@ pub struct TokenRow {
 macro_rules! token_select {
     ($tail:literal) => {
         concat!(
-            "SELECT id, name, labels, created_at, expires_at, used_at, used_by, revoked_at ",
+            "SELECT id, name, labels, created_at, expires_at, used_at, used_by, revoked_at, ",
+            "max_uses, uses ",
             "FROM enrollment_tokens ",
             $tail
         )
@@ -42,10 +47,11 @@ impl Store {
         name: Option<&DeviceId>,
         labels: &Labels,
         expires_at: i64,
+        max_uses: Option<u32>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO enrollment_tokens (id, secret_hash, name, labels, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO enrollment_tokens (id, secret_hash, name, labels, created_at, expires_at, \
+             max_uses) VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id)
         .bind(secret_hash)
@@ -53,6 +59,7 @@ impl Store {
         .bind(serde_json::to_string(labels)?)
         .bind(now_ms())
         .bind(expires_at)
+        .bind(max_uses.map(i64::from))
         .execute(&self.writer)
         .await?;
         Ok(())
@@ -65,7 +72,8 @@ impl Store {
             .await?)
     }
 
-    /// Revokes an unused token; returns false if there was no such unused token.
+    /// Revokes a token that can still enroll (an unused one, or a provisioning token: the
+    /// devices it enrolled stay); returns false if there was no such token.
     pub async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
         let r = sqlx::query(
             "UPDATE enrollment_tokens SET revoked_at = ? \

@@ -11,6 +11,12 @@ pub struct EnrollRequest {
     pub token: String,
     /// PEM-encoded PKCS#10 certificate signing request.
     pub csr: String,
+    /// The id to take instead of the one the CSR proposes when that one is enrolled
+    /// already: the hostname with a stable suffix from the board's serial number, so Pis
+    /// flashed from one image (all called `raspberrypi`) enroll without a `--device-id`.
+    /// Absent when the operator chose the id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_id: Option<String>,
 }
 
 /// The token is a secret: `Debug` shows its length only.
@@ -19,6 +25,7 @@ impl std::fmt::Debug for EnrollRequest {
         f.debug_struct("EnrollRequest")
             .field("token", &format_args!("<{} bytes>", self.token.len()))
             .field("csr", &self.csr)
+            .field("fallback_id", &self.fallback_id)
             .finish()
     }
 }

@@ -27,15 +27,19 @@ pub async fn enroll(
 ) -> Result<axum::Json<EnrollResponse>, Problem> {
     let st = &app.enroll;
     match enroll::enroll(st, &req).await {
-        Ok(r) => {
-            // A success is rare and worth its own entry, at once.
+        Ok(enroll::Enrolled {
+            response: r,
+            token_id,
+        }) => {
+            // A success is rare and worth its own entry, at once; it names the token, so
+            // every use of a provisioning token is in the log.
             let event = crate::audit::Event {
                 actor: format!("device:{}", r.device_id),
                 source: ip.to_string(),
                 action: "device.enroll".into(),
                 target: r.device_id.clone(),
                 outcome: "ok".into(),
-                detail: String::new(),
+                detail: format!("token={token_id}"),
             };
             if let Err(e) = st.store.append_audit(&event).await {
                 tracing::error!(error = %e, "audit append failed");

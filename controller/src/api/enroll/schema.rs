@@ -15,11 +15,25 @@ pub(crate) struct EnrollRequestSchema {
     token: String,
     /// PEM-encoded PKCS#10 certificate signing request.
     csr: String,
+    /// The id to take instead of the CSR's when that one is enrolled already (the hostname
+    /// with a suffix from the board's serial number).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fallback_id: Option<String>,
 }
 
 impl From<EnrollRequest> for EnrollRequestSchema {
-    fn from(EnrollRequest { token, csr }: EnrollRequest) -> Self {
-        Self { token, csr }
+    fn from(
+        EnrollRequest {
+            token,
+            csr,
+            fallback_id,
+        }: EnrollRequest,
+    ) -> Self {
+        Self {
+            token,
+            csr,
+            fallback_id,
+        }
     }
 }
 
@@ -76,6 +90,7 @@ mod tests {
         EnrollRequest {
             token: "pft1.secret.fingerprint".into(),
             csr: "-----BEGIN CERTIFICATE REQUEST-----".into(),
+            fallback_id: Some("raspberrypi-3fa1c09e".into()),
         }
     }
 
@@ -112,8 +127,8 @@ mod tests {
         assert_eq!(back, request());
     }
 
-    /// The served document's schemas list the shared bodies' fields, all required, and the
-    /// enroll operation refers to them.
+    /// The served document's schemas list the shared bodies' fields, all required but the
+    /// optional ones, and the enroll operation refers to them.
     #[test]
     fn the_document_lists_the_shared_fields() {
         let (_, doc) = crate::api::api_routes();
@@ -130,7 +145,9 @@ mod tests {
                 .iter()
                 .filter_map(|v| v.as_str().map(str::to_owned))
                 .collect();
-            assert_eq!(required, keys(&body), "{name}: {schema}");
+            let mut want = keys(&body);
+            want.remove("fallback_id");
+            assert_eq!(required, want, "{name}: {schema}");
         }
         let op = &doc["paths"]["/api/v1/enroll"]["post"];
         assert_eq!(

@@ -819,7 +819,7 @@ export interface paths {
         /** Lists enrollment tokens, newest first. */
         get: operations["list_tokens"];
         put?: never;
-        /** Creates a single-use enrollment token. */
+        /** Creates an enrollment token: single-use, or with `max_uses` a provisioning token. */
         post: operations["create_token"];
         delete?: never;
         options?: never;
@@ -1253,6 +1253,12 @@ export interface components {
                 [key: string]: string;
             } | null;
             /**
+             * Format: int32
+             * @description Make a provisioning token that enrolls up to this many devices (1–100000), to bake
+             *     into an SD-card image; it cannot have a `name`.
+             */
+            max_uses?: number | null;
+            /**
              * @description Device id the enrolling device gets (otherwise the id it proposes); the device must
              *     propose this id (`enroll_command` passes it as `--device-id`).
              */
@@ -1483,6 +1489,11 @@ export interface components {
         EnrollRequest: {
             /** @description PEM-encoded PKCS#10 certificate signing request. */
             csr: string;
+            /**
+             * @description The id to take instead of the CSR's when that one is enrolled already (the hostname
+             *     with a suffix from the board's serial number).
+             */
+            fallback_id?: string | null;
             /** @description The enrollment token (`pft1.<secret>.<CA fingerprint>`). */
             token: string;
         };
@@ -2074,12 +2085,22 @@ export interface components {
             labels: {
                 [key: string]: string;
             };
+            /**
+             * Format: int64
+             * @description A provisioning token enrolls up to this many devices; null: single use.
+             */
+            max_uses: number | null;
             name: string | null;
             state: components["schemas"]["TokenState"];
             /** Format: int64 */
             used_at: number | null;
-            /** @description The device that enrolled with it. */
+            /** @description The device that enrolled with it (a provisioning token: the latest). */
             used_by: string | null;
+            /**
+             * Format: int64
+             * @description Devices a provisioning token enrolled so far.
+             */
+            uses: number;
         };
         /** @description Result of a sign-in step or a refresh. */
         TokenResponse: {
