@@ -72,6 +72,18 @@ pub struct EnrollOptions {
     /// Where the board's serial number is, instead of `/proc/device-tree/serial-number`
     /// (or `/etc/machine-id`).
     pub serial_file: Option<PathBuf>,
+    /// Sections to write into the new configuration (a first boot keeps the image's).
+    pub preset: Option<Box<Preset>>,
+}
+
+/// The allowlists a first-boot file brings (see [`crate::bootstrap`]).
+#[derive(Debug, Clone, Default)]
+pub struct Preset {
+    pub commands: crate::commands::CommandsConfig,
+    pub apps: std::collections::BTreeMap<String, crate::apps::AppConfig>,
+    pub metrics: Option<crate::config::MetricsSection>,
+    /// TOML appended as is (sections not written by `enroll`, such as `[watchdog]`).
+    pub extra: String,
 }
 
 /// Enrolls this device and writes its configuration. Returns the assigned device id.
@@ -193,9 +205,17 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
         metrics: None,
         watchdog: Default::default(),
     };
+    let preset = opts.preset.as_deref().cloned().unwrap_or_default();
+    let cfg = AgentConfig {
+        commands: preset.commands,
+        apps: preset.apps,
+        metrics: preset.metrics,
+        ..cfg
+    };
     let text = toml::to_string_pretty(&cfg).map_err(|e| EnrollError::BadResponse(e.to_string()))?;
     let text = format!(
-        "# pifleet agent configuration, written by `pifleet-agent enroll`.\n# Relative paths are relative to this file.\n\n{text}"
+        "# pifleet agent configuration, written by `pifleet-agent enroll`.\n# Relative paths are relative to this file.\n\n{text}\n{}",
+        preset.extra
     );
     write_private(&opts.config, text.as_bytes())?;
     Ok(device_id)

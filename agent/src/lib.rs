@@ -3,6 +3,7 @@
 
 pub mod apps;
 pub mod backoff;
+pub mod bootstrap;
 pub mod cli;
 pub mod collect;
 pub mod commands;

@@ -74,6 +74,7 @@ fn main() -> ExitCode {
             } => {
                 let opts = EnrollOptions {
                     serial_file,
+                    preset: None,
                     controller,
                     token,
                     config: config.clone(),
@@ -100,6 +101,15 @@ fn main() -> ExitCode {
                 }
             }
             Cli::Run { config } => {
+                // An image's first boot: enroll with the provisioning token first.
+                match pifleet_agent::bootstrap::enroll_if_first_boot(&config).await {
+                    Ok(Some(id)) => tracing::info!(device = %id, "enrolled at first boot"),
+                    Ok(None) => {}
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
                 let cfg = match AgentConfig::load(&config) {
                     Ok(c) => c,
                     Err(e) => {

@@ -162,3 +162,73 @@ async fn one_provisioning_token_enrolls_a_fleet_of_identical_images() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_enrolls_itself_at_first_boot_and_keeps_its_allowlists() {
+    let ctl = Controller::start().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let token = provisioning_token(&ctl, "10");
+    let dir = tmp.path().join("etc-pifleet");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("serial-number"), "10000000c0ffee01\0").unwrap();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[enroll]\ncontroller = \"{}\"\ntoken = \"{token}\"\ninterval_s = 1\n\
+             serial_file = \"{}\"\n\n[commands]\nservices = [\"kiosk.service\"]\n\n\
+             [watchdog]\npoll_s = 7\n",
+            ctl.url(),
+            dir.join("serial-number").display()
+        ),
+    )
+    .unwrap();
+    let mut agent = Command::new(bin("pifleet-agent").unwrap())
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let db = ctl.db().await.unwrap();
+    let online = pifleet_tests::harness::wait_for(
+        std::time::Duration::from_secs(60),
+        "the first-boot device online",
+        || {
+            let db = db.clone();
+            async move {
+                sqlx::query_scalar::<_, String>(
+                    "SELECT id FROM devices WHERE online = 1 AND labels = '{\"site\":\"lab\"}'",
+                )
+                .fetch_optional(&db)
+                .await
+                .ok()
+                .flatten()
+            }
+        },
+    )
+    .await;
+    let _ = agent.kill();
+    let out = agent.wait_with_output().unwrap();
+    let id = online.unwrap_or_else(|e| panic!("{e}\n{}", text(&out.stderr)));
+    db.close().await;
+    // Rewritten as a normal configuration: the id, no token, the image's allowlists kept.
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        written.contains(&format!("device_id = \"{id}\"")),
+        "{written}"
+    );
+    assert!(
+        !written.contains("[enroll]") && !written.contains(&token),
+        "{written}"
+    );
+    assert!(written.contains("kiosk.service"), "{written}");
+    assert!(written.contains("poll_s = 7"), "{written}");
+    // Started again, it is a normal agent (no second enrollment).
+    let out = ctl.cli(&["token", "list"]).unwrap();
+    assert!(
+        text(&out.stdout).contains("provisioning, 1 of 10 used"),
+        "{}",
+        text(&out.stdout)
+    );
+}

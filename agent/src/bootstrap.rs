@@ -1,0 +1,109 @@
+//! First boot from an SD-card image: an `agent.toml` that holds `[enroll]` — the
+//! controller's address and a provisioning token — next to the device's allowlists
+//! (`[commands]`, `[apps.NAME]`, `[metrics]`, `[watchdog]`) enrolls itself when the agent
+//! starts, then runs. The device id comes from the hostname, or the hostname plus a suffix
+//! from the board serial when the controller has it already; a busy controller's 429/503
+//! is waited out as its Retry-After says. The file is then rewritten as a normal
+//! configuration with the same allowlists and without the token.
+//!
+//! ```toml
+//! [enroll]
+//! controller = "https://fleet.example.org:8443"
+//! token = "pft1.…"
+//! interval_s = 10            # optional
+//!
+//! [commands]
+//! services = ["kiosk.service"]
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use pifleet_io::toml_file::{self, ConfigError};
+use serde::Deserialize;
+
+use crate::apps::AppConfig;
+use crate::config::MetricsSection;
+use crate::enroll::{EnrollError, EnrollOptions, Preset};
+
+/// A first-boot `agent.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FirstBoot {
+    enroll: EnrollSection,
+    #[serde(default)]
+    commands: crate::commands::CommandsConfig,
+    #[serde(default)]
+    apps: BTreeMap<String, AppConfig>,
+    #[serde(default)]
+    metrics: Option<MetricsSection>,
+    /// Kept as written (appended to the new file).
+    #[serde(default)]
+    watchdog: Option<toml::Table>,
+}
+
+/// Where to enroll.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrollSection {
+    controller: String,
+    token: String,
+    #[serde(default)]
+    interval_s: Option<u32>,
+    #[serde(default)]
+    serial_file: Option<PathBuf>,
+}
+
+/// Why a first boot could not enroll.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("enrolling from {path}: {source}")]
+    Enroll {
+        path: String,
+        #[source]
+        source: EnrollError,
+    },
+}
+
+/// If `path` is a first-boot file (it has an `[enroll]` table), enrolls with it and
+/// rewrites it; returns the device id. `None`: a normal configuration, nothing done.
+pub async fn enroll_if_first_boot(path: &Path) -> Result<Option<String>, BootError> {
+    let text = toml_file::read(path)?;
+    let is_first_boot = text.lines().any(|l| l.trim_start().starts_with("[enroll]"));
+    if !is_first_boot {
+        return Ok(None);
+    }
+    let boot: FirstBoot = toml_file::parse(&text, path)?;
+    let watchdog = boot
+        .watchdog
+        .map(|t| {
+            let mut section = toml::Table::new();
+            section.insert("watchdog".into(), toml::Value::Table(t));
+            toml::to_string(&section).unwrap_or_default()
+        })
+        .unwrap_or_default();
+    let opts = EnrollOptions {
+        controller: boot.enroll.controller,
+        token: boot.enroll.token,
+        config: path.to_owned(),
+        device_id: None,
+        interval_s: boot.enroll.interval_s,
+        force: true,
+        serial_file: boot.enroll.serial_file,
+        preset: Some(Box::new(Preset {
+            commands: boot.commands,
+            apps: boot.apps,
+            metrics: boot.metrics,
+            extra: watchdog,
+        })),
+    };
+    let id = crate::enroll::enroll(&opts)
+        .await
+        .map_err(|source| BootError::Enroll {
+            path: path.display().to_string(),
+            source,
+        })?;
+    Ok(Some(id.to_string()))
+}
