@@ -37,9 +37,9 @@ struct FirstBoot {
     apps: BTreeMap<String, AppConfig>,
     #[serde(default)]
     metrics: Option<MetricsSection>,
-    /// Kept as written (appended to the new file).
+    /// Kept as written: [`table_text`] copies it into the new file.
     #[serde(default)]
-    watchdog: Option<toml::Table>,
+    watchdog: Option<serde::de::IgnoredAny>,
 }
 
 /// Where to enroll.
@@ -76,14 +76,10 @@ pub async fn enroll_if_first_boot(path: &Path) -> Result<Option<String>, BootErr
         return Ok(None);
     }
     let boot: FirstBoot = toml_file::parse(&text, path)?;
-    let watchdog = boot
-        .watchdog
-        .map(|t| {
-            let mut section = toml::Table::new();
-            section.insert("watchdog".into(), toml::Value::Table(t));
-            toml::to_string(&section).unwrap_or_default()
-        })
-        .unwrap_or_default();
+    let watchdog = match boot.watchdog {
+        Some(_) => table_text(&text, "watchdog"),
+        None => String::new(),
+    };
     let opts = EnrollOptions {
         controller: boot.enroll.controller,
         token: boot.enroll.token,
@@ -106,4 +102,34 @@ pub async fn enroll_if_first_boot(path: &Path) -> Result<Option<String>, BootErr
             source,
         })?;
     Ok(Some(id.to_string()))
+}
+
+/// The lines of the top-level table `[name]` in `text`, from its header to the next table.
+fn table_text(text: &str, name: &str) -> String {
+    let header = format!("[{name}]");
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            inside = t.starts_with(&header);
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_is_copied_from_its_header_to_the_next() {
+        let text = "[enroll]\ntoken = \"t\"\n\n[watchdog]\npoll_s = 7\n# note\n\n[commands]\nreboot = true\n";
+        assert_eq!(table_text(text, "watchdog"), "[watchdog]\npoll_s = 7\n# note\n\n");
+        assert_eq!(table_text(text, "metrics"), "");
+    }
 }
