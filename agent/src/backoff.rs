@@ -3,7 +3,17 @@
 
 use std::time::Duration;
 
-use rand::Rng;
+/// A number drawn uniformly from `low..=high` (the kernel's randomness: a jitter needs
+/// no generator of its own, and the agent's binary budget has no room for one).
+pub fn jitter(low: u64, high: u64) -> u64 {
+    let span = high.saturating_sub(low).saturating_add(1);
+    // Without randomness (it cannot fail on Linux once booted) the lowest delay is taken.
+    let r = getrandom::u64().unwrap_or(0);
+    match span {
+        0 => low.saturating_add(r),
+        span => low.saturating_add(r % span),
+    }
+}
 
 /// Doubling delays from `base` up to `cap`, each drawn uniformly from [d/2, d].
 #[derive(Debug, Clone)]
@@ -30,7 +40,7 @@ impl Backoff {
             .min(self.cap);
         self.attempt = self.attempt.saturating_add(1);
         let ms = u64::try_from(exp.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+        Duration::from_millis(jitter(ms / 2, ms))
     }
 
     /// Back to the first delay after a successful connection.

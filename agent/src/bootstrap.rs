@@ -16,30 +16,18 @@
 //! services = ["kiosk.service"]
 //! ```
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use pifleet_io::toml_file::{self, ConfigError};
 use serde::Deserialize;
 
-use crate::apps::AppConfig;
-use crate::config::MetricsSection;
-use crate::enroll::{EnrollError, EnrollOptions, Preset};
+use crate::enroll::{EnrollError, EnrollOptions};
 
-/// A first-boot `agent.toml`.
+/// A first-boot `agent.toml`: only `[enroll]` is read here; every other table is kept as
+/// written and checked when the rewritten file is loaded.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct FirstBoot {
     enroll: EnrollSection,
-    #[serde(default)]
-    commands: crate::commands::CommandsConfig,
-    #[serde(default)]
-    apps: BTreeMap<String, AppConfig>,
-    #[serde(default)]
-    metrics: Option<MetricsSection>,
-    /// Kept as written: [`table_text`] copies it into the new file.
-    #[serde(default)]
-    watchdog: Option<serde::de::IgnoredAny>,
 }
 
 /// Where to enroll.
@@ -76,10 +64,6 @@ pub async fn enroll_if_first_boot(path: &Path) -> Result<Option<String>, BootErr
         return Ok(None);
     }
     let boot: FirstBoot = toml_file::parse(&text, path)?;
-    let watchdog = match boot.watchdog {
-        Some(_) => table_text(&text, "watchdog"),
-        None => String::new(),
-    };
     let opts = EnrollOptions {
         controller: boot.enroll.controller,
         token: boot.enroll.token,
@@ -88,12 +72,8 @@ pub async fn enroll_if_first_boot(path: &Path) -> Result<Option<String>, BootErr
         interval_s: boot.enroll.interval_s,
         force: true,
         serial_file: boot.enroll.serial_file,
-        preset: Some(Box::new(Preset {
-            commands: boot.commands,
-            apps: boot.apps,
-            metrics: boot.metrics,
-            extra: watchdog,
-        })),
+        // Everything but [enroll], as written.
+        keep: Some(without_table(&text, "enroll")),
     };
     let id = crate::enroll::enroll(&opts)
         .await
@@ -104,17 +84,19 @@ pub async fn enroll_if_first_boot(path: &Path) -> Result<Option<String>, BootErr
     Ok(Some(id.to_string()))
 }
 
-/// The lines of the top-level table `[name]` in `text`, from its header to the next table.
-fn table_text(text: &str, name: &str) -> String {
+/// `text` without the top-level table `[name]` (its header and lines up to the next
+/// table), and without anything before the first table (top-level keys are the enrolled
+/// configuration's own).
+fn without_table(text: &str, name: &str) -> String {
     let header = format!("[{name}]");
     let mut out = String::new();
-    let mut inside = false;
+    let mut keep = false;
     for line in text.lines() {
         let t = line.trim_start();
         if t.starts_with('[') {
-            inside = t.starts_with(&header);
+            keep = !t.starts_with(&header);
         }
-        if inside {
+        if keep {
             out.push_str(line);
             out.push('\n');
         }
@@ -127,9 +109,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_table_is_copied_from_its_header_to_the_next() {
-        let text = "[enroll]\ntoken = \"t\"\n\n[watchdog]\npoll_s = 7\n# note\n\n[commands]\nreboot = true\n";
-        assert_eq!(table_text(text, "watchdog"), "[watchdog]\npoll_s = 7\n# note\n\n");
-        assert_eq!(table_text(text, "metrics"), "");
+    fn the_enroll_table_is_left_out_and_the_rest_kept() {
+        let text = "top = 1\n[enroll]\ntoken = \"t\"\n\n[watchdog]\npoll_s = 7\n# note\n\n[apps.web]\nunit = \"w\"\n";
+        assert_eq!(
+            without_table(text, "enroll"),
+            "[watchdog]\npoll_s = 7\n# note\n\n[apps.web]\nunit = \"w\"\n"
+        );
     }
 }

@@ -16,9 +16,7 @@ use pifleet_shared::token::EnrollToken;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use sha2::Digest as _;
 
-use crate::config::{
-    AgentConfig, ControllerConfig, MqttSection, SpoolSection, TelemetryConfig, TlsFiles,
-};
+use crate::config::{ControllerConfig, MqttSection, SpoolSection, TelemetryConfig, TlsFiles};
 use crate::https::{self, Endpoint, HttpsError};
 use crate::tls::{self, PinnedCa};
 
@@ -72,18 +70,23 @@ pub struct EnrollOptions {
     /// Where the board's serial number is, instead of `/proc/device-tree/serial-number`
     /// (or `/etc/machine-id`).
     pub serial_file: Option<PathBuf>,
-    /// Sections to write into the new configuration (a first boot keeps the image's).
-    pub preset: Option<Box<Preset>>,
+    /// Tables to keep in the new configuration as written (a first boot keeps the image's
+    /// allowlists, [`crate::bootstrap`]); `enroll` then writes only the identity, the
+    /// controller and the telemetry interval, and leaves the rest to them.
+    pub keep: Option<String>,
 }
 
-/// The allowlists a first-boot file brings (see [`crate::bootstrap`]).
-#[derive(Debug, Clone, Default)]
-pub struct Preset {
-    pub commands: crate::commands::CommandsConfig,
-    pub apps: std::collections::BTreeMap<String, crate::apps::AppConfig>,
-    pub metrics: Option<crate::config::MetricsSection>,
-    /// TOML appended as is (sections not written by `enroll`, such as `[watchdog]`).
-    pub extra: String,
+/// What `enroll` writes: the identity, the controller and the transport settings (with
+/// their defaults, to be edited in place); allowlists (`[commands]`, `[apps.NAME]`) are
+/// the administrator's to add, or a first boot's kept tables.
+#[derive(serde::Serialize)]
+struct Identity<'a> {
+    device_id: &'a DeviceId,
+    controller: &'a ControllerConfig,
+    tls: &'a TlsFiles,
+    telemetry: &'a TelemetryConfig,
+    spool: &'a SpoolSection,
+    mqtt: &'a MqttSection,
 }
 
 /// Enrolls this device and writes its configuration. Returns the assigned device id.
@@ -178,44 +181,35 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
     // later with a signed command that writes this file.
     let release_keys = check_release_keys(&resp.release_public_keys)?;
     write_private(&dir.join(RELEASE_KEYS_FILE), release_keys.as_bytes())?;
-    let cfg = AgentConfig {
-        device_id: device_id.clone(),
-        controller: ControllerConfig {
+    let identity = Identity {
+        device_id: &device_id,
+        controller: &ControllerConfig {
             url: opts.controller.clone(),
             mqtt_host: endpoint.host,
             mqtt_port: resp.mqtt_port,
         },
-        tls: TlsFiles {
+        tls: &TlsFiles {
             ca: "ca.crt".into(),
             cert: "device.crt".into(),
             key: "device.key".into(),
             command_key: "command.pub".into(),
             release_keys: vec![RELEASE_KEYS_FILE.into()],
         },
-        telemetry: TelemetryConfig {
+        telemetry: &TelemetryConfig {
             interval_s: opts
                 .interval_s
                 .unwrap_or(TelemetryConfig::default().interval_s),
             temperature_file: None,
         },
-        spool: SpoolSection::default(),
-        mqtt: MqttSection::default(),
-        commands: Default::default(),
-        apps: Default::default(),
-        metrics: None,
-        watchdog: Default::default(),
+        spool: &SpoolSection::default(),
+        mqtt: &MqttSection::default(),
     };
-    let preset = opts.preset.as_deref().cloned().unwrap_or_default();
-    let cfg = AgentConfig {
-        commands: preset.commands,
-        apps: preset.apps,
-        metrics: preset.metrics,
-        ..cfg
-    };
-    let text = toml::to_string_pretty(&cfg).map_err(|e| EnrollError::BadResponse(e.to_string()))?;
+    let text =
+        toml::to_string_pretty(&identity).map_err(|e| EnrollError::BadResponse(e.to_string()))?;
+    // Written by hand rather than as a whole `AgentConfig`: the allowlists are not ours.
+    let text = format!("{text}\n{}", opts.keep.as_deref().unwrap_or_default());
     let text = format!(
-        "# pifleet agent configuration, written by `pifleet-agent enroll`.\n# Relative paths are relative to this file.\n\n{text}\n{}",
-        preset.extra
+        "# pifleet agent configuration, written by `pifleet-agent enroll`.\n# Relative paths are relative to this file.\n\n{text}"
     );
     write_private(&opts.config, text.as_bytes())?;
     Ok(device_id)
@@ -303,7 +297,7 @@ async fn post(
 /// in the same second.
 fn retry_wait(retry_after: Option<u64>) -> Duration {
     let base = retry_after.unwrap_or(5).clamp(1, 60) * 1000;
-    Duration::from_millis(base + rand::random::<u64>() % (base / 2 + 1))
+    Duration::from_millis(crate::backoff::jitter(base, base + base / 2))
 }
 
 /// The id to propose and the one to fall back to when the controller has it already: the

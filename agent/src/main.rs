@@ -74,7 +74,7 @@ fn main() -> ExitCode {
             } => {
                 let opts = EnrollOptions {
                     serial_file,
-                    preset: None,
+                    keep: None,
                     controller,
                     token,
                     config: config.clone(),

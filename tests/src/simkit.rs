@@ -52,7 +52,7 @@ pub async fn enroll_all(
             interval_s: Some(10),
             force: false,
             serial_file: None,
-            preset: None,
+            keep: None,
         });
         out.push(config);
     }
