@@ -290,6 +290,27 @@ test('set up MFA, sign out, sign in again with a TOTP code', async () => {
   await byId(page, 'device-table').waitFor();
 });
 
+test('a provisioning token for an SD-card image is made on the Enrollment page', async () => {
+  await page.goto(`${demo.url}/enrollment`);
+  await byId(page, 'token-uses').fill('25');
+  await byId(page, 'token-create').click();
+  const command = await byId(page, 'enroll-command').textContent();
+  assert.ok(command.includes('pifleet-agent enroll') && !command.includes('--device-id'), command);
+  await page.waitForFunction(() =>
+    [...document.querySelectorAll('[data-testid="token-uses-count"]')].some((e) =>
+      e.textContent.includes('0 of 25 devices'),
+    ),
+  );
+  const rows = sql(demo.db, 'SELECT max_uses, uses FROM enrollment_tokens WHERE max_uses IS NOT NULL');
+  assert.match(rows, /25\|0/);
+  // Many devices and one fixed id do not go together: refused before anything is sent.
+  await page.getByRole('button', { name: 'Done' }).click();
+  await byId(page, 'token-name').fill('lobby-kiosk-1');
+  await byId(page, 'token-uses').fill('3');
+  await byId(page, 'token-create').click();
+  await page.getByRole('alert').filter({ hasText: 'cannot name one device id' }).waitFor();
+});
+
 test('every other page renders (screenshots for the docs)', async () => {
   for (const [path, name] of [
     ['/commands', 'commands'],

@@ -34,6 +34,7 @@ const STATE_TONE: Record<TokenState, string> = {
 function CreateForm({ onCreated }: { onCreated: (t: CreatedToken) => void }) {
   const [name, setName] = useState('');
   const [ttl, setTtl] = useState(3_600);
+  const [uses, setUses] = useState('');
   const [labels, setLabels] = useState<Labels | null>({});
   const [formKey, setFormKey] = useState(0);
   const [error, setError] = useState<string | null>(null);
@@ -50,15 +51,26 @@ function CreateForm({ onCreated }: { onCreated: (t: CreatedToken) => void }) {
       setError('Fix the labels first.');
       return;
     }
+    const maxUses = uses.trim() === '' ? null : Number(uses);
+    if (maxUses !== null && !(Number.isInteger(maxUses) && maxUses >= 1 && maxUses <= 100_000)) {
+      setError('Devices: a whole number from 1 to 100000, or empty for a single-use token.');
+      return;
+    }
+    if (maxUses !== null && id !== '') {
+      setError('A token for many devices cannot name one device id.');
+      return;
+    }
     setBusy(true);
     setError(null);
     try {
       const created = await createToken({
         ttl_s: ttl,
         ...(id ? { name: id } : {}),
+        ...(maxUses !== null ? { max_uses: maxUses } : {}),
         ...(Object.keys(labels).length > 0 ? { labels } : {}),
       });
       setName('');
+      setUses('');
       setLabels({});
       setFormKey((k) => k + 1);
       onCreated(created);
@@ -86,6 +98,21 @@ function CreateForm({ onCreated }: { onCreated: (t: CreatedToken) => void }) {
           />
           <p id="token-name-hint" class="hint">
             Without one, the device enrolls under its own hostname.
+          </p>
+        </div>
+        <div class="field">
+          <label for="token-uses">Devices (optional)</label>
+          <input
+            id="token-uses"
+            inputMode="numeric"
+            placeholder="1"
+            value={uses}
+            aria-describedby="token-uses-hint"
+            onInput={(e) => setUses(e.currentTarget.value)}
+            data-testid="token-uses"
+          />
+          <p id="token-uses-hint" class="hint">
+            A provisioning token for an SD-card image enrolls up to this many devices.
           </p>
         </div>
         <div class="field">
@@ -128,7 +155,8 @@ function Created({ t, onClose }: { t: CreatedToken; onClose: () => void }) {
       <h3>Token created</h3>
       <p>
         Run this on the device within <RelTime ms={t.expires_at} /> (until <DateTime ms={t.expires_at} />
-        ). The token works once and is not shown again.
+        ). It is not shown again; a single-use token works once, a provisioning token for its count of
+        devices.
       </p>
       <CopyText text={t.enroll_command} label="Enroll command" testId="enroll-command" />
       <button type="button" class="button subtle" onClick={onClose}>
@@ -166,6 +194,12 @@ function TokenTable({ tokens, onRevoke }: { tokens: TokenInfo[]; onRevoke: (t: T
               </td>
               <td>
                 <span class={`badge badge-${STATE_TONE[t.state]}`}>{t.state}</span>
+                {t.max_uses !== null && (
+                  <span class="muted" data-testid="token-uses-count">
+                    {' '}
+                    {t.uses} of {t.max_uses} devices
+                  </span>
+                )}
               </td>
               <td>
                 <RelTime ms={t.created_at} />
