@@ -364,6 +364,10 @@ impl Controller {
             "enroll-refusal-audit",
             self.api.clone().audit_enroll_refusals(shutdown.clone()),
         );
+        tasks.spawn(
+            "jwt-reload",
+            jwt_reload(self.api.clone(), self.dd.jwt_keys(), shutdown.clone()),
+        );
         tasks.spawn("limiter-gc", limiter_gc(self.api, shutdown.clone()));
         tasks.spawn(
             "fleet-summary",
@@ -438,6 +442,38 @@ async fn limiter_gc(state: api::AppState, shutdown: CancellationToken) -> TaskRe
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => state.forget_quiet_limits(),
+        }
+    }
+}
+
+/// Puts a changed `jwt.key` (`rotate jwt-key`) in use, checking it every
+/// `auth.key_reload_s`. A file that does not load is logged and the keys in use stay.
+async fn jwt_reload(
+    state: api::AppState,
+    path: std::path::PathBuf,
+    shutdown: CancellationToken,
+) -> TaskResult {
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    let mut tick = tokio::time::interval(Duration::from_secs(state.cfg.auth.key_reload_s));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let now = modified(&path);
+        if now == seen {
+            continue;
+        }
+        match JwtKeys::load(&path) {
+            Ok(keys) => {
+                tracing::info!(kid = keys.current_kid(), "access-token keys reloaded");
+                state.set_jwt(keys);
+                seen = now;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "jwt.key changed but cannot be loaded; keeping the keys in use")
+            }
         }
     }
 }

@@ -184,7 +184,7 @@ fn token_response(
 ) -> Result<Response, Problem> {
     let now_s = now_ms() / 1000;
     let (access, _) = st
-        .jwt
+        .jwt()
         .issue(
             TokenKind::Access,
             user.id,
@@ -336,7 +336,7 @@ pub async fn login(
         // until the second step succeeds.
         st.store.release_attempt(&attempt).await?;
         let (mfa_token, _) = st
-            .jwt
+            .jwt()
             .issue(
                 TokenKind::Mfa,
                 user.id,
@@ -389,7 +389,7 @@ pub async fn login_mfa(
     let expired =
         || Problem::unauthorized("the sign-in has expired; start again").with_code("mfa_expired");
     let claims = st
-        .jwt
+        .jwt()
         .verify(&req.mfa_token, TokenKind::Mfa, now_ms() / 1000)
         .map_err(|_| expired())?;
     // A step token works once: a used one is refused before its code is looked at, so a

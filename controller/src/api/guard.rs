@@ -222,7 +222,7 @@ pub(super) async fn authenticate(
     }
     let now = crate::store::now_ms() / 1000;
     let claims = st
-        .jwt
+        .jwt()
         .verify(token, TokenKind::Access, now)
         .map_err(|_| Problem::unauthorized("the access token is invalid or expired"))?;
     let user = st

@@ -80,7 +80,9 @@ pub struct ApiState {
     pub cfg: Config,
     /// Password checks and hashes, bounded (`auth.argon2_concurrency`, `auth.argon2_queue`).
     pub hasher: Hasher,
-    pub jwt: JwtKeys,
+    /// The keys that sign and verify access tokens; replaced when `jwt.key` changes
+    /// (`rotate jwt-key`), without a restart.
+    pub jwt: RwLock<Arc<JwtKeys>>,
     pub dispatcher: Arc<Dispatcher>,
     pub enroll: Arc<EnrollState>,
     pub metrics: Metrics,
@@ -98,6 +100,20 @@ pub struct ApiState {
     pub live: Hub,
     /// What keeps the controller from being ready (`/readyz`).
     pub health: Arc<Health>,
+}
+
+impl ApiState {
+    /// The access-token keys in use now.
+    pub fn jwt(&self) -> Arc<JwtKeys> {
+        // A poisoned lock still holds a whole value: the keys are swapped, never edited.
+        self.jwt.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts new keys in use (verification of tokens signed by the old ones continues as
+    /// long as the new key file lists them).
+    pub fn set_jwt(&self, keys: JwtKeys) {
+        *self.jwt.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+    }
 }
 
 /// Shared state handle.
@@ -148,7 +164,7 @@ impl ApiState {
             store,
             cfg,
             hasher,
-            jwt,
+            jwt: RwLock::new(Arc::new(jwt)),
             dispatcher,
             enroll,
             metrics,

@@ -186,6 +186,31 @@ impl JwtKeys {
         self.older.truncate(keep);
     }
 
+    /// Rotation as `rotate jwt-key` does it at `now_unix`: a new key signs from now on; the
+    /// previous one, and any older one whose successor is younger than `max_token_age_s`
+    /// (the longest a token it signed can still be valid), keep verifying. Nobody is signed
+    /// out; keys no live token can use are dropped.
+    pub fn rotate_at(&mut self, now_unix: i64, max_token_age_s: i64) {
+        self.rotate(usize::MAX);
+        self.current.created_at = now_unix;
+        let mut successor_created = now_unix;
+        let mut kept = Vec::with_capacity(self.older.len());
+        for key in self.older.drain(..) {
+            if now_unix.saturating_sub(successor_created) < max_token_age_s {
+                successor_created = key.created_at;
+                kept.push(key);
+            } else {
+                break;
+            }
+        }
+        self.older = kept;
+    }
+
+    /// The id of the key that signs new tokens.
+    pub fn current_kid(&self) -> &str {
+        &self.current.kid
+    }
+
     /// Signs claims with the newest key, header alg HS256 and kid.
     pub fn issue(
         &self,
@@ -427,6 +452,26 @@ mod tests {
             !debug.contains(&hex::encode(&keys.current.secret)),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn rotation_keeps_keys_while_their_tokens_can_live() {
+        let mut keys = JwtKeys::generate();
+        let now = keys.current.created_at;
+        let (old_token, _) = keys.issue(TokenKind::Access, 1, "s", 900, now).unwrap();
+        keys.rotate_at(now, 960);
+        assert_eq!(keys.older.len(), 1, "the previous key keeps verifying");
+        keys.verify(&old_token, TokenKind::Access, now).unwrap();
+        let (newer, _) = keys.issue(TokenKind::Access, 1, "s", 900, now).unwrap();
+        let kid = |t: &str| jsonwebtoken::decode_header(t).unwrap().kid;
+        assert_ne!(kid(&newer), kid(&old_token));
+        // Rotated again at once: both older keys still have live tokens.
+        keys.rotate_at(now, 960);
+        assert_eq!(keys.older.len(), 2);
+        keys.verify(&old_token, TokenKind::Access, now).unwrap();
+        // Long after: only the previous key stays (its successor is new).
+        keys.rotate_at(now + 10_000, 960);
+        assert_eq!(keys.older.len(), 1);
     }
 
     #[test]

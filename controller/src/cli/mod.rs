@@ -21,6 +21,7 @@ pub mod device;
 pub mod release;
 pub mod remote;
 pub mod rollout;
+pub mod rotate;
 pub mod token;
 pub mod user;
 
@@ -93,6 +94,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: Box<rollout::RolloutCmd>,
     },
+    /// Replace keys without re-enrolling devices or signing anyone out.
+    Rotate {
+        #[command(subcommand)]
+        cmd: rotate::RotateCmd,
+    },
     /// Requests that wait for a second admin's approval.
     Approval {
         #[command(subcommand)]
@@ -149,6 +155,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Approval { cmd } => approval::run(cmd).await?,
         Command::Release { cmd } => release::run(*cmd).await?,
         Command::Rollout { cmd } => rollout::run(*cmd).await?,
+        Command::Rotate { cmd } => rotate::run(cmd).await?,
         Command::User { cmd } => user::run(cmd).await?,
         Command::Audit { cmd } => audit::run(cmd).await?,
         Command::Demo(args) => demo::run(args).await?,

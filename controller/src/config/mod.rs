@@ -209,6 +209,10 @@ impl Config {
             "releases.upload_timeout_s must be 1..=86400",
         );
         check(
+            (1..=3600).contains(&self.auth.key_reload_s),
+            "auth.key_reload_s must be 1..=3600",
+        );
+        check(
             (1..=3_600_000).contains(&self.rollouts.poll_ms),
             "rollouts.poll_ms must be 1..=3600000",
         );

@@ -136,6 +136,8 @@ impl Default for MetricsConfig {
 pub struct AuthConfig {
     /// Lifetime of an access token (JWT), in seconds.
     pub access_ttl_s: i64,
+    /// The running controller re-reads `jwt.key` this often (after `rotate jwt-key`).
+    pub key_reload_s: u64,
     /// Lifetime of a session (its refresh token family), in seconds.
     pub refresh_ttl_s: i64,
     /// Failed sign-ins (wrong password or MFA code) that lock an account ...
@@ -164,6 +166,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             access_ttl_s: 900,
+            key_reload_s: 10,
             refresh_ttl_s: 30 * 86_400,
             lockout_failures: 5,
             lockout_window_s: 900,
