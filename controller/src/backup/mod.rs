@@ -28,6 +28,7 @@ use crate::store::{Store, StoreError};
 
 mod read;
 mod restore;
+pub mod schedule;
 mod write;
 
 pub use read::{Verified, verify};
