@@ -124,7 +124,7 @@ async fn backup_while_streaming_then_restore_and_carry_on() {
     // Refusals: a non-empty target, a damaged copy.
     let old = ctl.data.to_str().unwrap().to_owned();
     let full = controller(&["backup", "restore", &file_arg, "--data-dir", &old]);
-    assert!(!full.status.success(), "{}", text(&full));
+    assert_eq!(full.status.code(), Some(73), "{}", text(&full));
     assert!(text(&full).contains("is not empty"), "{}", text(&full));
     let damaged = out_dir.join("pifleet-backup-19990101T000000Z.tar");
     let mut bytes = std::fs::read(&file).unwrap();
@@ -141,7 +141,7 @@ async fn backup_while_streaming_then_restore_and_carry_on() {
         "--data-dir",
         bad_target.to_str().unwrap(),
     ]);
-    assert!(!bad.status.success(), "{}", text(&bad));
+    assert_eq!(bad.status.code(), Some(65), "{}", text(&bad));
     assert!(text(&bad).contains("checksum mismatch"), "{}", text(&bad));
     assert!(!bad_target.exists());
 

@@ -15,9 +15,6 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::supervise::TaskResult;
 
-/// How often the backup directory is looked at for backups made by hand.
-const RESCAN: Duration = Duration::from_secs(60);
-
 /// Runs scheduled backups until `shutdown`.
 pub async fn run(
     dd: DataDir,
@@ -49,7 +46,7 @@ pub async fn run(
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = &mut due => break,
                 // A backup made by hand (`backup create`) counts too.
-                _ = tokio::time::sleep(RESCAN) => {
+                _ = tokio::time::sleep(cfg.rescan()) => {
                     if let Some(t) = newest_backup_time(&dir)
                         && t > metrics.backup_last_success.get()
                     {

@@ -22,6 +22,8 @@ pub struct BackupConfig {
     pub dir: PathBuf,
     /// age recipient (`age1…`) the backups are encrypted to; plain tar when unset.
     pub recipient: Option<String>,
+    /// How often `serve` looks at `dir` for backups made by hand, for its gauge.
+    pub rescan_s: u64,
 }
 
 impl Default for BackupConfig {
@@ -33,6 +35,7 @@ impl Default for BackupConfig {
             keep: 7,
             dir: PathBuf::from("backups"),
             recipient: None,
+            rescan_s: 60,
         }
     }
 }
@@ -49,6 +52,10 @@ impl BackupConfig {
     /// The backup directory of the data dir `root`.
     pub fn dir_in(&self, root: &Path) -> PathBuf {
         root.join(&self.dir)
+    }
+
+    pub fn rescan(&self) -> Duration {
+        Duration::from_secs(self.rescan_s)
     }
 
     /// The schedule, or `None` when `schedule` is not a valid `HH:MM`.
@@ -69,6 +76,10 @@ impl BackupConfig {
             self.interval_s
                 .is_none_or(|s| (1..=7 * 86_400).contains(&s)),
             "backup.interval_s must be 1..=604800",
+        );
+        check(
+            (1..=86_400).contains(&self.rescan_s),
+            "backup.rescan_s must be 1..=86400",
         );
         check(
             (1..=1000).contains(&self.keep),
