@@ -1,19 +1,20 @@
 //! Scheduled backups in `serve`: one at the configured time (or interval), then the oldest
 //! pruned down to `backup.keep`. A failed backup is logged and tried again at the next
-//! time; `pifleet_backup_last_success_timestamp_seconds` tells Prometheus how old the
-//! newest good one is.
+//! time (a broken database stops the controller, as in every task that uses it);
+//! `pifleet_backup_last_success_timestamp_seconds` tells Prometheus how old the newest
+//! good one is.
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use chrono::Timelike;
 use tokio_util::sync::CancellationToken;
 
-use super::{create, list, prune};
+use super::{BackupError, create, list, prune};
 use crate::config::{BackupConfig, BackupSchedule};
 use crate::datadir::DataDir;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::supervise::TaskResult;
+use crate::supervise::{Fatal, TaskResult};
 
 /// Runs scheduled backups until `shutdown`.
 pub async fn run(
@@ -71,6 +72,9 @@ pub async fn run(
                     Ok(Err(e)) => tracing::error!(error = %e, "pruning old backups failed"),
                     Err(e) => tracing::error!(error = %e, "pruning old backups failed"),
                 }
+            }
+            Err(BackupError::Store(e)) if e.is_fatal() => {
+                return Err(Fatal::new("the database is broken", e));
             }
             Err(e) => tracing::error!(error = %e, dir = %dir.display(), "backup failed"),
         }
