@@ -96,7 +96,12 @@ async fn create_list_verify_restore() {
 #[tokio::test]
 async fn an_empty_target_dir_is_fine_and_a_full_one_is_left_alone() {
     let f = fixture().await;
+    // An existing output directory keeps its mode.
+    fs::create_dir(&f.out).unwrap();
+    fs::set_permissions(&f.out, fs::Permissions::from_mode(0o755)).unwrap();
     let made = create(&f.dd, &f.store, &f.out, None).await.unwrap();
+    assert_eq!(mode(&f.out), 0o755);
+    assert_eq!(mode(&made.path), 0o600);
     let empty = f.root.join("empty");
     fs::create_dir(&empty).unwrap();
     restore(&made.path, None, &empty).await.unwrap();

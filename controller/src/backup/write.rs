@@ -24,8 +24,8 @@ pub struct Created {
     pub metadata: Metadata,
 }
 
-/// Writes one backup of `dd` (whose database `store` has open) into `out`, created 0700 if
-/// missing, encrypted to `recipient` when one is given. Nothing is left behind on failure.
+/// Writes one backup of `dd` (whose database `store` has open) into `out` (created 0700
+/// if missing), encrypted to `recipient` when one is given. Nothing is left behind on failure.
 pub async fn create(
     dd: &DataDir,
     store: &Store,
@@ -38,9 +38,13 @@ pub async fn create(
                 .map_err(|e| BackupError::Recipient(e.to_owned()))
         })
         .transpose()?;
-    pifleet_io::create_private_dir(out).map_err(|e| match e {
-        pifleet_io::FileError::Io { path, source } => BackupError::Io { path, source },
-    })?;
+    // A missing directory is made private; an existing one (a mounted disk, say) keeps its
+    // mode: the backups in it are 0600 either way.
+    if !out.is_dir() {
+        pifleet_io::create_private_dir(out).map_err(|e| match e {
+            pifleet_io::FileError::Io { path, source } => BackupError::Io { path, source },
+        })?;
+    }
     // The database copy is made beside the backup (same file system, same privacy) in a
     // directory removed when this returns.
     let staging = tempfile::Builder::new()
