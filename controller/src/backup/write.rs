@@ -2,7 +2,7 @@
 //! (through age when a recipient is given), and publish it only once it is whole.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -203,7 +203,10 @@ fn write_tar<W: Write>(
         header.set_size(len);
         header.set_mode(0o600);
         header.set_cksum();
-        tar.append_data(&mut header, name, &mut f)
+        // The length read from the open file holds even if the file is replaced meanwhile
+        // (the data dir's files are replaced by rename, never rewritten in place); `take`
+        // keeps the entry at that length whatever happens.
+        tar.append_data(&mut header, name, (&mut f).take(len))
             .map_err(io_err(path))?;
     }
     tar.into_inner().map_err(io_err(tmp))
