@@ -20,6 +20,7 @@
 //!   releases/      0700  release archives and signed manifests, named by their SHA-256:
 //!     <sha256>.tar.gz     the canonical archive
 //!     <sha256>.manifest   the signed manifest (postcard), named by its own digest
+//!   backups/       0700  scheduled and manual backups (`backup.dir`; see `backup`)
 //! ```
 
 use std::fs;

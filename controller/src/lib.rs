@@ -5,6 +5,7 @@ pub mod api;
 pub mod approvals;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod commands;
 pub mod config;
 pub mod datadir;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use pifleet_controller::approvals::ApprovalError;
 use pifleet_controller::auth::users::UserError;
+use pifleet_controller::backup::BackupError;
 use pifleet_controller::datadir::DataDirError;
 use pifleet_controller::enroll::tokens::TokenError;
 use pifleet_controller::logging;
@@ -19,6 +20,7 @@ mod cli;
 
 /// sysexits-style codes.
 const EX_USAGE: u8 = 64;
+const EX_DATAERR: u8 = 65;
 const EX_CANTCREAT: u8 = 73;
 const EX_NOPERM: u8 = 77;
 const EX_CONFIG: u8 = 78;
@@ -49,8 +51,9 @@ fn main() -> ExitCode {
 }
 
 /// The exit code of a failed command: 2 when `cmd send --wait` saw commands fail, 64 for a
-/// caller's mistake or a bad configuration, 73 when `init` would overwrite, 77 for a data
-/// dir of another user or open to others, 78 for a missing data dir, 1 for anything else.
+/// caller's mistake or a bad configuration, 65 for a damaged or unreadable backup, 73 when
+/// `init` or `backup restore` would overwrite, 77 for a data dir of another user or open to
+/// others, 78 for a missing data dir, 1 for anything else.
 fn exit_code(e: &anyhow::Error) -> u8 {
     let data_dir = |e: &DataDirError| match e {
         DataDirError::Permissions { .. } | DataDirError::Owner { .. } => EX_NOPERM,
@@ -102,6 +105,22 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         return match r.status {
             401 | 403 => EX_NOPERM,
             400..=499 => EX_USAGE,
+            _ => 1,
+        };
+    }
+    if let Some(e) = e.downcast_ref::<BackupError>() {
+        return match e {
+            BackupError::TargetNotEmpty(_) | BackupError::Exists(_) => EX_CANTCREAT,
+            BackupError::Recipient(_)
+            | BackupError::Identity { .. }
+            | BackupError::NeedsIdentity(_) => EX_USAGE,
+            BackupError::NoChecksum(_)
+            | BackupError::Checksum { .. }
+            | BackupError::Malformed { .. }
+            | BackupError::Decrypt { .. }
+            | BackupError::Corrupt(_)
+            | BackupError::TooNew { .. } => EX_DATAERR,
+            BackupError::DataDir(e) => data_dir(e),
             _ => 1,
         };
     }

@@ -44,6 +44,7 @@ pub struct Metrics {
     pub database_size_bytes: IntGauge,
     pub server_cert_expiry: IntGauge,
     pub ready: IntGaugeVec,
+    pub backup_last_success: IntGauge,
 }
 
 impl Metrics {
@@ -220,6 +221,10 @@ impl Metrics {
                 ),
                 &["component"],
             )?,
+            backup_last_success: IntGauge::new(
+                "backup_last_success_timestamp_seconds",
+                "When the newest backup was written (Unix seconds; 0: none yet)",
+            )?,
             registry,
             process: Registry::new(),
         };
@@ -267,6 +272,7 @@ impl Metrics {
         r.register(Box::new(m.database_size_bytes.clone()))?;
         r.register(Box::new(m.server_cert_expiry.clone()))?;
         r.register(Box::new(m.ready.clone()))?;
+        r.register(Box::new(m.backup_last_success.clone()))?;
         // process_* (CPU, memory, open files, start time), unprefixed as is conventional.
         m.process.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),

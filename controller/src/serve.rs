@@ -377,6 +377,18 @@ impl Controller {
             "retention",
             retention(self.store.clone(), self.cfg.clone(), shutdown.clone()),
         );
+        if self.cfg.backup.enabled {
+            tasks.spawn(
+                "backup",
+                crate::backup::schedule::run(
+                    self.dd.clone(),
+                    self.store.clone(),
+                    self.cfg.backup.clone(),
+                    self.metrics.clone(),
+                    shutdown.clone(),
+                ),
+            );
+        }
         tasks.spawn(
             "ingest-writer",
             ingest::write(

@@ -153,6 +153,12 @@ async fn controller_and_device_metrics_and_discovery() {
         "{t}"
     );
     assert!(value(t, "pifleet_server_certificate_expiry_timestamp_seconds").unwrap() > now);
+    // No backup yet on a fresh controller.
+    assert_eq!(
+        value(t, "pifleet_backup_last_success_timestamp_seconds"),
+        Some(0.0),
+        "{t}"
+    );
     assert!(
         !t.contains("pi-metrics"),
         "no device ids in controller metrics:\n{t}"

@@ -35,6 +35,7 @@ const METRICS: &[&str] = &[
     "pifleet_devices",
     "pifleet_database_size_bytes",
     "pifleet_server_certificate_expiry_timestamp_seconds",
+    "pifleet_backup_last_success_timestamp_seconds",
     "pifleet_device_up",
     "pifleet_device_last_seen_timestamp_seconds",
     "pifleet_device_cpu_ratio",

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod approval;
 pub mod audit;
+pub mod backup;
 pub mod cmd;
 pub mod device;
 pub mod release;
@@ -114,6 +115,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: audit::AuditCmd,
     },
+    /// Backups of the data dir, their checks, and an offline restore.
+    Backup {
+        #[command(subcommand)]
+        cmd: backup::BackupCmd,
+    },
     /// Start a throw-away controller with local agents, to see pifleet working.
     Demo(demo::DemoArgs),
 }
@@ -158,6 +164,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rotate { cmd } => rotate::run(cmd).await?,
         Command::User { cmd } => user::run(cmd).await?,
         Command::Audit { cmd } => audit::run(cmd).await?,
+        Command::Backup { cmd } => backup::run(cmd).await?,
         Command::Demo(args) => demo::run(args).await?,
     }
     Ok(())

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+mod backup;
 mod sections;
+pub use backup::{BackupConfig, BackupSchedule};
 pub use sections::*;
 
 use pifleet_io::toml_file;
@@ -31,6 +33,7 @@ pub struct Config {
     pub tracing: TracingConfig,
     pub pki: PkiConfig,
     pub store: StoreConfig,
+    pub backup: BackupConfig,
 }
 
 impl Config {
@@ -53,6 +56,7 @@ impl Config {
                 p.push(msg.to_owned());
             }
         };
+        self.backup.problems(&mut check);
         check(
             (100..=120_000).contains(&self.mqtt.handshake_timeout_ms),
             "mqtt.handshake_timeout_ms must be 100..=120000",

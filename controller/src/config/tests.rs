@@ -145,3 +145,27 @@ fn otlp_endpoint_checked() {
     );
     assert!(Config::parse("[tracing]\nservice_name = \"\"\n", Path::new("t")).is_err());
 }
+
+#[test]
+fn backup_section_is_checked() {
+    let cfg = Config::parse(DEFAULT_TOML, Path::new("t")).unwrap();
+    assert!(cfg.backup.enabled);
+    assert_eq!(cfg.backup.keep, 7);
+    assert_eq!(cfg.backup.rescan_s, 60);
+    assert_eq!(cfg.backup.schedule(), Some(BackupSchedule::Daily(2, 0)));
+    assert_eq!(cfg.backup.dir_in(Path::new("/d")), Path::new("/d/backups"));
+    let every = Config::parse("[backup]\ninterval_s = 1\n", Path::new("t")).unwrap();
+    assert_eq!(
+        every.backup.schedule(),
+        Some(BackupSchedule::Every(std::time::Duration::from_secs(1)))
+    );
+    let err = Config::parse(
+        "[backup]\nschedule = \"25:00\"\nkeep = 0\ninterval_s = 0\nrecipient = \"nope\"\nrescan_s = 0\n",
+        Path::new("t"),
+    )
+    .unwrap_err()
+    .to_string();
+    for key in ["schedule", "keep", "interval_s", "recipient", "rescan_s"] {
+        assert!(err.contains(&format!("backup.{key}")), "{key}: {err}");
+    }
+}

@@ -142,6 +142,35 @@ pub(super) fn json_element_field(alias: &'static str, key: &'static str) -> Stri
     format!("json_extract({alias}.value, '$.{key}')")
 }
 
+/// Writes a consistent copy of the whole database to `dest` (which must not exist) while
+/// other connections keep writing: SQLite's `VACUUM INTO` reads one snapshot (WAL).
+pub(super) const SNAPSHOT_INTO: &str = "VACUUM INTO ?";
+
+/// Checks a database file page by page; answers one row `ok` when it is sound.
+pub(super) const INTEGRITY_CHECK: &str = "PRAGMA integrity_check";
+
+/// The newest migration this binary carries.
+pub(super) fn latest_migration() -> i64 {
+    sqlx::migrate!("./migrations")
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Opens one connection to a database file without running migrations (a backup's copy).
+pub(super) async fn open_file(
+    path: &Path,
+    read_only: bool,
+) -> Result<sqlx::SqliteConnection, StoreError> {
+    use sqlx::ConnectOptions;
+    let opts = SqliteConnectOptions::from_str("sqlite:")?
+        .filename(path)
+        .create_if_missing(false)
+        .read_only(read_only);
+    Ok(opts.connect().await?)
+}
+
 #[cfg(test)]
 mod tests {
     use sqlx::AssertSqlSafe;

@@ -1,8 +1,8 @@
 //! All SQL lives here, one file per table with that table's queries and row types
 //! (`devices`, `certificates`, `tokens`, `telemetry`, `commands`, `audit`, `users`,
 //! `sessions`, `attempts`, `approvals`, `api_tokens`, `releases`, `release_keys`,
-//! `unit_events`; `ingest`
-//! writes a batch across tables). This file holds the [`Store`] handle and what every
+//! `unit_events`; `ingest` writes a batch across tables; `snapshot` copies the database for
+//! backups). This file holds the [`Store`] handle and what every
 //! table shares.
 //!
 //! SQLite in WAL mode with `synchronous = FULL` (an acknowledged sample must survive power
@@ -27,6 +27,7 @@ mod release_keys;
 mod releases;
 pub mod rollouts;
 pub mod sessions;
+pub mod snapshot;
 mod telemetry;
 #[cfg(test)]
 pub(crate) mod testkit;

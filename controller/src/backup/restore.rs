@@ -1,0 +1,85 @@
+//! Putting a backup back, offline, into a new data dir: unpack and check it in a private
+//! staging directory beside the target, revoke the enrollment tokens it holds, move it
+//! into place, then open the store once to run any pending migrations.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::read::unpack;
+use super::{BackupError, io_err, sync_dir};
+use crate::datadir::DataDir;
+use crate::store::Store;
+use crate::store::snapshot::revoke_unused_tokens;
+
+/// A restored data dir.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub data_dir: PathBuf,
+    pub metadata: super::Metadata,
+    /// Enrollment tokens still unused in the backup, now revoked.
+    pub tokens_revoked: u64,
+}
+
+/// Restores `file` into `target`, which must be missing or an empty directory. Refuses a
+/// damaged backup, one whose database is newer than this binary, and a non-empty target;
+/// on any failure `target` is left as it was.
+pub async fn restore(
+    file: &Path,
+    identity: Option<&Path>,
+    target: &Path,
+) -> Result<Restored, BackupError> {
+    let target_existed = check_target(target)?;
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".pifleet-restore-")
+        .tempdir_in(&parent)
+        .map_err(io_err(&parent))?;
+    fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o700))
+        .map_err(io_err(staging.path()))?;
+    let verified = unpack(file, identity, staging.path()).await?;
+    let staged = DataDir::new(staging.path());
+    let tokens_revoked = revoke_unused_tokens(&staged.database()).await?;
+    staged.check()?;
+    // Nothing may have appeared in the target meanwhile.
+    check_target(target)?;
+    if target_existed {
+        fs::remove_dir(target).map_err(io_err(target))?;
+    }
+    let staging = staging.keep();
+    if let Err(e) = fs::rename(&staging, target) {
+        let _ = fs::remove_dir_all(&staging);
+        return Err(io_err(target)(e));
+    }
+    sync_dir(&parent)?;
+    let dd = DataDir::new(target);
+    // Pending migrations run here, while nothing else uses the database.
+    let store = Store::open(&dd.database(), false).await?;
+    store.close().await;
+    dd.check()?;
+    Ok(Restored {
+        data_dir: target.to_owned(),
+        metadata: verified.metadata,
+        tokens_revoked,
+    })
+}
+
+/// Whether `target` exists (as an empty directory); an error if it is anything else.
+fn check_target(target: &Path) -> Result<bool, BackupError> {
+    match fs::read_dir(target) {
+        Ok(mut entries) => match entries.next() {
+            None => Ok(true),
+            Some(_) => Err(BackupError::TargetNotEmpty(target.to_owned())),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+            Err(BackupError::TargetNotEmpty(target.to_owned()))
+        }
+        Err(e) => Err(io_err(target)(e)),
+    }
+}
