@@ -44,6 +44,9 @@ pub async fn restore(
         .map_err(io_err(staging.path()))?;
     let verified = unpack(file, identity, staging.path()).await?;
     let staged = DataDir::new(staging.path());
+    // Migrations first (a backup of an older version), so the tokens are read as this
+    // version knows them.
+    Store::open(&staged.database(), false).await?.close().await;
     let tokens_revoked = revoke_unused_tokens(&staged.database()).await?;
     staged.check()?;
     // Nothing may have appeared in the target meanwhile.

@@ -22,7 +22,14 @@ async fn fixture() -> Fixture {
     setup::init(dd.root(), &[]).await.unwrap();
     let store = Store::open(&dd.database(), false).await.unwrap();
     store
-        .insert_token("tok1", "h", None, &Default::default(), now_ms() + 3_600_000)
+        .insert_token(
+            "tok1",
+            "h",
+            None,
+            &Default::default(),
+            now_ms() + 3_600_000,
+            None,
+        )
         .await
         .unwrap();
     Fixture {

@@ -73,14 +73,16 @@ pub async fn check_copy(path: &Path) -> Result<Result<CopyInfo, Corrupt>, StoreE
     }))
 }
 
-/// Revokes, in a restored copy, every enrollment token still unused: each was handed out
-/// before the backup and may have been used since, so none may enroll a device again.
-/// Returns how many were revoked.
+/// Revokes, in a restored copy, every single-use enrollment token still unused: each was
+/// handed out before the backup and may have been used since, so none may enroll a device
+/// again. Provisioning tokens (baked into SD-card images) keep working unless revoked: their
+/// count may let a few devices more enroll than before the loss, which is what they are
+/// for. Returns how many were revoked.
 pub async fn revoke_unused_tokens(path: &Path) -> Result<u64, StoreError> {
     let mut conn = dialect::open_file(path, false).await?;
     let r = sqlx::query(
         "UPDATE enrollment_tokens SET revoked_at = ? \
-         WHERE used_at IS NULL AND revoked_at IS NULL",
+         WHERE used_at IS NULL AND revoked_at IS NULL AND max_uses IS NULL",
     )
     .bind(now_ms())
     .execute(&mut conn)
@@ -100,7 +102,14 @@ mod tests {
             .await
             .unwrap();
         store
-            .insert_token("t1", "hash", None, &Default::default(), now_ms() + 60_000)
+            .insert_token(
+                "t1",
+                "hash",
+                None,
+                &Default::default(),
+                now_ms() + 60_000,
+                None,
+            )
             .await
             .unwrap();
         let copy = dir.path().join("copy.db");
@@ -110,6 +119,24 @@ mod tests {
         let info = check_copy(&copy).await.unwrap().unwrap();
         assert_eq!(info.schema_version, latest_schema_version());
         assert_eq!((info.devices, info.samples), (0, 0));
+        store
+            .insert_token(
+                "p1",
+                "hash2",
+                None,
+                &Default::default(),
+                now_ms() + 60_000,
+                Some(10),
+            )
+            .await
+            .unwrap();
+        let copy2 = dir.path().join("copy2.db");
+        store.snapshot_into(&copy2).await.unwrap();
+        assert_eq!(
+            revoke_unused_tokens(&copy2).await.unwrap(),
+            1,
+            "the provisioning token keeps working"
+        );
         assert_eq!(revoke_unused_tokens(&copy).await.unwrap(), 1);
         assert_eq!(revoke_unused_tokens(&copy).await.unwrap(), 0);
         // The live database still has its token unused.
