@@ -119,11 +119,32 @@ async fn backup_while_streaming_then_restore_and_carry_on() {
         .await
         .unwrap();
     }
+    // A device revoked after the backup must stay revoked after the restore.
+    let revoked = ctl.cli(&["device", "revoke", "bk-c"]).unwrap();
+    assert!(revoked.status.success(), "{}", text(&revoked));
     ctl.stop().expect("controller was running");
 
-    // Refusals: a non-empty target, a damaged copy.
+    // Refusals: a non-empty target, a damaged copy, no word on later revocations.
     let old = ctl.data.to_str().unwrap().to_owned();
-    let full = controller(&["backup", "restore", &file_arg, "--data-dir", &old]);
+    let unsure_target = ctl.tmp.path().join("unsure");
+    let unsure = controller(&[
+        "backup",
+        "restore",
+        &file_arg,
+        "--data-dir",
+        unsure_target.to_str().unwrap(),
+    ]);
+    assert_eq!(unsure.status.code(), Some(2), "{}", text(&unsure));
+    assert!(text(&unsure).contains("--revocations"), "{}", text(&unsure));
+    assert!(!unsure_target.exists());
+    let full = controller(&[
+        "backup",
+        "restore",
+        &file_arg,
+        "--data-dir",
+        &old,
+        "--accept-lost-revocations",
+    ]);
     assert_eq!(full.status.code(), Some(73), "{}", text(&full));
     assert!(text(&full).contains("is not empty"), "{}", text(&full));
     let damaged = out_dir.join("pifleet-backup-19990101T000000Z.tar");
@@ -140,6 +161,7 @@ async fn backup_while_streaming_then_restore_and_carry_on() {
         damaged.to_str().unwrap(),
         "--data-dir",
         bad_target.to_str().unwrap(),
+        "--accept-lost-revocations",
     ]);
     assert_eq!(bad.status.code(), Some(65), "{}", text(&bad));
     assert!(text(&bad).contains("checksum mismatch"), "{}", text(&bad));
@@ -153,8 +175,25 @@ async fn backup_while_streaming_then_restore_and_carry_on() {
         &file_arg,
         "--data-dir",
         restored.to_str().unwrap(),
+        "--revocations",
+        &old,
     ]);
     assert!(r.status.success(), "{}", text(&r));
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        restored.join("pifleet.db").display()
+    ))
+    .await
+    .unwrap();
+    let still: Option<i64> = sqlx::query_scalar("SELECT revoked_at FROM devices WHERE id = 'bk-c'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(
+        still.is_some(),
+        "the revocation after the backup came back to life"
+    );
+    db.close().await;
     let in_backup = seqs_in(&restored.join("pifleet.db")).await;
     for a in &agents {
         let s = in_backup.get(&a.id).map(Vec::len).unwrap_or(0);
@@ -169,9 +208,10 @@ async fn backup_while_streaming_then_restore_and_carry_on() {
     );
     ctl.serve().await.unwrap();
 
-    // Agents reconnect by themselves and keep streaming past what they had produced.
+    // Agents reconnect by themselves and keep streaming past what they had produced; the
+    // one revoked after the backup stays out.
     let now: Vec<u64> = agents.iter().map(Agent::spool_max_seq).collect();
-    for (a, n) in agents.iter().zip(&now) {
+    for (a, n) in agents.iter().zip(&now).take(2) {
         let r = wait_for(
             LONG,
             &format!("{} streams to the restored controller", a.id),
@@ -183,6 +223,12 @@ async fn backup_while_streaming_then_restore_and_carry_on() {
         .await;
         r.unwrap_or_else(|e| panic!("{e}\n{}", logs(&ctl, &agents)));
     }
+    assert_ne!(
+        ctl.online("bk-c").await,
+        Some(1),
+        "the device revoked after the backup is let in:\n{}",
+        logs(&ctl, &agents)
+    );
     let after = seqs_in(&restored.join("pifleet.db")).await;
     for a in &agents {
         let before = &in_backup[&a.id];
@@ -233,6 +279,7 @@ async fn backup_while_streaming_then_restore_and_carry_on() {
         id_arg,
         "--data-dir",
         again.to_str().unwrap(),
+        "--accept-lost-revocations",
     ]);
     assert!(r.status.success(), "{}", text(&r));
     assert_eq!(

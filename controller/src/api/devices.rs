@@ -326,6 +326,7 @@ pub async fn revoke(
         &st.store,
         id.as_str(),
         st.cfg.pki.crl_next_update_days,
+        &st.cfg.backup.revocation_log_in(st.dd.root()),
     )
     .await?;
     st.live.devices_changed(vec![id.as_str().to_owned()]);

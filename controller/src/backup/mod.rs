@@ -32,7 +32,7 @@ pub mod schedule;
 mod write;
 
 pub use read::{Verified, verify};
-pub use restore::{Restored, restore};
+pub use restore::{Restored, Revocations, restore};
 pub use write::create;
 
 /// Version of the archive layout and of `metadata.json`.
@@ -56,6 +56,8 @@ pub enum BackupError {
     Store(#[from] StoreError),
     #[error("the database copy is not sound: {0}")]
     Corrupt(#[from] Corrupt),
+    #[error("re-applying the logged revocations: {0}")]
+    Revocations(String),
     #[error("not an age recipient ({0}); expected an X25519 public key `age1…`")]
     Recipient(String),
     #[error("{path}: no usable age identity: {reason}")]

@@ -20,6 +20,8 @@ pub struct Restored {
     pub metadata: super::Metadata,
     /// Enrollment tokens still unused in the backup, now revoked.
     pub tokens_revoked: u64,
+    /// Devices revoked after the backup (from the revocation log), revoked again.
+    pub devices_revoked: u64,
 }
 
 /// Restores `file` into `target`, which must be missing or an empty directory. Refuses a
@@ -29,7 +31,20 @@ pub async fn restore(
     file: &Path,
     identity: Option<&Path>,
     target: &Path,
+    revocations: &Revocations,
 ) -> Result<Restored, BackupError> {
+    // Read before anything is written: a log that cannot be read stops the restore.
+    let logged = match revocations {
+        Revocations::From(path) => {
+            let log = if path.is_dir() {
+                crate::config::BackupConfig::default().revocation_log_in(path)
+            } else {
+                path.clone()
+            };
+            crate::pki::read_log(&log).map_err(io_err(&log))?
+        }
+        Revocations::AcceptLost => Vec::new(),
+    };
     let target_existed = check_target(target)?;
     let parent = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
@@ -46,7 +61,22 @@ pub async fn restore(
     let staged = DataDir::new(staging.path());
     // Migrations first (a backup of an older version), so the tokens are read as this
     // version knows them.
-    Store::open(&staged.database(), false).await?.close().await;
+    let store = Store::open(&staged.database(), false).await?;
+    // Revocations made after the backup must not come back to life.
+    let mut devices_revoked = 0;
+    for r in &logged {
+        if store.revoke_device(&r.device).await? == crate::store::RevokeOutcome::Revoked {
+            devices_revoked += 1;
+        }
+    }
+    if devices_revoked > 0 {
+        let ca =
+            crate::pki::Ca::load(&staged).map_err(|e| BackupError::Revocations(e.to_string()))?;
+        crate::pki::crl::publish(&staged, &store, &ca, 30)
+            .await
+            .map_err(|e| BackupError::Revocations(e.to_string()))?;
+    }
+    store.close().await;
     let tokens_revoked = revoke_unused_tokens(&staged.database()).await?;
     staged.check()?;
     // Nothing may have appeared in the target meanwhile.
@@ -69,7 +99,17 @@ pub async fn restore(
         data_dir: target.to_owned(),
         metadata: verified.metadata,
         tokens_revoked,
+        devices_revoked,
     })
+}
+
+/// Where the revocations made after the backup come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocations {
+    /// A revocation log, or the old data dir holding it at its default place.
+    From(PathBuf),
+    /// None: devices revoked after the backup are valid again (`--accept-lost-revocations`).
+    AcceptLost,
 }
 
 /// Whether `target` exists (as an empty directory); an error if it is anything else.

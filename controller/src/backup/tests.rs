@@ -74,7 +74,9 @@ async fn create_list_verify_restore() {
     assert!(list(&f.out).unwrap()[0].verified);
 
     let target = f.root.join("restored");
-    let r = restore(&made.path, None, &target).await.unwrap();
+    let r = restore(&made.path, None, &target, &Revocations::AcceptLost)
+        .await
+        .unwrap();
     assert_eq!(r.tokens_revoked, 1);
     assert_eq!(mode(&target), 0o700);
     for p in DataDir::new(&target).secret_files() {
@@ -94,7 +96,9 @@ async fn create_list_verify_restore() {
     assert!(f.store.list_tokens().await.unwrap()[0].revoked_at.is_none());
 
     // A second restore into the now full directory is refused.
-    let err = restore(&made.path, None, &target).await.unwrap_err();
+    let err = restore(&made.path, None, &target, &Revocations::AcceptLost)
+        .await
+        .unwrap_err();
     assert!(matches!(err, BackupError::TargetNotEmpty(_)), "{err}");
     assert!(err.to_string().contains("not empty"), "{err}");
     f.store.close().await;
@@ -111,12 +115,14 @@ async fn an_empty_target_dir_is_fine_and_a_full_one_is_left_alone() {
     assert_eq!(mode(&made.path), 0o600);
     let empty = f.root.join("empty");
     fs::create_dir(&empty).unwrap();
-    restore(&made.path, None, &empty).await.unwrap();
+    restore(&made.path, None, &empty, &Revocations::AcceptLost)
+        .await
+        .unwrap();
     let full = f.root.join("full");
     fs::create_dir(&full).unwrap();
     fs::write(full.join("keep.txt"), b"mine").unwrap();
     assert!(matches!(
-        restore(&made.path, None, &full).await,
+        restore(&made.path, None, &full, &Revocations::AcceptLost).await,
         Err(BackupError::TargetNotEmpty(_))
     ));
     assert_eq!(fs::read(full.join("keep.txt")).unwrap(), b"mine");
@@ -136,7 +142,9 @@ async fn a_damaged_backup_is_refused_and_nothing_is_written() {
     assert!(matches!(err, BackupError::Checksum { .. }), "{err}");
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
     let target = f.root.join("restored");
-    let err = restore(&made.path, None, &target).await.unwrap_err();
+    let err = restore(&made.path, None, &target, &Revocations::AcceptLost)
+        .await
+        .unwrap_err();
     assert!(matches!(err, BackupError::Checksum { .. }), "{err}");
     assert!(!target.exists());
     // No staging directory is left beside the target.
@@ -183,7 +191,14 @@ async fn an_encrypted_backup_round_trips_with_its_identity() {
     assert!(matches!(err, BackupError::Decrypt { .. }), "{err}");
     verify(&made.path, Some(&id_file)).await.unwrap();
     let target = f.root.join("restored");
-    restore(&made.path, Some(&id_file), &target).await.unwrap();
+    restore(
+        &made.path,
+        Some(&id_file),
+        &target,
+        &Revocations::AcceptLost,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         fs::read(DataDir::new(&target).command_key()).unwrap(),
         fs::read(f.dd.command_key()).unwrap()
@@ -247,7 +262,9 @@ async fn a_backup_from_a_newer_schema_is_refused() {
     .unwrap();
     let made = create(&f.dd, &f.store, &f.out, None).await.unwrap();
     let target = f.root.join("restored");
-    let err = restore(&made.path, None, &target).await.unwrap_err();
+    let err = restore(&made.path, None, &target, &Revocations::AcceptLost)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, BackupError::TooNew { backup: 9999, .. }),
         "{err}"

@@ -47,6 +47,14 @@ pub enum BackupCmd {
         /// age identity file, for an encrypted backup.
         #[arg(long)]
         identity: Option<PathBuf>,
+        /// The revocation log (or the old data dir holding it): devices revoked after the
+        /// backup are revoked again.
+        #[arg(long, required_unless_present = "accept_lost_revocations")]
+        revocations: Option<PathBuf>,
+        /// Restore without a revocation log: devices revoked after the backup are valid
+        /// again until revoked once more.
+        #[arg(long, conflicts_with = "revocations")]
+        accept_lost_revocations: bool,
     },
 }
 
@@ -110,16 +118,27 @@ pub async fn run(cmd: BackupCmd) -> anyhow::Result<()> {
             file,
             data_dir,
             identity,
+            revocations,
+            accept_lost_revocations: _,
         } => {
-            let r = backup::restore(&file, identity.as_deref(), &data_dir).await?;
+            let revocations = match revocations {
+                Some(path) => backup::Revocations::From(path),
+                None => backup::Revocations::AcceptLost,
+            };
+            let r = backup::restore(&file, identity.as_deref(), &data_dir, &revocations).await?;
             let dir = DataDirArg {
                 data_dir: r.data_dir.clone(),
             };
             let o = open(&dir).await?;
             let detail = format!(
-                "from={} tokens_revoked={}",
+                "from={} tokens_revoked={} devices_revoked_again={}{}",
                 file.display(),
-                r.tokens_revoked
+                r.tokens_revoked,
+                r.devices_revoked,
+                match &revocations {
+                    backup::Revocations::From(p) => format!(" revocations={}", p.display()),
+                    backup::Revocations::AcceptLost => " revocations=accepted_lost".into(),
+                }
             );
             conclude(
                 o.store,

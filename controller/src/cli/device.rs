@@ -54,7 +54,8 @@ pub async fn run(cmd: DeviceCmd) -> anyhow::Result<()> {
         DeviceCmd::Revoke { dir, id } => {
             let o = open(&dir).await?;
             let days = o.cfg.pki.crl_next_update_days;
-            let r = pifleet_controller::pki::revoke_device(&o.dd, &o.store, &id, days).await;
+            let log = o.cfg.backup.revocation_log_in(o.dd.root());
+            let r = pifleet_controller::pki::revoke_device(&o.dd, &o.store, &id, days, &log).await;
             let detail = match &r {
                 Ok(RevokeOutcome::AlreadyRevoked) => "already revoked; CRL published again",
                 _ => "",

@@ -24,6 +24,10 @@ pub struct BackupConfig {
     pub recipient: Option<String>,
     /// How often `serve` looks at `dir` for backups made by hand, for its gauge.
     pub rescan_s: u64,
+    /// Every device revocation is also appended here (relative to the data dir unless
+    /// absolute), so a restore can re-apply revocations made after its backup. Put it on
+    /// another disk, or copy it off the host, with the backups.
+    pub revocation_log: PathBuf,
 }
 
 impl Default for BackupConfig {
@@ -36,6 +40,7 @@ impl Default for BackupConfig {
             dir: PathBuf::from("backups"),
             recipient: None,
             rescan_s: 60,
+            revocation_log: PathBuf::from("backups/revocations.log"),
         }
     }
 }
@@ -52,6 +57,11 @@ impl BackupConfig {
     /// The backup directory of the data dir `root`.
     pub fn dir_in(&self, root: &Path) -> PathBuf {
         root.join(&self.dir)
+    }
+
+    /// The revocation log of the data dir `root`.
+    pub fn revocation_log_in(&self, root: &Path) -> PathBuf {
+        root.join(&self.revocation_log)
     }
 
     pub fn rescan(&self) -> Duration {
