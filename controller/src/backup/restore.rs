@@ -11,7 +11,7 @@ use super::read::unpack;
 use super::{BackupError, io_err, sync_dir};
 use crate::datadir::DataDir;
 use crate::store::Store;
-use crate::store::snapshot::revoke_unused_tokens;
+use crate::store::snapshot::{expire_waiting_commands, revoke_unused_tokens};
 
 /// A restored data dir.
 #[derive(Debug, Clone)]
@@ -22,6 +22,8 @@ pub struct Restored {
     pub tokens_revoked: u64,
     /// Devices revoked after the backup (from the revocation log), revoked again.
     pub devices_revoked: u64,
+    /// Commands that were waiting to go out, expired rather than sent again blindly.
+    pub commands_expired: u64,
 }
 
 /// Restores `file` into `target`, which must be missing or an empty directory. Refuses a
@@ -78,6 +80,7 @@ pub async fn restore(
     }
     store.close().await;
     let tokens_revoked = revoke_unused_tokens(&staged.database()).await?;
+    let commands_expired = expire_waiting_commands(&staged.database()).await?;
     staged.check()?;
     // Nothing may have appeared in the target meanwhile.
     check_target(target)?;
@@ -100,6 +103,7 @@ pub async fn restore(
         metadata: verified.metadata,
         tokens_revoked,
         devices_revoked,
+        commands_expired,
     })
 }
 

@@ -32,6 +32,23 @@ async fn fixture() -> Fixture {
         )
         .await
         .unwrap();
+    // A device with a command waiting to go out and one it already took.
+    sqlx::query("INSERT INTO devices (id, labels, enrolled_at) VALUES ('pi-1', '{}', 1)")
+        .execute(&store.writer)
+        .await
+        .unwrap();
+    for (id, status) in [("c-queued", "queued"), ("c-accepted", "accepted")] {
+        sqlx::query(
+            "INSERT INTO commands (id, device_id, action, action_kind, status, created_at, \
+             expires_at, answer_timeout_ms) VALUES (?, 'pi-1', '\"Ping\"', 'ping', ?, 1, ?, 1000)",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(now_ms() + 3_600_000)
+        .execute(&store.writer)
+        .await
+        .unwrap();
+    }
     Fixture {
         out: root.join("backups"),
         root,
@@ -78,6 +95,22 @@ async fn create_list_verify_restore() {
         .await
         .unwrap();
     assert_eq!(r.tokens_revoked, 1);
+    assert_eq!(
+        r.commands_expired, 1,
+        "the queued command is not sent again blindly"
+    );
+    let restored = Store::open(&DataDir::new(&target).database(), false)
+        .await
+        .unwrap();
+    for (id, want) in [("c-queued", "expired"), ("c-accepted", "accepted")] {
+        let status: String = sqlx::query_scalar("SELECT status FROM commands WHERE id = ?")
+            .bind(id)
+            .fetch_one(&restored.reader)
+            .await
+            .unwrap();
+        assert_eq!(status, want, "{id}");
+    }
+    restored.close().await;
     assert_eq!(mode(&target), 0o700);
     for p in DataDir::new(&target).secret_files() {
         assert_eq!(mode(&p), 0o600, "{}", p.display());

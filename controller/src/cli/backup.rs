@@ -131,10 +131,11 @@ pub async fn run(cmd: BackupCmd) -> anyhow::Result<()> {
             };
             let o = open(&dir).await?;
             let detail = format!(
-                "from={} tokens_revoked={} devices_revoked_again={}{}",
+                "from={} tokens_revoked={} devices_revoked_again={} commands_expired={}{}",
                 file.display(),
                 r.tokens_revoked,
                 r.devices_revoked,
+                r.commands_expired,
                 match &revocations {
                     backup::Revocations::From(p) => format!(" revocations={}", p.display()),
                     backup::Revocations::AcceptLost => " revocations=accepted_lost".into(),

@@ -91,6 +91,24 @@ pub async fn revoke_unused_tokens(path: &Path) -> Result<u64, StoreError> {
     Ok(r?.rows_affected())
 }
 
+/// Expires, in a restored copy, the commands that were waiting to go out (queued) or for
+/// the device to take them (sent): they are not sent again blindly after a restore, as if
+/// the controller had been down past their lifetime. Commands a device already accepted
+/// keep their state; its receipts still arrive. Returns how many were expired.
+pub async fn expire_waiting_commands(path: &Path) -> Result<u64, StoreError> {
+    let mut conn = dialect::open_file(path, false).await?;
+    let r = sqlx::query(
+        "UPDATE commands SET status = 'expired', \
+         reason = 'the controller was restored from a backup', finished_at = ? \
+         WHERE status IN ('queued', 'sent')",
+    )
+    .bind(now_ms())
+    .execute(&mut conn)
+    .await;
+    conn.close().await?;
+    Ok(r?.rows_affected())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
