@@ -13,7 +13,7 @@
 //!
 //! Around them: [`plan`] judges which targeted devices can take a release; [`service`]
 //! creates rollouts, carries out operator actions and approvals, and makes one decision
-//! against the store ([`service::step`]); [`runner`] is the task that makes those decisions
+//! against the store ([`step`]); [`runner`] is the task that makes those decisions
 //! whenever something changes.
 //!
 //! Batches are cumulative: with a canary of 1 and `[50, 100]`, ten devices go out as 1,
@@ -27,6 +27,7 @@ pub mod runner;
 pub mod service;
 pub mod spec;
 pub mod state;
+mod step;
 mod stored;
 mod tally;
 mod view;
@@ -44,6 +45,7 @@ pub use engine::{Deadline, Decision, Expiry, decide};
 pub use service::RolloutError;
 pub use spec::{InvalidSpec, RolloutSettings, RolloutSpec, SpecError, assign_batches};
 pub use state::{DeviceReport, DeviceState, PauseCause, RolloutStatus};
+pub use step::step;
 pub use tally::Tally;
 pub use view::{DeviceView, RolloutView, Waiver};
 pub use window::{Window, WindowError};

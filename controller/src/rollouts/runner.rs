@@ -9,7 +9,8 @@ use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use super::service::{RolloutError, step};
+use super::service::RolloutError;
+use super::step::step;
 use crate::commands::dispatch::Dispatcher;
 use crate::config::RolloutsConfig;
 use crate::live::{Change, Hub};

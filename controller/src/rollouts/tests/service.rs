@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use super::super::service::{self, Action, Actor, RolloutRequest, step};
+use super::super::service::{self, Action, Actor, RolloutRequest};
 use super::super::spec::RolloutSettings;
+use super::super::step::step;
 use crate::approvals::Policy;
 use crate::commands::dispatch::Targets;
 use crate::model::role::Role;
