@@ -45,6 +45,8 @@ pub struct Metrics {
     pub server_cert_expiry: IntGauge,
     pub ready: IntGaugeVec,
     pub backup_last_success: IntGauge,
+    /// Unrevoked devices flagged for an admin's review (re-registered after a restore).
+    pub devices_needing_review: IntGauge,
 }
 
 impl Metrics {
@@ -225,6 +227,10 @@ impl Metrics {
                 "backup_last_success_timestamp_seconds",
                 "When the newest backup was written (Unix seconds; 0: none yet)",
             )?,
+            devices_needing_review: IntGauge::new(
+                "devices_needing_review",
+                "Unrevoked devices flagged for review (re-registered after a restore)",
+            )?,
             registry,
             process: Registry::new(),
         };
@@ -273,6 +279,7 @@ impl Metrics {
         r.register(Box::new(m.server_cert_expiry.clone()))?;
         r.register(Box::new(m.ready.clone()))?;
         r.register(Box::new(m.backup_last_success.clone()))?;
+        r.register(Box::new(m.devices_needing_review.clone()))?;
         // process_* (CPU, memory, open files, start time), unprefixed as is conventional.
         m.process.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),

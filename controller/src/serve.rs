@@ -214,6 +214,7 @@ impl Controller {
             broker.login.clone(),
             queue.0.clone(),
             metrics.clone(),
+            store.clone(),
         ));
         let release_keys = vec![setup::release_public_key(&dd)?];
         let enroll_state = Arc::new(EnrollState {

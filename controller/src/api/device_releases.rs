@@ -176,7 +176,7 @@ pub async fn archive(
 
 /// `count` bytes of `file` from where it stands, read a chunk at a time as the client
 /// takes them: an archive is never held in memory.
-fn file_body(file: tokio::fs::File, count: u64) -> Body {
+pub(crate) fn file_body(file: tokio::fs::File, count: u64) -> Body {
     let chunks = futures_util::stream::try_unfold((file, count), |(mut file, left)| async move {
         if left == 0 {
             return Ok(None);
@@ -187,7 +187,7 @@ fn file_body(file: tokio::fs::File, count: u64) -> Body {
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
-                "the archive ended early",
+                "the file ended early",
             ));
         }
         buf.truncate(n);

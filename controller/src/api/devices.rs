@@ -42,6 +42,8 @@ pub struct DeviceQuery {
     pub q: Option<String>,
     #[param(inline)]
     pub status: Option<DeviceStatus>,
+    /// Only devices flagged for review (`true`) or not (`false`).
+    pub needs_review: Option<bool>,
     /// Label selector `k=v[,k=v...]`: every pair must match.
     pub label: Option<String>,
     /// Sort key (default `id`).
@@ -103,6 +105,7 @@ impl DeviceQuery {
         Ok(DeviceFilter {
             q,
             status: self.status,
+            needs_review: self.needs_review,
             labels,
             sort: self.sort.unwrap_or_default(),
             order: self.order.unwrap_or_default(),
@@ -335,6 +338,38 @@ pub async fn revoke(
             "device {id} was already revoked; its CRL was published again"
         ))),
         _ => Ok(StatusCode::NO_CONTENT),
+    }
+}
+
+/// Clears the device's review flag (set when it was re-registered from its certificate
+/// after a restore): the admin has looked at it and keeps it. To refuse it, revoke it.
+#[utoipa::path(
+    post,
+    operation_id = "review_device",
+    path = "/api/v1/devices/{id}/review",
+    tag = "devices",
+    params(DevicePath),
+    responses(
+        (status = 204, description = "Reviewed: the flag is cleared"),
+        (status = "4XX", description = "Invalid id, unknown device (404), a device not flagged for review (409), or not permitted", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+pub async fn review(
+    State(st): State<AppState>,
+    Path(DevicePath { id }): Path<DevicePath>,
+) -> Result<axum::response::Response, Problem> {
+    match st.store.clear_review(id.as_str()).await? {
+        None => Err(no_device(id.as_str())),
+        Some(None) => Err(Problem::conflict(format!(
+            "device {id} is not flagged for review"
+        ))),
+        Some(Some(reason)) => {
+            st.live.devices_changed(vec![id.as_str().to_owned()]);
+            Ok(crate::api::extract::noted(
+                format!("was: {reason}"),
+                StatusCode::NO_CONTENT,
+            ))
+        }
     }
 }
 

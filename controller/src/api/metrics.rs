@@ -54,6 +54,9 @@ pub async fn controller(State(st): State<AppState>) -> Result<Response, Problem>
     ] {
         st.metrics.devices.with_label_values(&[state]).set(n);
     }
+    st.metrics
+        .devices_needing_review
+        .set(st.store.devices_needing_review().await?);
     st.metrics.database_size_bytes.set(database_size(&st));
     Ok(text(st.metrics.render()))
 }

@@ -48,6 +48,7 @@ pub mod api_tokens;
 pub mod approvals;
 pub mod audit;
 pub mod auth;
+pub mod backups;
 pub mod commands;
 pub mod device_releases;
 pub mod devices;
@@ -270,6 +271,7 @@ pub fn event(actor: &str, ip: IpAddr, action: &str, target: &str, outcome: &str)
         (name = "tokens", description = "Enrollment tokens"),
         (name = "users", description = "User management (admin)"),
         (name = "audit", description = "The hash-chained audit log (admin)"),
+        (name = "backups", description = "Encrypted backups of the controller (admin)"),
         (name = "system", description = "Health and metadata"),
         (name = "metrics", description = "Prometheus: controller metrics, per-device targets, service discovery"),
         (name = "device", description = "For devices, with their certificate (mutual TLS): release downloads"),
@@ -330,6 +332,7 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(devices::unit_events))
         .routes(routes!(devices::set_labels))
         .routes(routes!(devices::revoke))
+        .routes(routes!(devices::review))
         .routes(routes!(commands::send, commands::list))
         .routes(routes!(commands::show))
         .routes(routes!(commands::cancel))
@@ -357,6 +360,8 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(users::settings, users::set_settings))
         .routes(routes!(audit::list))
         .routes(routes!(audit::verify))
+        .routes(routes!(backups::list, backups::create))
+        .routes(routes!(backups::download, backups::delete))
         .routes(routes!(metrics::sd))
         .routes(routes!(metrics::controller))
         .routes(routes!(metrics::device))

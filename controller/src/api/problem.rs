@@ -131,7 +131,8 @@ impl From<crate::store::users::UserChange> for Problem {
     }
 }
 
-/// Commands: invalid actions and lifetimes are 400, unknown targets 404.
+/// Commands: invalid actions and lifetimes are 400, unknown targets 404, a target waiting
+/// for review 409.
 impl From<crate::commands::dispatch::DispatchError> for Problem {
     fn from(e: crate::commands::dispatch::DispatchError) -> Self {
         use crate::commands::dispatch::DispatchError;
@@ -141,6 +142,7 @@ impl From<crate::commands::dispatch::DispatchError> for Problem {
                 Problem::bad_request("ttl_s must be between 1 and 604800 seconds")
             }
             DispatchError::NoTarget(m) => Problem::not_found(m),
+            DispatchError::NeedsReview(..) => Problem::conflict(e.to_string()),
             DispatchError::Store(e) => Problem::internal(&e),
         }
     }

@@ -26,6 +26,7 @@ use crate::datadir::DataDir;
 use crate::store::snapshot::{self, Corrupt};
 use crate::store::{Store, StoreError};
 
+pub mod manage;
 mod read;
 mod restore;
 pub mod schedule;
@@ -33,7 +34,7 @@ mod write;
 
 pub use read::{Verified, verify};
 pub use restore::{Restored, Revocations, restore};
-pub use write::create;
+pub use write::{Created, create};
 
 /// Version of the archive layout and of `metadata.json`.
 pub const FORMAT_VERSION: u32 = 1;

@@ -66,12 +66,24 @@ pub async fn restore(
     let store = Store::open(&staged.database(), false).await?;
     // Revocations made after the backup must not come back to life.
     let mut devices_revoked = 0;
+    let mut crl_changed = false;
     for r in &logged {
-        if store.revoke_device(&r.device).await? == crate::store::RevokeOutcome::Revoked {
-            devices_revoked += 1;
+        match store.revoke_device(&r.device).await? {
+            crate::store::RevokeOutcome::Revoked => {
+                devices_revoked += 1;
+                crl_changed = true;
+            }
+            // Enrolled after the backup: no serial to put on the CRL, but a revoked row
+            // keeps its certificate from being re-registered when it connects.
+            crate::store::RevokeOutcome::Unknown => {
+                if store.revoke_unknown_device(&r.device, r.at).await? {
+                    devices_revoked += 1;
+                }
+            }
+            crate::store::RevokeOutcome::AlreadyRevoked => {}
         }
     }
-    if devices_revoked > 0 {
+    if crl_changed {
         let ca =
             crate::pki::Ca::load(&staged).map_err(|e| BackupError::Revocations(e.to_string()))?;
         crate::pki::crl::publish(&staged, &store, &ca, 30)

@@ -9,7 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use chrono::Timelike;
 use tokio_util::sync::CancellationToken;
 
-use super::{BackupError, create, list, prune};
+use super::{BackupError, list, manage};
 use crate::config::{BackupConfig, BackupSchedule};
 use crate::datadir::DataDir;
 use crate::metrics::Metrics;
@@ -56,23 +56,14 @@ pub async fn run(
                 }
             }
         }
-        match create(&dd, &store, &dir, cfg.recipient.as_deref()).await {
-            Ok(made) => {
-                metrics
-                    .backup_last_success
-                    .set(made.metadata.created_at_ms / 1000);
-                tracing::info!(file = %made.path.display(), bytes = made.size, "backup written");
-                let (dir, keep) = (dir.clone(), cfg.keep);
-                match tokio::task::spawn_blocking(move || prune(&dir, keep)).await {
-                    Ok(Ok(removed)) => {
-                        for path in removed {
-                            tracing::info!(file = %path.display(), "old backup deleted");
-                        }
-                    }
-                    Ok(Err(e)) => tracing::error!(error = %e, "pruning old backups failed"),
-                    Err(e) => tracing::error!(error = %e, "pruning old backups failed"),
-                }
-            }
+        // A backup asked for through the API may be running: this one waits for it.
+        let turn = manage::turn().await;
+        let made =
+            manage::create_and_prune(&turn, &dd, &store, &cfg, cfg.recipient.as_deref(), &metrics)
+                .await;
+        drop(turn);
+        match made {
+            Ok(_) => {}
             Err(BackupError::Store(e)) if e.is_fatal() => {
                 return Err(Fatal::new("the database is broken", e));
             }

@@ -1,4 +1,4 @@
-//! `pifleet-controller device …`: enrolled devices and their revocation.
+//! `pifleet-controller device …`: enrolled devices, their revocation and review.
 
 use clap::Subcommand;
 use pifleet_controller::store::RevokeOutcome;
@@ -14,9 +14,19 @@ pub enum DeviceCmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only devices flagged for review.
+        #[arg(long)]
+        needs_review: bool,
     },
     /// Revoke a device: its certificate goes on the CRL and its connection is dropped.
     Revoke {
+        #[command(flatten)]
+        dir: DataDirArg,
+        id: String,
+    },
+    /// Clear a device's review flag (set when it was re-registered from its certificate
+    /// after a restore): it stays. To refuse it, revoke it instead.
+    Review {
         #[command(flatten)]
         dir: DataDirArg,
         id: String,
@@ -25,17 +35,24 @@ pub enum DeviceCmd {
 
 pub async fn run(cmd: DeviceCmd) -> anyhow::Result<()> {
     match cmd {
-        DeviceCmd::List { dir, json } => {
+        DeviceCmd::List {
+            dir,
+            json,
+            needs_review,
+        } => {
             let o = open(&dir).await?;
             let devices = o.store.list_devices().await;
             o.store.close().await;
-            let devices = devices?;
+            let mut devices = devices?;
+            if needs_review {
+                devices.retain(|d| d.needs_review);
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&devices)?);
                 return Ok(());
             }
             println!(
-                "{:<24} {:<8} {:<20} {:<10}",
+                "{:<24} {:<8} {:<20} {:<10} REVIEW",
                 "ID", "STATE", "HOSTNAME", "LAST SEQ"
             );
             for d in devices {
@@ -48,7 +65,15 @@ pub async fn run(cmd: DeviceCmd) -> anyhow::Result<()> {
                 };
                 let last_seq = d.last_seq.map_or_else(|| "-".into(), |s| s.to_string());
                 let hostname = d.hostname.as_deref().unwrap_or("-");
-                println!("{:<24} {state:<8} {hostname:<20} {last_seq:<10}", d.id);
+                let review = match (&d.needs_review, &d.review_reason) {
+                    (false, _) => "-",
+                    (true, Some(why)) => why.as_str(),
+                    (true, None) => "needs review",
+                };
+                println!(
+                    "{:<24} {state:<8} {hostname:<20} {last_seq:<10} {review}",
+                    d.id
+                );
             }
         }
         DeviceCmd::Revoke { dir, id } => {
@@ -66,6 +91,18 @@ pub async fn run(cmd: DeviceCmd) -> anyhow::Result<()> {
                 }
                 _ => println!("device {id} revoked; a running controller drops it within a second"),
             }
+        }
+        DeviceCmd::Review { dir, id } => {
+            let o = open(&dir).await?;
+            let r = match o.store.clear_review(&id).await {
+                Ok(None) => Err(anyhow::anyhow!("no device {id}")),
+                Ok(Some(None)) => Err(anyhow::anyhow!("device {id} is not flagged for review")),
+                Ok(Some(Some(reason))) => Ok(reason),
+                Err(e) => Err(e.into()),
+            };
+            let detail = r.as_ref().map(|w| format!("was: {w}")).unwrap_or_default();
+            conclude(o.store, "device.review", &id, &detail, r).await?;
+            println!("device {id} reviewed: no longer flagged");
         }
     }
     Ok(())

@@ -32,6 +32,11 @@ pub enum DispatchError {
     Action(String),
     #[error("no target: {0}")]
     NoTarget(String),
+    #[error(
+        "device {0} is flagged for review ({1}): review it first (`device review` or POST \
+         /api/v1/devices/{{id}}/review), or revoke it"
+    )]
+    NeedsReview(String, String),
     #[error("--ttl must be between 1 s and 7 days")]
     Ttl,
 }
@@ -53,11 +58,17 @@ pub struct Resolved {
     pub whole_fleet: bool,
 }
 
-/// Resolves targets: listed devices must exist and not be revoked; a selector takes every
-/// unrevoked device whose labels include all of its labels, and must match one at least.
+/// Resolves targets: listed devices must exist, not be revoked and not wait for review; a
+/// selector takes every such device whose labels include all of its labels, and must match
+/// one at least.
 pub async fn resolve_targets(store: &Store, targets: &Targets) -> Result<Resolved, DispatchError> {
     let devices = store.list_devices().await?;
-    let live = devices.iter().filter(|d| d.revoked_at.is_none()).count();
+    // A device flagged for review (re-registered after a restore) gets nothing until an
+    // admin has looked at it.
+    let live = devices
+        .iter()
+        .filter(|d| d.revoked_at.is_none() && !d.needs_review)
+        .count();
     let (chosen, by_selector): (Vec<String>, bool) = match targets {
         Targets::Devices(ids) => {
             for id in ids {
@@ -65,6 +76,12 @@ pub async fn resolve_targets(store: &Store, targets: &Targets) -> Result<Resolve
                     None => return Err(DispatchError::NoTarget(format!("no device {id}"))),
                     Some(d) if d.revoked_at.is_some() => {
                         return Err(DispatchError::NoTarget(format!("device {id} is revoked")));
+                    }
+                    Some(d) if d.needs_review => {
+                        return Err(DispatchError::NeedsReview(
+                            id.clone(),
+                            d.review_reason.clone().unwrap_or_default(),
+                        ));
                     }
                     Some(_) => {}
                 }
@@ -74,7 +91,7 @@ pub async fn resolve_targets(store: &Store, targets: &Targets) -> Result<Resolve
         Targets::Selector(want) => (
             devices
                 .iter()
-                .filter(|d| d.revoked_at.is_none())
+                .filter(|d| d.revoked_at.is_none() && !d.needs_review)
                 .filter(|d| want.iter().all(|(k, v)| d.labels.get(k) == Some(v)))
                 .map(|d| d.id.clone())
                 .collect(),

@@ -49,6 +49,8 @@ pub struct DeviceFilter {
     /// Lowercased search text.
     pub q: Option<String>,
     pub status: Option<DeviceStatus>,
+    /// Only devices flagged (true) or not flagged (false) for review.
+    pub needs_review: Option<bool>,
     /// Labels that must all match.
     pub labels: Labels,
     pub sort: DeviceSort,
@@ -100,6 +102,12 @@ pub struct DeviceSummary {
     /// What is wrong with an online device now, by the thresholds of the Prometheus alerts
     /// (empty when all is well, and for offline devices).
     pub alerts: Vec<DeviceAlert>,
+    /// Flagged for an admin's review, e.g. re-registered from its certificate after a
+    /// restore; cleared with `POST /api/v1/devices/{id}/review`, or revoke the device.
+    pub needs_review: bool,
+    /// Why it is flagged.
+    #[schema(required)]
+    pub review_reason: Option<String>,
 }
 
 /// A problem an online device's latest sample shows.

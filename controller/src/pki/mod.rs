@@ -18,7 +18,9 @@ pub mod tls;
 
 pub use ca::{Ca, IssuedCert, Revoked};
 pub use csr::{CsrError, MAX_CSR_BYTES, csr_proposed_id};
-pub use identity::{device_identity, device_public_key, fingerprint_bytes, fingerprint_pem};
+pub use identity::{
+    device_identity, device_public_key, fingerprint_bytes, fingerprint_pem, presented_certificate,
+};
 pub use revoke::{LoggedRevocation, RevokeError, read_log, revoke_device};
 
 /// Longest attacker-supplied text (a common name, a serial) we echo back in an error message.

@@ -34,6 +34,9 @@ pub struct DeviceRow {
     pub arch: Option<String>,
     pub model: Option<String>,
     pub last_seq: Option<i64>,
+    /// Flagged for an admin's review (re-registered after a restore), and why.
+    pub needs_review: bool,
+    pub review_reason: Option<String>,
 }
 
 /// What a new enrollment writes.
@@ -101,7 +104,8 @@ macro_rules! device_select {
     ($tail:literal) => {
         concat!(
             "SELECT id, labels, enrolled_at, revoked_at, first_seen, last_seen, online, ",
-            "agent_version, hostname, os, kernel, arch, model, last_seq FROM devices ",
+            "agent_version, hostname, os, kernel, arch, model, last_seq, needs_review, ",
+            "review_reason FROM devices ",
             $tail
         )
     };

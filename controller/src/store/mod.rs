@@ -25,6 +25,7 @@ mod dialect;
 mod ingest;
 mod release_keys;
 mod releases;
+pub mod review;
 pub mod rollouts;
 pub mod sessions;
 pub mod snapshot;

@@ -38,9 +38,10 @@ use crate::metrics::Metrics;
 use crate::mqtt::broker::{BrokerLogin, max_packet_size};
 use crate::pki::tls;
 use crate::source::{PreAuth, PreAuthBudget};
-use crate::store::IngestOp;
+use crate::store::{IngestOp, Store};
 use crate::supervise::TaskResult;
 
+mod admit;
 mod packet;
 mod registry;
 
@@ -60,6 +61,9 @@ pub struct Gateway {
     metrics: Metrics,
     permits: Arc<Semaphore>,
     preauth: PreAuthBudget,
+    /// Asked at every connect whether the database lets the certificate in
+    /// ([`review::decide`]).
+    store: Store,
 }
 
 /// Why a connection ended or was refused; the label is used in logs and metrics.
@@ -71,6 +75,7 @@ enum End {
 }
 
 impl Gateway {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: MqttConfig,
         tls: ServerConfig,
@@ -79,6 +84,7 @@ impl Gateway {
         login: BrokerLogin,
         events: mpsc::Sender<IngestOp>,
         metrics: Metrics,
+        store: Store,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(cfg.max_connections));
         let preauth = PreAuthBudget::new(cfg.preauth_max, cfg.preauth_per_source);
@@ -93,6 +99,7 @@ impl Gateway {
             metrics,
             permits,
             preauth,
+            store,
         }
     }
 
@@ -227,7 +234,7 @@ impl Gateway {
         let mut identity: Option<DeviceId> = None;
         let mut registered = false;
         let end = tokio::select! {
-            e = self.serve(tcp, conn, preauth, &mut identity, &mut registered, &cancel, &reason) => e,
+            e = self.serve(tcp, peer, conn, preauth, &mut identity, &mut registered, &cancel, &reason) => e,
             _ = cancel.cancelled() => End::Closed(reason.get().copied().unwrap_or("shutdown")),
         };
         if self.registry.remove(conn)
@@ -292,6 +299,7 @@ impl Gateway {
     async fn serve(
         &self,
         tcp: TcpStream,
+        peer: SocketAddr,
         conn: u64,
         preauth: PreAuth,
         identity: &mut Option<DeviceId>,
@@ -314,6 +322,8 @@ impl Gateway {
         else {
             return End::Refused("no_client_cert", String::new());
         };
+        // Kept for the database, should it not know this certificate.
+        let leaf_der = leaf.as_ref().to_vec();
         let (id, serial) = match crate::pki::device_identity(leaf) {
             Ok((id, serial)) => (id, tls::normalize_serial(&serial)),
             Err(e) => return End::Refused("bad_identity", e.to_string()),
@@ -363,6 +373,16 @@ impl Gateway {
         {
             let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x05]).await;
             return End::Refused("will_topic", format!("{id}: {e}"));
+        }
+        if let Err(end) = self.admit(&id, &serial, &leaf_der, peer).await {
+            // CONNACK "not authorized" (or "server unavailable"), then close.
+            let code = match end {
+                End::Refused("store_unavailable", _) => 0x03,
+                _ => 0x05,
+            };
+            let _ = stream.write_all(&[0x20, 0x02, 0x00, code]).await;
+            let _ = stream.shutdown().await;
+            return end;
         }
         // Revoked while its CONNECT was on the way: refused before the broker sees it.
         if self.registry.register(conn).is_err() {

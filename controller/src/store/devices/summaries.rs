@@ -18,7 +18,7 @@ use crate::store::{Labels, Store, StoreError};
 /// Device and latest-sample columns of a [`DeviceSummary`].
 pub(super) const SUMMARY_COLUMNS: &str = "d.id, d.labels, d.revoked_at, d.online, d.hostname, \
     d.model, d.agent_version, d.last_seen, d.enrolled_at, t.cpu_pct, t.mem_used, t.mem_total, \
-    t.temp_c, t.throttled, t.disks, t.uptime_s";
+    t.temp_c, t.throttled, t.disks, t.uptime_s, d.needs_review, d.review_reason";
 
 /// The devices joined with their latest sample.
 pub(super) const SUMMARY_FROM: &str =
@@ -38,6 +38,11 @@ pub(super) fn push_device_filter(qb: &mut QueryBuilder<Sqlite>, f: &DeviceFilter
         Some(DeviceStatus::Revoked) => " AND d.revoked_at IS NOT NULL",
         Some(DeviceStatus::Online) => " AND d.revoked_at IS NULL AND d.online <> 0",
         Some(DeviceStatus::Offline) => " AND d.revoked_at IS NULL AND d.online = 0",
+    });
+    qb.push(match f.needs_review {
+        None => "",
+        Some(true) => " AND d.needs_review <> 0",
+        Some(false) => " AND d.needs_review = 0",
     });
     for (k, v) in &f.labels {
         // Keys are validated label keys (no quotes), and bound anyway.
@@ -100,6 +105,8 @@ struct SummaryRow {
     throttled: Option<i64>,
     disks: Option<Json<Vec<DiskUsage>>>,
     uptime_s: Option<i64>,
+    needs_review: bool,
+    review_reason: Option<String>,
 }
 
 impl From<SummaryRow> for DeviceSummary {
@@ -135,6 +142,8 @@ impl From<SummaryRow> for DeviceSummary {
             disk_total: sum(|d| d.total_bytes),
             uptime_s: r.uptime_s,
             alerts,
+            needs_review: r.needs_review,
+            review_reason: r.review_reason,
         }
     }
 }

@@ -217,6 +217,50 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/backups": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Lists the encrypted backups, oldest first (plain ones are never shown here). */
+        get: operations["list_backups"];
+        put?: never;
+        /**
+         * Writes a backup now, encrypted to `[backup] recipient`, the same way the scheduled
+         *     backup does (old ones pruned to `backup.keep` after it). Answers when it is written; it
+         *     runs to the end even if the request is abandoned.
+         */
+        post: operations["create_backup"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/backups/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Downloads an encrypted backup, streamed from disk, with its SHA-256 in
+         *     `X-Backup-SHA256` (and as the ETag). Restoring it needs the age identity, which is not
+         *     on this host.
+         */
+        get: operations["download_backup"];
+        put?: never;
+        post?: never;
+        /** Deletes an encrypted backup with its checksum file. */
+        delete: operations["delete_backup"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/commands": {
         parameters: {
             query?: never;
@@ -389,6 +433,26 @@ export interface paths {
         /** Replaces the device's labels. */
         put: operations["set_device_labels"];
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/devices/{id}/review": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Clears the device's review flag (set when it was re-registered from its certificate
+         *     after a restore): the admin has looked at it and keeps it. To refuse it, revoke it.
+         */
+        post: operations["review_device"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1155,6 +1219,25 @@ export interface components {
             head: number | null;
             items: components["schemas"]["AuditEntry"][];
         };
+        /** @description One backup file. */
+        BackupView: {
+            /** @description When it was made, UTC, as in its name (`20261206T020000Z`). */
+            created_at: string;
+            /** @description The file name: the name to download or delete it by. */
+            name: string;
+            /**
+             * @description SHA-256 of the file (hex), from the checksum written beside it; null when that is
+             *     missing (such a backup cannot be downloaded).
+             */
+            sha256: string | null;
+            /**
+             * Format: int64
+             * @description Bytes.
+             */
+            size: number;
+            /** @description A `backup verify` found this very file sound. */
+            verified: boolean;
+        };
         /** @description One batch's progress. */
         BatchView: {
             /** @description Devices by state. */
@@ -1462,6 +1545,13 @@ export interface components {
             mem_used: number | null;
             /** @description Raspberry Pi model, when the device has one. */
             model: string | null;
+            /**
+             * @description Flagged for an admin's review, e.g. re-registered from its certificate after a
+             *     restore; cleared with `POST /api/v1/devices/{id}/review`, or revoke the device.
+             */
+            needs_review: boolean;
+            /** @description Why it is flagged. */
+            review_reason: string | null;
             status: components["schemas"]["DeviceStatus"];
             /**
              * Format: double
@@ -2719,6 +2809,137 @@ export interface operations {
             };
         };
     };
+    list_backups: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Encrypted backups, oldest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BackupView"][];
+                };
+            };
+            /**
+             * @description Refused: invalid input, not signed in, not permitted, not found or in conflict; the
+             *     problem document says which and why.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    create_backup: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Written */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BackupView"];
+                };
+            };
+            /** @description No age recipient configured, or a backup is being written now (409); or not permitted */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    download_backup: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A name from the backup list. */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The backup file (age-encrypted tar) */
+            200: {
+                headers: {
+                    /** @description SHA-256 of the file, hex */
+                    "x-backup-sha256"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/octet-stream": string;
+                };
+            };
+            /**
+             * @description Refused: invalid input, not signed in, not permitted, not found or in conflict; the
+             *     problem document says which and why.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    delete_backup: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A name from the backup list. */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /**
+             * @description Refused: invalid input, not signed in, not permitted, not found or in conflict; the
+             *     problem document says which and why.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
     list_commands: {
         parameters: {
             query?: {
@@ -2960,6 +3181,8 @@ export interface operations {
                 /** @description Case-insensitive substring of the id or hostname. */
                 q?: string;
                 status?: "online" | "offline" | "revoked";
+                /** @description Only devices flagged for review (`true`) or not (`false`). */
+                needs_review?: boolean;
                 /** @description Label selector `k=v[,k=v...]`: every pair must match. */
                 label?: string;
                 /** @description Sort key (default `id`). */
@@ -3129,6 +3352,36 @@ export interface operations {
                 };
             };
             /** @description Invalid labels, unknown device or not permitted */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    review_device: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Device id: 3–63 of a-z 0-9 and `-`, not starting or ending with `-`. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Reviewed: the flag is cleared */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Invalid id, unknown device (404), a device not flagged for review (409), or not permitted */
             "4XX": {
                 headers: {
                     [name: string]: unknown;

@@ -30,6 +30,8 @@ function device(id: string, patch: Partial<DeviceSummary> = {}): DeviceSummary {
     disk_total: 2,
     uptime_s: 5,
     alerts: [],
+    needs_review: false,
+    review_reason: null,
     ...patch,
   };
 }
