@@ -114,6 +114,11 @@ export function Inventory({ d }: { d: DeviceDetail }) {
         <Fact label="Last connected">
           <DateTime ms={d.hello_at} />
         </Fact>
+        {d.needs_review && (
+          <Fact label="Needs review">
+            <span data-testid="review-reason">{d.review_reason ?? 'yes'}</span>
+          </Fact>
+        )}
         {d.revoked_at !== null && (
           <Fact label="Revoked">
             <DateTime ms={d.revoked_at} />

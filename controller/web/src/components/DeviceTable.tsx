@@ -59,6 +59,11 @@ function Row({ d, onPickLabel }: { d: DeviceSummary; onPickLabel: (pair: string)
       <td>
         <DeviceStatusBadge status={d.status} />
         <AlertBadges alerts={d.alerts} />
+        {d.needs_review && (
+          <span class="badge badge-warn" data-testid="needs-review" title={d.review_reason ?? undefined}>
+            needs review
+          </span>
+        )}
       </td>
       <td>
         <LabelChips labels={d.labels} onPick={onPickLabel} />
