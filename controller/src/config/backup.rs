@@ -20,7 +20,8 @@ pub struct BackupConfig {
     pub keep: usize,
     /// Where backups go; relative to the data dir unless absolute.
     pub dir: PathBuf,
-    /// age recipient (`age1…`) the backups are encrypted to; plain tar when unset.
+    /// age recipient (`age1…`) the backups are encrypted to; plain tar when unset. The admin
+    /// API makes and serves encrypted backups only, so it needs one.
     pub recipient: Option<String>,
     /// How often `serve` looks at `dir` for backups made by hand, for its gauge.
     pub rescan_s: u64,
