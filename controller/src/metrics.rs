@@ -45,6 +45,8 @@ pub struct Metrics {
     pub server_cert_expiry: IntGauge,
     pub ready: IntGaugeVec,
     pub backup_last_success: IntGauge,
+    pub renewals: IntCounterVec,
+    pub renewal_overdue: IntGauge,
 }
 
 impl Metrics {
@@ -225,6 +227,18 @@ impl Metrics {
                 "backup_last_success_timestamp_seconds",
                 "When the newest backup was written (Unix seconds; 0: none yet)",
             )?,
+            renewals: IntCounterVec::new(
+                Opts::new(
+                    "certificate_renewals_total",
+                    "Device certificate renewals over MQTT by outcome (issued, refused_*, error)",
+                ),
+                &["outcome"],
+            )?,
+            renewal_overdue: IntGauge::new(
+                "device_certificates_renewal_overdue",
+                "Unrevoked devices whose newest certificate has less than a sixth of its \
+                 lifetime left (renewal is due at a third)",
+            )?,
             registry,
             process: Registry::new(),
         };
@@ -273,6 +287,11 @@ impl Metrics {
         r.register(Box::new(m.server_cert_expiry.clone()))?;
         r.register(Box::new(m.ready.clone()))?;
         r.register(Box::new(m.backup_last_success.clone()))?;
+        r.register(Box::new(m.renewals.clone()))?;
+        for outcome in crate::pki::renew::OUTCOMES {
+            m.renewals.with_label_values(&[outcome]);
+        }
+        r.register(Box::new(m.renewal_overdue.clone()))?;
         // process_* (CPU, memory, open files, start time), unprefixed as is conventional.
         m.process.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),

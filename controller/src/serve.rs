@@ -223,7 +223,7 @@ impl Controller {
             command_public_key: setup::command_public_key(&dd)?,
             release_public_keys: release_keys.iter().map(|k| k.to_pem()).collect(),
             mqtt_port: cfg.mqtt.public_port.unwrap_or(bound.mqtt.port()),
-            cert_days: cfg.enrollment.device_cert_days,
+            cert_lifetime: cfg.pki.device_cert_lifetime(&cfg.enrollment),
             metrics: metrics.clone(),
         });
         let jwt =
@@ -300,7 +300,7 @@ impl Controller {
             crl::keep(
                 self.dd.clone(),
                 self.store.clone(),
-                self.ca,
+                self.ca.clone(),
                 self.cfg.pki.clone(),
                 move |serials| gw.revoke(serials),
                 self.health.clone(),
@@ -322,12 +322,27 @@ impl Controller {
             .await;
             Ok(())
         });
+        let (renew_tx, renew_rx) = mpsc::channel(1_000);
+        let renewer = crate::pki::renew::Renewer {
+            store: self.store.clone(),
+            ca: self.ca.clone(),
+            lifetime: self.cfg.pki.device_cert_lifetime(&self.cfg.enrollment),
+            min_interval: Duration::from_secs(self.cfg.pki.renew_min_interval_s),
+            metrics: self.metrics.clone(),
+        };
+        tasks.spawn(
+            "renewals",
+            crate::pki::renew::serve(renewer, renew_rx, out_tx.clone()),
+        );
         tasks.spawn(
             "ingest-route",
             ingest::route(
                 link_rx,
                 queue_tx,
-                receipt_tx,
+                ingest::Handlers {
+                    receipts: receipt_tx,
+                    renewals: renew_tx,
+                },
                 self.gateway,
                 self.metrics.clone(),
                 shutdown.clone(),

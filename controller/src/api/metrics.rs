@@ -55,6 +55,9 @@ pub async fn controller(State(st): State<AppState>) -> Result<Response, Problem>
         st.metrics.devices.with_label_values(&[state]).set(n);
     }
     st.metrics.database_size_bytes.set(database_size(&st));
+    st.metrics
+        .renewal_overdue
+        .set(st.store.renewal_overdue_count().await?);
     Ok(text(st.metrics.render()))
 }
 

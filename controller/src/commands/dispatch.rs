@@ -2,12 +2,11 @@
 //! key when their device is online, publishes them, verifies the devices' signed receipts
 //! against their certificates, and moves each command through its lifecycle.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pifleet_shared::command::{Action, CommandId, Envelope, SignedReceipt};
-use pifleet_shared::signing::{CommandSigner, DeviceKeyAlg, verify_receipt};
+use pifleet_shared::signing::CommandSigner;
 use pifleet_shared::topic::Kind;
 use pifleet_shared::{DeviceId, Topic, codec};
 use rand::RngCore;
@@ -15,6 +14,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::receipt_keys::{ReceiptKeys, Verified};
 use crate::config::CommandsConfig;
 use crate::live::Hub;
 use crate::metrics::Metrics;
@@ -141,7 +141,7 @@ pub struct Dispatcher {
     cfg: CommandsConfig,
     metrics: Metrics,
     wake: Arc<Notify>,
-    keys: Mutex<HashMap<String, (DeviceKeyAlg, Vec<u8>)>>,
+    keys: ReceiptKeys,
     live: Hub,
 }
 
@@ -156,13 +156,13 @@ impl Dispatcher {
         live: Hub,
     ) -> Self {
         Self {
+            keys: ReceiptKeys::new(store.clone()),
             store,
             signer,
             out,
             cfg,
             metrics,
             wake,
-            keys: Mutex::new(HashMap::new()),
             live,
         }
     }
@@ -306,27 +306,24 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Verifies a receipt against the device's certificate key and applies it.
+    /// Verifies a receipt against the device's certificate keys and applies it.
     pub async fn on_receipt(&self, device: &DeviceId, signed: &SignedReceipt) {
-        let key = match self.device_key(device).await {
-            Ok(Some(k)) => k,
-            Ok(None) => {
+        let receipt = match self.keys.verify(device, signed).await {
+            Ok(Verified::Ok(r)) => r,
+            Ok(Verified::NoKey) => {
                 tracing::warn!(device = %device, "receipt from a device without a known key dropped");
                 return;
             }
-            Err(e) => {
-                tracing::error!(device = %device, error = %e, "device key lookup failed");
-                return;
-            }
-        };
-        let receipt = match verify_receipt(signed, key.0, &key.1) {
-            Ok(r) => r,
-            Err(e) => {
+            Ok(Verified::Bad(e)) => {
                 self.metrics
                     .ingest_dropped
                     .with_label_values(&["bad_receipt"])
                     .inc();
                 tracing::warn!(device = %device, reason = "bad_receipt", error = %e, "receipt refused");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(device = %device, error = %e, "device key lookup failed");
                 return;
             }
         };
@@ -376,31 +373,6 @@ impl Dispatcher {
             }
             Err(e) => tracing::error!(command = %id, error = %e, "storing receipt failed"),
         }
-    }
-
-    async fn device_key(
-        &self,
-        device: &DeviceId,
-    ) -> Result<Option<(DeviceKeyAlg, Vec<u8>)>, StoreError> {
-        if let Some(k) = self
-            .keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(device.as_str())
-        {
-            return Ok(Some(k.clone()));
-        }
-        let Some((alg, key)) = self.store.device_key(device.as_str()).await? else {
-            return Ok(None);
-        };
-        let Some(alg) = DeviceKeyAlg::parse(&alg) else {
-            return Ok(None);
-        };
-        self.keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(device.to_string(), (alg, key.clone()));
-        Ok(Some((alg, key)))
     }
 }
 

@@ -4,4 +4,5 @@
 
 pub mod deploy;
 pub mod dispatch;
+pub mod receipt_keys;
 pub mod release_keys;

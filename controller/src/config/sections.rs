@@ -16,6 +16,21 @@ pub struct PkiConfig {
     pub crl_refresh_s: u64,
     /// nextUpdate of a published CRL, in days from its publication.
     pub crl_next_update_days: u32,
+    /// Lifetime of device certificates, in seconds; unset: `enrollment.device_cert_days`.
+    /// Devices renew theirs when a third of it remains.
+    pub device_cert_lifetime_s: Option<u64>,
+    /// A device gets at most one certificate per this many seconds (renewal rate limit).
+    pub renew_min_interval_s: u64,
+}
+
+impl PkiConfig {
+    /// The lifetime of a new device certificate, from this section or `enrollment`.
+    pub fn device_cert_lifetime(&self, enrollment: &EnrollmentConfig) -> Duration {
+        Duration::from_secs(
+            self.device_cert_lifetime_s
+                .unwrap_or(u64::from(enrollment.device_cert_days) * 86_400),
+        )
+    }
 }
 
 impl Default for PkiConfig {
@@ -24,6 +39,8 @@ impl Default for PkiConfig {
             crl_check_s: 5,
             crl_refresh_s: 86_400,
             crl_next_update_days: 7,
+            device_cert_lifetime_s: None,
+            renew_min_interval_s: 3_600,
         }
     }
 }
@@ -408,7 +425,8 @@ pub struct TelemetryConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnrollmentConfig {
-    /// Validity of device certificates in days.
+    /// Validity of device certificates in days (`pki.device_cert_lifetime_s`, when set,
+    /// replaces it).
     pub device_cert_days: u32,
     /// Longest lifetime of an enrollment token, in seconds.
     pub max_token_ttl_s: u64,

@@ -30,7 +30,8 @@ pub struct EnrollState {
     /// The release keys devices are to trust (PEM, SPKI), sent with every enrollment.
     pub release_public_keys: Vec<String>,
     pub mqtt_port: u16,
-    pub cert_days: u32,
+    /// Lifetime of the device certificates it issues.
+    pub cert_lifetime: std::time::Duration,
     pub metrics: Metrics,
 }
 
@@ -129,7 +130,7 @@ pub async fn enroll(st: &EnrollState, req: &EnrollRequest) -> Result<Enrolled, R
                 })
             },
             |t, id| {
-                let issued = st.ca.sign_device_csr(&req.csr, &id, st.cert_days)?;
+                let issued = st.ca.sign_device_csr_for(&req.csr, &id, st.cert_lifetime)?;
                 let (alg, public_key) =
                     pki::device_public_key(&issued.cert_pem).map_err(internal)?;
                 Ok::<_, Refusal>((

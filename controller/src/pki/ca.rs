@@ -157,6 +157,17 @@ impl Ca {
         device_id: &DeviceId,
         validity_days: u32,
     ) -> Result<IssuedCert, CsrError> {
+        let lifetime = std::time::Duration::from_secs(u64::from(validity_days) * 86_400);
+        self.sign_device_csr_for(csr_pem, device_id, lifetime)
+    }
+
+    /// [`Ca::sign_device_csr`] with a lifetime in seconds (tests renew every few seconds).
+    pub fn sign_device_csr_for(
+        &self,
+        csr_pem: &str,
+        device_id: &DeviceId,
+        lifetime: std::time::Duration,
+    ) -> Result<IssuedCert, CsrError> {
         let csr = check_csr(csr_pem)?;
         if csr.id != *device_id {
             return Err(CsrError::IdMismatch {
@@ -164,7 +175,7 @@ impl Ca {
                 expected: device_id.to_string(),
             });
         }
-        self.issue_device(&csr.key, device_id, validity_days)
+        self.issue_device(&csr.key, device_id, lifetime)
             .map_err(CsrError::Internal)
     }
 
@@ -208,15 +219,28 @@ impl Ca {
         &self,
         key: &CsrKey,
         id: &DeviceId,
-        validity_days: u32,
+        lifetime: std::time::Duration,
     ) -> Result<IssuedCert, PkiError> {
         let now = now_seconds()?;
-        let not_after = add_days(now, validity_days)?;
+        let out_of_range = PkiError::ValidityOutOfRange {
+            days: u32::try_from(lifetime.as_secs() / 86_400).unwrap_or(u32::MAX),
+        };
+        let not_after = i64::try_from(lifetime.as_secs())
+            .ok()
+            .and_then(|s| now.checked_add(Duration::seconds(s)))
+            .ok_or(out_of_range)?;
         let (serial, serial_hex) = random_serial();
         let mut params = CertificateParams::default();
         params.distinguished_name = common_name_dn(id.as_str());
         params.subject_alt_names = vec![SanType::DnsName(id.as_str().try_into()?)];
-        params.not_before = sub_skew(now)?;
+        // Short lifetimes (tests) are back-dated by a tenth of themselves at most, so
+        // that the renewal point the device computes stays close to the intended one.
+        let skew = CLOCK_SKEW.min(Duration::seconds(
+            i64::try_from(lifetime.as_secs() / 10).unwrap_or(i64::MAX),
+        ));
+        params.not_before = now
+            .checked_sub(skew)
+            .ok_or(PkiError::ValidityOutOfRange { days: 0 })?;
         params.not_after = not_after;
         params.serial_number = Some(serial);
         params.is_ca = IsCa::ExplicitNoCa;

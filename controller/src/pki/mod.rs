@@ -1,7 +1,7 @@
 //! The controller's certificate authority: the CA and what it signs ([`ca`]), checks of the
 //! CSRs devices send ([`csr`]), the identity read back from a verified client certificate
 //! ([`identity`]), the listeners' TLS configuration ([`tls`]), revocation ([`revoke_device`])
-//! and the CRL derived from the database ([`crl`]). Enrollment, which uses all of this, is
+//! the CRL derived from the database ([`crl`]) and renewal over MQTT ([`renew`]). Enrollment, which uses all of this, is
 //! `crate::enroll`.
 
 use pifleet_shared::InvalidDeviceId;
@@ -11,6 +11,9 @@ mod ca;
 pub mod crl;
 mod csr;
 mod identity;
+pub mod renew;
+#[cfg(test)]
+mod renew_tests;
 mod revoke;
 #[cfg(test)]
 mod tests;

@@ -148,7 +148,10 @@ pub struct AuditCheck {
 }
 
 /// Appends one event inside a write transaction; returns its sequence number.
-async fn append(conn: &mut sqlx::SqliteConnection, ev: &Event) -> Result<i64, StoreError> {
+pub(super) async fn append(
+    conn: &mut sqlx::SqliteConnection,
+    ev: &Event,
+) -> Result<i64, StoreError> {
     let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut *conn)
         .await?;

@@ -37,7 +37,7 @@ pub mod users;
 
 pub use crate::model::labels::Labels;
 pub use audit::AuditCheck;
-pub use certificates::CertRow;
+pub use certificates::{CertRow, DeviceKey, RenewError, RenewRefusal, RenewedCert};
 pub use commands::{Cancel, CommandRow, NewCommand, ReceiptUpdate};
 pub use devices::{
     DeviceCounts, DeviceRow, EnrollError, EnrollRefusal, NewDevice, RevokeOutcome, THROTTLED_NOW,
