@@ -44,6 +44,33 @@ pub struct AgentConfig {
     /// written by `enroll`: its defaults apply until an administrator adds the section.
     #[serde(default, skip_serializing)]
     pub watchdog: WatchdogSection,
+    /// Automatic certificate renewal (defaults apply until the section is added).
+    #[serde(default, skip_serializing)]
+    pub renew: RenewSection,
+}
+
+/// `[renew]`: when and how the device certificate renews itself (when a third of its
+/// lifetime remains).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RenewSection {
+    /// How often the certificate is looked at, in seconds (each wait jittered by up to a
+    /// tenth, so a fleet enrolled together does not renew in one wave).
+    pub check_interval_s: u64,
+    /// How long to wait for the controller's answer before asking again, in seconds.
+    pub answer_timeout_s: u64,
+    /// Cap of the backoff between failed attempts, in seconds.
+    pub backoff_max_s: u64,
+}
+
+impl Default for RenewSection {
+    fn default() -> Self {
+        Self {
+            check_interval_s: 3_600,
+            answer_timeout_s: 60,
+            backoff_max_s: 3_600,
+        }
+    }
 }
 
 /// Where the controller is.
@@ -200,6 +227,13 @@ impl AgentConfig {
         }
         if self.metrics.as_ref().is_some_and(|m| m.listen.port() == 0) {
             p.push("metrics.listen needs a port other than 0".to_owned());
+        }
+        let r = &self.renew;
+        if ![r.check_interval_s, r.answer_timeout_s, r.backoff_max_s]
+            .iter()
+            .all(|s| (1..=86_400).contains(s))
+        {
+            p.push("renew.*_s must be 1..=86400".to_owned());
         }
         p.extend(self.commands.problems());
         p.extend(crate::apps::config::problems(&self.apps));

@@ -106,13 +106,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
             .ok_or_else(|| EnrollError::NoDeviceId(hostname()))?,
     };
 
-    // The key is made here and never leaves the device.
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, proposed.as_str());
-    params.distinguished_name = dn;
-    let csr = params.serialize_request(&key)?.pem()?;
+    let (key, csr) = key_and_csr(&proposed)?;
 
     let body = serde_json::to_vec(&EnrollRequest {
         token: opts.token.clone(),
@@ -213,6 +207,18 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
     );
     write_private(&opts.config, text.as_bytes())?;
     Ok(device_id)
+}
+
+/// A new device key (it is made here and never leaves the device) and a CSR (PEM) for it
+/// naming `id`: what enrollment and renewal send.
+pub fn key_and_csr(id: &DeviceId) -> Result<(KeyPair, String), rcgen::Error> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, id.as_str());
+    params.distinguished_name = dn;
+    let csr = params.serialize_request(&key)?.pem()?;
+    Ok((key, csr))
 }
 
 /// The file of pinned release keys that `enroll` writes, next to `agent.toml`.

@@ -14,6 +14,7 @@ pub mod https;
 pub mod metrics;
 pub mod notify;
 pub mod release_keys;
+pub mod renew;
 pub mod run;
 pub mod services;
 pub mod spool;

@@ -3,9 +3,13 @@
 //! verifier that pins the controller's CA by fingerprint.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use pifleet_io::{load_certs, load_key, provider};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 /// TLS set-up errors.
 #[derive(Debug, thiserror::Error)]
@@ -37,3 +41,85 @@ pub fn https_client(ca: &Path, cert: &Path, key: &Path) -> Result<ClientConfig, 
 }
 
 pub use pifleet_io::pinned::{PinnedCa, fingerprint};
+
+/// A client config that certificate renewal replaces while others keep using it.
+#[derive(Debug, Clone)]
+pub struct Shared(Arc<Mutex<Arc<ClientConfig>>>);
+
+impl Shared {
+    pub fn new(cfg: ClientConfig) -> Self {
+        Self(Arc::new(Mutex::new(Arc::new(cfg))))
+    }
+
+    /// The current config.
+    pub fn get(&self) -> Arc<ClientConfig> {
+        // Poisoning cannot leave a half-replaced Arc behind.
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, cfg: ClientConfig) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
+    }
+}
+
+/// Why a renewed certificate is not installed.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuedError {
+    #[error(transparent)]
+    Pem(#[from] pifleet_io::PemError),
+    #[error("PEM: {0}")]
+    PemText(#[from] rustls_pki_types::pem::Error),
+    #[error("no certificate in the answer")]
+    Empty,
+    #[error("{0}")]
+    Webpki(#[from] webpki::Error),
+    #[error("not a valid name: {0}")]
+    Name(#[from] rustls_pki_types::InvalidDnsNameError),
+    #[error("the certificate is for another key")]
+    OtherKey,
+}
+
+/// Checks a certificate the controller issued on renewal before it is installed: it
+/// chains to the pinned CA (for client authentication, valid now), names `device`, and
+/// certifies the key whose SubjectPublicKeyInfo (DER) is `key_spki`.
+pub fn check_issued(
+    ca: &Path,
+    cert_pem: &str,
+    key_spki: &[u8],
+    device: &str,
+) -> Result<(), IssuedError> {
+    let certs =
+        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let (leaf, rest) = certs.split_first().ok_or(IssuedError::Empty)?;
+    let cas = load_certs(ca)?;
+    let anchors = cas
+        .iter()
+        .map(webpki::anchor_from_trusted_cert)
+        .collect::<Result<Vec<_>, _>>()?;
+    let ee = webpki::EndEntityCert::try_from(leaf)?;
+    ee.verify_for_usage(
+        provider().signature_verification_algorithms.all,
+        &anchors,
+        rest,
+        UnixTime::now(),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )?;
+    ee.verify_is_valid_for_subject_name(&ServerName::try_from(device)?)?;
+    if ee.subject_public_key_info().as_ref() != key_spki {
+        return Err(IssuedError::OtherKey);
+    }
+    Ok(())
+}
+
+/// Whether the key file holds the key the certificate file certifies.
+pub fn pair_matches(cert: &Path, key: &Path) -> bool {
+    let (Ok(certs), Ok(key)) = (load_certs(cert), load_key(key)) else {
+        return false;
+    };
+    provider()
+        .key_provider
+        .load_private_key(key)
+        .is_ok_and(|k| CertifiedKey::new(certs, k).keys_match().is_ok())
+}

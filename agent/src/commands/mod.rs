@@ -208,6 +208,11 @@ impl Commands {
         self.ctx.outbox.set_connected(connected);
     }
 
+    /// Signs receipts with this key from now on (the device certificate was renewed).
+    pub fn set_signer(&self, signer: DeviceSigner) {
+        self.ctx.outbox.set_signer(signer);
+    }
+
     /// Notified after every service command (start, stop, restart, status) finishes.
     pub fn services_changed(&self) -> Arc<tokio::sync::Notify> {
         self.ctx.services_changed.clone()
