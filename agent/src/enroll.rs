@@ -153,9 +153,8 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
     let device_id =
         DeviceId::parse(&resp.device_id).map_err(|e| EnrollError::BadResponse(e.to_string()))?;
     // The CA we store must be the one the token pinned.
-    let ca_ders = rustls_pemfile::certs(&mut resp.ca.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| EnrollError::BadResponse(e.to_string()))?;
+    let ca_ders =
+        tls::pem_certs(resp.ca.as_bytes()).map_err(|e| EnrollError::BadResponse(e.to_string()))?;
     if !ca_ders
         .iter()
         .any(|c| tls::fingerprint(c) == token.ca_fingerprint_hex())

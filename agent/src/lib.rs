@@ -16,6 +16,7 @@ pub mod notify;
 pub mod release_keys;
 pub mod renew;
 pub mod run;
+pub mod sections;
 pub mod services;
 pub mod spool;
 pub mod tls;

@@ -6,10 +6,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use pifleet_io::{load_certs, load_key, provider};
-use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, UnixTime};
 
 /// TLS set-up errors.
 #[derive(Debug, thiserror::Error)]
@@ -68,28 +66,27 @@ pub enum IssuedError {
     #[error(transparent)]
     Pem(#[from] pifleet_io::PemError),
     #[error("PEM: {0}")]
-    PemText(#[from] rustls_pki_types::pem::Error),
+    PemText(#[from] std::io::Error),
     #[error("no certificate in the answer")]
     Empty,
     #[error("{0}")]
     Webpki(#[from] webpki::Error),
-    #[error("not a valid name: {0}")]
-    Name(#[from] rustls_pki_types::InvalidDnsNameError),
+    #[error("the certificate names another device")]
+    OtherName,
     #[error("the certificate is for another key")]
     OtherKey,
 }
 
 /// Checks a certificate the controller issued on renewal before it is installed: it
 /// chains to the pinned CA (for client authentication, valid now), names `device`, and
-/// certifies the key whose SubjectPublicKeyInfo (DER) is `key_spki`.
+/// certifies the key whose public key (the SubjectPublicKeyInfo's BIT STRING) is `key_raw`.
 pub fn check_issued(
     ca: &Path,
     cert_pem: &str,
-    key_spki: &[u8],
+    key_raw: &[u8],
     device: &str,
 ) -> Result<(), IssuedError> {
-    let certs =
-        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let certs = pem_certs(cert_pem.as_bytes())?;
     let (leaf, rest) = certs.split_first().ok_or(IssuedError::Empty)?;
     let cas = load_certs(ca)?;
     let anchors = cas
@@ -106,20 +103,26 @@ pub fn check_issued(
         None,
         None,
     )?;
-    ee.verify_is_valid_for_subject_name(&ServerName::try_from(device)?)?;
-    if ee.subject_public_key_info().as_ref() != key_spki {
+    // Names the device: its subjectAltName holds dNSName ([2] IMPLICIT IA5String) = the id.
+    // A byte search of the CA-verified certificate, rather than webpki's name matcher,
+    // which the agent does not otherwise link.
+    let id = device.as_bytes();
+    let mut san = vec![
+        0x82,
+        u8::try_from(id.len()).map_err(|_| IssuedError::OtherName)?,
+    ];
+    san.extend_from_slice(id);
+    if !leaf.windows(san.len()).any(|w| w == san.as_slice()) {
+        return Err(IssuedError::OtherName);
+    }
+    // The BIT STRING closes the SubjectPublicKeyInfo: its last bytes are the key itself.
+    if !ee.subject_public_key_info().as_ref().ends_with(key_raw) {
         return Err(IssuedError::OtherKey);
     }
     Ok(())
 }
 
-/// Whether the key file holds the key the certificate file certifies.
-pub fn pair_matches(cert: &Path, key: &Path) -> bool {
-    let (Ok(certs), Ok(key)) = (load_certs(cert), load_key(key)) else {
-        return false;
-    };
-    provider()
-        .key_provider
-        .load_private_key(key)
-        .is_ok_and(|k| CertifiedKey::new(certs, k).keys_match().is_ok())
+/// The certificates of a PEM text (the parser enrollment uses too).
+pub fn pem_certs(mut pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, std::io::Error> {
+    rustls_pemfile::certs(&mut pem).collect()
 }

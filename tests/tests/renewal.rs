@@ -52,7 +52,7 @@ async fn an_agent_renews_repeatedly_while_streaming_and_commands_still_verify() 
     let mut agent = Agent::enroll(&ctl, "renew-pi", 1).unwrap();
     merge_config(
         &agent.config(),
-        "[renew]\ncheck_interval_s = 1\nanswer_timeout_s = 5\nbackoff_max_s = 2\n",
+        "[mqtt]\nrenew_check_s = 1\nrenew_answer_timeout_s = 5\nrenew_backoff_max_s = 2\n",
     )
     .unwrap();
     agent.start().unwrap();

@@ -23,7 +23,7 @@ use pifleet_shared::{DeviceId, codec};
 use rcgen::KeyPair;
 
 use crate::backoff::{Backoff, jitter};
-use crate::config::{AgentConfig, RenewSection};
+use crate::config::{AgentConfig, MqttSection};
 use crate::tls;
 
 /// Failed connections with a new pair after which the previous one is restored.
@@ -97,22 +97,24 @@ impl Renewal {
             cert: cfg.tls.cert.clone(),
             key: cfg.tls.key.clone(),
         };
-        Self::with(paths, cfg.device_id.clone(), &cfg.renew)
+        Self::with(paths, cfg.device_id.clone(), &cfg.mqtt)
     }
 
     /// [`Renewal::start`] from its parts.
-    pub fn with(paths: Paths, device: DeviceId, r: &RenewSection) -> Self {
+    pub fn with(paths: Paths, device: DeviceId, r: &MqttSection) -> Self {
         let pending = [&paths.cert, &paths.key]
             .iter()
             .any(|p| Paths::old(p).exists());
         let state = if !pending {
             State::Idle
-        } else if tls::pair_matches(&paths.cert, &paths.key) {
-            tracing::info!("a renewed certificate waits for its first connection");
+        } else if tls::mqtt_client(&paths.ca, &paths.cert, &paths.key).is_ok() {
+            // Loading the pair checks that the key is the certificate's.
+            info("a renewed certificate waits for its first connection");
             State::Confirming { failures: 0 }
         } else {
-            tracing::warn!(
-                "an interrupted renewal left a mismatched pair: restoring the previous certificate"
+            warn(
+                "an interrupted renewal left a mismatched pair: restoring the previous certificate",
+                &"",
             );
             restore(&paths);
             State::Idle
@@ -120,11 +122,11 @@ impl Renewal {
         Self {
             paths,
             device,
-            check_every: Duration::from_secs(r.check_interval_s),
-            answer_timeout: Duration::from_secs(r.answer_timeout_s),
+            check_every: Duration::from_secs(r.renew_check_s),
+            answer_timeout: Duration::from_secs(r.renew_answer_timeout_s),
             backoff: Backoff::new(
-                Duration::from_secs(r.check_interval_s.min(r.backoff_max_s)),
-                Duration::from_secs(r.backoff_max_s),
+                Duration::from_secs(r.renew_check_s.min(r.renew_backoff_max_s)),
+                Duration::from_secs(r.renew_backoff_max_s),
             ),
             next_check: Instant::now(),
             state,
@@ -137,7 +139,7 @@ impl Renewal {
         let now = Instant::now();
         match &self.state {
             State::Asked { since, .. } if since.elapsed() > self.answer_timeout => {
-                tracing::warn!(device = %self.device, "no answer to the renewal request; asking again later");
+                warn("no answer to the renewal request; asking again later", &"");
                 self.state = State::Idle;
                 self.next_check = now + self.backoff.next_delay();
                 None
@@ -152,7 +154,10 @@ impl Renewal {
                     Some(due) if now_unix >= due => self.ask(),
                     Some(_) => None,
                     None => {
-                        tracing::warn!(path = %self.paths.cert.display(), "cannot read the certificate's validity; renewing");
+                        warn(
+                            "cannot read the certificate's validity; renewing",
+                            &self.paths.cert.display(),
+                        );
                         self.ask()
                     }
                 }
@@ -169,7 +174,7 @@ impl Renewal {
         });
         match payload {
             Ok((key, payload)) => {
-                tracing::info!(device = %self.device, "renewing the device certificate");
+                info("renewing the device certificate");
                 self.state = State::Asked {
                     key: Box::new(key),
                     since: Instant::now(),
@@ -177,7 +182,7 @@ impl Renewal {
                 Some(payload)
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot make a renewal request");
+                warn("cannot make a renewal request", &e);
                 self.next_check = Instant::now() + self.backoff.next_delay();
                 None
             }
@@ -190,12 +195,12 @@ impl Renewal {
         let answer = match codec::decode::<RenewAnswer>(Kind::Cert, payload) {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(error = %e, "undecodable renewal answer dropped");
+                warn("undecodable renewal answer dropped", &e);
                 return Step::Nothing;
             }
         };
         let State::Asked { key, .. } = &self.state else {
-            tracing::debug!("renewal answer without a request ignored");
+            warn("renewal answer without a request ignored", &"");
             return Step::Nothing;
         };
         match answer {
@@ -203,7 +208,10 @@ impl Renewal {
                 reason,
                 retry_after_s,
             } => {
-                tracing::warn!(device = %self.device, reason = %reason, retry_after_s, "the controller refused the renewal");
+                warn(
+                    "the controller refused the renewal",
+                    &format_args!("{reason}; again in {retry_after_s} s"),
+                );
                 self.state = State::Idle;
                 let wait = Duration::from_secs(u64::from(retry_after_s.max(1)));
                 self.next_check = Instant::now() + wait + jittered(wait) / 10;
@@ -211,23 +219,23 @@ impl Renewal {
             }
             RenewAnswer::Issued { cert_pem } => {
                 let key_pem = key.serialize_pem();
-                let spki = rcgen::PublicKeyData::subject_public_key_info(&**key);
+                let raw = key.public_key_raw();
                 let p = &self.paths;
                 // A late answer to an earlier request does not match this key: keep
                 // waiting for ours.
-                if let Err(e) = tls::check_issued(&p.ca, &cert_pem, &spki, self.device.as_str()) {
-                    tracing::warn!(error = %e, "renewed certificate refused");
+                if let Err(e) = tls::check_issued(&p.ca, &cert_pem, raw, self.device.as_str()) {
+                    warn("renewed certificate refused", &e);
                     return Step::Nothing;
                 }
                 match install(p, &cert_pem, &key_pem) {
                     Ok(()) => {
-                        tracing::info!(device = %self.device, "renewed certificate installed; reconnecting with it");
+                        info("renewed certificate installed; reconnecting with it");
                         self.state = State::Confirming { failures: 0 };
                         self.backoff.reset();
                         Step::Reload
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "cannot install the renewed certificate");
+                        warn("cannot install the renewed certificate", &e);
                         restore(p);
                         self.state = State::Idle;
                         self.next_check = Instant::now() + self.backoff.next_delay();
@@ -244,7 +252,7 @@ impl Renewal {
             for p in [&self.paths.cert, &self.paths.key] {
                 let _ = std::fs::remove_file(Paths::old(p));
             }
-            tracing::info!(device = %self.device, "connected with the renewed certificate");
+            info("connected with the renewed certificate");
             self.state = State::Idle;
             self.next_check = Instant::now();
         }
@@ -259,7 +267,10 @@ impl Renewal {
         if *failures < CONFIRM_ATTEMPTS {
             return Step::Nothing;
         }
-        tracing::warn!(device = %self.device, "cannot connect with the renewed certificate: going back to the previous one");
+        warn(
+            "cannot connect with the renewed certificate: going back to the previous one",
+            &"",
+        );
         restore(&self.paths);
         self.state = State::Idle;
         self.next_check = Instant::now() + self.backoff.next_delay();
@@ -269,10 +280,8 @@ impl Renewal {
 
 /// The validity of the first certificate of a PEM file.
 fn first_cert_validity(pem: &[u8]) -> Option<(i64, i64)> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let der = CertificateDer::pem_slice_iter(pem).next()?.ok()?;
-    validity::validity(&der)
+    let certs = tls::pem_certs(pem).ok()?;
+    validity::validity(certs.first()?)
 }
 
 /// `d` plus up to a tenth more.
@@ -302,9 +311,22 @@ fn restore(p: &Paths) {
         if old.exists()
             && let Err(e) = std::fs::rename(&old, path)
         {
-            tracing::error!(path = %path.display(), error = %e, "cannot restore the previous file");
+            warn(
+                "cannot restore the previous file",
+                &format_args!("{}: {e}", path.display()),
+            );
         }
     }
+}
+
+// One call site per level: each `tracing` call site costs binary size, and the agent's
+// budget is tight.
+fn info(what: &str) {
+    tracing::info!("{what}");
+}
+
+fn warn(what: &str, detail: &dyn std::fmt::Display) {
+    tracing::warn!(detail = %detail, "{what}");
 }
 
 #[cfg(test)]

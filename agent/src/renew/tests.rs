@@ -53,10 +53,11 @@ fn id() -> DeviceId {
 }
 
 fn renewal(f: &Fixture) -> Renewal {
-    let cfg = RenewSection {
-        check_interval_s: 1,
-        answer_timeout_s: 60,
-        backoff_max_s: 1,
+    let cfg = crate::config::MqttSection {
+        renew_check_s: 1,
+        renew_answer_timeout_s: 60,
+        renew_backoff_max_s: 1,
+        ..Default::default()
     };
     Renewal::with(f.paths.clone(), id(), &cfg)
 }
@@ -105,7 +106,7 @@ fn an_issued_certificate_is_checked_installed_and_confirmed() {
         Step::Reload
     );
     assert_eq!(std::fs::read_to_string(&f.paths.cert).unwrap(), cert);
-    assert!(tls::pair_matches(&f.paths.cert, &f.paths.key));
+    assert!(tls::mqtt_client(&f.paths.ca, &f.paths.cert, &f.paths.key).is_ok());
     // The previous pair waits until a connection with the new one succeeds.
     let old = (
         std::fs::read(Paths::old(&f.paths.cert)).unwrap(),
@@ -115,7 +116,7 @@ fn an_issued_certificate_is_checked_installed_and_confirmed() {
     r.on_connected();
     assert!(!Paths::old(&f.paths.cert).exists());
     assert!(!Paths::old(&f.paths.key).exists());
-    assert!(tls::pair_matches(&f.paths.cert, &f.paths.key));
+    assert!(tls::mqtt_client(&f.paths.ca, &f.paths.cert, &f.paths.key).is_ok());
 }
 
 #[test]
