@@ -197,3 +197,32 @@ fn an_interrupted_install_is_settled_at_start() {
     r.on_connected();
     assert!(!Paths::old(&f.paths.cert).exists());
 }
+
+#[test]
+fn an_unanswered_request_is_given_up_and_a_late_answer_ignored() {
+    let f = fixture();
+    let before = files(&f.paths);
+    let cfg = crate::config::MqttSection {
+        renew_check_s: 1,
+        renew_answer_timeout_s: 0,
+        renew_backoff_max_s: 1,
+        ..Default::default()
+    };
+    let mut r = Renewal::with(f.paths.clone(), id(), &cfg);
+    let csr = asked(&mut r);
+    std::thread::sleep(Duration::from_millis(5));
+    // Given up: nothing asked again at once (the backoff runs), the late answer ignored.
+    assert_eq!(r.tick(true, LATER), None);
+    assert_eq!(r.tick(true, LATER), None);
+    let cert = issue(&f.issuer, &csr, "pi-01");
+    assert_eq!(
+        r.on_answer(&answer(&RenewAnswer::Issued { cert_pem: cert })),
+        Step::Nothing
+    );
+    assert_eq!(files(&f.paths), before);
+    // After the backoff it asks again, with a new key.
+    std::thread::sleep(Duration::from_millis(1_100));
+    let again = r.tick(true, LATER).expect("asked again");
+    let again = codec::decode::<RenewRequest>(Kind::Csr, &again).unwrap();
+    assert_ne!(again.csr_pem, csr);
+}
