@@ -7,6 +7,9 @@
 //! tasks of its own and may change the telemetry interval; deploys run there too, after
 //! the app deployer recovered whatever a crash interrupted, before the link comes up. With `[metrics]` configured, each
 //! new sample is also handed to the local Prometheus listener ([`crate::metrics`]).
+//! Certificate renewal ([`crate::renew`]) runs off the housekeeping tick and `down/cert`; a
+//! renewed (or restored) pair is loaded into the HTTPS client and the receipt signer, and
+//! handed to the link task, which swaps the event loop's TLS transport and reconnects.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
