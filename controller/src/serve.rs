@@ -27,6 +27,7 @@ use crate::mqtt::gateway::{self, Gateway};
 use crate::mqtt::ingest::{self, WriterContext};
 use crate::pki::{self, tls};
 use crate::pki::{Ca, crl};
+use crate::rotation::reload;
 use crate::setup::{self, SetupError};
 use crate::store::{Store, now_ms};
 use crate::supervise::{Fatal, Health, Supervisor, TaskFailed, TaskResult};
@@ -116,6 +117,7 @@ struct Controller {
     mqtt_listener: TcpListener,
     https_listener: TcpListener,
     https_tls: rustls::ServerConfig,
+    server_cert: Arc<pki::ServerCert>,
     broker: Broker,
     gateway: Arc<Gateway>,
     dispatcher: Arc<Dispatcher>,
@@ -157,9 +159,10 @@ impl Controller {
             revoked = published.revoked,
             "CRL published"
         );
-        let (mqtt_tls, revoked) = gateway::load_tls(&dd)?;
+        let server_cert = pki::ServerCert::load(&dd)?;
+        let (mqtt_tls, revoked) = gateway::load_tls(&dd, &server_cert)?;
         let crls = tls::load_crls(&dd.crl()).map_err(tls::TlsError::from)?;
-        let https_tls = tls::https_config(&dd, crls)?;
+        let https_tls = tls::https_config(&dd, crls, server_cert.clone())?;
         store.set_all_offline().await?;
         // What a crash left in releases/ (temp files, files no release refers to) goes.
         match crate::releases::sweep(&dd, &store, Duration::from_secs(3_600)).await {
@@ -167,7 +170,7 @@ impl Controller {
             Err(e) => tracing::warn!(error = %e, "could not tidy the releases folder"),
         }
         let metrics = Metrics::new()?;
-        if let Some(t) = server_cert_expiry(&dd) {
+        if let Some(t) = reload::server_cert_expiry(&dd) {
             metrics.server_cert_expiry.set(t);
         }
         let health = Arc::new(Health::new(metrics.clone()));
@@ -251,6 +254,7 @@ impl Controller {
             mqtt_listener,
             https_listener,
             https_tls,
+            server_cert,
             broker,
             gateway,
             dispatcher,
@@ -290,9 +294,11 @@ impl Controller {
         );
         tasks.spawn(
             "crl-watch",
-            self.gateway
-                .clone()
-                .watch_crl(self.dd.clone(), shutdown.clone()),
+            self.gateway.clone().watch_crl(
+                self.dd.clone(),
+                self.server_cert.clone(),
+                shutdown.clone(),
+            ),
         );
         let gw = self.gateway.clone();
         tasks.spawn(
@@ -365,8 +371,16 @@ impl Controller {
             self.api.clone().audit_enroll_refusals(shutdown.clone()),
         );
         tasks.spawn(
-            "jwt-reload",
-            jwt_reload(self.api.clone(), self.dd.jwt_keys(), shutdown.clone()),
+            "key-reload",
+            reload::run(
+                reload::Reload {
+                    dd: self.dd.clone(),
+                    api: self.api.clone(),
+                    server_cert: self.server_cert,
+                    metrics: self.metrics.clone(),
+                },
+                shutdown.clone(),
+            ),
         );
         tasks.spawn("limiter-gc", limiter_gc(self.api, shutdown.clone()));
         tasks.spawn(
@@ -439,14 +453,6 @@ fn local_addr(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ServeErro
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// Expiry (Unix seconds) of the listeners' certificate, for the expiry alert.
-fn server_cert_expiry(dd: &DataDir) -> Option<i64> {
-    let pem = std::fs::read(dd.server_cert()).ok()?;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
-    let cert = pem.parse_x509().ok()?;
-    Some(cert.validity().not_after.timestamp())
-}
-
 /// Forgets per-source rate-limit state of sources that have been quiet.
 async fn limiter_gc(state: api::AppState, shutdown: CancellationToken) -> TaskResult {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -454,38 +460,6 @@ async fn limiter_gc(state: api::AppState, shutdown: CancellationToken) -> TaskRe
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => state.forget_quiet_limits(),
-        }
-    }
-}
-
-/// Puts a changed `jwt.key` (`rotate jwt-key`) in use, checking it every
-/// `auth.key_reload_s`. A file that does not load is logged and the keys in use stay.
-async fn jwt_reload(
-    state: api::AppState,
-    path: std::path::PathBuf,
-    shutdown: CancellationToken,
-) -> TaskResult {
-    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut seen = modified(&path);
-    let mut tick = tokio::time::interval(Duration::from_secs(state.cfg.auth.key_reload_s));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tick.tick() => {}
-        }
-        let now = modified(&path);
-        if now == seen {
-            continue;
-        }
-        match JwtKeys::load(&path) {
-            Ok(keys) => {
-                tracing::info!(kid = keys.current_kid(), "access-token keys reloaded");
-                state.set_jwt(keys);
-                seen = now;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "jwt.key changed but cannot be loaded; keeping the keys in use")
-            }
         }
     }
 }

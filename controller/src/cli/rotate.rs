@@ -1,8 +1,10 @@
-//! `pifleet-controller rotate …`: replacing keys without re-enrolling anything. The running
-//! controller picks a new key file up within `auth.key_reload_s`.
+//! `pifleet-controller rotate …`: replacing keys and the server certificate without
+//! re-enrolling anything. The running controller picks new files up within
+//! `auth.key_reload_s`.
 
 use clap::Subcommand;
 use pifleet_controller::auth::jwt::JwtKeys;
+use pifleet_controller::pki::server_cert;
 use pifleet_controller::store::now_ms;
 
 use super::{DataDirArg, conclude, open};
@@ -14,6 +16,16 @@ pub enum RotateCmd {
     JwtKey {
         #[command(flatten)]
         dir: DataDirArg,
+    },
+    /// A new server certificate from the CA, served to new connections without a restart;
+    /// connected agents stay connected (they pin the CA, not the certificate).
+    ServerCert {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// DNS name or IP address the certificate is for (repeatable); default: the names
+        /// of the certificate in use.
+        #[arg(long = "hostname")]
+        hostnames: Vec<String>,
     },
 }
 
@@ -42,6 +54,23 @@ pub async fn run(cmd: RotateCmd) -> anyhow::Result<()> {
                  it signed until they expire. A running controller uses it within \
                  auth.key_reload_s.",
                 keys.current_kid()
+            );
+        }
+        RotateCmd::ServerCert { dir, hostnames } => {
+            let o = open(&dir).await?;
+            let issued = server_cert::rotate(&o.dd, &hostnames);
+            let detail = match &issued {
+                Ok(i) => format!("serial {} for {}", i.serial, i.hostnames.join(", ")),
+                Err(_) => String::new(),
+            };
+            let issued =
+                conclude(o.store, "rotate.server_cert", "server.crt", &detail, issued).await?;
+            println!(
+                "new server certificate {} for {}, valid until {} (Unix time). A running \
+                 controller serves it to new connections within auth.key_reload_s.",
+                issued.serial,
+                issued.hostnames.join(", "),
+                issued.not_after
             );
         }
     }

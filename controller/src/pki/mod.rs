@@ -12,6 +12,7 @@ pub mod crl;
 mod csr;
 mod identity;
 mod revoke;
+pub mod server_cert;
 #[cfg(test)]
 mod tests;
 pub mod tls;
@@ -20,6 +21,7 @@ pub use ca::{Ca, IssuedCert, Revoked};
 pub use csr::{CsrError, MAX_CSR_BYTES, csr_proposed_id};
 pub use identity::{device_identity, device_public_key, fingerprint_bytes, fingerprint_pem};
 pub use revoke::{LoggedRevocation, RevokeError, read_log, revoke_device};
+pub use server_cert::ServerCert;
 
 /// Longest attacker-supplied text (a common name, a serial) we echo back in an error message.
 const MAX_ECHOED_CN: usize = 64;
