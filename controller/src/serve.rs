@@ -18,7 +18,7 @@ use crate::commands::dispatch::{self, Dispatcher};
 use crate::commands::release_keys;
 use crate::config::Config;
 use crate::datadir::{DataDir, write_private};
-use crate::enroll::EnrollState;
+use crate::enroll::{EnrollState, Pinned};
 use crate::live::Hub;
 use crate::metrics::Metrics;
 use crate::mqtt::broker;
@@ -218,13 +218,15 @@ impl Controller {
             queue.0.clone(),
             metrics.clone(),
         ));
-        let release_keys = vec![setup::release_public_key(&dd)?];
+        let release_keys = setup::release_public_keys(&dd)?;
         let enroll_state = Arc::new(EnrollState {
             store: store.clone(),
             ca_fingerprint: pki::fingerprint_pem(&ca.cert_pem)?,
             ca: ca.clone(),
-            command_public_key: setup::command_public_key(&dd)?,
-            release_public_keys: release_keys.iter().map(|k| k.to_pem()).collect(),
+            pinned: arc_swap::ArcSwap::from_pointee(Pinned {
+                command_public_key: setup::command_public_key(&dd)?,
+                release_public_keys: release_keys.iter().map(|k| k.to_pem()).collect(),
+            }),
             mqtt_port: cfg.mqtt.public_port.unwrap_or(bound.mqtt.port()),
             cert_days: cfg.enrollment.device_cert_days,
             metrics: metrics.clone(),
@@ -349,7 +351,7 @@ impl Controller {
             "release-keys",
             release_keys::announce_once(
                 self.dispatcher.clone(),
-                self.release_keys,
+                self.release_keys.clone(),
                 shutdown.clone(),
             ),
         );
@@ -365,7 +367,10 @@ impl Controller {
                 shutdown.clone(),
             ),
         );
-        tasks.spawn("receipts", dispatch::receipts(self.dispatcher, receipt_rx));
+        tasks.spawn(
+            "receipts",
+            dispatch::receipts(self.dispatcher.clone(), receipt_rx),
+        );
         tasks.spawn(
             "enroll-refusal-audit",
             self.api.clone().audit_enroll_refusals(shutdown.clone()),
@@ -378,6 +383,8 @@ impl Controller {
                     api: self.api.clone(),
                     server_cert: self.server_cert,
                     metrics: self.metrics.clone(),
+                    dispatcher: self.dispatcher.clone(),
+                    release_keys: self.release_keys,
                 },
                 shutdown.clone(),
             ),

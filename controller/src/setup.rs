@@ -167,7 +167,7 @@ async fn populate(dd: &DataDir, hostnames: &[String]) -> Result<InitReport, Setu
 
 /// Writes a fresh Ed25519 key pair: the private key as PKCS#8 PEM, the public key as SPKI
 /// PEM, both 0600. `err` names which key failed.
-fn write_key_pair(
+pub(crate) fn write_key_pair(
     key_path: &Path,
     pub_path: &Path,
     err: fn(String) -> SetupError,
@@ -237,6 +237,23 @@ pub fn release_public_key(dd: &DataDir) -> Result<TrustedKey, SetupError> {
     let path = dd.release_pub();
     TrustedKey::from_pem(&read_to_string(&path)?)
         .map_err(|e| SetupError::ReleaseKey(format!("{}: {e}", path.display())))
+}
+
+/// The release keys devices are told to trust: `release.pub`, then, during a rotation's
+/// overlap, the previous ones (`release-previous.pub`).
+pub fn release_public_keys(dd: &DataDir) -> Result<Vec<TrustedKey>, SetupError> {
+    let mut keys = vec![release_public_key(dd)?];
+    let path = dd.release_previous_pub();
+    if path.exists() {
+        let previous = TrustedKey::all_from_pem(&read_to_string(&path)?)
+            .map_err(|e| SetupError::ReleaseKey(format!("{}: {e}", path.display())))?;
+        for k in previous {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    Ok(keys)
 }
 
 /// A data dir made by an older version may lack the access-token keys, the scrape token

@@ -139,6 +139,8 @@ fn data_files(dd: &DataDir) -> Vec<(PathBuf, bool)> {
         (dd.command_pub(), true),
         (dd.release_key(), false),
         (dd.release_pub(), false),
+        (dd.release_previous_pub(), false),
+        (dd.command_previous_key(), false),
         (dd.jwt_keys(), true),
         (dd.scrape_token(), true),
     ]

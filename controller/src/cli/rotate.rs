@@ -5,6 +5,7 @@
 use clap::Subcommand;
 use pifleet_controller::auth::jwt::JwtKeys;
 use pifleet_controller::pki::server_cert;
+use pifleet_controller::rotation::release_key;
 use pifleet_controller::store::now_ms;
 
 use super::{DataDirArg, conclude, open};
@@ -26,6 +27,15 @@ pub enum RotateCmd {
         /// of the certificate in use.
         #[arg(long = "hostname")]
         hostnames: Vec<String>,
+    },
+    /// A new release-signing key: new releases are signed with it at once, and devices are
+    /// told to trust it next to the previous one, so releases signed by either deploy.
+    ReleaseKey {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// End the overlap: devices are told to trust the newest key only.
+        #[arg(long)]
+        finish: bool,
     },
 }
 
@@ -73,6 +83,66 @@ pub async fn run(cmd: RotateCmd) -> anyhow::Result<()> {
                 issued.not_after
             );
         }
+        RotateCmd::ReleaseKey { dir, finish: false } => {
+            let o = open(&dir).await?;
+            let rotated = release_key::rotate(&o.dd);
+            let detail = match &rotated {
+                Ok((new, all)) => format!("new key {}; trusted {}", new.id, ids(all)),
+                Err(_) => String::new(),
+            };
+            let (new, all) = conclude(
+                o.store,
+                "rotate.release_key",
+                "release.key",
+                &detail,
+                rotated,
+            )
+            .await?;
+            println!(
+                "new releases are signed with key {}; devices are told to trust {} (a running \
+                 controller within auth.key_reload_s). End the overlap with `rotate \
+                 release-key --finish`.",
+                new.id,
+                ids(&all)
+            );
+        }
+        RotateCmd::ReleaseKey { dir, finish: true } => {
+            let o = open(&dir).await?;
+            let finished = match release_key::finish(&o.dd) {
+                // Every device is told the remaining key again, and so drops the others.
+                Ok(dropped) => o
+                    .store
+                    .forget_release_key_acks()
+                    .await
+                    .map(|_| dropped)
+                    .map_err(anyhow::Error::from),
+                Err(e) => Err(e.into()),
+            };
+            let detail = match &finished {
+                Ok(dropped) => format!("dropped {}", ids(dropped)),
+                Err(_) => String::new(),
+            };
+            let dropped = conclude(
+                o.store,
+                "rotate.release_key_finish",
+                "release.key",
+                &detail,
+                finished,
+            )
+            .await?;
+            println!(
+                "release keys {} are no longer trusted; devices are told within \
+                 auth.key_reload_s.",
+                ids(&dropped)
+            );
+        }
     }
     Ok(())
+}
+
+fn ids(keys: &[pifleet_shared::signing::TrustedKey]) -> String {
+    keys.iter()
+        .map(|k| k.id.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

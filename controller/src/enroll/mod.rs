@@ -26,12 +26,20 @@ pub struct EnrollState {
     pub store: Store,
     pub ca: Ca,
     pub ca_fingerprint: String,
-    pub command_public_key: String,
-    /// The release keys devices are to trust (PEM, SPKI), sent with every enrollment.
-    pub release_public_keys: Vec<String>,
+    /// The keys a new device pins; replaced when a rotation is put in use.
+    pub pinned: arc_swap::ArcSwap<Pinned>,
     pub mqtt_port: u16,
     pub cert_days: u32,
     pub metrics: Metrics,
+}
+
+/// The keys sent with every enrollment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinned {
+    /// The command key (PEM, SPKI) that signs this device's commands.
+    pub command_public_key: String,
+    /// The release keys devices are to trust (PEM, SPKI).
+    pub release_public_keys: Vec<String>,
 }
 
 /// SHA-256 of a token secret, hex: what the database stores.
@@ -147,6 +155,7 @@ pub async fn enroll(st: &EnrollState, req: &EnrollRequest) -> Result<Enrolled, R
         )
         .await
         .map_err(internal)?;
+    let pinned = st.pinned.load_full();
     let (device, (cert_pem, token_id)) = match outcome {
         Ok(v) => v,
         Err(EnrollError::Issue(r)) => return Err(r),
@@ -156,9 +165,9 @@ pub async fn enroll(st: &EnrollState, req: &EnrollRequest) -> Result<Enrolled, R
         device_id: device.id.to_string(),
         certificate: cert_pem,
         ca: st.ca.cert_pem.clone(),
-        command_public_key: st.command_public_key.clone(),
+        command_public_key: pinned.command_public_key.clone(),
         mqtt_port: st.mqtt_port,
-        release_public_keys: st.release_public_keys.clone(),
+        release_public_keys: pinned.release_public_keys.clone(),
     };
     Ok(Enrolled { response, token_id })
 }

@@ -3,4 +3,5 @@
 //! every `auth.key_reload_s`: the access-token keys, the server certificate, the command
 //! keys (with their signed history, [`command_keys`]) and the release keys.
 
+pub mod release_key;
 pub mod reload;

@@ -8,11 +8,16 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
+use pifleet_shared::signing::TrustedKey;
+
 use crate::api;
 use crate::auth::jwt::JwtKeys;
+use crate::commands::dispatch::Dispatcher;
+use crate::commands::release_keys;
 use crate::datadir::DataDir;
 use crate::metrics::Metrics;
 use crate::pki::ServerCert;
+use crate::setup;
 use crate::supervise::TaskResult;
 
 /// What the reload task watches and where it installs what it finds.
@@ -22,10 +27,13 @@ pub struct Reload {
     pub api: api::AppState,
     pub server_cert: Arc<ServerCert>,
     pub metrics: Metrics,
+    pub dispatcher: Arc<Dispatcher>,
+    /// The release keys devices were told to trust at start-up.
+    pub release_keys: Vec<TrustedKey>,
 }
 
 /// Runs until `shutdown`.
-pub async fn run(r: Reload, shutdown: CancellationToken) -> TaskResult {
+pub async fn run(mut r: Reload, shutdown: CancellationToken) -> TaskResult {
     let jwt_path = r.dd.jwt_keys();
     let mut jwt_seen = modified(&jwt_path);
     let mut tick = tokio::time::interval(Duration::from_secs(r.api.cfg.auth.key_reload_s));
@@ -60,6 +68,37 @@ pub async fn run(r: Reload, shutdown: CancellationToken) -> TaskResult {
             Err(e) => {
                 tracing::error!(error = %e, "the server certificate changed but cannot be loaded; serving the one in use")
             }
+        }
+        reload_release_keys(&mut r).await;
+    }
+}
+
+/// Puts a changed set of release keys in use: new devices get it at enrollment, and every
+/// device that has not confirmed all of it is told (tried again at the next tick if the
+/// announcement cannot be made).
+async fn reload_release_keys(r: &mut Reload) {
+    let keys = match setup::release_public_keys(&r.dd) {
+        Ok(keys) => keys,
+        Err(e) => {
+            tracing::error!(error = %e, "the release keys cannot be read; keeping those in use");
+            return;
+        }
+    };
+    if keys == r.release_keys {
+        return;
+    }
+    let enroll = &r.api.enroll;
+    let mut pinned = (*enroll.pinned.load_full()).clone();
+    pinned.release_public_keys = keys.iter().map(TrustedKey::to_pem).collect();
+    enroll.pinned.store(Arc::new(pinned));
+    let ids: Vec<String> = keys.iter().map(|k| k.id.to_string()).collect();
+    match release_keys::announce(&r.dispatcher, &keys).await {
+        Ok(devices) => {
+            tracing::info!(keys = ?ids, devices, "release keys reloaded and announced");
+            r.release_keys = keys;
+        }
+        Err(e) => {
+            tracing::warn!(keys = ?ids, error = %e, "cannot announce the new release keys yet")
         }
     }
 }
