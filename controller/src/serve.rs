@@ -194,15 +194,14 @@ impl Controller {
         let out = mpsc::unbounded_channel();
         let receipts = mpsc::channel(10_000);
         let online = Arc::new(tokio::sync::Notify::new());
-        let key_path = dd.command_key();
-        let key_pem = std::fs::read_to_string(&key_path)
-            .map_err(|e| ServeError::CommandKey(format!("{}: {e}", key_path.display())))?;
-        let signer = pifleet_shared::signing::CommandSigner::from_pkcs8_pem(&key_pem)
-            .map_err(|e| ServeError::CommandKey(format!("{}: {e}", key_path.display())))?;
+        let signers = crate::rotation::command_keys::load_signers(&dd, &store)
+            .await
+            .map_err(|e| ServeError::CommandKey(e.to_string()))?;
+        let command_key_id = signers.newest.id().to_string();
         let live = Hub::new();
         let dispatcher = Arc::new(Dispatcher::new(
             store.clone(),
-            signer,
+            signers,
             out.0.clone(),
             cfg.commands.clone(),
             metrics.clone(),
@@ -225,6 +224,7 @@ impl Controller {
             ca: ca.clone(),
             pinned: arc_swap::ArcSwap::from_pointee(Pinned {
                 command_public_key: setup::command_public_key(&dd)?,
+                command_key_id,
                 release_public_keys: release_keys.iter().map(|k| k.to_pem()).collect(),
             }),
             mqtt_port: cfg.mqtt.public_port.unwrap_or(bound.mqtt.port()),
@@ -385,6 +385,7 @@ impl Controller {
                     metrics: self.metrics.clone(),
                     dispatcher: self.dispatcher.clone(),
                     release_keys: self.release_keys,
+                    command_key_error: None,
                 },
                 shutdown.clone(),
             ),

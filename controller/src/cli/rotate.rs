@@ -5,7 +5,7 @@
 use clap::Subcommand;
 use pifleet_controller::auth::jwt::JwtKeys;
 use pifleet_controller::pki::server_cert;
-use pifleet_controller::rotation::release_key;
+use pifleet_controller::rotation::{command_keys, release_key};
 use pifleet_controller::store::now_ms;
 
 use super::{DataDirArg, conclude, open};
@@ -27,6 +27,26 @@ pub enum RotateCmd {
         /// of the certificate in use.
         #[arg(long = "hostname")]
         hostnames: Vec<String>,
+    },
+    /// A new command-signing key, announced to devices signed by the previous one. The
+    /// previous key keeps signing commands for devices that have not confirmed the new one
+    /// until the overlap ends or `--finish`.
+    CommandKey {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// How long the previous key keeps signing, in seconds.
+        #[arg(long, default_value_t = 7 * 24 * 3600, value_parser = clap::value_parser!(u32).range(1..))]
+        overlap_s: u32,
+        /// End the overlap now: only the newest key signs, and devices are told to trust it
+        /// alone.
+        #[arg(long, conflicts_with = "overlap_s")]
+        finish: bool,
+    },
+    /// The command keys and release keys, and the devices that have not confirmed the
+    /// newest.
+    Status {
+        #[command(flatten)]
+        dir: DataDirArg,
     },
     /// A new release-signing key: new releases are signed with it at once, and devices are
     /// told to trust it next to the previous one, so releases signed by either deploy.
@@ -83,6 +103,87 @@ pub async fn run(cmd: RotateCmd) -> anyhow::Result<()> {
                 issued.not_after
             );
         }
+        RotateCmd::CommandKey {
+            dir,
+            overlap_s,
+            finish: false,
+        } => {
+            let o = open(&dir).await?;
+            let rotated = command_keys::rotate(&o.dd, &o.store, i64::from(overlap_s) * 1000).await;
+            let detail = match &rotated {
+                Ok(r) => format!(
+                    "new key {}; key {} signs until {} (Unix ms)",
+                    r.new, r.previous, r.retire_at
+                ),
+                Err(_) => String::new(),
+            };
+            let r = conclude(
+                o.store,
+                "rotate.command_key",
+                "command.key",
+                &detail,
+                rotated,
+            )
+            .await?;
+            println!(
+                "commands are signed with key {} once devices confirm it (a running controller \
+                 announces it within auth.key_reload_s); key {} signs for the others for \
+                 {overlap_s} s. `rotate status` lists who has not confirmed.",
+                r.new, r.previous
+            );
+        }
+        RotateCmd::CommandKey {
+            dir, finish: true, ..
+        } => {
+            let o = open(&dir).await?;
+            let finished = command_keys::finish(&o.dd, &o.store).await;
+            let detail = match &finished {
+                Ok(ids) => format!("stopped {}", ids.join(", ")),
+                Err(_) => String::new(),
+            };
+            let ids = conclude(
+                o.store,
+                "rotate.command_key_finish",
+                "command.key",
+                &detail,
+                finished,
+            )
+            .await?;
+            println!(
+                "command keys {} no longer sign; devices are told to trust the newest only.",
+                ids.join(", ")
+            );
+        }
+        RotateCmd::Status { dir } => {
+            let o = open(&dir).await?;
+            let (keys, pending) = command_keys::status(&o.dd, &o.store).await?;
+            let now = pifleet_controller::store::now_ms();
+            println!("command keys (newest first):");
+            for (i, k) in keys.iter().enumerate() {
+                let state = match k.retire_at {
+                    _ if i == 0 => "signing".to_owned(),
+                    Some(t) if t > now => format!("signing until {t}"),
+                    _ => "retired".to_owned(),
+                };
+                println!("  {}\tcreated {}\t{state}", k.key_id, k.created_at);
+            }
+            if let Some(newest) = keys.first() {
+                println!(
+                    "devices that have not confirmed command key {}: {}",
+                    newest.key_id,
+                    list(&pending)
+                );
+            }
+            let release = pifleet_controller::setup::release_public_keys(&o.dd)?;
+            let ids: Vec<String> = release.iter().map(|k| k.id.to_string()).collect();
+            let pending = o.store.devices_to_announce(&ids).await?;
+            println!("release keys trusted: {}", ids.join(", "));
+            println!(
+                "devices that have not confirmed them and are not being told: {}",
+                list(&pending)
+            );
+            o.store.close().await;
+        }
         RotateCmd::ReleaseKey { dir, finish: false } => {
             let o = open(&dir).await?;
             let rotated = release_key::rotate(&o.dd);
@@ -138,6 +239,14 @@ pub async fn run(cmd: RotateCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn list(devices: &[String]) -> String {
+    if devices.is_empty() {
+        "none".to_owned()
+    } else {
+        devices.join(", ")
+    }
 }
 
 fn ids(keys: &[pifleet_shared::signing::TrustedKey]) -> String {

@@ -38,6 +38,8 @@ pub struct EnrollState {
 pub struct Pinned {
     /// The command key (PEM, SPKI) that signs this device's commands.
     pub command_public_key: String,
+    /// Its id, recorded as trusted by the device.
+    pub command_key_id: String,
     /// The release keys devices are to trust (PEM, SPKI).
     pub release_public_keys: Vec<String>,
 }
@@ -161,6 +163,19 @@ pub async fn enroll(st: &EnrollState, req: &EnrollRequest) -> Result<Enrolled, R
         Err(EnrollError::Issue(r)) => return Err(r),
         Err(EnrollError::Refused(r)) => return Err(r.into()),
     };
+    // Commands for this device are signed with the key it pins from now on, even during
+    // a rotation's overlap. Not recorded, the device gets the key chain announced instead.
+    if let Err(e) = st
+        .store
+        .ack_command_keys(
+            device.id.as_str(),
+            std::slice::from_ref(&pinned.command_key_id),
+            None,
+        )
+        .await
+    {
+        tracing::warn!(device = %device.id, error = %e, "cannot record the command key a new device pins");
+    }
     let response = EnrollResponse {
         device_id: device.id.to_string(),
         certificate: cert_pem,

@@ -3,5 +3,6 @@
 //! every `auth.key_reload_s`: the access-token keys, the server certificate, the command
 //! keys (with their signed history, [`command_keys`]) and the release keys.
 
+pub mod command_keys;
 pub mod release_key;
 pub mod reload;

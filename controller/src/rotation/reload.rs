@@ -13,7 +13,7 @@ use pifleet_shared::signing::TrustedKey;
 use crate::api;
 use crate::auth::jwt::JwtKeys;
 use crate::commands::dispatch::Dispatcher;
-use crate::commands::release_keys;
+use crate::commands::{command_keys, release_keys};
 use crate::datadir::DataDir;
 use crate::metrics::Metrics;
 use crate::pki::ServerCert;
@@ -30,6 +30,8 @@ pub struct Reload {
     pub dispatcher: Arc<Dispatcher>,
     /// The release keys devices were told to trust at start-up.
     pub release_keys: Vec<TrustedKey>,
+    /// The last command key problem logged, so a lasting one is logged once.
+    pub command_key_error: Option<String>,
 }
 
 /// Runs until `shutdown`.
@@ -70,6 +72,53 @@ pub async fn run(mut r: Reload, shutdown: CancellationToken) -> TaskResult {
             }
         }
         reload_release_keys(&mut r).await;
+        reload_command_keys(&mut r).await;
+    }
+}
+
+/// Signs with a changed set of command keys (a rotation, a finished or ended overlap),
+/// hands the newest to new devices, and announces the chain to every device that has not
+/// confirmed the newest key.
+async fn reload_command_keys(r: &mut Reload) {
+    let store = r.dispatcher.store().clone();
+    let signers = match super::command_keys::load_signers(&r.dd, &store).await {
+        Ok(s) => s,
+        Err(e) => {
+            let text = e.to_string();
+            if r.command_key_error.as_ref() != Some(&text) {
+                tracing::error!(error = %text, "the command keys cannot be loaded; signing with those in use");
+                r.command_key_error = Some(text);
+            }
+            return;
+        }
+    };
+    r.command_key_error = None;
+    if signers.ids() != r.dispatcher.signers().ids() {
+        match setup::command_public_key(&r.dd) {
+            Ok(pem) => {
+                let enroll = &r.api.enroll;
+                let mut pinned = (*enroll.pinned.load_full()).clone();
+                pinned.command_public_key = pem;
+                pinned.command_key_id = signers.newest.id().to_string();
+                enroll.pinned.store(Arc::new(pinned));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "command.pub cannot be read; signing with the keys in use");
+                return;
+            }
+        }
+        let ids: Vec<String> = signers.ids().iter().map(ToString::to_string).collect();
+        tracing::info!(keys = ?ids, "command keys reloaded");
+        r.dispatcher.set_signers(signers);
+    }
+    let announced = match store.command_keys().await {
+        Ok(history) => command_keys::announce(&r.dispatcher, &history).await,
+        Err(e) => Err(e.into()),
+    };
+    match announced {
+        Ok(0) => {}
+        Ok(devices) => tracing::info!(devices, "command keys announced"),
+        Err(e) => tracing::warn!(error = %e, "cannot announce the command keys yet"),
     }
 }
 

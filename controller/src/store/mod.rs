@@ -19,6 +19,7 @@ pub mod approvals;
 pub mod attempts;
 mod audit;
 mod certificates;
+mod command_keys;
 mod commands;
 mod devices;
 mod dialect;
@@ -38,6 +39,7 @@ pub mod users;
 pub use crate::model::labels::Labels;
 pub use audit::AuditCheck;
 pub use certificates::CertRow;
+pub use command_keys::CommandKeyRow;
 pub use commands::{Cancel, CommandRow, NewCommand, ReceiptUpdate};
 pub use devices::{
     DeviceCounts, DeviceRow, EnrollError, EnrollRefusal, NewDevice, RevokeOutcome, THROTTLED_NOW,
