@@ -304,11 +304,18 @@ async fn handle(ctx: &Arc<Ctx>, payload: &[u8]) {
         (journal, None)
     };
     let record = env.clone();
-    let recorded = tokio::task::spawn_blocking(move || journal.accept(&record)).await;
-    let failure = match recorded {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(e) => Some(e.to_string()),
+    let keys = trust::to_store(ctx, &env);
+    let recorded = tokio::task::spawn_blocking(move || {
+        journal.accept(&record)?;
+        // A command key announcement's one step, done here (once accepted, before the
+        // next command is checked) rather than on a blocking task of its own.
+        Ok(keys.map(|(path, pem)| pifleet_io::write_private(&path, pem.as_bytes())))
+    })
+    .await;
+    let (failure, stored) = match recorded {
+        Ok(Ok(stored)) => (None, stored),
+        Ok(Err(e)) => (Some(JournalError::to_string(&e)), None),
+        Err(e) => (Some(e.to_string()), None),
     };
     if let Some(e) = failure {
         // Not recorded, so it could be replayed: it must not run.
@@ -323,9 +330,8 @@ async fn handle(ctx: &Arc<Ctx>, payload: &[u8]) {
         &ctx.receipt(env.id, Outcome::Accepted, None),
         Delivery::Progress,
     );
-    if let Action::TrustCommandKeys { .. } = env.action {
-        // Before the next command is checked, which may be signed by a key it names.
-        trust::run(ctx, &env).await;
+    if let Some(stored) = stored {
+        trust::finish(ctx, &env, stored);
         return;
     }
     let task_ctx = ctx.clone();

@@ -5,8 +5,9 @@
 //! of them replace the trusted keys, durably (temp file, fsync, rename) in
 //! `tls.command_key`, before the next command is checked.
 
-use std::sync::Arc;
+use std::path::PathBuf;
 
+use pifleet_io::FileError;
 use pifleet_shared::command::{Action, Envelope, Outcome, SignedCommand};
 use pifleet_shared::signing::{TrustedKey, verify_chain};
 
@@ -34,47 +35,43 @@ pub(super) fn keys_for(ctx: &Ctx, cmd: &SignedCommand) -> Vec<TrustedKey> {
     keys
 }
 
-/// Trusts the announced keys and sends the final receipt.
-pub(super) async fn run(ctx: &Arc<Ctx>, env: &Envelope) {
+/// For an announcement: the key file and what it is to hold, the last `keep` keys its
+/// chain proves (written with the journal entry, [`super::handle`]).
+pub(super) fn to_store(ctx: &Ctx, env: &Envelope) -> Option<(PathBuf, String)> {
+    let pem: String = kept(ctx, env)?.iter().map(TrustedKey::to_pem).collect();
+    Some((ctx.key_file.clone(), pem))
+}
+
+fn kept(ctx: &Ctx, env: &Envelope) -> Option<Vec<TrustedKey>> {
     let Action::TrustCommandKeys {
         keys,
         signatures,
         keep,
     } = &env.action
     else {
-        return;
+        return None;
     };
-    let outcome = match verify_chain(keys, signatures, &ctx.trusted()) {
-        Ok(chain) => {
-            let kept = chain[chain.len().saturating_sub(usize::from(*keep))..].to_vec();
-            let pem: String = kept.iter().map(TrustedKey::to_pem).collect();
-            let path = ctx.key_file.clone();
-            match tokio::task::spawn_blocking(move || {
-                pifleet_io::write_private(&path, pem.as_bytes())
-            })
-            .await
-            {
-                Ok(Ok(())) => {
-                    let ids: Vec<String> = kept.iter().map(|k| k.id.to_string()).collect();
-                    tracing::info!(keys = ?ids, "command keys replaced by announcement");
-                    *ctx.keys.write().unwrap_or_else(|p| p.into_inner()) = kept;
-                    Ok(format!("trusting command keys {}", ids.join(", ")))
-                }
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(e) => Err(e.to_string()),
-            }
-        }
-        // Unreachable after the command verified against the chain's keys; reported.
-        Err(e) => Err(e.to_string()),
-    };
-    match outcome {
-        Ok(text) => {
+    // Verified before acceptance; a failure here leaves nothing to store.
+    let chain = verify_chain(keys, signatures, &ctx.trusted()).ok()?;
+    Some(chain[chain.len().saturating_sub(usize::from(*keep))..].to_vec())
+}
+
+/// Trusts the announced keys once `stored` says they are on disk, and sends the final
+/// receipt.
+pub(super) fn finish(ctx: &Ctx, env: &Envelope, stored: Result<(), FileError>) {
+    let outcome = match (stored, kept(ctx, env)) {
+        (Ok(()), Some(kept)) => {
+            let ids: Vec<String> = kept.iter().map(|k| k.id.to_string()).collect();
+            tracing::info!(keys = ?ids, "command keys replaced by announcement");
+            *ctx.keys.write().unwrap_or_else(|p| p.into_inner()) = kept;
+            let text = format!("trusting command keys {}", ids.join(", "));
             ctx.finish(env.id, Outcome::Succeeded, Some(&answer(text.as_bytes())));
+            return;
         }
-        Err(why) => {
-            ctx.finish(env.id, Outcome::Failed(why), None);
-        }
-    }
+        (Err(e), _) => e.to_string(),
+        (Ok(()), None) => "the announced chain does not verify".to_owned(),
+    };
+    ctx.finish(env.id, Outcome::Failed(outcome), None);
 }
 
 impl Ctx {
