@@ -1061,6 +1061,11 @@ export interface components {
             keys: string[];
             /** @enum {string} */
             kind: "trust_release_keys";
+        } | {
+            keep: number;
+            keys: string[];
+            /** @enum {string} */
+            kind: "trust_command_keys";
         };
         /** @description An API token as listed (never its secret). */
         ApiTokenView: {
@@ -2731,8 +2736,8 @@ export interface operations {
                 status?: string;
                 /**
                  * @description Only commands of this kind: ping, service, reboot, journal, script, set_interval,
-                 *     deploy, rollback or trust_release_keys (the last three are created by the
-                 *     controller, never sent through this API).
+                 *     deploy, rollback, trust_release_keys or trust_command_keys (the last four are
+                 *     created by the controller, never sent through this API).
                  */
                 action?: string;
                 /** @description Page size, 1–500 (default 50). */
