@@ -136,7 +136,8 @@ impl Default for MetricsConfig {
 pub struct AuthConfig {
     /// Lifetime of an access token (JWT), in seconds.
     pub access_ttl_s: i64,
-    /// The running controller re-reads `jwt.key` this often (after `rotate jwt-key`).
+    /// The running controller re-reads `jwt.key`, the server certificate, the command keys
+    /// and the release keys this often (after `rotate …`).
     pub key_reload_s: u64,
     /// Lifetime of a session (its refresh token family), in seconds.
     pub refresh_ttl_s: i64,
