@@ -65,13 +65,17 @@ pub async fn history(
     store: &Store,
 ) -> Result<(CommandSigner, Vec<CommandKeyRow>), CommandKeyError> {
     let current = signer(&read(&dd.command_key())?, "command.key")?;
-    store
-        .ensure_first_command_key(
-            &current.id().to_string(),
-            current.verifying_key().as_bytes(),
-        )
-        .await?;
-    let history = store.command_keys().await?;
+    let mut history = store.command_keys().await?;
+    if history.is_empty() {
+        // Only then a write: the running controller reads this at every key reload.
+        store
+            .ensure_first_command_key(
+                &current.id().to_string(),
+                current.verifying_key().as_bytes(),
+            )
+            .await?;
+        history = store.command_keys().await?;
+    }
     let newest = history.last().map(|k| k.key_id.clone()).unwrap_or_default();
     if newest != current.id().to_string() {
         return Err(CommandKeyError::NotNewest {
