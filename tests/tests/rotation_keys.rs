@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use pifleet_shared::signing::TrustedKey;
+use pifleet_tests::api::Api;
 use pifleet_tests::harness::{Agent, Controller, bin, wait_for};
 use pifleet_tests::logs::log_entries;
 
@@ -193,6 +194,22 @@ async fn a_new_command_key_reaches_running_and_returning_agents() {
         .find(|l| l.starts_with("devices that have not confirmed command key"))
         .unwrap();
     assert!(pending.contains("pi-away"), "{status}");
+    // The same, for an administrator over the API.
+    let api = Api::new(&ctl).unwrap();
+    let admin = api.admin(&ctl).await.unwrap();
+    let r = api.get("/api/v1/rotation", Some(&admin)).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v: serde_json::Value = serde_json::from_str(&r.text).unwrap();
+    assert_eq!(v["command_keys"][0]["key_id"], k2.as_str(), "{v}");
+    assert_eq!(v["command_keys"][0]["state"], "signing", "{v}");
+    assert_eq!(v["command_keys"][1]["state"], "overlap", "{v}");
+    let pending: Vec<&str> = v["command_key_pending"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    assert!(pending.contains(&"pi-away"), "{v}");
     confirmed(&ctl, &a, &k2).await;
     rotate(&ctl, &["command-key", "--finish"]);
     wait_for(WAIT, "pi-on to trust the newest key only", || async {

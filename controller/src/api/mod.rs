@@ -63,6 +63,7 @@ pub mod params;
 pub mod problem;
 pub mod releases;
 pub mod rollouts;
+pub mod rotation;
 pub mod tokens;
 pub mod users;
 pub mod web;
@@ -357,6 +358,7 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(users::settings, users::set_settings))
         .routes(routes!(audit::list))
         .routes(routes!(audit::verify))
+        .routes(routes!(rotation::status))
         .routes(routes!(metrics::sd))
         .routes(routes!(metrics::controller))
         .routes(routes!(metrics::device))

@@ -210,6 +210,7 @@ pub const ROUTES: &[Route] = &[
     ),
     r("GET", "/api/v1/audit", Admin, "audit.list"),
     r("GET", "/api/v1/audit/verify", Admin, "audit.verify"),
+    r("GET", "/api/v1/rotation", Admin, "rotation.status"),
     r("GET", "/api/v1/prometheus/sd", Scrape, "metrics.sd"),
     r("GET", "/metrics", Scrape, "metrics.controller"),
     r("GET", "/metrics/devices/{id}", Scrape, "metrics.device"),

@@ -791,6 +791,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/rotation": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The keys in use and the devices that have not confirmed them. */
+        get: operations["rotation_status"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/settings/security": {
         parameters: {
             query?: never;
@@ -1202,6 +1219,26 @@ export interface components {
             stdout: string | null;
             /** @description SHA-256 (hex) of everything the command wrote to standard output. */
             stdout_sha256: string | null;
+        };
+        /** @description One command key of the history. */
+        CommandKeyView: {
+            /**
+             * Format: int64
+             * @description Unix ms.
+             */
+            created_at: number;
+            /** @description 16 hex digits. */
+            key_id: string;
+            /**
+             * Format: int64
+             * @description When a superseded key stops signing, Unix ms.
+             */
+            signs_until: number | null;
+            /**
+             * @description `signing` (the newest), `overlap` (superseded, still signing for devices that have
+             *     not confirmed the newest) or `retired`.
+             */
+            state: string;
         };
         /** @description One page of commands, newest first. */
         CommandPage: {
@@ -1948,6 +1985,17 @@ export interface components {
             status: string;
             /** Format: int64 */
             updated_at: number;
+        };
+        /** @description Keys in use and who has not confirmed them. */
+        RotationStatus: {
+            /** @description Devices that have not confirmed the newest command key (none before any rotation). */
+            command_key_pending: string[];
+            /** @description The command key history, newest first. */
+            command_keys: components["schemas"]["CommandKeyView"][];
+            /** @description Devices that have not confirmed every release key and are not being told. */
+            release_key_pending: string[];
+            /** @description The release key ids devices are told to trust. */
+            release_keys: string[];
         };
         /** @description A script a command may run, with the arguments it may be given. */
         ScriptCapability: {
@@ -4017,6 +4065,38 @@ export interface operations {
                 };
             };
             /** @description No such rollout (404), not paused (409), or not permitted */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    rotation_status: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Keys and pending devices */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RotationStatus"];
+                };
+            };
+            /**
+             * @description Refused: invalid input, not signed in, not permitted, not found or in conflict; the
+             *     problem document says which and why.
+             */
             "4XX": {
                 headers: {
                     [name: string]: unknown;
