@@ -155,6 +155,11 @@ async fn a_new_command_key_reaches_running_and_returning_agents() {
     confirmed(&ctl, &a, &k1).await;
     assert_eq!(agent_keys(&a), [k0.clone(), k1.clone()]);
     assert_eq!(ping(&ctl, &a).await, k1);
+    // A device enrolled now pins the new key, and its commands are signed with it.
+    let mut fresh = Agent::enroll(&ctl, "pi-new", 5).unwrap();
+    assert_eq!(agent_keys(&fresh), std::slice::from_ref(&k1));
+    start(&ctl, &mut fresh).await;
+    assert_eq!(ping(&ctl, &fresh).await, k1);
 
     // A device that has not confirmed (its announcement refused, as an older agent
     // would) still gets commands signed by the key it trusts during the overlap.
@@ -245,6 +250,11 @@ async fn a_new_command_key_reaches_running_and_returning_agents() {
         status.contains(&format!(
             "devices that have not confirmed command key {k2}: none"
         )),
+        "{status}"
+    );
+    // The release keys came with enrollment: nobody is waiting for them.
+    assert!(
+        status.contains("devices that have not confirmed them and are not being told: none"),
         "{status}"
     );
     let db = ctl.db().await.unwrap();

@@ -184,14 +184,19 @@ async fn a_release_signed_by_the_new_key_deploys_and_the_old_key_is_dropped_at_t
         String::from_utf8_lossy(&out.stderr)
     );
     wait_device_keys(&ctl, &agent, std::slice::from_ref(&new)).await;
+    // Its receipt records that it trusts the new key alone.
     let db = ctl.db().await.unwrap();
-    let acked: Vec<String> =
-        sqlx::query_scalar("SELECT key_id FROM release_key_acks WHERE device_id = ?")
-            .bind(DEVICE)
-            .fetch_all(&db)
-            .await
-            .unwrap();
-    assert_eq!(acked, [new.id.to_string()]);
+    wait_for(WAIT, "the device to confirm the new key", || async {
+        let acked: Vec<String> =
+            sqlx::query_scalar("SELECT key_id FROM release_key_acks WHERE device_id = ?")
+                .bind(DEVICE)
+                .fetch_all(&db)
+                .await
+                .ok()?;
+        (acked == [new.id.to_string()]).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", ctl.log()));
     let audited: Vec<String> = sqlx::query_scalar(
         "SELECT action FROM audit_log WHERE action LIKE 'rotate.release_key%' \
          AND outcome = 'ok' ORDER BY seq",

@@ -176,6 +176,20 @@ pub async fn enroll(st: &EnrollState, req: &EnrollRequest) -> Result<Enrolled, R
     {
         tracing::warn!(device = %device.id, error = %e, "cannot record the command key a new device pins");
     }
+    // Likewise the release keys (not recorded, they are announced at the next start).
+    let release_ids: Vec<String> = pinned
+        .release_public_keys
+        .iter()
+        .filter_map(|pem| pifleet_shared::signing::TrustedKey::from_pem(pem).ok())
+        .map(|k| k.id.to_string())
+        .collect();
+    if let Err(e) = st
+        .store
+        .ack_release_keys(device.id.as_str(), &release_ids, "enrollment")
+        .await
+    {
+        tracing::warn!(device = %device.id, error = %e, "cannot record the release keys a new device pins");
+    }
     let response = EnrollResponse {
         device_id: device.id.to_string(),
         certificate: cert_pem,
