@@ -74,7 +74,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     }
     let base = demo_dir(args.dir.as_deref())?;
     let data = base.join("controller");
-    let report = setup::init(&data, &["localhost".to_owned()]).await?;
+    let report = setup::init(&data, &["localhost".to_owned()], None).await?;
     let dd = DataDir::new(&data);
 
     let log = std::fs::File::create(base.join("controller.log")).map_err(io("controller.log"))?;

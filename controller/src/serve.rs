@@ -218,7 +218,7 @@ impl Controller {
         let release_keys = vec![setup::release_public_key(&dd)?];
         let enroll_state = Arc::new(EnrollState {
             store: store.clone(),
-            ca_fingerprint: pki::fingerprint_pem(&ca.cert_pem)?,
+            ca_fingerprint: ca.fingerprint()?,
             ca: ca.clone(),
             command_public_key: setup::command_public_key(&dd)?,
             release_public_keys: release_keys.iter().map(|k| k.to_pem()).collect(),

@@ -19,7 +19,7 @@ async fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_owned();
     let dd = DataDir::new(root.join("data"));
-    setup::init(dd.root(), &[]).await.unwrap();
+    setup::init(dd.root(), &[], None).await.unwrap();
     let store = Store::open(&dd.database(), false).await.unwrap();
     store
         .insert_token(

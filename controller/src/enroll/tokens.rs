@@ -84,7 +84,7 @@ pub async fn create_token(
         path: path.display().to_string(),
         source,
     })?;
-    let fpr = pki::fingerprint_bytes(&ca_pem)?;
+    let fpr = pki::anchor_fingerprint_bytes(&ca_pem)?;
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
     let hash = secret_hash(&secret);

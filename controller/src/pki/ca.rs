@@ -9,8 +9,7 @@ use rcgen::{
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
     PublicKeyData, RevokedCertParams, SanType, SerialNumber,
 };
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use time::{Duration, OffsetDateTime};
 
 use super::csr::{CsrKey, check_csr};
@@ -89,14 +88,12 @@ impl Ca {
         })
     }
 
-    /// Loads a CA saved by [`Ca::generate`], checking that the certificate is a CA and that the
-    /// key belongs to it.
+    /// Loads a CA: `cert_pem` is the issuing CA's certificate followed by its chain up to a
+    /// self-signed root (just the one certificate for a CA [`Ca::generate`] made), checked
+    /// link by link; `key_pem` must be the issuing CA's key.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, PkiError> {
-        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())?;
+        let der = super::chain::check(cert_pem)?;
         let (_, cert) = x509_parser::parse_x509_certificate(&der)?;
-        if !cert.is_ca() {
-            return Err(PkiError::NotCa);
-        }
         let key = KeyPair::from_pem(key_pem)?;
         if key.subject_public_key_info() != cert.public_key().raw {
             return Err(PkiError::KeyMismatch);
@@ -114,10 +111,11 @@ impl Ca {
         &self.key_pem
     }
 
-    /// Lowercase hex SHA-256 of the CA certificate DER: what enrollment tokens carry so agents
-    /// pin the controller.
+    /// Lowercase hex SHA-256 of the root's DER (the last certificate of the chain; the CA
+    /// itself when it is its own root): what enrollment tokens carry so agents pin the
+    /// controller.
     pub fn fingerprint(&self) -> Result<String, PkiError> {
-        fingerprint_pem(&self.cert_pem)
+        super::chain::anchor_fingerprint(&self.cert_pem)
     }
 
     /// Server certificate for the MQTT and HTTPS listeners: SANs = `hostnames` (DNS names or IP
