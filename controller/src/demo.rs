@@ -111,16 +111,13 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             ("rack".to_owned(), ((i - 1) / 10 + 1).to_string()),
         ]
         .into();
-        let token = tokens::create_token(
-            &dd,
-            &store,
-            600,
-            Duration::from_secs(600),
-            Some(&id),
-            &labels,
-            None,
-        )
-        .await?;
+        let spec = tokens::TokenSpec {
+            ttl: Duration::from_secs(600),
+            name: Some(id.clone()),
+            labels,
+            ..Default::default()
+        };
+        let token = tokens::create_token(&dd, &store, 600, &spec).await?;
         let config = dir.join("agent.toml");
         let status = Command::new(&agent_bin)
             .args(["enroll", "--controller", &url, "--token"])

@@ -166,6 +166,27 @@ impl Ca {
             .map_err(CsrError::Internal)
     }
 
+    /// Like [`Ca::sign_device_csr`] where the controller may give the device the fallback id
+    /// it proposed with its CSR (`fallback`, the hostname plus a suffix from the board
+    /// serial) instead of the CSR's CN, when another device holds that one already.
+    pub fn sign_device_csr_or_fallback(
+        &self,
+        csr_pem: &str,
+        device_id: &DeviceId,
+        fallback: Option<&DeviceId>,
+        validity_days: u32,
+    ) -> Result<IssuedCert, CsrError> {
+        let csr = check_csr(csr_pem)?;
+        if csr.id != *device_id && fallback != Some(device_id) {
+            return Err(CsrError::IdMismatch {
+                cn: csr.id.to_string(),
+                expected: device_id.to_string(),
+            });
+        }
+        self.issue_device(&csr.key, device_id, validity_days)
+            .map_err(CsrError::Internal)
+    }
+
     /// A CRL (PEM) listing `revoked`, signed by the CA, with this CRL number, thisUpdate now
     /// and nextUpdate now + `next_update_days`.
     pub fn crl(

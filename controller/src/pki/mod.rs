@@ -21,7 +21,7 @@ pub mod tls;
 
 pub use ca::{Ca, IssuedCert, Revoked};
 pub use chain::{ChainError, anchor_fingerprint, anchor_fingerprint_bytes};
-pub use csr::{CsrError, MAX_CSR_BYTES, csr_proposed_id};
+pub use csr::{CsrError, MAX_CSR_BYTES, csr_id_and_key, csr_proposed_id};
 pub use identity::{device_identity, device_public_key, fingerprint_bytes, fingerprint_pem};
 pub use revoke::{LoggedRevocation, RevokeError, read_log, revoke_device};
 

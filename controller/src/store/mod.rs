@@ -22,6 +22,7 @@ mod certificates;
 mod commands;
 mod devices;
 mod dialect;
+pub mod enrollment_requests;
 mod ingest;
 mod release_keys;
 mod releases;
@@ -40,12 +41,12 @@ pub use audit::AuditCheck;
 pub use certificates::CertRow;
 pub use commands::{Cancel, CommandRow, NewCommand, ReceiptUpdate};
 pub use devices::{
-    DeviceCounts, DeviceRow, EnrollError, EnrollRefusal, NewDevice, RevokeOutcome, THROTTLED_NOW,
-    THROTTLED_UNDER_VOLTAGE,
+    Applicant, DeviceCounts, DeviceRow, EnrollError, EnrollRefusal, NewDevice, RevokeOutcome,
+    THROTTLED_NOW, THROTTLED_UNDER_VOLTAGE,
 };
 pub use ingest::IngestOp;
 pub use releases::{NewReleaseRow, ReleaseRow, ReleaseSource, ReleaseTx};
-pub use tokens::TokenRow;
+pub use tokens::{NewToken, TokenRow};
 
 /// Database errors.
 #[derive(Debug, thiserror::Error)]
