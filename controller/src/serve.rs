@@ -276,10 +276,14 @@ impl Controller {
         } = self.broker;
         let app = api::app(self.api.clone());
         let mut tasks = Supervisor::new(shutdown.clone());
+        let broker_shutdown = shutdown.clone();
         tasks.spawn("broker", async move {
-            let why = broker_stopped
-                .await
-                .unwrap_or_else(|_| "its task is gone".to_owned());
+            // Watches the embedded broker until shutdown (which stops with the runtime);
+            // until then, its stopping is fatal.
+            let why = tokio::select! {
+                _ = broker_shutdown.cancelled() => return Ok(()),
+                why = broker_stopped => why.unwrap_or_else(|_| "its task is gone".to_owned()),
+            };
             Err(Fatal::msg(format!("the embedded broker stopped: {why}")))
         });
         tasks.spawn(

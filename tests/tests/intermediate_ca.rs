@@ -2,7 +2,10 @@
 //! `openssl` commands docs/OPERATIONS.md gives: `init --ca-cert/--ca-key` takes it, enrollment
 //! tokens pin the root, an agent enrolls, streams and runs nothing it should not, a
 //! revocation (a CRL the intermediate signs) keeps it out; `init` refuses a chain that does
-//! not lead to a root and leaves no data dir behind.
+//! not lead to a root and leaves no data dir behind. `rotate ca` moves the controller to a
+//! new intermediate from the same root: enrolled devices keep working, new ones get
+//! certificates of the new CA, the previous CA's CRL still keeps its revoked devices out,
+//! and `--finish` waits for the devices that still depend on it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -71,54 +74,77 @@ fn make_pki(dir: &Path, root_name: &str) {
             &root_crt,
         ],
     );
+    make_intermediate(dir, root_name, "intermediate", "pifleet site intermediate");
+}
+
+/// An intermediate `name` (`name.crt`, `name.key`, and `name-chain.pem` with the root)
+/// signed by the root `root_name` of [`make_pki`].
+fn make_intermediate(dir: &Path, root_name: &str, name: &str, cn: &str) {
+    let (root_key, root_crt) = (format!("{root_name}.key"), format!("{root_name}.crt"));
+    let (key, csr, crt) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.crt"),
+    );
+    let subj = format!("/CN={cn}");
+    let genpkey = "genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out";
     openssl(
         dir,
-        &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            "intermediate.key",
-        ],
+        &[genpkey.split(' ').collect(), vec![key.as_str()]].concat(),
     );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            "intermediate.key",
-            "-subj",
-            "/CN=pifleet site intermediate",
-            "-config",
-            "ca.ext",
-            "-out",
-            "intermediate.csr",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "intermediate.csr",
-            "-CA",
-            &root_crt,
-            "-CAkey",
-            &root_key,
-            "-days",
-            "1825",
-            "-extfile",
-            "ca.ext",
-            "-extensions",
-            "intermediate",
-            "-out",
-            "intermediate.crt",
-        ],
-    );
+    let req = [
+        "req", "-new", "-key", &key, "-subj", &subj, "-config", "ca.ext", "-out", &csr,
+    ];
+    openssl(dir, &req);
+    let x509 = "x509 -req -days 1825 -extfile ca.ext -extensions intermediate -in";
+    let tail = [
+        csr.as_str(),
+        "-CA",
+        &root_crt,
+        "-CAkey",
+        &root_key,
+        "-out",
+        &crt,
+    ];
+    openssl(dir, &[x509.split(' ').collect(), tail.to_vec()].concat());
+    std::fs::write(
+        dir.join(format!("{name}-chain.pem")),
+        [
+            std::fs::read(dir.join(&crt)).unwrap(),
+            std::fs::read(dir.join(&root_crt)).unwrap(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+}
+
+/// Stops the controller with agents connected: every task stops when asked (none is
+/// left for the drain time to cut off).
+fn stop_cleanly(ctl: &mut Controller) {
+    assert_eq!(ctl.stop().map(|s| s.success()), Some(true));
+    let log = ctl.log();
+    assert!(!log.contains("did not stop within the drain time"), "{log}");
+}
+
+/// The issuer's common name of an agent's certificate.
+fn issuer(agent: &Agent) -> String {
+    let cert = std::fs::read(agent.cert()).unwrap();
+    let der = rustls_pemfile::certs(&mut cert.as_slice())
+        .next()
+        .unwrap()
+        .unwrap();
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+    parsed.issuer().to_string()
+}
+
+async fn streaming(ctl: &Controller, agent: &Agent, id: &str, more_than: usize) {
+    wait_for(
+        Duration::from_secs(30),
+        &format!("telemetry from {id}"),
+        || async { (ctl.seqs(id).await.ok()?.len() > more_than).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", ctl.log(), agent.log()));
 }
 
 fn der_fingerprint(pem_path: &Path) -> String {
@@ -253,4 +279,111 @@ fn init_refuses_a_chain_that_does_not_lead_to_its_root() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--ca-key"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_intermediate_from_the_same_root_replaces_the_ca_without_reenrolling() {
+    let pki = tempfile::tempdir().unwrap();
+    make_pki(pki.path(), "offline-root");
+    make_intermediate(
+        pki.path(),
+        "offline-root",
+        "second",
+        "pifleet second intermediate",
+    );
+    let arg = |name: &str| pki.path().join(name).into_os_string();
+    let (first_chain, first_key) = (arg("intermediate-chain.pem"), arg("intermediate.key"));
+    let mut ctl = Controller::start_init(
+        &[
+            OsStr::new("--ca-cert"),
+            &first_chain,
+            OsStr::new("--ca-key"),
+            &first_key,
+        ],
+        "[pki]\ncrl_check_s = 1\n",
+    )
+    .await
+    .unwrap();
+    let mut old = Agent::enroll(&ctl, "pi-old", 1).unwrap();
+    old.set_backoff_max(1).unwrap();
+    old.start().unwrap();
+    streaming(&ctl, &old, "pi-old", 1).await;
+    let cli = |ctl: &Controller, args: &[&str]| {
+        let out = ctl.cli(args).unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (second_chain, second_key) = (arg("second-chain.pem"), arg("second.key"));
+    let rotate_args = [
+        "rotate",
+        "ca",
+        "--ca-cert",
+        second_chain.to_str().unwrap(),
+        "--ca-key",
+        second_key.to_str().unwrap(),
+    ];
+    // Not while a controller serves the data dir.
+    let (ok, text) = cli(&ctl, &rotate_args);
+    assert!(!ok && text.contains("stop it"), "{text}");
+
+    stop_cleanly(&mut ctl);
+    // Another root is refused: devices pin this one.
+    let stranger = pki.path().join("stranger");
+    std::fs::create_dir(&stranger).unwrap();
+    make_pki(&stranger, "stranger-root");
+    let (ok, text) = cli(
+        &ctl,
+        &[
+            "rotate",
+            "ca",
+            "--ca-cert",
+            stranger.join("intermediate-chain.pem").to_str().unwrap(),
+            "--ca-key",
+            stranger.join("intermediate.key").to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && text.contains("another root"), "{text}");
+    let (ok, text) = cli(&ctl, &rotate_args);
+    assert!(ok, "{text}");
+    let (ok, text) = cli(&ctl, &rotate_args);
+    assert!(!ok && text.contains("not finished"), "{text}");
+    ctl.serve().await.unwrap();
+
+    // The enrolled device reconnects with the certificate it holds and streams on.
+    let before = ctl.seqs("pi-old").await.unwrap().len();
+    streaming(&ctl, &old, "pi-old", before + 1).await;
+    assert_eq!(issuer(&old), "CN=pifleet site intermediate");
+    // A new device gets a certificate of the new CA.
+    let mut new = Agent::enroll(&ctl, "pi-new", 1).unwrap();
+    new.start().unwrap();
+    streaming(&ctl, &new, "pi-new", 1).await;
+    assert_eq!(issuer(&new), "CN=pifleet second intermediate");
+
+    // Finishing now would lock pi-old out: refused, naming it.
+    stop_cleanly(&mut ctl);
+    let (ok, text) = cli(&ctl, &["rotate", "ca", "--finish"]);
+    assert!(!ok && text.contains("pi-old"), "{text}");
+    ctl.serve().await.unwrap();
+    // Revoked, pi-old stays out: the previous CA's CRL lists it.
+    ctl.revoke("pi-old").unwrap();
+    wait_for(Duration::from_secs(15), "pi-old refused", || async {
+        let (_c, mut ev) = session(&ctl, &old, "pi-old").ok()?;
+        connack(&mut ev).await.is_err().then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", ctl.log()));
+    old.stop();
+
+    // Nothing depends on the previous CA any more: the rotation ends, its key is gone.
+    stop_cleanly(&mut ctl);
+    let (ok, text) = cli(&ctl, &["rotate", "ca", "--finish"]);
+    assert!(ok, "{text}");
+    assert!(!ctl.data.join("ca-previous.key").exists());
+    ctl.serve().await.unwrap();
+    let before = ctl.seqs("pi-new").await.unwrap().len();
+    streaming(&ctl, &new, "pi-new", before + 1).await;
+    new.stop();
 }

@@ -69,6 +69,24 @@ impl Ca {
         Ca::from_pem(&read(dd.ca_cert())?, &read(dd.ca_key())?)
     }
 
+    /// The CA a `rotate ca` replaced, while it is still trusted: `None` when there is none.
+    pub fn load_previous(dd: &crate::datadir::DataDir) -> Result<Option<Ca>, PkiError> {
+        let cert = dd.ca_previous_cert();
+        if !cert.exists() {
+            return Ok(None);
+        }
+        let read = |path: std::path::PathBuf| {
+            std::fs::read_to_string(&path).map_err(|source| PkiError::Read {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        Ok(Some(Ca::from_pem(
+            &read(cert)?,
+            &read(dd.ca_previous_key())?,
+        )?))
+    }
+
     /// New ECDSA P-256 CA, CN "pifleet CA <name>", 10-year validity, basicConstraints CA
     /// pathlen 0, keyUsage keyCertSign + cRLSign.
     pub fn generate(name: &str) -> Result<Ca, PkiError> {

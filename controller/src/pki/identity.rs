@@ -60,3 +60,33 @@ pub fn device_public_key(
     };
     Ok((alg, key.raw))
 }
+
+/// The DNS names and IP addresses a server certificate is for, in its order.
+pub fn server_names(cert_pem: &str) -> Result<Vec<String>, PkiError> {
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)?;
+    let mut names = Vec::new();
+    if let Some(san) = cert
+        .subject_alternative_name()
+        .map_err(PkiError::Extensions)?
+    {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(dns) => names.push((*dns).to_owned()),
+                GeneralName::IPAddress(ip) => match ip.len() {
+                    4 => names.push(
+                        std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*ip).unwrap_or_default())
+                            .to_string(),
+                    ),
+                    16 => names.push(
+                        std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*ip).unwrap_or_default())
+                            .to_string(),
+                    ),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    Ok(names)
+}

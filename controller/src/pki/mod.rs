@@ -15,6 +15,7 @@ pub mod crl;
 mod csr;
 mod identity;
 mod revoke;
+pub mod rotate_ca;
 #[cfg(test)]
 mod tests;
 pub mod tls;
@@ -22,7 +23,9 @@ pub mod tls;
 pub use ca::{Ca, IssuedCert, Revoked};
 pub use chain::{ChainError, anchor_fingerprint, anchor_fingerprint_bytes};
 pub use csr::{CsrError, MAX_CSR_BYTES, csr_id_and_key, csr_proposed_id};
-pub use identity::{device_identity, device_public_key, fingerprint_bytes, fingerprint_pem};
+pub use identity::{
+    device_identity, device_public_key, fingerprint_bytes, fingerprint_pem, server_names,
+};
 pub use revoke::{LoggedRevocation, RevokeError, read_log, revoke_device};
 
 /// Longest attacker-supplied text (a common name, a serial) we echo back in an error message.

@@ -18,6 +18,7 @@ pub mod api_tokens;
 pub mod approvals;
 pub mod attempts;
 mod audit;
+mod ca_rotation;
 mod certificates;
 mod commands;
 mod devices;
