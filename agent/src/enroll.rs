@@ -106,8 +106,14 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
             .ok_or_else(|| EnrollError::NoDeviceId(hostname()))?,
     };
 
-    // The key is made here and never leaves the device.
-    let key = KeyPair::generate()?;
+    // The key is made here and never leaves the device. It is kept from the first attempt,
+    // so a device waiting for approval (or restarted meanwhile) asks again as itself.
+    let dir = opts.config.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let (key, write_key) = device_key(&dir)?;
+    tracing::info!(
+        key_sha256 = %pifleet_shared::token::to_hex(&sha2::Sha256::digest(key.public_key_raw())),
+        "device key"
+    );
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, proposed.as_str());
@@ -142,7 +148,9 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
                 status,
                 detail,
             } => {
-                if started.elapsed() + wait > MAX_WAITING {
+                // Waiting for approval has no limit: a rejection or the token's expiry
+                // ends it with a refusal.
+                if status != 202 && started.elapsed() + wait > MAX_WAITING {
                     return Err(EnrollError::Refused { status, detail });
                 }
                 tracing::info!(
@@ -171,9 +179,10 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
         ));
     }
 
-    let dir = opts.config.parent().unwrap_or(Path::new(".")).to_path_buf();
     create_private_dir(&dir)?;
-    write_private(&dir.join("device.key"), key.serialize_pem().as_bytes())?;
+    if write_key {
+        write_private(&dir.join("device.key"), key.serialize_pem().as_bytes())?;
+    }
     write_private(&dir.join("device.crt"), resp.certificate.as_bytes())?;
     write_private(&dir.join("ca.crt"), resp.ca.as_bytes())?;
     write_private(&dir.join("command.pub"), resp.command_public_key.as_bytes())?;
@@ -213,6 +222,27 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
     );
     write_private(&opts.config, text.as_bytes())?;
     Ok(device_id)
+}
+
+/// The device key for this enrollment and whether it still has to be written. A device
+/// not enrolled yet keeps the key an unfinished enrollment made (written, 0600, before it is
+/// first used); one enrolling again (`--force`) makes a new key, written only with its new
+/// certificate, so a failed attempt leaves the working pair alone.
+fn device_key(dir: &Path) -> Result<(KeyPair, bool), EnrollError> {
+    let path = dir.join("device.key");
+    if dir.join("device.crt").exists() {
+        return Ok((KeyPair::generate()?, true));
+    }
+    // Read with the PEM reader TLS uses already (rcgen's would add its own).
+    if let Ok(rustls::pki_types::PrivateKeyDer::Pkcs8(der)) = pifleet_io::load_key(&path)
+        && let Ok(key) = KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ECDSA_P256_SHA256)
+    {
+        return Ok((key, false));
+    }
+    let key = KeyPair::generate()?;
+    create_private_dir(dir)?;
+    write_private(&path, key.serialize_pem().as_bytes())?;
+    Ok((key, false))
 }
 
 /// The file of pinned release keys that `enroll` writes, next to `agent.toml`.
@@ -275,8 +305,17 @@ async fn post(
         .await
         .map_err(|e| EnrollError::Http(e.to_string()))?
         .to_bytes();
-    if !status.is_success() {
+    // 202: waiting for an administrator to accept this device; ask again as told.
+    if !status.is_success() || status.as_u16() == 202 {
         let detail = https::problem_detail(&bytes);
+        if status.as_u16() == 202 {
+            tracing::info!(%detail, "waiting for approval");
+            return Ok(Answer::Later {
+                wait: retry_wait(retry_after),
+                status: 202,
+                detail,
+            });
+        }
         if matches!(status.as_u16(), 429 | 503) {
             return Ok(Answer::Later {
                 wait: retry_wait(retry_after),

@@ -94,6 +94,14 @@ impl DataDir {
     pub fn ca_key(&self) -> PathBuf {
         self.root.join("ca.key")
     }
+    /// The CA a `rotate ca` replaced, trusted (and its CRL signed) until `rotate ca
+    /// --finish`.
+    pub fn ca_previous_cert(&self) -> PathBuf {
+        self.root.join("ca-previous.crt")
+    }
+    pub fn ca_previous_key(&self) -> PathBuf {
+        self.root.join("ca-previous.key")
+    }
     pub fn server_cert(&self) -> PathBuf {
         self.root.join("server.crt")
     }
@@ -166,8 +174,12 @@ impl DataDir {
     }
 
     /// Secrets that may be absent (the release key may live offline); checked when present.
-    pub fn optional_secret_files(&self) -> [PathBuf; 2] {
-        [self.release_key(), self.command_previous_key()]
+    pub fn optional_secret_files(&self) -> [PathBuf; 3] {
+        [
+            self.release_key(),
+            self.command_previous_key(),
+            self.ca_previous_key(),
+        ]
     }
 
     /// Creates the directory (0700) for `init`; refuses an existing non-empty one.

@@ -220,7 +220,7 @@ impl Controller {
         let release_keys = setup::release_public_keys(&dd)?;
         let enroll_state = Arc::new(EnrollState {
             store: store.clone(),
-            ca_fingerprint: pki::fingerprint_pem(&ca.cert_pem)?,
+            ca_fingerprint: ca.fingerprint()?,
             ca: ca.clone(),
             pinned: arc_swap::ArcSwap::from_pointee(Pinned {
                 command_public_key: setup::command_public_key(&dd)?,
@@ -282,10 +282,14 @@ impl Controller {
         } = self.broker;
         let app = api::app(self.api.clone());
         let mut tasks = Supervisor::new(shutdown.clone());
+        let broker_shutdown = shutdown.clone();
         tasks.spawn("broker", async move {
-            let why = broker_stopped
-                .await
-                .unwrap_or_else(|_| "its task is gone".to_owned());
+            // Watches the embedded broker until shutdown (which stops with the runtime);
+            // until then, its stopping is fatal.
+            let why = tokio::select! {
+                _ = broker_shutdown.cancelled() => return Ok(()),
+                why = broker_stopped => why.unwrap_or_else(|_| "its task is gone".to_owned()),
+            };
             Err(Fatal::msg(format!("the embedded broker stopped: {why}")))
         });
         tasks.spawn(
@@ -383,7 +387,9 @@ impl Controller {
                     api: self.api.clone(),
                     server_cert: self.server_cert,
                     metrics: self.metrics.clone(),
-                    dispatcher: self.dispatcher.clone(),
+                    // Moved, not cloned: a clone left here would keep the publisher thread
+                    // (it ends when every sender is gone) running until the drain time.
+                    dispatcher: self.dispatcher,
                     release_keys: self.release_keys,
                     command_key_error: None,
                 },

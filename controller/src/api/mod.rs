@@ -52,6 +52,7 @@ pub mod commands;
 pub mod device_releases;
 pub mod devices;
 pub mod enroll;
+pub mod enrollment_requests;
 pub mod events;
 pub mod extract;
 mod guard;
@@ -350,6 +351,9 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(approvals::reject))
         .routes(routes!(tokens::create, tokens::list))
         .routes(routes!(tokens::revoke))
+        .routes(routes!(enrollment_requests::list))
+        .routes(routes!(enrollment_requests::accept))
+        .routes(routes!(enrollment_requests::reject))
         .routes(routes!(users::list, users::create))
         .routes(routes!(users::update, users::delete))
         .routes(routes!(users::reset_mfa))

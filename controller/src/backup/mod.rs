@@ -132,6 +132,8 @@ fn data_files(dd: &DataDir) -> Vec<(PathBuf, bool)> {
         (dd.config(), true),
         (dd.ca_cert(), true),
         (dd.ca_key(), true),
+        (dd.ca_previous_cert(), false),
+        (dd.ca_previous_key(), false),
         (dd.crl(), false),
         (dd.server_cert(), true),
         (dd.server_key(), true),

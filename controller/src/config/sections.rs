@@ -420,6 +420,9 @@ pub struct EnrollmentConfig {
     /// Refused enrollments are counted per source and audited as one entry per source this
     /// often (and at shutdown), in seconds.
     pub refusal_audit_interval_s: u64,
+    /// A device waiting for approval (a token with `require_approval`) is told to ask again
+    /// after this many seconds.
+    pub pending_retry_s: u64,
 }
 
 impl Default for MqttConfig {
@@ -484,6 +487,7 @@ impl Default for EnrollmentConfig {
             rate_per_minute: 300,
             rate_burst: 100,
             refusal_audit_interval_s: 60,
+            pending_retry_s: 30,
         }
     }
 }

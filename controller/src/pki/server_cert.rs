@@ -193,7 +193,7 @@ mod tests {
     async fn a_new_pair_is_served_and_a_mismatched_one_is_not() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("d");
-        crate::setup::init(&root, &["ctl.example".into()])
+        crate::setup::init(&root, &["ctl.example".into()], None)
             .await
             .unwrap();
         let dd = DataDir::new(&root);

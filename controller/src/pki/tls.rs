@@ -67,6 +67,13 @@ fn client_verifier(
     for ca in load_certs(&dd.ca_cert())? {
         roots.add(ca)?;
     }
+    // During a CA rotation, devices still hold certificates of the previous CA.
+    let previous = dd.ca_previous_cert();
+    if previous.exists() {
+        for ca in load_certs(&previous)? {
+            roots.add(ca)?;
+        }
+    }
     let builder =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).with_crls(crls);
     let builder = if optional {

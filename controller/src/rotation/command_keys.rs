@@ -229,7 +229,7 @@ mod tests {
     async fn rotations_chain_and_finishing_stops_the_old_keys() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("d");
-        crate::setup::init(&root, &["localhost".into()])
+        crate::setup::init(&root, &["localhost".into()], None)
             .await
             .unwrap();
         let dd = DataDir::new(&root);

@@ -72,7 +72,9 @@ mod tests {
     async fn rotating_keeps_the_previous_key_until_finished() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("d");
-        setup::init(&root, &["localhost".into()]).await.unwrap();
+        setup::init(&root, &["localhost".into()], None)
+            .await
+            .unwrap();
         let dd = DataDir::new(&root);
         let first = setup::release_public_key(&dd).unwrap();
         assert!(matches!(finish(&dd), Err(ReleaseKeyError::NothingToFinish)));

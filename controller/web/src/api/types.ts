@@ -72,6 +72,7 @@ export type SentCommands = Schemas['SentCommands'];
 export type TokenState = Schemas['TokenState'];
 export type TokenInfo = Schemas['TokenInfo'];
 export type CreatedToken = Schemas['CreatedToken'];
+export type EnrollmentRequest = Schemas['EnrollmentRequestView'];
 
 export type UserView = Schemas['UserView'];
 export type CreatedUser = Schemas['CreatedUser'];
