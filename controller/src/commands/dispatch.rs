@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pifleet_shared::command::{Action, CommandId, Envelope, SignedReceipt};
-use pifleet_shared::signing::CommandSigner;
 use pifleet_shared::topic::Kind;
 use pifleet_shared::{DeviceId, Topic, codec};
 use rand::RngCore;
@@ -15,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::receipt_keys::{ReceiptKeys, Verified};
+use super::signers::Signers;
 use crate::config::CommandsConfig;
 use crate::live::Hub;
 use crate::metrics::Metrics;
@@ -136,7 +136,7 @@ pub async fn create_commands(
 #[derive(Debug)]
 pub struct Dispatcher {
     store: Store,
-    signer: CommandSigner,
+    signers: arc_swap::ArcSwap<Signers>,
     out: mpsc::UnboundedSender<Outgoing>,
     cfg: CommandsConfig,
     metrics: Metrics,
@@ -148,7 +148,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(
         store: Store,
-        signer: CommandSigner,
+        signers: Signers,
         out: mpsc::UnboundedSender<Outgoing>,
         cfg: CommandsConfig,
         metrics: Metrics,
@@ -158,7 +158,7 @@ impl Dispatcher {
         Self {
             keys: ReceiptKeys::new(store.clone()),
             store,
-            signer,
+            signers: arc_swap::ArcSwap::from_pointee(signers),
             out,
             cfg,
             metrics,
@@ -170,6 +170,16 @@ impl Dispatcher {
     /// Where command status changes are reported for the dashboard.
     pub fn live(&self) -> &Hub {
         &self.live
+    }
+
+    /// Signs with `signers` from now on (a command key rotation was put in use).
+    pub fn set_signers(&self, signers: Signers) {
+        self.signers.store(Arc::new(signers));
+    }
+
+    /// The command keys signing now.
+    pub fn signers(&self) -> Arc<Signers> {
+        self.signers.load_full()
     }
 
     /// The store commands are kept in.
@@ -267,15 +277,28 @@ impl Dispatcher {
             id = parsed.0;
         }
         let issued = now_ms();
+        let signers = self.signers.load_full();
+        let signer = match &action {
+            // Signed by the newest key of its chain, which the chain proves to the device.
+            Action::TrustCommandKeys { keys, .. } => keys
+                .last()
+                .and_then(|k| signers.by_id(key_id(k)?, issued))
+                .unwrap_or(&signers.newest),
+            _ if signers.overlapping(issued) => {
+                let acked = self.store.acked_command_keys(&c.device_id).await?;
+                signers.for_device(&acked, issued)
+            }
+            _ => &signers.newest,
+        };
         let env = Envelope {
             id: CommandId(id),
             device: c.device_id.clone(),
             issued_at_ms: issued,
             expires_at_ms: c.expires_at,
-            key_id: self.signer.id(),
+            key_id: signer.id(),
             action,
         };
-        let signed = match self.signer.sign(&env) {
+        let signed = match signer.sign(&env) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(command = %c.id, error = %e, "signing failed");
@@ -301,7 +324,7 @@ impl Dispatcher {
                 .commands
                 .with_label_values(&[c.action_kind.as_str(), "sent"])
                 .inc();
-            tracing::info!(command = %c.id, device = %c.device_id, action = %c.action_kind, "command sent");
+            tracing::info!(command = %c.id, device = %c.device_id, action = %c.action_kind, key = %signer.id(), "command sent");
         }
         Ok(())
     }
@@ -360,10 +383,13 @@ impl Dispatcher {
                                 .command_roundtrip_seconds
                                 .observe((done - sent).max(0) as f64 / 1000.0);
                         }
-                        if status == Status::Succeeded
-                            && let Err(e) = super::release_keys::confirmed(&self.store, &c).await
-                        {
-                            tracing::error!(command = %id, error = %e, "cannot record confirmed release keys");
+                        if status == Status::Succeeded {
+                            if let Err(e) = super::release_keys::confirmed(&self.store, &c).await {
+                                tracing::error!(command = %id, error = %e, "cannot record confirmed release keys");
+                            }
+                            if let Err(e) = super::command_keys::confirmed(&self.store, &c).await {
+                                tracing::error!(command = %id, error = %e, "cannot record confirmed command keys");
+                            }
                         }
                     }
                 }
@@ -386,6 +412,13 @@ pub async fn receipts(
         d.on_receipt(&device, &signed).await;
     }
     Ok(())
+}
+
+/// The id of a raw Ed25519 public key, if it is one.
+fn key_id(raw: &[u8; 32]) -> Option<pifleet_shared::command::KeyId> {
+    pifleet_shared::signing::TrustedKey::from_raw(raw)
+        .ok()
+        .map(|k| k.id)
 }
 
 /// Parses an action from command-line words:

@@ -190,6 +190,10 @@ impl Config {
             "enrollment.refusal_audit_interval_s must be 1..=3600",
         );
         check(
+            (1..=3_600).contains(&self.enrollment.pending_retry_s),
+            "enrollment.pending_retry_s must be 1..=3600",
+        );
+        check(
             (1..=7 * 86_400).contains(&self.commands.default_ttl_s),
             "commands.default_ttl_s must be 1..=604800",
         );

@@ -153,7 +153,8 @@ impl Default for MetricsConfig {
 pub struct AuthConfig {
     /// Lifetime of an access token (JWT), in seconds.
     pub access_ttl_s: i64,
-    /// The running controller re-reads `jwt.key` this often (after `rotate jwt-key`).
+    /// The running controller re-reads `jwt.key`, the server certificate, the command keys
+    /// and the release keys this often (after `rotate …`).
     pub key_reload_s: u64,
     /// Lifetime of a session (its refresh token family), in seconds.
     pub refresh_ttl_s: i64,
@@ -437,6 +438,9 @@ pub struct EnrollmentConfig {
     /// Refused enrollments are counted per source and audited as one entry per source this
     /// often (and at shutdown), in seconds.
     pub refusal_audit_interval_s: u64,
+    /// A device waiting for approval (a token with `require_approval`) is told to ask again
+    /// after this many seconds.
+    pub pending_retry_s: u64,
 }
 
 impl Default for MqttConfig {
@@ -501,6 +505,7 @@ impl Default for EnrollmentConfig {
             rate_per_minute: 300,
             rate_burst: 100,
             refusal_audit_interval_s: 60,
+            pending_retry_s: 30,
         }
     }
 }
