@@ -31,15 +31,38 @@ struct FirstBoot {
 }
 
 /// Where to enroll.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 struct EnrollSection {
     controller: String,
     token: String,
-    #[serde(default)]
     interval_s: Option<u32>,
-    #[serde(default)]
     serial_file: Option<PathBuf>,
+}
+
+/// Read by hand, like the simple sections of `agent.toml`: smaller than a derived reader.
+impl crate::sections::Section for EnrollSection {
+    const FIELDS: &'static [&'static str] = &["controller", "token", "interval_s", "serial_file"];
+    const REQUIRED: &'static [&'static str] = &["controller", "token"];
+    fn read<'de, A: serde::de::MapAccess<'de>>(
+        &mut self,
+        key: &str,
+        map: &mut A,
+    ) -> Result<bool, A::Error> {
+        match key {
+            "controller" => self.controller = map.next_value()?,
+            "token" => self.token = map.next_value()?,
+            "interval_s" => self.interval_s = Some(map.next_value()?),
+            "serial_file" => self.serial_file = Some(map.next_value()?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+impl<'de> Deserialize<'de> for EnrollSection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::sections::read(d)
+    }
 }
 
 /// Why a first boot could not enroll.

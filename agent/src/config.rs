@@ -47,8 +47,7 @@ pub struct AgentConfig {
 }
 
 /// Where the controller is.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ControllerConfig {
     /// HTTPS URL used at enrollment (and later for renewals and artifacts).
     pub url: String,
@@ -58,8 +57,7 @@ pub struct ControllerConfig {
 }
 
 /// Identity files written at enrollment (0600).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize)]
 pub struct TlsFiles {
     pub ca: PathBuf,
     pub cert: PathBuf,
@@ -72,17 +70,35 @@ pub struct TlsFiles {
     /// command replaces its content (atomically, durably); it may be missing until then.
     /// Further files are the administrator's (a key kept offline, say) and must exist.
     /// Default `["release-keys.pem"]`, so devices enrolled before releases need no edit.
-    #[serde(default = "default_release_keys")]
     pub release_keys: Vec<PathBuf>,
 }
 
-fn default_release_keys() -> Vec<PathBuf> {
-    vec![PathBuf::from("release-keys.pem")]
+/// Read by [`crate::sections`], which requires every field but `release_keys`.
+impl Default for TlsFiles {
+    fn default() -> Self {
+        Self {
+            ca: PathBuf::new(),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            command_key: PathBuf::new(),
+            release_keys: vec![PathBuf::from("release-keys.pem")],
+        }
+    }
+}
+
+/// Read by [`crate::sections`], which requires every field.
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            mqtt_host: String::new(),
+            mqtt_port: 0,
+        }
+    }
 }
 
 /// Telemetry settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Serialize)]
 pub struct TelemetryConfig {
     /// Seconds between samples.
     pub interval_s: u32,
@@ -93,8 +109,7 @@ pub struct TelemetryConfig {
 }
 
 /// On-disk spool of unacknowledged samples.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Serialize)]
 pub struct SpoolSection {
     pub dir: PathBuf,
     /// Cap on the spool's size; the oldest samples are dropped (and reported) beyond it.
@@ -104,12 +119,18 @@ pub struct SpoolSection {
 }
 
 /// MQTT connection settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Serialize)]
 pub struct MqttSection {
     pub keep_alive_s: u64,
     /// Cap of the reconnect backoff, in seconds.
     pub backoff_max_s: u64,
+    /// Certificate renewal (over this link, when a third of the lifetime remains): how often
+    /// the certificate is looked at, in seconds (each wait jittered by up to a tenth) ...
+    pub renew_check_s: u64,
+    /// ... how long the controller's answer is waited for before asking again ...
+    pub renew_answer_timeout_s: u64,
+    /// ... and the cap of the backoff between failed attempts.
+    pub renew_backoff_max_s: u64,
 }
 
 /// `[metrics]`: serve the latest sample at `http://<listen>/metrics` for a Prometheus on
@@ -145,6 +166,9 @@ impl Default for MqttSection {
         Self {
             keep_alive_s: 30,
             backoff_max_s: 60,
+            renew_check_s: 3_600,
+            renew_answer_timeout_s: 60,
+            renew_backoff_max_s: 3_600,
         }
     }
 }
@@ -200,6 +224,17 @@ impl AgentConfig {
         }
         if self.metrics.as_ref().is_some_and(|m| m.listen.port() == 0) {
             p.push("metrics.listen needs a port other than 0".to_owned());
+        }
+        let m = &self.mqtt;
+        if ![
+            m.renew_check_s,
+            m.renew_answer_timeout_s,
+            m.renew_backoff_max_s,
+        ]
+        .iter()
+        .all(|s| (1..=86_400).contains(s))
+        {
+            p.push("mqtt.renew_*_s must be 1..=86400".to_owned());
         }
         p.extend(self.commands.problems());
         p.extend(crate::apps::config::problems(&self.apps));

@@ -78,15 +78,45 @@ pub struct EnrollOptions {
 
 /// What `enroll` writes: the identity, the controller and the transport settings (with
 /// their defaults, to be edited in place); allowlists (`[commands]`, `[apps.NAME]`) are
-/// the administrator's to add, or a first boot's kept tables.
-#[derive(serde::Serialize)]
-struct Identity<'a> {
-    device_id: &'a DeviceId,
-    controller: &'a ControllerConfig,
-    tls: &'a TlsFiles,
-    telemetry: &'a TelemetryConfig,
-    spool: &'a SpoolSection,
-    mqtt: &'a MqttSection,
+/// the administrator's to add, or a first boot's kept tables. Written by hand: toml's
+/// serializer would cost the agent's size budget more than these lines (strings are quoted
+/// as JSON strings, which are TOML basic strings).
+fn identity_toml(
+    device_id: &DeviceId,
+    controller: &ControllerConfig,
+    tls: &TlsFiles,
+    interval_s: u32,
+) -> String {
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+    let p = |p: &Path| q(&p.to_string_lossy());
+    let spool = SpoolSection::default();
+    let mqtt = MqttSection::default();
+    let release_keys: Vec<String> = tls.release_keys.iter().map(|f| p(f)).collect();
+    format!(
+        "device_id = {}\n\n[controller]\nurl = {}\nmqtt_host = {}\nmqtt_port = {}\n\n\
+         [tls]\nca = {}\ncert = {}\nkey = {}\ncommand_key = {}\nrelease_keys = [{}]\n\n\
+         [telemetry]\ninterval_s = {interval_s}\n\n\
+         [spool]\ndir = {}\nmax_bytes = {}\nsync_interval_s = {}\n\n\
+         [mqtt]\nkeep_alive_s = {}\nbackoff_max_s = {}\nrenew_check_s = {}\n\
+         renew_answer_timeout_s = {}\nrenew_backoff_max_s = {}\n",
+        q(device_id.as_str()),
+        q(&controller.url),
+        q(&controller.mqtt_host),
+        controller.mqtt_port,
+        p(&tls.ca),
+        p(&tls.cert),
+        p(&tls.key),
+        p(&tls.command_key),
+        release_keys.join(", "),
+        p(&spool.dir),
+        spool.max_bytes,
+        spool.sync_interval_s,
+        mqtt.keep_alive_s,
+        mqtt.backoff_max_s,
+        mqtt.renew_check_s,
+        mqtt.renew_answer_timeout_s,
+        mqtt.renew_backoff_max_s,
+    )
 }
 
 /// Enrolls this device and writes its configuration. Returns the assigned device id.
@@ -106,13 +136,15 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
             .ok_or_else(|| EnrollError::NoDeviceId(hostname()))?,
     };
 
-    // The key is made here and never leaves the device.
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, proposed.as_str());
-    params.distinguished_name = dn;
-    let csr = params.serialize_request(&key)?.pem()?;
+    // The key is made here and never leaves the device. It is kept from the first attempt,
+    // so a device waiting for approval (or restarted meanwhile) asks again as itself.
+    let dir = opts.config.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let (key, write_key) = device_key(&dir)?;
+    tracing::info!(
+        key_sha256 = %pifleet_shared::token::to_hex(&sha2::Sha256::digest(key.public_key_raw())),
+        "device key"
+    );
+    let csr = csr_for(&key, &proposed)?;
 
     let body = serde_json::to_vec(&EnrollRequest {
         token: opts.token.clone(),
@@ -142,7 +174,9 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
                 status,
                 detail,
             } => {
-                if started.elapsed() + wait > MAX_WAITING {
+                // Waiting for approval has no limit: a rejection or the token's expiry
+                // ends it with a refusal.
+                if status != 202 && started.elapsed() + wait > MAX_WAITING {
                     return Err(EnrollError::Refused { status, detail });
                 }
                 tracing::info!(
@@ -159,9 +193,8 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
     let device_id =
         DeviceId::parse(&resp.device_id).map_err(|e| EnrollError::BadResponse(e.to_string()))?;
     // The CA we store must be the one the token pinned.
-    let ca_ders = rustls_pemfile::certs(&mut resp.ca.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| EnrollError::BadResponse(e.to_string()))?;
+    let ca_ders =
+        tls::pem_certs(resp.ca.as_bytes()).map_err(|e| EnrollError::BadResponse(e.to_string()))?;
     if !ca_ders
         .iter()
         .any(|c| tls::fingerprint(c) == token.ca_fingerprint_hex())
@@ -171,9 +204,10 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
         ));
     }
 
-    let dir = opts.config.parent().unwrap_or(Path::new(".")).to_path_buf();
     create_private_dir(&dir)?;
-    write_private(&dir.join("device.key"), key.serialize_pem().as_bytes())?;
+    if write_key {
+        write_private(&dir.join("device.key"), key.serialize_pem().as_bytes())?;
+    }
     write_private(&dir.join("device.crt"), resp.certificate.as_bytes())?;
     write_private(&dir.join("ca.crt"), resp.ca.as_bytes())?;
     write_private(&dir.join("command.pub"), resp.command_public_key.as_bytes())?;
@@ -181,31 +215,23 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
     // later with a signed command that writes this file.
     let release_keys = check_release_keys(&resp.release_public_keys)?;
     write_private(&dir.join(RELEASE_KEYS_FILE), release_keys.as_bytes())?;
-    let identity = Identity {
-        device_id: &device_id,
-        controller: &ControllerConfig {
+    let text = identity_toml(
+        &device_id,
+        &ControllerConfig {
             url: opts.controller.clone(),
             mqtt_host: endpoint.host,
             mqtt_port: resp.mqtt_port,
         },
-        tls: &TlsFiles {
+        &TlsFiles {
             ca: "ca.crt".into(),
             cert: "device.crt".into(),
             key: "device.key".into(),
             command_key: "command.pub".into(),
             release_keys: vec![RELEASE_KEYS_FILE.into()],
         },
-        telemetry: &TelemetryConfig {
-            interval_s: opts
-                .interval_s
-                .unwrap_or(TelemetryConfig::default().interval_s),
-            temperature_file: None,
-        },
-        spool: &SpoolSection::default(),
-        mqtt: &MqttSection::default(),
-    };
-    let text =
-        toml::to_string_pretty(&identity).map_err(|e| EnrollError::BadResponse(e.to_string()))?;
+        opts.interval_s
+            .unwrap_or(TelemetryConfig::default().interval_s),
+    );
     // Written by hand rather than as a whole `AgentConfig`: the allowlists are not ours.
     let text = format!("{text}\n{}", opts.keep.as_deref().unwrap_or_default());
     let text = format!(
@@ -213,6 +239,44 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
     );
     write_private(&opts.config, text.as_bytes())?;
     Ok(device_id)
+}
+
+/// A new device key (it is made here and never leaves the device) and a CSR (PEM) for it
+/// naming `id`: what renewal sends.
+pub fn key_and_csr(id: &DeviceId) -> Result<(KeyPair, String), rcgen::Error> {
+    let key = KeyPair::generate()?;
+    let csr = csr_for(&key, id)?;
+    Ok((key, csr))
+}
+
+/// A CSR (PEM) for `key` naming `id`.
+fn csr_for(key: &KeyPair, id: &DeviceId) -> Result<String, rcgen::Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, id.as_str());
+    params.distinguished_name = dn;
+    params.serialize_request(key)?.pem()
+}
+
+/// The device key for this enrollment and whether it still has to be written. A device
+/// not enrolled yet keeps the key an unfinished enrollment made (written, 0600, before it is
+/// first used); one enrolling again (`--force`) makes a new key, written only with its new
+/// certificate, so a failed attempt leaves the working pair alone.
+fn device_key(dir: &Path) -> Result<(KeyPair, bool), EnrollError> {
+    let path = dir.join("device.key");
+    if dir.join("device.crt").exists() {
+        return Ok((KeyPair::generate()?, true));
+    }
+    // Read with the PEM reader TLS uses already (rcgen's would add its own).
+    if let Ok(rustls::pki_types::PrivateKeyDer::Pkcs8(der)) = pifleet_io::load_key(&path)
+        && let Ok(key) = KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ECDSA_P256_SHA256)
+    {
+        return Ok((key, false));
+    }
+    let key = KeyPair::generate()?;
+    create_private_dir(dir)?;
+    write_private(&path, key.serialize_pem().as_bytes())?;
+    Ok((key, false))
 }
 
 /// The file of pinned release keys that `enroll` writes, next to `agent.toml`.
@@ -275,8 +339,17 @@ async fn post(
         .await
         .map_err(|e| EnrollError::Http(e.to_string()))?
         .to_bytes();
-    if !status.is_success() {
+    // 202: waiting for an administrator to accept this device; ask again as told.
+    if !status.is_success() || status.as_u16() == 202 {
         let detail = https::problem_detail(&bytes);
+        if status.as_u16() == 202 {
+            tracing::info!(%detail, "waiting for approval");
+            return Ok(Answer::Later {
+                wait: retry_wait(retry_after),
+                status: 202,
+                detail,
+            });
+        }
         if matches!(status.as_u16(), 429 | 503) {
             return Ok(Answer::Later {
                 wait: retry_wait(retry_after),
@@ -341,6 +414,45 @@ fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_written_identity_reads_back_as_the_agent_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = identity_toml(
+            &DeviceId::parse("pi-7").unwrap(),
+            &ControllerConfig {
+                url: "https://fleet.example:8443".into(),
+                mqtt_host: "fleet.example".into(),
+                mqtt_port: 8883,
+            },
+            &TlsFiles {
+                ca: "ca.crt".into(),
+                cert: "odd \"name\\.crt".into(),
+                key: "device.key".into(),
+                command_key: "command.pub".into(),
+                release_keys: vec!["a.pem".into(), "b.pem".into()],
+            },
+            5,
+        );
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            format!("{text}\n[commands]\nservices = [\"kiosk.service\"]\n"),
+        )
+        .unwrap();
+        let cfg = crate::config::AgentConfig::load(&path).unwrap();
+        assert_eq!(cfg.device_id.as_str(), "pi-7");
+        assert_eq!(cfg.controller.url, "https://fleet.example:8443");
+        assert_eq!(cfg.controller.mqtt_port, 8883);
+        assert_eq!(cfg.tls.cert, dir.path().join("odd \"name\\.crt"));
+        assert_eq!(cfg.tls.release_keys.len(), 2);
+        assert_eq!(cfg.telemetry.interval_s, 5);
+        let (spool, mqtt) = (SpoolSection::default(), MqttSection::default());
+        assert_eq!(cfg.spool.max_bytes, spool.max_bytes);
+        assert_eq!(cfg.spool.dir, dir.path().join(&spool.dir));
+        assert_eq!(cfg.mqtt.renew_check_s, mqtt.renew_check_s);
+        assert_eq!(cfg.mqtt.backoff_max_s, mqtt.backoff_max_s);
+    }
 
     #[test]
     fn ids_come_from_the_hostname_and_the_board_serial() {

@@ -1,6 +1,5 @@
 //! `pifleet-agent`: argument parsing and exit codes; the work is in the library.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use pifleet_agent::cli::{self, Cli};
@@ -42,13 +41,11 @@ fn main() -> ExitCode {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    // One format, JSON lines on stderr, in a terminal too: a second (text) formatter costs
+    // the size budget ~20 KB. `journalctl -u pifleet-agent -o cat | jq` reads them.
     let registry = tracing_subscriber::registry().with(filter);
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() {
-        let _ = registry.with(layer).try_init();
-    } else {
-        let _ = registry.with(layer.json().flatten_event(true)).try_init();
-    }
+    let _ = registry.with(layer.json().flatten_event(true)).try_init();
     // One thread is plenty for the agent and keeps its memory small.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -7,16 +7,21 @@
 //! tasks of its own and may change the telemetry interval; deploys run there too, after
 //! the app deployer recovered whatever a crash interrupted, before the link comes up. With `[metrics]` configured, each
 //! new sample is also handed to the local Prometheus listener ([`crate::metrics`]).
+//! Certificate renewal ([`crate::renew`]) runs off the housekeeping tick and `down/cert`; a
+//! renewed (or restored) pair is loaded into the HTTPS client and the receipt signer, and
+//! handed to the link task, which swaps the event loop's TLS transport and reconnects.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pifleet_shared::proto::v1;
+use pifleet_shared::signing::DeviceSigner;
 use pifleet_shared::topic::Kind;
 use pifleet_shared::{Topic, codec};
 use rumqttc::{
-    AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
 };
+use rustls::ClientConfig;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +36,7 @@ use crate::https::{Endpoint, HttpsError};
 use crate::metrics::{self, Exporter};
 use crate::notify::Notifier;
 use crate::release_keys::{KeysError, ReleaseKeys};
+use crate::renew::{Renewal, Step};
 use crate::services;
 use crate::spool::{Spool, SpoolConfig, SpoolError};
 use crate::tls;
@@ -80,6 +86,8 @@ struct Drain {
 /// Runs until `shutdown`, then publishes offline, syncs the spool and returns.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), RunError> {
     let id = cfg.device_id.clone();
+    // Before the identity files are read: settle what an interrupted renewal left.
+    let mut renewal = Renewal::start(&cfg);
     let tls = tls::mqtt_client(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key)?;
     let mut spool_cfg = SpoolConfig::new(&cfg.spool.dir);
     spool_cfg.max_bytes = cfg.spool.max_bytes;
@@ -96,6 +104,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
     let ack_topic = Topic::new(id.clone(), Kind::Ack).to_string();
     let cmd_topic = Topic::new(id.clone(), Kind::Cmd).to_string();
     let result_topic = Topic::new(id.clone(), Kind::Result).to_string();
+    let csr_topic = Topic::new(id.clone(), Kind::Csr).to_string();
+    let cert_topic = Topic::new(id.clone(), Kind::Cert).to_string();
     let mut command_settings = Settings::load(
         cfg.commands.clone(),
         cfg.device_id.as_str(),
@@ -103,9 +113,10 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
         &cfg.tls.key,
     )?;
     let release_keys = ReleaseKeys::load(&cfg.tls.release_keys)?;
+    let https_tls = tls::Shared::new(tls::https_client(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key)?);
     let controller = deploy::Controller {
         endpoint: Endpoint::parse(&cfg.controller.url)?,
-        tls: Arc::new(tls::https_client(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key)?),
+        tls: https_tls.clone(),
     };
     // Before any command can apply anything: finish or undo what a crash interrupted.
     let deployer = Deployer::new(
@@ -190,11 +201,17 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
     let backoff_max = Duration::from_secs(cfg.mqtt.backoff_max_s);
     let link_stop = CancellationToken::new();
     let link_stop2 = link_stop.clone();
+    // A renewed certificate: the link reconnects with this config.
+    let (tls_tx, mut tls_rx) = watch::channel::<Option<Arc<ClientConfig>>>(None);
     let link = tokio::spawn(async move {
         let mut backoff = Backoff::new(Duration::from_millis(500), backoff_max);
         loop {
             let polled = tokio::select! {
                 _ = link_stop2.cancelled() => return,
+                Ok(()) = tls_rx.changed() => {
+                    switch_tls(&mut eventloop, tls_rx.borrow_and_update().clone());
+                    continue;
+                }
                 p = eventloop.poll() => p,
             };
             match polled {
@@ -217,6 +234,9 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
                     let delay = backoff.next_delay();
                     tokio::select! {
                         _ = link_stop2.cancelled() => return,
+                        Ok(()) = tls_rx.changed() => {
+                            switch_tls(&mut eventloop, tls_rx.borrow_and_update().clone());
+                        }
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
@@ -267,6 +287,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
                     drain = Some(Drain { cursor: spool.acked_floor(), live_from: None });
                     last_progress = Instant::now();
                     commands.set_connected(true);
+                    renewal.on_connected();
                 }
                 Some(LinkEvent::Disconnected(reason)) => {
                     if connected {
@@ -277,6 +298,9 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
                     connected = false;
                     drain = None;
                     commands.set_connected(false);
+                    if renewal.on_connect_failed() == Step::Reload {
+                        reload_identity(&cfg, &tls_tx, &https_tls, &commands);
+                    }
                 }
                 Some(LinkEvent::Message(topic, payload)) => {
                     if topic == ack_topic {
@@ -293,6 +317,13 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
                         }
                     } else if topic == cmd_topic {
                         commands.submit(&payload);
+                    } else if topic == cert_topic {
+                        if renewal.on_answer(&payload) == Step::Reload {
+                            reload_identity(&cfg, &tls_tx, &https_tls, &commands);
+                            connected = false;
+                            drain = None;
+                            commands.set_connected(false);
+                        }
                     } else {
                         tracing::debug!(topic = %topic, "message for a later capability ignored");
                     }
@@ -354,6 +385,9 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
                     last_floor = floor;
                     last_progress = Instant::now();
                 }
+                if let Some(csr) = renewal.tick(connected, crate::commands::clock_ms() / 1000) {
+                    let _ = client.try_publish(&csr_topic, QoS::AtLeastOnce, false, csr);
+                }
                 if !connected {
                     continue;
                 }
@@ -396,6 +430,43 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
     }
     spool.close()?;
     Ok(())
+}
+
+/// Points the link at a renewed certificate: the next connection uses it.
+fn switch_tls(eventloop: &mut EventLoop, cfg: Option<Arc<ClientConfig>>) {
+    if let Some(cfg) = cfg {
+        eventloop
+            .mqtt_options
+            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(cfg)));
+        eventloop.clean();
+    }
+}
+
+/// Loads the (renewed or restored) key and certificate into the MQTT and HTTPS configs and
+/// the receipt signer. A failure is logged: the link keeps its config and a renewal that
+/// cannot connect is rolled back by [`Renewal::on_connect_failed`].
+fn reload_identity(
+    cfg: &AgentConfig,
+    mqtt: &watch::Sender<Option<Arc<ClientConfig>>>,
+    https: &tls::Shared,
+    commands: &Commands,
+) {
+    let t = &cfg.tls;
+    let loaded = (|| -> Result<_, String> {
+        let m = tls::mqtt_client(&t.ca, &t.cert, &t.key).map_err(|e| e.to_string())?;
+        let h = tls::https_client(&t.ca, &t.cert, &t.key).map_err(|e| e.to_string())?;
+        let pem = std::fs::read_to_string(&t.key).map_err(|e| e.to_string())?;
+        let signer = DeviceSigner::from_pkcs8_pem(&pem).map_err(|e| e.to_string())?;
+        Ok((m, h, signer))
+    })();
+    match loaded {
+        Ok((m, h, signer)) => {
+            commands.set_signer(signer);
+            https.set(h);
+            mqtt.send_replace(Some(Arc::new(m)));
+        }
+        Err(e) => tracing::error!(error = %e, "cannot load the device identity"),
+    }
 }
 
 /// Publishes the apps and their releases (`Event::Apps`); dropped if the link cannot take it.

@@ -94,6 +94,14 @@ impl DataDir {
     pub fn ca_key(&self) -> PathBuf {
         self.root.join("ca.key")
     }
+    /// The CA a `rotate ca` replaced, trusted (and its CRL signed) until `rotate ca
+    /// --finish`.
+    pub fn ca_previous_cert(&self) -> PathBuf {
+        self.root.join("ca-previous.crt")
+    }
+    pub fn ca_previous_key(&self) -> PathBuf {
+        self.root.join("ca-previous.key")
+    }
     pub fn server_cert(&self) -> PathBuf {
         self.root.join("server.crt")
     }
@@ -111,6 +119,14 @@ impl DataDir {
     }
     pub fn release_pub(&self) -> PathBuf {
         self.root.join("release.pub")
+    }
+    /// Release public keys still trusted during a rotation's overlap (`rotate release-key`).
+    pub fn release_previous_pub(&self) -> PathBuf {
+        self.root.join("release-previous.pub")
+    }
+    /// Command private keys still used during a rotation's overlap (`rotate command-key`).
+    pub fn command_previous_key(&self) -> PathBuf {
+        self.root.join("command-previous.key")
     }
     pub fn releases_dir(&self) -> PathBuf {
         self.root.join("releases")
@@ -158,8 +174,12 @@ impl DataDir {
     }
 
     /// Secrets that may be absent (the release key may live offline); checked when present.
-    pub fn optional_secret_files(&self) -> [PathBuf; 1] {
-        [self.release_key()]
+    pub fn optional_secret_files(&self) -> [PathBuf; 3] {
+        [
+            self.release_key(),
+            self.command_previous_key(),
+            self.ca_previous_key(),
+        ]
     }
 
     /// Creates the directory (0700) for `init`; refuses an existing non-empty one.

@@ -74,7 +74,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     }
     let base = demo_dir(args.dir.as_deref())?;
     let data = base.join("controller");
-    let report = setup::init(&data, &["localhost".to_owned()]).await?;
+    let report = setup::init(&data, &["localhost".to_owned()], None).await?;
     let dd = DataDir::new(&data);
 
     let log = std::fs::File::create(base.join("controller.log")).map_err(io("controller.log"))?;
@@ -111,16 +111,13 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             ("rack".to_owned(), ((i - 1) / 10 + 1).to_string()),
         ]
         .into();
-        let token = tokens::create_token(
-            &dd,
-            &store,
-            600,
-            Duration::from_secs(600),
-            Some(&id),
-            &labels,
-            None,
-        )
-        .await?;
+        let spec = tokens::TokenSpec {
+            ttl: Duration::from_secs(600),
+            name: Some(id.clone()),
+            labels,
+            ..Default::default()
+        };
+        let token = tokens::create_token(&dd, &store, 600, &spec).await?;
         let config = dir.join("agent.toml");
         let status = Command::new(&agent_bin)
             .args(["enroll", "--controller", &url, "--token"])

@@ -21,6 +21,7 @@ pub mod otel;
 pub mod pki;
 pub mod releases;
 pub mod rollouts;
+pub mod rotation;
 pub mod serve;
 pub mod setup;
 pub mod signal;

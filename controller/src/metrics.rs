@@ -47,6 +47,8 @@ pub struct Metrics {
     pub backup_last_success: IntGauge,
     /// Unrevoked devices flagged for an admin's review (re-registered after a restore).
     pub devices_needing_review: IntGauge,
+    pub renewals: IntCounterVec,
+    pub renewal_overdue: IntGauge,
 }
 
 impl Metrics {
@@ -231,6 +233,18 @@ impl Metrics {
                 "devices_needing_review",
                 "Unrevoked devices flagged for review (re-registered after a restore)",
             )?,
+            renewals: IntCounterVec::new(
+                Opts::new(
+                    "certificate_renewals_total",
+                    "Device certificate renewals over MQTT by outcome (issued, refused_*, error)",
+                ),
+                &["outcome"],
+            )?,
+            renewal_overdue: IntGauge::new(
+                "device_certificates_renewal_overdue",
+                "Unrevoked devices whose newest certificate has less than a sixth of its \
+                 lifetime left (renewal is due at a third)",
+            )?,
             registry,
             process: Registry::new(),
         };
@@ -280,6 +294,11 @@ impl Metrics {
         r.register(Box::new(m.ready.clone()))?;
         r.register(Box::new(m.backup_last_success.clone()))?;
         r.register(Box::new(m.devices_needing_review.clone()))?;
+        r.register(Box::new(m.renewals.clone()))?;
+        for outcome in crate::pki::renew::OUTCOMES {
+            m.renewals.with_label_values(&[outcome]);
+        }
+        r.register(Box::new(m.renewal_overdue.clone()))?;
         // process_* (CPU, memory, open files, start time), unprefixed as is conventional.
         m.process.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),

@@ -18,7 +18,7 @@ use crate::commands::dispatch::{self, Dispatcher};
 use crate::commands::release_keys;
 use crate::config::Config;
 use crate::datadir::{DataDir, write_private};
-use crate::enroll::EnrollState;
+use crate::enroll::{EnrollState, Pinned};
 use crate::live::Hub;
 use crate::metrics::Metrics;
 use crate::mqtt::broker;
@@ -27,6 +27,7 @@ use crate::mqtt::gateway::{self, Gateway};
 use crate::mqtt::ingest::{self, WriterContext};
 use crate::pki::{self, tls};
 use crate::pki::{Ca, crl};
+use crate::rotation::reload;
 use crate::setup::{self, SetupError};
 use crate::store::{Store, now_ms};
 use crate::supervise::{Fatal, Health, Supervisor, TaskFailed, TaskResult};
@@ -116,6 +117,7 @@ struct Controller {
     mqtt_listener: TcpListener,
     https_listener: TcpListener,
     https_tls: rustls::ServerConfig,
+    server_cert: Arc<pki::ServerCert>,
     broker: Broker,
     gateway: Arc<Gateway>,
     dispatcher: Arc<Dispatcher>,
@@ -157,9 +159,10 @@ impl Controller {
             revoked = published.revoked,
             "CRL published"
         );
-        let (mqtt_tls, revoked) = gateway::load_tls(&dd)?;
+        let server_cert = pki::ServerCert::load(&dd)?;
+        let (mqtt_tls, revoked) = gateway::load_tls(&dd, &server_cert)?;
         let crls = tls::load_crls(&dd.crl()).map_err(tls::TlsError::from)?;
-        let https_tls = tls::https_config(&dd, crls)?;
+        let https_tls = tls::https_config(&dd, crls, server_cert.clone())?;
         store.set_all_offline().await?;
         // What a crash left in releases/ (temp files, files no release refers to) goes.
         match crate::releases::sweep(&dd, &store, Duration::from_secs(3_600)).await {
@@ -167,7 +170,7 @@ impl Controller {
             Err(e) => tracing::warn!(error = %e, "could not tidy the releases folder"),
         }
         let metrics = Metrics::new()?;
-        if let Some(t) = server_cert_expiry(&dd) {
+        if let Some(t) = reload::server_cert_expiry(&dd) {
             metrics.server_cert_expiry.set(t);
         }
         let health = Arc::new(Health::new(metrics.clone()));
@@ -191,15 +194,14 @@ impl Controller {
         let out = mpsc::unbounded_channel();
         let receipts = mpsc::channel(10_000);
         let online = Arc::new(tokio::sync::Notify::new());
-        let key_path = dd.command_key();
-        let key_pem = std::fs::read_to_string(&key_path)
-            .map_err(|e| ServeError::CommandKey(format!("{}: {e}", key_path.display())))?;
-        let signer = pifleet_shared::signing::CommandSigner::from_pkcs8_pem(&key_pem)
-            .map_err(|e| ServeError::CommandKey(format!("{}: {e}", key_path.display())))?;
+        let signers = crate::rotation::command_keys::load_signers(&dd, &store)
+            .await
+            .map_err(|e| ServeError::CommandKey(e.to_string()))?;
+        let command_key_id = signers.newest.id().to_string();
         let live = Hub::new();
         let dispatcher = Arc::new(Dispatcher::new(
             store.clone(),
-            signer,
+            signers,
             out.0.clone(),
             cfg.commands.clone(),
             metrics.clone(),
@@ -216,15 +218,18 @@ impl Controller {
             metrics.clone(),
             store.clone(),
         ));
-        let release_keys = vec![setup::release_public_key(&dd)?];
+        let release_keys = setup::release_public_keys(&dd)?;
         let enroll_state = Arc::new(EnrollState {
             store: store.clone(),
-            ca_fingerprint: pki::fingerprint_pem(&ca.cert_pem)?,
+            ca_fingerprint: ca.fingerprint()?,
             ca: ca.clone(),
-            command_public_key: setup::command_public_key(&dd)?,
-            release_public_keys: release_keys.iter().map(|k| k.to_pem()).collect(),
+            pinned: arc_swap::ArcSwap::from_pointee(Pinned {
+                command_public_key: setup::command_public_key(&dd)?,
+                command_key_id,
+                release_public_keys: release_keys.iter().map(|k| k.to_pem()).collect(),
+            }),
             mqtt_port: cfg.mqtt.public_port.unwrap_or(bound.mqtt.port()),
-            cert_days: cfg.enrollment.device_cert_days,
+            cert_lifetime: cfg.pki.device_cert_lifetime(&cfg.enrollment),
             metrics: metrics.clone(),
         });
         let jwt =
@@ -252,6 +257,7 @@ impl Controller {
             mqtt_listener,
             https_listener,
             https_tls,
+            server_cert,
             broker,
             gateway,
             dispatcher,
@@ -277,10 +283,14 @@ impl Controller {
         } = self.broker;
         let app = api::app(self.api.clone());
         let mut tasks = Supervisor::new(shutdown.clone());
+        let broker_shutdown = shutdown.clone();
         tasks.spawn("broker", async move {
-            let why = broker_stopped
-                .await
-                .unwrap_or_else(|_| "its task is gone".to_owned());
+            // Watches the embedded broker until shutdown (which stops with the runtime);
+            // until then, its stopping is fatal.
+            let why = tokio::select! {
+                _ = broker_shutdown.cancelled() => return Ok(()),
+                why = broker_stopped => why.unwrap_or_else(|_| "its task is gone".to_owned()),
+            };
             Err(Fatal::msg(format!("the embedded broker stopped: {why}")))
         });
         tasks.spawn(
@@ -291,9 +301,11 @@ impl Controller {
         );
         tasks.spawn(
             "crl-watch",
-            self.gateway
-                .clone()
-                .watch_crl(self.dd.clone(), shutdown.clone()),
+            self.gateway.clone().watch_crl(
+                self.dd.clone(),
+                self.server_cert.clone(),
+                shutdown.clone(),
+            ),
         );
         let gw = self.gateway.clone();
         tasks.spawn(
@@ -301,7 +313,7 @@ impl Controller {
             crl::keep(
                 self.dd.clone(),
                 self.store.clone(),
-                self.ca,
+                self.ca.clone(),
                 self.cfg.pki.clone(),
                 move |serials| gw.revoke(serials),
                 self.health.clone(),
@@ -323,12 +335,27 @@ impl Controller {
             .await;
             Ok(())
         });
+        let (renew_tx, renew_rx) = mpsc::channel(1_000);
+        let renewer = crate::pki::renew::Renewer {
+            store: self.store.clone(),
+            ca: self.ca.clone(),
+            lifetime: self.cfg.pki.device_cert_lifetime(&self.cfg.enrollment),
+            min_interval: Duration::from_secs(self.cfg.pki.renew_min_interval_s),
+            metrics: self.metrics.clone(),
+        };
+        tasks.spawn(
+            "renewals",
+            crate::pki::renew::serve(renewer, renew_rx, out_tx.clone()),
+        );
         tasks.spawn(
             "ingest-route",
             ingest::route(
                 link_rx,
                 queue_tx,
-                receipt_tx,
+                ingest::Handlers {
+                    receipts: receipt_tx,
+                    renewals: renew_tx,
+                },
                 self.gateway,
                 self.metrics.clone(),
                 shutdown.clone(),
@@ -344,7 +371,7 @@ impl Controller {
             "release-keys",
             release_keys::announce_once(
                 self.dispatcher.clone(),
-                self.release_keys,
+                self.release_keys.clone(),
                 shutdown.clone(),
             ),
         );
@@ -360,14 +387,30 @@ impl Controller {
                 shutdown.clone(),
             ),
         );
-        tasks.spawn("receipts", dispatch::receipts(self.dispatcher, receipt_rx));
+        tasks.spawn(
+            "receipts",
+            dispatch::receipts(self.dispatcher.clone(), receipt_rx),
+        );
         tasks.spawn(
             "enroll-refusal-audit",
             self.api.clone().audit_enroll_refusals(shutdown.clone()),
         );
         tasks.spawn(
-            "jwt-reload",
-            jwt_reload(self.api.clone(), self.dd.jwt_keys(), shutdown.clone()),
+            "key-reload",
+            reload::run(
+                reload::Reload {
+                    dd: self.dd.clone(),
+                    api: self.api.clone(),
+                    server_cert: self.server_cert,
+                    metrics: self.metrics.clone(),
+                    // Moved, not cloned: a clone left here would keep the publisher thread
+                    // (it ends when every sender is gone) running until the drain time.
+                    dispatcher: self.dispatcher,
+                    release_keys: self.release_keys,
+                    command_key_error: None,
+                },
+                shutdown.clone(),
+            ),
         );
         tasks.spawn("limiter-gc", limiter_gc(self.api, shutdown.clone()));
         tasks.spawn(
@@ -440,14 +483,6 @@ fn local_addr(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ServeErro
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// Expiry (Unix seconds) of the listeners' certificate, for the expiry alert.
-fn server_cert_expiry(dd: &DataDir) -> Option<i64> {
-    let pem = std::fs::read(dd.server_cert()).ok()?;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
-    let cert = pem.parse_x509().ok()?;
-    Some(cert.validity().not_after.timestamp())
-}
-
 /// Forgets per-source rate-limit state of sources that have been quiet.
 async fn limiter_gc(state: api::AppState, shutdown: CancellationToken) -> TaskResult {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -455,38 +490,6 @@ async fn limiter_gc(state: api::AppState, shutdown: CancellationToken) -> TaskRe
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => state.forget_quiet_limits(),
-        }
-    }
-}
-
-/// Puts a changed `jwt.key` (`rotate jwt-key`) in use, checking it every
-/// `auth.key_reload_s`. A file that does not load is logged and the keys in use stay.
-async fn jwt_reload(
-    state: api::AppState,
-    path: std::path::PathBuf,
-    shutdown: CancellationToken,
-) -> TaskResult {
-    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut seen = modified(&path);
-    let mut tick = tokio::time::interval(Duration::from_secs(state.cfg.auth.key_reload_s));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tick.tick() => {}
-        }
-        let now = modified(&path);
-        if now == seen {
-            continue;
-        }
-        match JwtKeys::load(&path) {
-            Ok(keys) => {
-                tracing::info!(kid = keys.current_kid(), "access-token keys reloaded");
-                state.set_jwt(keys);
-                seen = now;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "jwt.key changed but cannot be loaded; keeping the keys in use")
-            }
         }
     }
 }

@@ -72,10 +72,15 @@ pub fn command_public_key(dd: &DataDir) -> Result<String, SetupError> {
     read_to_string(&dd.command_pub())
 }
 
-/// Creates a new data dir: CA, server certificate, command key, config, database, CRL.
+/// Creates a new data dir: CA (a new self-signed one, or `ca`: an intermediate CA whose
+/// root is kept elsewhere), server certificate, command key, config, database, CRL.
 /// Everything is built in a sibling temp dir and renamed into place at the end, so a failure
 /// leaves nothing half-written.
-pub async fn init(root: &Path, hostnames: &[String]) -> Result<InitReport, SetupError> {
+pub async fn init(
+    root: &Path,
+    hostnames: &[String],
+    ca: Option<Ca>,
+) -> Result<InitReport, SetupError> {
     let target = DataDir::new(root);
     target.create_new()?; // refuses an existing non-empty dir
     let parent = root.parent().unwrap_or(Path::new("."));
@@ -86,7 +91,7 @@ pub async fn init(root: &Path, hostnames: &[String]) -> Result<InitReport, Setup
     let staging = DataDir::new(parent.join(format!(".{name}.init-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(staging.root());
     staging.create_new()?;
-    let report = match populate(&staging, hostnames).await {
+    let report = match populate(&staging, hostnames, ca).await {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_dir_all(staging.root());
@@ -107,17 +112,26 @@ pub struct InitReport {
     pub admin_name: String,
     /// Their one-time password: shown once, changed at first sign-in.
     pub admin_password: String,
+    /// SHA-256 of the root CA certificate, which devices pin.
+    pub ca_fingerprint: String,
 }
 
 /// Name of the admin `init` creates.
 pub const FIRST_ADMIN: &str = "admin";
 
-async fn populate(dd: &DataDir, hostnames: &[String]) -> Result<InitReport, SetupError> {
+async fn populate(
+    dd: &DataDir,
+    hostnames: &[String],
+    ca: Option<Ca>,
+) -> Result<InitReport, SetupError> {
     let label = hostnames
         .first()
         .map(String::as_str)
         .unwrap_or("controller");
-    let ca = Ca::generate(label)?;
+    let ca = match ca {
+        Some(ca) => ca,
+        None => Ca::generate(label)?,
+    };
     write_private(&dd.ca_cert(), ca.cert_pem.as_bytes())?;
     write_private(&dd.ca_key(), ca.key_pem().as_bytes())?;
     let (cert, key) = ca.issue_server(hostnames)?;
@@ -162,12 +176,13 @@ async fn populate(dd: &DataDir, hostnames: &[String]) -> Result<InitReport, Setu
     Ok(InitReport {
         admin_name: admin.name,
         admin_password,
+        ca_fingerprint: ca.fingerprint()?,
     })
 }
 
 /// Writes a fresh Ed25519 key pair: the private key as PKCS#8 PEM, the public key as SPKI
 /// PEM, both 0600. `err` names which key failed.
-fn write_key_pair(
+pub(crate) fn write_key_pair(
     key_path: &Path,
     pub_path: &Path,
     err: fn(String) -> SetupError,
@@ -239,6 +254,23 @@ pub fn release_public_key(dd: &DataDir) -> Result<TrustedKey, SetupError> {
         .map_err(|e| SetupError::ReleaseKey(format!("{}: {e}", path.display())))
 }
 
+/// The release keys devices are told to trust: `release.pub`, then, during a rotation's
+/// overlap, the previous ones (`release-previous.pub`).
+pub fn release_public_keys(dd: &DataDir) -> Result<Vec<TrustedKey>, SetupError> {
+    let mut keys = vec![release_public_key(dd)?];
+    let path = dd.release_previous_pub();
+    if path.exists() {
+        let previous = TrustedKey::all_from_pem(&read_to_string(&path)?)
+            .map_err(|e| SetupError::ReleaseKey(format!("{}: {e}", path.display())))?;
+        for k in previous {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    Ok(keys)
+}
+
 /// A data dir made by an older version may lack the access-token keys, the scrape token
 /// or the release key: make them.
 pub fn ensure_secrets(dd: &DataDir) -> Result<(), SetupError> {
@@ -296,7 +328,7 @@ mod tests {
     async fn init_makes_a_release_key_apart_from_the_command_key() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("data");
-        init(&root, &["localhost".to_owned()]).await.unwrap();
+        init(&root, &["localhost".to_owned()], None).await.unwrap();
         let dd = DataDir::new(&root);
         assert_eq!(mode(&dd.release_key()), 0o600);
         assert_eq!(mode(&dd.release_pub()), 0o600);

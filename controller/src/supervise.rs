@@ -73,6 +73,8 @@ fn cause(e: &Fatal) -> String {
 #[derive(Debug)]
 pub struct Supervisor {
     tasks: JoinSet<(&'static str, TaskResult)>,
+    /// The names of the tasks not finished yet, to say which ones outlive the drain time.
+    running: Vec<&'static str>,
     shutdown: CancellationToken,
 }
 
@@ -82,6 +84,7 @@ impl Supervisor {
     pub fn new(shutdown: CancellationToken) -> Self {
         Self {
             tasks: JoinSet::new(),
+            running: Vec::new(),
             shutdown,
         }
     }
@@ -91,6 +94,7 @@ impl Supervisor {
     where
         F: Future<Output = TaskResult> + Send + 'static,
     {
+        self.running.push(name);
         self.tasks.spawn(async move {
             tracing::debug!(task = name, "task started");
             (name, task.await)
@@ -133,7 +137,11 @@ impl Supervisor {
                     Ok(n) => n,
                     Err(_) => {
                         let left = self.tasks.len();
-                        tracing::warn!(tasks = left, "tasks did not stop within the drain time");
+                        tracing::warn!(
+                            tasks = left,
+                            names = ?self.running,
+                            "tasks did not stop within the drain time"
+                        );
                         self.tasks.abort_all();
                         break;
                     }
@@ -142,7 +150,12 @@ impl Supervisor {
             let Some(joined) = next else { break };
             let stopping = self.shutdown.is_cancelled();
             let (task, result) = match joined {
-                Ok(r) => r,
+                Ok(r) => {
+                    if let Some(i) = self.running.iter().position(|n| *n == r.0) {
+                        self.running.swap_remove(i);
+                    }
+                    r
+                }
                 Err(e) => {
                     // A panic (or an abort, which only happens after the drain time).
                     tracing::error!(error = %e, "a task panicked");

@@ -170,6 +170,43 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn renewal_messages_roundtrip_within_their_limits() {
+        let req = RenewRequest {
+            csr_pem:
+                "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"
+                    .into(),
+        };
+        let bytes = encode(Kind::Csr, &req).unwrap();
+        assert_eq!(bytes[0], VERSION);
+        assert_eq!(decode::<RenewRequest>(Kind::Csr, &bytes).unwrap(), req);
+        for a in [
+            RenewAnswer::Issued {
+                cert_pem: "pem".into(),
+            },
+            RenewAnswer::Refused {
+                reason: "too soon".into(),
+                retry_after_s: 7,
+            },
+        ] {
+            let bytes = encode(Kind::Cert, &a).unwrap();
+            assert_eq!(decode::<RenewAnswer>(Kind::Cert, &bytes).unwrap(), a);
+        }
+        // A CSR bigger than its kind's limit is refused before it is decoded.
+        let huge = RenewRequest {
+            csr_pem: "x".repeat(Kind::Csr.max_payload()),
+        };
+        assert!(matches!(
+            encode(Kind::Csr, &huge),
+            Err(EncodeError::TooLarge { .. })
+        ));
+        let big = vec![VERSION; Kind::Csr.max_payload() + 1];
+        assert!(matches!(
+            decode::<RenewRequest>(Kind::Csr, &big),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
+
     fn arb_sample() -> impl Strategy<Value = Sample> {
         (
             any::<u64>(),

@@ -20,6 +20,8 @@ pub const MAX_SCRIPT_ARGS: usize = 16;
 pub const MAX_JOURNAL_LINES: u32 = 1_000;
 /// Most release keys one announcement may name.
 pub const MAX_RELEASE_KEYS: usize = 8;
+/// Most links a command key chain may carry.
+pub const MAX_KEY_LINKS: usize = 32;
 
 /// A random 128-bit command id.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -121,6 +123,18 @@ pub enum Action {
     /// trust from now on, replacing those the controller announced or enrollment wrote.
     /// Signed by the command key, so devices enrolled before releases existed learn them.
     TrustReleaseKeys { keys: Vec<[u8; 32]> },
+    /// The command key history: Ed25519 keys oldest first, each after the first signed by
+    /// the key before it; `signatures` holds those 64-byte signatures back to back (over
+    /// [`crate::signing::link_message`]; plain bytes, so the agent reuses decoders it
+    /// has). The device checks the links from the newest key it trusts
+    /// ([`crate::signing::verify_chain`]), then trusts the last `keep` keys (those the
+    /// controller still signs with) and no other. The command may be signed by any key the
+    /// chain proves, so a device offline through several rotations catches up in one step.
+    TrustCommandKeys {
+        keys: Vec<[u8; 32]>,
+        signatures: Vec<u8>,
+        keep: u8,
+    },
 }
 
 impl Action {
@@ -136,6 +150,7 @@ impl Action {
             Self::Deploy { .. } => "deploy",
             Self::Rollback { .. } => "rollback",
             Self::TrustReleaseKeys { .. } => "trust_release_keys",
+            Self::TrustCommandKeys { .. } => "trust_command_keys",
         }
     }
 
@@ -173,6 +188,21 @@ impl Action {
             }
             Self::Rollback { app, release, .. } => validate_release(app, *release),
             Self::TrustReleaseKeys { keys } => validate_release_keys(keys),
+            Self::TrustCommandKeys {
+                keys,
+                signatures,
+                keep,
+            } => {
+                if keys.len() < 2
+                    || keys.len() > MAX_KEY_LINKS + 1
+                    || signatures.len() != 64 * (keys.len() - 1)
+                    || *keep == 0
+                    || usize::from(*keep) > keys.len()
+                {
+                    return Err(InvalidName::Bound("command key chain"));
+                }
+                Ok(())
+            }
             Self::Service { unit, .. } => validate_name(unit),
             Self::JournalTail { unit, lines } => {
                 validate_name(unit)?;

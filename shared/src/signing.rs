@@ -191,11 +191,58 @@ impl CommandSigner {
         })
     }
 
+    /// Signs `next` as the command key that follows this one (a link of the history
+    /// devices follow, [`verify_chain`]).
+    pub fn sign_link(&self, next: &VerifyingKey) -> Vec<u8> {
+        self.pair
+            .sign(&link_message(next.as_bytes()))
+            .as_ref()
+            .to_vec()
+    }
+
     /// Signs arbitrary bytes (tests build malformed-but-signed commands with it).
     #[cfg(test)]
     fn sign_raw(&self, bytes: &[u8]) -> Vec<u8> {
         self.pair.sign(bytes).as_ref().to_vec()
     }
+}
+
+/// What a command key signs to name its successor: a fixed context, so the signature can
+/// never be mistaken for one over a command, and the new key.
+pub fn link_message(key: &[u8; 32]) -> Vec<u8> {
+    let mut m = b"pifleet command key link v1\0".to_vec();
+    m.extend_from_slice(key);
+    m
+}
+
+/// The keys of a command key chain (`chain`, oldest first; `signatures`, 64 bytes per key
+/// after the first, each by the key before it) that `trusted` reaches: from the newest
+/// chain key it already trusts, every following key must be signed by the one before.
+/// Returns that key and those after it, oldest first. A chain with no trusted key is
+/// [`Rejection::UnknownKey`], a link that does not verify [`Rejection::BadSignature`]
+/// (nothing of it is trusted then).
+pub fn verify_chain(
+    chain: &[[u8; 32]],
+    signatures: &[u8],
+    trusted: &[TrustedKey],
+) -> Result<Vec<TrustedKey>, Rejection> {
+    let anchor = chain
+        .iter()
+        .rposition(|k| trusted.iter().any(|t| t.key.as_bytes() == k))
+        .ok_or(Rejection::UnknownKey)?;
+    let mut keys = vec![TrustedKey::from_raw(&chain[anchor]).map_err(|_| Rejection::UnknownKey)?];
+    for (i, raw) in chain.iter().enumerate().skip(anchor + 1) {
+        let next = TrustedKey::from_raw(raw).map_err(|_| Rejection::BadSignature)?;
+        let signature = signatures
+            .get((i - 1) * 64..i * 64)
+            .ok_or(Rejection::BadSignature)?;
+        let signer = keys.last().ok_or(Rejection::UnknownKey)?;
+        if !signer.verifies(&link_message(raw), signature) {
+            return Err(Rejection::BadSignature);
+        }
+        keys.push(next);
+    }
+    Ok(keys)
 }
 
 /// Why a device refused a command. Each failure is reported as itself.

@@ -47,11 +47,15 @@ pub enum Kind {
     Cmd,
     /// Acknowledgement of committed telemetry.
     Ack,
+    /// A certificate signing request renewing the device certificate.
+    Csr,
+    /// The controller's answer to a `csr`: the new certificate, or why not.
+    Cert,
 }
 
 impl Kind {
     /// Every kind, for tables and metrics.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Hello,
         Kind::Telemetry,
         Kind::Result,
@@ -59,6 +63,8 @@ impl Kind {
         Kind::Status,
         Kind::Cmd,
         Kind::Ack,
+        Kind::Csr,
+        Kind::Cert,
     ];
 
     /// The topic level naming this kind.
@@ -71,16 +77,21 @@ impl Kind {
             Self::Status => "status",
             Self::Cmd => "cmd",
             Self::Ack => "ack",
+            Self::Csr => "csr",
+            Self::Cert => "cert",
         }
     }
 
     /// The direction messages of this kind travel.
     pub fn direction(self) -> Direction {
         match self {
-            Self::Hello | Self::Telemetry | Self::Result | Self::Event | Self::Status => {
-                Direction::Up
-            }
-            Self::Cmd | Self::Ack => Direction::Down,
+            Self::Hello
+            | Self::Telemetry
+            | Self::Result
+            | Self::Event
+            | Self::Status
+            | Self::Csr => Direction::Up,
+            Self::Cmd | Self::Ack | Self::Cert => Direction::Down,
         }
     }
 
@@ -94,6 +105,9 @@ impl Kind {
             Self::Status => 64,
             Self::Cmd => 16 * 1024,
             Self::Ack => 4 * 1024,
+            // A P-256 CSR is well under 1 KiB of PEM; a certificate about as much.
+            Self::Csr => 4 * 1024,
+            Self::Cert => 8 * 1024,
         }
     }
 
@@ -280,6 +294,10 @@ mod tests {
             ("fleet/pi-a/up/result", Ok(Kind::Result)),
             ("fleet/pi-a/up/event", Ok(Kind::Event)),
             ("fleet/pi-a/up/status", Ok(Kind::Status)),
+            ("fleet/pi-a/up/csr", Ok(Kind::Csr)),
+            ("fleet/pi-b/up/csr", Err(OtherDevice)),
+            ("fleet/pi-a/down/cert", Err(WrongDirection)),
+            ("fleet/pi-a/up/cert", Err(UnknownKind)),
             ("fleet/pi-b/up/telemetry", Err(OtherDevice)),
             ("fleet/pi-a/down/cmd", Err(WrongDirection)),
             ("fleet/pi-a/down/ack", Err(WrongDirection)),
@@ -310,6 +328,9 @@ mod tests {
             ("fleet/pi-a/down/+", Ok(())),
             ("fleet/pi-a/down/cmd", Ok(())),
             ("fleet/pi-a/down/ack", Ok(())),
+            ("fleet/pi-a/down/cert", Ok(())),
+            ("fleet/pi-b/down/cert", Err(OtherDevice)),
+            ("fleet/pi-a/down/csr", Err(WrongDirection)),
             ("fleet/pi-b/down/#", Err(OtherDevice)),
             ("fleet/pi-b/down/cmd", Err(OtherDevice)),
             ("fleet/+/down/#", Err(Wildcard)),

@@ -311,6 +311,37 @@ test('a provisioning token for an SD-card image is made on the Enrollment page',
   await page.getByRole('alert').filter({ hasText: 'cannot name one device id' }).waitFor();
 });
 
+test('devices that wait for approval are accepted or rejected on the Enrollment page', async () => {
+  await page.goto(`${demo.url}/enrollment`);
+  await byId(page, 'token-uses').fill('5');
+  await byId(page, 'token-approval').check();
+  await byId(page, 'token-create').click();
+  await byId(page, 'enroll-command').waitFor();
+  const token = sql(demo.db, 'SELECT id FROM enrollment_tokens WHERE require_approval = 1').trim();
+  assert.match(token, /^[0-9a-f]{12}$/);
+  // Two devices asked (as the enrollment endpoint records them).
+  const now = Date.now();
+  for (const [id, device, key] of [
+    ['00000000000000a1', 'raspberrypi', 'a'.repeat(64)],
+    ['00000000000000b2', 'raspberrypi-0000000b', 'b'.repeat(64)],
+  ]) {
+    sql(
+      demo.db,
+      `INSERT INTO enrollment_requests (id, token_id, device_id, key_fingerprint, source, created_at, last_seen_at, status) VALUES ('${id}', '${token}', '${device}', '${key}', '192.0.2.7', ${now}, ${now}, 'pending')`,
+    );
+  }
+  await page.reload();
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="request-row"]').length === 2);
+  await shot(page, 'enrollment-requests');
+  await page.locator('[data-device-id="raspberrypi"]').getByTestId('request-accept').click();
+  await page.locator('[data-device-id="raspberrypi"][data-status="accepted"]').waitFor();
+  await page.locator('[data-device-id="raspberrypi-0000000b"]').getByTestId('request-reject').click();
+  await page.waitForFunction(() => !document.querySelector('[data-device-id="raspberrypi-0000000b"]'));
+  const decided = sql(demo.db, 'SELECT device_id, status, decided_by FROM enrollment_requests ORDER BY id');
+  assert.match(decided, /raspberrypi\|accepted\|user:admin/);
+  assert.match(decided, /raspberrypi-0000000b\|rejected\|user:admin/);
+});
+
 test('every other page renders (screenshots for the docs)', async () => {
   for (const [path, name] of [
     ['/commands', 'commands'],

@@ -34,16 +34,11 @@ pub async fn enroll_all(
             out.push(config);
             continue;
         }
-        let token = tokens::create_token(
-            dd,
-            &store,
-            600,
-            Duration::from_secs(600),
-            None,
-            &Default::default(),
-            None,
-        )
-        .await?;
+        let spec = tokens::TokenSpec {
+            ttl: Duration::from_secs(600),
+            ..Default::default()
+        };
+        let token = tokens::create_token(dd, &store, 600, &spec).await?;
         pending.push(EnrollOptions {
             controller: format!("https://localhost:{https_port}"),
             token: token.token.to_string(),

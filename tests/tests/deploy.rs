@@ -471,6 +471,14 @@ async fn devices_enrolled_before_releases_learn_the_release_keys() {
         .collect();
     assert_ne!(old, toml, "enroll writes release_keys");
     std::fs::write(agent.config(), old).unwrap();
+    // Nor did the controller record, at that enrollment, that the device has the keys.
+    let db = ctl.db_rw().await.unwrap();
+    sqlx::query("DELETE FROM release_key_acks WHERE device_id = ?")
+        .bind(DEVICE)
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
     agent.set_backoff_max(1).unwrap();
     agent.start().unwrap();
     let mut ctl = ctl;

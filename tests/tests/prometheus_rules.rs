@@ -36,6 +36,8 @@ const METRICS: &[&str] = &[
     "pifleet_database_size_bytes",
     "pifleet_server_certificate_expiry_timestamp_seconds",
     "pifleet_backup_last_success_timestamp_seconds",
+    "pifleet_device_certificates_renewal_overdue",
+    "pifleet_certificate_renewals_total",
     "pifleet_device_up",
     "pifleet_device_last_seen_timestamp_seconds",
     "pifleet_device_cpu_ratio",

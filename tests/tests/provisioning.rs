@@ -3,7 +3,8 @@
 //! serial and no `--device-id`; the controller gives each a distinct id (the hostname, then
 //! the hostname with a suffix from the serial), the labels of the token, and an audit entry
 //! naming the token. The device past the count is refused, a revoked token enrolls nothing
-//! more, and the devices it enrolled stay.
+//! more, and the devices it enrolled stay. Devices of a token that requires approval wait,
+//! with nothing signed, until an admin accepts (they enroll) or rejects them (they stop).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -231,4 +232,176 @@ async fn an_image_enrolls_itself_at_first_boot_and_keeps_its_allowlists() {
         "{}",
         text(&out.stdout)
     );
+}
+
+/// `pifleet-agent enroll` started in the background (it waits while the device is pending).
+fn enroll_in_background(
+    ctl: &Controller,
+    token: &str,
+    dir: &Path,
+    serial: &str,
+) -> std::process::Child {
+    std::fs::create_dir_all(dir).unwrap();
+    let serial_file = dir.join("serial-number");
+    std::fs::write(&serial_file, format!("{serial}\0")).unwrap();
+    Command::new(bin("pifleet-agent").unwrap())
+        .args(["enroll", "--controller", &ctl.url(), "--token", token])
+        .arg("--config")
+        .arg(dir.join("agent.toml"))
+        .arg("--serial-file")
+        .arg(&serial_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a background enrollment to end; its exit status and stderr.
+async fn finished(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
+    let status = pifleet_tests::harness::wait_for(
+        std::time::Duration::from_secs(30),
+        "the enrollment to end",
+        || {
+            let done = child.try_wait().unwrap();
+            async move { done }
+        },
+    )
+    .await;
+    let status = status.unwrap_or_else(|e| {
+        let _ = child.kill();
+        panic!("{e}");
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    (status, err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_of_a_token_that_requires_approval_wait_for_an_admin() {
+    let ctl = Controller::start_with("[enrollment]\npending_retry_s = 1\n")
+        .await
+        .unwrap();
+    let api = pifleet_tests::api::Api::new(&ctl).unwrap();
+    let admin = api.admin(&ctl).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = ctl
+        .cli(&["token", "create", "--max-uses", "5", "--require-approval"])
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_owned();
+
+    // Two devices ask; both wait, listed with the key each made.
+    let first = enroll_in_background(&ctl, &token, &tmp.path().join("a"), "30000000000000a1");
+    let second = enroll_in_background(&ctl, &token, &tmp.path().join("b"), "30000000000000b2");
+    let requests = pifleet_tests::harness::wait_for(
+        std::time::Duration::from_secs(30),
+        "two enrollment requests",
+        || {
+            let api = api.clone();
+            let admin = admin.clone();
+            async move {
+                let r = api
+                    .get("/api/v1/enrollment-requests", Some(&admin))
+                    .await
+                    .ok()?;
+                let v: serde_json::Value = serde_json::from_str(&r.text).ok()?;
+                let list = v.as_array()?.clone();
+                (list.len() == 2).then_some(list)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(requests.iter().all(|r| r["status"] == "pending"));
+    assert!(
+        requests
+            .iter()
+            .all(|r| r["key_fingerprint"].as_str().unwrap().len() == 64)
+    );
+    // Nothing is signed and no device exists while they wait.
+    let db = ctl.db().await.unwrap();
+    let devices: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM devices")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(devices, 0);
+    assert!(!tmp.path().join("a/device.crt").exists());
+    // The key a waiting device made is the one listed (the agent keeps it across asks).
+    let key_a = std::fs::read_to_string(tmp.path().join("a/device.key")).unwrap();
+    assert!(key_a.contains("PRIVATE KEY"));
+
+    // An admin accepts the first through the API.
+    let accept_id = requests[0]["id"].as_str().unwrap().to_owned();
+    let reject_device = requests[1]["device_id"].as_str().unwrap().to_owned();
+    let r = api
+        .post(
+            &format!("/api/v1/enrollment-requests/{accept_id}/accept"),
+            Some(&admin),
+            &serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text);
+    let again = api
+        .post(
+            &format!("/api/v1/enrollment-requests/{accept_id}/accept"),
+            Some(&admin),
+            &serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.status, 409, "{}", again.text);
+    // The other is rejected from the command line, by device id.
+    let out = ctl.cli(&["device", "reject", &reject_device]).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let (a_status, a_err) = finished(first).await;
+    let (b_status, b_err) = finished(second).await;
+    let accepted = requests[0]["device_id"].as_str().unwrap();
+    let (ok_dir, ok_status, ok_err, no_status, no_err, no_dir) =
+        if tmp.path().join("a/agent.toml").exists() {
+            ("a", a_status, a_err, b_status, b_err, "b")
+        } else {
+            ("b", b_status, b_err, a_status, a_err, "a")
+        };
+    assert!(ok_status.success(), "{ok_err}");
+    assert!(ok_err.contains("waiting for approval"), "{ok_err}");
+    let config = std::fs::read_to_string(tmp.path().join(ok_dir).join("agent.toml")).unwrap();
+    assert!(
+        config.contains(&format!("device_id = \"{accepted}\"")),
+        "{config}"
+    );
+    assert!(!no_status.success());
+    assert!(no_err.contains("rejected"), "{no_err}");
+    assert!(!tmp.path().join(no_dir).join("agent.toml").exists());
+
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM devices")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(ids, [accepted.to_owned()]);
+    let audited: Vec<String> = sqlx::query_scalar(
+        "SELECT action FROM audit_log WHERE action LIKE 'enrollment_request.%' \
+         OR action = 'device.enroll_request' ORDER BY seq",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        audited
+            .iter()
+            .filter(|a| *a == "device.enroll_request")
+            .count(),
+        2,
+        "{audited:?}"
+    );
+    assert!(
+        audited.contains(&"enrollment_request.accept".to_owned()),
+        "{audited:?}"
+    );
+    assert!(
+        audited.contains(&"enrollment_request.reject".to_owned()),
+        "{audited:?}"
+    );
+    db.close().await;
 }

@@ -118,9 +118,9 @@ pub enum Refusal {
 }
 
 /// Does the local allowlist permit `action`? `apps` are the names of the `[apps.NAME]`
-/// sections: deploys and rollbacks of other apps are refused. A release key announcement
-/// is always allowed: it is signed by the pinned command key, and by itself it installs
-/// nothing (only deploys of listed apps use the keys). Pure: the decision depends only on
+/// sections: deploys and rollbacks of other apps are refused. Release and command key
+/// announcements are always allowed: they are signed by a trusted command key, and by
+/// themselves they run nothing. Pure: the decision depends only on
 /// its inputs.
 pub fn allowed(
     action: &Action,
@@ -135,7 +135,7 @@ pub fn allowed(
                 Err(Refusal::AppNotListed(app.clone()))
             }
         }
-        Action::TrustReleaseKeys { .. } => Ok(()),
+        Action::TrustReleaseKeys { .. } | Action::TrustCommandKeys { .. } => Ok(()),
         Action::Ping if cfg.ping => Ok(()),
         Action::Ping => Err(Refusal::Disabled("ping")),
         Action::Reboot if cfg.reboot => Ok(()),

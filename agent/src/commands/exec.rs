@@ -97,7 +97,8 @@ pub fn invocation(action: &Action, cfg: &CommandsConfig) -> Option<Invocation> {
         | Action::SetInterval { .. }
         | Action::Deploy { .. }
         | Action::Rollback { .. }
-        | Action::TrustReleaseKeys { .. } => None,
+        | Action::TrustReleaseKeys { .. }
+        | Action::TrustCommandKeys { .. } => None,
     }
 }
 

@@ -12,13 +12,14 @@ pub mod exec;
 pub mod journal;
 pub mod outbox;
 mod releases;
+mod trust;
 
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use pifleet_shared::codec::{self, DecodeError};
@@ -72,8 +73,10 @@ pub enum CommandsError {
 pub struct Settings {
     pub cfg: CommandsConfig,
     pub device: String,
-    /// The controller's command keys pinned at enrollment.
+    /// The controller's command keys: pinned at enrollment, then as announced.
     pub keys: Vec<TrustedKey>,
+    /// Where they are kept (`tls.command_key`); an announcement replaces the file.
+    pub key_file: PathBuf,
     /// The device key, for receipts.
     pub signer: DeviceSigner,
     /// Deploys, rollbacks and release key announcements; without it they are refused.
@@ -81,8 +84,8 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Reads the controller's command key (`tls.command_key`) and the device key (`tls.key`)
-    /// the agent configuration names.
+    /// Reads the controller's command keys (`tls.command_key`, every "PUBLIC KEY" block) and
+    /// the device key (`tls.key`) the agent configuration names.
     pub fn load(
         cfg: CommandsConfig,
         device: &str,
@@ -99,14 +102,22 @@ impl Settings {
             let path = path.to_owned();
             move |source| CommandsError::Key { path, source }
         };
-        let command_key =
-            TrustedKey::from_pem(&read(command_key)?).map_err(key_err(command_key))?;
+        let keys = TrustedKey::all_from_pem(&read(command_key)?)
+            .and_then(|k| {
+                if k.is_empty() {
+                    Err(KeyError::Pem("PUBLIC KEY"))
+                } else {
+                    Ok(k)
+                }
+            })
+            .map_err(key_err(command_key))?;
         let signer =
             DeviceSigner::from_pkcs8_pem(&read(device_key)?).map_err(key_err(device_key))?;
         Ok(Self {
             cfg,
             device: device.to_owned(),
-            keys: vec![command_key],
+            keys,
+            key_file: command_key.to_owned(),
             signer,
             deploys: None,
         })
@@ -117,7 +128,8 @@ struct Ctx {
     cfg: CommandsConfig,
     limits: Limits,
     device: String,
-    keys: Vec<TrustedKey>,
+    keys: RwLock<Vec<TrustedKey>>,
+    key_file: PathBuf,
     journal: Arc<tokio::sync::Mutex<Journal>>,
     outbox: Outbox,
     workers: Arc<Semaphore>,
@@ -165,7 +177,8 @@ impl Commands {
             workers: Arc::new(Semaphore::new(settings.cfg.workers.max(1))),
             cfg: settings.cfg,
             device: settings.device,
-            keys: settings.keys,
+            keys: RwLock::new(settings.keys),
+            key_file: settings.key_file,
             outbox: Outbox::new(sink, settings.signer, journal.clone()),
             journal,
             units: Mutex::new(HashMap::new()),
@@ -206,6 +219,11 @@ impl Commands {
     /// Tells the outbox whether the MQTT link is up (receipts held back go out on connect).
     pub fn set_connected(&self, connected: bool) {
         self.ctx.outbox.set_connected(connected);
+    }
+
+    /// Signs receipts with this key from now on (the device certificate was renewed).
+    pub fn set_signer(&self, signer: DeviceSigner) {
+        self.ctx.outbox.set_signer(signer);
     }
 
     /// Notified after every service command (start, stop, restart, status) finishes.
@@ -253,11 +271,12 @@ async fn handle(ctx: &Arc<Ctx>, payload: &[u8]) {
             return;
         }
     };
+    let keys = trust::keys_for(ctx, &cmd);
     let journal = ctx.journal.clone().lock_owned().await;
     let verdict = verify_command(
         &cmd,
         VerifyContext {
-            keys: &ctx.keys,
+            keys: &keys,
             device: &ctx.device,
             now_ms: journal.now_ms(clock_ms()),
         },
@@ -290,11 +309,18 @@ async fn handle(ctx: &Arc<Ctx>, payload: &[u8]) {
         (journal, None)
     };
     let record = env.clone();
-    let recorded = tokio::task::spawn_blocking(move || journal.accept(&record)).await;
-    let failure = match recorded {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(e) => Some(e.to_string()),
+    let keys = trust::to_store(ctx, &env);
+    let recorded = tokio::task::spawn_blocking(move || {
+        journal.accept(&record)?;
+        // A command key announcement's one step, done here (once accepted, before the
+        // next command is checked) rather than on a blocking task of its own.
+        Ok(keys.map(|(path, pem)| pifleet_io::write_private(&path, pem.as_bytes())))
+    })
+    .await;
+    let (failure, stored) = match recorded {
+        Ok(Ok(stored)) => (None, stored),
+        Ok(Err(e)) => (Some(JournalError::to_string(&e)), None),
+        Err(e) => (Some(e.to_string()), None),
     };
     if let Some(e) = failure {
         // Not recorded, so it could be replayed: it must not run.
@@ -309,6 +335,10 @@ async fn handle(ctx: &Arc<Ctx>, payload: &[u8]) {
         &ctx.receipt(env.id, Outcome::Accepted, None),
         Delivery::Progress,
     );
+    if let Some(stored) = stored {
+        trust::finish(ctx, &env, stored);
+        return;
+    }
     let task_ctx = ctx.clone();
     tokio::spawn(async move {
         let id = env.id;

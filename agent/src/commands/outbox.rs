@@ -82,7 +82,8 @@ struct State {
 /// The receipt outbox shared by the handler and the command tasks.
 pub struct Outbox {
     sink: Arc<dyn Sink>,
-    signer: DeviceSigner,
+    /// Replaced when the device certificate (and so the device key) is renewed.
+    signer: Mutex<DeviceSigner>,
     journal: Arc<tokio::sync::Mutex<Journal>>,
     state: Mutex<State>,
 }
@@ -105,13 +106,18 @@ impl Outbox {
     ) -> Self {
         Self {
             sink,
-            signer,
+            signer: Mutex::new(signer),
             journal,
             state: Mutex::new(State {
                 connected: false,
                 queue: VecDeque::new(),
             }),
         }
+    }
+
+    /// Signs receipts from now on with the renewed device key.
+    pub fn set_signer(&self, signer: DeviceSigner) {
+        *self.signer.lock().unwrap_or_else(|p| p.into_inner()) = signer;
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -124,7 +130,12 @@ impl Outbox {
     /// receipt has been handed to the MQTT client (it errors if the receipt is dropped).
     pub fn send(&self, receipt: &Receipt, delivery: Delivery) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        let payload = match seal(&self.signer, receipt) {
+        // Poisoning cannot leave a signer half-replaced (a plain assignment).
+        let sealed = seal(
+            &self.signer.lock().unwrap_or_else(|p| p.into_inner()),
+            receipt,
+        );
+        let payload = match sealed {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(command = %receipt.command, error = %e, "cannot seal receipt");

@@ -73,6 +73,7 @@ impl Rig {
             cfg: self.cfg.clone(),
             device: DEVICE.into(),
             keys: vec![TrustedKey::from_pem(&public_pem(&self.signer)).unwrap()],
+            key_file: self.dir.path().join("command.pub"),
             signer: DeviceSigner::from_pkcs8_pem(&kp.serialize_pem()).unwrap(),
             deploys: None,
         };
@@ -447,4 +448,77 @@ async fn reboot_sends_success_first_then_reboots() {
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "reboot\n");
     assert_eq!(rig.outcomes(12).last(), Some(&Outcome::Succeeded));
     drop(c);
+}
+
+/// `env` signed by `s` (its key id set), encoded for `down/cmd`.
+fn signed_by(s: &CommandSigner, mut env: Envelope) -> Vec<u8> {
+    env.key_id = s.id();
+    codec::encode(Kind::Cmd, &s.sign(&env).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_command_key_chain_is_followed_and_a_forged_one_refused() {
+    let mut rig = Rig::new(|_, _| {});
+    let c = rig.start(CancellationToken::new());
+    let (k1, k2) = (
+        CommandSigner::from_seed(&[21; 32]).unwrap(),
+        CommandSigner::from_seed(&[22; 32]).unwrap(),
+    );
+    let keys = vec![
+        rig.signer.verifying_key().to_bytes(),
+        k1.verifying_key().to_bytes(),
+        k2.verifying_key().to_bytes(),
+    ];
+    let first = rig.signer.sign_link(&k1.verifying_key());
+    let mut signatures = first.clone();
+    signatures.extend(k1.sign_link(&k2.verifying_key()));
+
+    // A forged chain: the second link signed by a key the device never trusted.
+    let stranger = CommandSigner::from_seed(&[23; 32]).unwrap();
+    let mut forged_sigs = first;
+    forged_sigs.extend(stranger.sign_link(&k2.verifying_key()));
+    let forged = Action::TrustCommandKeys {
+        keys: keys.clone(),
+        signatures: forged_sigs,
+        keep: 1,
+    };
+    // Refused as signed by an unknown key (reported without an id: the body is unverified).
+    let unknown = |r: &Rig| {
+        r.outcomes(0)
+            .iter()
+            .filter(|o| matches!(o, Outcome::Rejected(why) if why.starts_with("unknown_key")))
+            .count()
+    };
+    c.submit(&signed_by(&k2, rig.envelope(1, forged)));
+    rig.until(|r| unknown(r) == 1).await;
+    // Nothing changed: a command signed by the new key is still refused.
+    c.submit(&signed_by(&k2, rig.envelope(2, Action::Ping)));
+    rig.until(|r| unknown(r) == 2).await;
+    assert!(rig.outcomes(1).is_empty() && rig.outcomes(2).is_empty());
+    assert!(!rig.dir.path().join("command.pub").exists());
+
+    // Two rotations at once, signed by the newest key the chain proves; k1 and k2 stay.
+    let chain = Action::TrustCommandKeys {
+        keys,
+        signatures,
+        keep: 2,
+    };
+    c.submit(&signed_by(&k2, rig.envelope(3, chain)));
+    rig.until(|r| finals(&r.outcomes(3)) == 1).await;
+    assert_eq!(rig.outcomes(3).last(), Some(&Outcome::Succeeded));
+    let pinned = TrustedKey::all_from_pem(
+        &std::fs::read_to_string(rig.dir.path().join("command.pub")).unwrap(),
+    )
+    .unwrap();
+    let ids: Vec<_> = pinned.iter().map(|k| k.id).collect();
+    assert_eq!(ids, [k1.id(), k2.id()]);
+    for (n, s) in [(4, &k2), (5, &k1)] {
+        c.submit(&signed_by(s, rig.envelope(n, Action::Ping)));
+        rig.until(|r| finals(&r.outcomes(n)) == 1).await;
+        assert_eq!(rig.outcomes(n).last(), Some(&Outcome::Succeeded), "{n}");
+    }
+    // The key it started with is no longer trusted.
+    c.submit(&rig.signed(&rig.envelope(6, Action::Ping)));
+    rig.until(|r| unknown(r) == 3).await;
+    assert!(rig.outcomes(6).is_empty());
 }

@@ -8,7 +8,6 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +16,6 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 use pifleet_shared::release::{Digest, MAX_MANIFEST_BYTES};
 use pifleet_shared::token::to_hex;
-use rustls::ClientConfig;
 use sha2::{Digest as _, Sha256};
 
 use crate::https::{self, Endpoint, HttpsError};
@@ -62,7 +60,8 @@ pub enum FetchError {
 #[derive(Debug, Clone)]
 pub struct Controller {
     pub endpoint: Endpoint,
-    pub tls: Arc<ClientConfig>,
+    /// Replaced when the device certificate is renewed.
+    pub tls: crate::tls::Shared,
 }
 
 fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
@@ -85,7 +84,7 @@ impl Controller {
             .map_err(|e| FetchError::Body(e.to_string()))?;
         tokio::time::timeout(
             STALL_TIMEOUT,
-            https::send(&self.endpoint, self.tls.clone(), req),
+            https::send(&self.endpoint, self.tls.get(), req),
         )
         .await
         .map_err(|_| FetchError::Stalled(STALL_TIMEOUT))?

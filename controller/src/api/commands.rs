@@ -68,8 +68,8 @@ pub struct CommandQuery {
     /// rejected, expired or cancelled.
     pub status: Option<String>,
     /// Only commands of this kind: ping, service, reboot, journal, script, set_interval,
-    /// deploy, rollback or trust_release_keys (the last three are created by the
-    /// controller, never sent through this API).
+    /// deploy, rollback, trust_release_keys or trust_command_keys (the last four are
+    /// created by the controller, never sent through this API).
     pub action: Option<String>,
     /// Page size, 1–500 (default 50).
     #[param(minimum = 1, maximum = 500)]
@@ -158,7 +158,7 @@ pub fn targets(
 }
 
 /// What `Action::kind` names: the `action` filter of the command list.
-const ACTION_KINDS: [&str; 9] = [
+const ACTION_KINDS: [&str; 10] = [
     "ping",
     "service",
     "reboot",
@@ -168,6 +168,7 @@ const ACTION_KINDS: [&str; 9] = [
     "deploy",
     "rollback",
     "trust_release_keys",
+    "trust_command_keys",
 ];
 
 fn command_id(id: &str) -> Result<String, Problem> {

@@ -58,6 +58,9 @@ pub async fn controller(State(st): State<AppState>) -> Result<Response, Problem>
         .devices_needing_review
         .set(st.store.devices_needing_review().await?);
     st.metrics.database_size_bytes.set(database_size(&st));
+    st.metrics
+        .renewal_overdue
+        .set(st.store.renewal_overdue_count().await?);
     Ok(text(st.metrics.render()))
 }
 

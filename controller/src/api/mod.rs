@@ -53,6 +53,7 @@ pub mod commands;
 pub mod device_releases;
 pub mod devices;
 pub mod enroll;
+pub mod enrollment_requests;
 pub mod events;
 pub mod extract;
 mod guard;
@@ -64,6 +65,7 @@ pub mod params;
 pub mod problem;
 pub mod releases;
 pub mod rollouts;
+pub mod rotation;
 pub mod tokens;
 pub mod users;
 pub mod web;
@@ -352,6 +354,9 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(approvals::reject))
         .routes(routes!(tokens::create, tokens::list))
         .routes(routes!(tokens::revoke))
+        .routes(routes!(enrollment_requests::list))
+        .routes(routes!(enrollment_requests::accept))
+        .routes(routes!(enrollment_requests::reject))
         .routes(routes!(users::list, users::create))
         .routes(routes!(users::update, users::delete))
         .routes(routes!(users::reset_mfa))
@@ -362,6 +367,7 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(audit::verify))
         .routes(routes!(backups::list, backups::create))
         .routes(routes!(backups::download, backups::delete))
+        .routes(routes!(rotation::status))
         .routes(routes!(metrics::sd))
         .routes(routes!(metrics::controller))
         .routes(routes!(metrics::device))

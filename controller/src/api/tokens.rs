@@ -34,6 +34,10 @@ pub struct CreateToken {
     /// Make a provisioning token that enrolls up to this many devices (1–100000), to bake
     /// into an SD-card image; it cannot have a `name`.
     pub max_uses: Option<u32>,
+    /// Devices it enrolls wait until an admin accepts them
+    /// (`/api/v1/enrollment-requests`).
+    #[serde(default)]
+    pub require_approval: bool,
 }
 
 /// A created token. The secret is shown here once and stored only as a hash.
@@ -78,6 +82,8 @@ pub struct TokenInfo {
     pub max_uses: Option<i64>,
     /// Devices a provisioning token enrolled so far.
     pub uses: i64,
+    /// Devices it enrolls wait for an admin to accept them.
+    pub require_approval: bool,
 }
 
 fn state(t: &TokenRow, now: i64) -> TokenState {
@@ -180,16 +186,14 @@ pub async fn create(
     }
     let name = req.name.as_deref().map(device_id).transpose()?;
     let labels = labels::from_map(&req.labels.unwrap_or_default())?;
-    let created = tokens::create_token(
-        &st.dd,
-        &st.store,
-        max,
-        Duration::from_secs(ttl_s),
-        name.as_ref().map(|n| n.as_str()),
-        &labels,
-        req.max_uses,
-    )
-    .await?;
+    let spec = tokens::TokenSpec {
+        ttl: Duration::from_secs(ttl_s),
+        name: name.as_ref().map(ToString::to_string),
+        labels,
+        max_uses: req.max_uses,
+        require_approval: req.require_approval,
+    };
+    let created = tokens::create_token(&st.dd, &st.store, max, &spec).await?;
     let authority = controller_authority(headers.get(header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or_else(|| format!("<controller-host>:{}", st.cfg.https.listen.port()));
     let token = created.token.to_string();
@@ -233,6 +237,7 @@ pub async fn list(State(st): State<AppState>) -> Result<axum::Json<Vec<TokenInfo
             used_at: t.used_at,
             max_uses: t.max_uses,
             uses: t.uses,
+            require_approval: t.require_approval,
         })
         .collect();
     Ok(axum::Json(tokens))
@@ -320,6 +325,7 @@ mod tests {
             revoked_at: None,
             max_uses: None,
             uses: 0,
+            require_approval: false,
         };
         assert_eq!(state(&t, 50), TokenState::Unused);
         let provisioning = |uses| TokenRow {

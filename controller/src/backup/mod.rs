@@ -133,6 +133,8 @@ fn data_files(dd: &DataDir) -> Vec<(PathBuf, bool)> {
         (dd.config(), true),
         (dd.ca_cert(), true),
         (dd.ca_key(), true),
+        (dd.ca_previous_cert(), false),
+        (dd.ca_previous_key(), false),
         (dd.crl(), false),
         (dd.server_cert(), true),
         (dd.server_key(), true),
@@ -140,6 +142,8 @@ fn data_files(dd: &DataDir) -> Vec<(PathBuf, bool)> {
         (dd.command_pub(), true),
         (dd.release_key(), false),
         (dd.release_pub(), false),
+        (dd.release_previous_pub(), false),
+        (dd.command_previous_key(), false),
         (dd.jwt_keys(), true),
         (dd.scrape_token(), true),
     ]

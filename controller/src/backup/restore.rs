@@ -86,7 +86,11 @@ pub async fn restore(
     if crl_changed {
         let ca =
             crate::pki::Ca::load(&staged).map_err(|e| BackupError::Revocations(e.to_string()))?;
-        crate::pki::crl::publish(&staged, &store, &ca, 30)
+        // The restored configuration says how long a CRL is valid.
+        let days = crate::config::Config::load(&staged.config())
+            .map(|c| c.pki.crl_next_update_days)
+            .unwrap_or(crate::config::PkiConfig::default().crl_next_update_days);
+        crate::pki::crl::publish(&staged, &store, &ca, days)
             .await
             .map_err(|e| BackupError::Revocations(e.to_string()))?;
     }

@@ -19,17 +19,18 @@ async fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_owned();
     let dd = DataDir::new(root.join("data"));
-    setup::init(dd.root(), &[]).await.unwrap();
+    setup::init(dd.root(), &[], None).await.unwrap();
     let store = Store::open(&dd.database(), false).await.unwrap();
     store
-        .insert_token(
-            "tok1",
-            "h",
-            None,
-            &Default::default(),
-            now_ms() + 3_600_000,
-            None,
-        )
+        .insert_token(&crate::store::NewToken {
+            id: "tok1",
+            secret_hash: "h",
+            name: None,
+            labels: &Default::default(),
+            expires_at: now_ms() + 3_600_000,
+            max_uses: None,
+            require_approval: false,
+        })
         .await
         .unwrap();
     // A device with a command waiting to go out and one it already took.

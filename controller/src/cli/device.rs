@@ -1,9 +1,11 @@
-//! `pifleet-controller device …`: enrolled devices, their revocation and review.
+//! `pifleet-controller device …`: enrolled devices, their revocation and review, and
+//! devices waiting for approval (enrolled by a token that requires it).
 
 use clap::Subcommand;
 use pifleet_controller::store::RevokeOutcome;
+use pifleet_controller::store::enrollment_requests::Decided;
 
-use super::{DataDirArg, conclude, open};
+use super::{DataDirArg, Usage, conclude, open};
 
 #[derive(Subcommand)]
 pub enum DeviceCmd {
@@ -27,6 +29,26 @@ pub enum DeviceCmd {
     /// Clear a device's review flag (set when it was re-registered from its certificate
     /// after a restore): it stays. To refuse it, revoke it instead.
     Review {
+        #[command(flatten)]
+        dir: DataDirArg,
+        id: String,
+    },
+    /// List devices waiting for approval (and accepted ones that have not asked again).
+    Requests {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Rejected requests too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Accept a waiting device, by request id or device id: it enrolls when it next asks.
+    Accept {
+        #[command(flatten)]
+        dir: DataDirArg,
+        id: String,
+    },
+    /// Reject a waiting device, by request id or device id.
+    Reject {
         #[command(flatten)]
         dir: DataDirArg,
         id: String,
@@ -104,6 +126,61 @@ pub async fn run(cmd: DeviceCmd) -> anyhow::Result<()> {
             conclude(o.store, "device.review", &id, &detail, r).await?;
             println!("device {id} reviewed: no longer flagged");
         }
+        DeviceCmd::Requests { dir, all } => {
+            let o = open(&dir).await?;
+            let rows = o.store.enrollment_requests(all).await;
+            o.store.close().await;
+            println!(
+                "{:<16} {:<24} {:<9} {:<16} {:<12} KEY (SHA-256)",
+                "REQUEST", "DEVICE", "STATUS", "SOURCE", "TOKEN"
+            );
+            for r in rows? {
+                println!(
+                    "{:<16} {:<24} {:<9} {:<16} {:<12} {}",
+                    r.id, r.device_id, r.status, r.source, r.token_id, r.key_fingerprint
+                );
+            }
+        }
+        DeviceCmd::Accept { dir, id } => decide(&dir, &id, true).await?,
+        DeviceCmd::Reject { dir, id } => decide(&dir, &id, false).await?,
+    }
+    Ok(())
+}
+
+/// Accepts or rejects a waiting device, audited.
+async fn decide(dir: &DataDirArg, id: &str, accept: bool) -> anyhow::Result<()> {
+    let o = open(dir).await?;
+    let by = pifleet_controller::audit::cli_actor();
+    let decided = o.store.decide_enrollment_request(id, accept, &by).await;
+    let result = match decided {
+        Ok(Decided::Done(row)) => Ok(row),
+        Ok(Decided::Unknown) => Err(anyhow::Error::from(Usage(format!(
+            "no enrollment request {id} (see `device requests`)"
+        )))),
+        Ok(Decided::AlreadyDecided(row)) => Err(Usage(format!(
+            "the enrollment request of {} is {} already",
+            row.device_id, row.status
+        ))
+        .into()),
+        Err(e) => Err(e.into()),
+    };
+    let (action, done) = if accept {
+        ("enrollment_request.accept", "accepted")
+    } else {
+        ("enrollment_request.reject", "rejected")
+    };
+    let target = match &result {
+        Ok(row) => row.device_id.clone(),
+        Err(_) => id.to_owned(),
+    };
+    let row = conclude(o.store, action, &target, "", result).await?;
+    if accept {
+        println!(
+            "device {} {done}: it enrolls when it next asks (within enrollment.pending_retry_s)",
+            row.device_id
+        );
+    } else {
+        println!("device {} {done}", row.device_id);
     }
     Ok(())
 }

@@ -4,14 +4,15 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pifleet_controller::audit::Event;
 use pifleet_controller::config::Config;
 use pifleet_controller::datadir::DataDir;
 use pifleet_controller::serve;
-use pifleet_controller::setup;
 use pifleet_controller::store::Store;
 use pifleet_controller::{demo, signal};
+use pifleet_controller::{pki, setup};
 use tokio_util::sync::CancellationToken;
 
 pub mod approval;
@@ -58,6 +59,13 @@ pub enum Command {
         /// Extra DNS name or IP for the server certificate (repeatable).
         #[arg(long = "hostname")]
         hostnames: Vec<String>,
+        /// Sign with this intermediate CA instead of making a new CA: its certificate
+        /// followed by its chain up to the (offline) root, PEM. Devices pin the root.
+        #[arg(long, requires = "ca_key")]
+        ca_cert: Option<PathBuf>,
+        /// The intermediate CA's private key (PEM, PKCS#8); copied into the data dir 0600.
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<PathBuf>,
     },
     /// Run the controller.
     Serve {
@@ -137,7 +145,12 @@ impl Command {
 /// Runs the command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Command::Init { dir, hostnames } => init(&dir, &hostnames).await?,
+        Command::Init {
+            dir,
+            hostnames,
+            ca_cert,
+            ca_key,
+        } => init(&dir, &hostnames, ca_cert.zip(ca_key)).await?,
         Command::Serve {
             dir,
             mqtt_listen,
@@ -170,11 +183,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn init(dir: &DataDirArg, hostnames: &[String]) -> anyhow::Result<()> {
-    let report = setup::init(&dir.data_dir, hostnames).await?;
+async fn init(
+    dir: &DataDirArg,
+    hostnames: &[String],
+    ca: Option<(PathBuf, PathBuf)>,
+) -> anyhow::Result<()> {
+    let intermediate = match &ca {
+        Some((cert, key)) => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+            };
+            let ca = pki::Ca::from_pem(&read(cert)?, &read(key)?)
+                .with_context(|| format!("the CA in {}", cert.display()))?;
+            Some(ca)
+        }
+        None => None,
+    };
+    let report = setup::init(&dir.data_dir, hostnames, intermediate).await?;
     let path = dir.data_dir.display();
     println!("Initialised {path}");
-    println!("  CA, server certificate, command key and release key created (keys are 0600).");
+    if ca.is_some() {
+        println!("  Signing with the given intermediate CA; devices pin its root.");
+        println!("  Server certificate, command key and release key created (keys are 0600).");
+    } else {
+        println!("  CA, server certificate, command key and release key created (keys are 0600).");
+    }
+    println!(
+        "  CA fingerprint (SHA-256 of the root): {}",
+        report.ca_fingerprint
+    );
     println!(
         "  First admin: {}  one-time password: {}",
         report.admin_name, report.admin_password

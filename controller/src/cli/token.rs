@@ -29,6 +29,9 @@ pub enum TokenCmd {
         /// A provisioning token: enrolls up to this many devices (each proposes its own id).
         #[arg(long, conflicts_with = "name")]
         max_uses: Option<u32>,
+        /// Devices it enrolls wait until an admin accepts them (`device accept`).
+        #[arg(long)]
+        require_approval: bool,
     },
     /// List tokens (never their secrets).
     List {
@@ -51,22 +54,22 @@ pub async fn run(cmd: TokenCmd) -> anyhow::Result<()> {
             name,
             labels,
             max_uses,
+            require_approval,
         } => {
             let o = open(&dir).await?;
             let created = match labels::parse_pairs(&labels) {
                 Ok(labels) => {
                     let max = o.cfg.enrollment.max_token_ttl_s;
-                    tokens::create_token(
-                        &o.dd,
-                        &o.store,
-                        max,
+                    let spec = tokens::TokenSpec {
                         ttl,
-                        name.as_deref(),
-                        &labels,
+                        name: name.clone(),
+                        labels,
                         max_uses,
-                    )
-                    .await
-                    .map_err(anyhow::Error::from)
+                        require_approval,
+                    };
+                    tokens::create_token(&o.dd, &o.store, max, &spec)
+                        .await
+                        .map_err(anyhow::Error::from)
                 }
                 Err(e) => Err(Usage(e.to_string()).into()),
             };
@@ -75,16 +78,22 @@ pub async fn run(cmd: TokenCmd) -> anyhow::Result<()> {
                 Err(_) => name.unwrap_or_default(),
             };
             let ttl_text = humantime::format_duration(ttl);
-            let detail = match max_uses {
+            let mut detail = match max_uses {
                 Some(n) => format!("ttl={ttl_text}; max_uses={n}"),
                 None => format!("ttl={ttl_text}"),
             };
+            if require_approval {
+                detail.push_str("; require_approval");
+            }
             let t = conclude(o.store, "token.create", &target, &detail, created).await?;
             println!("{}", t.token);
-            let kind = match max_uses {
+            let mut kind = match max_uses {
                 Some(n) => format!("a provisioning token for up to {n} devices"),
                 None => "single-use".to_owned(),
             };
+            if require_approval {
+                kind.push_str(" (each device waits for `device accept`)");
+            }
             eprintln!(
                 "token {} is {kind} and expires in {ttl_text}. On the device run:\n  pifleet-agent enroll --controller https://<controller-host>:8443 --token <token>",
                 t.id
@@ -103,7 +112,12 @@ pub async fn run(cmd: TokenCmd) -> anyhow::Result<()> {
                     } else {
                         "active"
                     };
-                    format!("provisioning, {} of {max} used, {left}", t.uses)
+                    let approval = if t.require_approval {
+                        ", approval required"
+                    } else {
+                        ""
+                    };
+                    format!("provisioning, {} of {max} used, {left}{approval}", t.uses)
                 } else if let Some(by) = &t.used_by {
                     format!("used by {by}")
                 } else if t.expires_at <= now_ms() {

@@ -2,12 +2,10 @@
 //! key when their device is online, publishes them, verifies the devices' signed receipts
 //! against their certificates, and moves each command through its lifecycle.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pifleet_shared::command::{Action, CommandId, Envelope, SignedReceipt};
-use pifleet_shared::signing::{CommandSigner, DeviceKeyAlg, verify_receipt};
 use pifleet_shared::topic::Kind;
 use pifleet_shared::{DeviceId, Topic, codec};
 use rand::RngCore;
@@ -15,6 +13,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::receipt_keys::{ReceiptKeys, Verified};
+use super::signers::Signers;
 use crate::config::CommandsConfig;
 use crate::live::Hub;
 use crate::metrics::Metrics;
@@ -153,19 +153,19 @@ pub async fn create_commands(
 #[derive(Debug)]
 pub struct Dispatcher {
     store: Store,
-    signer: CommandSigner,
+    signers: arc_swap::ArcSwap<Signers>,
     out: mpsc::UnboundedSender<Outgoing>,
     cfg: CommandsConfig,
     metrics: Metrics,
     wake: Arc<Notify>,
-    keys: Mutex<HashMap<String, (DeviceKeyAlg, Vec<u8>)>>,
+    keys: ReceiptKeys,
     live: Hub,
 }
 
 impl Dispatcher {
     pub fn new(
         store: Store,
-        signer: CommandSigner,
+        signers: Signers,
         out: mpsc::UnboundedSender<Outgoing>,
         cfg: CommandsConfig,
         metrics: Metrics,
@@ -173,13 +173,13 @@ impl Dispatcher {
         live: Hub,
     ) -> Self {
         Self {
+            keys: ReceiptKeys::new(store.clone()),
             store,
-            signer,
+            signers: arc_swap::ArcSwap::from_pointee(signers),
             out,
             cfg,
             metrics,
             wake,
-            keys: Mutex::new(HashMap::new()),
             live,
         }
     }
@@ -187,6 +187,16 @@ impl Dispatcher {
     /// Where command status changes are reported for the dashboard.
     pub fn live(&self) -> &Hub {
         &self.live
+    }
+
+    /// Signs with `signers` from now on (a command key rotation was put in use).
+    pub fn set_signers(&self, signers: Signers) {
+        self.signers.store(Arc::new(signers));
+    }
+
+    /// The command keys signing now.
+    pub fn signers(&self) -> Arc<Signers> {
+        self.signers.load_full()
     }
 
     /// The store commands are kept in.
@@ -284,15 +294,28 @@ impl Dispatcher {
             id = parsed.0;
         }
         let issued = now_ms();
+        let signers = self.signers.load_full();
+        let signer = match &action {
+            // Signed by the newest key of its chain, which the chain proves to the device.
+            Action::TrustCommandKeys { keys, .. } => keys
+                .last()
+                .and_then(|k| signers.by_id(key_id(k)?, issued))
+                .unwrap_or(&signers.newest),
+            _ if signers.overlapping(issued) => {
+                let acked = self.store.acked_command_keys(&c.device_id).await?;
+                signers.for_device(&acked, issued)
+            }
+            _ => &signers.newest,
+        };
         let env = Envelope {
             id: CommandId(id),
             device: c.device_id.clone(),
             issued_at_ms: issued,
             expires_at_ms: c.expires_at,
-            key_id: self.signer.id(),
+            key_id: signer.id(),
             action,
         };
-        let signed = match self.signer.sign(&env) {
+        let signed = match signer.sign(&env) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(command = %c.id, error = %e, "signing failed");
@@ -318,32 +341,29 @@ impl Dispatcher {
                 .commands
                 .with_label_values(&[c.action_kind.as_str(), "sent"])
                 .inc();
-            tracing::info!(command = %c.id, device = %c.device_id, action = %c.action_kind, "command sent");
+            tracing::info!(command = %c.id, device = %c.device_id, action = %c.action_kind, key = %signer.id(), "command sent");
         }
         Ok(())
     }
 
-    /// Verifies a receipt against the device's certificate key and applies it.
+    /// Verifies a receipt against the device's certificate keys and applies it.
     pub async fn on_receipt(&self, device: &DeviceId, signed: &SignedReceipt) {
-        let key = match self.device_key(device).await {
-            Ok(Some(k)) => k,
-            Ok(None) => {
+        let receipt = match self.keys.verify(device, signed).await {
+            Ok(Verified::Ok(r)) => r,
+            Ok(Verified::NoKey) => {
                 tracing::warn!(device = %device, "receipt from a device without a known key dropped");
                 return;
             }
-            Err(e) => {
-                tracing::error!(device = %device, error = %e, "device key lookup failed");
-                return;
-            }
-        };
-        let receipt = match verify_receipt(signed, key.0, &key.1) {
-            Ok(r) => r,
-            Err(e) => {
+            Ok(Verified::Bad(e)) => {
                 self.metrics
                     .ingest_dropped
                     .with_label_values(&["bad_receipt"])
                     .inc();
                 tracing::warn!(device = %device, reason = "bad_receipt", error = %e, "receipt refused");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(device = %device, error = %e, "device key lookup failed");
                 return;
             }
         };
@@ -380,10 +400,13 @@ impl Dispatcher {
                                 .command_roundtrip_seconds
                                 .observe((done - sent).max(0) as f64 / 1000.0);
                         }
-                        if status == Status::Succeeded
-                            && let Err(e) = super::release_keys::confirmed(&self.store, &c).await
-                        {
-                            tracing::error!(command = %id, error = %e, "cannot record confirmed release keys");
+                        if status == Status::Succeeded {
+                            if let Err(e) = super::release_keys::confirmed(&self.store, &c).await {
+                                tracing::error!(command = %id, error = %e, "cannot record confirmed release keys");
+                            }
+                            if let Err(e) = super::command_keys::confirmed(&self.store, &c).await {
+                                tracing::error!(command = %id, error = %e, "cannot record confirmed command keys");
+                            }
                         }
                     }
                 }
@@ -393,31 +416,6 @@ impl Dispatcher {
             }
             Err(e) => tracing::error!(command = %id, error = %e, "storing receipt failed"),
         }
-    }
-
-    async fn device_key(
-        &self,
-        device: &DeviceId,
-    ) -> Result<Option<(DeviceKeyAlg, Vec<u8>)>, StoreError> {
-        if let Some(k) = self
-            .keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(device.as_str())
-        {
-            return Ok(Some(k.clone()));
-        }
-        let Some((alg, key)) = self.store.device_key(device.as_str()).await? else {
-            return Ok(None);
-        };
-        let Some(alg) = DeviceKeyAlg::parse(&alg) else {
-            return Ok(None);
-        };
-        self.keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(device.to_string(), (alg, key.clone()));
-        Ok(Some((alg, key)))
     }
 }
 
@@ -431,6 +429,13 @@ pub async fn receipts(
         d.on_receipt(&device, &signed).await;
     }
     Ok(())
+}
+
+/// The id of a raw Ed25519 public key, if it is one.
+fn key_id(raw: &[u8; 32]) -> Option<pifleet_shared::command::KeyId> {
+    pifleet_shared::signing::TrustedKey::from_raw(raw)
+        .ok()
+        .map(|k| k.id)
 }
 
 /// Parses an action from command-line words:

@@ -99,6 +99,19 @@ impl Config {
             "pki.crl_next_update_days must be 1..=365 and longer than pki.crl_refresh_s",
         );
         check(
+            self.pki
+                .device_cert_lifetime_s
+                .is_none_or(|s| (15..=3650 * 86_400).contains(&s)),
+            "pki.device_cert_lifetime_s must be 15..=315360000",
+        );
+        check(
+            (1..=30 * 86_400).contains(&self.pki.renew_min_interval_s)
+                && std::time::Duration::from_secs(self.pki.renew_min_interval_s)
+                    < self.pki.device_cert_lifetime(&self.enrollment) / 3,
+            "pki.renew_min_interval_s must be 1..=2592000 and less than a third of the device \
+             certificate lifetime",
+        );
+        check(
             (100..=600_000).contains(&self.store.busy_timeout_ms),
             "store.busy_timeout_ms must be 100..=600000",
         );
@@ -175,6 +188,10 @@ impl Config {
         check(
             (1..=3_600).contains(&self.enrollment.refusal_audit_interval_s),
             "enrollment.refusal_audit_interval_s must be 1..=3600",
+        );
+        check(
+            (1..=3_600).contains(&self.enrollment.pending_retry_s),
+            "enrollment.pending_retry_s must be 1..=3600",
         );
         check(
             (1..=7 * 86_400).contains(&self.commands.default_ttl_s),

@@ -16,6 +16,21 @@ pub struct PkiConfig {
     pub crl_refresh_s: u64,
     /// nextUpdate of a published CRL, in days from its publication.
     pub crl_next_update_days: u32,
+    /// Lifetime of device certificates, in seconds; unset: `enrollment.device_cert_days`.
+    /// Devices renew theirs when a third of it remains.
+    pub device_cert_lifetime_s: Option<u64>,
+    /// A device gets at most one certificate per this many seconds (renewal rate limit).
+    pub renew_min_interval_s: u64,
+}
+
+impl PkiConfig {
+    /// The lifetime of a new device certificate, from this section or `enrollment`.
+    pub fn device_cert_lifetime(&self, enrollment: &EnrollmentConfig) -> Duration {
+        Duration::from_secs(
+            self.device_cert_lifetime_s
+                .unwrap_or(u64::from(enrollment.device_cert_days) * 86_400),
+        )
+    }
 }
 
 impl Default for PkiConfig {
@@ -24,6 +39,8 @@ impl Default for PkiConfig {
             crl_check_s: 5,
             crl_refresh_s: 86_400,
             crl_next_update_days: 7,
+            device_cert_lifetime_s: None,
+            renew_min_interval_s: 3_600,
         }
     }
 }
@@ -136,7 +153,8 @@ impl Default for MetricsConfig {
 pub struct AuthConfig {
     /// Lifetime of an access token (JWT), in seconds.
     pub access_ttl_s: i64,
-    /// The running controller re-reads `jwt.key` this often (after `rotate jwt-key`).
+    /// The running controller re-reads `jwt.key`, the server certificate, the command keys
+    /// and the release keys this often (after `rotate …`).
     pub key_reload_s: u64,
     /// Lifetime of a session (its refresh token family), in seconds.
     pub refresh_ttl_s: i64,
@@ -408,7 +426,8 @@ pub struct TelemetryConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnrollmentConfig {
-    /// Validity of device certificates in days.
+    /// Validity of device certificates in days (`pki.device_cert_lifetime_s`, when set,
+    /// replaces it).
     pub device_cert_days: u32,
     /// Longest lifetime of an enrollment token, in seconds.
     pub max_token_ttl_s: u64,
@@ -419,6 +438,9 @@ pub struct EnrollmentConfig {
     /// Refused enrollments are counted per source and audited as one entry per source this
     /// often (and at shutdown), in seconds.
     pub refusal_audit_interval_s: u64,
+    /// A device waiting for approval (a token with `require_approval`) is told to ask again
+    /// after this many seconds.
+    pub pending_retry_s: u64,
 }
 
 impl Default for MqttConfig {
@@ -483,6 +505,7 @@ impl Default for EnrollmentConfig {
             rate_per_minute: 300,
             rate_burst: 100,
             refusal_audit_interval_s: 60,
+            pending_retry_s: 30,
         }
     }
 }

@@ -169,3 +169,41 @@ fn backup_section_is_checked() {
         assert!(err.contains(&format!("backup.{key}")), "{key}: {err}");
     }
 }
+
+#[test]
+fn device_certificate_lifetime_and_renewal_interval() {
+    let cfg = Config::parse("", Path::new("t")).unwrap();
+    assert_eq!(
+        cfg.pki.device_cert_lifetime(&cfg.enrollment),
+        std::time::Duration::from_secs(365 * 86_400)
+    );
+    let cfg = Config::parse(
+        "[enrollment]\ndevice_cert_days = 2\n[pki]\nrenew_min_interval_s = 60\n",
+        Path::new("t"),
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.pki.device_cert_lifetime(&cfg.enrollment),
+        std::time::Duration::from_secs(2 * 86_400)
+    );
+    let cfg = Config::parse(
+        "[pki]\ndevice_cert_lifetime_s = 20\nrenew_min_interval_s = 3\n",
+        Path::new("t"),
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.pki.device_cert_lifetime(&cfg.enrollment),
+        std::time::Duration::from_secs(20)
+    );
+    for bad in [
+        "[pki]\ndevice_cert_lifetime_s = 5\nrenew_min_interval_s = 1\n",
+        "[pki]\ndevice_cert_lifetime_s = 30\nrenew_min_interval_s = 10\n",
+        "[pki]\nrenew_min_interval_s = 0\n",
+    ] {
+        let err = Config::parse(bad, Path::new("t")).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Invalid { .. }),
+            "{bad}: expected Invalid, got {err}"
+        );
+    }
+}

@@ -8,6 +8,8 @@
 //! are counted per source by [`refusals`]. The HTTP endpoint is `api::enroll`.
 
 pub mod refusals;
+#[cfg(test)]
+mod tests;
 pub mod tokens;
 
 use pifleet_shared::enroll::v1::{EnrollRequest, EnrollResponse};
@@ -18,7 +20,8 @@ use sha2::{Digest, Sha256};
 use crate::metrics::Metrics;
 use crate::pki::tls::normalize_serial;
 use crate::pki::{self, Ca, CsrError};
-use crate::store::{EnrollError, EnrollRefusal, NewDevice, Store};
+use crate::store::enrollment_requests::RequestRow;
+use crate::store::{Applicant, EnrollError, EnrollRefusal, NewDevice, Store};
 
 /// Shared state of enrollment.
 #[derive(Debug)]
@@ -26,12 +29,23 @@ pub struct EnrollState {
     pub store: Store,
     pub ca: Ca,
     pub ca_fingerprint: String,
-    pub command_public_key: String,
-    /// The release keys devices are to trust (PEM, SPKI), sent with every enrollment.
-    pub release_public_keys: Vec<String>,
+    /// The keys a new device pins; replaced when a rotation is put in use.
+    pub pinned: arc_swap::ArcSwap<Pinned>,
     pub mqtt_port: u16,
-    pub cert_days: u32,
+    /// Lifetime of the device certificates it issues.
+    pub cert_lifetime: std::time::Duration,
     pub metrics: Metrics,
+}
+
+/// The keys sent with every enrollment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinned {
+    /// The command key (PEM, SPKI) that signs this device's commands.
+    pub command_public_key: String,
+    /// Its id, recorded as trusted by the device.
+    pub command_key_id: String,
+    /// The release keys devices are to trust (PEM, SPKI).
+    pub release_public_keys: Vec<String>,
 }
 
 /// SHA-256 of a token secret, hex: what the database stores.
@@ -84,6 +98,7 @@ impl Refusal {
             Self::Token(EnrollRefusal::RevokedToken) => "enrollment token revoked",
             Self::Token(EnrollRefusal::DeviceExists(_)) => "device already enrolled",
             Self::Token(EnrollRefusal::TokenExhausted(_)) => "provisioning token exhausted",
+            Self::Token(EnrollRefusal::RequestRejected) => "enrollment request rejected",
         }
     }
 }
@@ -99,15 +114,38 @@ pub struct Enrolled {
     pub token_id: String,
 }
 
+/// What became of an enrollment that was not refused.
+#[derive(Debug)]
+pub enum Outcome {
+    Enrolled(Box<Enrolled>),
+    /// The token requires approval and no admin has accepted the device yet: it waits as
+    /// this request and asks again later.
+    Pending {
+        request: RequestRow,
+        /// The request was made now (not found again).
+        new: bool,
+    },
+}
+
 /// Enrolls a device: checks the token and the CSR, signs the device certificate and
-/// records the device, consuming the token (or one use of it), in one transaction.
-pub async fn enroll(st: &EnrollState, req: &EnrollRequest) -> Result<Enrolled, Refusal> {
+/// records the device, consuming the token (or one use of it), in one transaction. With
+/// a token that requires approval, a device not accepted yet is recorded as a request
+/// instead, and nothing is signed. `source` is the client address.
+pub async fn enroll(
+    st: &EnrollState,
+    req: &EnrollRequest,
+    source: &str,
+) -> Result<Outcome, Refusal> {
     let token = EnrollToken::parse(&req.token)?;
     if token.ca_fingerprint_hex() != st.ca_fingerprint {
         return Err(Refusal::OtherController);
     }
     // Validate the CSR before touching the database, so a bad one costs nothing.
-    let proposed = pki::csr_proposed_id(&req.csr)?;
+    let (proposed, key_fingerprint) = pki::csr_id_and_key(&req.csr)?;
+    let applicant = Applicant {
+        key_fingerprint: &key_fingerprint,
+        source,
+    };
     let fallback = req
         .fallback_id
         .as_deref()
@@ -117,6 +155,7 @@ pub async fn enroll(st: &EnrollState, req: &EnrollRequest) -> Result<Enrolled, R
         .store
         .enroll(
             &secret_hash(token.secret()),
+            &applicant,
             |t| {
                 // A token made for one device names it; otherwise the device's proposal,
                 // then its fallback when the proposal is taken (Pis flashed from one image
@@ -129,7 +168,12 @@ pub async fn enroll(st: &EnrollState, req: &EnrollRequest) -> Result<Enrolled, R
                 })
             },
             |t, id| {
-                let issued = st.ca.sign_device_csr(&req.csr, &id, st.cert_days)?;
+                let issued = st.ca.sign_device_csr_or_fallback(
+                    &req.csr,
+                    &id,
+                    fallback.as_ref(),
+                    st.cert_lifetime,
+                )?;
                 let (alg, public_key) =
                     pki::device_public_key(&issued.cert_pem).map_err(internal)?;
                 Ok::<_, Refusal>((
@@ -147,18 +191,47 @@ pub async fn enroll(st: &EnrollState, req: &EnrollRequest) -> Result<Enrolled, R
         )
         .await
         .map_err(internal)?;
+    let pinned = st.pinned.load_full();
     let (device, (cert_pem, token_id)) = match outcome {
         Ok(v) => v,
         Err(EnrollError::Issue(r)) => return Err(r),
         Err(EnrollError::Refused(r)) => return Err(r.into()),
+        Err(EnrollError::Pending(request, new)) => return Ok(Outcome::Pending { request, new }),
     };
+    // Commands for this device are signed with the key it pins from now on, even during
+    // a rotation's overlap. Not recorded, the device gets the key chain announced instead.
+    if let Err(e) = st
+        .store
+        .ack_command_keys(
+            device.id.as_str(),
+            std::slice::from_ref(&pinned.command_key_id),
+            None,
+        )
+        .await
+    {
+        tracing::warn!(device = %device.id, error = %e, "cannot record the command key a new device pins");
+    }
+    // Likewise the release keys (not recorded, they are announced at the next start).
+    let release_ids: Vec<String> = pinned
+        .release_public_keys
+        .iter()
+        .filter_map(|pem| pifleet_shared::signing::TrustedKey::from_pem(pem).ok())
+        .map(|k| k.id.to_string())
+        .collect();
+    if let Err(e) = st
+        .store
+        .ack_release_keys(device.id.as_str(), &release_ids, "enrollment")
+        .await
+    {
+        tracing::warn!(device = %device.id, error = %e, "cannot record the release keys a new device pins");
+    }
     let response = EnrollResponse {
         device_id: device.id.to_string(),
         certificate: cert_pem,
         ca: st.ca.cert_pem.clone(),
-        command_public_key: st.command_public_key.clone(),
+        command_public_key: pinned.command_public_key.clone(),
         mqtt_port: st.mqtt_port,
-        release_public_keys: st.release_public_keys.clone(),
+        release_public_keys: pinned.release_public_keys.clone(),
     };
-    Ok(Enrolled { response, token_id })
+    Ok(Outcome::Enrolled(Box::new(Enrolled { response, token_id })))
 }

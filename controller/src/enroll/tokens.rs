@@ -12,7 +12,7 @@ use rand::RngCore;
 use crate::datadir::DataDir;
 use crate::model::labels::Labels;
 use crate::pki::{self, PkiError};
-use crate::store::{Store, StoreError, now_ms};
+use crate::store::{NewToken, Store, StoreError, now_ms};
 
 use super::secret_hash;
 
@@ -45,19 +45,38 @@ pub struct CreatedToken {
 /// Most devices one provisioning token may enroll.
 pub const MAX_PROVISIONING_USES: u32 = 100_000;
 
-/// Creates an enrollment token valid for `ttl` (at most `max_ttl_s`): single-use, for the
-/// device `name` if given; or, with `max_uses`, a provisioning token that enrolls up to that
-/// many devices (no name: each device proposes its own id). Every device it enrolls gets
-/// `labels`.
+/// What a new token is to be.
+#[derive(Debug, Clone, Default)]
+pub struct TokenSpec {
+    /// How long it may be used (at most `enrollment.max_token_ttl_s`).
+    pub ttl: Duration,
+    /// The one device it enrolls, by id (single-use tokens only).
+    pub name: Option<String>,
+    /// Labels every device it enrolls gets.
+    pub labels: Labels,
+    /// A provisioning token: enrolls up to this many devices.
+    pub max_uses: Option<u32>,
+    /// Devices it enrolls wait for an admin to accept them.
+    pub require_approval: bool,
+}
+
+/// Creates an enrollment token: single-use, for the device `name` if given; or, with
+/// `max_uses`, a provisioning token that enrolls up to that many devices (no name: each
+/// device proposes its own id).
 pub async fn create_token(
     dd: &DataDir,
     store: &Store,
     max_ttl_s: u64,
-    ttl: Duration,
-    name: Option<&str>,
-    labels: &Labels,
-    max_uses: Option<u32>,
+    spec: &TokenSpec,
 ) -> Result<CreatedToken, TokenError> {
+    let TokenSpec {
+        ttl,
+        name,
+        labels,
+        max_uses,
+        require_approval,
+    } = spec;
+    let (ttl, max_uses) = (*ttl, *max_uses);
     if let Some(n) = max_uses {
         if name.is_some() {
             return Err(TokenError::Invalid(
@@ -76,6 +95,7 @@ pub async fn create_token(
         )));
     }
     let name = name
+        .as_deref()
         .map(DeviceId::parse)
         .transpose()
         .map_err(|e| TokenError::Invalid(format!("--name: {e}")))?;
@@ -84,7 +104,7 @@ pub async fn create_token(
         path: path.display().to_string(),
         source,
     })?;
-    let fpr = pki::fingerprint_bytes(&ca_pem)?;
+    let fpr = pki::anchor_fingerprint_bytes(&ca_pem)?;
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
     let hash = secret_hash(&secret);
@@ -92,7 +112,15 @@ pub async fn create_token(
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
     let expires_at_ms = now_ms().saturating_add(ttl_ms);
     store
-        .insert_token(&id, &hash, name.as_ref(), labels, expires_at_ms, max_uses)
+        .insert_token(&NewToken {
+            id: &id,
+            secret_hash: &hash,
+            name: name.as_ref(),
+            labels,
+            expires_at: expires_at_ms,
+            max_uses,
+            require_approval: *require_approval,
+        })
         .await?;
     Ok(CreatedToken {
         id,

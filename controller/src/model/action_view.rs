@@ -1,7 +1,7 @@
 //! How command listings show an action: every action a device can be sent. Besides what an
 //! operator sends by hand ([`ActionSpec`], the body of `POST /api/v1/commands`), that is
 //! what the controller and rollouts create themselves — deploy, rollback and the release
-//! key announcement — which the generic send endpoint does not accept, so that a release
+//! and command key announcements — which the generic send endpoint does not accept, so that a release
 //! only reaches devices through the code that checks it (release row, digests, rollout).
 
 use pifleet_shared::command::Action;
@@ -38,6 +38,9 @@ pub enum ActionView {
     },
     /// The release keys (Ed25519 public keys) the device is told to trust.
     TrustReleaseKeys { keys: Vec<String> },
+    /// The command key history (Ed25519 public keys, oldest first) the device is told to
+    /// follow, of which it trusts the last `keep`.
+    TrustCommandKeys { keys: Vec<String>, keep: u8 },
     /// An action an operator can send by hand.
     #[serde(untagged)]
     Command(ActionSpec),
@@ -83,6 +86,10 @@ impl From<Action> for ActionView {
             },
             Action::TrustReleaseKeys { keys } => Self::TrustReleaseKeys {
                 keys: keys.iter().map(|k| to_hex(k)).collect(),
+            },
+            Action::TrustCommandKeys { keys, keep, .. } => Self::TrustCommandKeys {
+                keys: keys.iter().map(|k| to_hex(k)).collect(),
+                keep,
             },
         }
     }
@@ -192,6 +199,29 @@ impl PartialSchema for ActionView {
                 )
                 .required("keys"),
             )
+            .item(
+                variant(
+                    "trust_command_keys",
+                    "The command key history (Ed25519 public keys, hex, oldest first) the \
+                     device is to follow; it trusts the last `keep`.",
+                )
+                .property(
+                    "keys",
+                    ArrayBuilder::new()
+                        .items(hex(32))
+                        .min_items(Some(2))
+                        .max_items(Some(pifleet_shared::command::MAX_KEY_LINKS + 1)),
+                )
+                .required("keys")
+                .property(
+                    "keep",
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(1))
+                        .maximum(Some(255)),
+                )
+                .required("keep"),
+            )
             .into()
     }
 }
@@ -273,6 +303,6 @@ mod tests {
         let RefOr::T(Schema::OneOf(one_of)) = ActionView::schema() else {
             panic!("not a oneOf");
         };
-        assert_eq!(one_of.items.len(), 9);
+        assert_eq!(one_of.items.len(), 10);
     }
 }

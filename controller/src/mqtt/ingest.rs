@@ -36,6 +36,16 @@ pub struct Outgoing {
 enum Routed {
     Ingest(IngestOp),
     Receipt(DeviceId, SignedReceipt),
+    Renew(DeviceId, v1::RenewRequest),
+}
+
+/// Where routed messages other than ingest operations go.
+#[derive(Debug)]
+pub struct Handlers {
+    /// Signed command receipts, to the dispatcher.
+    pub receipts: mpsc::Sender<(DeviceId, SignedReceipt)>,
+    /// Certificate renewal requests, to [`crate::pki::renew::serve`].
+    pub renewals: mpsc::Sender<(DeviceId, v1::RenewRequest)>,
 }
 
 /// Reads every `fleet/+/up/#` message from the in-process broker link and queues it for
@@ -45,7 +55,7 @@ enum Routed {
 pub async fn route(
     mut rx: LinkRx,
     queue: mpsc::Sender<IngestOp>,
-    receipts: mpsc::Sender<(DeviceId, SignedReceipt)>,
+    handlers: Handlers,
     gateway: Arc<Gateway>,
     metrics: Metrics,
     shutdown: CancellationToken,
@@ -84,8 +94,16 @@ pub async fn route(
                 }
             }
             Ok(Some(Routed::Receipt(device, receipt))) => {
-                if receipts.send((device, receipt)).await.is_err() {
+                if handlers.receipts.send((device, receipt)).await.is_err() {
                     return Err(Fatal::msg("the receipt handler is gone"));
+                }
+            }
+            Ok(Some(Routed::Renew(device, req))) => {
+                // A full queue means a flood: dropping is fine, the device asks again.
+                if let Err(mpsc::error::TrySendError::Closed(_)) =
+                    handlers.renewals.try_send((device, req))
+                {
+                    return Err(Fatal::msg("the renewal handler is gone"));
                 }
             }
             Ok(None) => {}
@@ -169,7 +187,11 @@ fn to_op(p: &Publish) -> Result<Option<Routed>, Refusal> {
                 Some(Routed::Ingest(IngestOp::GuardRollback { device, rollback }))
             }
         },
-        Kind::Cmd | Kind::Ack => None,
+        Kind::Csr => {
+            let req: v1::RenewRequest = codec::decode(Kind::Csr, &p.payload).map_err(bad)?;
+            Some(Routed::Renew(device, req))
+        }
+        Kind::Cmd | Kind::Ack | Kind::Cert => None,
     })
 }
 

@@ -9,8 +9,7 @@ use rcgen::{
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
     PublicKeyData, RevokedCertParams, SanType, SerialNumber,
 };
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use time::{Duration, OffsetDateTime};
 
 use super::csr::{CsrKey, check_csr};
@@ -70,6 +69,24 @@ impl Ca {
         Ca::from_pem(&read(dd.ca_cert())?, &read(dd.ca_key())?)
     }
 
+    /// The CA a `rotate ca` replaced, while it is still trusted: `None` when there is none.
+    pub fn load_previous(dd: &crate::datadir::DataDir) -> Result<Option<Ca>, PkiError> {
+        let cert = dd.ca_previous_cert();
+        if !cert.exists() {
+            return Ok(None);
+        }
+        let read = |path: std::path::PathBuf| {
+            std::fs::read_to_string(&path).map_err(|source| PkiError::Read {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        Ok(Some(Ca::from_pem(
+            &read(cert)?,
+            &read(dd.ca_previous_key())?,
+        )?))
+    }
+
     /// New ECDSA P-256 CA, CN "pifleet CA <name>", 10-year validity, basicConstraints CA
     /// pathlen 0, keyUsage keyCertSign + cRLSign.
     pub fn generate(name: &str) -> Result<Ca, PkiError> {
@@ -89,14 +106,12 @@ impl Ca {
         })
     }
 
-    /// Loads a CA saved by [`Ca::generate`], checking that the certificate is a CA and that the
-    /// key belongs to it.
+    /// Loads a CA: `cert_pem` is the issuing CA's certificate followed by its chain up to a
+    /// self-signed root (just the one certificate for a CA [`Ca::generate`] made), checked
+    /// link by link; `key_pem` must be the issuing CA's key.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, PkiError> {
-        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())?;
+        let der = super::chain::check(cert_pem)?;
         let (_, cert) = x509_parser::parse_x509_certificate(&der)?;
-        if !cert.is_ca() {
-            return Err(PkiError::NotCa);
-        }
         let key = KeyPair::from_pem(key_pem)?;
         if key.subject_public_key_info() != cert.public_key().raw {
             return Err(PkiError::KeyMismatch);
@@ -114,10 +129,11 @@ impl Ca {
         &self.key_pem
     }
 
-    /// Lowercase hex SHA-256 of the CA certificate DER: what enrollment tokens carry so agents
-    /// pin the controller.
+    /// Lowercase hex SHA-256 of the root's DER (the last certificate of the chain; the CA
+    /// itself when it is its own root): what enrollment tokens carry so agents pin the
+    /// controller.
     pub fn fingerprint(&self) -> Result<String, PkiError> {
-        fingerprint_pem(&self.cert_pem)
+        super::chain::anchor_fingerprint(&self.cert_pem)
     }
 
     /// Server certificate for the MQTT and HTTPS listeners: SANs = `hostnames` (DNS names or IP
@@ -157,14 +173,38 @@ impl Ca {
         device_id: &DeviceId,
         validity_days: u32,
     ) -> Result<IssuedCert, CsrError> {
+        let lifetime = std::time::Duration::from_secs(u64::from(validity_days) * 86_400);
+        self.sign_device_csr_for(csr_pem, device_id, lifetime)
+    }
+
+    /// [`Ca::sign_device_csr`] with a lifetime in seconds (tests renew every few seconds).
+    pub fn sign_device_csr_for(
+        &self,
+        csr_pem: &str,
+        device_id: &DeviceId,
+        lifetime: std::time::Duration,
+    ) -> Result<IssuedCert, CsrError> {
+        self.sign_device_csr_or_fallback(csr_pem, device_id, None, lifetime)
+    }
+
+    /// Like [`Ca::sign_device_csr`] where the controller may give the device the fallback id
+    /// it proposed with its CSR (`fallback`, the hostname plus a suffix from the board
+    /// serial) instead of the CSR's CN, when another device holds that one already.
+    pub fn sign_device_csr_or_fallback(
+        &self,
+        csr_pem: &str,
+        device_id: &DeviceId,
+        fallback: Option<&DeviceId>,
+        lifetime: std::time::Duration,
+    ) -> Result<IssuedCert, CsrError> {
         let csr = check_csr(csr_pem)?;
-        if csr.id != *device_id {
+        if csr.id != *device_id && fallback != Some(device_id) {
             return Err(CsrError::IdMismatch {
                 cn: csr.id.to_string(),
                 expected: device_id.to_string(),
             });
         }
-        self.issue_device(&csr.key, device_id, validity_days)
+        self.issue_device(&csr.key, device_id, lifetime)
             .map_err(CsrError::Internal)
     }
 
@@ -208,15 +248,28 @@ impl Ca {
         &self,
         key: &CsrKey,
         id: &DeviceId,
-        validity_days: u32,
+        lifetime: std::time::Duration,
     ) -> Result<IssuedCert, PkiError> {
         let now = now_seconds()?;
-        let not_after = add_days(now, validity_days)?;
+        let out_of_range = PkiError::ValidityOutOfRange {
+            days: u32::try_from(lifetime.as_secs() / 86_400).unwrap_or(u32::MAX),
+        };
+        let not_after = i64::try_from(lifetime.as_secs())
+            .ok()
+            .and_then(|s| now.checked_add(Duration::seconds(s)))
+            .ok_or(out_of_range)?;
         let (serial, serial_hex) = random_serial();
         let mut params = CertificateParams::default();
         params.distinguished_name = common_name_dn(id.as_str());
         params.subject_alt_names = vec![SanType::DnsName(id.as_str().try_into()?)];
-        params.not_before = sub_skew(now)?;
+        // Short lifetimes (tests) are back-dated by a tenth of themselves at most, so
+        // that the renewal point the device computes stays close to the intended one.
+        let skew = CLOCK_SKEW.min(Duration::seconds(
+            i64::try_from(lifetime.as_secs() / 10).unwrap_or(i64::MAX),
+        ));
+        params.not_before = now
+            .checked_sub(skew)
+            .ok_or(PkiError::ValidityOutOfRange { days: 0 })?;
         params.not_after = not_after;
         params.serial_number = Some(serial);
         params.is_ca = IsCa::ExplicitNoCa;

@@ -77,7 +77,13 @@ pub async fn publish(
             revoked_at_unix: c.revoked_at.unwrap_or_else(now_ms) / 1000,
         })
         .collect();
-    let pem = ca.crl(&revoked, number, next_update_days)?;
+    let mut pem = ca.crl(&revoked, number, next_update_days)?;
+    // During a CA rotation, the certificates the previous CA issued are checked against
+    // its own CRL: sign one with it too (the same list; serials are random, so the other
+    // CA's serials in it match nothing).
+    if let Some(previous) = Ca::load_previous(dd)? {
+        pem.push_str(&previous.crl(&revoked, number, next_update_days)?);
+    }
     write_private(&dd.crl(), pem.as_bytes())?;
     drop(lock);
     Ok(Published {

@@ -7,6 +7,7 @@ use pifleet_shared::{DeviceId, InvalidDeviceId};
 use rcgen::{PublicKeyData, SignatureAlgorithm};
 use rustls_pki_types::CertificateSigningRequestDer;
 use rustls_pki_types::pem::PemObject;
+use sha2::Digest as _;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::error::X509Error;
 use x509_parser::oid_registry::{
@@ -72,6 +73,14 @@ impl CsrError {
 /// self-signature, key type, CN).
 pub fn csr_proposed_id(csr_pem: &str) -> Result<DeviceId, CsrError> {
     Ok(check_csr(csr_pem)?.id)
+}
+
+/// Like [`csr_proposed_id`], with the SHA-256 (hex) of the CSR's public key, which tells
+/// one device's requests from another's.
+pub fn csr_id_and_key(csr_pem: &str) -> Result<(DeviceId, String), CsrError> {
+    let csr = check_csr(csr_pem)?;
+    let fingerprint = hex::encode(sha2::Sha256::digest(&csr.key.raw));
+    Ok((csr.id, fingerprint))
 }
 
 /// A CSR that passed every check: the proposed id and the public key to certify.

@@ -1,27 +1,37 @@
 //! The controller's certificate authority: the CA and what it signs ([`ca`]), checks of the
 //! CSRs devices send ([`csr`]), the identity read back from a verified client certificate
 //! ([`identity`]), the listeners' TLS configuration ([`tls`]), revocation ([`revoke_device`])
-//! and the CRL derived from the database ([`crl`]). Enrollment, which uses all of this, is
+//! the CRL derived from the database ([`crl`]) and renewal over MQTT ([`renew`]). Enrollment, which uses all of this, is
 //! `crate::enroll`.
 
 use pifleet_shared::InvalidDeviceId;
 use x509_parser::error::X509Error;
 
 mod ca;
+mod chain;
+#[cfg(test)]
+mod chain_tests;
 pub mod crl;
 mod csr;
 mod identity;
+pub mod renew;
+#[cfg(test)]
+mod renew_tests;
 mod revoke;
+pub mod rotate_ca;
+pub mod server_cert;
 #[cfg(test)]
 mod tests;
 pub mod tls;
 
 pub use ca::{Ca, IssuedCert, Revoked};
-pub use csr::{CsrError, MAX_CSR_BYTES, csr_proposed_id};
+pub use chain::{ChainError, anchor_fingerprint, anchor_fingerprint_bytes};
+pub use csr::{CsrError, MAX_CSR_BYTES, csr_id_and_key, csr_proposed_id};
 pub use identity::{
     device_identity, device_public_key, fingerprint_bytes, fingerprint_pem, presented_certificate,
 };
 pub use revoke::{LoggedRevocation, RevokeError, read_log, revoke_device};
+pub use server_cert::ServerCert;
 
 /// Longest attacker-supplied text (a common name, a serial) we echo back in an error message.
 const MAX_ECHOED_CN: usize = 64;
@@ -43,8 +53,8 @@ pub enum PkiError {
     X509(#[from] x509_parser::nom::Err<X509Error>),
     #[error("could not read the certificate's extensions")]
     Extensions(#[source] X509Error),
-    #[error("the CA certificate is not a CA (basicConstraints cA is not set)")]
-    NotCa,
+    #[error(transparent)]
+    Chain(#[from] ChainError),
     #[error("the CA private key does not match the CA certificate")]
     KeyMismatch,
     #[error("{name:?} is not a valid DNS name or IP address for the server certificate")]

@@ -7,9 +7,10 @@ use std::sync::Arc;
 pub use pifleet_io::{PemError, load_certs, load_crls, load_key, provider};
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use rustls_pki_types::CertificateRevocationListDer;
 use x509_parser::prelude::FromDer;
 
+use super::server_cert::ServerCert;
 use crate::datadir::DataDir;
 
 /// TLS set-up errors.
@@ -55,13 +56,6 @@ pub fn normalize_serial(s: &str) -> String {
     }
 }
 
-fn server_chain(dd: &DataDir) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let mut chain = load_certs(&dd.server_cert())?;
-    // Send the CA too: agents pin it by fingerprint at enrollment.
-    chain.extend(load_certs(&dd.ca_cert())?);
-    Ok(chain)
-}
-
 /// Verifies client certificates against the CA and the CRLs. Unknown revocation status
 /// is refused, so a broken CRL fails closed.
 fn client_verifier(
@@ -72,6 +66,13 @@ fn client_verifier(
     let mut roots = rustls::RootCertStore::empty();
     for ca in load_certs(&dd.ca_cert())? {
         roots.add(ca)?;
+    }
+    // During a CA rotation, devices still hold certificates of the previous CA.
+    let previous = dd.ca_previous_cert();
+    if previous.exists() {
+        for ca in load_certs(&previous)? {
+            roots.add(ca)?;
+        }
     }
     let builder =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).with_crls(crls);
@@ -87,29 +88,32 @@ fn client_verifier(
 /// API clients send none; devices present theirs for the device routes, and one that does
 /// not chain to the CA or is on the CRL fails the handshake. Handlers see the identity of a
 /// verified certificate only (`api::https::ClientCert`); revocations after start-up are
-/// checked against the database on every device request.
+/// checked against the database on every device request. The server certificate is
+/// `cert`'s, whichever is current at each handshake.
 pub fn https_config(
     dd: &DataDir,
     crls: Vec<CertificateRevocationListDer<'static>>,
+    cert: Arc<ServerCert>,
 ) -> Result<ServerConfig, TlsError> {
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(client_verifier(dd, crls, true)?)
-        .with_single_cert(server_chain(dd)?, load_key(&dd.server_key())?)?;
+        .with_cert_resolver(cert);
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
 }
 
 /// The MQTT gateway: a client certificate chained to our CA and absent from the CRL is
-/// required.
+/// required. The server certificate is `cert`'s, as for HTTPS.
 pub fn mqtt_config(
     dd: &DataDir,
     crls: Vec<CertificateRevocationListDer<'static>>,
+    cert: Arc<ServerCert>,
 ) -> Result<ServerConfig, TlsError> {
     let cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(client_verifier(dd, crls, false)?)
-        .with_single_cert(server_chain(dd)?, load_key(&dd.server_key())?)?;
+        .with_cert_resolver(cert);
     Ok(cfg)
 }
 

@@ -123,18 +123,17 @@ async fn pass(store: &Store, dispatcher: &Dispatcher) -> Result<Option<i64>, Rol
     let mut next: Option<i64> = None;
     let mut created = false;
     for id in store.active_rollouts().await? {
-        let before = store.rollout_version(id).await?;
         match step(store, id, now_ms()).await {
-            Ok(at) => {
-                next = match (next, at) {
+            Ok(stepped) => {
+                next = match (next, stepped.next) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
+                created |= stepped.sent;
             }
             Err(RolloutError::Store(e)) => return Err(RolloutError::Store(e)),
             Err(e) => tracing::error!(rollout = id, error = %e, "rollout cannot be decided"),
         }
-        created |= store.rollout_version(id).await? != before;
     }
     if created {
         // New deploy or revert commands go out now, not at the dispatcher's next poll.

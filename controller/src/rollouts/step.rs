@@ -17,11 +17,21 @@ use crate::commands::deploy::{deploy_action, new_command, rollback_action};
 use crate::store::rollouts::{DeviceChange, RolloutSave, Saved};
 use crate::store::{NewCommand, ReleaseRow, Store};
 
+/// What one decision did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stepped {
+    /// When to look again without a report.
+    pub next: Option<i64>,
+    /// The decision was written (the rollout changed).
+    pub written: bool,
+    /// It created deploy or revert commands, to send now.
+    pub sent: bool,
+}
+
 /// One decision of the runner for rollout `id` at `now`: folds the devices' reports
 /// (their commands' receipts and progress) into their states, lets the engine decide, and
-/// writes the outcome with the deploy and revert commands it needs. Returns when to look
-/// again without a report.
-pub async fn step(store: &Store, id: i64, now: i64) -> Result<Option<i64>, RolloutError> {
+/// writes the outcome with the deploy and revert commands it needs.
+pub async fn step(store: &Store, id: i64, now: i64) -> Result<Stepped, RolloutError> {
     for _ in 0..ATTEMPTS {
         let l = load(store, id).await?;
         let commands: HashMap<String, CommandState> = store
@@ -87,7 +97,11 @@ pub async fn step(store: &Store, id: i64, now: i64) -> Result<Option<i64>, Rollo
                     .set_rollout_next_check(id, decision.next_check_at_ms)
                     .await?;
             }
-            return Ok(decision.next_check_at_ms);
+            return Ok(Stepped {
+                next: decision.next_check_at_ms,
+                written: false,
+                sent: false,
+            });
         }
         let fields = fields_of(&view, decision.next_check_at_ms);
         let saved = store
@@ -106,7 +120,11 @@ pub async fn step(store: &Store, id: i64, now: i64) -> Result<Option<i64>, Rollo
         if saved == Saved::Written {
             // Something changed: the next decision may follow at once (a batch that just
             // passed sends the next one).
-            return Ok(Some(now));
+            return Ok(Stepped {
+                next: Some(now),
+                written: true,
+                sent: !commands.is_empty(),
+            });
         }
     }
     Err(RolloutError::Busy(id))

@@ -1,11 +1,52 @@
 //! SQL for the `certificates` table: the certificates issued to devices, what the CRL lists,
 //! and the public keys that device receipts are verified with. Enrollment inserts a
-//! certificate and revocation revokes them, in the `devices` transactions of `devices.rs`.
+//! certificate and revocation revokes them, in the `devices` transactions of `devices.rs`;
+//! renewal adds one here.
 
 use std::collections::HashSet;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, now_ms};
+use crate::audit::Event;
 use crate::model::devices::Certificate;
+
+/// A renewed certificate to record.
+#[derive(Debug, Clone)]
+pub struct RenewedCert {
+    /// Normalized lowercase hex.
+    pub serial: String,
+    /// notAfter, Unix seconds.
+    pub not_after: i64,
+    pub public_key_alg: &'static str,
+    pub public_key: Vec<u8>,
+}
+
+/// Why the database state refuses a renewal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenewRefusal {
+    #[error("unknown device")]
+    UnknownDevice,
+    #[error("the device is revoked")]
+    Revoked,
+    #[error("a certificate was issued less than the renewal interval ago")]
+    TooSoon {
+        /// When the next renewal is allowed, in seconds from now.
+        retry_after_s: u64,
+    },
+    #[error("the CSR's key was certified for this device before; make a new key")]
+    KeyReused,
+}
+
+/// Errors of the renewal transaction: a refusal by state, or by the signing callback.
+#[derive(Debug, thiserror::Error)]
+pub enum RenewError<E> {
+    #[error(transparent)]
+    Refused(RenewRefusal),
+    #[error(transparent)]
+    Issue(E),
+}
+
+/// `(alg, public key, notAfter in Unix ms)` of a device certificate.
+pub type DeviceKey = (String, Vec<u8>, i64);
 
 /// A certificate issued to a device.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -66,14 +107,103 @@ impl Store {
         Ok(found.is_some())
     }
 
-    /// The public key of the device's newest unrevoked certificate.
-    pub async fn device_key(&self, device: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT public_key_alg, public_key FROM certificates WHERE device_id = ? \
-             AND revoked_at IS NULL AND public_key IS NOT NULL ORDER BY issued_at DESC LIMIT 1",
+    /// The public keys of every unrevoked, unexpired certificate of the device, newest
+    /// first, with their notAfter (Unix ms): a receipt signed with any of them verifies,
+    /// since a device that just renewed may still sign with its previous key.
+    pub async fn device_keys(&self, device: &str) -> Result<Vec<DeviceKey>, StoreError> {
+        Ok(sqlx::query_as(concat!(
+            "SELECT public_key_alg, public_key, not_after FROM certificates WHERE device_id = ? ",
+            "AND revoked_at IS NULL AND public_key IS NOT NULL AND not_after > ? ",
+            "ORDER BY issued_at DESC"
+        ))
+        .bind(device)
+        .bind(now_ms())
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    /// Renews a device certificate, all or nothing: the device must exist and not be
+    /// revoked, and its newest certificate must be at least `min_interval_ms` old (the rate
+    /// limit lives in the table itself, so it survives restarts); then `issue` signs, the
+    /// new key must be one the device never had, and the certificate and the audit entry
+    /// `issue` returns are written in one transaction.
+    pub async fn renew_certificate<T, E, F>(
+        &self,
+        device: &str,
+        min_interval_ms: i64,
+        issue: F,
+    ) -> Result<Result<T, RenewError<E>>, StoreError>
+    where
+        F: FnOnce() -> Result<(RenewedCert, Event, T), E>,
+    {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        let revoked: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT revoked_at FROM devices WHERE id = ?")
+                .bind(device)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match revoked {
+            None => return Ok(Err(RenewError::Refused(RenewRefusal::UnknownDevice))),
+            Some(Some(_)) => return Ok(Err(RenewError::Refused(RenewRefusal::Revoked))),
+            Some(None) => {}
+        }
+        let newest: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(issued_at) FROM certificates WHERE device_id = ?")
+                .bind(device)
+                .fetch_one(&mut *tx)
+                .await?;
+        if let Some(newest) = newest
+            && now - newest < min_interval_ms
+        {
+            let wait_ms = min_interval_ms - (now - newest);
+            let retry_after_s = u64::try_from(wait_ms).unwrap_or(1000).div_ceil(1000).max(1);
+            return Ok(Err(RenewError::Refused(RenewRefusal::TooSoon {
+                retry_after_s,
+            })));
+        }
+        let (cert, audit, extra) = match issue() {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(RenewError::Issue(e))),
+        };
+        let reused: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM certificates WHERE device_id = ? AND public_key = ? LIMIT 1",
         )
         .bind(device)
-        .fetch_optional(&self.reader)
+        .bind(&cert.public_key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if reused.is_some() {
+            return Ok(Err(RenewError::Refused(RenewRefusal::KeyReused)));
+        }
+        sqlx::query(concat!(
+            "INSERT INTO certificates (serial, device_id, issued_at, not_after, public_key_alg, ",
+            "public_key) VALUES (?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&cert.serial)
+        .bind(device)
+        .bind(now)
+        .bind(cert.not_after * 1000)
+        .bind(cert.public_key_alg)
+        .bind(&cert.public_key)
+        .execute(&mut *tx)
+        .await?;
+        super::audit::append(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(Ok(extra))
+    }
+
+    /// Unrevoked devices whose newest unrevoked certificate has less than a sixth of its
+    /// lifetime left (or has expired): renewal, due at a third, keeps failing for them.
+    pub async fn renewal_overdue_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(concat!(
+            "SELECT COUNT(DISTINCT d.id) FROM devices d JOIN certificates c ON c.device_id = d.id ",
+            "WHERE d.revoked_at IS NULL AND c.revoked_at IS NULL AND c.issued_at = ",
+            "(SELECT MAX(c2.issued_at) FROM certificates c2 WHERE c2.device_id = d.id ",
+            "AND c2.revoked_at IS NULL) AND (c.not_after - ?) * 6 < c.not_after - c.issued_at"
+        ))
+        .bind(now_ms())
+        .fetch_one(&self.reader)
         .await?)
     }
 

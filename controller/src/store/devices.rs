@@ -2,6 +2,7 @@
 //! certificate), device rows, revocation, labels and counts. The fleet views (each device
 //! with its latest sample) are in `summaries`, the alert rules in `alerts`.
 
+use super::enrollment_requests::{self as requests, RequestRow};
 use super::tokens::{TOKEN_BY_SECRET, TokenRow};
 use super::{Labels, Store, StoreError, dialect, now_ms};
 use crate::model::devices::FleetSummary;
@@ -52,6 +53,15 @@ pub struct NewDevice {
 }
 
 /// Why an enrollment was refused by the database state.
+/// Who asks to enroll: the key it made and where it asks from.
+#[derive(Debug, Clone, Copy)]
+pub struct Applicant<'a> {
+    /// SHA-256 (hex) of the CSR's public key.
+    pub key_fingerprint: &'a str,
+    /// The client address.
+    pub source: &'a str,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollRefusal {
     #[error("unknown enrollment token")]
@@ -66,6 +76,8 @@ pub enum EnrollRefusal {
     DeviceExists(String),
     #[error("provisioning token has enrolled its {0} devices")]
     TokenExhausted(i64),
+    #[error("an administrator rejected this device's enrollment request")]
+    RequestRejected,
 }
 
 /// Errors of the enrollment transaction: a refusal by state, or by the issuer callback.
@@ -75,6 +87,9 @@ pub enum EnrollError<E> {
     Refused(EnrollRefusal),
     #[error(transparent)]
     Issue(E),
+    /// The token requires approval: the device waits as this request (`true`: made now).
+    #[error("waiting for an administrator to accept device {}", .0.device_id)]
+    Pending(RequestRow, bool),
 }
 
 /// What revoking a device did.
@@ -122,6 +137,7 @@ impl Store {
     pub async fn enroll<T, E, C, F>(
         &self,
         secret_hash: &str,
+        applicant: &Applicant<'_>,
         candidates: C,
         issue: F,
     ) -> Result<Result<(NewDevice, T), EnrollError<E>>, StoreError>
@@ -163,9 +179,30 @@ impl Store {
         if let Some(r) = refusal {
             return Ok(Err(EnrollError::Refused(r)));
         }
-        let candidates = match candidates(&token) {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(EnrollError::Issue(e))),
+        // A token that requires approval: the device's request decides, and a device
+        // without one gets one.
+        let mut accepted = None;
+        if token.require_approval {
+            match requests::find(&mut tx, &token.id, applicant.key_fingerprint).await? {
+                Some(r) if r.status == requests::PENDING => {
+                    requests::touch(&mut tx, &r.id, applicant.source).await?;
+                    tx.commit().await?;
+                    return Ok(Err(EnrollError::Pending(r, false)));
+                }
+                Some(r) if r.status == requests::REJECTED => {
+                    return Ok(Err(EnrollError::Refused(EnrollRefusal::RequestRejected)));
+                }
+                Some(r) => accepted = Some(r),
+                None => {}
+            }
+        }
+        let candidates = match &accepted {
+            // The id it was accepted under (valid: it was chosen from these same checks).
+            Some(r) => DeviceId::parse(&r.device_id).into_iter().collect(),
+            None => match candidates(&token) {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(EnrollError::Issue(e))),
+            },
         };
         let mut chosen = None;
         for id in &candidates {
@@ -173,7 +210,10 @@ impl Store {
                 .bind(id.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
-            if exists.is_none() {
+            // An id a waiting device holds is taken too.
+            if exists.is_none()
+                && !requests::holds_id(&mut tx, id.as_str(), applicant.key_fingerprint).await?
+            {
                 chosen = Some(id.clone());
                 break;
             }
@@ -187,6 +227,26 @@ impl Store {
                 first,
             ))));
         };
+        if token.require_approval && accepted.is_none() {
+            // Each open request holds one of the token's uses, so a leaked token cannot
+            // queue more devices than it may enroll.
+            let limit = token.max_uses.unwrap_or(1);
+            if token.uses + requests::open_count(&mut tx, &token.id).await? >= limit {
+                return Ok(Err(EnrollError::Refused(EnrollRefusal::TokenExhausted(
+                    limit,
+                ))));
+            }
+            let request = requests::insert(
+                &mut tx,
+                &token.id,
+                chosen.as_str(),
+                applicant.key_fingerprint,
+                applicant.source,
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(Err(EnrollError::Pending(request, true)));
+        }
         let (device, extra) = match issue(&token, chosen) {
             Ok(d) => d,
             Err(e) => return Ok(Err(EnrollError::Issue(e))),
@@ -240,6 +300,9 @@ impl Store {
         };
         if used.rows_affected() != 1 {
             return Ok(Err(EnrollError::Refused(EnrollRefusal::UsedToken)));
+        }
+        if let Some(r) = &accepted {
+            requests::remove(&mut tx, &r.id).await?;
         }
         tx.commit().await?;
         Ok(Ok((device, extra)))

@@ -18,10 +18,13 @@ pub mod api_tokens;
 pub mod approvals;
 pub mod attempts;
 mod audit;
+mod ca_rotation;
 mod certificates;
+mod command_keys;
 mod commands;
 mod devices;
 mod dialect;
+pub mod enrollment_requests;
 mod ingest;
 mod release_keys;
 mod releases;
@@ -38,15 +41,16 @@ pub mod users;
 
 pub use crate::model::labels::Labels;
 pub use audit::AuditCheck;
-pub use certificates::CertRow;
+pub use certificates::{CertRow, DeviceKey, RenewError, RenewRefusal, RenewedCert};
+pub use command_keys::CommandKeyRow;
 pub use commands::{Cancel, CommandRow, NewCommand, ReceiptUpdate};
 pub use devices::{
-    DeviceCounts, DeviceRow, EnrollError, EnrollRefusal, NewDevice, RevokeOutcome, THROTTLED_NOW,
-    THROTTLED_UNDER_VOLTAGE,
+    Applicant, DeviceCounts, DeviceRow, EnrollError, EnrollRefusal, NewDevice, RevokeOutcome,
+    THROTTLED_NOW, THROTTLED_UNDER_VOLTAGE,
 };
 pub use ingest::IngestOp;
 pub use releases::{NewReleaseRow, ReleaseRow, ReleaseSource, ReleaseTx};
-pub use tokens::TokenRow;
+pub use tokens::{NewToken, TokenRow};
 
 /// Database errors.
 #[derive(Debug, thiserror::Error)]

@@ -56,6 +56,18 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets every confirmation, so every device is told the current set again (after a
+    /// rotation finished: devices then drop the keys no longer in it). Returns how many.
+    pub async fn forget_release_key_acks(&self) -> Result<u64, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let n = sqlx::query("DELETE FROM release_key_acks")
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
     /// The release key ids `device` confirmed, sorted.
     pub async fn acked_release_keys(&self, device: &str) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(

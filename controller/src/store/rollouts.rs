@@ -3,6 +3,11 @@
 //! it was decided from), so the runner, the API and the command line never overwrite each
 //! other: a change that lost is reported as [`Saved::Stale`] and decided again.
 
+mod devices;
+mod reports;
+
+pub(super) use reports::{record_guard_rollback, record_progress};
+
 use super::commands::{NewCommand, cancel_if_queued, insert_command_rows};
 use super::{Store, StoreError, now_ms};
 
@@ -494,120 +499,6 @@ impl Store {
         .fetch_all(&self.writer)
         .await?)
     }
-
-    /// Every unrevoked device's architecture and reported apps.
-    pub async fn device_facts(&self) -> Result<Vec<DeviceFacts>, StoreError> {
-        Ok(
-            sqlx::query_as("SELECT id, arch, apps FROM devices WHERE revoked_at IS NULL")
-                .fetch_all(&self.reader)
-                .await?,
-        )
-    }
-
-    /// The apps a device reported (JSON) and when; `None` for an unknown device.
-    pub async fn device_apps(
-        &self,
-        device: &str,
-    ) -> Result<Option<(Option<String>, Option<i64>)>, StoreError> {
-        Ok(
-            sqlx::query_as("SELECT apps, apps_at FROM devices WHERE id = ?")
-                .bind(device)
-                .fetch_optional(&self.reader)
-                .await?,
-        )
-    }
-
-    /// The rollouts a device is in, newest first, with the rollout's app, release and status.
-    pub async fn device_rollout_list(
-        &self,
-        device: &str,
-        limit: i64,
-    ) -> Result<Vec<DeviceRolloutRow>, StoreError> {
-        Ok(sqlx::query_as(concat!(
-            "SELECT d.rollout_id, r.app, r.release, r.status, d.state, d.reason, d.journal, ",
-            "d.finished_at FROM rollout_devices d JOIN rollouts r ON r.id = d.rollout_id ",
-            "WHERE d.device_id = ? ORDER BY d.rollout_id DESC LIMIT ?"
-        ))
-        .bind(device)
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?)
-    }
-}
-
-/// Records a deploy's progress on the rollout device its command belongs to (the runner
-/// turns it into the device's state).
-pub(super) async fn record_progress(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-    device: &str,
-    p: &pifleet_shared::proto::v1::DeployProgress,
-) -> Result<(), StoreError> {
-    sqlx::query(concat!(
-        "UPDATE rollout_devices SET phase = ?, bytes = ?, total = ? ",
-        "WHERE device_id = ? AND command_id = ? AND state IN ",
-        "('queued', 'downloading', 'installing', 'unreachable', 'untouched', 'timed_out')"
-    ))
-    .bind(p.phase.as_str())
-    .bind(super::sql_int(p.bytes))
-    .bind(super::sql_int(p.total))
-    .bind(device)
-    .bind(p.command.to_string())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// A release the device had committed was rolled back by its guard window: every rollout
-/// of that release that saw the device healthy (or still on its way) now counts it as
-/// rolled back, or failed unrecoverable when nothing could be restored. This is the
-/// engine's `healthy + rolled_back` move, done here because it needs no decision.
-pub(super) async fn record_guard_rollback(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-    device: &str,
-    g: &pifleet_shared::proto::v1::GuardRollback,
-    now: i64,
-) -> Result<(), StoreError> {
-    let state = if g.restored.is_some() {
-        "rolled_back"
-    } else {
-        "failed_unrecoverable"
-    };
-    let reason = format!(
-        "{state} in the guard window after the commit: {}",
-        g.reason.chars().take(2000).collect::<String>()
-    );
-    let journal: String = g.journal.chars().take(8000).collect();
-    let ids: Vec<i64> = sqlx::query_scalar(concat!(
-        "SELECT d.rollout_id FROM rollout_devices d JOIN rollouts r ON r.id = d.rollout_id ",
-        "WHERE d.device_id = ? AND r.app = ? AND r.release = ? AND d.state IN ",
-        "('healthy', 'queued', 'downloading', 'installing')"
-    ))
-    .bind(device)
-    .bind(&g.app)
-    .bind(super::sql_int(g.release))
-    .fetch_all(&mut **tx)
-    .await?;
-    for id in ids {
-        sqlx::query(
-            "UPDATE rollout_devices SET state = ?, finished_at = ?, reason = ?, journal = ? \
-             WHERE rollout_id = ? AND device_id = ?",
-        )
-        .bind(state)
-        .bind(now)
-        .bind(&reason)
-        .bind(&journal)
-        .bind(id)
-        .bind(device)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query("UPDATE rollouts SET version = version + 1, updated_at = ? WHERE id = ?")
-            .bind(now)
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
-        insert_event(tx, id, now, "device", &format!("{device}: {reason}")).await?;
-    }
-    Ok(())
 }
 
 async fn insert_devices(

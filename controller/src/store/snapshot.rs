@@ -120,14 +120,15 @@ mod tests {
             .await
             .unwrap();
         store
-            .insert_token(
-                "t1",
-                "hash",
-                None,
-                &Default::default(),
-                now_ms() + 60_000,
-                None,
-            )
+            .insert_token(&crate::store::NewToken {
+                id: "t1",
+                secret_hash: "hash",
+                name: None,
+                labels: &Default::default(),
+                expires_at: now_ms() + 60_000,
+                max_uses: None,
+                require_approval: false,
+            })
             .await
             .unwrap();
         let copy = dir.path().join("copy.db");
@@ -138,14 +139,15 @@ mod tests {
         assert_eq!(info.schema_version, latest_schema_version());
         assert_eq!((info.devices, info.samples), (0, 0));
         store
-            .insert_token(
-                "p1",
-                "hash2",
-                None,
-                &Default::default(),
-                now_ms() + 60_000,
-                Some(10),
-            )
+            .insert_token(&crate::store::NewToken {
+                id: "p1",
+                secret_hash: "hash2",
+                name: None,
+                labels: &Default::default(),
+                expires_at: now_ms() + 60_000,
+                max_uses: Some(10),
+                require_approval: false,
+            })
             .await
             .unwrap();
         let copy2 = dir.path().join("copy2.db");

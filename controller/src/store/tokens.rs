@@ -20,6 +20,8 @@ pub struct TokenRow {
     pub max_uses: Option<i64>,
     /// Devices enrolled with it so far.
     pub uses: i64,
+    /// Devices it enrolls wait for an admin's approval.
+    pub require_approval: bool,
 }
 
 /// `SELECT <token columns> FROM enrollment_tokens <tail>`: one column list for every token
@@ -28,7 +30,7 @@ macro_rules! token_select {
     ($tail:literal) => {
         concat!(
             "SELECT id, name, labels, created_at, expires_at, used_at, used_by, revoked_at, ",
-            "max_uses, uses ",
+            "max_uses, uses, require_approval ",
             "FROM enrollment_tokens ",
             $tail
         )
@@ -38,28 +40,38 @@ macro_rules! token_select {
 pub(super) const TOKEN_BY_SECRET: &str = token_select!("WHERE secret_hash = ?");
 const TOKENS_NEWEST_FIRST: &str = token_select!("ORDER BY created_at DESC");
 
+/// A token to store.
+#[derive(Debug, Clone, Copy)]
+pub struct NewToken<'a> {
+    /// Short public id.
+    pub id: &'a str,
+    /// SHA-256 of the secret, hex.
+    pub secret_hash: &'a str,
+    /// The one device it enrolls.
+    pub name: Option<&'a DeviceId>,
+    pub labels: &'a Labels,
+    /// Unix ms.
+    pub expires_at: i64,
+    /// A provisioning token's count.
+    pub max_uses: Option<u32>,
+    pub require_approval: bool,
+}
+
 impl Store {
     /// Stores a new token by the hash of its secret.
-    pub async fn insert_token(
-        &self,
-        id: &str,
-        secret_hash: &str,
-        name: Option<&DeviceId>,
-        labels: &Labels,
-        expires_at: i64,
-        max_uses: Option<u32>,
-    ) -> Result<(), StoreError> {
+    pub async fn insert_token(&self, t: &NewToken<'_>) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO enrollment_tokens (id, secret_hash, name, labels, created_at, expires_at, \
-             max_uses) VALUES (?, ?, ?, ?, ?, ?, ?)",
+             max_uses, require_approval) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
-        .bind(id)
-        .bind(secret_hash)
-        .bind(name.map(DeviceId::as_str))
-        .bind(serde_json::to_string(labels)?)
+        .bind(t.id)
+        .bind(t.secret_hash)
+        .bind(t.name.map(DeviceId::as_str))
+        .bind(serde_json::to_string(t.labels)?)
         .bind(now_ms())
-        .bind(expires_at)
-        .bind(max_uses.map(i64::from))
+        .bind(t.expires_at)
+        .bind(t.max_uses.map(i64::from))
+        .bind(t.require_approval)
         .execute(&self.writer)
         .await?;
         Ok(())

@@ -1,7 +1,8 @@
 //! Pinning a controller by its CA's fingerprint, for a client that does not have the CA
 //! certificate yet (an agent enrolling, the command line talking to a remote controller):
 //! the chain the server sends must contain the CA with that fingerprint, and the server
-//! certificate must verify under it for the host name dialled.
+//! certificate must verify under it for the host name dialled, through the intermediate CAs
+//! the server sent when the pinned CA is an offline root.
 
 use std::sync::Arc;
 
@@ -76,7 +77,7 @@ impl ServerCertVerifier for PinnedCa {
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
                 .build()
                 .map_err(|e| rustls::Error::General(e.to_string()))?;
-        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+        inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(

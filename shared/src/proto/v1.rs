@@ -248,3 +248,19 @@ impl DeployPhase {
         }
     }
 }
+
+/// A request to renew the device certificate (kind `csr`), sent over the device's
+/// authenticated connection: a PKCS#10 CSR (PEM) for a new key, naming the device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub csr_pem: String,
+}
+
+/// The controller's answer to a [`RenewRequest`] (kind `cert`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RenewAnswer {
+    /// The new certificate (PEM), for the key of the CSR.
+    Issued { cert_pem: String },
+    /// Refused: why, and how long to wait before asking again.
+    Refused { reason: String, retry_after_s: u32 },
+}

@@ -318,3 +318,88 @@ fn release_key_files_hold_several_pem_blocks() {
     let damaged = a.to_pem().replacen("MCow", "MCox", 1);
     assert!(TrustedKey::all_from_pem(&damaged).is_err());
 }
+
+#[test]
+fn a_key_chain_is_followed_from_the_newest_trusted_key_only() {
+    let (k0, k1, k2) = (signer(10), signer(11), signer(12));
+    let chain = [
+        k0.verifying_key().to_bytes(),
+        k1.verifying_key().to_bytes(),
+        k2.verifying_key().to_bytes(),
+    ];
+    let mut sigs = k0.sign_link(&k1.verifying_key());
+    sigs.extend(k1.sign_link(&k2.verifying_key()));
+    let all = [trusted(&k0), trusted(&k1), trusted(&k2)];
+    // A device offline for two rotations follows both links; one that learned k1 only
+    // the second; one that trusts k2 already has nothing to follow.
+    assert_eq!(verify_chain(&chain, &sigs, &all[..1]), Ok(all.to_vec()));
+    assert_eq!(
+        verify_chain(&chain, &sigs, &all[1..2]),
+        Ok(all[1..].to_vec())
+    );
+    assert_eq!(
+        verify_chain(&chain, &sigs, &all[2..]),
+        Ok(all[2..].to_vec())
+    );
+
+    // No key the device trusts: refused.
+    let stranger = signer(13);
+    assert_eq!(
+        verify_chain(&chain, &sigs, &[trusted(&stranger)]),
+        Err(Rejection::UnknownKey)
+    );
+    // A forged link (signed by a key the device does not trust) breaks the chain.
+    let mut forged = sigs.clone();
+    forged[64..].copy_from_slice(&stranger.sign_link(&k2.verifying_key()));
+    assert_eq!(
+        verify_chain(&chain, &forged, &all[..1]),
+        Err(Rejection::BadSignature)
+    );
+    // So does a key swapped after signing, and a missing signature.
+    let mut swapped = chain;
+    swapped[1] = stranger.verifying_key().to_bytes();
+    assert_eq!(
+        verify_chain(&swapped, &sigs, &all[..1]),
+        Err(Rejection::BadSignature)
+    );
+    assert_eq!(
+        verify_chain(&chain, &sigs[..64], &all[..1]),
+        Err(Rejection::BadSignature)
+    );
+    // A command's signature is not a link signature: same key, other message.
+    let cmd = k0.sign(&env(&k0, Action::Ping)).unwrap();
+    let mut relabeled = sigs.clone();
+    relabeled[..64].copy_from_slice(&cmd.signature);
+    assert_eq!(
+        verify_chain(&chain, &relabeled, &all[..1]),
+        Err(Rejection::BadSignature)
+    );
+}
+
+#[test]
+fn a_key_chain_announcement_is_bounded() {
+    let (k0, k1) = (signer(10), signer(11));
+    let keys = vec![k0.verifying_key().to_bytes(), k1.verifying_key().to_bytes()];
+    let sig = k0.sign_link(&k1.verifying_key());
+    let action = |keys: Vec<[u8; 32]>, signatures: Vec<u8>, keep: u8| Action::TrustCommandKeys {
+        keys,
+        signatures,
+        keep,
+    };
+    assert!(action(keys.clone(), sig.clone(), 2).validate().is_ok());
+    assert!(action(keys.clone(), sig.clone(), 1).validate().is_ok());
+    assert!(action(keys[..1].to_vec(), vec![], 1).validate().is_err());
+    assert!(action(keys.clone(), sig.clone(), 0).validate().is_err());
+    assert!(action(keys.clone(), sig.clone(), 3).validate().is_err());
+    assert!(
+        action(keys.clone(), sig[..63].to_vec(), 1)
+            .validate()
+            .is_err()
+    );
+    let n = crate::command::MAX_KEY_LINKS + 2;
+    assert!(
+        action(vec![keys[0]; n], sig.repeat(n - 1), 1)
+            .validate()
+            .is_err()
+    );
+}

@@ -42,11 +42,18 @@ impl Controller {
     /// Like [`Controller::start`], with `overrides` (TOML, e.g. `"[auth]\nrate_burst = 3"`)
     /// merged into the generated config.toml before the first `serve`.
     pub async fn start_with(overrides: &str) -> Result<Self> {
+        Self::start_init(&[], overrides).await
+    }
+
+    /// Like [`Controller::start_with`], passing `init_args` (e.g. `--ca-cert FILE`) to
+    /// `init`.
+    pub async fn start_init(init_args: &[&std::ffi::OsStr], overrides: &str) -> Result<Self> {
         let tmp = tempfile::tempdir()?;
         let data = tmp.path().join("data");
         let out = Command::new(bin("pifleet-controller")?)
             .args(["init", "--hostname", "localhost", "--data-dir"])
             .arg(&data)
+            .args(init_args)
             .output()?;
         if !out.status.success() {
             bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));

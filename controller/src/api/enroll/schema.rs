@@ -78,6 +78,20 @@ impl From<EnrollResponse> for EnrollResponseSchema {
     }
 }
 
+/// The answer while a device waits for an admin to accept it (HTTP 202, with
+/// Retry-After): nothing was signed; the device asks again with the same key.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct EnrollPending {
+    /// Always `pending`.
+    pub status: &'static str,
+    /// The enrollment request, as admins see it.
+    pub request_id: String,
+    /// The id the device gets once accepted.
+    pub device_id: String,
+    /// What to do, for people reading the agent's log.
+    pub detail: String,
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;

@@ -36,7 +36,7 @@ use crate::config::MqttConfig;
 use crate::datadir::DataDir;
 use crate::metrics::Metrics;
 use crate::mqtt::broker::{BrokerLogin, max_packet_size};
-use crate::pki::tls;
+use crate::pki::{ServerCert, tls};
 use crate::source::{PreAuth, PreAuthBudget};
 use crate::store::{IngestOp, Store};
 use crate::supervise::TaskResult;
@@ -185,6 +185,7 @@ impl Gateway {
     pub async fn watch_crl(
         self: Arc<Self>,
         dd: DataDir,
+        cert: Arc<ServerCert>,
         shutdown: CancellationToken,
     ) -> TaskResult {
         use std::os::unix::fs::MetadataExt;
@@ -204,7 +205,7 @@ impl Gateway {
             if now == last {
                 continue;
             }
-            match load_tls(&dd) {
+            match load_tls(&dd, &cert) {
                 Ok((cfg, revoked)) => {
                     tracing::info!(revoked = revoked.len(), "CRL reloaded");
                     self.reload(cfg, revoked);
@@ -562,8 +563,11 @@ fn counts_against_budget(p: &Packet) -> bool {
 }
 
 /// Loads the MQTT TLS config and the revoked serials from the data dir.
-pub fn load_tls(dd: &DataDir) -> Result<(ServerConfig, HashSet<String>), tls::TlsError> {
+pub fn load_tls(
+    dd: &DataDir,
+    cert: &Arc<ServerCert>,
+) -> Result<(ServerConfig, HashSet<String>), tls::TlsError> {
     let crls = tls::load_crls(&dd.crl())?;
     let revoked = tls::revoked_serials(&crls)?;
-    Ok((tls::mqtt_config(dd, crls)?, revoked))
+    Ok((tls::mqtt_config(dd, crls, cert.clone())?, revoked))
 }

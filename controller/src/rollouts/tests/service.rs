@@ -131,8 +131,10 @@ async fn answer(s: &Store, device: &str, status: &str, reason: Option<&str>, jou
 async fn settle(s: &Store, id: i64, now: i64) {
     for _ in 0..10 {
         let before = s.rollout_version(id).await.unwrap();
-        step(s, id, now).await.unwrap();
-        if s.rollout_version(id).await.unwrap() == before {
+        let stepped = step(s, id, now).await.unwrap();
+        let changed = s.rollout_version(id).await.unwrap() != before;
+        assert_eq!(stepped.written, changed, "step says what it wrote");
+        if !changed {
             return;
         }
     }
@@ -260,7 +262,7 @@ async fn a_device_that_never_answers_is_unreachable_and_the_rollout_completes() 
     settle(&s, id, now + 1000).await;
     assert_eq!(s.rollout(id).await.unwrap().unwrap().status, "running");
     // The runner is told to look again at the deadline.
-    let next = step(&s, id, now + 1000).await.unwrap().unwrap();
+    let next = step(&s, id, now + 1000).await.unwrap().next.unwrap();
     assert!(next > now && next <= now + 5_000, "{next}");
     settle(&s, id, now + 6_000).await;
     let row = s.rollout(id).await.unwrap().unwrap();

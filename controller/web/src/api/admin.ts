@@ -1,10 +1,11 @@
-// Admin-only routes: enrollment tokens, users, security settings and the audit log.
+// Admin-only routes: enrollment tokens and requests, users, security settings and the audit log.
 
 import { api } from './client';
 import type {
   AuditPage,
   CreatedToken,
   CreatedUser,
+  EnrollmentRequest,
   Labels,
   Role,
   SecuritySettings,
@@ -17,11 +18,18 @@ export interface NewToken {
   ttl_s: number;
   name?: string;
   labels?: Labels;
+  max_uses?: number;
+  require_approval?: boolean;
 }
 
 export const createToken = (t: NewToken) => api.post<CreatedToken>('/api/v1/tokens', t);
 export const listTokens = (signal?: AbortSignal) => api.get<TokenInfo[]>('/api/v1/tokens', { signal });
 export const revokeToken = (id: string) => api.del(`/api/v1/tokens/${encodeURIComponent(id)}`);
+
+export const listEnrollmentRequests = (signal?: AbortSignal) =>
+  api.get<EnrollmentRequest[]>('/api/v1/enrollment-requests', { signal });
+export const decideEnrollmentRequest = (id: string, decision: 'accept' | 'reject') =>
+  api.post<EnrollmentRequest>(`/api/v1/enrollment-requests/${encodeURIComponent(id)}/${decision}`);
 
 const user = (name: string) => `/api/v1/users/${encodeURIComponent(name)}`;
 

@@ -524,9 +524,67 @@ export interface paths {
         put?: never;
         /**
          * Enroll a device: a single-use token and a CSR in, a device certificate out. Used by
-         *     `pifleet-agent enroll`; authenticated by the token, not by a user.
+         *     `pifleet-agent enroll`; authenticated by the token, not by a user. A token that requires
+         *     approval answers 202 until an admin accepts the device.
          */
         post: operations["enroll"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/enrollment-requests": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Lists enrollment requests, newest first. */
+        get: operations["list_enrollment_requests"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/enrollment-requests/{id}/accept": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Accepts a waiting device: it enrolls when it next asks (within
+         *     `enrollment.pending_retry_s`).
+         */
+        post: operations["accept_enrollment_request"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/enrollment-requests/{id}/reject": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Rejects a waiting device: it is told so when it next asks, and never enrolls with this
+         *     key and token.
+         */
+        post: operations["reject_enrollment_request"];
         delete?: never;
         options?: never;
         head?: never;
@@ -855,6 +913,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/rotation": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The keys in use and the devices that have not confirmed them. */
+        get: operations["rotation_status"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/settings/security": {
         parameters: {
             query?: never;
@@ -1125,6 +1200,11 @@ export interface components {
             keys: string[];
             /** @enum {string} */
             kind: "trust_release_keys";
+        } | {
+            keep: number;
+            keys: string[];
+            /** @enum {string} */
+            kind: "trust_command_keys";
         };
         /** @description An API token as listed (never its secret). */
         ApiTokenView: {
@@ -1281,6 +1361,26 @@ export interface components {
             /** @description SHA-256 (hex) of everything the command wrote to standard output. */
             stdout_sha256: string | null;
         };
+        /** @description One command key of the history. */
+        CommandKeyView: {
+            /**
+             * Format: int64
+             * @description Unix ms.
+             */
+            created_at: number;
+            /** @description 16 hex digits. */
+            key_id: string;
+            /**
+             * Format: int64
+             * @description When a superseded key stops signing, Unix ms.
+             */
+            signs_until: number | null;
+            /**
+             * @description `signing` (the newest), `overlap` (superseded, still signing for devices that have
+             *     not confirmed the newest) or `retired`.
+             */
+            state: string;
+        };
         /** @description One page of commands, newest first. */
         CommandPage: {
             items: components["schemas"]["CommandSummary"][];
@@ -1346,6 +1446,11 @@ export interface components {
              *     propose this id (`enroll_command` passes it as `--device-id`).
              */
             name?: string | null;
+            /**
+             * @description Devices it enrolls wait until an admin accepts them
+             *     (`/api/v1/enrollment-requests`).
+             */
+            require_approval?: boolean;
             /**
              * Format: int64
              * @description Lifetime in seconds (default 3600; at most `enrollment.max_token_ttl_s`).
@@ -1575,6 +1680,20 @@ export interface components {
             /** Format: int64 */
             used_bytes: number;
         };
+        /**
+         * @description The answer while a device waits for an admin to accept it (HTTP 202, with
+         *     Retry-After): nothing was signed; the device asks again with the same key.
+         */
+        EnrollPending: {
+            /** @description What to do, for people reading the agent's log. */
+            detail: string;
+            /** @description The id the device gets once accepted. */
+            device_id: string;
+            /** @description The enrollment request, as admins see it. */
+            request_id: string;
+            /** @description Always `pending`. */
+            status: string;
+        };
         /** @description Enrollment request body. */
         EnrollRequest: {
             /** @description PEM-encoded PKCS#10 certificate signing request. */
@@ -1607,6 +1726,34 @@ export interface components {
              *     agents ignore it and learn the keys from a signed announcement.
              */
             release_public_keys: string[];
+        };
+        /** @description A device waiting for (or given) an admin's decision. */
+        EnrollmentRequestView: {
+            /** Format: int64 */
+            created_at: number;
+            /** Format: int64 */
+            decided_at: number | null;
+            decided_by: string | null;
+            /** @description The id it gets once accepted (held for it meanwhile). */
+            device_id: string;
+            /** @description 16 lowercase hex. */
+            id: string;
+            /**
+             * @description SHA-256 of the public key the device made: compare it with what the device shows
+             *     (`pifleet-agent` logs it) before accepting.
+             */
+            key_fingerprint: string;
+            /**
+             * Format: int64
+             * @description When it last asked.
+             */
+            last_seen_at: number;
+            /** @description The address it last asked from. */
+            source: string;
+            /** @description `pending`; `accepted` (it enrolls when it next asks); `rejected`. */
+            status: string;
+            /** @description The enrollment token it uses. */
+            token_id: string;
         };
         /** @description Fleet totals. */
         FleetSummary: {
@@ -2034,6 +2181,17 @@ export interface components {
             /** Format: int64 */
             updated_at: number;
         };
+        /** @description Keys in use and who has not confirmed them. */
+        RotationStatus: {
+            /** @description Devices that have not confirmed the newest command key (none before any rotation). */
+            command_key_pending: string[];
+            /** @description The command key history, newest first. */
+            command_keys: components["schemas"]["CommandKeyView"][];
+            /** @description Devices that have not confirmed every release key and are not being told. */
+            release_key_pending: string[];
+            /** @description The release key ids devices are told to trust. */
+            release_keys: string[];
+        };
         /** @description A script a command may run, with the arguments it may be given. */
         ScriptCapability: {
             allowed_args: string[];
@@ -2181,6 +2339,8 @@ export interface components {
              */
             max_uses: number | null;
             name: string | null;
+            /** @description Devices it enrolls wait for an admin to accept them. */
+            require_approval: boolean;
             state: components["schemas"]["TokenState"];
             /** Format: int64 */
             used_at: number | null;
@@ -2952,8 +3112,8 @@ export interface operations {
                 status?: string;
                 /**
                  * @description Only commands of this kind: ping, service, reboot, journal, script, set_interval,
-                 *     deploy, rollback or trust_release_keys (the last three are created by the
-                 *     controller, never sent through this API).
+                 *     deploy, rollback, trust_release_keys or trust_command_keys (the last four are
+                 *     created by the controller, never sent through this API).
                  */
                 action?: string;
                 /** @description Page size, 1–500 (default 50). */
@@ -3507,7 +3667,117 @@ export interface operations {
                     "application/json": components["schemas"]["EnrollResponse"];
                 };
             };
+            /** @description Waiting for an admin to accept the device: ask again with the same key after Retry-After seconds */
+            202: {
+                headers: {
+                    /** @description Seconds to wait before asking again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EnrollPending"];
+                };
+            };
             /** @description Refused: the token or CSR is not acceptable (nothing changed); 429 when the source sends too many requests */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    list_enrollment_requests: {
+        parameters: {
+            query?: {
+                /** @description Rejected requests too (default: pending and accepted ones). */
+                all?: boolean;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Enrollment requests */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EnrollmentRequestView"][];
+                };
+            };
+            /**
+             * @description Refused: invalid input, not signed in, not permitted, not found or in conflict; the
+             *     problem document says which and why.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    accept_enrollment_request: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 16 lowercase hex. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Accepted */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EnrollmentRequestView"];
+                };
+            };
+            /** @description Invalid id (400), no such request (404), already decided (409), or not permitted */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    reject_enrollment_request: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 16 lowercase hex. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Rejected */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EnrollmentRequestView"];
+                };
+            };
+            /** @description Invalid id (400), no such request (404), already decided (409), or not permitted */
             "4XX": {
                 headers: {
                     [name: string]: unknown;
@@ -4265,6 +4535,38 @@ export interface operations {
                 };
             };
             /** @description No such rollout (404), not paused (409), or not permitted */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDoc"];
+                };
+            };
+        };
+    };
+    rotation_status: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Keys and pending devices */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RotationStatus"];
+                };
+            };
+            /**
+             * @description Refused: invalid input, not signed in, not permitted, not found or in conflict; the
+             *     problem document says which and why.
+             */
             "4XX": {
                 headers: {
                     [name: string]: unknown;

@@ -39,7 +39,7 @@ export type UnitEvents = Schemas['UnitEvents'];
 
 /** An action an operator sends (`POST /commands`). */
 export type Action = Schemas['ActionSpec'];
-/** An action as command listings show it: also deploy, rollback and trust_release_keys,
+/** An action as command listings show it: also deploy, rollback and the key announcements,
  * which only the controller creates. */
 export type AnyAction = Schemas['ActionView'];
 export type ActionKind = Action['kind'];
@@ -72,6 +72,7 @@ export type SentCommands = Schemas['SentCommands'];
 export type TokenState = Schemas['TokenState'];
 export type TokenInfo = Schemas['TokenInfo'];
 export type CreatedToken = Schemas['CreatedToken'];
+export type EnrollmentRequest = Schemas['EnrollmentRequestView'];
 
 export type UserView = Schemas['UserView'];
 export type CreatedUser = Schemas['CreatedUser'];

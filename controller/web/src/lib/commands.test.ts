@@ -217,6 +217,9 @@ describe('describing', () => {
     expect(describeAction({ kind: 'trust_release_keys', keys: [digest, digest] })).toBe(
       'trust 2 release keys',
     );
+    expect(describeAction({ kind: 'trust_command_keys', keys: [digest, digest, digest], keep: 2 })).toBe(
+      'follow 2 command key rotations',
+    );
   });
 
   it('gives statuses a tone', () => {

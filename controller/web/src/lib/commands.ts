@@ -161,6 +161,8 @@ export function describeAction(a: AnyAction): string {
       return `roll ${a.app} back to release ${a.release}`;
     case 'trust_release_keys':
       return `trust ${a.keys.length === 1 ? '1 release key' : `${a.keys.length} release keys`}`;
+    case 'trust_command_keys':
+      return `follow ${a.keys.length - 1} command key rotation${a.keys.length === 2 ? '' : 's'}`;
   }
 }
 

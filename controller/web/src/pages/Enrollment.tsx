@@ -1,9 +1,15 @@
 // Enrollment tokens (admin): create one and copy the enroll command for the device; list
-// and revoke them.
+// and revoke them; accept or reject the devices that wait for approval.
 
 import { useState } from 'preact/hooks';
-import { createToken, listTokens, revokeToken } from '../api/admin';
-import type { CreatedToken, Labels, TokenInfo, TokenState } from '../api/types';
+import {
+  createToken,
+  decideEnrollmentRequest,
+  listEnrollmentRequests,
+  listTokens,
+  revokeToken,
+} from '../api/admin';
+import type { CreatedToken, EnrollmentRequest, Labels, TokenInfo, TokenState } from '../api/types';
 import { ConfirmDialog } from '../components/ConfirmDialog';
 import { CopyText } from '../components/CopyText';
 import { LabelChips } from '../components/LabelChips';
@@ -35,6 +41,7 @@ function CreateForm({ onCreated }: { onCreated: (t: CreatedToken) => void }) {
   const [name, setName] = useState('');
   const [ttl, setTtl] = useState(3_600);
   const [uses, setUses] = useState('');
+  const [approval, setApproval] = useState(false);
   const [labels, setLabels] = useState<Labels | null>({});
   const [formKey, setFormKey] = useState(0);
   const [error, setError] = useState<string | null>(null);
@@ -67,10 +74,12 @@ function CreateForm({ onCreated }: { onCreated: (t: CreatedToken) => void }) {
         ttl_s: ttl,
         ...(id ? { name: id } : {}),
         ...(maxUses !== null ? { max_uses: maxUses } : {}),
+        ...(approval ? { require_approval: true } : {}),
         ...(Object.keys(labels).length > 0 ? { labels } : {}),
       });
       setName('');
       setUses('');
+      setApproval(false);
       setLabels({});
       setFormKey((k) => k + 1);
       onCreated(created);
@@ -131,6 +140,16 @@ function CreateForm({ onCreated }: { onCreated: (t: CreatedToken) => void }) {
           </select>
         </div>
       </div>
+      <label class="check" for="token-approval">
+        <input
+          id="token-approval"
+          type="checkbox"
+          checked={approval}
+          onChange={(e) => setApproval(e.currentTarget.checked)}
+          data-testid="token-approval"
+        />{' '}
+        Devices wait until an admin accepts them
+      </label>
       <fieldset>
         <legend>Labels the device starts with</legend>
         <LabelEditor key={formKey} initial={{}} idPrefix="token-label" onChange={setLabels} />
@@ -236,8 +255,90 @@ function TokenTable({ tokens, onRevoke }: { tokens: TokenInfo[]; onRevoke: (t: T
   );
 }
 
+function RequestTable({ requests, onDecided }: { requests: EnrollmentRequest[]; onDecided: () => void }) {
+  const [busy, setBusy] = useState<string | null>(null);
+  const decide = async (r: EnrollmentRequest, decision: 'accept' | 'reject') => {
+    setBusy(r.id);
+    try {
+      await decideEnrollmentRequest(r.id, decision);
+      toast(
+        decision === 'accept'
+          ? `${r.device_id} accepted: it enrolls when it next asks.`
+          : `${r.device_id} rejected.`,
+      );
+      onDecided();
+    } catch (err) {
+      toast(errorText(err), 'error');
+    } finally {
+      setBusy(null);
+    }
+  };
+  return (
+    <div class="table-scroll">
+      <table class="table" data-testid="request-table">
+        <thead>
+          <tr>
+            <th scope="col">Device id</th>
+            <th scope="col">Key (SHA-256)</th>
+            <th scope="col">From</th>
+            <th scope="col">Token</th>
+            <th scope="col">Asked</th>
+            <th scope="col">State</th>
+            <th scope="col">
+              <span class="visually-hidden">Actions</span>
+            </th>
+          </tr>
+        </thead>
+        <tbody>
+          {requests.map((r) => (
+            <tr key={r.id} data-testid="request-row" data-device-id={r.device_id} data-status={r.status}>
+              <td class="mono">{r.device_id}</td>
+              <td class="mono" title={r.key_fingerprint}>
+                {r.key_fingerprint.slice(0, 16)}…
+              </td>
+              <td class="mono">{r.source}</td>
+              <td class="mono">{r.token_id}</td>
+              <td>
+                <RelTime ms={r.last_seen_at} />
+              </td>
+              <td>
+                <span class={`badge badge-${r.status === 'pending' ? 'warn' : 'ok'}`}>{r.status}</span>
+              </td>
+              <td class="actions">
+                {r.status === 'pending' && (
+                  <>
+                    <button
+                      type="button"
+                      class="button small primary"
+                      disabled={busy === r.id}
+                      onClick={() => void decide(r, 'accept')}
+                      data-testid="request-accept"
+                    >
+                      Accept
+                    </button>{' '}
+                    <button
+                      type="button"
+                      class="button small danger-outline"
+                      disabled={busy === r.id}
+                      onClick={() => void decide(r, 'reject')}
+                      data-testid="request-reject"
+                    >
+                      Reject
+                    </button>
+                  </>
+                )}
+              </td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </div>
+  );
+}
+
 export function EnrollmentPage() {
   const tokens = useAsync((signal) => listTokens(signal), []);
+  const requests = useAsync((signal) => listEnrollmentRequests(signal), []);
   const [created, setCreated] = useState<CreatedToken | null>(null);
   const [revoking, setRevoking] = useState<TokenInfo | null>(null);
 
@@ -256,6 +357,22 @@ export function EnrollmentPage() {
           />
         )}
       </section>
+      {requests.data && requests.data.length > 0 && (
+        <section class="card" aria-labelledby="requests-title">
+          <h2 id="requests-title">Waiting for approval</h2>
+          <p class="hint">
+            Compare the key with the one the device logs (<span class="mono">key_sha256</span>) before
+            accepting it.
+          </p>
+          <RequestTable
+            requests={requests.data}
+            onDecided={() => {
+              requests.reload();
+              tokens.reload();
+            }}
+          />
+        </section>
+      )}
       <section class="card" aria-labelledby="tokens-title">
         <h2 id="tokens-title">Tokens</h2>
         {tokens.error !== undefined && !tokens.loading ? (
