@@ -15,19 +15,23 @@ use std::process::{Command, Output};
 use pifleet_tests::harness::{Controller, bin};
 
 /// `pifleet-agent enroll` with `token`, no device id, the board serial `serial`, into `dir`.
-fn enroll(ctl: &Controller, token: &str, dir: &Path, serial: &str) -> Output {
+fn enroll_command(ctl: &Controller, token: &str, dir: &Path, serial: &str) -> Command {
     std::fs::create_dir_all(dir).unwrap();
     let serial_file = dir.join("serial-number");
     // As the device tree holds it: NUL-terminated.
     std::fs::write(&serial_file, format!("{serial}\0")).unwrap();
-    Command::new(bin("pifleet-agent").unwrap())
-        .args(["enroll", "--controller", &ctl.url(), "--token", token])
+    let mut cmd = Command::new(bin("pifleet-agent").unwrap());
+    cmd.args(["enroll", "--controller", &ctl.url(), "--token", token])
         .arg("--config")
         .arg(dir.join("agent.toml"))
         .arg("--serial-file")
-        .arg(&serial_file)
-        .output()
-        .unwrap()
+        .arg(&serial_file);
+    cmd
+}
+
+/// [`enroll_command`], run to its end.
+fn enroll(ctl: &Controller, token: &str, dir: &Path, serial: &str) -> Output {
+    enroll_command(ctl, token, dir, serial).output().unwrap()
 }
 
 fn text(b: &[u8]) -> String {
@@ -234,22 +238,14 @@ async fn an_image_enrolls_itself_at_first_boot_and_keeps_its_allowlists() {
     );
 }
 
-/// `pifleet-agent enroll` started in the background (it waits while the device is pending).
+/// [`enroll_command`] started in the background (it waits while the device is pending).
 fn enroll_in_background(
     ctl: &Controller,
     token: &str,
     dir: &Path,
     serial: &str,
 ) -> std::process::Child {
-    std::fs::create_dir_all(dir).unwrap();
-    let serial_file = dir.join("serial-number");
-    std::fs::write(&serial_file, format!("{serial}\0")).unwrap();
-    Command::new(bin("pifleet-agent").unwrap())
-        .args(["enroll", "--controller", &ctl.url(), "--token", token])
-        .arg("--config")
-        .arg(dir.join("agent.toml"))
-        .arg("--serial-file")
-        .arg(&serial_file)
+    enroll_command(ctl, token, dir, serial)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

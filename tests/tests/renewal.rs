@@ -14,7 +14,7 @@ use pifleet_shared::codec;
 use pifleet_shared::proto::v1::{RenewAnswer, RenewRequest};
 use pifleet_shared::topic::Kind;
 use pifleet_tests::api::Api;
-use pifleet_tests::harness::{Agent, Controller, bin, merge_config, wait_for};
+use pifleet_tests::harness::{Agent, Controller, merge_config, wait_for};
 use pifleet_tests::mqtt::{connected, until_incoming};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use rumqttc::{EventLoop, Packet, QoS};
@@ -95,34 +95,9 @@ async fn an_agent_renews_repeatedly_while_streaming_and_commands_still_verify() 
     );
 
     // A command after renewal: its receipt is signed with the renewed key and verifies.
-    let out = std::process::Command::new(bin("pifleet-controller").unwrap())
-        .args(["cmd", "send", "--data-dir"])
-        .arg(&ctl.data)
-        .args(["--device", "renew-pi", "ping"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let cmd_id = stdout.split('\t').next().unwrap().trim().to_owned();
-    wait_for(WAIT, "the command succeeded", || {
-        let (db, cmd_id) = (&db, &cmd_id);
-        async move {
-            let status: Option<String> =
-                sqlx::query_scalar("SELECT status FROM commands WHERE id = ?")
-                    .bind(cmd_id)
-                    .fetch_optional(db)
-                    .await
-                    .ok()
-                    .flatten();
-            (status.as_deref() == Some("succeeded")).then_some(())
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", agent.log(), ctl.log()));
+    ctl.ping("renew-pi", WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", agent.log(), ctl.log()));
 
     // Every sample arrived exactly once: sequence numbers 1..=max without a gap, across
     // every reconnect.

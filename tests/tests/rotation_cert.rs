@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pifleet_tests::harness::{Agent, Controller, bin, wait_for};
+use pifleet_tests::harness::{Agent, Controller, wait_for};
 use pifleet_tests::logs::{DISCONNECTED, has_entry, log_entries};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -66,36 +66,9 @@ fn connects(ctl: &Controller, device: &str) -> usize {
 }
 
 async fn ping_succeeds(ctl: &Controller, device: &str) {
-    let out = std::process::Command::new(bin("pifleet-controller").unwrap())
-        .args(["cmd", "send", "--data-dir"])
-        .arg(&ctl.data)
-        .args(["--device", device, "ping"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let id = stdout.split('\t').next().unwrap().to_owned();
-    wait_for(WAIT, "ping succeeded", || {
-        let id = id.clone();
-        async move {
-            let db = ctl.db().await.ok()?;
-            let status: Option<String> =
-                sqlx::query_scalar("SELECT status FROM commands WHERE id = ?")
-                    .bind(&id)
-                    .fetch_optional(&db)
-                    .await
-                    .ok()
-                    .flatten();
-            db.close().await;
-            (status.as_deref() == Some("succeeded")).then_some(())
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", ctl.log()));
+    ctl.ping(device, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", ctl.log()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

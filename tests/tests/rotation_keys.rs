@@ -8,12 +8,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::Command;
 use std::time::Duration;
 
 use pifleet_shared::signing::TrustedKey;
 use pifleet_tests::api::Api;
-use pifleet_tests::harness::{Agent, Controller, bin, wait_for};
+use pifleet_tests::harness::{Agent, Controller, wait_for};
 use pifleet_tests::logs::log_entries;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -90,39 +89,10 @@ async fn confirmed(ctl: &Controller, agent: &Agent, key: &str) {
 
 /// Sends a ping; once it succeeded, returns the id of the key that signed it.
 async fn ping(ctl: &Controller, agent: &Agent) -> String {
-    let out = Command::new(bin("pifleet-controller").unwrap())
-        .args(["cmd", "send", "--data-dir"])
-        .arg(&ctl.data)
-        .args(["--device", &agent.id, "ping"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8_lossy(&out.stdout)
-        .split('\t')
-        .next()
-        .unwrap()
-        .to_owned();
-    wait_for(WAIT, "the ping to succeed", || {
-        let id = id.clone();
-        async move {
-            let db = ctl.db().await.ok()?;
-            let status: Option<String> =
-                sqlx::query_scalar("SELECT status FROM commands WHERE id = ?")
-                    .bind(&id)
-                    .fetch_optional(&db)
-                    .await
-                    .ok()
-                    .flatten();
-            db.close().await;
-            (status.as_deref() == Some("succeeded")).then_some(())
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", agent.log(), ctl.log()));
+    let id = ctl
+        .ping(&agent.id, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", agent.log(), ctl.log()));
     log_entries(ctl)
         .iter()
         .rev()

@@ -270,6 +270,45 @@ impl Controller {
         v
     }
 
+    /// Sends `ping` to `device` with `cmd send` and waits until it succeeded; returns the
+    /// command's id. Panics with both logs when it does not within `timeout`.
+    pub async fn ping(&self, device: &str, timeout: Duration) -> Result<String> {
+        let out = Command::new(bin("pifleet-controller")?)
+            .args(["cmd", "send", "--data-dir"])
+            .arg(&self.data)
+            .args(["--device", device, "ping"])
+            .output()?;
+        if !out.status.success() {
+            bail!("cmd send: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let id = stdout
+            .split('\t')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        super::wait_for(timeout, &format!("ping {id} to {device} succeeded"), || {
+            let id = id.clone();
+            async move { (self.command_status(&id).await.as_deref() == Some("succeeded")).then_some(()) }
+        })
+        .await?;
+        Ok(id)
+    }
+
+    /// A command's status in the database; `None` if it or the database cannot be read.
+    pub async fn command_status(&self, id: &str) -> Option<String> {
+        let db = self.db().await.ok()?;
+        let v = sqlx::query_scalar("SELECT status FROM commands WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&db)
+            .await
+            .ok()
+            .flatten();
+        db.close().await;
+        v
+    }
+
     /// The CA certificate path (for clients in tests).
     pub fn ca_path(&self) -> PathBuf {
         self.data.join("ca.crt")
