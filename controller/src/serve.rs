@@ -400,7 +400,9 @@ impl Controller {
             reload::run(
                 reload::Reload {
                     dd: self.dd.clone(),
-                    api: self.api.clone(),
+                    jwt: self.api.jwt.clone(),
+                    key_reload_s: self.cfg.auth.key_reload_s,
+                    enroll: self.api.enroll.clone(),
                     server_cert: self.server_cert,
                     metrics: self.metrics.clone(),
                     // Moved, not cloned: a clone left here would keep the publisher thread

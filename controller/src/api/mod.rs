@@ -29,7 +29,7 @@ use utoipa_axum::routes;
 use crate::api::problem::{Problem, ProblemDoc};
 use crate::audit::Event;
 use crate::auth::hasher::{Admission, Hasher};
-use crate::auth::jwt::{JwtKeys, TokenKind};
+use crate::auth::jwt::{CurrentKeys, JwtKeys, TokenKind};
 use crate::auth::password::Passwords;
 use crate::auth::{Permission, Role, rbac};
 use crate::commands::dispatch::Dispatcher;
@@ -85,7 +85,7 @@ pub struct ApiState {
     pub hasher: Hasher,
     /// The keys that sign and verify access tokens; replaced when `jwt.key` changes
     /// (`rotate jwt-key`), without a restart.
-    pub jwt: RwLock<Arc<JwtKeys>>,
+    pub jwt: Arc<CurrentKeys>,
     pub dispatcher: Arc<Dispatcher>,
     pub enroll: Arc<EnrollState>,
     pub metrics: Metrics,
@@ -108,14 +108,7 @@ pub struct ApiState {
 impl ApiState {
     /// The access-token keys in use now.
     pub fn jwt(&self) -> Arc<JwtKeys> {
-        // A poisoned lock still holds a whole value: the keys are swapped, never edited.
-        self.jwt.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Puts new keys in use (verification of tokens signed by the old ones continues as
-    /// long as the new key file lists them).
-    pub fn set_jwt(&self, keys: JwtKeys) {
-        *self.jwt.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        self.jwt.get()
     }
 }
 
@@ -167,7 +160,7 @@ impl ApiState {
             store,
             cfg,
             hasher,
-            jwt: RwLock::new(Arc::new(jwt)),
+            jwt: Arc::new(CurrentKeys::new(jwt)),
             dispatcher,
             enroll,
             metrics,

@@ -285,6 +285,29 @@ impl JwtKeys {
     }
 }
 
+/// The access-token keys in use, swapped whole when `jwt.key` changes (`rotate jwt-key`)
+/// without a restart: the API reads them, the key-reload task replaces them.
+#[derive(Debug)]
+pub struct CurrentKeys(std::sync::RwLock<std::sync::Arc<JwtKeys>>);
+
+impl CurrentKeys {
+    pub fn new(keys: JwtKeys) -> Self {
+        Self(std::sync::RwLock::new(std::sync::Arc::new(keys)))
+    }
+
+    /// The keys in use now.
+    pub fn get(&self) -> std::sync::Arc<JwtKeys> {
+        // A poisoned lock still holds a whole value: the keys are swapped, never edited.
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts new keys in use (tokens signed by the old ones keep verifying as long as the
+    /// new key file lists them).
+    pub fn set(&self, keys: JwtKeys) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(keys);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

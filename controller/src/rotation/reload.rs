@@ -10,11 +10,11 @@ use tokio_util::sync::CancellationToken;
 
 use pifleet_shared::signing::TrustedKey;
 
-use crate::api;
-use crate::auth::jwt::JwtKeys;
+use crate::auth::jwt::{CurrentKeys, JwtKeys};
 use crate::commands::dispatch::Dispatcher;
 use crate::commands::{command_keys, release_keys};
 use crate::datadir::DataDir;
+use crate::enroll::EnrollState;
 use crate::metrics::Metrics;
 use crate::pki::ServerCert;
 use crate::setup;
@@ -24,7 +24,11 @@ use crate::supervise::TaskResult;
 #[derive(Debug)]
 pub struct Reload {
     pub dd: DataDir,
-    pub api: api::AppState,
+    /// The access-token keys the API verifies with, and how often to look at `jwt.key`.
+    pub jwt: Arc<CurrentKeys>,
+    pub key_reload_s: u64,
+    /// What new devices are given at enrollment.
+    pub enroll: Arc<EnrollState>,
     pub server_cert: Arc<ServerCert>,
     pub metrics: Metrics,
     pub dispatcher: Arc<Dispatcher>,
@@ -38,7 +42,7 @@ pub struct Reload {
 pub async fn run(mut r: Reload, shutdown: CancellationToken) -> TaskResult {
     let jwt_path = r.dd.jwt_keys();
     let mut jwt_seen = modified(&jwt_path);
-    let mut tick = tokio::time::interval(Duration::from_secs(r.api.cfg.auth.key_reload_s));
+    let mut tick = tokio::time::interval(Duration::from_secs(r.key_reload_s));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -50,7 +54,7 @@ pub async fn run(mut r: Reload, shutdown: CancellationToken) -> TaskResult {
             match JwtKeys::load(&jwt_path) {
                 Ok(keys) => {
                     tracing::info!(kid = keys.current_kid(), "access-token keys reloaded");
-                    r.api.set_jwt(keys);
+                    r.jwt.set(keys);
                     jwt_seen = now;
                 }
                 Err(e) => {
@@ -96,7 +100,7 @@ async fn reload_command_keys(r: &mut Reload) {
     if signers.ids() != r.dispatcher.signers().ids() {
         match setup::command_public_key(&r.dd) {
             Ok(pem) => {
-                let enroll = &r.api.enroll;
+                let enroll = &r.enroll;
                 let mut pinned = (*enroll.pinned.load_full()).clone();
                 pinned.command_public_key = pem;
                 pinned.command_key_id = signers.newest.id().to_string();
@@ -136,7 +140,7 @@ async fn reload_release_keys(r: &mut Reload) {
     if keys == r.release_keys {
         return;
     }
-    let enroll = &r.api.enroll;
+    let enroll = &r.enroll;
     let mut pinned = (*enroll.pinned.load_full()).clone();
     pinned.release_public_keys = keys.iter().map(TrustedKey::to_pem).collect();
     enroll.pinned.store(Arc::new(pinned));
