@@ -16,4 +16,5 @@ pub mod mosquitto;
 pub mod mqtt;
 pub mod procstat;
 pub mod promkit;
+pub mod releasekit;
 pub mod simkit;

@@ -15,11 +15,10 @@ use std::time::Duration;
 use pifleet_controller::commands::deploy::{DeployOptions, deploy_action, deploy_to_device};
 use pifleet_controller::commands::dispatch::{Targets, create_commands};
 use pifleet_controller::datadir::DataDir;
-use pifleet_controller::releases::{self, Input, IntakeOptions, NewRelease};
+use pifleet_controller::releases::{self, Input, IntakeOptions};
 use pifleet_controller::setup;
 use pifleet_controller::store::{ReleaseRow, Store};
 use pifleet_shared::command::{Action, CommandId};
-use pifleet_shared::release::HealthSpec;
 use pifleet_shared::signing::TrustedKey;
 use pifleet_tests::harness::{Agent, Controller, FakeBin, fake_bin, now_ms, wait_for};
 use pifleet_tests::https;
@@ -99,20 +98,7 @@ impl Rig {
         let path = self.tmp.path().join(format!("{app}-{}.tar.gz", text.len()));
         write_archive(&path, text, data);
         let signer = setup::release_signer(&self.dd).unwrap();
-        let new = NewRelease {
-            app: app.into(),
-            version: format!("v{}", text.len()),
-            arches,
-            health: HealthSpec {
-                start_timeout_s: 10,
-                soak_s: 1,
-                probe: None,
-                probe_passes: 1,
-                probe_interval_s: 1,
-            },
-            hooks: vec![],
-            created_by: "test".into(),
-        };
+        let new = pifleet_tests::releasekit::quick_release(app, format!("v{}", text.len()), arches);
         let input = Input::Upload {
             path,
             file_name: Some("site.tar.gz".into()),

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use pifleet_controller::commands::deploy::{DeployOptions, deploy_to_device};
 use pifleet_controller::datadir::DataDir;
-use pifleet_controller::releases::{self, Input, IntakeOptions, NewRelease};
+use pifleet_controller::releases::{self, Input, IntakeOptions};
 use pifleet_controller::setup;
 use pifleet_controller::store::{ReleaseRow, Store};
-use pifleet_shared::release::{HealthSpec, ReleaseSigner};
+use pifleet_shared::release::ReleaseSigner;
 use pifleet_shared::signing::TrustedKey;
 use pifleet_tests::harness::{Agent, Controller, FakeBin, fake_bin, wait_for};
 
@@ -54,20 +54,7 @@ async fn release(
 ) -> ReleaseRow {
     let path = tmp.join(format!("{}.tar.gz", text.len()));
     write_archive(&path, text);
-    let new = NewRelease {
-        app: "demo".into(),
-        version: format!("v{}", text.len()),
-        arches: vec![],
-        health: HealthSpec {
-            start_timeout_s: 10,
-            soak_s: 1,
-            probe: None,
-            probe_passes: 1,
-            probe_interval_s: 1,
-        },
-        hooks: vec![],
-        created_by: "test".into(),
-    };
+    let new = pifleet_tests::releasekit::quick_release("demo", format!("v{}", text.len()), vec![]);
     let input = Input::Upload {
         path,
         file_name: Some("site.tar.gz".into()),

@@ -16,11 +16,10 @@ use std::time::Duration;
 use pifleet_controller::commands::deploy::{DeployOptions, deploy_action, deploy_to_device};
 use pifleet_controller::commands::dispatch::{Targets, create_commands};
 use pifleet_controller::datadir::DataDir;
-use pifleet_controller::releases::{self, Input, IntakeOptions, NewRelease};
+use pifleet_controller::releases::{self, Input, IntakeOptions};
 use pifleet_controller::setup;
 use pifleet_controller::store::{ReleaseRow, Store};
 use pifleet_shared::command::CommandId;
-use pifleet_shared::release::HealthSpec;
 use pifleet_tests::api::Api;
 use pifleet_tests::harness::{Agent, Controller, fake_bin, wait_for};
 use serde_json::Value;
@@ -62,20 +61,7 @@ async fn release(ctl: &Controller, store: &Store, tmp: &Path, text: &str) -> Rel
         .unwrap();
     tar.into_inner().unwrap().finish().unwrap();
     let dd = DataDir::new(&ctl.data);
-    let new = NewRelease {
-        app: "demo".into(),
-        version: format!("v{}", text.len()),
-        arches: vec![],
-        health: HealthSpec {
-            start_timeout_s: 10,
-            soak_s: 1,
-            probe: None,
-            probe_passes: 1,
-            probe_interval_s: 1,
-        },
-        hooks: vec![],
-        created_by: "test".into(),
-    };
+    let new = pifleet_tests::releasekit::quick_release("demo", format!("v{}", text.len()), vec![]);
     let input = Input::Upload {
         path,
         file_name: Some("site.tar.gz".into()),
