@@ -4,6 +4,7 @@
 //! test harness all use the same definitions of device ids, topics, the topic ACL, message
 //! kinds with their size limits, and the versioned codec.
 
+pub mod acl;
 pub mod codec;
 pub mod command;
 pub mod enroll;

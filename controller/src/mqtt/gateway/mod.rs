@@ -22,7 +22,8 @@ use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use pifleet_shared::DeviceId;
-use pifleet_shared::topic::{may_publish, may_subscribe};
+use pifleet_shared::acl::{check_publish, check_subscribe};
+use pifleet_shared::topic::may_publish;
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::{Login, Packet, Protocol};
 use rustls::ServerConfig;
@@ -507,21 +508,8 @@ impl Gateway {
     fn inspect(&self, id: &DeviceId, packet: &Packet) -> Result<(), End> {
         match packet {
             Packet::Publish(p, _) => {
-                let topic = topic_str(&p.topic)
-                    .map_err(|e| End::Violation(e.reason(), format!("{id}: topic not UTF-8")))?;
-                let kind = may_publish(id, topic)
-                    .map_err(|e| End::Violation(e.reason(), format!("publish to {topic:?}")))?;
-                if p.payload.len() > kind.max_payload() {
-                    return Err(End::Violation(
-                        "oversize",
-                        format!(
-                            "{} payload of {} bytes > {}",
-                            kind.as_str(),
-                            p.payload.len(),
-                            kind.max_payload()
-                        ),
-                    ));
-                }
+                let kind = check_publish(id, &p.topic, p.payload.len())
+                    .map_err(|e| End::Violation(e.reason(), format!("{id}: {e}")))?;
                 self.metrics
                     .mqtt_messages_in
                     .with_label_values(&[kind.as_str()])
@@ -530,12 +518,8 @@ impl Gateway {
                 Ok(())
             }
             Packet::Subscribe(s, _) => {
-                for f in &s.filters {
-                    may_subscribe(id, &f.path).map_err(|e| {
-                        End::Violation(e.reason(), format!("subscribe to {:?}", f.path))
-                    })?;
-                }
-                Ok(())
+                check_subscribe(id, s.filters.iter().map(|f| f.path.as_str()))
+                    .map_err(|e| End::Violation(e.reason(), format!("{id}: {e}")))
             }
             Packet::Unsubscribe(..)
             | Packet::PubAck(..)
