@@ -12,7 +12,7 @@ use rcgen::{
 use rustls_pki_types::ServerName;
 use time::{Duration, OffsetDateTime};
 
-use super::csr::{CsrKey, check_csr};
+use super::csr::{CsrKey, RcgenKey, check_csr};
 use super::*;
 
 pub(super) const CA_VALIDITY_DAYS: u32 = 3650;
@@ -205,7 +205,7 @@ impl Ca {
             });
         }
         self.issue_device(&csr.key, device_id, lifetime)
-            .map_err(CsrError::Internal)
+            .map_err(|e| CsrError::Internal(Box::new(e)))
     }
 
     /// A CRL (PEM) listing `revoked`, signed by the CA, with this CRL number, thisUpdate now
@@ -276,7 +276,7 @@ impl Ca {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(key, &self.issuer()?)?;
+        let cert = params.signed_by(&RcgenKey(key), &self.issuer()?)?;
         Ok(IssuedCert {
             cert_pem: cert.pem(),
             serial_hex,

@@ -49,16 +49,10 @@ pub fn fingerprint_pem(cert_pem: &str) -> Result<String, PkiError> {
 pub fn device_public_key(
     cert_pem: &str,
 ) -> Result<(pifleet_shared::signing::DeviceKeyAlg, Vec<u8>), PkiError> {
-    use pifleet_shared::signing::DeviceKeyAlg;
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der)?;
     let key = check_key(cert.public_key()).map_err(|_| PkiError::UnsupportedKey)?;
-    let alg = if std::ptr::eq(key.alg, &rcgen::PKCS_ED25519) {
-        DeviceKeyAlg::Ed25519
-    } else {
-        DeviceKeyAlg::EcdsaP256
-    };
-    Ok((alg, key.raw))
+    Ok((key.alg, key.raw))
 }
 
 /// The facts of a verified device certificate (DER) that the database records for it: the
@@ -67,18 +61,12 @@ pub fn presented_certificate(
     cert_der: &[u8],
     serial: &str,
 ) -> Result<crate::store::review::Presented, PkiError> {
-    use pifleet_shared::signing::DeviceKeyAlg;
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der)?;
     let key = check_key(cert.public_key()).map_err(|_| PkiError::UnsupportedKey)?;
-    let alg = if std::ptr::eq(key.alg, &rcgen::PKCS_ED25519) {
-        DeviceKeyAlg::Ed25519
-    } else {
-        DeviceKeyAlg::EcdsaP256
-    };
     Ok(crate::store::review::Presented {
         serial: serial.to_owned(),
         not_after: cert.validity().not_after.timestamp(),
-        public_key_alg: alg.as_str(),
+        public_key_alg: key.alg.as_str(),
         public_key: key.raw,
     })
 }

@@ -86,13 +86,7 @@ impl Renewer {
     pub async fn renew(&self, device: &DeviceId, csr_pem: &str) -> Result<String, RenewFailure> {
         // The CSR is checked before the database is touched: a bad one costs nothing and
         // is refused as what it is, whatever the rate limit says.
-        let proposed = super::csr_proposed_id(csr_pem).map_err(RenewFailure::Csr)?;
-        if proposed != *device {
-            return Err(RenewFailure::Csr(CsrError::IdMismatch {
-                cn: proposed.to_string(),
-                expected: device.to_string(),
-            }));
-        }
+        super::csr::check_renewal(device, csr_pem).map_err(RenewFailure::Csr)?;
         let min_ms = i64::try_from(self.min_interval.as_millis()).unwrap_or(i64::MAX);
         let outcome = self
             .store

@@ -347,8 +347,11 @@ fn validity_out_of_range_is_an_internal_error() {
         .unwrap_err();
     assert!(
         matches!(
-            err,
-            CsrError::Internal(PkiError::ValidityOutOfRange { days: u32::MAX })
+            &err,
+            CsrError::Internal(e) if matches!(
+                e.downcast_ref::<PkiError>(),
+                Some(PkiError::ValidityOutOfRange { days: u32::MAX })
+            )
         ),
         "{err:?}"
     );

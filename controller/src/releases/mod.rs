@@ -20,7 +20,7 @@ use crate::store::{NewReleaseRow, ReleaseRow, ReleaseSource, Store, StoreError, 
 
 pub mod delivery;
 pub mod git;
-pub mod intake;
+pub use pifleet_intake as intake;
 pub mod storage;
 #[cfg(test)]
 mod tests;

@@ -6,6 +6,9 @@
 //! and every entry is checked before anything is written: nothing may leave the release,
 //! be a device or a hard link, carry setuid/setgid/sticky bits, lie below a link, or
 //! exceed the limits. On any error nothing stays behind in `out_dir`.
+//!
+//! Its own crate (std I/O only, no async runtime) so the fuzz targets (tests/fuzz) build
+//! without the controller; the controller uses it as `releases::intake`.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -18,8 +21,10 @@ mod canonical;
 pub use canonical::{TEMP_PREFIX, TEMP_SUFFIX};
 mod collect;
 mod tar_in;
-#[cfg(test)]
-pub(crate) mod testkit;
+#[cfg(any(test, feature = "testkit"))]
+// Test helpers (the controller's tests use them too): a failed unwrap is a failed test.
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+pub mod testkit;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -51,7 +56,7 @@ impl Default for Limits {
 #[derive(Debug)]
 pub struct Packed {
     /// The canonical archive, a temp file in `out_dir`; removed when dropped unless
-    /// [`crate::releases::storage`] renames it into place.
+    /// the controller's release storage renames it into place.
     pub archive: tempfile::TempPath,
     /// SHA-256 and size of the archive.
     pub archive_sha256: Digest,
@@ -125,7 +130,8 @@ pub enum IntakeError {
 }
 
 impl IntakeError {
-    pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+    /// Wraps an I/O error on `path`.
+    pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
         move |source| Self::Io {
             path: path.to_owned(),
             source,

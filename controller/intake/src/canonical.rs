@@ -15,7 +15,7 @@ use tar::{EntryType, Header};
 use super::IntakeError;
 use super::collect::Item;
 
-/// Name prefix of archives being written; [`crate::releases::storage::sweep`] removes old
+/// Name prefix of archives being written; the controller's release storage sweep removes old
 /// ones a crash left behind.
 pub const TEMP_PREFIX: &str = ".release-";
 /// Name suffix of archives being written.
