@@ -5,7 +5,10 @@
 //!    in the body or signature, or another key, is refused as such;
 //! 2. any envelope (postcard from the input, some fields steered valid by the second byte)
 //!    signed by the controller's signer: accepted exactly when every documented check
-//!    passes, and then equal to the envelope that was signed.
+//!    passes, and then equal to the envelope that was signed;
+//! 3. a command key chain (keys from fixed seeds, links signed here, some trusted, maybe a
+//!    flipped or missing signature byte): the keys proved are exactly those from the newest
+//!    trusted one on, unless a link after it does not verify.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -14,7 +17,7 @@ use libfuzzer_sys::fuzz_target;
 use pifleet_shared::codec;
 use pifleet_shared::command::{Action, Envelope, MAX_TTL_MS, SignedCommand};
 use pifleet_shared::signing::{
-    CommandSigner, Rejection, TrustedKey, VerifyContext, verify_command,
+    CommandSigner, Rejection, TrustedKey, VerifyContext, verify_chain, verify_command,
 };
 use pifleet_shared::topic::Kind;
 use ring::signature::Ed25519KeyPair;
@@ -189,14 +192,65 @@ fn envelope(bytes: &[u8], flags: u8, at: usize) {
     }
 }
 
+fn chain(data: &[u8]) {
+    let [len, trust, tamper, at, cut, ..] = data else {
+        return;
+    };
+    let n = 1 + usize::from(*len % 6);
+    let signers: Vec<CommandSigner> = (0..n)
+        .map(|i| CommandSigner::from_seed(&[10 + i as u8; 32]).expect("fixed seed"))
+        .collect();
+    let keys: Vec<[u8; 32]> = signers
+        .iter()
+        .map(|s| s.verifying_key().to_bytes())
+        .collect();
+    let mut signatures: Vec<u8> = signers
+        .windows(2)
+        .flat_map(|w| w[0].sign_link(&w[1].verifying_key()))
+        .collect();
+    let trusted: Vec<TrustedKey> = (0..n)
+        .filter(|i| trust & (1 << i) != 0)
+        .map(|i| TrustedKey::from_raw(&keys[i]).expect("a valid key"))
+        .collect();
+    // Link i (key i signed by key i - 1) is signature bytes (i - 1) * 64 .. i * 64: it is
+    // broken when one of its bytes is flipped or missing.
+    let mut flipped = None;
+    if tamper & 1 != 0 && !signatures.is_empty() {
+        let p = usize::from(*at) % signatures.len();
+        signatures[p] ^= 1 << (tamper >> 5);
+        flipped = Some(p / 64 + 1);
+    }
+    if tamper & 2 != 0 && !signatures.is_empty() {
+        signatures.truncate(usize::from(*cut) % signatures.len());
+    }
+    let broken = |i: usize| flipped == Some(i) || i * 64 > signatures.len();
+    let anchor = (0..n).rev().find(|i| trust & (1 << i) != 0);
+    let result = verify_chain(&keys, &signatures, &trusted);
+    match anchor {
+        None => assert_eq!(result, Err(Rejection::UnknownKey)),
+        Some(a) if (a + 1..n).any(broken) => {
+            assert_eq!(result, Err(Rejection::BadSignature))
+        }
+        Some(a) => {
+            let proved: Vec<[u8; 32]> = result
+                .expect("an intact chain from a trusted key")
+                .iter()
+                .map(|k| k.key.to_bytes())
+                .collect();
+            assert_eq!(proved, keys[a..].to_vec());
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let [mode, flags, at, rest @ ..] = data else {
         return;
     };
     let at = usize::from(*at) * 7919;
-    match mode % 3 {
+    match mode % 4 {
         0 => raw(rest, flags & 1 != 0, flags & 2 != 0),
         1 => signed_body(rest, *flags, at),
-        _ => envelope(rest, *flags, at),
+        2 => envelope(rest, *flags, at),
+        _ => chain(&data[1..]),
     }
 });

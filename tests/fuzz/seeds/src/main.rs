@@ -224,6 +224,10 @@ fn command_seeds(dir: &Path, signer: &CommandSigner) -> Result<()> {
             &framed(&[2, 0x1e, 9], &body),
         )?;
     }
+    // Key chains: four keys, the oldest trusted; six keys, the third trusted, a link after
+    // it tampered with.
+    write(dir, "command", "chain", &[3, 3, 0b0001, 0, 0, 0])?;
+    write(dir, "command", "chain-tampered", &[3, 5, 0b0100, 1, 200, 0])?;
     Ok(())
 }
 
