@@ -123,3 +123,20 @@ deps_node() {
   fi
   export PATH="$bin:$PATH"
 }
+
+# Cargo tools the checks and builds use (cargo-deny, cargo-zigbuild, …), each at a pinned
+# version, installed from crates.io once per machine into PIFLEET_TOOLS (default
+# ~/.cache/pifleet/tools, outside the checkout so a fresh clone does not build them again).
+PIFLEET_TOOLS=${PIFLEET_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/pifleet/tools}
+
+# Prints the path of tool $1 (binary $3, default $1) at version $2, installing it if needed.
+deps_cargo_tool() {
+  local crate=$1 version=$2 binary=${3:-$1}
+  local path=$PIFLEET_TOOLS/bin/$binary
+  if ! "$path" --version 2>/dev/null | grep -qF "$version"; then
+    echo "installing $crate $version from crates.io into $PIFLEET_TOOLS" >&2
+    cargo install --quiet --locked --root "$PIFLEET_TOOLS" "$crate" --version "$version" >&2 ||
+      return 1
+  fi
+  echo "$path"
+}
