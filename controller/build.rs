@@ -58,10 +58,11 @@ fn build_dashboard(out: &Path) -> PathBuf {
     match Command::new(&npm).arg("--version").output() {
         Ok(o) if o.status.success() => {}
         _ => fail(
-            "building the dashboard needs Node.js (20.19 or newer) and npm. Install them \
-             (Debian/Ubuntu: `sudo apt-get install nodejs npm`) and build again, or set \
-             PIFLEET_WEB_DIST to a dashboard built elsewhere (`npm ci && npm run build` \
-             in controller/web, then PIFLEET_WEB_DIST=controller/web/dist).",
+            "building the dashboard needs Node.js (20.19 or newer) and npm. `scripts/demo` \
+             and `scripts/check` install them when missing (from PyPI into target/node); or \
+             install them yourself (Debian 13: `sudo apt-get install nodejs npm`) and build \
+             again, or set PIFLEET_WEB_DIST to a dashboard built elsewhere (`npm ci && npm run \
+             build` in controller/web, then PIFLEET_WEB_DIST=controller/web/dist).",
         ),
     }
     // `npm ci` when the installed packages do not match the lock file (or are missing).

@@ -3,6 +3,7 @@
 //! admin), and `serve` loads them here, making the secrets a data dir from an older version
 //! lacks.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
@@ -75,14 +76,20 @@ pub fn command_public_key(dd: &DataDir) -> Result<String, SetupError> {
 /// Creates a new data dir: CA (a new self-signed one, or `ca`: an intermediate CA whose
 /// root is kept elsewhere), server certificate, command key, config, database, CRL.
 /// Everything is built in a sibling temp dir and renamed into place at the end, so a failure
-/// leaves nothing half-written.
+/// leaves nothing half-written. An existing empty dir (the Debian package's
+/// `/var/lib/pifleet`, owned by the service's user in a parent only root may write) is
+/// filled from a temp dir inside it instead, `config.toml` last, and emptied again on failure.
 pub async fn init(
     root: &Path,
     hostnames: &[String],
     ca: Option<Ca>,
 ) -> Result<InitReport, SetupError> {
     let target = DataDir::new(root);
+    let existed = root.is_dir();
     target.create_new()?; // refuses an existing non-empty dir
+    if existed {
+        return init_in_place(&target, hostnames, ca).await;
+    }
     let parent = root.parent().unwrap_or(Path::new("."));
     let name = root
         .file_name()
@@ -103,6 +110,49 @@ pub async fn init(
         source,
     })?;
     Ok(report)
+}
+
+/// `init` into the existing empty dir `target`: staged in `target/.init-PID`, then each entry
+/// renamed up, `config.toml` (what the unit waits for) last. On failure `target` is emptied.
+async fn init_in_place(
+    target: &DataDir,
+    hostnames: &[String],
+    ca: Option<Ca>,
+) -> Result<InitReport, SetupError> {
+    let root = target.root();
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| SetupError::Io { path, source }
+    };
+    // Private, as a new data dir is (this fails unless we own it).
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)).map_err(io(root))?;
+    let staging = DataDir::new(root.join(format!(".init-{}", std::process::id())));
+    let done = async {
+        staging.create_new()?;
+        let report = populate(&staging, hostnames, ca).await?;
+        let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(staging.root())
+            .and_then(|entries| entries.map(|e| e.map(|e| e.file_name())).collect())
+            .map_err(io(staging.root()))?;
+        let config = target.config();
+        let last = config.file_name();
+        names.sort_by_key(|n| Some(n.as_os_str()) == last);
+        for name in names {
+            let to = root.join(&name);
+            std::fs::rename(staging.root().join(&name), &to).map_err(io(&to))?;
+        }
+        std::fs::remove_dir(staging.root()).map_err(io(staging.root()))?;
+        Ok::<_, SetupError>(report)
+    }
+    .await;
+    if done.is_err() {
+        // It was empty: empty it again (best effort; the error reported is the first).
+        if let Ok(entries) = std::fs::read_dir(root) {
+            for path in entries.flatten().map(|e| e.path()) {
+                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+            }
+        }
+    }
+    done
 }
 
 /// What `init` made that the operator must see once.
@@ -322,6 +372,47 @@ mod tests {
         let public = release_public_key(dd).unwrap();
         assert_eq!(signer.id(), public.id);
         assert_eq!(signer.public(), &public);
+    }
+
+    /// The Debian package's data dir: empty, made by root, in a parent the service's user
+    /// may not write. `init` fills it without writing the parent, or leaves it empty.
+    #[tokio::test]
+    async fn init_fills_an_existing_empty_dir_without_touching_its_parent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("data");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let parent_mtime = || std::fs::metadata(tmp.path()).unwrap().modified().unwrap();
+        let before = parent_mtime();
+
+        let bad = init(&root, &["not a name".to_owned()], None).await;
+        assert!(bad.is_err());
+        assert_eq!(
+            std::fs::read_dir(&root).unwrap().count(),
+            0,
+            "emptied again"
+        );
+
+        init(&root, &["localhost".to_owned()], None).await.unwrap();
+        assert_eq!(
+            parent_mtime(),
+            before,
+            "nothing made or renamed beside the data dir"
+        );
+        assert_eq!(mode(&root), 0o700);
+        let dd = DataDir::new(&root);
+        for path in dd.secret_files() {
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
+        assert!(Config::load(&dd.config()).is_ok());
+        let stray: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(stray.is_empty(), "{stray:?}");
+        // Once filled, it is refused like any other non-empty dir.
+        assert!(init(&root, &[], None).await.is_err());
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod apikit;
 pub mod authkit;
+pub mod docgen;
 pub mod fleetkit;
 pub mod harness;
 pub mod https;

@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use pifleet_controller::commands::deploy::{DeployOptions, deploy_action, deploy_to_device};
@@ -42,20 +42,6 @@ struct Rig {
     app_dir: PathBuf,
 }
 
-/// The agent's `[commands]` (the fakes' directory as its PATH) and `[apps.demo]`.
-fn agent_toml(fake: &FakeBin, app_dir: &Path) -> String {
-    let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
-        .unwrap()
-        .unwrap()
-        .name;
-    format!(
-        "[commands]\npath = \"{}\"\n\n[apps.demo]\nunit = \"demo.service\"\nuser = \"{user}\"\n\
-         dir = \"{}\"\nreserve_bytes = 1024\n",
-        fake.dir.display(),
-        app_dir.display()
-    )
-}
-
 impl Rig {
     async fn new() -> Self {
         let ctl = Controller::start().await.unwrap();
@@ -65,7 +51,7 @@ impl Rig {
         fake.units_start().unwrap();
         let app_dir = tmp.path().join("apps/demo");
         agent
-            .set_commands_toml(&agent_toml(&fake, &app_dir))
+            .set_commands_toml(&pifleet_tests::releasekit::demo_app_toml(&fake, &app_dir))
             .unwrap();
         let dd = DataDir::new(&ctl.data);
         let store = Store::open(&dd.database(), false).await.unwrap();
@@ -96,7 +82,7 @@ impl Rig {
     /// `data` incompressible bytes.
     async fn release(&self, app: &str, text: &str, data: usize, arches: Vec<String>) -> ReleaseRow {
         let path = self.tmp.path().join(format!("{app}-{}.tar.gz", text.len()));
-        write_archive(&path, text, data);
+        pifleet_tests::releasekit::write_site(&path, text, data);
         let signer = setup::release_signer(&self.dd).unwrap();
         let new = pifleet_tests::releasekit::quick_release(app, format!("v{}", text.len()), arches);
         let input = Input::Upload {
@@ -185,39 +171,6 @@ impl Rig {
         v.sort();
         v
     }
-}
-
-/// A gzip-compressed tar holding `index.html` (`text`), `data.bin` (`data` pseudo-random
-/// bytes, which gzip cannot shrink) and `bin/`.
-fn write_archive(path: &Path, text: &str, data: usize) {
-    let file = std::fs::File::create(path).unwrap();
-    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
-    let mut tar = tar::Builder::new(gz);
-    let mut dir = tar::Header::new_gnu();
-    dir.set_entry_type(tar::EntryType::Directory);
-    dir.set_mode(0o755);
-    dir.set_size(0);
-    tar.append_data(&mut dir, "bin", std::io::empty()).unwrap();
-    let mut h = tar::Header::new_gnu();
-    h.set_mode(0o644);
-    h.set_size(text.len() as u64);
-    tar.append_data(&mut h, "index.html", text.as_bytes())
-        .unwrap();
-    let mut x = 0x2545_f491_u32;
-    let noise: Vec<u8> = (0..data)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect();
-    let mut h = tar::Header::new_gnu();
-    h.set_mode(0o644);
-    h.set_size(noise.len() as u64);
-    tar.append_data(&mut h, "data.bin", noise.as_slice())
-        .unwrap();
-    tar.into_inner().unwrap().finish().unwrap();
 }
 
 fn dir_name(row: &ReleaseRow) -> String {

@@ -15,35 +15,10 @@ use pifleet_controller::setup;
 use pifleet_controller::store::{ReleaseRow, Store};
 use pifleet_shared::release::ReleaseSigner;
 use pifleet_shared::signing::TrustedKey;
-use pifleet_tests::harness::{Agent, Controller, FakeBin, fake_bin, wait_for};
+use pifleet_tests::harness::{Agent, Controller, fake_bin, wait_for};
 
 const DEVICE: &str = "pi-relkey";
 const WAIT: Duration = Duration::from_secs(60);
-
-fn agent_toml(fake: &FakeBin, app_dir: &Path) -> String {
-    let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
-        .unwrap()
-        .unwrap()
-        .name;
-    format!(
-        "[commands]\npath = \"{}\"\n\n[apps.demo]\nunit = \"demo.service\"\nuser = \"{user}\"\n\
-         dir = \"{}\"\nreserve_bytes = 1024\n",
-        fake.dir.display(),
-        app_dir.display()
-    )
-}
-
-fn write_archive(path: &Path, text: &str) {
-    let file = std::fs::File::create(path).unwrap();
-    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
-    let mut tar = tar::Builder::new(gz);
-    let mut h = tar::Header::new_gnu();
-    h.set_mode(0o644);
-    h.set_size(text.len() as u64);
-    tar.append_data(&mut h, "index.html", text.as_bytes())
-        .unwrap();
-    tar.into_inner().unwrap().finish().unwrap();
-}
 
 async fn release(
     dd: &DataDir,
@@ -53,7 +28,7 @@ async fn release(
     text: &str,
 ) -> ReleaseRow {
     let path = tmp.join(format!("{}.tar.gz", text.len()));
-    write_archive(&path, text);
+    pifleet_tests::releasekit::write_site(&path, text, 0);
     let new = pifleet_tests::releasekit::quick_release("demo", format!("v{}", text.len()), vec![]);
     let input = Input::Upload {
         path,
@@ -123,7 +98,10 @@ async fn a_release_signed_by_the_new_key_deploys_and_the_old_key_is_dropped_at_t
     let fake = fake_bin(&tmp.path().join("bin")).unwrap();
     fake.units_start().unwrap();
     agent
-        .set_commands_toml(&agent_toml(&fake, &tmp.path().join("apps/demo")))
+        .set_commands_toml(&pifleet_tests::releasekit::demo_app_toml(
+            &fake,
+            &tmp.path().join("apps/demo"),
+        ))
         .unwrap();
     agent.start().unwrap();
     wait_for(WAIT, "agent online", || async {

@@ -125,19 +125,25 @@ fn user_agent(headers: &HeaderMap) -> String {
         .collect()
 }
 
+/// The log line of every failed or refused sign-in step, one per guess, with the client
+/// address (`source`: the TCP peer, or the X-Forwarded-For client of a trusted proxy) for
+/// tools like fail2ban (deploy/fail2ban/). The user name is not logged: one typed into the
+/// wrong field would be a password; the audit log records the (lowercased) name tried.
+const SIGN_IN_FAILED: &str = "sign-in failed";
+
 /// Records an attempt for `key` before its guess is checked; a 423 when the account is
-/// locked (audited as `refused` when given).
-async fn reserve_attempt(
-    st: &ApiState,
-    key: &str,
-    refused: Option<Event>,
-) -> Result<Attempt, Problem> {
+/// locked (audited as `refused` and logged).
+async fn reserve_attempt(st: &ApiState, key: &str, refused: Event) -> Result<Attempt, Problem> {
     match lockout::reserve(&st.store, &st.cfg.auth, key).await? {
         Ok(a) => Ok(a),
         Err(locked) => {
-            if let Some(ev) = refused {
-                st.audit(ev).await?;
-            }
+            tracing::warn!(
+                source = %refused.source,
+                action = %refused.action,
+                reason = "account locked",
+                "{SIGN_IN_FAILED}"
+            );
+            st.audit(refused).await?;
             Err(locked.into())
         }
     }
@@ -153,6 +159,7 @@ async fn record_failure(
     why: &str,
 ) -> Result<(), Problem> {
     st.metrics_auth("failure");
+    tracing::warn!(source = %ip, action, reason = why, "{SIGN_IN_FAILED}");
     st.audit(event(
         actor,
         ip,
@@ -302,7 +309,7 @@ pub async fn login(
     let key = name_key(&req.username);
     let argon2 = st.admit_argon2()?;
     let refused = event("anonymous", ip, "auth.login", &key, "refused: locked");
-    let attempt = reserve_attempt(&st, &key, Some(refused)).await?;
+    let attempt = reserve_attempt(&st, &key, refused).await?;
     let user = st.store.user_by_name(&key).await?;
     let ok = argon2
         .verify(
@@ -414,7 +421,7 @@ pub async fn login_mfa(
     let key = name_key(&user.name);
     let actor = format!("user:{}", user.name);
     let refused = event(&actor, ip, "auth.mfa", &key, "refused: locked");
-    let attempt = reserve_attempt(&st, &key, Some(refused)).await?;
+    let attempt = reserve_attempt(&st, &key, refused).await?;
     let code = match (req.code.as_deref(), req.recovery_code.as_deref()) {
         (Some(code), _) => {
             let now = u64::try_from(now_ms() / 1000).unwrap_or(0);

@@ -1,6 +1,7 @@
 //! An enrolled agent process, its spool on disk (read and written in the agent's own
 //! format) and edits to its `agent.toml`.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -11,6 +12,44 @@ use super::bin;
 use super::controller::Controller;
 use super::process::Runs;
 
+/// Which agent program runs: the one built for this machine, or another build (the ARM
+/// agents) run through an emulator such as `qemu-arm-static -cpu arm1176`.
+#[derive(Debug, Clone)]
+pub struct AgentExe {
+    runner: Vec<OsString>,
+    program: PathBuf,
+}
+
+impl AgentExe {
+    /// The `pifleet-agent` built with the workspace.
+    pub fn built() -> Result<Self> {
+        Ok(Self {
+            runner: Vec::new(),
+            program: bin("pifleet-agent")?,
+        })
+    }
+
+    /// `program` started as `runner… program`.
+    pub fn emulated(runner: &[&str], program: PathBuf) -> Self {
+        Self {
+            runner: runner.iter().map(OsString::from).collect(),
+            program,
+        }
+    }
+
+    /// A command that runs the agent (its arguments still to add).
+    pub fn command(&self) -> Command {
+        match self.runner.split_first() {
+            None => Command::new(&self.program),
+            Some((emulator, args)) => {
+                let mut cmd = Command::new(emulator);
+                cmd.args(args).arg(&self.program);
+                cmd
+            }
+        }
+    }
+}
+
 /// An enrolled agent with its own config dir.
 #[derive(Debug)]
 pub struct Agent {
@@ -18,15 +57,22 @@ pub struct Agent {
     pub dir: PathBuf,
     _tmp: TempDir,
     runs: Runs,
+    exe: AgentExe,
 }
 
 impl Agent {
     /// Enrolls a new agent as `id` with a fresh token; telemetry every `interval_s` seconds.
     pub fn enroll(ctl: &Controller, id: &str, interval_s: u32) -> Result<Self> {
+        Self::enroll_with(ctl, id, interval_s, AgentExe::built()?)
+    }
+
+    /// [`Agent::enroll`] with another agent program, which also runs it afterwards.
+    pub fn enroll_with(ctl: &Controller, id: &str, interval_s: u32, exe: AgentExe) -> Result<Self> {
         let token = ctl.token(None, "10m")?;
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join(id);
-        let out = Command::new(bin("pifleet-agent")?)
+        let out = exe
+            .command()
             .args(["enroll", "--controller", &ctl.url(), "--token", &token])
             .arg("--config")
             .arg(dir.join("agent.toml"))
@@ -40,6 +86,7 @@ impl Agent {
             runs: Runs::new(dir.clone(), "agent"),
             dir,
             _tmp: tmp,
+            exe,
         })
     }
 
@@ -51,7 +98,7 @@ impl Agent {
     /// Starts `pifleet-agent run` with `env` added to its environment (e.g. the
     /// `NOTIFY_SOCKET` systemd would set).
     pub fn start_with_env(&mut self, env: &[(&str, &str)]) -> Result<()> {
-        let mut cmd = Command::new(bin("pifleet-agent")?);
+        let mut cmd = self.exe.command();
         cmd.arg("run")
             .arg("--config")
             .arg(self.config())

@@ -17,7 +17,7 @@ use anyhow::{Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-pub use agent::{Agent, SpoolState};
+pub use agent::{Agent, AgentExe, SpoolState};
 pub use controller::{Controller, WriteLock};
 pub use fakebin::{FAKE_JOURNAL, FakeBin, fake_bin};
 
