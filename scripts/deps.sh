@@ -40,6 +40,9 @@ DEPS_CHECK=(
   "dpkg-shlibdeps dpkg-dev"
   "curl curl"
   "adduser adduser"
+  "file file"
+  "aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu"
+  "/usr/aarch64-linux-gnu/lib/libc.so libc6-dev-arm64-cross"
 )
 NODE_MIN=20.19
 NODE_WHEEL_VERSION=24.19.0
