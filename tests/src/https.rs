@@ -157,6 +157,20 @@ pub fn pem(label: &str, der: &[u8]) -> String {
     out
 }
 
+/// A well-formed CSR (ECDSA P-256, like the agent's).
+#[allow(clippy::unwrap_used)] // a test helper: like the tests, it panics
+pub fn csr_pem(cn: &str) -> String {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, cn);
+    params.distinguished_name = dn;
+    params
+        .serialize_request(&rcgen::KeyPair::generate().unwrap())
+        .unwrap()
+        .pem()
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,8 +13,8 @@ use pifleet_tests::api::{Api, Resp};
 use pifleet_tests::apikit::problem;
 use pifleet_tests::authkit::retry_after;
 use pifleet_tests::harness::{Agent, Controller, wait_for};
+use pifleet_tests::https::csr_pem;
 use pifleet_tests::promkit::value;
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -39,19 +39,6 @@ fn unknown_token(ctl: &Controller) -> String {
         "pft1.{}.{fingerprint}",
         hex::encode(rand::random::<[u8; 32]>())
     )
-}
-
-/// A well-formed CSR (ECDSA P-256, like the agent's).
-fn csr_pem(cn: &str) -> String {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, cn);
-    params.distinguished_name = dn;
-    params
-        .serialize_request(&KeyPair::generate().unwrap())
-        .unwrap()
-        .pem()
-        .unwrap()
 }
 
 /// The refused `device.enroll` audit entries: (source, outcome, detail), in order.

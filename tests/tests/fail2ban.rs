@@ -15,9 +15,9 @@ use std::time::Duration;
 use pifleet_tests::api::{Api, Resp, TEST_PASSWORD};
 use pifleet_tests::authkit::{code, enrol_mfa, now_s};
 use pifleet_tests::harness::{Agent, Controller, now_ms, wait_for};
+use pifleet_tests::https::csr_pem;
 use pifleet_tests::logs::{REFUSED, count_entries, wait_entry};
 use pifleet_tests::mqtt::{client, client_tls, connack, connected};
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -57,19 +57,6 @@ async fn enroll(api: &Api, source: &str, token: &str, csr: &str) -> Resp {
 
 fn status(r: &Resp, want: u16, what: &str) {
     assert_eq!(r.status, want, "{what}: {}", r.text);
-}
-
-/// A well-formed CSR (ECDSA P-256, like the agent's).
-fn csr_pem(cn: &str) -> String {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, cn);
-    params.distinguished_name = dn;
-    params
-        .serialize_request(&KeyPair::generate().unwrap())
-        .unwrap()
-        .pem()
-        .unwrap()
 }
 
 /// The id of the enrollment token created with `--name name` (`token list`).
