@@ -18,4 +18,5 @@ pub mod mqtt;
 pub mod procstat;
 pub mod promkit;
 pub mod releasekit;
+pub mod sim;
 pub mod simkit;

@@ -53,3 +53,8 @@ pub fn usage(pid: u32) -> Result<Usage> {
         hwm_kib: kib("VmHWM:")?,
     })
 }
+
+/// How many file descriptors the process has open (`/proc/PID/fd`).
+pub fn open_fds(pid: u32) -> Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}

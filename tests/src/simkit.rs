@@ -15,6 +15,9 @@ use pifleet_shared::signing::{DeviceSigner, TrustedKey, VerifyContext, verify_co
 use pifleet_shared::topic::Kind;
 use pifleet_shared::{Topic, codec};
 
+/// How many enrollments run at once (each is a key generation, a CSR and an HTTPS round trip).
+const ENROLL_CONCURRENCY: usize = 32;
+
 /// Enrolls devices `sim-00000`… (`n` of them) through the enrollment API of the controller
 /// on `https_port`, keeping their identities under `dir` (reused across runs).
 pub async fn enroll_all(
@@ -23,53 +26,69 @@ pub async fn enroll_all(
     n: usize,
     https_port: u16,
 ) -> Result<Vec<AgentConfig>> {
+    ensure_enrolled(dd, dir, n, https_port).await?;
+    (0..n)
+        .map(|i| {
+            AgentConfig::load(&dir.join(format!("sim-{i:05}")).join("agent.toml"))
+                .map_err(anyhow::Error::from)
+        })
+        .collect()
+}
+
+/// Enrolls those of devices `sim-00000`… (`n` of them) that have no identity under `dir`
+/// yet, with one provisioning token, `ENROLL_CONCURRENCY` at a time; returns how many it
+/// enrolled.
+pub async fn ensure_enrolled(
+    dd: &DataDir,
+    dir: &std::path::Path,
+    n: usize,
+    https_port: u16,
+) -> Result<usize> {
+    use futures_util::stream::{StreamExt, TryStreamExt};
     std::fs::create_dir_all(dir)?;
+    let missing: Vec<(String, std::path::PathBuf)> = (0..n)
+        .map(|i| format!("sim-{i:05}"))
+        .map(|id| {
+            let config = dir.join(&id).join("agent.toml");
+            (id, config)
+        })
+        .filter(|(_, config)| !config.exists())
+        .collect();
+    if missing.is_empty() {
+        return Ok(0);
+    }
     let store = Store::open(&dd.database(), false).await?;
-    let mut out = Vec::with_capacity(n);
-    let mut pending = Vec::new();
-    for i in 0..n {
-        let id = format!("sim-{i:05}");
-        let config = dir.join(&id).join("agent.toml");
-        if config.exists() {
-            out.push(config);
-            continue;
-        }
-        let spec = tokens::TokenSpec {
-            ttl: Duration::from_secs(600),
-            ..Default::default()
-        };
-        let token = tokens::create_token(dd, &store, 600, &spec).await?;
-        pending.push(EnrollOptions {
+    let spec = tokens::TokenSpec {
+        ttl: Duration::from_secs(3_600),
+        max_uses: Some(u32::try_from(missing.len())?),
+        ..Default::default()
+    };
+    let token = tokens::create_token(dd, &store, 3_600, &spec).await;
+    store.close().await;
+    let token = token?.token.to_string();
+    let opts: Vec<EnrollOptions> = missing
+        .into_iter()
+        .map(|(id, config)| EnrollOptions {
             controller: format!("https://localhost:{https_port}"),
-            token: token.token.to_string(),
-            config: config.clone(),
+            token: token.clone(),
+            config,
             device_id: Some(id),
             interval_s: Some(10),
             force: false,
             serial_file: None,
             keep: None,
-        });
-        out.push(config);
-    }
-    store.close().await;
-    for chunk in pending.chunks(32) {
-        let futs = chunk.iter().map(enroll);
-        for r in futures_join(futs).await {
-            r?;
-        }
-    }
-    out.iter()
-        .map(|p| AgentConfig::load(p).map_err(anyhow::Error::from))
-        .collect()
-}
-
-pub async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let handles: Vec<_> = futs.map(Box::pin).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await);
-    }
-    out
+        })
+        .collect();
+    let count = opts.len();
+    futures_util::stream::iter(opts.iter().map(|o| async move {
+        enroll(o)
+            .await
+            .map_err(|e| anyhow::anyhow!("enrolling {}: {e}", o.config.display()))
+    }))
+    .buffer_unordered(ENROLL_CONCURRENCY)
+    .try_collect::<Vec<_>>()
+    .await?;
+    Ok(count)
 }
 
 /// Answers commands like an agent with everything allowed: verifies the signature, target,
