@@ -88,10 +88,10 @@ struct Args {
     /// MQTT keep-alive, seconds (the agent's default).
     #[arg(long, default_value_t = 30)]
     keep_alive_s: u64,
-    /// After the steady load: a reconnect storm.
-    #[arg(long, value_enum)]
-    storm: Option<StormKind>,
-    /// How many storms in a row.
+    /// After the steady load: reconnect storms, in this order (`kill,drop`).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    storm: Vec<StormKind>,
+    /// How many times the `--storm` list runs.
     #[arg(long, default_value_t = 1)]
     storms: usize,
     /// Seconds between storms.
@@ -278,29 +278,29 @@ async fn parent(args: Args) -> Result<()> {
         steady.merge_stats(&workers.all(Command::Stats).await?);
         report.steady = Some(steady);
     }
-    if let Some(kind) = args.storm {
-        for i in 0..args.storms {
-            if i > 0 {
-                tokio::time::sleep(Duration::from_secs(args.storm_pause_s)).await;
-            }
-            let drop = kind == StormKind::Drop;
-            workers.all(Command::Storm { drop }).await?;
-            if !drop {
-                target.kill_and_restart()?;
-            }
-            let storm = Storm::merge(
-                if drop { "drop" } else { "kill" },
-                &workers.all(Command::Wait).await?,
-            );
-            eprintln!(
-                "storm {}: {}/{} reconnected, {} acknowledged",
-                i + 1,
-                storm.reconnected,
-                storm.devices,
-                storm.acknowledged
-            );
-            report.storms.push(storm);
+    let storms = (0..args.storms).flat_map(|_| args.storm.iter().copied());
+    for (i, kind) in storms.enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_secs(args.storm_pause_s)).await;
         }
+        let drop = kind == StormKind::Drop;
+        workers.all(Command::Storm { drop }).await?;
+        if !drop {
+            target.kill_and_restart()?;
+        }
+        let storm = Storm::merge(
+            if drop { "drop" } else { "kill" },
+            &workers.all(Command::Wait).await?,
+        );
+        eprintln!(
+            "storm {} ({}): {}/{} reconnected, {} acknowledged",
+            i + 1,
+            storm.kind,
+            storm.reconnected,
+            storm.devices,
+            storm.acknowledged
+        );
+        report.storms.push(storm);
     }
     workers.quit().await?;
     if let Some(m) = mosquitto.as_mut() {

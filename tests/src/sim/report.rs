@@ -193,7 +193,7 @@ pub struct Report {
 }
 
 fn ms(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".into(), |v| format!("{v:.0} ms"))
+    v.map_or_else(|| "-".into(), |v| format!("{v:.1} ms"))
 }
 
 fn secs(v: Option<f64>) -> String {
