@@ -42,7 +42,10 @@ enum Broker {
 }
 
 #[derive(Parser, Debug)]
-#[command(about = "pifleet fleet simulator and ingest benchmark")]
+#[command(
+    about = "pifleet fleet simulator and ingest benchmark",
+    args_override_self = true
+)]
 struct Args {
     /// The controller's data dir (its CA, its enrollment API, its serve.json).
     #[arg(long)]
@@ -100,6 +103,9 @@ struct Args {
     /// How long a phase (connect, storm) may take before the report says what it got.
     #[arg(long, default_value_t = 300)]
     phase_timeout_s: u64,
+    /// Enroll the identities (those missing) and stop.
+    #[arg(long)]
+    enroll_only: bool,
     /// Print the report as one JSON document.
     #[arg(long)]
     json: bool,
@@ -212,6 +218,10 @@ async fn parent(args: Args) -> Result<()> {
         "{} devices enrolled ({enrolled_new} new, {enroll_s:.1} s)",
         args.devices
     );
+    if args.enroll_only {
+        controller.stop();
+        return Ok(());
+    }
     let mut mosquitto = match args.broker {
         Broker::Mosquitto => Some(Target::spawn_mosquitto(&dd)?),
         Broker::Pifleet => None,
