@@ -280,6 +280,11 @@ async fn parent(args: Args) -> Result<()> {
         let elapsed = t0.elapsed().as_secs_f64();
         steady.duration_s = elapsed;
         steady.broker_fds = procstat::open_fds(target.pid).unwrap_or(0);
+        steady.sim_rss_kib = sim_pids
+            .iter()
+            .filter_map(|p| procstat::usage(*p).ok())
+            .map(|u| u.rss_kib)
+            .sum();
         let pct = |ticks: u64| ticks as f64 / procstat::TICKS_PER_SEC / elapsed * 100.0;
         steady.broker_cpu_pct = pct(b1.saturating_sub(b0));
         steady.sim_cpu_pct = pct(s1.saturating_sub(s0));

@@ -88,6 +88,8 @@ pub struct Steady {
     pub ack_max_ms: Option<f64>,
     /// The simulator's own CPU (all its processes), percent of one core.
     pub sim_cpu_pct: f64,
+    /// The simulator's RSS (all its processes) at the end of the load.
+    pub sim_rss_kib: u64,
     pub broker_cpu_pct: f64,
     pub broker_rss_before_kib: u64,
     pub broker_rss_kib: u64,
@@ -261,8 +263,9 @@ impl Report {
                 s.broker_fds
             );
             o += &format!(
-                "             simulator CPU {:.0} %; failures {}\n",
+                "             simulator CPU {:.0} %, RSS {:.1} MiB; failures {}\n",
                 s.sim_cpu_pct,
+                s.sim_rss_kib as f64 / 1024.0,
                 failures(&s.failures)
             );
         }
