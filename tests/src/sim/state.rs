@@ -123,3 +123,34 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_round_robin_from_127_0_0_2() {
+        let s = Settings {
+            broker: SocketAddr::from(([127, 0, 0, 1], 1)),
+            rate: 0.0,
+            batch: 1,
+            keep_alive: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            backoff_max: Duration::from_secs(60),
+            ack: AckMode::App,
+            sources: 3,
+        };
+        let got: Vec<Ipv4Addr> = (0..4).map(|i| s.source(i)).collect();
+        assert_eq!(
+            got,
+            [
+                Ipv4Addr::new(127, 0, 0, 2),
+                Ipv4Addr::new(127, 0, 0, 3),
+                Ipv4Addr::new(127, 0, 0, 4),
+                Ipv4Addr::new(127, 0, 0, 2)
+            ]
+        );
+        let wide = Settings { sources: 300, ..s };
+        assert_eq!(wide.source(299), Ipv4Addr::new(127, 0, 1, 45));
+    }
+}

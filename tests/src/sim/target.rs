@@ -105,6 +105,13 @@ impl Target {
     /// A controller already running on `dd`.
     pub fn external(dd: &DataDir) -> Result<Self> {
         let b = bound(dd).context("is the controller running? (no serve.json in the data dir)")?;
+        if !Path::new(&format!("/proc/{}", b.pid)).exists() {
+            bail!(
+                "{} names pid {}, which is not running: start the controller, or pass --spawn-controller",
+                dd.serve_state().display(),
+                b.pid
+            );
+        }
         Ok(Self {
             name: "pifleet",
             mqtt: b.mqtt,
