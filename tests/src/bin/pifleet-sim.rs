@@ -250,7 +250,11 @@ async fn parent(args: Args) -> Result<()> {
         ..Default::default()
     };
     eprintln!("connecting {} devices", args.devices);
+    let (b0, s0) = cpu(target.pid, &sim_pids);
     report.connect = Connect::merge(&workers.all(Command::Connect).await?);
+    let (b1, s1) = cpu(target.pid, &sim_pids);
+    report.connect.broker_cpu_s = b1.saturating_sub(b0) as f64 / procstat::TICKS_PER_SEC;
+    report.connect.sim_cpu_s = s1.saturating_sub(s0) as f64 / procstat::TICKS_PER_SEC;
     eprintln!(
         "{}/{} connected",
         report.connect.connected, report.connect.devices
@@ -299,14 +303,17 @@ async fn parent(args: Args) -> Result<()> {
             tokio::time::sleep(Duration::from_secs(args.storm_pause_s)).await;
         }
         let drop = kind == StormKind::Drop;
+        let (_, s0) = cpu(target.pid, &sim_pids);
         workers.all(Command::Storm { drop }).await?;
         if !drop {
             target.kill_and_restart()?;
         }
-        let storm = Storm::merge(
+        let mut storm = Storm::merge(
             if drop { "drop" } else { "kill" },
             &workers.all(Command::Wait).await?,
         );
+        let (_, s1) = cpu(target.pid, &sim_pids);
+        storm.sim_cpu_s = s1.saturating_sub(s0) as f64 / procstat::TICKS_PER_SEC;
         eprintln!(
             "storm {} ({}): {}/{} reconnected, {} acknowledged",
             i + 1,

@@ -47,6 +47,9 @@ pub struct Connect {
     pub per_device: Spread,
     /// Failed attempts (each followed by a backoff and a retry) and lost sessions, by reason.
     pub failures: BTreeMap<String, u64>,
+    /// CPU seconds the broker and the simulator (all its processes) spent in this phase.
+    pub broker_cpu_s: f64,
+    pub sim_cpu_s: f64,
 }
 
 impl Connect {
@@ -142,6 +145,8 @@ pub struct Storm {
     pub connack: Spread,
     pub first_ack: Spread,
     pub failures: BTreeMap<String, u64>,
+    /// CPU seconds the simulator spent in this storm (the broker's restarted process is new).
+    pub sim_cpu_s: f64,
 }
 
 impl Storm {
@@ -241,7 +246,12 @@ impl Report {
             secs(c.all_connected_s),
             spread(&c.per_device)
         );
-        o += &format!("             failed attempts: {}\n", failures(&c.failures));
+        o += &format!(
+            "             CPU: broker {:.1} s, simulator {:.1} s; failed attempts: {}\n",
+            c.broker_cpu_s,
+            c.sim_cpu_s,
+            failures(&c.failures)
+        );
         if let Some(s) = &self.steady {
             o += &format!(
                 "steady       {:.0} s: offered {:.0} samples/s, acknowledged {:.0} samples/s ({} of {} published)\n",
@@ -283,7 +293,11 @@ impl Report {
             );
             o += &format!("             CONNACK   {}\n", spread(&s.connack));
             o += &format!("             first ack {}\n", spread(&s.first_ack));
-            o += &format!("             failures: {}\n", failures(&s.failures));
+            o += &format!(
+                "             simulator CPU {:.1} s; failures: {}\n",
+                s.sim_cpu_s,
+                failures(&s.failures)
+            );
         }
         o
     }
