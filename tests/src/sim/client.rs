@@ -39,7 +39,8 @@ const MAX_PENDING: usize = 256;
 /// A simulated device: its identity and topics.
 #[allow(missing_debug_implementations)] // holds a private key: not printed
 pub struct Device {
-    /// Index of its measurement slot in this process.
+    /// Index of its measurement slot in this process: the worker makes one slot per device
+    /// it holds, so it is always within `Shared::slots`.
     pub index: usize,
     source: std::net::Ipv4Addr,
     id: String,
