@@ -22,6 +22,9 @@ pub struct Metrics {
     pub mqtt_bytes_in: IntCounter,
     pub mqtt_messages_out: IntCounterVec,
     pub mqtt_bytes_out: IntCounter,
+    pub mqtt_out_dropped: IntCounterVec,
+    pub mqtt_connection_limit: IntGauge,
+    pub ingest_queue_depth: IntGauge,
     pub ingest_dropped: IntCounterVec,
     pub ingest_samples: IntCounter,
     pub ingest_commit_failures: IntCounter,
@@ -101,6 +104,21 @@ impl Metrics {
             mqtt_bytes_out: IntCounter::new(
                 "mqtt_bytes_out_total",
                 "Payload bytes the controller published to devices",
+            )?,
+            mqtt_out_dropped: IntCounterVec::new(
+                Opts::new(
+                    "mqtt_out_dropped_total",
+                    "Messages for devices not sent, by reason (offline, not_subscribed, queue_full)",
+                ),
+                &["reason"],
+            )?,
+            mqtt_connection_limit: IntGauge::new(
+                "mqtt_connection_limit",
+                "Most device connections this process accepts (mqtt.max_connections, lowered to fit the open-file limit)",
+            )?,
+            ingest_queue_depth: IntGauge::new(
+                "ingest_queue_depth",
+                "Device messages waiting for the database writer (bounded by ingest.queue_capacity)",
             )?,
             ingest_dropped: IntCounterVec::new(
                 Opts::new(
@@ -259,6 +277,9 @@ impl Metrics {
         r.register(Box::new(m.mqtt_bytes_in.clone()))?;
         r.register(Box::new(m.mqtt_messages_out.clone()))?;
         r.register(Box::new(m.mqtt_bytes_out.clone()))?;
+        r.register(Box::new(m.mqtt_out_dropped.clone()))?;
+        r.register(Box::new(m.mqtt_connection_limit.clone()))?;
+        r.register(Box::new(m.ingest_queue_depth.clone()))?;
         r.register(Box::new(m.ingest_dropped.clone()))?;
         r.register(Box::new(m.ingest_samples.clone()))?;
         r.register(Box::new(m.ingest_commit_failures.clone()))?;
