@@ -41,6 +41,7 @@ pub struct Metrics {
     pub https_refused: IntCounterVec,
     pub https_connections: IntGauge,
     pub https_preauth_connections: IntGauge,
+    pub mqtt_preauth_connections: IntGauge,
     pub http_requests: IntCounterVec,
     pub http_request_seconds: HistogramVec,
     pub devices: IntGaugeVec,
@@ -201,6 +202,10 @@ impl Metrics {
                 "https_connections",
                 "Open HTTPS connections (bounded by https.max_connections)",
             )?,
+            mqtt_preauth_connections: IntGauge::new(
+                "mqtt_preauth_connections",
+                "Device connections accepted that have not finished TLS and CONNECT",
+            )?,
             https_preauth_connections: IntGauge::new(
                 "https_preauth_connections",
                 "HTTPS connections that have not sent their first request yet (bounded by \
@@ -307,6 +312,7 @@ impl Metrics {
         r.register(Box::new(m.https_refused.clone()))?;
         r.register(Box::new(m.https_connections.clone()))?;
         r.register(Box::new(m.https_preauth_connections.clone()))?;
+        r.register(Box::new(m.mqtt_preauth_connections.clone()))?;
         r.register(Box::new(m.http_requests.clone()))?;
         r.register(Box::new(m.http_request_seconds.clone()))?;
         r.register(Box::new(m.devices.clone()))?;
@@ -337,5 +343,26 @@ impl Metrics {
             tracing::warn!(error = %e, "metrics encoding failed");
         }
         out
+    }
+}
+
+/// A place in a budget (connections, or the pre-authentication budget), counted in a gauge
+/// while it is held.
+#[derive(Debug)]
+pub struct Gauged<T> {
+    _held: T,
+    gauge: IntGauge,
+}
+
+impl<T> Gauged<T> {
+    pub fn new(held: T, gauge: IntGauge) -> Self {
+        gauge.inc();
+        Self { _held: held, gauge }
+    }
+}
+
+impl<T> Drop for Gauged<T> {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }

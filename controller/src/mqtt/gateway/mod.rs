@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::MqttConfig;
 use crate::datadir::DataDir;
-use crate::metrics::Metrics;
+use crate::metrics::{Gauged, Metrics};
 use crate::mqtt::ingest::Outgoing;
 use crate::mqtt::max_packet_size;
 use crate::mqtt::route::Router;
@@ -148,6 +148,7 @@ impl Gateway {
                 self.refuse_at_accept(peer, "max_connections");
                 continue;
             };
+            let preauth = Gauged::new(preauth, self.metrics.mqtt_preauth_connections.clone());
             let gw = self.clone();
             let cancel = shutdown.child_token();
             tokio::spawn(async move {
@@ -248,7 +249,7 @@ impl Gateway {
         tcp: TcpStream,
         peer: SocketAddr,
         cancel: CancellationToken,
-        preauth: PreAuth,
+        preauth: Gauged<PreAuth>,
         _permit: OwnedSemaphorePermit,
     ) {
         let _ = tcp.set_nodelay(true);
@@ -326,7 +327,7 @@ impl Gateway {
         tcp: TcpStream,
         peer: SocketAddr,
         conn: u64,
-        preauth: PreAuth,
+        preauth: Gauged<PreAuth>,
         identity: &mut Option<DeviceId>,
         registered: &mut bool,
         cancel: &CancellationToken,
