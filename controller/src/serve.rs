@@ -217,7 +217,7 @@ impl Controller {
             store.clone(),
             connection_limit,
         ));
-        let downlink = Downlink::new(gateway.clone());
+        let downlink = Downlink::new(&gateway);
         let online = Arc::new(tokio::sync::Notify::new());
         let signers = crate::rotation::command_keys::load_signers(&dd, &store)
             .await
@@ -310,7 +310,7 @@ impl Controller {
                 shutdown.clone(),
             ),
         );
-        let gw = self.gateway.clone();
+        let gw = self.gateway;
         tasks.spawn(
             "crl",
             crl::keep(

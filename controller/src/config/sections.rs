@@ -465,7 +465,7 @@ impl Default for MqttConfig {
             handshake_timeout_ms: 5_000,
             connect_timeout_ms: 10_000,
             max_connections: 60_000,
-            listen_backlog: 8_192,
+            listen_backlog: 4_096,
             handshake_concurrency: 0,
             device_queue: 64,
             idle_max_s: 600,
