@@ -91,6 +91,7 @@ pub async fn write(
                 Err(e) => {
                     // Nothing is acknowledged, so agents keep the samples meanwhile.
                     metrics.ingest_commit_failures.inc();
+                    metrics.ingest_queue_depth.set(queue.len() as i64);
                     health.degraded(WRITER, &e);
                     tracing::debug!(error = %e, samples, "ingest commit failed; retrying");
                     tokio::time::sleep(retry.next_delay()).await;
