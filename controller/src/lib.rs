@@ -1,5 +1,5 @@
-//! The pifleet controller: PKI and enrollment, the mutual-TLS MQTT gateway in front of an
-//! embedded rumqttd, lossless SQLite ingest, and the HTTPS listener.
+//! The pifleet controller: PKI and enrollment, the mutual-TLS MQTT gateway that is every
+//! device's broker, lossless SQLite ingest, and the HTTPS listener.
 
 pub mod api;
 pub mod approvals;

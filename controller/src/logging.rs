@@ -1,7 +1,6 @@
 //! Log set-up: readable text on a terminal, JSON lines otherwise; `RUST_LOG` overrides the
 //! default filter. Lines logged while serving an HTTPS request carry its span (request id,
-//! method, path). The embedded broker's own logs are off by default (the gateway logs every
-//! connection event with the device id). With the `otel` feature and `[tracing]
+//! method, path). The gateway logs every connection event with the device id. With the `otel` feature and `[tracing]
 //! otlp_endpoint` set, spans are also exported over OTLP (see [`crate::otel`]).
 
 use std::io::IsTerminal;
@@ -38,8 +37,8 @@ impl Drop for LogGuard {
 /// data directory when the process serves: its `[tracing]` section decides trace export (a
 /// config that does not load is ignored here; `serve` reports it and stops).
 pub fn init(serve_data_dir: Option<&Path>) -> LogGuard {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off,sqlx=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let mut layers: Vec<BoxedLayer> = vec![if std::io::stderr().is_terminal() {
         fmt.boxed()

@@ -22,6 +22,9 @@ pub struct Metrics {
     pub mqtt_bytes_in: IntCounter,
     pub mqtt_messages_out: IntCounterVec,
     pub mqtt_bytes_out: IntCounter,
+    pub mqtt_out_dropped: IntCounterVec,
+    pub mqtt_connection_limit: IntGauge,
+    pub ingest_queue_depth: IntGauge,
     pub ingest_dropped: IntCounterVec,
     pub ingest_samples: IntCounter,
     pub ingest_commit_failures: IntCounter,
@@ -38,6 +41,7 @@ pub struct Metrics {
     pub https_refused: IntCounterVec,
     pub https_connections: IntGauge,
     pub https_preauth_connections: IntGauge,
+    pub mqtt_preauth_connections: IntGauge,
     pub http_requests: IntCounterVec,
     pub http_request_seconds: HistogramVec,
     pub devices: IntGaugeVec,
@@ -101,6 +105,21 @@ impl Metrics {
             mqtt_bytes_out: IntCounter::new(
                 "mqtt_bytes_out_total",
                 "Payload bytes the controller published to devices",
+            )?,
+            mqtt_out_dropped: IntCounterVec::new(
+                Opts::new(
+                    "mqtt_out_dropped_total",
+                    "Messages for devices not sent, by reason (offline, not_subscribed, queue_full)",
+                ),
+                &["reason"],
+            )?,
+            mqtt_connection_limit: IntGauge::new(
+                "mqtt_connection_limit",
+                "Most device connections this process accepts (mqtt.max_connections, lowered to fit the open-file limit)",
+            )?,
+            ingest_queue_depth: IntGauge::new(
+                "ingest_queue_depth",
+                "Device messages waiting for the database writer (bounded by ingest.queue_capacity)",
             )?,
             ingest_dropped: IntCounterVec::new(
                 Opts::new(
@@ -183,6 +202,10 @@ impl Metrics {
                 "https_connections",
                 "Open HTTPS connections (bounded by https.max_connections)",
             )?,
+            mqtt_preauth_connections: IntGauge::new(
+                "mqtt_preauth_connections",
+                "Device connections accepted that have not finished TLS and CONNECT",
+            )?,
             https_preauth_connections: IntGauge::new(
                 "https_preauth_connections",
                 "HTTPS connections that have not sent their first request yet (bounded by \
@@ -259,6 +282,9 @@ impl Metrics {
         r.register(Box::new(m.mqtt_bytes_in.clone()))?;
         r.register(Box::new(m.mqtt_messages_out.clone()))?;
         r.register(Box::new(m.mqtt_bytes_out.clone()))?;
+        r.register(Box::new(m.mqtt_out_dropped.clone()))?;
+        r.register(Box::new(m.mqtt_connection_limit.clone()))?;
+        r.register(Box::new(m.ingest_queue_depth.clone()))?;
         r.register(Box::new(m.ingest_dropped.clone()))?;
         r.register(Box::new(m.ingest_samples.clone()))?;
         r.register(Box::new(m.ingest_commit_failures.clone()))?;
@@ -286,6 +312,7 @@ impl Metrics {
         r.register(Box::new(m.https_refused.clone()))?;
         r.register(Box::new(m.https_connections.clone()))?;
         r.register(Box::new(m.https_preauth_connections.clone()))?;
+        r.register(Box::new(m.mqtt_preauth_connections.clone()))?;
         r.register(Box::new(m.http_requests.clone()))?;
         r.register(Box::new(m.http_request_seconds.clone()))?;
         r.register(Box::new(m.devices.clone()))?;
@@ -316,5 +343,26 @@ impl Metrics {
             tracing::warn!(error = %e, "metrics encoding failed");
         }
         out
+    }
+}
+
+/// A place in a budget (connections, or the pre-authentication budget), counted in a gauge
+/// while it is held.
+#[derive(Debug)]
+pub struct Gauged<T> {
+    _held: T,
+    gauge: IntGauge,
+}
+
+impl<T> Gauged<T> {
+    pub fn new(held: T, gauge: IntGauge) -> Self {
+        gauge.inc();
+        Self { _held: held, gauge }
+    }
+}
+
+impl<T> Drop for Gauged<T> {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }

@@ -21,10 +21,11 @@ use crate::datadir::{DataDir, write_private};
 use crate::enroll::{EnrollState, Pinned};
 use crate::live::Hub;
 use crate::metrics::Metrics;
-use crate::mqtt::broker;
-use crate::mqtt::broker::Broker;
+use crate::mqtt::downlink::Downlink;
+use crate::mqtt::gateway::limits;
 use crate::mqtt::gateway::{self, Gateway};
 use crate::mqtt::ingest::{self, WriterContext};
+use crate::mqtt::route::{Handlers, Router};
 use crate::pki::{self, tls};
 use crate::pki::{Ca, crl};
 use crate::rotation::reload;
@@ -46,8 +47,6 @@ pub enum ServeError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    #[error(transparent)]
-    Broker(#[from] broker::BrokerError),
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
     #[error("publishing the CRL at start-up: {0}")]
@@ -118,8 +117,8 @@ struct Controller {
     https_listener: TcpListener,
     https_tls: rustls::ServerConfig,
     server_cert: Arc<pki::ServerCert>,
-    broker: Broker,
     gateway: Arc<Gateway>,
+    downlink: Downlink,
     dispatcher: Arc<Dispatcher>,
     /// The release keys devices are told to trust.
     release_keys: Vec<pifleet_shared::signing::TrustedKey>,
@@ -129,11 +128,11 @@ struct Controller {
         mpsc::Sender<crate::store::IngestOp>,
         mpsc::Receiver<crate::store::IngestOp>,
     ),
-    out: (
-        mpsc::UnboundedSender<ingest::Outgoing>,
-        mpsc::UnboundedReceiver<ingest::Outgoing>,
-    ),
-    receipts: (mpsc::Sender<Receipt>, mpsc::Receiver<Receipt>),
+    receipts: mpsc::Receiver<Receipt>,
+    renewals: mpsc::Receiver<(
+        pifleet_shared::DeviceId,
+        pifleet_shared::proto::v1::RenewRequest,
+    )>,
     online: Arc<tokio::sync::Notify>,
 }
 
@@ -175,7 +174,21 @@ impl Controller {
         }
         let health = Arc::new(Health::new(metrics.clone()));
 
-        let mqtt_listener = bind(cfg.mqtt.listen).await?;
+        let (mqtt_listener, backlog_warning) =
+            limits::bind(cfg.mqtt.listen, cfg.mqtt.listen_backlog).map_err(|source| {
+                ServeError::Bind {
+                    addr: cfg.mqtt.listen,
+                    source,
+                }
+            })?;
+        if let Some(w) = backlog_warning {
+            tracing::warn!("{w}");
+        }
+        let (connection_limit, limit_warning) =
+            limits::connection_limit(cfg.mqtt.max_connections, cfg.https.max_connections);
+        if let Some(w) = limit_warning {
+            tracing::warn!("{w}");
+        }
         let https_listener = bind(cfg.https.listen).await?;
         let bound = Bound {
             mqtt: local_addr(&mqtt_listener, cfg.mqtt.listen)?,
@@ -183,16 +196,28 @@ impl Controller {
             pid: std::process::id(),
         };
 
-        let mut broker = broker::start(cfg.mqtt.max_connections).await?;
-        broker
-            .link
-            .0
-            .subscribe(pifleet_shared::Topic::all_up_filter())
-            .map_err(|e| broker::BrokerError::Link(Box::new(e)))?;
-
         let queue = mpsc::channel(cfg.ingest.queue_capacity);
-        let out = mpsc::unbounded_channel();
         let receipts = mpsc::channel(10_000);
+        let renewals = mpsc::channel(1_000);
+        let router = Router::new(
+            queue.0.clone(),
+            Handlers {
+                receipts: receipts.0,
+                renewals: renewals.0,
+            },
+            metrics.clone(),
+        );
+        let gateway = Arc::new(Gateway::new(
+            cfg.mqtt.clone(),
+            mqtt_tls,
+            revoked,
+            router,
+            queue.0.clone(),
+            metrics.clone(),
+            store.clone(),
+            connection_limit,
+        ));
+        let downlink = Downlink::new(&gateway);
         let online = Arc::new(tokio::sync::Notify::new());
         let signers = crate::rotation::command_keys::load_signers(&dd, &store)
             .await
@@ -202,21 +227,11 @@ impl Controller {
         let dispatcher = Arc::new(Dispatcher::new(
             store.clone(),
             signers,
-            out.0.clone(),
+            downlink.clone(),
             cfg.commands.clone(),
             metrics.clone(),
             online.clone(),
             live.clone(),
-        ));
-        let gateway = Arc::new(Gateway::new(
-            cfg.mqtt.clone(),
-            mqtt_tls,
-            revoked,
-            broker.addr,
-            broker.login.clone(),
-            queue.0.clone(),
-            metrics.clone(),
-            store.clone(),
         ));
         let release_keys = setup::release_public_keys(&dd)?;
         let enroll_state = Arc::new(EnrollState {
@@ -258,41 +273,29 @@ impl Controller {
             https_listener,
             https_tls,
             server_cert,
-            broker,
             gateway,
+            downlink,
             dispatcher,
             release_keys,
             live,
             api,
             queue,
-            out,
-            receipts,
+            receipts: receipts.1,
+            renewals: renewals.1,
             online,
         })
     }
 
     /// Runs every task until `shutdown` or the first task that fails for good, then drains.
     async fn run(self, shutdown: CancellationToken) -> Result<(), ServeError> {
+        // The writer stops once every sender is gone: the gateway's (with its connections)
+        // and the routers' clones.
         let (queue_tx, queue_rx) = self.queue;
-        let (out_tx, out_rx) = self.out;
-        let (receipt_tx, receipt_rx) = self.receipts;
-        let Broker {
-            link: (link_tx, link_rx),
-            stopped: broker_stopped,
-            ..
-        } = self.broker;
+        drop(queue_tx);
+        let receipt_rx = self.receipts;
+        let renew_rx = self.renewals;
         let app = api::app(self.api.clone());
         let mut tasks = Supervisor::new(shutdown.clone());
-        let broker_shutdown = shutdown.clone();
-        tasks.spawn("broker", async move {
-            // Watches the embedded broker until shutdown (which stops with the runtime);
-            // until then, its stopping is fatal.
-            let why = tokio::select! {
-                _ = broker_shutdown.cancelled() => return Ok(()),
-                why = broker_stopped => why.unwrap_or_else(|_| "its task is gone".to_owned()),
-            };
-            Err(Fatal::msg(format!("the embedded broker stopped: {why}")))
-        });
         tasks.spawn(
             "gateway",
             self.gateway
@@ -307,7 +310,7 @@ impl Controller {
                 shutdown.clone(),
             ),
         );
-        let gw = self.gateway.clone();
+        let gw = self.gateway;
         tasks.spawn(
             "crl",
             crl::keep(
@@ -335,7 +338,6 @@ impl Controller {
             .await;
             Ok(())
         });
-        let (renew_tx, renew_rx) = mpsc::channel(1_000);
         let renewer = crate::pki::renew::Renewer {
             store: self.store.clone(),
             ca: self.ca.clone(),
@@ -345,21 +347,7 @@ impl Controller {
         };
         tasks.spawn(
             "renewals",
-            crate::pki::renew::serve(renewer, renew_rx, out_tx.clone()),
-        );
-        tasks.spawn(
-            "ingest-route",
-            ingest::route(
-                link_rx,
-                queue_tx,
-                ingest::Handlers {
-                    receipts: receipt_tx,
-                    renewals: renew_tx,
-                },
-                self.gateway,
-                self.metrics.clone(),
-                shutdown.clone(),
-            ),
+            crate::pki::renew::serve(renewer, renew_rx, self.downlink.clone()),
         );
         tasks.spawn(
             "dispatcher",
@@ -440,7 +428,7 @@ impl Controller {
             ingest::write(
                 self.store.clone(),
                 queue_rx,
-                out_tx,
+                self.downlink,
                 self.online,
                 self.cfg.ingest.clone(),
                 WriterContext {
@@ -451,11 +439,6 @@ impl Controller {
                 },
             ),
         );
-        tasks
-            .spawn_thread("broker-publisher", move || {
-                ingest::publish(link_tx, out_rx, self.metrics)
-            })
-            .map_err(ServeError::Thread)?;
 
         let state = serde_json::to_vec_pretty(&self.bound).unwrap_or_default();
         write_private(&self.dd.serve_state(), &state)?;

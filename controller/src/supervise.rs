@@ -1,7 +1,7 @@
 //! Supervised tasks and readiness.
 //!
 //! Every long-lived task of `serve` returns a [`TaskResult`]. A task ends only on a failure
-//! that retrying cannot fix (a corrupt database, the embedded broker gone): the
+//! that retrying cannot fix (a corrupt database, the ingest writer gone): the
 //! [`Supervisor`] logs it with the task's name, cancels the others and `serve` exits
 //! non-zero, so systemd restarts the process instead of leaving it half alive. A task that
 //! ends without an error before shutdown was asked for is a failure too. A dependency that

@@ -104,6 +104,17 @@ async fn a_locked_database_makes_the_controller_not_ready_until_it_is_free() {
         Some(0.0),
         "{metrics}"
     );
+    // What arrives meanwhile waits in the writer's bounded queue, and its depth shows.
+    wait_for(
+        Duration::from_secs(20),
+        "a message waiting for the writer",
+        || async {
+            let m = api.get("/metrics", Some(scrape.trim())).await.ok()?.text;
+            (value(&m, "pifleet_ingest_queue_depth")? >= 1.0).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", ctl.log()));
     let stored_while_locked = ctl.seqs("pi-a").await.unwrap().len();
 
     // The lock goes: ready again, still running, and every sample arrives, none twice.

@@ -16,7 +16,6 @@ use axum::Router;
 use hyper::service::Service as _;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use prometheus::IntGauge;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -24,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HttpsConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Gauged, Metrics};
 use crate::source::{PreAuth, PreAuthBudget};
 
 /// The listener's limits (from `[https]`).
@@ -179,27 +178,6 @@ impl Connection {
                 let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
             }
         }
-    }
-}
-
-/// A place in a budget (`https.max_connections`, or the pre-authentication budget),
-/// counted in a gauge while it is held.
-#[derive(Debug)]
-struct Gauged<T> {
-    _held: T,
-    gauge: IntGauge,
-}
-
-impl<T> Gauged<T> {
-    fn new(held: T, gauge: IntGauge) -> Self {
-        gauge.inc();
-        Self { _held: held, gauge }
-    }
-}
-
-impl<T> Drop for Gauged<T> {
-    fn drop(&mut self) {
-        self.gauge.dec();
     }
 }
 

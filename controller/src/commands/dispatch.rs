@@ -154,7 +154,7 @@ pub async fn create_commands(
 pub struct Dispatcher {
     store: Store,
     signers: arc_swap::ArcSwap<Signers>,
-    out: mpsc::UnboundedSender<Outgoing>,
+    out: crate::mqtt::downlink::Downlink,
     cfg: CommandsConfig,
     metrics: Metrics,
     wake: Arc<Notify>,
@@ -166,7 +166,7 @@ impl Dispatcher {
     pub fn new(
         store: Store,
         signers: Signers,
-        out: mpsc::UnboundedSender<Outgoing>,
+        out: crate::mqtt::downlink::Downlink,
         cfg: CommandsConfig,
         metrics: Metrics,
         wake: Arc<Notify>,
@@ -335,7 +335,7 @@ impl Dispatcher {
         // Mark first: a receipt can come back before we would otherwise get to it.
         if self.store.mark_sent(&c.id, issued).await? {
             let topic = Topic::new(device, Kind::Cmd);
-            let _ = self.out.send(Outgoing { topic, payload });
+            self.out.send(Outgoing { topic, payload });
             self.live.command_changed(&c.device_id, &c.id);
             self.metrics
                 .commands

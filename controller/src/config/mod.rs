@@ -70,6 +70,22 @@ impl Config {
             "mqtt.max_connections must be at least 1",
         );
         check(
+            (1..=1_000_000).contains(&self.mqtt.listen_backlog),
+            "mqtt.listen_backlog must be 1..=1000000",
+        );
+        check(
+            self.mqtt.handshake_concurrency <= 1_024,
+            "mqtt.handshake_concurrency must be 0..=1024 (0: one per core)",
+        );
+        check(
+            (1..=100_000).contains(&self.mqtt.device_queue),
+            "mqtt.device_queue must be 1..=100000",
+        );
+        check(
+            (1..=86_400).contains(&self.mqtt.idle_max_s),
+            "mqtt.idle_max_s must be 1..=86400",
+        );
+        check(
             (1..=1_000_000).contains(&self.mqtt.preauth_max),
             "mqtt.preauth_max must be 1..=1000000",
         );

@@ -353,8 +353,22 @@ pub struct MqttConfig {
     pub handshake_timeout_ms: u64,
     /// Longest time between the handshake and the MQTT CONNECT packet.
     pub connect_timeout_ms: u64,
-    /// Most concurrent device connections; more are refused at accept.
+    /// Most concurrent device connections; more are refused at accept, before TLS. Lowered
+    /// at start to what the process's open-file limit leaves after the HTTPS listener's
+    /// share and a reserve (the metric `pifleet_mqtt_connection_limit` shows the result).
     pub max_connections: usize,
+    /// Length of the kernel's queue of connections not yet accepted (capped by
+    /// `net.core.somaxconn`): a reconnecting fleet waits there while handshakes run.
+    pub listen_backlog: u32,
+    /// TLS handshakes computing at once (0: one per core). Waiting for a client's bytes
+    /// does not count.
+    pub handshake_concurrency: usize,
+    /// Messages waiting to go to one device; a device that lets this many pile up is not
+    /// reading its socket and is disconnected.
+    pub device_queue: usize,
+    /// Longest silence accepted from a device, whatever keep-alive it asks for (otherwise
+    /// one and a half keep-alive periods).
+    pub idle_max_s: u64,
     /// Most connections that have not finished authenticating (TLS handshake and CONNECT)
     /// at once; while that many are pending, new ones wait in the listen backlog.
     pub preauth_max: usize,
@@ -451,6 +465,10 @@ impl Default for MqttConfig {
             handshake_timeout_ms: 5_000,
             connect_timeout_ms: 10_000,
             max_connections: 60_000,
+            listen_backlog: 4_096,
+            handshake_concurrency: 0,
+            device_queue: 64,
+            idle_max_s: 600,
             preauth_max: 2_048,
             preauth_per_source: 512,
             device_rate_per_s: 50,
@@ -516,5 +534,12 @@ impl MqttConfig {
     }
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+    /// Handshakes computing at once: as configured, or one per core.
+    pub fn handshake_concurrency(&self) -> usize {
+        match self.handshake_concurrency {
+            0 => std::thread::available_parallelism().map_or(2, usize::from),
+            n => n,
+        }
     }
 }

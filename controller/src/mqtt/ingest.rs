@@ -1,225 +1,29 @@
-//! Ingest: device messages from the broker → decoded and validated → one writer task that
-//! commits them in batched transactions (group commit) → acknowledgements of the committed
-//! sequence numbers published back to each device.
+//! Ingest: device messages routed by [`super::route`] → one writer task that commits them in
+//! batched transactions (group commit) → acknowledgements of the committed sequence numbers
+//! sent back to each device.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pifleet_shared::command::SignedReceipt;
 use pifleet_shared::proto::v1;
 use pifleet_shared::topic::Kind;
 use pifleet_shared::{DeviceId, Topic, codec};
-use rumqttd::Notification;
-use rumqttd::local::{LinkRx, LinkTx};
-use rumqttd::protocol::Publish;
 use tokio::sync::{Notify, mpsc};
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::IngestConfig;
 use crate::live::Hub;
 use crate::metrics::Metrics;
-use crate::mqtt::gateway::Gateway;
+use crate::mqtt::downlink::Downlink;
 use crate::store::{IngestOp, Store};
 use crate::supervise::{Fatal, Health, Retry, TaskResult};
 
-/// A message for a device, published through the broker link.
+/// A message for a device.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub topic: Topic,
     pub payload: Vec<u8>,
-}
-
-/// Where a routed device message goes.
-#[derive(Debug)]
-enum Routed {
-    Ingest(IngestOp),
-    Receipt(DeviceId, SignedReceipt),
-    Renew(DeviceId, v1::RenewRequest),
-}
-
-/// Where routed messages other than ingest operations go.
-#[derive(Debug)]
-pub struct Handlers {
-    /// Signed command receipts, to the dispatcher.
-    pub receipts: mpsc::Sender<(DeviceId, SignedReceipt)>,
-    /// Certificate renewal requests, to [`crate::pki::renew::serve`].
-    pub renewals: mpsc::Sender<(DeviceId, v1::RenewRequest)>,
-}
-
-/// Reads every `fleet/+/up/#` message from the in-process broker link and queues it for
-/// the writer. Undecodable input is counted, logged and dropped, and the sender is
-/// disconnected; it never stops the loop. The link closing means the embedded broker is
-/// gone, which retrying cannot fix.
-pub async fn route(
-    mut rx: LinkRx,
-    queue: mpsc::Sender<IngestOp>,
-    handlers: Handlers,
-    gateway: Arc<Gateway>,
-    metrics: Metrics,
-    shutdown: CancellationToken,
-) -> TaskResult {
-    let gone = |e| Fatal::new("the embedded broker's link closed", e);
-    loop {
-        let n = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            n = rx.next() => n,
-        };
-        let notification = match n {
-            Ok(Some(n)) => n,
-            Ok(None) => continue,
-            Err(e) => return Err(gone(e)),
-        };
-        let fwd = match notification {
-            Notification::Forward(fwd) => fwd,
-            // The router paused us because our buffer filled up: ask to be rescheduled,
-            // or no message would ever reach ingest again.
-            Notification::Unschedule => {
-                rx.wake().await.map_err(gone)?;
-                continue;
-            }
-            _ => continue,
-        };
-        match to_op(&fwd.publish) {
-            Ok(Some(Routed::Ingest(op))) => {
-                if let IngestOp::UnitEvent { event, .. } = &op {
-                    metrics
-                        .watchdog_events
-                        .with_label_values(&[event.kind.as_str()])
-                        .inc();
-                }
-                if queue.send(op).await.is_err() {
-                    return Err(Fatal::msg("the ingest writer is gone"));
-                }
-            }
-            Ok(Some(Routed::Receipt(device, receipt))) => {
-                if handlers.receipts.send((device, receipt)).await.is_err() {
-                    return Err(Fatal::msg("the receipt handler is gone"));
-                }
-            }
-            Ok(Some(Routed::Renew(device, req))) => {
-                // A full queue means a flood: dropping is fine, the device asks again.
-                if let Err(mpsc::error::TrySendError::Closed(_)) =
-                    handlers.renewals.try_send((device, req))
-                {
-                    return Err(Fatal::msg("the renewal handler is gone"));
-                }
-            }
-            Ok(None) => {}
-            Err((device, reason, detail)) => {
-                metrics.ingest_dropped.with_label_values(&[reason]).inc();
-                tracing::warn!(device = device.as_ref().map(DeviceId::as_str), reason, detail = %detail, "device message dropped");
-                if let Some(d) = device {
-                    gateway.disconnect(&d, "bad_payload");
-                }
-            }
-        }
-    }
-}
-
-type Refusal = (Option<DeviceId>, &'static str, String);
-
-fn to_op(p: &Publish) -> Result<Option<Routed>, Refusal> {
-    let topic_s =
-        std::str::from_utf8(&p.topic).map_err(|_| (None, "topic", "topic not UTF-8".to_owned()))?;
-    let topic = Topic::parse(topic_s).map_err(|e| (None, "topic", format!("{topic_s:?}: {e}")))?;
-    let device = topic.device;
-    let bad = |e: codec::DecodeError| (Some(device.clone()), e.reason(), e.to_string());
-    Ok(match topic.kind {
-        Kind::Telemetry => {
-            let t: v1::Telemetry = codec::decode(Kind::Telemetry, &p.payload).map_err(bad)?;
-            if t.samples.is_empty() {
-                return Ok(None);
-            }
-            Some(Routed::Ingest(IngestOp::Telemetry {
-                device,
-                samples: t.samples,
-            }))
-        }
-        Kind::Hello => {
-            let hello: v1::Hello = codec::decode(Kind::Hello, &p.payload).map_err(bad)?;
-            Some(Routed::Ingest(IngestOp::Hello { device, hello }))
-        }
-        Kind::Result => {
-            let r: SignedReceipt = codec::decode(Kind::Result, &p.payload).map_err(bad)?;
-            Some(Routed::Receipt(device, r))
-        }
-        Kind::Status => {
-            // Informational: online state comes from the gateway's connection events.
-            let _: v1::Status = codec::decode(Kind::Status, &p.payload).map_err(bad)?;
-            None
-        }
-        Kind::Event => match codec::decode(Kind::Event, &p.payload).map_err(bad)? {
-            v1::Event::Capabilities(capabilities) => Some(Routed::Ingest(IngestOp::Capabilities {
-                device,
-                capabilities,
-            })),
-            v1::Event::Services(states) => {
-                Some(Routed::Ingest(IngestOp::Services { device, states }))
-            }
-            // Progress only: the command's receipts carry its outcome.
-            v1::Event::Deploy(p) => {
-                tracing::info!(device = %device, command = %p.command, app = %p.app, release = p.release, phase = p.phase.as_str(), bytes = p.bytes, total = p.total, "deploy progress");
-                Some(Routed::Ingest(IngestOp::DeployProgress {
-                    device,
-                    progress: p,
-                }))
-            }
-            v1::Event::Apps(apps) => {
-                if let Err(e) = check_apps(&apps) {
-                    return Err((Some(device), "invalid", format!("apps: {e}")));
-                }
-                Some(Routed::Ingest(IngestOp::Apps { device, apps }))
-            }
-            v1::Event::Watchdog(event) => {
-                if let Err(e) = pifleet_shared::command::validate_name(&event.unit) {
-                    return Err((Some(device), "invalid", format!("watchdog unit: {e}")));
-                }
-                tracing::warn!(device = %device, unit = %event.unit, kind = event.kind.as_str(), "watchdog event");
-                Some(Routed::Ingest(IngestOp::UnitEvent { device, event }))
-            }
-            v1::Event::GuardRollback(rollback) => {
-                if !pifleet_shared::release::valid_app_name(&rollback.app) {
-                    return Err((Some(device), "invalid", "guard rollback: app name".into()));
-                }
-                tracing::warn!(device = %device, app = %rollback.app, release = rollback.release, reason = %rollback.reason, "release rolled back in its guard window");
-                Some(Routed::Ingest(IngestOp::GuardRollback { device, rollback }))
-            }
-        },
-        Kind::Csr => {
-            let req: v1::RenewRequest = codec::decode(Kind::Csr, &p.payload).map_err(bad)?;
-            Some(Routed::Renew(device, req))
-        }
-        Kind::Cmd | Kind::Ack | Kind::Cert => None,
-    })
-}
-
-/// Most apps one device may report (`[apps.NAME]` sections), and releases kept per app.
-const MAX_APPS: usize = 64;
-const MAX_KEPT: usize = 16;
-
-/// An apps report must name real apps and units, and few of them.
-fn check_apps(apps: &[v1::AppState]) -> Result<(), String> {
-    if apps.len() > MAX_APPS {
-        return Err(format!("more than {MAX_APPS} apps"));
-    }
-    for a in apps {
-        if !pifleet_shared::release::valid_app_name(&a.app) {
-            return Err(format!(
-                "app name {:?}",
-                a.app.chars().take(80).collect::<String>()
-            ));
-        }
-        pifleet_shared::command::validate_name(&a.unit).map_err(|e| format!("unit: {e}"))?;
-        if a.kept.len() > MAX_KEPT || a.current_dir.as_ref().is_some_and(|d| d.len() > 128) {
-            return Err(format!(
-                "app {}: too many kept releases or a long directory",
-                a.app
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Where the writer's outcomes go: metrics, the dashboard's live hub, readiness.
@@ -239,11 +43,11 @@ const WRITER: &str = "ingest-writer";
 /// commit, acknowledges the committed sequence numbers to their devices. A commit that
 /// fails for a while (a locked or full disk) is retried with backoff, the controller
 /// reporting itself not ready meanwhile; nothing is acknowledged until it commits, and the
-/// bounded queue pushes back on the broker meanwhile. A broken database ends the task.
+/// bounded queue pushes back on the devices meanwhile. A broken database ends the task.
 pub async fn write(
     store: Store,
     mut queue: mpsc::Receiver<IngestOp>,
-    out: mpsc::UnboundedSender<Outgoing>,
+    out: Downlink,
     online: Arc<Notify>,
     cfg: IngestConfig,
     ctx: WriterContext,
@@ -273,6 +77,7 @@ pub async fn write(
                 Ok(None) | Err(_) => break,
             }
         }
+        metrics.ingest_queue_depth.set(queue.len() as i64);
         let started = Instant::now();
         let mut retry = Retry::new(retry_max);
         let committed = loop {
@@ -286,6 +91,7 @@ pub async fn write(
                 Err(e) => {
                     // Nothing is acknowledged, so agents keep the samples meanwhile.
                     metrics.ingest_commit_failures.inc();
+                    metrics.ingest_queue_depth.set(queue.len() as i64);
                     health.degraded(WRITER, &e);
                     tracing::debug!(error = %e, samples, "ingest commit failed; retrying");
                     tokio::time::sleep(retry.next_delay()).await;
@@ -307,7 +113,7 @@ pub async fn write(
                 };
                 match codec::encode(Kind::Ack, &msg) {
                     Ok(payload) => {
-                        let _ = out.send(Outgoing {
+                        out.send(Outgoing {
                             topic: topic.clone(),
                             payload,
                         });
@@ -384,26 +190,6 @@ pub fn acks_for(batch: &[IngestOp]) -> Vec<(DeviceId, v1::Ack)> {
         .collect()
 }
 
-/// Publishes messages for devices (acks, commands) through the broker link. Runs on its
-/// own thread because the link's send blocks when the router is busy. Ends when every
-/// sender is gone (shutdown), or fails when the embedded broker is gone.
-pub fn publish(
-    mut tx: LinkTx,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
-    metrics: Metrics,
-) -> TaskResult {
-    while let Some(msg) = rx.blocking_recv() {
-        metrics
-            .mqtt_messages_out
-            .with_label_values(&[msg.topic.kind.as_str()])
-            .inc();
-        metrics.mqtt_bytes_out.inc_by(msg.payload.len() as u64);
-        tx.publish(msg.topic.to_string().into_bytes(), msg.payload)
-            .map_err(|e| Fatal::new("the embedded broker's link closed", e))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,41 +257,5 @@ mod tests {
                 ),
             ]
         );
-    }
-
-    #[test]
-    fn bad_payloads_are_refused_with_reasons() {
-        let p =
-            |topic: &str, payload: Vec<u8>| Publish::new(topic.as_bytes().to_vec(), payload, false);
-        let cases: Vec<(Publish, &str)> = vec![
-            (p("fleet/dev-a/up/telemetry", vec![]), "empty"),
-            (p("fleet/dev-a/up/telemetry", vec![9, 0]), "unknown_version"),
-            (
-                p("fleet/dev-a/up/telemetry", vec![1, 0xff, 0xff]),
-                "malformed",
-            ),
-            (
-                p("fleet/dev-a/up/telemetry", vec![1; 70 * 1024]),
-                "oversize",
-            ),
-            (p("nope", vec![1]), "topic"),
-        ];
-        for (publish, want) in cases {
-            match to_op(&publish) {
-                Err((_, reason, _)) => assert_eq!(reason, want),
-                Ok(_) => panic!("expected refusal {want}"),
-            }
-        }
-        let good = codec::encode(
-            Kind::Telemetry,
-            &v1::Telemetry {
-                samples: vec![sample(1)],
-            },
-        )
-        .unwrap();
-        assert!(matches!(
-            to_op(&p("fleet/dev-a/up/telemetry", good)),
-            Ok(Some(Routed::Ingest(IngestOp::Telemetry { .. })))
-        ));
     }
 }

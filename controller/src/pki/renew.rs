@@ -154,13 +154,13 @@ impl Renewer {
 pub async fn serve(
     renewer: Renewer,
     mut rx: mpsc::Receiver<(DeviceId, RenewRequest)>,
-    out: mpsc::UnboundedSender<Outgoing>,
+    out: crate::mqtt::downlink::Downlink,
 ) -> TaskResult {
     while let Some((device, req)) = rx.recv().await {
         let answer = renewer.answer(&device, &req).await;
         match codec::encode(Kind::Cert, &answer) {
             Ok(payload) => {
-                let _ = out.send(Outgoing {
+                out.send(Outgoing {
                     topic: Topic::new(device, Kind::Cert),
                     payload,
                 });

@@ -23,6 +23,9 @@ pub struct Controller {
     pub https: SocketAddr,
     /// The first admin's one-time password, as `init` printed it.
     pub admin_password: String,
+    /// The open-file limit `serve` runs under (soft and hard), when set; otherwise the
+    /// test's own.
+    pub nofile: Option<u64>,
     runs: Runs,
 }
 
@@ -72,6 +75,7 @@ impl Controller {
             tmp,
             data,
             admin_password,
+            nofile: None,
             mqtt: "127.0.0.1:0".parse()?,
             https: "127.0.0.1:0".parse()?,
             runs,
@@ -84,15 +88,25 @@ impl Controller {
     /// it where they were enrolled.
     pub async fn serve(&mut self) -> Result<()> {
         let _ = std::fs::remove_file(self.data.join("serve.json"));
+        let mut cmd = match self.nofile {
+            // util-linux's prlimit: the limit is set before the controller starts.
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(bin("pifleet-controller")?);
+                c
+            }
+            None => Command::new(bin("pifleet-controller")?),
+        };
         self.runs.spawn(
-            Command::new(bin("pifleet-controller")?)
-                .args(["serve", "--data-dir"])
+            cmd.args(["serve", "--data-dir"])
                 .arg(&self.data)
                 .arg("--mqtt-listen")
                 .arg(self.mqtt.to_string())
                 .arg("--https-listen")
                 .arg(self.https.to_string())
-                .env("RUST_LOG", "info,rumqttd=off,sqlx=warn"),
+                .env("RUST_LOG", "info,sqlx=warn"),
         )?;
         let state = self.data.join("serve.json");
         let start = Instant::now();

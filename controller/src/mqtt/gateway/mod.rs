@@ -1,11 +1,12 @@
 //! The device-facing MQTT gateway.
 //!
 //! Each accepted socket gets its own task: TLS handshake with a timeout (an idle socket
-//! blocks nobody), client certificate verified against the CA and the CRL by rustls, device
-//! id taken from the certificate, MQTT client id required to equal it, then a packet-level
-//! relay to the embedded broker in which every device packet is checked against the topic
+//! blocks nobody; the handshake's computation runs a few at a time, [`gate`]), client
+//! certificate verified against the CA and the CRL by rustls, device id taken from the
+//! certificate, MQTT client id required to equal it, then the device's MQTT
+//! [`session`] in the same task, in which every device packet is checked against the topic
 //! ACL and a per-device message budget. Any violation closes the connection, is logged with
-//! the device and the reason, and is counted.
+//! the device and the reason, and is counted. A device costs one socket and one task.
 //!
 //! Connections that have not finished authenticating (handshake and CONNECT) count against
 //! a budget, globally and per source address. Every connection is known to the
@@ -24,8 +25,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use pifleet_shared::DeviceId;
 use pifleet_shared::acl::{check_publish, check_subscribe};
 use pifleet_shared::topic::may_publish;
-use rumqttd::protocol::v4::V4;
-use rumqttd::protocol::{Login, Packet, Protocol};
+use rumqttc::mqttbytes::v4::{ConnectReturnCode, Packet};
 use rustls::ServerConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -35,19 +35,25 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::MqttConfig;
 use crate::datadir::DataDir;
-use crate::metrics::Metrics;
-use crate::mqtt::broker::{BrokerLogin, max_packet_size};
+use crate::metrics::{Gauged, Metrics};
+use crate::mqtt::ingest::Outgoing;
+use crate::mqtt::max_packet_size;
+use crate::mqtt::route::Router;
 use crate::pki::{ServerCert, tls};
 use crate::source::{PreAuth, PreAuthBudget};
 use crate::store::{IngestOp, Store};
 use crate::supervise::TaskResult;
 
 mod admit;
+mod gate;
+pub mod limits;
 mod packet;
 mod registry;
+mod session;
 
-use packet::{PacketError, packet_name, read_packet, topic_str};
-use registry::{CloseReason, Registry};
+use gate::Gated;
+use packet::{packet_name, read_packet};
+use registry::{CloseReason, Delivery, Registry};
 
 /// The gateway: shared state of all connection tasks.
 #[derive(Debug)]
@@ -56,11 +62,13 @@ pub struct Gateway {
     tls: ArcSwap<ServerConfig>,
     registry: Registry,
     next_conn: AtomicU64,
-    broker_addr: SocketAddr,
-    login: BrokerLogin,
+    router: Router,
     events: mpsc::Sender<IngestOp>,
     metrics: Metrics,
+    /// One per connection the process may hold ([`connection_limit`]).
     permits: Arc<Semaphore>,
+    /// One per handshake computing at once ([`gate`]).
+    crypto: Arc<Semaphore>,
     preauth: PreAuthBudget,
     /// Asked at every connect whether the database lets the certificate in
     /// ([`review::decide`]).
@@ -81,24 +89,26 @@ impl Gateway {
         cfg: MqttConfig,
         tls: ServerConfig,
         revoked: HashSet<String>,
-        broker_addr: SocketAddr,
-        login: BrokerLogin,
+        router: Router,
         events: mpsc::Sender<IngestOp>,
         metrics: Metrics,
         store: Store,
+        limit: usize,
     ) -> Self {
-        let permits = Arc::new(Semaphore::new(cfg.max_connections));
+        let permits = Arc::new(Semaphore::new(limit));
+        metrics.mqtt_connection_limit.set(limit as i64);
+        let crypto = Arc::new(Semaphore::new(cfg.handshake_concurrency()));
         let preauth = PreAuthBudget::new(cfg.preauth_max, cfg.preauth_per_source);
         Self {
             cfg,
             tls: ArcSwap::from_pointee(tls),
             registry: Registry::new(revoked),
             next_conn: AtomicU64::new(1),
-            broker_addr,
-            login,
+            router,
             events,
             metrics,
             permits,
+            crypto,
             preauth,
             store,
         }
@@ -138,6 +148,7 @@ impl Gateway {
                 self.refuse_at_accept(peer, "max_connections");
                 continue;
             };
+            let preauth = Gauged::new(preauth, self.metrics.mqtt_preauth_connections.clone());
             let gw = self.clone();
             let cancel = shutdown.child_token();
             tokio::spawn(async move {
@@ -156,6 +167,19 @@ impl Gateway {
     /// Closes the live connection of `device`, if any, giving `reason`.
     pub fn disconnect(&self, device: &DeviceId, reason: &'static str) -> bool {
         self.registry.disconnect(device, reason)
+    }
+
+    /// Sends `msg` to its device's live session, if any (dropped and counted otherwise).
+    pub fn deliver(&self, msg: Outgoing) {
+        let reason = match self.registry.deliver(msg) {
+            Delivery::Queued => return,
+            Delivery::Offline => "offline",
+            Delivery::Full => "queue_full",
+        };
+        self.metrics
+            .mqtt_out_dropped
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// Whether `device` has a live connection now.
@@ -225,7 +249,7 @@ impl Gateway {
         tcp: TcpStream,
         peer: SocketAddr,
         cancel: CancellationToken,
-        preauth: PreAuth,
+        preauth: Gauged<PreAuth>,
         _permit: OwnedSemaphorePermit,
     ) {
         let _ = tcp.set_nodelay(true);
@@ -303,19 +327,25 @@ impl Gateway {
         tcp: TcpStream,
         peer: SocketAddr,
         conn: u64,
-        preauth: PreAuth,
+        preauth: Gauged<PreAuth>,
         identity: &mut Option<DeviceId>,
         registered: &mut bool,
         cancel: &CancellationToken,
         reason: &CloseReason,
     ) -> End {
         let acceptor = TlsAcceptor::from(self.tls.load_full());
-        let mut stream =
-            match tokio::time::timeout(self.cfg.handshake_timeout(), acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return End::Refused("tls", e.to_string()),
-                Err(_) => return End::Refused("handshake_timeout", String::new()),
-            };
+        let gated = Gated::new(tcp, self.crypto.clone());
+        let mut stream = match tokio::time::timeout(
+            self.cfg.handshake_timeout(),
+            acceptor.accept(gated),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return End::Refused("tls", e.to_string()),
+            Err(_) => return End::Refused("handshake_timeout", String::new()),
+        };
+        stream.get_mut().0.open();
         let Some(leaf) = stream
             .get_ref()
             .1
@@ -342,73 +372,63 @@ impl Gateway {
         }
 
         let max = max_packet_size();
-        let mut buf = BytesMut::with_capacity(4096);
+        let mut buf = BytesMut::new();
         let first = tokio::time::timeout(
             self.cfg.connect_timeout(),
             read_packet(&mut stream, &mut buf, max),
         )
         .await;
-        let (connect, will, login) = match first {
+        let connect = match first {
             Err(_) => return End::Refused("connect_timeout", id.to_string()),
             Ok(Err(e)) => return End::Refused("protocol", format!("{id}: {e}")),
             Ok(Ok(None)) => return End::Refused("eof_before_connect", id.to_string()),
-            Ok(Ok(Some((Packet::Connect(c, _, will, _, login), _)))) => (c, will, login),
-            Ok(Ok(Some((other, _)))) => {
+            Ok(Ok(Some(Packet::Connect(c)))) => c,
+            Ok(Ok(Some(other))) => {
                 return End::Refused(
                     "protocol",
                     format!("{id}: first packet {:?}", packet_name(&other)),
                 );
             }
         };
-        drop(login); // device-supplied credentials are ignored: identity is the certificate
+        // Device-supplied credentials are ignored: identity is the certificate.
         if connect.client_id != id.as_str() {
-            // CONNACK "identifier rejected", then close.
-            let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x02]).await;
+            let _ = stream
+                .write_all(&packet::connack(ConnectReturnCode::BadClientId))
+                .await;
             let _ = stream.shutdown().await;
             return End::Refused(
                 "client_id_mismatch",
                 format!("certificate {id}, client id {:?}", connect.client_id),
             );
         }
-        if let Some(w) = &will
-            && let Err(e) = topic_str(&w.topic).and_then(|t| may_publish(&id, t).map(|_| ()))
+        if let Some(w) = &connect.last_will
+            && let Err(e) = may_publish(&id, &w.topic)
         {
-            let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x05]).await;
+            let _ = stream
+                .write_all(&packet::connack(ConnectReturnCode::NotAuthorized))
+                .await;
             return End::Refused("will_topic", format!("{id}: {e}"));
         }
         if let Err(end) = self.admit(&id, &serial, &leaf_der, peer).await {
-            // CONNACK "not authorized" (or "server unavailable"), then close.
             let code = match end {
-                End::Refused("store_unavailable", _) => 0x03,
-                _ => 0x05,
+                End::Refused("store_unavailable", _) => ConnectReturnCode::ServiceUnavailable,
+                _ => ConnectReturnCode::NotAuthorized,
             };
-            let _ = stream.write_all(&[0x20, 0x02, 0x00, code]).await;
+            let _ = stream.write_all(&packet::connack(code)).await;
             let _ = stream.shutdown().await;
             return end;
         }
-        // Revoked while its CONNECT was on the way: refused before the broker sees it.
-        if self.registry.register(conn).is_err() {
+        // Revoked while its CONNECT was on the way: refused before any session exists.
+        let (down_tx, down_rx) = mpsc::channel(self.cfg.device_queue);
+        if self.registry.register(conn, down_tx).is_err() {
             return End::Closed("revoked");
         }
-
-        let mut upstream = match TcpStream::connect(self.broker_addr).await {
-            Ok(s) => s,
-            Err(e) => return End::Refused("broker_unavailable", e.to_string()),
-        };
-        let _ = upstream.set_nodelay(true);
-        let mut out = BytesMut::new();
-        let login = Login {
-            username: self.login.username.clone(),
-            password: self.login.password.clone(),
-        };
-        if let Err(e) = V4.write(
-            Packet::Connect(connect, None, will, None, Some(login)),
-            &mut out,
-        ) {
-            return End::Refused("protocol", format!("{id}: re-encoding CONNECT: {e}"));
-        }
-        if upstream.write_all(&out).await.is_err() {
-            return End::Refused("broker_unavailable", String::new());
+        if stream
+            .write_all(&packet::connack(ConnectReturnCode::Success))
+            .await
+            .is_err()
+        {
+            return End::Closed("device_write_error");
         }
         drop(preauth);
         *registered = true;
@@ -422,50 +442,11 @@ impl Gateway {
                 online: true,
             })
             .await;
-
-        let budget = self.message_budget();
-        let (mut up_r, mut up_w) = upstream.into_split();
-        let (mut dev_r, mut dev_w) = tokio::io::split(stream);
-        let down = async {
-            match tokio::io::copy(&mut up_r, &mut dev_w).await {
-                Ok(_) => End::Closed("broker_closed"),
-                Err(_) => End::Closed("device_write_error"),
-            }
+        let hello = session::Hello {
+            keep_alive: connect.keep_alive,
+            will: connect.last_will,
         };
-        let up = async {
-            let mut throttled = false;
-            loop {
-                let (packet, raw) = match read_packet(&mut dev_r, &mut buf, max).await {
-                    Ok(Some(p)) => p,
-                    Ok(None) => return End::Closed("device_closed"),
-                    Err(PacketError::Io(_)) => return End::Closed("device_read_error"),
-                    Err(PacketError::Mqtt(e)) => {
-                        let r = match e {
-                            rumqttd::protocol::Error::PayloadSizeLimitExceeded(_) => "oversize",
-                            _ => "malformed_packet",
-                        };
-                        return End::Violation(r, e.to_string());
-                    }
-                };
-                if let Err(v) = self.inspect(&id, &packet) {
-                    return v;
-                }
-                if counts_against_budget(&packet) {
-                    throttled = self.spend(&budget, &id, throttled).await;
-                }
-                let disconnect = matches!(packet, Packet::Disconnect(..));
-                if up_w.write_all(&raw).await.is_err() {
-                    return End::Closed("broker_closed");
-                }
-                if disconnect {
-                    return End::Closed("client_disconnect");
-                }
-            }
-        };
-        tokio::select! {
-            e = up => e,
-            e = down => e,
-        }
+        self.session(&id, stream, buf, hello, down_rx).await
     }
 
     /// A device's message budget: `device_rate_per_s` sustained, `device_burst` at once.
@@ -507,8 +488,8 @@ impl Gateway {
     /// The per-packet ACL: what a device may send after CONNECT.
     fn inspect(&self, id: &DeviceId, packet: &Packet) -> Result<(), End> {
         match packet {
-            Packet::Publish(p, _) => {
-                let kind = check_publish(id, &p.topic, p.payload.len())
+            Packet::Publish(p) => {
+                let kind = check_publish(id, p.topic.as_bytes(), p.payload.len())
                     .map_err(|e| End::Violation(e.reason(), format!("{id}: {e}")))?;
                 self.metrics
                     .mqtt_messages_in
@@ -517,17 +498,15 @@ impl Gateway {
                 self.metrics.mqtt_bytes_in.inc_by(p.payload.len() as u64);
                 Ok(())
             }
-            Packet::Subscribe(s, _) => {
-                check_subscribe(id, s.filters.iter().map(|f| f.path.as_str()))
-                    .map_err(|e| End::Violation(e.reason(), format!("{id}: {e}")))
-            }
+            Packet::Subscribe(s) => check_subscribe(id, s.filters.iter().map(|f| f.path.as_str()))
+                .map_err(|e| End::Violation(e.reason(), format!("{id}: {e}"))),
             Packet::Unsubscribe(..)
             | Packet::PubAck(..)
             | Packet::PubRec(..)
             | Packet::PubRel(..)
             | Packet::PubComp(..)
-            | Packet::PingReq(..)
-            | Packet::Disconnect(..) => Ok(()),
+            | Packet::PingReq
+            | Packet::Disconnect => Ok(()),
             Packet::Connect(..) => Err(End::Violation("second_connect", String::new())),
             other => Err(End::Violation(
                 "protocol",
@@ -535,15 +514,6 @@ impl Gateway {
             )),
         }
     }
-}
-
-/// Packets that make work for the broker and ingest; acknowledgements and keep-alives do
-/// not, and delaying them would only stall the device's own flow control.
-fn counts_against_budget(p: &Packet) -> bool {
-    matches!(
-        p,
-        Packet::Publish(..) | Packet::Subscribe(..) | Packet::Unsubscribe(..)
-    )
 }
 
 /// Loads the MQTT TLS config and the revoked serials from the data dir.

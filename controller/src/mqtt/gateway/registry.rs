@@ -11,7 +11,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use pifleet_shared::DeviceId;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::mqtt::ingest::Outgoing;
 
 /// Why a connection was closed from outside its task; the first reason set wins.
 pub(super) type CloseReason = Arc<OnceLock<&'static str>>;
@@ -23,6 +26,8 @@ struct Conn {
     serial: String,
     cancel: CancellationToken,
     reason: CloseReason,
+    /// The session's queue of messages for the device, once registered.
+    down: Option<mpsc::Sender<Outgoing>>,
 }
 
 impl Conn {
@@ -38,6 +43,16 @@ struct Inner {
     conns: HashMap<u64, Conn>,
     /// The registered (CONNECTed) connection of each device.
     live: HashMap<DeviceId, u64>,
+}
+
+/// What became of a message for a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Delivery {
+    Queued,
+    /// No live session.
+    Offline,
+    /// Its session's queue was full; the session is being closed.
+    Full,
 }
 
 /// The certificate serial is revoked.
@@ -85,6 +100,7 @@ impl Registry {
                 serial: serial.to_owned(),
                 cancel: cancel.clone(),
                 reason: reason.clone(),
+                down: None,
             },
         );
         Ok(())
@@ -93,14 +109,16 @@ impl Registry {
     /// Makes `conn` its device's live connection at CONNECT, closing an older one of the
     /// same device. Refused when its serial was revoked after the handshake (or the
     /// connection was closed meanwhile).
-    pub(super) fn register(&self, conn: u64) -> Result<(), Revoked> {
+    pub(super) fn register(&self, conn: u64, down: mpsc::Sender<Outgoing>) -> Result<(), Revoked> {
         let mut inner = self.lock();
-        let Some(c) = inner.conns.get(&conn) else {
+        let revoked = match inner.conns.get(&conn) {
+            None => return Err(Revoked),
+            Some(c) => inner.revoked.contains(&c.serial) || c.cancel.is_cancelled(),
+        };
+        let Some(c) = inner.conns.get_mut(&conn).filter(|_| !revoked) else {
             return Err(Revoked);
         };
-        if inner.revoked.contains(&c.serial) || c.cancel.is_cancelled() {
-            return Err(Revoked);
-        }
+        c.down = Some(down);
         let device = c.device.clone();
         if let Some(old) = inner.live.insert(device, conn)
             && old != conn
@@ -160,6 +178,31 @@ impl Registry {
         }
     }
 
+    /// Queues `msg` for its device's live session. A session whose queue is full is not
+    /// reading its socket: it is closed (its device reconnects and is sent what matters
+    /// again) rather than buffered for without bound.
+    pub(super) fn deliver(&self, msg: Outgoing) -> Delivery {
+        let inner = self.lock();
+        let Some(c) = inner
+            .live
+            .get(&msg.topic.device)
+            .and_then(|c| inner.conns.get(c))
+        else {
+            return Delivery::Offline;
+        };
+        let Some(down) = &c.down else {
+            return Delivery::Offline;
+        };
+        match down.try_send(msg) {
+            Ok(()) => Delivery::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                c.close("slow_consumer");
+                Delivery::Full
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Offline,
+        }
+    }
+
     /// Whether `device` has a registered connection now.
     pub(super) fn is_connected(&self, device: &DeviceId) -> bool {
         self.lock().live.contains_key(device)
@@ -176,6 +219,10 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn down() -> mpsc::Sender<Outgoing> {
+        mpsc::channel(1).0
+    }
 
     fn conn(r: &Registry, id: u64, device: &str, serial: &str) -> (CancellationToken, CloseReason) {
         let cancel = CancellationToken::new();
@@ -196,14 +243,14 @@ mod tests {
         let r = Registry::new(HashSet::new());
         let (pending, why) = conn(&r, 1, "pi-a", "aa");
         let (live, _) = conn(&r, 2, "pi-b", "bb");
-        r.register(2).unwrap();
+        r.register(2, down()).unwrap();
         let (added, closed) = r.revoke(["aa".to_owned(), "bb".to_owned()]);
         assert_eq!((added, closed.len()), (2, 2));
         assert_eq!(r.revoke(["bb".to_owned()]), (0, vec![]));
         assert!(pending.is_cancelled() && live.is_cancelled());
         assert_eq!(why.get(), Some(&"revoked"));
         // A CONNECT arriving afterwards on the handshaken socket is refused.
-        assert_eq!(r.register(1), Err(Revoked));
+        assert_eq!(r.register(1, down()), Err(Revoked));
         // A new handshake with a revoked serial is refused.
         let cancel = CancellationToken::new();
         let dev = DeviceId::parse("pi-a").unwrap();
@@ -218,9 +265,9 @@ mod tests {
         let r = Registry::new(HashSet::new());
         let dev = DeviceId::parse("pi-a").unwrap();
         let (old, why) = conn(&r, 1, "pi-a", "aa");
-        r.register(1).unwrap();
+        r.register(1, down()).unwrap();
         let (new, _) = conn(&r, 2, "pi-a", "aa");
-        r.register(2).unwrap();
+        r.register(2, down()).unwrap();
         assert!(old.is_cancelled() && !new.is_cancelled());
         assert_eq!(why.get(), Some(&"replaced"));
         // The old one ending does not take the device offline; the new one does.
@@ -233,12 +280,36 @@ mod tests {
     }
 
     #[test]
+    fn messages_reach_the_live_session_and_a_full_queue_closes_it() {
+        use pifleet_shared::Topic;
+        use pifleet_shared::topic::Kind;
+        let r = Registry::new(HashSet::new());
+        let dev = DeviceId::parse("pi-a").unwrap();
+        let msg = || Outgoing {
+            topic: Topic::new(DeviceId::parse("pi-a").unwrap(), Kind::Ack),
+            payload: vec![1],
+        };
+        assert_eq!(r.deliver(msg()), Delivery::Offline);
+        let (cancel, why) = conn(&r, 1, "pi-a", "aa");
+        assert_eq!(r.deliver(msg()), Delivery::Offline, "not before CONNECT");
+        let (tx, mut rx) = mpsc::channel(1);
+        r.register(1, tx).unwrap();
+        assert_eq!(r.deliver(msg()), Delivery::Queued);
+        assert_eq!(rx.try_recv().unwrap().topic.device, dev);
+        assert_eq!(r.deliver(msg()), Delivery::Queued);
+        assert!(!cancel.is_cancelled());
+        assert_eq!(r.deliver(msg()), Delivery::Full);
+        assert!(cancel.is_cancelled());
+        assert_eq!(why.get(), Some(&"slow_consumer"));
+    }
+
+    #[test]
     fn a_closed_connection_cannot_register() {
         let r = Registry::new(HashSet::new());
         let (c, _) = conn(&r, 1, "pi-a", "aa");
         r.close_all("shutdown");
         assert!(c.is_cancelled());
-        assert_eq!(r.register(1), Err(Revoked));
-        assert_eq!(r.register(99), Err(Revoked));
+        assert_eq!(r.register(1, down()), Err(Revoked));
+        assert_eq!(r.register(99, down()), Err(Revoked));
     }
 }
