@@ -53,7 +53,7 @@ mod session;
 
 use gate::Gated;
 use packet::{packet_name, read_packet};
-use registry::{CloseReason, Delivery, Registry};
+use registry::{CloseReason, Delivery, NotRegistered, Registry};
 
 /// The gateway: shared state of all connection tasks.
 #[derive(Debug)]
@@ -420,8 +420,15 @@ impl Gateway {
         }
         // Revoked while its CONNECT was on the way: refused before any session exists.
         let (down_tx, down_rx) = mpsc::channel(self.cfg.device_queue);
-        if self.registry.register(conn, down_tx).is_err() {
-            return End::Closed("revoked");
+        match self.registry.register(conn, down_tx) {
+            Ok(()) => {}
+            Err(NotRegistered::Revoked) => return End::Closed("revoked"),
+            Err(NotRegistered::Superseded) => {
+                let _ = stream
+                    .write_all(&packet::connack(ConnectReturnCode::ServiceUnavailable))
+                    .await;
+                return End::Refused("superseded", id.to_string());
+            }
         }
         if stream
             .write_all(&packet::connack(ConnectReturnCode::Success))

@@ -59,6 +59,15 @@ pub(super) enum Delivery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Revoked;
 
+/// Why a connection could not become its device's live one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NotRegistered {
+    /// Revoked, or closed meanwhile.
+    Revoked,
+    /// A connection of the same device accepted later is live.
+    Superseded,
+}
+
 /// Connections and revoked serials (lowercase hex, as [`crate::pki::tls::normalize_serial`]).
 #[derive(Debug, Default)]
 pub(super) struct Registry {
@@ -108,18 +117,32 @@ impl Registry {
 
     /// Makes `conn` its device's live connection at CONNECT, closing an older one of the
     /// same device. Refused when its serial was revoked after the handshake (or the
-    /// connection was closed meanwhile).
-    pub(super) fn register(&self, conn: u64, down: mpsc::Sender<Outgoing>) -> Result<(), Revoked> {
+    /// connection was closed meanwhile), and when a connection of the device accepted
+    /// after this one is live already: under load, a CONNECT its client gave up on (and
+    /// retried on a new connection) can reach this point late, and must not take the
+    /// device's session from the retry that succeeded.
+    pub(super) fn register(
+        &self,
+        conn: u64,
+        down: mpsc::Sender<Outgoing>,
+    ) -> Result<(), NotRegistered> {
         let mut inner = self.lock();
-        let revoked = match inner.conns.get(&conn) {
-            None => return Err(Revoked),
-            Some(c) => inner.revoked.contains(&c.serial) || c.cancel.is_cancelled(),
+        let (device, revoked) = match inner.conns.get(&conn) {
+            None => return Err(NotRegistered::Revoked),
+            Some(c) => (
+                c.device.clone(),
+                inner.revoked.contains(&c.serial) || c.cancel.is_cancelled(),
+            ),
         };
-        let Some(c) = inner.conns.get_mut(&conn).filter(|_| !revoked) else {
-            return Err(Revoked);
-        };
-        c.down = Some(down);
-        let device = c.device.clone();
+        if revoked {
+            return Err(NotRegistered::Revoked);
+        }
+        if inner.live.get(&device).is_some_and(|&newer| newer > conn) {
+            return Err(NotRegistered::Superseded);
+        }
+        if let Some(c) = inner.conns.get_mut(&conn) {
+            c.down = Some(down);
+        }
         if let Some(old) = inner.live.insert(device, conn)
             && old != conn
             && let Some(o) = inner.conns.get(&old)
@@ -250,7 +273,7 @@ mod tests {
         assert!(pending.is_cancelled() && live.is_cancelled());
         assert_eq!(why.get(), Some(&"revoked"));
         // A CONNECT arriving afterwards on the handshaken socket is refused.
-        assert_eq!(r.register(1, down()), Err(Revoked));
+        assert_eq!(r.register(1, down()), Err(NotRegistered::Revoked));
         // A new handshake with a revoked serial is refused.
         let cancel = CancellationToken::new();
         let dev = DeviceId::parse("pi-a").unwrap();
@@ -303,13 +326,28 @@ mod tests {
         assert_eq!(why.get(), Some(&"slow_consumer"));
     }
 
+    /// A CONNECT that reaches registration after a later connection of the same device
+    /// (its client gave up and retried) is refused and leaves the live session alone.
+    #[test]
+    fn a_late_connect_does_not_take_over_a_newer_session() {
+        let r = Registry::new(HashSet::new());
+        let dev = DeviceId::parse("pi-a").unwrap();
+        let (old, _) = conn(&r, 1, "pi-a", "aa");
+        let (new, _) = conn(&r, 2, "pi-a", "aa");
+        r.register(2, down()).unwrap();
+        assert_eq!(r.register(1, down()), Err(NotRegistered::Superseded));
+        assert!(!new.is_cancelled() && !old.is_cancelled());
+        assert!(!r.remove(1), "the late one was never live");
+        assert!(r.is_connected(&dev));
+    }
+
     #[test]
     fn a_closed_connection_cannot_register() {
         let r = Registry::new(HashSet::new());
         let (c, _) = conn(&r, 1, "pi-a", "aa");
         r.close_all("shutdown");
         assert!(c.is_cancelled());
-        assert_eq!(r.register(1, down()), Err(Revoked));
-        assert_eq!(r.register(99, down()), Err(Revoked));
+        assert_eq!(r.register(1, down()), Err(NotRegistered::Revoked));
+        assert_eq!(r.register(99, down()), Err(NotRegistered::Revoked));
     }
 }
