@@ -124,10 +124,8 @@ struct Controller {
     release_keys: Vec<pifleet_shared::signing::TrustedKey>,
     live: Hub,
     api: api::AppState,
-    queue: (
-        mpsc::Sender<crate::store::IngestOp>,
-        mpsc::Receiver<crate::store::IngestOp>,
-    ),
+    /// The writer's end of the queue; the router holds the other.
+    queue: mpsc::Receiver<crate::store::IngestOp>,
     receipts: mpsc::Receiver<Receipt>,
     renewals: mpsc::Receiver<(
         pifleet_shared::DeviceId,
@@ -196,11 +194,11 @@ impl Controller {
             pid: std::process::id(),
         };
 
-        let queue = mpsc::channel(cfg.ingest.queue_capacity);
+        let (queue_tx, queue) = mpsc::channel(cfg.ingest.queue_capacity);
         let receipts = mpsc::channel(10_000);
         let renewals = mpsc::channel(1_000);
         let router = Router::new(
-            queue.0.clone(),
+            queue_tx,
             Handlers {
                 receipts: receipts.0,
                 renewals: renewals.0,
@@ -212,7 +210,6 @@ impl Controller {
             mqtt_tls,
             revoked,
             router,
-            queue.0.clone(),
             metrics.clone(),
             store.clone(),
             connection_limit,
@@ -288,10 +285,9 @@ impl Controller {
 
     /// Runs every task until `shutdown` or the first task that fails for good, then drains.
     async fn run(self, shutdown: CancellationToken) -> Result<(), ServeError> {
-        // The writer stops once every sender is gone: the gateway's (with its connections)
-        // and the routers' clones.
-        let (queue_tx, queue_rx) = self.queue;
-        drop(queue_tx);
+        // The writer stops once every sender is gone: the router's, in the gateway and its
+        // connections, which shutdown ends.
+        let queue_rx = self.queue;
         let receipt_rx = self.receipts;
         let renew_rx = self.renewals;
         let app = api::app(self.api.clone());

@@ -195,25 +195,7 @@ mod tests {
     use super::*;
 
     fn sample(seq: u64) -> v1::Sample {
-        v1::Sample {
-            seq,
-            ts_ms: 0,
-            cpu_pct: 0.0,
-            load1: 0.0,
-            load5: 0.0,
-            load15: 0.0,
-            mem_total_bytes: 0,
-            mem_used_bytes: 0,
-            swap_total_bytes: 0,
-            swap_used_bytes: 0,
-            disks: vec![],
-            nets: vec![],
-            temp_c: None,
-            throttled: None,
-            uptime_s: 0,
-            spool_dropped: 0,
-            spool_backlog: 0,
-        }
+        crate::store::testkit::sample(seq, 0, 0.0, 0)
     }
 
     #[test]

@@ -93,9 +93,14 @@ impl Router {
         }
     }
 
-    /// Messages waiting for the ingest writer.
-    pub fn queue_depth(&self) -> usize {
-        self.queue.max_capacity() - self.queue.capacity()
+    /// Tells ingest that `device`'s session began or ended. Only fails at shutdown, when
+    /// there is no writer left to tell.
+    pub async fn online(&self, device: &DeviceId, online: bool) {
+        let op = IngestOp::Online {
+            device: device.clone(),
+            online,
+        };
+        let _ = self.queue.send(op).await;
     }
 }
 
@@ -204,28 +209,7 @@ fn check_apps(apps: &[v1::AppState]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample(seq: u64) -> v1::Sample {
-        v1::Sample {
-            seq,
-            ts_ms: 0,
-            cpu_pct: 0.0,
-            load1: 0.0,
-            load5: 0.0,
-            load15: 0.0,
-            mem_total_bytes: 0,
-            mem_used_bytes: 0,
-            swap_total_bytes: 0,
-            swap_used_bytes: 0,
-            disks: vec![],
-            nets: vec![],
-            temp_c: None,
-            throttled: None,
-            uptime_s: 0,
-            spool_dropped: 0,
-            spool_backlog: 0,
-        }
-    }
+    use crate::store::testkit::sample;
 
     #[test]
     fn bad_payloads_are_refused_with_reasons() {
@@ -252,7 +236,7 @@ mod tests {
         let good = codec::encode(
             Kind::Telemetry,
             &v1::Telemetry {
-                samples: vec![sample(1)],
+                samples: vec![sample(1, 0, 0.0, 0)],
             },
         )
         .unwrap();

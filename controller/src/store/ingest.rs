@@ -246,24 +246,19 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        // Devices seen in this batch, many per statement: a batch of single-sample messages
-        // names as many devices as messages, and one UPDATE each would cost more than the
-        // inserts.
-        let seen: Vec<(&DeviceId, i64)> = last_seen.into_iter().collect();
-        for chunk in seen.chunks(ROWS_PER_STATEMENT) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("WITH seen (id, seq) AS (");
-            qb.push_values(chunk, |mut b, (device, max_seq)| {
-                b.push_bind(device.as_str().to_owned()).push_bind(*max_seq);
-            });
-            qb.push(") UPDATE devices SET last_seen = ")
-                .push_bind(now)
-                .push(", first_seen = COALESCE(first_seen, ")
-                .push_bind(now)
-                .push(
-                    "), last_seq = CASE WHEN devices.last_seq IS NULL OR devices.last_seq < seen.seq \
-                     THEN seen.seq ELSE devices.last_seq END FROM seen WHERE devices.id = seen.id",
-                );
-            qb.build().execute(&mut *tx).await?;
+        for (device, max_seq) in last_seen {
+            sqlx::query(
+                "UPDATE devices SET last_seen = ?, first_seen = COALESCE(first_seen, ?), \
+                 last_seq = CASE WHEN last_seq IS NULL OR last_seq < ? THEN ? ELSE last_seq END \
+                 WHERE id = ?",
+            )
+            .bind(now)
+            .bind(now)
+            .bind(max_seq)
+            .bind(max_seq)
+            .bind(device.as_str())
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(dropped

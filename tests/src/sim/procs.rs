@@ -12,16 +12,7 @@ use super::proto::{Command, Reply};
 
 /// Raises the soft open-file limit to the hard one; returns the new soft limit.
 pub fn raise_nofile() -> Result<u64> {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
-    Ok(hard)
-}
-
-/// The soft open-file limit.
-pub fn nofile() -> u64 {
-    use nix::sys::resource::{Resource, getrlimit};
-    getrlimit(Resource::RLIMIT_NOFILE).map_or(0, |(soft, _)| soft)
+    Ok(pifleet_controller::mqtt::gateway::limits::raise_nofile()?)
 }
 
 #[derive(Debug)]

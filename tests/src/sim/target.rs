@@ -96,9 +96,7 @@ pub struct Target {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(crate::harness::free_addr()?.port())
 }
 
 impl Target {

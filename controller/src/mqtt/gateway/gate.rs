@@ -47,6 +47,13 @@ impl Gated {
     pub(super) fn open(&mut self) {
         self.gate = None;
     }
+
+    /// Whatever was computed since the last read is done: give its permit back.
+    fn computed(&mut self) {
+        if let Some(gate) = &mut self.gate {
+            gate.held = None;
+        }
+    }
 }
 
 impl AsyncRead for Gated {
@@ -56,9 +63,8 @@ impl AsyncRead for Gated {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.computed();
         if let Some(gate) = &mut this.gate {
-            // Whatever was computed since the last read is done.
-            gate.held = None;
             // Wait for bytes without a permit, then for a permit to process them.
             ready!(this.io.poll_read_ready(cx))?;
             match ready!(gate.permits.poll_acquire(cx)) {
@@ -67,11 +73,9 @@ impl AsyncRead for Gated {
             }
         }
         let r = Pin::new(&mut this.io).poll_read(cx, buf);
-        if r.is_pending()
-            && let Some(gate) = &mut this.gate
-        {
+        if r.is_pending() {
             // Readiness was stale: nothing to compute yet.
-            gate.held = None;
+            this.computed();
         }
         r
     }
@@ -84,9 +88,7 @@ impl AsyncWrite for Gated {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if let Some(gate) = &mut this.gate {
-            gate.held = None;
-        }
+        this.computed();
         Pin::new(&mut this.io).poll_write(cx, buf)
     }
 
@@ -96,9 +98,7 @@ impl AsyncWrite for Gated {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if let Some(gate) = &mut this.gate {
-            gate.held = None;
-        }
+        this.computed();
         Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
     }
 

@@ -20,17 +20,20 @@ pub const RESERVE: u64 = 256;
 /// one first (what systemd's `LimitNOFILE` or `ulimit -Hn` allows). Returns the limit and,
 /// when it had to be lowered, why.
 pub fn connection_limit(wanted: usize, https_max: usize) -> (usize, Option<String>) {
-    let nofile = match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) => {
-            if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-                hard
-            } else {
-                soft
-            }
-        }
-        Err(_) => return (wanted, None),
-    };
-    fit(wanted, https_max, nofile)
+    match raise_nofile() {
+        Ok(nofile) => fit(wanted, https_max, nofile),
+        Err(_) => (wanted, None),
+    }
+}
+
+/// Raises the soft open-file limit to the hard one, where it is lower; returns the soft
+/// limit in force afterwards.
+pub fn raise_nofile() -> nix::Result<u64> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return Ok(hard);
+    }
+    Ok(soft)
 }
 
 fn fit(wanted: usize, https_max: usize, nofile: u64) -> (usize, Option<String>) {

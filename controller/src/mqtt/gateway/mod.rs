@@ -41,7 +41,7 @@ use crate::mqtt::max_packet_size;
 use crate::mqtt::route::Router;
 use crate::pki::{ServerCert, tls};
 use crate::source::{PreAuth, PreAuthBudget};
-use crate::store::{IngestOp, Store};
+use crate::store::Store;
 use crate::supervise::TaskResult;
 
 mod admit;
@@ -63,9 +63,8 @@ pub struct Gateway {
     registry: Registry,
     next_conn: AtomicU64,
     router: Router,
-    events: mpsc::Sender<IngestOp>,
     metrics: Metrics,
-    /// One per connection the process may hold ([`connection_limit`]).
+    /// One per connection the process may hold ([`limits::connection_limit`]).
     permits: Arc<Semaphore>,
     /// One per handshake computing at once ([`gate`]).
     crypto: Arc<Semaphore>,
@@ -90,7 +89,6 @@ impl Gateway {
         tls: ServerConfig,
         revoked: HashSet<String>,
         router: Router,
-        events: mpsc::Sender<IngestOp>,
         metrics: Metrics,
         store: Store,
         limit: usize,
@@ -105,7 +103,6 @@ impl Gateway {
             registry: Registry::new(revoked),
             next_conn: AtomicU64::new(1),
             router,
-            events,
             metrics,
             permits,
             crypto,
@@ -164,11 +161,6 @@ impl Gateway {
         tracing::warn!(%peer, source = %peer.ip(), reason, "mqtt connection refused");
     }
 
-    /// Closes the live connection of `device`, if any, giving `reason`.
-    pub fn disconnect(&self, device: &DeviceId, reason: &'static str) -> bool {
-        self.registry.disconnect(device, reason)
-    }
-
     /// Sends `msg` to its device's live session, if any (dropped and counted otherwise).
     pub fn deliver(&self, msg: Outgoing) {
         let reason = match self.registry.deliver(msg) {
@@ -180,11 +172,6 @@ impl Gateway {
             .mqtt_out_dropped
             .with_label_values(&[reason])
             .inc();
-    }
-
-    /// Whether `device` has a live connection now.
-    pub fn is_connected(&self, device: &DeviceId) -> bool {
-        self.registry.is_connected(device)
     }
 
     /// Revokes `serials` (lowercase hex): new handshakes presenting one are refused, and
@@ -266,13 +253,7 @@ impl Gateway {
         if self.registry.remove(conn)
             && let Some(dev) = &identity
         {
-            let _ = self
-                .events
-                .send(IngestOp::Online {
-                    device: dev.clone(),
-                    online: false,
-                })
-                .await;
+            self.router.online(dev, false).await;
         }
         let device = identity.as_ref().map(DeviceId::as_str);
         if !registered {
@@ -442,13 +423,7 @@ impl Gateway {
         self.metrics.mqtt_connects.inc();
         self.metrics.mqtt_connections.inc();
         tracing::info!(device = %id, serial = %serial, "device connected");
-        let _ = self
-            .events
-            .send(IngestOp::Online {
-                device: id.clone(),
-                online: true,
-            })
-            .await;
+        self.router.online(&id, true).await;
         let hello = session::Hello {
             keep_alive: connect.keep_alive,
             will: connect.last_will,

@@ -189,18 +189,6 @@ impl Registry {
         (added, closed)
     }
 
-    /// Closes the live connection of `device`, if any.
-    pub(super) fn disconnect(&self, device: &DeviceId, reason: &'static str) -> bool {
-        let inner = self.lock();
-        match inner.live.get(device).and_then(|c| inner.conns.get(c)) {
-            Some(c) => {
-                c.close(reason);
-                true
-            }
-            None => false,
-        }
-    }
-
     /// Queues `msg` for its device's live session. A session whose queue is full is not
     /// reading its socket: it is closed (its device reconnects and is sent what matters
     /// again) rather than buffered for without bound.
@@ -227,7 +215,8 @@ impl Registry {
     }
 
     /// Whether `device` has a registered connection now.
-    pub(super) fn is_connected(&self, device: &DeviceId) -> bool {
+    #[cfg(test)]
+    fn is_connected(&self, device: &DeviceId) -> bool {
         self.lock().live.contains_key(device)
     }
 
@@ -296,10 +285,8 @@ mod tests {
         // The old one ending does not take the device offline; the new one does.
         assert!(!r.remove(1));
         assert!(r.is_connected(&dev));
-        assert!(r.disconnect(&dev, "bad_payload"));
         assert!(r.remove(2));
         assert!(!r.is_connected(&dev));
-        assert!(!r.disconnect(&dev, "bad_payload"));
     }
 
     #[test]
