@@ -1,5 +1,6 @@
 //! Backups made from a real data dir (`setup::init`), read back, damaged and restored.
 
+use crate::store::db::{reading, writing};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 
@@ -34,20 +35,24 @@ async fn fixture() -> Fixture {
         .await
         .unwrap();
     // A device with a command waiting to go out and one it already took.
-    sqlx::query("INSERT INTO devices (id, labels, enrolled_at) VALUES ('pi-1', '{}', 1)")
-        .execute(&store.writer)
-        .await
-        .unwrap();
+    writing!(store, |ex| sqlx::query(
+        "INSERT INTO devices (id, labels, enrolled_at) VALUES ('pi-1', '{}', 1)"
+    )
+    .execute(ex)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
     for (id, status) in [("c-queued", "queued"), ("c-accepted", "accepted")] {
-        sqlx::query(
+        writing!(store, |ex| sqlx::query(
             "INSERT INTO commands (id, device_id, action, action_kind, status, created_at, \
-             expires_at, answer_timeout_ms) VALUES (?, 'pi-1', '\"Ping\"', 'ping', ?, 1, ?, 1000)",
+             expires_at, answer_timeout_ms) VALUES ($1, 'pi-1', '\"Ping\"', 'ping', $2, 1, $3, 1000)",
         )
         .bind(id)
         .bind(status)
         .bind(now_ms() + 3_600_000)
-        .execute(&store.writer)
+        .execute(ex)
         .await
+        .map(|r| r.rows_affected()))
         .unwrap();
     }
     Fixture {
@@ -104,11 +109,13 @@ async fn create_list_verify_restore() {
         .await
         .unwrap();
     for (id, want) in [("c-queued", "expired"), ("c-accepted", "accepted")] {
-        let status: String = sqlx::query_scalar("SELECT status FROM commands WHERE id = ?")
-            .bind(id)
-            .fetch_one(&restored.reader)
-            .await
-            .unwrap();
+        let status: String = reading!(restored, |ex| sqlx::query_scalar(
+            "SELECT status FROM commands WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_one(ex)
+        .await)
+        .unwrap();
         assert_eq!(status, want, "{id}");
     }
     restored.close().await;
@@ -287,12 +294,13 @@ async fn a_tar_that_is_not_a_backup_is_malformed() {
 #[tokio::test]
 async fn a_backup_from_a_newer_schema_is_refused() {
     let f = fixture().await;
-    sqlx::query(
+    writing!(f.store, |ex| sqlx::query(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
          VALUES (9999, 'future', TRUE, x'00', 0)",
     )
-    .execute(&f.store.writer)
+    .execute(ex)
     .await
+    .map(|r| r.rows_affected()))
     .unwrap();
     let made = create(&f.dd, &f.store, &f.out, None).await.unwrap();
     let target = f.root.join("restored");

@@ -11,7 +11,7 @@ use crate::store::enrollment_requests::{ACCEPTED, Decided, PENDING, REJECTED};
 use crate::store::testkit;
 
 struct Fixture {
-    _dir: tempfile::TempDir,
+    _dir: testkit::Guard,
     st: EnrollState,
 }
 

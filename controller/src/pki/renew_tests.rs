@@ -1,6 +1,7 @@
 //! Renewal against a real store and CA: who may renew, how often, with which key, and
 //! that receipts verify against every unexpired certificate of the device.
 
+use crate::store::db::writing;
 use std::time::Duration;
 
 use pifleet_shared::DeviceId;
@@ -39,11 +40,13 @@ fn id(s: &str) -> DeviceId {
 }
 
 async fn cert_count(s: &Store, device: &str) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM certificates WHERE device_id = ?")
-        .bind(device)
-        .fetch_one(&s.writer)
-        .await
-        .unwrap()
+    writing!(s, |ex| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM certificates WHERE device_id = $1"
+    )
+    .bind(device)
+    .fetch_one(ex)
+    .await)
+    .unwrap()
 }
 
 #[tokio::test]
@@ -75,12 +78,12 @@ async fn only_a_known_unrevoked_device_renews_for_its_own_id() {
     let pem = r.renew(&id("pi-a"), &csr("pi-a")).await.unwrap();
     assert!(pem.contains("BEGIN CERTIFICATE"));
     assert_eq!(cert_count(&s, "pi-a").await, 1);
-    let audited: i64 = sqlx::query_scalar(
+    let audited: i64 = writing!(s, |ex| sqlx::query_scalar(
         "SELECT COUNT(*) FROM audit_log WHERE action = 'device.renew_certificate' \
          AND actor = 'device:pi-a' AND target = 'pi-a' AND outcome = 'ok'",
     )
-    .fetch_one(&s.writer)
-    .await
+    .fetch_one(ex)
+    .await)
     .unwrap();
     assert_eq!(audited, 1);
     assert!(s.verify_audit().await.unwrap().result.is_ok());
@@ -127,22 +130,24 @@ async fn receipts_verify_against_every_unexpired_unrevoked_certificate() {
     }
     assert_eq!(s.device_keys("pi-a").await.unwrap().len(), 3);
     // One expires: it no longer counts.
-    sqlx::query(
+    writing!(s, |ex| sqlx::query(
         "UPDATE certificates SET not_after = 1000 WHERE serial = \
          (SELECT serial FROM certificates WHERE device_id = 'pi-a' ORDER BY issued_at LIMIT 1)",
     )
-    .execute(&s.writer)
+    .execute(ex)
     .await
+    .map(|r| r.rows_affected()))
     .unwrap();
     assert_eq!(s.device_keys("pi-a").await.unwrap().len(), 2);
     // It is overdue for renewal only when its newest certificate is.
     assert_eq!(s.renewal_overdue_count().await.unwrap(), 0);
-    sqlx::query(
+    writing!(s, |ex| sqlx::query(
         "UPDATE certificates SET issued_at = issued_at - 60000, not_after = issued_at + 1000 \
          WHERE device_id = 'pi-a'",
     )
-    .execute(&s.writer)
+    .execute(ex)
     .await
+    .map(|r| r.rows_affected()))
     .unwrap();
     assert_eq!(s.renewal_overdue_count().await.unwrap(), 1);
     s.revoke_device("pi-a").await.unwrap();

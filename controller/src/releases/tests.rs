@@ -2,6 +2,7 @@
 //! archives, signed manifests that verify against `release.pub`, all-or-nothing creation,
 //! deletion, and the sweep after a crash.
 
+use crate::store::db::writing;
 use std::time::Duration;
 
 use pifleet_shared::release::{HealthSpec, verify_manifest};
@@ -191,19 +192,21 @@ async fn a_failed_insert_removes_the_files() {
     let e = env().await;
     create(&e, "web", b"kept").await.unwrap();
     let before = files(&e.dd);
-    sqlx::query(
+    writing!(e.store, |ex| sqlx::query(
         "CREATE TRIGGER refuse BEFORE INSERT ON releases BEGIN SELECT RAISE(ABORT, 'no'); END",
     )
-    .execute(&e.store.writer)
+    .execute(ex)
     .await
+    .map(|r| r.rows_affected()))
     .unwrap();
     let err = create(&e, "web", b"lost").await.unwrap_err();
     assert!(matches!(err, ReleaseError::Store(_)), "{err}");
     assert_eq!(files(&e.dd), before);
-    sqlx::query("DROP TRIGGER refuse")
-        .execute(&e.store.writer)
+    writing!(e.store, |ex| sqlx::query("DROP TRIGGER refuse")
+        .execute(ex)
         .await
-        .unwrap();
+        .map(|r| r.rows_affected()))
+    .unwrap();
     // The number was given back with the rolled-back transaction.
     assert_eq!(create(&e, "web", b"lost").await.unwrap().release, 2);
 }

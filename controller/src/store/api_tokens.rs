@@ -41,9 +41,9 @@ impl Store {
         created_by: &str,
         expires_at: i64,
     ) -> Result<bool, StoreError> {
-        let r = sqlx::query(
+        let r = writing!(self, |ex| sqlx::query(
             "INSERT INTO api_tokens (id, name, role, secret_hash, created_by, created_at, \
-             expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+             expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING",
         )
         .bind(id)
         .bind(name)
@@ -52,18 +52,19 @@ impl Store {
         .bind(created_by)
         .bind(now_ms())
         .bind(expires_at)
-        .execute(&self.writer)
-        .await?;
-        Ok(r.rows_affected() == 1)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(r == 1)
     }
 
     /// Every API token, newest first.
     pub async fn list_api_tokens(&self) -> Result<Vec<ApiTokenRow>, StoreError> {
-        Ok(
-            sqlx::query_as(api_token_select!("ORDER BY created_at DESC, id"))
-                .fetch_all(&self.reader)
-                .await?,
-        )
+        Ok(reading!(self, |ex| sqlx::query_as(api_token_select!(
+            "ORDER BY created_at DESC, id"
+        ))
+        .fetch_all(ex)
+        .await)?)
     }
 
     /// The usable (unrevoked, unexpired) token with this secret hash; records its use.
@@ -72,21 +73,24 @@ impl Store {
         secret_hash: &str,
     ) -> Result<Option<ApiTokenRow>, StoreError> {
         let now = now_ms();
-        let row: Option<ApiTokenRow> = sqlx::query_as(api_token_select!(
-            "WHERE secret_hash = ? AND revoked_at IS NULL AND expires_at > ?"
+        let row: Option<ApiTokenRow> = reading!(self, |ex| sqlx::query_as(api_token_select!(
+            "WHERE secret_hash = $1 AND revoked_at IS NULL AND expires_at > $2"
         ))
         .bind(secret_hash)
         .bind(now)
-        .fetch_optional(&self.reader)
-        .await?;
+        .fetch_optional(ex)
+        .await)?;
         if let Some(r) = &row {
             // Coarse on purpose: at most one write a minute per token, not one per request.
             if r.last_used_at.is_none_or(|t| now - t > 60_000) {
-                sqlx::query("UPDATE api_tokens SET last_used_at = ? WHERE id = ?")
-                    .bind(now)
-                    .bind(&r.id)
-                    .execute(&self.writer)
-                    .await?;
+                writing!(self, |ex| sqlx::query(
+                    "UPDATE api_tokens SET last_used_at = $1 WHERE id = $2"
+                )
+                .bind(now)
+                .bind(&r.id)
+                .execute(ex)
+                .await
+                .map(|r| r.rows_affected()))?;
             }
         }
         Ok(row)
@@ -94,12 +98,14 @@ impl Store {
 
     /// Revokes a token; false when there is no unrevoked token with this id.
     pub async fn revoke_api_token(&self, id: &str) -> Result<bool, StoreError> {
-        let r =
-            sqlx::query("UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-                .bind(now_ms())
-                .bind(id)
-                .execute(&self.writer)
-                .await?;
-        Ok(r.rows_affected() == 1)
+        let r = writing!(self, |ex| sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL"
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(r == 1)
     }
 }

@@ -60,9 +60,10 @@ macro_rules! approval_select {
 impl Store {
     /// Stores a pending request.
     pub async fn insert_approval(&self, a: &NewApproval<'_>) -> Result<(), StoreError> {
-        sqlx::query(
+        writing!(self, |ex| {
+            sqlx::query(
             "INSERT INTO approvals (id, kind, request, summary, device_count, requested_by, \
-             requester_id, created_at, expires_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             requester_id, created_at, expires_at, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(a.id)
         .bind(a.kind.as_str())
@@ -74,17 +75,21 @@ impl Store {
         .bind(now_ms())
         .bind(a.expires_at)
         .bind(ApprovalStatus::Pending.as_str())
-        .execute(&self.writer)
-        .await?;
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected())
+        })?;
         Ok(())
     }
 
     /// One request.
     pub async fn approval(&self, id: &str) -> Result<Option<ApprovalRow>, StoreError> {
-        Ok(sqlx::query_as(approval_select!("WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?)
+        Ok(reading!(self, |ex| sqlx::query_as(approval_select!(
+            "WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(ex)
+        .await)?)
     }
 
     /// Requests, newest first; only pending ones (not yet expired) with `pending_only`.
@@ -94,15 +99,15 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<ApprovalRow>, StoreError> {
         let now = now_ms();
-        Ok(sqlx::query_as(approval_select!(
-            "WHERE (? = 0 OR (status = 'pending' AND expires_at > ?)) \
-             ORDER BY created_at DESC, id LIMIT ?"
+        Ok(reading!(self, |ex| sqlx::query_as(approval_select!(
+            "WHERE ($1 = FALSE OR (status = 'pending' AND expires_at > $2)) \
+             ORDER BY created_at DESC, id LIMIT $3"
         ))
-        .bind(i64::from(pending_only))
+        .bind(pending_only)
         .bind(now)
         .bind(limit)
-        .fetch_all(&self.reader)
-        .await?)
+        .fetch_all(ex)
+        .await)?)
     }
 
     /// Moves a pending, unexpired request to `to` (approved or rejected), recording who
@@ -117,9 +122,9 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let now = now_ms();
         let targets = targets.map(serde_json::to_string).transpose()?;
-        let r = sqlx::query(
-            "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?, targets = ? \
-             WHERE id = ? AND status = 'pending' AND expires_at > ?",
+        let r = writing!(self, |ex| sqlx::query(
+            "UPDATE approvals SET status = $1, decided_by = $2, decided_at = $3, targets = $4 \
+             WHERE id = $5 AND status = 'pending' AND expires_at > $6",
         )
         .bind(to.as_str())
         .bind(decided_by)
@@ -127,9 +132,10 @@ impl Store {
         .bind(targets)
         .bind(id)
         .bind(now)
-        .execute(&self.writer)
-        .await?;
-        Ok(r.rows_affected() == 1)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(r == 1)
     }
 
     /// Records what carrying out an approved request did (or why it failed).
@@ -139,20 +145,25 @@ impl Store {
         status: ApprovalStatus,
         outcome: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE approvals SET status = ?, outcome = ? WHERE id = ?")
-            .bind(status.as_str())
-            .bind(outcome)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
+        writing!(self, |ex| sqlx::query(
+            "UPDATE approvals SET status = $1, outcome = $2 WHERE id = $3"
+        )
+        .bind(status.as_str())
+        .bind(outcome)
+        .bind(id)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
     /// How many enabled admins there are (a second approver needs at least two).
     pub async fn enabled_admin_count(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(super::users::ENABLED_ADMINS)
-            .fetch_one(&self.reader)
-            .await?)
+        Ok(reading!(self, |ex| sqlx::query_scalar(
+            super::users::ENABLED_ADMINS
+        )
+        .fetch_one(ex)
+        .await)?)
     }
 }
 

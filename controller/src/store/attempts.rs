@@ -8,7 +8,6 @@
 //! share the database. A right guess deletes its row afterwards; a wrong one stays.
 
 use rand::RngCore;
-use sqlx::Row;
 
 use super::{Store, StoreError, now_ms};
 
@@ -76,44 +75,54 @@ impl Store {
         let now = now_ms();
         let since = now - rule.window_ms;
         let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "INSERT INTO auth_attempt_names (name, at) VALUES (?, ?) \
+        in_tx!(tx, |ex| sqlx::query(
+            "INSERT INTO auth_attempt_names (name, at) VALUES ($1, $2) \
              ON CONFLICT (name) DO UPDATE SET at = excluded.at",
         )
         .bind(name)
         .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM auth_attempt_names WHERE at < ?")
-            .bind(since)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM auth_failures WHERE at < ?")
-            .bind(since)
-            .execute(&mut *tx)
-            .await?;
-        let r = sqlx::query(
-            "SELECT COUNT(*) AS n, MIN(at) AS oldest FROM auth_failures WHERE name = ? AND at >= ?",
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        in_tx!(tx, |ex| sqlx::query(
+            "DELETE FROM auth_attempt_names WHERE at < $1"
+        )
+        .bind(since)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        in_tx!(tx, |ex| sqlx::query(
+            "DELETE FROM auth_failures WHERE at < $1"
+        )
+        .bind(since)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        let (n, oldest): (i64, Option<i64>) = in_tx!(tx, |ex| {
+            sqlx::query_as(
+            "SELECT COUNT(*) AS n, MIN(at) AS oldest FROM auth_failures WHERE name = $1 AND at >= $2",
         )
         .bind(name)
         .bind(since)
-        .fetch_one(&mut *tx)
-        .await?;
-        let n: i64 = r.try_get("n")?;
+        .fetch_one(ex)
+        .await
+        })?;
         if n >= i64::from(rule.limit) {
-            let oldest: Option<i64> = r.try_get("oldest")?;
             tx.commit().await?;
             return Ok(Reservation::Locked {
                 until_ms: oldest.unwrap_or(now) + rule.window_ms,
             });
         }
         let id = attempt_id();
-        sqlx::query("INSERT INTO auth_failures (name, at, attempt) VALUES (?, ?, ?)")
-            .bind(name)
-            .bind(now)
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?;
+        in_tx!(tx, |ex| sqlx::query(
+            "INSERT INTO auth_failures (name, at, attempt) VALUES ($1, $2, $3)"
+        )
+        .bind(name)
+        .bind(now)
+        .bind(&id)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         tx.commit().await?;
         Ok(Reservation::Reserved(Attempt {
             name: name.to_owned(),
@@ -127,23 +136,27 @@ impl Store {
     pub async fn attempt_failed(&self, a: &Attempt, rule: Lockout) -> Result<bool, StoreError> {
         let since = now_ms() - rule.window_ms;
         let mut tx = self.write_tx().await?;
-        let settled =
-            sqlx::query("UPDATE auth_failures SET attempt = NULL WHERE name = ? AND attempt = ?")
-                .bind(&a.name)
-                .bind(&a.id)
-                .execute(&mut *tx)
-                .await?;
-        if settled.rows_affected() == 0 {
+        let settled = in_tx!(tx, |ex| sqlx::query(
+            "UPDATE auth_failures SET attempt = NULL WHERE name = $1 AND attempt = $2"
+        )
+        .bind(&a.name)
+        .bind(&a.id)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        if settled == 0 {
             // Gone: an admin reset the name's failures, or it left the window meanwhile.
             return Ok(false);
         }
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM auth_failures WHERE name = ? AND at >= ? AND attempt IS NULL",
+        let n: i64 = in_tx!(tx, |ex| {
+            sqlx::query_scalar(
+            "SELECT COUNT(*) FROM auth_failures WHERE name = $1 AND at >= $2 AND attempt IS NULL",
         )
         .bind(&a.name)
         .bind(since)
-        .fetch_one(&mut *tx)
-        .await?;
+        .fetch_one(ex)
+        .await
+        })?;
         tx.commit().await?;
         Ok(n == i64::from(rule.limit))
     }
@@ -151,13 +164,14 @@ impl Store {
     /// A right guess that completes a sign-in: deletes the attempt and the name's earlier
     /// failures. Other attempts still in flight stay counted until they settle.
     pub async fn attempt_succeeded(&self, a: &Attempt) -> Result<(), StoreError> {
-        sqlx::query(
-            "DELETE FROM auth_failures WHERE name = ? AND (attempt = ? OR attempt IS NULL)",
+        writing!(self, |ex| sqlx::query(
+            "DELETE FROM auth_failures WHERE name = $1 AND (attempt = $2 OR attempt IS NULL)",
         )
         .bind(&a.name)
         .bind(&a.id)
-        .execute(&self.writer)
-        .await?;
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -165,30 +179,37 @@ impl Store {
     /// password change), or a request that ended before its guess was judged: deletes only
     /// the attempt.
     pub async fn release_attempt(&self, a: &Attempt) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM auth_failures WHERE name = ? AND attempt = ?")
-            .bind(&a.name)
-            .bind(&a.id)
-            .execute(&self.writer)
-            .await?;
+        writing!(self, |ex| sqlx::query(
+            "DELETE FROM auth_failures WHERE name = $1 AND attempt = $2"
+        )
+        .bind(&a.name)
+        .bind(&a.id)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
     /// Deletes every failure and attempt of `name` (an admin's password reset).
     pub async fn clear_failures(&self, name: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM auth_failures WHERE name = ?")
-            .bind(name)
-            .execute(&self.writer)
-            .await?;
+        writing!(self, |ex| sqlx::query(
+            "DELETE FROM auth_failures WHERE name = $1"
+        )
+        .bind(name)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
     /// Whether the MFA step token `jti` was already used.
     pub async fn mfa_token_used(&self, jti: &str) -> Result<bool, StoreError> {
-        let used: Option<String> =
-            sqlx::query_scalar("SELECT jti FROM mfa_tokens_used WHERE jti = ?")
-                .bind(jti)
-                .fetch_optional(&self.reader)
-                .await?;
+        let used: Option<String> = reading!(self, |ex| sqlx::query_scalar(
+            "SELECT jti FROM mfa_tokens_used WHERE jti = $1"
+        )
+        .bind(jti)
+        .fetch_optional(ex)
+        .await)?;
         Ok(used.is_some())
     }
 
@@ -207,55 +228,58 @@ impl Store {
     ) -> Result<MfaAcceptance, StoreError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM mfa_tokens_used WHERE expires_at < ?")
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        let token = sqlx::query(
-            "INSERT INTO mfa_tokens_used (jti, expires_at) VALUES (?, ?) \
+        in_tx!(tx, |ex| sqlx::query(
+            "DELETE FROM mfa_tokens_used WHERE expires_at < $1"
+        )
+        .bind(now)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        let token = in_tx!(tx, |ex| sqlx::query(
+            "INSERT INTO mfa_tokens_used (jti, expires_at) VALUES ($1, $2) \
              ON CONFLICT (jti) DO NOTHING",
         )
         .bind(jti)
         .bind(token_expires_ms)
-        .execute(&mut *tx)
-        .await?;
-        if token.rows_affected() != 1 {
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        if token != 1 {
             return Ok(MfaAcceptance::TokenUsed);
         }
         let spent = match code {
-            MfaCode::Totp(step) => {
-                sqlx::query(
-                    "UPDATE users SET mfa_last_step = ? \
-                     WHERE id = ? AND (mfa_last_step IS NULL OR mfa_last_step < ?)",
-                )
-                .bind(step)
-                .bind(user_id)
-                .bind(step)
-                .execute(&mut *tx)
-                .await?
-            }
-            MfaCode::Recovery(hash) => {
-                sqlx::query(
-                    "UPDATE recovery_codes SET used_at = ? \
-                     WHERE user_id = ? AND code_hash = ? AND used_at IS NULL",
-                )
-                .bind(now)
-                .bind(user_id)
-                .bind(hash)
-                .execute(&mut *tx)
-                .await?
-            }
+            MfaCode::Totp(step) => in_tx!(tx, |ex| sqlx::query(
+                "UPDATE users SET mfa_last_step = $1 \
+                     WHERE id = $2 AND (mfa_last_step IS NULL OR mfa_last_step < $3)",
+            )
+            .bind(step)
+            .bind(user_id)
+            .bind(step)
+            .execute(ex)
+            .await
+            .map(|r| r.rows_affected()))?,
+            MfaCode::Recovery(hash) => in_tx!(tx, |ex| sqlx::query(
+                "UPDATE recovery_codes SET used_at = $1 \
+                     WHERE user_id = $2 AND code_hash = $3 AND used_at IS NULL",
+            )
+            .bind(now)
+            .bind(user_id)
+            .bind(hash)
+            .execute(ex)
+            .await
+            .map(|r| r.rows_affected()))?,
         };
-        if spent.rows_affected() != 1 {
+        if spent != 1 {
             return Ok(MfaAcceptance::CodeRefused);
         }
-        sqlx::query(
-            "DELETE FROM auth_failures WHERE name = ? AND (attempt = ? OR attempt IS NULL)",
+        in_tx!(tx, |ex| sqlx::query(
+            "DELETE FROM auth_failures WHERE name = $1 AND (attempt = $2 OR attempt IS NULL)",
         )
         .bind(&attempt.name)
         .bind(&attempt.id)
-        .execute(&mut *tx)
-        .await?;
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         tx.commit().await?;
         Ok(MfaAcceptance::Accepted)
     }

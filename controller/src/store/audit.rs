@@ -3,7 +3,9 @@
 //! extended by one entry at a time.
 
 use futures_util::{Stream, StreamExt};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::QueryBuilder;
+
+use super::db::{Db, Tx};
 
 use super::{Store, StoreError, now_ms};
 use crate::audit::{Break, ChainVerifier, Entry, Event, GENESIS, entry_hash};
@@ -50,39 +52,51 @@ impl Store {
     /// Every audit entry in sequence order, read row by row (never the whole table at
     /// once).
     pub fn audit_stream(&self) -> impl Stream<Item = Result<Entry, StoreError>> + Send + '_ {
-        sqlx::query_as(ENTRY_SELECT_ALL)
-            .fetch(&self.reader)
-            .map(|entry| entry.map_err(StoreError::from))
+        // A stream borrows its pool for as long as it runs, so each database gives its own;
+        // both yield the same entries.
+        match &self.db {
+            Db::Sqlite { reader, .. } => sqlx::query_as(ENTRY_SELECT_ALL)
+                .fetch(reader)
+                .map(|entry| entry.map_err(StoreError::from))
+                .left_stream(),
+            Db::Postgres { pool } => sqlx::query_as(ENTRY_SELECT_ALL)
+                .fetch(pool)
+                .map(|entry| entry.map_err(StoreError::from))
+                .right_stream(),
+        }
     }
 
     /// Audit entries matching the filter, newest first.
     pub async fn audit_page(&self, f: &AuditFilter) -> Result<Vec<Entry>, StoreError> {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(ENTRY_SELECT_FILTERED);
-        if let Some(actor) = &f.actor {
-            qb.push(" AND actor = ").push_bind(actor.clone());
-        }
-        if let Some(action) = &f.action {
-            qb.push(" AND action = ").push_bind(action.clone());
-        }
-        if let Some(since) = f.since {
-            qb.push(" AND at >= ").push_bind(since);
-        }
-        if let Some(until) = f.until {
-            qb.push(" AND at <= ").push_bind(until);
-        }
-        if let Some(before) = f.before {
-            qb.push(" AND seq < ").push_bind(before);
-        }
-        qb.push(" ORDER BY seq DESC LIMIT ").push_bind(f.limit);
-        Ok(qb.build_query_as().fetch_all(&self.reader).await?)
+        reading!(self, |ex| {
+            let mut qb: QueryBuilder<DB> = QueryBuilder::new(ENTRY_SELECT_FILTERED);
+            if let Some(actor) = &f.actor {
+                qb.push(" AND actor = ").push_bind(actor.clone());
+            }
+            if let Some(action) = &f.action {
+                qb.push(" AND action = ").push_bind(action.clone());
+            }
+            if let Some(since) = f.since {
+                qb.push(" AND at >= ").push_bind(since);
+            }
+            if let Some(until) = f.until {
+                qb.push(" AND at <= ").push_bind(until);
+            }
+            if let Some(before) = f.before {
+                qb.push(" AND seq < ").push_bind(before);
+            }
+            qb.push(" ORDER BY seq DESC LIMIT ").push_bind(f.limit);
+            Ok(qb.build_query_as().fetch_all(ex).await?)
+        })
     }
 
     /// The sequence number of the newest audit entry, as recorded at the last append.
     pub async fn audit_head(&self) -> Result<Option<i64>, StoreError> {
-        let head: Option<String> =
-            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'audit_head'")
-                .fetch_optional(&self.reader)
-                .await?;
+        let head: Option<String> = reading!(self, |ex| sqlx::query_scalar(
+            "SELECT value FROM meta WHERE key = 'audit_head'"
+        )
+        .fetch_optional(ex)
+        .await)?;
         Ok(head.and_then(|h| h.parse().ok()))
     }
 
@@ -148,25 +162,21 @@ pub struct AuditCheck {
 }
 
 /// Appends one event inside a write transaction; returns its sequence number.
-pub(super) async fn append(
-    conn: &mut sqlx::SqliteConnection,
-    ev: &Event,
-) -> Result<i64, StoreError> {
-    let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut *conn)
-        .await?;
+pub(super) async fn append(tx: &mut Tx, ev: &Event) -> Result<i64, StoreError> {
+    let last: Option<(i64, String)> = in_tx!(*tx, |ex| sqlx::query_as(
+        "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"
+    )
+    .fetch_optional(ex)
+    .await)?;
     let (seq, prev) = match last {
-        Some(r) => (
-            r.try_get::<i64, _>("seq")? + 1,
-            r.try_get::<String, _>("hash")?,
-        ),
+        Some((seq, hash)) => (seq + 1, hash),
         None => (1, GENESIS.to_owned()),
     };
     let at = now_ms();
     let hash = entry_hash(&prev, seq, at, ev);
-    sqlx::query(
+    in_tx!(*tx, |ex| sqlx::query(
         "INSERT INTO audit_log (seq, at, actor, source, action, target, outcome, detail, \
-         prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(seq)
     .bind(at)
@@ -178,22 +188,24 @@ pub(super) async fn append(
     .bind(&ev.detail)
     .bind(&prev)
     .bind(&hash)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO meta (key, value) VALUES ('audit_head', ?) \
+    .execute(ex)
+    .await
+    .map(|r| r.rows_affected()))?;
+    in_tx!(*tx, |ex| sqlx::query(
+        "INSERT INTO meta (key, value) VALUES ('audit_head', $1) \
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
     )
     .bind(seq.to_string())
-    .execute(&mut *conn)
-    .await?;
+    .execute(ex)
+    .await
+    .map(|r| r.rows_affected()))?;
     Ok(seq)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testkit::{plan, store};
+    use crate::store::testkit::{plan, sqlite_store, store};
 
     fn event(i: usize) -> Event {
         Event {
@@ -239,10 +251,13 @@ mod tests {
             .await;
         assert_eq!(listed, (1..=600).collect::<Vec<_>>());
 
-        sqlx::query("UPDATE audit_log SET detail = 'edited' WHERE seq = 300")
-            .execute(&s.writer)
-            .await
-            .unwrap();
+        writing!(s, |ex| sqlx::query(
+            "UPDATE audit_log SET detail = 'edited' WHERE seq = 300"
+        )
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
         assert_eq!(
             s.verify_audit().await.unwrap(),
             AuditCheck {
@@ -250,14 +265,18 @@ mod tests {
                 result: Err(Break::Modified(300))
             }
         );
-        sqlx::query("UPDATE audit_log SET detail = '299 refused attempts' WHERE seq = 300")
-            .execute(&s.writer)
+        writing!(s, |ex| sqlx::query(
+            "UPDATE audit_log SET detail = '299 refused attempts' WHERE seq = 300"
+        )
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
+        writing!(s, |ex| sqlx::query("DELETE FROM audit_log WHERE seq > 598")
+            .execute(ex)
             .await
-            .unwrap();
-        sqlx::query("DELETE FROM audit_log WHERE seq > 598")
-            .execute(&s.writer)
-            .await
-            .unwrap();
+            .map(|r| r.rows_affected()))
+        .unwrap();
         assert_eq!(
             s.verify_audit().await.unwrap().result,
             Err(Break::Truncated {
@@ -361,8 +380,8 @@ mod tests {
     /// Audit pages read through the primary key, newest first, without sorting.
     #[tokio::test]
     async fn the_audit_page_plan_uses_the_key() {
-        let (_d, s) = store().await;
-        let qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+        let (_d, s) = sqlite_store().await;
+        let qb: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(
             "EXPLAIN QUERY PLAN SELECT seq FROM audit_log WHERE 1 = 1 AND seq < 10 \
              ORDER BY seq DESC LIMIT 10",
         );

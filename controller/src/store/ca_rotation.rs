@@ -8,18 +8,22 @@ impl Store {
     pub async fn set_ca_rotated_at(&self, at: Option<i64>) -> Result<(), StoreError> {
         match at {
             Some(at) => {
-                sqlx::query(
-                    "INSERT INTO meta (key, value) VALUES ('ca_rotated_at', ?) \
+                writing!(self, |ex| sqlx::query(
+                    "INSERT INTO meta (key, value) VALUES ('ca_rotated_at', $1) \
                      ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 )
                 .bind(at.to_string())
-                .execute(&self.writer)
-                .await?;
+                .execute(ex)
+                .await
+                .map(|r| r.rows_affected()))?;
             }
             None => {
-                sqlx::query("DELETE FROM meta WHERE key = 'ca_rotated_at'")
-                    .execute(&self.writer)
-                    .await?;
+                writing!(self, |ex| sqlx::query(
+                    "DELETE FROM meta WHERE key = 'ca_rotated_at'"
+                )
+                .execute(ex)
+                .await
+                .map(|r| r.rows_affected()))?;
             }
         }
         Ok(())
@@ -27,10 +31,11 @@ impl Store {
 
     /// When the CA was replaced, if a rotation is under way.
     pub async fn ca_rotated_at(&self) -> Result<Option<i64>, StoreError> {
-        let v: Option<String> =
-            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'ca_rotated_at'")
-                .fetch_optional(&self.reader)
-                .await?;
+        let v: Option<String> = reading!(self, |ex| sqlx::query_scalar(
+            "SELECT value FROM meta WHERE key = 'ca_rotated_at'"
+        )
+        .fetch_optional(ex)
+        .await)?;
         Ok(v.and_then(|v| v.parse().ok()))
     }
 
@@ -42,17 +47,17 @@ impl Store {
         rotated_at: i64,
         now: i64,
     ) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(concat!(
+        Ok(reading!(self, |ex| sqlx::query_scalar(concat!(
             "SELECT d.id FROM devices d WHERE d.revoked_at IS NULL ",
             "AND EXISTS (SELECT 1 FROM certificates c WHERE c.device_id = d.id ",
-            "AND c.revoked_at IS NULL AND c.not_after > ? AND c.issued_at < ?) ",
+            "AND c.revoked_at IS NULL AND c.not_after > $1 AND c.issued_at < $2) ",
             "AND NOT EXISTS (SELECT 1 FROM certificates c WHERE c.device_id = d.id ",
-            "AND c.revoked_at IS NULL AND c.issued_at >= ?) ORDER BY d.id"
+            "AND c.revoked_at IS NULL AND c.issued_at >= $3) ORDER BY d.id"
         ))
         .bind(now)
         .bind(rotated_at)
         .bind(rotated_at)
-        .fetch_all(&self.reader)
-        .await?)
+        .fetch_all(ex)
+        .await)?)
     }
 }

@@ -61,49 +61,52 @@ impl Store {
     /// so that a CRL with a higher number never lists fewer certificates.
     pub async fn crl_snapshot(&self) -> Result<(u64, Vec<CertRow>), StoreError> {
         let mut tx = self.write_tx().await?;
-        let cur: Option<String> =
-            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'crl_number'")
-                .fetch_optional(&mut *tx)
-                .await?;
+        let cur: Option<String> = in_tx!(tx, |ex| sqlx::query_scalar(
+            "SELECT value FROM meta WHERE key = 'crl_number'"
+        )
+        .fetch_optional(ex)
+        .await)?;
         let next = cur.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
-        sqlx::query(
-            "INSERT INTO meta (key, value) VALUES ('crl_number', ?) \
+        in_tx!(tx, |ex| sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('crl_number', $1) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         )
         .bind(next.to_string())
-        .execute(&mut *tx)
-        .await?;
-        let certs = sqlx::query_as(
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        let certs = in_tx!(tx, |ex| sqlx::query_as(
             "SELECT serial, device_id, revoked_at FROM certificates \
              WHERE revoked_at IS NOT NULL ORDER BY revoked_at, serial",
         )
-        .fetch_all(&mut *tx)
-        .await?;
+        .fetch_all(ex)
+        .await)?;
         tx.commit().await?;
         Ok((next, certs))
     }
 
     /// Serials of every revoked certificate.
     pub async fn revoked_serials(&self) -> Result<HashSet<String>, StoreError> {
-        let serials: Vec<String> =
-            sqlx::query_scalar("SELECT serial FROM certificates WHERE revoked_at IS NOT NULL")
-                .fetch_all(&self.reader)
-                .await?;
+        let serials: Vec<String> = reading!(self, |ex| sqlx::query_scalar(
+            "SELECT serial FROM certificates WHERE revoked_at IS NOT NULL"
+        )
+        .fetch_all(ex)
+        .await)?;
         Ok(serials.into_iter().collect())
     }
 
     /// Whether `serial` (normalized lowercase hex) is an unrevoked certificate of `device`,
     /// and the device is enrolled and not revoked.
     pub async fn device_cert_valid(&self, device: &str, serial: &str) -> Result<bool, StoreError> {
-        let found: Option<i64> = sqlx::query_scalar(
+        let found: Option<i64> = reading!(self, |ex| sqlx::query_scalar(
             "SELECT 1 FROM certificates c JOIN devices d ON d.id = c.device_id \
-             WHERE c.serial = ? AND c.device_id = ? AND c.revoked_at IS NULL \
+             WHERE c.serial = $1 AND c.device_id = $2 AND c.revoked_at IS NULL \
              AND d.revoked_at IS NULL",
         )
         .bind(serial)
         .bind(device)
-        .fetch_optional(&self.reader)
-        .await?;
+        .fetch_optional(ex)
+        .await)?;
         Ok(found.is_some())
     }
 
@@ -111,15 +114,15 @@ impl Store {
     /// first, with their notAfter (Unix ms): a receipt signed with any of them verifies,
     /// since a device that just renewed may still sign with its previous key.
     pub async fn device_keys(&self, device: &str) -> Result<Vec<DeviceKey>, StoreError> {
-        Ok(sqlx::query_as(concat!(
-            "SELECT public_key_alg, public_key, not_after FROM certificates WHERE device_id = ? ",
-            "AND revoked_at IS NULL AND public_key IS NOT NULL AND not_after > ? ",
+        Ok(reading!(self, |ex| sqlx::query_as(concat!(
+            "SELECT public_key_alg, public_key, not_after FROM certificates WHERE device_id = $1 ",
+            "AND revoked_at IS NULL AND public_key IS NOT NULL AND not_after > $2 ",
             "ORDER BY issued_at DESC"
         ))
         .bind(device)
         .bind(now_ms())
-        .fetch_all(&self.reader)
-        .await?)
+        .fetch_all(ex)
+        .await)?)
     }
 
     /// Renews a device certificate, all or nothing: the device must exist and not be
@@ -138,21 +141,23 @@ impl Store {
     {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        let revoked: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT revoked_at FROM devices WHERE id = ?")
-                .bind(device)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let revoked: Option<Option<i64>> = in_tx!(tx, |ex| sqlx::query_scalar(
+            "SELECT revoked_at FROM devices WHERE id = $1"
+        )
+        .bind(device)
+        .fetch_optional(ex)
+        .await)?;
         match revoked {
             None => return Ok(Err(RenewError::Refused(RenewRefusal::UnknownDevice))),
             Some(Some(_)) => return Ok(Err(RenewError::Refused(RenewRefusal::Revoked))),
             Some(None) => {}
         }
-        let newest: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(issued_at) FROM certificates WHERE device_id = ?")
-                .bind(device)
-                .fetch_one(&mut *tx)
-                .await?;
+        let newest: Option<i64> = in_tx!(tx, |ex| sqlx::query_scalar(
+            "SELECT MAX(issued_at) FROM certificates WHERE device_id = $1"
+        )
+        .bind(device)
+        .fetch_one(ex)
+        .await)?;
         if let Some(newest) = newest
             && now - newest < min_interval_ms
         {
@@ -166,19 +171,19 @@ impl Store {
             Ok(v) => v,
             Err(e) => return Ok(Err(RenewError::Issue(e))),
         };
-        let reused: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM certificates WHERE device_id = ? AND public_key = ? LIMIT 1",
+        let reused: Option<i64> = in_tx!(tx, |ex| sqlx::query_scalar(
+            "SELECT 1 FROM certificates WHERE device_id = $1 AND public_key = $2 LIMIT 1",
         )
         .bind(device)
         .bind(&cert.public_key)
-        .fetch_optional(&mut *tx)
-        .await?;
+        .fetch_optional(ex)
+        .await)?;
         if reused.is_some() {
             return Ok(Err(RenewError::Refused(RenewRefusal::KeyReused)));
         }
-        sqlx::query(concat!(
+        in_tx!(tx, |ex| sqlx::query(concat!(
             "INSERT INTO certificates (serial, device_id, issued_at, not_after, public_key_alg, ",
-            "public_key) VALUES (?, ?, ?, ?, ?, ?)"
+            "public_key) VALUES ($1, $2, $3, $4, $5, $6)"
         ))
         .bind(&cert.serial)
         .bind(device)
@@ -186,8 +191,9 @@ impl Store {
         .bind(cert.not_after * 1000)
         .bind(cert.public_key_alg)
         .bind(&cert.public_key)
-        .execute(&mut *tx)
-        .await?;
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         super::audit::append(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(Ok(extra))
@@ -196,15 +202,15 @@ impl Store {
     /// Unrevoked devices whose newest unrevoked certificate has less than a sixth of its
     /// lifetime left (or has expired): renewal, due at a third, keeps failing for them.
     pub async fn renewal_overdue_count(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(concat!(
+        Ok(reading!(self, |ex| sqlx::query_scalar(concat!(
             "SELECT COUNT(DISTINCT d.id) FROM devices d JOIN certificates c ON c.device_id = d.id ",
             "WHERE d.revoked_at IS NULL AND c.revoked_at IS NULL AND c.issued_at = ",
             "(SELECT MAX(c2.issued_at) FROM certificates c2 WHERE c2.device_id = d.id ",
-            "AND c2.revoked_at IS NULL) AND (c.not_after - ?) * 6 < c.not_after - c.issued_at"
+            "AND c2.revoked_at IS NULL) AND (c.not_after - $1) * 6 < c.not_after - c.issued_at"
         ))
         .bind(now_ms())
-        .fetch_one(&self.reader)
-        .await?)
+        .fetch_one(ex)
+        .await)?)
     }
 
     /// The device's certificates, newest first (for its detail view).
@@ -212,13 +218,13 @@ impl Store {
         &self,
         device: &str,
     ) -> Result<Vec<Certificate>, StoreError> {
-        let certs: Vec<(String, i64, i64, Option<i64>)> = sqlx::query_as(
+        let certs: Vec<(String, i64, i64, Option<i64>)> = reading!(self, |ex| sqlx::query_as(
             "SELECT serial, issued_at, not_after, revoked_at FROM certificates \
-             WHERE device_id = ? ORDER BY issued_at DESC, serial",
+             WHERE device_id = $1 ORDER BY issued_at DESC, serial",
         )
         .bind(device)
-        .fetch_all(&self.reader)
-        .await?;
+        .fetch_all(ex)
+        .await)?;
         Ok(certs
             .into_iter()
             .map(|(serial, issued_at, not_after, revoked_at)| Certificate {

@@ -18,12 +18,12 @@ pub struct CommandKeyRow {
 impl Store {
     /// The history, oldest first.
     pub async fn command_keys(&self) -> Result<Vec<CommandKeyRow>, StoreError> {
-        Ok(sqlx::query_as(concat!(
+        Ok(reading!(self, |ex| sqlx::query_as(concat!(
             "SELECT key_id, public_key, signed_by, signature, created_at, retire_at, ",
             "announce_from FROM command_keys ORDER BY created_at, key_id"
         ))
-        .fetch_all(&self.reader)
-        .await?)
+        .fetch_all(ex)
+        .await)?)
     }
 
     /// Starts the history with the key in use, unless it has begun.
@@ -33,21 +33,24 @@ impl Store {
         public_key: &[u8],
     ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM command_keys")
-            .fetch_one(&mut *tx)
-            .await?;
+        let n: i64 = in_tx!(tx, |ex| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM command_keys"
+        )
+        .fetch_one(ex)
+        .await)?;
         if n == 0 {
             let now = now_ms();
-            sqlx::query(concat!(
+            in_tx!(tx, |ex| sqlx::query(concat!(
                 "INSERT INTO command_keys (key_id, public_key, created_at, announce_from) ",
-                "VALUES (?, ?, ?, ?)"
+                "VALUES ($1, $2, $3, $4)"
             ))
             .bind(key_id)
             .bind(public_key)
             .bind(now)
             .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            .execute(ex)
+            .await
+            .map(|r| r.rows_affected()))?;
         }
         tx.commit().await?;
         Ok(())
@@ -61,14 +64,17 @@ impl Store {
         previous_retire_at: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
-        sqlx::query("UPDATE command_keys SET retire_at = ? WHERE key_id = ?")
-            .bind(previous_retire_at)
-            .bind(&key.signed_by)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(concat!(
+        in_tx!(tx, |ex| sqlx::query(
+            "UPDATE command_keys SET retire_at = $1 WHERE key_id = $2"
+        )
+        .bind(previous_retire_at)
+        .bind(&key.signed_by)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        in_tx!(tx, |ex| sqlx::query(concat!(
             "INSERT INTO command_keys (key_id, public_key, signed_by, signature, created_at, ",
-            "announce_from) VALUES (?, ?, ?, ?, ?, ?)"
+            "announce_from) VALUES ($1, $2, $3, $4, $5, $6)"
         ))
         .bind(&key.key_id)
         .bind(&key.public_key)
@@ -76,8 +82,9 @@ impl Store {
         .bind(&key.signature)
         .bind(key.created_at)
         .bind(key.announce_from)
-        .execute(&mut *tx)
-        .await?;
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         tx.commit().await?;
         Ok(())
     }
@@ -87,20 +94,24 @@ impl Store {
     pub async fn finish_command_keys(&self, newest: &str) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        sqlx::query(concat!(
-            "UPDATE command_keys SET retire_at = ? WHERE key_id <> ? ",
-            "AND (retire_at IS NULL OR retire_at > ?)"
+        in_tx!(tx, |ex| sqlx::query(concat!(
+            "UPDATE command_keys SET retire_at = $1 WHERE key_id <> $2 ",
+            "AND (retire_at IS NULL OR retire_at > $3)"
         ))
         .bind(now)
         .bind(newest)
         .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE command_keys SET announce_from = ? WHERE key_id = ?")
-            .bind(now)
-            .bind(newest)
-            .execute(&mut *tx)
-            .await?;
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        in_tx!(tx, |ex| sqlx::query(
+            "UPDATE command_keys SET announce_from = $1 WHERE key_id = $2"
+        )
+        .bind(now)
+        .bind(newest)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         tx.commit().await?;
         Ok(())
     }
@@ -116,17 +127,18 @@ impl Store {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
         for k in key_ids {
-            sqlx::query(concat!(
+            in_tx!(tx, |ex| sqlx::query(concat!(
                 "INSERT INTO command_key_acks (device_id, key_id, command_id, acked_at) ",
-                "VALUES (?, ?, ?, ?) ON CONFLICT (device_id, key_id) DO UPDATE SET ",
+                "VALUES ($1, $2, $3, $4) ON CONFLICT (device_id, key_id) DO UPDATE SET ",
                 "command_id = excluded.command_id, acked_at = excluded.acked_at"
             ))
             .bind(device)
             .bind(k)
             .bind(command)
             .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            .execute(ex)
+            .await
+            .map(|r| r.rows_affected()))?;
         }
         tx.commit().await?;
         Ok(())
@@ -134,12 +146,12 @@ impl Store {
 
     /// The command key ids `device` is known to trust.
     pub async fn acked_command_keys(&self, device: &str) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT key_id FROM command_key_acks WHERE device_id = ? ORDER BY key_id",
+        Ok(reading!(self, |ex| sqlx::query_scalar(
+            "SELECT key_id FROM command_key_acks WHERE device_id = $1 ORDER BY key_id",
         )
         .bind(device)
-        .fetch_all(&self.reader)
-        .await?)
+        .fetch_all(ex)
+        .await)?)
     }
 
     /// Unrevoked devices that have not confirmed `key_id` since `since`, sorted.
@@ -148,15 +160,15 @@ impl Store {
         key_id: &str,
         since: i64,
     ) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(concat!(
+        Ok(reading!(self, |ex| sqlx::query_scalar(concat!(
             "SELECT d.id FROM devices d WHERE d.revoked_at IS NULL AND NOT EXISTS ",
-            "(SELECT 1 FROM command_key_acks a WHERE a.device_id = d.id AND a.key_id = ? ",
-            "AND a.acked_at >= ?) ORDER BY d.id"
+            "(SELECT 1 FROM command_key_acks a WHERE a.device_id = d.id AND a.key_id = $1 ",
+            "AND a.acked_at >= $2) ORDER BY d.id"
         ))
         .bind(key_id)
         .bind(since)
-        .fetch_all(&self.reader)
-        .await?)
+        .fetch_all(ex)
+        .await)?)
     }
 
     /// Those of [`Store::devices_without_command_key`] with no announcement since `since`
@@ -167,19 +179,19 @@ impl Store {
         key_id: &str,
         since: i64,
     ) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(concat!(
+        Ok(reading!(self, |ex| sqlx::query_scalar(concat!(
             "SELECT d.id FROM devices d WHERE d.revoked_at IS NULL AND NOT EXISTS ",
-            "(SELECT 1 FROM command_key_acks a WHERE a.device_id = d.id AND a.key_id = ? ",
-            "AND a.acked_at >= ?) AND NOT EXISTS (SELECT 1 FROM commands c ",
+            "(SELECT 1 FROM command_key_acks a WHERE a.device_id = d.id AND a.key_id = $1 ",
+            "AND a.acked_at >= $2) AND NOT EXISTS (SELECT 1 FROM commands c ",
             "WHERE c.device_id = d.id AND c.action_kind = 'trust_command_keys' ",
-            "AND c.created_at >= ? AND c.status NOT IN ('expired', 'cancelled')) ",
+            "AND c.created_at >= $3 AND c.status NOT IN ('expired', 'cancelled')) ",
             "ORDER BY d.id"
         ))
         .bind(key_id)
         .bind(since)
         .bind(since)
-        .fetch_all(&self.reader)
-        .await?)
+        .fetch_all(ex)
+        .await)?)
     }
 }
 
@@ -245,13 +257,14 @@ mod tests {
             }])
             .await
             .unwrap();
-            sqlx::query(
-                "UPDATE commands SET action_kind = 'trust_command_keys', status = ? WHERE id = ?",
+            writing!(s, |ex| sqlx::query(
+                "UPDATE commands SET action_kind = 'trust_command_keys', status = $1 WHERE id = $2",
             )
             .bind(status)
             .bind(CommandId([n; 16]).to_string())
-            .execute(&s.writer)
+            .execute(ex)
             .await
+            .map(|r| r.rows_affected()))
             .unwrap();
         }
         assert!(
@@ -260,10 +273,13 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        sqlx::query("UPDATE commands SET status = 'expired'")
-            .execute(&s.writer)
-            .await
-            .unwrap();
+        writing!(s, |ex| sqlx::query(
+            "UPDATE commands SET status = 'expired'"
+        )
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
         assert_eq!(
             s.devices_to_announce_command_key("k1", since)
                 .await

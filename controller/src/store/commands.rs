@@ -1,11 +1,11 @@
 //! SQL for the `commands` table: creation, dispatch, receipts, cancellation, expiry and the
 //! paged listing.
 
+use crate::store::db::Tx;
 use pifleet_shared::command::{Action, CommandId};
 use serde::Serialize;
+use sqlx::QueryBuilder;
 use sqlx::error::BoxDynError;
-use sqlx::sqlite::{SqliteTypeInfo, SqliteValueRef};
-use sqlx::{QueryBuilder, Sqlite, ValueRef};
 
 use super::{Store, StoreError, now_ms, sql_int};
 use crate::model::commands::CommandSummary;
@@ -30,7 +30,7 @@ pub struct NewCommand {
 pub struct CommandRow {
     pub id: String,
     pub device_id: String,
-    #[sqlx(json)]
+    #[sqlx(try_from = "crate::store::db::JsonText<serde_json::Value>")]
     pub action: serde_json::Value,
     pub action_kind: String,
     pub status: Status,
@@ -102,19 +102,25 @@ const LISTING_COLUMNS: &str = "id, device_id, action, action_kind, status, reaso
 struct UnknownStatus(String);
 
 /// Statuses are stored by name; an unknown name is a decode error.
-impl sqlx::Type<Sqlite> for Status {
-    fn type_info() -> SqliteTypeInfo {
-        <str as sqlx::Type<Sqlite>>::type_info()
+impl<DB: sqlx::Database> sqlx::Type<DB> for Status
+where
+    str: sqlx::Type<DB>,
+{
+    fn type_info() -> DB::TypeInfo {
+        <str as sqlx::Type<DB>>::type_info()
     }
 
-    fn compatible(ty: &SqliteTypeInfo) -> bool {
-        <str as sqlx::Type<Sqlite>>::compatible(ty)
+    fn compatible(ty: &DB::TypeInfo) -> bool {
+        <str as sqlx::Type<DB>>::compatible(ty)
     }
 }
 
-impl<'r> sqlx::Decode<'r, Sqlite> for Status {
-    fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
-        let name = <&str as sqlx::Decode<Sqlite>>::decode(value)?;
+impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for Status
+where
+    &'r str: sqlx::Decode<'r, DB>,
+{
+    fn decode(value: DB::ValueRef<'r>) -> Result<Self, BoxDynError> {
+        let name = <&str as sqlx::Decode<DB>>::decode(value)?;
         Ok(Status::parse(name).ok_or_else(|| UnknownStatus(name.to_owned()))?)
     }
 }
@@ -123,23 +129,26 @@ impl<'r> sqlx::Decode<'r, Sqlite> for Status {
 /// as text with invalid UTF-8 replaced.
 struct OutputText(Option<String>);
 
-impl sqlx::Type<Sqlite> for OutputText {
-    fn type_info() -> SqliteTypeInfo {
-        <Vec<u8> as sqlx::Type<Sqlite>>::type_info()
+impl<DB: sqlx::Database> sqlx::Type<DB> for OutputText
+where
+    Vec<u8>: sqlx::Type<DB>,
+{
+    fn type_info() -> DB::TypeInfo {
+        <Vec<u8> as sqlx::Type<DB>>::type_info()
     }
 
-    fn compatible(ty: &SqliteTypeInfo) -> bool {
-        <Vec<u8> as sqlx::Type<Sqlite>>::compatible(ty)
+    fn compatible(ty: &DB::TypeInfo) -> bool {
+        <Vec<u8> as sqlx::Type<DB>>::compatible(ty)
     }
 }
 
-impl<'r> sqlx::Decode<'r, Sqlite> for OutputText {
-    fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
-        if value.is_null() {
-            return Ok(Self(None));
-        }
-        let bytes = <&[u8] as sqlx::Decode<Sqlite>>::decode(value)?;
-        Ok(Self(Some(String::from_utf8_lossy(bytes).into_owned())))
+impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for OutputText
+where
+    Option<&'r [u8]>: sqlx::Decode<'r, DB>,
+{
+    fn decode(value: DB::ValueRef<'r>) -> Result<Self, BoxDynError> {
+        let bytes = <Option<&[u8]> as sqlx::Decode<DB>>::decode(value)?;
+        Ok(Self(bytes.map(|b| String::from_utf8_lossy(b).into_owned())))
     }
 }
 
@@ -152,14 +161,14 @@ impl From<OutputText> for Option<String> {
 /// Inserts queued commands inside the caller's transaction (a rollout creates its deploy
 /// commands together with its devices' new states).
 pub(super) async fn insert_command_rows(
-    tx: &mut sqlx::Transaction<'static, Sqlite>,
+    tx: &mut Tx,
     cmds: &[NewCommand],
     now: i64,
 ) -> Result<(), StoreError> {
     for c in cmds {
-        sqlx::query(
+        in_tx!(*tx, |ex| sqlx::query(
             "INSERT INTO commands (id, device_id, action, action_kind, status, created_at, \
-             expires_at, answer_timeout_ms) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+             expires_at, answer_timeout_ms) VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7)",
         )
         .bind(c.id.to_string())
         .bind(&c.device)
@@ -168,37 +177,42 @@ pub(super) async fn insert_command_rows(
         .bind(now)
         .bind(c.expires_at)
         .bind(c.answer_timeout_ms)
-        .execute(&mut **tx)
-        .await?;
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
     }
     Ok(())
 }
 
 /// Cancels a command inside the caller's transaction if it has not been sent yet.
 pub(super) async fn cancel_if_queued(
-    tx: &mut sqlx::Transaction<'static, Sqlite>,
+    tx: &mut Tx,
     id: &str,
     reason: &str,
     now: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE commands SET status = 'cancelled', reason = ?, finished_at = ? \
-         WHERE id = ? AND status = 'queued'",
+    in_tx!(*tx, |ex| sqlx::query(
+        "UPDATE commands SET status = 'cancelled', reason = $1, finished_at = $2 \
+         WHERE id = $3 AND status = 'queued'",
     )
     .bind(reason)
     .bind(now)
     .bind(id)
-    .execute(&mut **tx)
-    .await?;
+    .execute(ex)
+    .await
+    .map(|r| r.rows_affected()))?;
     Ok(())
 }
 
-fn push_command_filter(
-    qb: &mut QueryBuilder<Sqlite>,
+fn push_command_filter<DB: sqlx::Database>(
+    qb: &mut QueryBuilder<DB>,
     device: Option<&str>,
     status: Option<Status>,
     action_kind: Option<&str>,
-) {
+) where
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> &'static str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
     qb.push(" WHERE 1 = 1");
     if let Some(kind) = action_kind {
         qb.push(" AND action_kind = ").push_bind(kind.to_owned());
@@ -231,33 +245,35 @@ impl Store {
         let sql = format!(
             "SELECT {} FROM commands c JOIN devices d ON d.id = c.device_id \
              WHERE (c.status = 'queued' OR (c.status = 'sent' \
-             AND COALESCE(c.resent_at, c.sent_at) <= ?)) AND c.expires_at > ? \
-             AND d.online = 1 AND d.revoked_at IS NULL ORDER BY c.created_at LIMIT ?",
+             AND COALESCE(c.resent_at, c.sent_at) <= $1)) AND c.expires_at > $2 \
+             AND d.online = TRUE AND d.revoked_at IS NULL ORDER BY c.created_at LIMIT $3",
             COLUMNS
                 .split(", ")
                 .map(|c| format!("c.{c}"))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(resend_before)
-            .bind(now_ms())
-            .bind(limit)
-            .fetch_all(&self.writer)
-            .await?)
+        Ok(writing!(self, |ex| sqlx::query_as(sqlx::AssertSqlSafe(
+            sql
+        ))
+        .bind(resend_before)
+        .bind(now_ms())
+        .bind(limit)
+        .fetch_all(ex)
+        .await)?)
     }
 
     /// The actions of `device`'s deploy and rollback commands that are on their way or
     /// running there (sent, accepted or running): what the device may download.
     pub async fn release_actions_in_flight(&self, device: &str) -> Result<Vec<Action>, StoreError> {
-        let actions: Vec<String> = sqlx::query_scalar(
-            "SELECT action FROM commands WHERE device_id = ? \
+        let actions: Vec<String> = reading!(self, |ex| sqlx::query_scalar(
+            "SELECT action FROM commands WHERE device_id = $1 \
              AND action_kind IN ('deploy', 'rollback') \
              AND status IN ('sent', 'accepted', 'running')",
         )
         .bind(device)
-        .fetch_all(&self.reader)
-        .await?;
+        .fetch_all(ex)
+        .await)?;
         actions
             .iter()
             .map(|a| Ok(serde_json::from_str(a)?))
@@ -267,27 +283,30 @@ impl Store {
     /// Records that a command was signed and sent (again); false if it moved on meanwhile.
     pub async fn mark_sent(&self, id: &str, issued_at: i64) -> Result<bool, StoreError> {
         let now = now_ms();
-        let r = sqlx::query(
-            "UPDATE commands SET issued_at = ?, sent_at = COALESCE(sent_at, ?), \
-             resent_at = CASE WHEN status = 'sent' THEN ? ELSE resent_at END, status = 'sent' \
-             WHERE id = ? AND status IN ('queued', 'sent')",
+        let r = writing!(self, |ex| sqlx::query(
+            "UPDATE commands SET issued_at = $1, sent_at = COALESCE(sent_at, $2), \
+             resent_at = CASE WHEN status = 'sent' THEN $3 ELSE resent_at END, status = 'sent' \
+             WHERE id = $4 AND status IN ('queued', 'sent')",
         )
         .bind(issued_at)
         .bind(now)
         .bind(now)
         .bind(id)
-        .execute(&self.writer)
-        .await?;
-        Ok(r.rows_affected() == 1)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(r == 1)
     }
 
     /// One command.
     pub async fn command(&self, id: &str) -> Result<Option<CommandRow>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM commands WHERE id = ?");
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?)
+        let sql = format!("SELECT {COLUMNS} FROM commands WHERE id = $1");
+        Ok(reading!(self, |ex| sqlx::query_as(sqlx::AssertSqlSafe(
+            sql
+        ))
+        .bind(id)
+        .fetch_optional(ex)
+        .await)?)
     }
 
     /// Commands, newest first, optionally for one device and/or in one status.
@@ -298,18 +317,20 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<CommandRow>, StoreError> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM commands WHERE (? IS NULL OR device_id = ?) \
-             AND (? IS NULL OR status = ?) ORDER BY created_at DESC, id LIMIT ?"
+            "SELECT {COLUMNS} FROM commands WHERE ($1 IS NULL OR device_id = $2) \
+             AND ($3 IS NULL OR status = $4) ORDER BY created_at DESC, id LIMIT $5"
         );
         let st = status.map(Status::as_str);
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(device)
-            .bind(device)
-            .bind(st)
-            .bind(st)
-            .bind(limit)
-            .fetch_all(&self.reader)
-            .await?)
+        Ok(reading!(self, |ex| sqlx::query_as(sqlx::AssertSqlSafe(
+            sql
+        ))
+        .bind(device)
+        .bind(device)
+        .bind(st)
+        .bind(st)
+        .bind(limit)
+        .fetch_all(ex)
+        .await)?)
     }
 
     /// Commands newest first, without their output bodies (the lengths are there), and the
@@ -322,41 +343,46 @@ impl Store {
         limit: i64,
         offset: i64,
     ) -> Result<(i64, Vec<CommandRow>), StoreError> {
-        let mut count: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT COUNT(*) FROM commands");
-        push_command_filter(&mut count, device, status, action_kind);
-        let total: i64 = count.build_query_scalar().fetch_one(&self.reader).await?;
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
-        qb.push(LISTING_COLUMNS).push(" FROM commands");
-        push_command_filter(&mut qb, device, status, action_kind);
-        qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-            .push_bind(limit)
-            .push(" OFFSET ")
-            .push_bind(offset);
-        let items = qb.build_query_as().fetch_all(&self.reader).await?;
-        Ok((total, items))
+        reading!(self, |ex| {
+            let mut count: QueryBuilder<DB> = QueryBuilder::new("SELECT COUNT(*) FROM commands");
+            push_command_filter(&mut count, device, status, action_kind);
+            let total: i64 = count.build_query_scalar().fetch_one(ex).await?;
+            let mut qb: QueryBuilder<DB> = QueryBuilder::new("SELECT ");
+            qb.push(LISTING_COLUMNS).push(" FROM commands");
+            push_command_filter(&mut qb, device, status, action_kind);
+            qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+                .push_bind(limit)
+                .push(" OFFSET ")
+                .push_bind(offset);
+            let items = qb.build_query_as().fetch_all(ex).await?;
+            Ok((total, items))
+        })
     }
 
     /// Cancels a command that has not been sent yet. Returns its status after the attempt.
     pub async fn cancel_command(&self, id: &str) -> Result<Cancel, StoreError> {
         let mut tx = self.write_tx().await?;
-        let cur: Option<Status> = sqlx::query_scalar("SELECT status FROM commands WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let cur: Option<Status> = in_tx!(tx, |ex| sqlx::query_scalar(
+            "SELECT status FROM commands WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_optional(ex)
+        .await)?;
         let Some(cur) = cur else {
             return Ok(Cancel::Unknown);
         };
         if !lifecycle::cancellable(cur) {
             return Ok(Cancel::Refused(cur));
         }
-        sqlx::query(
+        in_tx!(tx, |ex| sqlx::query(
             "UPDATE commands SET status = 'cancelled', reason = 'cancelled by operator', \
-             finished_at = ? WHERE id = ?",
+             finished_at = $1 WHERE id = $2",
         )
         .bind(now_ms())
         .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         tx.commit().await?;
         Ok(Cancel::Cancelled)
     }
@@ -372,12 +398,13 @@ impl Store {
     ) -> Result<Option<Status>, StoreError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        let cur: Option<Status> =
-            sqlx::query_scalar("SELECT status FROM commands WHERE id = ? AND device_id = ?")
-                .bind(id)
-                .bind(device)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let cur: Option<Status> = in_tx!(tx, |ex| sqlx::query_scalar(
+            "SELECT status FROM commands WHERE id = $1 AND device_id = $2"
+        )
+        .bind(id)
+        .bind(device)
+        .fetch_optional(ex)
+        .await)?;
         let Some(cur) = cur else {
             return Ok(None);
         };
@@ -394,11 +421,11 @@ impl Store {
             Status::Running => (None, Some(now), None),
             _ => (None, None, Some(now)),
         };
-        sqlx::query(
-            "UPDATE commands SET status = ?, reason = COALESCE(?, reason), \
-             accepted_at = COALESCE(accepted_at, ?), started_at = COALESCE(started_at, ?), \
-             finished_at = COALESCE(finished_at, ?), receipt = ?, receipt_signature = ? \
-             WHERE id = ?",
+        in_tx!(tx, |ex| sqlx::query(
+            "UPDATE commands SET status = $1, reason = COALESCE($2, reason), \
+             accepted_at = COALESCE(accepted_at, $3), started_at = COALESCE(started_at, $4), \
+             finished_at = COALESCE(finished_at, $5), receipt = $6, receipt_signature = $7 \
+             WHERE id = $8",
         )
         .bind(next.as_str())
         .bind(reason)
@@ -408,13 +435,15 @@ impl Store {
         .bind(&u.body)
         .bind(&u.signature)
         .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         if next.is_final() {
             let hex = |b: &[u8]| (!b.is_empty()).then(|| pifleet_shared::token::to_hex(b));
-            sqlx::query(
-                "UPDATE commands SET exit_code = ?, duration_ms = ?, stdout = ?, stdout_len = ?, \
-                 stdout_sha256 = ?, stderr = ?, stderr_len = ?, stderr_sha256 = ? WHERE id = ?",
+            in_tx!(tx, |ex| {
+                sqlx::query(
+                "UPDATE commands SET exit_code = $1, duration_ms = $2, stdout = $3, stdout_len = $4, \
+                 stdout_sha256 = $5, stderr = $6, stderr_len = $7, stderr_sha256 = $8 WHERE id = $9",
             )
             .bind(u.exit_code)
             .bind(sql_int(u.duration_ms))
@@ -425,8 +454,10 @@ impl Store {
             .bind(sql_int(u.stderr.len))
             .bind(hex(&u.stderr.sha256))
             .bind(id)
-            .execute(&mut *tx)
-            .await?;
+            .execute(ex)
+            .await
+            .map(|r| r.rows_affected())
+            })?;
         }
         tx.commit().await?;
         Ok(Some(next))
@@ -436,25 +467,29 @@ impl Store {
     /// were sent but never finished within their answer timeout. Returns (expired, timed out).
     pub async fn expire_commands(&self) -> Result<(u64, u64), StoreError> {
         let now = now_ms();
-        let expired = sqlx::query(
+        let expired = writing!(self, |ex| {
+            sqlx::query(
             "UPDATE commands SET status = 'expired', reason = 'expired before the device accepted it', \
-             finished_at = ? WHERE status IN ('queued', 'sent') AND expires_at <= ?",
+             finished_at = $1 WHERE status IN ('queued', 'sent') AND expires_at <= $2",
         )
         .bind(now)
         .bind(now)
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        let timed_out = sqlx::query(
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected())
+        })?;
+        let timed_out = writing!(self, |ex| {
+            sqlx::query(
             "UPDATE commands SET status = 'failed', reason = 'timeout: no result from the device', \
-             finished_at = ? WHERE status IN ('sent', 'accepted', 'running') \
-             AND sent_at + answer_timeout_ms <= ?",
+             finished_at = $1 WHERE status IN ('sent', 'accepted', 'running') \
+             AND sent_at + answer_timeout_ms <= $2",
         )
         .bind(now)
         .bind(now)
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected())
+        })?;
         Ok((expired, timed_out))
     }
 }

@@ -21,7 +21,7 @@ pub use alerts::{THROTTLED_NOW, THROTTLED_UNDER_VOLTAGE};
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct DeviceRow {
     pub id: String,
-    #[sqlx(json)]
+    #[sqlx(try_from = "crate::store::db::JsonText<Labels>")]
     pub labels: Labels,
     pub enrolled_at: i64,
     pub revoked_at: Option<i64>,
@@ -125,7 +125,7 @@ macro_rules! device_select {
         )
     };
 }
-const DEVICE_SELECT_BY_ID: &str = device_select!("WHERE id = ?");
+const DEVICE_SELECT_BY_ID: &str = device_select!("WHERE id = $1");
 const DEVICE_SELECT_ALL: &str = device_select!("ORDER BY id");
 
 impl Store {
@@ -148,19 +148,20 @@ impl Store {
         let now = now_ms();
         // An unknown token (what a stranger guessing tokens sends) is refused from a
         // reader, without waiting for the write lock that ingest needs.
-        let known: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM enrollment_tokens WHERE secret_hash = ?")
-                .bind(secret_hash)
-                .fetch_optional(&self.reader)
-                .await?;
+        let known: Option<i64> = reading!(self, |ex| sqlx::query_scalar(
+            "SELECT 1 FROM enrollment_tokens WHERE secret_hash = $1"
+        )
+        .bind(secret_hash)
+        .fetch_optional(ex)
+        .await)?;
         if known.is_none() {
             return Ok(Err(EnrollError::Refused(EnrollRefusal::UnknownToken)));
         }
         let mut tx = self.write_tx().await?;
-        let token: Option<TokenRow> = sqlx::query_as(TOKEN_BY_SECRET)
+        let token: Option<TokenRow> = in_tx!(tx, |ex| sqlx::query_as(TOKEN_BY_SECRET)
             .bind(secret_hash)
-            .fetch_optional(&mut *tx)
-            .await?;
+            .fetch_optional(ex)
+            .await)?;
         let Some(token) = token else {
             return Ok(Err(EnrollError::Refused(EnrollRefusal::UnknownToken)));
         };
@@ -206,10 +207,12 @@ impl Store {
         };
         let mut chosen = None;
         for id in &candidates {
-            let exists: Option<String> = sqlx::query_scalar("SELECT id FROM devices WHERE id = ?")
-                .bind(id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
+            let exists: Option<String> = in_tx!(tx, |ex| sqlx::query_scalar(
+                "SELECT id FROM devices WHERE id = $1"
+            )
+            .bind(id.as_str())
+            .fetch_optional(ex)
+            .await)?;
             // An id a waiting device holds is taken too.
             if exists.is_none()
                 && !requests::holds_id(&mut tx, id.as_str(), applicant.key_fingerprint).await?
@@ -251,18 +254,19 @@ impl Store {
             Ok(d) => d,
             Err(e) => return Ok(Err(EnrollError::Issue(e))),
         };
-        sqlx::query(
-            "INSERT INTO devices (id, labels, enrolled_at, enrolled_by) VALUES (?, ?, ?, ?)",
+        in_tx!(tx, |ex| sqlx::query(
+            "INSERT INTO devices (id, labels, enrolled_at, enrolled_by) VALUES ($1, $2, $3, $4)",
         )
         .bind(device.id.as_str())
         .bind(serde_json::to_string(&device.labels)?)
         .bind(now)
         .bind(&token.id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        in_tx!(tx, |ex| sqlx::query(
             "INSERT INTO certificates (serial, device_id, issued_at, not_after, public_key_alg, \
-             public_key) VALUES (?, ?, ?, ?, ?, ?)",
+             public_key) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&device.serial)
         .bind(device.id.as_str())
@@ -270,35 +274,34 @@ impl Store {
         .bind(device.not_after * 1000)
         .bind(device.public_key_alg)
         .bind(&device.public_key)
-        .execute(&mut *tx)
-        .await?;
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         // A single-use token is spent; a provisioning token counts the use, conditionally
         // on the count read, so two enrollments at once cannot both take the last one.
         let used = match token.max_uses {
-            None => {
-                sqlx::query(
-                    "UPDATE enrollment_tokens SET used_at = ?, used_by = ? WHERE id = ? \
+            None => in_tx!(tx, |ex| sqlx::query(
+                "UPDATE enrollment_tokens SET used_at = $1, used_by = $2 WHERE id = $3 \
                  AND used_at IS NULL",
-                )
-                .bind(now)
-                .bind(device.id.as_str())
-                .bind(&token.id)
-                .execute(&mut *tx)
-                .await?
-            }
-            Some(_) => {
-                sqlx::query(
-                    "UPDATE enrollment_tokens SET uses = uses + 1, used_by = ? WHERE id = ? \
-                 AND uses = ?",
-                )
-                .bind(device.id.as_str())
-                .bind(&token.id)
-                .bind(token.uses)
-                .execute(&mut *tx)
-                .await?
-            }
+            )
+            .bind(now)
+            .bind(device.id.as_str())
+            .bind(&token.id)
+            .execute(ex)
+            .await
+            .map(|r| r.rows_affected()))?,
+            Some(_) => in_tx!(tx, |ex| sqlx::query(
+                "UPDATE enrollment_tokens SET uses = uses + 1, used_by = $1 WHERE id = $2 \
+                 AND uses = $3",
+            )
+            .bind(device.id.as_str())
+            .bind(&token.id)
+            .bind(token.uses)
+            .execute(ex)
+            .await
+            .map(|r| r.rows_affected()))?,
         };
-        if used.rows_affected() != 1 {
+        if used != 1 {
             return Ok(Err(EnrollError::Refused(EnrollRefusal::UsedToken)));
         }
         if let Some(r) = &accepted {
@@ -310,17 +313,17 @@ impl Store {
 
     /// One device.
     pub async fn device(&self, id: &str) -> Result<Option<DeviceRow>, StoreError> {
-        Ok(sqlx::query_as(DEVICE_SELECT_BY_ID)
+        Ok(reading!(self, |ex| sqlx::query_as(DEVICE_SELECT_BY_ID)
             .bind(id)
-            .fetch_optional(&self.reader)
-            .await?)
+            .fetch_optional(ex)
+            .await)?)
     }
 
     /// All devices ordered by id.
     pub async fn list_devices(&self) -> Result<Vec<DeviceRow>, StoreError> {
-        Ok(sqlx::query_as(DEVICE_SELECT_ALL)
-            .fetch_all(&self.reader)
-            .await?)
+        Ok(reading!(self, |ex| sqlx::query_as(DEVICE_SELECT_ALL)
+            .fetch_all(ex)
+            .await)?)
     }
 
     /// Marks the device and all its certificates revoked (certificates of an already
@@ -328,61 +331,72 @@ impl Store {
     pub async fn revoke_device(&self, id: &str) -> Result<RevokeOutcome, StoreError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        let before: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT revoked_at FROM devices WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let before: Option<Option<i64>> = in_tx!(tx, |ex| sqlx::query_scalar(
+            "SELECT revoked_at FROM devices WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_optional(ex)
+        .await)?;
         let outcome = match before {
             None => return Ok(RevokeOutcome::Unknown),
             Some(Some(_)) => RevokeOutcome::AlreadyRevoked,
             Some(None) => RevokeOutcome::Revoked,
         };
-        sqlx::query(
-            "UPDATE devices SET revoked_at = COALESCE(revoked_at, ?), online = 0 WHERE id = ?",
+        in_tx!(tx, |ex| {
+            sqlx::query(
+            "UPDATE devices SET revoked_at = COALESCE(revoked_at, $1), online = FALSE WHERE id = $2",
         )
         .bind(now)
         .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE certificates SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected())
+        })?;
+        in_tx!(tx, |ex| sqlx::query(
+            "UPDATE certificates SET revoked_at = $1 WHERE device_id = $2 AND revoked_at IS NULL",
         )
         .bind(now)
         .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         tx.commit().await?;
         Ok(outcome)
     }
 
     /// Marks every device offline (at start-up: no connection survives a restart).
     pub async fn set_all_offline(&self) -> Result<(), StoreError> {
-        sqlx::query("UPDATE devices SET online = 0 WHERE online <> 0")
-            .execute(&self.writer)
-            .await?;
+        writing!(self, |ex| sqlx::query(
+            "UPDATE devices SET online = FALSE WHERE online = TRUE"
+        )
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
     /// Replaces a device's labels. Returns false for an unknown device.
     pub async fn set_device_labels(&self, id: &str, labels: &Labels) -> Result<bool, StoreError> {
-        let r = sqlx::query("UPDATE devices SET labels = ? WHERE id = ?")
-            .bind(serde_json::to_string(labels)?)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(r.rows_affected() == 1)
+        let r = writing!(self, |ex| sqlx::query(
+            "UPDATE devices SET labels = $1 WHERE id = $2"
+        )
+        .bind(serde_json::to_string(labels)?)
+        .bind(id)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(r == 1)
     }
 
     /// Samples a device's spool has reported dropped, ever.
     pub async fn spool_dropped_total(&self, device: &str) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT spool_dropped_total FROM devices WHERE id = ?")
-                .bind(device)
-                .fetch_optional(&self.reader)
-                .await?
-                .unwrap_or(0),
+        Ok(reading!(self, |ex| sqlx::query_scalar(
+            "SELECT spool_dropped_total FROM devices WHERE id = $1"
         )
+        .bind(device)
+        .fetch_optional(ex)
+        .await)?
+        .unwrap_or(0))
     }
 
     /// Devices by state, in one pass.
@@ -391,13 +405,14 @@ impl Store {
             format!(
                 "SELECT {} AS enrolled, {} AS online, {} AS revoked FROM devices",
                 dialect::count_if("revoked_at IS NULL"),
-                dialect::count_if("revoked_at IS NULL AND online = 1"),
+                dialect::count_if("revoked_at IS NULL AND online = TRUE"),
                 dialect::count_if("revoked_at IS NOT NULL"),
             )
         });
-        let (enrolled, online, revoked): (i64, i64, i64) = sqlx::query_as(COUNTS.as_str())
-            .fetch_one(&self.reader)
-            .await?;
+        let (enrolled, online, revoked): (i64, i64, i64) =
+            reading!(self, |ex| sqlx::query_as(COUNTS.as_str())
+                .fetch_one(ex)
+                .await)?;
         Ok(DeviceCounts {
             enrolled,
             online,
@@ -409,14 +424,16 @@ impl Store {
     /// Fleet totals with the number of online devices that have an alert.
     pub async fn fleet_summary(&self) -> Result<FleetSummary, StoreError> {
         let counts = self.device_counts().await?;
-        let sql = format!(
-            "SELECT COUNT(*) FROM devices d JOIN telemetry t \
-             ON t.device_id = d.id AND t.seq = d.last_seq WHERE {}",
-            alerts::alerting_sql()
-        );
-        let alerting: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .fetch_one(&self.reader)
-            .await?;
+        let alerting: i64 = reading!(self, |ex| {
+            let sql = format!(
+                "SELECT COUNT(*) FROM devices d JOIN telemetry t \
+                 ON t.device_id = d.id AND t.seq = d.last_seq WHERE {}",
+                alerts::alerting_sql::<DB>()
+            );
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(ex)
+                .await
+        })?;
         Ok(FleetSummary {
             enrolled: counts.enrolled,
             online: counts.online,

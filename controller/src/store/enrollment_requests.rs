@@ -2,7 +2,7 @@
 //! here until an admin accepts or rejects them. [`Store::enroll`] records and reads them
 //! inside its transaction; admins list and decide them here.
 
-use sqlx::SqliteConnection;
+use crate::store::db::Tx;
 
 use super::{Store, StoreError, now_ms};
 
@@ -53,68 +53,64 @@ pub enum Decided {
 
 /// The request of the device with this key for this token.
 pub(super) async fn find(
-    tx: &mut SqliteConnection,
+    tx: &mut Tx,
     token_id: &str,
     key_fingerprint: &str,
 ) -> Result<Option<RequestRow>, StoreError> {
-    Ok(sqlx::query_as(request_select!(
-        "WHERE token_id = ? AND key_fingerprint = ?"
+    Ok(in_tx!(*tx, |ex| sqlx::query_as(request_select!(
+        "WHERE token_id = $1 AND key_fingerprint = $2"
     ))
     .bind(token_id)
     .bind(key_fingerprint)
-    .fetch_optional(&mut *tx)
-    .await?)
+    .fetch_optional(ex)
+    .await)?)
 }
 
 /// Notes that the device asked again (from `source`).
-pub(super) async fn touch(
-    tx: &mut SqliteConnection,
-    id: &str,
-    source: &str,
-) -> Result<(), StoreError> {
-    sqlx::query("UPDATE enrollment_requests SET last_seen_at = ?, source = ? WHERE id = ?")
-        .bind(now_ms())
-        .bind(source)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+pub(super) async fn touch(tx: &mut Tx, id: &str, source: &str) -> Result<(), StoreError> {
+    in_tx!(*tx, |ex| sqlx::query(
+        "UPDATE enrollment_requests SET last_seen_at = $1, source = $2 WHERE id = $3"
+    )
+    .bind(now_ms())
+    .bind(source)
+    .bind(id)
+    .execute(ex)
+    .await
+    .map(|r| r.rows_affected()))?;
     Ok(())
 }
 
 /// Requests of this token still open (pending or accepted but not enrolled yet): each
 /// holds one of the token's uses.
-pub(super) async fn open_count(
-    tx: &mut SqliteConnection,
-    token_id: &str,
-) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT COUNT(*) FROM enrollment_requests WHERE token_id = ? AND status <> 'rejected'",
+pub(super) async fn open_count(tx: &mut Tx, token_id: &str) -> Result<i64, StoreError> {
+    Ok(in_tx!(*tx, |ex| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM enrollment_requests WHERE token_id = $1 AND status <> 'rejected'",
     )
     .bind(token_id)
-    .fetch_one(&mut *tx)
-    .await?)
+    .fetch_one(ex)
+    .await)?)
 }
 
 /// True when a request other than this key's holds `device_id`.
 pub(super) async fn holds_id(
-    tx: &mut SqliteConnection,
+    tx: &mut Tx,
     device_id: &str,
     key_fingerprint: &str,
 ) -> Result<bool, StoreError> {
-    let held: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM enrollment_requests WHERE device_id = ? AND key_fingerprint <> ? \
+    let held: Option<i64> = in_tx!(*tx, |ex| sqlx::query_scalar(
+        "SELECT 1 FROM enrollment_requests WHERE device_id = $1 AND key_fingerprint <> $2 \
          AND status <> 'rejected' LIMIT 1",
     )
     .bind(device_id)
     .bind(key_fingerprint)
-    .fetch_optional(&mut *tx)
-    .await?;
+    .fetch_optional(ex)
+    .await)?;
     Ok(held.is_some())
 }
 
 /// Records a new pending request.
 pub(super) async fn insert(
-    tx: &mut SqliteConnection,
+    tx: &mut Tx,
     token_id: &str,
     device_id: &str,
     key_fingerprint: &str,
@@ -133,9 +129,9 @@ pub(super) async fn insert(
         decided_by: None,
         decided_at: None,
     };
-    sqlx::query(
+    in_tx!(*tx, |ex| sqlx::query(
         "INSERT INTO enrollment_requests (id, token_id, device_id, key_fingerprint, source, \
-         created_at, last_seen_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+         created_at, last_seen_at, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&row.id)
     .bind(&row.token_id)
@@ -145,17 +141,21 @@ pub(super) async fn insert(
     .bind(row.created_at)
     .bind(row.last_seen_at)
     .bind(&row.status)
-    .execute(&mut *tx)
-    .await?;
+    .execute(ex)
+    .await
+    .map(|r| r.rows_affected()))?;
     Ok(row)
 }
 
 /// Removes an accepted request once its device is enrolled.
-pub(super) async fn remove(tx: &mut SqliteConnection, id: &str) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM enrollment_requests WHERE id = ?")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+pub(super) async fn remove(tx: &mut Tx, id: &str) -> Result<(), StoreError> {
+    in_tx!(*tx, |ex| sqlx::query(
+        "DELETE FROM enrollment_requests WHERE id = $1"
+    )
+    .bind(id)
+    .execute(ex)
+    .await
+    .map(|r| r.rows_affected()))?;
     Ok(())
 }
 
@@ -169,12 +169,12 @@ impl Store {
     /// Enrollment requests, newest first: pending and accepted ones (waiting for their
     /// device to ask again), and with `all` the rejected ones too.
     pub async fn enrollment_requests(&self, all: bool) -> Result<Vec<RequestRow>, StoreError> {
-        Ok(sqlx::query_as(request_select!(
-            "WHERE status <> 'rejected' OR ? ORDER BY created_at DESC, id"
+        Ok(reading!(self, |ex| sqlx::query_as(request_select!(
+            "WHERE status <> 'rejected' OR $1 ORDER BY created_at DESC, id"
         ))
         .bind(all)
-        .fetch_all(&self.reader)
-        .await?)
+        .fetch_all(ex)
+        .await)?)
     }
 
     /// Accepts (`accept`) or rejects a pending request, named by its id or its device id;
@@ -187,14 +187,14 @@ impl Store {
         by: &str,
     ) -> Result<Decided, StoreError> {
         let mut tx = self.write_tx().await?;
-        let found: Option<RequestRow> = sqlx::query_as(request_select!(
-            "WHERE id = ? OR (device_id = ? AND status <> 'rejected') \
+        let found: Option<RequestRow> = in_tx!(tx, |ex| sqlx::query_as(request_select!(
+            "WHERE id = $1 OR (device_id = $2 AND status <> 'rejected') \
              ORDER BY status = 'pending' DESC LIMIT 1"
         ))
         .bind(id_or_device)
         .bind(id_or_device)
-        .fetch_optional(&mut *tx)
-        .await?;
+        .fetch_optional(ex)
+        .await)?;
         let Some(mut row) = found else {
             return Ok(Decided::Unknown);
         };
@@ -203,17 +203,18 @@ impl Store {
         }
         let status = if accept { ACCEPTED } else { REJECTED };
         let now = now_ms();
-        let changed = sqlx::query(
-            "UPDATE enrollment_requests SET status = ?, decided_by = ?, decided_at = ? \
-             WHERE id = ? AND status = 'pending'",
+        let changed = in_tx!(tx, |ex| sqlx::query(
+            "UPDATE enrollment_requests SET status = $1, decided_by = $2, decided_at = $3 \
+             WHERE id = $4 AND status = 'pending'",
         )
         .bind(status)
         .bind(by)
         .bind(now)
         .bind(&row.id)
-        .execute(&mut *tx)
-        .await?;
-        if changed.rows_affected() != 1 {
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        if changed != 1 {
             return Ok(Decided::AlreadyDecided(row));
         }
         tx.commit().await?;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use pifleet_shared::DeviceId;
 use pifleet_shared::proto::v1;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Row};
 
 use super::{Store, StoreError, now_ms, sql_int};
 
@@ -75,7 +75,7 @@ impl Store {
     /// number of samples the devices' spools reported dropped in newly stored samples.
     pub async fn write_batch(&self, ops: &[IngestOp]) -> Result<u64, StoreError> {
         let now = now_ms();
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.ingest_tx().await?;
         // Rows per INSERT statement. Small and fixed, so the handful of distinct statements
         // (one per remainder size) stay in the prepared-statement cache.
         const ROWS_PER_STATEMENT: usize = 32;
@@ -93,10 +93,11 @@ impl Store {
                     }
                 }
                 IngestOp::Hello { device, hello } => {
-                    sqlx::query(
-                        "UPDATE devices SET agent_version = ?, hostname = ?, os = ?, kernel = ?, \
-                         arch = ?, model = ?, uptime_s = ?, hello_at = ?, last_seen = ?, \
-                         first_seen = COALESCE(first_seen, ?) WHERE id = ?",
+                    in_tx!(tx, |ex| {
+                        sqlx::query(
+                        "UPDATE devices SET agent_version = $1, hostname = $2, os = $3, kernel = $4, \
+                         arch = $5, model = $6, uptime_s = $7, hello_at = $8, last_seen = $9, \
+                         first_seen = COALESCE(first_seen, $10) WHERE id = $11",
                     )
                     .bind(&hello.agent_version)
                     .bind(&hello.hostname)
@@ -109,37 +110,46 @@ impl Store {
                     .bind(now)
                     .bind(now)
                     .bind(device.as_str())
-                    .execute(&mut *tx)
-                    .await?;
+                    .execute(ex)
+                    .await
+                    .map(|r| r.rows_affected())
+                    })?;
                 }
                 IngestOp::Capabilities {
                     device,
                     capabilities,
                 } => {
-                    sqlx::query(
-                        "UPDATE devices SET capabilities = ?, capabilities_at = ? WHERE id = ?",
+                    in_tx!(tx, |ex| sqlx::query(
+                        "UPDATE devices SET capabilities = $1, capabilities_at = $2 WHERE id = $3",
                     )
                     .bind(serde_json::to_string(capabilities)?)
                     .bind(now)
                     .bind(device.as_str())
-                    .execute(&mut *tx)
-                    .await?;
+                    .execute(ex)
+                    .await
+                    .map(|r| r.rows_affected()))?;
                 }
                 IngestOp::Services { device, states } => {
-                    sqlx::query("UPDATE devices SET services = ?, services_at = ? WHERE id = ?")
-                        .bind(serde_json::to_string(states)?)
-                        .bind(now)
-                        .bind(device.as_str())
-                        .execute(&mut *tx)
-                        .await?;
+                    in_tx!(tx, |ex| sqlx::query(
+                        "UPDATE devices SET services = $1, services_at = $2 WHERE id = $3"
+                    )
+                    .bind(serde_json::to_string(states)?)
+                    .bind(now)
+                    .bind(device.as_str())
+                    .execute(ex)
+                    .await
+                    .map(|r| r.rows_affected()))?;
                 }
                 IngestOp::Apps { device, apps } => {
-                    sqlx::query("UPDATE devices SET apps = ?, apps_at = ? WHERE id = ?")
-                        .bind(serde_json::to_string(apps)?)
-                        .bind(now)
-                        .bind(device.as_str())
-                        .execute(&mut *tx)
-                        .await?;
+                    in_tx!(tx, |ex| sqlx::query(
+                        "UPDATE devices SET apps = $1, apps_at = $2 WHERE id = $3"
+                    )
+                    .bind(serde_json::to_string(apps)?)
+                    .bind(now)
+                    .bind(device.as_str())
+                    .execute(ex)
+                    .await
+                    .map(|r| r.rows_affected()))?;
                 }
                 IngestOp::DeployProgress { device, progress } => {
                     super::rollouts::record_progress(&mut tx, device.as_str(), progress).await?;
@@ -155,110 +165,117 @@ impl Store {
                     if *online {
                         // Sent while the device was going away: the message may be lost.
                         // Send again; the device's journal makes a re-delivery harmless.
-                        sqlx::query(
-                            "UPDATE commands SET status = 'queued' WHERE device_id = ? \
-                             AND status = 'sent' AND expires_at > ?",
+                        in_tx!(tx, |ex| sqlx::query(
+                            "UPDATE commands SET status = 'queued' WHERE device_id = $1 \
+                             AND status = 'sent' AND expires_at > $2",
                         )
                         .bind(device.as_str())
                         .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
+                        .execute(ex)
+                        .await
+                        .map(|r| r.rows_affected()))?;
                     }
-                    sqlx::query(
-                        "UPDATE devices SET online = ?, last_seen = ?, \
-                         first_seen = COALESCE(first_seen, ?) WHERE id = ?",
+                    in_tx!(tx, |ex| sqlx::query(
+                        "UPDATE devices SET online = $1, last_seen = $2, \
+                         first_seen = COALESCE(first_seen, $3) WHERE id = $4",
                     )
-                    .bind(i32::from(*online))
+                    .bind(*online)
                     .bind(now)
                     .bind(now)
                     .bind(device.as_str())
-                    .execute(&mut *tx)
-                    .await?;
+                    .execute(ex)
+                    .await
+                    .map(|r| r.rows_affected()))?;
                 }
             }
         }
-        for chunk in pending.chunks(ROWS_PER_STATEMENT) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO telemetry (device_id, seq, ts, received_at, cpu_pct, load1, load5, \
-                 load15, mem_total, mem_used, swap_total, swap_used, temp_c, throttled, uptime_s, \
-                 spool_dropped, spool_backlog, disks, nets, disk_used, disk_total, net_rx, \
-                 net_tx) ",
-            );
-            let json = chunk
-                .iter()
-                .map(|(_, s)| {
-                    Ok((
-                        serde_json::to_string(&s.disks)?,
-                        serde_json::to_string(&s.nets)?,
-                    ))
-                })
-                .collect::<Result<Vec<_>, serde_json::Error>>()?;
-            qb.push_values(
-                chunk.iter().zip(json),
-                |mut b, ((device, s), (disks, nets))| {
-                    b.push_bind(device.as_str().to_owned())
-                        .push_bind(sql_int(s.seq))
-                        .push_bind(s.ts_ms)
-                        .push_bind(now)
-                        .push_bind(finite(s.cpu_pct))
-                        .push_bind(finite(s.load1))
-                        .push_bind(finite(s.load5))
-                        .push_bind(finite(s.load15))
-                        .push_bind(sql_int(s.mem_total_bytes))
-                        .push_bind(sql_int(s.mem_used_bytes))
-                        .push_bind(sql_int(s.swap_total_bytes))
-                        .push_bind(sql_int(s.swap_used_bytes))
-                        .push_bind(s.temp_c.map(finite))
-                        .push_bind(s.throttled.map(i64::from))
-                        .push_bind(sql_int(s.uptime_s))
-                        .push_bind(sql_int(s.spool_dropped))
-                        .push_bind(sql_int(s.spool_backlog))
-                        .push_bind(disks)
-                        .push_bind(nets)
-                        .push_bind(sql_int(s.disks.iter().map(|d| d.used_bytes).sum()))
-                        .push_bind(sql_int(s.disks.iter().map(|d| d.total_bytes).sum()))
-                        .push_bind(sql_int(s.nets.iter().map(|n| n.rx_bytes).sum()))
-                        .push_bind(sql_int(s.nets.iter().map(|n| n.tx_bytes).sum()));
-                },
-            );
-            qb.push(" ON CONFLICT (device_id, seq) DO NOTHING");
-            if chunk.iter().any(|(_, s)| s.spool_dropped > 0) {
-                // Rare: count drops only from rows really inserted (not from re-sends).
-                qb.push(" RETURNING device_id, spool_dropped");
-                for r in qb.build().fetch_all(&mut *tx).await? {
-                    let n: i64 = r.try_get("spool_dropped")?;
-                    if n > 0 {
-                        *dropped
-                            .entry(r.try_get::<String, _>("device_id")?)
-                            .or_default() += n;
+        in_tx!(tx, |ex| {
+            for chunk in pending.chunks(ROWS_PER_STATEMENT) {
+                let mut qb: QueryBuilder<DB> = QueryBuilder::new(
+                    "INSERT INTO telemetry (device_id, seq, ts, received_at, cpu_pct, load1, load5, \
+                     load15, mem_total, mem_used, swap_total, swap_used, temp_c, throttled, uptime_s, \
+                     spool_dropped, spool_backlog, disks, nets, disk_used, disk_total, net_rx, \
+                     net_tx) ",
+                );
+                let json = chunk
+                    .iter()
+                    .map(|(_, s)| {
+                        Ok((
+                            serde_json::to_string(&s.disks)?,
+                            serde_json::to_string(&s.nets)?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, serde_json::Error>>()?;
+                qb.push_values(
+                    chunk.iter().zip(json),
+                    |mut b, ((device, s), (disks, nets))| {
+                        b.push_bind(device.as_str().to_owned())
+                            .push_bind(sql_int(s.seq))
+                            .push_bind(s.ts_ms)
+                            .push_bind(now)
+                            .push_bind(finite(s.cpu_pct))
+                            .push_bind(finite(s.load1))
+                            .push_bind(finite(s.load5))
+                            .push_bind(finite(s.load15))
+                            .push_bind(sql_int(s.mem_total_bytes))
+                            .push_bind(sql_int(s.mem_used_bytes))
+                            .push_bind(sql_int(s.swap_total_bytes))
+                            .push_bind(sql_int(s.swap_used_bytes))
+                            .push_bind(s.temp_c.map(finite))
+                            .push_bind(s.throttled.map(i64::from))
+                            .push_bind(sql_int(s.uptime_s))
+                            .push_bind(sql_int(s.spool_dropped))
+                            .push_bind(sql_int(s.spool_backlog))
+                            .push_bind(disks)
+                            .push_bind(nets)
+                            .push_bind(sql_int(s.disks.iter().map(|d| d.used_bytes).sum()))
+                            .push_bind(sql_int(s.disks.iter().map(|d| d.total_bytes).sum()))
+                            .push_bind(sql_int(s.nets.iter().map(|n| n.rx_bytes).sum()))
+                            .push_bind(sql_int(s.nets.iter().map(|n| n.tx_bytes).sum()));
+                    },
+                );
+                qb.push(" ON CONFLICT DO NOTHING");
+                if chunk.iter().any(|(_, s)| s.spool_dropped > 0) {
+                    // Rare: count drops only from rows really inserted (not from re-sends).
+                    qb.push(" RETURNING device_id, spool_dropped");
+                    for r in qb.build().fetch_all(&mut *ex).await? {
+                        let n: i64 = r.try_get("spool_dropped")?;
+                        if n > 0 {
+                            *dropped
+                                .entry(r.try_get::<String, _>("device_id")?)
+                                .or_default() += n;
+                        }
                     }
+                } else {
+                    qb.build().execute(&mut *ex).await?;
                 }
-            } else {
-                qb.build().execute(&mut *tx).await?;
             }
-        }
+            Ok::<_, StoreError>(())
+        })?;
         for (device, n) in &dropped {
-            sqlx::query(
-                "UPDATE devices SET spool_dropped_total = spool_dropped_total + ? WHERE id = ?",
+            in_tx!(tx, |ex| sqlx::query(
+                "UPDATE devices SET spool_dropped_total = spool_dropped_total + $1 WHERE id = $2",
             )
             .bind(n)
             .bind(device)
-            .execute(&mut *tx)
-            .await?;
+            .execute(ex)
+            .await
+            .map(|r| r.rows_affected()))?;
         }
         for (device, max_seq) in last_seen {
-            sqlx::query(
-                "UPDATE devices SET last_seen = ?, first_seen = COALESCE(first_seen, ?), \
-                 last_seq = CASE WHEN last_seq IS NULL OR last_seq < ? THEN ? ELSE last_seq END \
-                 WHERE id = ?",
+            in_tx!(tx, |ex| sqlx::query(
+                "UPDATE devices SET last_seen = $1, first_seen = COALESCE(first_seen, $2), \
+                 last_seq = CASE WHEN last_seq IS NULL OR last_seq < $3 THEN $4 ELSE last_seq END \
+                 WHERE id = $5",
             )
             .bind(now)
             .bind(now)
             .bind(max_seq)
             .bind(max_seq)
             .bind(device.as_str())
-            .execute(&mut *tx)
-            .await?;
+            .execute(ex)
+            .await
+            .map(|r| r.rows_affected()))?;
         }
         tx.commit().await?;
         Ok(dropped

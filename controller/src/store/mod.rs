@@ -5,15 +5,18 @@
 //! backups). This file holds the [`Store`] handle and what every
 //! table shares.
 //!
-//! SQLite in WAL mode with `synchronous = FULL` (an acknowledged sample must survive power
-//! loss); one writer connection used by the ingest task for group commits, and a small reader
-//! pool. Statements stay portable to PostgreSQL; what is SQLite's own is in `dialect`.
+//! Two databases behind one handle (`db`): SQLite, embedded, in WAL mode with
+//! `synchronous = FULL` (an acknowledged sample must survive power loss), with one writer
+//! connection used by the ingest task for group commits and a small reader pool; or
+//! PostgreSQL, shared by the replicas of the scale-out mode. Every statement is written once
+//! in the SQL both share; what differs is in `dialect`, and each has its own migrations
+//! (`migrations/`, `migrations-postgres/`).
 
 use std::path::Path;
 use std::time::Duration;
 
-use sqlx::sqlite::SqlitePool;
-
+#[macro_use]
+pub(crate) mod db;
 pub mod api_tokens;
 pub mod approvals;
 pub mod attempts;
@@ -61,6 +64,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("not possible on this database: {0}")]
+    Unsupported(&'static str),
     #[error("background task: {0}")]
     Task(#[source] tokio::task::JoinError),
 }
@@ -73,7 +78,7 @@ impl StoreError {
         let Self::Sqlx(sqlx::Error::Database(e)) = self else {
             return false;
         };
-        dialect::is_broken(e.as_ref())
+        dialect::sqlite::is_broken(e.as_ref()) || dialect::postgres::is_broken(e.as_ref())
     }
 }
 
@@ -93,13 +98,12 @@ pub fn now_ms() -> i64 {
 /// Handle to the database.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pub(crate) writer: SqlitePool,
-    pub(crate) reader: SqlitePool,
+    pub(crate) db: db::Db,
 }
 
 impl Store {
-    /// Opens (creating if asked) the database and runs migrations; a write waits up to
-    /// 10 s for another process holding the write lock.
+    /// Opens (creating if asked) the SQLite database at `path` and runs migrations; a write
+    /// waits up to 10 s for another process holding the write lock.
     pub async fn open(path: &Path, create: bool) -> Result<Self, StoreError> {
         Self::open_with(path, create, Duration::from_secs(10)).await
     }
@@ -110,31 +114,91 @@ impl Store {
         create: bool,
         busy_timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let (writer, reader) = dialect::connect(path, create, busy_timeout).await?;
-        Ok(Self { writer, reader })
+        let (writer, reader) = dialect::sqlite::connect(path, create, busy_timeout).await?;
+        Ok(Self {
+            db: db::Db::Sqlite { writer, reader },
+        })
     }
 
-    /// Starts a write transaction that holds the write lock from its first statement
-    /// ([`dialect::BEGIN_WRITE`]), waiting its turn behind other writers, other processes
-    /// included. Every transaction that writes starts here.
-    pub(crate) async fn write_tx(
-        &self,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        Ok(self.writer.begin_with(dialect::BEGIN_WRITE).await?)
+    /// Connects to the PostgreSQL database at `url` and runs its migrations (which are
+    /// serialized between replicas starting together).
+    pub async fn open_postgres(url: &str, opts: &PgOptions) -> Result<Self, StoreError> {
+        let pool = dialect::postgres::connect(url, opts).await?;
+        Ok(Self {
+            db: db::Db::Postgres { pool },
+        })
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        match self.db {
+            db::Db::Sqlite { .. } => Backend::Sqlite,
+            db::Db::Postgres { .. } => Backend::Postgres,
+        }
+    }
+
+    /// Starts a write transaction that runs alone: on SQLite it holds the write lock from
+    /// its first statement (`BEGIN IMMEDIATE`), on PostgreSQL it takes a cluster-wide
+    /// transaction lock first, so that a transaction that reads and then decides (a token's
+    /// uses, the last enabled admin, a rollout's next wave) sees no other replica's write
+    /// in between, exactly as on SQLite. Every transaction that writes starts here, except
+    /// the ingest batch ([`Store::ingest_tx`]).
+    pub(crate) async fn write_tx(&self) -> Result<db::Tx, StoreError> {
+        match &self.db {
+            db::Db::Sqlite { writer, .. } => Ok(db::Tx::Sqlite(
+                writer.begin_with(dialect::sqlite::BEGIN_WRITE).await?,
+            )),
+            db::Db::Postgres { pool } => {
+                let mut tx = pool.begin().await?;
+                sqlx::query(dialect::postgres::LOCK_XACT)
+                    .bind(dialect::postgres::lock::WRITERS)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(db::Tx::Postgres(tx))
+            }
+        }
+    }
+
+    /// The ingest batch's transaction. On PostgreSQL it does not wait for the writers' lock:
+    /// its inserts are idempotent on (device, seq) and its updates touch each device's own
+    /// row in device order, so replicas ingesting at once cannot corrupt or deadlock each
+    /// other. On SQLite it is [`Store::write_tx`].
+    pub(crate) async fn ingest_tx(&self) -> Result<db::Tx, StoreError> {
+        match &self.db {
+            db::Db::Sqlite { .. } => self.write_tx().await,
+            db::Db::Postgres { pool } => Ok(db::Tx::Postgres(pool.begin().await?)),
+        }
     }
 
     /// Checks that the database answers (readiness).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        reading!(self, |ex| sqlx::query("SELECT 1")
+            .execute(ex)
+            .await
+            .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
-    /// Closes both pools, checkpointing the WAL.
+    /// Closes the pools (on SQLite, checkpointing the WAL).
     pub async fn close(&self) {
-        self.reader.close().await;
-        self.writer.close().await;
+        match &self.db {
+            db::Db::Sqlite { writer, reader } => {
+                reader.close().await;
+                writer.close().await;
+            }
+            db::Db::Postgres { pool } => pool.close().await,
+        }
     }
 }
+
+/// The two databases the store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub use dialect::postgres::PgOptions;
 
 #[cfg(test)]
 mod tests {
@@ -148,19 +212,27 @@ mod tests {
         let path = dir.path().join("db");
         let store = Store::open(&path, true).await.unwrap();
         {
-            let mut conn = store.writer.acquire().await.unwrap();
+            let db::Db::Sqlite { writer, .. } = &store.db else {
+                unreachable!()
+            };
+            let mut conn = writer.acquire().await.unwrap();
             sqlx::raw_sql("BEGIN").execute(&mut *conn).await.unwrap();
         }
-        sqlx::query("INSERT INTO meta (key, value) VALUES ('probe', 'x')")
-            .execute(&store.writer)
-            .await
-            .unwrap();
+        writing!(store, |ex| sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('probe', 'x')"
+        )
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
         // A separate connection sees the row only if it was committed.
         let other = Store::open(&path, false).await.unwrap();
-        let v: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'probe'")
-            .fetch_optional(&other.reader)
-            .await
-            .unwrap();
+        let v: Option<String> = reading!(other, |ex| sqlx::query_scalar(
+            "SELECT value FROM meta WHERE key = 'probe'"
+        )
+        .fetch_optional(ex)
+        .await)
+        .unwrap();
         assert_eq!(v.as_deref(), Some("x"));
     }
 }

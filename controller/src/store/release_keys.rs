@@ -1,7 +1,7 @@
 //! SQL for `release_key_acks`: which release keys each device confirmed it trusts, and
 //! which devices still need to be told.
 
-use sqlx::{QueryBuilder, Sqlite};
+use sqlx::QueryBuilder;
 
 use super::{Store, StoreError, now_ms};
 
@@ -12,22 +12,24 @@ impl Store {
         if key_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT d.id FROM devices d WHERE d.revoked_at IS NULL \
+        reading!(self, |ex| {
+            let mut qb: QueryBuilder<DB> = QueryBuilder::new(
+                "SELECT d.id FROM devices d WHERE d.revoked_at IS NULL \
              AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.device_id = d.id \
              AND c.action_kind = 'trust_release_keys' \
              AND c.status IN ('queued', 'sent', 'accepted', 'running')) \
              AND (SELECT COUNT(*) FROM release_key_acks a WHERE a.device_id = d.id \
              AND a.key_id IN (",
-        );
-        let mut ids = qb.separated(", ");
-        for k in key_ids {
-            ids.push_bind(k.clone());
-        }
-        qb.push(")) < ")
-            .push_bind(i64::try_from(key_ids.len()).unwrap_or(i64::MAX))
-            .push(" ORDER BY d.id");
-        Ok(qb.build_query_scalar().fetch_all(&self.reader).await?)
+            );
+            let mut ids = qb.separated(", ");
+            for k in key_ids {
+                ids.push_bind(k.clone());
+            }
+            qb.push(")) < ")
+                .push_bind(i64::try_from(key_ids.len()).unwrap_or(i64::MAX))
+                .push(" ORDER BY d.id");
+            Ok(qb.build_query_scalar().fetch_all(ex).await?)
+        })
     }
 
     /// Records that `device` confirmed it trusts `key_ids`, by the announcement `command`.
@@ -40,17 +42,18 @@ impl Store {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
         for k in key_ids {
-            sqlx::query(
+            in_tx!(tx, |ex| sqlx::query(
                 "INSERT INTO release_key_acks (device_id, key_id, command_id, acked_at) \
-                 VALUES (?, ?, ?, ?) ON CONFLICT (device_id, key_id) DO UPDATE SET \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (device_id, key_id) DO UPDATE SET \
                  command_id = excluded.command_id, acked_at = excluded.acked_at",
             )
             .bind(device)
             .bind(k)
             .bind(command)
             .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            .execute(ex)
+            .await
+            .map(|r| r.rows_affected()))?;
         }
         tx.commit().await?;
         Ok(())
@@ -60,22 +63,22 @@ impl Store {
     /// rotation finished: devices then drop the keys no longer in it). Returns how many.
     pub async fn forget_release_key_acks(&self) -> Result<u64, StoreError> {
         let mut tx = self.write_tx().await?;
-        let n = sqlx::query("DELETE FROM release_key_acks")
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let n = in_tx!(tx, |ex| sqlx::query("DELETE FROM release_key_acks")
+            .execute(ex)
+            .await
+            .map(|r| r.rows_affected()))?;
         tx.commit().await?;
         Ok(n)
     }
 
     /// The release key ids `device` confirmed, sorted.
     pub async fn acked_release_keys(&self, device: &str) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT key_id FROM release_key_acks WHERE device_id = ? ORDER BY key_id",
+        Ok(reading!(self, |ex| sqlx::query_scalar(
+            "SELECT key_id FROM release_key_acks WHERE device_id = $1 ORDER BY key_id",
         )
         .bind(device)
-        .fetch_all(&self.reader)
-        .await?)
+        .fetch_all(ex)
+        .await)?)
     }
 }
 
@@ -92,10 +95,13 @@ mod tests {
         for id in ["pi-a", "pi-b", "pi-c"] {
             add_device(&s, id, "{}", None, false).await;
         }
-        sqlx::query("UPDATE devices SET revoked_at = 5 WHERE id = 'pi-c'")
-            .execute(&s.writer)
-            .await
-            .unwrap();
+        writing!(s, |ex| sqlx::query(
+            "UPDATE devices SET revoked_at = 5 WHERE id = 'pi-c'"
+        )
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
         let keys = ["k1".to_owned(), "k2".to_owned()];
         assert_eq!(
             s.devices_to_announce(&keys).await.unwrap(),

@@ -8,8 +8,9 @@ use std::collections::HashSet;
 use pifleet_shared::release::HealthSpec;
 use serde::Serialize;
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::{ColumnIndex, Decode, Type};
 
+use super::db::Tx;
 use super::{Store, StoreError, sql_int};
 
 /// Where a release's content came from.
@@ -99,11 +100,33 @@ macro_rules! release_select {
     };
 }
 
-fn unsigned(r: &SqliteRow, col: &str) -> Result<u64, StoreError> {
+/// What decoding a release row needs of a database's rows.
+trait ReleaseRowSource: Row
+where
+    for<'a> &'a str: ColumnIndex<Self>,
+    for<'a> i64: Decode<'a, Self::Database> + Type<Self::Database>,
+    for<'a> String: Decode<'a, Self::Database> + Type<Self::Database>,
+{
+}
+
+impl ReleaseRowSource for sqlx::sqlite::SqliteRow {}
+impl ReleaseRowSource for sqlx::postgres::PgRow {}
+
+fn unsigned<R: ReleaseRowSource>(r: &R, col: &str) -> Result<u64, StoreError>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
+{
     Ok(u64::try_from(r.try_get::<i64, _>(col)?).unwrap_or(0))
 }
 
-fn row(r: &SqliteRow) -> Result<ReleaseRow, StoreError> {
+fn row<R: ReleaseRowSource>(r: &R) -> Result<ReleaseRow, StoreError>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
+{
     let kind: String = r.try_get("source_kind")?;
     let source = if kind == "git" {
         ReleaseSource::Git {
@@ -143,21 +166,21 @@ fn row(r: &SqliteRow) -> Result<ReleaseRow, StoreError> {
 /// back. It holds the database's write lock: keep what happens inside it short.
 #[derive(Debug)]
 pub struct ReleaseTx {
-    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: Tx,
 }
 
 impl ReleaseTx {
     /// Hands out the app's next release number (the first is 1). Numbers of deleted
     /// releases are not reused; a rolled-back transaction gives its number back.
     pub async fn take_number(&mut self, app: &str) -> Result<u64, StoreError> {
-        let last: i64 = sqlx::query_scalar(
-            "INSERT INTO release_numbers (app, last) VALUES (?, 1) \
+        let last: i64 = in_tx!(self.tx, |ex| sqlx::query_scalar(
+            "INSERT INTO release_numbers (app, last) VALUES ($1, 1) \
              ON CONFLICT (app) DO UPDATE SET last = release_numbers.last + 1 \
              RETURNING last",
         )
         .bind(app)
-        .fetch_one(&mut *self.tx)
-        .await?;
+        .fetch_one(ex)
+        .await)?;
         Ok(u64::try_from(last).unwrap_or(0))
     }
 
@@ -167,12 +190,16 @@ impl ReleaseTx {
         app: &str,
         archive_sha256: &str,
     ) -> Result<Option<ReleaseRow>, StoreError> {
-        let r = sqlx::query(release_select!("WHERE app = ? AND archive_sha256 = ?"))
-            .bind(app)
-            .bind(archive_sha256)
-            .fetch_optional(&mut *self.tx)
-            .await?;
-        r.as_ref().map(row).transpose()
+        in_tx!(self.tx, |ex| sqlx::query(release_select!(
+            "WHERE app = $1 AND archive_sha256 = $2"
+        ))
+        .bind(app)
+        .bind(archive_sha256)
+        .fetch_optional(ex)
+        .await?
+        .as_ref()
+        .map(row)
+        .transpose())
     }
 
     /// Records a release; returns its id.
@@ -183,11 +210,12 @@ impl ReleaseTx {
                 ("git", None, Some(url.as_str()), Some(rev.as_str()))
             }
         };
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = in_tx!(self.tx, |ex| {
+            sqlx::query_scalar(
             "INSERT INTO releases (app, release, version, archive_sha256, archive_size, \
              unpacked_size, entries, arches, health, hooks, key_id, manifest_sha256, \
              source_kind, source_name, source_url, source_rev, created_at, created_by) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) RETURNING id",
         )
         .bind(&n.app)
         .bind(sql_int(n.release))
@@ -207,66 +235,76 @@ impl ReleaseTx {
         .bind(rev)
         .bind(n.created_at)
         .bind(&n.created_by)
-        .fetch_one(&mut *self.tx)
-        .await?;
+        .fetch_one(ex)
+        .await
+        })?;
         Ok(id)
     }
 
     /// One release, read inside the transaction.
     pub async fn get(&mut self, id: i64) -> Result<Option<ReleaseRow>, StoreError> {
-        let r = sqlx::query(release_select!("WHERE id = ?"))
+        in_tx!(self.tx, |ex| sqlx::query(release_select!("WHERE id = $1"))
             .bind(id)
-            .fetch_optional(&mut *self.tx)
-            .await?;
-        r.as_ref().map(row).transpose()
+            .fetch_optional(ex)
+            .await?
+            .as_ref()
+            .map(row)
+            .transpose())
     }
 
     /// Whether a rollout that is not finished uses the release, which must then stay: one
     /// that is not completed or aborted, or still has a device in flight. Read inside this
     /// write transaction, so a rollout cannot start on a release being deleted.
     pub async fn rollout_uses(&mut self, release_id: i64) -> Result<bool, StoreError> {
-        let used: Option<i64> = sqlx::query_scalar(concat!(
-            "SELECT 1 FROM rollouts r WHERE r.release_id = ? AND (r.status NOT IN ",
+        let used: Option<i64> = in_tx!(self.tx, |ex| sqlx::query_scalar(concat!(
+            "SELECT 1 FROM rollouts r WHERE r.release_id = $1 AND (r.status NOT IN ",
             "('completed', 'aborted') OR EXISTS (SELECT 1 FROM rollout_devices d ",
             "WHERE d.rollout_id = r.id AND d.state IN ",
             "('queued', 'downloading', 'installing', 'reverting'))) LIMIT 1"
         ))
         .bind(release_id)
-        .fetch_optional(&mut *self.tx)
-        .await?;
+        .fetch_optional(ex)
+        .await)?;
         Ok(used.is_some())
     }
 
     /// How many releases (of any app) share this archive.
     pub async fn archive_users(&mut self, archive_sha256: &str) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM releases WHERE archive_sha256 = ?")
-            .bind(archive_sha256)
-            .fetch_one(&mut *self.tx)
-            .await?;
+        let n: i64 = in_tx!(self.tx, |ex| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM releases WHERE archive_sha256 = $1"
+        )
+        .bind(archive_sha256)
+        .fetch_one(ex)
+        .await)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// The archive and manifest digests every release refers to.
     pub async fn digests(&mut self) -> Result<(HashSet<String>, HashSet<String>), StoreError> {
-        let rows = sqlx::query("SELECT archive_sha256, manifest_sha256 FROM releases")
-            .fetch_all(&mut *self.tx)
-            .await?;
+        let rows: Vec<(String, String)> = in_tx!(self.tx, |ex| sqlx::query_as(
+            "SELECT archive_sha256, manifest_sha256 FROM releases"
+        )
+        .fetch_all(ex)
+        .await)?;
         let mut archives = HashSet::with_capacity(rows.len());
         let mut manifests = HashSet::with_capacity(rows.len());
-        for r in &rows {
-            archives.insert(r.try_get("archive_sha256")?);
-            manifests.insert(r.try_get("manifest_sha256")?);
+        for (archive, manifest) in rows {
+            archives.insert(archive);
+            manifests.insert(manifest);
         }
         Ok((archives, manifests))
     }
 
     /// Deletes a release row; false if there was none.
     pub async fn delete(&mut self, id: i64) -> Result<bool, StoreError> {
-        let r = sqlx::query("DELETE FROM releases WHERE id = ?")
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(r.rows_affected() == 1)
+        let r = in_tx!(self.tx, |ex| sqlx::query(
+            "DELETE FROM releases WHERE id = $1"
+        )
+        .bind(id)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(r == 1)
     }
 
     pub async fn commit(self) -> Result<(), StoreError> {
@@ -285,29 +323,33 @@ impl Store {
 
     /// Releases, newest first; only one app's when `app` is given.
     pub async fn list_releases(&self, app: Option<&str>) -> Result<Vec<ReleaseRow>, StoreError> {
-        let rows = match app {
-            Some(app) => {
-                sqlx::query(release_select!("WHERE app = ? ORDER BY id DESC"))
-                    .bind(app)
-                    .fetch_all(&self.reader)
-                    .await?
-            }
-            None => {
-                sqlx::query(release_select!("ORDER BY id DESC"))
-                    .fetch_all(&self.reader)
-                    .await?
-            }
-        };
-        rows.iter().map(row).collect()
+        reading!(self, |ex| {
+            let rows = match app {
+                Some(app) => {
+                    sqlx::query(release_select!("WHERE app = $1 ORDER BY id DESC"))
+                        .bind(app)
+                        .fetch_all(ex)
+                        .await?
+                }
+                None => {
+                    sqlx::query(release_select!("ORDER BY id DESC"))
+                        .fetch_all(ex)
+                        .await?
+                }
+            };
+            rows.iter().map(row).collect()
+        })
     }
 
     /// One release by id.
     pub async fn release(&self, id: i64) -> Result<Option<ReleaseRow>, StoreError> {
-        let r = sqlx::query(release_select!("WHERE id = ?"))
+        reading!(self, |ex| sqlx::query(release_select!("WHERE id = $1"))
             .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
-        r.as_ref().map(row).transpose()
+            .fetch_optional(ex)
+            .await?
+            .as_ref()
+            .map(row)
+            .transpose())
     }
 
     /// One release by app and number.
@@ -316,12 +358,16 @@ impl Store {
         app: &str,
         release: u64,
     ) -> Result<Option<ReleaseRow>, StoreError> {
-        let r = sqlx::query(release_select!("WHERE app = ? AND release = ?"))
-            .bind(app)
-            .bind(sql_int(release))
-            .fetch_optional(&self.reader)
-            .await?;
-        r.as_ref().map(row).transpose()
+        reading!(self, |ex| sqlx::query(release_select!(
+            "WHERE app = $1 AND release = $2"
+        ))
+        .bind(app)
+        .bind(sql_int(release))
+        .fetch_optional(ex)
+        .await?
+        .as_ref()
+        .map(row)
+        .transpose())
     }
 
     /// The release whose signed manifest has this SHA-256 (64 lowercase hex), as devices
@@ -330,12 +376,14 @@ impl Store {
         &self,
         manifest_sha256: &str,
     ) -> Result<Option<ReleaseRow>, StoreError> {
-        let r = sqlx::query(release_select!(
-            "WHERE manifest_sha256 = ? ORDER BY id LIMIT 1"
+        reading!(self, |ex| sqlx::query(release_select!(
+            "WHERE manifest_sha256 = $1 ORDER BY id LIMIT 1"
         ))
         .bind(manifest_sha256)
-        .fetch_optional(&self.reader)
-        .await?;
-        r.as_ref().map(row).transpose()
+        .fetch_optional(ex)
+        .await?
+        .as_ref()
+        .map(row)
+        .transpose())
     }
 }

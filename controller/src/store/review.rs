@@ -62,16 +62,18 @@ impl Store {
     /// What the database knows about device `id` and certificate `serial` (from a reader:
     /// one small lookup per connect).
     pub async fn admission_facts(&self, id: &str, serial: &str) -> Result<Known, StoreError> {
-        let device: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT revoked_at FROM devices WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&self.reader)
-                .await?;
-        let cert: Option<(String, Option<i64>)> =
-            sqlx::query_as("SELECT device_id, revoked_at FROM certificates WHERE serial = ?")
-                .bind(serial)
-                .fetch_optional(&self.reader)
-                .await?;
+        let device: Option<Option<i64>> = reading!(self, |ex| sqlx::query_scalar(
+            "SELECT revoked_at FROM devices WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_optional(ex)
+        .await)?;
+        let cert: Option<(String, Option<i64>)> = reading!(self, |ex| sqlx::query_as(
+            "SELECT device_id, revoked_at FROM certificates WHERE serial = $1"
+        )
+        .bind(serial)
+        .fetch_optional(ex)
+        .await)?;
         Ok(Known { device, cert })
     }
 
@@ -86,16 +88,18 @@ impl Store {
     ) -> Result<Admission, StoreError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        let device: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT revoked_at FROM devices WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let known: Option<(String, Option<i64>)> =
-            sqlx::query_as("SELECT device_id, revoked_at FROM certificates WHERE serial = ?")
-                .bind(&cert.serial)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let device: Option<Option<i64>> = in_tx!(tx, |ex| sqlx::query_scalar(
+            "SELECT revoked_at FROM devices WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_optional(ex)
+        .await)?;
+        let known: Option<(String, Option<i64>)> = in_tx!(tx, |ex| sqlx::query_as(
+            "SELECT device_id, revoked_at FROM certificates WHERE serial = $1"
+        )
+        .bind(&cert.serial)
+        .fetch_optional(ex)
+        .await)?;
         let decision = decide(
             id,
             &Known {
@@ -105,30 +109,34 @@ impl Store {
         );
         let reason = match decision {
             Admission::Reregister => {
-                sqlx::query(
+                in_tx!(tx, |ex| sqlx::query(
                     "INSERT INTO devices (id, labels, enrolled_at, needs_review, review_reason) \
-                     VALUES (?, '{}', ?, 1, ?)",
+                     VALUES ($1, '{}', $2, 1, $3)",
                 )
                 .bind(id)
                 .bind(now)
                 .bind(REASON_REREGISTERED)
-                .execute(&mut *tx)
-                .await?;
+                .execute(ex)
+                .await
+                .map(|r| r.rows_affected()))?;
                 REASON_REREGISTERED
             }
             Admission::AddCertificate => {
-                sqlx::query("UPDATE devices SET needs_review = 1, review_reason = ? WHERE id = ?")
-                    .bind(REASON_UNKNOWN_CERT)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                in_tx!(tx, |ex| sqlx::query(
+                    "UPDATE devices SET needs_review = TRUE, review_reason = $1 WHERE id = $2"
+                )
+                .bind(REASON_UNKNOWN_CERT)
+                .bind(id)
+                .execute(ex)
+                .await
+                .map(|r| r.rows_affected()))?;
                 REASON_UNKNOWN_CERT
             }
             Admission::Known | Admission::Refused(_) => return Ok(decision),
         };
-        sqlx::query(
+        in_tx!(tx, |ex| sqlx::query(
             "INSERT INTO certificates (serial, device_id, issued_at, not_after, public_key_alg, \
-             public_key) VALUES (?, ?, ?, ?, ?, ?)",
+             public_key) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&cert.serial)
         .bind(id)
@@ -136,8 +144,9 @@ impl Store {
         .bind(cert.not_after.saturating_mul(1000))
         .bind(cert.public_key_alg)
         .bind(&cert.public_key)
-        .execute(&mut *tx)
-        .await?;
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         let ev = Event {
             actor: "controller".into(),
             source: audit_source.to_owned(),
@@ -155,21 +164,25 @@ impl Store {
     /// (`Some(None)`: it needed no review).
     pub async fn clear_review(&self, id: &str) -> Result<Option<Option<String>>, StoreError> {
         let mut tx = self.write_tx().await?;
-        let before: Option<(bool, Option<String>)> =
-            sqlx::query_as("SELECT needs_review, review_reason FROM devices WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let before: Option<(bool, Option<String>)> = in_tx!(tx, |ex| sqlx::query_as(
+            "SELECT needs_review, review_reason FROM devices WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_optional(ex)
+        .await)?;
         let Some((flagged, reason)) = before else {
             return Ok(None);
         };
         if !flagged {
             return Ok(Some(None));
         }
-        sqlx::query("UPDATE devices SET needs_review = 0, review_reason = NULL WHERE id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        in_tx!(tx, |ex| sqlx::query(
+            "UPDATE devices SET needs_review = FALSE, review_reason = NULL WHERE id = $1"
+        )
+        .bind(id)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         tx.commit().await?;
         Ok(Some(Some(reason.unwrap_or_default())))
     }
@@ -178,26 +191,27 @@ impl Store {
     /// (enrolled after the backup): a revoked row keeps its certificate out, though the
     /// CRL cannot name a serial nobody recorded. False if the device is known.
     pub async fn revoke_unknown_device(&self, id: &str, at: i64) -> Result<bool, StoreError> {
-        let r = sqlx::query(
+        let r = writing!(self, |ex| sqlx::query(
             "INSERT INTO devices (id, labels, enrolled_at, revoked_at, review_reason) \
-             VALUES (?, '{}', ?, ?, 'revoked after the restored backup was made') \
+             VALUES ($1, '{}', $2, $3, 'revoked after the restored backup was made') \
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(id)
         .bind(at)
         .bind(at)
-        .execute(&self.writer)
-        .await?;
-        Ok(r.rows_affected() == 1)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(r == 1)
     }
 
     /// Unrevoked devices flagged for review.
     pub async fn devices_needing_review(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM devices WHERE needs_review <> 0 AND revoked_at IS NULL",
+        Ok(reading!(self, |ex| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM devices WHERE needs_review = TRUE AND revoked_at IS NULL",
         )
-        .fetch_one(&self.reader)
-        .await?)
+        .fetch_one(ex)
+        .await)?)
     }
 }
 

@@ -10,6 +10,7 @@ pub(super) use reports::{record_guard_rollback, record_progress};
 
 use super::commands::{NewCommand, cancel_if_queued, insert_command_rows};
 use super::{Store, StoreError, now_ms};
+use crate::store::db::Tx;
 
 /// A stored rollout.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -207,18 +208,20 @@ impl Store {
     ) -> Result<Option<i64>, StoreError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        let release: Option<(String, i64)> =
-            sqlx::query_as("SELECT app, release FROM releases WHERE id = ?")
-                .bind(r.release_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let release: Option<(String, i64)> = in_tx!(tx, |ex| sqlx::query_as(
+            "SELECT app, release FROM releases WHERE id = $1"
+        )
+        .bind(r.release_id)
+        .fetch_optional(ex)
+        .await)?;
         let Some((app, number)) = release else {
             return Ok(None);
         };
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = in_tx!(tx, |ex| {
+            sqlx::query_scalar(
             "INSERT INTO rollouts (release_id, app, release, selector, settings, status, batch, \
              revert_on_abort, version, reason, approval_id, created_by, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, 0, 0, 0, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, 0, 0, 0, $7, $8, $9, $10, $11) RETURNING id",
         )
         .bind(r.release_id)
         .bind(&app)
@@ -231,8 +234,9 @@ impl Store {
         .bind(r.created_by)
         .bind(now)
         .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
+        .fetch_one(ex)
+        .await
+        })?;
         insert_devices(&mut tx, id, devices).await?;
         insert_event(&mut tx, id, now, r.created_by, r.reason).await?;
         tx.commit().await?;
@@ -255,10 +259,13 @@ impl Store {
         if !update_rollout(&mut tx, id, version, fields, reason, now).await? {
             return Ok(Saved::Stale);
         }
-        sqlx::query("DELETE FROM rollout_devices WHERE rollout_id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        in_tx!(tx, |ex| sqlx::query(
+            "DELETE FROM rollout_devices WHERE rollout_id = $1"
+        )
+        .bind(id)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         insert_devices(&mut tx, id, devices).await?;
         insert_event(&mut tx, id, now, actor, reason).await?;
         tx.commit().await?;
@@ -267,48 +274,55 @@ impl Store {
 
     /// A rollout's version (bumped by every change); `None` when it does not exist.
     pub async fn rollout_version(&self, id: i64) -> Result<Option<i64>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT version FROM rollouts WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&self.writer)
-                .await?,
+        Ok(writing!(self, |ex| sqlx::query_scalar(
+            "SELECT version FROM rollouts WHERE id = $1"
         )
+        .bind(id)
+        .fetch_optional(ex)
+        .await)?)
     }
 
     /// Rollouts counted by status and pause cause (empty for none).
     pub async fn rollout_status_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(reading!(self, |ex| sqlx::query_as(
             "SELECT status, COALESCE(pause_cause, ''), COUNT(*) FROM rollouts \
              GROUP BY status, COALESCE(pause_cause, '')",
         )
-        .fetch_all(&self.reader)
-        .await?)
+        .fetch_all(ex)
+        .await)?)
     }
 
     /// Records the approval request a rollout waits for.
     pub async fn set_rollout_approval(&self, id: i64, approval: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE rollouts SET approval_id = ?, version = version + 1 WHERE id = ?")
-            .bind(approval)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
+        writing!(self, |ex| sqlx::query(
+            "UPDATE rollouts SET approval_id = $1, version = version + 1 WHERE id = $2"
+        )
+        .bind(approval)
+        .bind(id)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
     /// One rollout.
     pub async fn rollout(&self, id: i64) -> Result<Option<RolloutRow>, StoreError> {
-        Ok(sqlx::query_as(rollout_select!("WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?)
+        Ok(reading!(self, |ex| sqlx::query_as(rollout_select!(
+            "WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(ex)
+        .await)?)
     }
 
     /// One rollout, read through the writer (the latest committed state, for deciding).
     pub async fn rollout_for_update(&self, id: i64) -> Result<Option<RolloutRow>, StoreError> {
-        Ok(sqlx::query_as(rollout_select!("WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.writer)
-            .await?)
+        Ok(writing!(self, |ex| sqlx::query_as(rollout_select!(
+            "WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(ex)
+        .await)?)
     }
 
     /// Rollouts, newest first; only those in `status` when given, of `release_id` when given.
@@ -318,17 +332,17 @@ impl Store {
         release_id: Option<i64>,
         limit: i64,
     ) -> Result<Vec<RolloutRow>, StoreError> {
-        Ok(sqlx::query_as(rollout_select!(
-            "WHERE (? IS NULL OR status = ?) AND (? IS NULL OR release_id = ?) \
-             ORDER BY id DESC LIMIT ?"
+        Ok(reading!(self, |ex| sqlx::query_as(rollout_select!(
+            "WHERE ($1 IS NULL OR status = $2) AND ($3 IS NULL OR release_id = $4) \
+             ORDER BY id DESC LIMIT $5"
         ))
         .bind(status)
         .bind(status)
         .bind(release_id)
         .bind(release_id)
         .bind(limit)
-        .fetch_all(&self.reader)
-        .await?)
+        .fetch_all(ex)
+        .await)?)
     }
 
     /// Device counts by state of the rollouts `ids`.
@@ -336,15 +350,17 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut qb = sqlx::QueryBuilder::new(
-            "SELECT rollout_id, state, COUNT(*) AS n FROM rollout_devices WHERE rollout_id IN (",
-        );
-        let mut list = qb.separated(", ");
-        for id in ids {
-            list.push_bind(*id);
-        }
-        qb.push(") GROUP BY rollout_id, state");
-        Ok(qb.build_query_as().fetch_all(&self.reader).await?)
+        reading!(self, |ex| {
+            let mut qb = sqlx::QueryBuilder::<DB>::new(
+                "SELECT rollout_id, state, COUNT(*) AS n FROM rollout_devices WHERE rollout_id IN (",
+            );
+            let mut list = qb.separated(", ");
+            for id in ids {
+                list.push_bind(*id);
+            }
+            qb.push(") GROUP BY rollout_id, state");
+            Ok(qb.build_query_as().fetch_all(ex).await?)
+        })
     }
 
     /// A rollout's devices in rollout order; through the writer with `for_update`.
@@ -353,40 +369,41 @@ impl Store {
         id: i64,
         for_update: bool,
     ) -> Result<Vec<RolloutDeviceRow>, StoreError> {
-        let pool = if for_update {
-            &self.writer
-        } else {
-            &self.reader
-        };
-        Ok(
-            sqlx::query_as(device_select!("WHERE rollout_id = ? ORDER BY position"))
+        const SELECT: &str = device_select!("WHERE rollout_id = $1 ORDER BY position");
+        Ok(if for_update {
+            writing!(self, |ex| sqlx::query_as(SELECT)
                 .bind(id)
-                .fetch_all(pool)
-                .await?,
-        )
+                .fetch_all(ex)
+                .await)?
+        } else {
+            reading!(self, |ex| sqlx::query_as(SELECT)
+                .bind(id)
+                .fetch_all(ex)
+                .await)?
+        })
     }
 
     /// A rollout's history, oldest first.
     pub async fn rollout_events(&self, id: i64) -> Result<Vec<RolloutEventRow>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT at, actor, text FROM rollout_events WHERE rollout_id = ? ORDER BY at, rowid",
+        Ok(reading!(self, |ex| sqlx::query_as(
+            "SELECT at, actor, text FROM rollout_events WHERE rollout_id = $1 ORDER BY at, rowid",
         )
         .bind(id)
-        .fetch_all(&self.reader)
-        .await?)
+        .fetch_all(ex)
+        .await)?)
     }
 
     /// Rollouts the runner must look at: running or paused ones, and any with a device
     /// still in flight (a paused, aborted or completed rollout's stragglers finish).
     pub async fn active_rollouts(&self) -> Result<Vec<i64>, StoreError> {
-        Ok(sqlx::query_scalar(concat!(
+        Ok(writing!(self, |ex| sqlx::query_scalar(concat!(
             "SELECT r.id FROM rollouts r WHERE r.status IN ('running', 'paused') OR EXISTS ",
             "(SELECT 1 FROM rollout_devices d WHERE d.rollout_id = r.id AND d.state IN ",
             in_flight!(),
             ") ORDER BY r.id"
         ))
-        .fetch_all(&self.writer)
-        .await?)
+        .fetch_all(ex)
+        .await)?)
     }
 
     /// Writes a decided change: the rollout's fields (if it is still at `version`), each
@@ -407,10 +424,12 @@ impl Store {
         } = *save;
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        let current: Option<i64> = sqlx::query_scalar("SELECT version FROM rollouts WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let current: Option<i64> = in_tx!(tx, |ex| sqlx::query_scalar(
+            "SELECT version FROM rollouts WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_optional(ex)
+        .await)?;
         if current != Some(version) {
             return Ok(Saved::Stale);
         }
@@ -420,13 +439,13 @@ impl Store {
             return Ok(Saved::Stale);
         }
         for d in devices {
-            let r = sqlx::query(
-                "UPDATE rollout_devices SET state = ?, queued_at = ?, started_at = ?, \
-                 finished_at = ?, revertible = ?, command_id = COALESCE(?, command_id), \
-                 phase = CASE WHEN ? IS NULL THEN phase ELSE NULL END, \
-                 reason = CASE WHEN ? THEN ? ELSE reason END, \
-                 journal = CASE WHEN ? THEN ? ELSE journal END \
-                 WHERE rollout_id = ? AND device_id = ? AND state = ?",
+            let r = in_tx!(tx, |ex| sqlx::query(
+                "UPDATE rollout_devices SET state = $1, queued_at = $2, started_at = $3, \
+                 finished_at = $4, revertible = $5, command_id = COALESCE($6, command_id), \
+                 phase = CASE WHEN $7 IS NULL THEN phase ELSE NULL END, \
+                 reason = CASE WHEN $8 THEN $9 ELSE reason END, \
+                 journal = CASE WHEN $10 THEN $11 ELSE journal END \
+                 WHERE rollout_id = $12 AND device_id = $13 AND state = $14",
             )
             .bind(&d.state)
             .bind(d.queued_at)
@@ -442,9 +461,10 @@ impl Store {
             .bind(id)
             .bind(&d.device_id)
             .bind(&d.from)
-            .execute(&mut *tx)
-            .await?;
-            if r.rows_affected() != 1 {
+            .execute(ex)
+            .await
+            .map(|r| r.rows_affected()))?;
+            if r != 1 {
                 return Ok(Saved::Stale);
             }
             if let Some(command) = &d.cancel {
@@ -459,11 +479,14 @@ impl Store {
         }
         insert_command_rows(&mut tx, commands, now).await?;
         if fields.is_none() && !devices.is_empty() {
-            sqlx::query("UPDATE rollouts SET version = version + 1, updated_at = ? WHERE id = ?")
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            in_tx!(tx, |ex| sqlx::query(
+                "UPDATE rollouts SET version = version + 1, updated_at = $1 WHERE id = $2"
+            )
+            .bind(now)
+            .bind(id)
+            .execute(ex)
+            .await
+            .map(|r| r.rows_affected()))?;
         }
         if let Some(reason) = reason.filter(|r| !r.is_empty()) {
             insert_event(&mut tx, id, now, actor, reason).await?;
@@ -475,11 +498,14 @@ impl Store {
     /// Sets when the runner looks at a rollout next (no version change: nothing a person
     /// sees changed).
     pub async fn set_rollout_next_check(&self, id: i64, at: Option<i64>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE rollouts SET next_check_at = ? WHERE id = ?")
-            .bind(at)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
+        writing!(self, |ex| sqlx::query(
+            "UPDATE rollouts SET next_check_at = $1 WHERE id = $2"
+        )
+        .bind(at)
+        .bind(id)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -489,27 +515,27 @@ impl Store {
         &self,
         id: i64,
     ) -> Result<Vec<(String, String, Option<String>, Option<Vec<u8>>)>, StoreError> {
-        Ok(sqlx::query_as(concat!(
+        Ok(writing!(self, |ex| sqlx::query_as(concat!(
             "SELECT d.device_id, c.status, c.reason, c.stderr FROM rollout_devices d ",
-            "JOIN commands c ON c.id = d.command_id WHERE d.rollout_id = ? AND d.state IN ",
+            "JOIN commands c ON c.id = d.command_id WHERE d.rollout_id = $1 AND d.state IN ",
             "('queued', 'downloading', 'installing', 'reverting', 'unreachable', 'untouched', ",
             "'timed_out')"
         ))
         .bind(id)
-        .fetch_all(&self.writer)
-        .await?)
+        .fetch_all(ex)
+        .await)?)
     }
 }
 
 async fn insert_devices(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut Tx,
     id: i64,
     devices: &[NewRolloutDevice],
 ) -> Result<(), StoreError> {
     for d in devices {
-        sqlx::query(
+        in_tx!(*tx, |ex| sqlx::query(
             "INSERT INTO rollout_devices (rollout_id, device_id, position, batch, state, \
-             revertible, previous_release, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             revertible, previous_release, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(id)
         .bind(&d.device_id)
@@ -519,25 +545,26 @@ async fn insert_devices(
         .bind(d.revertible)
         .bind(d.previous_release)
         .bind(&d.reason)
-        .execute(&mut **tx)
-        .await?;
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
     }
     Ok(())
 }
 
 async fn update_rollout(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut Tx,
     id: i64,
     version: i64,
     f: &RolloutFields,
     reason: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let r = sqlx::query(
-        "UPDATE rollouts SET status = ?, batch = ?, pause_cause = ?, waiver_batch = ?, \
-         waiver_failures = ?, waiver_results = ?, revert_on_abort = ?, next_check_at = ?, \
-         reason = CASE WHEN ? = '' THEN reason ELSE ? END, version = version + 1, \
-         updated_at = ? WHERE id = ? AND version = ?",
+    let r = in_tx!(*tx, |ex| sqlx::query(
+        "UPDATE rollouts SET status = $1, batch = $2, pause_cause = $3, waiver_batch = $4, \
+         waiver_failures = $5, waiver_results = $6, revert_on_abort = $7, next_check_at = $8, \
+         reason = CASE WHEN $9 = '' THEN reason ELSE $10 END, version = version + 1, \
+         updated_at = $11 WHERE id = $12 AND version = $13",
     )
     .bind(&f.status)
     .bind(f.batch)
@@ -552,25 +579,29 @@ async fn update_rollout(
     .bind(now)
     .bind(id)
     .bind(version)
-    .execute(&mut **tx)
-    .await?;
-    Ok(r.rows_affected() == 1)
+    .execute(ex)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(r == 1)
 }
 
 async fn insert_event(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut Tx,
     id: i64,
     at: i64,
     actor: &str,
     text: &str,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO rollout_events (rollout_id, at, actor, text) VALUES (?, ?, ?, ?)")
-        .bind(id)
-        .bind(at)
-        .bind(actor)
-        .bind(text)
-        .execute(&mut **tx)
-        .await?;
+    in_tx!(*tx, |ex| sqlx::query(
+        "INSERT INTO rollout_events (rollout_id, at, actor, text) VALUES ($1, $2, $3, $4)"
+    )
+    .bind(id)
+    .bind(at)
+    .bind(actor)
+    .bind(text)
+    .execute(ex)
+    .await
+    .map(|r| r.rows_affected()))?;
     Ok(())
 }
 

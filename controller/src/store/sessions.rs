@@ -2,6 +2,7 @@
 //! of refresh tokens (a reused token ends the session), and the session check of every
 //! request.
 
+use crate::store::db::Tx;
 use std::sync::LazyLock;
 
 use super::{Store, StoreError, dialect, now_ms};
@@ -68,9 +69,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        sqlx::query(
+        in_tx!(tx, |ex| sqlx::query(
             "INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at, ip, \
-             user_agent) VALUES (?, ?, ?, ?, ?, ?, ?)",
+             user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(session_id)
         .bind(user_id)
@@ -79,14 +80,18 @@ impl Store {
         .bind(expires_at)
         .bind(ip)
         .bind(user_agent)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES (?, ?, ?)")
-            .bind(refresh_hash)
-            .bind(session_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        in_tx!(tx, |ex| sqlx::query(
+            "INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES ($1, $2, $3)"
+        )
+        .bind(refresh_hash)
+        .bind(session_id)
+        .bind(now)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         tx.commit().await?;
         Ok(())
     }
@@ -102,14 +107,16 @@ impl Store {
     ) -> Result<Refresh, StoreError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        let token: Option<PresentedToken> = sqlx::query_as(
+        let token: Option<PresentedToken> = in_tx!(tx, |ex| {
+            sqlx::query_as(
             "SELECT t.used_at, s.id AS sid, s.user_id, s.revoked_at, s.expires_at, u.disabled_at \
              FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id \
-             JOIN users u ON u.id = s.user_id WHERE t.hash = ?",
+             JOIN users u ON u.id = s.user_id WHERE t.hash = $1",
         )
         .bind(old_hash)
-        .fetch_optional(&mut *tx)
-        .await?;
+        .fetch_optional(ex)
+        .await
+        })?;
         let Some(PresentedToken {
             used_at: used,
             sid: session_id,
@@ -123,14 +130,15 @@ impl Store {
         };
         if used.is_some() {
             if revoked.is_none() {
-                sqlx::query(
-                    "UPDATE sessions SET revoked_at = ?, revoke_reason = 'refresh token reuse' \
-                     WHERE id = ?",
+                in_tx!(tx, |ex| sqlx::query(
+                    "UPDATE sessions SET revoked_at = $1, revoke_reason = 'refresh token reuse' \
+                     WHERE id = $2",
                 )
                 .bind(now)
                 .bind(&session_id)
-                .execute(&mut *tx)
-                .await?;
+                .execute(ex)
+                .await
+                .map(|r| r.rows_affected()))?;
                 tx.commit().await?;
             }
             return Ok(Refresh::Reused {
@@ -142,23 +150,32 @@ impl Store {
         if revoked.is_some() || expires <= now || disabled.is_some() {
             return Ok(Refresh::Invalid);
         }
-        sqlx::query("UPDATE refresh_tokens SET used_at = ? WHERE hash = ?")
-            .bind(now)
-            .bind(old_hash)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES (?, ?, ?)")
-            .bind(new_hash)
-            .bind(&session_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE sessions SET last_used_at = ?, ip = ? WHERE id = ?")
-            .bind(now)
-            .bind(ip)
-            .bind(&session_id)
-            .execute(&mut *tx)
-            .await?;
+        in_tx!(tx, |ex| sqlx::query(
+            "UPDATE refresh_tokens SET used_at = $1 WHERE hash = $2"
+        )
+        .bind(now)
+        .bind(old_hash)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        in_tx!(tx, |ex| sqlx::query(
+            "INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES ($1, $2, $3)"
+        )
+        .bind(new_hash)
+        .bind(&session_id)
+        .bind(now)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        in_tx!(tx, |ex| sqlx::query(
+            "UPDATE sessions SET last_used_at = $1, ip = $2 WHERE id = $3"
+        )
+        .bind(now)
+        .bind(ip)
+        .bind(&session_id)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         tx.commit().await?;
         Ok(Refresh::Rotated {
             session_id,
@@ -173,16 +190,16 @@ impl Store {
         user_id: i64,
         now: i64,
     ) -> Result<Option<SessionUser>, StoreError> {
-        let user: Option<LiveUser> = sqlx::query_as(
+        let user: Option<LiveUser> = reading!(self, |ex| sqlx::query_as(
             "SELECT u.name, u.role, u.must_change_password, u.mfa_enabled_at FROM sessions s \
-             JOIN users u ON u.id = s.user_id WHERE s.id = ? AND s.user_id = ? \
-             AND s.revoked_at IS NULL AND s.expires_at > ? AND u.disabled_at IS NULL",
+             JOIN users u ON u.id = s.user_id WHERE s.id = $1 AND s.user_id = $2 \
+             AND s.revoked_at IS NULL AND s.expires_at > $3 AND u.disabled_at IS NULL",
         )
         .bind(session_id)
         .bind(user_id)
         .bind(now)
-        .fetch_optional(&self.reader)
-        .await?;
+        .fetch_optional(ex)
+        .await)?;
         Ok(user.map(|u| SessionUser {
             user_id,
             name: u.name,
@@ -200,36 +217,37 @@ impl Store {
         session_id: &str,
         reason: &str,
     ) -> Result<bool, StoreError> {
-        let r = sqlx::query(
-            "UPDATE sessions SET revoked_at = ?, revoke_reason = ? \
-             WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
+        let r = writing!(self, |ex| sqlx::query(
+            "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 \
+             WHERE id = $3 AND user_id = $4 AND revoked_at IS NULL",
         )
         .bind(now_ms())
         .bind(reason)
         .bind(session_id)
         .bind(user_id)
-        .execute(&self.writer)
-        .await?;
-        Ok(r.rows_affected() == 1)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(r == 1)
     }
 
     /// The user's live sessions, newest first.
     pub async fn list_sessions(&self, user_id: i64) -> Result<Vec<SessionRow>, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(reading!(self, |ex| sqlx::query_as(
             "SELECT id, created_at, last_used_at, expires_at, ip, user_agent FROM sessions \
-             WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ? \
+             WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 \
              ORDER BY created_at DESC",
         )
         .bind(user_id)
         .bind(now_ms())
-        .fetch_all(&self.reader)
-        .await?)
+        .fetch_all(ex)
+        .await)?)
     }
 }
 
 /// Ends the user's live sessions, all but `keep`, inside a write transaction.
 pub(super) async fn revoke_sessions_where(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut Tx,
     user_id: i64,
     keep: Option<&str>,
     reason: &str,
@@ -237,17 +255,18 @@ pub(super) async fn revoke_sessions_where(
 ) -> Result<(), StoreError> {
     static REVOKE: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "UPDATE sessions SET revoked_at = ?, revoke_reason = ? \
-             WHERE user_id = ? AND revoked_at IS NULL AND id {} ?",
+            "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 \
+             WHERE user_id = $3 AND revoked_at IS NULL AND id {} $4",
             dialect::IS_DISTINCT_FROM
         )
     });
-    sqlx::query(REVOKE.as_str())
+    in_tx!(*tx, |ex| sqlx::query(REVOKE.as_str())
         .bind(now)
         .bind(reason)
         .bind(user_id)
         .bind(keep)
-        .execute(&mut **tx)
-        .await?;
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use sqlx::Connection;
 
-use super::{Store, StoreError, dialect, now_ms};
+use super::{Store, StoreError, db, dialect, now_ms};
 
 /// What a database copy holds, read for a backup's metadata and checked on restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub struct Corrupt(pub Vec<String>);
 /// The newest migration this binary knows; a copy with a newer one came from a newer
 /// controller and cannot be opened by this one.
 pub fn latest_schema_version() -> i64 {
-    dialect::latest_migration()
+    dialect::sqlite::latest_migration()
 }
 
 impl Store {
@@ -32,10 +32,15 @@ impl Store {
     /// while the controller keeps writing. It runs on a connection of its own, so the
     /// writer connection (ingest) is never held up by the copy.
     pub async fn snapshot_into(&self, dest: &Path) -> Result<(), StoreError> {
-        let opts = (*self.reader.connect_options()).clone().read_only(false);
+        let db::Db::Sqlite { reader, .. } = &self.db else {
+            return Err(StoreError::Unsupported(
+                "a PostgreSQL store is backed up with pg_dump (docs/SCALING.md), not by the controller",
+            ));
+        };
+        let opts = (*reader.connect_options()).clone().read_only(false);
         let mut conn = sqlx::SqliteConnection::connect_with(&opts).await?;
         let dest = dest.to_string_lossy().into_owned();
-        let done = sqlx::query(dialect::SNAPSHOT_INTO)
+        let done = sqlx::query(dialect::sqlite::SNAPSHOT_INTO)
             .bind(dest)
             .execute(&mut conn)
             .await;
@@ -47,8 +52,8 @@ impl Store {
 
 /// Runs `PRAGMA integrity_check` on a database copy, then reads what it holds.
 pub async fn check_copy(path: &Path) -> Result<Result<CopyInfo, Corrupt>, StoreError> {
-    let mut conn = dialect::open_file(path, true).await?;
-    let lines: Vec<String> = sqlx::query_scalar(dialect::INTEGRITY_CHECK)
+    let mut conn = dialect::sqlite::open_file(path, true).await?;
+    let lines: Vec<String> = sqlx::query_scalar(dialect::sqlite::INTEGRITY_CHECK)
         .fetch_all(&mut conn)
         .await?;
     if lines != ["ok"] {
@@ -79,9 +84,9 @@ pub async fn check_copy(path: &Path) -> Result<Result<CopyInfo, Corrupt>, StoreE
 /// count may let a few devices more enroll than before the loss, which is what they are
 /// for. Returns how many were revoked.
 pub async fn revoke_unused_tokens(path: &Path) -> Result<u64, StoreError> {
-    let mut conn = dialect::open_file(path, false).await?;
+    let mut conn = dialect::sqlite::open_file(path, false).await?;
     let r = sqlx::query(
-        "UPDATE enrollment_tokens SET revoked_at = ? \
+        "UPDATE enrollment_tokens SET revoked_at = $1 \
          WHERE used_at IS NULL AND revoked_at IS NULL AND max_uses IS NULL",
     )
     .bind(now_ms())
@@ -96,10 +101,10 @@ pub async fn revoke_unused_tokens(path: &Path) -> Result<u64, StoreError> {
 /// the controller had been down past their lifetime. Commands a device already accepted
 /// keep their state; its receipts still arrive. Returns how many were expired.
 pub async fn expire_waiting_commands(path: &Path) -> Result<u64, StoreError> {
-    let mut conn = dialect::open_file(path, false).await?;
+    let mut conn = dialect::sqlite::open_file(path, false).await?;
     let r = sqlx::query(
         "UPDATE commands SET status = 'expired', \
-         reason = 'the controller was restored from a backup', finished_at = ? \
+         reason = 'the controller was restored from a backup', finished_at = $1 \
          WHERE status IN ('queued', 'sent')",
     )
     .bind(now_ms())

@@ -4,10 +4,34 @@ use pifleet_shared::DeviceId;
 use pifleet_shared::proto::v1;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{IngestOp, Store};
+use super::{IngestOp, PgOptions, Store};
 
-/// A store on a fresh database in a temporary directory (kept while the guard lives).
-pub async fn store() -> (tempfile::TempDir, Store) {
+/// What keeps a test's database alive: its directory (SQLite), or nothing (a PostgreSQL
+/// database in the test process's shared cluster, which goes with the cluster).
+pub enum Guard {
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Server,
+}
+
+/// A store on a fresh database: SQLite in a temporary directory, or, when
+/// `PIFLEET_TEST_STORE=postgres`, a new database in a PostgreSQL cluster this test process
+/// starts (`scripts/check` runs the store's tests both ways).
+pub async fn store() -> (Guard, Store) {
+    if std::env::var("PIFLEET_TEST_STORE").as_deref() == Ok("postgres") {
+        let cluster = super::pg_cluster::shared().await.unwrap();
+        let url = cluster.fresh_database().await.unwrap();
+        let s = Store::open_postgres(&url, &PgOptions::default())
+            .await
+            .unwrap();
+        return (Guard::Server, s);
+    }
+    let (dir, s) = sqlite_store().await;
+    (Guard::Dir(dir), s)
+}
+
+/// A store on a fresh SQLite database, for what only SQLite has (query plans, file
+/// snapshots, its writer connection).
+pub async fn sqlite_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(&dir.path().join("db"), true).await.unwrap();
     (dir, s)
@@ -15,16 +39,17 @@ pub async fn store() -> (tempfile::TempDir, Store) {
 
 /// A device row written directly, enrolled at 1 s.
 pub async fn add_device(s: &Store, id: &str, labels: &str, hostname: Option<&str>, online: bool) {
-    sqlx::query(
-        "INSERT INTO devices (id, labels, enrolled_at, hostname, online) VALUES (?, ?, ?, ?, ?)",
+    writing!(s, |ex| sqlx::query(
+        "INSERT INTO devices (id, labels, enrolled_at, hostname, online) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(id)
     .bind(labels)
     .bind(1_000_i64)
     .bind(hostname)
-    .bind(i64::from(online))
-    .execute(&s.writer)
+    .bind(online)
+    .execute(ex)
     .await
+    .map(|r| r.rows_affected()))
     .unwrap();
 }
 
@@ -85,9 +110,13 @@ pub async fn telemetry(s: &Store, device: &str, samples: Vec<v1::Sample>) {
 }
 
 /// The query plan of a statement, one line per step.
+/// (SQLite's: plans are each database's own.)
 pub async fn plan(s: &Store, mut qb: QueryBuilder<Sqlite>) -> Vec<String> {
+    let super::db::Db::Sqlite { reader, .. } = &s.db else {
+        panic!("query plans are read from a SQLite store (testkit::sqlite_store)");
+    };
     qb.build()
-        .fetch_all(&s.reader)
+        .fetch_all(reader)
         .await
         .unwrap()
         .iter()

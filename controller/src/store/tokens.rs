@@ -9,7 +9,7 @@ use pifleet_shared::DeviceId;
 pub struct TokenRow {
     pub id: String,
     pub name: Option<String>,
-    #[sqlx(json)]
+    #[sqlx(try_from = "crate::store::db::JsonText<Labels>")]
     pub labels: Labels,
     pub created_at: i64,
     pub expires_at: i64,
@@ -37,7 +37,7 @@ macro_rules! token_select {
     };
 }
 /// The token with this secret hash.
-pub(super) const TOKEN_BY_SECRET: &str = token_select!("WHERE secret_hash = ?");
+pub(super) const TOKEN_BY_SECRET: &str = token_select!("WHERE secret_hash = $1");
 const TOKENS_NEWEST_FIRST: &str = token_select!("ORDER BY created_at DESC");
 
 /// A token to store.
@@ -60,9 +60,9 @@ pub struct NewToken<'a> {
 impl Store {
     /// Stores a new token by the hash of its secret.
     pub async fn insert_token(&self, t: &NewToken<'_>) -> Result<(), StoreError> {
-        sqlx::query(
+        writing!(self, |ex| sqlx::query(
             "INSERT INTO enrollment_tokens (id, secret_hash, name, labels, created_at, expires_at, \
-             max_uses, require_approval) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             max_uses, require_approval) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(t.id)
         .bind(t.secret_hash)
@@ -72,29 +72,31 @@ impl Store {
         .bind(t.expires_at)
         .bind(t.max_uses.map(i64::from))
         .bind(t.require_approval)
-        .execute(&self.writer)
-        .await?;
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
     /// All tokens, newest first.
     pub async fn list_tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
-        Ok(sqlx::query_as(TOKENS_NEWEST_FIRST)
-            .fetch_all(&self.reader)
-            .await?)
+        Ok(reading!(self, |ex| sqlx::query_as(TOKENS_NEWEST_FIRST)
+            .fetch_all(ex)
+            .await)?)
     }
 
     /// Revokes a token that can still enroll (an unused one, or a provisioning token: the
     /// devices it enrolled stay); returns false if there was no such token.
     pub async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query(
-            "UPDATE enrollment_tokens SET revoked_at = ? \
-             WHERE id = ? AND used_at IS NULL AND revoked_at IS NULL",
+        let r = writing!(self, |ex| sqlx::query(
+            "UPDATE enrollment_tokens SET revoked_at = $1 \
+             WHERE id = $2 AND used_at IS NULL AND revoked_at IS NULL",
         )
         .bind(now_ms())
         .bind(id)
-        .execute(&self.writer)
-        .await?;
-        Ok(r.rows_affected() == 1)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(r == 1)
     }
 }

@@ -2,6 +2,7 @@
 //! (bounded per device: the newest [`KEEP_PER_DEVICE`], none older than [`MAX_AGE_MS`]) and
 //! read for the device page and the device's metrics.
 
+use crate::store::db::Tx;
 use pifleet_shared::proto::v1;
 use sqlx::Row;
 
@@ -23,34 +24,36 @@ macro_rules! columns {
 /// Stores one event of `device` received at `now` and prunes the device's oldest, inside
 /// the ingest batch's transaction.
 pub(super) async fn insert(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut Tx,
     device: &str,
     ev: &v1::UnitEvent,
     now: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(concat!(
+    in_tx!(*tx, |ex| sqlx::query(concat!(
         "INSERT INTO unit_events (device_id, ",
         columns!(),
-        ") VALUES (?, ?, ?, ?, ?)"
+        ") VALUES ($1, $2, $3, $4, $5)"
     ))
     .bind(device)
     .bind(&ev.unit)
     .bind(ev.kind.as_str())
     .bind(unit_events::detail(&ev.kind))
     .bind(now)
-    .execute(&mut **tx)
-    .await?;
+    .execute(ex)
+    .await
+    .map(|r| r.rows_affected()))?;
     // The id of the oldest event to keep is the KEEP-th newest; with fewer, nothing goes.
-    sqlx::query(
-        "DELETE FROM unit_events WHERE device_id = ? AND (at < ? OR id < (SELECT id FROM \
-         unit_events WHERE device_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?))",
+    in_tx!(*tx, |ex| sqlx::query(
+        "DELETE FROM unit_events WHERE device_id = $1 AND (at < $2 OR id < (SELECT id FROM \
+         unit_events WHERE device_id = $3 ORDER BY id DESC LIMIT 1 OFFSET $4))",
     )
     .bind(device)
     .bind(now - MAX_AGE_MS)
     .bind(device)
     .bind(KEEP_PER_DEVICE - 1)
-    .execute(&mut **tx)
-    .await?;
+    .execute(ex)
+    .await
+    .map(|r| r.rows_affected()))?;
     Ok(())
 }
 
@@ -63,29 +66,31 @@ impl Store {
         limit: i64,
         now: i64,
     ) -> Result<UnitEvents, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM unit_events WHERE device_id = ? ORDER BY id DESC LIMIT ?"
-        ))
-        .bind(device)
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?;
-        let events = rows
-            .iter()
-            .map(|r| {
-                Ok(UnitEvent {
-                    unit: r.try_get("unit")?,
-                    kind: r.try_get("kind")?,
-                    detail: r.try_get("detail")?,
-                    at: r.try_get("at")?,
+        reading!(self, |ex| {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM unit_events WHERE device_id = $1 ORDER BY id DESC LIMIT $2"
+            ))
+            .bind(device)
+            .bind(limit)
+            .fetch_all(ex)
+            .await?;
+            let events = rows
+                .iter()
+                .map(|r| {
+                    Ok(UnitEvent {
+                        unit: r.try_get("unit")?,
+                        kind: r.try_get("kind")?,
+                        detail: r.try_get("detail")?,
+                        at: r.try_get("at")?,
+                    })
                 })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            Ok(UnitEvents {
+                events,
+                crash_looping: self.units_crash_looping(device, now).await?,
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        Ok(UnitEvents {
-            events,
-            crash_looping: self.units_crash_looping(device, now).await?,
         })
     }
 
@@ -97,23 +102,25 @@ impl Store {
         device: &str,
         now: i64,
     ) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT e.unit, e.kind FROM unit_events e WHERE e.device_id = ? AND e.at >= ? \
-             AND e.id = (SELECT MAX(l.id) FROM unit_events l WHERE l.device_id = e.device_id \
-             AND l.unit = e.unit) ORDER BY e.unit",
-        )
-        .bind(device)
-        .bind(now - CRASH_LOOP_RECENT_MS)
-        .fetch_all(&self.reader)
-        .await?;
-        let mut units = Vec::new();
-        for r in rows {
-            let kind: String = r.try_get("kind")?;
-            if unit_events::is_trouble(&kind) {
-                units.push(r.try_get("unit")?);
+        reading!(self, |ex| {
+            let rows = sqlx::query(
+                "SELECT e.unit, e.kind FROM unit_events e WHERE e.device_id = $1 AND e.at >= $2 \
+                 AND e.id = (SELECT MAX(l.id) FROM unit_events l WHERE l.device_id = e.device_id \
+                 AND l.unit = e.unit) ORDER BY e.unit",
+            )
+            .bind(device)
+            .bind(now - CRASH_LOOP_RECENT_MS)
+            .fetch_all(ex)
+            .await?;
+            let mut units = Vec::new();
+            for r in rows {
+                let kind: String = r.try_get("kind")?;
+                if unit_events::is_trouble(&kind) {
+                    units.push(r.try_get("unit")?);
+                }
             }
-        }
-        Ok(units)
+            Ok(units)
+        })
     }
 }
 

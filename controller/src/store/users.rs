@@ -2,9 +2,8 @@
 //! security settings (sessions and refresh tokens are in `sessions`, the lockout and the MFA
 //! step's acceptance in `attempts`).
 
-use sqlx::Sqlite;
+use crate::store::db::Tx;
 use sqlx::error::BoxDynError;
-use sqlx::sqlite::{SqliteTypeInfo, SqliteValueRef};
 
 use super::sessions::revoke_sessions_where;
 use super::{Store, StoreError, now_ms};
@@ -63,19 +62,25 @@ macro_rules! select_user {
 }
 
 /// Roles are stored by name; a name this version does not know gets the least rights.
-impl sqlx::Type<Sqlite> for Role {
-    fn type_info() -> SqliteTypeInfo {
-        <str as sqlx::Type<Sqlite>>::type_info()
+impl<DB: sqlx::Database> sqlx::Type<DB> for Role
+where
+    str: sqlx::Type<DB>,
+{
+    fn type_info() -> DB::TypeInfo {
+        <str as sqlx::Type<DB>>::type_info()
     }
 
-    fn compatible(ty: &SqliteTypeInfo) -> bool {
-        <str as sqlx::Type<Sqlite>>::compatible(ty)
+    fn compatible(ty: &DB::TypeInfo) -> bool {
+        <str as sqlx::Type<DB>>::compatible(ty)
     }
 }
 
-impl<'r> sqlx::Decode<'r, Sqlite> for Role {
-    fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
-        let name = <&str as sqlx::Decode<Sqlite>>::decode(value)?;
+impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for Role
+where
+    &'r str: sqlx::Decode<'r, DB>,
+{
+    fn decode(value: DB::ValueRef<'r>) -> Result<Self, BoxDynError> {
+        let name = <&str as sqlx::Decode<DB>>::decode(value)?;
         Ok(name.parse().unwrap_or(Role::Viewer))
     }
 }
@@ -90,42 +95,46 @@ impl Store {
         must_change_password: bool,
     ) -> Result<Result<i64, UserChange>, StoreError> {
         let now = now_ms();
-        let r = sqlx::query(
+        let id: Option<i64> = writing!(self, |ex| sqlx::query_scalar(
             "INSERT INTO users (name, role, password_hash, must_change_password, created_at, \
-             password_changed_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+             password_changed_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING \
+             RETURNING id",
         )
         .bind(name)
         .bind(role.as_str())
         .bind(password_hash)
-        .bind(i64::from(must_change_password))
+        .bind(must_change_password)
         .bind(now)
         .bind(now)
-        .execute(&self.writer)
-        .await?;
-        if r.rows_affected() == 0 {
-            return Ok(Err(UserChange::Exists(name.to_owned())));
-        }
-        Ok(Ok(r.last_insert_rowid()))
+        .fetch_optional(ex)
+        .await)?;
+        Ok(id.ok_or_else(|| UserChange::Exists(name.to_owned())))
     }
 
     pub async fn user_by_name(&self, name: &str) -> Result<Option<UserRow>, StoreError> {
-        Ok(sqlx::query_as(select_user!("WHERE name = ?"))
-            .bind(name)
-            .fetch_optional(&self.reader)
-            .await?)
+        Ok(reading!(self, |ex| sqlx::query_as(select_user!(
+            "WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(ex)
+        .await)?)
     }
 
     pub async fn user_by_id(&self, id: i64) -> Result<Option<UserRow>, StoreError> {
-        Ok(sqlx::query_as(select_user!("WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?)
+        Ok(reading!(self, |ex| sqlx::query_as(select_user!(
+            "WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(ex)
+        .await)?)
     }
 
     pub async fn list_users(&self) -> Result<Vec<UserRow>, StoreError> {
-        Ok(sqlx::query_as(select_user!("ORDER BY name"))
-            .fetch_all(&self.reader)
-            .await?)
+        Ok(reading!(self, |ex| sqlx::query_as(select_user!(
+            "ORDER BY name"
+        ))
+        .fetch_all(ex)
+        .await)?)
     }
 
     /// Changes role and/or disabled state in one transaction, refusing to leave no enabled
@@ -138,44 +147,54 @@ impl Store {
     ) -> Result<Result<UserRow, UserChange>, StoreError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        let user: Option<UserRow> = sqlx::query_as(select_user!("WHERE name = ?"))
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let user: Option<UserRow> =
+            in_tx!(tx, |ex| sqlx::query_as(select_user!("WHERE name = $1"))
+                .bind(name)
+                .fetch_optional(ex)
+                .await)?;
         let Some(user) = user else {
             return Ok(Err(UserChange::NoUser(name.to_owned())));
         };
         if let Some(role) = role {
-            sqlx::query("UPDATE users SET role = ? WHERE id = ?")
-                .bind(role.as_str())
-                .bind(user.id)
-                .execute(&mut *tx)
-                .await?;
+            in_tx!(tx, |ex| sqlx::query(
+                "UPDATE users SET role = $1 WHERE id = $2"
+            )
+            .bind(role.as_str())
+            .bind(user.id)
+            .execute(ex)
+            .await
+            .map(|r| r.rows_affected()))?;
         }
         match disabled {
             Some(true) => {
-                sqlx::query("UPDATE users SET disabled_at = COALESCE(disabled_at, ?) WHERE id = ?")
-                    .bind(now)
-                    .bind(user.id)
-                    .execute(&mut *tx)
-                    .await?;
+                in_tx!(tx, |ex| sqlx::query(
+                    "UPDATE users SET disabled_at = COALESCE(disabled_at, $1) WHERE id = $2"
+                )
+                .bind(now)
+                .bind(user.id)
+                .execute(ex)
+                .await
+                .map(|r| r.rows_affected()))?;
                 revoke_sessions_where(&mut tx, user.id, None, "user disabled", now).await?;
             }
             Some(false) => {
-                sqlx::query("UPDATE users SET disabled_at = NULL WHERE id = ?")
-                    .bind(user.id)
-                    .execute(&mut *tx)
-                    .await?;
+                in_tx!(tx, |ex| sqlx::query(
+                    "UPDATE users SET disabled_at = NULL WHERE id = $1"
+                )
+                .bind(user.id)
+                .execute(ex)
+                .await
+                .map(|r| r.rows_affected()))?;
             }
             None => {}
         }
         if user.role == Role::Admin && enabled_admins(&mut tx).await? == 0 {
             return Ok(Err(UserChange::LastAdmin)); // dropped: rolled back
         }
-        let updated: UserRow = sqlx::query_as(select_user!("WHERE id = ?"))
+        let updated: UserRow = in_tx!(tx, |ex| sqlx::query_as(select_user!("WHERE id = $1"))
             .bind(user.id)
-            .fetch_one(&mut *tx)
-            .await?;
+            .fetch_one(ex)
+            .await)?;
         tx.commit().await?;
         Ok(Ok(updated))
     }
@@ -184,11 +203,12 @@ impl Store {
     /// leave no enabled admin.
     pub async fn delete_user(&self, name: &str) -> Result<Result<(), UserChange>, StoreError> {
         let mut tx = self.write_tx().await?;
-        let role: Option<String> =
-            sqlx::query_scalar("DELETE FROM users WHERE name = ? RETURNING role")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let role: Option<String> = in_tx!(tx, |ex| sqlx::query_scalar(
+            "DELETE FROM users WHERE name = $1 RETURNING role"
+        )
+        .bind(name)
+        .fetch_optional(ex)
+        .await)?;
         let Some(role) = role else {
             return Ok(Err(UserChange::NoUser(name.to_owned())));
         };
@@ -210,16 +230,17 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "UPDATE users SET password_hash = ?, must_change_password = ?, \
-             password_changed_at = ? WHERE id = ?",
+        in_tx!(tx, |ex| sqlx::query(
+            "UPDATE users SET password_hash = $1, must_change_password = $2, \
+             password_changed_at = $3 WHERE id = $4",
         )
         .bind(hash)
-        .bind(i64::from(must_change))
+        .bind(must_change)
         .bind(now)
         .bind(user_id)
-        .execute(&mut *tx)
-        .await?;
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         revoke_sessions_where(&mut tx, user_id, keep_session, "password changed", now).await?;
         tx.commit().await?;
         Ok(())
@@ -227,11 +248,14 @@ impl Store {
 
     /// Replaces the stored hash after a sign-in with outdated argon2 parameters.
     pub async fn rehash_password(&self, user_id: i64, hash: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
-            .bind(hash)
-            .bind(user_id)
-            .execute(&self.writer)
-            .await?;
+        writing!(self, |ex| sqlx::query(
+            "UPDATE users SET password_hash = $1 WHERE id = $2"
+        )
+        .bind(hash)
+        .bind(user_id)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -239,11 +263,14 @@ impl Store {
 
     /// Starts TOTP enrolment with a secret that is not active until confirmed.
     pub async fn set_mfa_pending(&self, user_id: i64, secret: &[u8]) -> Result<(), StoreError> {
-        sqlx::query("UPDATE users SET mfa_pending_secret = ? WHERE id = ?")
-            .bind(secret)
-            .bind(user_id)
-            .execute(&self.writer)
-            .await?;
+        writing!(self, |ex| sqlx::query(
+            "UPDATE users SET mfa_pending_secret = $1 WHERE id = $2"
+        )
+        .bind(secret)
+        .bind(user_id)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -255,29 +282,36 @@ impl Store {
         recovery_hashes: &[String],
     ) -> Result<bool, StoreError> {
         let mut tx = self.write_tx().await?;
-        let r = sqlx::query(
+        let r = in_tx!(tx, |ex| sqlx::query(
             "UPDATE users SET mfa_secret = mfa_pending_secret, mfa_pending_secret = NULL, \
-             mfa_enabled_at = ?, mfa_last_step = ? \
-             WHERE id = ? AND mfa_pending_secret IS NOT NULL AND mfa_enabled_at IS NULL",
+             mfa_enabled_at = $1, mfa_last_step = $2 \
+             WHERE id = $3 AND mfa_pending_secret IS NOT NULL AND mfa_enabled_at IS NULL",
         )
         .bind(now_ms())
         .bind(step)
         .bind(user_id)
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() != 1 {
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        if r != 1 {
             return Ok(false);
         }
-        sqlx::query("DELETE FROM recovery_codes WHERE user_id = ?")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
+        in_tx!(tx, |ex| sqlx::query(
+            "DELETE FROM recovery_codes WHERE user_id = $1"
+        )
+        .bind(user_id)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         for h in recovery_hashes {
-            sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES (?, ?)")
-                .bind(user_id)
-                .bind(h)
-                .execute(&mut *tx)
-                .await?;
+            in_tx!(tx, |ex| sqlx::query(
+                "INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)"
+            )
+            .bind(user_id)
+            .bind(h)
+            .execute(ex)
+            .await
+            .map(|r| r.rows_affected()))?;
         }
         tx.commit().await?;
         Ok(true)
@@ -285,42 +319,47 @@ impl Store {
 
     /// Unused recovery codes left.
     pub async fn recovery_codes_left(&self, user_id: i64) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM recovery_codes WHERE user_id = ? AND used_at IS NULL",
+        Ok(reading!(self, |ex| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL",
         )
         .bind(user_id)
-        .fetch_one(&self.reader)
-        .await?)
+        .fetch_one(ex)
+        .await)?)
     }
 
     /// Turns MFA off for a user (admin reset). False for an unknown user.
     pub async fn reset_mfa(&self, name: &str) -> Result<bool, StoreError> {
         let mut tx = self.write_tx().await?;
-        let r = sqlx::query(
+        let r = in_tx!(tx, |ex| {
+            sqlx::query(
             "UPDATE users SET mfa_secret = NULL, mfa_pending_secret = NULL, mfa_enabled_at = NULL, \
-             mfa_last_step = NULL WHERE name = ?",
+             mfa_last_step = NULL WHERE name = $1",
         )
         .bind(name)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "DELETE FROM recovery_codes WHERE user_id = (SELECT id FROM users WHERE name = ?)",
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected())
+        })?;
+        in_tx!(tx, |ex| sqlx::query(
+            "DELETE FROM recovery_codes WHERE user_id = (SELECT id FROM users WHERE name = $1)",
         )
         .bind(name)
-        .execute(&mut *tx)
-        .await?;
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         tx.commit().await?;
-        Ok(r.rows_affected() == 1)
+        Ok(r == 1)
     }
 
     // ---- settings ----------------------------------------------------------------------
 
     /// Roles whose users must use MFA.
     pub async fn mfa_required_roles(&self) -> Result<Vec<Role>, StoreError> {
-        let v: Option<String> =
-            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'mfa_required_roles'")
-                .fetch_optional(&self.reader)
-                .await?;
+        let v: Option<String> = reading!(self, |ex| sqlx::query_scalar(
+            "SELECT value FROM meta WHERE key = 'mfa_required_roles'"
+        )
+        .fetch_optional(ex)
+        .await)?;
         Ok(match v {
             Some(v) => serde_json::from_str(&v)?,
             None => Vec::new(),
@@ -328,13 +367,14 @@ impl Store {
     }
 
     pub async fn set_mfa_required_roles(&self, roles: &[Role]) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO meta (key, value) VALUES ('mfa_required_roles', ?) \
+        writing!(self, |ex| sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('mfa_required_roles', $1) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         )
         .bind(serde_json::to_string(roles)?)
-        .execute(&self.writer)
-        .await?;
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 }
@@ -343,10 +383,10 @@ impl Store {
 pub(super) const ENABLED_ADMINS: &str =
     "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled_at IS NULL";
 
-async fn enabled_admins(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar(ENABLED_ADMINS)
-        .fetch_one(&mut **tx)
-        .await?)
+async fn enabled_admins(tx: &mut Tx) -> Result<i64, StoreError> {
+    Ok(in_tx!(*tx, |ex| sqlx::query_scalar(ENABLED_ADMINS)
+        .fetch_one(ex)
+        .await)?)
 }
 
 #[cfg(test)]
@@ -362,10 +402,13 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        sqlx::query("UPDATE users SET role = 'superuser' WHERE name = 'olga'")
-            .execute(&s.writer)
-            .await
-            .unwrap();
+        writing!(s, |ex| sqlx::query(
+            "UPDATE users SET role = 'superuser' WHERE name = 'olga'"
+        )
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
         let user = s.user_by_name("olga").await.unwrap().unwrap();
         assert_eq!(user.role, Role::Viewer);
     }

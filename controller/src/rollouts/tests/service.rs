@@ -2,6 +2,7 @@
 //! command receipts, operator actions, approval. Receipts are written as the dispatcher
 //! writes them; time is passed in, so deadlines need no waiting.
 
+use crate::store::db::{reading, writing};
 use std::time::Duration;
 
 use super::super::service::{self, Action, Actor, RolloutRequest};
@@ -26,38 +27,45 @@ fn lax() -> Policy {
 
 /// Releases 1 and 2 of `web`; devices pi-000… on release 1 (aarch64), and one that does
 /// not allowlist the app.
-async fn fleet(n: usize) -> (tempfile::TempDir, Store, i64) {
+async fn fleet(n: usize) -> (crate::store::testkit::Guard, Store, i64) {
     let (dir, s) = store().await;
     for release in [1_i64, 2] {
-        sqlx::query(
+        writing!(s, |ex| sqlx::query(
             "INSERT INTO releases (app, release, version, archive_sha256, archive_size, \
              unpacked_size, entries, arches, health, hooks, key_id, manifest_sha256, \
-             source_kind, created_at, created_by) VALUES ('web', ?, 'v', ?, 10, 10, 1, '[]', \
+             source_kind, created_at, created_by) VALUES ('web', $1, 'v', $2, 10, 10, 1, '[]', \
              '{\"start_timeout_s\":1,\"soak_s\":1,\"probe\":null,\"probe_passes\":1,\"probe_interval_s\":1}', \
-             '[]', '0000000000000000', ?, 'upload', 1, 'test')",
+             '[]', '0000000000000000', $3, 'upload', 1, 'test')",
         )
         .bind(release)
         .bind(format!("{release}").repeat(64))
         .bind(format!("{}", release + 4).repeat(64))
-        .execute(&s.writer)
+        .execute(ex)
         .await
+        .map(|r| r.rows_affected()))
         .unwrap();
     }
     for i in 0..n {
         let id = format!("pi-{i:03}");
         add_device(&s, &id, r#"{"site":"a"}"#, None, true).await;
-        sqlx::query("UPDATE devices SET arch = 'aarch64', apps = ? WHERE id = ?")
-            .bind(APPS_ON_1)
-            .bind(&id)
-            .execute(&s.writer)
-            .await
-            .unwrap();
+        writing!(s, |ex| sqlx::query(
+            "UPDATE devices SET arch = 'aarch64', apps = $1 WHERE id = $2"
+        )
+        .bind(APPS_ON_1)
+        .bind(&id)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
     }
     add_device(&s, "pi-other", r#"{"site":"a"}"#, None, true).await;
-    sqlx::query("UPDATE devices SET arch = 'aarch64', apps = '[]' WHERE id = 'pi-other'")
-        .execute(&s.writer)
-        .await
-        .unwrap();
+    writing!(s, |ex| sqlx::query(
+        "UPDATE devices SET arch = 'aarch64', apps = '[]' WHERE id = 'pi-other'"
+    )
+    .execute(ex)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
     (dir, s, 2)
 }
 
@@ -101,29 +109,30 @@ async fn state_of(s: &Store, id: i64, device: &str) -> String {
 
 /// The device's latest command: (id, kind, status).
 async fn command_of(s: &Store, device: &str) -> Option<(String, String, String)> {
-    sqlx::query_as(
-        "SELECT id, action_kind, status FROM commands WHERE device_id = ? \
+    reading!(s, |ex| sqlx::query_as(
+        "SELECT id, action_kind, status FROM commands WHERE device_id = $1 \
          ORDER BY created_at DESC, rowid DESC LIMIT 1",
     )
     .bind(device)
-    .fetch_optional(&s.reader)
-    .await
+    .fetch_optional(ex)
+    .await)
     .unwrap()
 }
 
 /// Writes a final receipt as the dispatcher would.
 async fn answer(s: &Store, device: &str, status: &str, reason: Option<&str>, journal: &str) {
     let (id, _, _) = command_of(s, device).await.unwrap();
-    sqlx::query(
-        "UPDATE commands SET status = ?, reason = ?, stderr = ?, finished_at = ? WHERE id = ?",
+    writing!(s, |ex| sqlx::query(
+        "UPDATE commands SET status = $1, reason = $2, stderr = $3, finished_at = $4 WHERE id = $5",
     )
     .bind(status)
     .bind(reason)
     .bind(journal.as_bytes())
     .bind(now_ms())
     .bind(id)
-    .execute(&s.writer)
+    .execute(ex)
     .await
+    .map(|r| r.rows_affected()))
     .unwrap();
 }
 

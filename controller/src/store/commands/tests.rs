@@ -1,12 +1,12 @@
 //! The paged command list, its query plan, and how stored output reads.
 
 use pifleet_shared::command::{Action, CommandId};
-use sqlx::{QueryBuilder, Sqlite};
+use sqlx::QueryBuilder;
 
 use super::{LISTING_COLUMNS, push_command_filter};
 use crate::model::commands::Status;
 use crate::store::NewCommand;
-use crate::store::testkit::{add_device, plan, store};
+use crate::store::testkit::{add_device, plan, sqlite_store, store};
 
 #[tokio::test]
 async fn command_pages() {
@@ -23,12 +23,15 @@ async fn command_pages() {
         };
         s.insert_commands(&[cmd]).await.unwrap();
         // Distinct creation times, oldest first.
-        sqlx::query("UPDATE commands SET created_at = ? WHERE id = ?")
-            .bind(i64::try_from(i).unwrap())
-            .bind(CommandId([u8::try_from(i).unwrap(); 16]).to_string())
-            .execute(&s.writer)
-            .await
-            .unwrap();
+        writing!(s, |ex| sqlx::query(
+            "UPDATE commands SET created_at = $1 WHERE id = $2"
+        )
+        .bind(i64::try_from(i).unwrap())
+        .bind(CommandId([u8::try_from(i).unwrap(); 16]).to_string())
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
     }
     let id = |i: u8| CommandId([i; 16]).to_string();
     let (total, rows) = s.command_page(None, None, None, 50, 0).await.unwrap();
@@ -74,8 +77,8 @@ async fn command_pages() {
 /// Command pages read through an index, newest first, without sorting.
 #[tokio::test]
 async fn the_command_page_plan_uses_an_index() {
-    let (_d, s) = store().await;
-    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("EXPLAIN QUERY PLAN SELECT ");
+    let (_d, s) = sqlite_store().await;
+    let mut qb: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new("EXPLAIN QUERY PLAN SELECT ");
     qb.push(LISTING_COLUMNS).push(" FROM commands");
     push_command_filter(&mut qb, None, None, None);
     qb.push(" ORDER BY created_at DESC, id DESC LIMIT 50 OFFSET 0");
@@ -101,13 +104,16 @@ async fn output_reads_as_lossy_text() {
     s.insert_commands(&[cmd]).await.unwrap();
     let row = s.command(&id.to_string()).await.unwrap().unwrap();
     assert_eq!((row.stdout, row.stderr), (None, None));
-    sqlx::query("UPDATE commands SET stdout = ?, stderr = ? WHERE id = ?")
-        .bind(b"ok \xe2\x82".as_slice())
-        .bind(b"".as_slice())
-        .bind(id.to_string())
-        .execute(&s.writer)
-        .await
-        .unwrap();
+    writing!(s, |ex| sqlx::query(
+        "UPDATE commands SET stdout = $1, stderr = $2 WHERE id = $3"
+    )
+    .bind(b"ok \xe2\x82".as_slice())
+    .bind(b"".as_slice())
+    .bind(id.to_string())
+    .execute(ex)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
     let row = s.command(&id.to_string()).await.unwrap().unwrap();
     assert_eq!(row.stdout.as_deref(), Some("ok \u{fffd}"));
     assert_eq!(row.stderr.as_deref(), Some(""));
@@ -128,11 +134,14 @@ async fn an_unknown_stored_status_is_a_decode_error() {
         answer_timeout_ms: 1_000,
     };
     s.insert_commands(&[cmd]).await.unwrap();
-    sqlx::query("UPDATE commands SET status = 'paused' WHERE id = ?")
-        .bind(id.to_string())
-        .execute(&s.writer)
-        .await
-        .unwrap();
+    writing!(s, |ex| sqlx::query(
+        "UPDATE commands SET status = 'paused' WHERE id = $1"
+    )
+    .bind(id.to_string())
+    .execute(ex)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
     let e = s.command(&id.to_string()).await.unwrap_err();
     assert!(
         e.to_string().contains(r#"unknown command status "paused""#),

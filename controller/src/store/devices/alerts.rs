@@ -3,7 +3,7 @@
 //! thresholds.
 
 use crate::model::devices::{DeviceAlert, DeviceStatus, DiskUsage};
-use crate::store::dialect;
+use crate::store::dialect::Dialect;
 
 /// Thresholds of [`DeviceAlert`], the same as the Prometheus alerts'.
 pub const ALERT_TEMPERATURE_C: f64 = 75.0;
@@ -45,16 +45,16 @@ pub fn device_alerts(
 
 /// The same test as [`device_alerts`] in SQL, over `d` (devices) joined with `t` (its latest
 /// sample), from the same constants.
-pub(super) fn alerting_sql() -> String {
-    let total = dialect::json_element_field("j", "total_bytes");
-    let used = dialect::as_float(&dialect::json_element_field("j", "used_bytes"));
-    let disk_full = dialect::json_array_any(
+pub(super) fn alerting_sql<DB: Dialect>() -> String {
+    let total = DB::json_element_number("j", "total_bytes");
+    let used = DB::json_element_number("j", "used_bytes");
+    let disk_full = DB::json_array_any(
         "t.disks",
         "j",
         &format!("{total} > 0 AND {used} / {total} > {ALERT_DISK_RATIO:?}"),
     );
     format!(
-        "d.revoked_at IS NULL AND d.online = 1 AND (t.temp_c > {ALERT_TEMPERATURE_C:?} \
+        "d.revoked_at IS NULL AND d.online = TRUE AND (t.temp_c > {ALERT_TEMPERATURE_C:?} \
          OR (COALESCE(t.throttled, 0) & {bits}) != 0 OR {disk_full})",
         bits = THROTTLED_UNDER_VOLTAGE | THROTTLED_NOW
     )

@@ -4,8 +4,10 @@
 //! closed enums.
 
 use pifleet_shared::proto::v1;
-use sqlx::types::Json;
-use sqlx::{QueryBuilder, Sqlite};
+use sqlx::QueryBuilder;
+
+use crate::store::db::JsonText;
+use crate::store::dialect::Dialect;
 
 use super::alerts::device_alerts;
 use crate::model::devices::{
@@ -24,35 +26,42 @@ pub(super) const SUMMARY_COLUMNS: &str = "d.id, d.labels, d.revoked_at, d.online
 pub(super) const SUMMARY_FROM: &str =
     " FROM devices d LEFT JOIN telemetry t ON t.device_id = d.id AND t.seq = d.last_seq";
 
-pub(super) fn push_device_filter(qb: &mut QueryBuilder<Sqlite>, f: &DeviceFilter) {
+pub(super) fn push_device_filter<DB: Dialect>(qb: &mut QueryBuilder<DB>, f: &DeviceFilter)
+where
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
     qb.push(" WHERE 1 = 1");
     if let Some(q) = &f.q {
         qb.push(" AND (");
-        dialect::push_contains_ci(qb, "d.id", q.clone());
+        DB::push_contains_ci(qb, "d.id", q.clone());
         qb.push(" OR ");
-        dialect::push_contains_ci(qb, "COALESCE(d.hostname, '')", q.clone());
+        DB::push_contains_ci(qb, "COALESCE(d.hostname, '')", q.clone());
         qb.push(")");
     }
     qb.push(match f.status {
         None => "",
         Some(DeviceStatus::Revoked) => " AND d.revoked_at IS NOT NULL",
-        Some(DeviceStatus::Online) => " AND d.revoked_at IS NULL AND d.online <> 0",
-        Some(DeviceStatus::Offline) => " AND d.revoked_at IS NULL AND d.online = 0",
+        Some(DeviceStatus::Online) => " AND d.revoked_at IS NULL AND d.online = TRUE",
+        Some(DeviceStatus::Offline) => " AND d.revoked_at IS NULL AND d.online = FALSE",
     });
     qb.push(match f.needs_review {
         None => "",
-        Some(true) => " AND d.needs_review <> 0",
-        Some(false) => " AND d.needs_review = 0",
+        Some(true) => " AND d.needs_review = TRUE",
+        Some(false) => " AND d.needs_review = FALSE",
     });
     for (k, v) in &f.labels {
         // Keys are validated label keys (no quotes), and bound anyway.
         qb.push(" AND ");
-        dialect::push_json_text(qb, "d.labels", k);
+        DB::push_json_text(qb, "d.labels", k);
         qb.push(" = ").push_bind(v.clone());
     }
 }
 
-pub(super) fn push_device_order(qb: &mut QueryBuilder<Sqlite>, sort: DeviceSort, order: SortOrder) {
+pub(super) fn push_device_order<DB: sqlx::Database>(
+    qb: &mut QueryBuilder<DB>,
+    sort: DeviceSort,
+    order: SortOrder,
+) {
     let dir = match order {
         SortOrder::Asc => "ASC",
         SortOrder::Desc => "DESC",
@@ -89,7 +98,7 @@ fn status_of(revoked_at: Option<i64>, online: bool) -> DeviceStatus {
 #[derive(sqlx::FromRow)]
 struct SummaryRow {
     id: String,
-    #[sqlx(json)]
+    #[sqlx(try_from = "crate::store::db::JsonText<Labels>")]
     labels: Labels,
     revoked_at: Option<i64>,
     online: bool,
@@ -103,7 +112,7 @@ struct SummaryRow {
     mem_total: Option<i64>,
     temp_c: Option<f64>,
     throttled: Option<i64>,
-    disks: Option<Json<Vec<DiskUsage>>>,
+    disks: Option<JsonText<Vec<DiskUsage>>>,
     uptime_s: Option<i64>,
     needs_review: bool,
     review_reason: Option<String>,
@@ -111,7 +120,7 @@ struct SummaryRow {
 
 impl From<SummaryRow> for DeviceSummary {
     fn from(r: SummaryRow) -> Self {
-        let disks = r.disks.map(|Json(d)| d);
+        let disks = r.disks.map(|JsonText(d)| d);
         let sum = |f: fn(&DiskUsage) -> u64| {
             disks
                 .as_ref()
@@ -160,18 +169,18 @@ struct DetailRow {
     first_seen: Option<i64>,
     last_seq: Option<i64>,
     hello_at: Option<i64>,
-    capabilities: Option<Json<v1::Capabilities>>,
+    capabilities: Option<JsonText<v1::Capabilities>>,
     capabilities_at: Option<i64>,
-    services: Option<Json<Vec<v1::ServiceState>>>,
+    services: Option<JsonText<Vec<v1::ServiceState>>>,
     services_at: Option<i64>,
 }
 
 /// The stored capabilities report (the agent's wire form) in the API's form.
 fn capabilities_of(
-    reported: Option<Json<v1::Capabilities>>,
+    reported: Option<JsonText<v1::Capabilities>>,
     at: Option<i64>,
 ) -> Option<DeviceCapabilities> {
-    let (Some(Json(c)), Some(at)) = (reported, at) else {
+    let (Some(JsonText(c)), Some(at)) = (reported, at) else {
         return None;
     };
     Some(DeviceCapabilities {
@@ -201,35 +210,39 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
-        qb.push(SUMMARY_COLUMNS)
-            .push(SUMMARY_FROM)
-            .push(" WHERE d.id IN (");
-        let mut list = qb.separated(", ");
-        for id in ids {
-            list.push_bind(id.clone());
-        }
-        qb.push(") ORDER BY d.id");
-        let rows: Vec<SummaryRow> = qb.build_query_as().fetch_all(&self.reader).await?;
-        Ok(rows.into_iter().map(DeviceSummary::from).collect())
+        reading!(self, |ex| {
+            let mut qb: QueryBuilder<DB> = QueryBuilder::new("SELECT ");
+            qb.push(SUMMARY_COLUMNS)
+                .push(SUMMARY_FROM)
+                .push(" WHERE d.id IN (");
+            let mut list = qb.separated(", ");
+            for id in ids {
+                list.push_bind(id.clone());
+            }
+            qb.push(") ORDER BY d.id");
+            let rows: Vec<SummaryRow> = qb.build_query_as().fetch_all(ex).await?;
+            Ok(rows.into_iter().map(DeviceSummary::from).collect())
+        })
     }
 
     /// One page of devices with their latest sample, and the number of matching devices.
     pub async fn device_page(&self, f: &DeviceFilter) -> Result<DevicePage, StoreError> {
-        let mut count: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT COUNT(*) FROM devices d");
-        push_device_filter(&mut count, f);
-        let total: i64 = count.build_query_scalar().fetch_one(&self.reader).await?;
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
-        qb.push(SUMMARY_COLUMNS).push(SUMMARY_FROM);
-        push_device_filter(&mut qb, f);
-        push_device_order(&mut qb, f.sort, f.order);
-        qb.push(" LIMIT ")
-            .push_bind(f.limit)
-            .push(" OFFSET ")
-            .push_bind(f.offset);
-        let rows: Vec<SummaryRow> = qb.build_query_as().fetch_all(&self.reader).await?;
-        let items = rows.into_iter().map(DeviceSummary::from).collect();
-        Ok(DevicePage { total, items })
+        reading!(self, |ex| {
+            let mut count: QueryBuilder<DB> = QueryBuilder::new("SELECT COUNT(*) FROM devices d");
+            push_device_filter(&mut count, f);
+            let total: i64 = count.build_query_scalar().fetch_one(ex).await?;
+            let mut qb: QueryBuilder<DB> = QueryBuilder::new("SELECT ");
+            qb.push(SUMMARY_COLUMNS).push(SUMMARY_FROM);
+            push_device_filter(&mut qb, f);
+            push_device_order(&mut qb, f.sort, f.order);
+            qb.push(" LIMIT ")
+                .push_bind(f.limit)
+                .push(" OFFSET ")
+                .push_bind(f.offset);
+            let rows: Vec<SummaryRow> = qb.build_query_as().fetch_all(ex).await?;
+            let items = rows.into_iter().map(DeviceSummary::from).collect();
+            Ok(DevicePage { total, items })
+        })
     }
 
     /// One device in full, with its certificates (newest first).
@@ -237,12 +250,12 @@ impl Store {
         let sql = format!(
             "SELECT {SUMMARY_COLUMNS}, d.os, d.kernel, d.arch, d.first_seen, d.last_seq, \
              d.hello_at, d.capabilities, d.capabilities_at, d.services, \
-             d.services_at{SUMMARY_FROM} WHERE d.id = ?"
+             d.services_at{SUMMARY_FROM} WHERE d.id = $1"
         );
-        let row: Option<DetailRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let row: Option<DetailRow> = reading!(self, |ex| sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
+            .fetch_optional(ex)
+            .await)?;
         let Some(r) = row else {
             return Ok(None);
         };
@@ -261,7 +274,7 @@ impl Store {
             capabilities: capabilities_of(r.capabilities, r.capabilities_at),
             services: r
                 .services
-                .map(|Json(s)| s)
+                .map(|JsonText(s)| s)
                 .unwrap_or_default()
                 .into_iter()
                 .map(|s| ServiceState {

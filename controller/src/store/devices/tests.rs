@@ -4,14 +4,14 @@ use std::time::Instant;
 
 use pifleet_shared::DeviceId;
 use pifleet_shared::proto::v1;
-use sqlx::{QueryBuilder, Sqlite};
+use sqlx::QueryBuilder;
 
 use super::summaries::{SUMMARY_COLUMNS, SUMMARY_FROM, push_device_filter, push_device_order};
 use crate::model::devices::{
     DeviceAlert, DeviceFilter, DeviceSort, DeviceStatus, FleetSummary, IntervalBounds,
     ServiceState, SortOrder,
 };
-use crate::store::testkit::{add_device, plan, sample, store, telemetry};
+use crate::store::testkit::{add_device, plan, sample, sqlite_store, store, telemetry};
 use crate::store::{IngestOp, Labels, Store};
 
 fn filter() -> DeviceFilter {
@@ -241,12 +241,13 @@ async fn device_list_filters_sorts_and_pages() {
 async fn device_detail_and_labels() {
     let (_d, s) = store().await;
     fleet(&s).await;
-    sqlx::query(
+    writing!(s, |ex| sqlx::query(
         "INSERT INTO certificates (serial, device_id, issued_at, not_after) VALUES \
          ('0a', 'pi-a', 1, 100), ('0b', 'pi-a', 2, 200)",
     )
-    .execute(&s.writer)
+    .execute(ex)
     .await
+    .map(|r| r.rows_affected()))
     .unwrap();
     let d = s.device_detail("pi-a").await.unwrap().unwrap();
     assert_eq!(d.summary.id, "pi-a");
@@ -274,16 +275,17 @@ async fn device_detail_and_labels() {
 /// The list stays fast with 10,000 devices (each with a sample), whatever the sort.
 #[tokio::test]
 async fn device_list_scales() {
-    let (_d, s) = store().await;
-    let mut tx = s.writer.begin().await.unwrap();
+    let (_d, s) = sqlite_store().await;
+    let mut tx = s.write_tx().await.unwrap();
     for i in 0..10_000 {
-        sqlx::query("INSERT INTO devices (id, labels, enrolled_at, hostname, online) VALUES (?, ?, 0, ?, ?)")
+        in_tx!(tx, |ex| sqlx::query("INSERT INTO devices (id, labels, enrolled_at, hostname, online) VALUES ($1, $2, 0, $3, $4)")
             .bind(format!("pi-{i:05}"))
             .bind(format!(r#"{{"site":"s{}"}}"#, i % 10))
             .bind(format!("host-{i}"))
-            .bind(i % 2)
-            .execute(&mut *tx)
+            .bind(i % 2 == 1)
+            .execute(ex)
             .await
+            .map(|r| r.rows_affected()))
             .unwrap();
     }
     tx.commit().await.unwrap();
@@ -294,7 +296,7 @@ async fn device_list_scales() {
         })
         .collect();
     s.write_batch(&ops).await.unwrap();
-    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("EXPLAIN QUERY PLAN SELECT ");
+    let mut qb: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new("EXPLAIN QUERY PLAN SELECT ");
     qb.push(SUMMARY_COLUMNS).push(SUMMARY_FROM);
     let f = DeviceFilter {
         sort: DeviceSort::Cpu,

@@ -8,11 +8,11 @@ use crate::store::{Store, StoreError};
 impl Store {
     /// Every unrevoked device's architecture and reported apps.
     pub async fn device_facts(&self) -> Result<Vec<DeviceFacts>, StoreError> {
-        Ok(
-            sqlx::query_as("SELECT id, arch, apps FROM devices WHERE revoked_at IS NULL")
-                .fetch_all(&self.reader)
-                .await?,
+        Ok(reading!(self, |ex| sqlx::query_as(
+            "SELECT id, arch, apps FROM devices WHERE revoked_at IS NULL"
         )
+        .fetch_all(ex)
+        .await)?)
     }
 
     /// The apps a device reported (JSON) and when; `None` for an unknown device.
@@ -20,12 +20,12 @@ impl Store {
         &self,
         device: &str,
     ) -> Result<Option<(Option<String>, Option<i64>)>, StoreError> {
-        Ok(
-            sqlx::query_as("SELECT apps, apps_at FROM devices WHERE id = ?")
-                .bind(device)
-                .fetch_optional(&self.reader)
-                .await?,
+        Ok(reading!(self, |ex| sqlx::query_as(
+            "SELECT apps, apps_at FROM devices WHERE id = $1"
         )
+        .bind(device)
+        .fetch_optional(ex)
+        .await)?)
     }
 
     /// The rollouts a device is in, newest first, with the rollout's app, release and status.
@@ -34,14 +34,14 @@ impl Store {
         device: &str,
         limit: i64,
     ) -> Result<Vec<DeviceRolloutRow>, StoreError> {
-        Ok(sqlx::query_as(concat!(
+        Ok(reading!(self, |ex| sqlx::query_as(concat!(
             "SELECT d.rollout_id, r.app, r.release, r.status, d.state, d.reason, d.journal, ",
             "d.finished_at FROM rollout_devices d JOIN rollouts r ON r.id = d.rollout_id ",
-            "WHERE d.device_id = ? ORDER BY d.rollout_id DESC LIMIT ?"
+            "WHERE d.device_id = $1 ORDER BY d.rollout_id DESC LIMIT $2"
         ))
         .bind(device)
         .bind(limit)
-        .fetch_all(&self.reader)
-        .await?)
+        .fetch_all(ex)
+        .await)?)
     }
 }

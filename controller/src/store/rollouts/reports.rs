@@ -3,17 +3,18 @@
 
 use super::insert_event;
 use crate::store::StoreError;
+use crate::store::db::Tx;
 
 /// Records a deploy's progress on the rollout device its command belongs to (the runner
 /// turns it into the device's state).
 pub(in crate::store) async fn record_progress(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut Tx,
     device: &str,
     p: &pifleet_shared::proto::v1::DeployProgress,
 ) -> Result<(), StoreError> {
-    sqlx::query(concat!(
-        "UPDATE rollout_devices SET phase = ?, bytes = ?, total = ? ",
-        "WHERE device_id = ? AND command_id = ? AND state IN ",
+    in_tx!(*tx, |ex| sqlx::query(concat!(
+        "UPDATE rollout_devices SET phase = $1, bytes = $2, total = $3 ",
+        "WHERE device_id = $4 AND command_id = $5 AND state IN ",
         "('queued', 'downloading', 'installing', 'unreachable', 'untouched', 'timed_out')"
     ))
     .bind(p.phase.as_str())
@@ -21,8 +22,9 @@ pub(in crate::store) async fn record_progress(
     .bind(crate::store::sql_int(p.total))
     .bind(device)
     .bind(p.command.to_string())
-    .execute(&mut **tx)
-    .await?;
+    .execute(ex)
+    .await
+    .map(|r| r.rows_affected()))?;
     Ok(())
 }
 
@@ -31,7 +33,7 @@ pub(in crate::store) async fn record_progress(
 /// rolled back, or failed unrecoverable when nothing could be restored. This is the
 /// engine's `healthy + rolled_back` move, done here because it needs no decision.
 pub(in crate::store) async fn record_guard_rollback(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut Tx,
     device: &str,
     g: &pifleet_shared::proto::v1::GuardRollback,
     now: i64,
@@ -46,20 +48,20 @@ pub(in crate::store) async fn record_guard_rollback(
         g.reason.chars().take(2000).collect::<String>()
     );
     let journal: String = g.journal.chars().take(8000).collect();
-    let ids: Vec<i64> = sqlx::query_scalar(concat!(
+    let ids: Vec<i64> = in_tx!(*tx, |ex| sqlx::query_scalar(concat!(
         "SELECT d.rollout_id FROM rollout_devices d JOIN rollouts r ON r.id = d.rollout_id ",
-        "WHERE d.device_id = ? AND r.app = ? AND r.release = ? AND d.state IN ",
+        "WHERE d.device_id = $1 AND r.app = $2 AND r.release = $3 AND d.state IN ",
         "('healthy', 'queued', 'downloading', 'installing')"
     ))
     .bind(device)
     .bind(&g.app)
     .bind(crate::store::sql_int(g.release))
-    .fetch_all(&mut **tx)
-    .await?;
+    .fetch_all(ex)
+    .await)?;
     for id in ids {
-        sqlx::query(
-            "UPDATE rollout_devices SET state = ?, finished_at = ?, reason = ?, journal = ? \
-             WHERE rollout_id = ? AND device_id = ?",
+        in_tx!(*tx, |ex| sqlx::query(
+            "UPDATE rollout_devices SET state = $1, finished_at = $2, reason = $3, journal = $4 \
+             WHERE rollout_id = $5 AND device_id = $6",
         )
         .bind(state)
         .bind(now)
@@ -67,13 +69,17 @@ pub(in crate::store) async fn record_guard_rollback(
         .bind(&journal)
         .bind(id)
         .bind(device)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query("UPDATE rollouts SET version = version + 1, updated_at = ? WHERE id = ?")
-            .bind(now)
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
+        in_tx!(*tx, |ex| sqlx::query(
+            "UPDATE rollouts SET version = version + 1, updated_at = $1 WHERE id = $2"
+        )
+        .bind(now)
+        .bind(id)
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))?;
         insert_event(tx, id, now, "device", &format!("{device}: {reason}")).await?;
     }
     Ok(())
