@@ -293,6 +293,36 @@ async fn concurrent_prepares_take_turns() {
     assert_eq!((a + b, a.min(b)), (6, 0));
 }
 
+/// A sample committed into the default partition while a prepare runs for its day (here:
+/// inserted before, committed after the prepare started) moves into the new day instead of
+/// failing the prepare. Its day is the first one the prepare makes: a later day would be
+/// safe anyway, behind the locks of the earlier days' DDL.
+#[tokio::test]
+async fn prepare_waits_for_samples_on_their_way_in() {
+    let pool = migrated(shared().await.unwrap()).await;
+    let start = NOW + 120 * DAY;
+    let mut ingest = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO telemetry (device_id, seq, ts, received_at, cpu_pct, load1, load5, load15, \
+         mem_total, mem_used, swap_total, swap_used, uptime_s, spool_dropped, spool_backlog, \
+         disks, nets) VALUES ('d1', 1, $1, $2, 0, 0, 0, 0, 1, 1, 0, 0, 1, 0, 0, '[]', '[]')",
+    )
+    .bind(start - DAY)
+    .bind(NOW)
+    .execute(&mut *ingest)
+    .await
+    .unwrap();
+    let prepared = tokio::spawn({
+        let pool = pool.clone();
+        async move { prepare(&pool, start, 3).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!prepared.is_finished(), "the prepare waits for the ingest");
+    ingest.commit().await.unwrap();
+    assert_eq!(prepared.await.unwrap(), 5);
+    assert_eq!(partition_of(&pool, 1).await, "telemetry_p20270404");
+}
+
 #[tokio::test]
 async fn a_killed_or_stopped_server_starts_again_with_its_data() {
     let cluster = PgCluster::start().await.unwrap();
