@@ -43,6 +43,7 @@ DEPS_CHECK=(
   "file file"
   "aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu"
   "/usr/aarch64-linux-gnu/lib/libc.so libc6-dev-arm64-cross"
+  "pg_ctlcluster postgresql"
 )
 NODE_MIN=20.19
 NODE_WHEEL_VERSION=24.19.0

@@ -29,6 +29,8 @@ mod devices;
 mod dialect;
 pub mod enrollment_requests;
 mod ingest;
+#[cfg(any(test, feature = "testkit"))]
+pub mod pg_cluster;
 mod release_keys;
 mod releases;
 pub mod review;
