@@ -116,6 +116,7 @@ CREATE INDEX telemetry_device_ts ON telemetry (device_id, ts);
 CREATE TABLE telemetry_default PARTITION OF telemetry DEFAULT;
 
 CREATE TABLE commands (
+    rowid             BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
     id                TEXT PRIMARY KEY,
     device_id         TEXT NOT NULL REFERENCES devices (id),
     action            TEXT NOT NULL,
@@ -268,7 +269,10 @@ CREATE TABLE approvals (
 );
 CREATE INDEX approvals_status ON approvals (status, created_at);
 
+-- `rowid` (here and in `commands` and `rollout_events`): SQLite's implicit row id, which the
+-- code reads (a token's numeric identity, the order of events written in the same ms).
 CREATE TABLE api_tokens (
+    rowid        BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
     id           TEXT PRIMARY KEY,
     name         TEXT NOT NULL UNIQUE,
     role         TEXT NOT NULL,
@@ -336,6 +340,7 @@ CREATE INDEX rollout_devices_command ON rollout_devices (command_id);
 CREATE INDEX rollout_devices_device ON rollout_devices (device_id);
 
 CREATE TABLE rollout_events (
+    rowid      BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
     rollout_id BIGINT NOT NULL REFERENCES rollouts (id),
     at         BIGINT NOT NULL,
     actor      TEXT NOT NULL,

@@ -99,7 +99,7 @@ impl Store {
     /// and the device is enrolled and not revoked.
     pub async fn device_cert_valid(&self, device: &str, serial: &str) -> Result<bool, StoreError> {
         let found: Option<i64> = reading!(self, |ex| sqlx::query_scalar(
-            "SELECT 1 FROM certificates c JOIN devices d ON d.id = c.device_id \
+            "SELECT CAST(1 AS BIGINT) FROM certificates c JOIN devices d ON d.id = c.device_id \
              WHERE c.serial = $1 AND c.device_id = $2 AND c.revoked_at IS NULL \
              AND d.revoked_at IS NULL",
         )
@@ -171,13 +171,15 @@ impl Store {
             Ok(v) => v,
             Err(e) => return Ok(Err(RenewError::Issue(e))),
         };
-        let reused: Option<i64> = in_tx!(tx, |ex| sqlx::query_scalar(
-            "SELECT 1 FROM certificates WHERE device_id = $1 AND public_key = $2 LIMIT 1",
+        let reused: Option<i64> = in_tx!(tx, |ex| {
+            sqlx::query_scalar(
+            "SELECT CAST(1 AS BIGINT) FROM certificates WHERE device_id = $1 AND public_key = $2 LIMIT 1",
         )
         .bind(device)
         .bind(&cert.public_key)
         .fetch_optional(ex)
-        .await)?;
+        .await
+        })?;
         if reused.is_some() {
             return Ok(Err(RenewError::Refused(RenewRefusal::KeyReused)));
         }

@@ -149,7 +149,7 @@ impl Store {
         // An unknown token (what a stranger guessing tokens sends) is refused from a
         // reader, without waiting for the write lock that ingest needs.
         let known: Option<i64> = reading!(self, |ex| sqlx::query_scalar(
-            "SELECT 1 FROM enrollment_tokens WHERE secret_hash = $1"
+            "SELECT CAST(1 AS BIGINT) FROM enrollment_tokens WHERE secret_hash = $1"
         )
         .bind(secret_hash)
         .fetch_optional(ex)

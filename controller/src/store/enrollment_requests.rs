@@ -97,14 +97,16 @@ pub(super) async fn holds_id(
     device_id: &str,
     key_fingerprint: &str,
 ) -> Result<bool, StoreError> {
-    let held: Option<i64> = in_tx!(*tx, |ex| sqlx::query_scalar(
-        "SELECT 1 FROM enrollment_requests WHERE device_id = $1 AND key_fingerprint <> $2 \
+    let held: Option<i64> = in_tx!(*tx, |ex| {
+        sqlx::query_scalar(
+        "SELECT CAST(1 AS BIGINT) FROM enrollment_requests WHERE device_id = $1 AND key_fingerprint <> $2 \
          AND status <> 'rejected' LIMIT 1",
     )
     .bind(device_id)
     .bind(key_fingerprint)
     .fetch_optional(ex)
-    .await)?;
+    .await
+    })?;
     Ok(held.is_some())
 }
 

@@ -256,15 +256,17 @@ impl ReleaseTx {
     /// that is not completed or aborted, or still has a device in flight. Read inside this
     /// write transaction, so a rollout cannot start on a release being deleted.
     pub async fn rollout_uses(&mut self, release_id: i64) -> Result<bool, StoreError> {
-        let used: Option<i64> = in_tx!(self.tx, |ex| sqlx::query_scalar(concat!(
-            "SELECT 1 FROM rollouts r WHERE r.release_id = $1 AND (r.status NOT IN ",
+        let used: Option<i64> = in_tx!(self.tx, |ex| {
+            sqlx::query_scalar(concat!(
+            "SELECT CAST(1 AS BIGINT) FROM rollouts r WHERE r.release_id = $1 AND (r.status NOT IN ",
             "('completed', 'aborted') OR EXISTS (SELECT 1 FROM rollout_devices d ",
             "WHERE d.rollout_id = r.id AND d.state IN ",
             "('queued', 'downloading', 'installing', 'reverting'))) LIMIT 1"
         ))
         .bind(release_id)
         .fetch_optional(ex)
-        .await)?;
+        .await
+        })?;
         Ok(used.is_some())
     }
 

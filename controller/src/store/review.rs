@@ -111,7 +111,7 @@ impl Store {
             Admission::Reregister => {
                 in_tx!(tx, |ex| sqlx::query(
                     "INSERT INTO devices (id, labels, enrolled_at, needs_review, review_reason) \
-                     VALUES ($1, '{}', $2, 1, $3)",
+                     VALUES ($1, '{}', $2, TRUE, $3)",
                 )
                 .bind(id)
                 .bind(now)

@@ -221,7 +221,7 @@ impl Store {
             sqlx::query_scalar(
             "INSERT INTO rollouts (release_id, app, release, selector, settings, status, batch, \
              revert_on_abort, version, reason, approval_id, created_by, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 0, 0, 0, $7, $8, $9, $10, $11) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, 0, FALSE, 0, $7, $8, $9, $10, $11) RETURNING id",
         )
         .bind(r.release_id)
         .bind(&app)

@@ -65,11 +65,14 @@ impl Store {
                      disk_used AS du, disk_total AS dt, net_rx AS rx, net_tx AS tx \
                    FROM telemetry WHERE device_id = $3 AND ts >= $1 AND ts < $4) \
                  SELECT b, COUNT(*) AS samples, AVG(cpu_pct) AS cpu_avg, \
-                   MAX(cpu_pct) AS cpu_max, AVG(load1) AS load1_avg, AVG(mem_used) AS mem_avg, \
+                   MAX(cpu_pct) AS cpu_max, AVG(load1) AS load1_avg, {} AS mem_avg, \
                    MAX(mem_total) AS mem_total, AVG(temp_c) AS temp_avg, \
-                   MAX(temp_c) AS temp_max, AVG(du) AS du_avg, {} AS dt_max, {} AS rx_max, \
+                   MAX(temp_c) AS temp_max, {} AS du_avg, {} AS dt_max, {} AS rx_max, \
                    {} AS tx_max \
                  FROM s GROUP BY b ORDER BY b",
+                // The average of integers is a float on SQLite, a NUMERIC on PostgreSQL.
+                dialect::as_float("AVG(mem_used)"),
+                dialect::as_float("AVG(du)"),
                 dialect::as_int64("MAX(dt)"),
                 dialect::as_int64("MAX(rx)"),
                 dialect::as_int64("MAX(tx)"),

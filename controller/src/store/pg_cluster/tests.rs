@@ -132,8 +132,15 @@ async fn the_schema_matches_sqlites_final_one() {
     .unwrap();
     let mut have = BTreeMap::new();
     let mut identity = BTreeSet::new();
+    let mut rowids = BTreeSet::new();
     for r in &rows {
         let (t, c): (String, String) = (r.get("t"), r.get("c"));
+        if c == "rowid" {
+            // SQLite's implicit row id, made a column where the code reads it.
+            assert_eq!(r.get::<String, _>("identity"), "YES", "{t}.rowid");
+            rowids.insert(t);
+            continue;
+        }
         if r.get::<String, _>("identity") == "YES" {
             identity.insert((t.clone(), c.clone()));
         }
@@ -143,6 +150,14 @@ async fn the_schema_matches_sqlites_final_one() {
     assert_eq!(have, want);
     assert_eq!(identity, want_identity);
     assert_eq!(identity.len(), 5, "{identity:?}");
+    assert_eq!(
+        rowids,
+        BTreeSet::from([
+            "api_tokens".to_owned(),
+            "commands".to_owned(),
+            "rollout_events".to_owned()
+        ])
+    );
 
     let pg_indexes: BTreeSet<String> = sqlx::query_scalar(
         "SELECT i.relname::text FROM pg_index x \
