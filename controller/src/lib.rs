@@ -8,6 +8,7 @@ pub mod auth;
 pub mod backup;
 pub mod commands;
 pub mod config;
+pub mod database;
 pub mod datadir;
 pub mod demo;
 pub mod enroll;

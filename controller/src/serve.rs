@@ -46,6 +46,8 @@ pub enum ServeError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
+    OpenStore(#[from] crate::database::OpenError),
+    #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
@@ -148,7 +150,10 @@ impl Controller {
             cfg.https.listen = a;
         }
         let ca = Ca::load(&dd)?;
-        let store = Store::open_with(&dd.database(), false, cfg.store.busy_timeout()).await?;
+        let store = crate::database::open(&dd, &cfg.store, false).await?;
+        store
+            .prepare_telemetry_partitions(PARTITION_DAYS_AHEAD)
+            .await?;
         // The CRL converges to the database before the gateway reads it.
         let published = crl::publish(&dd, &store, &ca, cfg.pki.crl_next_update_days).await?;
         tracing::info!(
@@ -407,7 +412,11 @@ impl Controller {
             "retention",
             retention(self.store.clone(), self.cfg.clone(), shutdown.clone()),
         );
-        if self.cfg.backup.enabled {
+        if self.cfg.backup.enabled && self.store.backend() == crate::store::Backend::Postgres {
+            // The fleet is PostgreSQL's to back up (pg_dump or the operator's own backups,
+            // with the key directory: docs/SCALING.md).
+            tracing::info!("scheduled backups are off: the store is PostgreSQL");
+        } else if self.cfg.backup.enabled {
             tasks.spawn(
                 "backup",
                 crate::backup::schedule::run(
@@ -475,6 +484,10 @@ async fn limiter_gc(state: api::AppState, shutdown: CancellationToken) -> TaskRe
     }
 }
 
+/// Days of telemetry partitions made ahead on PostgreSQL (at start and at each retention
+/// pass, which runs at least daily): samples always find their day's partition.
+const PARTITION_DAYS_AHEAD: i32 = 3;
+
 /// Deletes telemetry past `telemetry.retention_days`; a failure is retried at the next
 /// interval, a broken database ends the task.
 async fn retention(store: Store, cfg: Config, shutdown: CancellationToken) -> TaskResult {
@@ -483,6 +496,12 @@ async fn retention(store: Store, cfg: Config, shutdown: CancellationToken) -> Ta
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
+        }
+        if let Err(e) = store
+            .prepare_telemetry_partitions(PARTITION_DAYS_AHEAD)
+            .await
+        {
+            tracing::error!(error = %e, "telemetry partitions could not be prepared");
         }
         let keep_ms = i64::from(cfg.telemetry.retention_days) * 86_400_000;
         match store.apply_retention(now_ms() - keep_ms).await {

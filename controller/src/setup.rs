@@ -20,7 +20,7 @@ use crate::auth::users::{self, UserError};
 use crate::config::{self, Config};
 use crate::datadir::{DataDir, DataDirError, write_private};
 use crate::pki::{self, Ca, crl};
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 
 /// Why a data dir could not be made or its secrets not be read.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +29,8 @@ pub enum SetupError {
     DataDir(#[from] DataDirError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("database: {0}")]
+    Database(String),
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
     #[error("publishing the CRL: {0}")]
@@ -84,11 +86,32 @@ pub async fn init(
     hostnames: &[String],
     ca: Option<Ca>,
 ) -> Result<InitReport, SetupError> {
+    init_with(root, hostnames, ca, None).await
+}
+
+/// The PostgreSQL database `init` puts the fleet in, instead of the data dir's SQLite file.
+#[derive(Debug, Clone)]
+pub struct StoreChoice {
+    /// `store.url` (no password in it).
+    pub url: String,
+    /// `store.password_file`, if the password is not in `PIFLEET_STORE_PASSWORD`.
+    pub password_file: Option<std::path::PathBuf>,
+}
+
+/// [`init`], with the fleet in the PostgreSQL database `store` names, when given: the
+/// configuration written names it, and the database must hold no fleet yet (a further
+/// replica is set up from a copy of the first one's data dir, not by `init`).
+pub async fn init_with(
+    root: &Path,
+    hostnames: &[String],
+    ca: Option<Ca>,
+    store: Option<&StoreChoice>,
+) -> Result<InitReport, SetupError> {
     let target = DataDir::new(root);
     let existed = root.is_dir();
     target.create_new()?; // refuses an existing non-empty dir
     if existed {
-        return init_in_place(&target, hostnames, ca).await;
+        return init_in_place(&target, hostnames, ca, store).await;
     }
     let parent = root.parent().unwrap_or(Path::new("."));
     let name = root
@@ -98,7 +121,7 @@ pub async fn init(
     let staging = DataDir::new(parent.join(format!(".{name}.init-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(staging.root());
     staging.create_new()?;
-    let report = match populate(&staging, hostnames, ca).await {
+    let report = match populate(&staging, hostnames, ca, store).await {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_dir_all(staging.root());
@@ -118,6 +141,7 @@ async fn init_in_place(
     target: &DataDir,
     hostnames: &[String],
     ca: Option<Ca>,
+    store: Option<&StoreChoice>,
 ) -> Result<InitReport, SetupError> {
     let root = target.root();
     let io = |path: &Path| {
@@ -129,7 +153,7 @@ async fn init_in_place(
     let staging = DataDir::new(root.join(format!(".init-{}", std::process::id())));
     let done = async {
         staging.create_new()?;
-        let report = populate(&staging, hostnames, ca).await?;
+        let report = populate(&staging, hostnames, ca, store).await?;
         let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(staging.root())
             .and_then(|entries| entries.map(|e| e.map(|e| e.file_name())).collect())
             .map_err(io(staging.root()))?;
@@ -155,6 +179,19 @@ async fn init_in_place(
     done
 }
 
+/// The default configuration with `[store]` naming the PostgreSQL database.
+fn with_store(default: &str, choice: &StoreChoice) -> String {
+    let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let mut lines = format!("url = {}\n", quote(&choice.url));
+    if let Some(f) = &choice.password_file {
+        lines.push_str(&format!(
+            "password_file = {}\n",
+            quote(&f.to_string_lossy())
+        ));
+    }
+    default.replacen("[store]\n", &format!("[store]\n{lines}"), 1)
+}
+
 /// What `init` made that the operator must see once.
 #[derive(Debug)]
 pub struct InitReport {
@@ -173,6 +210,7 @@ async fn populate(
     dd: &DataDir,
     hostnames: &[String],
     ca: Option<Ca>,
+    store: Option<&StoreChoice>,
 ) -> Result<InitReport, SetupError> {
     let label = hostnames
         .first()
@@ -196,9 +234,22 @@ async fn populate(
         .map_err(|e| SetupError::AccessTokenKey(e.to_string()))?;
     write_private(&dd.scrape_token(), new_scrape_token().as_bytes())?;
 
-    write_private(&dd.config(), config::DEFAULT_TOML.as_bytes())?;
-    let cfg = Config::parse(config::DEFAULT_TOML, &dd.config())?;
-    let store = Store::open(&dd.database(), true).await?;
+    let text = match store {
+        None => config::DEFAULT_TOML.to_owned(),
+        Some(choice) => with_store(config::DEFAULT_TOML, choice),
+    };
+    let cfg = Config::parse(&text, &dd.config())?;
+    write_private(&dd.config(), text.as_bytes())?;
+    let store = crate::database::open(dd, &cfg.store, true)
+        .await
+        .map_err(|e| SetupError::Database(e.to_string()))?;
+    if cfg.store.url.is_some() && !store.list_users().await?.is_empty() {
+        return Err(SetupError::Database(
+            "the database already holds a fleet: set up a further controller from a copy of \
+             the first one's data dir (docs/SCALING.md), not with init"
+                .into(),
+        ));
+    }
     crl::publish(dd, &store, &ca, cfg.pki.crl_next_update_days).await?;
     let passwords =
         Passwords::new(cfg.auth.argon2_cost()).map_err(|e| UserError::Hash(e.to_string()))?;

@@ -66,6 +66,15 @@ pub enum Command {
         /// The intermediate CA's private key (PEM, PKCS#8); copied into the data dir 0600.
         #[arg(long, requires = "ca_cert")]
         ca_key: Option<PathBuf>,
+        /// Keep the fleet in this PostgreSQL database (postgres://user@host:port/db, no
+        /// password) instead of the data dir's SQLite file: the scale-out mode. The
+        /// password comes from --store-password-file or PIFLEET_STORE_PASSWORD.
+        #[arg(long)]
+        store_url: Option<String>,
+        /// The file holding the PostgreSQL password (written into the config as
+        /// store.password_file).
+        #[arg(long, requires = "store_url")]
+        store_password_file: Option<PathBuf>,
     },
     /// Run the controller.
     Serve {
@@ -150,7 +159,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             hostnames,
             ca_cert,
             ca_key,
-        } => init(&dir, &hostnames, ca_cert.zip(ca_key)).await?,
+            store_url,
+            store_password_file,
+        } => {
+            let store = store_url.map(|url| setup::StoreChoice {
+                url,
+                password_file: store_password_file,
+            });
+            init(&dir, &hostnames, ca_cert.zip(ca_key), store.as_ref()).await?
+        }
         Command::Serve {
             dir,
             mqtt_listen,
@@ -187,6 +204,7 @@ async fn init(
     dir: &DataDirArg,
     hostnames: &[String],
     ca: Option<(PathBuf, PathBuf)>,
+    store: Option<&setup::StoreChoice>,
 ) -> anyhow::Result<()> {
     let intermediate = match &ca {
         Some((cert, key)) => {
@@ -199,7 +217,7 @@ async fn init(
         }
         None => None,
     };
-    let report = setup::init(&dir.data_dir, hostnames, intermediate).await?;
+    let report = setup::init_with(&dir.data_dir, hostnames, intermediate, store).await?;
     let path = dir.data_dir.display();
     println!("Initialised {path}");
     if ca.is_some() {
@@ -217,6 +235,9 @@ async fn init(
         report.admin_name, report.admin_password
     );
     println!("  (shown only now; it must be changed at the first sign-in)");
+    if let Some(s) = store {
+        println!("  The fleet is in PostgreSQL: {}", s.url);
+    }
     println!("  Edit {path}/config.toml, then run:");
     println!("    pifleet-controller serve --data-dir {path}");
     Ok(())
@@ -235,7 +256,7 @@ pub async fn open(dir: &DataDirArg) -> anyhow::Result<Opened> {
     let dd = DataDir::new(&dir.data_dir);
     dd.check()?;
     let cfg = Config::load(&dd.config())?;
-    let store = Store::open_with(&dd.database(), false, cfg.store.busy_timeout()).await?;
+    let store = pifleet_controller::database::open(&dd, &cfg.store, false).await?;
     Ok(Opened { dd, cfg, store })
 }
 

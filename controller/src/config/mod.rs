@@ -136,6 +136,16 @@ impl Config {
             "store.retry_max_ms must be 100..=3600000",
         );
         check(
+            (1..=1_000).contains(&self.store.max_connections),
+            "store.max_connections must be 1..=1000",
+        );
+        if let Some(url) = &self.store.url {
+            check(
+                sections::store_url_problem(url).is_none(),
+                sections::store_url_problem(url).unwrap_or_default(),
+            );
+        }
+        check(
             (50..=60_000).contains(&self.mqtt.crl_poll_ms),
             "mqtt.crl_poll_ms must be 50..=60000",
         );

@@ -55,6 +55,14 @@ pub struct StoreConfig {
     /// Longest pause between retries of a database write that keeps failing (a locked or
     /// full disk); meanwhile the controller reports itself not ready.
     pub retry_max_ms: u64,
+    /// A PostgreSQL database (`postgres://user@host:port/db`) instead of the data dir's
+    /// SQLite file: the scale-out mode (docs/SCALING.md). Never with a password in it.
+    pub url: Option<String>,
+    /// The file holding the PostgreSQL password (one line); else `PIFLEET_STORE_PASSWORD`
+    /// from the environment, else none (peer or certificate authentication).
+    pub password_file: Option<std::path::PathBuf>,
+    /// Connections to PostgreSQL this controller keeps at most.
+    pub max_connections: u32,
 }
 
 impl Default for StoreConfig {
@@ -62,8 +70,35 @@ impl Default for StoreConfig {
         Self {
             busy_timeout_ms: 10_000,
             retry_max_ms: 30_000,
+            url: None,
+            password_file: None,
+            max_connections: 16,
         }
     }
+}
+
+/// What is wrong with a `store.url`, if anything: it must be a PostgreSQL URL, and a
+/// password must not be in it (the configuration file is not a secret store).
+pub fn store_url_problem(url: &str) -> Option<&'static str> {
+    let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    else {
+        return Some("store.url must start with postgres:// (PostgreSQL is the only other store)");
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let user_info = authority
+        .rsplit_once('@')
+        .map(|(u, _)| u)
+        .unwrap_or_default();
+    let query = rest.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    if user_info.contains(':') || query.split('&').any(|kv| kv.starts_with("password=")) {
+        return Some(
+            "store.url must not carry a password: put it in store.password_file or \
+             PIFLEET_STORE_PASSWORD",
+        );
+    }
+    None
 }
 
 impl StoreConfig {

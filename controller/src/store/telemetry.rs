@@ -5,6 +5,7 @@ use std::sync::LazyLock;
 
 use sqlx::Row;
 
+use super::db::Db;
 use super::{Store, StoreError, dialect};
 use crate::model::devices::{HistoryPlan, HistoryPoint, TelemetrySample};
 
@@ -112,15 +113,25 @@ impl Store {
     /// Deletes telemetry received before `cutoff_ms`, one hour of data per statement so the
     /// writer is never held for long. Returns the number of rows deleted.
     pub async fn apply_retention(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        if let Db::Postgres { pool } = &self.db {
+            // Whole days of samples go with their partitions (no row-by-row delete, no
+            // bloat); what is left before the cutoff (late samples, the default partition)
+            // is deleted below like on SQLite.
+            let dropped: i64 = sqlx::query_scalar("SELECT pifleet_telemetry_drop_before($1)")
+                .bind(cutoff_ms)
+                .fetch_one(pool)
+                .await?;
+            deleted += u64::try_from(dropped).unwrap_or(0);
+        }
         let oldest: Option<i64> = reading!(self, |ex| sqlx::query_scalar(
             "SELECT MIN(received_at) FROM telemetry"
         )
         .fetch_one(ex)
         .await)?;
         let Some(mut from) = oldest else {
-            return Ok(0);
+            return Ok(deleted);
         };
-        let mut deleted = 0;
         while from < cutoff_ms {
             let to = (from + 3_600_000).min(cutoff_ms);
             let r = writing!(self, |ex| sqlx::query(
@@ -134,6 +145,22 @@ impl Store {
             from = to;
         }
         Ok(deleted)
+    }
+
+    /// Makes sure the telemetry partitions for yesterday, today and the next `days_ahead`
+    /// days exist (PostgreSQL; SQLite has one table). Safe from several replicas at once.
+    pub async fn prepare_telemetry_partitions(&self, days_ahead: i32) -> Result<(), StoreError> {
+        if let Db::Postgres { pool } = &self.db {
+            let created: i32 = sqlx::query_scalar("SELECT pifleet_telemetry_prepare($1, $2)")
+                .bind(super::now_ms())
+                .bind(days_ahead)
+                .fetch_one(pool)
+                .await?;
+            if created > 0 {
+                tracing::info!(created, "telemetry partitions created");
+            }
+        }
+        Ok(())
     }
 
     /// Sequence numbers stored for a device, ascending (for tests and tools).
