@@ -1,0 +1,88 @@
+//! A revocation that reaches the broker: its `crlfile` rewritten from the data dir's CRL
+//! (atomically, keeping the mode and owner it was generated with) and the broker told to
+//! reload it, then the device's live session ended.
+//!
+//! Mosquitto 2.0.11 re-reads `crlfile` when it receives SIGHUP (its reload also re-reads
+//! the ACL files and the server certificate): handshakes after the signal are checked
+//! against the new CRL. It does not look at clients already connected, hence the kick.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use pifleet_shared::DeviceId;
+
+use super::kick::{ControllerClientConfig, kick};
+use super::mosquitto::BrokerDir;
+use super::write::replace_keeping_owner;
+use super::{BrokerError, io};
+use crate::datadir::DataDir;
+
+/// How to find the running broker.
+#[derive(Debug, Clone)]
+pub enum BrokerProcess {
+    /// Its pid file (`pid_file` of the generated configuration).
+    PidFile(PathBuf),
+    Pid(i32),
+}
+
+impl BrokerProcess {
+    /// The broker's pid.
+    pub fn pid(&self) -> Result<i32, BrokerError> {
+        match self {
+            Self::Pid(pid) => Ok(*pid),
+            Self::PidFile(path) => {
+                let text = std::fs::read_to_string(path).map_err(io(path))?;
+                let pid = text
+                    .trim()
+                    .parse::<i32>()
+                    .ok()
+                    .filter(|p| *p > 1)
+                    .ok_or_else(|| BrokerError::PidFile {
+                        path: path.clone(),
+                        why: format!("{:?} is not a process id", text.trim()),
+                    })?;
+                Ok(pid)
+            }
+        }
+    }
+}
+
+/// Copies the data dir's CRL over the broker's `crl.pem`, atomically. The CRL is public;
+/// a new file is 0644.
+pub fn sync_crl(dd: &DataDir, broker: &BrokerDir) -> Result<(), BrokerError> {
+    let crl = std::fs::read(dd.crl()).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => BrokerError::NoCrl(dd.crl()),
+        _ => io(&dd.crl())(e),
+    })?;
+    replace_keeping_owner(&broker.crl(), &crl, 0o644)
+}
+
+/// Sends SIGHUP to the broker: Mosquitto reloads its configuration, its ACL files, its
+/// server certificate and its CRL.
+pub fn reload(process: &BrokerProcess) -> Result<i32, BrokerError> {
+    let pid = process.pid()?;
+    kill(Pid::from_raw(pid), Signal::SIGHUP)
+        .map_err(|source| BrokerError::Signal { pid, source })?;
+    Ok(pid)
+}
+
+/// After `device` was revoked in the data dir (its CRL published): the broker's CRL
+/// rewritten and reloaded, so its next handshake is refused, then its live session kicked
+/// through the controller listener. The reload comes first, so a device that reconnects at
+/// once after the kick meets the new CRL; `settle` is how long the broker is given to
+/// reload before the kick.
+pub async fn enforce(
+    dd: &DataDir,
+    broker: &BrokerDir,
+    process: &BrokerProcess,
+    client: &ControllerClientConfig,
+    device: &DeviceId,
+    settle: Duration,
+) -> Result<(), BrokerError> {
+    sync_crl(dd, broker)?;
+    reload(process)?;
+    tokio::time::sleep(settle).await;
+    kick(client, device).await
+}
