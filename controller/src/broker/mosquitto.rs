@@ -118,7 +118,9 @@ pub fn device_acl() -> String {
 pub fn controller_acl(controllers: &[ControllerName]) -> String {
     let mut acl = String::from(
         "# Controllers only: a user name not listed here (a device certificate) may publish\n\
-         # and receive nothing on this listener.\n",
+         # and receive nothing on this listener.\n\
+         # Mosquitto 2.0 checks what it delivers against the message's topic (fleet/+/up/#\n\
+         # here), not the SUBSCRIBE: the $share line is for brokers that check SUBSCRIBE.\n",
     );
     for name in controllers {
         acl.push_str(&format!(
