@@ -10,12 +10,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use pifleet_controller::broker::kick;
 use pifleet_controller::broker::revoke::{self, BrokerProcess};
 use pifleet_controller::datadir::DataDir;
 use pifleet_shared::DeviceId;
 use pifleet_tests::broker::{Broker, CONTROLLERS, Client, Seen, messages};
-use pifleet_tests::harness::{Agent, Controller};
+use pifleet_tests::harness::{Agent, Controller, bin};
 use pifleet_tests::mqtt::{client, client_tls, connack};
 
 /// How long a test waits for something that must not arrive, after a later message sent
@@ -241,8 +240,25 @@ async fn a_revoked_device_is_kicked_and_cannot_reconnect() {
     let dd = DataDir::new(&ctl.data);
 
     ctl.revoke("dev-a").unwrap();
-    revoke::sync_crl(&dd, &broker.dir).unwrap();
-    revoke::reload(&BrokerProcess::Pid(broker.pid())).unwrap();
+    // The command line: the broker's CRL rewritten and the broker (found through the pid
+    // file its configuration names) told to reload it.
+    let out = ctl
+        .cli(&[
+            "broker-config",
+            "sync-crl",
+            "--out",
+            broker.dir.root().to_str().unwrap(),
+        ])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(broker.dir.crl()).unwrap(),
+        std::fs::read(dd.crl()).unwrap()
+    );
     // The reload alone leaves the live session up: Mosquitto checks the CRL only at the
     // handshake.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -255,9 +271,19 @@ async fn a_revoked_device_is_kicked_and_cannot_reconnect() {
     assert!(!seen.iter().any(|s| matches!(s, Seen::Down(_))), "{seen:?}");
 
     // The kick ends it within a second or two, and the reconnect meets the new CRL.
-    let id = DeviceId::parse("dev-a").unwrap();
     let started = std::time::Instant::now();
-    kick(&broker.controller(CONTROLLERS[0]), &id).await.unwrap();
+    let identity = broker.controller(CONTROLLERS[0]);
+    let out = std::process::Command::new(bin("pifleet-controller").unwrap())
+        .args(["broker-config", "kick", "--device", "dev-a", "--identity"])
+        .arg(identity.cert.parent().unwrap())
+        .args(["--port", &broker.controller_port.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     dev_a
         .until(Duration::from_secs(2), |s| matches!(s, Seen::Down(_)))
         .await

@@ -86,3 +86,63 @@ pub async fn enforce(
     tokio::time::sleep(settle).await;
     kick(client, device).await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_crl_is_replaced_keeping_its_mode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("d");
+        crate::setup::init(&root, &[], None).await.unwrap();
+        let dd = DataDir::new(&root);
+        let broker = BrokerDir::new(tmp.path());
+        // Missing: written, public.
+        sync_crl(&dd, &broker).unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&broker.crl()), 0o644);
+        assert_eq!(
+            std::fs::read(broker.crl()).unwrap(),
+            std::fs::read(dd.crl()).unwrap()
+        );
+        // Present with another mode: the content changes, the mode stays.
+        std::fs::write(broker.crl(), b"old").unwrap();
+        std::fs::set_permissions(broker.crl(), std::fs::Permissions::from_mode(0o640)).unwrap();
+        sync_crl(&dd, &broker).unwrap();
+        assert_eq!(mode(&broker.crl()), 0o640);
+        assert_eq!(
+            std::fs::read(broker.crl()).unwrap(),
+            std::fs::read(dd.crl()).unwrap()
+        );
+        // No temp file left behind.
+        let names: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.to_string_lossy().contains(".tmp")),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn a_bad_pid_file_is_a_clear_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("pid");
+        for text in ["", "abc", "0", "1", "-5"] {
+            std::fs::write(&path, text).unwrap();
+            let err = BrokerProcess::PidFile(path.clone()).pid().unwrap_err();
+            assert!(
+                matches!(err, BrokerError::PidFile { .. }),
+                "{text:?}: {err}"
+            );
+        }
+        std::fs::write(&path, "4242\n").unwrap();
+        assert_eq!(BrokerProcess::PidFile(path.clone()).pid().unwrap(), 4242);
+        let missing = BrokerProcess::PidFile(tmp.path().join("none")).pid();
+        assert!(matches!(missing, Err(BrokerError::Io { .. })));
+    }
+}
