@@ -3,9 +3,9 @@
 //! as a device and no device certificate names a controller.
 //!
 //! The common name is [`CONTROLLER_CN_PREFIX`] followed by the controller's name. `#` is
-//! no character of a device id (`[a-z0-9-]`), and it is a wildcard in MQTT: Mosquitto
-//! refuses every `%u` pattern ACL to a user name containing it, so a controller certificate
-//! presented on the device listener can publish and read nothing.
+//! no character of a device id (`[a-z0-9-]`), and it is a wildcard in MQTT: the topics the
+//! device listener's `%u` patterns would give a controller certificate contain it, and no
+//! PUBLISH can name such a topic, so there it can publish and receive nothing.
 
 use std::path::{Path, PathBuf};
 
