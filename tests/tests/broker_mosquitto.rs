@@ -2,8 +2,8 @@
 //! external broker of scale-out mode: ingest through the controllers' shared subscription
 //! (each message to exactly one controller), devices confined to their own topics (also
 //! when they subscribe to another device's), each identity usable only on its own listener,
-//! no client without a certificate, and a revocation that ends the live session and refuses
-//! the reconnect at the TLS handshake.
+//! no client without a certificate, no packet above the controller's limit, and a revocation
+//! that ends the live session and refuses the reconnect at the TLS handshake.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -341,4 +341,40 @@ async fn enforce_does_all_three_steps() {
         .unwrap();
     let seen = dev_a.drain(Duration::from_secs(1)).await;
     assert!(!seen.contains(&Seen::Connected), "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_packet_above_the_controllers_limit_is_refused() {
+    let (_ctl, a, _b, broker) = setup().await;
+    let mut ctl = controller(&broker, CONTROLLERS[0], "ctl").await;
+    ctl.subscribe("fleet/+/up/#").await.unwrap();
+    let mut dev_a = device(&broker, &a).await;
+    let max = pifleet_controller::mqtt::max_packet_size();
+    dev_a
+        .publish("fleet/dev-a/up/telemetry", &vec![b'x'; max])
+        .await
+        .unwrap();
+    dev_a
+        .until(ARRIVES, |s| matches!(s, Seen::Down(_)))
+        .await
+        .unwrap_or_else(|e| panic!("oversized packet accepted: {e:#}\n{}", broker.log()));
+    // Once reconnected, a packet within the limit goes through; the big one never did.
+    dev_a
+        .until(ARRIVES, |s| *s == Seen::Connected)
+        .await
+        .unwrap();
+    dev_a
+        .publish("fleet/dev-a/up/telemetry", &vec![b'y'; max - 1024])
+        .await
+        .unwrap();
+    let (seen, before) = ctl
+        .until(ARRIVES, |s| matches!(s, Seen::Message { .. }))
+        .await
+        .unwrap();
+    assert!(before.is_empty(), "{before:?}");
+    let Seen::Message { payload, .. } = seen else {
+        unreachable!()
+    };
+    assert_eq!(payload.len(), max - 1024);
+    assert!(payload.iter().all(|b| *b == b'y'));
 }
