@@ -47,6 +47,8 @@ pub enum BrokerError {
         "{0} does not exist: run `pifleet-controller init` first, or the controller to publish its CRL"
     )]
     NoCrl(PathBuf),
+    #[error("{path} is not a CRL the broker could load: {why}")]
+    BadCrl { path: PathBuf, why: String },
     #[error("invalid controller name {name:?}: {source}")]
     Name {
         name: String,

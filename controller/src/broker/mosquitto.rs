@@ -167,8 +167,9 @@ pub fn config(dir: &BrokerDir, opts: &Options) -> Result<String, BrokerError> {
          # then `systemctl daemon-reload && systemctl restart mosquitto`; or by hand:\n\
          #   mosquitto -c {conf}\n\
          # A revocation reaches the broker with\n\
-         #   pifleet-controller broker-config sync-crl --out {root} --pid-file {pid}\n\
-         # (rewrites crl.pem and sends SIGHUP: Mosquitto re-reads it for new handshakes)\n\
+         #   pifleet-controller broker-config sync-crl --crl /var/lib/pifleet/crl.pem --out {root}\n\
+         # (rewrites crl.pem and sends SIGHUP to the pid in {pid}: Mosquitto re-reads it for\n\
+         # new handshakes); run it hourly too, before the CRL's nextUpdate passes,\n\
          # and the revoked device's live session is ended with `broker-config kick`.\n\
          # See docs/SCALING.md, \"The broker: Mosquitto 2\".\n\
          \n\

@@ -6,7 +6,7 @@
 //! the ACL files and the server certificate): handshakes after the signal are checked
 //! against the new CRL. It does not look at clients already connected, hence the kick.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -52,9 +52,30 @@ impl BrokerProcess {
 /// Copies the data dir's CRL over the broker's `crl.pem`, atomically. The CRL is public;
 /// a new file is 0644.
 pub fn sync_crl(dd: &DataDir, broker: &BrokerDir) -> Result<(), BrokerError> {
-    let crl = std::fs::read(dd.crl()).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => BrokerError::NoCrl(dd.crl()),
-        _ => io(&dd.crl())(e),
+    sync_crl_from(&dd.crl(), broker)
+}
+
+/// Copies the CRL at `src` (the data dir's, or a copy of it on the broker's host) over the
+/// broker's `crl.pem`, atomically, after checking it parses as PEM CRLs: a file the broker
+/// could not load would fail every handshake after the reload.
+pub fn sync_crl_from(src: &Path, broker: &BrokerDir) -> Result<(), BrokerError> {
+    let crl = std::fs::read(src).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => BrokerError::NoCrl(src.to_owned()),
+        _ => io(src)(e),
+    })?;
+    let parsed = pifleet_io::load_crls(src).map_err(|e| BrokerError::BadCrl {
+        path: src.to_owned(),
+        why: e.to_string(),
+    })?;
+    if parsed.is_empty() {
+        return Err(BrokerError::BadCrl {
+            path: src.to_owned(),
+            why: "no CRL in it".to_owned(),
+        });
+    }
+    crate::pki::tls::revoked_serials(&parsed).map_err(|e| BrokerError::BadCrl {
+        path: src.to_owned(),
+        why: e.to_string(),
     })?;
     replace_keeping_owner(&broker.crl(), &crl, 0o644)
 }
@@ -144,5 +165,25 @@ mod tests {
         assert_eq!(BrokerProcess::PidFile(path.clone()).pid().unwrap(), 4242);
         let missing = BrokerProcess::PidFile(tmp.path().join("none")).pid();
         assert!(matches!(missing, Err(BrokerError::Io { .. })));
+    }
+
+    #[test]
+    fn what_is_not_a_crl_is_not_installed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let broker = BrokerDir::new(tmp.path());
+        std::fs::write(broker.crl(), b"kept").unwrap();
+        let src = tmp.path().join("src.pem");
+        for text in [
+            "",
+            "garbage",
+            "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+        ] {
+            std::fs::write(&src, text).unwrap();
+            let err = sync_crl_from(&src, &broker).unwrap_err();
+            assert!(matches!(err, BrokerError::BadCrl { .. }), "{text:?}: {err}");
+        }
+        assert_eq!(std::fs::read(broker.crl()).unwrap(), b"kept");
+        let missing = sync_crl_from(&tmp.path().join("none"), &broker);
+        assert!(matches!(missing, Err(BrokerError::NoCrl(_))));
     }
 }

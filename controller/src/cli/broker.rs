@@ -76,6 +76,9 @@ pub enum BrokerCmd {
         /// The broker's pid.
         #[arg(long)]
         pid: Option<i32>,
+        /// Copy this CRL instead of the data dir's (a copy of it on the broker's host).
+        #[arg(long)]
+        crl: Option<PathBuf>,
     },
     /// End a device's live session at the broker (from the controller listener).
     Kick {
@@ -164,15 +167,18 @@ pub async fn run(cmd: BrokerCmd) -> anyhow::Result<()> {
             out,
             pid_file,
             pid,
+            crl,
         } => {
-            let dd = checked(&dir)?;
             let broker = BrokerDir::new(&out);
             let process = match (pid, pid_file) {
                 (Some(pid), _) => BrokerProcess::Pid(pid),
                 (None, Some(f)) => BrokerProcess::PidFile(f),
                 (None, None) => BrokerProcess::PidFile(broker.pid_file()),
             };
-            revoke::sync_crl(&dd, &broker)?;
+            match crl {
+                Some(path) => revoke::sync_crl_from(&path, &broker)?,
+                None => revoke::sync_crl(&checked(&dir)?, &broker)?,
+            }
             let pid = revoke::reload(&process)?;
             println!(
                 "CRL copied to {}; broker (pid {pid}) reloading",
