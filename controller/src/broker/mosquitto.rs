@@ -139,8 +139,9 @@ fn listener(addr: SocketAddr) -> String {
     format!("listener {} {}", addr.port(), addr.ip())
 }
 
-/// The configuration for the files of `dir` (absolute).
-pub fn config(dir: &BrokerDir, opts: &Options) -> Result<String, BrokerError> {
+/// The configuration for the files of `dir` (absolute); `data_crl` is the controller's CRL
+/// its comments tell to copy.
+pub fn config(dir: &BrokerDir, opts: &Options, data_crl: &Path) -> Result<String, BrokerError> {
     let p = |path: PathBuf| conf_path(&path);
     let (ca, cert, key, crl) = (p(dir.ca())?, p(dir.cert())?, p(dir.key())?, p(dir.crl())?);
     let tls = format!(
@@ -166,11 +167,11 @@ pub fn config(dir: &BrokerDir, opts: &Options) -> Result<String, BrokerError> {
          #   ExecStart=/usr/sbin/mosquitto -c {conf}\n\
          # then `systemctl daemon-reload && systemctl restart mosquitto`; or by hand:\n\
          #   mosquitto -c {conf}\n\
-         # A revocation reaches the broker with\n\
-         #   pifleet-controller broker-config sync-crl --crl /var/lib/pifleet/crl.pem --out {root}\n\
-         # (rewrites crl.pem and sends SIGHUP to the pid in {pid}: Mosquitto re-reads it for\n\
-         # new handshakes); run it hourly too, before the CRL's nextUpdate passes,\n\
-         # and the revoked device's live session is ended with `broker-config kick`.\n\
+         # After every revocation, and hourly (before the CRL's nextUpdate passes),\n\
+         #   pifleet-controller broker-config sync-crl --crl {data_crl} --out {root}\n\
+         # copies the controller's CRL over crl.pem and sends SIGHUP to the pid in\n\
+         # {pid} (Mosquitto re-reads the CRL for new handshakes). A revoked\n\
+         # device's live session is then ended with `pifleet-controller broker-config kick`.\n\
          # See docs/SCALING.md, \"The broker: Mosquitto 2\".\n\
          \n\
          # Each listener has its own ACL file and authentication settings.\n\
@@ -198,6 +199,8 @@ pub fn config(dir: &BrokerDir, opts: &Options) -> Result<String, BrokerError> {
          {tls}\
          acl_file {acl_controllers}\n",
         root = conf_path(dir.root())?,
+        // Only a path that is one clean word goes into the comment.
+        data_crl = conf_path(data_crl).unwrap_or_else(|_| "DATA_DIR/crl.pem".to_owned()),
         user = opts.run_as,
         pid = p(dir.pid_file())?,
         max_packet = crate::mqtt::max_packet_size(),
@@ -232,7 +235,8 @@ pub fn generate(dd: &DataDir, out: &Path, opts: &Options) -> Result<Generated, B
     std::fs::create_dir_all(out).map_err(io(out))?;
     let root = std::fs::canonicalize(out).map_err(io(out))?;
     let dir = BrokerDir::new(&root);
-    let conf = config(&dir, opts)?;
+    let data_crl = std::fs::canonicalize(dd.crl()).unwrap_or_else(|_| dd.crl());
+    let conf = config(&dir, opts, &data_crl)?;
     let generated = Generated {
         dir: root.clone(),
         conf: dir.conf(),
