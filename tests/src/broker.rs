@@ -116,11 +116,6 @@ impl Broker {
         Ok(broker)
     }
 
-    /// The broker's pid.
-    pub fn pid(&self) -> i32 {
-        i32::try_from(self.child.id()).unwrap_or(0)
-    }
-
     /// What the broker logged.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -14,7 +14,7 @@ use pifleet_controller::broker::revoke::{self, BrokerProcess};
 use pifleet_controller::datadir::DataDir;
 use pifleet_shared::DeviceId;
 use pifleet_tests::broker::{Broker, CONTROLLERS, Client, Seen, messages};
-use pifleet_tests::harness::{Agent, Controller, bin};
+use pifleet_tests::harness::{Agent, Controller, bin, wait_for};
 use pifleet_tests::mqtt::{client, client_tls, connack};
 
 /// How long a test waits for something that must not arrive, after a later message sent
@@ -261,7 +261,11 @@ async fn a_revoked_device_is_kicked_and_cannot_reconnect() {
     );
     // The reload alone leaves the live session up: Mosquitto checks the CRL only at the
     // handshake.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for(ARRIVES, "the broker reloading", || async {
+        broker.log().contains("Reloading config").then_some(())
+    })
+    .await
+    .unwrap();
     dev_a
         .publish("fleet/dev-a/up/telemetry", b"still-up")
         .await

@@ -102,8 +102,17 @@ pub async fn enforce(
     device: &DeviceId,
     settle: Duration,
 ) -> Result<(), BrokerError> {
-    sync_crl(dd, broker)?;
-    reload(process)?;
+    let (dd, broker, process) = (dd.clone(), broker.clone(), process.clone());
+    // File I/O and a signal: off the executor.
+    tokio::task::spawn_blocking(move || {
+        sync_crl(&dd, &broker)?;
+        reload(&process)
+    })
+    .await
+    .map_err(|e| BrokerError::Io {
+        path: PathBuf::from("crl.pem"),
+        source: std::io::Error::other(e),
+    })??;
     tokio::time::sleep(settle).await;
     kick(client, device).await
 }
