@@ -112,7 +112,6 @@ pub async fn run(cmd: BrokerCmd) -> anyhow::Result<()> {
             user,
             force,
         } => {
-            let dd = checked(&dir)?;
             let controllers = controllers
                 .iter()
                 .map(|n| ControllerName::parse(n))
@@ -126,7 +125,15 @@ pub async fn run(cmd: BrokerCmd) -> anyhow::Result<()> {
                 run_as: user,
                 force,
             };
-            let g = mosquitto::generate(&dd, &out, &opts)?;
+            let o = open(&dir).await?;
+            let generated = mosquitto::generate(&o.dd, &out, &opts);
+            let detail = match &generated {
+                Ok(g) if g.written => "broker server certificate issued".to_owned(),
+                Ok(_) => "unchanged".to_owned(),
+                Err(_) => String::new(),
+            };
+            let target = out.display().to_string();
+            let g = conclude(o.store, "broker.config", &target, &detail, generated).await?;
             if g.written {
                 println!("Wrote {}", g.conf.display());
             } else {
