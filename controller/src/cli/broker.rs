@@ -117,6 +117,7 @@ pub async fn run(cmd: BrokerCmd) -> anyhow::Result<()> {
                 .map(|n| ControllerName::parse(n))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| Usage(e.to_string()))?;
+            let opts_hostnames_empty = hostnames.is_empty();
             let opts = Options {
                 device_listen,
                 controller_listen,
@@ -140,6 +141,12 @@ pub async fn run(cmd: BrokerCmd) -> anyhow::Result<()> {
                 println!("{} is up to date", g.conf.display());
             }
             println!("  Run: mosquitto -c {}", g.conf.display());
+            if g.written && opts_hostnames_empty {
+                println!(
+                    "  No --hostname given: the broker's certificate names only localhost, \
+                     127.0.0.1 and ::1, so devices elsewhere cannot verify it."
+                );
+            }
         }
         BrokerCmd::ControllerIdentity {
             dir,
