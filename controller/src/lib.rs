@@ -6,6 +6,7 @@ pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod backup;
+pub mod broker;
 pub mod commands;
 pub mod config;
 pub mod database;

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod apikit;
 pub mod authkit;
+pub mod broker;
 pub mod docgen;
 pub mod fleetkit;
 pub mod harness;

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 pub mod approval;
 pub mod audit;
 pub mod backup;
+pub mod broker;
 pub mod cmd;
 pub mod device;
 pub mod release;
@@ -137,6 +138,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: backup::BackupCmd,
     },
+    /// Configuration and revocation for an external MQTT broker (Mosquitto 2).
+    BrokerConfig {
+        #[command(subcommand)]
+        cmd: broker::BrokerCmd,
+    },
     /// Start a throw-away controller with local agents, to see pifleet working.
     Demo(demo::DemoArgs),
 }
@@ -195,6 +201,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User { cmd } => user::run(cmd).await?,
         Command::Audit { cmd } => audit::run(cmd).await?,
         Command::Backup { cmd } => backup::run(cmd).await?,
+        Command::BrokerConfig { cmd } => broker::run(cmd).await?,
         Command::Demo(args) => demo::run(args).await?,
     }
     Ok(())

@@ -165,6 +165,28 @@ impl Ca {
         Ok((cert.pem(), key.serialize_pem()))
     }
 
+    /// A client certificate for something other than a device (a controller's identity at
+    /// an external broker): CN = `cn`, no SAN, EKU clientAuth, fresh P-256 key, valid for as
+    /// long as a server certificate. The caller picks a `cn` that can never be a device id
+    /// (the built-in gateway refuses it, as its CN is no device id and it has no DNS SAN).
+    /// Returns (cert_pem, key_pem, serial_hex).
+    pub fn issue_client(&self, cn: &str) -> Result<(String, String, String), PkiError> {
+        let now = now_seconds()?;
+        let (serial, serial_hex) = random_serial();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = common_name_dn(cn);
+        params.not_before = sub_skew(now)?;
+        params.not_after = add_days(now, SERVER_VALIDITY_DAYS)?;
+        params.serial_number = Some(serial);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let cert = params.signed_by(&key, &self.issuer()?)?;
+        Ok((cert.pem(), key.serialize_pem(), serial_hex))
+    }
+
     /// Checks a device CSR (see [`csr_proposed_id`]), requires its CN to equal `device_id`,
     /// and issues a client certificate for the CSR's public key, valid for `validity_days`.
     pub fn sign_device_csr(
