@@ -17,11 +17,13 @@ use crate::auth::jwt::JwtKeys;
 use crate::commands::dispatch::{self, Dispatcher};
 use crate::commands::release_keys;
 use crate::config::Config;
+use crate::config::MqttMode;
 use crate::datadir::{DataDir, write_private};
 use crate::enroll::{EnrollState, Pinned};
 use crate::live::Hub;
 use crate::metrics::Metrics;
 use crate::mqtt::downlink::Downlink;
+use crate::mqtt::external;
 use crate::mqtt::gateway::limits;
 use crate::mqtt::gateway::{self, Gateway};
 use crate::mqtt::ingest::{self, WriterContext};
@@ -47,6 +49,8 @@ pub enum ServeError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     OpenStore(#[from] crate::database::OpenError),
+    #[error("the external broker: {0}")]
+    Broker(String),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
@@ -106,6 +110,21 @@ pub async fn run(
     Controller::build(dd, ov).await?.run(shutdown).await
 }
 
+/// Where devices connect: the built-in gateway, or an external broker this controller
+/// subscribes to (`mqtt.mode`). Made once per run, so its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Devices {
+    Gateway {
+        gateway: Arc<Gateway>,
+        listener: TcpListener,
+    },
+    Broker {
+        broker: Arc<external::Broker>,
+        events: rumqttc::EventLoop,
+        router: Router,
+    },
+}
+
 /// Everything `serve` runs, built and wired but not started.
 struct Controller {
     dd: DataDir,
@@ -115,11 +134,10 @@ struct Controller {
     metrics: Metrics,
     health: Arc<Health>,
     bound: Bound,
-    mqtt_listener: TcpListener,
+    devices: Devices,
     https_listener: TcpListener,
     https_tls: rustls::ServerConfig,
     server_cert: Arc<pki::ServerCert>,
-    gateway: Arc<Gateway>,
     downlink: Downlink,
     dispatcher: Arc<Dispatcher>,
     /// The release keys devices are told to trust.
@@ -165,7 +183,11 @@ impl Controller {
         let (mqtt_tls, revoked) = gateway::load_tls(&dd, &server_cert)?;
         let crls = tls::load_crls(&dd.crl()).map_err(tls::TlsError::from)?;
         let https_tls = tls::https_config(&dd, crls, server_cert.clone())?;
-        store.set_all_offline().await?;
+        if cfg.mqtt.mode == MqttMode::Embedded {
+            // Every session ended with the previous run. (With an external broker, devices
+            // stay connected to it; presence follows what they send.)
+            store.set_all_offline().await?;
+        }
         // What a crash left in releases/ (temp files, files no release refers to) goes.
         match crate::releases::sweep(&dd, &store, Duration::from_secs(3_600)).await {
             Ok(swept) => tracing::debug!(?swept, "releases swept"),
@@ -177,16 +199,22 @@ impl Controller {
         }
         let health = Arc::new(Health::new(metrics.clone()));
 
-        let (mqtt_listener, backlog_warning) =
-            limits::bind(cfg.mqtt.listen, cfg.mqtt.listen_backlog).map_err(|source| {
-                ServeError::Bind {
-                    addr: cfg.mqtt.listen,
-                    source,
+        let mqtt_listener = match cfg.mqtt.mode {
+            MqttMode::External => None,
+            MqttMode::Embedded => {
+                let (listener, backlog_warning) =
+                    limits::bind(cfg.mqtt.listen, cfg.mqtt.listen_backlog).map_err(|source| {
+                        ServeError::Bind {
+                            addr: cfg.mqtt.listen,
+                            source,
+                        }
+                    })?;
+                if let Some(w) = backlog_warning {
+                    tracing::warn!("{w}");
                 }
-            })?;
-        if let Some(w) = backlog_warning {
-            tracing::warn!("{w}");
-        }
+                Some(listener)
+            }
+        };
         let (connection_limit, limit_warning) =
             limits::connection_limit(cfg.mqtt.max_connections, cfg.https.max_connections);
         if let Some(w) = limit_warning {
@@ -194,7 +222,11 @@ impl Controller {
         }
         let https_listener = bind(cfg.https.listen).await?;
         let bound = Bound {
-            mqtt: local_addr(&mqtt_listener, cfg.mqtt.listen)?,
+            // With an external broker nothing listens for devices here (0.0.0.0:0).
+            mqtt: match &mqtt_listener {
+                Some(l) => local_addr(l, cfg.mqtt.listen)?,
+                None => SocketAddr::from(([0, 0, 0, 0], 0)),
+            },
             https: local_addr(&https_listener, cfg.https.listen)?,
             pid: std::process::id(),
         };
@@ -210,16 +242,35 @@ impl Controller {
             },
             metrics.clone(),
         );
-        let gateway = Arc::new(Gateway::new(
-            cfg.mqtt.clone(),
-            mqtt_tls,
-            revoked,
-            router,
-            metrics.clone(),
-            store.clone(),
-            connection_limit,
-        ));
-        let downlink = Downlink::new(&gateway);
+        let (devices, downlink) = match mqtt_listener {
+            Some(listener) => {
+                let gateway = Arc::new(Gateway::new(
+                    cfg.mqtt.clone(),
+                    mqtt_tls,
+                    revoked,
+                    router,
+                    metrics.clone(),
+                    store.clone(),
+                    connection_limit,
+                ));
+                let downlink = Downlink::new(&gateway);
+                (Devices::Gateway { gateway, listener }, downlink)
+            }
+            None => {
+                let (broker, events) =
+                    external::Broker::new(&dd, &cfg.mqtt.external, metrics.clone())
+                        .map_err(|e| ServeError::Broker(e.to_string()))?;
+                let downlink = Downlink::broker(&broker);
+                (
+                    Devices::Broker {
+                        broker,
+                        events,
+                        router,
+                    },
+                    downlink,
+                )
+            }
+        };
         let online = Arc::new(tokio::sync::Notify::new());
         let signers = crate::rotation::command_keys::load_signers(&dd, &store)
             .await
@@ -271,11 +322,10 @@ impl Controller {
             metrics,
             health,
             bound,
-            mqtt_listener,
+            devices,
             https_listener,
             https_tls,
             server_cert,
-            gateway,
             downlink,
             dispatcher,
             release_keys,
@@ -297,21 +347,45 @@ impl Controller {
         let renew_rx = self.renewals;
         let app = api::app(self.api.clone());
         let mut tasks = Supervisor::new(shutdown.clone());
-        tasks.spawn(
-            "gateway",
-            self.gateway
-                .clone()
-                .run(self.mqtt_listener, shutdown.clone()),
-        );
-        tasks.spawn(
-            "crl-watch",
-            self.gateway.clone().watch_crl(
-                self.dd.clone(),
-                self.server_cert.clone(),
-                shutdown.clone(),
-            ),
-        );
-        let gw = self.gateway;
+        let enforce: Box<dyn Fn(std::collections::HashSet<String>) -> usize + Send> =
+            match self.devices {
+                Devices::Gateway { gateway, listener } => {
+                    tasks.spawn("gateway", gateway.clone().run(listener, shutdown.clone()));
+                    tasks.spawn(
+                        "crl-watch",
+                        gateway.clone().watch_crl(
+                            self.dd.clone(),
+                            self.server_cert.clone(),
+                            shutdown.clone(),
+                        ),
+                    );
+                    Box::new(move |serials| gateway.revoke(serials))
+                }
+                Devices::Broker {
+                    broker,
+                    events,
+                    router,
+                } => {
+                    tasks.spawn(
+                        "broker",
+                        broker.clone().run(
+                            events,
+                            router,
+                            self.store.clone(),
+                            self.health.clone(),
+                            shutdown.clone(),
+                        ),
+                    );
+                    tasks.spawn(
+                        "presence",
+                        broker
+                            .clone()
+                            .presence(self.store.clone(), shutdown.clone()),
+                    );
+                    let store = self.store.clone();
+                    Box::new(move |serials| broker.revoke(serials, &store))
+                }
+            };
         tasks.spawn(
             "crl",
             crl::keep(
@@ -319,7 +393,7 @@ impl Controller {
                 self.store.clone(),
                 self.ca.clone(),
                 self.cfg.pki.clone(),
-                move |serials| gw.revoke(serials),
+                enforce,
                 self.health.clone(),
                 shutdown.clone(),
             ),

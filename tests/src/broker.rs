@@ -121,6 +121,26 @@ impl Broker {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Where controller `name`'s identity was written (`mqtt.external.identity_dir`).
+    pub fn identity_dir(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// The `[mqtt]` configuration that makes a controller controller `name` of this broker
+    /// (devices told to connect to its device port; presence after `presence_s`).
+    pub fn controller_config(&self, name: &str, presence_s: u64) -> String {
+        format!(
+            "[mqtt]\nmode = \"external\"\npublic_port = {}\n\n[mqtt.external]\n\
+             address = \"localhost:{}\"\nname = \"{name}\"\nidentity_dir = \"{}\"\n\
+             presence_timeout_s = {presence_s}\nbroker_dir = \"{}\"\npid_file = \"{}\"\n",
+            self.device_port,
+            self.controller_port,
+            self.identity_dir(name).display(),
+            self.dir.root().display(),
+            self.dir.pid_file().display(),
+        )
+    }
+
     /// Controller `name`'s client of the controller listener.
     pub fn controller(&self, name: &str) -> ControllerClientConfig {
         let mut c = ControllerClientConfig::from_identity_dir(

@@ -7,8 +7,10 @@ use std::path::Path;
 use serde::Deserialize;
 
 mod backup;
+mod broker;
 mod sections;
 pub use backup::{BackupConfig, BackupSchedule};
+pub use broker::{ExternalBroker, MqttMode};
 pub use sections::*;
 
 use pifleet_io::toml_file;
@@ -57,6 +59,12 @@ impl Config {
             }
         };
         self.backup.problems(&mut check);
+        self.mqtt.external.problems(self.mqtt.mode, &mut check);
+        check(
+            self.mqtt.mode == MqttMode::Embedded || self.mqtt.public_port.is_some(),
+            "mqtt.mode = \"external\" needs mqtt.public_port: the broker's port devices are told \
+             at enrollment",
+        );
         check(
             (100..=120_000).contains(&self.mqtt.handshake_timeout_ms),
             "mqtt.handshake_timeout_ms must be 100..=120000",

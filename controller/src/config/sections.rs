@@ -380,6 +380,10 @@ impl ApprovalsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
+    /// Devices connect to the built-in gateway (embedded) or to an external broker.
+    pub mode: super::broker::MqttMode,
+    /// The external broker, for `mode = "external"`.
+    pub external: super::broker::ExternalBroker,
     /// Address the gateway listens on.
     pub listen: SocketAddr,
     /// Port devices are told to connect to at enrollment (defaults to the listen port).
@@ -495,6 +499,8 @@ pub struct EnrollmentConfig {
 impl Default for MqttConfig {
     fn default() -> Self {
         Self {
+            mode: super::broker::MqttMode::Embedded,
+            external: super::broker::ExternalBroker::default(),
             listen: SocketAddr::from(([0, 0, 0, 0], 8883)),
             public_port: None,
             handshake_timeout_ms: 5_000,

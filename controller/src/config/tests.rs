@@ -207,3 +207,33 @@ fn device_certificate_lifetime_and_renewal_interval() {
         );
     }
 }
+
+/// The external mode needs its broker, its identity and the port devices are told.
+#[test]
+fn the_external_mode_is_checked() {
+    let base = "[mqtt]\nmode = \"external\"\n";
+    let e = Config::parse(base, Path::new("t")).unwrap_err().to_string();
+    assert!(e.contains("mqtt.external.address"), "{e}");
+    assert!(e.contains("mqtt.public_port"), "{e}");
+    let ok = "[mqtt]\nmode = \"external\"\npublic_port = 8883\n[mqtt.external]\n\
+              address = \"broker.example:8884\"\nname = \"eu-1\"\nidentity_dir = \"/x\"\n";
+    let cfg = Config::parse(ok, Path::new("t")).unwrap();
+    assert_eq!(
+        cfg.mqtt.external.host_port(),
+        Some(("broker.example", 8884))
+    );
+    let half = format!("{ok}broker_dir = \"/b\"\n");
+    let e = Config::parse(&half, Path::new("t"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("broker_dir and pid_file"), "{e}");
+    let pw = "[store]\nurl = \"postgres://u:secret@db/p\"\n";
+    let e = Config::parse(pw, Path::new("t")).unwrap_err().to_string();
+    assert!(e.contains("must not carry a password"), "{e}");
+    let e = Config::parse("[store]\nurl = \"mysql://db/p\"\n", Path::new("t"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("postgres://"), "{e}");
+    let fine = "[store]\nurl = \"postgres://u@db:5432/p?sslmode=require\"\n";
+    assert!(Config::parse(fine, Path::new("t")).is_ok());
+}

@@ -5,28 +5,42 @@
 
 use std::sync::{Arc, Weak};
 
+use crate::mqtt::external::Broker;
 use crate::mqtt::gateway::Gateway;
 use crate::mqtt::ingest::Outgoing;
 
-/// A handle that sends messages to devices. It does not keep the gateway alive: the ingest
-/// writer holds one, and the gateway holds the writer's queue, so a strong handle would keep
-/// the writer waiting for more at shutdown instead of draining and stopping.
+/// A handle that sends messages to devices, through the built-in gateway or the external
+/// broker. It does not keep either alive: the ingest writer holds one, and they hold the
+/// writer's queue (through the router), so a strong handle would keep the writer waiting for
+/// more at shutdown instead of draining and stopping.
 #[derive(Debug, Clone)]
-pub struct Downlink {
-    gateway: Weak<Gateway>,
+pub enum Downlink {
+    Gateway(Weak<Gateway>),
+    Broker(Weak<Broker>),
 }
 
 impl Downlink {
     pub fn new(gateway: &Arc<Gateway>) -> Self {
-        Self {
-            gateway: Arc::downgrade(gateway),
-        }
+        Self::Gateway(Arc::downgrade(gateway))
+    }
+
+    pub fn broker(broker: &Arc<Broker>) -> Self {
+        Self::Broker(Arc::downgrade(broker))
     }
 
     /// Sends `msg` to its device if it is connected; never waits. After shutdown, nothing.
     pub fn send(&self, msg: Outgoing) {
-        if let Some(g) = self.gateway.upgrade() {
-            g.deliver(msg);
+        match self {
+            Self::Gateway(g) => {
+                if let Some(g) = g.upgrade() {
+                    g.deliver(msg);
+                }
+            }
+            Self::Broker(b) => {
+                if let Some(b) = b.upgrade() {
+                    b.deliver(msg);
+                }
+            }
         }
     }
 }

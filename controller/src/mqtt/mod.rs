@@ -6,6 +6,7 @@
 //! controller in-process. One socket and one task per device.
 
 pub mod downlink;
+pub mod external;
 pub mod gateway;
 pub mod ingest;
 pub mod route;

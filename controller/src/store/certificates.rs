@@ -95,6 +95,16 @@ impl Store {
         Ok(serials.into_iter().collect())
     }
 
+    /// The ids of revoked devices.
+    pub async fn revoked_devices(&self) -> Result<HashSet<String>, StoreError> {
+        let ids: Vec<String> = reading!(self, |ex| sqlx::query_scalar(
+            "SELECT id FROM devices WHERE revoked_at IS NOT NULL"
+        )
+        .fetch_all(ex)
+        .await)?;
+        Ok(ids.into_iter().collect())
+    }
+
     /// Whether `serial` (normalized lowercase hex) is an unrevoked certificate of `device`,
     /// and the device is enrolled and not revoked.
     pub async fn device_cert_valid(&self, device: &str, serial: &str) -> Result<bool, StoreError> {

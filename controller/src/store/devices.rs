@@ -399,6 +399,22 @@ impl Store {
         .unwrap_or(0))
     }
 
+    /// Marks offline the online devices heard from before `cutoff_ms` (or never); returns
+    /// their ids. Presence when devices connect to an external broker, which does not tell
+    /// its subscribers who is connected.
+    pub async fn mark_unheard_offline(&self, cutoff_ms: i64) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let ids: Vec<String> = in_tx!(tx, |ex| sqlx::query_scalar(
+            "UPDATE devices SET online = FALSE WHERE online = TRUE \
+             AND (last_seen IS NULL OR last_seen < $1) RETURNING id"
+        )
+        .bind(cutoff_ms)
+        .fetch_all(ex)
+        .await)?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
     /// Devices by state, in one pass.
     pub async fn device_counts(&self) -> Result<DeviceCounts, StoreError> {
         static COUNTS: LazyLock<String> = LazyLock::new(|| {

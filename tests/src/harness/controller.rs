@@ -84,6 +84,40 @@ impl Controller {
         Ok(c)
     }
 
+    /// A further controller on the same database (scale-out mode): a copy of this one's data
+    /// dir (its keys), `overrides` merged into its configuration, serving on its own ports.
+    pub async fn replica(&self, overrides: &str) -> Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let data = tmp.path().join("data");
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg(&self.data)
+            .arg(&data)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "copying the data dir: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let _ = std::fs::remove_file(data.join("serve.json"));
+        if !overrides.is_empty() {
+            merge_config(&data.join("config.toml"), overrides)?;
+        }
+        let runs = Runs::new(tmp.path().to_owned(), "controller");
+        let mut c = Self {
+            tmp,
+            data,
+            admin_password: self.admin_password.clone(),
+            nofile: None,
+            mqtt: "127.0.0.1:0".parse()?,
+            https: "127.0.0.1:0".parse()?,
+            runs,
+        };
+        c.serve().await?;
+        Ok(c)
+    }
+
     /// Starts `serve` (again), keeping the previous ports when restarting so agents find
     /// it where they were enrolled.
     pub async fn serve(&mut self) -> Result<()> {

@@ -1,0 +1,251 @@
+//! The scale-out mode end to end: two controllers on one PostgreSQL, devices on Debian's
+//! Mosquitto, real agents. Every sample lands exactly once, also when one controller is
+//! killed mid-stream (the other takes its share of the shared subscription); both
+//! controllers show the same fleet; a command sent through one is carried out and its
+//! receipt recorded; a revoked device is kicked off the broker, cannot reconnect, and
+//! whatever it sends meanwhile is dropped.
+
+// Integration tests: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::ffi::OsStr;
+use std::time::Duration;
+
+use pifleet_controller::store::pg_cluster::PgCluster;
+use pifleet_tests::broker::Broker;
+use pifleet_tests::harness::{Agent, Controller, merge_config, wait_for};
+use sqlx::postgres::PgPool;
+
+/// Samples per device: (device, rows, distinct seqs, highest seq).
+async fn counts(pool: &PgPool) -> Vec<(String, i64, i64, i64)> {
+    sqlx::query_as(
+        "SELECT device_id, COUNT(*), COUNT(DISTINCT seq), MAX(seq) FROM telemetry \
+         GROUP BY device_id ORDER BY device_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+async fn wait_rows(
+    pool: &PgPool,
+    devices: usize,
+    more_than: &[(String, i64, i64, i64)],
+    by: i64,
+    why: &str,
+    logs: impl Fn() -> String,
+) {
+    wait_for(Duration::from_secs(60), why, || {
+        let pool = pool.clone();
+        async move {
+            let c = counts(&pool).await;
+            (c.len() == devices
+                && c.iter().all(|(d, _, _, max)| {
+                    let before = more_than.iter().find(|b| &b.0 == d).map_or(0, |b| b.3);
+                    *max >= before + by
+                }))
+            .then_some(())
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+}
+
+fn logs(a: &Controller, b: &Controller, broker: &Broker) -> String {
+    format!(
+        "A:\n{}\nB:\n{}\nbroker:\n{}",
+        a.log(),
+        b.log(),
+        broker.log()
+    )
+}
+
+/// What the command line printed (`--data-dir` appended unless given).
+fn stdout(ctl: &Controller, args: &[&str]) -> String {
+    let out = if args.contains(&"--data-dir") {
+        std::process::Command::new(pifleet_tests::harness::bin("pifleet-controller").unwrap())
+            .args(args)
+            .output()
+            .unwrap()
+    } else {
+        ctl.cli(args).unwrap()
+    };
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_share_the_fleet_through_mosquitto_and_postgres() {
+    let cluster = PgCluster::start().await.unwrap();
+    let with_password = cluster.fresh_database().await.unwrap();
+    let name = with_password.rsplit('/').next().unwrap().to_owned();
+    let url = format!("postgres://pifleet@127.0.0.1:{}/{name}", cluster.port());
+    let pool = PgPool::connect(&with_password).await.unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let pw = secrets.path().join("store-password");
+    std::fs::write(&pw, cluster.password()).unwrap();
+    let init: Vec<&OsStr> = vec![
+        OsStr::new("--store-url"),
+        OsStr::new(&url),
+        OsStr::new("--store-password-file"),
+        pw.as_os_str(),
+    ];
+    // The first controller, then the broker configured from its data dir; then it switches
+    // to the broker, and a second controller starts from a copy of its data dir.
+    let mut a = Controller::start_init(&init, "[pki]\ncrl_check_s = 1")
+        .await
+        .unwrap();
+    let broker = Broker::start(&a).await.unwrap();
+    a.stop();
+    merge_config(
+        &a.data.join("config.toml"),
+        &broker.controller_config("ctl-1", 5),
+    )
+    .unwrap();
+    a.serve().await.unwrap();
+    let mut b = a
+        .replica(&broker.controller_config("ctl-2", 5))
+        .await
+        .unwrap();
+
+    let mut agents: Vec<Agent> = ["pi-a", "pi-b", "pi-c"]
+        .iter()
+        .map(|id| Agent::enroll(&a, id, 1).unwrap())
+        .collect();
+    for ag in &mut agents {
+        ag.start().unwrap();
+    }
+    wait_rows(&pool, 3, &[], 4, "4 samples from each agent", || {
+        logs(&a, &b, &broker)
+    })
+    .await;
+
+    // Both controllers show the same fleet (from the one database).
+    let list_a = stdout(&a, &["device", "list"]);
+    assert_eq!(list_a, stdout(&b, &["device", "list"]));
+    for id in ["pi-a", "pi-b", "pi-c"] {
+        assert!(list_a.contains(id), "{list_a}");
+    }
+    // A command through the second controller is carried out and its receipt recorded.
+    let data = b.data.display().to_string();
+    let sent = stdout(
+        &b,
+        &[
+            "cmd",
+            "send",
+            "--data-dir",
+            &data,
+            "--device",
+            "pi-b",
+            "ping",
+        ],
+    );
+    let id = sent.split('\t').next().unwrap().trim().to_owned();
+    wait_for(Duration::from_secs(30), "the ping succeeded", || {
+        let (pool, id) = (pool.clone(), id.clone());
+        async move {
+            let s: Option<String> = sqlx::query_scalar("SELECT status FROM commands WHERE id = $1")
+                .bind(&id)
+                .fetch_optional(&pool)
+                .await
+                .ok()
+                .flatten();
+            (s.as_deref() == Some("succeeded")).then_some(())
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&a, &b, &broker)));
+
+    // kill -9 one controller mid-stream: the other takes every message; none is lost (the
+    // agents re-send what was not acknowledged after a commit) or stored twice.
+    a.kill9();
+    let before = counts(&pool).await;
+    wait_rows(
+        &pool,
+        3,
+        &before,
+        6,
+        "samples through the remaining controller",
+        || logs(&a, &b, &broker),
+    )
+    .await;
+    a.serve().await.unwrap();
+    let before = counts(&pool).await;
+    wait_rows(
+        &pool,
+        3,
+        &before,
+        3,
+        "samples with both controllers again",
+        || logs(&a, &b, &broker),
+    )
+    .await;
+    for (device, rows, distinct, max) in counts(&pool).await {
+        assert_eq!(rows, distinct, "{device}: a sample stored twice");
+        assert_eq!(
+            rows, max,
+            "{device}: a sample lost ({rows} rows up to seq {max})"
+        );
+    }
+
+    // Revocation through either controller reaches the broker: the device is kicked and
+    // refused at the handshake; nothing it sends afterwards is stored.
+    b.revoke("pi-c").unwrap();
+    let revoked_at = pifleet_tests::harness::now_ms();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let late: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM telemetry WHERE device_id = 'pi-c' AND received_at > $1",
+    )
+    .bind(revoked_at + 4_000)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        late,
+        0,
+        "samples of a revoked device stored\n{}",
+        logs(&a, &b, &broker)
+    );
+    // The broker's log: the session was taken over (the kick), and the device never got
+    // back in (its handshake meets the reloaded CRL).
+    let log = broker.log();
+    let kicked = log
+        .find("Client pi-c already connected, closing old connection")
+        .unwrap_or_else(|| panic!("pi-c was not kicked\n{}", logs(&a, &b, &broker)));
+    assert!(
+        !log[kicked..].contains("u'pi-c'"),
+        "the revoked device connected again:\n{log}"
+    );
+    // The others carry on.
+    let before = counts(&pool).await;
+    wait_for(
+        Duration::from_secs(30),
+        "the other devices still stream",
+        || {
+            let (pool, before) = (pool.clone(), before.clone());
+            async move {
+                let now = counts(&pool).await;
+                ["pi-a", "pi-b"]
+                    .iter()
+                    .all(|d| {
+                        let max = |c: &[(String, i64, i64, i64)]| {
+                            c.iter().find(|r| r.0 == *d).map_or(0, |r| r.3)
+                        };
+                        max(&now) >= max(&before) + 2
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&a, &b, &broker)));
+    for ag in &mut agents {
+        ag.stop();
+    }
+    a.stop();
+    b.stop();
+}
