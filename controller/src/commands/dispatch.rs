@@ -333,7 +333,7 @@ impl Dispatcher {
             return Ok(());
         };
         // Mark first: a receipt can come back before we would otherwise get to it.
-        if self.store.mark_sent(&c.id, issued).await? {
+        if self.store.mark_sent(c, issued).await? {
             let topic = Topic::new(device, Kind::Cmd);
             self.out.send(Outgoing { topic, payload });
             self.live.command_changed(&c.device_id, &c.id);

@@ -280,18 +280,25 @@ impl Store {
             .collect()
     }
 
-    /// Records that a command was signed and sent (again); false if it moved on meanwhile.
-    pub async fn mark_sent(&self, id: &str, issued_at: i64) -> Result<bool, StoreError> {
+    /// Claims command `c` (as read by [`Store::dispatchable`]) for sending: records that it
+    /// was signed at `issued_at` and sent (again). False when it moved on since it was read
+    /// — accepted, cancelled, or claimed by another controller sharing the database, which
+    /// then sends it: the update only matches the status and signing time that were read,
+    /// so of two controllers that read the same command, one sends it.
+    pub async fn mark_sent(&self, c: &CommandRow, issued_at: i64) -> Result<bool, StoreError> {
         let now = now_ms();
         let r = writing!(self, |ex| sqlx::query(
             "UPDATE commands SET issued_at = $1, sent_at = COALESCE(sent_at, $2), \
              resent_at = CASE WHEN status = 'sent' THEN $3 ELSE resent_at END, status = 'sent' \
-             WHERE id = $4 AND status IN ('queued', 'sent')",
+             WHERE id = $4 AND status = $5 AND status IN ('queued', 'sent') \
+             AND issued_at IS NOT DISTINCT FROM $6",
         )
         .bind(issued_at)
         .bind(now)
         .bind(now)
-        .bind(id)
+        .bind(&c.id)
+        .bind(c.status.as_str())
+        .bind(c.issued_at)
         .execute(ex)
         .await
         .map(|r| r.rows_affected()))?;

@@ -151,3 +151,33 @@ async fn an_unknown_stored_status_is_a_decode_error() {
     assert!(s.list_commands(None, None, 50).await.is_err());
     assert!(s.cancel_command(&id.to_string()).await.is_err());
 }
+
+/// Controllers sharing a database that read the same dispatchable command: one claim wins,
+/// at once or one after the other; a re-send (after the resend time) is claimed once again.
+#[tokio::test]
+async fn a_dispatchable_command_is_claimed_once() {
+    let (_d, s) = store().await;
+    add_device(&s, "pi-a", "{}", None, true).await;
+    let cmd = NewCommand {
+        id: CommandId([9; 16]),
+        device: "pi-a".into(),
+        action: Action::Ping,
+        expires_at: i64::MAX,
+        answer_timeout_ms: 1_000,
+    };
+    s.insert_commands(&[cmd]).await.unwrap();
+    let read = s.dispatchable(0, 10).await.unwrap();
+    assert_eq!(read.len(), 1);
+    let c = &read[0];
+    // Two controllers at once.
+    let (one, two) = tokio::join!(s.mark_sent(c, 10), s.mark_sent(c, 11));
+    assert!(one.unwrap() ^ two.unwrap(), "both or neither sent it");
+    // A third, late, with what it read before.
+    assert!(!s.mark_sent(c, 12).await.unwrap());
+    // Due for a re-send: read again, claimed once again.
+    let again = s.dispatchable(i64::MAX, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].status, Status::Sent);
+    assert!(s.mark_sent(&again[0], 20).await.unwrap());
+    assert!(!s.mark_sent(&again[0], 21).await.unwrap());
+}
