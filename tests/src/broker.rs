@@ -116,6 +116,37 @@ impl Broker {
         Ok(broker)
     }
 
+    /// Kills the broker (SIGKILL) and waits for it to be gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again with the same configuration and ports (after [`Broker::kill9`]).
+    pub async fn restart(&mut self) -> Result<()> {
+        let out = std::fs::OpenOptions::new().append(true).open(&self.log)?;
+        self.child = Command::new("/usr/sbin/mosquitto")
+            .arg("-c")
+            .arg(self.dir.conf())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
+        for port in [self.device_port, self.controller_port] {
+            wait_for(
+                Duration::from_secs(10),
+                "mosquitto listening again",
+                || async move {
+                    tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .ok()
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// What the broker logged.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

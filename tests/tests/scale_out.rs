@@ -249,3 +249,123 @@ async fn two_controllers_share_the_fleet_through_mosquitto_and_postgres() {
     a.stop();
     b.stop();
 }
+
+async fn readyz(api: &pifleet_tests::api::Api) -> u16 {
+    api.get("/readyz", None).await.map_or(0, |r| r.status)
+}
+
+/// The broker killed and restarted, then PostgreSQL stopped and started: the controller says
+/// it is not ready while either is away, recovers by itself, and the agents' spools bring
+/// every sample in exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_and_the_database_come_back_and_nothing_is_lost() {
+    let cluster = PgCluster::start().await.unwrap();
+    let with_password = cluster.fresh_database().await.unwrap();
+    let name = with_password.rsplit('/').next().unwrap().to_owned();
+    let url = format!("postgres://pifleet@127.0.0.1:{}/{name}", cluster.port());
+    let pool = PgPool::connect(&with_password).await.unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let pw = secrets.path().join("store-password");
+    std::fs::write(&pw, cluster.password()).unwrap();
+    let init: Vec<&OsStr> = vec![
+        OsStr::new("--store-url"),
+        OsStr::new(&url),
+        OsStr::new("--store-password-file"),
+        pw.as_os_str(),
+    ];
+    let mut a = Controller::start_init(&init, "[store]\nretry_max_ms = 1000")
+        .await
+        .unwrap();
+    let mut broker = Broker::start(&a).await.unwrap();
+    a.stop();
+    merge_config(
+        &a.data.join("config.toml"),
+        &broker.controller_config("ctl-1", 30),
+    )
+    .unwrap();
+    a.serve().await.unwrap();
+    let api = pifleet_tests::api::Api::new(&a).unwrap();
+    let mut agents: Vec<Agent> = ["pi-a", "pi-b"]
+        .iter()
+        .map(|id| Agent::enroll(&a, id, 1).unwrap())
+        .collect();
+    for ag in &mut agents {
+        ag.start().unwrap();
+    }
+    let b = &a;
+    wait_rows(&pool, 2, &[], 3, "3 samples from each agent", || {
+        logs(&a, b, &broker)
+    })
+    .await;
+    assert_eq!(readyz(&api).await, 200);
+
+    // The broker goes away: not ready; it comes back: ready, and the spools drain.
+    broker.kill9();
+    wait_for(
+        Duration::from_secs(20),
+        "not ready without the broker",
+        || async { (readyz(&api).await == 503).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    broker.restart().await.unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "ready with the broker back",
+        || async { (readyz(&api).await == 200).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log()));
+    let before = counts(&pool).await;
+    wait_rows(
+        &pool,
+        2,
+        &before,
+        3,
+        "samples after the broker's restart",
+        || logs(&a, b, &broker),
+    )
+    .await;
+
+    // PostgreSQL stops: not ready; it starts again: ready, and nothing is lost.
+    cluster.stop().await.unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "not ready without the database",
+        || async { (readyz(&api).await == 503).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.start_again().await.unwrap();
+    wait_for(
+        Duration::from_secs(40),
+        "ready with the database back",
+        || async { (readyz(&api).await == 200).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log()));
+    let pool = PgPool::connect(&with_password).await.unwrap();
+    let before = counts(&pool).await;
+    wait_rows(
+        &pool,
+        2,
+        &before,
+        4,
+        "samples after the database's restart",
+        || logs(&a, b, &broker),
+    )
+    .await;
+    for (device, rows, distinct, max) in counts(&pool).await {
+        assert_eq!(rows, distinct, "{device}: a sample stored twice");
+        assert_eq!(
+            rows, max,
+            "{device}: a sample lost ({rows} rows up to seq {max})"
+        );
+    }
+    for ag in &mut agents {
+        ag.stop();
+    }
+    a.stop();
+}
