@@ -13,6 +13,7 @@ pub mod database;
 pub mod datadir;
 pub mod demo;
 pub mod enroll;
+pub mod housekeeping;
 pub mod live;
 pub mod logging;
 pub mod metrics;

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::config::MqttMode;
 use crate::datadir::{DataDir, write_private};
 use crate::enroll::{EnrollState, Pinned};
+use crate::housekeeping;
 use crate::live::Hub;
 use crate::metrics::Metrics;
 use crate::mqtt::downlink::Downlink;
@@ -32,8 +33,8 @@ use crate::pki::{self, tls};
 use crate::pki::{Ca, crl};
 use crate::rotation::reload;
 use crate::setup::{self, SetupError};
-use crate::store::{Store, now_ms};
-use crate::supervise::{Fatal, Health, Supervisor, TaskFailed, TaskResult};
+use crate::store::Store;
+use crate::supervise::{Health, Supervisor, TaskFailed, TaskResult};
 
 /// Start-up errors (each maps to an exit code in `main`), and the task failure that
 /// stopped a running controller.
@@ -170,7 +171,7 @@ impl Controller {
         let ca = Ca::load(&dd)?;
         let store = crate::database::open(&dd, &cfg.store, false).await?;
         store
-            .prepare_telemetry_partitions(PARTITION_DAYS_AHEAD)
+            .prepare_telemetry_partitions(housekeeping::PARTITION_DAYS_AHEAD)
             .await?;
         // The CRL converges to the database before the gateway reads it.
         let published = crl::publish(&dd, &store, &ca, cfg.pki.crl_next_update_days).await?;
@@ -477,6 +478,12 @@ impl Controller {
                 shutdown.clone(),
             ),
         );
+        if let Some(changes) = self.store.changes().await? {
+            tasks.spawn(
+                "changes",
+                housekeeping::follow_changes(changes, self.api.clone(), shutdown.clone()),
+            );
+        }
         tasks.spawn("limiter-gc", limiter_gc(self.api, shutdown.clone()));
         tasks.spawn(
             "fleet-summary",
@@ -484,7 +491,7 @@ impl Controller {
         );
         tasks.spawn(
             "retention",
-            retention(self.store.clone(), self.cfg.clone(), shutdown.clone()),
+            housekeeping::retention(self.store.clone(), self.cfg.clone(), shutdown.clone()),
         );
         if self.cfg.backup.enabled && self.store.backend() == crate::store::Backend::Postgres {
             // The fleet is PostgreSQL's to back up (pg_dump or the operator's own backups,
@@ -554,35 +561,6 @@ async fn limiter_gc(state: api::AppState, shutdown: CancellationToken) -> TaskRe
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => state.forget_quiet_limits(),
-        }
-    }
-}
-
-/// Days of telemetry partitions made ahead on PostgreSQL (at start and at each retention
-/// pass, which runs at least daily): samples always find their day's partition.
-const PARTITION_DAYS_AHEAD: i32 = 3;
-
-/// Deletes telemetry past `telemetry.retention_days`; a failure is retried at the next
-/// interval, a broken database ends the task.
-async fn retention(store: Store, cfg: Config, shutdown: CancellationToken) -> TaskResult {
-    let mut tick = tokio::time::interval(Duration::from_secs(cfg.telemetry.retention_interval_s));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = store
-            .prepare_telemetry_partitions(PARTITION_DAYS_AHEAD)
-            .await
-        {
-            tracing::error!(error = %e, "telemetry partitions could not be prepared");
-        }
-        let keep_ms = i64::from(cfg.telemetry.retention_days) * 86_400_000;
-        match store.apply_retention(now_ms() - keep_ms).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "telemetry retention applied"),
-            Err(e) if e.is_fatal() => return Err(Fatal::new("the database is broken", e)),
-            Err(e) => tracing::error!(error = %e, "telemetry retention failed"),
         }
     }
 }

@@ -175,6 +175,16 @@ impl ApiState {
     }
 
     /// Whether users of `role` must have MFA before using anything but their own account.
+    /// Reads the settings kept in memory again (another controller sharing the database
+    /// changed them).
+    pub async fn reload_settings(&self) -> Result<(), crate::store::StoreError> {
+        let roles = self.store.mfa_required_roles().await?;
+        if let Ok(mut cached) = self.mfa_required.write() {
+            *cached = roles;
+        }
+        Ok(())
+    }
+
     pub fn mfa_required_for(&self, role: Role) -> bool {
         self.mfa_required
             .read()

@@ -23,6 +23,7 @@ pub mod attempts;
 mod audit;
 mod ca_rotation;
 mod certificates;
+pub mod changes;
 mod command_keys;
 mod commands;
 mod devices;

@@ -375,7 +375,8 @@ impl Store {
         .execute(ex)
         .await
         .map(|r| r.rows_affected()))?;
-        Ok(())
+        // The other controllers keep the setting in memory.
+        self.announce(super::changes::Change::Settings).await
     }
 }
 

@@ -53,6 +53,8 @@ pub(crate) mod lock {
     const BASE: i64 = 0x7069_666c_6565_7400;
     /// Every write transaction but ingest (see `Store::write_tx`).
     pub const WRITERS: i64 = BASE | 1;
+    /// Telemetry retention and partition upkeep (`store::changes::Job::Retention`).
+    pub const RETENTION: i64 = BASE | 2;
 }
 
 /// Makes the current transaction wait for, then hold until it ends, the lock bound as `$1`.
