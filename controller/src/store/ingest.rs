@@ -189,69 +189,73 @@ impl Store {
                 }
             }
         }
-        in_tx!(tx, |ex| {
-            for chunk in pending.chunks(ROWS_PER_STATEMENT) {
-                let mut qb: QueryBuilder<DB> = QueryBuilder::new(
-                    "INSERT INTO telemetry (device_id, seq, ts, received_at, cpu_pct, load1, load5, \
+        if let super::db::Tx::Postgres(t) = &mut tx {
+            super::ingest_pg::insert_telemetry(t, &pending, now, finite, &mut dropped).await?;
+        } else {
+            in_tx!(tx, |ex| {
+                for chunk in pending.chunks(ROWS_PER_STATEMENT) {
+                    let mut qb: QueryBuilder<DB> = QueryBuilder::new(
+                        "INSERT INTO telemetry (device_id, seq, ts, received_at, cpu_pct, load1, load5, \
                      load15, mem_total, mem_used, swap_total, swap_used, temp_c, throttled, uptime_s, \
                      spool_dropped, spool_backlog, disks, nets, disk_used, disk_total, net_rx, \
                      net_tx) ",
-                );
-                let json = chunk
-                    .iter()
-                    .map(|(_, s)| {
-                        Ok((
-                            serde_json::to_string(&s.disks)?,
-                            serde_json::to_string(&s.nets)?,
-                        ))
-                    })
-                    .collect::<Result<Vec<_>, serde_json::Error>>()?;
-                qb.push_values(
-                    chunk.iter().zip(json),
-                    |mut b, ((device, s), (disks, nets))| {
-                        b.push_bind(device.as_str().to_owned())
-                            .push_bind(sql_int(s.seq))
-                            .push_bind(s.ts_ms)
-                            .push_bind(now)
-                            .push_bind(finite(s.cpu_pct))
-                            .push_bind(finite(s.load1))
-                            .push_bind(finite(s.load5))
-                            .push_bind(finite(s.load15))
-                            .push_bind(sql_int(s.mem_total_bytes))
-                            .push_bind(sql_int(s.mem_used_bytes))
-                            .push_bind(sql_int(s.swap_total_bytes))
-                            .push_bind(sql_int(s.swap_used_bytes))
-                            .push_bind(s.temp_c.map(finite))
-                            .push_bind(s.throttled.map(i64::from))
-                            .push_bind(sql_int(s.uptime_s))
-                            .push_bind(sql_int(s.spool_dropped))
-                            .push_bind(sql_int(s.spool_backlog))
-                            .push_bind(disks)
-                            .push_bind(nets)
-                            .push_bind(sql_int(s.disks.iter().map(|d| d.used_bytes).sum()))
-                            .push_bind(sql_int(s.disks.iter().map(|d| d.total_bytes).sum()))
-                            .push_bind(sql_int(s.nets.iter().map(|n| n.rx_bytes).sum()))
-                            .push_bind(sql_int(s.nets.iter().map(|n| n.tx_bytes).sum()));
-                    },
-                );
-                qb.push(" ON CONFLICT DO NOTHING");
-                if chunk.iter().any(|(_, s)| s.spool_dropped > 0) {
-                    // Rare: count drops only from rows really inserted (not from re-sends).
-                    qb.push(" RETURNING device_id, spool_dropped");
-                    for r in qb.build().fetch_all(&mut *ex).await? {
-                        let n: i64 = r.try_get("spool_dropped")?;
-                        if n > 0 {
-                            *dropped
-                                .entry(r.try_get::<String, _>("device_id")?)
-                                .or_default() += n;
+                    );
+                    let json = chunk
+                        .iter()
+                        .map(|(_, s)| {
+                            Ok((
+                                serde_json::to_string(&s.disks)?,
+                                serde_json::to_string(&s.nets)?,
+                            ))
+                        })
+                        .collect::<Result<Vec<_>, serde_json::Error>>()?;
+                    qb.push_values(
+                        chunk.iter().zip(json),
+                        |mut b, ((device, s), (disks, nets))| {
+                            b.push_bind(device.as_str().to_owned())
+                                .push_bind(sql_int(s.seq))
+                                .push_bind(s.ts_ms)
+                                .push_bind(now)
+                                .push_bind(finite(s.cpu_pct))
+                                .push_bind(finite(s.load1))
+                                .push_bind(finite(s.load5))
+                                .push_bind(finite(s.load15))
+                                .push_bind(sql_int(s.mem_total_bytes))
+                                .push_bind(sql_int(s.mem_used_bytes))
+                                .push_bind(sql_int(s.swap_total_bytes))
+                                .push_bind(sql_int(s.swap_used_bytes))
+                                .push_bind(s.temp_c.map(finite))
+                                .push_bind(s.throttled.map(i64::from))
+                                .push_bind(sql_int(s.uptime_s))
+                                .push_bind(sql_int(s.spool_dropped))
+                                .push_bind(sql_int(s.spool_backlog))
+                                .push_bind(disks)
+                                .push_bind(nets)
+                                .push_bind(sql_int(s.disks.iter().map(|d| d.used_bytes).sum()))
+                                .push_bind(sql_int(s.disks.iter().map(|d| d.total_bytes).sum()))
+                                .push_bind(sql_int(s.nets.iter().map(|n| n.rx_bytes).sum()))
+                                .push_bind(sql_int(s.nets.iter().map(|n| n.tx_bytes).sum()));
+                        },
+                    );
+                    qb.push(" ON CONFLICT DO NOTHING");
+                    if chunk.iter().any(|(_, s)| s.spool_dropped > 0) {
+                        // Rare: count drops only from rows really inserted (not from re-sends).
+                        qb.push(" RETURNING device_id, spool_dropped");
+                        for r in qb.build().fetch_all(&mut *ex).await? {
+                            let n: i64 = r.try_get("spool_dropped")?;
+                            if n > 0 {
+                                *dropped
+                                    .entry(r.try_get::<String, _>("device_id")?)
+                                    .or_default() += n;
+                            }
                         }
+                    } else {
+                        qb.build().execute(&mut *ex).await?;
                     }
-                } else {
-                    qb.build().execute(&mut *ex).await?;
                 }
-            }
-            Ok::<_, StoreError>(())
-        })?;
+                Ok::<_, StoreError>(())
+            })?;
+        }
         for (device, n) in &dropped {
             in_tx!(tx, |ex| sqlx::query(
                 "UPDATE devices SET spool_dropped_total = spool_dropped_total + $1 WHERE id = $2",
@@ -261,6 +265,10 @@ impl Store {
             .execute(ex)
             .await
             .map(|r| r.rows_affected()))?;
+        }
+        if let super::db::Tx::Postgres(t) = &mut tx {
+            super::ingest_pg::touch_devices(t, &last_seen, now).await?;
+            last_seen.clear();
         }
         for (device, max_seq) in last_seen {
             in_tx!(tx, |ex| sqlx::query(

@@ -30,6 +30,7 @@ mod devices;
 mod dialect;
 pub mod enrollment_requests;
 mod ingest;
+mod ingest_pg;
 #[cfg(any(test, feature = "testkit"))]
 pub mod pg_cluster;
 mod release_keys;
