@@ -173,8 +173,9 @@ impl Store {
             sqlx::query_scalar("SELECT COUNT(*) FROM telemetry_default")
                 .fetch_one(&mut *tx)
                 .await?;
-        tx.commit().await?;
+        // The read ends first: once the copy is committed, nothing may fail it.
         src.rollback().await?;
+        tx.commit().await?;
         Ok(CopyReport {
             rows,
             telemetry_in_default,

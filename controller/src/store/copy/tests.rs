@@ -67,6 +67,17 @@ async fn a_fleet_is_copied_whole_and_only_once() {
             .unwrap();
     }
     let dst = pg_store().await;
+    // PostgreSQL's tables are the same (its day partitions aside).
+    let mut pg: Vec<String> = reading!(dst, |ex| sqlx::query_scalar(
+        "SELECT CAST(c.relname AS TEXT) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+    )
+    .fetch_all(ex)
+    .await)
+    .unwrap();
+    pg.sort();
+    assert_eq!(pg, sqlite_tables(&src).await);
     let report = src.copy_to(&dst).await.unwrap();
     assert_eq!(report.telemetry_in_default, 0);
     assert_eq!(report.rows.len(), TABLES.len());
@@ -106,4 +117,38 @@ async fn a_fleet_is_copied_whole_and_only_once() {
         dst.copy_to(&src).await.unwrap_err(),
         CopyError::WrongDatabases
     ));
+}
+
+/// A copy that fails half way (here a row the target already has) leaves the target as it
+/// was: nothing of the tables copied before the failure stays.
+#[tokio::test]
+async fn a_failed_copy_leaves_nothing_behind() {
+    let (_dir, src) = sqlite_store().await;
+    add_device(&src, "pi-a", "{}", None, true).await;
+    telemetry(&src, "pi-a", vec![sample(1, now_ms(), 1.0, 500)]).await;
+    let dst = pg_store().await;
+    for s in [&src, &dst] {
+        writing!(s, |ex| sqlx::query(
+            "INSERT INTO release_numbers (app, last) VALUES ('web', 1)"
+        )
+        .execute(ex)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
+    }
+    let e = src.copy_to(&dst).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CopyError::Table {
+                table: "release_numbers",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    for table in TABLES {
+        let expected = i64::from(*table == "release_numbers");
+        assert_eq!(count(&dst, table).await, expected, "{table}");
+    }
 }
