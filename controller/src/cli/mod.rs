@@ -25,6 +25,7 @@ pub mod release;
 pub mod remote;
 pub mod rollout;
 pub mod rotate;
+pub mod store;
 pub mod token;
 pub mod user;
 
@@ -138,6 +139,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: backup::BackupCmd,
     },
+    /// The database behind the data dir: moving a fleet to PostgreSQL.
+    Store {
+        #[command(subcommand)]
+        cmd: store::StoreCmd,
+    },
     /// Configuration and revocation for an external MQTT broker (Mosquitto 2).
     BrokerConfig {
         #[command(subcommand)]
@@ -201,6 +207,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User { cmd } => user::run(cmd).await?,
         Command::Audit { cmd } => audit::run(cmd).await?,
         Command::Backup { cmd } => backup::run(cmd).await?,
+        Command::Store { cmd } => store::run(cmd).await?,
         Command::BrokerConfig { cmd } => broker::run(cmd).await?,
         Command::Demo(args) => demo::run(args).await?,
     }

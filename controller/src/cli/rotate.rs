@@ -338,7 +338,7 @@ async fn rotate_ca(
 }
 
 /// The pid of a live controller serving `dd`, from its `serve.json`.
-fn serving(dd: &pifleet_controller::datadir::DataDir) -> Option<u32> {
+pub(super) fn serving(dd: &pifleet_controller::datadir::DataDir) -> Option<u32> {
     let text = std::fs::read(dd.serve_state()).ok()?;
     let bound: pifleet_controller::serve::Bound = serde_json::from_slice(&text).ok()?;
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", bound.pid)).ok()?;

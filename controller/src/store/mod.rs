@@ -2,7 +2,7 @@
 //! (`devices`, `certificates`, `tokens`, `telemetry`, `commands`, `audit`, `users`,
 //! `sessions`, `attempts`, `approvals`, `api_tokens`, `releases`, `release_keys`,
 //! `unit_events`; `ingest` writes a batch across tables; `snapshot` copies the database for
-//! backups). This file holds the [`Store`] handle and what every
+//! backups; `copy` moves a SQLite fleet into PostgreSQL). This file holds the [`Store`] handle and what every
 //! table shares.
 //!
 //! Two databases behind one handle (`db`): SQLite, embedded, in WAL mode with
@@ -26,6 +26,7 @@ mod certificates;
 pub mod changes;
 mod command_keys;
 mod commands;
+pub mod copy;
 mod devices;
 mod dialect;
 pub mod enrollment_requests;
