@@ -5,24 +5,28 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::api;
 use crate::config::Config;
 use crate::store::{Store, now_ms};
 use crate::supervise::{Fatal, TaskResult};
 
 /// Reads again what another controller sharing the PostgreSQL database announced it changed.
-pub async fn follow_changes(
+/// `reload` reads again what is kept in memory (the API's settings).
+pub async fn follow_changes<F, Fut>(
     mut changes: crate::store::changes::Changes,
-    api: api::AppState,
+    reload: F,
     shutdown: CancellationToken,
-) -> TaskResult {
+) -> TaskResult
+where
+    F: Fn() -> Fut + Send,
+    Fut: std::future::Future<Output = Result<(), crate::store::StoreError>> + Send,
+{
     loop {
         let change = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             c = changes.next() => c,
         };
         let result = match change {
-            Ok(_) => api.reload_settings().await,
+            Ok(_) => reload().await,
             Err(e) => Err(e),
         };
         if let Err(e) = result {

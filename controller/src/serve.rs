@@ -481,7 +481,17 @@ impl Controller {
         if let Some(changes) = self.store.changes().await? {
             tasks.spawn(
                 "changes",
-                housekeeping::follow_changes(changes, self.api.clone(), shutdown.clone()),
+                housekeeping::follow_changes(
+                    changes,
+                    {
+                        let api = self.api.clone();
+                        move || {
+                            let api = api.clone();
+                            async move { api.reload_settings().await }
+                        }
+                    },
+                    shutdown.clone(),
+                ),
             );
         }
         tasks.spawn("limiter-gc", limiter_gc(self.api, shutdown.clone()));

@@ -23,14 +23,6 @@ pub enum Change {
     Missed,
 }
 
-impl Change {
-    fn as_str(self) -> &'static str {
-        match self {
-            Change::Settings | Change::Missed => "settings",
-        }
-    }
-}
-
 /// The announcements of the other controllers (and this one's own).
 #[derive(Debug)]
 pub struct Changes(PgListener);
@@ -39,8 +31,8 @@ impl Changes {
     /// The next change; waits. Reconnects by itself after a lost connection, answering
     /// [`Change::Missed`] then.
     pub async fn next(&mut self) -> Result<Change, StoreError> {
+        // Settings are the only thing announced so far.
         Ok(match self.0.try_recv().await? {
-            Some(n) if n.payload() == Change::Settings.as_str() => Change::Settings,
             Some(_) => Change::Settings,
             None => Change::Missed,
         })
@@ -87,7 +79,7 @@ impl Store {
         if let Db::Postgres { pool } = &self.db {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CHANNEL)
-                .bind(change.as_str())
+                .bind(format!("{change:?}"))
                 .execute(pool)
                 .await?;
         }

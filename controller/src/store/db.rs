@@ -50,14 +50,14 @@ impl Tx {
     }
 }
 
-/// Runs `$body` on the store's read pool (see the module documentation).
-macro_rules! reading {
-    ($store:expr, |$c:ident| $body:expr) => {
+/// Runs `$body` on the SQLite pool `$sqlite` (`reader` or `writer`) or PostgreSQL's one pool.
+macro_rules! on_pool {
+    ($store:expr, $sqlite:ident, |$c:ident| $body:expr) => {
         match &$store.db {
-            $crate::store::db::Db::Sqlite { reader, .. } => {
+            $crate::store::db::Db::Sqlite { $sqlite, .. } => {
                 #[allow(dead_code, clippy::upper_case_acronyms)]
                 type DB = sqlx::Sqlite;
-                let $c = reader;
+                let $c = $sqlite;
                 $body
             }
             $crate::store::db::Db::Postgres { pool } => {
@@ -70,23 +70,17 @@ macro_rules! reading {
     };
 }
 
+/// Runs `$body` on the store's read pool (see the module documentation).
+macro_rules! reading {
+    ($store:expr, |$c:ident| $body:expr) => {
+        $crate::store::db::on_pool!($store, reader, |$c| $body)
+    };
+}
+
 /// Runs `$body` on the store's write pool (see the module documentation).
 macro_rules! writing {
     ($store:expr, |$c:ident| $body:expr) => {
-        match &$store.db {
-            $crate::store::db::Db::Sqlite { writer, .. } => {
-                #[allow(dead_code, clippy::upper_case_acronyms)]
-                type DB = sqlx::Sqlite;
-                let $c = writer;
-                $body
-            }
-            $crate::store::db::Db::Postgres { pool } => {
-                #[allow(dead_code, clippy::upper_case_acronyms)]
-                type DB = sqlx::Postgres;
-                let $c = pool;
-                $body
-            }
-        }
+        $crate::store::db::on_pool!($store, writer, |$c| $body)
     };
 }
 
@@ -111,7 +105,7 @@ macro_rules! in_tx {
 }
 
 #[allow(unused_imports)] // for the tests outside the store
-pub(crate) use {in_tx, reading, writing};
+pub(crate) use {in_tx, on_pool, reading, writing};
 
 /// A JSON document stored as text (a `TEXT` column on both databases), decoded with serde.
 /// sqlx's own `Json` reads PostgreSQL's `json`/`jsonb` types only.

@@ -13,16 +13,22 @@ use sqlx::PgConnection;
 use super::{StoreError, sql_int};
 
 /// `INSERT` of the batch's samples from one array per column; re-sent samples are skipped.
-const INSERT: &str = "INSERT INTO telemetry (device_id, seq, ts, received_at, cpu_pct, load1, \
-    load5, load15, mem_total, mem_used, swap_total, swap_used, temp_c, throttled, uptime_s, \
-    spool_dropped, spool_backlog, disks, nets, disk_used, disk_total, net_rx, net_tx) \
-    SELECT d, s, t, $4, c, l1, l5, l15, mt, mu, st, su, tc, th, up, sd, sb, dk, nt, du, dt, \
-    rx, tx FROM UNNEST($1::text[], $2::int8[], $3::int8[], $5::float8[], $6::float8[], \
-    $7::float8[], $8::float8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], \
-    $13::float8[], $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::text[], \
-    $19::text[], $20::int8[], $21::int8[], $22::int8[], $23::int8[]) \
-    AS u(d, s, t, c, l1, l5, l15, mt, mu, st, su, tc, th, up, sd, sb, dk, nt, du, dt, rx, tx) \
-    ON CONFLICT DO NOTHING";
+macro_rules! insert_from_arrays {
+    () => {
+        concat!(
+            "INSERT INTO telemetry (device_id, seq, ts, received_at, cpu_pct, load1, ",
+            "load5, load15, mem_total, mem_used, swap_total, swap_used, temp_c, throttled, ",
+            "uptime_s, spool_dropped, spool_backlog, disks, nets, disk_used, disk_total, net_rx, ",
+            "net_tx) SELECT d, s, t, $4, c, l1, l5, l15, mt, mu, st, su, tc, th, up, sd, sb, dk, ",
+            "nt, du, dt, rx, tx FROM UNNEST($1::text[], $2::int8[], $3::int8[], $5::float8[], ",
+            "$6::float8[], $7::float8[], $8::float8[], $9::int8[], $10::int8[], $11::int8[], ",
+            "$12::int8[], $13::float8[], $14::int8[], $15::int8[], $16::int8[], $17::int8[], ",
+            "$18::text[], $19::text[], $20::int8[], $21::int8[], $22::int8[], $23::int8[]) ",
+            "AS u(d, s, t, c, l1, l5, l15, mt, mu, st, su, tc, th, up, sd, sb, dk, nt, du, dt, ",
+            "rx, tx) ON CONFLICT DO NOTHING"
+        )
+    };
+}
 
 /// Inserts `rows`; adds to `dropped` the spool drops the newly stored samples report.
 pub(super) async fn insert_telemetry(
@@ -54,20 +60,9 @@ pub(super) async fn insert_telemetry(
     let any_dropped = rows.iter().any(|(_, s)| s.spool_dropped > 0);
     let sql = if any_dropped {
         // Rare: count drops only from rows really inserted (not from re-sends).
-        concat!(
-            "INSERT INTO telemetry (device_id, seq, ts, received_at, cpu_pct, load1, ",
-            "load5, load15, mem_total, mem_used, swap_total, swap_used, temp_c, throttled, ",
-            "uptime_s, spool_dropped, spool_backlog, disks, nets, disk_used, disk_total, net_rx, ",
-            "net_tx) SELECT d, s, t, $4, c, l1, l5, l15, mt, mu, st, su, tc, th, up, sd, sb, dk, ",
-            "nt, du, dt, rx, tx FROM UNNEST($1::text[], $2::int8[], $3::int8[], $5::float8[], ",
-            "$6::float8[], $7::float8[], $8::float8[], $9::int8[], $10::int8[], $11::int8[], ",
-            "$12::int8[], $13::float8[], $14::int8[], $15::int8[], $16::int8[], $17::int8[], ",
-            "$18::text[], $19::text[], $20::int8[], $21::int8[], $22::int8[], $23::int8[]) ",
-            "AS u(d, s, t, c, l1, l5, l15, mt, mu, st, su, tc, th, up, sd, sb, dk, nt, du, dt, ",
-            "rx, tx) ON CONFLICT DO NOTHING RETURNING device_id, spool_dropped"
-        )
+        concat!(insert_from_arrays!(), " RETURNING device_id, spool_dropped")
     } else {
-        INSERT
+        insert_from_arrays!()
     };
     let q = sqlx::query_as::<_, (String, i64)>(sql)
         .bind(devices)

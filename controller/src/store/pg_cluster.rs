@@ -1,6 +1,6 @@
 //! A throwaway PostgreSQL cluster for tests: Debian's server binaries, a temp dir, a random
-//! loopback port and a random password. Nothing outlives the test process: a guardian process
-//! stops the cluster and removes its directory once the test process is gone, however it
+//! loopback port and a random password. Nothing outlives the test process: guardian processes
+//! (`flock`, waiting for a lock this process holds) stop the cluster and removes its directory once the test process is gone, however it
 //! ends (a SIGKILL included), which also covers [`shared`], whose `Drop` never runs.
 //!
 //! PostgreSQL refuses to run as root; as root (CI) every server command runs as the
@@ -70,8 +70,11 @@ pub struct PgCluster {
     password: String,
     /// Run server commands as `postgres` (we are root).
     as_postgres: bool,
-    /// Stops the cluster and removes `dir` when its stdin closes, i.e. when this process ends.
-    guardian: Option<Child>,
+    /// Held while this process lives (the kernel lets go of it when the process ends, also
+    /// on SIGKILL); the guardians wait for it.
+    alive: Option<nix::fcntl::Flock<std::fs::File>>,
+    /// Stop the cluster, then remove `dir`, once `alive` is let go.
+    guardians: Vec<Child>,
 }
 
 impl fmt::Debug for PgCluster {
@@ -121,10 +124,11 @@ impl PgCluster {
                 .map(char::from)
                 .collect(),
             as_postgres,
-            guardian: None,
+            alive: None,
+            guardians: Vec::new(),
         };
         // From here on `Drop` cleans up whatever a failure leaves behind.
-        cluster.guardian = Some(cluster.spawn_guardian()?);
+        cluster.spawn_guardians()?;
         let pwfile = cluster.dir.join("pwfile");
         std::fs::write(&pwfile, &cluster.password).map_err(io("writing the password file"))?;
         if let Some(user) = &owner {
@@ -316,32 +320,49 @@ impl PgCluster {
         cmd
     }
 
-    /// A shell that waits for its stdin to close (this process ending, or `Drop`), then
-    /// stops the server and removes the directory. It has its own process group and ignores
-    /// the usual signals, so a Ctrl-C or a kill of the test's process group spares it.
-    fn spawn_guardian(&self) -> Result<Child, PgClusterError> {
-        let runuser = if self.as_postgres {
-            "runuser -u postgres -- "
-        } else {
-            ""
-        };
-        let script = format!(
-            "trap '' INT TERM HUP QUIT PIPE; while read -r _; do :; done; \
-             {runuser}\"$1/pg_ctl\" -D \"$2/data\" stop -m immediate >/dev/null 2>&1; \
-             rm -rf \"$2\""
-        );
-        std::process::Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .arg("pifleet-pg-guardian")
-            .arg(&self.bin)
-            .arg(&self.dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .map_err(io("starting the cluster's guardian (sh)"))
+    /// Two `flock` (util-linux) processes, commands as argv: both wait for a shared lock
+    /// on `dir/.alive`, which this process holds exclusively until it ends; then one stops
+    /// the server (it holds `dir/.stopping` from the start) and the other, waiting for
+    /// `.stopping`, removes the directory after it. Each has its own process group, so a
+    /// Ctrl-C or a kill of the test's process group spares them.
+    fn spawn_guardians(&mut self) -> Result<(), PgClusterError> {
+        let alive = self.dir.join(".alive");
+        let stopping = self.dir.join(".stopping");
+        let file = std::fs::File::create(&alive).map_err(io("creating the cluster's lock"))?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| io("locking the cluster's lock")(e.into()))?;
+        self.alive = Some(lock);
+        let mut stop = std::process::Command::new("flock");
+        stop.arg(&stopping).args(["flock", "--shared"]).arg(&alive);
+        if self.as_postgres {
+            stop.args(["runuser", "-u", "postgres", "--"]);
+        }
+        // The data directory through the environment: only the server's own processes name
+        // it on their command line (the tests look for them there).
+        stop.arg(self.bin.join("pg_ctl"))
+            .args(["stop", "-m", "immediate"])
+            .env("PGDATA", self.data());
+        let mut remove = std::process::Command::new("flock");
+        remove
+            .args(["--shared"])
+            .arg(&alive)
+            .arg("flock")
+            .arg(&stopping)
+            .args(["rm", "-rf"])
+            .arg(&self.dir);
+        for cmd in [&mut stop, &mut remove] {
+            let child = cmd
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .map_err(io(
+                    "starting the cluster's guardian (flock, from util-linux)",
+                ))?;
+            self.guardians.push(child);
+        }
+        Ok(())
     }
 }
 
@@ -367,9 +388,9 @@ impl Drop for PgCluster {
                 .status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-        if let Some(mut guardian) = self.guardian.take() {
-            // Closing its stdin lets it finish (with nothing left to do).
-            drop(guardian.stdin.take());
+        // Letting go of the lock lets the guardians finish (with nothing left to do).
+        drop(self.alive.take());
+        for mut guardian in self.guardians.drain(..) {
             let _ = guardian.wait();
         }
     }
