@@ -16,6 +16,7 @@ pub mod https;
 pub mod logs;
 pub mod mosquitto;
 pub mod mqtt;
+pub mod pgkit;
 pub mod procstat;
 pub mod promkit;
 pub mod releasekit;

@@ -5,51 +5,20 @@
 // Integration tests: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::ffi::OsStr;
 use std::time::Duration;
 
-use pifleet_controller::store::pg_cluster::PgCluster;
 use pifleet_tests::harness::{Agent, Controller, bin, wait_for};
-use sqlx::postgres::PgPool;
-
-/// The database URL without its password (as `store.url` must be), and the pool to check
-/// what the controller wrote.
-async fn database(cluster: &PgCluster) -> (String, PgPool) {
-    let with_password = cluster.fresh_database().await.unwrap();
-    let name = with_password.rsplit('/').next().unwrap().to_owned();
-    let url = format!("postgres://pifleet@127.0.0.1:{}/{name}", cluster.port());
-    let pool = PgPool::connect(&with_password).await.unwrap();
-    (url, pool)
-}
+use pifleet_tests::pgkit::{PgFleet, all_stored_once, counts};
 
 /// How many entries a refused `init` left in the data dir (none: at most the empty dir).
 fn left_in(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
-async fn counts(pool: &PgPool) -> Vec<(String, i64, i64, i64)> {
-    sqlx::query_as(
-        "SELECT device_id, COUNT(*), COUNT(DISTINCT seq), MAX(seq) FROM telemetry \
-         GROUP BY device_id ORDER BY device_id",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_stream_into_postgres_exactly_once_across_a_controller_kill() {
-    let cluster = PgCluster::start().await.unwrap();
-    let (url, pool) = database(&cluster).await;
-    let secrets = tempfile::tempdir().unwrap();
-    let pw = secrets.path().join("store-password");
-    std::fs::write(&pw, format!("{}\n", cluster.password())).unwrap();
-    let args: Vec<&OsStr> = vec![
-        OsStr::new("--store-url"),
-        OsStr::new(&url),
-        OsStr::new("--store-password-file"),
-        pw.as_os_str(),
-    ];
+    let db = PgFleet::start().await;
+    let (cluster, url, pool, args) = (&db.cluster, db.url.clone(), db.pool.clone(), db.init_args());
     let mut ctl = Controller::start_init(&args, "[telemetry]\nretention_interval_s = 10")
         .await
         .unwrap();
@@ -100,26 +69,7 @@ async fn agents_stream_into_postgres_exactly_once_across_a_controller_kill() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", ctl.log()));
     // What was not acknowledged before the kill comes again from the agents' spools.
-    let settled = wait_for(Duration::from_secs(60), "every sample stored once", || {
-        let pool = pool.clone();
-        async move {
-            counts(&pool)
-                .await
-                .iter()
-                .all(|(_, rows, distinct, max)| rows == distinct && rows == max)
-                .then_some(())
-        }
-    })
-    .await;
-    if settled.is_err() {
-        for (device, rows, distinct, max) in counts(&pool).await {
-            assert_eq!(rows, distinct, "{device}: a sample stored twice");
-            assert_eq!(
-                rows, max,
-                "{device}: a sample lost (seq 1..{max}, {rows} rows)"
-            );
-        }
-    }
+    all_stored_once(&pool, || ctl.log()).await;
 
     // The devices, their last-seen times and the admin all live in PostgreSQL.
     let online: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE online = TRUE")

@@ -8,24 +8,12 @@
 // Integration tests: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::ffi::OsStr;
 use std::time::Duration;
 
-use pifleet_controller::store::pg_cluster::PgCluster;
 use pifleet_tests::broker::Broker;
 use pifleet_tests::harness::{Agent, Controller, merge_config, wait_for};
+use pifleet_tests::pgkit::{PgFleet, all_stored_once, counts};
 use sqlx::postgres::PgPool;
-
-/// Samples per device: (device, rows, distinct seqs, highest seq).
-async fn counts(pool: &PgPool) -> Vec<(String, i64, i64, i64)> {
-    sqlx::query_as(
-        "SELECT device_id, COUNT(*), COUNT(DISTINCT seq), MAX(seq) FROM telemetry \
-         GROUP BY device_id ORDER BY device_id",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap()
-}
 
 async fn wait_rows(
     pool: &PgPool,
@@ -49,40 +37,6 @@ async fn wait_rows(
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
-}
-
-/// Waits (a minute at most) until every device's samples 1..=max are stored, each once: what
-/// was not acknowledged comes again from the agents' spools. Fails naming the device with a
-/// gap or a double.
-async fn all_stored_once(pool: &PgPool, logs: impl Fn() -> String) {
-    let settled = wait_for(
-        Duration::from_secs(60),
-        "every sample stored once",
-        || async {
-            counts(pool)
-                .await
-                .iter()
-                .all(|(_, rows, distinct, max)| rows == distinct && rows == max)
-                .then_some(())
-        },
-    )
-    .await;
-    if settled.is_err() {
-        for (device, rows, distinct, max) in counts(pool).await {
-            assert_eq!(
-                rows,
-                distinct,
-                "{device}: a sample stored twice\n{}",
-                logs()
-            );
-            assert_eq!(
-                rows,
-                max,
-                "{device}: a sample lost ({rows} rows up to seq {max})\n{}",
-                logs()
-            );
-        }
-    }
 }
 
 fn logs(a: &Controller, b: &Controller, broker: &Broker) -> String {
@@ -114,20 +68,8 @@ fn stdout(ctl: &Controller, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_controllers_share_the_fleet_through_mosquitto_and_postgres() {
-    let cluster = PgCluster::start().await.unwrap();
-    let with_password = cluster.fresh_database().await.unwrap();
-    let name = with_password.rsplit('/').next().unwrap().to_owned();
-    let url = format!("postgres://pifleet@127.0.0.1:{}/{name}", cluster.port());
-    let pool = PgPool::connect(&with_password).await.unwrap();
-    let secrets = tempfile::tempdir().unwrap();
-    let pw = secrets.path().join("store-password");
-    std::fs::write(&pw, cluster.password()).unwrap();
-    let init: Vec<&OsStr> = vec![
-        OsStr::new("--store-url"),
-        OsStr::new(&url),
-        OsStr::new("--store-password-file"),
-        pw.as_os_str(),
-    ];
+    let db = PgFleet::start().await;
+    let (pool, init) = (db.pool.clone(), db.init_args());
     // The first controller, then the broker configured from its data dir; then it switches
     // to the broker, and a second controller starts from a copy of its data dir.
     let mut a = Controller::start_init(&init, "[pki]\ncrl_check_s = 1")
@@ -287,20 +229,8 @@ async fn readyz(api: &pifleet_tests::api::Api) -> u16 {
 /// every sample in exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_and_the_database_come_back_and_nothing_is_lost() {
-    let cluster = PgCluster::start().await.unwrap();
-    let with_password = cluster.fresh_database().await.unwrap();
-    let name = with_password.rsplit('/').next().unwrap().to_owned();
-    let url = format!("postgres://pifleet@127.0.0.1:{}/{name}", cluster.port());
-    let pool = PgPool::connect(&with_password).await.unwrap();
-    let secrets = tempfile::tempdir().unwrap();
-    let pw = secrets.path().join("store-password");
-    std::fs::write(&pw, cluster.password()).unwrap();
-    let init: Vec<&OsStr> = vec![
-        OsStr::new("--store-url"),
-        OsStr::new(&url),
-        OsStr::new("--store-password-file"),
-        pw.as_os_str(),
-    ];
+    let db = PgFleet::start().await;
+    let (cluster, pool, init) = (&db.cluster, db.pool.clone(), db.init_args());
     let mut a = Controller::start_init(&init, "[store]\nretry_max_ms = 1000")
         .await
         .unwrap();
@@ -374,7 +304,7 @@ async fn the_broker_and_the_database_come_back_and_nothing_is_lost() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", a.log()));
-    let pool = PgPool::connect(&with_password).await.unwrap();
+    let pool = PgPool::connect(&db.with_password).await.unwrap();
     let before = counts(&pool).await;
     wait_rows(
         &pool,
