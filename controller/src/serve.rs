@@ -199,6 +199,7 @@ impl Controller {
             metrics.server_cert_expiry.set(t);
         }
         let health = Arc::new(Health::new(metrics.clone()));
+        crate::rotation::keyset::report(&dd, &store, &health).await;
 
         let mqtt_listener = match cfg.mqtt.mode {
             MqttMode::External => None,
@@ -474,6 +475,7 @@ impl Controller {
                     dispatcher: self.dispatcher,
                     release_keys: self.release_keys,
                     command_key_error: None,
+                    health: self.health.clone(),
                 },
                 shutdown.clone(),
             ),

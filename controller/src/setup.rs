@@ -251,6 +251,10 @@ async fn populate(
         ));
     }
     crl::publish(dd, &store, &ca, cfg.pki.crl_next_update_days).await?;
+    // Further controllers sharing the database must hold these same key files.
+    crate::rotation::keyset::record(dd, &store)
+        .await
+        .map_err(|e| SetupError::Database(e.to_string()))?;
     let passwords =
         Passwords::new(cfg.auth.argon2_cost()).map_err(|e| UserError::Hash(e.to_string()))?;
     let admin = users::create_user(

@@ -194,7 +194,10 @@ pub struct Health {
 impl Health {
     /// Components that report here, each ready until it says otherwise (so
     /// `pifleet_ready` has a series for each from the start).
-    pub const COMPONENTS: [&'static str; 3] = ["ingest-writer", "dispatcher", "crl"];
+    pub const COMPONENTS: [&'static str; 4] = ["ingest-writer", "dispatcher", "crl", Self::KEYS];
+
+    /// This controller's key files agree with the fleet's (`rotation::keyset`).
+    pub const KEYS: &'static str = "keys";
 
     pub fn new(metrics: Metrics) -> Self {
         for c in Self::COMPONENTS {
@@ -223,6 +226,12 @@ impl Health {
             tracing::info!(component, "ready again");
         }
         self.metrics.ready.with_label_values(&[component]).set(1);
+    }
+
+    /// Whether `component` reported a problem it has not recovered from.
+    pub fn is_degraded(&self, component: &str) -> bool {
+        let p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        p.contains_key(component)
     }
 
     /// The components that are not ready, with why.

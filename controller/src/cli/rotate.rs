@@ -5,10 +5,10 @@
 use clap::Subcommand;
 use pifleet_controller::auth::jwt::JwtKeys;
 use pifleet_controller::pki::server_cert;
-use pifleet_controller::rotation::{command_keys, release_key};
+use pifleet_controller::rotation::{command_keys, keyset, release_key};
 use pifleet_controller::store::now_ms;
 
-use super::{DataDirArg, conclude, open};
+use super::{DataDirArg, Opened, conclude, open};
 
 #[derive(Subcommand)]
 pub enum RotateCmd {
@@ -77,6 +77,28 @@ pub enum RotateCmd {
         #[arg(long)]
         finish: bool,
     },
+    /// Record this data dir's key files as the ones every controller sharing the database
+    /// must hold (rotations record them by themselves): controllers whose files differ
+    /// report themselves not ready until they hold the same.
+    AdoptKeys {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+}
+
+/// After a rotation changed key files: records them as the fleet's, so the other
+/// controllers sharing the database report themselves not ready until they hold them too.
+/// The rotation is done either way; a failure here is said, with what to run.
+async fn record_keys<T, E>(o: &Opened, rotated: &Result<T, E>) {
+    if rotated.is_err() {
+        return;
+    }
+    if let Err(e) = keyset::record(&o.dd, &o.store).await {
+        eprintln!(
+            "warning: the keys changed but the database's record of them could not be \
+             updated ({e}); run `pifleet-controller rotate adopt-keys` here"
+        );
+    }
 }
 
 /// Longest an MFA-step token lives (`api::auth`): older keys stay for whichever is longer.
@@ -105,6 +127,7 @@ pub async fn run(cmd: RotateCmd) -> anyhow::Result<()> {
                 Ok(k) => format!("new key {}", k.current_kid()),
                 Err(_) => String::new(),
             };
+            record_keys(&o, &rotated).await;
             let keys = conclude(o.store, "rotate.jwt_key", "jwt.key", &detail, rotated).await?;
             println!(
                 "access tokens are now signed with key {}; the previous key verifies the tokens \
@@ -144,6 +167,7 @@ pub async fn run(cmd: RotateCmd) -> anyhow::Result<()> {
                 ),
                 Err(_) => String::new(),
             };
+            record_keys(&o, &rotated).await;
             let r = conclude(
                 o.store,
                 "rotate.command_key",
@@ -168,6 +192,7 @@ pub async fn run(cmd: RotateCmd) -> anyhow::Result<()> {
                 Ok(ids) => format!("stopped {}", ids.join(", ")),
                 Err(_) => String::new(),
             };
+            record_keys(&o, &finished).await;
             let ids = conclude(
                 o.store,
                 "rotate.command_key_finish",
@@ -218,6 +243,7 @@ pub async fn run(cmd: RotateCmd) -> anyhow::Result<()> {
                 Ok((new, all)) => format!("new key {}; trusted {}", new.id, ids(all)),
                 Err(_) => String::new(),
             };
+            record_keys(&o, &rotated).await;
             let (new, all) = conclude(
                 o.store,
                 "rotate.release_key",
@@ -250,6 +276,7 @@ pub async fn run(cmd: RotateCmd) -> anyhow::Result<()> {
                 Ok(dropped) => format!("dropped {}", ids(dropped)),
                 Err(_) => String::new(),
             };
+            record_keys(&o, &finished).await;
             let dropped = conclude(
                 o.store,
                 "rotate.release_key_finish",
@@ -262,6 +289,16 @@ pub async fn run(cmd: RotateCmd) -> anyhow::Result<()> {
                 "release keys {} are no longer trusted; devices are told within \
                  auth.key_reload_s.",
                 ids(&dropped)
+            );
+        }
+        RotateCmd::AdoptKeys { dir } => {
+            let o = open(&dir).await?;
+            let recorded = keyset::record(&o.dd, &o.store).await;
+            conclude(o.store, "rotate.adopt_keys", "keys", "", recorded).await?;
+            println!(
+                "this data dir's key files are now the fleet's: controllers sharing the \
+                 database whose files differ report themselves not ready (within \
+                 auth.key_reload_s) until they hold the same."
             );
         }
     }
@@ -307,6 +344,7 @@ async fn rotate_ca(
             Ok(left) if !left.is_empty() => format!("forced; locked out: {}", left.join(",")),
             _ => String::new(),
         };
+        record_keys(&o, &done).await;
         let left = conclude(o.store, "rotate.ca_finish", "ca", &detail, done).await?;
         println!("the previous CA is no longer trusted and its key is deleted");
         if !left.is_empty() {
@@ -326,6 +364,7 @@ async fn rotate_ca(
             .map_err(anyhow::Error::from),
         (Err(e), _) | (_, Err(e)) => Err(e),
     };
+    record_keys(&o, &rotated).await;
     let r = conclude(o.store, "rotate.ca", "ca", "", rotated).await?;
     println!(
         "the new CA signs from now on (root {} unchanged; server certificate for {}). The \

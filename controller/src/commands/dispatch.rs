@@ -244,6 +244,11 @@ impl Dispatcher {
                 _ = tick.tick() => true,
                 _ = self.wake.notified() => false,
             };
+            // Keys that differ from the fleet's would sign what devices refuse: the other
+            // controllers sharing the database send meanwhile.
+            if health.is_degraded(Health::KEYS) {
+                continue;
+            }
             let r = async {
                 if expiry {
                     match self.store.expire_commands().await? {

@@ -1,6 +1,8 @@
 //! The task that puts rotated keys in use: every `auth.key_reload_s` it checks the
 //! access-token keys, the server certificate, the command keys and the release keys, and
 //! installs whatever changed. A file that does not load is logged and what is in use stays.
+//! It then compares the key files with those the other controllers hold
+//! ([`super::keyset`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -36,6 +38,8 @@ pub struct Reload {
     pub release_keys: Vec<TrustedKey>,
     /// The last command key problem logged, so a lasting one is logged once.
     pub command_key_error: Option<String>,
+    /// Told whether this controller's key files agree with the others' ([`super::keyset`]).
+    pub health: Arc<crate::supervise::Health>,
 }
 
 /// Runs until `shutdown`.
@@ -77,6 +81,7 @@ pub async fn run(mut r: Reload, shutdown: CancellationToken) -> TaskResult {
         }
         reload_release_keys(&mut r).await;
         reload_command_keys(&mut r).await;
+        super::keyset::report(&r.dd, r.dispatcher.store(), &r.health).await;
     }
 }
 

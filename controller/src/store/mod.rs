@@ -32,6 +32,7 @@ mod dialect;
 pub mod enrollment_requests;
 mod ingest;
 mod ingest_pg;
+mod key_set;
 #[cfg(any(test, feature = "testkit"))]
 pub mod pg_cluster;
 mod release_keys;
