@@ -11,9 +11,16 @@
 //! - **Identity**: the broker binds each device to its certificate's CN and its own topics
 //!   (`broker-config mosquitto`); the topic's device id is trusted as such. Messages of a
 //!   revoked device are dropped here as a backstop, should the broker let one through.
-//! - **Presence**: the broker does not tell subscribers who is connected; a device is online
-//!   when a message of it arrives and offline when it sent nothing for
-//!   `mqtt.external.presence_timeout_s`.
+//! - **Presence**: the agent publishes a retained `online` status on its status topic when
+//!   it connects and `offline` when it leaves, and leaves `offline` as its last will, which
+//!   the broker publishes when the connection drops without a goodbye (after 1.5 times the
+//!   agent's keep-alive at most). Every controller subscribes to the status topics directly
+//!   (`fleet/+/up/status`, not shared), so each hears every change, and at connect the
+//!   retained `offline` of devices that left while no controller listened. A retained
+//!   `online` is not believed on its own (a broker that crashed never published the wills of
+//!   its sessions): a device is online once a live message of it arrives. Reconciled with
+//!   last-seen times: a device that sent nothing for `mqtt.external.presence_timeout_s` is
+//!   offline whatever its status said.
 //! - **Downlink**: commands, acks and certificates are published to the device's topics.
 //! - **Revocation**: when a certificate is revoked (in this controller or another, through
 //!   the database), the device's live session is kicked, after the broker's CRL was rewritten
@@ -24,7 +31,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use pifleet_shared::DeviceId;
-use pifleet_shared::topic::Topic;
+use pifleet_shared::codec;
+use pifleet_shared::proto::v1;
+use pifleet_shared::topic::{Kind, Topic};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +50,9 @@ use crate::supervise::{Fatal, Health, TaskResult};
 
 /// The shared subscription every controller takes.
 pub const INGEST_FILTER: &str = "$share/pifleet/fleet/+/up/#";
+
+/// Every device's status, to every controller (with the retained ones at subscribe).
+pub const STATUS_FILTER: &str = "fleet/+/up/status";
 
 const COMPONENT: &str = "broker";
 
@@ -138,14 +150,16 @@ impl Broker {
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    if let Err(e) = self.client.try_subscribe(INGEST_FILTER, QoS::AtLeastOnce) {
-                        tracing::error!(error = %e, "could not subscribe at the broker");
+                    for filter in [INGEST_FILTER, STATUS_FILTER] {
+                        if let Err(e) = self.client.try_subscribe(filter, QoS::AtLeastOnce) {
+                            tracing::error!(error = %e, filter, "could not subscribe at the broker");
+                        }
                     }
                     health.recovered(COMPONENT);
                     tracing::info!("connected to the broker");
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    match self.receive(&router, &p.topic, &p.payload).await {
+                    match self.receive(&router, &p.topic, &p.payload, p.retain).await {
                         Err(RouteError::Closed) => return Ok(()),
                         Ok(()) | Err(RouteError::Refused(_)) => {}
                     }
@@ -168,12 +182,14 @@ impl Broker {
         }
     }
 
-    /// One message from the shared subscription.
+    /// One message from the shared subscription, or a status; `retained` when the broker
+    /// kept it (a status sent before this controller subscribed).
     async fn receive(
         &self,
         router: &Router,
         topic: &str,
         payload: &[u8],
+        retained: bool,
     ) -> Result<(), RouteError> {
         let Ok(parsed) = Topic::parse(topic) else {
             self.drop_message("topic");
@@ -187,6 +203,9 @@ impl Broker {
         if revoked {
             self.drop_message("revoked");
             return Err(RouteError::Refused("revoked"));
+        }
+        if parsed.kind == Kind::Status {
+            return self.status(router, device, payload, retained).await;
         }
         let tell = {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -202,6 +221,43 @@ impl Broker {
             router.online(&device, true).await;
         }
         router.route(topic, payload).await
+    }
+
+    /// A device's status: `offline` (its goodbye or its last will) makes it offline at once;
+    /// a live `online` makes it online. Both come to every controller (and twice to the one
+    /// the shared subscription also picks): telling ingest again changes nothing.
+    async fn status(
+        &self,
+        router: &Router,
+        device: DeviceId,
+        payload: &[u8],
+        retained: bool,
+    ) -> Result<(), RouteError> {
+        let status: v1::Status = match codec::decode(Kind::Status, payload) {
+            Ok(s) => s,
+            Err(e) => {
+                self.drop_message(e.reason());
+                return Err(RouteError::Refused("status"));
+            }
+        };
+        let online = {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            match status {
+                v1::Status::Offline => {
+                    seen.remove(&device);
+                    false
+                }
+                // Kept by the broker from before: the device may have gone since (a crashed
+                // broker publishes no will); its next live message says.
+                v1::Status::Online if retained => return Ok(()),
+                v1::Status::Online => {
+                    seen.insert(device.clone(), Instant::now());
+                    true
+                }
+            }
+        };
+        router.online(&device, online).await;
+        Ok(())
     }
 
     fn drop_message(&self, reason: &'static str) {
