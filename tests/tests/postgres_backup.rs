@@ -70,7 +70,7 @@ fn logs(ctl: &Controller, agents: &[Agent]) -> String {
 }
 
 /// The drill's tarball of a data dir: every file but the running process's own state, the
-/// SQLite leftovers and local backups (docs/SCALING.md).
+/// SQLite leftovers and embedded-mode backups (docs/SCALING.md).
 fn tar_keys(data: &Path, tgz: &Path, db: &PgFleet) {
     ok(
         Command::new("tar")
@@ -79,7 +79,7 @@ fn tar_keys(data: &Path, tgz: &Path, db: &PgFleet) {
             .args([
                 "--exclude=./serve.json",
                 "--exclude=./crl.lock",
-                "--exclude=./backups",
+                "--exclude=./backups/pifleet-backup-*",
                 "--exclude=./pifleet.db*",
                 "-czf",
             ])
@@ -107,6 +107,28 @@ fn untar_keys(tgz: &Path, data: &Path, url: &str, db: &PgFleet) {
                 "/^\\[store\\]/,/^\\[/ s|^url = .*|url = \"{url}\"|"
             ))
             .arg(data.join("config.toml")),
+        db,
+    );
+}
+
+/// The drill's second look at revocations: every device a revocation log names is revoked
+/// again in the restored database (the docs' pipeline, run by `sh`).
+fn revoke_again(data: &Path, db: &PgFleet) {
+    let path = format!(
+        "{}:{}",
+        pifleet_tests::harness::bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg(
+                "sed -n 's/^{\"device\":\"\\([^\"]*\\)\".*/\\1/p' \"$1/backups/revocations.log\" | \
+                 sort -u | xargs -r -n1 pifleet-controller device revoke --data-dir \"$1\"",
+            )
+            .arg("sh")
+            .arg(data)
+            .env("PATH", path),
         db,
     );
 }
@@ -228,6 +250,8 @@ async fn pg_dump_and_the_key_tarball_restore_a_working_fleet() {
     for a in &mut agents {
         a.start().unwrap();
     }
+    // A third device, enrolled, never run: revoked after the dump below.
+    let _pi_c = Agent::enroll(&ctl, "pi-c", 1).unwrap();
     streaming_past(&pool, &agents, &[1, 1], &ctl).await;
     ping(&ctl, &pool, "pi-a", &agents).await;
 
@@ -251,7 +275,7 @@ async fn pg_dump_and_the_key_tarball_restore_a_working_fleet() {
         .unwrap();
     assert!(audited >= 3, "{audited} audit entries");
     let before = devices(&ctl);
-    assert_eq!(before.len(), 2, "{before:?}");
+    assert_eq!(before.len(), 3, "{before:?}");
 
     // Key files taken too early: before a command-key rotation that the dump will hold.
     let work = tempfile::tempdir().unwrap();
@@ -274,6 +298,8 @@ async fn pg_dump_and_the_key_tarball_restore_a_working_fleet() {
         &db,
     );
     let dump_took = t.elapsed();
+    // A revocation after the dump: in the revocation log the tarball carries, not in the dump.
+    ctl.revoke("pi-c").unwrap();
     tar_keys(&ctl.data, &keys, &db);
     // Every file `init` and the rotation wrote that a restore needs is in the tarball (the
     // embedded mode's backups carry the same ones); the process's own state is not.
@@ -311,7 +337,7 @@ async fn pg_dump_and_the_key_tarball_restore_a_working_fleet() {
 
     // The drill: every controller stopped, an empty database, the dump into it.
     ctl.stop().expect("the controller was running");
-    let drill = Instant::now();
+    let t = Instant::now();
     let port = db.cluster.port();
     let restored_url = format!("postgres://pifleet@127.0.0.1:{port}/pifleet_restored");
     ok(
@@ -329,6 +355,7 @@ async fn pg_dump_and_the_key_tarball_restore_a_working_fleet() {
             .arg(&dump),
         &db,
     );
+    let restore_took = t.elapsed();
     let restored = PgPool::connect(&db.cluster.url("pifleet_restored"))
         .await
         .unwrap();
@@ -354,9 +381,19 @@ async fn pg_dump_and_the_key_tarball_restore_a_working_fleet() {
     );
 
     // The key files from after the dump: the restored controller serves, on the same ports.
+    let t = Instant::now();
     let data = work.path().join("data");
     untar_keys(&keys, &data, &restored_url, &db);
-    ctl.data = data;
+    ctl.data = data.clone();
+    // The dump's devices, pi-c among them as it was then: not revoked. Revoked again from
+    // the log before anything starts.
+    assert_eq!(devices(&ctl), before);
+    revoke_again(&data, &db);
+    let mut revoked = before.clone();
+    let c = revoked.iter().find(|d| d.0 == "pi-c").unwrap().clone();
+    revoked.remove(&c);
+    revoked.insert((c.0, c.1, true));
+    assert_eq!(devices(&ctl), revoked);
     ctl.serve().await.unwrap();
     let api = Api::new(&ctl).unwrap();
     wait_for(LONG, "/readyz is 200", || async {
@@ -364,12 +401,13 @@ async fn pg_dump_and_the_key_tarball_restore_a_working_fleet() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", logs(&ctl, &agents)));
-    let drill_took = drill.elapsed();
+    let files_took = t.elapsed();
     eprintln!(
-        "pg_dump took {dump_took:?}; the restore drill, from the stop to /readyz, {drill_took:?}"
+        "{dumped} samples; pg_dump took {dump_took:?}; createdb and pg_restore {restore_took:?}; \
+         the files, the config and the start to /readyz {files_took:?}"
     );
 
-    assert_eq!(devices(&ctl), before);
+    assert_eq!(devices(&ctl), revoked);
     let verified = ctl.cli(&["audit", "verify"]).unwrap();
     assert!(verified.status.success(), "{}", text(&verified));
     assert!(
