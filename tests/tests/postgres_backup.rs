@@ -6,8 +6,10 @@
 //! config pointed at the restored database. The restored controller is ready, shows the same
 //! devices and every dumped sample, its audit log verifies, the user and the API token still
 //! work, and the agents reconnect unattended (their certificates meet the CA that came back
-//! with the keys) and their new samples land. Key files older than the dump (taken before a
-//! command-key rotation) are refused at start with a message that says so.
+//! with the keys) and their new samples land. A device revoked after the dump is not revoked
+//! in it, and is revoked again from the revocation log before the start. Key files older
+//! than the dump (taken before a command-key rotation) are refused at start with a message
+//! that says so.
 
 // Integration tests: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -318,13 +320,18 @@ async fn pg_dump_and_the_key_tarball_restore_a_working_fleet() {
         "release.pub",
         "jwt.key",
         "scrape.token",
+        "crl.pem",
+        "backups/revocations.log",
     ] {
         assert!(
             listed.lines().any(|l| l == format!("./{f}")),
             "{f}:\n{listed}"
         );
     }
-    assert!(!listed.contains("serve.json"), "{listed}");
+    assert!(
+        !listed.contains("serve.json") && !listed.contains("crl.lock"),
+        "{listed}"
+    );
     // Samples after the dump: acknowledged by this controller, lost with it.
     let at_dump: Vec<u64> = agents.iter().map(Agent::spool_max_seq).collect();
     for (a, m) in agents.iter().zip(&at_dump) {
@@ -375,7 +382,7 @@ async fn pg_dump_and_the_key_tarball_restore_a_working_fleet() {
     let refused = ctl.serve().await.expect_err("started on stale keys");
     let refused = refused.to_string();
     assert!(
-        refused.contains("the history's newest")
+        refused.contains("command key: command.key is key")
             && refused.contains("key files are older than the database"),
         "{refused}"
     );
