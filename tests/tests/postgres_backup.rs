@@ -28,6 +28,23 @@ use sqlx::postgres::PgPool;
 /// Generous bound for what normally takes a few seconds.
 const LONG: Duration = Duration::from_secs(40);
 
+// The drill's commands, as docs/SCALING.md gives them (checked by the last test below).
+/// What the tarball leaves out of the data dir.
+const TAR_EXCLUDES: [&str; 4] = [
+    "--exclude=./serve.json",
+    "--exclude=./crl.lock",
+    "--exclude=./backups/pifleet-backup-*",
+    "--exclude=./pifleet.db*",
+];
+/// `pg_restore`'s flags besides `--dbname`.
+const RESTORE_FLAGS: [&str; 3] = ["--no-owner", "--exit-on-error", "--single-transaction"];
+/// The `sed` script that points `[store] url` at the restored database, up to the URL.
+const POINT_AT: &str = r"/^\[store\]/,/^\[/ s|^url = .*|url = ";
+/// The revocation log's device ids, one a line.
+const LOGGED_IDS: &str = r#"sed -n 's/^{"device":"\([^"]*\)".*/\1/p'"#;
+/// Each id revoked again.
+const REVOKE_EACH: &str = "sort -u | xargs -r -n1";
+
 /// The newest Debian PostgreSQL client program `name` (`/usr/lib/postgresql/<v>/bin`).
 fn pg_tool(name: &str) -> PathBuf {
     std::fs::read_dir("/usr/lib/postgresql")
@@ -78,13 +95,8 @@ fn tar_keys(data: &Path, tgz: &Path, db: &PgFleet) {
         Command::new("tar")
             .arg("-C")
             .arg(data)
-            .args([
-                "--exclude=./serve.json",
-                "--exclude=./crl.lock",
-                "--exclude=./backups/pifleet-backup-*",
-                "--exclude=./pifleet.db*",
-                "-czf",
-            ])
+            .args(TAR_EXCLUDES)
+            .arg("-czf")
             .arg(tgz)
             .arg("."),
         db,
@@ -105,9 +117,7 @@ fn untar_keys(tgz: &Path, data: &Path, url: &str, db: &PgFleet) {
     ok(
         Command::new("sed")
             .arg("-i")
-            .arg(format!(
-                "/^\\[store\\]/,/^\\[/ s|^url = .*|url = \"{url}\"|"
-            ))
+            .arg(format!("{POINT_AT}\"{url}\"|"))
             .arg(data.join("config.toml")),
         db,
     );
@@ -124,10 +134,10 @@ fn revoke_again(data: &Path, db: &PgFleet) {
     ok(
         Command::new("sh")
             .arg("-c")
-            .arg(
-                "sed -n 's/^{\"device\":\"\\([^\"]*\\)\".*/\\1/p' \"$1/backups/revocations.log\" | \
-                 sort -u | xargs -r -n1 pifleet-controller device revoke --data-dir \"$1\"",
-            )
+            .arg(format!(
+                "{LOGGED_IDS} \"$1/backups/revocations.log\" | {REVOKE_EACH} \
+                 pifleet-controller device revoke --data-dir \"$1\""
+            ))
             .arg("sh")
             .arg(data)
             .env("PATH", path),
@@ -358,7 +368,7 @@ async fn pg_dump_and_the_key_tarball_restore_a_working_fleet() {
     ok(
         Command::new(pg_tool("pg_restore"))
             .arg(format!("--dbname={restored_url}"))
-            .args(["--no-owner", "--exit-on-error", "--single-transaction"])
+            .args(RESTORE_FLAGS)
             .arg(&dump),
         &db,
     );
@@ -454,4 +464,35 @@ async fn pg_dump_and_the_key_tarball_restore_a_working_fleet() {
     }
     ctl.stop();
     restored.close().await;
+}
+
+/// docs/SCALING.md's drill gives the commands this test runs: the same flags, exclusions and
+/// scripts (its shell quoting aside).
+#[test]
+fn the_documented_drill_is_the_tested_one() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/SCALING.md"))
+        .unwrap();
+    let start = doc.find("### Backups and the restore drill").unwrap();
+    let end = doc[start..].find("\n## ").map_or(doc.len(), |e| start + e);
+    let drill = &doc[start..end];
+    let unquoted = drill.replace('\'', "");
+    for flag in TAR_EXCLUDES {
+        assert!(unquoted.contains(flag), "{flag} is not in the docs' drill");
+    }
+    for piece in [
+        "pg_dump --format=custom --file=",
+        "createdb --maintenance-db=",
+        "--owner=pifleet pifleet_restored",
+        "pg_restore --dbname=",
+        &RESTORE_FLAGS.join(" "),
+        "install -d -m 0700",
+        "-xzf",
+        POINT_AT,
+        LOGGED_IDS,
+        REVOKE_EACH,
+        "pifleet-controller device revoke",
+        "/backups/revocations.log",
+    ] {
+        assert!(drill.contains(piece), "{piece} is not in the docs' drill");
+    }
 }
