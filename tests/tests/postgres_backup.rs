@@ -313,26 +313,22 @@ async fn pg_dump_and_the_key_tarball_restore_a_working_fleet() {
     // A revocation after the dump: in the revocation log the tarball carries, not in the dump.
     ctl.revoke("pi-c").unwrap();
     tar_keys(&ctl.data, &keys, &db);
-    // Every file `init` and the rotation wrote that a restore needs is in the tarball (the
-    // embedded mode's backups carry the same ones); the process's own state is not.
+    // Every file `init` and the rotation wrote that a restore needs is in the tarball: each
+    // one an embedded-mode backup carries (all the required ones exist), the revocation log;
+    // the process's own state is not.
     let listed = ok(Command::new("tar").arg("-tzf").arg(&keys), &db);
     let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
-    for f in [
-        "config.toml",
-        "ca.crt",
-        "ca.key",
-        "server.crt",
-        "server.key",
-        "command.key",
-        "command.pub",
-        "command-previous.key",
-        "release.key",
-        "release.pub",
-        "jwt.key",
-        "scrape.token",
-        "crl.pem",
-        "backups/revocations.log",
-    ] {
+    let carried = pifleet_controller::backup::data_file_names();
+    assert!(carried.len() >= 10, "{carried:?}");
+    for (f, required) in carried {
+        if required || ctl.data.join(&f).exists() {
+            assert!(
+                listed.lines().any(|l| l == format!("./{f}")),
+                "{f}:\n{listed}"
+            );
+        }
+    }
+    for f in ["command-previous.key", "crl.pem", "backups/revocations.log"] {
         assert!(
             listed.lines().any(|l| l == format!("./{f}")),
             "{f}:\n{listed}"
