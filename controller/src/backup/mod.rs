@@ -149,6 +149,15 @@ fn data_files(dd: &DataDir) -> Vec<(PathBuf, bool)> {
     ]
 }
 
+/// The data dir's files a backup carries (names relative to the data dir) and whether each
+/// is required: what a restore of the PostgreSQL mode must bring back with the database too.
+pub fn data_file_names() -> Vec<(String, bool)> {
+    data_files(&DataDir::new(""))
+        .into_iter()
+        .map(|(p, required)| (p.to_string_lossy().into_owned(), required))
+        .collect()
+}
+
 /// Whether `name` may appear in an archive: the metadata, the database, a data-dir file of
 /// [`data_files`], or a plain file directly under `releases/`. Anything else (an absolute
 /// path, `..`, a nested directory) makes the archive malformed.

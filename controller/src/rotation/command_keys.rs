@@ -32,7 +32,9 @@ pub enum CommandKeyError {
     Key(String),
     #[error(
         "command.key is key {file} but the history's newest is {history}: a rotation was cut \
-         short; restore command.key and command.pub from command-previous.key or a backup"
+         short, or the key files are older than the database (restored from before a \
+         rotation); restore command.key and command.pub from command-previous.key or from a \
+         key backup no older than the database"
     )]
     NotNewest { file: String, history: String },
     #[error("no rotation to finish: no previous command key signs any more")]
