@@ -275,7 +275,9 @@ impl Dispatcher {
     async fn pump(&self) -> Result<(), DispatchError> {
         loop {
             let resend_before = now_ms() - i64::try_from(self.cfg.resend_ms).unwrap_or(i64::MAX);
-            let batch = self.store.dispatchable(resend_before, 500).await?;
+            // Claimed (marked sent) before it is sent: a receipt can come back before this
+            // would otherwise get to it, and no other controller sends what this one claimed.
+            let batch = self.store.claim_dispatchable(resend_before, 500).await?;
             if batch.is_empty() {
                 return Ok(());
             }
@@ -291,14 +293,14 @@ impl Dispatcher {
         }
     }
 
-    /// Signs one dispatchable command and publishes it to its device.
+    /// Signs one claimed command (as of its claim) and publishes it to its device.
     async fn send(&self, c: &CommandRow) -> Result<(), DispatchError> {
         let action = c.parsed_action()?;
         let mut id = [0u8; 16];
         if let Some(parsed) = CommandId::parse(&c.id) {
             id = parsed.0;
         }
-        let issued = now_ms();
+        let issued = c.issued_at.unwrap_or_else(now_ms);
         let signers = self.signers.load_full();
         let signer = match &action {
             // Signed by the newest key of its chain, which the chain proves to the device.
@@ -337,17 +339,14 @@ impl Dispatcher {
         let Ok(device) = DeviceId::parse(&c.device_id) else {
             return Ok(());
         };
-        // Mark first: a receipt can come back before we would otherwise get to it.
-        if self.store.mark_sent(c, issued).await? {
-            let topic = Topic::new(device, Kind::Cmd);
-            self.out.send(Outgoing { topic, payload });
-            self.live.command_changed(&c.device_id, &c.id);
-            self.metrics
-                .commands
-                .with_label_values(&[c.action_kind.as_str(), "sent"])
-                .inc();
-            tracing::info!(command = %c.id, device = %c.device_id, action = %c.action_kind, key = %signer.id(), "command sent");
-        }
+        let topic = Topic::new(device, Kind::Cmd);
+        self.out.send(Outgoing { topic, payload });
+        self.live.command_changed(&c.device_id, &c.id);
+        self.metrics
+            .commands
+            .with_label_values(&[c.action_kind.as_str(), "sent"])
+            .inc();
+        tracing::info!(command = %c.id, device = %c.device_id, action = %c.action_kind, key = %signer.id(), "command sent");
         Ok(())
     }
 

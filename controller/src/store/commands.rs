@@ -234,33 +234,48 @@ impl Store {
         Ok(())
     }
 
-    /// Unexpired commands of online devices to send: queued ones, and sent ones the device
-    /// has not acknowledged since `resend_before` (a delivery can be lost, e.g. published
-    /// before the device subscribed; the device's journal makes a re-delivery harmless).
-    pub async fn dispatchable(
+    /// Claims up to `limit` commands to send, marking them sent (again) and signed now, and
+    /// returns them as claimed, oldest first: unexpired commands of online devices, queued
+    /// ones and sent ones the device has not acknowledged since `resend_before` (a delivery
+    /// can be lost, e.g. published before the device subscribed; the device's journal makes
+    /// a re-delivery harmless).
+    ///
+    /// The commands table is the outbox of every controller sharing the database: one
+    /// statement picks and marks the rows, and on PostgreSQL the pick skips rows another
+    /// controller's claim holds (`FOR UPDATE … SKIP LOCKED`), so controllers claiming at
+    /// once take different commands, without waiting, and no command is claimed twice. A
+    /// controller that dies between its claim and its send leaves the command sent, and
+    /// it is claimed again after `resend_before`.
+    pub async fn claim_dispatchable(
         &self,
         resend_before: i64,
         limit: i64,
     ) -> Result<Vec<CommandRow>, StoreError> {
-        let sql = format!(
-            "SELECT {} FROM commands c JOIN devices d ON d.id = c.device_id \
-             WHERE (c.status = 'queued' OR (c.status = 'sent' \
-             AND COALESCE(c.resent_at, c.sent_at) <= $1)) AND c.expires_at > $2 \
-             AND d.online = TRUE AND d.revoked_at IS NULL ORDER BY c.created_at LIMIT $3",
-            COLUMNS
-                .split(", ")
-                .map(|c| format!("c.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        Ok(writing!(self, |ex| sqlx::query_as(sqlx::AssertSqlSafe(
-            sql
-        ))
-        .bind(resend_before)
-        .bind(now_ms())
-        .bind(limit)
-        .fetch_all(ex)
-        .await)?)
+        let now = now_ms();
+        let mut rows: Vec<CommandRow> = writing!(self, |ex| {
+            let sql = format!(
+                "UPDATE commands SET issued_at = $1, sent_at = COALESCE(sent_at, $2), \
+                 resent_at = CASE WHEN status = 'sent' THEN $3 ELSE resent_at END, \
+                 status = 'sent' WHERE id IN (SELECT c.id FROM commands c \
+                 JOIN devices d ON d.id = c.device_id \
+                 WHERE (c.status = 'queued' OR (c.status = 'sent' \
+                 AND COALESCE(c.resent_at, c.sent_at) <= $4)) AND c.expires_at > $5 \
+                 AND d.online = TRUE AND d.revoked_at IS NULL \
+                 ORDER BY c.created_at LIMIT $6{}) RETURNING {COLUMNS}",
+                <DB as crate::store::dialect::Dialect>::CLAIM_ROWS_OF_C
+            );
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(now)
+                .bind(now)
+                .bind(now)
+                .bind(resend_before)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(ex)
+                .await
+        })?;
+        rows.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(rows)
     }
 
     /// The actions of `device`'s deploy and rollback commands that are on their way or
@@ -278,31 +293,6 @@ impl Store {
             .iter()
             .map(|a| Ok(serde_json::from_str(a)?))
             .collect()
-    }
-
-    /// Claims command `c` (as read by [`Store::dispatchable`]) for sending: records that it
-    /// was signed at `issued_at` and sent (again). False when it moved on since it was read
-    /// — accepted, cancelled, or claimed by another controller sharing the database, which
-    /// then sends it: the update only matches the status and signing time that were read,
-    /// so of two controllers that read the same command, one sends it.
-    pub async fn mark_sent(&self, c: &CommandRow, issued_at: i64) -> Result<bool, StoreError> {
-        let now = now_ms();
-        let r = writing!(self, |ex| sqlx::query(
-            "UPDATE commands SET issued_at = $1, sent_at = COALESCE(sent_at, $2), \
-             resent_at = CASE WHEN status = 'sent' THEN $3 ELSE resent_at END, status = 'sent' \
-             WHERE id = $4 AND status = $5 AND status IN ('queued', 'sent') \
-             AND issued_at IS NOT DISTINCT FROM $6",
-        )
-        .bind(issued_at)
-        .bind(now)
-        .bind(now)
-        .bind(&c.id)
-        .bind(c.status.as_str())
-        .bind(c.issued_at)
-        .execute(ex)
-        .await
-        .map(|r| r.rows_affected()))?;
-        Ok(r == 1)
     }
 
     /// One command.

@@ -152,32 +152,92 @@ async fn an_unknown_stored_status_is_a_decode_error() {
     assert!(s.cancel_command(&id.to_string()).await.is_err());
 }
 
-/// Controllers sharing a database that read the same dispatchable command: one claim wins,
-/// at once or one after the other; a re-send (after the resend time) is claimed once again.
+/// Controllers sharing a database claim commands from one outbox: each command once, also
+/// when they claim at the same moment; a re-send (after the resend time) is claimed once
+/// again; what is not due stays.
 #[tokio::test]
 async fn a_dispatchable_command_is_claimed_once() {
     let (_d, s) = store().await;
     add_device(&s, "pi-a", "{}", None, true).await;
-    let cmd = NewCommand {
-        id: CommandId([9; 16]),
-        device: "pi-a".into(),
-        action: Action::Ping,
-        expires_at: i64::MAX,
-        answer_timeout_ms: 1_000,
+    let cmds: Vec<NewCommand> = (1..=40u8)
+        .map(|n| NewCommand {
+            id: CommandId([n; 16]),
+            device: "pi-a".into(),
+            action: Action::Ping,
+            expires_at: i64::MAX,
+            answer_timeout_ms: 1_000,
+        })
+        .collect();
+    s.insert_commands(&cmds).await.unwrap();
+    // Three controllers at once, 10 each at most, then the rest.
+    let (a, b, c) = tokio::join!(
+        s.claim_dispatchable(0, 10),
+        s.claim_dispatchable(0, 10),
+        s.claim_dispatchable(0, 10)
+    );
+    let mut ids: Vec<String> = [a.unwrap(), b.unwrap(), c.unwrap()]
+        .into_iter()
+        .flatten()
+        .inspect(|c| {
+            assert_eq!(c.status, Status::Sent);
+            assert!(c.issued_at.is_some() && c.sent_at.is_some());
+        })
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(ids.len(), 30);
+    let rest = s.claim_dispatchable(0, 100).await.unwrap();
+    assert_eq!(rest.len(), 10);
+    ids.extend(rest.into_iter().map(|c| c.id));
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 40, "a command claimed twice or never");
+    // Nothing is due until the resend time.
+    assert!(s.claim_dispatchable(0, 100).await.unwrap().is_empty());
+    // Due for a re-send: claimed once again, oldest first.
+    let again = s.claim_dispatchable(i64::MAX, 100).await.unwrap();
+    assert_eq!(again.len(), 40);
+    assert!(again.windows(2).all(|w| w[0].created_at <= w[1].created_at));
+}
+
+/// On PostgreSQL a claim skips the commands another controller's claim holds instead of
+/// waiting for it: with one command locked by an open transaction, a claim returns the
+/// others at once.
+#[tokio::test]
+async fn a_claim_skips_what_another_claim_holds() {
+    let (_d, s) = store().await;
+    let crate::store::db::Db::Postgres { pool } = &s.db else {
+        return;
     };
-    s.insert_commands(&[cmd]).await.unwrap();
-    let read = s.dispatchable(0, 10).await.unwrap();
-    assert_eq!(read.len(), 1);
-    let c = &read[0];
-    // Two controllers at once.
-    let (one, two) = tokio::join!(s.mark_sent(c, 10), s.mark_sent(c, 11));
-    assert!(one.unwrap() ^ two.unwrap(), "both or neither sent it");
-    // A third, late, with what it read before.
-    assert!(!s.mark_sent(c, 12).await.unwrap());
-    // Due for a re-send: read again, claimed once again.
-    let again = s.dispatchable(i64::MAX, 10).await.unwrap();
-    assert_eq!(again.len(), 1);
-    assert_eq!(again[0].status, Status::Sent);
-    assert!(s.mark_sent(&again[0], 20).await.unwrap());
-    assert!(!s.mark_sent(&again[0], 21).await.unwrap());
+    add_device(&s, "pi-a", "{}", None, true).await;
+    let cmds: Vec<NewCommand> = (1..=3u8)
+        .map(|n| NewCommand {
+            id: CommandId([n; 16]),
+            device: "pi-a".into(),
+            action: Action::Ping,
+            expires_at: i64::MAX,
+            answer_timeout_ms: 1_000,
+        })
+        .collect();
+    s.insert_commands(&cmds).await.unwrap();
+    let held = CommandId([2; 16]).to_string();
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM commands WHERE id = $1 FOR UPDATE")
+        .bind(&held)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        s.claim_dispatchable(0, 10),
+    )
+    .await
+    .expect("the claim waited for the held row")
+    .unwrap();
+    let ids: Vec<&str> = got.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(!ids.contains(&held.as_str()));
+    other.rollback().await.unwrap();
+    let last = s.claim_dispatchable(0, 10).await.unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].id, held);
 }

@@ -52,6 +52,12 @@ pub(crate) trait Dialect: sqlx::Database + Sized {
     /// The value at `key` of the JSON object that is the element `alias` of
     /// [`Dialect::json_array_any`], as a number.
     fn json_element_number(alias: &str, key: &str) -> String;
+
+    /// Ends a `SELECT` of the rows of table alias `c` an `UPDATE` claims: on PostgreSQL it
+    /// locks them and skips those another transaction holds (`FOR UPDATE OF c SKIP
+    /// LOCKED`), so controllers claiming at once take different rows without waiting; on
+    /// SQLite, where one writer runs at a time, nothing.
+    const CLAIM_ROWS_OF_C: &'static str;
 }
 
 #[cfg(test)]

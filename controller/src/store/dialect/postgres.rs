@@ -69,6 +69,8 @@ pub(crate) fn is_broken(e: &dyn DatabaseError) -> bool {
 }
 
 impl Dialect for Postgres {
+    const CLAIM_ROWS_OF_C: &'static str = " FOR UPDATE OF c SKIP LOCKED";
+
     fn push_contains_ci(qb: &mut QueryBuilder<Self>, expr: &'static str, needle: String) {
         // `lower` follows the database's locale; the needle is ASCII lower case, and
         // `strpos` compares bytes, so ASCII case is what is ignored, as on SQLite.

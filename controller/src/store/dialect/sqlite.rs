@@ -109,6 +109,8 @@ pub(crate) async fn open_file(
 }
 
 impl Dialect for Sqlite {
+    const CLAIM_ROWS_OF_C: &'static str = "";
+
     fn push_contains_ci(qb: &mut QueryBuilder<Self>, expr: &'static str, needle: String) {
         // SQLite's `lower` folds ASCII only, which is what the needle promises.
         qb.push("instr(lower(")
