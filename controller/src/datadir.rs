@@ -102,6 +102,14 @@ impl DataDir {
     pub fn ca_previous_key(&self) -> PathBuf {
         self.root.join("ca-previous.key")
     }
+    /// The CA of the controllers' identities at an external broker (`broker-config
+    /// controller-identity`), apart from the devices' CA; made on first use.
+    pub fn controllers_ca_cert(&self) -> PathBuf {
+        self.root.join("controllers-ca.crt")
+    }
+    pub fn controllers_ca_key(&self) -> PathBuf {
+        self.root.join("controllers-ca.key")
+    }
     pub fn server_cert(&self) -> PathBuf {
         self.root.join("server.crt")
     }
@@ -174,11 +182,12 @@ impl DataDir {
     }
 
     /// Secrets that may be absent (the release key may live offline); checked when present.
-    pub fn optional_secret_files(&self) -> [PathBuf; 3] {
+    pub fn optional_secret_files(&self) -> [PathBuf; 4] {
         [
             self.release_key(),
             self.command_previous_key(),
             self.ca_previous_key(),
+            self.controllers_ca_key(),
         ]
     }
 

@@ -146,6 +146,8 @@ fn data_files(dd: &DataDir) -> Vec<(PathBuf, bool)> {
         (dd.command_previous_key(), false),
         (dd.jwt_keys(), true),
         (dd.scrape_token(), true),
+        (dd.controllers_ca_cert(), false),
+        (dd.controllers_ca_key(), false),
     ]
 }
 

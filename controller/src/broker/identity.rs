@@ -1,7 +1,12 @@
-//! The identities controllers present to the broker: client certificates from the
-//! controller's CA whose common name can never be a device id, so a controller cannot pose
-//! as a device and no device certificate names a controller.
+//! The identities controllers present to the broker: client certificates from a CA of
+//! their own (`controllers-ca.crt` in the data dir, made on first use), apart from the
+//! devices' CA. The broker's controller listener trusts only that CA, so a device
+//! certificate cannot even complete a handshake there (and so cannot take over another
+//! device's session by its client id, which that listener allows for the kick); the device
+//! listener trusts only the devices' CA, so a controller identity is refused there.
 //!
+//! Their common name can never be a device id either, so a controller cannot pose as a
+//! device and no device certificate names a controller.
 //! The common name is [`CONTROLLER_CN_PREFIX`] followed by the controller's name. `#` is
 //! no character of a device id (`[a-z0-9-]`), and it is a wildcard in MQTT: the topics the
 //! device listener's `%u` patterns would give a controller certificate contain it, and no
@@ -13,7 +18,7 @@ use pifleet_shared::DeviceId;
 
 use super::write::{Owner, write_atomic};
 use super::{BrokerError, io};
-use crate::datadir::DataDir;
+use crate::datadir::{DataDir, write_private};
 use crate::pki::Ca;
 
 /// What every controller identity's common name starts with.
@@ -70,10 +75,51 @@ pub struct Issued {
     pub serial: String,
 }
 
-/// Issues controller `name`'s client certificate from the data dir's CA into `out`
-/// (created 0700 if missing): the CA certificate, the certificate and its key (0600,
-/// written before the certificate). Refuses to replace an identity already there unless
-/// `force`.
+/// The controllers' CA of `dd`, made (key first, 0600 both) when it has none yet. Two
+/// processes making it at once are serialized by a lock on the data dir's `crl.lock`, so
+/// both end with the same CA.
+pub fn controllers_ca(dd: &DataDir) -> Result<Ca, BrokerError> {
+    let _lock = lock(&dd.crl_lock())?;
+    let (cert, key) = (dd.controllers_ca_cert(), dd.controllers_ca_key());
+    if !cert.exists() {
+        let ca = Ca::generate("controllers")?;
+        let write = |path: &Path, pem: &str| {
+            write_private(path, pem.as_bytes()).map_err(|e| BrokerError::Io {
+                path: path.to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        };
+        write(&key, ca.key_pem())?;
+        write(&cert, &ca.cert_pem)?;
+        return Ok(ca);
+    }
+    let read = |path: &Path| std::fs::read_to_string(path).map_err(io(path));
+    Ok(Ca::from_pem(&read(&cert)?, &read(&key)?)?)
+}
+
+/// An exclusive lock on `path` (created 0600 if missing), released on drop.
+fn lock(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, BrokerError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| {
+        BrokerError::Io {
+            path: path.to_owned(),
+            source: errno.into(),
+        }
+    })
+}
+
+/// Issues controller `name`'s client certificate from the controllers' CA into `out`
+/// (created 0700 if missing): the devices' CA certificate (which the broker's server
+/// certificate comes from), the certificate and its key (0600, written before the
+/// certificate). Refuses to replace an identity already there unless `force`.
 pub fn issue(
     dd: &DataDir,
     name: &ControllerName,
@@ -84,7 +130,7 @@ pub fn issue(
     if !force && (files.cert.exists() || files.key.exists()) {
         return Err(BrokerError::Exists(files.cert));
     }
-    let ca = Ca::load(dd)?;
+    let ca = controllers_ca(dd)?;
     let cn = controller_cn(name);
     let (cert, key, serial) = ca.issue_client(&cn)?;
     pifleet_io::create_private_dir(out).map_err(|e| match e {
@@ -136,6 +182,32 @@ mod tests {
         // The built-in gateway refuses it as a device.
         let der = pifleet_io::load_certs(&issued.files.cert).unwrap();
         assert!(crate::pki::device_identity(&der[0]).is_err());
+        // It comes from the controllers' CA, not the devices': the devices' CA does not
+        // verify it, the controllers' CA does.
+        let (_, cert) = x509_parser::parse_x509_certificate(&der[0]).unwrap();
+        let key_of = |pem_path: &Path| {
+            let der = pifleet_io::load_certs(pem_path).unwrap();
+            let (_, c) = x509_parser::parse_x509_certificate(&der[0]).unwrap();
+            c.public_key().raw.to_vec()
+        };
+        let verifies = |ca: &Path| {
+            let ca_der = pifleet_io::load_certs(ca).unwrap();
+            let (_, ca_cert) = x509_parser::parse_x509_certificate(&ca_der[0]).unwrap();
+            cert.verify_signature(Some(ca_cert.public_key())).is_ok()
+        };
+        assert!(!verifies(&dd.ca_cert()));
+        assert!(verifies(&dd.controllers_ca_cert()));
+        assert_ne!(key_of(&dd.ca_cert()), key_of(&dd.controllers_ca_cert()));
+        // The identity's ca.crt is the devices' CA: what the broker's certificate is from.
+        assert_eq!(
+            std::fs::read(&issued.files.ca).unwrap(),
+            std::fs::read(dd.ca_cert()).unwrap()
+        );
+        let ca_mode = std::fs::metadata(dd.controllers_ca_key())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(ca_mode & 0o777, 0o600);
         let before = std::fs::read(&issued.files.cert).unwrap();
         assert!(matches!(
             issue(&dd, &name, &out, false),
@@ -144,5 +216,15 @@ mod tests {
         assert_eq!(std::fs::read(&issued.files.cert).unwrap(), before);
         issue(&dd, &name, &out, true).unwrap();
         assert_ne!(std::fs::read(&issued.files.cert).unwrap(), before);
+        // The controllers' CA is made once and kept.
+        let ca = std::fs::read(dd.controllers_ca_cert()).unwrap();
+        issue(
+            &dd,
+            &ControllerName::parse("other").unwrap(),
+            &tmp.path().join("o"),
+            false,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(dd.controllers_ca_cert()).unwrap(), ca);
     }
 }

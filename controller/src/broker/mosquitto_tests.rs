@@ -48,6 +48,30 @@ async fn the_configuration_names_every_file_absolutely() {
     for line in ["require_certificate true", "allow_anonymous false"] {
         assert_eq!(lines.iter().filter(|l| **l == line).count(), 2, "{line}");
     }
+    // Each listener trusts its own CA: the devices' (with their CRL) on the device
+    // listener, the controllers' on the controller listener.
+    let cafiles: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("cafile "))
+        .collect();
+    let dir = BrokerDir::new(std::fs::canonicalize(&out).unwrap());
+    assert_eq!(
+        cafiles,
+        [
+            dir.ca().to_str().unwrap(),
+            dir.controllers_ca().to_str().unwrap()
+        ]
+    );
+    let controller_block = conf.split("listener 8884").nth(1).unwrap();
+    assert!(!controller_block.contains("crlfile"), "{controller_block}");
+    assert_eq!(
+        std::fs::read(dir.controllers_ca()).unwrap(),
+        std::fs::read(dd.controllers_ca_cert()).unwrap()
+    );
+    assert_ne!(
+        std::fs::read(dir.controllers_ca()).unwrap(),
+        std::fs::read(dir.ca()).unwrap()
+    );
     assert_eq!(
         lines
             .iter()
