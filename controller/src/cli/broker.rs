@@ -273,7 +273,8 @@ pub async fn sync(args: SyncArgs) -> anyhow::Result<()> {
     let opts = PgOptions {
         password: database::password(args.store_password_file.as_deref())?,
         max_connections: 2,
-        ..PgOptions::default()
+        // A pass waits for the database no longer than the time between passes.
+        acquire_timeout: Duration::from_secs(args.check_s.min(10)),
     };
     if !args.store_url.starts_with("postgres://") && !args.store_url.starts_with("postgresql://") {
         return Err(Usage(format!(
