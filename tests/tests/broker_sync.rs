@@ -182,7 +182,10 @@ async fn revoke_and_check(
     // After the last takeover the device never got back in: its handshakes meet the CRL.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let log = broker.log();
-    let closing = format!("Client {} already connected, closing old connection", agent.id);
+    let closing = format!(
+        "Client {} already connected, closing old connection",
+        agent.id
+    );
     let kicked = log
         .rfind(&closing)
         .unwrap_or_else(|| panic!("{} was not kicked\n{}", agent.id, logs(ctl, sync, broker)));
@@ -209,9 +212,12 @@ async fn revoke_and_check(
 async fn broker_sync_carries_revocations_to_a_broker_without_a_controller() {
     let db = PgFleet::start().await;
     let (pool, init) = (db.pool.clone(), db.init_args());
-    let mut ctl = Controller::start_init(&init, "[pki]\ncrl_check_s = 1\n\n[store]\nretry_max_ms = 1000")
-        .await
-        .unwrap();
+    let mut ctl = Controller::start_init(
+        &init,
+        "[pki]\ncrl_check_s = 1\n\n[store]\nretry_max_ms = 1000",
+    )
+    .await
+    .unwrap();
     let broker = Broker::start(&ctl).await.unwrap();
     ctl.stop();
     // External mode, but not on the broker's host: no broker_dir, no pid_file.
@@ -240,9 +246,11 @@ async fn broker_sync_carries_revocations_to_a_broker_without_a_controller() {
         .await
         .unwrap_or_else(|| panic!("never converged\n{}", logs(&ctl, &sync, &broker)));
     for id in ["pi-a", "pi-b", "pi-c"] {
-        wait_for(Duration::from_secs(30), "every device connected", || async {
-            broker.log().contains(&format!("u'{id}'")).then_some(())
-        })
+        wait_for(
+            Duration::from_secs(30),
+            "every device connected",
+            || async { broker.log().contains(&format!("u'{id}'")).then_some(()) },
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", logs(&ctl, &sync, &broker)));
     }
@@ -283,7 +291,12 @@ async fn broker_sync_carries_revocations_to_a_broker_without_a_controller() {
     .await
     .unwrap();
     assert!(status.success(), "{status:?}\n{}", sync.log());
-    assert_eq!(sync.events("broker sync stopped").len(), 1, "{}", sync.log());
+    assert_eq!(
+        sync.events("broker sync stopped").len(),
+        1,
+        "{}",
+        sync.log()
+    );
     for ag in &mut agents {
         ag.stop();
     }

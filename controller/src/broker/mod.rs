@@ -51,6 +51,8 @@ pub enum BrokerError {
     NoCrl(PathBuf),
     #[error("{path} is not a CRL the broker could load: {why}")]
     BadCrl { path: PathBuf, why: String },
+    #[error("the CRL is refused: {0}")]
+    Refused(#[from] sync::CrlRefusal),
     #[error("invalid controller name {name:?}: {source}")]
     Name {
         name: String,

@@ -55,6 +55,29 @@ pub struct CrlInfo {
     pub serials: HashSet<String>,
 }
 
+/// Why a CRL is not installed.
+#[derive(Debug, thiserror::Error)]
+pub enum CrlRefusal {
+    #[error("not PEM: {0}")]
+    Pem(#[source] rustls_pki_types::pem::Error),
+    #[error("no CRL in it")]
+    Empty,
+    #[error("CRL {index} does not parse: {why}")]
+    Parse { index: usize, why: String },
+    #[error("CRL {index} has no CRL number")]
+    NoNumber { index: usize },
+    #[error("CRL {index} has a CRL number above 2^64")]
+    NumberTooLarge { index: usize },
+    #[error("the broker's CA file {path}: {why}")]
+    CaFile { path: PathBuf, why: String },
+    #[error("CRL {index} (issuer {issuer}) is not signed by the broker's CA ({path})")]
+    NotSigned {
+        index: usize,
+        issuer: String,
+        path: PathBuf,
+    },
+}
+
 /// Why a pass did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -80,25 +103,23 @@ pub enum Pass {
 /// CRL per CA, with the same number).
 pub fn inspect(
     pem: &[u8],
-) -> Result<(Vec<CertificateRevocationListDer<'static>>, CrlInfo), String> {
+) -> Result<(Vec<CertificateRevocationListDer<'static>>, CrlInfo), CrlRefusal> {
     let ders = CertificateRevocationListDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
+        .map_err(CrlRefusal::Pem)?;
     if ders.is_empty() {
-        return Err("no CRL in it".to_owned());
+        return Err(CrlRefusal::Empty);
     }
     let mut info = CrlInfo::default();
-    for der in &ders {
-        let (_, crl) = CertificateRevocationList::from_der(der).map_err(|e| e.to_string())?;
-        let number = crl
-            .crl_number()
-            .map(|n| match n.to_u64_digits().as_slice() {
-                [] => Ok(0),
-                [n] => Ok(*n),
-                _ => Err("a CRL number above 2^64".to_owned()),
-            })
-            .transpose()?
-            .ok_or("a CRL without a CRL number")?;
+    for (i, der) in ders.iter().enumerate() {
+        let index = i + 1;
+        let crl = parse(der, index)?;
+        let number = match crl.crl_number().map(|n| n.to_u64_digits()).as_deref() {
+            None => return Err(CrlRefusal::NoNumber { index }),
+            Some([]) => 0,
+            Some([n]) => *n,
+            Some(_) => return Err(CrlRefusal::NumberTooLarge { index }),
+        };
         info.number = info.number.max(number);
         for rc in crl.iter_revoked_certificates() {
             info.serials
@@ -106,6 +127,18 @@ pub fn inspect(
         }
     }
     Ok((ders, info))
+}
+
+fn parse<'a>(
+    der: &'a CertificateRevocationListDer<'_>,
+    index: usize,
+) -> Result<CertificateRevocationList<'a>, CrlRefusal> {
+    CertificateRevocationList::from_der(der)
+        .map(|(_, crl)| crl)
+        .map_err(|e| CrlRefusal::Parse {
+            index,
+            why: e.to_string(),
+        })
 }
 
 /// The CRL installed in the broker's directory; `None` when it is missing or unreadable
@@ -120,22 +153,26 @@ pub fn installed(broker: &BrokerDir) -> Option<CrlInfo> {
 /// (the previous CA's, during a CA rotation) too, unless its issuer is none of them — a CRL
 /// of a CA the broker does not trust changes nothing there. A CRL the broker could not use
 /// would fail every device's handshake after the reload.
-pub fn verify(pem: &[u8], ca_file: &Path) -> Result<CrlInfo, String> {
+pub fn verify(pem: &[u8], ca_file: &Path) -> Result<CrlInfo, CrlRefusal> {
     let (ders, info) = inspect(pem)?;
+    let ca_err = |why: String| CrlRefusal::CaFile {
+        path: ca_file.to_owned(),
+        why,
+    };
     let cas = CertificateDer::pem_file_iter(ca_file)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        .map_err(|e| ca_err(e.to_string()))?;
     let mut parsed_cas = Vec::with_capacity(cas.len());
     for der in &cas {
         let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
-            .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+            .map_err(|e| ca_err(e.to_string()))?;
         parsed_cas.push(cert);
     }
     if parsed_cas.is_empty() {
-        return Err(format!("{}: no CA certificate in it", ca_file.display()));
+        return Err(ca_err("no CA certificate in it".to_owned()));
     }
     for (i, der) in ders.iter().enumerate() {
-        let (_, crl) = CertificateRevocationList::from_der(der).map_err(|e| e.to_string())?;
+        let crl = parse(der, i + 1)?;
         let signed = parsed_cas
             .iter()
             .any(|ca| crl.verify_signature(ca.public_key()).is_ok());
@@ -143,12 +180,11 @@ pub fn verify(pem: &[u8], ca_file: &Path) -> Result<CrlInfo, String> {
             .iter()
             .any(|ca| ca.subject().as_raw() == crl.issuer().as_raw());
         if !signed && (i == 0 || known_issuer) {
-            return Err(format!(
-                "CRL {} (issuer {}) is not signed by the broker's CA ({})",
-                i + 1,
-                crl.issuer(),
-                ca_file.display()
-            ));
+            return Err(CrlRefusal::NotSigned {
+                index: i + 1,
+                issuer: crl.issuer().to_string(),
+                path: ca_file.to_owned(),
+            });
         }
     }
     Ok(info)
@@ -158,10 +194,7 @@ pub fn verify(pem: &[u8], ca_file: &Path) -> Result<CrlInfo, String> {
 /// atomically, keeping the file's mode and owner (a new file is 0644). Nothing is written
 /// when it is refused.
 pub fn install(broker: &BrokerDir, pem: &[u8]) -> Result<CrlInfo, BrokerError> {
-    let info = verify(pem, &broker.ca()).map_err(|why| BrokerError::BadCrl {
-        path: PathBuf::from("the database's CRL"),
-        why,
-    })?;
+    let info = verify(pem, &broker.ca())?;
     replace_keeping_owner(&broker.crl(), pem, 0o644)?;
     Ok(info)
 }
@@ -248,7 +281,7 @@ impl BrokerSync {
         let pem = stored.pem.clone().into_bytes();
         let info = match blocking(move || install(&broker, &pem)).await {
             Ok(info) => info,
-            Err(BrokerError::BadCrl { why, .. }) => {
+            Err(BrokerError::Refused(why)) => {
                 if self.refused != Some(stored.number) {
                     self.refused = Some(stored.number);
                     tracing::error!(

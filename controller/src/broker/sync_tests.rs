@@ -49,17 +49,27 @@ fn a_crl_of_another_ca_is_refused_and_the_installed_one_kept() {
     let other = Ca::generate("other").unwrap();
     // Another CA, even under the same name: its key is not the broker's CA's.
     let same_name = Ca::generate("broker").unwrap();
-    for pem in [
+    let not_signed = [
         other.crl(&revoked(&["1"]), 9, 30).unwrap(),
         same_name.crl(&revoked(&["1"]), 9, 30).unwrap(),
         // The broker's CA's CRL first is not enough when a second claims its name falsely.
         ca.crl(&[], 9, 30).unwrap() + &same_name.crl(&[], 9, 30).unwrap(),
-        String::new(),
-        "garbage".to_owned(),
-        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n".to_owned(),
+    ];
+    for pem in not_signed {
+        let err = install(&broker, pem.as_bytes()).unwrap_err();
+        assert!(
+            matches!(err, BrokerError::Refused(CrlRefusal::NotSigned { .. })),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(broker.crl()).unwrap(), before);
+    }
+    for pem in [
+        "",
+        "garbage",
+        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
     ] {
         let err = install(&broker, pem.as_bytes()).unwrap_err();
-        assert!(matches!(err, BrokerError::BadCrl { .. }), "{err}");
+        assert!(matches!(err, BrokerError::Refused(_)), "{pem:?}: {err}");
         assert_eq!(std::fs::read(broker.crl()).unwrap(), before);
     }
     // During a CA rotation the previous CA's CRL follows the current one's; one of a CA the

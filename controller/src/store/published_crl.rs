@@ -80,7 +80,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testkit::store;
+    use crate::store::testkit::{add_device, store};
 
     /// A lower or equal number never replaces a higher one; a higher one does; on both
     /// backends (`PIFLEET_TEST_STORE=postgres`).
@@ -132,5 +132,39 @@ mod tests {
         }
         let got = s.latest_crl().await.unwrap().unwrap();
         assert_eq!((got.number, got.pem.as_str()), (20, "crl 20"));
+    }
+
+    /// Serials map to the devices their certificates were issued to, each device once;
+    /// unknown serials to nothing.
+    #[tokio::test]
+    async fn serials_map_to_their_devices() {
+        let (_g, s) = store().await;
+        for id in ["pi-a", "pi-b"] {
+            add_device(&s, id, "{}", None, false).await;
+        }
+        for (serial, device) in [("a1", "pi-a"), ("a2", "pi-a"), ("b1", "pi-b")] {
+            writing!(s, |ex| sqlx::query(
+                "INSERT INTO certificates (serial, device_id, issued_at, not_after) \
+                 VALUES ($1, $2, 1, 2)"
+            )
+            .bind(serial)
+            .bind(device)
+            .execute(ex)
+            .await
+            .map(|r| r.rows_affected()))
+            .unwrap();
+        }
+        let of = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        assert_eq!(s.devices_of_serials(&[]).await.unwrap(), of(&[]));
+        assert_eq!(
+            s.devices_of_serials(&of(&["a2", "a1", "zz"]))
+                .await
+                .unwrap(),
+            of(&["pi-a"])
+        );
+        assert_eq!(
+            s.devices_of_serials(&of(&["b1", "a1"])).await.unwrap(),
+            of(&["pi-a", "pi-b"])
+        );
     }
 }
