@@ -302,3 +302,61 @@ async fn broker_sync_carries_revocations_to_a_broker_without_a_controller() {
     }
     ctl.stop();
 }
+
+/// Bad arguments are refused before anything starts, each with a clear message: exit 64 for
+/// a mistake in the call (2 for what the argument parser refuses), no panic.
+#[test]
+fn bad_arguments_are_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker_dir = tmp.path().join("broker");
+    std::fs::create_dir(&broker_dir).unwrap();
+    let empty_dir = tmp.path().join("empty");
+    std::fs::create_dir(&empty_dir).unwrap();
+    std::fs::write(broker_dir.join("ca.crt"), "").unwrap();
+    let identity = tmp.path().join("no-identity");
+    let run = |dir: &std::path::Path, url: &str, broker: &str, check: &str| {
+        Command::new(bin("pifleet-controller").unwrap())
+            .args(["broker-sync", "--store-url", url, "--broker-dir"])
+            .arg(dir)
+            .arg("--identity-dir")
+            .arg(&identity)
+            .args(["--broker", broker, "--check-s", check])
+            .env_remove("PIFLEET_STORE_PASSWORD")
+            .output()
+            .unwrap()
+    };
+    let pg = "postgres://sync@127.0.0.1:1/pifleet";
+    for (dir, url, broker, check, code, says) in [
+        (&broker_dir, pg, "localhost:8884", "0", 2, "--check-s"),
+        (&broker_dir, pg, "localhost:8884", "3601", 2, "--check-s"),
+        (&broker_dir, pg, "localhost", "5", 64, "expected host:port"),
+        (
+            &broker_dir,
+            pg,
+            "localhost:http",
+            "5",
+            64,
+            "expected host:port",
+        ),
+        (&empty_dir, pg, "localhost:8884", "5", 64, "no ca.crt"),
+        (
+            &broker_dir,
+            "mysql://x/y",
+            "localhost:8884",
+            "5",
+            64,
+            "expected postgres://",
+        ),
+        (&broker_dir, pg, "localhost:8884", "5", 1, "no-identity"),
+    ] {
+        let out = run(dir, url, broker, check);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{url} {broker} {check}: {stderr}"
+        );
+        assert!(stderr.contains(says), "{url} {broker} {check}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -206,6 +206,9 @@ pub struct BrokerSync {
     store: Store,
     /// The broker has not acknowledged a SIGHUP for the installed CRL yet.
     reload_due: bool,
+    /// Serials newly listed by an installed CRL whose devices are not known yet (the
+    /// database failed in between), looked up again at the next pass.
+    serials_due: BTreeSet<String>,
     /// Devices whose kick failed, tried again at the next pass.
     kicks_due: BTreeSet<String>,
     /// The stored CRL number last refused (logged once).
@@ -218,6 +221,7 @@ impl BrokerSync {
             opts,
             store,
             reload_due: false,
+            serials_due: BTreeSet::new(),
             kicks_due: BTreeSet::new(),
             refused: None,
         }
@@ -227,6 +231,7 @@ impl BrokerSync {
     /// then whatever an earlier pass left to do.
     pub async fn pass(&mut self) -> Result<Pass, SyncError> {
         let outcome = self.follow().await;
+        let mapped = self.map_due().await;
         if self.reload_due {
             let process = self.opts.process.clone();
             let pid = blocking(move || reload(&process)).await?;
@@ -248,6 +253,7 @@ impl BrokerSync {
             }
         }
         let outcome = outcome?;
+        mapped?;
         match failed {
             Some(e) => Err(e.into()),
             None => Ok(outcome),
@@ -299,20 +305,32 @@ impl BrokerSync {
         self.refused = None;
         self.reload_due = true;
         let before = current.map(|c| c.serials).unwrap_or_default();
-        let mut new: Vec<String> = info.serials.difference(&before).cloned().collect();
-        new.sort();
-        let devices = self.store.devices_of_serials(&new).await?;
+        self.serials_due
+            .extend(info.serials.difference(&before).cloned());
+        let devices = self.map_due().await?;
         tracing::info!(
             number = info.number,
             revoked = info.serials.len(),
             devices = devices.len(),
             "CRL installed for the broker"
         );
-        self.kicks_due.extend(devices.iter().cloned());
         Ok(Pass::Installed {
             number: info.number,
             devices,
         })
+    }
+
+    /// The devices of the serials due, which become kicks due; the serials stay due when
+    /// the database fails.
+    async fn map_due(&mut self) -> Result<Vec<String>, StoreError> {
+        if self.serials_due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let serials: Vec<String> = self.serials_due.iter().cloned().collect();
+        let devices = self.store.devices_of_serials(&serials).await?;
+        self.serials_due.clear();
+        self.kicks_due.extend(devices.iter().cloned());
+        Ok(devices)
     }
 
     /// Passes every `check` until `shutdown`; errors are logged and retried.
