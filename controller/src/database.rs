@@ -41,7 +41,7 @@ pub async fn open(dd: &DataDir, cfg: &StoreConfig, create: bool) -> Result<Store
 }
 
 /// The PostgreSQL password: the first line of `file`, else the environment's, else none.
-fn password(file: Option<&Path>) -> Result<Option<String>, OpenError> {
+pub fn password(file: Option<&Path>) -> Result<Option<String>, OpenError> {
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|source| OpenError::PasswordFile {
             path: path.display().to_string(),

@@ -2,7 +2,8 @@
 //! configuration pifleet generates ([`mosquitto`]), the identities controllers present to
 //! it ([`identity`]), and what closes the gaps a general broker leaves — a revocation that
 //! reaches sessions already connected ([`revoke`]: the broker's CRL rewritten and reloaded,
-//! then the live session kicked).
+//! then the live session kicked; [`sync`]: the same from the database on a broker's host
+//! with no controller).
 //!
 //! Mosquitto 2 checks the CRL only at the TLS handshake and does not drop clients already
 //! connected when it reloads it; it does not check SUBSCRIBE against its ACL file either (it
@@ -16,6 +17,7 @@ pub mod identity;
 pub mod kick;
 pub mod mosquitto;
 pub mod revoke;
+pub mod sync;
 mod write;
 
 pub use identity::{CONTROLLER_CN_PREFIX, ControllerName, controller_cn};
@@ -49,6 +51,8 @@ pub enum BrokerError {
     NoCrl(PathBuf),
     #[error("{path} is not a CRL the broker could load: {why}")]
     BadCrl { path: PathBuf, why: String },
+    #[error("the CRL is refused: {0}")]
+    Refused(#[from] sync::CrlRefusal),
     #[error("invalid controller name {name:?}: {source}")]
     Name {
         name: String,

@@ -180,11 +180,12 @@ pub fn config(dir: &BrokerDir, opts: &Options, data_crl: &Path) -> Result<String
          #   ExecStart=/usr/sbin/mosquitto -c {conf}\n\
          # then `systemctl daemon-reload && systemctl restart mosquitto`; or by hand:\n\
          #   mosquitto -c {conf}\n\
-         # After every revocation, and hourly (before the CRL's nextUpdate passes),\n\
+         # Revocations reach it from the fleet's database: run\n\
+         #   pifleet-controller broker-sync --broker-dir {root} ...\n\
+         # beside it (deploy/systemd/pifleet-broker-sync.service): it installs each new CRL\n\
+         # over crl.pem, sends SIGHUP to the pid in {pid} (Mosquitto re-reads the\n\
+         # CRL for new handshakes) and ends the revoked devices' live sessions. By hand:\n\
          #   pifleet-controller broker-config sync-crl --crl {data_crl} --out {root}\n\
-         # copies the controller's CRL over crl.pem and sends SIGHUP to the pid in\n\
-         # {pid} (Mosquitto re-reads the CRL for new handshakes). A revoked\n\
-         # device's live session is then ended with `pifleet-controller broker-config kick`.\n\
          # See docs/SCALING.md, \"The broker: Mosquitto 2\".\n\
          \n\
          # Each listener has its own ACL file and authentication settings.\n\

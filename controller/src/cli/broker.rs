@@ -12,9 +12,13 @@ use clap::Subcommand;
 use pifleet_controller::broker::identity::{self, ControllerName};
 use pifleet_controller::broker::mosquitto::{self, BrokerDir, Options};
 use pifleet_controller::broker::revoke::{self, BrokerProcess};
+use pifleet_controller::broker::sync::{self as broker_sync, BrokerSync};
 use pifleet_controller::broker::{ControllerClientConfig, kick};
+use pifleet_controller::database;
 use pifleet_controller::datadir::DataDir;
+use pifleet_controller::store::{PgOptions, Store};
 use pifleet_shared::DeviceId;
+use tokio_util::sync::CancellationToken;
 
 use super::{DataDirArg, Usage, conclude, open};
 
@@ -215,6 +219,90 @@ pub async fn run(cmd: BrokerCmd) -> anyhow::Result<()> {
             println!("Kicked {device}");
         }
     }
+    Ok(())
+}
+
+/// `pifleet-controller broker-sync`.
+#[derive(clap::Args)]
+pub struct SyncArgs {
+    /// The fleet's PostgreSQL database (postgres://user@host:port/db, no password); a role
+    /// that may read `published_crl` and `certificates` is enough.
+    #[arg(long)]
+    store_url: String,
+    /// The file holding the database password (else PIFLEET_STORE_PASSWORD).
+    #[arg(long)]
+    store_password_file: Option<PathBuf>,
+    /// The broker's directory (`broker-config mosquitto --out`): its crl.pem and ca.crt.
+    #[arg(long)]
+    broker_dir: PathBuf,
+    /// The broker's pid file; default: the one its generated configuration names.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// A directory `broker-config controller-identity` wrote, to end revoked sessions.
+    #[arg(long)]
+    identity_dir: PathBuf,
+    /// The broker's controller listener, host:port (the host as in its certificate).
+    #[arg(long, default_value = "localhost:8884")]
+    broker: String,
+    /// Seconds between two reads of the database.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    check_s: u64,
+}
+
+/// Follows the database's CRL until SIGTERM or SIGINT.
+pub async fn sync(args: SyncArgs) -> anyhow::Result<()> {
+    let (host, port) = args
+        .broker
+        .rsplit_once(':')
+        .and_then(|(h, p)| {
+            Some((
+                h.trim_start_matches('[').trim_end_matches(']'),
+                p.parse::<u16>().ok()?,
+            ))
+        })
+        .filter(|(h, _)| !h.is_empty())
+        .ok_or_else(|| Usage(format!("--broker {:?}: expected host:port", args.broker)))?;
+    let broker = BrokerDir::new(&args.broker_dir);
+    if !broker.ca().is_file() {
+        return Err(Usage(format!(
+            "{} is not a broker directory (no ca.crt): give the directory `broker-config              mosquitto --out` wrote",
+            args.broker_dir.display()
+        ))
+        .into());
+    }
+    let opts = PgOptions {
+        password: database::password(args.store_password_file.as_deref())?,
+        max_connections: 2,
+        // A pass waits for the database no longer than the time between passes.
+        acquire_timeout: Duration::from_secs(args.check_s.min(10)),
+    };
+    if !args.store_url.starts_with("postgres://") && !args.store_url.starts_with("postgresql://") {
+        return Err(Usage(format!(
+            "--store-url {:?}: expected postgres://…",
+            args.store_url
+        ))
+        .into());
+    }
+    let store = Store::connect_postgres_reader(&args.store_url, &opts)
+        .map_err(|e| Usage(format!("--store-url: {e}")))?;
+    let process = BrokerProcess::PidFile(args.pid_file.unwrap_or_else(|| broker.pid_file()));
+    let opts = broker_sync::Options {
+        broker,
+        process,
+        kick: ControllerClientConfig::from_identity_dir(&args.identity_dir, host, port),
+        check: Duration::from_secs(args.check_s),
+        settle: Duration::from_millis(300),
+    };
+    // The identity must load now: a typo should stop the service, not every kick.
+    opts.kick.tls()?;
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        pifleet_controller::signal::shutdown().await;
+        on_signal.cancel();
+    });
+    BrokerSync::new(store.clone(), opts).run(shutdown).await;
+    store.close().await;
     Ok(())
 }
 

@@ -149,6 +149,9 @@ pub enum Command {
         #[command(subcommand)]
         cmd: broker::BrokerCmd,
     },
+    /// Beside an external broker on a host with no controller: follow revocations through
+    /// the database (install each new CRL, reload the broker, end the revoked sessions).
+    BrokerSync(broker::SyncArgs),
     /// Start a throw-away controller with local agents, to see pifleet working.
     Demo(demo::DemoArgs),
 }
@@ -209,6 +212,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup { cmd } => backup::run(cmd).await?,
         Command::Store { cmd } => store::run(cmd).await?,
         Command::BrokerConfig { cmd } => broker::run(cmd).await?,
+        Command::BrokerSync(args) => broker::sync(args).await?,
         Command::Demo(args) => demo::run(args).await?,
     }
     Ok(())

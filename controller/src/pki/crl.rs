@@ -55,7 +55,7 @@ pub struct Published {
 }
 
 /// Publishes `crl.pem` from the database's revoked certificates, valid for
-/// `next_update_days`.
+/// `next_update_days`, and stores it in the database (`published_crl`).
 pub async fn publish(
     dd: &DataDir,
     store: &Store,
@@ -85,6 +85,9 @@ pub async fn publish(
         pem.push_str(&previous.crl(&revoked, number, next_update_days)?);
     }
     write_private(&dd.crl(), pem.as_bytes())?;
+    // The database keeps it too, for `broker-sync` on a broker's host with no data dir
+    // (a lower number, from a publication that finished late, is not stored).
+    store.store_crl(number, &pem, now_ms()).await?;
     drop(lock);
     Ok(Published {
         number,

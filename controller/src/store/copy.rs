@@ -44,6 +44,7 @@ pub const TABLES: &[&str] = &[
     "command_keys",
     "command_key_acks",
     "enrollment_requests",
+    "published_crl",
 ];
 
 /// The tables of a store that are not the fleet's: the migrations' bookkeeping (each

@@ -1,7 +1,7 @@
 //! All SQL lives here, one file per table with that table's queries and row types
 //! (`devices`, `certificates`, `tokens`, `telemetry`, `commands`, `audit`, `users`,
 //! `sessions`, `attempts`, `approvals`, `api_tokens`, `releases`, `release_keys`,
-//! `unit_events`; `ingest` writes a batch across tables; `snapshot` copies the database for
+//! `unit_events`, `published_crl`; `ingest` writes a batch across tables; `snapshot` copies the database for
 //! backups; `copy` moves a SQLite fleet into PostgreSQL). This file holds the [`Store`] handle and what every
 //! table shares.
 //!
@@ -35,6 +35,7 @@ mod ingest_pg;
 mod key_set;
 #[cfg(any(test, feature = "testkit"))]
 pub mod pg_cluster;
+mod published_crl;
 mod release_keys;
 mod releases;
 pub mod review;
@@ -58,6 +59,7 @@ pub use devices::{
     THROTTLED_NOW, THROTTLED_UNDER_VOLTAGE,
 };
 pub use ingest::IngestOp;
+pub use published_crl::StoredCrl;
 pub use releases::{NewReleaseRow, ReleaseRow, ReleaseSource, ReleaseTx};
 pub use tokens::{NewToken, TokenRow};
 
@@ -130,6 +132,16 @@ impl Store {
     /// serialized between replicas starting together).
     pub async fn open_postgres(url: &str, opts: &PgOptions) -> Result<Self, StoreError> {
         let pool = dialect::postgres::connect(url, opts).await?;
+        Ok(Self {
+            db: db::Db::Postgres { pool },
+        })
+    }
+
+    /// Connects to the PostgreSQL database at `url` to read it only: no migrations (a
+    /// read-only role may run it), and no connection until the first query, so that a
+    /// database away at start-up is an error of that query, not of this call.
+    pub fn connect_postgres_reader(url: &str, opts: &PgOptions) -> Result<Self, StoreError> {
+        let pool = dialect::postgres::connect_reader(url, opts)?;
         Ok(Self {
             db: db::Db::Postgres { pool },
         })

@@ -47,6 +47,19 @@ pub(crate) async fn connect(url: &str, opts: &PgOptions) -> Result<PgPool, Store
     Ok(pool)
 }
 
+/// A pool that connects when first used and runs no migrations (`broker-sync`, which may
+/// hold a read-only role).
+pub(crate) fn connect_reader(url: &str, opts: &PgOptions) -> Result<PgPool, StoreError> {
+    let mut connect = PgConnectOptions::from_str(url)?.application_name("pifleet-broker-sync");
+    if let Some(pw) = &opts.password {
+        connect = connect.password(pw);
+    }
+    Ok(PgPoolOptions::new()
+        .max_connections(opts.max_connections)
+        .acquire_timeout(opts.acquire_timeout)
+        .connect_lazy_with(connect))
+}
+
 /// Keys of the advisory locks the replicas share (one 64-bit key space per database; these
 /// spell "pifleet" and a number, so that they do not meet another application's by chance).
 pub(crate) mod lock {
