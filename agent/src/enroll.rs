@@ -119,6 +119,21 @@ fn identity_toml(
     )
 }
 
+/// Where to connect for MQTT: the host the controller names (an external broker), or the
+/// one enrolled with. A named host must be a DNS name or an IP address: it goes into the
+/// configuration and is what the broker's certificate is checked against.
+fn mqtt_host(named: Option<&str>, enrolled_with: String) -> Result<String, EnrollError> {
+    match named {
+        None => Ok(enrolled_with),
+        Some(h) if rustls_pki_types::ServerName::try_from(h).is_ok() && !h.contains('/') => {
+            Ok(h.to_owned())
+        }
+        Some(h) => Err(EnrollError::BadResponse(format!(
+            "mqtt_host {h:?} is not a DNS name or an IP address"
+        ))),
+    }
+}
+
 /// Enrolls this device and writes its configuration. Returns the assigned device id.
 pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
     let token = EnrollToken::parse(&opts.token)?;
@@ -192,6 +207,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
         serde_json::from_slice(&resp).map_err(|e| EnrollError::BadResponse(e.to_string()))?;
     let device_id =
         DeviceId::parse(&resp.device_id).map_err(|e| EnrollError::BadResponse(e.to_string()))?;
+    let mqtt_host = mqtt_host(resp.mqtt_host.as_deref(), endpoint.host)?;
     // The CA we store must be the one the token pinned.
     let ca_ders =
         tls::pem_certs(resp.ca.as_bytes()).map_err(|e| EnrollError::BadResponse(e.to_string()))?;
@@ -219,7 +235,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<DeviceId, EnrollError> {
         &device_id,
         &ControllerConfig {
             url: opts.controller.clone(),
-            mqtt_host: endpoint.host,
+            mqtt_host,
             mqtt_port: resp.mqtt_port,
         },
         &TlsFiles {
@@ -414,6 +430,19 @@ fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mqtt_host_is_the_named_one_or_the_enrollment_host() {
+        let enrolled = || "fleet.example".to_owned();
+        assert_eq!(mqtt_host(None, enrolled()).unwrap(), "fleet.example");
+        for ok in ["broker.example", "10.0.0.7", "::1"] {
+            assert_eq!(mqtt_host(Some(ok), enrolled()).unwrap(), ok);
+        }
+        for bad in ["", "a b", "evil\nmqtt_port = 1", "host/path", "-x..y"] {
+            let err = mqtt_host(Some(bad), enrolled()).unwrap_err();
+            assert!(matches!(err, EnrollError::BadResponse(_)), "{bad:?}: {err}");
+        }
+    }
 
     #[test]
     fn the_written_identity_reads_back_as_the_agent_configuration() {

@@ -299,6 +299,7 @@ impl Controller {
                 release_public_keys: release_keys.iter().map(|k| k.to_pem()).collect(),
             }),
             mqtt_port: cfg.mqtt.public_port.unwrap_or(bound.mqtt.port()),
+            mqtt_host: cfg.mqtt.public_host.clone(),
             cert_lifetime: cfg.pki.device_cert_lifetime(&cfg.enrollment),
             metrics: metrics.clone(),
         });

@@ -2,7 +2,9 @@
 //! not only from silence: a device that vanishes is offline once the broker notices (1.5
 //! keep-alives), one that leaves says so at once, and one that left while no controller was
 //! listening is found offline from its retained status when a controller starts. The
-//! silence timeout is set far beyond the test, so none of this comes from it.
+//! silence timeout is set far beyond the test, so none of this comes from it. The devices
+//! reach the broker at the host enrollment names (`mqtt.public_host`), not the one they
+//! enrolled with.
 
 // Integration tests: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -31,12 +33,20 @@ async fn presence_follows_the_agents_status_and_last_will() {
         &broker.controller_config("ctl-1", 600),
     )
     .unwrap();
+    // The broker's own host, told to devices at enrollment (they enroll with `localhost`).
+    merge_config(
+        &ctl.data.join("config.toml"),
+        "[mqtt]\npublic_host = \"127.0.0.1\"",
+    )
+    .unwrap();
     ctl.serve().await.unwrap();
     let mut agents: Vec<Agent> = ["pi-a", "pi-b"]
         .iter()
         .map(|id| Agent::enroll(&ctl, id, 1).unwrap())
         .collect();
     for a in &mut agents {
+        let cfg = std::fs::read_to_string(a.config()).unwrap();
+        assert!(cfg.contains("mqtt_host = \"127.0.0.1\""), "{cfg}");
         // The broker publishes the will 1.5 keep-alives after the device went silent.
         merge_config(&a.config(), "[mqtt]\nkeep_alive_s = 5").unwrap();
         a.start().unwrap();

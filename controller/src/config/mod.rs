@@ -61,6 +61,12 @@ impl Config {
         self.backup.problems(&mut check);
         self.mqtt.external.problems(self.mqtt.mode, &mut check);
         check(
+            self.mqtt.public_host.as_deref().is_none_or(|h| {
+                rustls::pki_types::ServerName::try_from(h).is_ok() && !h.contains('/')
+            }),
+            "mqtt.public_host must be a DNS name or an IP address",
+        );
+        check(
             self.mqtt.mode == MqttMode::Embedded || self.mqtt.public_port.is_some(),
             "mqtt.mode = \"external\" needs mqtt.public_port: the broker's port devices are told \
              at enrollment",

@@ -388,6 +388,10 @@ pub struct MqttConfig {
     pub listen: SocketAddr,
     /// Port devices are told to connect to at enrollment (defaults to the listen port).
     pub public_port: Option<u16>,
+    /// Host (DNS name or IP address) devices are told to connect to at enrollment, when it
+    /// is not the one they enroll with (an external broker on a host of its own); unset:
+    /// the enrollment host.
+    pub public_host: Option<String>,
     /// Longest time a client may take to finish the TLS handshake.
     pub handshake_timeout_ms: u64,
     /// Longest time between the handshake and the MQTT CONNECT packet.
@@ -503,6 +507,7 @@ impl Default for MqttConfig {
             external: super::broker::ExternalBroker::default(),
             listen: SocketAddr::from(([0, 0, 0, 0], 8883)),
             public_port: None,
+            public_host: None,
             handshake_timeout_ms: 5_000,
             connect_timeout_ms: 10_000,
             max_connections: 60_000,

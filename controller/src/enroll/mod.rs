@@ -32,6 +32,9 @@ pub struct EnrollState {
     /// The keys a new device pins; replaced when a rotation is put in use.
     pub pinned: arc_swap::ArcSwap<Pinned>,
     pub mqtt_port: u16,
+    /// The MQTT host devices are told when it is not the enrollment host
+    /// (`mqtt.public_host`).
+    pub mqtt_host: Option<String>,
     /// Lifetime of the device certificates it issues.
     pub cert_lifetime: std::time::Duration,
     pub metrics: Metrics,
@@ -231,6 +234,7 @@ pub async fn enroll(
         ca: st.ca.cert_pem.clone(),
         command_public_key: pinned.command_public_key.clone(),
         mqtt_port: st.mqtt_port,
+        mqtt_host: st.mqtt_host.clone(),
         release_public_keys: pinned.release_public_keys.clone(),
     };
     Ok(Outcome::Enrolled(Box::new(Enrolled { response, token_id })))

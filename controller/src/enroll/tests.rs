@@ -28,6 +28,7 @@ async fn fixture() -> Fixture {
             release_public_keys: Vec::new(),
         }),
         mqtt_port: 8883,
+        mqtt_host: None,
         cert_lifetime: std::time::Duration::from_secs(30 * 86_400),
         metrics: Metrics::new().unwrap(),
     };

@@ -43,6 +43,11 @@ pub struct EnrollResponse {
     pub command_public_key: String,
     /// The port of the MQTT gateway on the host the agent enrolled with.
     pub mqtt_port: u16,
+    /// The host to connect to for MQTT (a DNS name or IP address), when it is not the one
+    /// the agent enrolled with: an external broker of its own. Added after v1 first
+    /// shipped: absent means the enrollment host, and older agents ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt_host: Option<String>,
     /// The release keys the device is to trust (Ed25519, PEM, SPKI), one per entry.
     /// Added after v1 first shipped: absent in an older controller's answer, so read with a
     /// default, and ignored by older agents, which learn the keys later from a signed
@@ -71,6 +76,14 @@ mod tests {
         let old = r#"{"device_id":"pi-1","certificate":"C","ca":"A","command_public_key":"K","mqtt_port":8883}"#;
         let resp: EnrollResponse = serde_json::from_str(old).unwrap();
         assert!(resp.release_public_keys.is_empty());
+        assert_eq!(resp.mqtt_host, None);
+        // Not sent when not set: an older agent's strict reader sees what it knew.
+        assert!(
+            serde_json::to_value(&resp)
+                .unwrap()
+                .get("mqtt_host")
+                .is_none()
+        );
         let new = serde_json::to_value(EnrollResponse {
             release_public_keys: vec!["R".into()],
             ..resp

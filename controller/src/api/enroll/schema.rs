@@ -51,6 +51,10 @@ pub(crate) struct EnrollResponseSchema {
     command_public_key: String,
     /// The port of the MQTT gateway on the host the agent enrolled with.
     mqtt_port: u16,
+    /// The host to connect to for MQTT when it is not the enrollment host (an external
+    /// broker); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mqtt_host: Option<String>,
     /// The release keys the device is to trust (Ed25519, PEM, SPKI), one per entry. Older
     /// agents ignore it and learn the keys from a signed announcement.
     release_public_keys: Vec<String>,
@@ -64,6 +68,7 @@ impl From<EnrollResponse> for EnrollResponseSchema {
             ca,
             command_public_key,
             mqtt_port,
+            mqtt_host,
             release_public_keys,
         }: EnrollResponse,
     ) -> Self {
@@ -73,6 +78,7 @@ impl From<EnrollResponse> for EnrollResponseSchema {
             ca,
             command_public_key,
             mqtt_port,
+            mqtt_host,
             release_public_keys,
         }
     }
@@ -115,6 +121,7 @@ mod tests {
             ca: "CA PEM".into(),
             command_public_key: "SPKI PEM".into(),
             mqtt_port: 8883,
+            mqtt_host: Some("broker.example".into()),
             release_public_keys: vec!["release SPKI PEM".into()],
         }
     }
@@ -161,6 +168,7 @@ mod tests {
                 .collect();
             let mut want = keys(&body);
             want.remove("fallback_id");
+            want.remove("mqtt_host");
             assert_eq!(required, want, "{name}: {schema}");
         }
         let op = &doc["paths"]["/api/v1/enroll"]["post"];

@@ -1717,6 +1717,11 @@ export interface components {
             /** @description The device id assigned (the token's name, or the id proposed in the CSR). */
             device_id: string;
             /**
+             * @description The host to connect to for MQTT when it is not the enrollment host (an external
+             *     broker); absent otherwise.
+             */
+            mqtt_host?: string | null;
+            /**
              * Format: int32
              * @description The port of the MQTT gateway on the host the agent enrolled with.
              */
