@@ -120,6 +120,9 @@ async fn wake(changes: &mut tokio::sync::broadcast::Receiver<Change>) -> bool {
 /// again. A rollout that cannot be decided (unreadable) is logged and skipped, so one bad
 /// row does not stop the others.
 async fn pass(store: &Store, dispatcher: &Dispatcher) -> Result<Option<i64>, RolloutError> {
+    // Controllers sharing a PostgreSQL database pass one at a time, each deciding on what
+    // the one before left.
+    let _job = store.job(crate::store::changes::Job::Rollouts).await?;
     let mut next: Option<i64> = None;
     let mut created = false;
     for id in store.active_rollouts().await? {

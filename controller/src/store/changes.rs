@@ -42,13 +42,18 @@ impl Changes {
 /// Work one controller does for all that share a PostgreSQL database.
 #[derive(Debug, Clone, Copy)]
 pub enum Job {
+    /// Telemetry retention and partitions: skipped by the others while one does it.
     Retention,
+    /// A pass of the rollout runner: the others wait, then decide on what it left, so two
+    /// controllers never decide the same rollout at once.
+    Rollouts,
 }
 
 impl Job {
     fn key(self) -> i64 {
         match self {
             Job::Retention => super::dialect::postgres::lock::RETENTION,
+            Job::Rollouts => super::dialect::postgres::lock::ROLLOUTS,
         }
     }
 }
@@ -72,6 +77,20 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
         Ok(got.then_some(JobLock(Some(tx))))
+    }
+
+    /// Takes `job`, waiting while another controller sharing the database does it. At once
+    /// on SQLite.
+    pub async fn job(&self, job: Job) -> Result<JobLock, StoreError> {
+        let Db::Postgres { pool } = &self.db else {
+            return Ok(JobLock(None));
+        };
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(job.key())
+            .execute(&mut *tx)
+            .await?;
+        Ok(JobLock(Some(tx)))
     }
 
     /// Announces `change` to every controller listening (PostgreSQL; nothing on SQLite).
@@ -135,5 +154,30 @@ mod tests {
         );
         drop((first, second));
         assert!(s.try_job(super::Job::Retention).await.unwrap().is_some());
+    }
+
+    /// A waited-for job is one controller's at a time: the second taker waits until the
+    /// first lets go (PostgreSQL).
+    #[tokio::test]
+    async fn a_waited_job_waits_for_the_holder() {
+        let (_d, s) = store().await;
+        let first = s.job(super::Job::Rollouts).await.unwrap();
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(500), s.job(super::Job::Rollouts)).await;
+        if s.backend() == crate::store::Backend::Sqlite {
+            assert!(waiting.is_ok());
+            return;
+        }
+        assert!(waiting.is_err(), "taken twice at once");
+        let s2 = s.clone();
+        let second = tokio::spawn(async move { s2.job(super::Job::Rollouts).await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!second.is_finished());
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("the second taker never got it")
+            .unwrap()
+            .unwrap();
     }
 }

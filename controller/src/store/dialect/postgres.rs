@@ -68,6 +68,8 @@ pub(crate) mod lock {
     pub const WRITERS: i64 = BASE | 1;
     /// Telemetry retention and partition upkeep (`store::changes::Job::Retention`).
     pub const RETENTION: i64 = BASE | 2;
+    /// Deciding the rollouts: one controller's pass at a time.
+    pub const ROLLOUTS: i64 = BASE | 3;
 }
 
 /// Makes the current transaction wait for, then hold until it ends, the lock bound as `$1`.
