@@ -6,14 +6,17 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::store::changes::Change;
 use crate::store::{Store, now_ms};
 use crate::supervise::{Fatal, TaskResult};
 
 /// Reads again what another controller sharing the PostgreSQL database announced it changed.
-/// `reload` reads again what is kept in memory (the API's settings).
+/// `reload` reads again what is kept in memory (the API's settings); `keys` wakes the key
+/// reload, which checks this controller's key files against the fleet's record.
 pub async fn follow_changes<F, Fut>(
     mut changes: crate::store::changes::Changes,
     reload: F,
+    keys: std::sync::Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 ) -> TaskResult
 where
@@ -26,7 +29,15 @@ where
             c = changes.next() => c,
         };
         let result = match change {
-            Ok(_) => reload().await,
+            Ok(Change::Keys) => {
+                keys.notify_one();
+                Ok(())
+            }
+            Ok(Change::Settings) => reload().await,
+            Ok(Change::Missed) => {
+                keys.notify_one();
+                reload().await
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = result {

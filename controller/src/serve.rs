@@ -461,6 +461,8 @@ impl Controller {
             "enroll-refusal-audit",
             self.api.clone().audit_enroll_refusals(shutdown.clone()),
         );
+        // Another controller's rotation, announced: the key reload looks at once.
+        let keys_changed = Arc::new(tokio::sync::Notify::new());
         tasks.spawn(
             "key-reload",
             reload::run(
@@ -477,6 +479,7 @@ impl Controller {
                     release_keys: self.release_keys,
                     command_key_error: None,
                     health: self.health.clone(),
+                    wake: keys_changed.clone(),
                 },
                 shutdown.clone(),
             ),
@@ -493,6 +496,7 @@ impl Controller {
                             async move { api.reload_settings().await }
                         }
                     },
+                    keys_changed,
                     shutdown.clone(),
                 ),
             );

@@ -60,9 +60,17 @@ async fn a_controller_whose_keys_differ_is_not_ready_until_they_agree() {
     )
     .await;
 
+    // C looks at its key files only hourly, but is told of a rotation at once.
+    let mut c = a.replica("[auth]\nkey_reload_s = 3600").await.unwrap();
+    let api_c = Api::new(&c).unwrap();
+    wait_ready(&api_c, 200, "ready", "C ready", || c.log()).await;
+
     // A rotation on A records A's new access-token keys: B, still holding the old ones
     // (it would refuse A's tokens), is not ready and says which file; A stays ready.
     run(&a, &["rotate", "jwt-key"]);
+    // C, from the announcement, well before its next look.
+    wait_ready(&api_c, 503, "jwt.key", "C told of A's rotation", || c.log()).await;
+    c.stop();
     wait_ready(
         &api_b,
         503,

@@ -40,6 +40,8 @@ pub struct Reload {
     pub command_key_error: Option<String>,
     /// Told whether this controller's key files agree with the others' ([`super::keyset`]).
     pub health: Arc<crate::supervise::Health>,
+    /// Woken when another controller announces new key files: look at once.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 /// Runs until `shutdown`.
@@ -52,6 +54,7 @@ pub async fn run(mut r: Reload, shutdown: CancellationToken) -> TaskResult {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
+            _ = r.wake.notified() => {}
         }
         let now = modified(&jwt_path);
         if now != jwt_seen {

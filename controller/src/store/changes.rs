@@ -2,8 +2,10 @@
 //! memory changed (LISTEN/NOTIFY). On SQLite there is one controller and nothing to tell.
 //!
 //! What is kept in memory and announced: the security settings (which roles must use
-//! two-factor sign-in). Revocations need no announcement: every controller reads the revoked
-//! certificates from the database every `pki.crl_check_s`.
+//! two-factor sign-in), and the record of the fleet's key files (a rotation on one
+//! controller: the others check their files at once instead of at their next key reload).
+//! Revocations need no announcement: every controller reads the revoked certificates from
+//! the database every `pki.crl_check_s`.
 
 use sqlx::postgres::PgListener;
 
@@ -18,6 +20,8 @@ const CHANNEL: &str = "pifleet_changes";
 pub enum Change {
     /// `mfa_required_roles` (and any setting read at start).
     Settings,
+    /// The key files every controller must hold (`rotation::keyset`).
+    Keys,
     /// The connection was lost and is being made again: announcements may have been missed,
     /// so everything announced should be read again.
     Missed,
@@ -31,8 +35,9 @@ impl Changes {
     /// The next change; waits. Reconnects by itself after a lost connection, answering
     /// [`Change::Missed`] then.
     pub async fn next(&mut self) -> Result<Change, StoreError> {
-        // Settings are the only thing announced so far.
         Ok(match self.0.try_recv().await? {
+            Some(n) if n.payload() == "Keys" => Change::Keys,
+            // What older controllers announce: settings, with any payload.
             Some(_) => Change::Settings,
             None => Change::Missed,
         })

@@ -13,7 +13,8 @@ impl Store {
         .await)?)
     }
 
-    /// Records `json` as the key set, replacing what was recorded.
+    /// Records `json` as the key set, replacing what was recorded, and announces it to the
+    /// other controllers.
     pub async fn set_key_set(&self, json: &str) -> Result<(), StoreError> {
         writing!(self, |ex| sqlx::query(
             "INSERT INTO meta (key, value) VALUES ('key_set', $1) \
@@ -23,7 +24,7 @@ impl Store {
         .execute(ex)
         .await
         .map(|r| r.rows_affected()))?;
-        Ok(())
+        self.announce(super::changes::Change::Keys).await
     }
 
     /// Records `json` as the key set unless one is recorded; whether it was.
@@ -52,5 +53,20 @@ mod tests {
         assert_eq!(s.key_set().await.unwrap().as_deref(), Some("{\"a\":\"1\"}"));
         s.set_key_set("{\"a\":\"3\"}").await.unwrap();
         assert_eq!(s.key_set().await.unwrap().as_deref(), Some("{\"a\":\"3\"}"));
+    }
+
+    /// A new record is announced to the other controllers (PostgreSQL).
+    #[tokio::test]
+    async fn a_new_record_is_announced() {
+        let (_d, s) = store().await;
+        let Some(mut changes) = s.changes().await.unwrap() else {
+            return;
+        };
+        s.set_key_set("{}").await.unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), changes.next())
+            .await
+            .expect("no announcement within 5 s")
+            .unwrap();
+        assert_eq!(got, crate::store::changes::Change::Keys);
     }
 }
