@@ -281,6 +281,21 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), DataDirError> {
     Ok(pifleet_io::write_private(path, data)?)
 }
 
+/// Waits for the exclusive lock on `path` (a lock file, created 0600 if missing), which
+/// serializes processes sharing the data dir; released when the returned value is dropped.
+pub fn lock_exclusive(path: &Path) -> std::io::Result<nix::fcntl::Flock<fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| errno.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

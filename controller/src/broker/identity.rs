@@ -79,7 +79,7 @@ pub struct Issued {
 /// processes making it at once are serialized by a lock on the data dir's `crl.lock`, so
 /// both end with the same CA.
 pub fn controllers_ca(dd: &DataDir) -> Result<Ca, BrokerError> {
-    let _lock = lock(&dd.crl_lock())?;
+    let _lock = crate::datadir::lock_exclusive(&dd.crl_lock()).map_err(io(&dd.crl_lock()))?;
     let (cert, key) = (dd.controllers_ca_cert(), dd.controllers_ca_key());
     if !cert.exists() {
         let ca = Ca::generate("controllers")?;
@@ -95,25 +95,6 @@ pub fn controllers_ca(dd: &DataDir) -> Result<Ca, BrokerError> {
     }
     let read = |path: &Path| std::fs::read_to_string(path).map_err(io(path));
     Ok(Ca::from_pem(&read(&cert)?, &read(&key)?)?)
-}
-
-/// An exclusive lock on `path` (created 0600 if missing), released on drop.
-fn lock(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, BrokerError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(path))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| {
-        BrokerError::Io {
-            path: path.to_owned(),
-            source: errno.into(),
-        }
-    })
 }
 
 /// Issues controller `name`'s client certificate from the controllers' CA into `out`

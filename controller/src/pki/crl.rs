@@ -13,13 +13,12 @@
 //! passes its nextUpdate.
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use tokio_util::sync::CancellationToken;
 
 use super::{Ca, PkiError, Revoked};
@@ -95,21 +94,12 @@ pub async fn publish(
     })
 }
 
-/// Waits for the exclusive lock on `path` (created 0600 if missing); released on drop.
+/// Waits for the exclusive lock on `path`; released on drop.
 fn lock_exclusive(path: &Path) -> Result<Flock<File>, CrlError> {
-    let err = |source| CrlError::Lock {
+    crate::datadir::lock_exclusive(path).map_err(|source| CrlError::Lock {
         path: path.display().to_string(),
         source,
-    };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(err)?;
-    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| err(errno.into()))
+    })
 }
 
 /// Keeps the CRL converged with the database while the controller runs: every

@@ -152,6 +152,19 @@ async fn an_unknown_stored_status_is_a_decode_error() {
     assert!(s.cancel_command(&id.to_string()).await.is_err());
 }
 
+/// `n` pings for `device`, ids 1..=n.
+fn pings(device: &str, n: u8) -> Vec<NewCommand> {
+    (1..=n)
+        .map(|n| NewCommand {
+            id: CommandId([n; 16]),
+            device: device.into(),
+            action: Action::Ping,
+            expires_at: i64::MAX,
+            answer_timeout_ms: 1_000,
+        })
+        .collect()
+}
+
 /// Controllers sharing a database claim commands from one outbox: each command once, also
 /// when they claim at the same moment; a re-send (after the resend time) is claimed once
 /// again; what is not due stays.
@@ -159,16 +172,7 @@ async fn an_unknown_stored_status_is_a_decode_error() {
 async fn a_dispatchable_command_is_claimed_once() {
     let (_d, s) = store().await;
     add_device(&s, "pi-a", "{}", None, true).await;
-    let cmds: Vec<NewCommand> = (1..=40u8)
-        .map(|n| NewCommand {
-            id: CommandId([n; 16]),
-            device: "pi-a".into(),
-            action: Action::Ping,
-            expires_at: i64::MAX,
-            answer_timeout_ms: 1_000,
-        })
-        .collect();
-    s.insert_commands(&cmds).await.unwrap();
+    s.insert_commands(&pings("pi-a", 40)).await.unwrap();
     // Three controllers at once, 10 each at most, then the rest.
     let (a, b, c) = tokio::join!(
         s.claim_dispatchable(0, 10),
@@ -209,16 +213,7 @@ async fn a_claim_skips_what_another_claim_holds() {
         return;
     };
     add_device(&s, "pi-a", "{}", None, true).await;
-    let cmds: Vec<NewCommand> = (1..=3u8)
-        .map(|n| NewCommand {
-            id: CommandId([n; 16]),
-            device: "pi-a".into(),
-            action: Action::Ping,
-            expires_at: i64::MAX,
-            answer_timeout_ms: 1_000,
-        })
-        .collect();
-    s.insert_commands(&cmds).await.unwrap();
+    s.insert_commands(&pings("pi-a", 3)).await.unwrap();
     let held = CommandId([2; 16]).to_string();
     let mut other = pool.begin().await.unwrap();
     sqlx::query("SELECT id FROM commands WHERE id = $1 FOR UPDATE")
