@@ -101,29 +101,10 @@ const LISTING_COLUMNS: &str = "id, device_id, action, action_kind, status, reaso
 #[error("unknown command status {0:?}")]
 struct UnknownStatus(String);
 
-/// Statuses are stored by name; an unknown name is a decode error.
-impl<DB: sqlx::Database> sqlx::Type<DB> for Status
-where
-    str: sqlx::Type<DB>,
-{
-    fn type_info() -> DB::TypeInfo {
-        <str as sqlx::Type<DB>>::type_info()
-    }
-
-    fn compatible(ty: &DB::TypeInfo) -> bool {
-        <str as sqlx::Type<DB>>::compatible(ty)
-    }
-}
-
-impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for Status
-where
-    &'r str: sqlx::Decode<'r, DB>,
-{
-    fn decode(value: DB::ValueRef<'r>) -> Result<Self, BoxDynError> {
-        let name = <&str as sqlx::Decode<DB>>::decode(value)?;
-        Ok(Status::parse(name).ok_or_else(|| UnknownStatus(name.to_owned()))?)
-    }
-}
+// Statuses are stored by name; an unknown name is a decode error.
+super::db::stored_by_name!(Status, |name| Ok(
+    Status::parse(name).ok_or_else(|| UnknownStatus(name.to_owned()))?
+));
 
 /// Captured output as stored (bytes, which the agent may have cut inside a character), read
 /// as text with invalid UTF-8 replaced.

@@ -104,8 +104,37 @@ macro_rules! in_tx {
     };
 }
 
+/// `sqlx::Type` and `sqlx::Decode` on both databases for `$ty`, stored as its name (text):
+/// `$from_name` makes the value of the name read (`$name: &str`), or a decode error.
+macro_rules! stored_by_name {
+    ($ty:ty, |$name:ident| $from_name:expr) => {
+        impl<DB: sqlx::Database> sqlx::Type<DB> for $ty
+        where
+            str: sqlx::Type<DB>,
+        {
+            fn type_info() -> DB::TypeInfo {
+                <str as sqlx::Type<DB>>::type_info()
+            }
+
+            fn compatible(ty: &DB::TypeInfo) -> bool {
+                <str as sqlx::Type<DB>>::compatible(ty)
+            }
+        }
+
+        impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for $ty
+        where
+            &'r str: sqlx::Decode<'r, DB>,
+        {
+            fn decode(value: DB::ValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                let $name = <&str as sqlx::Decode<DB>>::decode(value)?;
+                $from_name
+            }
+        }
+    };
+}
+
 #[allow(unused_imports)] // for the tests outside the store
-pub(crate) use {in_tx, on_pool, reading, writing};
+pub(crate) use {in_tx, on_pool, reading, stored_by_name, writing};
 
 /// A JSON document stored as text (a `TEXT` column on both databases), decoded with serde.
 /// sqlx's own `Json` reads PostgreSQL's `json`/`jsonb` types only.

@@ -3,7 +3,6 @@
 //! step's acceptance in `attempts`).
 
 use crate::store::db::Tx;
-use sqlx::error::BoxDynError;
 
 use super::sessions::revoke_sessions_where;
 use super::{Store, StoreError, now_ms};
@@ -61,29 +60,8 @@ macro_rules! select_user {
     };
 }
 
-/// Roles are stored by name; a name this version does not know gets the least rights.
-impl<DB: sqlx::Database> sqlx::Type<DB> for Role
-where
-    str: sqlx::Type<DB>,
-{
-    fn type_info() -> DB::TypeInfo {
-        <str as sqlx::Type<DB>>::type_info()
-    }
-
-    fn compatible(ty: &DB::TypeInfo) -> bool {
-        <str as sqlx::Type<DB>>::compatible(ty)
-    }
-}
-
-impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for Role
-where
-    &'r str: sqlx::Decode<'r, DB>,
-{
-    fn decode(value: DB::ValueRef<'r>) -> Result<Self, BoxDynError> {
-        let name = <&str as sqlx::Decode<DB>>::decode(value)?;
-        Ok(name.parse().unwrap_or(Role::Viewer))
-    }
-}
+// Roles are stored by name; a name this version does not know gets the least rights.
+super::db::stored_by_name!(Role, |name| Ok(name.parse().unwrap_or(Role::Viewer)));
 
 impl Store {
     /// Creates a user; refuses a taken name.
