@@ -9,23 +9,14 @@
 use std::time::Duration;
 
 use pifleet_controller::store::copy::{NOT_COPIED, TABLES};
-use pifleet_controller::store::pg_cluster::PgCluster;
 use pifleet_tests::api::{Api, TEST_PASSWORD};
 use pifleet_tests::harness::{Agent, Controller, wait_for};
+use pifleet_tests::pgkit::{PgFleet, counts};
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
 use sqlx::{AssertSqlSafe, Row};
 
 const NO_AUTH_LIMIT: &str = "[auth]\nrate_per_minute = 100000\nrate_burst = 100000";
-
-/// The database URL without its password (as `store.url` must be), and a pool on it.
-async fn database(cluster: &PgCluster) -> (String, PgPool) {
-    let with_password = cluster.fresh_database().await.unwrap();
-    let name = with_password.rsplit('/').next().unwrap().to_owned();
-    let url = format!("postgres://pifleet@127.0.0.1:{}/{name}", cluster.port());
-    let pool = PgPool::connect(&with_password).await.unwrap();
-    (url, pool)
-}
 
 async fn sqlite_count(db: &SqlitePool, table: &str) -> i64 {
     sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
@@ -49,17 +40,6 @@ async fn pg_counts(db: &PgPool) -> Vec<i64> {
     v
 }
 
-/// Per device: samples, distinct seqs, highest seq.
-async fn pg_seqs(pool: &PgPool) -> Vec<(String, i64, i64, i64)> {
-    sqlx::query_as(
-        "SELECT device_id, COUNT(*), COUNT(DISTINCT seq), MAX(seq) FROM telemetry \
-         GROUP BY device_id ORDER BY device_id",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap()
-}
-
 fn copy_args<'a>(url: &'a str, pw: &'a str) -> [&'a str; 6] {
     [
         "store",
@@ -73,12 +53,9 @@ fn copy_args<'a>(url: &'a str, pw: &'a str) -> [&'a str; 6] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sqlite_fleet_moves_to_postgres_and_carries_on() {
-    let cluster = PgCluster::start().await.unwrap();
-    let (url, pool) = database(&cluster).await;
-    let secrets = tempfile::tempdir().unwrap();
-    let pw = secrets.path().join("store-password");
-    std::fs::write(&pw, format!("{}\n", cluster.password())).unwrap();
-    let pw = pw.to_str().unwrap().to_owned();
+    let db = PgFleet::start().await;
+    let (url, pool) = (db.url.clone(), db.pool.clone());
+    let pw = db.password_file.to_str().unwrap().to_owned();
 
     // A fleet on SQLite: two admins' worth of sign-ins, a spare token, two agents, a command.
     let mut ctl = Controller::start_with(NO_AUTH_LIMIT).await.unwrap();
@@ -231,19 +208,19 @@ async fn a_sqlite_fleet_moves_to_postgres_and_carries_on() {
 
     // `serve` on PostgreSQL now: the agents' spooled and new samples arrive after the
     // copied ones, without gaps or duplicates.
-    let copied = pg_seqs(&pool).await;
+    let copied = counts(&pool).await;
     ctl.serve().await.unwrap();
     wait_for(Duration::from_secs(40), "samples after the copy", || {
         let pool = pool.clone();
         let copied = copied.clone();
         async move {
-            let now = pg_seqs(&pool).await;
+            let now = counts(&pool).await;
             (now.len() == 2 && now.iter().zip(&copied).all(|(n, c)| n.3 >= c.3 + 3)).then_some(())
         }
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", ctl.log()));
-    for (device, rows, distinct, max) in pg_seqs(&pool).await {
+    for (device, rows, distinct, max) in counts(&pool).await {
         assert_eq!(rows, distinct, "{device}: a sample stored twice");
         assert_eq!(rows, max, "{device}: a sample lost (seq 1..{max}, {rows})");
     }
@@ -261,12 +238,9 @@ async fn a_sqlite_fleet_moves_to_postgres_and_carries_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_copy_into_the_same_database_is_refused_and_changes_nothing() {
-    let cluster = PgCluster::start().await.unwrap();
-    let (url, pool) = database(&cluster).await;
-    let secrets = tempfile::tempdir().unwrap();
-    let pw = secrets.path().join("store-password");
-    std::fs::write(&pw, format!("{}\n", cluster.password())).unwrap();
-    let pw = pw.to_str().unwrap().to_owned();
+    let db = PgFleet::start().await;
+    let (url, pool) = (db.url.clone(), db.pool.clone());
+    let pw = db.password_file.to_str().unwrap().to_owned();
 
     let mut first = Controller::start().await.unwrap();
     first.stop();
