@@ -39,6 +39,18 @@ enum Broker {
     Pifleet,
     /// Debian's Mosquitto with the controller's certificates (side-by-side comparison).
     Mosquitto,
+    /// A broker someone else runs in front of the controllers (scale-out mode, `[mqtt] mode
+    /// = "external"`): devices connect to the MQTT port their enrollment handed out
+    /// (`mqtt.public_port`) and wait for the controllers' application acks.
+    External,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Ack {
+    /// The controller's application ack (`down/ack`), sent after the commit.
+    App,
+    /// The broker's PUBACK.
+    Puback,
 }
 
 #[derive(Parser, Debug)]
@@ -57,6 +69,15 @@ struct Args {
     /// What the devices connect to.
     #[arg(long, value_enum, default_value_t = Broker::Pifleet)]
     broker: Broker,
+    /// What counts as a sample's acknowledgement (default: the application ack, except
+    /// PUBACKs for `--broker mosquitto`, which has no controller behind it).
+    #[arg(long, value_enum)]
+    ack: Option<Ack>,
+    /// Keep unacknowledged samples and send them again after a reconnect and after this many
+    /// seconds without acknowledgement progress, like the agent's spool; at the end, stop
+    /// telemetry and wait for every sample's ack (0: forget them, as before).
+    #[arg(long, default_value_t = 0)]
+    resend_s: u64,
     /// Simulated devices (each a real mTLS connection).
     #[arg(long, default_value_t = 1000)]
     devices: usize,
@@ -133,11 +154,12 @@ impl Args {
             keep_alive: Duration::from_secs(self.keep_alive_s.max(1)),
             connect_timeout: Duration::from_secs(self.connect_timeout_s.max(1)),
             backoff_max: Duration::from_secs(self.backoff_max_s.max(1)),
-            ack: match self.broker {
-                Broker::Pifleet => AckMode::App,
-                Broker::Mosquitto => AckMode::PubAck,
+            ack: match (self.ack, self.broker) {
+                (Some(Ack::App), _) | (None, Broker::Pifleet | Broker::External) => AckMode::App,
+                (Some(Ack::Puback), _) | (None, Broker::Mosquitto) => AckMode::PubAck,
             },
             sources: self.sources.max(1),
+            resend: (self.resend_s > 0).then(|| Duration::from_secs(self.resend_s)),
         }
     }
 
@@ -152,10 +174,18 @@ impl Args {
             match self.broker {
                 Broker::Pifleet => "pifleet".into(),
                 Broker::Mosquitto => "mosquitto".into(),
+                Broker::External => "external".into(),
             },
             "--mqtt-port".into(),
             port.to_string(),
         ];
+        if let Some(ack) = self.ack {
+            a.push("--ack".into());
+            a.push(match ack {
+                Ack::App => "app".into(),
+                Ack::Puback => "puback".into(),
+            });
+        }
         for (flag, v) in [
             ("--rate", self.rate.to_string()),
             ("--batch", self.batch.to_string()),
@@ -164,6 +194,7 @@ impl Args {
             ("--connect-timeout-s", self.connect_timeout_s.to_string()),
             ("--keep-alive-s", self.keep_alive_s.to_string()),
             ("--phase-timeout-s", self.phase_timeout_s.to_string()),
+            ("--resend-s", self.resend_s.to_string()),
         ] {
             a.push(flag.into());
             a.push(v);
@@ -198,6 +229,16 @@ fn main() -> Result<()> {
     rt.block_on(parent(args))
 }
 
+/// The MQTT port the first simulated device's enrollment handed out.
+fn enrolled_port(identities: &std::path::Path) -> Result<u16> {
+    let path = identities
+        .join(pifleet_tests::sim::worker::device_id(0))
+        .join("agent.toml");
+    let cfg = pifleet_agent::config::AgentConfig::load(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(cfg.controller.mqtt_port)
+}
+
 /// Broker CPU ticks, simulator CPU ticks (itself and its workers).
 fn cpu(broker: u32, sim: &[u32]) -> (u64, u64) {
     let ticks = |pid| procstat::usage(pid).map_or(0, |u| u.cpu_ticks);
@@ -224,10 +265,16 @@ async fn parent(args: Args) -> Result<()> {
     }
     let mut mosquitto = match args.broker {
         Broker::Mosquitto => Some(Target::spawn_mosquitto(&dd)?),
-        Broker::Pifleet => None,
+        Broker::Pifleet | Broker::External => None,
     };
+    if args.broker == Broker::External && !args.storm.is_empty() {
+        bail!("--storm needs a broker the simulator runs: not with --broker external");
+    }
     let target = mosquitto.as_mut().unwrap_or(&mut controller);
-    let port = target.mqtt.port();
+    let port = match args.broker {
+        Broker::External => enrolled_port(&args.identities())?,
+        Broker::Pifleet | Broker::Mosquitto => target.mqtt.port(),
+    };
     let rss_before = procstat::usage(target.pid).map_or(0, |u| u.rss_kib);
     let exe = std::env::current_exe()?;
     let mut workers = Workers::spawn(
@@ -239,7 +286,10 @@ async fn parent(args: Args) -> Result<()> {
     let mut sim_pids = workers.pids();
     sim_pids.push(std::process::id());
     let mut report = Report {
-        broker: target.name.into(),
+        broker: match args.broker {
+            Broker::External => "external".into(),
+            Broker::Pifleet | Broker::Mosquitto => target.name.into(),
+        },
         devices: args.devices,
         processes: sim_pids.len() - 1,
         sources: args.sources.max(1),
@@ -282,6 +332,19 @@ async fn parent(args: Args) -> Result<()> {
         }
         let (b1, s1) = cpu(target.pid, &sim_pids);
         let elapsed = t0.elapsed().as_secs_f64();
+        if args.resend_s > 0 {
+            // Everything sent must be acknowledged before the counters are read.
+            let settled = workers.all(Command::Settle).await?;
+            steady.unacked = Some(
+                settled
+                    .iter()
+                    .map(|r| match r {
+                        pifleet_tests::sim::proto::Reply::Settled { unacked } => *unacked,
+                        _ => 0,
+                    })
+                    .sum(),
+            );
+        }
         steady.duration_s = elapsed;
         steady.broker_fds = procstat::open_fds(target.pid).unwrap_or(0);
         steady.sim_rss_kib = sim_pids
