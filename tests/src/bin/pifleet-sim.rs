@@ -8,6 +8,8 @@
 //! pifleet-controller init --data-dir /tmp/bench --hostname localhost
 //! pifleet-sim --data-dir /tmp/bench --spawn-controller target/release/pifleet-controller \
 //!     --devices 10000 --processes 2 --sources 4 --rate 0.1 --duration 30 --storm kill
+//! # Scale-out mode: devices on the broker in front of the controllers, re-sending like agents
+//! pifleet-sim --data-dir /var/lib/pifleet --broker external --devices 500 --resend-s 5
 //! ```
 
 use std::path::PathBuf;
@@ -247,13 +249,28 @@ fn cpu(broker: u32, sim: &[u32]) -> (u64, u64) {
 
 async fn parent(args: Args) -> Result<()> {
     let dd = DataDir::new(&args.data_dir);
-    let mut controller = match &args.spawn_controller {
-        Some(exe) => Target::spawn_controller(exe, &dd)?,
-        None => Target::external(&dd)?,
+    let mut controller = match (&args.spawn_controller, args.broker) {
+        (Some(exe), _) => Target::spawn_controller(exe, &dd)?,
+        // Devices on a broker need no controller once enrolled (a counting subscriber may
+        // stand in for the controllers).
+        (None, Broker::External) => Target::external(&dd).unwrap_or_else(|_| Target::detached(&dd)),
+        (None, _) => Target::external(&dd)?,
     };
-    let https = controller.https.context("controller without HTTPS")?;
+    let last = args
+        .identities()
+        .join(pifleet_tests::sim::worker::device_id(
+            args.devices.saturating_sub(1),
+        ));
+    let https = match controller.https {
+        Some(a) => a.port(),
+        None if last.join("agent.toml").exists() => 0,
+        None => bail!(
+            "devices to enroll and no controller running on {}",
+            args.data_dir.display()
+        ),
+    };
     let t = Instant::now();
-    let enrolled_new = ensure_enrolled(&dd, &args.identities(), args.devices, https.port()).await?;
+    let enrolled_new = ensure_enrolled(&dd, &args.identities(), args.devices, https).await?;
     let enroll_s = t.elapsed().as_secs_f64();
     eprintln!(
         "{} devices enrolled ({enrolled_new} new, {enroll_s:.1} s)",
