@@ -222,6 +222,10 @@ fn main() -> Result<()> {
         };
         return rt.block_on(worker.run());
     }
+    if args.resend_s > 0 && args.settings(0).ack != AckMode::App {
+        // A PUBACK's packet id means nothing on the next connection.
+        bail!("--resend-s needs the application ack (--ack app)");
+    }
     let per_process = args.devices.div_ceil(args.processes.max(1)) as u64;
     if per_process + 64 > nofile {
         bail!(
@@ -352,15 +356,14 @@ async fn parent(args: Args) -> Result<()> {
         if args.resend_s > 0 {
             // Everything sent must be acknowledged before the counters are read.
             let settled = workers.all(Command::Settle).await?;
-            steady.unacked = Some(
-                settled
-                    .iter()
-                    .map(|r| match r {
-                        pifleet_tests::sim::proto::Reply::Settled { unacked } => *unacked,
-                        _ => 0,
-                    })
-                    .sum(),
-            );
+            let mut unacked = 0;
+            for r in &settled {
+                match r {
+                    pifleet_tests::sim::proto::Reply::Settled { unacked: n } => unacked += n,
+                    other => bail!("a worker answered {other:?} to settle"),
+                }
+            }
+            steady.unacked = Some(unacked);
         }
         steady.duration_s = elapsed;
         steady.broker_fds = procstat::open_fds(target.pid).unwrap_or(0);
