@@ -21,7 +21,7 @@ use crate::harness::{Agent, Controller, bin, free_addr, wait_for};
 use crate::mqtt::{client, client_tls, connack};
 
 /// The controller identities every broker here admits.
-pub const CONTROLLERS: [&str; 2] = ["ctl-1", "ctl-2"];
+pub const CONTROLLERS: [&str; 3] = ["ctl-1", "ctl-2", "ctl-3"];
 
 /// A running Mosquitto with a generated configuration.
 #[derive(Debug)]

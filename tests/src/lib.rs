@@ -20,5 +20,6 @@ pub mod pgkit;
 pub mod procstat;
 pub mod promkit;
 pub mod releasekit;
+pub mod scalekit;
 pub mod sim;
 pub mod simkit;

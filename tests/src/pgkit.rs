@@ -105,3 +105,45 @@ pub async fn all_stored_once(pool: &PgPool, logs: impl Fn() -> String) {
         }
     }
 }
+
+/// Samples per device: (device, rows, distinct seqs, lowest seq, highest seq).
+pub async fn spans(pool: &PgPool) -> Vec<(String, i64, i64, i64, i64)> {
+    sqlx::query_as(
+        "SELECT device_id, COUNT(*), COUNT(DISTINCT seq), MIN(seq), MAX(seq) FROM telemetry \
+         GROUP BY device_id ORDER BY device_id",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("counting samples")
+}
+
+/// Like [`all_stored_once`] for devices whose seqs do not start at 1 (simulated devices
+/// start at the wall clock's milliseconds): waits until every device's samples are one
+/// unbroken run of seqs, each stored once. Panics naming the device with a gap or a double.
+pub async fn all_unbroken_once(pool: &PgPool, logs: impl Fn() -> String) {
+    let whole = |(_, rows, distinct, min, max): &(String, i64, i64, i64, i64)| {
+        rows == distinct && *rows == max - min + 1
+    };
+    let settled = wait_for(
+        Duration::from_secs(60),
+        "every sample stored once, without gaps",
+        || async { spans(pool).await.iter().all(whole).then_some(()) },
+    )
+    .await;
+    if settled.is_err() {
+        for (device, rows, distinct, min, max) in spans(pool).await {
+            assert_eq!(
+                rows,
+                distinct,
+                "{device}: a sample stored twice\n{}",
+                logs()
+            );
+            assert_eq!(
+                rows,
+                max - min + 1,
+                "{device}: a sample lost ({rows} rows for seqs {min}..={max})\n{}",
+                logs()
+            );
+        }
+    }
+}

@@ -9,7 +9,6 @@ use pifleet_agent::config::AgentConfig;
 use pifleet_agent::enroll::{EnrollOptions, enroll};
 use pifleet_controller::datadir::DataDir;
 use pifleet_controller::enroll::tokens;
-use pifleet_controller::store::Store;
 use pifleet_shared::command::{Action, CommandId, Outcome, Output, Receipt, SignedCommand};
 use pifleet_shared::signing::{DeviceSigner, TrustedKey, VerifyContext, verify_command};
 use pifleet_shared::topic::Kind;
@@ -57,7 +56,9 @@ pub async fn ensure_enrolled(
     if missing.is_empty() {
         return Ok(0);
     }
-    let store = Store::open(&dd.database(), false).await?;
+    // The store the controller's configuration names (SQLite, or the shared PostgreSQL).
+    let cfg = pifleet_controller::config::Config::load(&dd.config())?;
+    let store = pifleet_controller::database::open(dd, &cfg.store, false).await?;
     let spec = tokens::TokenSpec {
         ttl: Duration::from_secs(3_600),
         max_uses: Some(u32::try_from(missing.len())?),

@@ -10,106 +10,39 @@
 
 use std::time::Duration;
 
-use pifleet_tests::broker::Broker;
-use pifleet_tests::harness::{Agent, Controller, merge_config, wait_for};
-use pifleet_tests::pgkit::{PgFleet, all_stored_once, counts};
+use pifleet_tests::harness::{Agent, wait_for};
+use pifleet_tests::pgkit::{all_stored_once, counts};
+use pifleet_tests::scalekit::{Cluster, stdout, wait_rows};
 use sqlx::postgres::PgPool;
-
-async fn wait_rows(
-    pool: &PgPool,
-    devices: usize,
-    more_than: &[(String, i64, i64, i64)],
-    by: i64,
-    why: &str,
-    logs: impl Fn() -> String,
-) {
-    wait_for(Duration::from_secs(60), why, || {
-        let pool = pool.clone();
-        async move {
-            let c = counts(&pool).await;
-            (c.len() == devices
-                && c.iter().all(|(d, _, _, max)| {
-                    let before = more_than.iter().find(|b| &b.0 == d).map_or(0, |b| b.3);
-                    *max >= before + by
-                }))
-            .then_some(())
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
-}
-
-fn logs(a: &Controller, b: &Controller, broker: &Broker) -> String {
-    format!(
-        "A:\n{}\nB:\n{}\nbroker:\n{}",
-        a.log(),
-        b.log(),
-        broker.log()
-    )
-}
-
-/// What the command line printed (`--data-dir` appended unless given).
-fn stdout(ctl: &Controller, args: &[&str]) -> String {
-    let out = if args.contains(&"--data-dir") {
-        std::process::Command::new(pifleet_tests::harness::bin("pifleet-controller").unwrap())
-            .args(args)
-            .output()
-            .unwrap()
-    } else {
-        ctl.cli(args).unwrap()
-    };
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_controllers_share_the_fleet_through_mosquitto_and_postgres() {
-    let db = PgFleet::start().await;
-    let (pool, init) = (db.pool.clone(), db.init_args());
-    // The first controller, then the broker configured from its data dir; then it switches
-    // to the broker, and a second controller starts from a copy of its data dir.
-    let mut a = Controller::start_init(&init, "[pki]\ncrl_check_s = 1")
+    let mut cluster = Cluster::start(2, "[pki]\ncrl_check_s = 1", 5)
         .await
         .unwrap();
-    let broker = Broker::start(&a).await.unwrap();
-    a.stop();
-    merge_config(
-        &a.data.join("config.toml"),
-        &broker.controller_config("ctl-1", 5),
-    )
-    .unwrap();
-    a.serve().await.unwrap();
-    let mut b = a
-        .replica(&broker.controller_config("ctl-2", 5))
-        .await
-        .unwrap();
-
+    let pool = cluster.pool();
     let mut agents: Vec<Agent> = ["pi-a", "pi-b", "pi-c"]
         .iter()
-        .map(|id| Agent::enroll(&a, id, 1).unwrap())
+        .map(|id| Agent::enroll(&cluster.ctls[0], id, 1).unwrap())
         .collect();
     for ag in &mut agents {
         ag.start().unwrap();
     }
     wait_rows(&pool, 3, &[], 4, "4 samples from each agent", || {
-        logs(&a, &b, &broker)
+        cluster.logs()
     })
     .await;
 
     // Both controllers show the same fleet (from the one database).
-    let list_a = stdout(&a, &["device", "list"]);
-    assert_eq!(list_a, stdout(&b, &["device", "list"]));
+    let list_a = stdout(&cluster.ctls[0], &["device", "list"]);
+    assert_eq!(list_a, stdout(&cluster.ctls[1], &["device", "list"]));
     for id in ["pi-a", "pi-b", "pi-c"] {
         assert!(list_a.contains(id), "{list_a}");
     }
     // A command through the second controller is carried out and its receipt recorded.
-    let data = b.data.display().to_string();
+    let data = cluster.ctls[1].data.display().to_string();
     let sent = stdout(
-        &b,
+        &cluster.ctls[1],
         &[
             "cmd",
             "send",
@@ -134,11 +67,11 @@ async fn two_controllers_share_the_fleet_through_mosquitto_and_postgres() {
         }
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&a, &b, &broker)));
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
 
     // kill -9 one controller mid-stream: the other takes every message; none is lost (the
     // agents re-send what was not acknowledged after a commit) or stored twice.
-    a.kill9();
+    cluster.ctls[0].kill9();
     let before = counts(&pool).await;
     wait_rows(
         &pool,
@@ -146,10 +79,10 @@ async fn two_controllers_share_the_fleet_through_mosquitto_and_postgres() {
         &before,
         6,
         "samples through the remaining controller",
-        || logs(&a, &b, &broker),
+        || cluster.logs(),
     )
     .await;
-    a.serve().await.unwrap();
+    cluster.ctls[0].serve().await.unwrap();
     let before = counts(&pool).await;
     wait_rows(
         &pool,
@@ -157,14 +90,14 @@ async fn two_controllers_share_the_fleet_through_mosquitto_and_postgres() {
         &before,
         3,
         "samples with both controllers again",
-        || logs(&a, &b, &broker),
+        || cluster.logs(),
     )
     .await;
-    all_stored_once(&pool, || logs(&a, &b, &broker)).await;
+    all_stored_once(&pool, || cluster.logs()).await;
 
     // Revocation through either controller reaches the broker: the device is kicked and
     // refused at the handshake; nothing it sends afterwards is stored.
-    b.revoke("pi-c").unwrap();
+    cluster.ctls[1].revoke("pi-c").unwrap();
     let revoked_at = pifleet_tests::harness::now_ms();
     tokio::time::sleep(Duration::from_secs(8)).await;
     let late: i64 = sqlx::query_scalar(
@@ -178,14 +111,14 @@ async fn two_controllers_share_the_fleet_through_mosquitto_and_postgres() {
         late,
         0,
         "samples of a revoked device stored\n{}",
-        logs(&a, &b, &broker)
+        cluster.logs()
     );
     // The broker's log: the session was taken over (the kick), and the device never got
     // back in (its handshake meets the reloaded CRL).
-    let log = broker.log();
+    let log = cluster.broker.log();
     let kicked = log
         .find("Client pi-c already connected, closing old connection")
-        .unwrap_or_else(|| panic!("pi-c was not kicked\n{}", logs(&a, &b, &broker)));
+        .unwrap_or_else(|| panic!("pi-c was not kicked\n{}", cluster.logs()));
     assert!(
         !log[kicked..].contains("u'pi-c'"),
         "the revoked device connected again:\n{log}"
@@ -212,12 +145,12 @@ async fn two_controllers_share_the_fleet_through_mosquitto_and_postgres() {
         },
     )
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&a, &b, &broker)));
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
     for ag in &mut agents {
         ag.stop();
     }
-    a.stop();
-    b.stop();
+    cluster.ctls[0].stop();
+    cluster.ctls[1].stop();
 }
 
 async fn readyz(api: &pifleet_tests::api::Api) -> u16 {
@@ -229,30 +162,24 @@ async fn readyz(api: &pifleet_tests::api::Api) -> u16 {
 /// every sample in exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_and_the_database_come_back_and_nothing_is_lost() {
-    let db = PgFleet::start().await;
-    let (cluster, pool, init) = (&db.cluster, db.pool.clone(), db.init_args());
-    let mut a = Controller::start_init(&init, "[store]\nretry_max_ms = 1000")
+    let mut c = Cluster::start(1, "[store]\nretry_max_ms = 1000", 30)
         .await
         .unwrap();
-    let mut broker = Broker::start(&a).await.unwrap();
-    a.stop();
-    merge_config(
-        &a.data.join("config.toml"),
-        &broker.controller_config("ctl-1", 30),
-    )
-    .unwrap();
-    a.serve().await.unwrap();
-    let api = pifleet_tests::api::Api::new(&a).unwrap();
+    let pool = c.pool();
+    let Cluster {
+        ctls, broker, db, ..
+    } = &mut c;
+    let a = &mut ctls[0];
+    let api = pifleet_tests::api::Api::new(a).unwrap();
     let mut agents: Vec<Agent> = ["pi-a", "pi-b"]
         .iter()
-        .map(|id| Agent::enroll(&a, id, 1).unwrap())
+        .map(|id| Agent::enroll(a, id, 1).unwrap())
         .collect();
     for ag in &mut agents {
         ag.start().unwrap();
     }
-    let b = &a;
     wait_rows(&pool, 2, &[], 3, "3 samples from each agent", || {
-        logs(&a, b, &broker)
+        format!("{}\nbroker:\n{}", a.log(), broker.log())
     })
     .await;
     assert_eq!(readyz(&api).await, 200);
@@ -282,12 +209,12 @@ async fn the_broker_and_the_database_come_back_and_nothing_is_lost() {
         &before,
         3,
         "samples after the broker's restart",
-        || logs(&a, b, &broker),
+        || format!("{}\nbroker:\n{}", a.log(), broker.log()),
     )
     .await;
 
     // PostgreSQL stops: not ready; it starts again: ready, and nothing is lost.
-    cluster.stop().await.unwrap();
+    db.cluster.stop().await.unwrap();
     wait_for(
         Duration::from_secs(20),
         "not ready without the database",
@@ -296,7 +223,7 @@ async fn the_broker_and_the_database_come_back_and_nothing_is_lost() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", a.log()));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    cluster.start_again().await.unwrap();
+    db.cluster.start_again().await.unwrap();
     wait_for(
         Duration::from_secs(40),
         "ready with the database back",
@@ -312,12 +239,12 @@ async fn the_broker_and_the_database_come_back_and_nothing_is_lost() {
         &before,
         4,
         "samples after the database's restart",
-        || logs(&a, b, &broker),
+        || format!("{}\nbroker:\n{}", a.log(), broker.log()),
     )
     .await;
     // Samples sent while the database was away were not acknowledged: the agents send them
     // again from their spools, after the newer ones.
-    all_stored_once(&pool, || logs(&a, b, &broker)).await;
+    all_stored_once(&pool, || format!("{}\nbroker:\n{}", a.log(), broker.log())).await;
     for ag in &mut agents {
         ag.stop();
     }

@@ -8,6 +8,8 @@
 //! pifleet-controller init --data-dir /tmp/bench --hostname localhost
 //! pifleet-sim --data-dir /tmp/bench --spawn-controller target/release/pifleet-controller \
 //!     --devices 10000 --processes 2 --sources 4 --rate 0.1 --duration 30 --storm kill
+//! # Scale-out mode: devices on the broker in front of the controllers, re-sending like agents
+//! pifleet-sim --data-dir /var/lib/pifleet --broker external --devices 500 --resend-s 5
 //! ```
 
 use std::path::PathBuf;
@@ -39,6 +41,18 @@ enum Broker {
     Pifleet,
     /// Debian's Mosquitto with the controller's certificates (side-by-side comparison).
     Mosquitto,
+    /// A broker someone else runs in front of the controllers (scale-out mode, `[mqtt] mode
+    /// = "external"`): devices connect to the MQTT port their enrollment handed out
+    /// (`mqtt.public_port`) and wait for the controllers' application acks.
+    External,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Ack {
+    /// The controller's application ack (`down/ack`), sent after the commit.
+    App,
+    /// The broker's PUBACK.
+    Puback,
 }
 
 #[derive(Parser, Debug)]
@@ -57,6 +71,15 @@ struct Args {
     /// What the devices connect to.
     #[arg(long, value_enum, default_value_t = Broker::Pifleet)]
     broker: Broker,
+    /// What counts as a sample's acknowledgement (default: the application ack, except
+    /// PUBACKs for `--broker mosquitto`, which has no controller behind it).
+    #[arg(long, value_enum)]
+    ack: Option<Ack>,
+    /// Keep unacknowledged samples and send them again after a reconnect and after this many
+    /// seconds without acknowledgement progress, like the agent's spool; at the end, stop
+    /// telemetry and wait for every sample's ack (0: forget them, as before).
+    #[arg(long, default_value_t = 0)]
+    resend_s: u64,
     /// Simulated devices (each a real mTLS connection).
     #[arg(long, default_value_t = 1000)]
     devices: usize,
@@ -133,11 +156,12 @@ impl Args {
             keep_alive: Duration::from_secs(self.keep_alive_s.max(1)),
             connect_timeout: Duration::from_secs(self.connect_timeout_s.max(1)),
             backoff_max: Duration::from_secs(self.backoff_max_s.max(1)),
-            ack: match self.broker {
-                Broker::Pifleet => AckMode::App,
-                Broker::Mosquitto => AckMode::PubAck,
+            ack: match (self.ack, self.broker) {
+                (Some(Ack::App), _) | (None, Broker::Pifleet | Broker::External) => AckMode::App,
+                (Some(Ack::Puback), _) | (None, Broker::Mosquitto) => AckMode::PubAck,
             },
             sources: self.sources.max(1),
+            resend: (self.resend_s > 0).then(|| Duration::from_secs(self.resend_s)),
         }
     }
 
@@ -152,10 +176,18 @@ impl Args {
             match self.broker {
                 Broker::Pifleet => "pifleet".into(),
                 Broker::Mosquitto => "mosquitto".into(),
+                Broker::External => "external".into(),
             },
             "--mqtt-port".into(),
             port.to_string(),
         ];
+        if let Some(ack) = self.ack {
+            a.push("--ack".into());
+            a.push(match ack {
+                Ack::App => "app".into(),
+                Ack::Puback => "puback".into(),
+            });
+        }
         for (flag, v) in [
             ("--rate", self.rate.to_string()),
             ("--batch", self.batch.to_string()),
@@ -164,6 +196,7 @@ impl Args {
             ("--connect-timeout-s", self.connect_timeout_s.to_string()),
             ("--keep-alive-s", self.keep_alive_s.to_string()),
             ("--phase-timeout-s", self.phase_timeout_s.to_string()),
+            ("--resend-s", self.resend_s.to_string()),
         ] {
             a.push(flag.into());
             a.push(v);
@@ -189,6 +222,10 @@ fn main() -> Result<()> {
         };
         return rt.block_on(worker.run());
     }
+    if args.resend_s > 0 && args.settings(0).ack != AckMode::App {
+        // A PUBACK's packet id means nothing on the next connection.
+        bail!("--resend-s needs the application ack (--ack app)");
+    }
     let per_process = args.devices.div_ceil(args.processes.max(1)) as u64;
     if per_process + 64 > nofile {
         bail!(
@@ -196,6 +233,16 @@ fn main() -> Result<()> {
         );
     }
     rt.block_on(parent(args))
+}
+
+/// The MQTT port the first simulated device's enrollment handed out.
+fn enrolled_port(identities: &std::path::Path) -> Result<u16> {
+    let path = identities
+        .join(pifleet_tests::sim::worker::device_id(0))
+        .join("agent.toml");
+    let cfg = pifleet_agent::config::AgentConfig::load(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(cfg.controller.mqtt_port)
 }
 
 /// Broker CPU ticks, simulator CPU ticks (itself and its workers).
@@ -206,13 +253,28 @@ fn cpu(broker: u32, sim: &[u32]) -> (u64, u64) {
 
 async fn parent(args: Args) -> Result<()> {
     let dd = DataDir::new(&args.data_dir);
-    let mut controller = match &args.spawn_controller {
-        Some(exe) => Target::spawn_controller(exe, &dd)?,
-        None => Target::external(&dd)?,
+    let mut controller = match (&args.spawn_controller, args.broker) {
+        (Some(exe), _) => Target::spawn_controller(exe, &dd)?,
+        // Devices on a broker need no controller once enrolled (a counting subscriber may
+        // stand in for the controllers).
+        (None, Broker::External) => Target::external(&dd).unwrap_or_else(|_| Target::detached(&dd)),
+        (None, _) => Target::external(&dd)?,
     };
-    let https = controller.https.context("controller without HTTPS")?;
+    let last = args
+        .identities()
+        .join(pifleet_tests::sim::worker::device_id(
+            args.devices.saturating_sub(1),
+        ));
+    let https = match controller.https {
+        Some(a) => a.port(),
+        None if last.join("agent.toml").exists() => 0,
+        None => bail!(
+            "devices to enroll and no controller running on {}",
+            args.data_dir.display()
+        ),
+    };
     let t = Instant::now();
-    let enrolled_new = ensure_enrolled(&dd, &args.identities(), args.devices, https.port()).await?;
+    let enrolled_new = ensure_enrolled(&dd, &args.identities(), args.devices, https).await?;
     let enroll_s = t.elapsed().as_secs_f64();
     eprintln!(
         "{} devices enrolled ({enrolled_new} new, {enroll_s:.1} s)",
@@ -224,10 +286,16 @@ async fn parent(args: Args) -> Result<()> {
     }
     let mut mosquitto = match args.broker {
         Broker::Mosquitto => Some(Target::spawn_mosquitto(&dd)?),
-        Broker::Pifleet => None,
+        Broker::Pifleet | Broker::External => None,
     };
+    if args.broker == Broker::External && !args.storm.is_empty() {
+        bail!("--storm needs a broker the simulator runs: not with --broker external");
+    }
     let target = mosquitto.as_mut().unwrap_or(&mut controller);
-    let port = target.mqtt.port();
+    let port = match args.broker {
+        Broker::External => enrolled_port(&args.identities())?,
+        Broker::Pifleet | Broker::Mosquitto => target.mqtt.port(),
+    };
     let rss_before = procstat::usage(target.pid).map_or(0, |u| u.rss_kib);
     let exe = std::env::current_exe()?;
     let mut workers = Workers::spawn(
@@ -239,7 +307,10 @@ async fn parent(args: Args) -> Result<()> {
     let mut sim_pids = workers.pids();
     sim_pids.push(std::process::id());
     let mut report = Report {
-        broker: target.name.into(),
+        broker: match args.broker {
+            Broker::External => "external".into(),
+            Broker::Pifleet | Broker::Mosquitto => target.name.into(),
+        },
         devices: args.devices,
         processes: sim_pids.len() - 1,
         sources: args.sources.max(1),
@@ -282,6 +353,18 @@ async fn parent(args: Args) -> Result<()> {
         }
         let (b1, s1) = cpu(target.pid, &sim_pids);
         let elapsed = t0.elapsed().as_secs_f64();
+        if args.resend_s > 0 {
+            // Everything sent must be acknowledged before the counters are read.
+            let settled = workers.all(Command::Settle).await?;
+            let mut unacked = 0;
+            for r in &settled {
+                match r {
+                    pifleet_tests::sim::proto::Reply::Settled { unacked: n } => unacked += n,
+                    other => bail!("a worker answered {other:?} to settle"),
+                }
+            }
+            steady.unacked = Some(unacked);
+        }
         steady.duration_s = elapsed;
         steady.broker_fds = procstat::open_fds(target.pid).unwrap_or(0);
         steady.sim_rss_kib = sim_pids

@@ -4,6 +4,8 @@
 //! (clean session, keep-alive, an Offline last will), SUBSCRIBE to its down topics, a
 //! retained Online status, a hello, then QoS 1 telemetry; it answers signed commands, and
 //! after any failure or lost session it retries with the agent's own backoff, forever.
+//! With `Settings::resend` it also keeps what was not acknowledged and sends it again, like
+//! the agent's spool: after a reconnect, and when no acknowledgement came for that long.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -35,6 +37,11 @@ use crate::simkit::Responder;
 const MAX_PACKET: usize = 256 * 1024;
 /// Telemetry messages awaiting their acknowledgement, at most (older ones are forgotten).
 const MAX_PENDING: usize = 256;
+/// The same when they are sent again until acknowledged (forgetting one is counted).
+const MAX_PENDING_RESEND: usize = 65_536;
+/// Messages sent again at once, oldest first (like the agent's drain window): a slow
+/// controller is not buried under copies of everything it has not acknowledged yet.
+const RESEND_WINDOW: usize = 16;
 
 /// A simulated device: its identity and topics.
 #[allow(missing_debug_implementations)] // holds a private key: not printed
@@ -107,6 +114,8 @@ pub async fn run(dev: Device, shared: Arc<Shared>) {
     let mut seq = wall_us() / 1000;
     let mut drop_rx = shared.drop.clone();
     drop_rx.mark_unchanged();
+    // What is not acknowledged yet outlives a session (sent again on the next one).
+    let mut pending = VecDeque::new();
     loop {
         match tokio::time::timeout(s.connect_timeout, connect(&dev, &shared)).await {
             Ok(Ok((stream, buf))) => {
@@ -120,7 +129,15 @@ pub async fn run(dev: Device, shared: Arc<Shared>) {
                     Ordering::Relaxed,
                 );
                 shared.storm_mark(&slot.storm_connack);
-                let why = session(&dev, &shared, stream, buf, &mut seq, &mut drop_rx).await;
+                let why = session(
+                    &dev,
+                    &shared,
+                    (stream, buf),
+                    &mut pending,
+                    &mut seq,
+                    &mut drop_rx,
+                )
+                .await;
                 shared.fail(&format!("lost: {}", why.0));
             }
             Ok(Err(f)) => shared.fail(&f.0),
@@ -210,11 +227,14 @@ async fn fill(stream: &mut Stream, buf: &mut BytesMut) -> Result<(), Failure> {
 }
 
 /// A telemetry message on its way: its key (first sample's seq, or the packet id when the
-/// PUBACK is the acknowledgement), when it left, and how many samples it carries.
+/// PUBACK is the acknowledgement), when it first and last left, how many samples it carries,
+/// and its payload when it may be sent again.
 struct Sent {
     key: u64,
     at: Instant,
+    last: Instant,
     samples: u64,
+    payload: Option<Vec<u8>>,
 }
 
 struct Session<'a> {
@@ -224,6 +244,8 @@ struct Session<'a> {
     out: BytesMut,
     pkid: u16,
     pending: VecDeque<Sent>,
+    /// When an acknowledgement last removed the oldest of `pending`.
+    progress: Instant,
     /// The first telemetry seq sent on this connection (its ack ends a storm for us).
     first_seq: Option<u64>,
 }
@@ -246,16 +268,27 @@ impl Session<'_> {
         payload: Vec<u8>,
         retain: bool,
     ) -> Result<u16, Failure> {
-        let mut p = Publish::new(topic, QoS::AtLeastOnce, payload);
-        p.retain = retain;
-        p.pkid = self.next_pkid();
-        let pkid = p.pkid;
-        self.send(Packet::Publish(p)).await?;
+        let pkid = self.next_pkid();
+        self.publish_as(pkid, topic, payload, retain).await?;
         Ok(pkid)
     }
 
+    async fn publish_as(
+        &mut self,
+        pkid: u16,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+    ) -> Result<(), Failure> {
+        let mut p = Publish::new(topic, QoS::AtLeastOnce, payload);
+        p.retain = retain;
+        p.pkid = pkid;
+        self.send(Packet::Publish(p)).await
+    }
+
     async fn telemetry(&mut self, seq: &mut u64) -> Result<(), Failure> {
-        let batch = self.shared.settings.batch.max(1);
+        let settings = &self.shared.settings;
+        let batch = settings.batch.max(1);
         let first = *seq + 1;
         let samples = (0..batch)
             .map(|_| {
@@ -265,25 +298,70 @@ impl Session<'_> {
             .collect();
         let payload = codec::encode(Kind::Telemetry, &v1::Telemetry { samples })
             .map_err(|e| Failure(format!("encode: {e}")))?;
-        let topic = self.dev.telemetry.clone();
-        let at = Instant::now();
-        let pkid = self.publish(&topic, payload, false).await?;
-        self.first_seq.get_or_insert(first);
-        let key = match self.shared.settings.ack {
+        let pkid = self.next_pkid();
+        let key = match settings.ack {
             AckMode::App => first,
             AckMode::PubAck => u64::from(pkid),
         };
-        if self.pending.len() >= MAX_PENDING {
-            self.pending.pop_front();
+        let resend = settings.resend.is_some();
+        let cap = if resend {
+            MAX_PENDING_RESEND
+        } else {
+            MAX_PENDING
+        };
+        if self.pending.len() >= cap
+            && let Some(old) = self.pending.pop_front()
+        {
+            self.forget(&old);
         }
+        // Kept before it leaves: a sample whose write fails is sent again, not lost.
+        let at = Instant::now();
         self.pending.push_back(Sent {
             key,
             at,
+            last: at,
             samples: batch as u64,
+            payload: resend.then(|| payload.clone()),
         });
         self.shared
             .published
             .fetch_add(batch as u64, Ordering::Relaxed);
+        self.shared
+            .unacked
+            .fetch_add(batch as u64, Ordering::Relaxed);
+        self.first_seq.get_or_insert(first);
+        let topic = self.dev.telemetry.clone();
+        self.publish_as(pkid, &topic, payload, false).await
+    }
+
+    /// A message dropped from `pending` without its acknowledgement.
+    fn forget(&self, old: &Sent) {
+        self.shared
+            .unacked
+            .fetch_sub(old.samples, Ordering::Relaxed);
+        if old.payload.is_some() {
+            self.shared.fail("forgot an unacknowledged message");
+        }
+    }
+
+    /// Sends again the oldest kept messages (at most `RESEND_WINDOW`) last sent before
+    /// `before` (whenever: `None`).
+    async fn resend(&mut self, before: Option<Instant>) -> Result<(), Failure> {
+        let topic = self.dev.telemetry.clone();
+        let now = Instant::now();
+        for i in 0..self.pending.len().min(RESEND_WINDOW) {
+            let Some(payload) = self.pending.get(i).and_then(|s| {
+                let due = before.is_none_or(|b| s.last <= b);
+                due.then(|| s.payload.clone()).flatten()
+            }) else {
+                continue;
+            };
+            if let Some(s) = self.pending.get_mut(i) {
+                s.last = now;
+            }
+            let pkid = self.next_pkid();
+            self.publish_as(pkid, &topic, payload, false).await?;
+        }
         Ok(())
     }
 
@@ -292,6 +370,8 @@ impl Session<'_> {
         let now = Instant::now();
         let mut lat = Vec::new();
         let mut samples = 0;
+        let oldest = self.pending.front().map(|s| s.key);
+        // A message sent again is acknowledged again: only its first ack counts.
         self.pending.retain(|s| {
             if acked(s.key) {
                 lat.push(u64::try_from(now.duration_since(s.at).as_micros()).unwrap_or(u64::MAX));
@@ -301,7 +381,12 @@ impl Session<'_> {
                 true
             }
         });
+        // Progress, as the agent's spool sees it: the oldest unacknowledged one moved.
+        if self.pending.front().map(|s| s.key) != oldest {
+            self.progress = now;
+        }
         if !lat.is_empty() {
+            self.shared.unacked.fetch_sub(samples, Ordering::Relaxed);
             self.shared.record_latency(&lat, samples);
         }
         if storm_done {
@@ -344,8 +429,8 @@ impl Session<'_> {
 async fn session(
     dev: &Device,
     shared: &Shared,
-    stream: Stream,
-    mut buf: BytesMut,
+    (stream, mut buf): (Stream, BytesMut),
+    pending: &mut VecDeque<Sent>,
     seq: &mut u64,
     drop_rx: &mut tokio::sync::watch::Receiver<u64>,
 ) -> Failure {
@@ -355,13 +440,22 @@ async fn session(
         stream,
         out: BytesMut::with_capacity(512),
         pkid: 0,
-        pending: VecDeque::new(),
+        pending: std::mem::take(pending),
+        progress: Instant::now(),
         first_seq: None,
     };
-    match run_session(&mut s, &mut buf, seq, drop_rx).await {
+    let why = match run_session(&mut s, &mut buf, seq, drop_rx).await {
         Ok(()) => Failure("dropped".into()),
         Err(f) => f,
+    };
+    *pending = std::mem::take(&mut s.pending);
+    if shared.settings.resend.is_none() {
+        // Without resending, nothing outlives its connection.
+        for old in pending.drain(..) {
+            shared.unacked.fetch_sub(old.samples, Ordering::Relaxed);
+        }
     }
+    why
 }
 
 async fn run_session(
@@ -382,6 +476,8 @@ async fn run_session(
     let hello = codec::encode(Kind::Hello, &hello(settings))
         .map_err(|e| Failure(format!("encode: {e}")))?;
     s.publish(&dev.hello, hello, false).await?;
+    // Like the agent's spool drain: what was not acknowledged goes first.
+    s.resend(None).await?;
     let mut load = s.shared.load.clone();
     // Like the agent's spool drain: a device with telemetry running sends at once.
     if *load.borrow_and_update() {
@@ -398,6 +494,9 @@ async fn run_session(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ping = tokio::time::interval(settings.keep_alive.max(Duration::from_secs(1)));
     ping.tick().await;
+    let resend_after = settings.resend.unwrap_or(Duration::from_secs(86_400));
+    let mut resend = tokio::time::interval(resend_after.max(Duration::from_millis(200)) / 2);
+    resend.tick().await;
     loop {
         while let Some(p) = parse(buf)? {
             s.incoming(p).await?;
@@ -410,6 +509,13 @@ async fn run_session(
                 }
             }
             _ = ping.tick() => s.send(Packet::PingReq).await?,
+            // Like the agent: no acknowledgement progress for a while, send the rest again.
+            _ = resend.tick() => {
+                if settings.resend.is_some() && s.progress.elapsed() >= resend_after {
+                    s.resend(Instant::now().checked_sub(resend_after)).await?;
+                    s.progress = Instant::now();
+                }
+            }
             Ok(()) = load.changed() => {}
             _ = drop_rx.changed() => return Ok(()),
         }

@@ -22,6 +22,8 @@ pub enum Command {
     },
     /// Reply when every device is reconnected and acknowledged (or the phase times out).
     Wait,
+    /// Stop telemetry; reply when every sample is acknowledged (or the phase times out).
+    Settle,
     Quit,
 }
 
@@ -34,6 +36,7 @@ impl Command {
             Command::Storm { drop: true } => "storm drop",
             Command::Storm { drop: false } => "storm",
             Command::Wait => "wait",
+            Command::Settle => "settle",
             Command::Quit => "quit",
         }
     }
@@ -46,6 +49,7 @@ impl Command {
             "storm drop" => Command::Storm { drop: true },
             "storm" => Command::Storm { drop: false },
             "wait" => Command::Wait,
+            "settle" => Command::Settle,
             "quit" => Command::Quit,
             _ => return None,
         })
@@ -85,6 +89,10 @@ pub enum Reply {
         devices: Vec<StormDevice>,
         failures: BTreeMap<String, u64>,
     },
+    /// Samples still not acknowledged when telemetry had stopped (0 unless timed out).
+    Settled {
+        unacked: u64,
+    },
 }
 
 #[cfg(test)]
@@ -100,6 +108,7 @@ mod tests {
             Command::Storm { drop: true },
             Command::Storm { drop: false },
             Command::Wait,
+            Command::Settle,
             Command::Quit,
         ] {
             assert_eq!(Command::parse(c.line()), Some(c));

@@ -101,6 +101,10 @@ pub struct Steady {
     /// (RSS with devices connected − RSS before any device) / devices.
     pub rss_per_device_kib: f64,
     pub failures: BTreeMap<String, u64>,
+    /// With `--resend-s`: samples still unacknowledged after telemetry stopped and the
+    /// devices had a phase's time to get everything acknowledged (0: none lost).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unacked: Option<u64>,
 }
 
 impl Steady {

@@ -35,6 +35,9 @@ pub struct Settings {
     pub ack: AckMode,
     /// Devices are spread round-robin over this many source addresses from 127.0.0.2.
     pub sources: u32,
+    /// Keep unacknowledged telemetry and send it again after a reconnect and after this long
+    /// without acknowledgement progress, like the agent's spool (`None`: forget it).
+    pub resend: Option<Duration>,
 }
 
 impl Settings {
@@ -80,6 +83,8 @@ pub struct Shared {
     pub failures: Mutex<BTreeMap<String, u64>>,
     pub published: AtomicU64,
     pub acked: AtomicU64,
+    /// Samples published and not acknowledged yet (kept for resending or still in flight).
+    pub unacked: AtomicU64,
     pub latency: Mutex<Hist>,
 }
 
@@ -139,6 +144,7 @@ mod tests {
             backoff_max: Duration::from_secs(60),
             ack: AckMode::App,
             sources: 3,
+            resend: None,
         };
         let got: Vec<Ipv4Addr> = (0..4).map(|i| s.source(i)).collect();
         assert_eq!(

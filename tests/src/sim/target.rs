@@ -122,6 +122,21 @@ impl Target {
         })
     }
 
+    /// No controller running (devices on a broker someone else runs, identities enrolled
+    /// before): nothing to measure or stop.
+    pub fn detached(dd: &DataDir) -> Self {
+        Self {
+            name: "external",
+            mqtt: SocketAddr::from(([127, 0, 0, 1], 0)),
+            https: None,
+            pid: 0,
+            dd: dd.clone(),
+            owned: None,
+            mosquitto: false,
+            _tmp: None,
+        }
+    }
+
     /// Starts `exe serve` on `dd` with fixed loopback ports it picks.
     pub fn spawn_controller(exe: &Path, dd: &DataDir) -> Result<Self> {
         let (mqtt, https) = (free_port()?, free_port()?);

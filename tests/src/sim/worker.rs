@@ -87,6 +87,7 @@ impl Worker {
                         failures: Mutex::new(BTreeMap::new()),
                         published: AtomicU64::new(0),
                         acked: AtomicU64::new(0),
+                        unacked: AtomicU64::new(0),
                         latency: Mutex::new(Hist::default()),
                     });
                     for dev in devices.take().unwrap_or_default() {
@@ -160,6 +161,14 @@ impl Worker {
                     reply(&Reply::Storm {
                         devices,
                         failures: sh.take_failures(),
+                    })?;
+                }
+                (Command::Settle, Some(sh)) => {
+                    load_tx.send_replace(false);
+                    let unacked = &sh.unacked;
+                    wait_until(deadline, || unacked.load(Ordering::Relaxed) == 0).await;
+                    reply(&Reply::Settled {
+                        unacked: unacked.load(Ordering::Relaxed),
                     })?;
                 }
                 (Command::Quit, _) => return Ok(()),
