@@ -56,6 +56,15 @@ pub const STATUS_FILTER: &str = "fleet/+/up/status";
 
 const COMPONENT: &str = "broker";
 
+/// Requests (publishes, acks) queued for the broker connection; a full queue drops a
+/// downlink (counted), which the device's re-send or the controller's outbox repairs.
+const REQUEST_QUEUE: usize = 16_384;
+/// QoS 1 publishes to the broker awaiting its PUBACK.
+const OUT_INFLIGHT: u16 = 1_000;
+/// Messages taken from the broker and waiting to be routed: the broker sends at most its
+/// `max_inflight_messages` unacknowledged ones per client, far fewer.
+const ROUTE_QUEUE: usize = 1_024;
+
 /// This controller's link to the external broker.
 #[derive(Debug)]
 pub struct Broker {
@@ -92,7 +101,10 @@ impl Broker {
         let kick = ControllerClientConfig::from_identity_dir(dir, host, port);
         let mut opts = kick.mqtt_options(&controller_cn(&name))?;
         opts.set_manual_acks(true);
-        let (client, events) = AsyncClient::new(opts, 1024);
+        // Every committed message is answered with an ack to its device: room for a burst
+        // of them on their way out.
+        opts.set_inflight(OUT_INFLIGHT);
+        let (client, events) = AsyncClient::new(opts, REQUEST_QUEUE);
         let local = match (&cfg.broker_dir, &cfg.pid_file) {
             (Some(d), Some(p)) => Some((BrokerDir::new(d), BrokerProcess::PidFile(p.clone()))),
             _ => None,
@@ -140,12 +152,37 @@ impl Broker {
     ) -> TaskResult {
         self.load_revoked(&store).await;
         health.degraded(COMPONENT, &"connecting to the broker");
+        // The connection is polled without pause: it also carries every ack and command out,
+        // so routing (which waits when the ingest queue is full) happens in a task of its own.
+        let (to_route, mut routing) = tokio::sync::mpsc::channel::<rumqttc::Publish>(ROUTE_QUEUE);
+        let mut router_task = {
+            let me = self.clone();
+            tokio::spawn(async move {
+                while let Some(p) = routing.recv().await {
+                    if let Err(RouteError::Closed) =
+                        me.receive(&router, &p.topic, &p.payload, p.retain).await
+                    {
+                        return;
+                    }
+                    // Acknowledged to the broker once routed (waiting for room in the
+                    // request queue: a lost PUBACK would shrink the broker's window for
+                    // this controller for good); the device's own guarantee is the
+                    // application ack after the commit.
+                    if let Err(e) = me.client.ack(&p).await {
+                        tracing::warn!(error = %e, "could not acknowledge to the broker");
+                    }
+                }
+            })
+        };
         loop {
             let event = tokio::select! {
                 _ = shutdown.cancelled() => {
                     let _ = self.client.try_disconnect();
+                    router_task.abort();
                     return Ok(());
                 }
+                // The ingest writer is gone (shutdown).
+                _ = &mut router_task => return Ok(()),
                 e = events.poll() => e,
             };
             match event {
@@ -159,14 +196,8 @@ impl Broker {
                     tracing::info!("connected to the broker");
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    match self.receive(&router, &p.topic, &p.payload, p.retain).await {
-                        Err(RouteError::Closed) => return Ok(()),
-                        Ok(()) | Err(RouteError::Refused(_)) => {}
-                    }
-                    // Acknowledged to the broker once routed; the device's own guarantee is
-                    // the application ack after the commit.
-                    if let Err(e) = self.client.try_ack(&p) {
-                        tracing::warn!(error = %e, "could not acknowledge to the broker");
+                    if to_route.send(p).await.is_err() {
+                        return Ok(());
                     }
                 }
                 Ok(_) => {}
