@@ -95,9 +95,10 @@ async fn a_pass_installs_the_newer_stored_crl_and_reloads_the_broker() {
     let ca = Ca::generate("broker").unwrap();
     let broker = broker_dir(tmp.path(), &ca);
     let (_guard, store) = crate::store::testkit::store().await;
-    // A stand-in for the broker: SIGHUP ends it.
-    let mut child = std::process::Command::new("sleep")
-        .arg("60")
+    // A stand-in for the broker: SIGHUP ends it (also when this process was started with
+    // SIGHUP ignored, as under nohup: an ignored signal stays ignored across exec).
+    let mut child = std::process::Command::new("env")
+        .args(["--default-signal=HUP", "sleep", "60"])
         .spawn()
         .unwrap();
     let pid = i32::try_from(child.id()).unwrap();
