@@ -365,3 +365,22 @@ pub fn messages(seen: &[Seen]) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// Panics unless a fresh connection with `agent`'s certificate is refused at the broker's
+/// device listener because that certificate is revoked (the reloaded CRL).
+// Test support: a failure here is a failed test.
+#[allow(clippy::expect_used)]
+pub async fn assert_refused_as_revoked(broker: &Broker, agent: &Agent) {
+    let tls = client_tls(&agent.ca(), Some((&agent.cert(), &agent.key()))).expect("TLS set-up");
+    let (_c, mut ev) = client(broker.device_port, &agent.id, tls);
+    let err = format!(
+        "{:#}",
+        connack(&mut ev)
+            .await
+            .expect_err("revoked device connected")
+    );
+    assert!(
+        err.contains("received fatal alert: CertificateRevoked"),
+        "{err}"
+    );
+}

@@ -13,7 +13,9 @@ use std::time::Duration;
 use pifleet_controller::broker::revoke::{self, BrokerProcess};
 use pifleet_controller::datadir::DataDir;
 use pifleet_shared::DeviceId;
-use pifleet_tests::broker::{Broker, CONTROLLERS, Client, Seen, messages};
+use pifleet_tests::broker::{
+    Broker, CONTROLLERS, Client, Seen, assert_refused_as_revoked, messages,
+};
 use pifleet_tests::harness::{Agent, Controller, bin, wait_for};
 use pifleet_tests::mqtt::{client, client_tls, connack};
 
@@ -293,18 +295,7 @@ async fn a_revoked_device_is_kicked_and_cannot_reconnect() {
             .any(|s| matches!(s, Seen::Down(e) if e.contains("CertificateRevoked"))),
         "A's retries were not refused as revoked: {seen:?}"
     );
-    let tls = client_tls(&a.ca(), Some((&a.cert(), &a.key()))).unwrap();
-    let (_c, mut ev) = client(broker.device_port, "dev-a", tls);
-    let err = format!(
-        "{:#}",
-        connack(&mut ev)
-            .await
-            .expect_err("revoked device connected")
-    );
-    assert!(
-        err.contains("received fatal alert: CertificateRevoked"),
-        "{err}"
-    );
+    assert_refused_as_revoked(&broker, &a).await;
 
     // The others are unaffected by the reload: B still connects.
     let mut dev_b = device(&broker, &b).await;

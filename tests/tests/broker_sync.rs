@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use pifleet_tests::broker::Broker;
+use pifleet_tests::broker::{Broker, assert_refused_as_revoked};
 use pifleet_tests::harness::{Agent, Controller, bin, merge_config, signal, wait_for};
 use pifleet_tests::mqtt::{client, client_tls, connack};
 use pifleet_tests::pgkit::PgFleet;
@@ -194,18 +194,7 @@ async fn revoke_and_check(
         !log[kicked + closing.len()..].contains(&format!("u'{}'", agent.id)),
         "the revoked device connected again:\n{log}"
     );
-    let tls = client_tls(&agent.ca(), Some((&agent.cert(), &agent.key()))).unwrap();
-    let (_c, mut ev) = client(broker.device_port, &agent.id, tls);
-    let err = format!(
-        "{:#}",
-        connack(&mut ev)
-            .await
-            .expect_err("revoked device connected")
-    );
-    assert!(
-        err.contains("received fatal alert: CertificateRevoked"),
-        "{err}"
-    );
+    assert_refused_as_revoked(broker, agent).await;
     number
 }
 

@@ -10,9 +10,9 @@
 use std::time::Duration;
 
 use pifleet_tests::api::Api;
-use pifleet_tests::broker::Broker;
-use pifleet_tests::harness::{Agent, Controller, merge_config, wait_for};
+use pifleet_tests::harness::{Agent, Controller, wait_for};
 use pifleet_tests::pgkit::{PgFleet, counts};
+use pifleet_tests::scalekit::{Cluster, stdout};
 
 /// `/readyz`'s status and body.
 async fn readyz(api: &Api) -> (u16, String) {
@@ -131,23 +131,17 @@ async fn a_controller_whose_keys_differ_is_not_ready_until_they_agree() {
 /// differ leaves them to the others, and sends again once its keys agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_whose_keys_differ_sends_no_command() {
-    let db = PgFleet::start().await;
-    let pool = db.pool.clone();
-    let mut a = Controller::start_init(&db.init_args(), "[auth]\nkey_reload_s = 1")
+    let cluster = Cluster::start(2, "[auth]\nkey_reload_s = 1", 5)
         .await
         .unwrap();
-    let broker = Broker::start(&a).await.unwrap();
-    a.stop();
-    merge_config(
-        &a.data.join("config.toml"),
-        &broker.controller_config("ctl-1", 5),
-    )
-    .unwrap();
-    a.serve().await.unwrap();
-    let b = a
-        .replica(&broker.controller_config("ctl-2", 5))
-        .await
-        .unwrap();
+    let pool = cluster.pool();
+    let Cluster {
+        mut ctls,
+        broker,
+        db: _db,
+    } = cluster;
+    let b = ctls.pop().unwrap();
+    let mut a = ctls.pop().unwrap();
     let api_b = Api::new(&b).unwrap();
     let logs = || {
         format!(
@@ -172,31 +166,19 @@ async fn a_controller_whose_keys_differ_sends_no_command() {
     a.stop();
     let logs = || format!("B:\n{}\nbroker:\n{}", b.log(), broker.log());
     let data = b.data.display().to_string();
-    // `--data-dir` before the action's words (they take everything after them).
-    let out =
-        std::process::Command::new(pifleet_tests::harness::bin("pifleet-controller").unwrap())
-            .args([
-                "cmd",
-                "send",
-                "--data-dir",
-                &data,
-                "--device",
-                "pi-a",
-                "ping",
-            ])
-            .output()
-            .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let sent = stdout(
+        &b,
+        &[
+            "cmd",
+            "send",
+            "--data-dir",
+            &data,
+            "--device",
+            "pi-a",
+            "ping",
+        ],
     );
-    let id = String::from_utf8_lossy(&out.stdout)
-        .split('\t')
-        .next()
-        .unwrap()
-        .trim()
-        .to_owned();
+    let id = sent.split('\t').next().unwrap().trim().to_owned();
     let status = || {
         let (pool, id) = (pool.clone(), id.clone());
         async move {
